@@ -1,0 +1,14 @@
+//! `commerce-native`: spin-commerce outside Spin. The same ports as the components, over
+//! redis-rs and tokio-postgres; a native HTTP server with the same routes; and the admin
+//! jobs of the `commerce` CLI. No behaviour lives here: it is all in `commerce-core`.
+
+pub mod config;
+pub mod migrate;
+pub mod pg_port;
+pub mod redis_port;
+pub mod server;
+
+pub use config::EnvConfig;
+pub use pg_port::NativePg;
+pub use redis_port::NativeRedis;
+pub use server::{NativeApp, build_app, serve};

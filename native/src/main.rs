@@ -1,0 +1,119 @@
+//! `commerce`: the native server and the admin jobs of spin-commerce.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use commerce_core::inventory::Inventory;
+use commerce_core::{Settings, catalog};
+use commerce_native::{EnvConfig, build_app, migrate, serve};
+use tokio::net::TcpListener;
+
+/// spin-commerce outside Spin. Settings come from `COMMERCE_*` environment variables
+/// (`COMMERCE_REDIS_URL`, `COMMERCE_DATABASE_URL`, `COMMERCE_ADMIN_TOKEN`, …); the flags
+/// below override them.
+#[derive(Parser)]
+#[command(name = "commerce", version)]
+struct Cli {
+    /// Redis address (overrides COMMERCE_REDIS_URL).
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// PostgreSQL address (overrides COMMERCE_DATABASE_URL).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Namespace in front of every Redis key (overrides COMMERCE_KEY_PREFIX).
+    #[arg(long, global = true)]
+    key_prefix: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every route of every component over HTTP.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
+    },
+    /// Apply the PostgreSQL migrations.
+    Migrate,
+    /// Write the deterministic demo catalog and stock, then load it into Redis.
+    Seed {
+        /// Number of variants (`var-1 … var-N`).
+        #[arg(long, default_value_t = 1000)]
+        variants: i64,
+    },
+    /// Rebuild Redis stock from PostgreSQL.
+    Reconcile,
+    /// Purge expired holds of every variant (those no request touches).
+    Sweep,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = EnvConfig::new();
+    for (name, value) in [
+        ("redis_url", &cli.redis_url),
+        ("database_url", &cli.database_url),
+        ("key_prefix", &cli.key_prefix),
+    ] {
+        if let Some(value) = value {
+            config = config.set(name, value);
+        }
+    }
+    let settings = Settings::from_config(&config).map_err(anyhow::Error::msg)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli.command, settings))
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    let app = build_app(settings)?;
+    let inventory = Inventory::new(&app.redis, &app.sql, &app.keys);
+    match command {
+        Command::Serve { listen } => {
+            let listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            eprintln!("commerce: serving on http://{}", listener.local_addr()?);
+            let app = Arc::new(app);
+            tokio::select! {
+                served = serve(listener, app) => served?,
+                _ = tokio::signal::ctrl_c() => eprintln!("commerce: stopping"),
+            }
+        }
+        Command::Migrate => {
+            let applied = migrate::migrate(&app.sql).await?;
+            eprintln!("commerce: {} migration(s) applied {applied:?}", applied.len());
+        }
+        Command::Seed { variants } => {
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&variants),
+                "--variants must be from 1 to 10000000"
+            );
+            catalog::seed(&app.sql, variants, |done| {
+                eprintln!("commerce: seeded {done}/{variants} variants")
+            })
+            .await?;
+            let report = inventory
+                .reconcile(|done| eprint!("\rcommerce: loaded {done} variants into Redis"))
+                .await?;
+            eprintln!("\ncommerce: seed done, {} variants in Redis", report.variants);
+        }
+        Command::Reconcile => {
+            let report = inventory
+                .reconcile(|done| eprint!("\rcommerce: reconciled {done} variants"))
+                .await?;
+            eprintln!("\ncommerce: reconcile done, {} variants", report.variants);
+        }
+        Command::Sweep => {
+            let visited = inventory
+                .sweep(|done| eprint!("\rcommerce: swept {done} variants"))
+                .await?;
+            eprintln!("\ncommerce: sweep done, {visited} variants visited");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The Redis port over redis-rs: one multiplexed, reconnecting connection per process
+//! (`ConnectionManager`), so concurrent requests pipeline on it, with a connection and a
+//! response timeout on every call.
+
+use std::time::Duration;
+
+use commerce_core::PortError;
+use commerce_core::ports::{Redis, RedisArg, RedisReply};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// The native Redis adapter.
+#[derive(Clone)]
+pub struct NativeRedis {
+    connection: ConnectionManager,
+    timeout: Duration,
+}
+
+impl NativeRedis {
+    /// An adapter for `url` that connects on first use; an unreachable server makes each
+    /// call fail within `timeout` rather than hang.
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { connection, timeout })
+    }
+}
+
+impl Redis for NativeRedis {
+    async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
+        let mut cmd = redis::cmd(command);
+        for arg in args {
+            match arg {
+                RedisArg::Int(n) => cmd.arg(n),
+                RedisArg::Bytes(b) => cmd.arg(b),
+            };
+        }
+        let mut connection = self.connection.clone();
+        // The manager's own timeouts cover connect and response; this outer bound also
+        // covers its reconnect back-off.
+        let reply = tokio::time::timeout(self.timeout * 2, cmd.query_async::<redis::Value>(&mut connection))
+            .await
+            .map_err(|_| {
+                PortError::Unreachable(format!("redis did not answer within {:?}", self.timeout * 2))
+            })?
+            .map_err(port_error)?;
+        let mut flat = Vec::new();
+        flatten(reply, &mut flat)?;
+        Ok(flat)
+    }
+}
+
+/// Flattens a reply depth-first, the way the Spin host delivers script replies, so that
+/// the stores decode one shape in both runtimes.
+fn flatten(value: redis::Value, out: &mut Vec<RedisReply>) -> Result<(), PortError> {
+    use redis::Value as V;
+    match value {
+        V::Nil => out.push(RedisReply::Nil),
+        V::Int(n) => out.push(RedisReply::Int(n)),
+        V::BulkString(b) => out.push(RedisReply::Bytes(b)),
+        V::SimpleString(s) => out.push(RedisReply::Status(s)),
+        V::Okay => out.push(RedisReply::Status("OK".into())),
+        V::Boolean(b) => out.push(RedisReply::Int(i64::from(b))),
+        V::Array(items) | V::Set(items) => {
+            for item in items {
+                flatten(item, out)?;
+            }
+        }
+        V::ServerError(e) => {
+            return Err(PortError::Server(format!(
+                "{} {}",
+                e.code(),
+                e.details().unwrap_or_default()
+            )));
+        }
+        other => return Err(PortError::Server(format!("unsupported reply type: {other:?}"))),
+    }
+    Ok(())
+}
+
+/// Connection trouble is `Unreachable` (503); a server error keeps its code in the text
+/// (e.g. `NOSCRIPT …`) because the stores recognise errors by text, as in Spin.
+fn port_error(e: redis::RedisError) -> PortError {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        PortError::Unreachable(e.to_string())
+    } else {
+        PortError::Server(format!("{} {e}", e.code().unwrap_or_default()))
+    }
+}

@@ -1,0 +1,84 @@
+//! `commerce serve`: every route of every component on one native HTTP server, answered
+//! by the same router as the Spin components.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use commerce_core::http::{Request, Response};
+use commerce_core::{App, Error, Scope, Settings};
+use tokio::net::TcpListener;
+
+use crate::pg_port::NativePg;
+use crate::redis_port::NativeRedis;
+
+/// The app over the native adapters.
+pub type NativeApp = App<NativeRedis, NativePg>;
+
+/// PostgreSQL connections kept by one server process.
+const POOL_SIZE: usize = 32;
+
+/// Builds the app from settings; connections are opened on first use, so the server
+/// starts (and answers 503) while a dependency is down.
+pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
+    let redis = NativeRedis::new(
+        &settings.redis_url,
+        Duration::from_millis(settings.redis_timeout_ms),
+    )?;
+    let sql = NativePg::new(
+        &settings.database_url,
+        Duration::from_millis(settings.database_timeout_ms),
+        POOL_SIZE,
+    )?;
+    Ok(App::new(redis, sql, settings))
+}
+
+/// Serves `app` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, app: Arc<NativeApp>) -> std::io::Result<()> {
+    let router = axum::Router::new().fallback(answer).with_state(app);
+    axum::serve(listener, router).await
+}
+
+async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) -> axum::response::Response {
+    let response = match read_request(req, app.settings.max_body_bytes).await {
+        Ok(request) => commerce_core::handle(&app, request, Scope::All).await,
+        Err(error) => Response::error(&error),
+    };
+    let mut out = axum::response::Response::new(Body::from(response.body));
+    *out.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in response.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            out.headers_mut().insert(name, value);
+        }
+    }
+    out
+}
+
+/// Converts the request, reading at most `limit + 1` body bytes: a larger body is refused
+/// with 413 without being read to the end.
+async fn read_request(req: axum::extract::Request, limit: usize) -> Result<Request, Error> {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(Error::PayloadTooLarge { limit });
+    }
+    let body = to_bytes(body, limit + 1)
+        .await
+        .map_err(|_| Error::PayloadTooLarge { limit })?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    Ok(Request {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        headers,
+        body: body.to_vec(),
+    })
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Shared helpers for the scripts in scripts/. Source it, don't run it:
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# It deliberately does not `set -euo pipefail` itself: that is the job of the
+# script sourcing it, and changing shell options behind a caller's back (e.g.
+# an interactive shell sourcing this file) would be rude.
+
+# Repo root, derived from this file's location rather than from $PWD or git,
+# so the scripts work from any directory (and even in an exported tree).
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+
+# Project-local, gitignored state: service data dirs, logs, pidfiles, locks.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+LOCAL="$ROOT/.local"
+
+# Log to stderr so stdout stays machine-readable (scripts/services prints
+# `export ...` lines on stdout that callers eval).
+log() {
+    printf '[spin-commerce] %s\n' "$*" >&2
+}
+
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# `have CMD`: true if CMD is an executable on PATH (or a builtin/function).
+have() {
+    command -v "$1" >/dev/null 2>&1
+}
+
+# Run a command as root: directly if we already are, via sudo otherwise.
+# Fails with a clear message when neither is possible.
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif have sudo; then
+        sudo "$@"
+    else
+        die "need root to run '$*' (not root and sudo is not installed)"
+    fi
+}
+
+# Print the directory holding the PostgreSQL *server* binaries (initdb, pg_ctl,
+# postgres), or return 1 if there is none.
+#
+# Debian does not put those on PATH (only the pg_wrapper'd client tools), they
+# live in /usr/lib/postgresql/<major>/bin. Some machines symlink them into
+# PATH, so PATH is checked first (resolving symlinks: pg_ctl finds `postgres`
+# next to its real location). An optional argument asks for a given major
+# version, which matters when an existing data dir was created by it.
+pg_bindir() {
+    local want_major="${1:-}" cand
+    local -a candidates=() installed=()
+
+    if [[ -n $want_major ]]; then
+        candidates+=("/usr/lib/postgresql/$want_major/bin")
+    fi
+    if have pg_ctl; then
+        candidates+=("$(dirname "$(readlink -f "$(command -v pg_ctl)")")")
+    fi
+    # Newest version first. (An unmatched glob stays literal and is then
+    # rejected by the -x tests below.)
+    mapfile -t installed < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV)
+    candidates+=("${installed[@]}")
+
+    for cand in "${candidates[@]}"; do
+        if [[ -x $cand/initdb && -x $cand/pg_ctl && -x $cand/postgres ]]; then
+            # Honour the requested major version if there was one.
+            if [[ -n $want_major ]] && ! "$cand/postgres" --version | grep -q " $want_major\."; then
+                continue
+            fi
+            printf '%s\n' "$cand"
+            return 0
+        fi
+    done
+    return 1
+}

@@ -1,0 +1,31 @@
+//! The application: the ports and settings every handler works with.
+
+use crate::keys::Keys;
+use crate::ports::{Redis, Sql};
+use crate::settings::Settings;
+
+/// Everything a request handler needs. Natively one `App` serves every request; in Spin
+/// one is built per request from the host's interfaces.
+pub struct App<R, S> {
+    /// The Redis port.
+    pub redis: R,
+    /// The PostgreSQL port.
+    pub sql: S,
+    /// The settings.
+    pub settings: Settings,
+    /// The key builder for the configured namespace.
+    pub keys: Keys,
+}
+
+impl<R: Redis, S: Sql> App<R, S> {
+    /// An app over the given ports.
+    pub fn new(redis: R, sql: S, settings: Settings) -> Self {
+        let keys = Keys::new(&settings.key_prefix);
+        Self {
+            redis,
+            sql,
+            settings,
+            keys,
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The HTTP shapes shared by both runtimes: a request as the router sees it and the
+//! response it gives back. The Spin component and the native server only convert to and
+//! from these.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Error;
+
+/// An incoming request, body already read (up to the limit plus one byte, so that an
+/// oversized body is detectable without reading it all).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Upper-case method, e.g. `GET`.
+    pub method: String,
+    /// Path without the query, e.g. `/v1/inventory/var-1`.
+    pub path: String,
+    /// Headers with lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The first value of a header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Parses the body as JSON, enforcing the body limit (413), the content type (415)
+    /// and well-formedness (400).
+    pub fn json(&self, max_body_bytes: usize) -> Result<Value, Error> {
+        if self.body.len() > max_body_bytes {
+            return Err(Error::PayloadTooLarge {
+                limit: max_body_bytes,
+            });
+        }
+        let is_json = self.header("content-type").is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !is_json {
+            return Err(Error::UnsupportedMediaType);
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::bad_request("MALFORMED_JSON", format!("body is not valid JSON: {e}")))
+    }
+}
+
+/// An outgoing response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Headers to send.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, body: &impl Serialize) -> Self {
+        match serde_json::to_vec(body) {
+            Ok(bytes) => Self::with_type(status, "application/json", bytes),
+            Err(e) => Self::error(&Error::Internal(format!("serializing response: {e}"))),
+        }
+    }
+
+    /// A response with an explicit content type.
+    pub fn with_type(status: u16, content_type: &str, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body,
+        }
+    }
+
+    /// The error body of DESIGN §5 with its status.
+    pub fn error(error: &Error) -> Self {
+        Self::json(error.status(), &error.body())
+    }
+
+    /// The body parsed as JSON (tests and clients).
+    pub fn json_body(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// Reads a required field of a JSON object.
+pub fn field<'a>(body: &'a Value, name: &str) -> Result<&'a Value, Error> {
+    body.get(name)
+        .ok_or_else(|| Error::bad_request("MISSING_FIELD", format!("field {name:?} is required")))
+}
+
+/// Reads a required string field of a JSON object.
+pub fn str_field<'a>(body: &'a Value, name: &str) -> Result<&'a str, Error> {
+    field(body, name)?
+        .as_str()
+        .ok_or_else(|| Error::bad_request("INVALID_FIELD", format!("field {name:?} must be a string")))
+}
+
+/// Reads a required array field of a JSON object with at most `max` elements.
+pub fn array_field<'a>(body: &'a Value, name: &str, max: usize) -> Result<&'a [Value], Error> {
+    let items = field(body, name)?
+        .as_array()
+        .ok_or_else(|| Error::bad_request("INVALID_FIELD", format!("field {name:?} must be an array")))?;
+    if items.is_empty() || items.len() > max {
+        return Err(Error::bad_request(
+            "INVALID_FIELD",
+            format!("field {name:?} must hold 1 to {max} elements"),
+        ));
+    }
+    Ok(items)
+}
+
+/// Rejects a body that is not a JSON object.
+pub fn object(body: &Value) -> Result<&Value, Error> {
+    if body.is_object() {
+        Ok(body)
+    } else {
+        Err(Error::bad_request("INVALID_BODY", "body must be a JSON object"))
+    }
+}

@@ -1,0 +1,495 @@
+//! The inventory store: stock, holds and reservations (DESIGN §3–§5, invariants 1, 2, 3
+//! and 7).
+//!
+//! Redis decides every sale: each variant keeps its on-hand stock, the sum of its live
+//! holds, and its holds in a sorted set by deadline. Every script that reads or changes a
+//! variant first drops its expired holds, so an expired hold never blocks a sale.
+//! PostgreSQL is the record of on-hand stock; a missing stock key is loaded from it on
+//! first use, and every change to on-hand commits there first and is then mirrored into
+//! Redis exactly once (see `apply_stock.lua`).
+
+pub mod routes;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::ids::{CartId, Quantity, VariantId};
+use crate::keys::{Keys, VariantKeys};
+use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
+use crate::script::Script;
+
+static RESERVE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("reserve.lua")));
+static RELEASE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("release.lua")));
+static VIEW: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("view.lua")));
+static SWEEP: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("sweep.lua")));
+static LOAD_STOCK: Script = Script::new(include_str!("load_stock.lua"));
+static APPLY_STOCK: Script = Script::new(include_str!("apply_stock.lua"));
+
+/// On-hand, version and existence of variants, for the lazy load.
+const LEVELS_OF: &str = "\
+SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0)
+FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
+WHERE v.id = ANY($1)";
+
+/// One page of every variant's on-hand, for reconcile (keyset pagination by id).
+const LEVELS_PAGE: &str = "\
+SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0)
+FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
+WHERE v.id > $1 ORDER BY v.id LIMIT $2";
+
+/// Sets on-hand and returns it with the new row version and the change. The locking
+/// subquery reads the previous on-hand of the very row version it updates, so the change is
+/// exact under concurrent updates. No row: the variant has no level yet (or is unknown).
+const UPDATE_ON_HAND: &str = "\
+UPDATE inventory_levels l
+SET on_hand = $2, version = l.version + 1, updated_at = now()
+FROM (SELECT variant_id, on_hand FROM inventory_levels WHERE variant_id = $1 FOR UPDATE) prev
+WHERE l.variant_id = prev.variant_id
+RETURNING l.on_hand, l.version, l.on_hand - prev.on_hand";
+
+/// First level of a known variant. No row: unknown variant, or a concurrent insert won.
+const INSERT_ON_HAND: &str = "\
+INSERT INTO inventory_levels (variant_id, on_hand, version)
+SELECT id, $2, 1 FROM variants WHERE id = $1
+ON CONFLICT (variant_id) DO NOTHING
+RETURNING on_hand, version, on_hand";
+
+/// Most variants one request may name (availability, reservation).
+pub const MAX_BATCH: usize = 500;
+
+/// How often a script that ran out of purge budget is run again before giving up. Each run
+/// purges up to 500 expired holds, so this bounds a single call's work, not correctness.
+const MAX_PURGE_ROUNDS: usize = 64;
+
+/// Rows per reconcile page.
+const RECONCILE_PAGE: i64 = 500;
+
+/// What a variant has: units on hand, units held by live holds, and what can still be sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockView {
+    /// The variant.
+    pub variant_id: String,
+    /// Units on hand.
+    pub stock: i64,
+    /// Units held by live (unexpired) holds.
+    pub reserved: i64,
+    /// `stock - reserved`, never below zero.
+    pub sellable: i64,
+}
+
+impl StockView {
+    fn new(variant: &VariantId, stock: i64, reserved: i64) -> Self {
+        Self {
+            variant_id: variant.to_string(),
+            stock,
+            reserved,
+            sellable: (stock - reserved).max(0),
+        }
+    }
+}
+
+/// A granted reservation: every line held until `deadline_ms` (Redis clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// When the holds expire, epoch milliseconds.
+    pub deadline_ms: i64,
+}
+
+/// A variant that could not be held in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Shortage {
+    /// The short variant.
+    pub variant_id: String,
+    /// Units asked for.
+    pub requested: i64,
+    /// Units this holder could have had.
+    pub sellable: i64,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileReport {
+    /// Variants whose Redis stock was rewritten from PostgreSQL.
+    pub variants: u64,
+}
+
+/// The inventory store over a Redis and a PostgreSQL port.
+pub struct Inventory<'a, R, S> {
+    redis: &'a R,
+    sql: &'a S,
+    keys: &'a Keys,
+}
+
+/// A script reply, checked for its leading tag.
+struct Reply(Vec<RedisReply>);
+
+impl Reply {
+    fn tag(&self) -> &str {
+        self.0.first().and_then(RedisReply::as_text).unwrap_or("")
+    }
+
+    /// The integers after the tag.
+    fn ints(&self) -> Result<Vec<i64>> {
+        self.0[1..]
+            .iter()
+            .map(|r| r.as_int().ok_or_else(|| unexpected(&self.0)))
+            .collect()
+    }
+}
+
+fn unexpected(reply: &[RedisReply]) -> Error {
+    Error::Internal(format!("unexpected script reply: {reply:?}"))
+}
+
+impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
+    /// The store over the given ports and key namespace.
+    pub fn new(redis: &'a R, sql: &'a S, keys: &'a Keys) -> Self {
+        Self { redis, sql, keys }
+    }
+
+    /// Stock, live reserved and sellable units of each variant, in one script call (plus a
+    /// PostgreSQL load for variants Redis does not have yet). Unknown variants are a 422
+    /// naming them.
+    pub async fn views(&self, variants: &[VariantId]) -> Result<Vec<StockView>> {
+        let keys: Vec<VariantKeys> = variants.iter().map(|v| self.keys.variant(v)).collect();
+        let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::as_array).collect();
+        let reply = self.run_loaded(&VIEW, &flat, Vec::new(), variants).await?;
+        let ints = reply.ints()?;
+        if ints.len() != 2 * variants.len() {
+            return Err(unexpected(&reply.0));
+        }
+        Ok(variants
+            .iter()
+            .zip(ints.chunks(2))
+            .map(|(v, sr)| StockView::new(v, sr[0], sr[1]))
+            .collect())
+    }
+
+    /// Holds every line for `holder` until `ttl_ms` from now, all or nothing. The
+    /// quantities SET the holder's holds, so a retried reservation never adds. Variants
+    /// the holder holds but does not name keep their holds.
+    pub async fn reserve(
+        &self,
+        holder: &CartId,
+        lines: &[(VariantId, Quantity)],
+        ttl_ms: i64,
+    ) -> Result<Reservation> {
+        let variant_keys: Vec<VariantKeys> = lines.iter().map(|(v, _)| self.keys.variant(v)).collect();
+        let index = self.keys.cart_holds(holder);
+        let mut keys = vec![index.as_str()];
+        keys.extend(variant_keys.iter().flat_map(VariantKeys::as_array));
+        let mut args = vec![RedisArg::from(holder.as_str()), RedisArg::Int(ttl_ms)];
+        for (variant, quantity) in lines {
+            args.push(variant.as_str().into());
+            args.push(RedisArg::Int(quantity.get().into()));
+        }
+        let variants: Vec<VariantId> = lines.iter().map(|(v, _)| v.clone()).collect();
+        let reply = self.run_loaded(&RESERVE, &keys, args, &variants).await?;
+        match reply.tag() {
+            "OK" => Ok(Reservation {
+                deadline_ms: reply
+                    .ints()?
+                    .first()
+                    .copied()
+                    .ok_or_else(|| unexpected(&reply.0))?,
+            }),
+            "SHORT" => {
+                let shortages: Vec<Shortage> = reply
+                    .ints()?
+                    .chunks(3)
+                    .filter_map(|c| {
+                        let (variant, _) = lines.get(usize::try_from(c[0]).ok()?)?;
+                        Some(Shortage {
+                            variant_id: variant.to_string(),
+                            requested: c[1],
+                            sellable: c[2],
+                        })
+                    })
+                    .collect();
+                Err(Error::Conflict {
+                    code: "INSUFFICIENT_INVENTORY",
+                    message: format!("{} variant(s) do not have enough sellable stock", shortages.len()),
+                    details: json!({ "shortages": shortages }),
+                })
+            }
+            _ => Err(unexpected(&reply.0)),
+        }
+    }
+
+    /// Drops every hold of `holder` and returns the units released.
+    pub async fn release(&self, holder: &CartId) -> Result<i64> {
+        let index = self.keys.cart_holds(holder);
+        let members = self
+            .redis
+            .execute("SMEMBERS", vec![index.as_str().into()])
+            .await
+            .map_err(|e| e.redis())?;
+        let variants: Vec<VariantId> = members
+            .iter()
+            .filter_map(|m| VariantId::parse(m.as_text()?).ok())
+            .collect();
+        let variant_keys: Vec<VariantKeys> = variants.iter().map(|v| self.keys.variant(v)).collect();
+        let mut keys = vec![index.as_str()];
+        keys.extend(variant_keys.iter().flat_map(VariantKeys::as_array));
+        let reply = Reply(
+            RELEASE
+                .run(self.redis, &keys, vec![holder.as_str().into()])
+                .await
+                .map_err(|e| e.redis())?,
+        );
+        match (reply.tag(), reply.ints()?.as_slice()) {
+            ("OK", [released]) => Ok(*released),
+            _ => Err(unexpected(&reply.0)),
+        }
+    }
+
+    /// Sets a variant's on-hand stock: PostgreSQL first, then Redis (exactly once, see
+    /// `apply_stock.lua`). Returns the new view.
+    pub async fn set_on_hand(&self, variant: &VariantId, on_hand: i64) -> Result<StockView> {
+        let params = [SqlValue::Text(variant.to_string()), SqlValue::Int(on_hand)];
+        let mut change = None;
+        // Update, else insert the first level, else a concurrent insert won: update.
+        for statement in [UPDATE_ON_HAND, INSERT_ON_HAND, UPDATE_ON_HAND] {
+            let rows = self.sql.query(statement, &params).await.map_err(|e| e.sql())?;
+            if let Some(row) = rows.first() {
+                change = Some(int_columns::<3>(row)?);
+                break;
+            }
+        }
+        let Some([on_hand, version, delta]) = change else {
+            return Err(unknown_variants(std::slice::from_ref(variant), 404));
+        };
+        let keys = self.keys.variant(variant);
+        APPLY_STOCK
+            .run(
+                self.redis,
+                &[&keys.stock, &keys.stock_version],
+                vec![
+                    RedisArg::Int(delta),
+                    RedisArg::Int(on_hand),
+                    RedisArg::Int(version),
+                ],
+            )
+            .await
+            .map_err(|e| e.redis())?;
+        Ok(self.views(std::slice::from_ref(variant)).await?.remove(0))
+    }
+
+    /// Rewrites every variant's Redis stock from PostgreSQL, page by page, calling
+    /// `progress` with the running count. Exact under concurrent stock changes: a page
+    /// value older than a change Redis already applied is read again.
+    pub async fn reconcile(&self, mut progress: impl FnMut(u64)) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        let mut after = String::new();
+        loop {
+            let rows = self
+                .sql
+                .query(
+                    LEVELS_PAGE,
+                    &[SqlValue::Text(after.clone()), SqlValue::Int(RECONCILE_PAGE)],
+                )
+                .await
+                .map_err(|e| e.sql())?;
+            let Some(last) = rows.last() else { break };
+            after = last
+                .first()
+                .and_then(SqlValue::as_text)
+                .unwrap_or_default()
+                .to_owned();
+            let mut levels = parse_levels(&rows)?;
+            for _ in 0..MAX_PURGE_ROUNDS {
+                let stale = self.load_stock(&levels, "force").await?;
+                if stale.is_empty() {
+                    break;
+                }
+                levels = self.read_levels(&stale).await?;
+            }
+            report.variants += rows.len() as u64;
+            progress(report.variants);
+        }
+        Ok(report)
+    }
+
+    /// Purges expired holds of every variant in the namespace (idle variants that no
+    /// request touches). Returns the variants visited.
+    pub async fn sweep(&self, mut progress: impl FnMut(u64)) -> Result<u64> {
+        let mut cursor = "0".to_owned();
+        let mut visited = 0;
+        loop {
+            let page = self
+                .redis
+                .execute(
+                    "SCAN",
+                    vec![
+                        cursor.as_str().into(),
+                        "MATCH".into(),
+                        self.keys.all_holds_pattern().into(),
+                        "COUNT".into(),
+                        RedisArg::Int(500),
+                    ],
+                )
+                .await
+                .map_err(|e| e.redis())?;
+            let (next, found) = page.split_first().ok_or_else(|| unexpected(&page))?;
+            cursor = next.as_text().ok_or_else(|| unexpected(&page))?.to_owned();
+            for variant in found
+                .iter()
+                .filter_map(|k| self.keys.variant_of_holds_key(k.as_text()?))
+            {
+                let k = self.keys.variant(&variant);
+                self.run_purged(&SWEEP, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
+                    .await?;
+                visited += 1;
+            }
+            progress(visited);
+            if cursor == "0" {
+                return Ok(visited);
+            }
+        }
+    }
+
+    /// Runs a script until it is not out of purge budget.
+    async fn run_purged(&self, script: &Script, keys: &[&str], args: Vec<RedisArg>) -> Result<Reply> {
+        for _ in 0..MAX_PURGE_ROUNDS {
+            let reply = Reply(
+                script
+                    .run(self.redis, keys, args.clone())
+                    .await
+                    .map_err(|e| e.redis())?,
+            );
+            if reply.tag() != "RETRY" {
+                return Ok(reply);
+            }
+        }
+        Err(Error::Internal(
+            "expired holds still pending after the purge budget".into(),
+        ))
+    }
+
+    /// Runs a script; if it reports variants whose stock Redis does not have, loads them
+    /// from PostgreSQL and runs it again. The script reports missing variants by their
+    /// index in `variants`.
+    async fn run_loaded(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: Vec<RedisArg>,
+        variants: &[VariantId],
+    ) -> Result<Reply> {
+        // Two rounds suffice unless the stock keys are being deleted concurrently.
+        for _ in 0..3 {
+            let reply = self.run_purged(script, keys, args.clone()).await?;
+            if reply.tag() != "MISSING" {
+                return Ok(reply);
+            }
+            let missing: Vec<VariantId> = reply
+                .ints()?
+                .into_iter()
+                .filter_map(|i| variants.get(usize::try_from(i).ok()?).cloned())
+                .collect();
+            let levels = self.read_levels(&missing).await?;
+            if levels.len() < missing.len() {
+                let known: Vec<&VariantId> = levels.iter().map(|(v, _, _)| v).collect();
+                let unknown: Vec<VariantId> = missing.into_iter().filter(|v| !known.contains(&v)).collect();
+                return Err(unknown_variants(&unknown, 422));
+            }
+            self.load_stock(&levels, "fill").await?;
+        }
+        Err(Error::Internal("stock keys vanished while loading".into()))
+    }
+
+    /// Reads on-hand and row version of the given variants from PostgreSQL; unknown
+    /// variants are left out.
+    async fn read_levels(&self, variants: &[VariantId]) -> Result<Vec<(VariantId, i64, i64)>> {
+        let ids = variants.iter().map(ToString::to_string).collect();
+        let rows = self
+            .sql
+            .query(LEVELS_OF, &[SqlValue::TextArray(ids)])
+            .await
+            .map_err(|e| e.sql())?;
+        parse_levels(&rows)
+    }
+
+    /// Writes levels into Redis (`fill`: only missing keys; `force`: all, refusing stale
+    /// ones). Returns the variants refused as stale.
+    async fn load_stock(&self, levels: &[(VariantId, i64, i64)], mode: &str) -> Result<Vec<VariantId>> {
+        let keys: Vec<VariantKeys> = levels.iter().map(|(v, _, _)| self.keys.variant(v)).collect();
+        let flat: Vec<&str> = keys
+            .iter()
+            .flat_map(|k| [k.stock.as_str(), k.stock_version.as_str()])
+            .collect();
+        let mut args = vec![RedisArg::from(mode)];
+        for (_, on_hand, version) in levels {
+            args.push(RedisArg::Int(*on_hand));
+            args.push(RedisArg::Int(*version));
+        }
+        let reply = Reply(
+            LOAD_STOCK
+                .run(self.redis, &flat, args)
+                .await
+                .map_err(|e| e.redis())?,
+        );
+        let results = reply.ints()?;
+        if reply.tag() != "OK" || results.len() != levels.len() {
+            return Err(unexpected(&reply.0));
+        }
+        Ok(levels
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| *r < 0)
+            .map(|((v, _, _), _)| v.clone())
+            .collect())
+    }
+}
+
+/// Parses `(id, on_hand, version)` rows.
+fn parse_levels(rows: &[Vec<SqlValue>]) -> Result<Vec<(VariantId, i64, i64)>> {
+    rows.iter()
+        .map(|row| {
+            let id = row
+                .first()
+                .and_then(SqlValue::as_text)
+                .and_then(|s| VariantId::parse(s).ok());
+            match (
+                id,
+                row.get(1).and_then(SqlValue::as_int),
+                row.get(2).and_then(SqlValue::as_int),
+            ) {
+                (Some(id), Some(on_hand), Some(version)) => Ok((id, on_hand, version)),
+                _ => Err(Error::Internal(format!("unexpected inventory row: {row:?}"))),
+            }
+        })
+        .collect()
+}
+
+/// Reads the first `N` columns of a row as integers.
+fn int_columns<const N: usize>(row: &[SqlValue]) -> Result<[i64; N]> {
+    let mut out = [0; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = row
+            .get(i)
+            .and_then(SqlValue::as_int)
+            .ok_or_else(|| Error::Internal(format!("unexpected row: {row:?}")))?;
+    }
+    Ok(out)
+}
+
+/// The error for variants the catalog does not have: 404 when the path names it, 422 when
+/// a body does.
+fn unknown_variants(variants: &[VariantId], status: u16) -> Error {
+    let ids: Vec<String> = variants.iter().map(ToString::to_string).collect();
+    let message = format!("unknown variant(s): {}", ids.join(", "));
+    if status == 404 {
+        Error::not_found("VARIANT_NOT_FOUND", message)
+    } else {
+        Error::Unprocessable {
+            code: "UNKNOWN_VARIANT",
+            message,
+            details: json!({ "variantIds": ids }),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+-- Shared head of every inventory script: the Redis clock and the purge of expired holds.
+--
+-- Expired holds are dropped by whichever script next touches the variant, so an expired
+-- hold never counts, with or without a sweeper. The work per call is bounded: after
+-- PURGE_BUDGET holds the purge reports that expired holds remain, and the script answers
+-- {'RETRY'} before deciding anything, so the caller simply runs it again.
+
+local PURGE_BUDGET = 500
+local budget = PURGE_BUDGET
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Drops the variant's holds whose deadline is at or before `now`. Returns true when no
+-- expired hold is left, false when the budget ran out first.
+local function purge(reserved, holds, hold_qty, now)
+  while true do
+    if budget <= 0 then
+      return redis.call('ZCOUNT', holds, '-inf', now) == 0
+    end
+    local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, budget)
+    if #expired == 0 then
+      return true
+    end
+    local freed = 0
+    for _, qty in ipairs(redis.call('HMGET', hold_qty, unpack(expired))) do
+      freed = freed + (tonumber(qty) or 0)
+    end
+    redis.call('HDEL', hold_qty, unpack(expired))
+    redis.call('ZREM', holds, unpack(expired))
+    if freed > 0 and redis.call('DECRBY', reserved, freed) <= 0 then
+      redis.call('DEL', reserved)
+    end
+    budget = budget - #expired
+  end
+end
+
+-- Removes one holder's hold on a variant and returns the quantity it held.
+local function drop_hold(reserved, holds, hold_qty, holder)
+  local held = tonumber(redis.call('HGET', hold_qty, holder)) or 0
+  if held > 0 then
+    redis.call('HDEL', hold_qty, holder)
+    redis.call('ZREM', holds, holder)
+    if redis.call('DECRBY', reserved, held) <= 0 then
+      redis.call('DEL', reserved)
+    end
+  end
+  return held
+end
+

@@ -1,0 +1,73 @@
+-- Reserve: all-or-nothing holds for one holder (a cart or a checkout session).
+--
+-- KEYS[1]             the holder's index of held variants (inventory:cart-holds:{C})
+-- KEYS[2 + 4(i-1)..]  per variant i: stock, reserved, holds, hold-qty
+-- ARGV[1]             holder id
+-- ARGV[2]             hold time in milliseconds
+-- ARGV[3 + 2(i-1)..]  per variant i: variant id, quantity
+--
+-- The quantity SETS the holder's hold (a retry never adds). A variant is granted only if
+-- stock - live reserved + this holder's current hold >= quantity; if any variant falls
+-- short nothing is written.
+--
+-- Replies (flat): {'OK', deadline_ms} | {'SHORT', i, requested, sellable, ...}
+--                 | {'MISSING', i, ...} | {'RETRY'}
+local holder = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local n = (#KEYS - 1) / 4
+local now = now_ms()
+
+for i = 0, n - 1 do
+  local k = 2 + 4 * i
+  if not purge(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], now) then
+    return {'RETRY'}
+  end
+end
+
+local missing = {'MISSING'}
+for i = 0, n - 1 do
+  if redis.call('EXISTS', KEYS[2 + 4 * i]) == 0 then
+    missing[#missing + 1] = i
+  end
+end
+if #missing > 1 then
+  return missing
+end
+
+local short = {'SHORT'}
+local current = {}
+for i = 0, n - 1 do
+  local k = 2 + 4 * i
+  local stock = tonumber(redis.call('GET', KEYS[k]))
+  local reserved = tonumber(redis.call('GET', KEYS[k + 1])) or 0
+  local mine = tonumber(redis.call('HGET', KEYS[k + 3], holder)) or 0
+  local want = tonumber(ARGV[4 + 2 * i])
+  local sellable = stock - reserved + mine
+  if want > sellable then
+    short[#short + 1] = i
+    short[#short + 1] = want
+    short[#short + 1] = math.max(sellable, 0)
+  end
+  current[i] = mine
+end
+if #short > 1 then
+  return short
+end
+
+local deadline = now + ttl
+for i = 0, n - 1 do
+  local k = 2 + 4 * i
+  local want = tonumber(ARGV[4 + 2 * i])
+  redis.call('HSET', KEYS[k + 3], holder, want)
+  redis.call('ZADD', KEYS[k + 2], deadline, holder)
+  if want ~= current[i] then
+    redis.call('INCRBY', KEYS[k + 1], want - current[i])
+  end
+  redis.call('SADD', KEYS[1], ARGV[3 + 2 * i])
+end
+-- The index lives as long as the holder's latest hold.
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < 0 or now + pttl < deadline then
+  redis.call('PEXPIREAT', KEYS[1], deadline)
+end
+return {'OK', deadline}

@@ -1,0 +1,252 @@
+//! Inventory routes (DESIGN §5):
+//!
+//! - `GET    /v1/inventory/{variant}`            stock, live reserved, sellable
+//! - `POST   /v1/inventory/availability`         up to 500 variants, one script call
+//! - `POST   /v1/inventory/reservations`         all-or-nothing holds for a cart
+//! - `DELETE /v1/inventory/reservations/{cart}`  release the cart's holds
+//! - `PUT    /v1/admin/inventory/{variant}`      set on-hand (PostgreSQL, then Redis)
+//! - `POST   /v1/admin/inventory/reconcile`      rebuild Redis stock from PostgreSQL
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{Inventory, MAX_BATCH};
+use crate::app::App;
+use crate::clock::rfc3339_millis;
+use crate::error::{Error, Result};
+use crate::http::{Request, Response, array_field, field, object, str_field};
+use crate::ids::{CartId, Quantity, VariantId};
+use crate::ports::{Redis, Sql};
+use crate::settings::Settings;
+
+/// Largest on-hand an admin may set; more is a typo, not a stock count.
+const MAX_ON_HAND: i64 = 1_000_000_000;
+
+/// Routes `/v1/inventory/…` and `/v1/admin/inventory/…`; `None` if the path is not
+/// inventory's.
+pub async fn route<R: Redis, S: Sql>(
+    app: &App<R, S>,
+    req: &Request,
+    segments: &[&str],
+) -> Option<Result<Response>> {
+    let method = req.method.as_str();
+    let result = match segments {
+        ["v1", "inventory", "availability"] => match method {
+            "POST" => availability(app, req).await,
+            _ => Err(Error::MethodNotAllowed(req.method.clone())),
+        },
+        ["v1", "inventory", "reservations"] => match method {
+            "POST" => reserve(app, req).await,
+            _ => Err(Error::MethodNotAllowed(req.method.clone())),
+        },
+        ["v1", "inventory", "reservations", cart] => match method {
+            "DELETE" => release(app, cart).await,
+            _ => Err(Error::MethodNotAllowed(req.method.clone())),
+        },
+        ["v1", "inventory", variant] => match method {
+            "GET" => view(app, variant).await,
+            _ => Err(Error::MethodNotAllowed(req.method.clone())),
+        },
+        ["v1", "admin", "inventory", "reconcile"] => match method {
+            "POST" => reconcile(app, req).await,
+            _ => Err(Error::MethodNotAllowed(req.method.clone())),
+        },
+        ["v1", "admin", "inventory", variant] => match method {
+            "PUT" => set_on_hand(app, req, variant).await,
+            _ => Err(Error::MethodNotAllowed(req.method.clone())),
+        },
+        _ => return None,
+    };
+    Some(result)
+}
+
+fn store<R: Redis, S: Sql>(app: &App<R, S>) -> Inventory<'_, R, S> {
+    Inventory::new(&app.redis, &app.sql, &app.keys)
+}
+
+async fn view<R: Redis, S: Sql>(app: &App<R, S>, variant: &str) -> Result<Response> {
+    let variant = VariantId::parse(variant)?;
+    let mut views = store(app)
+        .views(std::slice::from_ref(&variant))
+        .await
+        .map_err(|e| match e {
+            Error::Unprocessable {
+                code: "UNKNOWN_VARIANT",
+                message,
+                ..
+            } => Error::not_found("VARIANT_NOT_FOUND", message),
+            other => other,
+        })?;
+    Ok(Response::json(200, &views.remove(0)))
+}
+
+async fn availability<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+    let body = req.json(app.settings.max_body_bytes)?;
+    let ids = array_field(object(&body)?, "variantIds", MAX_BATCH)?;
+    let mut variants: Vec<VariantId> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = id
+            .as_str()
+            .ok_or_else(|| Error::bad_request("INVALID_ID", "variantIds must be strings"))?;
+        let variant = VariantId::parse(id)?;
+        if !variants.contains(&variant) {
+            variants.push(variant);
+        }
+    }
+    let items = store(app).views(&variants).await?;
+    Ok(Response::json(200, &json!({ "items": items })))
+}
+
+/// A parsed reservation request.
+struct ReservationRequest {
+    cart: CartId,
+    lines: Vec<(VariantId, Quantity)>,
+    ttl_seconds: u32,
+}
+
+fn parse_reservation(body: &Value, settings: &Settings) -> Result<ReservationRequest> {
+    let body = object(body)?;
+    let cart = CartId::parse(str_field(body, "cartId")?)?;
+    // Lines naming one variant twice are summed: the holder asks for that many in all.
+    let mut wanted: BTreeMap<VariantId, i64> = BTreeMap::new();
+    let mut order: Vec<VariantId> = Vec::new();
+    for item in array_field(body, "items", MAX_BATCH)? {
+        let item = object(item)?;
+        let variant = VariantId::parse(str_field(item, "variantId")?)?;
+        let quantity = Quantity::from_json(field(item, "quantity")?)?;
+        let total = wanted.entry(variant.clone()).or_insert_with(|| {
+            order.push(variant);
+            0
+        });
+        *total += i64::from(quantity.get());
+    }
+    let lines = order
+        .into_iter()
+        .map(|v| {
+            let quantity = Quantity::new(wanted[&v])?;
+            Ok((v, quantity))
+        })
+        .collect::<Result<_>>()?;
+    let ttl_seconds = match body.get("ttlSeconds") {
+        None | Some(Value::Null) => settings.reservation_ttl_seconds,
+        Some(v) => v
+            .as_u64()
+            .filter(|s| (1..=u64::from(Settings::MAX_RESERVATION_TTL)).contains(s))
+            .map(|s| s as u32)
+            .ok_or_else(|| {
+                Error::bad_request(
+                    "INVALID_TTL",
+                    format!(
+                        "ttlSeconds must be an integer from 1 to {}",
+                        Settings::MAX_RESERVATION_TTL
+                    ),
+                )
+            })?,
+    };
+    Ok(ReservationRequest {
+        cart,
+        lines,
+        ttl_seconds,
+    })
+}
+
+async fn reserve<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+    let body = req.json(app.settings.max_body_bytes)?;
+    let request = parse_reservation(&body, &app.settings)?;
+    let reservation = store(app)
+        .reserve(
+            &request.cart,
+            &request.lines,
+            i64::from(request.ttl_seconds) * 1000,
+        )
+        .await?;
+    let items: Vec<Value> = request
+        .lines
+        .iter()
+        .map(|(v, q)| json!({ "variantId": v.as_str(), "quantity": q.get() }))
+        .collect();
+    Ok(Response::json(
+        201,
+        &json!({
+            "cartId": request.cart.as_str(),
+            "expiresAt": rfc3339_millis(reservation.deadline_ms),
+            "items": items,
+        }),
+    ))
+}
+
+async fn release<R: Redis, S: Sql>(app: &App<R, S>, cart: &str) -> Result<Response> {
+    let cart = CartId::parse(cart)?;
+    let released = store(app).release(&cart).await?;
+    Ok(Response::json(
+        200,
+        &json!({ "cartId": cart.as_str(), "released": released }),
+    ))
+}
+
+async fn set_on_hand<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, variant: &str) -> Result<Response> {
+    app.settings.authorize_admin(req.header("authorization"))?;
+    let variant = VariantId::parse(variant)?;
+    let body = req.json(app.settings.max_body_bytes)?;
+    let on_hand = field(object(&body)?, "onHand")?
+        .as_i64()
+        .filter(|n| (0..=MAX_ON_HAND).contains(n))
+        .ok_or_else(|| {
+            Error::bad_request(
+                "INVALID_ON_HAND",
+                format!("onHand must be an integer from 0 to {MAX_ON_HAND}"),
+            )
+        })?;
+    let view = store(app).set_on_hand(&variant, on_hand).await?;
+    Ok(Response::json(200, &view))
+}
+
+async fn reconcile<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+    app.settings.authorize_admin(req.header("authorization"))?;
+    let report = store(app).reconcile(|_| {}).await?;
+    Ok(Response::json(200, &report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::from_config(&crate::settings::tests_support::Empty).unwrap()
+    }
+
+    #[test]
+    fn duplicate_lines_are_summed_in_first_seen_order() {
+        let body = json!({"cartId": "c1", "items": [
+            {"variantId": "b", "quantity": 1},
+            {"variantId": "a", "quantity": 2},
+            {"variantId": "b", "quantity": 3},
+        ]});
+        let r = parse_reservation(&body, &settings()).unwrap();
+        let lines: Vec<(&str, u32)> = r.lines.iter().map(|(v, q)| (v.as_str(), q.get())).collect();
+        assert_eq!(lines, [("b", 4), ("a", 2)]);
+        assert_eq!(r.ttl_seconds, 900);
+    }
+
+    #[test]
+    fn malformed_reservations_are_bad_requests() {
+        let bad = [
+            json!([]),
+            json!({"items": [{"variantId": "a", "quantity": 1}]}),
+            json!({"cartId": "c:1", "items": [{"variantId": "a", "quantity": 1}]}),
+            json!({"cartId": "c", "items": []}),
+            json!({"cartId": "c", "items": [{"variantId": "a"}]}),
+            json!({"cartId": "c", "items": [{"variantId": "a", "quantity": 0}]}),
+            json!({"cartId": "c", "items": [{"variantId": "a", "quantity": 60000}, {"variantId": "a", "quantity": 60000}]}),
+            json!({"cartId": "c", "items": [{"variantId": "a", "quantity": 1}], "ttlSeconds": 0}),
+            json!({"cartId": "c", "items": [{"variantId": "a", "quantity": 1}], "ttlSeconds": 1.5}),
+        ];
+        for body in bad {
+            let err = parse_reservation(&body, &settings())
+                .err()
+                .unwrap_or_else(|| panic!("{body} accepted"));
+            assert_eq!(err.status(), 400, "{body}");
+        }
+    }
+}

@@ -1,0 +1,25 @@
+-- View: stock and live reserved units of a batch of variants, in one round trip.
+--
+-- KEYS[1 + 4(i-1)..]  per variant i: stock, reserved, holds, hold-qty
+--
+-- Replies (flat): {'OK', stock_1, reserved_1, ...} | {'MISSING', i, ...} | {'RETRY'}
+local n = #KEYS / 4
+local now = now_ms()
+local out = {'OK'}
+local missing = {'MISSING'}
+for i = 0, n - 1 do
+  local k = 1 + 4 * i
+  if not purge(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], now) then
+    return {'RETRY'}
+  end
+  local stock = redis.call('GET', KEYS[k])
+  if not stock then
+    missing[#missing + 1] = i
+  end
+  out[#out + 1] = tonumber(stock) or 0
+  out[#out + 1] = tonumber(redis.call('GET', KEYS[k + 1])) or 0
+end
+if #missing > 1 then
+  return missing
+end
+return out

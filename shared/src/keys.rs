@@ -1,0 +1,111 @@
+//! The Redis key layout of DESIGN §3.
+//!
+//! Keys follow `{store}:{type}:{identifier}[:{sub}]` behind an optional namespace prefix.
+//! The identifier sits in a Redis Cluster hash tag, so every key of one variant (stock,
+//! reserved total, holds) lands in the same slot and a script over them runs unchanged on
+//! Cluster. Keys are built only from parsed ids, so they cannot be malformed.
+
+use crate::ids::{CartId, VariantId};
+
+/// Builds every key of the service under one namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The four keys that hold one variant's stock and holds, all in one hash slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantKeys {
+    /// `inventory:variant:{V}`: units on hand, mirrored from PostgreSQL.
+    pub stock: String,
+    /// `inventory:reserved:{V}`: sum of live hold quantities.
+    pub reserved: String,
+    /// `inventory:holds:{V}`: sorted set, holder → deadline in ms (Redis clock).
+    pub holds: String,
+    /// `inventory:hold-qty:{V}`: hash, holder → quantity held.
+    pub hold_qty: String,
+    /// `inventory:stock-version:{V}`: hash of the PostgreSQL row versions the stock
+    /// reflects, so each committed change is mirrored exactly once.
+    pub stock_version: String,
+}
+
+impl VariantKeys {
+    /// The hold keys in the order the inventory scripts expect them.
+    pub fn as_array(&self) -> [&str; 4] {
+        [&self.stock, &self.reserved, &self.holds, &self.hold_qty]
+    }
+}
+
+impl Keys {
+    /// Keys with a namespace (`""` for none). The namespace must be an id
+    /// (`[A-Za-z0-9_-]`), checked where configuration is read.
+    pub fn new(namespace: &str) -> Self {
+        let prefix = if namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{namespace}:")
+        };
+        Self { prefix }
+    }
+
+    /// The namespace prefix including its trailing `:` (empty without a namespace).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The keys of one variant's stock and holds.
+    pub fn variant(&self, variant: &VariantId) -> VariantKeys {
+        let p = &self.prefix;
+        VariantKeys {
+            stock: format!("{p}inventory:variant:{{{variant}}}"),
+            reserved: format!("{p}inventory:reserved:{{{variant}}}"),
+            holds: format!("{p}inventory:holds:{{{variant}}}"),
+            hold_qty: format!("{p}inventory:hold-qty:{{{variant}}}"),
+            stock_version: format!("{p}inventory:stock-version:{{{variant}}}"),
+        }
+    }
+
+    /// `inventory:cart-holds:{C}`: the set of variants a holder has holds on, so that a
+    /// release knows which variants to visit.
+    pub fn cart_holds(&self, cart: &CartId) -> String {
+        format!("{}inventory:cart-holds:{{{cart}}}", self.prefix)
+    }
+
+    /// A SCAN pattern matching every variant's holds set in this namespace.
+    pub fn all_holds_pattern(&self) -> String {
+        format!("{}inventory:holds:{{*}}", self.prefix)
+    }
+
+    /// Reads the variant id back out of a holds key found by SCAN.
+    pub fn variant_of_holds_key(&self, key: &str) -> Option<VariantId> {
+        let id = key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("inventory:holds:{")?
+            .strip_suffix('}')?;
+        VariantId::parse(id).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_keys_share_one_hash_tag_under_the_namespace() {
+        let keys = Keys::new("t1");
+        let v = VariantId::parse("var-9").unwrap();
+        let k = keys.variant(&v);
+        assert_eq!(k.stock, "t1:inventory:variant:{var-9}");
+        assert_eq!(k.hold_qty, "t1:inventory:hold-qty:{var-9}");
+        for key in k.as_array() {
+            assert!(key.ends_with("{var-9}"));
+        }
+        assert_eq!(keys.variant_of_holds_key(&k.holds), Some(v));
+    }
+
+    #[test]
+    fn no_namespace_means_no_prefix() {
+        let v = VariantId::parse("a").unwrap();
+        assert_eq!(Keys::new("").variant(&v).stock, "inventory:variant:{a}");
+    }
+}

@@ -1,0 +1,26 @@
+//! `commerce-core`: every rule, Lua script, key, route and handler of spin-commerce.
+//!
+//! The crate talks to the outside only through the ports in [`ports`]; the Spin
+//! components (feature `spin`, module `spin`) and `commerce-native` implement them. Data
+//! flows one way: HTTP request → [`router::handle`] → store → port → adapter.
+
+pub mod app;
+pub mod catalog;
+pub mod clock;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod inventory;
+pub mod keys;
+pub mod ops;
+pub mod ports;
+pub mod router;
+pub mod script;
+pub mod settings;
+#[cfg(feature = "spin")]
+pub mod spin;
+
+pub use app::App;
+pub use error::{Error, PortError, Result};
+pub use router::{Scope, handle};
+pub use settings::Settings;

@@ -1,0 +1,147 @@
+//! The ports through which the stores reach the outside.
+//!
+//! Each port has two adapters: the Spin host interfaces inside a component (feature
+//! `spin`) and redis-rs / tokio-postgres in `commerce-native`. The shapes follow what the
+//! Spin host can carry (DESIGN §2): Redis replies arrive flattened, so the stores only
+//! ever decode flat, fixed-position arrays, and one decoder serves both adapters.
+
+use std::future::Future;
+
+use crate::error::PortError;
+
+/// An argument of a Redis command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisArg {
+    /// An integer, sent as its decimal text.
+    Int(i64),
+    /// A string or key.
+    Bytes(Vec<u8>),
+}
+
+impl From<&str> for RedisArg {
+    fn from(s: &str) -> Self {
+        RedisArg::Bytes(s.as_bytes().to_vec())
+    }
+}
+
+impl From<&String> for RedisArg {
+    fn from(s: &String) -> Self {
+        RedisArg::Bytes(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for RedisArg {
+    fn from(s: String) -> Self {
+        RedisArg::Bytes(s.into_bytes())
+    }
+}
+
+impl From<i64> for RedisArg {
+    fn from(n: i64) -> Self {
+        RedisArg::Int(n)
+    }
+}
+
+/// One element of a flattened Redis reply, as Spin's host delivers it: nested arrays are
+/// flattened depth-first, so a Lua `{{a,1},{b,2}}` arrives as `a,1,b,2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisReply {
+    /// A nil bulk string (or Lua `false`).
+    Nil,
+    /// A status reply such as `OK`.
+    Status(String),
+    /// An integer reply.
+    Int(i64),
+    /// A bulk string.
+    Bytes(Vec<u8>),
+}
+
+impl RedisReply {
+    /// The reply as an integer, accepting integer replies and decimal bulk strings.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            RedisReply::Int(n) => Some(*n),
+            RedisReply::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            RedisReply::Status(s) => s.parse().ok(),
+            RedisReply::Nil => None,
+        }
+    }
+
+    /// The reply as text (status or UTF-8 bulk string).
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            RedisReply::Status(s) => Some(s),
+            RedisReply::Bytes(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Runs Redis commands. Every call is one round trip; compound operations are scripts.
+pub trait Redis {
+    /// Runs one command and returns its reply flattened.
+    fn execute(
+        &self,
+        command: &str,
+        args: Vec<RedisArg>,
+    ) -> impl Future<Output = Result<Vec<RedisReply>, PortError>>;
+}
+
+/// A value bound to, or read from, a SQL statement. The schema uses only these types
+/// (`bigint`, `text`, `boolean`); timestamps cross the port as epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    /// SQL NULL.
+    Null,
+    /// `boolean`.
+    Bool(bool),
+    /// `bigint` (and `integer`, widened).
+    Int(i64),
+    /// `text`.
+    Text(String),
+    /// `text[]`, for `= ANY($1)` over a batch.
+    TextArray(Vec<String>),
+}
+
+impl SqlValue {
+    /// The value as an integer, if it is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            SqlValue::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The value as text, if it is text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            SqlValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One result row, columns in the order of the SELECT list.
+pub type SqlRow = Vec<SqlValue>;
+
+/// Runs parameterized SQL. Statements are written once in `commerce-core` and run by both
+/// adapters; each is a single statement (CTEs for multi-row changes), because the Spin
+/// host recycles pooled connections without ROLLBACK.
+pub trait Sql {
+    /// Runs a statement that returns rows.
+    fn query(
+        &self,
+        statement: &str,
+        params: &[SqlValue],
+    ) -> impl Future<Output = Result<Vec<SqlRow>, PortError>>;
+
+    /// Runs a statement and returns the number of rows it changed.
+    fn execute(&self, statement: &str, params: &[SqlValue]) -> impl Future<Output = Result<u64, PortError>>;
+}
+
+/// Reads configuration: Spin variables in a component, `COMMERCE_*` environment variables
+/// (or CLI flags) natively. Names are the Spin variable names of DESIGN §6.
+pub trait Config {
+    /// The value of a setting, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}

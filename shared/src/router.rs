@@ -1,0 +1,65 @@
+//! The one router: both the Spin components and `commerce serve` answer through
+//! [`handle`], so the routes are the same in both runtimes.
+
+use crate::app::App;
+use crate::error::Error;
+use crate::http::{Request, Response};
+use crate::ports::{Redis, Sql};
+use crate::{inventory, ops};
+
+/// Which component's routes a deployment answers. A Spin component answers only its own
+/// (its `spin.toml` routes send it nothing else); `commerce serve` answers all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every route (the native server).
+    All,
+    /// Inventory routes.
+    Inventory,
+    /// Cart routes.
+    Cart,
+    /// Pricing, bundle and discount routes.
+    Pricing,
+    /// Checkout routes.
+    Checkout,
+    /// `/health`.
+    Ops,
+}
+
+/// Answers one request. Never panics on input; errors become the DESIGN §5 error body.
+pub async fn handle<R: Redis, S: Sql>(app: &App<R, S>, req: Request, scope: Scope) -> Response {
+    let path = req.path.trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let in_scope = |s: Scope| scope == Scope::All || scope == s;
+
+    let mut answer = None;
+    if in_scope(Scope::Inventory) {
+        answer = inventory::routes::route(app, &req, &segments).await;
+    }
+    if answer.is_none() && in_scope(Scope::Ops) {
+        answer = ops::route(app, &req, &segments).await;
+    }
+    if answer.is_none() {
+        answer = later_release(&segments, scope).map(Err);
+    }
+    match answer {
+        Some(Ok(response)) => response,
+        Some(Err(error)) => Response::error(&error),
+        None => Response::error(&Error::not_found(
+            "ROUTE_NOT_FOUND",
+            format!("no route for {} {}", req.method, req.path),
+        )),
+    }
+}
+
+/// Routes of stores that land in later releases answer 501 with the error body.
+fn later_release(segments: &[&str], scope: Scope) -> Option<Error> {
+    let (store, owner) = match segments {
+        ["v1", "carts", ..] | ["v1", "customers", ..] => ("the cart store", Scope::Cart),
+        ["v1", "pricing", ..]
+        | ["v1", "bundles", ..]
+        | ["v1", "admin", "pricing" | "discounts" | "bundles", ..] => ("the pricing store", Scope::Pricing),
+        ["v1", "checkout", ..] => ("checkout", Scope::Checkout),
+        _ => return None,
+    };
+    (scope == Scope::All || scope == owner).then_some(Error::NotImplemented(store))
+}

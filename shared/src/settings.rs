@@ -1,0 +1,151 @@
+//! Settings, read once per process (natively) or per request (in Spin) through the
+//! [`Config`] port. Names are the Spin variable names of DESIGN §6; defaults follow the
+//! seed's TTL table.
+
+use crate::error::Error;
+use crate::ids::CartId;
+use crate::ports::Config;
+
+/// Every setting the stores use.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Redis address, `redis://` or `rediss://`.
+    pub redis_url: String,
+    /// PostgreSQL address.
+    pub database_url: String,
+    /// Bearer token of the admin routes; admin routes are refused while it is empty.
+    pub admin_token: String,
+    /// Namespace in front of every key (tenants, test runs).
+    pub key_prefix: String,
+    /// How long a reservation holds stock unless the request says otherwise.
+    pub reservation_ttl_seconds: u32,
+    /// Timeout of one Redis call (native adapter; the Spin host sets none).
+    pub redis_timeout_ms: u64,
+    /// Timeout of one PostgreSQL call, including waiting for a pooled connection.
+    pub database_timeout_ms: u64,
+    /// Largest request body accepted; larger gets 413.
+    pub max_body_bytes: usize,
+}
+
+impl Settings {
+    /// Default hold time: 15 minutes (seed `INVENTORY_RESERVATION`).
+    pub const DEFAULT_RESERVATION_TTL: u32 = 15 * 60;
+    /// Longest hold a request may ask for: one day.
+    pub const MAX_RESERVATION_TTL: u32 = 24 * 60 * 60;
+    /// Default body limit: 64 KiB, room for a 500-variant availability request.
+    pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+
+    /// Reads the settings, applying defaults and rejecting malformed values.
+    pub fn from_config(config: &impl Config) -> Result<Self, String> {
+        let text = |name: &str, default: &str| {
+            config
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let number = |name: &str, default: u64| -> Result<u64, String> {
+            match config.get(name).filter(|v| !v.is_empty()) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("{name} must be a whole number, got {v:?}")),
+            }
+        };
+        let key_prefix = text("key_prefix", "");
+        if !key_prefix.is_empty() {
+            CartId::parse(&key_prefix)
+                .map_err(|_| format!("key_prefix must match [A-Za-z0-9_-]{{1,64}}, got {key_prefix:?}"))?;
+        }
+        let reservation_ttl_seconds =
+            number("reservation_ttl_seconds", Self::DEFAULT_RESERVATION_TTL.into())?;
+        if !(1..=u64::from(Self::MAX_RESERVATION_TTL)).contains(&reservation_ttl_seconds) {
+            return Err("reservation_ttl_seconds must be from 1 to 86400".into());
+        }
+        Ok(Self {
+            redis_url: text("redis_url", "redis://127.0.0.1:6379"),
+            database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
+            admin_token: text("admin_token", ""),
+            key_prefix,
+            reservation_ttl_seconds: reservation_ttl_seconds as u32,
+            redis_timeout_ms: number("redis_timeout_ms", 2_000)?,
+            database_timeout_ms: number("database_timeout_ms", 5_000)?,
+            max_body_bytes: number("max_body_bytes", Self::DEFAULT_MAX_BODY as u64)? as usize,
+        })
+    }
+
+    /// Checks an `Authorization: Bearer …` header against the admin token, in constant
+    /// time. An unset token locks the admin routes.
+    pub fn authorize_admin(&self, authorization: Option<&str>) -> Result<(), Error> {
+        let presented = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| Error::Unauthorized("admin routes need a bearer token".into()))?;
+        if self.admin_token.is_empty() || !constant_time_eq(presented, &self.admin_token) {
+            return Err(Error::Forbidden("the token does not grant admin access".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Compares two secrets without leaking where they first differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Map(HashMap<&'static str, &'static str>);
+    impl Config for Map {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let s = Settings::from_config(&Map(HashMap::new())).unwrap();
+        assert_eq!(s.reservation_ttl_seconds, 900);
+        assert!(s.admin_token.is_empty());
+    }
+
+    #[test]
+    fn malformed_settings_are_refused() {
+        for (k, v) in [
+            ("key_prefix", "a:b"),
+            ("reservation_ttl_seconds", "0"),
+            ("redis_timeout_ms", "soon"),
+        ] {
+            assert!(Settings::from_config(&Map(HashMap::from([(k, v)]))).is_err());
+        }
+    }
+
+    #[test]
+    fn admin_needs_the_exact_token() {
+        let mut s = Settings::from_config(&Map(HashMap::new())).unwrap();
+        assert_eq!(s.authorize_admin(Some("Bearer x")).unwrap_err().status(), 403);
+        s.admin_token = "secret".into();
+        assert_eq!(s.authorize_admin(None).unwrap_err().status(), 401);
+        assert_eq!(
+            s.authorize_admin(Some("Bearer secreT")).unwrap_err().status(),
+            403
+        );
+        assert!(s.authorize_admin(Some("Bearer secret")).is_ok());
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use crate::ports::Config;
+
+    /// A configuration with nothing set: every default applies.
+    pub struct Empty;
+
+    impl Config for Empty {
+        fn get(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+}

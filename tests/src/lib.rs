@@ -1,1 +1,298 @@
-//! Test helpers.
+//! Test helpers: every test gets the whole app on its own port, its own PostgreSQL schema
+//! and its own Redis key namespace, so tests run in parallel on one Redis and one
+//! PostgreSQL, and talks to it over HTTP like a client.
+//!
+//! The services come from `COMMERCE_REDIS_URL` and `COMMERCE_DATABASE_URL`, which
+//! `scripts/test` sets after starting them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use commerce_core::Settings;
+use commerce_native::{EnvConfig, NativeApp, build_app, migrate, serve};
+use redis::AsyncCommands;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// The admin token every test app is configured with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// One running app with its own namespace.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// The HTTP client.
+    pub http: reqwest::Client,
+    /// The app itself, for calling stores directly.
+    pub app: Arc<NativeApp>,
+    /// A direct Redis connection, for checking invariants.
+    pub redis: redis::aio::MultiplexedConnection,
+    /// A direct PostgreSQL connection (search_path = the test schema).
+    pub pg: tokio_postgres::Client,
+    /// The namespace: PostgreSQL schema name and Redis key prefix.
+    pub namespace: String,
+}
+
+/// A reply: status and JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Body parsed as JSON (`Value::Null` if it was not JSON).
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
+}
+
+impl TestApp {
+    /// Starts the app on port 0 with a fresh schema and key prefix.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|c| c).await
+    }
+
+    /// Starts the app with extra configuration (Spin variable names).
+    pub async fn spawn_with(configure: impl FnOnce(EnvConfig) -> EnvConfig) -> Self {
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 1_000_000_000;
+        let namespace = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            stamp,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let database_url = required_env("COMMERCE_DATABASE_URL");
+        let redis_url = required_env("COMMERCE_REDIS_URL");
+
+        let (admin, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {namespace}"))
+            .await
+            .unwrap();
+
+        let separator = if database_url.contains('?') { '&' } else { '?' };
+        let schema_url = format!("{database_url}{separator}options=-c%20search_path%3D{namespace}");
+        let config = configure(
+            EnvConfig::new()
+                .set("redis_url", &redis_url)
+                .set("database_url", &schema_url)
+                .set("key_prefix", &namespace)
+                .set("admin_token", ADMIN_TOKEN),
+        );
+        let settings = Settings::from_config(&config).unwrap();
+        let app = build_app(settings).unwrap();
+        migrate::migrate(&app.sql).await.unwrap();
+        let app = Arc::new(app);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, app.clone()));
+
+        let (pg, connection) = tokio_postgres::connect(&schema_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let redis = redis::Client::open(redis_url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        Self {
+            base,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(512)
+                .build()
+                .unwrap(),
+            app,
+            redis,
+            pg,
+            namespace,
+        }
+    }
+
+    /// Sends a request; `body` is sent as JSON when given.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>, admin: bool) -> Reply {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        if admin {
+            req = req.header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+        }
+        Self::reply(req).await
+    }
+
+    /// Sends a prepared request and reads the reply.
+    pub async fn reply(req: reqwest::RequestBuilder) -> Reply {
+        let res = req.send().await.expect("request failed");
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.unwrap();
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None, false).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(body), false).await
+    }
+
+    /// Writes the demo catalog with `variants` variants (100 on hand each) and loads it into
+    /// Redis.
+    pub async fn seed(&self, variants: i64) {
+        commerce_core::catalog::seed(&self.app.sql, variants, |_| {})
+            .await
+            .unwrap();
+        self.inventory().reconcile(|_| {}).await.unwrap();
+    }
+
+    /// Sets a variant's on-hand through the admin route.
+    pub async fn set_on_hand(&self, variant: &str, on_hand: i64) -> Reply {
+        self.call(
+            "PUT",
+            &format!("/v1/admin/inventory/{variant}"),
+            Some(serde_json::json!({ "onHand": on_hand })),
+            true,
+        )
+        .await
+    }
+
+    /// The inventory store over this app's ports.
+    pub fn inventory(
+        &self,
+    ) -> commerce_core::inventory::Inventory<'_, commerce_native::NativeRedis, commerce_native::NativePg>
+    {
+        commerce_core::inventory::Inventory::new(&self.app.redis, &self.app.sql, &self.app.keys)
+    }
+
+    /// A key of this test's namespace.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.namespace)
+    }
+
+    /// Every Redis key of this test's namespace, sorted.
+    pub async fn redis_keys(&self) -> Vec<String> {
+        let mut redis = self.redis.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut iter: redis::AsyncIter<String> =
+            redis.scan_match(format!("{}:*", self.namespace)).await.unwrap();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key.unwrap());
+        }
+        keys.sort();
+        keys
+    }
+
+    /// A snapshot of every Redis key and value of the namespace (for "nothing written").
+    pub async fn redis_snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        let mut redis = self.redis.clone();
+        let mut out = Vec::new();
+        for key in self.redis_keys().await {
+            let dump: Vec<u8> = redis::cmd("DUMP")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            out.push((key, dump));
+        }
+        out
+    }
+
+    /// Deletes every Redis key of the namespace (a targeted FLUSHALL).
+    pub async fn flush_redis(&self) {
+        let mut redis = self.redis.clone();
+        for key in self.redis_keys().await {
+            let _: () = redis.del(key).await.unwrap();
+        }
+    }
+
+    /// on_hand of a variant in PostgreSQL.
+    pub async fn pg_on_hand(&self, variant: &str) -> i64 {
+        self.pg
+            .query_one(
+                "SELECT on_hand FROM inventory_levels WHERE variant_id = $1",
+                &[&variant],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Checks one variant's holds in Redis the Jepsen way: the reserved total equals a
+    /// recount of the hold quantities, every hold has a deadline, nothing is negative, and
+    /// returns (stock, reserved).
+    pub async fn check_holds(&self, variant: &str) -> (i64, i64) {
+        let mut redis = self.redis.clone();
+        let stock: Option<i64> = redis
+            .get(self.key(&format!("inventory:variant:{{{variant}}}")))
+            .await
+            .unwrap();
+        let reserved: Option<i64> = redis
+            .get(self.key(&format!("inventory:reserved:{{{variant}}}")))
+            .await
+            .unwrap();
+        let quantities: std::collections::HashMap<String, i64> = redis
+            .hgetall(self.key(&format!("inventory:hold-qty:{{{variant}}}")))
+            .await
+            .unwrap();
+        let mut holders: Vec<String> = redis
+            .zrange(self.key(&format!("inventory:holds:{{{variant}}}")), 0, -1)
+            .await
+            .unwrap();
+        let mut recount_holders: Vec<String> = quantities.keys().cloned().collect();
+        holders.sort();
+        recount_holders.sort();
+        let recount: i64 = quantities.values().sum();
+        let reserved = reserved.unwrap_or(0);
+        assert_eq!(
+            reserved, recount,
+            "{variant}: reserved total disagrees with the holds"
+        );
+        assert_eq!(
+            holders, recount_holders,
+            "{variant}: holds set and quantities disagree"
+        );
+        assert!(
+            quantities.values().all(|q| *q > 0),
+            "{variant}: non-positive hold"
+        );
+        let stock = stock.unwrap_or(0);
+        assert!(
+            stock >= 0 && reserved >= 0,
+            "{variant}: negative stock {stock} or reserved {reserved}"
+        );
+        (stock, reserved)
+    }
+
+    /// Drops the test's schema and keys.
+    pub async fn finish(self) {
+        self.flush_redis().await;
+        self.pg
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.namespace))
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,186 @@
+//! Bad input on every inventory route gets a 4xx with the error body and writes nothing.
+
+use commerce_tests::{ADMIN_TOKEN, TestApp};
+use serde_json::json;
+
+/// Ids that must never reach a key: separators, glob and hash-tag characters, spaces,
+/// newlines, and one character too many. Percent-encoded where they sit in a path.
+const BAD_PATH_IDS: &[&str] = &["a:b", "a%7Bb", "a%7Db", "a*", "a%20b", "a%0Ab", "caf%C3%A9"];
+
+fn too_long() -> String {
+    "x".repeat(65)
+}
+
+#[tokio::test]
+async fn bad_input_on_every_route_is_refused_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    app.post(
+        "/v1/inventory/reservations",
+        json!({"cartId": "c", "items": [{"variantId": "var-1", "quantity": 1}]}),
+    )
+    .await;
+    let redis_before = app.redis_snapshot().await;
+    let pg_before = app.pg_on_hand("var-1").await;
+
+    let mut cases: Vec<(String, String, Option<String>, &str, u16)> = Vec::new();
+    let mut case =
+        |method: &str, path: String, body: Option<String>, content_type: &'static str, status: u16| {
+            cases.push((method.into(), path, body, content_type, status));
+        };
+    let long = too_long();
+    for id in BAD_PATH_IDS.iter().copied().chain([long.as_str()]) {
+        case("GET", format!("/v1/inventory/{id}"), None, "", 400);
+        case(
+            "DELETE",
+            format!("/v1/inventory/reservations/{id}"),
+            None,
+            "",
+            400,
+        );
+        case(
+            "PUT",
+            format!("/v1/admin/inventory/{id}"),
+            Some(r#"{"onHand":1}"#.into()),
+            "application/json",
+            400,
+        );
+    }
+    let bad_body_ids = ["a:b", "a{b", "a}b", "a*", "a b", "a\nb", "", long.as_str()];
+    for id in bad_body_ids {
+        let reserve = json!({"cartId": "c2", "items": [{"variantId": id, "quantity": 1}]}).to_string();
+        case(
+            "POST",
+            "/v1/inventory/reservations".into(),
+            Some(reserve),
+            "application/json",
+            400,
+        );
+        let cart = json!({"cartId": id, "items": [{"variantId": "var-1", "quantity": 1}]}).to_string();
+        case(
+            "POST",
+            "/v1/inventory/reservations".into(),
+            Some(cart),
+            "application/json",
+            400,
+        );
+        let ids = json!({"variantIds": ["var-1", id]}).to_string();
+        case(
+            "POST",
+            "/v1/inventory/availability".into(),
+            Some(ids),
+            "application/json",
+            400,
+        );
+    }
+    for quantity in [
+        "0",
+        "-1",
+        "1.5",
+        "\"2\"",
+        "100001",
+        "1e30",
+        "99999999999999999999",
+        "null",
+    ] {
+        let body = format!(r#"{{"cartId":"c2","items":[{{"variantId":"var-1","quantity":{quantity}}}]}}"#);
+        case(
+            "POST",
+            "/v1/inventory/reservations".into(),
+            Some(body),
+            "application/json",
+            400,
+        );
+    }
+    for on_hand in ["-1", "1.5", "\"5\"", "null", "1000000000000"] {
+        let body = format!(r#"{{"onHand":{on_hand}}}"#);
+        case(
+            "PUT",
+            "/v1/admin/inventory/var-1".into(),
+            Some(body),
+            "application/json",
+            400,
+        );
+    }
+    for ttl in ["0", "-5", "1.5", "86401", "\"60\""] {
+        let body =
+            format!(r#"{{"cartId":"c2","items":[{{"variantId":"var-1","quantity":1}}],"ttlSeconds":{ttl}}}"#);
+        case(
+            "POST",
+            "/v1/inventory/reservations".into(),
+            Some(body),
+            "application/json",
+            400,
+        );
+    }
+    let json_routes = [
+        ("POST", "/v1/inventory/reservations"),
+        ("POST", "/v1/inventory/availability"),
+        ("PUT", "/v1/admin/inventory/var-1"),
+    ];
+    let huge = format!(r#"{{"variantIds":["{}"]}}"#, "v".repeat(70 * 1024));
+    for (method, path) in json_routes {
+        for body in ["{", "not json", "[1,2", "{\"cartId\":}", "[]", "42", "{}"] {
+            case(method, path.into(), Some(body.into()), "application/json", 400);
+        }
+        case(method, path.into(), Some("{}".into()), "text/plain", 415);
+        case(method, path.into(), Some("{}".into()), "", 415);
+        case(method, path.into(), Some(huge.clone()), "application/json", 413);
+    }
+    case(
+        "POST",
+        "/v1/inventory/availability".into(),
+        Some(r#"{"variantIds":[]}"#.into()),
+        "application/json",
+        400,
+    );
+    let many: Vec<String> = (0..501).map(|i| format!("v{i}")).collect();
+    case(
+        "POST",
+        "/v1/inventory/availability".into(),
+        Some(json!({ "variantIds": many }).to_string()),
+        "application/json",
+        400,
+    );
+    case("POST", "/v1/inventory/var-1".into(), None, "", 405);
+    case("GET", "/v1/inventory/reservations".into(), None, "", 405);
+    case("GET", "/v1/nothing-here".into(), None, "", 404);
+
+    for (method, path, body, content_type, status) in &cases {
+        let mut req = app
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", app.base))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+        if !content_type.is_empty() {
+            req = req.header("content-type", *content_type);
+        }
+        if let Some(body) = body {
+            req = req.body(body.clone());
+        }
+        let reply = TestApp::reply(req).await;
+        let shown = body.as_deref().map(|b| &b[..b.len().min(120)]);
+        assert_eq!(
+            reply.status, *status,
+            "{method} {path} {shown:?}: {:?}",
+            reply.body
+        );
+        assert!(
+            reply.code().chars().all(|c| c.is_ascii_uppercase() || c == '_') && !reply.code().is_empty(),
+            "{method} {path}: no error body: {:?}",
+            reply.body
+        );
+        assert!(reply.body["error"]["message"].is_string());
+    }
+    assert!(cases.len() > 100);
+    assert_eq!(
+        app.redis_snapshot().await,
+        redis_before,
+        "bad input wrote to Redis"
+    );
+    assert_eq!(
+        app.pg_on_hand("var-1").await,
+        pg_before,
+        "bad input wrote to PostgreSQL"
+    );
+    app.finish().await;
+}

@@ -1,0 +1,358 @@
+//! The inventory store's promises, checked over HTTP against real Redis and PostgreSQL.
+
+use std::time::Duration;
+
+use commerce_tests::{Reply, TestApp};
+use serde_json::{Value, json};
+
+fn reservation(cart: &str, items: &[(&str, i64)]) -> Value {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(v, q)| json!({ "variantId": v, "quantity": q }))
+        .collect();
+    json!({ "cartId": cart, "items": items })
+}
+
+async fn sellable(app: &TestApp, variant: &str) -> i64 {
+    let reply = app.get(&format!("/v1/inventory/{variant}")).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body["sellable"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservation_never_oversells_under_contention() {
+    let app = TestApp::spawn().await;
+    app.seed(1).await;
+    assert_eq!(app.set_on_hand("var-1", 100).await.status, 200);
+
+    let buyers = (0..300).map(|i| {
+        let (http, base) = (app.http.clone(), app.base.clone());
+        tokio::spawn(async move {
+            let req = http
+                .post(format!("{base}/v1/inventory/reservations"))
+                .header("content-type", "application/json")
+                .body(reservation(&format!("cart-{i}"), &[("var-1", 1)]).to_string());
+            TestApp::reply(req).await
+        })
+    });
+    let mut granted = 0;
+    let mut refused = 0;
+    for buyer in buyers.collect::<Vec<_>>() {
+        let reply = buyer.await.unwrap();
+        match reply.status {
+            201 => granted += 1,
+            409 => {
+                assert_eq!(reply.code(), "INSUFFICIENT_INVENTORY");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    assert_eq!((granted, refused), (100, 200));
+    assert_eq!(sellable(&app, "var-1").await, 0);
+    assert_eq!(app.check_holds("var-1").await, (100, 100));
+    assert_eq!(app.pg_on_hand("var-1").await, 100);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_reservation_with_one_short_variant_changes_nothing() {
+    let app = TestApp::spawn().await;
+    app.seed(3).await;
+    app.set_on_hand("var-3", 2).await;
+    assert_eq!(
+        app.post(
+            "/v1/inventory/reservations",
+            reservation("other", &[("var-3", 1)])
+        )
+        .await
+        .status,
+        201
+    );
+    let before = app.redis_snapshot().await;
+
+    let reply = app
+        .post(
+            "/v1/inventory/reservations",
+            reservation("cart-a", &[("var-1", 5), ("var-2", 5), ("var-3", 2)]),
+        )
+        .await;
+    assert_eq!(reply.status, 409);
+    assert_eq!(reply.code(), "INSUFFICIENT_INVENTORY");
+    assert_eq!(
+        reply.body["error"]["details"]["shortages"],
+        json!([{ "variantId": "var-3", "requested": 2, "sellable": 1 }])
+    );
+    assert_eq!(
+        app.redis_snapshot().await,
+        before,
+        "a refused reservation wrote to Redis"
+    );
+    for v in ["var-1", "var-2"] {
+        assert_eq!(sellable(&app, v).await, 100);
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_expired_hold_stops_counting_without_a_sweeper() {
+    let app = TestApp::spawn().await;
+    app.seed(1).await;
+    app.set_on_hand("var-1", 1).await;
+    let mut held = reservation("early", &[("var-1", 1)]);
+    held["ttlSeconds"] = json!(1);
+    let reply = app.post("/v1/inventory/reservations", held).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert!(reply.body["expiresAt"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        app.post("/v1/inventory/reservations", reservation("late", &[("var-1", 1)]))
+            .await
+            .status,
+        409
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(sellable(&app, "var-1").await, 1, "the expired hold still counts");
+    assert_eq!(
+        app.post("/v1/inventory/reservations", reservation("late", &[("var-1", 1)]))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(app.check_holds("var-1").await, (1, 1));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    for quantity in [5, 5, 3] {
+        let reply = app
+            .post(
+                "/v1/inventory/reservations",
+                reservation("a", &[("var-1", quantity)]),
+            )
+            .await;
+        assert_eq!(reply.status, 201);
+    }
+    assert_eq!(
+        app.check_holds("var-1").await,
+        (100, 3),
+        "a retry added instead of setting"
+    );
+    app.post("/v1/inventory/reservations", reservation("a", &[("var-2", 4)]))
+        .await;
+    app.post(
+        "/v1/inventory/reservations",
+        reservation("b", &[("var-1", 2), ("var-2", 1)]),
+    )
+    .await;
+    assert_eq!(app.check_holds("var-1").await, (100, 5));
+    assert_eq!(app.check_holds("var-2").await, (100, 5));
+
+    let released = app
+        .call("DELETE", "/v1/inventory/reservations/a", None, false)
+        .await;
+    assert_eq!(
+        (released.status, released.body["released"].as_i64()),
+        (200, Some(7))
+    );
+    assert_eq!(app.check_holds("var-1").await, (100, 2));
+    assert_eq!(app.check_holds("var-2").await, (100, 1));
+    // Releasing again is harmless.
+    let again = app
+        .call("DELETE", "/v1/inventory/reservations/a", None, false)
+        .await;
+    assert_eq!(again.body["released"], 0);
+    assert_eq!(sellable(&app, "var-1").await, 98);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn redis_losing_its_data_is_restored_from_postgres() {
+    let app = TestApp::spawn().await;
+    app.seed(40).await;
+    for (i, on_hand) in [(1, 0), (2, 7), (3, 999), (40, 1)] {
+        assert_eq!(app.set_on_hand(&format!("var-{i}"), on_hand).await.status, 200);
+    }
+
+    // Lazy load: the first request after the loss reads PostgreSQL.
+    app.flush_redis().await;
+    let reply = app.get("/v1/inventory/var-3").await;
+    assert_eq!((reply.status, reply.body["stock"].as_i64()), (200, Some(999)));
+    let ids: Vec<String> = (1..=40).map(|i| format!("var-{i}")).collect();
+    let availability = app
+        .post("/v1/inventory/availability", json!({ "variantIds": ids }))
+        .await;
+    assert_eq!(availability.status, 200);
+    for item in availability.body["items"].as_array().unwrap() {
+        let variant = item["variantId"].as_str().unwrap();
+        assert_eq!(
+            item["stock"].as_i64().unwrap(),
+            app.pg_on_hand(variant).await,
+            "{variant}"
+        );
+    }
+
+    // Reconcile: every stock key rewritten exactly.
+    app.flush_redis().await;
+    let reply = app
+        .call("POST", "/v1/admin/inventory/reconcile", None, true)
+        .await;
+    assert_eq!((reply.status, reply.body["variants"].as_i64()), (200, Some(40)));
+    for id in &ids {
+        assert_eq!(app.check_holds(id).await.0, app.pg_on_hand(id).await, "{id}");
+    }
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_changes_racing_loads_and_reconciles_are_mirrored_exactly_once() {
+    let app = TestApp::spawn().await;
+    app.seed(4).await;
+    let variants = ["var-1", "var-2", "var-3", "var-4"];
+    for round in 0..5 {
+        app.flush_redis().await;
+        let mut tasks = Vec::new();
+        for (i, variant) in variants.iter().enumerate() {
+            for k in 0..8 {
+                let (http, base, v) = (app.http.clone(), app.base.clone(), variant.to_string());
+                let on_hand = 10 * (round + 1) + k + i;
+                tasks.push(tokio::spawn(async move {
+                    let req = http
+                        .put(format!("{base}/v1/admin/inventory/{v}"))
+                        .header("authorization", format!("Bearer {}", commerce_tests::ADMIN_TOKEN))
+                        .header("content-type", "application/json")
+                        .body(json!({ "onHand": on_hand }).to_string());
+                    TestApp::reply(req).await.status
+                }));
+                let (http, base, v) = (app.http.clone(), app.base.clone(), variant.to_string());
+                tasks.push(tokio::spawn(async move {
+                    TestApp::reply(http.get(format!("{base}/v1/inventory/{v}")))
+                        .await
+                        .status
+                }));
+            }
+        }
+        let inventory = app.inventory();
+        let (statuses, reconciled) = tokio::join!(futures_join(tasks), inventory.reconcile(|_| {}));
+        reconciled.unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        for v in variants {
+            assert_eq!(
+                app.check_holds(v).await.0,
+                app.pg_on_hand(v).await,
+                "round {round}, {v}"
+            );
+        }
+    }
+    app.finish().await;
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn sweep_purges_holds_nobody_touches() {
+    let app = TestApp::spawn().await;
+    app.seed(3).await;
+    let mut held = reservation("idle", &[("var-1", 1), ("var-2", 2), ("var-3", 3)]);
+    held["ttlSeconds"] = json!(1);
+    assert_eq!(app.post("/v1/inventory/reservations", held).await.status, 201);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let visited = app.inventory().sweep(|_| {}).await.unwrap();
+    assert_eq!(visited, 3);
+    let keys = app.redis_keys().await;
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains(":inventory:holds:") && !k.contains(":inventory:reserved:")),
+        "holds left after the sweep: {keys:?}"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn scripts_run_after_the_server_forgets_them() {
+    let app = TestApp::spawn().await;
+    app.seed(1).await;
+    let mut redis = app.redis.clone();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let reply = app
+        .post("/v1/inventory/reservations", reservation("c", &[("var-1", 2)]))
+        .await;
+    assert_eq!(reply.status, 201, "NOSCRIPT fallback failed: {reply:?}");
+    assert_eq!(sellable(&app, "var-1").await, 98);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_admin_token() {
+    let app = TestApp::spawn().await;
+    app.seed(1).await;
+    let body = json!({ "onHand": 5 }).to_string();
+    for (token, status) in [(None, 401), (Some("Bearer wrong"), 403), (Some("Basic x"), 401)] {
+        let mut req = app
+            .http
+            .put(format!("{}/v1/admin/inventory/var-1", app.base))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(token) = token {
+            req = req.header("authorization", token);
+        }
+        let reply = TestApp::reply(req).await;
+        assert_eq!(reply.status, status, "{token:?}");
+        let reply = app
+            .call("POST", "/v1/admin/inventory/reconcile", None, false)
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    assert_eq!(app.pg_on_hand("var-1").await, 100);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_dependency_is_a_503_not_a_hang() {
+    let app = TestApp::spawn_with(|c| {
+        c.set("redis_url", "redis://127.0.0.1:1")
+            .set("redis_timeout_ms", "300")
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let health = app.get("/health").await;
+    assert_eq!(health.status, 503);
+    assert_eq!(
+        (
+            health.body["redis"]["ok"].as_bool(),
+            health.body["postgres"]["ok"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    let reply: Reply = app.get("/v1/inventory/var-1").await;
+    assert_eq!((reply.status, reply.code()), (503, "SERVICE_UNAVAILABLE"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    app.pg
+        .batch_execute(&format!("DROP SCHEMA {} CASCADE", app.namespace))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn health_reports_both_dependencies() {
+    let app = TestApp::spawn().await;
+    let health = app.get("/health").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body["status"], "ok");
+    assert!(health.body["redis"]["latencyMs"].is_number());
+    assert_eq!(health.body["postgres"]["ok"], true);
+    app.finish().await;
+}

@@ -1,0 +1,18 @@
+-- wrk: every request reserves 1 unit of the hot variant for a new cart, so each one is a
+-- real hold (the holds set grows as on a flash sale).
+-- `thread_id` is a global set per thread by setup(); a local would shadow it.
+local counter = 0
+local threads = {}
+
+function setup(thread)
+  thread:set("thread_id", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function request()
+  counter = counter + 1
+  local body = string.format(
+    '{"cartId":"bench-%d-%d","items":[{"variantId":"%s","quantity":1}],"ttlSeconds":600}',
+    thread_id, counter, os.getenv("BENCH_VARIANT") or "var-1")
+  return wrk.format("POST", "/v1/inventory/reservations", {["Content-Type"] = "application/json"}, body)
+end

@@ -197,10 +197,22 @@ impl TestApp {
     pub async fn redis_keys(&self) -> Vec<String> {
         let mut redis = self.redis.clone();
         let mut keys: Vec<String> = Vec::new();
-        let mut iter: redis::AsyncIter<String> =
-            redis.scan_match(format!("{}:*", self.namespace)).await.unwrap();
-        while let Some(key) = iter.next_item().await {
-            keys.push(key.unwrap());
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.namespace))
+                .arg("COUNT")
+                .arg(5000)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            keys.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
         keys.sort();
         keys
@@ -224,8 +236,8 @@ impl TestApp {
     /// Deletes every Redis key of the namespace (a targeted FLUSHALL).
     pub async fn flush_redis(&self) {
         let mut redis = self.redis.clone();
-        for key in self.redis_keys().await {
-            let _: () = redis.del(key).await.unwrap();
+        for keys in self.redis_keys().await.chunks(500) {
+            let _: () = redis.del(keys).await.unwrap();
         }
     }
 

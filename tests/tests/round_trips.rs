@@ -1,0 +1,66 @@
+//! Redis round trips per operation (DESIGN §7), counted at the port: the real native
+//! adapter wrapped in a counter, against real Redis and PostgreSQL.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use commerce_core::PortError;
+use commerce_core::ids::{CartId, Quantity, VariantId};
+use commerce_core::inventory::Inventory;
+use commerce_core::ports::{Redis, RedisArg, RedisReply};
+use commerce_native::NativeRedis;
+use commerce_tests::TestApp;
+
+/// The native Redis adapter, counting every call (one call is one round trip).
+struct Counting<'a> {
+    inner: &'a NativeRedis,
+    calls: AtomicUsize,
+}
+
+impl Redis for Counting<'_> {
+    async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.execute(command, args).await
+    }
+}
+
+impl Counting<'_> {
+    fn take(&self) -> usize {
+        self.calls.swap(0, Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn availability_of_500_variants_and_a_reservation_are_one_round_trip_each() {
+    let app = TestApp::spawn().await;
+    app.seed(500).await;
+    let redis = Counting {
+        inner: &app.app.redis,
+        calls: AtomicUsize::new(0),
+    };
+    let inventory = Inventory::new(&redis, &app.app.sql, &app.app.keys);
+    let variants: Vec<VariantId> = (1..=500)
+        .map(|i| VariantId::parse(&format!("var-{i}")).unwrap())
+        .collect();
+
+    // Warm the script cache so EVALSHA hits, as in steady state.
+    inventory.views(&variants[..1]).await.unwrap();
+    redis.take();
+
+    let views = inventory.views(&variants).await.unwrap();
+    assert_eq!(views.len(), 500);
+    assert_eq!(redis.take(), 1, "availability of 500 variants");
+
+    let lines: Vec<(VariantId, Quantity)> = variants[..20]
+        .iter()
+        .map(|v| (v.clone(), Quantity::new(2).unwrap()))
+        .collect();
+    let cart = CartId::parse("cart-rt").unwrap();
+    inventory.reserve(&cart, &lines, 60_000).await.unwrap();
+    assert_eq!(redis.take(), 1, "a 20-line reservation");
+
+    // After a loss the first call also loads from PostgreSQL: a bounded few, not one per variant.
+    app.flush_redis().await;
+    inventory.views(&variants).await.unwrap();
+    assert_eq!(redis.take(), 3, "view after loss: missing, load, view");
+    app.finish().await;
+}

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use commerce_core::bundle::Bundles;
 use commerce_core::inventory::Inventory;
 use commerce_core::{Settings, catalog};
 use commerce_native::{EnvConfig, build_app, migrate, serve};
@@ -48,6 +49,8 @@ enum Command {
     Reconcile,
     /// Purge expired holds of every variant (those no request touches).
     Sweep,
+    /// Load every active bundle into the bundle cache.
+    Warm,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,6 +110,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .reconcile(|done| eprint!("\rcommerce: reconciled {done} variants"))
                 .await?;
             eprintln!("\ncommerce: reconcile done, {} variants", report.variants);
+        }
+        Command::Warm => {
+            let bundles = Bundles::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds);
+            let warmed = bundles
+                .warm(|done| eprint!("\rcommerce: warmed {done} bundles"))
+                .await?;
+            eprintln!("\ncommerce: warm done, {warmed} bundles cached");
         }
         Command::Sweep => {
             let visited = inventory

@@ -7,11 +7,14 @@ use commerce_core::PortError;
 use crate::pg_port::NativePg;
 
 /// Every migration, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "catalog_and_inventory",
-    include_str!("../../migrations/0001_catalog_and_inventory.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "catalog_and_inventory",
+        include_str!("../../migrations/0001_catalog_and_inventory.sql"),
+    ),
+    (2, "bundles", include_str!("../../migrations/0002_bundles.sql")),
+];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.
 pub async fn migrate(pg: &NativePg) -> Result<Vec<&'static str>, PortError> {

@@ -1,9 +1,18 @@
 //! The deterministic demo catalog of `commerce seed --variants N`: products `prod-1…`
 //! (four variants each), variants `var-1 … var-N` with a base price in EUR, and 100 units
 //! on hand of each. Running it again gives the same catalog and resets stock to 100.
+//! Also: the check that variants named by clients exist in the catalog.
 
-use crate::error::{PortError, Result};
-use crate::ports::{Sql, SqlValue};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::error::{Error, PortError, Result};
+use crate::ids::VariantId;
+use crate::keys::Keys;
+use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 
 /// Units on hand of every seeded variant.
 pub const SEED_ON_HAND: i64 = 100;
@@ -35,8 +44,41 @@ SELECT 'var-' || g, $3::bigint FROM generate_series($1::bigint, $2::bigint) g
 ON CONFLICT (variant_id) DO UPDATE SET on_hand = EXCLUDED.on_hand,
     version = inventory_levels.version + 1, updated_at = now()";
 
-/// Writes the demo catalog with `variants` variants, calling `progress` with the number of
-/// variants written so far. Redis is not touched: reconcile afterwards.
+/// The demo bundles, written when the catalog has at least [`BUNDLE_MIN_VARIANTS`]:
+/// `bundle-1` "Outfit" (2 of var-1…8 and 1 of var-9…12, fixed 49.99 EUR), `bundle-2`
+/// "Any three" (3 of var-1…20, 15 % off), `bundle-3` "Duo" (1 of var-1…4 and 1 of
+/// var-5…8, 10 % off).
+const SEED_BUNDLES: &str = "\
+INSERT INTO bundles (id, name, pricing_kind, fixed_price_minor, currency, percent_off_bp) VALUES
+    ('bundle-1', 'Outfit: two tops and a cap', 'fixed', 4999, 'EUR', NULL),
+    ('bundle-2', 'Any three, 15% off', 'percent_off', NULL, NULL, 1500),
+    ('bundle-3', 'Duo, 10% off', 'percent_off', NULL, NULL, 1000)
+ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, pricing_kind = EXCLUDED.pricing_kind,
+    fixed_price_minor = EXCLUDED.fixed_price_minor, currency = EXCLUDED.currency,
+    percent_off_bp = EXCLUDED.percent_off_bp, active = true";
+
+const SEED_BUNDLE_SETS: &str = "\
+INSERT INTO bundle_sets (bundle_id, set_id, choose, position) VALUES
+    ('bundle-1', 'tops', 2, 1), ('bundle-1', 'caps', 1, 2),
+    ('bundle-2', 'items', 3, 1),
+    ('bundle-3', 'first', 1, 1), ('bundle-3', 'second', 1, 2)
+ON CONFLICT (bundle_id, set_id) DO UPDATE SET choose = EXCLUDED.choose, position = EXCLUDED.position";
+
+const SEED_BUNDLE_VARIANTS: &str = "\
+INSERT INTO bundle_set_variants (bundle_id, set_id, variant_id)
+SELECT b, s, 'var-' || g FROM (VALUES
+    ('bundle-1', 'tops', 1, 8), ('bundle-1', 'caps', 9, 12),
+    ('bundle-2', 'items', 1, 20),
+    ('bundle-3', 'first', 1, 4), ('bundle-3', 'second', 5, 8)) AS r(b, s, lo, hi),
+    generate_series(lo, hi) g
+ON CONFLICT DO NOTHING";
+
+/// Fewest variants for which the demo bundles are seeded.
+pub const BUNDLE_MIN_VARIANTS: i64 = 20;
+
+/// Writes the demo catalog with `variants` variants (and the demo bundles when there are
+/// enough), calling `progress` with the number of variants written so far. Redis is not
+/// touched: reconcile afterwards.
 pub async fn seed(sql: &impl Sql, variants: i64, mut progress: impl FnMut(i64)) -> Result<()> {
     let products = (variants + VARIANTS_PER_PRODUCT - 1) / VARIANTS_PER_PRODUCT;
     run(sql, SEED_PRODUCTS, 1, products, &[]).await?;
@@ -55,6 +97,11 @@ pub async fn seed(sql: &impl Sql, variants: i64, mut progress: impl FnMut(i64)) 
         progress(to);
         from = to + 1;
     }
+    if variants >= BUNDLE_MIN_VARIANTS {
+        for statement in [SEED_BUNDLES, SEED_BUNDLE_SETS, SEED_BUNDLE_VARIANTS] {
+            sql.execute(statement, &[]).await.map_err(PortError::sql)?;
+        }
+    }
     Ok(())
 }
 
@@ -62,5 +109,102 @@ async fn run(sql: &impl Sql, statement: &str, from: i64, to: i64, extra: &[SqlVa
     let mut params = vec![SqlValue::Int(from), SqlValue::Int(to)];
     params.extend_from_slice(extra);
     sql.execute(statement, &params).await.map_err(PortError::sql)?;
+    Ok(())
+}
+
+/// Variants recently confirmed to exist, per namespace-qualified key, with when they were
+/// confirmed. Natively this spares the lookup on most requests; in a Spin component it
+/// lives for one request and the Redis cache does the work.
+static KNOWN_VARIANTS: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
+
+/// How long a confirmed variant is trusted in process and in Redis.
+const KNOWN_FOR: Duration = Duration::from_secs(300);
+const REDIS_KNOWN_FOR_MS: i64 = 24 * 60 * 60 * 1000;
+const MAX_KNOWN: usize = 100_000;
+
+const EXISTING_VARIANTS: &str = "SELECT id FROM variants WHERE id = ANY($1)";
+
+/// Fails with 422 `UNKNOWN_VARIANT` unless every variant is in the catalog. Looks in the
+/// process cache, then `catalog:variant:{V}` in Redis (one MGET), then PostgreSQL, and
+/// remembers what it confirmed.
+pub async fn require_variants(
+    redis: &impl Redis,
+    sql: &impl Sql,
+    keys: &Keys,
+    variants: &[VariantId],
+) -> Result<()> {
+    let cache_keys: Vec<String> = variants.iter().map(|v| keys.catalog_variant(v)).collect();
+    let unconfirmed: Vec<usize> = {
+        let known = KNOWN_VARIANTS.lock().unwrap_or_else(|e| e.into_inner());
+        (0..variants.len())
+            .filter(|&i| {
+                known
+                    .as_ref()
+                    .and_then(|k| k.get(&cache_keys[i]))
+                    .is_none_or(|at| at.elapsed() > KNOWN_FOR)
+            })
+            .collect()
+    };
+    if unconfirmed.is_empty() {
+        return Ok(());
+    }
+    let cached = redis
+        .execute(
+            "MGET",
+            unconfirmed
+                .iter()
+                .map(|&i| RedisArg::from(&cache_keys[i]))
+                .collect(),
+        )
+        .await
+        .map_err(PortError::redis)?;
+    let missing: Vec<usize> = unconfirmed
+        .iter()
+        .zip(&cached)
+        .filter(|(_, hit)| matches!(hit, RedisReply::Nil))
+        .map(|(&i, _)| i)
+        .collect();
+    if !missing.is_empty() {
+        let ids: Vec<String> = missing.iter().map(|&i| variants[i].to_string()).collect();
+        let rows = sql
+            .query(EXISTING_VARIANTS, &[SqlValue::TextArray(ids.clone())])
+            .await
+            .map_err(PortError::sql)?;
+        let found: Vec<&str> = rows.iter().filter_map(|r| r.first()?.as_text()).collect();
+        let unknown: Vec<&String> = ids.iter().filter(|id| !found.contains(&id.as_str())).collect();
+        if !unknown.is_empty() {
+            return Err(Error::Unprocessable {
+                code: "UNKNOWN_VARIANT",
+                message: format!(
+                    "unknown variant(s): {}",
+                    unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                details: json!({ "variantIds": unknown }),
+            });
+        }
+        for &i in &missing {
+            redis
+                .execute(
+                    "SET",
+                    vec![
+                        (&cache_keys[i]).into(),
+                        "1".into(),
+                        "PX".into(),
+                        RedisArg::Int(REDIS_KNOWN_FOR_MS),
+                    ],
+                )
+                .await
+                .map_err(PortError::redis)?;
+        }
+    }
+    let mut known = KNOWN_VARIANTS.lock().unwrap_or_else(|e| e.into_inner());
+    let known = known.get_or_insert_with(HashMap::new);
+    if known.len() + unconfirmed.len() > MAX_KNOWN {
+        known.clear();
+    }
+    let now = Instant::now();
+    for i in unconfirmed {
+        known.insert(cache_keys[i].clone(), now);
+    }
     Ok(())
 }

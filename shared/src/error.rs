@@ -31,6 +31,9 @@ pub enum Error {
         message: String,
         details: Value,
     },
+    /// `If-Match` named another version than the current one (412).
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// The body is larger than the stated limit (413).
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -87,6 +90,7 @@ impl Error {
             Error::NotFound { .. } => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::Conflict { .. } => 409,
+            Error::PreconditionFailed(_) => 412,
             Error::PayloadTooLarge { .. } => 413,
             Error::UnsupportedMediaType => 415,
             Error::Unprocessable { .. } => 422,
@@ -106,6 +110,7 @@ impl Error {
             Error::Unauthorized(_) => "UNAUTHORIZED",
             Error::Forbidden(_) => "FORBIDDEN",
             Error::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            Error::PreconditionFailed(_) => "VERSION_MISMATCH",
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Error::NotImplemented(_) => "NOT_IMPLEMENTED",

@@ -69,6 +69,26 @@ id_type!(
     ProductId,
     "productId"
 );
+id_type!(
+    /// A signed-in customer (the `sub` of their token).
+    CustomerId,
+    "customerId"
+);
+id_type!(
+    /// A bundle of the catalog.
+    BundleId,
+    "bundleId"
+);
+id_type!(
+    /// One choice set of a bundle.
+    SetId,
+    "setId"
+);
+id_type!(
+    /// One line of a cart.
+    LineId,
+    "lineId"
+);
 
 /// A quantity of units on a line: an integer in `1..=Quantity::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

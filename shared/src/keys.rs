@@ -5,7 +5,7 @@
 //! reserved total, holds) lands in the same slot and a script over them runs unchanged on
 //! Cluster. Keys are built only from parsed ids, so they cannot be malformed.
 
-use crate::ids::{CartId, VariantId};
+use crate::ids::{BundleId, CartId, CustomerId, SetId, VariantId};
 
 /// Builds every key of the service under one namespace.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +33,26 @@ impl VariantKeys {
     /// The hold keys in the order the inventory scripts expect them.
     pub fn as_array(&self) -> [&str; 4] {
         [&self.stock, &self.reserved, &self.holds, &self.hold_qty]
+    }
+}
+
+/// The keys of one bundle's cache (hash tag: the bundle id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleKeys {
+    base: String,
+    /// `bundle:{B}:definition`: the bundle as `GET /v1/bundles/{B}` shows it (JSON).
+    pub definition: String,
+    /// `bundle:{B}:sets`: hash, set id → how many to choose.
+    pub sets: String,
+    /// `bundle:{B}:generation`: bumped by every invalidation, so that a load that read
+    /// PostgreSQL before an invalidation cannot store what it read after it.
+    pub generation: String,
+}
+
+impl BundleKeys {
+    /// `bundle:{B}:eligibility:S`: the set's eligible variants.
+    pub fn eligibility(&self, set: &SetId) -> String {
+        format!("{}:eligibility:{set}", self.base)
     }
 }
 
@@ -69,6 +89,32 @@ impl Keys {
     /// release knows which variants to visit.
     pub fn cart_holds(&self, cart: &CartId) -> String {
         format!("{}inventory:cart-holds:{{{cart}}}", self.prefix)
+    }
+
+    /// `cart:session:{S}`: an anonymous cart (hash).
+    pub fn cart_session(&self, cart: &CartId) -> String {
+        format!("{}cart:session:{{{cart}}}", self.prefix)
+    }
+
+    /// `cart:customer:{C}`: a signed-in customer's cart (hash).
+    pub fn cart_customer(&self, customer: &CustomerId) -> String {
+        format!("{}cart:customer:{{{customer}}}", self.prefix)
+    }
+
+    /// `catalog:variant:{V}`: cached existence of a catalog variant.
+    pub fn catalog_variant(&self, variant: &VariantId) -> String {
+        format!("{}catalog:variant:{{{variant}}}", self.prefix)
+    }
+
+    /// The keys of one bundle's cache, all in the bundle's hash slot.
+    pub fn bundle(&self, bundle: &BundleId) -> BundleKeys {
+        let base = format!("{}bundle:{{{bundle}}}", self.prefix);
+        BundleKeys {
+            definition: format!("{base}:definition"),
+            sets: format!("{base}:sets"),
+            generation: format!("{base}:generation"),
+            base,
+        }
     }
 
     /// A SCAN pattern matching every variant's holds set in this namespace.

@@ -5,6 +5,9 @@
 //! flows one way: HTTP request → [`router::handle`] → store → port → adapter.
 
 pub mod app;
+pub mod auth;
+pub mod bundle;
+pub mod cart;
 pub mod catalog;
 pub mod clock;
 pub mod error;

@@ -25,6 +25,18 @@ pub struct Settings {
     pub database_timeout_ms: u64,
     /// Largest request body accepted; larger gets 413.
     pub max_body_bytes: usize,
+    /// HS256 secret of customer JWTs; customer routes are refused while it is empty.
+    pub jwt_secret: String,
+    /// How long an untouched cart lives; every change slides it.
+    pub cart_ttl_seconds: u32,
+    /// Most lines one cart may hold.
+    pub cart_max_lines: u32,
+    /// Most units of one line.
+    pub cart_max_line_quantity: u32,
+    /// Currency of a new cart that names none.
+    pub default_currency: String,
+    /// How long a cached bundle definition lives.
+    pub bundle_ttl_seconds: u32,
 }
 
 impl Settings {
@@ -34,6 +46,10 @@ impl Settings {
     pub const MAX_RESERVATION_TTL: u32 = 24 * 60 * 60;
     /// Default body limit: 64 KiB, room for a 500-variant availability request.
     pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+    /// Default cart lifetime: 30 days (seed `CART`).
+    pub const DEFAULT_CART_TTL: u32 = 30 * 24 * 60 * 60;
+    /// Default bundle cache lifetime: 24 hours (seed `BUNDLE_DEFINITION`).
+    pub const DEFAULT_BUNDLE_TTL: u32 = 24 * 60 * 60;
 
     /// Reads the settings, applying defaults and rejecting malformed values.
     pub fn from_config(config: &impl Config) -> Result<Self, String> {
@@ -61,7 +77,27 @@ impl Settings {
         if !(1..=u64::from(Self::MAX_RESERVATION_TTL)).contains(&reservation_ttl_seconds) {
             return Err("reservation_ttl_seconds must be from 1 to 86400".into());
         }
+        let bounded = |name: &str, default: u32, max: u32| -> Result<u32, String> {
+            let value = number(name, default.into())?;
+            if (1..=u64::from(max)).contains(&value) {
+                Ok(value as u32)
+            } else {
+                Err(format!("{name} must be from 1 to {max}"))
+            }
+        };
+        let default_currency = text("default_currency", "EUR");
+        if default_currency.len() != 3 || !default_currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "default_currency must be an ISO 4217 code, got {default_currency:?}"
+            ));
+        }
         Ok(Self {
+            jwt_secret: text("jwt_secret", ""),
+            cart_ttl_seconds: bounded("cart_ttl_seconds", Self::DEFAULT_CART_TTL, 365 * 24 * 60 * 60)?,
+            cart_max_lines: bounded("cart_max_lines", 100, 10_000)?,
+            cart_max_line_quantity: bounded("cart_max_line_quantity", 999, crate::ids::Quantity::MAX)?,
+            default_currency,
+            bundle_ttl_seconds: bounded("bundle_ttl_seconds", Self::DEFAULT_BUNDLE_TTL, 30 * 24 * 60 * 60)?,
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
             admin_token: text("admin_token", ""),

@@ -18,6 +18,15 @@ use tokio::net::TcpListener;
 /// The admin token every test app is configured with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The JWT secret every test app is configured with.
+pub const JWT_SECRET: &str = "test-jwt-secret";
+
+/// A valid customer token (one hour) for `customer`.
+pub fn customer_token(customer: &str) -> String {
+    let exp = commerce_core::auth::now_s() + 3600;
+    commerce_core::auth::sign(&serde_json::json!({ "sub": customer, "exp": exp }), JWT_SECRET)
+}
+
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// One running app with its own namespace.
@@ -90,7 +99,8 @@ impl TestApp {
                 .set("redis_url", &redis_url)
                 .set("database_url", &schema_url)
                 .set("key_prefix", &namespace)
-                .set("admin_token", ADMIN_TOKEN),
+                .set("admin_token", ADMIN_TOKEN)
+                .set("jwt_secret", JWT_SECRET),
         );
         let settings = Settings::from_config(&config).unwrap();
         let app = build_app(settings).unwrap();
@@ -148,6 +158,28 @@ impl TestApp {
             status,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         }
+    }
+
+    /// Sends a request with extra headers; `body` is sent as JSON when given.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        Self::reply(req).await
     }
 
     /// `GET path`.
@@ -231,6 +263,13 @@ impl TestApp {
             out.push((key, dump));
         }
         out
+    }
+
+    /// A snapshot of the keys of one store (`":cart:"`, `":inventory:"`, …) only.
+    pub async fn redis_snapshot_of(&self, store: &str) -> Vec<(String, Vec<u8>)> {
+        let mut all = self.redis_snapshot().await;
+        all.retain(|(k, _)| k.contains(store));
+        all
     }
 
     /// Deletes every Redis key of the namespace (a targeted FLUSHALL).

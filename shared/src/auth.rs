@@ -1,0 +1,194 @@
+//! Customer authentication: HS256 JWTs whose `sub` is the customer id and whose optional
+//! `group` claim is the customer's pricing group (DESIGN §5).
+//!
+//! Only HS256 is accepted: a token naming another algorithm (`none`, RS256, …) is refused
+//! before its signature is looked at, so the algorithm cannot be chosen by the bearer.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::error::Error;
+use crate::ids::CustomerId;
+
+/// What a verified token says about its bearer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    /// The customer (`sub`).
+    pub id: CustomerId,
+    /// The pricing group (`group`), if any.
+    pub group: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    group: Option<String>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+}
+
+fn unauthorized(message: &str) -> Error {
+    Error::Unauthorized(message.to_owned())
+}
+
+/// Verifies `Authorization: Bearer <jwt>` against `secret` at `now_s` (epoch seconds) and
+/// returns the customer. Missing, malformed, expired or badly signed tokens are 401; an
+/// empty secret refuses every token.
+pub fn verify(authorization: Option<&str>, secret: &str, now_s: i64) -> Result<Customer, Error> {
+    let token = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("customer routes need a bearer token"))?;
+    if secret.is_empty() {
+        return Err(unauthorized("customer tokens are not configured (jwt_secret)"));
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(unauthorized("the token is not a JWT"));
+    };
+    let decode = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| unauthorized("the token is not a JWT"))
+    };
+    let header: Header = serde_json::from_slice(&decode(header)?)
+        .map_err(|_| unauthorized("the token header is malformed"))?;
+    if header.alg != "HS256" {
+        return Err(unauthorized("only HS256 tokens are accepted"));
+    }
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| unauthorized("bad secret"))?;
+    mac.update(token[..header_and_payload_len(token)].as_bytes());
+    // verify_slice compares in constant time.
+    mac.verify_slice(&decode(signature)?)
+        .map_err(|_| unauthorized("the token signature is invalid"))?;
+    let claims: Claims = serde_json::from_slice(&decode(payload)?)
+        .map_err(|_| unauthorized("the token claims are malformed"))?;
+    if claims.exp.is_some_and(|exp| now_s >= exp) {
+        return Err(unauthorized("the token has expired"));
+    }
+    if claims.nbf.is_some_and(|nbf| now_s < nbf) {
+        return Err(unauthorized("the token is not valid yet"));
+    }
+    let id =
+        CustomerId::parse(&claims.sub).map_err(|_| unauthorized("the token subject is not a customer id"))?;
+    Ok(Customer {
+        id,
+        group: claims.group,
+    })
+}
+
+/// Verifies the token and that it belongs to `customer` (the path's): another customer's
+/// token is 403.
+pub fn verify_customer(
+    authorization: Option<&str>,
+    secret: &str,
+    now_s: i64,
+    customer: &CustomerId,
+) -> Result<Customer, Error> {
+    let bearer = verify(authorization, secret, now_s)?;
+    if &bearer.id != customer {
+        return Err(Error::Forbidden("the token belongs to another customer".into()));
+    }
+    Ok(bearer)
+}
+
+fn header_and_payload_len(token: &str) -> usize {
+    token.rfind('.').unwrap_or(token.len())
+}
+
+/// Signs claims as an HS256 JWT (tests, demo tooling).
+pub fn sign(claims: &serde_json::Value, secret: &str) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(signing_input.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{signature}")
+}
+
+/// Seconds since the epoch by the local clock (token lifetimes only; stock and checkout
+/// expiry use the Redis clock).
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "s3cret";
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    #[test]
+    fn a_signed_token_names_its_customer_and_group() {
+        let token = sign(
+            &json!({"sub": "cust-1", "group": "wholesale", "exp": 2000}),
+            SECRET,
+        );
+        let customer = verify(Some(&bearer(&token)), SECRET, 1000).unwrap();
+        assert_eq!(customer.id.as_str(), "cust-1");
+        assert_eq!(customer.group.as_deref(), Some("wholesale"));
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let good = sign(&json!({"sub": "cust-1"}), SECRET);
+        let expired = sign(&json!({"sub": "cust-1", "exp": 999}), SECRET);
+        let other_key = sign(&json!({"sub": "cust-1"}), "other");
+        let bad_sub = sign(&json!({"sub": "a:b"}), SECRET);
+        let (h, p, _) = (
+            good.split('.').next().unwrap(),
+            good.split('.').nth(1).unwrap(),
+            (),
+        );
+        let none_alg = format!("{}.{p}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#));
+        let tampered = format!(
+            "{h}.{}.{}",
+            URL_SAFE_NO_PAD.encode(r#"{"sub":"cust-2"}"#),
+            good.split('.').nth(2).unwrap()
+        );
+        for token in [
+            expired,
+            other_key,
+            bad_sub,
+            none_alg,
+            tampered,
+            "x.y".into(),
+            "".into(),
+        ] {
+            let err = verify(Some(&bearer(&token)), SECRET, 1000).unwrap_err();
+            assert_eq!(err.status(), 401, "{token}");
+        }
+        assert_eq!(verify(None, SECRET, 1000).unwrap_err().status(), 401);
+        assert_eq!(verify(Some(&bearer(&good)), "", 1000).unwrap_err().status(), 401);
+    }
+
+    #[test]
+    fn another_customers_token_is_forbidden() {
+        let token = sign(&json!({"sub": "cust-1"}), SECRET);
+        let other = CustomerId::parse("cust-2").unwrap();
+        assert_eq!(
+            verify_customer(Some(&bearer(&token)), SECRET, 0, &other)
+                .unwrap_err()
+                .status(),
+            403
+        );
+    }
+}

@@ -1,0 +1,10 @@
+-- Create an empty anonymous cart.
+--
+-- KEYS: cart
+-- ARGV: currency, ttl_ms
+-- Replies: snapshot 'OK' | {'EXISTS'}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'EXISTS'}
+end
+create(KEYS[1], ARGV[1], '', tonumber(ARGV[2]))
+return snapshot(KEYS[1], 'OK')

@@ -1,0 +1,12 @@
+-- Read a cart.
+--
+-- KEYS: cart
+-- Replies: snapshot 'OK' | {'NOT_FOUND'} | {'MERGED', customer}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'NOT_FOUND'}
+end
+local merged = redis.call('HGET', KEYS[1], 'merged')
+if merged then
+  return {'MERGED', merged}
+end
+return snapshot(KEYS[1], 'OK')

@@ -1,0 +1,41 @@
+-- Merge, step 2 of 3, on the customer's cart: add the claimed lines, once. The marker
+-- `m:<anonymous cart>` is set in the same script, so a replayed or raced merge adds nothing.
+--
+-- KEYS: customer's cart
+-- ARGV: anonymous cart id, currency, ttl_ms, max lines, max quantity, customer id,
+--       then per line: line id, definition JSON, quantity
+--
+-- Lines are added up to the quantity limit; lines beyond the line limit are dropped and
+-- named in the reply.
+-- Replies: snapshot 'OK' (with dropped lines) | {'CURRENCY', customer cart's currency}
+local key, from, currency = KEYS[1], ARGV[1], ARGV[2]
+local ttl, max_lines, max_qty = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('EXISTS', key) == 0 then
+  create(key, currency, ARGV[6], ttl)
+end
+if redis.call('HEXISTS', key, 'm:' .. from) == 1 then
+  return snapshot(key, 'OK')
+end
+local own = redis.call('HGET', key, 'currency')
+if own ~= currency then
+  if tonumber(redis.call('HGET', key, 'lines')) > 0 then
+    return {'CURRENCY', own}
+  end
+  redis.call('HSET', key, 'currency', currency)
+end
+local dropped = {}
+for i = 7, #ARGV, 3 do
+  local line, definition, qty = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local current = tonumber(redis.call('HGET', key, 'q:' .. line)) or 0
+  local room = max_qty - current
+  if qty > room then
+    qty = room
+  end
+  if qty > 0 and add_line(key, line, definition, qty, max_lines, max_qty) then
+    dropped[#dropped + 1] = line
+  end
+end
+redis.call('HSET', key, 'm:' .. from, 1)
+redis.call('HINCRBY', key, 'version', 1)
+redis.call('PEXPIRE', key, ttl)
+return snapshot(key, 'OK', dropped)

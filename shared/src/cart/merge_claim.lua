@@ -1,0 +1,21 @@
+-- Merge, step 1 of 3, on the anonymous cart: freeze it for one customer and read it.
+-- Once claimed it refuses changes, so every retry of the merge reads the same lines.
+--
+-- KEYS: anonymous cart
+-- ARGV: customer id
+-- Replies: snapshot 'CLAIMED' | {'DONE'} (already merged into this customer)
+--        | {'NOT_FOUND'} | {'ELSEWHERE'} (claimed by or merged into another customer)
+local key, customer = KEYS[1], ARGV[1]
+if redis.call('EXISTS', key) == 0 then
+  return {'NOT_FOUND'}
+end
+local merged = redis.call('HGET', key, 'merged')
+if merged then
+  return merged == customer and {'DONE'} or {'ELSEWHERE'}
+end
+local merging = redis.call('HGET', key, 'merging')
+if merging and merging ~= customer then
+  return {'ELSEWHERE'}
+end
+redis.call('HSET', key, 'merging', customer)
+return snapshot(key, 'CLAIMED')

@@ -1,0 +1,476 @@
+//! The cart store: anonymous carts (`cart:session:{S}`) and customers' carts
+//! (`cart:customer:{C}`), each one Redis hash changed only by scripts, so concurrent
+//! changes never lose an update. Every change is one script call that bumps the cart's
+//! version, slides its time to live, and returns the whole cart.
+
+pub mod routes;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::bundle::Choices;
+use crate::clock::rfc3339_millis;
+use crate::error::{Error, Result};
+use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, VariantId};
+use crate::keys::Keys;
+use crate::ports::{Redis, RedisArg, RedisReply};
+use crate::script::Script;
+use crate::settings::Settings;
+
+static CREATE: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("create.lua")));
+static GET: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("get.lua")));
+static MUTATE: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("mutate.lua")));
+static MERGE_CLAIM: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("merge_claim.lua")));
+static MERGE_APPLY: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("merge_apply.lua")));
+static MERGE_FINISH: Script = Script::new(include_str!("merge_finish.lua"));
+
+/// How long the tombstone of a merged anonymous cart answers retries: one day.
+const TOMBSTONE_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Which cart: an anonymous one by its id, or a customer's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CartRef {
+    /// An anonymous cart.
+    Session(CartId),
+    /// A signed-in customer's cart.
+    Customer(CustomerId),
+}
+
+/// What a line holds: one variant, or a bundle with its chosen variants per set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineItem {
+    /// A variant.
+    Variant(VariantId),
+    /// A bundle and its choices.
+    Bundle(BundleId, Choices),
+}
+
+impl LineItem {
+    /// The line's id: a digest of what it holds, so the same variant (or the same bundle
+    /// with the same choices) is always the same line, in every cart; this is what lets a
+    /// merge add quantities per line.
+    pub fn line_id(&self) -> LineId {
+        let canonical = match self {
+            LineItem::Variant(v) => format!("v|{v}"),
+            LineItem::Bundle(b, choices) => {
+                let sets: Vec<String> = choices
+                    .iter()
+                    .map(|(set, vs)| {
+                        let vs: Vec<&str> = vs.iter().map(VariantId::as_str).collect();
+                        format!("{set}={}", vs.join(","))
+                    })
+                    .collect();
+                format!("b|{b}|{}", sets.join(";"))
+            }
+        };
+        let digest = sha1_smol::Sha1::from(canonical).digest().to_string();
+        LineId::parse(&format!("l{}", &digest[..20])).expect("hex digest is a valid id")
+    }
+
+    /// The JSON stored for the line and shown to clients (without id and quantity).
+    fn definition(&self) -> Value {
+        match self {
+            LineItem::Variant(v) => json!({ "variantId": v.as_str() }),
+            LineItem::Bundle(b, choices) => {
+                let choices: BTreeMap<&str, Vec<&str>> = choices
+                    .iter()
+                    .map(|(set, vs)| (set.as_str(), vs.iter().map(VariantId::as_str).collect()))
+                    .collect();
+                json!({ "bundleId": b.as_str(), "choices": choices })
+            }
+        }
+    }
+}
+
+/// A cart as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CartView {
+    /// The anonymous cart's id (absent for a customer's cart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cart_id: Option<String>,
+    /// The customer (customers' carts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// ISO 4217 currency of the cart.
+    pub currency: String,
+    /// Bumped by every change; send it back in `If-Match` for optimistic concurrency.
+    pub version: i64,
+    /// The lines, in the order they were first added.
+    pub lines: Vec<Value>,
+    /// When the cart expires unless changed again (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Lines a merge could not add because the cart was full.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped_line_ids: Vec<String>,
+}
+
+/// One line read back from a cart: what it holds and how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartLine {
+    /// The line.
+    pub line_id: String,
+    /// The stored definition (`variantId`, or `bundleId` + `choices`).
+    pub definition: Value,
+    /// Units.
+    pub quantity: i64,
+}
+
+/// The cart store.
+pub struct Carts<'a, R> {
+    redis: &'a R,
+    keys: &'a Keys,
+    settings: &'a Settings,
+}
+
+/// Optimistic concurrency: the version the client last saw (`If-Match`), if any.
+pub type Expected = Option<i64>;
+
+impl<'a, R: Redis> Carts<'a, R> {
+    /// The store.
+    pub fn new(redis: &'a R, keys: &'a Keys, settings: &'a Settings) -> Self {
+        Self {
+            redis,
+            keys,
+            settings,
+        }
+    }
+
+    fn key(&self, cart: &CartRef) -> String {
+        match cart {
+            CartRef::Session(id) => self.keys.cart_session(id),
+            CartRef::Customer(id) => self.keys.cart_customer(id),
+        }
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::from(self.settings.cart_ttl_seconds) * 1000
+    }
+
+    /// Creates an empty anonymous cart with an unguessable id (128 random bits).
+    pub async fn create(&self, currency: &str) -> Result<CartView> {
+        for _ in 0..3 {
+            let id = new_cart_id()?;
+            let cart = CartRef::Session(id);
+            let reply = self
+                .run(
+                    &CREATE,
+                    &cart,
+                    vec![currency.into(), RedisArg::Int(self.ttl_ms())],
+                )
+                .await?;
+            if tag(&reply) == "OK" {
+                return decode(&cart, &reply);
+            }
+        }
+        Err(Error::Internal("could not draw an unused cart id".into()))
+    }
+
+    /// Reads a cart. A customer without a cart has an empty one (version 0).
+    pub async fn get(&self, cart: &CartRef) -> Result<CartView> {
+        let reply = self.run(&GET, cart, Vec::new()).await?;
+        match (tag(&reply), cart) {
+            ("OK", _) => decode(cart, &reply),
+            ("NOT_FOUND", CartRef::Customer(customer)) => Ok(CartView {
+                cart_id: None,
+                customer_id: Some(customer.to_string()),
+                currency: self.settings.default_currency.clone(),
+                version: 0,
+                lines: Vec::new(),
+                expires_at: None,
+                dropped_line_ids: Vec::new(),
+            }),
+            ("NOT_FOUND" | "MERGED", CartRef::Session(id)) => Err(cart_not_found(id)),
+            _ => Err(unexpected(&reply)),
+        }
+    }
+
+    /// The lines of a cart with what they hold (checkout and pricing read them).
+    pub async fn lines(&self, cart: &CartRef) -> Result<(CartView, Vec<CartLine>)> {
+        let reply = self.run(&GET, cart, Vec::new()).await?;
+        match tag(&reply) {
+            "OK" => Ok((decode(cart, &reply)?, decode_lines(&reply)?)),
+            _ => self.get(cart).await.map(|view| (view, Vec::new())),
+        }
+    }
+
+    /// Adds `quantity` of an item: to its line if the cart has it, else as a new line.
+    /// Customers' carts are created on their first item.
+    pub async fn add(
+        &self,
+        cart: &CartRef,
+        item: &LineItem,
+        quantity: Quantity,
+        expected: Expected,
+    ) -> Result<CartView> {
+        self.mutate(
+            cart,
+            "add",
+            &item.line_id(),
+            &item.definition().to_string(),
+            quantity.get(),
+            expected,
+        )
+        .await
+    }
+
+    /// Sets a line's quantity; 0 removes the line.
+    pub async fn set_quantity(
+        &self,
+        cart: &CartRef,
+        line: &LineId,
+        quantity: u32,
+        expected: Expected,
+    ) -> Result<CartView> {
+        self.mutate(cart, "set", line, "", quantity, expected).await
+    }
+
+    async fn mutate(
+        &self,
+        cart: &CartRef,
+        op: &str,
+        line: &LineId,
+        definition: &str,
+        quantity: u32,
+        expected: Expected,
+    ) -> Result<CartView> {
+        let customer = match cart {
+            CartRef::Customer(c) => c.as_str(),
+            CartRef::Session(_) => "",
+        };
+        let args = vec![
+            op.into(),
+            line.as_str().into(),
+            definition.into(),
+            RedisArg::Int(quantity.into()),
+            RedisArg::Int(self.settings.cart_max_lines.into()),
+            RedisArg::Int(self.settings.cart_max_line_quantity.into()),
+            RedisArg::Int(self.ttl_ms()),
+            expected.map(|v| v.to_string()).unwrap_or_default().into(),
+            if customer.is_empty() { "0" } else { "1" }.into(),
+            self.settings.default_currency.as_str().into(),
+            customer.into(),
+        ];
+        let reply = self.run(&MUTATE, cart, args).await?;
+        match tag(&reply) {
+            "OK" => decode(cart, &reply),
+            "NOT_FOUND" => Err(match cart {
+                CartRef::Session(id) => cart_not_found(id),
+                CartRef::Customer(_) => {
+                    Error::not_found("LINE_NOT_FOUND", format!("the cart has no line {line}"))
+                }
+            }),
+            "NO_LINE" => Err(Error::not_found(
+                "LINE_NOT_FOUND",
+                format!("the cart has no line {line}"),
+            )),
+            "MERGED" => Err(Error::Conflict {
+                code: "CART_MERGED",
+                message: "the cart has been merged into a customer's cart".into(),
+                details: Value::Null,
+            }),
+            "VERSION" => Err(Error::PreconditionFailed(format!(
+                "the cart is at version {}, not the one in If-Match",
+                reply.get(1).and_then(RedisReply::as_int).unwrap_or(0)
+            ))),
+            "LIMIT" => {
+                let what = reply
+                    .get(1)
+                    .and_then(RedisReply::as_text)
+                    .unwrap_or("")
+                    .to_owned();
+                let max = reply.get(2).and_then(RedisReply::as_int).unwrap_or(0);
+                let message = if what == "lines" {
+                    format!("a cart holds at most {max} lines")
+                } else {
+                    format!("a line holds at most {max} units")
+                };
+                Err(Error::Unprocessable {
+                    code: "CART_LIMIT",
+                    message,
+                    details: json!({ "limit": what, "max": max }),
+                })
+            }
+            _ => Err(unexpected(&reply)),
+        }
+    }
+
+    /// Merges an anonymous cart into the customer's on sign-in: its lines are added to the
+    /// customer's cart, quantities summed per line, and it is removed. Three scripts, each
+    /// on one cart (the two may live in different Cluster slots): claim (freeze and read),
+    /// apply (once, by a marker in the customer's cart), finish (tombstone). Any retry or
+    /// race resumes where it finds the carts, and never adds a line twice.
+    pub async fn merge(&self, from: &CartId, customer: &CustomerId) -> Result<CartView> {
+        let anonymous = CartRef::Session(from.clone());
+        let target = CartRef::Customer(customer.clone());
+        let claim = self
+            .run(&MERGE_CLAIM, &anonymous, vec![customer.as_str().into()])
+            .await?;
+        match tag(&claim) {
+            "CLAIMED" => {}
+            "DONE" => return self.get(&target).await,
+            "NOT_FOUND" => return Err(cart_not_found(from)),
+            "ELSEWHERE" => {
+                return Err(Error::Conflict {
+                    code: "CART_MERGED",
+                    message: "the cart is being merged into another customer's cart".into(),
+                    details: Value::Null,
+                });
+            }
+            _ => return Err(unexpected(&claim)),
+        }
+        let claimed = decode(&anonymous, &claim)?;
+        let mut args = vec![
+            from.as_str().into(),
+            claimed.currency.as_str().into(),
+            RedisArg::Int(self.ttl_ms()),
+            RedisArg::Int(self.settings.cart_max_lines.into()),
+            RedisArg::Int(self.settings.cart_max_line_quantity.into()),
+            customer.as_str().into(),
+        ];
+        for line in decode_lines(&claim)? {
+            args.push(line.line_id.as_str().into());
+            args.push(line.definition.to_string().into());
+            args.push(RedisArg::Int(line.quantity));
+        }
+        let applied = self.run(&MERGE_APPLY, &target, args).await?;
+        let view = match tag(&applied) {
+            "OK" => decode(&target, &applied)?,
+            "CURRENCY" => {
+                return Err(Error::Unprocessable {
+                    code: "CURRENCY_MISMATCH",
+                    message: format!(
+                        "the cart is in {}, the customer's cart in {}",
+                        claimed.currency,
+                        applied.get(1).and_then(RedisReply::as_text).unwrap_or("?")
+                    ),
+                    details: Value::Null,
+                });
+            }
+            _ => return Err(unexpected(&applied)),
+        };
+        let finished = self
+            .run(
+                &MERGE_FINISH,
+                &anonymous,
+                vec![customer.as_str().into(), RedisArg::Int(TOMBSTONE_TTL_MS)],
+            )
+            .await?;
+        if tag(&finished) != "OK" {
+            return Err(unexpected(&finished));
+        }
+        Ok(view)
+    }
+
+    async fn run(&self, script: &Script, cart: &CartRef, args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
+        let key = self.key(cart);
+        script.run(self.redis, &[&key], args).await.map_err(|e| e.redis())
+    }
+}
+
+/// 128 random bits as 32 hex characters.
+fn new_cart_id() -> Result<CartId> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    CartId::parse(&hex)
+}
+
+fn tag(reply: &[RedisReply]) -> &str {
+    reply.first().and_then(RedisReply::as_text).unwrap_or("")
+}
+
+fn unexpected(reply: &[RedisReply]) -> Error {
+    Error::Internal(format!("unexpected cart script reply: {reply:?}"))
+}
+
+fn cart_not_found(id: &CartId) -> Error {
+    Error::not_found(
+        "CART_NOT_FOUND",
+        format!("no cart {id} (it may have expired or been merged)"),
+    )
+}
+
+/// Splits a snapshot `{status, now, pttl, #dropped, dropped..., field, value...}` into its
+/// parts.
+fn snapshot_parts(reply: &[RedisReply]) -> Result<(i64, i64, Vec<String>, HashMap<String, String>)> {
+    let int = |i: usize| {
+        reply
+            .get(i)
+            .and_then(RedisReply::as_int)
+            .ok_or_else(|| unexpected(reply))
+    };
+    let (now, pttl, dropped) = (int(1)?, int(2)?, int(3)? as usize);
+    let text = |r: &RedisReply| r.as_text().map(str::to_owned).ok_or_else(|| unexpected(reply));
+    let dropped_ids = reply.get(4..4 + dropped).ok_or_else(|| unexpected(reply))?;
+    let dropped_ids = dropped_ids.iter().map(text).collect::<Result<_>>()?;
+    let fields = reply[4 + dropped..]
+        .chunks(2)
+        .map(|kv| match kv {
+            [k, v] => Ok((text(k)?, text(v)?)),
+            _ => Err(unexpected(reply)),
+        })
+        .collect::<Result<_>>()?;
+    Ok((now, pttl, dropped_ids, fields))
+}
+
+fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
+    let (_, _, _, fields) = snapshot_parts(reply)?;
+    let mut lines: Vec<(i64, CartLine)> = Vec::new();
+    for (field, quantity) in &fields {
+        let Some(line) = field.strip_prefix("q:") else {
+            continue;
+        };
+        let definition = fields
+            .get(&format!("d:{line}"))
+            .and_then(|d| serde_json::from_str(d).ok())
+            .ok_or_else(|| unexpected(reply))?;
+        let position = fields
+            .get(&format!("o:{line}"))
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        lines.push((
+            position,
+            CartLine {
+                line_id: line.to_owned(),
+                definition,
+                quantity: quantity.parse().map_err(|_| unexpected(reply))?,
+            },
+        ));
+    }
+    lines.sort_by_key(|(position, _)| *position);
+    Ok(lines.into_iter().map(|(_, line)| line).collect())
+}
+
+fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
+    let (now, pttl, dropped_line_ids, fields) = snapshot_parts(reply)?;
+    let lines = decode_lines(reply)?
+        .into_iter()
+        .map(|line| {
+            let mut shown = json!({ "lineId": line.line_id });
+            if let (Some(shown), Some(definition)) = (shown.as_object_mut(), line.definition.as_object()) {
+                shown.extend(definition.clone());
+                shown.insert("quantity".into(), line.quantity.into());
+            }
+            shown
+        })
+        .collect();
+    Ok(CartView {
+        cart_id: match cart {
+            CartRef::Session(id) => Some(id.to_string()),
+            CartRef::Customer(_) => None,
+        },
+        customer_id: match cart {
+            CartRef::Customer(id) => Some(id.to_string()),
+            CartRef::Session(_) => None,
+        },
+        currency: fields.get("currency").cloned().unwrap_or_default(),
+        version: fields.get("version").and_then(|v| v.parse().ok()).unwrap_or(0),
+        lines,
+        expires_at: (pttl > 0).then(|| rfc3339_millis(now + pttl)),
+        dropped_line_ids,
+    })
+}

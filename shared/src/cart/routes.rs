@@ -1,0 +1,253 @@
+//! Cart routes (DESIGN §5). Anonymous carts are reached by their unguessable id; a
+//! customer's cart needs an HS256 JWT whose `sub` is that customer.
+//!
+//! - `POST   /v1/carts`                                  new anonymous cart
+//! - `GET    /v1/carts/{cart}`                           the cart
+//! - `POST   /v1/carts/{cart}/items`                     add a variant or a bundle
+//! - `PATCH  /v1/carts/{cart}/items/{line}`              set a line's quantity (0 removes)
+//! - `DELETE /v1/carts/{cart}/items/{line}`              remove a line
+//! - `GET    /v1/customers/{customer}/cart`              the customer's cart
+//! - `POST   /v1/customers/{customer}/cart/items`        …and the same changes on it
+//! - `PATCH`/`DELETE /v1/customers/{customer}/cart/items/{line}`
+//! - `POST   /v1/customers/{customer}/cart/merge`        `{cartId}`: merge on sign-in
+//!
+//! Changes accept `If-Match: <version>` (412 when the cart moved on) and answer with the
+//! whole cart and its version in `ETag`.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::{CartRef, CartView, Carts, Expected, LineItem};
+use crate::app::App;
+use crate::auth;
+use crate::bundle::Choices;
+use crate::bundle::routes::store as bundles;
+use crate::catalog::require_variants;
+use crate::error::{Error, Result};
+use crate::http::{Request, Response, field, object, str_field};
+use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId};
+use crate::ports::{Redis, Sql};
+
+/// Routes the cart paths; `None` if the path is not the cart store's.
+pub async fn route<R: Redis, S: Sql>(
+    app: &App<R, S>,
+    req: &Request,
+    segments: &[&str],
+) -> Option<Result<Response>> {
+    dispatch(app, req, segments).await.transpose()
+}
+
+async fn dispatch<R: Redis, S: Sql>(
+    app: &App<R, S>,
+    req: &Request,
+    segments: &[&str],
+) -> Result<Option<Response>> {
+    let method = req.method.as_str();
+    let not_allowed = || Error::MethodNotAllowed(req.method.clone());
+    let response = match segments {
+        ["v1", "carts"] => match method {
+            "POST" => create(app, req).await?,
+            _ => return Err(not_allowed()),
+        },
+        ["v1", "carts", cart] => match method {
+            "GET" => get(app, &session(cart)?).await?,
+            _ => return Err(not_allowed()),
+        },
+        ["v1", "carts", cart, "items"] => match method {
+            "POST" => add(app, req, &session(cart)?).await?,
+            _ => return Err(not_allowed()),
+        },
+        ["v1", "carts", cart, "items", line] => change(app, req, &session(cart)?, line).await?,
+        ["v1", "customers", customer, "cart", rest @ ..] => {
+            if !matches!(rest, [] | ["items"] | ["items", _] | ["merge"]) {
+                return Ok(None);
+            }
+            let (cart, id) = customer_cart(app, req, customer)?;
+            match (rest, method) {
+                ([], "GET") => get(app, &cart).await?,
+                (["items"], "POST") => add(app, req, &cart).await?,
+                (["items", line], _) => change(app, req, &cart, line).await?,
+                (["merge"], "POST") => merge(app, req, &id).await?,
+                _ => return Err(not_allowed()),
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(response))
+}
+
+fn session(cart: &str) -> Result<CartRef> {
+    Ok(CartRef::Session(CartId::parse(cart)?))
+}
+
+/// The customer's cart, once the bearer is proven to be that customer.
+fn customer_cart<R: Redis, S: Sql>(
+    app: &App<R, S>,
+    req: &Request,
+    customer: &str,
+) -> Result<(CartRef, CustomerId)> {
+    let customer = CustomerId::parse(customer)?;
+    auth::verify_customer(
+        req.header("authorization"),
+        &app.settings.jwt_secret,
+        auth::now_s(),
+        &customer,
+    )?;
+    Ok((CartRef::Customer(customer.clone()), customer))
+}
+
+fn store<R: Redis, S: Sql>(app: &App<R, S>) -> Carts<'_, R> {
+    Carts::new(&app.redis, &app.keys, &app.settings)
+}
+
+fn reply(status: u16, cart: &CartView) -> Response {
+    let mut response = Response::json(status, cart);
+    response
+        .headers
+        .push(("etag".into(), format!("\"{}\"", cart.version)));
+    response
+}
+
+/// Reads `If-Match`: a version number, quoted or not (`"3"`, `W/"3"`, `3`).
+fn expected(req: &Request) -> Result<Expected> {
+    let Some(raw) = req.header("if-match") else {
+        return Ok(None);
+    };
+    raw.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| Error::bad_request("INVALID_IF_MATCH", "If-Match must be a cart version, e.g. \"3\""))
+}
+
+async fn create<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+    let currency = if req.body.is_empty() {
+        app.settings.default_currency.clone()
+    } else {
+        let body = req.json(app.settings.max_body_bytes)?;
+        match object(&body)?.get("currency") {
+            None | Some(Value::Null) => app.settings.default_currency.clone(),
+            Some(c) => parse_currency(c)?,
+        }
+    };
+    let cart = store(app).create(&currency).await?;
+    Ok(reply(201, &cart))
+}
+
+fn parse_currency(value: &Value) -> Result<String> {
+    value
+        .as_str()
+        .filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Error::bad_request(
+                "INVALID_CURRENCY",
+                "currency must be an ISO 4217 code such as \"EUR\"",
+            )
+        })
+}
+
+async fn get<R: Redis, S: Sql>(app: &App<R, S>, cart: &CartRef) -> Result<Response> {
+    Ok(reply(200, &store(app).get(cart).await?))
+}
+
+/// Parses one line to add: `{variantId, quantity}` or `{bundleId, choices, quantity}`.
+pub fn parse_line(body: &Value) -> Result<(LineItem, Quantity)> {
+    let body = object(body)?;
+    let quantity = Quantity::from_json(field(body, "quantity")?)?;
+    let item = match (body.get("variantId"), body.get("bundleId")) {
+        (Some(_), None) => LineItem::Variant(VariantId::parse(str_field(body, "variantId")?)?),
+        (None, Some(_)) => {
+            let bundle = BundleId::parse(str_field(body, "bundleId")?)?;
+            LineItem::Bundle(bundle, parse_choices(field(body, "choices")?)?)
+        }
+        _ => {
+            return Err(Error::bad_request(
+                "INVALID_LINE",
+                "a line names either a variantId or a bundleId with its choices",
+            ));
+        }
+    };
+    Ok((item, quantity))
+}
+
+/// Most sets, and variants per set, a bundle line may name.
+const MAX_CHOICES: usize = 100;
+
+fn parse_choices(value: &Value) -> Result<Choices> {
+    let bad = |message: &str| Error::bad_request("INVALID_CHOICES", message);
+    let sets = value
+        .as_object()
+        .ok_or_else(|| bad("choices must be an object of set id → [variant ids]"))?;
+    if sets.is_empty() || sets.len() > MAX_CHOICES {
+        return Err(bad("choices must name 1 to 100 sets"));
+    }
+    let mut choices = Choices::new();
+    for (set, variants) in sets {
+        let set = SetId::parse(set)?;
+        let variants = variants
+            .as_array()
+            .filter(|v| !v.is_empty() && v.len() <= MAX_CHOICES)
+            .ok_or_else(|| bad("each set's choice must be an array of 1 to 100 variant ids"))?;
+        let mut chosen = BTreeSet::new();
+        for v in variants {
+            let id = v.as_str().ok_or_else(|| bad("variant ids must be strings"))?;
+            if !chosen.insert(VariantId::parse(id)?) {
+                return Err(Error::Unprocessable {
+                    code: "INVALID_BUNDLE_CHOICE",
+                    message: format!("variant {id} is chosen twice in set {set}"),
+                    details: json!({ "setId": set.as_str(), "reason": "duplicate" }),
+                });
+            }
+        }
+        choices.insert(set, chosen.into_iter().collect());
+    }
+    Ok(choices)
+}
+
+async fn add<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, cart: &CartRef) -> Result<Response> {
+    let expected = expected(req)?;
+    let body = req.json(app.settings.max_body_bytes)?;
+    let (item, quantity) = parse_line(&body)?;
+    match &item {
+        LineItem::Variant(variant) => {
+            require_variants(&app.redis, &app.sql, &app.keys, std::slice::from_ref(variant)).await?;
+        }
+        LineItem::Bundle(bundle, choices) => bundles(app).check(bundle, choices).await?,
+    }
+    let view = store(app).add(cart, &item, quantity, expected).await?;
+    Ok(reply(200, &view))
+}
+
+async fn change<R: Redis, S: Sql>(
+    app: &App<R, S>,
+    req: &Request,
+    cart: &CartRef,
+    line: &str,
+) -> Result<Response> {
+    let line = LineId::parse(line)?;
+    let quantity = match req.method.as_str() {
+        "DELETE" => 0,
+        "PATCH" => {
+            let body = req.json(app.settings.max_body_bytes)?;
+            let quantity = field(object(&body)?, "quantity")?;
+            // 0 is allowed here: it removes the line.
+            match quantity.as_i64() {
+                Some(0) => 0,
+                _ => Quantity::from_json(quantity)?.get(),
+            }
+        }
+        _ => return Err(Error::MethodNotAllowed(req.method.clone())),
+    };
+    let expected = expected(req)?;
+    let view = store(app).set_quantity(cart, &line, quantity, expected).await?;
+    Ok(reply(200, &view))
+}
+
+async fn merge<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, customer: &CustomerId) -> Result<Response> {
+    let body = req.json(app.settings.max_body_bytes)?;
+    let from = CartId::parse(str_field(object(&body)?, "cartId")?)?;
+    Ok(reply(200, &store(app).merge(&from, customer).await?))
+}

@@ -1,0 +1,529 @@
+//! The cart store's promises, over HTTP against real Redis and PostgreSQL.
+
+use std::time::Duration;
+
+use commerce_tests::{ADMIN_TOKEN, Reply, TestApp, customer_token};
+use serde_json::{Value, json};
+
+fn variant_line(variant: &str, quantity: i64) -> Value {
+    json!({ "variantId": variant, "quantity": quantity })
+}
+
+async fn new_cart(app: &TestApp) -> String {
+    let reply = app.call("POST", "/v1/carts", None, false).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    reply.body["cartId"].as_str().unwrap().to_owned()
+}
+
+fn quantities(cart: &Value) -> Vec<(String, i64)> {
+    cart["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let what = l["variantId"]
+                .as_str()
+                .or(l["bundleId"].as_str())
+                .unwrap()
+                .to_owned();
+            (what, l["quantity"].as_i64().unwrap())
+        })
+        .collect()
+}
+
+fn owned(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
+    pairs.iter().map(|(v, q)| (v.to_string(), *q)).collect()
+}
+
+fn bearer(customer: &str) -> String {
+    format!("Bearer {}", customer_token(customer))
+}
+
+#[tokio::test]
+async fn an_anonymous_cart_adds_sets_and_removes_lines() {
+    let app = TestApp::spawn().await;
+    app.seed(5).await;
+    let cart = new_cart(&app).await;
+    assert_eq!(cart.len(), 32, "cart ids carry 128 random bits");
+    assert!(cart.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let items = format!("/v1/carts/{cart}/items");
+    app.post(&items, variant_line("var-1", 2)).await;
+    let reply = app.post(&items, variant_line("var-1", 3)).await;
+    assert_eq!(
+        quantities(&reply.body),
+        owned(&[("var-1", 5)]),
+        "adding a variant again adds to its line"
+    );
+    let reply = app.post(&items, variant_line("var-2", 1)).await;
+    assert_eq!((reply.status, reply.body["version"].as_i64()), (200, Some(3)));
+    assert_eq!(quantities(&reply.body), owned(&[("var-1", 5), ("var-2", 1)]));
+    assert!(reply.body["expiresAt"].as_str().unwrap().ends_with('Z'));
+    let line_1 = reply.body["lines"][0]["lineId"].as_str().unwrap().to_owned();
+    let line_2 = reply.body["lines"][1]["lineId"].as_str().unwrap().to_owned();
+
+    let set = app
+        .call(
+            "PATCH",
+            &format!("{items}/{line_1}"),
+            Some(json!({"quantity": 7})),
+            false,
+        )
+        .await;
+    assert_eq!(
+        quantities(&set.body),
+        owned(&[("var-1", 7), ("var-2", 1)]),
+        "PATCH sets the quantity"
+    );
+    let zero = app
+        .call(
+            "PATCH",
+            &format!("{items}/{line_1}"),
+            Some(json!({"quantity": 0})),
+            false,
+        )
+        .await;
+    assert_eq!(
+        quantities(&zero.body),
+        owned(&[("var-2", 1)]),
+        "quantity 0 removes the line"
+    );
+    let removed = app
+        .call("DELETE", &format!("{items}/{line_2}"), None, false)
+        .await;
+    assert_eq!((removed.status, removed.body["version"].as_i64()), (200, Some(6)));
+    assert_eq!(quantities(&removed.body), vec![]);
+    let gone = app
+        .call("DELETE", &format!("{items}/{line_2}"), None, false)
+        .await;
+    assert_eq!((gone.status, gone.code()), (404, "LINE_NOT_FOUND"));
+
+    let got = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(
+        (
+            got.status,
+            got.body["version"].as_i64(),
+            got.body["currency"].as_str()
+        ),
+        (200, Some(6), Some("EUR"))
+    );
+    let missing = app.get("/v1/carts/0123456789abcdef0123456789abcdef").await;
+    assert_eq!((missing.status, missing.code()), (404, "CART_NOT_FOUND"));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_adds_to_one_cart_lose_no_update() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let cart = new_cart(&app).await;
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let (http, base, cart) = (app.http.clone(), app.base.clone(), cart.clone());
+            tokio::spawn(async move {
+                let variant = if i % 2 == 0 { "var-1" } else { "var-2" };
+                let req = http
+                    .post(format!("{base}/v1/carts/{cart}/items"))
+                    .header("content-type", "application/json")
+                    .body(variant_line(variant, 1).to_string());
+                TestApp::reply(req).await.status
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let got = app.get(&format!("/v1/carts/{cart}")).await;
+    let mut sorted = quantities(&got.body);
+    sorted.sort();
+    assert_eq!(sorted, owned(&[("var-1", 30), ("var-2", 30)]));
+    assert_eq!(got.body["version"], 60);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn if_match_refuses_a_change_to_a_cart_that_moved_on() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let cart = new_cart(&app).await;
+    let items = format!("/v1/carts/{cart}/items");
+    let first = app
+        .call_with(
+            "POST",
+            &items,
+            Some(variant_line("var-1", 1)),
+            &[("if-match", "\"0\"")],
+        )
+        .await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let before = app.redis_snapshot_of(":cart:").await;
+    let stale = app
+        .call_with(
+            "POST",
+            &items,
+            Some(variant_line("var-2", 1)),
+            &[("if-match", "\"0\"")],
+        )
+        .await;
+    assert_eq!((stale.status, stale.code()), (412, "VERSION_MISMATCH"));
+    assert_eq!(
+        app.redis_snapshot_of(":cart:").await,
+        before,
+        "a refused change wrote"
+    );
+    let fresh = app
+        .call_with(
+            "POST",
+            &items,
+            Some(variant_line("var-2", 1)),
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
+    assert_eq!((fresh.status, fresh.body["version"].as_i64()), (200, Some(2)));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn cart_limits_are_enforced_with_422() {
+    let app = TestApp::spawn_with(|c| c.set("cart_max_lines", "2").set("cart_max_line_quantity", "10")).await;
+    app.seed(3).await;
+    let cart = new_cart(&app).await;
+    let items = format!("/v1/carts/{cart}/items");
+    app.post(&items, variant_line("var-1", 10)).await;
+    app.post(&items, variant_line("var-2", 1)).await;
+    let before = app.redis_snapshot_of(":cart:").await;
+    let third = app.post(&items, variant_line("var-3", 1)).await;
+    assert_eq!((third.status, third.code()), (422, "CART_LIMIT"));
+    let more = app.post(&items, variant_line("var-1", 1)).await;
+    assert_eq!((more.status, more.code()), (422, "CART_LIMIT"));
+    assert_eq!(app.redis_snapshot_of(":cart:").await, before);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_variant_unknown_to_the_catalog_is_refused() {
+    let app = TestApp::spawn().await;
+    app.seed(1).await;
+    let cart = new_cart(&app).await;
+    let before = app.redis_snapshot().await;
+    let reply = app
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            variant_line("no-such-variant", 1),
+        )
+        .await;
+    assert_eq!((reply.status, reply.code()), (422, "UNKNOWN_VARIANT"));
+    assert_eq!(app.redis_snapshot().await, before);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn customer_carts_need_the_customers_own_token() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let path = "/v1/customers/alice/cart";
+    let expired = commerce_core::auth::sign(&json!({"sub": "alice", "exp": 1}), commerce_tests::JWT_SECRET);
+    let foreign = commerce_core::auth::sign(&json!({"sub": "alice"}), "not-our-secret");
+    for (auth, status) in [
+        (None, 401),
+        (Some(format!("Bearer {expired}")), 401),
+        (Some(format!("Bearer {foreign}")), 401),
+        (Some("Bearer garbage".to_owned()), 401),
+        (Some(bearer("bob")), 403),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let reply = app.call_with("GET", path, None, &headers).await;
+        assert_eq!(reply.status, status, "{auth:?}");
+        let add = app
+            .call_with(
+                "POST",
+                &format!("{path}/items"),
+                Some(variant_line("var-1", 1)),
+                &headers,
+            )
+            .await;
+        assert_eq!(add.status, status, "{auth:?}");
+    }
+    assert!(
+        app.redis_keys()
+            .await
+            .iter()
+            .all(|k| !k.contains("cart:customer")),
+        "a refused call wrote"
+    );
+
+    let alice = bearer("alice");
+    let auth = [("authorization", alice.as_str())];
+    let empty = app.call_with("GET", path, None, &auth).await;
+    assert_eq!((empty.status, empty.body["version"].as_i64()), (200, Some(0)));
+    let added = app
+        .call_with(
+            "POST",
+            &format!("{path}/items"),
+            Some(variant_line("var-1", 2)),
+            &auth,
+        )
+        .await;
+    assert_eq!(
+        (added.status, added.body["customerId"].as_str()),
+        (200, Some("alice"))
+    );
+    let line = added.body["lines"][0]["lineId"].as_str().unwrap().to_owned();
+    let set = app
+        .call_with(
+            "PATCH",
+            &format!("{path}/items/{line}"),
+            Some(json!({"quantity": 4})),
+            &auth,
+        )
+        .await;
+    assert_eq!(quantities(&set.body), owned(&[("var-1", 4)]));
+    let removed = app
+        .call_with("DELETE", &format!("{path}/items/{line}"), None, &auth)
+        .await;
+    assert_eq!(quantities(&removed.body), vec![]);
+    app.finish().await;
+}
+
+async fn merge(app: &TestApp, customer: &str, cart: &str) -> Reply {
+    let token = bearer(customer);
+    app.call_with(
+        "POST",
+        &format!("/v1/customers/{customer}/cart/merge"),
+        Some(json!({ "cartId": cart })),
+        &[("authorization", token.as_str())],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn merging_on_sign_in_adds_per_line_and_removes_the_anonymous_cart() {
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let cart = new_cart(&app).await;
+    let bundle =
+        json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
+    app.post(&format!("/v1/carts/{cart}/items"), variant_line("var-1", 2))
+        .await;
+    app.post(&format!("/v1/carts/{cart}/items"), bundle).await;
+    let token = bearer("carol");
+    let auth = [("authorization", token.as_str())];
+    for line in [variant_line("var-1", 1), variant_line("var-3", 1)] {
+        app.call_with("POST", "/v1/customers/carol/cart/items", Some(line), &auth)
+            .await;
+    }
+
+    let merged = merge(&app, "carol", &cart).await;
+    assert_eq!(merged.status, 200, "{merged:?}");
+    let expected = owned(&[("var-1", 3), ("var-3", 1), ("bundle-3", 1)]);
+    assert_eq!(quantities(&merged.body), expected);
+    assert_eq!(
+        app.get(&format!("/v1/carts/{cart}")).await.status,
+        404,
+        "the anonymous cart stays"
+    );
+    let changed = app
+        .post(&format!("/v1/carts/{cart}/items"), variant_line("var-2", 1))
+        .await;
+    assert_eq!(changed.status, 409, "a merged cart still takes changes");
+
+    let replay = merge(&app, "carol", &cart).await;
+    assert_eq!(
+        (replay.status, quantities(&replay.body)),
+        (200, expected),
+        "a replayed merge added again"
+    );
+    let stolen = merge(&app, "mallory", &cart).await;
+    assert_eq!(stolen.status, 409);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_merges_add_each_line_once() {
+    let app = TestApp::spawn().await;
+    app.seed(3).await;
+    let cart = new_cart(&app).await;
+    for (v, q) in [("var-1", 2), ("var-2", 5)] {
+        app.post(&format!("/v1/carts/{cart}/items"), variant_line(v, q))
+            .await;
+    }
+    let token = bearer("dave");
+    app.call_with(
+        "POST",
+        "/v1/customers/dave/cart/items",
+        Some(variant_line("var-1", 1)),
+        &[("authorization", &token)],
+    )
+    .await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, base, cart, token) = (app.http.clone(), app.base.clone(), cart.clone(), token.clone());
+            tokio::spawn(async move {
+                let req = http
+                    .post(format!("{base}/v1/customers/dave/cart/merge"))
+                    .header("authorization", token)
+                    .header("content-type", "application/json")
+                    .body(json!({ "cartId": cart }).to_string());
+                TestApp::reply(req).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let got = app
+        .call_with(
+            "GET",
+            "/v1/customers/dave/cart",
+            None,
+            &[("authorization", &token)],
+        )
+        .await;
+    assert_eq!(quantities(&got.body), owned(&[("var-1", 3), ("var-2", 5)]));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn every_change_slides_the_carts_time_to_live() {
+    let app = TestApp::spawn_with(|c| c.set("cart_ttl_seconds", "2")).await;
+    app.seed(1).await;
+    let cart = new_cart(&app).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), variant_line("var-1", 1))
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        app.get(&format!("/v1/carts/{cart}")).await.status,
+        200,
+        "the change did not slide the TTL"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        app.get(&format!("/v1/carts/{cart}")).await.status,
+        404,
+        "reading slid the TTL"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn bundle_lines_must_follow_the_bundles_sets() {
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let bundle = app.get("/v1/bundles/bundle-1").await;
+    assert_eq!(bundle.status, 200, "{bundle:?}");
+    assert_eq!(
+        bundle.body["pricing"],
+        json!({"kind": "fixed", "price": 4999, "currency": "EUR"})
+    );
+    assert_eq!(bundle.body["sets"][0]["setId"], "tops");
+    assert_eq!(bundle.body["sets"][0]["choose"], 2);
+    assert_eq!(
+        bundle.body["sets"][1]["variantIds"],
+        json!(["var-10", "var-11", "var-12", "var-9"])
+    );
+    assert_eq!(app.get("/v1/bundles/bundle-404").await.status, 404);
+
+    let cart = new_cart(&app).await;
+    let items = format!("/v1/carts/{cart}/items");
+    let line = |choices: Value| json!({"bundleId": "bundle-1", "choices": choices, "quantity": 1});
+    let before = app.redis_snapshot_of(":cart:").await;
+    for (choices, set) in [
+        (json!({"tops": ["var-1"], "caps": ["var-9"]}), "tops"),
+        (json!({"tops": ["var-1", "var-2"], "caps": ["var-1"]}), "caps"),
+        (json!({"tops": ["var-1", "var-2"]}), "caps"),
+        (
+            json!({"tops": ["var-1", "var-2"], "caps": ["var-9"], "hats": ["var-3"]}),
+            "hats",
+        ),
+        (json!({"tops": ["var-1", "var-1"], "caps": ["var-9"]}), "tops"),
+    ] {
+        let reply = app.post(&items, line(choices.clone())).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (422, "INVALID_BUNDLE_CHOICE"),
+            "{choices}"
+        );
+        assert_eq!(reply.body["error"]["details"]["setId"], set, "{choices}");
+    }
+    let unknown = app
+        .post(
+            &items,
+            json!({"bundleId": "bundle-404", "choices": {"a": ["var-1"]}, "quantity": 1}),
+        )
+        .await;
+    assert_eq!((unknown.status, unknown.code()), (422, "UNKNOWN_BUNDLE"));
+    assert_eq!(
+        app.redis_snapshot_of(":cart:").await,
+        before,
+        "a refused line wrote"
+    );
+
+    let good = app
+        .post(
+            &items,
+            line(json!({"caps": ["var-9"], "tops": ["var-2", "var-1"]})),
+        )
+        .await;
+    assert_eq!(good.status, 200, "{good:?}");
+    let again = app
+        .post(
+            &items,
+            line(json!({"tops": ["var-1", "var-2"], "caps": ["var-9"]})),
+        )
+        .await;
+    assert_eq!(
+        quantities(&again.body),
+        owned(&[("bundle-1", 2)]),
+        "the same choices are the same line"
+    );
+    assert_eq!(
+        again.body["lines"][0]["choices"],
+        json!({"caps": ["var-9"], "tops": ["var-1", "var-2"]})
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_invalidated_bundle_is_reloaded_from_postgres() {
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let cart = new_cart(&app).await;
+    let items = format!("/v1/carts/{cart}/items");
+    let line = json!({"bundleId": "bundle-1", "choices": {"tops": ["var-1", "var-2"], "caps": ["var-13"]}, "quantity": 1});
+    assert_eq!(app.post(&items, line.clone()).await.status, 422);
+    app.pg
+        .batch_execute("INSERT INTO bundle_set_variants VALUES ('bundle-1', 'caps', 'var-13')")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.post(&items, line.clone()).await.status,
+        422,
+        "the cache was not used"
+    );
+    let refused = app
+        .call("POST", "/v1/admin/bundles/bundle-1/invalidate", None, false)
+        .await;
+    assert_eq!(refused.status, 401);
+    let reply = app
+        .call_with(
+            "POST",
+            "/v1/admin/bundles/bundle-1/invalidate",
+            None,
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(app.post(&items, line).await.status, 200);
+    let warmed = commerce_core::bundle::Bundles::new(&app.app.redis, &app.app.sql, &app.app.keys, 60)
+        .warm(|_| {})
+        .await
+        .unwrap();
+    assert_eq!(warmed, 3);
+    app.finish().await;
+}

@@ -67,7 +67,7 @@ pub fn verify(authorization: Option<&str>, secret: &str, now_s: i64) -> Result<C
     }
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| unauthorized("bad secret"))?;
-    mac.update(token[..header_and_payload_len(token)].as_bytes());
+    mac.update(&token.as_bytes()[..header_and_payload_len(token)]);
     // verify_slice compares in constant time.
     mac.verify_slice(&decode(signature)?)
         .map_err(|_| unauthorized("the token signature is invalid"))?;

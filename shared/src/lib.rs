@@ -17,6 +17,7 @@ pub mod inventory;
 pub mod keys;
 pub mod ops;
 pub mod ports;
+pub mod pricing;
 pub mod router;
 pub mod script;
 pub mod settings;

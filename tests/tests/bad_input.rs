@@ -184,3 +184,164 @@ async fn bad_input_on_every_route_is_refused_and_writes_nothing() {
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn bad_input_on_every_cart_and_bundle_route_is_refused_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let created = app.call("POST", "/v1/carts", None, false).await;
+    let cart = created.body["cartId"].as_str().unwrap().to_owned();
+    let added = app
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            json!({"variantId": "var-1", "quantity": 1}),
+        )
+        .await;
+    let line = added.body["lines"][0]["lineId"].as_str().unwrap().to_owned();
+    let token = format!("Bearer {}", commerce_tests::customer_token("erin"));
+    let before = app.redis_snapshot_of(":cart:").await;
+    let bundles_before = app.redis_snapshot_of(":bundle:").await;
+
+    let long = too_long();
+    let mut cases: Vec<(String, String, Option<String>, u16)> = Vec::new();
+    let mut case = |method: &str, path: String, body: Option<String>, status: u16| {
+        cases.push((method.into(), path, body, status));
+    };
+    let add = |body: &str| Some(body.to_owned());
+    for id in BAD_PATH_IDS.iter().copied().chain([long.as_str()]) {
+        case("GET", format!("/v1/carts/{id}"), None, 400);
+        case(
+            "POST",
+            format!("/v1/carts/{id}/items"),
+            add(r#"{"variantId":"var-1","quantity":1}"#),
+            400,
+        );
+        case(
+            "PATCH",
+            format!("/v1/carts/{cart}/items/{id}"),
+            add(r#"{"quantity":1}"#),
+            400,
+        );
+        case("DELETE", format!("/v1/carts/{cart}/items/{id}"), None, 400);
+        case("GET", format!("/v1/customers/{id}/cart"), None, 400);
+        case("GET", format!("/v1/bundles/{id}"), None, 400);
+        case("POST", format!("/v1/admin/bundles/{id}/invalidate"), None, 400);
+    }
+    let items = format!("/v1/carts/{cart}/items");
+    let customer_items = "/v1/customers/erin/cart/items".to_owned();
+    for target in [&items, &customer_items] {
+        for quantity in ["0", "-1", "1.5", "\"2\"", "100001", "1e30", "null"] {
+            case(
+                "POST",
+                target.clone(),
+                Some(format!(r#"{{"variantId":"var-1","quantity":{quantity}}}"#)),
+                400,
+            );
+        }
+        for body in [
+            r#"{"quantity":1}"#,
+            r#"{"variantId":"var-1","bundleId":"bundle-1","quantity":1}"#,
+            r#"{"variantId":"a:b","quantity":1}"#,
+            r#"{"variantId":7,"quantity":1}"#,
+            r#"{"bundleId":"bundle-1","quantity":1}"#,
+            r#"{"bundleId":"bundle-1","choices":[],"quantity":1}"#,
+            r#"{"bundleId":"bundle-1","choices":{},"quantity":1}"#,
+            r#"{"bundleId":"bundle-1","choices":{"tops":"var-1"},"quantity":1}"#,
+            r#"{"bundleId":"bundle-1","choices":{"tops":[]},"quantity":1}"#,
+            r#"{"bundleId":"bundle-1","choices":{"a*b":["var-1"]},"quantity":1}"#,
+            r#"{"bundleId":"bundle-1","choices":{"tops":["var-1",2]},"quantity":1}"#,
+            r#"{"bundleId":"b{1}","choices":{"tops":["var-1"]},"quantity":1}"#,
+            "{",
+            "[]",
+            "not json",
+        ] {
+            case("POST", target.clone(), add(body), 400);
+        }
+    }
+    for body in [
+        r#"{"quantity":-1}"#,
+        r#"{"quantity":1.5}"#,
+        r#"{}"#,
+        "{",
+        r#"{"quantity":"1"}"#,
+    ] {
+        case("PATCH", format!("{items}/{line}"), add(body), 400);
+    }
+    for body in [
+        r#"{"currency":"eur"}"#,
+        r#"{"currency":"EURO"}"#,
+        r#"{"currency":5}"#,
+        "[1]",
+        "{",
+    ] {
+        case("POST", "/v1/carts".into(), add(body), 400);
+    }
+    for body in [r#"{}"#, r#"{"cartId":"a:b"}"#, r#"{"cartId":5}"#, "{"] {
+        case("POST", "/v1/customers/erin/cart/merge".into(), add(body), 400);
+    }
+    case("PUT", format!("/v1/carts/{cart}"), None, 405);
+    case("GET", items.clone(), None, 405);
+    case("POST", format!("{items}/{line}"), add("{}"), 405);
+
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    for (method, path, body, status) in &cases {
+        let auth = if path.contains("/admin/") {
+            admin.as_str()
+        } else {
+            token.as_str()
+        };
+        let mut req = app
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", app.base))
+            .header("authorization", auth);
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body.clone());
+        }
+        let reply = TestApp::reply(req).await;
+        assert_eq!(
+            reply.status, *status,
+            "{method} {path} {body:?}: {:?}",
+            reply.body
+        );
+        assert!(!reply.code().is_empty(), "{method} {path}: no error body");
+    }
+    // Wrong content type and oversized bodies.
+    for path in [items.as_str(), "/v1/carts", "/v1/customers/erin/cart/merge"] {
+        let req = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .header("authorization", &token)
+            .header("content-type", "text/plain")
+            .body("{}");
+        assert_eq!(TestApp::reply(req).await.status, 415, "{path}");
+        let huge = format!(r#"{{"variantId":"{}","quantity":1}}"#, "v".repeat(70 * 1024));
+        let req = app
+            .http
+            .post(format!("{}{path}", app.base))
+            .header("authorization", &token)
+            .header("content-type", "application/json")
+            .body(huge);
+        assert_eq!(TestApp::reply(req).await.status, 413, "{path}");
+    }
+    let bad_if_match = app
+        .call_with(
+            "POST",
+            &items,
+            Some(json!({"variantId": "var-1", "quantity": 1})),
+            &[("if-match", "soon")],
+        )
+        .await;
+    assert_eq!(bad_if_match.status, 400);
+
+    assert_eq!(
+        app.redis_snapshot_of(":cart:").await,
+        before,
+        "bad input wrote to a cart"
+    );
+    assert_eq!(
+        app.redis_snapshot_of(":bundle:").await,
+        bundles_before,
+        "bad input wrote to the bundle cache"
+    );
+    app.finish().await;
+}

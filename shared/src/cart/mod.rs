@@ -394,9 +394,15 @@ fn cart_not_found(id: &CartId) -> Error {
     )
 }
 
-/// Splits a snapshot `{status, now, pttl, #dropped, dropped..., field, value...}` into its
-/// parts.
-fn snapshot_parts(reply: &[RedisReply]) -> Result<(i64, i64, Vec<String>, HashMap<String, String>)> {
+/// A cart script's snapshot reply `{status, now, pttl, #dropped, dropped..., field, value...}`.
+struct Snapshot {
+    now_ms: i64,
+    pttl_ms: i64,
+    dropped: Vec<String>,
+    fields: HashMap<String, String>,
+}
+
+fn snapshot_parts(reply: &[RedisReply]) -> Result<Snapshot> {
     let int = |i: usize| {
         reply
             .get(i)
@@ -414,11 +420,16 @@ fn snapshot_parts(reply: &[RedisReply]) -> Result<(i64, i64, Vec<String>, HashMa
             _ => Err(unexpected(reply)),
         })
         .collect::<Result<_>>()?;
-    Ok((now, pttl, dropped_ids, fields))
+    Ok(Snapshot {
+        now_ms: now,
+        pttl_ms: pttl,
+        dropped: dropped_ids,
+        fields,
+    })
 }
 
 fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
-    let (_, _, _, fields) = snapshot_parts(reply)?;
+    let fields = snapshot_parts(reply)?.fields;
     let mut lines: Vec<(i64, CartLine)> = Vec::new();
     for (field, quantity) in &fields {
         let Some(line) = field.strip_prefix("q:") else {
@@ -446,7 +457,12 @@ fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
 }
 
 fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
-    let (now, pttl, dropped_line_ids, fields) = snapshot_parts(reply)?;
+    let Snapshot {
+        now_ms: now,
+        pttl_ms: pttl,
+        dropped: dropped_line_ids,
+        fields,
+    } = snapshot_parts(reply)?;
     let lines = decode_lines(reply)?
         .into_iter()
         .map(|line| {

@@ -1,0 +1,9 @@
+//! The pricing store: price lists per customer group with parent lists, bundle prices,
+//! discounts with priority and exclusivity, and the quote that puts them together
+//! (DESIGN §5 "Pricing").
+//!
+//! [`engine`] is the whole of the pricing rules as pure functions over a ruleset the caller
+//! has loaded; [`money`] holds the integer money type and the one rounding rule.
+
+pub mod engine;
+pub mod money;

@@ -64,3 +64,51 @@ async fn availability_of_500_variants_and_a_reservation_are_one_round_trip_each(
     assert_eq!(redis.take(), 3, "view after loss: missing, load, view");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn adding_to_a_cart_is_one_round_trip_once_the_variant_is_known() {
+    use commerce_core::cart::{CartRef, Carts, LineItem};
+    use commerce_core::catalog::require_variants;
+
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let redis = Counting {
+        inner: &app.app.redis,
+        calls: AtomicUsize::new(0),
+    };
+    let carts = Carts::new(&redis, &app.app.keys, &app.app.settings);
+    let cart = carts.create("EUR").await.unwrap();
+    let cart = CartRef::Session(CartId::parse(cart.cart_id.as_deref().unwrap()).unwrap());
+    let variant = VariantId::parse("var-1").unwrap();
+    require_variants(
+        &redis,
+        &app.app.sql,
+        &app.app.keys,
+        std::slice::from_ref(&variant),
+    )
+    .await
+    .unwrap();
+    let item = LineItem::Variant(variant.clone());
+    carts
+        .add(&cart, &item, Quantity::new(1).unwrap(), None)
+        .await
+        .unwrap();
+    redis.take();
+
+    // The common case: a known variant, one script call.
+    require_variants(
+        &redis,
+        &app.app.sql,
+        &app.app.keys,
+        std::slice::from_ref(&variant),
+    )
+    .await
+    .unwrap();
+    let view = carts
+        .add(&cart, &item, Quantity::new(2).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(redis.take(), 1, "add to cart");
+    assert_eq!(view.lines[0]["quantity"], 3);
+    app.finish().await;
+}

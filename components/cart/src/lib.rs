@@ -1,0 +1,13 @@
+//! The cart component of spin-commerce: anonymous and customer carts.
+//!
+//! It only hands each request to the shared handler with its scope; every rule lives in
+//! `commerce-core` (DESIGN §1).
+
+use commerce_core::Scope;
+use spin_sdk::http::{Request, Response};
+
+/// Answers every request Spin routes to this component (see `spin.toml`).
+#[spin_sdk::http_component]
+async fn handle(req: Request) -> Response {
+    commerce_core::spin::serve(req, Scope::Cart).await
+}

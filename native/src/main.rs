@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use commerce_core::bundle::Bundles;
 use commerce_core::inventory::Inventory;
+use commerce_core::keys::RulesetKind;
+use commerce_core::pricing::store::Rulesets;
 use commerce_core::{Settings, catalog};
 use commerce_native::{EnvConfig, build_app, migrate, serve};
 use tokio::net::TcpListener;
@@ -39,12 +41,18 @@ enum Command {
     },
     /// Apply the PostgreSQL migrations.
     Migrate,
-    /// Write the deterministic demo catalog and stock, then load it into Redis.
+    /// Write the deterministic demo catalog, stock, price lists, discounts and bundles,
+    /// then load stock into Redis and publish the pricing and discount rulesets.
     Seed {
         /// Number of variants (`var-1 … var-N`).
         #[arg(long, default_value_t = 1000)]
         variants: i64,
+        /// Number of discounts (the 4 demo ones, then generated ones).
+        #[arg(long, default_value_t = catalog::SEED_DISCOUNTS_DEFAULT)]
+        discounts: i64,
     },
+    /// Build the next pricing and discount ruleset versions from PostgreSQL and switch.
+    Publish,
     /// Rebuild Redis stock from PostgreSQL.
     Reconcile,
     /// Purge expired holds of every variant (those no request touches).
@@ -91,20 +99,26 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let applied = migrate::migrate(&app.sql).await?;
             eprintln!("commerce: {} migration(s) applied {applied:?}", applied.len());
         }
-        Command::Seed { variants } => {
+        Command::Seed { variants, discounts } => {
             anyhow::ensure!(
                 (1..=10_000_000).contains(&variants),
                 "--variants must be from 1 to 10000000"
             );
-            catalog::seed(&app.sql, variants, |done| {
+            anyhow::ensure!(
+                (0..=100_000).contains(&discounts),
+                "--discounts must be from 0 to 100000"
+            );
+            catalog::seed(&app.sql, variants, discounts, |done| {
                 eprintln!("commerce: seeded {done}/{variants} variants")
             })
             .await?;
             let report = inventory
                 .reconcile(|done| eprint!("\rcommerce: loaded {done} variants into Redis"))
                 .await?;
-            eprintln!("\ncommerce: seed done, {} variants in Redis", report.variants);
+            eprintln!("\ncommerce: {} variants in Redis", report.variants);
+            publish(&app).await?;
         }
+        Command::Publish => publish(&app).await?,
         Command::Reconcile => {
             let report = inventory
                 .reconcile(|done| eprint!("\rcommerce: reconciled {done} variants"))
@@ -124,6 +138,20 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .await?;
             eprintln!("\ncommerce: sweep done, {visited} variants visited");
         }
+    }
+    Ok(())
+}
+
+async fn publish(app: &commerce_native::NativeApp) -> anyhow::Result<()> {
+    let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
+    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+        let p = rulesets
+            .publish(kind, app.settings.checkout_session_ttl_seconds)
+            .await?;
+        eprintln!(
+            "commerce: published {} ruleset version {} ({} entries, replaced {})",
+            p.kind, p.version, p.entries, p.previous_version
+        );
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0001_catalog_and_inventory.sql"),
     ),
     (2, "bundles", include_str!("../../migrations/0002_bundles.sql")),
+    (3, "pricing", include_str!("../../migrations/0003_pricing.sql")),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

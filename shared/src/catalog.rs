@@ -73,13 +73,74 @@ SELECT b, s, 'var-' || g FROM (VALUES
     generate_series(lo, hi) g
 ON CONFLICT DO NOTHING";
 
+/// The demo price lists: `pl-default` for everyone (every 10th variant 10 % off),
+/// `pl-wholesale` for group `wholesale` under `pl-default` (every 2nd variant 20 % off,
+/// 30 % from 10 units), `pl-vip` for group `vip` (every 3rd variant 15 % off).
+const SEED_PRICE_LISTS: &str = "\
+INSERT INTO price_lists (id, currency, customer_group, parent_id, priority) VALUES
+    ('pl-default', 'EUR', NULL, NULL, 0),
+    ('pl-wholesale', 'EUR', 'wholesale', 'pl-default', 10),
+    ('pl-vip', 'EUR', 'vip', NULL, 5)
+ON CONFLICT (id) DO UPDATE SET currency = EXCLUDED.currency, customer_group = EXCLUDED.customer_group,
+    parent_id = EXCLUDED.parent_id, priority = EXCLUDED.priority";
+
+const SEED_PRICE_ENTRIES: &str = "\
+INSERT INTO price_list_entries (price_list_id, variant_id, min_quantity, unit_price_minor)
+SELECT l, v.id, q, v.base_price_minor * pct / 100
+FROM variants v
+JOIN LATERAL (VALUES ('pl-default', 1, 90, 10), ('pl-wholesale', 1, 80, 2), ('pl-wholesale', 10, 70, 2),
+                     ('pl-vip', 1, 85, 3)) AS r(l, q, pct, every)
+  ON substr(v.id, 5)::bigint % every = 0
+WHERE v.id ~ '^var-[0-9]+$' AND substr(v.id, 5)::bigint BETWEEN $1 AND $2
+ON CONFLICT (price_list_id, variant_id, min_quantity) DO UPDATE SET unit_price_minor = EXCLUDED.unit_price_minor";
+
+/// The demo discounts: `disc-1` 10 % off var-1…10 (priority 10), `disc-2` 5 EUR off
+/// orders from 100 EUR (priority 5), `disc-3` 20 % off `bundle-2`, exclusive (priority 8),
+/// `disc-4` 5 % off var-11…20 (priority 1); then `disc-5…N`, each 1–20 % off 50 variants.
+const SEED_DISCOUNTS: &str = "\
+INSERT INTO discounts (id, kind, basis_points, amount_minor, currency, target, threshold_minor, priority, exclusive)
+SELECT * FROM (VALUES
+    ('disc-1', 'percentage', 1000::bigint, NULL::bigint, NULL, 'variants', 0::bigint, 10::bigint, false),
+    ('disc-2', 'fixed', NULL, 500, 'EUR', 'order', 10000, 5, false),
+    ('disc-3', 'percentage', 2000, NULL, NULL, 'bundles', 0, 8, true),
+    ('disc-4', 'percentage', 500, NULL, NULL, 'variants', 0, 1, false)) AS d
+WHERE $1::bigint >= 4
+UNION ALL
+SELECT 'disc-' || g, 'percentage', (g % 20 + 1) * 100, NULL, NULL, 'variants', 0, g % 7, false
+FROM generate_series(5, $1::bigint) g
+ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, basis_points = EXCLUDED.basis_points,
+    amount_minor = EXCLUDED.amount_minor, currency = EXCLUDED.currency, target = EXCLUDED.target,
+    threshold_minor = EXCLUDED.threshold_minor, priority = EXCLUDED.priority, exclusive = EXCLUDED.exclusive";
+
+const SEED_DISCOUNT_VARIANTS: &str = "\
+INSERT INTO discount_variants (discount_id, variant_id)
+SELECT 'disc-1', 'var-' || g FROM generate_series(1, least(10, $2::bigint)) g
+UNION ALL
+SELECT 'disc-4', 'var-' || g FROM generate_series(11, least(20, $2::bigint)) g
+UNION ALL
+SELECT 'disc-' || d, 'var-' || ((d * 50 + k) % $2::bigint + 1)
+FROM generate_series(5, $1::bigint) d, generate_series(0, 49) k
+ON CONFLICT DO NOTHING";
+
+const SEED_DISCOUNT_BUNDLES: &str = "\
+INSERT INTO discount_bundles (discount_id, bundle_id) VALUES ('disc-3', 'bundle-2') ON CONFLICT DO NOTHING";
+
 /// Fewest variants for which the demo bundles are seeded.
 pub const BUNDLE_MIN_VARIANTS: i64 = 20;
 
-/// Writes the demo catalog with `variants` variants (and the demo bundles when there are
-/// enough), calling `progress` with the number of variants written so far. Redis is not
-/// touched: reconcile afterwards.
-pub async fn seed(sql: &impl Sql, variants: i64, mut progress: impl FnMut(i64)) -> Result<()> {
+/// Demo discounts when the seed is not told how many.
+pub const SEED_DISCOUNTS_DEFAULT: i64 = 4;
+
+/// Writes the demo catalog with `variants` variants, price lists, `discounts` discounts
+/// (at least the 4 demo ones; 0 for none) and the demo bundles when there are enough
+/// variants, calling `progress` with the number of variants written so far. Redis is not
+/// touched: reconcile and publish afterwards.
+pub async fn seed(
+    sql: &impl Sql,
+    variants: i64,
+    discounts: i64,
+    mut progress: impl FnMut(i64),
+) -> Result<()> {
     let products = (variants + VARIANTS_PER_PRODUCT - 1) / VARIANTS_PER_PRODUCT;
     run(sql, SEED_PRODUCTS, 1, products, &[]).await?;
     let mut from = 1;
@@ -94,12 +155,33 @@ pub async fn seed(sql: &impl Sql, variants: i64, mut progress: impl FnMut(i64)) 
         )
         .await?;
         run(sql, SEED_LEVELS, from, to, &[SqlValue::Int(SEED_ON_HAND)]).await?;
+        if from == 1 {
+            sql.execute(SEED_PRICE_LISTS, &[]).await.map_err(PortError::sql)?;
+        }
+        run(sql, SEED_PRICE_ENTRIES, from, to, &[]).await?;
         progress(to);
         from = to + 1;
     }
     if variants >= BUNDLE_MIN_VARIANTS {
         for statement in [SEED_BUNDLES, SEED_BUNDLE_SETS, SEED_BUNDLE_VARIANTS] {
             sql.execute(statement, &[]).await.map_err(PortError::sql)?;
+        }
+    }
+    if discounts > 0 {
+        let counts = [
+            SqlValue::Int(discounts.max(SEED_DISCOUNTS_DEFAULT)),
+            SqlValue::Int(variants),
+        ];
+        sql.execute(SEED_DISCOUNTS, &counts[..1])
+            .await
+            .map_err(PortError::sql)?;
+        sql.execute(SEED_DISCOUNT_VARIANTS, &counts)
+            .await
+            .map_err(PortError::sql)?;
+        if variants >= BUNDLE_MIN_VARIANTS {
+            sql.execute(SEED_DISCOUNT_BUNDLES, &[])
+                .await
+                .map_err(PortError::sql)?;
         }
     }
     Ok(())

@@ -36,6 +36,33 @@ impl VariantKeys {
     }
 }
 
+/// The two published rulesets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesetKind {
+    /// Price lists, variant prices, bundle prices.
+    Pricing,
+    /// Discounts and who they apply to.
+    Discounts,
+}
+
+impl RulesetKind {
+    /// The name in keys, channels and the API: `pricing` or `discount`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RulesetKind::Pricing => "pricing",
+            RulesetKind::Discounts => "discount",
+        }
+    }
+
+    /// The key suffixes of one version, in the order `Keys::ruleset_keys` gives them.
+    pub fn suffixes(self) -> &'static [&'static str] {
+        match self {
+            RulesetKind::Pricing => &[":lists", ":prices", ":bundles"],
+            RulesetKind::Discounts => &["", ":variants", ":bundles"],
+        }
+    }
+}
+
 /// The keys of one bundle's cache (hash tag: the bundle id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleKeys {
@@ -115,6 +142,31 @@ impl Keys {
             generation: format!("{base}:generation"),
             base,
         }
+    }
+
+    /// `pricing-ruleset-version` / `discount-ruleset-version`: the version quotes read.
+    pub fn ruleset_version(&self, kind: RulesetKind) -> String {
+        format!("{}{}-ruleset-version", self.prefix, kind.name())
+    }
+
+    /// `pricing-ruleset-next` / `discount-ruleset-next`: allocates version numbers, so two
+    /// publishes at once build two distinct versions.
+    pub fn ruleset_next(&self, kind: RulesetKind) -> String {
+        format!("{}{}-ruleset-next", self.prefix, kind.name())
+    }
+
+    /// The namespace prefix of every key of a ruleset version (the part before the version:
+    /// `pricing:ruleset-bundle:{` …), for scripts that derive a version's keys.
+    pub fn ruleset_stem(&self, kind: RulesetKind) -> String {
+        format!("{}{}:ruleset-bundle:{{", self.prefix, kind.name())
+    }
+
+    /// The keys of one ruleset version, all in the version's hash slot:
+    /// pricing `…{N}:lists`, `…{N}:prices`, `…{N}:bundles`;
+    /// discounts `…{N}` (definitions), `…{N}:variants`, `…{N}:bundles` (who each applies to).
+    pub fn ruleset_keys(&self, kind: RulesetKind, version: i64) -> Vec<String> {
+        let base = format!("{}{version}}}", self.ruleset_stem(kind));
+        kind.suffixes().iter().map(|s| format!("{base}{s}")).collect()
     }
 
     /// A SCAN pattern matching every variant's holds set in this namespace.

@@ -5,7 +5,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::http::{Request, Response};
 use crate::ports::{Redis, Sql};
-use crate::{bundle, cart, inventory, ops};
+use crate::{bundle, cart, inventory, ops, pricing};
 
 /// Which component's routes a deployment answers. A Spin component answers only its own
 /// (its `spin.toml` routes send it nothing else); `commerce serve` answers all.
@@ -40,6 +40,9 @@ pub async fn handle<R: Redis, S: Sql>(app: &App<R, S>, req: Request, scope: Scop
     }
     if answer.is_none() && in_scope(Scope::Pricing) {
         answer = bundle::routes::route(app, &req, &segments).await;
+    }
+    if answer.is_none() && in_scope(Scope::Pricing) {
+        answer = pricing::routes::route(app, &req, &segments).await;
     }
     if answer.is_none() && in_scope(Scope::Ops) {
         answer = ops::route(app, &req, &segments).await;

@@ -37,6 +37,9 @@ pub struct Settings {
     pub default_currency: String,
     /// How long a cached bundle definition lives.
     pub bundle_ttl_seconds: u32,
+    /// How long a checkout session lives; a superseded ruleset version stays readable at
+    /// least this long, for the checkouts that froze it.
+    pub checkout_session_ttl_seconds: u32,
 }
 
 impl Settings {
@@ -98,6 +101,7 @@ impl Settings {
             cart_max_line_quantity: bounded("cart_max_line_quantity", 999, crate::ids::Quantity::MAX)?,
             default_currency,
             bundle_ttl_seconds: bounded("bundle_ttl_seconds", Self::DEFAULT_BUNDLE_TTL, 30 * 24 * 60 * 60)?,
+            checkout_session_ttl_seconds: bounded("checkout_session_ttl_seconds", 3600, 7 * 24 * 60 * 60)?,
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
             admin_token: text("admin_token", ""),

@@ -195,7 +195,7 @@ impl TestApp {
     /// Writes the demo catalog with `variants` variants (100 on hand each) and loads it into
     /// Redis.
     pub async fn seed(&self, variants: i64) {
-        commerce_core::catalog::seed(&self.app.sql, variants, |_| {})
+        commerce_core::catalog::seed(&self.app.sql, variants, 0, |_| {})
             .await
             .unwrap();
         self.inventory().reconcile(|_| {}).await.unwrap();

@@ -112,3 +112,48 @@ async fn adding_to_a_cart_is_one_round_trip_once_the_variant_is_known() {
     assert_eq!(view.lines[0]["quantity"], 3);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn quoting_a_twenty_line_cart_is_two_round_trips() {
+    use commerce_core::App;
+    use commerce_core::cart::{CartRef, Carts, LineItem};
+    use commerce_core::keys::RulesetKind;
+    use commerce_core::pricing::quote::price_cart;
+    use commerce_core::pricing::store::Rulesets;
+
+    let app = TestApp::spawn().await;
+    app.seed(40).await;
+    let rulesets = Rulesets::new(&app.app.redis, &app.app.sql, &app.app.keys);
+    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+        rulesets.publish(kind, 60).await.unwrap();
+    }
+    let carts = Carts::new(&app.app.redis, &app.app.keys, &app.app.settings);
+    let cart = carts.create("EUR").await.unwrap();
+    let cart = CartRef::Session(CartId::parse(cart.cart_id.as_deref().unwrap()).unwrap());
+    for i in 1..=20 {
+        let item = LineItem::Variant(VariantId::parse(&format!("var-{i}")).unwrap());
+        carts
+            .add(&cart, &item, Quantity::new(i).unwrap(), None)
+            .await
+            .unwrap();
+    }
+
+    let counting = App::new(
+        Counting {
+            inner: &app.app.redis,
+            calls: AtomicUsize::new(0),
+        },
+        app.app.sql.clone(),
+        app.app.settings.clone(),
+    );
+    price_cart(&counting, &cart, None).await.unwrap();
+    counting.redis.take();
+    let priced = price_cart(&counting, &cart, None).await.unwrap();
+    assert_eq!(priced.quote.lines.len(), 20);
+    assert_eq!(
+        counting.redis.take(),
+        2,
+        "a 20-line quote: the cart, then the ruleset read"
+    );
+    app.finish().await;
+}

@@ -3,7 +3,12 @@
 //! (DESIGN §5 "Pricing").
 //!
 //! [`engine`] is the whole of the pricing rules as pure functions over a ruleset the caller
-//! has loaded; [`money`] holds the integer money type and the one rounding rule.
+//! has loaded; [`money`] holds the integer money type and the one rounding rule; [`store`]
+//! publishes versioned rulesets into Redis and reads them back; [`quote`] joins a cart to
+//! them; [`routes`] is the HTTP side.
 
 pub mod engine;
 pub mod money;
+pub mod quote;
+pub mod routes;
+pub mod store;

@@ -1,0 +1,143 @@
+//! Pricing routes (DESIGN §5):
+//!
+//! - `POST /v1/pricing/quote`             a cart (`cartId`, or `customerId` with the
+//!   customer's token) or `lines`, priced
+//! - `POST /v1/admin/pricing/publish`     build and switch to the next pricing version
+//! - `POST /v1/admin/discounts/publish`   the same for discounts
+//!
+//! The customer group comes from the customer's token (`group` claim). A group named in
+//! the body counts only with the admin token, so nobody can ask for wholesale prices.
+
+use serde_json::Value;
+
+use super::money::Currency;
+use super::quote::{item_quote_line, price_cart, price_lines};
+use super::store::Rulesets;
+use crate::app::App;
+use crate::auth;
+use crate::bundle::routes::store as bundles;
+use crate::cart::routes::parse_line;
+use crate::cart::{CartRef, LineItem};
+use crate::error::{Error, Result};
+use crate::http::{Request, Response, array_field, object, str_field};
+use crate::ids::{CartId, CustomerId};
+use crate::keys::RulesetKind;
+use crate::ports::{Redis, Sql};
+use crate::settings::constant_time_eq;
+
+/// Most lines one quote of `lines` may hold.
+const MAX_LINES: usize = 500;
+
+/// Routes the pricing paths; `None` if the path is not the pricing store's.
+pub async fn route<R: Redis, S: Sql>(
+    app: &App<R, S>,
+    req: &Request,
+    segments: &[&str],
+) -> Option<Result<Response>> {
+    let kind = match segments {
+        ["v1", "pricing", "quote"] => None,
+        ["v1", "admin", "pricing", "publish"] => Some(RulesetKind::Pricing),
+        ["v1", "admin", "discounts", "publish"] => Some(RulesetKind::Discounts),
+        _ => return None,
+    };
+    if req.method != "POST" {
+        return Some(Err(Error::MethodNotAllowed(req.method.clone())));
+    }
+    Some(match kind {
+        None => quote(app, req).await,
+        Some(kind) => publish(app, req, kind).await,
+    })
+}
+
+async fn publish<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, kind: RulesetKind) -> Result<Response> {
+    app.settings.authorize_admin(req.header("authorization"))?;
+    let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
+    let publication = rulesets
+        .publish(kind, app.settings.checkout_session_ttl_seconds)
+        .await?;
+    Ok(Response::json(200, &publication))
+}
+
+/// Who asks for a quote.
+enum Caller {
+    Anonymous,
+    Admin,
+    Customer(auth::Customer),
+}
+
+fn caller<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Caller> {
+    let Some(header) = req.header("authorization") else {
+        return Ok(Caller::Anonymous);
+    };
+    let token = header.strip_prefix("Bearer ").unwrap_or_default();
+    if !app.settings.admin_token.is_empty() && constant_time_eq(token, &app.settings.admin_token) {
+        return Ok(Caller::Admin);
+    }
+    Ok(Caller::Customer(auth::verify(
+        Some(header),
+        &app.settings.jwt_secret,
+        auth::now_s(),
+    )?))
+}
+
+async fn quote<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+    let body = req.json(app.settings.max_body_bytes)?;
+    let body = object(&body)?;
+    let caller = caller(app, req)?;
+    let group = match (body.get("customerGroup"), &caller) {
+        (None | Some(Value::Null), Caller::Customer(customer)) => customer.group.clone(),
+        (None | Some(Value::Null), _) => None,
+        (Some(group), Caller::Admin) => Some(
+            CustomerId::parse(group.as_str().unwrap_or_default())
+                .map_err(|_| Error::bad_request("INVALID_GROUP", "customerGroup must be an id"))?
+                .to_string(),
+        ),
+        (Some(_), _) => {
+            return Err(Error::Forbidden(
+                "only the admin token may name a customerGroup".into(),
+            ));
+        }
+    };
+    let sources = ["cartId", "customerId", "lines"]
+        .iter()
+        .filter(|f| body.get(**f).is_some())
+        .count();
+    if sources != 1 {
+        return Err(Error::bad_request(
+            "INVALID_QUOTE",
+            "a quote names exactly one of cartId, customerId or lines",
+        ));
+    }
+    let priced = if body.get("cartId").is_some() {
+        let cart = CartId::parse(str_field(body, "cartId")?)?;
+        price_cart(app, &CartRef::Session(cart), group).await?
+    } else if body.get("customerId").is_some() {
+        let customer = CustomerId::parse(str_field(body, "customerId")?)?;
+        match &caller {
+            Caller::Admin => {}
+            Caller::Customer(c) if c.id == customer => {}
+            Caller::Customer(_) => {
+                return Err(Error::Forbidden("the token belongs to another customer".into()));
+            }
+            Caller::Anonymous => {
+                return Err(Error::Unauthorized("a customer's cart needs their token".into()));
+            }
+        }
+        price_cart(app, &CartRef::Customer(customer), group).await?
+    } else {
+        let currency = match body.get("currency") {
+            None | Some(Value::Null) => Currency::parse(&app.settings.default_currency)?,
+            Some(c) => Currency::parse(c.as_str().unwrap_or_default())?,
+        };
+        let mut lines = Vec::new();
+        for line in array_field(body, "lines", MAX_LINES)? {
+            let (item, quantity) = parse_line(line)?;
+            if let LineItem::Bundle(bundle, choices) = &item {
+                bundles(app).check(bundle, choices).await?;
+            }
+            lines.push(item_quote_line(&item, quantity));
+        }
+        price_lines(app, &lines, currency, group).await?
+    };
+    Ok(Response::json(200, &priced))
+}

@@ -1,0 +1,324 @@
+//! The pricing store's promises: prices per customer group, discounts, versioned
+//! publishing that a quote sees wholly or not at all, over HTTP against real Redis and
+//! PostgreSQL.
+
+use commerce_tests::{ADMIN_TOKEN, JWT_SECRET, Reply, TestApp};
+use serde_json::{Value, json};
+
+/// A catalog whose prices are easy to check: var-1 costs 10.00, var-2 20.00, … (EUR).
+async fn priced_app() -> TestApp {
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    app.pg
+        .batch_execute(
+            "UPDATE variants SET base_price_minor = substr(id, 5)::bigint * 1000;
+             INSERT INTO price_lists (id, currency, customer_group, parent_id, priority) VALUES
+                 ('all', 'EUR', NULL, NULL, 0),
+                 ('trade', 'EUR', 'trade', 'all', 10),
+                 ('trade-usd', 'USD', 'trade', NULL, 20);
+             INSERT INTO price_list_entries VALUES
+                 ('all', 'var-1', 1, 900),
+                 ('all', 'var-3', 1, 2500),
+                 ('trade', 'var-2', 1, 1500), ('trade', 'var-2', 10, 1200),
+                 ('trade-usd', 'var-1', 1, 1);
+             INSERT INTO discounts (id, kind, basis_points, amount_minor, currency, target, threshold_minor, priority, exclusive) VALUES
+                 ('ten-off-var-1', 'percentage', 1000, NULL, NULL, 'variants', 0, 10, false),
+                 ('five-eur-over-50', 'fixed', NULL, 500, 'EUR', 'order', 5000, 5, false);
+             INSERT INTO discount_variants VALUES ('ten-off-var-1', 'var-1');",
+        )
+        .await
+        .unwrap();
+    publish(&app, "pricing").await;
+    publish(&app, "discounts").await;
+    app
+}
+
+async fn publish(app: &TestApp, kind: &str) -> Reply {
+    let reply = app
+        .call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply
+}
+
+fn lines(items: &[(&str, i64)]) -> Value {
+    let lines: Vec<Value> = items
+        .iter()
+        .map(|(v, q)| json!({"variantId": v, "quantity": q}))
+        .collect();
+    json!({ "lines": lines })
+}
+
+async fn quote(app: &TestApp, body: Value, auth: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+    app.call_with("POST", "/v1/pricing/quote", Some(body), &headers)
+        .await
+}
+
+#[tokio::test]
+async fn a_quote_applies_lists_breaks_discounts_and_totals() {
+    let app = priced_app().await;
+    let reply = quote(&app, lines(&[("var-1", 2), ("var-2", 1), ("var-3", 1)]), None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let q = &reply.body;
+    // var-1: list 'all' 9.00 × 2 = 18.00, 10 % off → 1.80; var-2: base 20.00; var-3: 'all' 25.00.
+    assert_eq!(q["lines"][0]["unitPrice"], 900);
+    assert_eq!(q["lines"][0]["priceListId"], "all");
+    assert_eq!(
+        q["lines"][0]["discounts"],
+        json!([{"discountId": "ten-off-var-1", "amount": 180}])
+    );
+    assert_eq!(
+        (
+            q["lines"][1]["unitPrice"].as_i64(),
+            q["lines"][1]["priceListId"].as_str()
+        ),
+        (Some(2000), Some("base"))
+    );
+    assert_eq!(q["subtotal"], 1800 + 2000 + 2500);
+    assert_eq!(
+        q["orderDiscounts"],
+        json!([{"discountId": "five-eur-over-50", "amount": 500}])
+    );
+    assert_eq!(q["discountTotal"], 680);
+    assert_eq!(q["total"], 6300 - 680);
+    assert_eq!(q["currency"], "EUR");
+    assert_eq!(q["versions"], json!({"pricing": 1, "discounts": 1}));
+
+    // The trade group (from the token): its own list, its quantity break, then the parent.
+    let token = commerce_core::auth::sign(&json!({"sub": "t1", "group": "trade"}), JWT_SECRET);
+    let trade = quote(
+        &app,
+        lines(&[("var-2", 10), ("var-1", 1)]),
+        Some(&format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!(trade.body["lines"][0]["unitPrice"], 1200, "{:?}", trade.body);
+    assert_eq!(trade.body["lines"][0]["priceListId"], "trade");
+    assert_eq!(
+        trade.body["lines"][1]["priceListId"], "all",
+        "the parent list was not walked"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn only_the_admin_may_name_a_customer_group() {
+    let app = priced_app().await;
+    let mut body = lines(&[("var-2", 1)]);
+    body["customerGroup"] = json!("trade");
+    let anonymous = quote(&app, body.clone(), None).await;
+    assert_eq!(anonymous.status, 403);
+    let token = commerce_core::auth::sign(&json!({"sub": "c1"}), JWT_SECRET);
+    assert_eq!(
+        quote(&app, body.clone(), Some(&format!("Bearer {token}")))
+            .await
+            .status,
+        403
+    );
+    let admin = quote(&app, body, Some(&format!("Bearer {ADMIN_TOKEN}"))).await;
+    assert_eq!(
+        (admin.status, admin.body["lines"][0]["unitPrice"].as_i64()),
+        (200, Some(1500))
+    );
+    assert_eq!(
+        quote(&app, lines(&[("var-2", 1)]), Some("Bearer forged"))
+            .await
+            .status,
+        401
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_cart_is_quoted_in_its_currency_and_mixing_currencies_is_refused() {
+    let app = priced_app().await;
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/carts/{cart}/items"),
+        json!({"variantId": "var-3", "quantity": 2}),
+    )
+    .await;
+    let bundle = json!({"bundleId": "bundle-1", "choices": {"tops": ["var-1", "var-2"], "caps": ["var-9"]}, "quantity": 1});
+    app.post(&format!("/v1/carts/{cart}/items"), bundle).await;
+    let reply = quote(&app, json!({ "cartId": cart }), None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body["lines"][1]["unitPrice"], 4999,
+        "the fixed bundle price"
+    );
+    assert_eq!(reply.body["subtotal"], 5000 + 4999);
+
+    let usd = app.post("/v1/carts", json!({"currency": "USD"})).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/carts/{usd}/items"),
+        json!({"variantId": "var-3", "quantity": 1}),
+    )
+    .await;
+    let mixed = quote(&app, json!({ "cartId": usd }), None).await;
+    assert_eq!((mixed.status, mixed.code()), (422, "CURRENCY_MISMATCH"));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn quoting_before_any_publish_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let reply = quote(&app, lines(&[("var-1", 1)]), None).await;
+    assert_eq!((reply.status, reply.code()), (409, "RULESET_NOT_PUBLISHED"));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_publish_racing_fifty_quotes_gives_each_one_whole_version() {
+    let app = priced_app().await;
+    // Version 2 doubles every base price and raises the list prices.
+    app.pg
+        .batch_execute(
+            "UPDATE variants SET base_price_minor = base_price_minor * 2;
+             UPDATE price_list_entries SET unit_price_minor = unit_price_minor * 2;",
+        )
+        .await
+        .unwrap();
+    let body = lines(&[("var-1", 1), ("var-2", 1), ("var-3", 1), ("var-4", 1)]);
+    let quotes: Vec<_> = (0..50)
+        .map(|_| {
+            let (http, base, body) = (app.http.clone(), app.base.clone(), body.clone());
+            tokio::spawn(async move {
+                let req = http
+                    .post(format!("{base}/v1/pricing/quote"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string());
+                TestApp::reply(req).await
+            })
+        })
+        .collect();
+    let published = publish(&app, "pricing").await;
+    assert_eq!(published.body["version"], 2);
+    let mut seen = std::collections::BTreeSet::new();
+    for q in quotes {
+        let reply = q.await.unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let version = reply.body["versions"]["pricing"].as_i64().unwrap();
+        let factor = if version == 1 { 1 } else { 2 };
+        let units: Vec<i64> = reply.body["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["unitPrice"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            units,
+            vec![900 * factor, 2000 * factor, 2500 * factor, 4000 * factor],
+            "a mix in version {version}"
+        );
+        seen.insert(version);
+    }
+    assert!(!seen.is_empty());
+    let after = quote(&app, body, None).await;
+    assert_eq!(after.body["versions"]["pricing"], 2);
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_publishes_at_once_build_two_clean_versions_and_only_move_forward() {
+    let app = priced_app().await;
+    let (a, b) = tokio::join!(publish(&app, "pricing"), publish(&app, "pricing"));
+    let mut versions = [
+        a.body["version"].as_i64().unwrap(),
+        b.body["version"].as_i64().unwrap(),
+    ];
+    versions.sort();
+    assert_eq!(versions, [2, 3]);
+    let current = quote(&app, lines(&[("var-1", 1)]), None).await;
+    assert_eq!(current.body["versions"]["pricing"], 3);
+    assert_eq!(current.body["lines"][0]["unitPrice"], 900);
+
+    // The replaced versions expire; the current one does not.
+    let mut redis = app.redis.clone();
+    for (version, expect_ttl) in [(1, true), (2, true), (3, false)] {
+        let key = app.key(&format!("pricing:ruleset-bundle:{{{version}}}:prices"));
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(ttl > 0, expect_ttl, "{key}: {ttl}");
+        if expect_ttl {
+            assert!(
+                ttl <= (3600 + 600) * 1000,
+                "{key} lives longer than a checkout needs"
+            );
+        }
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_publish_is_announced_on_its_channel() {
+    let app = priced_app().await;
+    let client = redis::Client::open(std::env::var("COMMERCE_REDIS_URL").unwrap()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(app.key("discount-ruleset-version"))
+        .await
+        .unwrap();
+    publish(&app, "discounts").await;
+    let message = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        use futures_util::StreamExt;
+        pubsub.on_message().next().await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(message.get_payload::<i64>().unwrap(), 2);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn bad_quotes_and_unauthorised_publishes_are_refused() {
+    let app = priced_app().await;
+    for (body, status) in [
+        (json!({}), 400),
+        (json!({"cartId": "c1", "lines": []}), 400),
+        (json!({"lines": []}), 400),
+        (json!({"lines": [{"variantId": "var-1", "quantity": 0}]}), 400),
+        (json!({"lines": [{"variantId": "a:b", "quantity": 1}]}), 400),
+        (
+            json!({"lines": [{"variantId": "var-1", "quantity": 1}], "currency": "euro"}),
+            400,
+        ),
+        (json!({"cartId": "a b"}), 400),
+        (json!({"cartId": "0123456789abcdef0123456789abcdef"}), 404),
+        (json!({"customerId": "x"}), 401),
+        (json!({"lines": [{"variantId": "var-999", "quantity": 1}]}), 422),
+        (
+            json!({"lines": [{"bundleId": "bundle-1", "choices": {"tops": ["var-1"]}, "quantity": 1}]}),
+            422,
+        ),
+    ] {
+        let reply = quote(&app, body.clone(), None).await;
+        assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
+        assert!(!reply.code().is_empty());
+    }
+    let before = app.redis_snapshot_of("ruleset").await;
+    for auth in [None, Some("Bearer nope")] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+        let reply = app
+            .call_with("POST", "/v1/admin/pricing/publish", None, &headers)
+            .await;
+        assert!(matches!(reply.status, 401 | 403), "{reply:?}");
+    }
+    assert_eq!(
+        app.call("GET", "/v1/pricing/quote", None, false).await.status,
+        405
+    );
+    assert_eq!(app.redis_snapshot_of("ruleset").await, before);
+    app.finish().await;
+}

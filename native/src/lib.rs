@@ -3,12 +3,14 @@
 //! jobs of the `commerce` CLI. No behaviour lives here: it is all in `commerce-core`.
 
 pub mod config;
+pub mod http_port;
 pub mod migrate;
 pub mod pg_port;
 pub mod redis_port;
 pub mod server;
 
 pub use config::EnvConfig;
+pub use http_port::NativeHttp;
 pub use pg_port::NativePg;
 pub use redis_port::NativeRedis;
 pub use server::{NativeApp, build_app, serve};

@@ -11,11 +11,12 @@ use commerce_core::http::{Request, Response};
 use commerce_core::{App, Error, Scope, Settings};
 use tokio::net::TcpListener;
 
+use crate::http_port::NativeHttp;
 use crate::pg_port::NativePg;
 use crate::redis_port::NativeRedis;
 
 /// The app over the native adapters.
-pub type NativeApp = App<NativeRedis, NativePg>;
+pub type NativeApp = App<NativeRedis, NativePg, NativeHttp>;
 
 /// PostgreSQL connections kept by one server process.
 const POOL_SIZE: usize = 32;
@@ -32,7 +33,8 @@ pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
         Duration::from_millis(settings.database_timeout_ms),
         POOL_SIZE,
     )?;
-    Ok(App::new(redis, sql, settings))
+    let http = NativeHttp::new(Duration::from_millis(settings.gateway_timeout_ms))?;
+    Ok(App::new(redis, sql, http, settings))
 }
 
 /// Serves `app` on `listener` until the process ends.

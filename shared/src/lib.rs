@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bundle;
 pub mod cart;
 pub mod catalog;
+pub mod checkout;
 pub mod clock;
 pub mod error;
 pub mod http;

@@ -8,11 +8,11 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::error::{Error, PortError, Result};
 use crate::http::{Request, Response};
-use crate::ports::{Redis, Sql};
+use crate::ports::{Http, Redis, Sql};
 
 /// Routes `/health`; `None` if the path is not ops'.
-pub async fn route<R: Redis, S: Sql>(
-    app: &App<R, S>,
+pub async fn route<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     req: &Request,
     segments: &[&str],
 ) -> Option<Result<Response>> {
@@ -23,7 +23,7 @@ pub async fn route<R: Redis, S: Sql>(
     }
 }
 
-async fn health<R: Redis, S: Sql>(app: &App<R, S>) -> Response {
+async fn health<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
     let redis = probe(app.redis.execute("PING", Vec::new())).await;
     let postgres = probe(app.sql.query("SELECT 1::bigint", &[])).await;
     let ok = redis["ok"] == true && postgres["ok"] == true;

@@ -145,3 +145,32 @@ pub trait Config {
     /// The value of a setting, if set.
     fn get(&self, name: &str) -> Option<String>;
 }
+
+/// An outbound HTTP request (to the payment gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRequest {
+    /// Upper-case method.
+    pub method: String,
+    /// Absolute URL.
+    pub url: String,
+    /// Headers to send.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+/// The answer to an [`OutboundRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Sends HTTP requests to outside parties (the payment gateway). A connection failure or
+/// timeout is [`PortError::Unreachable`]; any HTTP answer, whatever its status, is `Ok`.
+pub trait Http {
+    /// Sends one request and reads the whole answer.
+    fn send(&self, request: OutboundRequest) -> impl Future<Output = Result<OutboundResponse, PortError>>;
+}

@@ -4,7 +4,7 @@
 use crate::app::App;
 use crate::error::Error;
 use crate::http::{Request, Response};
-use crate::ports::{Redis, Sql};
+use crate::ports::{Http, Redis, Sql};
 use crate::{bundle, cart, inventory, ops, pricing};
 
 /// Which component's routes a deployment answers. A Spin component answers only its own
@@ -26,7 +26,7 @@ pub enum Scope {
 }
 
 /// Answers one request. Never panics on input; errors become the DESIGN §5 error body.
-pub async fn handle<R: Redis, S: Sql>(app: &App<R, S>, req: Request, scope: Scope) -> Response {
+pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request, scope: Scope) -> Response {
     let path = req.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let in_scope = |s: Scope| scope == Scope::All || scope == s;

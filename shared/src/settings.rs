@@ -23,6 +23,8 @@ pub struct Settings {
     pub redis_timeout_ms: u64,
     /// Timeout of one PostgreSQL call, including waiting for a pooled connection.
     pub database_timeout_ms: u64,
+    /// Timeout of one call to the payment gateway (native adapter).
+    pub gateway_timeout_ms: u64,
     /// Largest request body accepted; larger gets 413.
     pub max_body_bytes: usize,
     /// HS256 secret of customer JWTs; customer routes are refused while it is empty.
@@ -40,6 +42,17 @@ pub struct Settings {
     /// How long a checkout session lives; a superseded ruleset version stays readable at
     /// least this long, for the checkouts that froze it.
     pub checkout_session_ttl_seconds: u32,
+    /// How long a checkout holds its cart's lock.
+    pub checkout_lock_ttl_seconds: u32,
+    /// How long an idempotency key's outcome is kept.
+    pub idempotency_ttl_seconds: u32,
+    /// The payment gateway's base URL (Stripe's wire format), e.g. `https://api.stripe.com`.
+    pub payment_gateway_url: String,
+    /// The gateway's secret API key (Bearer).
+    pub payment_gateway_key: String,
+    /// The secret that signs the gateway's webhooks (`Stripe-Signature`); the webhook
+    /// refuses every event while it is empty.
+    pub webhook_secret: String,
 }
 
 impl Settings {
@@ -102,6 +115,13 @@ impl Settings {
             default_currency,
             bundle_ttl_seconds: bounded("bundle_ttl_seconds", Self::DEFAULT_BUNDLE_TTL, 30 * 24 * 60 * 60)?,
             checkout_session_ttl_seconds: bounded("checkout_session_ttl_seconds", 3600, 7 * 24 * 60 * 60)?,
+            checkout_lock_ttl_seconds: bounded("checkout_lock_ttl_seconds", 600, 7 * 24 * 60 * 60)?,
+            idempotency_ttl_seconds: bounded("idempotency_ttl_seconds", 24 * 60 * 60, 30 * 24 * 60 * 60)?,
+            payment_gateway_url: text("payment_gateway_url", "https://api.stripe.com")
+                .trim_end_matches('/')
+                .to_owned(),
+            payment_gateway_key: text("payment_gateway_key", ""),
+            webhook_secret: text("webhook_secret", ""),
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
             admin_token: text("admin_token", ""),
@@ -109,6 +129,7 @@ impl Settings {
             reservation_ttl_seconds: reservation_ttl_seconds as u32,
             redis_timeout_ms: number("redis_timeout_ms", 2_000)?,
             database_timeout_ms: number("database_timeout_ms", 5_000)?,
+            gateway_timeout_ms: number("gateway_timeout_ms", 10_000)?,
             max_body_bytes: number("max_body_bytes", Self::DEFAULT_MAX_BODY as u64)? as usize,
         })
     }

@@ -12,7 +12,7 @@
 use std::cell::{OnceCell, RefCell};
 use std::future::Future;
 
-use spin_sdk::http::{Request as SpinRequest, Response as SpinResponse};
+use spin_sdk::http::{Method, Request as SpinRequest, Response as SpinResponse};
 use spin_sdk::pg4::{self, DbValue, ParameterValue, QueryError};
 use spin_sdk::redis::{self, RedisParameter, RedisResult};
 use spin_sdk::variables;
@@ -20,7 +20,9 @@ use spin_sdk::variables;
 use crate::app::App;
 use crate::error::{Error, PortError};
 use crate::http::{Request, Response};
-use crate::ports::{Config, Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue};
+use crate::ports::{
+    Config, Http, OutboundRequest, OutboundResponse, Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue,
+};
 use crate::router::{self, Scope};
 use crate::settings::Settings;
 
@@ -49,6 +51,7 @@ pub async fn serve(req: SpinRequest, scope: Scope) -> SpinResponse {
     let app = App::new(
         SpinRedis::new(&settings.redis_url),
         SpinPg::new(&settings.database_url),
+        SpinHttp,
         settings,
     );
     into_spin(router::handle(&app, from_spin(req), scope).await)
@@ -82,6 +85,38 @@ fn into_spin(response: Response) -> SpinResponse {
         builder.header(name, value);
     }
     builder.body(response.body).build()
+}
+
+/// The [`Http`] port over Spin's outbound HTTP (`wasi:http/outgoing-handler`), reaching
+/// only what `allowed_outbound_hosts` names (the payment gateway).
+///
+/// Guarantees: any HTTP answer is `Ok`, whatever its status; a request the host refuses
+/// or cannot deliver is [`PortError::Unreachable`] (→ 503).
+pub struct SpinHttp;
+
+impl Http for SpinHttp {
+    async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, PortError> {
+        let method = match request.method.as_str() {
+            "GET" => Method::Get,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            other => Method::Other(other.to_owned()),
+        };
+        let mut builder = SpinRequest::builder();
+        builder.method(method).uri(request.url);
+        for (name, value) in request.headers {
+            builder.header(name, value);
+        }
+        let outgoing = builder.body(request.body).build();
+        let response: SpinResponse = spin_sdk::http::send(outgoing)
+            .await
+            .map_err(|e| PortError::Unreachable(e.to_string()))?;
+        Ok(OutboundResponse {
+            status: *response.status(),
+            body: response.into_body(),
+        })
+    }
 }
 
 /// The [`Redis`] port over Spin's outbound Redis (`fermyon:spin/redis@2.0.0`).

@@ -144,6 +144,7 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips() {
             calls: AtomicUsize::new(0),
         },
         app.app.sql.clone(),
+        app.app.http.clone(),
         app.app.settings.clone(),
     );
     price_cart(&counting, &cart, None).await.unwrap();

@@ -10,11 +10,11 @@ use crate::app::App;
 use crate::error::{Error, Result};
 use crate::http::{Request, Response};
 use crate::ids::BundleId;
-use crate::ports::{Redis, Sql};
+use crate::ports::{Http, Redis, Sql};
 
 /// Routes the bundle paths; `None` if the path is not the bundle cache's.
-pub async fn route<R: Redis, S: Sql>(
-    app: &App<R, S>,
+pub async fn route<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     req: &Request,
     segments: &[&str],
 ) -> Option<Result<Response>> {
@@ -34,16 +34,20 @@ pub async fn route<R: Redis, S: Sql>(
 }
 
 /// The bundle cache of an app.
-pub fn store<R: Redis, S: Sql>(app: &App<R, S>) -> Bundles<'_, R, S> {
+pub fn store<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Bundles<'_, R, S> {
     Bundles::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds)
 }
 
-async fn get<R: Redis, S: Sql>(app: &App<R, S>, bundle: &str) -> Result<Response> {
+async fn get<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, bundle: &str) -> Result<Response> {
     let bundle = BundleId::parse(bundle)?;
     Ok(Response::json(200, &store(app).get(&bundle).await?))
 }
 
-async fn invalidate<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, bundle: &str) -> Result<Response> {
+async fn invalidate<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    bundle: &str,
+) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
     let bundle = BundleId::parse(bundle)?;
     store(app).invalidate(&bundle).await?;

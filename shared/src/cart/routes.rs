@@ -27,19 +27,19 @@ use crate::catalog::require_variants;
 use crate::error::{Error, Result};
 use crate::http::{Request, Response, field, object, str_field};
 use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId};
-use crate::ports::{Redis, Sql};
+use crate::ports::{Http, Redis, Sql};
 
 /// Routes the cart paths; `None` if the path is not the cart store's.
-pub async fn route<R: Redis, S: Sql>(
-    app: &App<R, S>,
+pub async fn route<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     req: &Request,
     segments: &[&str],
 ) -> Option<Result<Response>> {
     dispatch(app, req, segments).await.transpose()
 }
 
-async fn dispatch<R: Redis, S: Sql>(
-    app: &App<R, S>,
+async fn dispatch<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     req: &Request,
     segments: &[&str],
 ) -> Result<Option<Response>> {
@@ -82,8 +82,8 @@ fn session(cart: &str) -> Result<CartRef> {
 }
 
 /// The customer's cart, once the bearer is proven to be that customer.
-fn customer_cart<R: Redis, S: Sql>(
-    app: &App<R, S>,
+fn customer_cart<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     req: &Request,
     customer: &str,
 ) -> Result<(CartRef, CustomerId)> {
@@ -97,7 +97,7 @@ fn customer_cart<R: Redis, S: Sql>(
     Ok((CartRef::Customer(customer.clone()), customer))
 }
 
-fn store<R: Redis, S: Sql>(app: &App<R, S>) -> Carts<'_, R> {
+fn store<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Carts<'_, R> {
     Carts::new(&app.redis, &app.keys, &app.settings)
 }
 
@@ -122,7 +122,7 @@ fn expected(req: &Request) -> Result<Expected> {
         .map_err(|_| Error::bad_request("INVALID_IF_MATCH", "If-Match must be a cart version, e.g. \"3\""))
 }
 
-async fn create<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+async fn create<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
     let currency = if req.body.is_empty() {
         app.settings.default_currency.clone()
     } else {
@@ -149,7 +149,7 @@ fn parse_currency(value: &Value) -> Result<String> {
         })
 }
 
-async fn get<R: Redis, S: Sql>(app: &App<R, S>, cart: &CartRef) -> Result<Response> {
+async fn get<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, cart: &CartRef) -> Result<Response> {
     Ok(reply(200, &store(app).get(cart).await?))
 }
 
@@ -207,7 +207,11 @@ fn parse_choices(value: &Value) -> Result<Choices> {
     Ok(choices)
 }
 
-async fn add<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, cart: &CartRef) -> Result<Response> {
+async fn add<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    cart: &CartRef,
+) -> Result<Response> {
     let expected = expected(req)?;
     let body = req.json(app.settings.max_body_bytes)?;
     let (item, quantity) = parse_line(&body)?;
@@ -221,8 +225,8 @@ async fn add<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, cart: &CartRef) -
     Ok(reply(200, &view))
 }
 
-async fn change<R: Redis, S: Sql>(
-    app: &App<R, S>,
+async fn change<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     req: &Request,
     cart: &CartRef,
     line: &str,
@@ -246,7 +250,11 @@ async fn change<R: Redis, S: Sql>(
     Ok(reply(200, &view))
 }
 
-async fn merge<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, customer: &CustomerId) -> Result<Response> {
+async fn merge<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    customer: &CustomerId,
+) -> Result<Response> {
     let body = req.json(app.settings.max_body_bytes)?;
     let from = CartId::parse(str_field(object(&body)?, "cartId")?)?;
     Ok(reply(200, &store(app).merge(&from, customer).await?))

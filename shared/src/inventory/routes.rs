@@ -17,7 +17,7 @@ use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
 use crate::http::{Request, Response, array_field, field, object, str_field};
 use crate::ids::{CartId, Quantity, VariantId};
-use crate::ports::{Redis, Sql};
+use crate::ports::{Http, Redis, Sql};
 use crate::settings::Settings;
 
 /// Largest on-hand an admin may set; more is a typo, not a stock count.
@@ -25,8 +25,8 @@ const MAX_ON_HAND: i64 = 1_000_000_000;
 
 /// Routes `/v1/inventory/…` and `/v1/admin/inventory/…`; `None` if the path is not
 /// inventory's.
-pub async fn route<R: Redis, S: Sql>(
-    app: &App<R, S>,
+pub async fn route<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     req: &Request,
     segments: &[&str],
 ) -> Option<Result<Response>> {
@@ -61,11 +61,11 @@ pub async fn route<R: Redis, S: Sql>(
     Some(result)
 }
 
-fn store<R: Redis, S: Sql>(app: &App<R, S>) -> Inventory<'_, R, S> {
+fn store<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Inventory<'_, R, S> {
     Inventory::new(&app.redis, &app.sql, &app.keys)
 }
 
-async fn view<R: Redis, S: Sql>(app: &App<R, S>, variant: &str) -> Result<Response> {
+async fn view<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, variant: &str) -> Result<Response> {
     let variant = VariantId::parse(variant)?;
     let mut views = store(app)
         .views(std::slice::from_ref(&variant))
@@ -81,7 +81,7 @@ async fn view<R: Redis, S: Sql>(app: &App<R, S>, variant: &str) -> Result<Respon
     Ok(Response::json(200, &views.remove(0)))
 }
 
-async fn availability<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+async fn availability<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
     let body = req.json(app.settings.max_body_bytes)?;
     let ids = array_field(object(&body)?, "variantIds", MAX_BATCH)?;
     let mut variants: Vec<VariantId> = Vec::with_capacity(ids.len());
@@ -151,7 +151,7 @@ fn parse_reservation(body: &Value, settings: &Settings) -> Result<ReservationReq
     })
 }
 
-async fn reserve<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
     let body = req.json(app.settings.max_body_bytes)?;
     let request = parse_reservation(&body, &app.settings)?;
     let reservation = store(app)
@@ -176,7 +176,7 @@ async fn reserve<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Res
     ))
 }
 
-async fn release<R: Redis, S: Sql>(app: &App<R, S>, cart: &str) -> Result<Response> {
+async fn release<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, cart: &str) -> Result<Response> {
     let cart = CartId::parse(cart)?;
     let released = store(app).release(&cart).await?;
     Ok(Response::json(
@@ -185,7 +185,11 @@ async fn release<R: Redis, S: Sql>(app: &App<R, S>, cart: &str) -> Result<Respon
     ))
 }
 
-async fn set_on_hand<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, variant: &str) -> Result<Response> {
+async fn set_on_hand<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    variant: &str,
+) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
     let variant = VariantId::parse(variant)?;
     let body = req.json(app.settings.max_body_bytes)?;
@@ -202,7 +206,7 @@ async fn set_on_hand<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, variant: 
     Ok(Response::json(200, &view))
 }
 
-async fn reconcile<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+async fn reconcile<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
     let report = store(app).reconcile(|_| {}).await?;
     Ok(Response::json(200, &report))

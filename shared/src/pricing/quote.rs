@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::cart::{CartLine, CartRef, Carts, LineItem};
 use crate::error::{Error, Result};
 use crate::ids::Quantity;
-use crate::ports::{Redis, Sql};
+use crate::ports::{Http, Redis, Sql};
 
 /// A quote and the ruleset versions it was computed with (what checkout freezes).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -28,8 +28,8 @@ pub struct Priced {
 }
 
 /// Prices lines in `currency` for `customer_group` with the current rulesets.
-pub async fn price_lines<R: Redis, S: Sql>(
-    app: &App<R, S>,
+pub async fn price_lines<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     lines: &[QuoteLine],
     currency: Currency,
     customer_group: Option<String>,
@@ -56,8 +56,8 @@ pub async fn price_lines<R: Redis, S: Sql>(
 }
 
 /// Prices a cart: its lines in its currency.
-pub async fn price_cart<R: Redis, S: Sql>(
-    app: &App<R, S>,
+pub async fn price_cart<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     cart: &CartRef,
     customer_group: Option<String>,
 ) -> Result<Priced> {

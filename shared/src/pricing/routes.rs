@@ -22,15 +22,15 @@ use crate::error::{Error, Result};
 use crate::http::{Request, Response, array_field, object, str_field};
 use crate::ids::{CartId, CustomerId};
 use crate::keys::RulesetKind;
-use crate::ports::{Redis, Sql};
+use crate::ports::{Http, Redis, Sql};
 use crate::settings::constant_time_eq;
 
 /// Most lines one quote of `lines` may hold.
 const MAX_LINES: usize = 500;
 
 /// Routes the pricing paths; `None` if the path is not the pricing store's.
-pub async fn route<R: Redis, S: Sql>(
-    app: &App<R, S>,
+pub async fn route<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
     req: &Request,
     segments: &[&str],
 ) -> Option<Result<Response>> {
@@ -49,7 +49,11 @@ pub async fn route<R: Redis, S: Sql>(
     })
 }
 
-async fn publish<R: Redis, S: Sql>(app: &App<R, S>, req: &Request, kind: RulesetKind) -> Result<Response> {
+async fn publish<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    kind: RulesetKind,
+) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
     let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
     let publication = rulesets
@@ -65,7 +69,7 @@ enum Caller {
     Customer(auth::Customer),
 }
 
-fn caller<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Caller> {
+fn caller<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Caller> {
     let Some(header) = req.header("authorization") else {
         return Ok(Caller::Anonymous);
     };
@@ -80,7 +84,7 @@ fn caller<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Caller> {
     )?))
 }
 
-async fn quote<R: Redis, S: Sql>(app: &App<R, S>, req: &Request) -> Result<Response> {
+async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
     let body = req.json(app.settings.max_body_bytes)?;
     let body = object(&body)?;
     let caller = caller(app, req)?;

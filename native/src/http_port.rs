@@ -1,0 +1,47 @@
+//! The outbound HTTP port over reqwest (rustls), with a timeout on every request.
+
+use std::time::Duration;
+
+use commerce_core::PortError;
+use commerce_core::ports::{Http, OutboundRequest, OutboundResponse};
+
+/// The native outbound HTTP adapter.
+#[derive(Clone)]
+pub struct NativeHttp {
+    client: reqwest::Client,
+}
+
+impl NativeHttp {
+    /// A client whose requests give up after `timeout` (connect and answer).
+    pub fn new(timeout: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()?;
+        Ok(Self { client })
+    }
+}
+
+impl Http for NativeHttp {
+    async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, PortError> {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|e| PortError::Server(format!("bad method: {e}")))?;
+        let mut builder = self.client.request(method, &request.url).body(request.body);
+        for (name, value) in request.headers {
+            builder = builder.header(name, value);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| PortError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| PortError::Unreachable(e.to_string()))?;
+        Ok(OutboundResponse {
+            status,
+            body: body.to_vec(),
+        })
+    }
+}

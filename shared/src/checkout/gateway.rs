@@ -1,0 +1,1 @@
+//! The payment gateway (Stripe's wire format): written by the gateway work.

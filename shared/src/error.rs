@@ -47,9 +47,6 @@ pub enum Error {
         message: String,
         details: Value,
     },
-    /// The capability lands in a later release (501).
-    #[error("{0} is not available in this release")]
-    NotImplemented(&'static str),
     /// Redis or PostgreSQL could not be reached or did not answer in time (503).
     #[error("{dependency} unavailable: {message}")]
     Unavailable {
@@ -95,7 +92,6 @@ impl Error {
             Error::UnsupportedMediaType => 415,
             Error::Unprocessable { .. } => 422,
             Error::Internal(_) => 500,
-            Error::NotImplemented(_) => 501,
             Error::Unavailable { .. } => 503,
         }
     }
@@ -113,7 +109,6 @@ impl Error {
             Error::PreconditionFailed(_) => "VERSION_MISMATCH",
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            Error::NotImplemented(_) => "NOT_IMPLEMENTED",
             Error::Unavailable { .. } => "SERVICE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }

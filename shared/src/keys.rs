@@ -128,6 +128,33 @@ impl Keys {
         format!("{}cart:customer:{{{customer}}}", self.prefix)
     }
 
+    /// `checkout:lock:{S}` (or `checkout:lock:{C}:customer` for a customer's cart): which
+    /// checkout session holds the cart. Same hash slot as the cart itself, so cart scripts
+    /// can refuse changes while it is held.
+    pub fn checkout_lock_session(&self, cart: &CartId) -> String {
+        format!("{}checkout:lock:{{{cart}}}", self.prefix)
+    }
+
+    /// The lock of a customer's cart (see [`Keys::checkout_lock_session`]).
+    pub fn checkout_lock_customer(&self, customer: &CustomerId) -> String {
+        format!("{}checkout:lock:{{{customer}}}:customer", self.prefix)
+    }
+
+    /// `checkout:session:{S}`: a checkout session's state (hash).
+    pub fn checkout_session(&self, session: &CartId) -> String {
+        format!("{}checkout:session:{{{session}}}", self.prefix)
+    }
+
+    /// `checkout:metadata:{S}`: what a session froze: quote, versions, lines.
+    pub fn checkout_metadata(&self, session: &CartId) -> String {
+        format!("{}checkout:metadata:{{{session}}}", self.prefix)
+    }
+
+    /// `payment:intent:{S}`: the session's payment intent.
+    pub fn payment_intent(&self, session: &CartId) -> String {
+        format!("{}payment:intent:{{{session}}}", self.prefix)
+    }
+
     /// `catalog:variant:{V}`: cached existence of a catalog variant.
     pub fn catalog_variant(&self, variant: &VariantId) -> String {
         format!("{}catalog:variant:{{{variant}}}", self.prefix)

@@ -13,6 +13,7 @@ pub mod checkout;
 pub mod clock;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod ids;
 pub mod inventory;
 pub mod keys;

@@ -5,7 +5,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::http::{Request, Response};
 use crate::ports::{Http, Redis, Sql};
-use crate::{bundle, cart, inventory, ops, pricing};
+use crate::{bundle, cart, checkout, inventory, ops, pricing};
 
 /// Which component's routes a deployment answers. A Spin component answers only its own
 /// (its `spin.toml` routes send it nothing else); `commerce serve` answers all.
@@ -44,11 +44,11 @@ pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request,
     if answer.is_none() && in_scope(Scope::Pricing) {
         answer = pricing::routes::route(app, &req, &segments).await;
     }
+    if answer.is_none() && in_scope(Scope::Checkout) {
+        answer = checkout::routes::route(app, &req, &segments).await;
+    }
     if answer.is_none() && in_scope(Scope::Ops) {
         answer = ops::route(app, &req, &segments).await;
-    }
-    if answer.is_none() {
-        answer = later_release(&segments, scope).map(Err);
     }
     match answer {
         Some(Ok(response)) => response,
@@ -58,17 +58,4 @@ pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request,
             format!("no route for {} {}", req.method, req.path),
         )),
     }
-}
-
-/// Routes of stores that land in later releases answer 501 with the error body.
-fn later_release(segments: &[&str], scope: Scope) -> Option<Error> {
-    let (store, owner) = match segments {
-        ["v1", "carts", ..] | ["v1", "customers", ..] => ("the cart store", Scope::Cart),
-        ["v1", "pricing", ..]
-        | ["v1", "bundles", ..]
-        | ["v1", "admin", "pricing" | "discounts" | "bundles", ..] => ("the pricing store", Scope::Pricing),
-        ["v1", "checkout", ..] => ("checkout", Scope::Checkout),
-        _ => return None,
-    };
-    (scope == Scope::All || scope == owner).then_some(Error::NotImplemented(store))
 }

@@ -5,6 +5,8 @@
 //! The services come from `COMMERCE_REDIS_URL` and `COMMERCE_DATABASE_URL`, which
 //! `scripts/test` sets after starting them.
 
+pub mod gateway;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

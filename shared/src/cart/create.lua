@@ -1,6 +1,6 @@
 -- Create an empty anonymous cart.
 --
--- KEYS: cart
+-- KEYS: cart, its checkout lock
 -- ARGV: currency, ttl_ms
 -- Replies: snapshot 'OK' | {'EXISTS'}
 if redis.call('EXISTS', KEYS[1]) == 1 then

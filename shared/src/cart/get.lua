@@ -1,6 +1,6 @@
 -- Read a cart.
 --
--- KEYS: cart
+-- KEYS: cart, its checkout lock
 -- Replies: snapshot 'OK' | {'NOT_FOUND'} | {'MERGED', customer}
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'NOT_FOUND'}

@@ -1,7 +1,7 @@
 -- Merge, step 2 of 3, on the customer's cart: add the claimed lines, once. The marker
 -- `m:<anonymous cart>` is set in the same script, so a replayed or raced merge adds nothing.
 --
--- KEYS: customer's cart
+-- KEYS: customer's cart, its checkout lock
 -- ARGV: anonymous cart id, currency, ttl_ms, max lines, max quantity, customer id,
 --       then per line: line id, definition JSON, quantity
 --
@@ -15,6 +15,10 @@ if redis.call('EXISTS', key) == 0 then
 end
 if redis.call('HEXISTS', key, 'm:' .. from) == 1 then
   return snapshot(key, 'OK')
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  return {'LOCKED', holder}
 end
 local own = redis.call('HGET', key, 'currency')
 if own ~= currency then

@@ -1,7 +1,7 @@
 -- Merge, step 1 of 3, on the anonymous cart: freeze it for one customer and read it.
 -- Once claimed it refuses changes, so every retry of the merge reads the same lines.
 --
--- KEYS: anonymous cart
+-- KEYS: anonymous cart, its checkout lock
 -- ARGV: customer id
 -- Replies: snapshot 'CLAIMED' | {'DONE'} (already merged into this customer)
 --        | {'NOT_FOUND'} | {'ELSEWHERE'} (claimed by or merged into another customer)
@@ -12,6 +12,10 @@ end
 local merged = redis.call('HGET', key, 'merged')
 if merged then
   return merged == customer and {'DONE'} or {'ELSEWHERE'}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  return {'LOCKED', holder}
 end
 local merging = redis.call('HGET', key, 'merging')
 if merging and merging ~= customer then

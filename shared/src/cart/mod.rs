@@ -139,10 +139,19 @@ impl<'a, R: Redis> Carts<'a, R> {
         }
     }
 
-    fn key(&self, cart: &CartRef) -> String {
+    /// The cart's key.
+    pub fn key(&self, cart: &CartRef) -> String {
         match cart {
             CartRef::Session(id) => self.keys.cart_session(id),
             CartRef::Customer(id) => self.keys.cart_customer(id),
+        }
+    }
+
+    /// The key of the cart's checkout lock (same hash slot as the cart).
+    pub fn lock_key(&self, cart: &CartRef) -> String {
+        match cart {
+            CartRef::Session(id) => self.keys.checkout_lock_session(id),
+            CartRef::Customer(id) => self.keys.checkout_lock_customer(id),
         }
     }
 
@@ -272,6 +281,7 @@ impl<'a, R: Redis> Carts<'a, R> {
                 message: "the cart has been merged into a customer's cart".into(),
                 details: Value::Null,
             }),
+            "LOCKED" => Err(cart_locked(&reply)),
             "VERSION" => Err(Error::PreconditionFailed(format!(
                 "the cart is at version {}, not the one in If-Match",
                 reply.get(1).and_then(RedisReply::as_int).unwrap_or(0)
@@ -311,6 +321,7 @@ impl<'a, R: Redis> Carts<'a, R> {
             .await?;
         match tag(&claim) {
             "CLAIMED" => {}
+            "LOCKED" => return Err(cart_locked(&claim)),
             "DONE" => return self.get(&target).await,
             "NOT_FOUND" => return Err(cart_not_found(from)),
             "ELSEWHERE" => {
@@ -339,6 +350,7 @@ impl<'a, R: Redis> Carts<'a, R> {
         let applied = self.run(&MERGE_APPLY, &target, args).await?;
         let view = match tag(&applied) {
             "OK" => decode(&target, &applied)?,
+            "LOCKED" => return Err(cart_locked(&applied)),
             "CURRENCY" => {
                 return Err(Error::Unprocessable {
                     code: "CURRENCY_MISMATCH",
@@ -365,9 +377,13 @@ impl<'a, R: Redis> Carts<'a, R> {
         Ok(view)
     }
 
+    /// Runs a cart script with the cart and its checkout lock as keys (one hash slot).
     async fn run(&self, script: &Script, cart: &CartRef, args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
-        let key = self.key(cart);
-        script.run(self.redis, &[&key], args).await.map_err(|e| e.redis())
+        let (key, lock) = (self.key(cart), self.lock_key(cart));
+        script
+            .run(self.redis, &[&key, &lock], args)
+            .await
+            .map_err(|e| e.redis())
     }
 }
 
@@ -385,6 +401,20 @@ fn tag(reply: &[RedisReply]) -> &str {
 
 fn unexpected(reply: &[RedisReply]) -> Error {
     Error::Internal(format!("unexpected cart script reply: {reply:?}"))
+}
+
+/// The cart is held by a live checkout: changes wait until it ends.
+fn cart_locked(reply: &[RedisReply]) -> Error {
+    let session = reply
+        .get(1)
+        .and_then(RedisReply::as_text)
+        .unwrap_or("")
+        .to_owned();
+    Error::Conflict {
+        code: "CART_LOCKED",
+        message: format!("the cart is being checked out by session {session}"),
+        details: serde_json::json!({ "sessionId": session }),
+    }
 }
 
 fn cart_not_found(id: &CartId) -> Error {
@@ -428,7 +458,8 @@ fn snapshot_parts(reply: &[RedisReply]) -> Result<Snapshot> {
     })
 }
 
-fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
+/// The lines of a cart script's snapshot reply, in the order they were added.
+pub(crate) fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
     let fields = snapshot_parts(reply)?.fields;
     let mut lines: Vec<(i64, CartLine)> = Vec::new();
     for (field, quantity) in &fields {
@@ -456,7 +487,8 @@ fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
     Ok(lines.into_iter().map(|(_, line)| line).collect())
 }
 
-fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
+/// The cart view of a cart script's snapshot reply.
+pub(crate) fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
     let Snapshot {
         now_ms: now,
         pttl_ms: pttl,

@@ -1,13 +1,13 @@
 -- Change one line of a cart: add units ('add') or set the quantity ('set', 0 removes).
 --
--- KEYS: cart
+-- KEYS: cart, its checkout lock
 -- ARGV: op, line id, definition JSON, quantity, max lines, max quantity, ttl_ms,
 --       expected version ('' = any), create if missing ('1' for customers' carts),
 --       currency for a new cart, customer id ('' = anonymous)
 --
 -- Every change bumps `version` and slides the cart's time to live.
 -- Replies: snapshot 'OK' | {'NOT_FOUND'} | {'MERGED'} | {'VERSION', current}
---        | {'LIMIT', 'lines'|'quantity', max} | {'NO_LINE'}
+--        | {'LIMIT', 'lines'|'quantity', max} | {'NO_LINE'} | {'LOCKED', session}
 local key = KEYS[1]
 local op, line, definition = ARGV[1], ARGV[2], ARGV[3]
 local qty, max_lines, max_qty = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -24,6 +24,10 @@ if redis.call('EXISTS', key) == 0 then
 end
 if redis.call('HEXISTS', key, 'merging') == 1 or redis.call('HEXISTS', key, 'merged') == 1 then
   return {'MERGED'}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder then
+  return {'LOCKED', holder}
 end
 local version = redis.call('HGET', key, 'version')
 if expected ~= '' and version ~= expected then

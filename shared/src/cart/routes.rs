@@ -26,6 +26,7 @@ use crate::bundle::routes::store as bundles;
 use crate::catalog::require_variants;
 use crate::error::{Error, Result};
 use crate::http::{Request, Response, field, object, str_field};
+use crate::idempotency;
 use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId};
 use crate::ports::{Http, Redis, Sql};
 
@@ -47,7 +48,7 @@ async fn dispatch<R: Redis, S: Sql, H: Http>(
     let not_allowed = || Error::MethodNotAllowed(req.method.clone());
     let response = match segments {
         ["v1", "carts"] => match method {
-            "POST" => create(app, req).await?,
+            "POST" => idempotency::once(app, req, "carts", false, |_| create(app, req)).await?,
             _ => return Err(not_allowed()),
         },
         ["v1", "carts", cart] => match method {

@@ -1,4 +1,743 @@
 //! Checkout: lock the cart, freeze the quote, reserve the stock, take the payment, write
 //! the order — exactly once (DESIGN §4, invariants 4 and 5).
+//!
+//! Every transition is a compare-and-set script on `checkout:session:{S}`, from the states
+//! [`state::State::sources`] allows. Each step after payment is idempotent and the state
+//! records how far the work got, so a duplicate webhook, a retry, or a crash between any
+//! two steps resumes from the state it finds and ends in exactly one order:
+//! PAYMENT_CONFIRMED → order written in PostgreSQL (unique per session) → ORDER_CREATED →
+//! holds committed in Redis (each change once) → cart emptied, lock released → COMPLETED.
 
 pub mod gateway;
+mod order;
+pub mod routes;
+pub mod state;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use self::state::State;
+use crate::app::App;
+use crate::auth;
+use crate::cart::{self, CartLine, CartRef, Carts};
+use crate::clock::rfc3339_millis;
+use crate::error::{Error, PortError, Result};
+use crate::ids::{CartId, CustomerId, Quantity, VariantId};
+use crate::inventory::Inventory;
+use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
+use crate::pricing::money::Currency;
+use crate::pricing::quote::{cart_quote_lines, price_lines};
+use crate::script::Script;
+
+static LOCK: Script = Script::new(concat!(
+    include_str!("../cart/cart.lua"),
+    include_str!("lock.lua")
+));
+static UNLOCK: Script = Script::new(include_str!("unlock.lua"));
+static EMPTY_CART: Script = Script::new(include_str!("empty_cart.lua"));
+static CREATE: Script = Script::new(concat!(include_str!("session.lua"), include_str!("create.lua")));
+static GET: Script = Script::new(concat!(include_str!("session.lua"), include_str!("get.lua")));
+static TRANSITION: Script = Script::new(concat!(
+    include_str!("session.lua"),
+    include_str!("transition.lua")
+));
+static FLAG_REFUND: Script = Script::new(concat!(
+    include_str!("session.lua"),
+    include_str!("flag_refund.lua")
+));
+
+/// How long a session record is kept after its deadline (to answer GETs and late webhooks).
+const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
+/// How long a payment intent is kept (seed `PAYMENT_INTENT`).
+const INTENT_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// A checkout session as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    /// The session (unguessable, `cs_` + 128 random bits).
+    pub session_id: String,
+    /// Where it is.
+    pub state: String,
+    /// The anonymous cart checked out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cart_id: Option<String>,
+    /// The customer whose cart is checked out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// The frozen total, minor units.
+    pub total: i64,
+    /// Its currency.
+    pub currency: String,
+    /// Until when payment may arrive (RFC 3339).
+    pub expires_at: String,
+    /// Every state it passed, with when.
+    pub history: Vec<Value>,
+    /// The payment intent, once created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_intent_id: Option<String>,
+    /// The order, once written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// Set when a payment arrived that the session could no longer accept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_required: Option<String>,
+    /// The frozen quote (prices, discounts, ruleset versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Value>,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone)]
+struct Session {
+    id: CartId,
+    cart: CartRef,
+    state: State,
+    version: i64,
+    deadline_ms: i64,
+    total: i64,
+    currency: String,
+    history: Vec<Value>,
+    intent: Option<String>,
+    order: Option<String>,
+    refund: Option<String>,
+}
+
+impl Session {
+    fn view(&self, quote: Option<Value>) -> SessionView {
+        let (cart_id, customer_id) = match &self.cart {
+            CartRef::Session(c) => (Some(c.to_string()), None),
+            CartRef::Customer(c) => (None, Some(c.to_string())),
+        };
+        SessionView {
+            session_id: self.id.to_string(),
+            state: self.state.name().to_owned(),
+            cart_id,
+            customer_id,
+            total: self.total,
+            currency: self.currency.clone(),
+            expires_at: rfc3339_millis(self.deadline_ms),
+            history: self.history.clone(),
+            payment_intent_id: self.intent.clone(),
+            order_id: self.order.clone(),
+            refund_required: self.refund.clone(),
+            quote,
+        }
+    }
+}
+
+/// `session:<cart>` / `customer:<id>`: how a session names its cart.
+fn cart_ref_text(cart: &CartRef) -> String {
+    match cart {
+        CartRef::Session(c) => format!("session:{c}"),
+        CartRef::Customer(c) => format!("customer:{c}"),
+    }
+}
+
+fn parse_cart_ref(text: &str) -> Option<CartRef> {
+    match text.split_once(':')? {
+        ("session", id) => CartId::parse(id).ok().map(CartRef::Session),
+        ("customer", id) => CustomerId::parse(id).ok().map(CartRef::Customer),
+        _ => None,
+    }
+}
+
+/// A session script reply: its tag and the session.
+fn parse_session(reply: &[RedisReply]) -> Result<(String, Option<Session>)> {
+    let tag = reply
+        .first()
+        .and_then(RedisReply::as_text)
+        .unwrap_or("")
+        .to_owned();
+    let Some(json) = reply.get(1).and_then(RedisReply::as_text) else {
+        return Ok((tag, None));
+    };
+    let bad = || Error::Internal(format!("malformed checkout session: {json}"));
+    let v: Value = serde_json::from_str(json).map_err(|_| bad())?;
+    let text = |k: &str| v[k].as_str().map(str::to_owned);
+    let int = |k: &str| text(k).and_then(|s| s.parse::<i64>().ok());
+    let history = text("history")
+        .and_then(|h| serde_json::from_str::<Vec<Value>>(&h).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| json!({ "state": h["state"], "at": rfc3339_millis(h["at"].as_i64().unwrap_or(0)) }))
+        .collect();
+    let session = Session {
+        id: text("id").and_then(|s| CartId::parse(&s).ok()).ok_or_else(bad)?,
+        cart: text("cart").and_then(|c| parse_cart_ref(&c)).ok_or_else(bad)?,
+        state: text("state").and_then(|s| State::parse(&s)).ok_or_else(bad)?,
+        version: int("version").ok_or_else(bad)?,
+        deadline_ms: int("deadline").ok_or_else(bad)?,
+        total: int("total").ok_or_else(bad)?,
+        currency: text("currency").ok_or_else(bad)?,
+        history,
+        intent: text("intent"),
+        order: text("order"),
+        refund: text("refund"),
+    };
+    Ok((tag, Some(session)))
+}
+
+fn checkout_not_found(session: &CartId) -> Error {
+    Error::not_found("CHECKOUT_NOT_FOUND", format!("no checkout session {session}"))
+}
+
+fn wrong_state(session: &Session, doing: &str) -> Error {
+    Error::Conflict {
+        code: "CHECKOUT_STATE",
+        message: format!("cannot {doing}: the checkout is {}", session.state),
+        details: json!({ "sessionId": session.id.as_str(), "state": session.state.name() }),
+    }
+}
+
+/// Units per variant that a cart's lines take from stock: direct lines and bundle parts
+/// summed per variant, so a variant wanted twice is checked against stock once, in full.
+pub fn demand(lines: &[CartLine]) -> Result<Vec<(VariantId, Quantity)>> {
+    let mut units: BTreeMap<VariantId, i64> = BTreeMap::new();
+    for line in lines {
+        let d = &line.definition;
+        let parts: Vec<&str> = match d["variantId"].as_str() {
+            Some(v) => vec![v],
+            None => d["choices"]
+                .as_object()
+                .into_iter()
+                .flat_map(|sets| sets.values())
+                .flat_map(|chosen| chosen.as_array().into_iter().flatten())
+                .filter_map(Value::as_str)
+                .collect(),
+        };
+        for part in parts {
+            *units.entry(VariantId::parse(part)?).or_default() += line.quantity;
+        }
+    }
+    units
+        .into_iter()
+        .map(|(variant, n)| {
+            let quantity = Quantity::new(n).map_err(|_| Error::Unprocessable {
+                code: "CART_LIMIT",
+                message: format!("the cart takes {n} units of {variant}, more than one checkout may"),
+                details: json!({ "variantId": variant.as_str() }),
+            })?;
+            Ok((variant, quantity))
+        })
+        .collect()
+}
+
+/// The checkout store over an app's ports.
+pub struct Checkouts<'a, R, S, H> {
+    app: &'a App<R, S, H>,
+}
+
+impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
+    /// The store.
+    pub fn new(app: &'a App<R, S, H>) -> Self {
+        Self { app }
+    }
+
+    fn inventory(&self) -> Inventory<'a, R, S> {
+        Inventory::new(&self.app.redis, &self.app.sql, &self.app.keys)
+    }
+
+    fn carts(&self) -> Carts<'a, R> {
+        Carts::new(&self.app.redis, &self.app.keys, &self.app.settings)
+    }
+
+    fn lock_ttl_ms(&self) -> i64 {
+        i64::from(self.app.settings.checkout_lock_ttl_seconds) * 1000
+    }
+
+    fn session_ttl_ms(&self) -> i64 {
+        i64::from(self.app.settings.checkout_session_ttl_seconds) * 1000
+    }
+
+    async fn run(&self, script: &Script, keys: &[&str], args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
+        script
+            .run(&self.app.redis, keys, args)
+            .await
+            .map_err(PortError::redis)
+    }
+
+    /// Starts a checkout of `cart` as session `cs_<token>`: locks the cart, freezes its
+    /// quote and ruleset versions, and holds every unit it needs until the lock's deadline
+    /// (`checkout_lock_ttl_seconds`). A second live checkout of the cart is 409 naming it;
+    /// short stock is 409 with the variants, and the lock is released. Run again with the
+    /// same token (a retry), it continues the same session.
+    pub async fn start(
+        &self,
+        cart: &CartRef,
+        token: &str,
+        customer_group: Option<String>,
+    ) -> Result<SessionView> {
+        let session = CartId::parse(&format!("cs_{token}"))?;
+        let carts = self.carts();
+        let (cart_key, lock_key) = (carts.key(cart), carts.lock_key(cart));
+        let locked = self
+            .run(
+                &LOCK,
+                &[&cart_key, &lock_key],
+                vec![session.as_str().into(), RedisArg::Int(self.lock_ttl_ms())],
+            )
+            .await?;
+        match locked.first().and_then(RedisReply::as_text).unwrap_or("") {
+            "OK" => {}
+            "HELD" => {
+                let holder = locked
+                    .get(1)
+                    .and_then(RedisReply::as_text)
+                    .unwrap_or("")
+                    .to_owned();
+                return Err(Error::Conflict {
+                    code: "CHECKOUT_IN_PROGRESS",
+                    message: format!("the cart is already being checked out by session {holder}"),
+                    details: json!({ "sessionId": holder }),
+                });
+            }
+            "NO_CART" | "EMPTY" => {
+                return Err(Error::Conflict {
+                    code: "CART_EMPTY",
+                    message: "there is nothing in the cart to check out".into(),
+                    details: Value::Null,
+                });
+            }
+            "MERGED" => {
+                return Err(Error::Conflict {
+                    code: "CART_MERGED",
+                    message: "the cart has been merged into a customer's cart".into(),
+                    details: Value::Null,
+                });
+            }
+            _ => return Err(Error::Internal(format!("unexpected lock reply: {locked:?}"))),
+        }
+        match self
+            .freeze_and_hold(cart, &session, &locked, customer_group)
+            .await
+        {
+            Ok(view) => Ok(view),
+            Err(error) => {
+                // Refused (short stock, prices): nothing may stay held for this session. A
+                // dependency failure keeps the lock for the retry that resumes the session.
+                if error.status() < 500 {
+                    self.unlock(&lock_key, &session).await?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn freeze_and_hold(
+        &self,
+        cart: &CartRef,
+        session: &CartId,
+        locked: &[RedisReply],
+        customer_group: Option<String>,
+    ) -> Result<SessionView> {
+        let view = cart::decode(cart, locked)?;
+        let lines = cart::decode_lines(locked)?;
+        let currency = Currency::parse(&view.currency)?;
+        let priced = price_lines(self.app, &cart_quote_lines(&lines)?, currency, customer_group).await?;
+        let demand = demand(&lines)?;
+        self.inventory()
+            .reserve(session, &demand, self.lock_ttl_ms())
+            .await?;
+        let definitions: serde_json::Map<String, Value> = lines
+            .iter()
+            .map(|l| (l.line_id.clone(), l.definition.clone()))
+            .collect();
+        let quote = serde_json::to_value(&priced).map_err(|e| Error::Internal(e.to_string()))?;
+        let metadata = json!({
+            "quote": quote,
+            "definitions": definitions,
+            "demand": demand.iter().map(|(v, q)| json!([v.as_str(), q.get()])).collect::<Vec<_>>(),
+        });
+        let (session_key, metadata_key) = (
+            self.app.keys.checkout_session(session),
+            self.app.keys.checkout_metadata(session),
+        );
+        let created = self
+            .run(
+                &CREATE,
+                &[&session_key, &metadata_key],
+                vec![
+                    session.as_str().into(),
+                    cart_ref_text(cart).into(),
+                    RedisArg::Int(self.lock_ttl_ms()),
+                    RedisArg::Int(KEEP_MS),
+                    RedisArg::Int(priced.quote.total_minor),
+                    currency.as_str().into(),
+                    metadata.to_string().into(),
+                ],
+            )
+            .await?;
+        let (_, stored) = parse_session(&created)?;
+        let stored = stored.ok_or_else(|| Error::Internal("session not created".into()))?;
+        // A retry finds the session of the first attempt: its frozen quote stands.
+        let frozen = self
+            .metadata(session)
+            .await
+            .ok()
+            .map(|m| m["quote"].clone())
+            .unwrap_or(quote);
+        Ok(stored.view(Some(frozen)))
+    }
+
+    async fn metadata(&self, session: &CartId) -> Result<Value> {
+        let key = self.app.keys.checkout_metadata(session);
+        let reply = self
+            .app
+            .redis
+            .execute("GET", vec![key.into()])
+            .await
+            .map_err(PortError::redis)?;
+        reply
+            .first()
+            .and_then(RedisReply::as_text)
+            .and_then(|t| serde_json::from_str(t).ok())
+            .ok_or_else(|| Error::Internal(format!("checkout {session} has no frozen metadata")))
+    }
+
+    async fn unlock(&self, lock_key: &str, session: &CartId) -> Result<()> {
+        self.run(&UNLOCK, &[lock_key], vec![session.as_str().into(), "".into()])
+            .await?;
+        Ok(())
+    }
+
+    /// Releases what a session that ended before payment still holds: its stock holds and
+    /// its cart's lock (owner-checked). Idempotent.
+    async fn release(&self, session: &Session) -> Result<()> {
+        self.inventory().release(&session.id).await?;
+        self.unlock(&self.carts().lock_key(&session.cart), &session.id)
+            .await
+    }
+
+    /// Reads a session; one past its deadline before payment is expired now and releases
+    /// what it held.
+    async fn load(&self, id: &CartId) -> Result<Session> {
+        let key = self.app.keys.checkout_session(id);
+        let reply = self.run(&GET, &[&key], Vec::new()).await?;
+        let (tag, session) = parse_session(&reply)?;
+        let session = session.ok_or_else(|| checkout_not_found(id))?;
+        if tag == "EXPIRED_NOW" {
+            self.release(&session).await?;
+        }
+        Ok(session)
+    }
+
+    /// Moves a session to `to` (compare-and-set from the allowed sources), optionally with a
+    /// new deadline and fields. Returns the reply's tag and the session after it.
+    async fn transition(
+        &self,
+        id: &CartId,
+        to: State,
+        ttl_ms: Option<i64>,
+        fields: &[(&str, &str)],
+    ) -> Result<(String, Session)> {
+        let (key, metadata) = (
+            self.app.keys.checkout_session(id),
+            self.app.keys.checkout_metadata(id),
+        );
+        let sources: Vec<&str> = State::sources(to).into_iter().map(State::name).collect();
+        let mut args = vec![
+            to.name().into(),
+            sources.join(",").into(),
+            ttl_ms.map(|t| t.to_string()).unwrap_or_default().into(),
+            RedisArg::Int(KEEP_MS),
+        ];
+        for (field, value) in fields {
+            args.push((*field).into());
+            args.push((*value).into());
+        }
+        let reply = self.run(&TRANSITION, &[&key, &metadata], args).await?;
+        let (tag, session) = parse_session(&reply)?;
+        let session = session.ok_or_else(|| checkout_not_found(id))?;
+        if tag == "EXPIRED_NOW" {
+            self.release(&session).await?;
+        }
+        Ok((tag, session))
+    }
+
+    /// The session, with its frozen quote.
+    pub async fn get(&self, id: &CartId) -> Result<SessionView> {
+        let session = self.load(id).await?;
+        let quote = self.metadata(id).await.ok().map(|m| m["quote"].clone());
+        Ok(session.view(quote))
+    }
+
+    /// Cancels a session before payment: holds and lock released. After payment, 409.
+    pub async fn cancel(&self, id: &CartId) -> Result<SessionView> {
+        let (tag, session) = self.transition(id, State::Cancelled, None, &[]).await?;
+        match tag.as_str() {
+            "OK" | "SAME" => {
+                self.release(&session).await?;
+                Ok(session.view(None))
+            }
+            _ => Err(wrong_state(&session, "cancel")),
+        }
+    }
+
+    /// Creates the payment intent for the frozen total with the gateway (idempotent: the
+    /// gateway sees the same idempotency key for the session every time), extends the holds
+    /// and the lock to the session's lifetime, and moves the session to PAYMENT_PENDING.
+    pub async fn payment_intent(&self, id: &CartId) -> Result<Value> {
+        let session = self.load(id).await?;
+        match session.state {
+            State::Locked | State::PaymentPending => {}
+            _ if session.intent.is_some() && !session.state.is_terminal() => {}
+            _ => return Err(wrong_state(&session, "take a payment")),
+        }
+        let intent_key = self.app.keys.payment_intent(id);
+        let stored = self
+            .app
+            .redis
+            .execute("GET", vec![intent_key.as_str().into()])
+            .await
+            .map_err(PortError::redis)?;
+        let intent: Value = match stored.first().and_then(RedisReply::as_text) {
+            Some(text) => {
+                serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
+            }
+            None => {
+                let currency = Currency::parse(&session.currency)?;
+                let created = gateway::create_intent(
+                    &self.app.http,
+                    &self.app.settings.payment_gateway_url,
+                    &self.app.settings.payment_gateway_key,
+                    id.as_str(),
+                    session.total,
+                    currency,
+                    &format!("checkout-{id}"),
+                )
+                .await?;
+                let intent = serde_json::to_value(&created).map_err(|e| Error::Internal(e.to_string()))?;
+                self.app
+                    .redis
+                    .execute(
+                        "SET",
+                        vec![
+                            intent_key.as_str().into(),
+                            intent.to_string().into(),
+                            "NX".into(),
+                            "PX".into(),
+                            RedisArg::Int(INTENT_TTL_MS),
+                        ],
+                    )
+                    .await
+                    .map_err(PortError::redis)?;
+                intent
+            }
+        };
+        let intent_id = intent["id"].as_str().unwrap_or_default().to_owned();
+        let mut session = session;
+        if session.state == State::Locked {
+            // Hold stock and cart for the whole payment window.
+            let metadata = self.metadata(id).await?;
+            let demand: Vec<(VariantId, Quantity)> = metadata["demand"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| {
+                    Some((
+                        VariantId::parse(d[0].as_str()?).ok()?,
+                        Quantity::new(d[1].as_i64()?).ok()?,
+                    ))
+                })
+                .collect();
+            self.inventory()
+                .reserve(id, &demand, self.session_ttl_ms())
+                .await?;
+            let lock_key = self.carts().lock_key(&session.cart);
+            self.run(
+                &UNLOCK,
+                &[&lock_key],
+                vec![id.as_str().into(), RedisArg::Int(self.session_ttl_ms())],
+            )
+            .await?;
+            let (tag, moved) = self
+                .transition(
+                    id,
+                    State::PaymentPending,
+                    Some(self.session_ttl_ms()),
+                    &[("intent", &intent_id)],
+                )
+                .await?;
+            if !matches!(tag.as_str(), "OK" | "SAME") && moved.state != State::PaymentPending {
+                return Err(wrong_state(&moved, "take a payment"));
+            }
+            session = moved;
+        }
+        Ok(json!({
+            "sessionId": id.as_str(),
+            "state": session.state.name(),
+            "paymentIntentId": intent_id,
+            "clientSecret": intent["clientSecret"],
+            "amount": session.total,
+            "currency": session.currency,
+            "expiresAt": rfc3339_millis(session.deadline_ms),
+        }))
+    }
+
+    /// Handles a verified gateway event. A confirmed payment places the order (or resumes
+    /// placing it); a payment for a session that can no longer sell is flagged for refund;
+    /// a failed payment ends the session and releases what it held.
+    pub async fn handle_event(&self, event: &gateway::WebhookEvent) -> Result<Value> {
+        let Some(id) = event.session_id.as_deref() else {
+            return Ok(json!({ "received": true, "ignored": "the payment has no checkout session" }));
+        };
+        let id = CartId::parse(id)?;
+        match &event.kind {
+            gateway::EventKind::PaymentSucceeded => self.confirm(&id, event).await,
+            gateway::EventKind::PaymentFailed => {
+                let (tag, session) = self.transition(&id, State::Failed, None, &[]).await?;
+                if matches!(tag.as_str(), "OK" | "SAME") {
+                    self.release(&session).await?;
+                }
+                Ok(json!({ "received": true, "sessionId": id.as_str(), "state": session.state.name() }))
+            }
+            gateway::EventKind::Other(kind) => Ok(json!({ "received": true, "ignored": kind })),
+        }
+    }
+
+    async fn confirm(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+        let session = match self.load(id).await {
+            Ok(session) => session,
+            Err(Error::NotFound { .. }) => {
+                order::flag_refund(
+                    &self.app.sql,
+                    id.as_str(),
+                    &event.intent_id,
+                    event.amount,
+                    &event.currency,
+                    "unknown session",
+                )
+                .await?;
+                return Ok(json!({ "received": true, "refundRequired": "unknown session" }));
+            }
+            Err(other) => return Err(other),
+        };
+        let matches = event.amount == session.total
+            && event.currency == session.currency
+            && session.intent.as_deref().is_none_or(|i| i == event.intent_id);
+        let reason = if !matches {
+            Some("the payment does not match the checkout")
+        } else if !session.state.is_terminal() || session.state == State::Completed {
+            None
+        } else {
+            Some("the checkout had ended")
+        };
+        if let Some(reason) = reason {
+            return self.refund(&session, event, reason).await;
+        }
+        let mut session = session;
+        if session.state == State::Locked {
+            // The intent was created but the move to PAYMENT_PENDING was lost (a crash).
+            session = self
+                .transition(id, State::PaymentPending, None, &[("intent", &event.intent_id)])
+                .await?
+                .1;
+        }
+        if session.state == State::PaymentPending {
+            let (tag, moved) = self.transition(id, State::PaymentConfirmed, None, &[]).await?;
+            if tag == "EXPIRED_NOW" || moved.state.is_terminal() && moved.state != State::Completed {
+                return self.refund(&moved, event, "the checkout had ended").await;
+            }
+            session = moved;
+        }
+        self.place_order(session, &event.intent_id).await
+    }
+
+    async fn refund(&self, session: &Session, event: &gateway::WebhookEvent, reason: &str) -> Result<Value> {
+        order::flag_refund(
+            &self.app.sql,
+            session.id.as_str(),
+            &event.intent_id,
+            event.amount,
+            &event.currency,
+            reason,
+        )
+        .await?;
+        let key = self.app.keys.checkout_session(&session.id);
+        self.run(
+            &FLAG_REFUND,
+            &[&key],
+            vec![event.intent_id.as_str().into(), reason.into()],
+        )
+        .await?;
+        Ok(
+            json!({ "received": true, "sessionId": session.id.as_str(), "state": session.state.name(), "refundRequired": reason }),
+        )
+    }
+
+    /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED.
+    async fn place_order(&self, mut session: Session, intent: &str) -> Result<Value> {
+        let order_id = format!("ord_{}", session.id.as_str().trim_start_matches("cs_"));
+        let mut changes = None;
+        if session.state == State::PaymentConfirmed {
+            let metadata = self.metadata(&session.id).await?;
+            let demand: Vec<(String, i64)> = metadata["demand"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| Some((d[0].as_str()?.to_owned(), d[1].as_i64()?)))
+                .collect();
+            let customer = match &session.cart {
+                CartRef::Customer(c) => Some(c.as_str()),
+                CartRef::Session(_) => None,
+            };
+            let cart_ref = cart_ref_text(&session.cart);
+            let written = order::write(
+                &self.app.sql,
+                &order::NewOrder {
+                    id: &order_id,
+                    session: session.id.as_str(),
+                    state_version: session.version,
+                    cart_ref: &cart_ref,
+                    customer,
+                    quote: &metadata["quote"],
+                    definitions: &metadata["definitions"],
+                    demand: &demand,
+                    payment_intent: intent,
+                },
+            )
+            .await?;
+            changes = Some(written);
+            session = self
+                .transition(&session.id, State::OrderCreated, None, &[("order", &order_id)])
+                .await?
+                .1;
+        }
+        if session.state == State::OrderCreated {
+            let changes = match changes {
+                Some(c) => c,
+                None => order::changes_of(&self.app.sql, session.id.as_str()).await?,
+            };
+            self.inventory().commit(&session.id, &changes).await?;
+            let carts = self.carts();
+            let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
+            self.run(
+                &EMPTY_CART,
+                &[&cart_key, &lock_key],
+                vec![session.id.as_str().into()],
+            )
+            .await?;
+            session = self.transition(&session.id, State::Completed, None, &[]).await?.1;
+        }
+        if session.state != State::Completed {
+            return Err(wrong_state(&session, "place the order"));
+        }
+        let order = order::find(&self.app.sql, session.id.as_str())
+            .await?
+            .map(|(id, _)| id);
+        Ok(
+            json!({ "received": true, "sessionId": session.id.as_str(), "state": session.state.name(), "orderId": order }),
+        )
+    }
+}
+
+/// The customer a checkout request acts for, from their token.
+pub fn customer_of<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    authorization: Option<&str>,
+) -> Result<auth::Customer> {
+    auth::verify(authorization, &app.settings.jwt_secret, auth::now_s())
+}

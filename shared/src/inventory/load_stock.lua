@@ -5,9 +5,9 @@
 -- ARGV[1]             'fill' | 'force'
 -- ARGV[2 + 2(i-1)..]  per variant i: on-hand, row version
 --
--- The stock-version hash keeps `base` (the row version the absolute value was read at)
--- and `max` (the highest version applied). A forced load older than a change already
--- applied would undo it, so it is refused (-1) and the caller reads PostgreSQL again.
+-- The stock-version hash (see stock.lua) restarts at the row version the value was read
+-- at. A forced load older than a change already applied would undo it, so it is refused
+-- (-1) and the caller reads PostgreSQL again.
 --
 -- Reply: {'OK', r_1, ...} with r = 1 written, 0 kept (fill, key present), -1 stale
 local force = ARGV[1] == 'force'
@@ -25,6 +25,7 @@ for i = 0, #KEYS / 2 - 1 do
   end
   if result == 1 then
     redis.call('SET', stock, on_hand)
+    redis.call('DEL', meta)
     redis.call('HSET', meta, 'base', version, 'max', version)
   end
   out[#out + 1] = result

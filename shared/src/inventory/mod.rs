@@ -24,7 +24,15 @@ static RELEASE: Script = Script::new(concat!(include_str!("purge.lua"), include_
 static VIEW: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("view.lua")));
 static SWEEP: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("sweep.lua")));
 static LOAD_STOCK: Script = Script::new(include_str!("load_stock.lua"));
-static APPLY_STOCK: Script = Script::new(include_str!("apply_stock.lua"));
+static APPLY_STOCK: Script = Script::new(concat!(
+    include_str!("stock.lua"),
+    include_str!("apply_stock.lua")
+));
+static COMMIT: Script = Script::new(concat!(
+    include_str!("purge.lua"),
+    include_str!("stock.lua"),
+    include_str!("commit.lua")
+));
 
 /// On-hand, version and existence of variants, for the lazy load.
 const LEVELS_OF: &str = "\
@@ -95,6 +103,19 @@ impl StockView {
 pub struct Reservation {
     /// When the holds expire, epoch milliseconds.
     pub deadline_ms: i64,
+}
+
+/// One committed change of a variant's on-hand in PostgreSQL, to mirror into Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockChange {
+    /// The variant.
+    pub variant: VariantId,
+    /// On-hand after minus before.
+    pub delta: i64,
+    /// On-hand after the change.
+    pub on_hand: i64,
+    /// The row version of the change.
+    pub version: i64,
 }
 
 /// A variant that could not be held in full.
@@ -245,6 +266,33 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             ("OK", [released]) => Ok(*released),
             _ => Err(unexpected(&reply.0)),
         }
+    }
+
+    /// Mirrors an order's committed PostgreSQL stock decrements into Redis and drops the
+    /// holder's holds, in one script. Safe to repeat: each change is applied once.
+    pub async fn commit(&self, holder: &CartId, changes: &[StockChange]) -> Result<()> {
+        let variant_keys: Vec<VariantKeys> = changes.iter().map(|c| self.keys.variant(&c.variant)).collect();
+        let index = self.keys.cart_holds(holder);
+        let mut keys = vec![index.as_str()];
+        for k in &variant_keys {
+            keys.extend([
+                k.stock.as_str(),
+                k.reserved.as_str(),
+                k.holds.as_str(),
+                k.hold_qty.as_str(),
+            ]);
+            keys.push(k.stock_version.as_str());
+        }
+        let mut args = vec![RedisArg::from(holder.as_str())];
+        for c in changes {
+            args.extend([
+                RedisArg::Int(c.delta),
+                RedisArg::Int(c.on_hand),
+                RedisArg::Int(c.version),
+            ]);
+        }
+        self.run_purged(&COMMIT, &keys, args).await?;
+        Ok(())
     }
 
     /// Sets a variant's on-hand stock: PostgreSQL first, then Redis (exactly once, see

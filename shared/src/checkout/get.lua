@@ -1,0 +1,11 @@
+-- Read a session (expiring it if it is due).
+--
+-- KEYS: session
+-- Replies: {'OK' | 'EXPIRED_NOW', session JSON} | {'NOT_FOUND'}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'NOT_FOUND'}
+end
+if expire_if_due(KEYS[1], now_ms()) then
+  return snapshot(KEYS[1], 'EXPIRED_NOW')
+end
+return snapshot(KEYS[1], 'OK')

@@ -1,0 +1,22 @@
+-- Lock a cart for a checkout session and read it (the cart and its lock share a slot).
+--
+-- KEYS: cart, lock
+-- ARGV: session id, lock time to live (ms)
+-- A lock already held by this session is taken again (a retry resumes).
+-- Replies: cart snapshot 'OK' | {'HELD', session} | {'NO_CART'} | {'EMPTY'} | {'MERGED'}
+local cart, lock, session = KEYS[1], KEYS[2], ARGV[1]
+local holder = redis.call('GET', lock)
+if holder and holder ~= session then
+  return {'HELD', holder}
+end
+if redis.call('EXISTS', cart) == 0 then
+  return {'NO_CART'}
+end
+if redis.call('HEXISTS', cart, 'merging') == 1 or redis.call('HEXISTS', cart, 'merged') == 1 then
+  return {'MERGED'}
+end
+if (tonumber(redis.call('HGET', cart, 'lines')) or 0) == 0 then
+  return {'EMPTY'}
+end
+redis.call('SET', lock, session, 'PX', tonumber(ARGV[2]))
+return snapshot(cart, 'OK')

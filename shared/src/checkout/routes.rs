@@ -1,0 +1,116 @@
+//! Checkout routes (DESIGN §5):
+//!
+//! - `POST /v1/checkout`                         `{cartId}` (or `{customerId}` with the
+//!   customer's token) and `Idempotency-Key`: lock, freeze, hold → 201 session
+//! - `GET  /v1/checkout/{session}`               state, frozen totals and quote, history
+//! - `POST /v1/checkout/{session}/payment-intent` the gateway's intent for the frozen total
+//! - `POST /v1/checkout/payment-webhook`          the gateway's signed events
+//! - `POST /v1/checkout/{session}/cancel`         release holds and lock
+
+use super::{Checkouts, customer_of, gateway};
+use crate::app::App;
+use crate::auth;
+use crate::cart::CartRef;
+use crate::error::{Error, Result};
+use crate::http::{Request, Response, object, str_field};
+use crate::idempotency;
+use crate::ids::{CartId, CustomerId};
+use crate::ports::{Http, Redis, Sql};
+
+/// Routes the checkout paths; `None` if the path is not checkout's.
+pub async fn route<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    segments: &[&str],
+) -> Option<Result<Response>> {
+    let post = req.method == "POST";
+    let result = match segments {
+        ["v1", "checkout"] if post => {
+            idempotency::once(app, req, "checkout", true, |token| start(app, req, token)).await
+        }
+        ["v1", "checkout", "payment-webhook"] if post => webhook(app, req).await,
+        ["v1", "checkout", session] if req.method == "GET" => get(app, session).await,
+        ["v1", "checkout", session, "payment-intent"] if post => match CartId::parse(session) {
+            Ok(id) => {
+                idempotency::once(app, req, "payment-intent", false, |_| async move {
+                    let intent = Checkouts::new(app).payment_intent(&id).await?;
+                    Ok(Response::json(200, &intent))
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        ["v1", "checkout", session, "cancel"] if post => match CartId::parse(session) {
+            Ok(id) => Checkouts::new(app)
+                .cancel(&id)
+                .await
+                .map(|v| Response::json(200, &v)),
+            Err(e) => Err(e),
+        },
+        ["v1", "checkout"] | ["v1", "checkout", _] | ["v1", "checkout", _, "payment-intent" | "cancel"] => {
+            Err(Error::MethodNotAllowed(req.method.clone()))
+        }
+        _ => return None,
+    };
+    Some(result)
+}
+
+async fn start<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    token: String,
+) -> Result<Response> {
+    let body = req.json(app.settings.max_body_bytes)?;
+    let body = object(&body)?;
+    let (cart, group) = match (body.get("cartId"), body.get("customerId")) {
+        (Some(_), None) => {
+            let cart = CartId::parse(str_field(body, "cartId")?)?;
+            // A signed-in customer checking out an anonymous cart still gets their prices.
+            let group = match req.header("authorization") {
+                Some(_) => customer_of(app, req.header("authorization"))?.group,
+                None => None,
+            };
+            (CartRef::Session(cart), group)
+        }
+        (None, Some(_)) => {
+            let customer = CustomerId::parse(str_field(body, "customerId")?)?;
+            let bearer = auth::verify_customer(
+                req.header("authorization"),
+                &app.settings.jwt_secret,
+                auth::now_s(),
+                &customer,
+            )?;
+            (CartRef::Customer(customer), bearer.group)
+        }
+        _ => {
+            return Err(Error::bad_request(
+                "INVALID_CHECKOUT",
+                "a checkout names exactly one of cartId or customerId",
+            ));
+        }
+    };
+    let view = Checkouts::new(app).start(&cart, &token, group).await?;
+    Ok(Response::json(201, &view))
+}
+
+async fn get<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, session: &str) -> Result<Response> {
+    let id = CartId::parse(session)?;
+    Ok(Response::json(200, &Checkouts::new(app).get(&id).await?))
+}
+
+async fn webhook<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
+    if req.body.len() > app.settings.max_body_bytes {
+        return Err(Error::PayloadTooLarge {
+            limit: app.settings.max_body_bytes,
+        });
+    }
+    gateway::verify_signature(
+        &req.body,
+        req.header("stripe-signature"),
+        &app.settings.webhook_secret,
+        auth::now_s(),
+    )?;
+    let event = gateway::parse_event(&req.body)?;
+    let outcome = Checkouts::new(app).handle_event(&event).await?;
+    Ok(Response::json(200, &outcome))
+}

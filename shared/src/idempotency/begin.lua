@@ -1,0 +1,32 @@
+-- Begin an idempotent request.
+--
+-- KEYS: idempotency:{scope}:{key}
+-- ARGV: request fingerprint, fresh resume token, lease in ms (how long an unfinished
+--       request keeps others waiting before one may take over)
+--
+-- The record is a hash: fingerprint, state ('pending' | 'done'), resume token (stable
+-- across retries, so a retry continues the same work), lease deadline, and once done the
+-- status and body of the answer.
+-- Replies: {'NEW', token} | {'RESUME', token} (a lease ran out: continue that work)
+--        | {'IN_FLIGHT'} | {'MISMATCH'} | {'DONE', status, body}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[3])
+local record = redis.call('HMGET', KEYS[1], 'fingerprint', 'state', 'token', 'lease', 'status', 'body')
+if not record[1] then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'state', 'pending', 'token', ARGV[2], 'lease', now + lease)
+  redis.call('PEXPIRE', KEYS[1], lease * 10)
+  return {'NEW', ARGV[2]}
+end
+if record[1] ~= ARGV[1] then
+  return {'MISMATCH'}
+end
+if record[2] == 'done' then
+  return {'DONE', tonumber(record[5]), record[6]}
+end
+if tonumber(record[4]) > now then
+  return {'IN_FLIGHT'}
+end
+redis.call('HSET', KEYS[1], 'lease', now + lease)
+redis.call('PEXPIRE', KEYS[1], lease * 10)
+return {'RESUME', record[3]}

@@ -1,0 +1,153 @@
+//! Idempotency keys (DESIGN §4, invariant 5) for every POST that creates something: the
+//! same key with the same body gets the same answer; the same key with another body is 422;
+//! the same key while the first request is still running is 409; answers are kept
+//! `idempotency_ttl_seconds` (24 h).
+//!
+//! A request that fails in a way worth retrying (5xx) is forgotten, and its retry receives
+//! the same resume token: the handler derives its ids from it, so work half done by the
+//! failed attempt (a lock taken, a session created) is continued, not repeated.
+
+use serde_json::Value;
+
+use crate::app::App;
+use crate::error::{Error, PortError, Result};
+use crate::http::{Request, Response};
+use crate::ids::CartId;
+use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
+use crate::script::Script;
+
+static BEGIN: Script = Script::new(include_str!("begin.lua"));
+static FINISH: Script = Script::new(include_str!("finish.lua"));
+
+/// How long a running request keeps retries of its key waiting (409) before a retry may
+/// take over its work.
+const LEASE_MS: i64 = 30_000;
+
+/// The `Idempotency-Key` header: 1–255 printable ASCII characters.
+fn key_of(req: &Request) -> Result<Option<String>> {
+    let Some(key) = req.header("idempotency-key") else {
+        return Ok(None);
+    };
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(Error::bad_request(
+            "INVALID_IDEMPOTENCY_KEY",
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Runs `handler` once per idempotency key of `scope` (e.g. `checkout`), replaying the
+/// kept answer to retries. Without a key the handler runs as is, unless `required`, when
+/// it is a 400. The handler receives the resume token: a fresh random id for a new key,
+/// the same one again for a retry that takes over unfinished work.
+pub async fn once<R, S, H, F, Fut>(
+    app: &App<R, S, H>,
+    req: &Request,
+    scope: &str,
+    required: bool,
+    handler: F,
+) -> Result<Response>
+where
+    R: Redis,
+    S: Sql,
+    H: Http,
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<Response>>,
+{
+    let Some(key) = key_of(req)? else {
+        if required {
+            return Err(Error::bad_request(
+                "IDEMPOTENCY_KEY_REQUIRED",
+                "this request needs an Idempotency-Key header",
+            ));
+        }
+        return handler(new_token()?).await;
+    };
+    // The key's digest is the hash tag, so records spread over a Cluster's slots.
+    let record = format!(
+        "{}idempotency:{scope}:{{{}}}",
+        app.keys.prefix(),
+        digest(key.as_bytes())
+    );
+    let fingerprint = digest(&[req.method.as_bytes(), b" ", req.path.as_bytes(), b"\n", &req.body].concat());
+    let begun = BEGIN
+        .run(
+            &app.redis,
+            &[&record],
+            vec![fingerprint.into(), new_token()?.into(), RedisArg::Int(LEASE_MS)],
+        )
+        .await
+        .map_err(PortError::redis)?;
+    let text = |i: usize| begun.get(i).and_then(RedisReply::as_text).map(str::to_owned);
+    let token = match text(0).as_deref() {
+        Some("NEW" | "RESUME") => text(1).ok_or_else(|| unexpected(&begun))?,
+        Some("DONE") => {
+            let status = begun
+                .get(1)
+                .and_then(RedisReply::as_int)
+                .ok_or_else(|| unexpected(&begun))?;
+            let body = text(2).unwrap_or_default().into_bytes();
+            let mut replay = Response::with_type(status as u16, "application/json", body);
+            replay.headers.push(("idempotent-replayed".into(), "true".into()));
+            return Ok(replay);
+        }
+        Some("IN_FLIGHT") => {
+            return Err(Error::Conflict {
+                code: "IDEMPOTENCY_KEY_IN_USE",
+                message: "a request with this Idempotency-Key is still being processed".into(),
+                details: Value::Null,
+            });
+        }
+        Some("MISMATCH") => {
+            return Err(Error::Unprocessable {
+                code: "IDEMPOTENCY_KEY_REUSED",
+                message: "this Idempotency-Key was used with a different request".into(),
+                details: Value::Null,
+            });
+        }
+        _ => return Err(unexpected(&begun)),
+    };
+    let outcome = handler(token.clone()).await;
+    let response = match &outcome {
+        Ok(response) => response.clone(),
+        Err(error) => Response::error(error),
+    };
+    let keep = response.status < 500;
+    let body = String::from_utf8_lossy(&response.body).into_owned();
+    FINISH
+        .run(
+            &app.redis,
+            &[&record],
+            vec![
+                token.into(),
+                if keep { "keep" } else { "forget" }.into(),
+                RedisArg::Int(response.status.into()),
+                body.into(),
+                RedisArg::Int(i64::from(app.settings.idempotency_ttl_seconds) * 1000),
+            ],
+        )
+        .await
+        .map_err(PortError::redis)?;
+    outcome
+}
+
+/// A fresh 128-bit random id (hex), used as resume token and from there as session id.
+pub fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A new unguessable cart-like id from a token.
+pub fn id_from_token(prefix: &str, token: &str) -> Result<CartId> {
+    CartId::parse(&format!("{prefix}{token}"))
+}
+
+fn digest(bytes: &[u8]) -> String {
+    sha1_smol::Sha1::from(bytes).digest().to_string()
+}
+
+fn unexpected(reply: &[RedisReply]) -> Error {
+    Error::Internal(format!("unexpected idempotency reply: {reply:?}"))
+}

@@ -1,0 +1,21 @@
+-- Commit a placed order's holds: the sold units leave stock (mirroring the PostgreSQL
+-- decrement, exactly once, see stock.lua) and the holder's holds are dropped. Safe to
+-- run again after a crash or by a duplicate webhook.
+--
+-- KEYS[1]             the holder's index of held variants
+-- KEYS[2 + 5(i-1)..]  per variant i: stock, reserved, holds, hold-qty, stock-version
+-- ARGV[1]             holder id
+-- ARGV[2 + 3(i-1)..]  per variant i: delta, on-hand after, row version
+-- Reply: {'OK'}
+local holder = ARGV[1]
+local n = (#KEYS - 1) / 5
+local now = now_ms()
+for i = 0, n - 1 do
+  local k = 2 + 5 * i
+  local a = 2 + 3 * i
+  purge(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], now)
+  drop_hold(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], holder)
+  apply_change(KEYS[k], KEYS[k + 4], tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2]))
+end
+redis.call('DEL', KEYS[1])
+return {'OK'}

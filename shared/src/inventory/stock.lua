@@ -1,0 +1,33 @@
+-- Shared head of the scripts that mirror committed PostgreSQL stock changes into Redis.
+--
+-- PostgreSQL commits every change of on-hand first and bumps the row's version. The
+-- stock-version hash records which versions the Redis stock reflects: `base` (every
+-- version up to it is in), `max` (the highest one in), and `v:<n>` for versions above
+-- `base` applied out of order. So each change is applied exactly once, whatever races it
+-- and however often it is retried: a missing key takes the absolute value; a version
+-- already in is skipped; otherwise the delta is added.
+
+local function apply_change(stock, meta, delta, on_hand, version)
+  if redis.call('EXISTS', stock) == 0 then
+    redis.call('SET', stock, on_hand)
+    redis.call('DEL', meta)
+    redis.call('HSET', meta, 'base', version, 'max', version)
+    return
+  end
+  local base = tonumber(redis.call('HGET', meta, 'base')) or 0
+  if version <= base or redis.call('HEXISTS', meta, 'v:' .. version) == 1 then
+    return
+  end
+  redis.call('INCRBY', stock, delta)
+  redis.call('HSET', meta, 'v:' .. version, 1)
+  if version > (tonumber(redis.call('HGET', meta, 'max')) or 0) then
+    redis.call('HSET', meta, 'max', version)
+  end
+  -- Move the watermark over every version now contiguous.
+  while redis.call('HEXISTS', meta, 'v:' .. (base + 1)) == 1 do
+    redis.call('HDEL', meta, 'v:' .. (base + 1))
+    base = base + 1
+  end
+  redis.call('HSET', meta, 'base', base)
+end
+

@@ -1,0 +1,250 @@
+//! The gateway client of `commerce-core`, through the real native HTTP adapter, against the
+//! fake Stripe of `commerce_tests::gateway`. No Redis or PostgreSQL needed.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use commerce_core::Error;
+use commerce_core::auth::now_s;
+use commerce_core::checkout::gateway::{
+    EventKind, PaymentIntent, create_intent, parse_event, verify_signature,
+};
+use commerce_core::pricing::money::Currency;
+use commerce_native::NativeHttp;
+use commerce_tests::gateway::FakeGateway;
+use serde_json::{Value, json};
+
+const API_KEY: &str = "sk_test_fake";
+const WEBHOOK_SECRET: &str = "whsec_fake";
+
+fn http() -> NativeHttp {
+    NativeHttp::new(Duration::from_secs(5)).unwrap()
+}
+
+fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
+
+async fn create(
+    gateway: &FakeGateway,
+    session: &str,
+    amount: i64,
+    key: &str,
+) -> Result<PaymentIntent, Error> {
+    create_intent(&http(), &gateway.base, API_KEY, session, amount, eur(), key).await
+}
+
+#[tokio::test]
+async fn an_intent_is_created_for_the_amount_currency_and_session() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let intent = create(&gateway, "sess-1", 1999, "checkout:sess-1:intent")
+        .await
+        .unwrap();
+    assert_eq!(intent.amount, 1999);
+    assert_eq!(intent.currency, "EUR");
+    assert_eq!(intent.status, "requires_payment_method");
+    assert!(intent.id.starts_with("pi_"), "{}", intent.id);
+    assert!(
+        intent
+            .client_secret
+            .starts_with(&format!("{}_secret_", intent.id)),
+        "{}",
+        intent.client_secret
+    );
+    let held = gateway.intents();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].id, intent.id);
+    assert_eq!(held[0].client_secret, intent.client_secret);
+    assert_eq!(held[0].amount, 1999);
+    assert_eq!(held[0].currency, "eur");
+    assert_eq!(held[0].session.as_deref(), Some("sess-1"));
+    assert_eq!(held[0].idempotency_key.as_deref(), Some("checkout:sess-1:intent"));
+}
+
+#[tokio::test]
+async fn reserved_characters_in_the_session_reach_the_gateway_intact() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let session = "a b&c=d+e%f/g?h#i[j]é";
+    create(&gateway, session, 500, "k").await.unwrap();
+    assert_eq!(gateway.intents()[0].session.as_deref(), Some(session));
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_gives_back_the_same_intent() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let first = create(&gateway, "sess-1", 1999, "key-1").await.unwrap();
+    let again = create(&gateway, "sess-1", 1999, "key-1").await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(gateway.intents().len(), 1);
+    assert_eq!(gateway.create_calls(), 2);
+
+    let other = create(&gateway, "sess-1", 1999, "key-2").await.unwrap();
+    assert_ne!(other.id, first.id);
+    assert_eq!(gateway.intents().len(), 2);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_amount_is_rejected() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    create(&gateway, "sess-1", 1999, "key-1").await.unwrap();
+    let e = create(&gateway, "sess-1", 2999, "key-1").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (422, "PAYMENT_GATEWAY_REJECTED"));
+    assert!(e.to_string().contains("same parameters"), "{e}");
+    assert_eq!(e.body()["error"]["details"]["type"], "idempotency_error");
+    assert_eq!(e.body()["error"]["details"]["status"], 400);
+    assert_eq!(gateway.intents().len(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_api_key_is_rejected() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let e = create_intent(
+        &http(),
+        &gateway.base,
+        "sk_test_other",
+        "sess-1",
+        1999,
+        eur(),
+        "k",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.status(), e.code()), (422, "PAYMENT_GATEWAY_REJECTED"));
+    assert_eq!(e.body()["error"]["details"]["status"], 401);
+    assert!(e.to_string().contains("Invalid API Key"), "{e}");
+    assert!(gateway.intents().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_amount_is_rejected_with_the_gateways_reason() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let e = create(&gateway, "sess-1", 0, "k").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (422, "PAYMENT_GATEWAY_REJECTED"));
+    assert_eq!(
+        e.body()["error"]["details"],
+        json!({"status": 400, "type": "invalid_request_error", "code": "parameter_invalid_integer"})
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_outage_is_unavailable_and_a_retry_with_the_same_key_succeeds() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    for status in [503, 500, 429] {
+        gateway.fail_next(status);
+        let e = create(&gateway, "sess-1", 1999, "key-1").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Unavailable {
+                    dependency: "payment gateway",
+                    ..
+                }
+            ),
+            "{status}: {e:?}"
+        );
+        assert_eq!(e.status(), 503);
+    }
+    assert!(gateway.intents().is_empty());
+    let intent = create(&gateway, "sess-1", 1999, "key-1").await.unwrap();
+    assert_eq!(gateway.intents()[0].id, intent.id);
+
+    gateway.fail_next(402);
+    let e = create(&gateway, "sess-2", 1999, "key-2").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (422, "PAYMENT_GATEWAY_REJECTED"));
+    assert_eq!(e.body()["error"]["details"]["type"], "card_error");
+}
+
+#[tokio::test]
+async fn an_unreachable_or_unconfigured_gateway_is_unavailable() {
+    let e = create_intent(&http(), "http://127.0.0.1:1", API_KEY, "sess-1", 1999, eur(), "k")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Unavailable {
+                dependency: "payment gateway",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let e = create_intent(&http(), &gateway.base, "", "sess-1", 1999, eur(), "k")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 503);
+    assert!(
+        e.to_string().contains("payment_gateway_key is not configured"),
+        "{e}"
+    );
+    assert_eq!(gateway.create_calls(), 0);
+}
+
+/// A webhook endpoint that does what the checkout route must: verify, then read.
+async fn receive(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let outcome =
+        verify_signature(&body, signature, WEBHOOK_SECRET, now_s()).and_then(|()| parse_event(&body));
+    match outcome {
+        Ok(event) => (
+            StatusCode::OK,
+            json!({
+                "received": event.id,
+                "kind": match &event.kind {
+                    EventKind::PaymentSucceeded => "succeeded",
+                    EventKind::PaymentFailed => "failed",
+                    EventKind::Other(_) => "other",
+                },
+                "intent": event.intent_id,
+                "session": event.session_id,
+                "amount": event.amount,
+                "currency": event.currency,
+            })
+            .to_string(),
+        ),
+        Err(e) => (StatusCode::from_u16(e.status()).unwrap(), e.body().to_string()),
+    }
+}
+
+#[tokio::test]
+async fn delivered_events_verify_and_tampered_ones_do_not() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let intent = create(&gateway, "sess-1", 1999, "key-1").await.unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_base = format!("http://{}", listener.local_addr().unwrap());
+    let receiver = Router::new().route("/v1/checkout/payment-webhook", post(receive));
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+
+    let succeeded = gateway.event("payment_intent.succeeded", &intent.id);
+    let (status, body) = gateway.deliver(&app_base, &succeeded).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kind"], "succeeded");
+    assert_eq!(body["intent"], Value::from(intent.id.as_str()));
+    assert_eq!(body["session"], "sess-1");
+    assert_eq!(
+        (body["amount"].as_i64(), body["currency"].as_str()),
+        (Some(1999), Some("EUR"))
+    );
+
+    let failed = gateway.event("payment_intent.payment_failed", &intent.id);
+    let (status, body) = gateway.deliver(&app_base, &failed).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kind"], "failed");
+    let first_id = serde_json::from_str::<Value>(&succeeded).unwrap()["id"].clone();
+    assert_ne!(body["received"], first_id, "every event has a fresh id");
+
+    let signature = gateway.signature(&succeeded);
+    verify_signature(succeeded.as_bytes(), Some(&signature), WEBHOOK_SECRET, now_s()).unwrap();
+    let tampered = succeeded.replace("1999", "1");
+    assert_ne!(tampered, succeeded);
+    let e = verify_signature(tampered.as_bytes(), Some(&signature), WEBHOOK_SECRET, now_s()).unwrap_err();
+    assert_eq!((e.status(), e.code()), (400, "INVALID_SIGNATURE"));
+    let e = verify_signature(succeeded.as_bytes(), Some(&signature), "whsec_other", now_s()).unwrap_err();
+    assert_eq!((e.status(), e.code()), (400, "INVALID_SIGNATURE"));
+}

@@ -48,7 +48,11 @@ async fn dispatch<R: Redis, S: Sql, H: Http>(
     let not_allowed = || Error::MethodNotAllowed(req.method.clone());
     let response = match segments {
         ["v1", "carts"] => match method {
-            "POST" => idempotency::once(app, req, "carts", false, |_| create(app, req)).await?,
+            "POST" => {
+                let currency = new_cart_currency(app, req)?;
+                let create = |_| async move { Ok(reply(201, &store(app).create(&currency).await?)) };
+                idempotency::once(app, req, "carts", false, create).await?
+            }
             _ => return Err(not_allowed()),
         },
         ["v1", "carts", cart] => match method {
@@ -123,7 +127,8 @@ fn expected(req: &Request) -> Result<Expected> {
         .map_err(|_| Error::bad_request("INVALID_IF_MATCH", "If-Match must be a cart version, e.g. \"3\""))
 }
 
-async fn create<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
+/// The currency a new cart asks for (the default when the body names none).
+fn new_cart_currency<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<String> {
     let currency = if req.body.is_empty() {
         app.settings.default_currency.clone()
     } else {
@@ -133,8 +138,7 @@ async fn create<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) ->
             Some(c) => parse_currency(c)?,
         }
     };
-    let cart = store(app).create(&currency).await?;
-    Ok(reply(201, &cart))
+    Ok(currency)
 }
 
 fn parse_currency(value: &Value) -> Result<String> {

@@ -25,9 +25,18 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
 ) -> Option<Result<Response>> {
     let post = req.method == "POST";
     let result = match segments {
-        ["v1", "checkout"] if post => {
-            idempotency::once(app, req, "checkout", true, |token| start(app, req, token)).await
-        }
+        ["v1", "checkout"] if post => match parse_start(app, req) {
+            // Only a request that passed validation claims its idempotency key (as Stripe
+            // does), so a corrected retry with the same key is not answered with the 400.
+            Ok((cart, group)) => {
+                idempotency::once(app, req, "checkout", true, |token| async move {
+                    let view = Checkouts::new(app).start(&cart, &token, group).await?;
+                    Ok(Response::json(201, &view))
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        },
         ["v1", "checkout", "payment-webhook"] if post => webhook(app, req).await,
         ["v1", "checkout", session] if req.method == "GET" => get(app, session).await,
         ["v1", "checkout", session, "payment-intent"] if post => match CartId::parse(session) {
@@ -55,11 +64,11 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
     Some(result)
 }
 
-async fn start<R: Redis, S: Sql, H: Http>(
+/// The cart a checkout request names and the customer group its prices are for.
+fn parse_start<R: Redis, S: Sql, H: Http>(
     app: &App<R, S, H>,
     req: &Request,
-    token: String,
-) -> Result<Response> {
+) -> Result<(CartRef, Option<String>)> {
     let body = req.json(app.settings.max_body_bytes)?;
     let body = object(&body)?;
     let (cart, group) = match (body.get("cartId"), body.get("customerId")) {
@@ -89,8 +98,7 @@ async fn start<R: Redis, S: Sql, H: Http>(
             ));
         }
     };
-    let view = Checkouts::new(app).start(&cart, &token, group).await?;
-    Ok(Response::json(201, &view))
+    Ok((cart, group))
 }
 
 async fn get<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, session: &str) -> Result<Response> {

@@ -3,7 +3,8 @@
 //! the same key while the first request is still running is 409; answers are kept
 //! `idempotency_ttl_seconds` (24 h).
 //!
-//! A request that fails in a way worth retrying (5xx) is forgotten, and its retry receives
+//! Callers validate a request before calling [`once`], so a malformed request never claims
+//! its key. A request that fails in a way worth retrying (5xx) is forgotten, and its retry receives
 //! the same resume token: the handler derives its ids from it, so work half done by the
 //! failed attempt (a lock taken, a session created) is continued, not repeated.
 

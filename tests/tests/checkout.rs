@@ -1,0 +1,736 @@
+//! Checkout's promises, end to end over HTTP against real Redis and PostgreSQL, with a
+//! real local HTTP server standing in for the payment gateway.
+
+use std::time::Duration;
+
+use commerce_tests::gateway::FakeGateway;
+use commerce_tests::{Reply, TestApp, customer_token};
+use serde_json::{Value, json};
+
+const GATEWAY_KEY: &str = "sk_test_fake";
+const WEBHOOK_SECRET: &str = "whsec_test";
+
+/// An app wired to a fresh fake gateway, with a catalog and published rulesets.
+async fn shop(
+    variants: i64,
+    configure: impl FnOnce(commerce_native::EnvConfig) -> commerce_native::EnvConfig,
+) -> (TestApp, FakeGateway) {
+    let gateway = FakeGateway::start(GATEWAY_KEY, WEBHOOK_SECRET).await;
+    let base = gateway.base.clone();
+    let app = TestApp::spawn_with(|c| {
+        configure(
+            c.set("payment_gateway_url", &base)
+                .set("payment_gateway_key", GATEWAY_KEY)
+                .set("webhook_secret", WEBHOOK_SECRET),
+        )
+    })
+    .await;
+    app.seed(variants).await;
+    for kind in ["pricing", "discounts"] {
+        assert_eq!(
+            app.call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
+                .await
+                .status,
+            200
+        );
+    }
+    (app, gateway)
+}
+
+async fn cart_with(app: &TestApp, lines: &[Value]) -> String {
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for line in lines {
+        let reply = app.post(&format!("/v1/carts/{cart}/items"), line.clone()).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    cart
+}
+
+fn unit(variant: &str, quantity: i64) -> Value {
+    json!({ "variantId": variant, "quantity": quantity })
+}
+
+async fn checkout(app: &TestApp, cart: &str, key: &str) -> Reply {
+    app.call_with(
+        "POST",
+        "/v1/checkout",
+        Some(json!({ "cartId": cart })),
+        &[("idempotency-key", key)],
+    )
+    .await
+}
+
+async fn pay(app: &TestApp, gateway: &FakeGateway, session: &str) -> (u16, Value) {
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(intent.status, 200, "{intent:?}");
+    let event = gateway.event(
+        "payment_intent.succeeded",
+        intent.body["paymentIntentId"].as_str().unwrap(),
+    );
+    gateway.deliver(&app.base, &event).await
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    app.pg.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// No holds and no locks left anywhere in the namespace.
+async fn nothing_held(app: &TestApp) {
+    let keys = app.redis_keys().await;
+    let left: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            k.contains(":checkout:lock:")
+                || k.contains(":inventory:holds:")
+                || k.contains(":inventory:cart-holds:")
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn a_purchase_goes_from_cart_to_one_order() {
+    let (app, gateway) = shop(20, |c| c).await;
+    let bundle =
+        json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
+    let cart = cart_with(&app, &[unit("var-1", 2), unit("var-2", 1), bundle]).await;
+
+    let started = checkout(&app, &cart, "k-1").await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let session = started.body["sessionId"].as_str().unwrap().to_owned();
+    assert!(session.starts_with("cs_") && session.len() == 35);
+    assert_eq!(started.body["state"], "LOCKED");
+    let total = started.body["total"].as_i64().unwrap();
+    assert_eq!(started.body["quote"]["total"], total);
+    // var-1 is held for the line and for the bundle: 3 units.
+    assert_eq!(app.get("/v1/inventory/var-1").await.body["reserved"], 3);
+    let locked = app
+        .post(&format!("/v1/carts/{cart}/items"), unit("var-3", 1))
+        .await;
+    assert_eq!((locked.status, locked.code()), (409, "CART_LOCKED"));
+
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(
+        (intent.status, intent.body["state"].as_str()),
+        (200, Some("PAYMENT_PENDING")),
+        "{intent:?}"
+    );
+    assert_eq!(intent.body["amount"], total);
+    assert!(intent.body["clientSecret"].as_str().unwrap().contains("_secret_"));
+    let again = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(again.body["paymentIntentId"], intent.body["paymentIntentId"]);
+    assert_eq!(gateway.intents().len(), 1);
+    assert_eq!(gateway.intents()[0].amount, total);
+
+    let event = gateway.event(
+        "payment_intent.succeeded",
+        intent.body["paymentIntentId"].as_str().unwrap(),
+    );
+    let (status, body) = gateway.deliver(&app.base, &event).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{body}"
+    );
+
+    let done = app.get(&format!("/v1/checkout/{session}")).await;
+    let states: Vec<&str> = done.body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "CREATED",
+            "LOCKED",
+            "PAYMENT_PENDING",
+            "PAYMENT_CONFIRMED",
+            "ORDER_CREATED",
+            "COMPLETED"
+        ]
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+    assert_eq!(count(&app, "SELECT total_minor FROM orders").await, total);
+    assert_eq!(count(&app, "SELECT count(*) FROM order_lines").await, 3);
+    assert_eq!(app.pg_on_hand("var-1").await, 97);
+    assert_eq!(app.pg_on_hand("var-5").await, 99);
+    for v in ["var-1", "var-2", "var-5"] {
+        assert_eq!(app.check_holds(v).await, (app.pg_on_hand(v).await, 0), "{v}");
+    }
+    assert_eq!(
+        app.get(&format!("/v1/carts/{cart}")).await.status,
+        404,
+        "the cart was not emptied"
+    );
+    nothing_held(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_buyers_for_the_last_hundred_units_make_exactly_one_hundred_orders() {
+    let (app, gateway) = shop(1, |c| c).await;
+    assert_eq!(app.set_on_hand("var-1", 100).await.status, 200);
+    let buyers: Vec<_> = (0..500)
+        .map(|i| {
+            let (http, base) = (app.http.clone(), app.base.clone());
+            tokio::spawn(async move {
+                let post = |path: String, body: Value| {
+                    http.post(format!("{base}{path}"))
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                };
+                let cart = TestApp::reply(post("/v1/carts".into(), json!({}))).await.body["cartId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let added = TestApp::reply(post(format!("/v1/carts/{cart}/items"), unit("var-1", 1))).await;
+                assert_eq!(added.status, 200);
+                let started = TestApp::reply(
+                    post("/v1/checkout".into(), json!({ "cartId": cart }))
+                        .header("idempotency-key", format!("buyer-{i}")),
+                )
+                .await;
+                (cart, started)
+            })
+        })
+        .collect();
+    let mut sessions = Vec::new();
+    let mut refused = 0;
+    for buyer in buyers {
+        let (cart, reply) = buyer.await.unwrap();
+        match reply.status {
+            201 => sessions.push(reply.body["sessionId"].as_str().unwrap().to_owned()),
+            409 => {
+                assert_eq!(reply.code(), "INSUFFICIENT_INVENTORY", "{reply:?}");
+                refused += 1;
+                // The refused buyer's cart is not left locked.
+                let change = app
+                    .post(&format!("/v1/carts/{cart}/items"), unit("var-1", 1))
+                    .await;
+                assert_eq!(change.status, 200, "{change:?}");
+            }
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    assert_eq!((sessions.len(), refused), (100, 400));
+
+    let gateway = std::sync::Arc::new(gateway);
+    let payments: Vec<_> = sessions
+        .iter()
+        .map(|session| {
+            let (http, base, gateway, session) = (
+                app.http.clone(),
+                app.base.clone(),
+                gateway.clone(),
+                session.clone(),
+            );
+            tokio::spawn(async move {
+                let intent =
+                    TestApp::reply(http.post(format!("{base}/v1/checkout/{session}/payment-intent"))).await;
+                assert_eq!(intent.status, 200, "{intent:?}");
+                let event = gateway.event(
+                    "payment_intent.succeeded",
+                    intent.body["paymentIntentId"].as_str().unwrap(),
+                );
+                gateway.deliver(&base, &event).await
+            })
+        })
+        .collect();
+    for payment in payments {
+        let (status, body) = payment.await.unwrap();
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (200, Some("COMPLETED")),
+            "{body}"
+        );
+    }
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 100);
+    assert_eq!(
+        count(&app, "SELECT count(DISTINCT checkout_session_id) FROM orders").await,
+        100
+    );
+    assert_eq!(app.pg_on_hand("var-1").await, 0);
+    assert_eq!(app.check_holds("var-1").await, (0, 0));
+    nothing_held(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_webhook_twenty_times_at_once_makes_one_order() {
+    let (app, gateway) = shop(3, |c| c).await;
+    let cart = cart_with(&app, &[unit("var-1", 2), unit("var-2", 1)]).await;
+    let session = checkout(&app, &cart, "k-dup").await.body["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    let event = gateway.event(
+        "payment_intent.succeeded",
+        intent.body["paymentIntentId"].as_str().unwrap(),
+    );
+    let gateway = std::sync::Arc::new(gateway);
+    let deliveries: Vec<_> = (0..20)
+        .map(|_| {
+            let (gateway, base, event) = (gateway.clone(), app.base.clone(), event.clone());
+            tokio::spawn(async move { gateway.deliver(&base, &event).await })
+        })
+        .collect();
+    for delivery in deliveries {
+        let (status, body) = delivery.await.unwrap();
+        // A delivery that meets another mid-way either finishes the work or reports it done.
+        assert!(status == 200 || status == 409, "{status} {body}");
+    }
+    // The gateway retries whatever was not acknowledged; one more delivery settles it.
+    let (status, body) = gateway.deliver(&app.base, &event).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{body}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+    assert_eq!(app.pg_on_hand("var-1").await, 98);
+    assert_eq!(
+        app.check_holds("var-1").await,
+        (98, 0),
+        "stock committed more than once"
+    );
+    assert_eq!(app.check_holds("var-2").await, (99, 0));
+    nothing_held(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_makes_one_session() {
+    let (app, _gateway) = shop(2, |c| c).await;
+    let cart = cart_with(&app, &[unit("var-1", 1)]).await;
+    let attempts: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, base, cart) = (app.http.clone(), app.base.clone(), cart.clone());
+            tokio::spawn(async move {
+                TestApp::reply(
+                    http.post(format!("{base}/v1/checkout"))
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", "same-key")
+                        .body(json!({ "cartId": cart }).to_string()),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut sessions = std::collections::BTreeSet::new();
+    for attempt in attempts {
+        let reply = attempt.await.unwrap();
+        match reply.status {
+            201 => {
+                sessions.insert(reply.body["sessionId"].as_str().unwrap().to_owned());
+            }
+            409 => assert_eq!(reply.code(), "IDEMPOTENCY_KEY_IN_USE", "{reply:?}"),
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    let replay = checkout(&app, &cart, "same-key").await;
+    assert_eq!(replay.status, 201);
+    sessions.insert(replay.body["sessionId"].as_str().unwrap().to_owned());
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let stored = app
+        .redis_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":checkout:session:"))
+        .count();
+    assert_eq!(stored, 1);
+
+    let changed = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(json!({ "cartId": cart, "x": 1 })),
+            &[("idempotency-key", "same-key")],
+        )
+        .await;
+    assert_eq!((changed.status, changed.code()), (422, "IDEMPOTENCY_KEY_REUSED"));
+    let other_key = checkout(&app, &cart, "other-key").await;
+    assert_eq!(
+        (other_key.status, other_key.code()),
+        (409, "CHECKOUT_IN_PROGRESS")
+    );
+    assert_eq!(
+        other_key.body["error"]["details"]["sessionId"],
+        replay.body["sessionId"]
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_publish_during_checkout_does_not_change_what_is_charged() {
+    let (app, gateway) = shop(3, |c| c).await;
+    let cart = cart_with(&app, &[unit("var-2", 3)]).await;
+    let started = checkout(&app, &cart, "k-freeze").await;
+    let session = started.body["sessionId"].as_str().unwrap().to_owned();
+    let frozen = started.body["total"].as_i64().unwrap();
+    app.pg
+        .batch_execute("UPDATE variants SET base_price_minor = base_price_minor * 3")
+        .await
+        .unwrap();
+    app.call("POST", "/v1/admin/pricing/publish", None, true).await;
+    let now = app
+        .post("/v1/pricing/quote", json!({"lines": [unit("var-2", 3)]}))
+        .await;
+    assert_eq!(now.body["total"], frozen * 3, "the new prices are not live");
+
+    let (status, _) = pay(&app, &gateway, &session).await;
+    assert_eq!(status, 200);
+    assert_eq!(gateway.intents()[0].amount, frozen);
+    assert_eq!(count(&app, "SELECT total_minor FROM orders").await, frozen);
+    assert_eq!(count(&app, "SELECT pricing_version FROM orders").await, 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_bundle_and_a_line_of_the_same_variant_are_checked_against_stock_together() {
+    let (app, _gateway) = shop(20, |c| c).await;
+    app.set_on_hand("var-1", 2).await;
+    let bundle =
+        json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
+    let cart = cart_with(&app, &[unit("var-1", 2), bundle]).await;
+    let refused = checkout(&app, &cart, "k-bundle").await;
+    assert_eq!((refused.status, refused.code()), (409, "INSUFFICIENT_INVENTORY"));
+    assert_eq!(
+        refused.body["error"]["details"]["shortages"],
+        json!([{"variantId": "var-1", "requested": 3, "sellable": 2}])
+    );
+    assert_eq!(app.check_holds("var-1").await, (2, 0));
+    nothing_held(&app).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn cancelling_releases_holds_and_lock_and_a_late_payment_is_flagged_for_refund() {
+    let (app, gateway) = shop(2, |c| c).await;
+    let cart = cart_with(&app, &[unit("var-1", 4)]).await;
+    let session = checkout(&app, &cart, "k-cancel").await.body["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    let cancelled = app
+        .call("POST", &format!("/v1/checkout/{session}/cancel"), None, false)
+        .await;
+    assert_eq!(
+        (cancelled.status, cancelled.body["state"].as_str()),
+        (200, Some("CANCELLED"))
+    );
+    assert_eq!(app.check_holds("var-1").await, (100, 0));
+    nothing_held(&app).await;
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), unit("var-2", 1))
+            .await
+            .status,
+        200
+    );
+
+    let event = gateway.event(
+        "payment_intent.succeeded",
+        intent.body["paymentIntentId"].as_str().unwrap(),
+    );
+    let (status, body) = gateway.deliver(&app.base, &event).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["refundRequired"].is_string(), "{body}");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM payment_refunds_due").await, 1);
+    let shown = app.get(&format!("/v1/checkout/{session}")).await;
+    assert!(shown.body["refundRequired"].is_string());
+    let again = app
+        .call("POST", &format!("/v1/checkout/{session}/cancel"), None, false)
+        .await;
+    assert_eq!(again.status, 200, "cancelling twice is harmless");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_expired_session_is_expired_by_the_first_call_that_meets_it() {
+    let (app, gateway) = shop(2, |c| c.set("checkout_lock_ttl_seconds", "1")).await;
+    let cart = cart_with(&app, &[unit("var-1", 5)]).await;
+    let session = checkout(&app, &cart, "k-exp").await.body["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.get("/v1/inventory/var-1").await.body["reserved"], 5);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let expired = app.get(&format!("/v1/checkout/{session}")).await;
+    assert_eq!(expired.body["state"], "EXPIRED");
+    assert_eq!(app.get("/v1/inventory/var-1").await.body["sellable"], 100);
+    nothing_held(&app).await;
+    let late = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!((late.status, late.code()), (409, "CHECKOUT_STATE"));
+    let again = checkout(&app, &cart, "k-exp-2").await;
+    assert_eq!(again.status, 201, "the expired checkout still locks the cart");
+    drop(gateway);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_customer_checks_out_their_own_cart_with_their_token() {
+    let (app, gateway) = shop(3, |c| c).await;
+    let token = format!("Bearer {}", customer_token("zoe"));
+    let auth = [("authorization", token.as_str())];
+    app.call_with(
+        "POST",
+        "/v1/customers/zoe/cart/items",
+        Some(unit("var-3", 1)),
+        &auth,
+    )
+    .await;
+    let body = json!({ "customerId": "zoe" });
+    let anonymous = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(body.clone()),
+            &[("idempotency-key", "z1")],
+        )
+        .await;
+    assert_eq!(anonymous.status, 401);
+    let other = format!("Bearer {}", customer_token("yan"));
+    let foreign = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(body.clone()),
+            &[("idempotency-key", "z2"), ("authorization", &other)],
+        )
+        .await;
+    assert_eq!(foreign.status, 403);
+    let started = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(body),
+            &[("idempotency-key", "z3"), ("authorization", &token)],
+        )
+        .await;
+    assert_eq!(
+        (started.status, started.body["customerId"].as_str()),
+        (201, Some("zoe")),
+        "{started:?}"
+    );
+    let (status, done) = pay(&app, &gateway, started.body["sessionId"].as_str().unwrap()).await;
+    assert_eq!((status, done["state"].as_str()), (200, Some("COMPLETED")));
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM orders WHERE customer_id = 'zoe'").await,
+        1
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn bad_input_and_wrong_states_are_refused_and_change_nothing() {
+    let (app, gateway) = shop(2, |c| c).await;
+    let cart = cart_with(&app, &[unit("var-1", 1)]).await;
+    let checkout_keys = || async {
+        let mut keys = app.redis_snapshot_of(":checkout:").await;
+        keys.retain(|(k, _)| !k.contains(":idempotency:"));
+        keys
+    };
+    let before = checkout_keys().await;
+    for (body, key, status) in [
+        (json!({ "cartId": cart }), None, 400),
+        (json!({ "cartId": "a:b" }), Some("b1"), 400),
+        (json!({}), Some("b2"), 400),
+        (json!({ "cartId": cart, "customerId": "x" }), Some("b3"), 400),
+        (
+            json!({ "cartId": "0123456789abcdef0123456789abcdef" }),
+            Some("b4"),
+            409,
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = key.iter().map(|k| ("idempotency-key", *k)).collect();
+        let reply = app
+            .call_with("POST", "/v1/checkout", Some(body.clone()), &headers)
+            .await;
+        assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
+    }
+    let long_key = "k".repeat(256);
+    let reply = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(json!({ "cartId": cart })),
+            &[("idempotency-key", long_key.as_str())],
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(checkout_keys().await, before, "bad input wrote");
+    let claimed = app
+        .redis_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":idempotency:"))
+        .count();
+    assert_eq!(
+        claimed, 1,
+        "only the valid request (the empty cart's 409) claims its key"
+    );
+    assert_eq!(
+        app.get("/v1/checkout/cs_0123456789abcdef0123456789abcdef")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(app.get("/v1/checkout/a*b").await.status, 400);
+    assert_eq!(
+        app.call("POST", "/v1/checkout/a%20b/cancel", None, false)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        app.call("DELETE", "/v1/checkout/x", None, false).await.status,
+        405
+    );
+
+    // Webhooks: unsigned, badly signed, stale, malformed.
+    let session = checkout(&app, &cart, "b5").await.body["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    let event = gateway.event(
+        "payment_intent.succeeded",
+        intent.body["paymentIntentId"].as_str().unwrap(),
+    );
+    let stale = commerce_core::checkout::gateway::sign(
+        event.as_bytes(),
+        WEBHOOK_SECRET,
+        commerce_core::auth::now_s() - 3600,
+    );
+    for signature in [None, Some("t=1,v1=00"), Some(stale.as_str())] {
+        let headers: Vec<(&str, &str)> = signature.iter().map(|s| ("stripe-signature", *s)).collect();
+        let mut req = app
+            .http
+            .post(format!("{}/v1/checkout/payment-webhook", app.base))
+            .body(event.clone());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let reply = TestApp::reply(req.header("content-type", "application/json")).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "INVALID_SIGNATURE"),
+            "{signature:?}"
+        );
+    }
+    let (status, _) = gateway.deliver(&app.base, "{\"not\":\"an event\"}").await;
+    assert_eq!(status, 400);
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
+
+    // Wrong states after the order.
+    let (status, _) = gateway.deliver(&app.base, &event).await;
+    assert_eq!(status, 200);
+    let cancel = app
+        .call("POST", &format!("/v1/checkout/{session}/cancel"), None, false)
+        .await;
+    assert_eq!((cancel.status, cancel.code()), (409, "CHECKOUT_STATE"));
+    let pay_again = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(pay_again.status, 409);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_gateway_outage_is_a_503_and_a_retry_succeeds() {
+    let (app, gateway) = shop(2, |c| c).await;
+    let cart = cart_with(&app, &[unit("var-1", 1)]).await;
+    let session = checkout(&app, &cart, "g1").await.body["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    gateway.fail_next(503);
+    let down = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(down.status, 503, "{down:?}");
+    assert_eq!(
+        app.get(&format!("/v1/checkout/{session}")).await.body["state"],
+        "LOCKED"
+    );
+    let up = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(
+        (up.status, up.body["state"].as_str()),
+        (200, Some("PAYMENT_PENDING"))
+    );
+    assert_eq!(gateway.intents().len(), 1);
+    app.finish().await;
+}

@@ -158,3 +158,58 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips() {
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn starting_a_checkout_is_at_most_six_round_trips() {
+    use commerce_core::App;
+    use commerce_core::cart::{CartRef, Carts, LineItem};
+    use commerce_core::checkout::Checkouts;
+    use commerce_core::http::Request;
+    use commerce_core::idempotency;
+    use commerce_core::keys::RulesetKind;
+    use commerce_core::pricing::store::Rulesets;
+
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let rulesets = Rulesets::new(&app.app.redis, &app.app.sql, &app.app.keys);
+    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+        rulesets.publish(kind, 60).await.unwrap();
+    }
+    let carts = Carts::new(&app.app.redis, &app.app.keys, &app.app.settings);
+    let view = carts.create("EUR").await.unwrap();
+    let cart_id = view.cart_id.unwrap();
+    let cart = CartRef::Session(CartId::parse(&cart_id).unwrap());
+    for i in 1..=10 {
+        let item = LineItem::Variant(VariantId::parse(&format!("var-{i}")).unwrap());
+        carts
+            .add(&cart, &item, Quantity::new(1).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    let counting = App::new(
+        Counting {
+            inner: &app.app.redis,
+            calls: AtomicUsize::new(0),
+        },
+        app.app.sql.clone(),
+        app.app.http.clone(),
+        app.app.settings.clone(),
+    );
+    let req = Request {
+        method: "POST".into(),
+        path: "/v1/checkout".into(),
+        headers: vec![("idempotency-key".into(), "rt-1".into())],
+        body: format!(r#"{{"cartId":"{cart_id}"}}"#).into_bytes(),
+    };
+    let (app_ref, cart_ref) = (&counting, &cart);
+    let response = idempotency::once(&counting, &req, "checkout", true, |token| async move {
+        let view = Checkouts::new(app_ref).start(cart_ref, &token, None).await?;
+        Ok(commerce_core::http::Response::json(201, &view))
+    })
+    .await
+    .unwrap();
+    assert_eq!(response.status, 201);
+    // Idempotency claim, lock + cart read, ruleset read, hold, session, idempotency answer.
+    assert_eq!(counting.redis.take(), 6, "checkout start");
+    app.finish().await;
+}

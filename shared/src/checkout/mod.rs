@@ -370,15 +370,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 ],
             )
             .await?;
-        let (_, stored) = parse_session(&created)?;
+        let (tag, stored) = parse_session(&created)?;
         let stored = stored.ok_or_else(|| Error::Internal("session not created".into()))?;
         // A retry finds the session of the first attempt: its frozen quote stands.
-        let frozen = self
-            .metadata(session)
-            .await
-            .ok()
-            .map(|m| m["quote"].clone())
-            .unwrap_or(quote);
+        let frozen = if tag == "EXISTS" {
+            self.metadata(session).await?["quote"].clone()
+        } else {
+            quote
+        };
         Ok(stored.view(Some(frozen)))
     }
 

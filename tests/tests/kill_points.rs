@@ -1,0 +1,212 @@
+//! Kill points: the process dies right after each Redis or PostgreSQL call of a checkout
+//! step (the call took effect, its answer is lost), then the step is retried. Every run must
+//! end in exactly one order and consistent stock in both stores.
+//!
+//! The wrappers below are the real native adapters with a crash injected after the Nth
+//! call; nothing else is faked.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use commerce_core::App;
+use commerce_core::PortError;
+use commerce_core::cart::CartRef;
+use commerce_core::checkout::Checkouts;
+use commerce_core::checkout::gateway::parse_event;
+use commerce_core::ids::CartId;
+use commerce_core::ports::{Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue};
+use commerce_native::{NativePg, NativeRedis};
+use commerce_tests::TestApp;
+use commerce_tests::gateway::FakeGateway;
+use serde_json::json;
+
+/// A port whose `at`-th call takes effect and then "crashes" (reports the dependency lost).
+struct CrashAfter<P> {
+    inner: P,
+    at: usize,
+    calls: AtomicUsize,
+}
+
+impl<P> CrashAfter<P> {
+    fn new(inner: P, at: usize) -> Self {
+        Self {
+            inner,
+            at,
+            calls: AtomicUsize::new(0),
+        }
+    }
+
+    fn crashed<T>(&self, result: Result<T, PortError>) -> Result<T, PortError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
+            return Err(PortError::Unreachable("the process died after this call".into()));
+        }
+        result
+    }
+}
+
+impl Redis for CrashAfter<NativeRedis> {
+    async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
+        let result = self.inner.execute(command, args).await;
+        self.crashed(result)
+    }
+}
+
+impl Sql for CrashAfter<NativePg> {
+    async fn query(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<SqlRow>, PortError> {
+        let result = self.inner.query(statement, params).await;
+        self.crashed(result)
+    }
+
+    async fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<u64, PortError> {
+        let result = self.inner.execute(statement, params).await;
+        self.crashed(result)
+    }
+}
+
+const KEY: &str = "sk_test_kill";
+const SECRET: &str = "whsec_kill";
+
+async fn shop() -> (TestApp, FakeGateway) {
+    let gateway = FakeGateway::start(KEY, SECRET).await;
+    let base = gateway.base.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.set("payment_gateway_url", &base)
+            .set("payment_gateway_key", KEY)
+            .set("webhook_secret", SECRET)
+    })
+    .await;
+    app.seed(2).await;
+    for kind in ["pricing", "discounts"] {
+        app.call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
+            .await;
+    }
+    (app, gateway)
+}
+
+async fn new_cart(app: &TestApp) -> String {
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/carts/{cart}/items"),
+        json!({"variantId": "var-1", "quantity": 1}),
+    )
+    .await;
+    cart
+}
+
+/// Stock agrees in both stores and nothing is held or locked.
+async fn consistent(app: &TestApp, sold: i64) {
+    assert_eq!(app.pg_on_hand("var-1").await, 100 - sold);
+    assert_eq!(app.check_holds("var-1").await, (100 - sold, 0));
+    let orders: i64 = app
+        .pg
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orders, sold);
+    let locks = app
+        .redis_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":checkout:lock:"))
+        .count();
+    assert_eq!(locks, 0);
+}
+
+#[tokio::test]
+async fn a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order() {
+    let (app, gateway) = shop().await;
+    let mut sold = 0;
+    for (store, at) in (1..=9)
+        .map(|n| ("redis", n))
+        .chain((1..=3).map(|n| ("postgres", n)))
+    {
+        let cart = new_cart(&app).await;
+        let started = app
+            .call_with(
+                "POST",
+                "/v1/checkout",
+                Some(json!({ "cartId": cart })),
+                &[("idempotency-key", &format!("{store}-{at}"))],
+            )
+            .await;
+        let session = started.body["sessionId"].as_str().unwrap().to_owned();
+        let intent = app
+            .call(
+                "POST",
+                &format!("/v1/checkout/{session}/payment-intent"),
+                None,
+                false,
+            )
+            .await;
+        let event = parse_event(
+            gateway
+                .event(
+                    "payment_intent.succeeded",
+                    intent.body["paymentIntentId"].as_str().unwrap(),
+                )
+                .as_bytes(),
+        )
+        .unwrap();
+
+        let a = &app.app;
+        let crashed = if store == "redis" {
+            let flaky = App::new(
+                CrashAfter::new(a.redis.clone(), at),
+                a.sql.clone(),
+                a.http.clone(),
+                a.settings.clone(),
+            );
+            Checkouts::new(&flaky).handle_event(&event).await
+        } else {
+            let flaky = App::new(
+                a.redis.clone(),
+                CrashAfter::new(a.sql.clone(), at),
+                a.http.clone(),
+                a.settings.clone(),
+            );
+            Checkouts::new(&flaky).handle_event(&event).await
+        };
+        if let Err(e) = &crashed {
+            assert_eq!(e.status(), 503, "{store} #{at}: {e}");
+        }
+        // The gateway delivers again; the retry resumes from the state it finds.
+        let retried = Checkouts::new(a).handle_event(&event).await.unwrap();
+        assert_eq!(retried["state"], "COMPLETED", "{store} #{at}: {retried}");
+        sold += 1;
+        let id = CartId::parse(&session).unwrap();
+        assert_eq!(Checkouts::new(a).get(&id).await.unwrap().state, "COMPLETED");
+        consistent(&app, sold).await;
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_crash_after_any_call_of_starting_a_checkout_is_resumed_by_its_retry() {
+    let (app, _gateway) = shop().await;
+    for at in 1..=6 {
+        let cart = new_cart(&app).await;
+        let cart_ref = CartRef::Session(CartId::parse(&cart).unwrap());
+        let token = format!("{at:032x}");
+        let a = &app.app;
+        let flaky = App::new(
+            CrashAfter::new(a.redis.clone(), at),
+            a.sql.clone(),
+            a.http.clone(),
+            a.settings.clone(),
+        );
+        let crashed = Checkouts::new(&flaky).start(&cart_ref, &token, None).await;
+        if let Err(e) = &crashed {
+            assert_eq!(e.status(), 503, "#{at}: {e}");
+        }
+        let resumed = Checkouts::new(a).start(&cart_ref, &token, None).await.unwrap();
+        assert_eq!(resumed.session_id, format!("cs_{token}"));
+        assert_eq!(resumed.state, "LOCKED");
+        let id = CartId::parse(&resumed.session_id).unwrap();
+        Checkouts::new(a).cancel(&id).await.unwrap();
+        consistent(&app, 0).await;
+    }
+    app.finish().await;
+}

@@ -1,6 +1,11 @@
 //! Operations routes: `GET /health` reports whether Redis and PostgreSQL answer, with
-//! timings; 200 when both do, 503 otherwise.
+//! timings; 200 when both do, 503 otherwise. `GET /metrics` is the same probe plus the
+//! current ruleset versions and the requests this process (natively) or instance (in
+//! Spin, which keeps no state between requests) has answered, in Prometheus text.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -8,7 +13,70 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::error::{Error, PortError, Result};
 use crate::http::{Request, Response};
-use crate::ports::{Http, Redis, Sql};
+use crate::keys::RulesetKind;
+use crate::ports::{Http, Redis, RedisReply, Sql};
+
+/// Requests answered, by store (the path's first two segments) and status.
+static REQUESTS: Mutex<BTreeMap<(String, u16), u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one answered request.
+pub fn count(segments: &[&str], status: u16) {
+    let store = match segments {
+        ["v1", "admin", store, ..] => format!("/v1/admin/{store}"),
+        ["v1", store, ..] => format!("/v1/{store}"),
+        ["health" | "metrics"] => format!("/{}", segments[0]),
+        _ => "other".to_owned(),
+    };
+    let mut requests = REQUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    *requests.entry((store, status)).or_default() += 1;
+}
+
+async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
+    let redis = probe(app.redis.execute("PING", Vec::new())).await;
+    let postgres = probe(app.sql.query("SELECT 1::bigint", &[])).await;
+    let mut out = String::new();
+    out.push_str("# HELP commerce_dependency_up Whether the dependency answered the probe.\n");
+    out.push_str("# TYPE commerce_dependency_up gauge\n");
+    for (name, probe) in [("redis", &redis), ("postgres", &postgres)] {
+        let up = u8::from(probe["ok"] == true);
+        let _ = writeln!(out, "commerce_dependency_up{{dependency=\"{name}\"}} {up}");
+    }
+    out.push_str("# HELP commerce_dependency_latency_ms Probe round trip in milliseconds.\n");
+    out.push_str("# TYPE commerce_dependency_latency_ms gauge\n");
+    for (name, probe) in [("redis", &redis), ("postgres", &postgres)] {
+        let latency = probe["latencyMs"].as_f64().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "commerce_dependency_latency_ms{{dependency=\"{name}\"}} {latency}"
+        );
+    }
+    out.push_str("# HELP commerce_ruleset_version The ruleset version quotes read now.\n");
+    out.push_str("# TYPE commerce_ruleset_version gauge\n");
+    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+        let reply = app
+            .redis
+            .execute("GET", vec![app.keys.ruleset_version(kind).into()])
+            .await;
+        let version = reply
+            .ok()
+            .and_then(|r| r.first().and_then(RedisReply::as_int))
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "commerce_ruleset_version{{kind=\"{}\"}} {version}",
+            kind.name()
+        );
+    }
+    out.push_str("# HELP commerce_requests_total Requests answered by this process, by store and status.\n");
+    out.push_str("# TYPE commerce_requests_total counter\n");
+    for ((store, status), n) in REQUESTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "commerce_requests_total{{store=\"{store}\",status=\"{status}\"}} {n}"
+        );
+    }
+    Response::with_type(200, "text/plain; version=0.0.4", out.into_bytes())
+}
 
 /// Routes `/health`; `None` if the path is not ops'.
 pub async fn route<R: Redis, S: Sql, H: Http>(
@@ -18,7 +86,8 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
 ) -> Option<Result<Response>> {
     match segments {
         ["health"] if req.method == "GET" => Some(Ok(health(app).await)),
-        ["health"] => Some(Err(Error::MethodNotAllowed(req.method.clone()))),
+        ["metrics"] if req.method == "GET" => Some(Ok(metrics(app).await)),
+        ["health"] | ["metrics"] => Some(Err(Error::MethodNotAllowed(req.method.clone()))),
         _ => None,
     }
 }

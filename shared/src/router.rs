@@ -50,12 +50,14 @@ pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request,
     if answer.is_none() && in_scope(Scope::Ops) {
         answer = ops::route(app, &req, &segments).await;
     }
-    match answer {
+    let response = match answer {
         Some(Ok(response)) => response,
         Some(Err(error)) => Response::error(&error),
         None => Response::error(&Error::not_found(
             "ROUTE_NOT_FOUND",
             format!("no route for {} {}", req.method, req.path),
         )),
-    }
+    };
+    ops::count(&segments, response.status);
+    response
 }

@@ -356,3 +356,30 @@ async fn health_reports_both_dependencies() {
     assert_eq!(health.body["postgres"]["ok"], true);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let app = TestApp::spawn().await;
+    app.get("/v1/inventory/a:b").await;
+    let res = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("commerce_dependency_up{dependency=\"redis\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commerce_ruleset_version{kind=\"pricing\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commerce_requests_total{store=\"/v1/inventory\",status=\"400\"}"),
+        "{text}"
+    );
+    app.finish().await;
+}

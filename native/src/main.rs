@@ -59,6 +59,19 @@ enum Command {
     Sweep,
     /// Load every active bundle into the bundle cache.
     Warm,
+    /// Print a customer token (HS256 JWT signed with COMMERCE_JWT_SECRET), for trying the
+    /// customer routes.
+    Token {
+        /// The customer id (`sub`).
+        #[arg(long)]
+        customer: String,
+        /// The customer's pricing group (`group`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Hours until it expires.
+        #[arg(long, default_value_t = 24)]
+        hours: i64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +94,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    if let Command::Token { customer, group, hours } = &command {
+        anyhow::ensure!(!settings.jwt_secret.is_empty(), "set COMMERCE_JWT_SECRET first");
+        commerce_core::ids::CustomerId::parse(customer)?;
+        let exp = commerce_core::auth::now_s() + hours * 3600;
+        let claims = serde_json::json!({ "sub": customer, "group": group, "exp": exp });
+        println!("{}", commerce_core::auth::sign(&claims, &settings.jwt_secret));
+        return Ok(());
+    }
     let app = build_app(settings)?;
     let inventory = Inventory::new(&app.redis, &app.sql, &app.keys);
     match command {
@@ -132,6 +153,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .await?;
             eprintln!("\ncommerce: warm done, {warmed} bundles cached");
         }
+        // Answered above, without connecting to anything.
+        Command::Token { .. } => {}
         Command::Sweep => {
             let visited = inventory
                 .sweep(|done| eprint!("\rcommerce: swept {done} variants"))

@@ -94,7 +94,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    if let Command::Token { customer, group, hours } = &command {
+    if let Command::Token {
+        customer,
+        group,
+        hours,
+    } = &command
+    {
         anyhow::ensure!(!settings.jwt_secret.is_empty(), "set COMMERCE_JWT_SECRET first");
         commerce_core::ids::CustomerId::parse(customer)?;
         let exp = commerce_core::auth::now_s() + hours * 3600;

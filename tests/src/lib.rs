@@ -20,6 +20,12 @@ use tokio::net::TcpListener;
 /// The admin token every test app is configured with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The payment gateway key of [`TestApp::shop`].
+pub const GATEWAY_KEY: &str = "sk_test_fake";
+
+/// The webhook secret of [`TestApp::shop`].
+pub const WEBHOOK_SECRET: &str = "whsec_test";
+
 /// The JWT secret every test app is configured with.
 pub const JWT_SECRET: &str = "test-jwt-secret";
 
@@ -133,6 +139,32 @@ impl TestApp {
             pg,
             namespace,
         }
+    }
+
+    /// A shop: the app wired to a fresh fake payment gateway (key and webhook secret
+    /// below), with the demo catalog of `variants` variants and published rulesets.
+    pub async fn shop(
+        variants: i64,
+        configure: impl FnOnce(EnvConfig) -> EnvConfig,
+    ) -> (Self, gateway::FakeGateway) {
+        let gateway = gateway::FakeGateway::start(GATEWAY_KEY, WEBHOOK_SECRET).await;
+        let base = gateway.base.clone();
+        let app = Self::spawn_with(|c| {
+            configure(
+                c.set("payment_gateway_url", &base)
+                    .set("payment_gateway_key", GATEWAY_KEY)
+                    .set("webhook_secret", WEBHOOK_SECRET),
+            )
+        })
+        .await;
+        app.seed(variants).await;
+        for kind in ["pricing", "discounts"] {
+            let reply = app
+                .call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+        (app, gateway)
     }
 
     /// Sends a request; `body` is sent as JSON when given.

@@ -7,34 +7,13 @@ use commerce_tests::gateway::FakeGateway;
 use commerce_tests::{Reply, TestApp, customer_token};
 use serde_json::{Value, json};
 
-const GATEWAY_KEY: &str = "sk_test_fake";
-const WEBHOOK_SECRET: &str = "whsec_test";
+use commerce_tests::WEBHOOK_SECRET;
 
-/// An app wired to a fresh fake gateway, with a catalog and published rulesets.
 async fn shop(
     variants: i64,
     configure: impl FnOnce(commerce_native::EnvConfig) -> commerce_native::EnvConfig,
 ) -> (TestApp, FakeGateway) {
-    let gateway = FakeGateway::start(GATEWAY_KEY, WEBHOOK_SECRET).await;
-    let base = gateway.base.clone();
-    let app = TestApp::spawn_with(|c| {
-        configure(
-            c.set("payment_gateway_url", &base)
-                .set("payment_gateway_key", GATEWAY_KEY)
-                .set("webhook_secret", WEBHOOK_SECRET),
-        )
-    })
-    .await;
-    app.seed(variants).await;
-    for kind in ["pricing", "discounts"] {
-        assert_eq!(
-            app.call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
-                .await
-                .status,
-            200
-        );
-    }
-    (app, gateway)
+    TestApp::shop(variants, configure).await
 }
 
 async fn cart_with(app: &TestApp, lines: &[Value]) -> String {

@@ -62,24 +62,8 @@ impl Sql for CrashAfter<NativePg> {
     }
 }
 
-const KEY: &str = "sk_test_kill";
-const SECRET: &str = "whsec_kill";
-
 async fn shop() -> (TestApp, FakeGateway) {
-    let gateway = FakeGateway::start(KEY, SECRET).await;
-    let base = gateway.base.clone();
-    let app = TestApp::spawn_with(|c| {
-        c.set("payment_gateway_url", &base)
-            .set("payment_gateway_key", KEY)
-            .set("webhook_secret", SECRET)
-    })
-    .await;
-    app.seed(2).await;
-    for kind in ["pricing", "discounts"] {
-        app.call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
-            .await;
-    }
-    (app, gateway)
+    TestApp::shop(2, |c| c).await
 }
 
 async fn new_cart(app: &TestApp) -> String {

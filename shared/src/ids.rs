@@ -90,6 +90,14 @@ id_type!(
     "lineId"
 );
 
+/// 128 random bits as 32 hex characters: the unguessable part of cart and checkout
+/// session ids, and idempotency resume tokens.
+pub fn random_hex_128() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// A quantity of units on a line: an integer in `1..=Quantity::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Quantity(u32);

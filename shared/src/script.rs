@@ -56,6 +56,11 @@ impl Script {
     }
 }
 
+/// The leading tag of a script's flat reply (`OK`, `MISSING`, …), empty if there is none.
+pub fn tag(reply: &[RedisReply]) -> &str {
+    reply.first().and_then(RedisReply::as_text).unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

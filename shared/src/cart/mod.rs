@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use crate::bundle::Choices;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
-use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, VariantId};
+use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, VariantId, random_hex_128};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
-use crate::script::Script;
+use crate::script::{Script, tag};
 use crate::settings::Settings;
 
 static CREATE: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("create.lua")));
@@ -162,7 +162,7 @@ impl<'a, R: Redis> Carts<'a, R> {
     /// Creates an empty anonymous cart with an unguessable id (128 random bits).
     pub async fn create(&self, currency: &str) -> Result<CartView> {
         for _ in 0..3 {
-            let id = new_cart_id()?;
+            let id = CartId::parse(&random_hex_128()?)?;
             let cart = CartRef::Session(id);
             let reply = self
                 .run(
@@ -385,18 +385,6 @@ impl<'a, R: Redis> Carts<'a, R> {
             .await
             .map_err(|e| e.redis())
     }
-}
-
-/// 128 random bits as 32 hex characters.
-fn new_cart_id() -> Result<CartId> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    CartId::parse(&hex)
-}
-
-fn tag(reply: &[RedisReply]) -> &str {
-    reply.first().and_then(RedisReply::as_text).unwrap_or("")
 }
 
 fn unexpected(reply: &[RedisReply]) -> Error {

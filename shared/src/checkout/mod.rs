@@ -225,6 +225,20 @@ pub fn demand(lines: &[CartLine]) -> Result<Vec<(VariantId, Quantity)>> {
         .collect()
 }
 
+/// The units per variant a session froze at its start (what it holds and will take).
+fn frozen_demand(metadata: &Value) -> Result<Vec<(VariantId, Quantity)>> {
+    let entries = metadata["demand"].as_array().into_iter().flatten();
+    entries
+        .map(|d| {
+            let variant = d[0].as_str().and_then(|v| VariantId::parse(v).ok());
+            let quantity = d[1].as_i64().and_then(|q| Quantity::new(q).ok());
+            variant
+                .zip(quantity)
+                .ok_or_else(|| Error::Internal(format!("malformed frozen demand: {d}")))
+        })
+        .collect()
+}
+
 /// The checkout store over an app's ports.
 pub struct Checkouts<'a, R, S, H> {
     app: &'a App<R, S, H>,
@@ -531,17 +545,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         if session.state == State::Locked {
             // Hold stock and cart for the whole payment window.
             let metadata = self.metadata(id).await?;
-            let demand: Vec<(VariantId, Quantity)> = metadata["demand"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|d| {
-                    Some((
-                        VariantId::parse(d[0].as_str()?).ok()?,
-                        Quantity::new(d[1].as_i64()?).ok()?,
-                    ))
-                })
-                .collect();
+            let demand = frozen_demand(&metadata)?;
             self.inventory()
                 .reserve(id, &demand, self.session_ttl_ms())
                 .await?;
@@ -673,12 +677,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let mut changes = None;
         if session.state == State::PaymentConfirmed {
             let metadata = self.metadata(&session.id).await?;
-            let demand: Vec<(String, i64)> = metadata["demand"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|d| Some((d[0].as_str()?.to_owned(), d[1].as_i64()?)))
-                .collect();
+            let demand = frozen_demand(&metadata)?;
             let customer = match &session.cart {
                 CartRef::Customer(c) => Some(c.as_str()),
                 CartRef::Session(_) => None,

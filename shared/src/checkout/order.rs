@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::error::{Error, PortError, Result};
-use crate::ids::VariantId;
+use crate::ids::{Quantity, VariantId};
 use crate::inventory::StockChange;
 use crate::ports::{Sql, SqlValue};
 
@@ -74,7 +74,7 @@ pub struct NewOrder<'a> {
     /// Line definitions by line id.
     pub definitions: &'a Value,
     /// Units per variant taken from stock.
-    pub demand: &'a [(String, i64)],
+    pub demand: &'a [(VariantId, Quantity)],
     /// The confirmed payment intent.
     pub payment_intent: &'a str,
 }
@@ -115,7 +115,7 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Vec<StockChan
     let demand: Vec<Value> = order
         .demand
         .iter()
-        .map(|(v, q)| json!({"variant_id": v, "quantity": q}))
+        .map(|(v, q)| json!({"variant_id": v.as_str(), "quantity": q.get()}))
         .collect();
     let params = [
         SqlValue::Text(order.id.to_owned()),

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::app::App;
 use crate::error::{Error, PortError, Result};
 use crate::http::{Request, Response};
-use crate::ids::CartId;
+use crate::ids::random_hex_128;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::script::Script;
 
@@ -63,7 +63,7 @@ where
                 "this request needs an Idempotency-Key header",
             ));
         }
-        return handler(new_token()?).await;
+        return handler(random_hex_128()?).await;
     };
     // The key's digest is the hash tag, so records spread over a Cluster's slots.
     let record = format!(
@@ -76,7 +76,11 @@ where
         .run(
             &app.redis,
             &[&record],
-            vec![fingerprint.into(), new_token()?.into(), RedisArg::Int(LEASE_MS)],
+            vec![
+                fingerprint.into(),
+                random_hex_128()?.into(),
+                RedisArg::Int(LEASE_MS),
+            ],
         )
         .await
         .map_err(PortError::redis)?;
@@ -131,18 +135,6 @@ where
         .await
         .map_err(PortError::redis)?;
     outcome
-}
-
-/// A fresh 128-bit random id (hex), used as resume token and from there as session id.
-pub fn new_token() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A new unguessable cart-like id from a token.
-pub fn id_from_token(prefix: &str, token: &str) -> Result<CartId> {
-    CartId::parse(&format!("{prefix}{token}"))
 }
 
 fn digest(bytes: &[u8]) -> String {

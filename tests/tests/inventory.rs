@@ -383,3 +383,41 @@ async fn metrics_are_prometheus_text() {
     );
     app.finish().await;
 }
+
+#[tokio::test]
+async fn postgres_being_down_is_a_503_not_a_hang() {
+    use commerce_core::Settings;
+    use commerce_core::http::Request;
+    use commerce_native::{EnvConfig, build_app};
+
+    let config = EnvConfig::new()
+        .set("redis_url", &std::env::var("COMMERCE_REDIS_URL").unwrap())
+        .set("database_url", "postgres://postgres@127.0.0.1:1/commerce")
+        .set("database_timeout_ms", "500")
+        .set("key_prefix", "pg_down_test");
+    let app = build_app(Settings::from_config(&config).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    // No stock key for this variant: the lazy load must reach PostgreSQL.
+    let get = Request {
+        method: "GET".into(),
+        path: "/v1/inventory/var-unloaded".into(),
+        ..Request::default()
+    };
+    let response = commerce_core::handle(&app, get, commerce_core::Scope::All).await;
+    assert_eq!(response.status, 503);
+    let body = response.json_body().unwrap();
+    assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
+    assert_eq!(body["error"]["details"]["dependency"], "postgres");
+    let health = Request {
+        method: "GET".into(),
+        path: "/health".into(),
+        ..Request::default()
+    };
+    assert_eq!(
+        commerce_core::handle(&app, health, commerce_core::Scope::All)
+            .await
+            .status,
+        503
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

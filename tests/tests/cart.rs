@@ -527,3 +527,42 @@ async fn an_invalidated_bundle_is_reloaded_from_postgres() {
     assert_eq!(warmed, 3);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_retried_add_with_an_idempotency_key_adds_once() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let cart = new_cart(&app).await;
+    let items = format!("/v1/carts/{cart}/items");
+    for _ in 0..3 {
+        let reply = app
+            .call_with(
+                "POST",
+                &items,
+                Some(variant_line("var-1", 2)),
+                &[("idempotency-key", "add-1")],
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(quantities(&reply.body), owned(&[("var-1", 2)]));
+    }
+    let other = app
+        .call_with(
+            "POST",
+            &items,
+            Some(variant_line("var-2", 1)),
+            &[("idempotency-key", "add-1")],
+        )
+        .await;
+    assert_eq!((other.status, other.code()), (422, "IDEMPOTENCY_KEY_REUSED"));
+    let next = app
+        .call_with(
+            "POST",
+            &items,
+            Some(variant_line("var-1", 2)),
+            &[("idempotency-key", "add-2")],
+        )
+        .await;
+    assert_eq!(quantities(&next.body), owned(&[("var-1", 4)]));
+    app.finish().await;
+}

@@ -220,14 +220,23 @@ async fn add<R: Redis, S: Sql, H: Http>(
     let expected = expected(req)?;
     let body = req.json(app.settings.max_body_bytes)?;
     let (item, quantity) = parse_line(&body)?;
-    match &item {
-        LineItem::Variant(variant) => {
-            require_variants(&app.redis, &app.sql, &app.keys, std::slice::from_ref(variant)).await?;
+    // Adding is not idempotent by nature (it adds): a client that may retry sends an
+    // Idempotency-Key, scoped to the cart, and a retry is answered without adding again.
+    let scope = match cart {
+        CartRef::Session(id) => format!("cart-items:{id}"),
+        CartRef::Customer(id) => format!("customer-items:{id}"),
+    };
+    idempotency::once(app, req, &scope, false, |_| async move {
+        match &item {
+            LineItem::Variant(variant) => {
+                require_variants(&app.redis, &app.sql, &app.keys, std::slice::from_ref(variant)).await?;
+            }
+            LineItem::Bundle(bundle, choices) => bundles(app).check(bundle, choices).await?,
         }
-        LineItem::Bundle(bundle, choices) => bundles(app).check(bundle, choices).await?,
-    }
-    let view = store(app).add(cart, &item, quantity, expected).await?;
-    Ok(reply(200, &view))
+        let view = store(app).add(cart, &item, quantity, expected).await?;
+        Ok(reply(200, &view))
+    })
+    .await
 }
 
 async fn change<R: Redis, S: Sql, H: Http>(

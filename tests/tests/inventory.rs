@@ -391,7 +391,7 @@ async fn postgres_being_down_is_a_503_not_a_hang() {
     use commerce_native::{EnvConfig, build_app};
 
     let config = EnvConfig::new()
-        .set("redis_url", &std::env::var("COMMERCE_REDIS_URL").unwrap())
+        .set("redis_url", std::env::var("COMMERCE_REDIS_URL").unwrap())
         .set("database_url", "postgres://postgres@127.0.0.1:1/commerce")
         .set("database_timeout_ms", "500")
         .set("key_prefix", "pg_down_test");

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use commerce_core::backup;
 use commerce_core::bundle::Bundles;
 use commerce_core::inventory::Inventory;
 use commerce_core::keys::RulesetKind;
@@ -59,6 +60,24 @@ enum Command {
     Sweep,
     /// Load every active bundle into the bundle cache.
     Warm,
+    /// Write every Redis key of the namespace to a file (SCAN + DUMP, with time to live).
+    Backup {
+        /// The file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Restore a backup file into Redis (RESTORE … REPLACE); then run `commerce reconcile`.
+    Restore {
+        /// The file to read.
+        #[arg(long = "in")]
+        input: std::path::PathBuf,
+    },
+    /// Copy every Redis key of the namespace to another Redis.
+    Copy {
+        /// The Redis to copy to.
+        #[arg(long)]
+        to_redis_url: String,
+    },
     /// Print a customer token (HS256 JWT signed with COMMERCE_JWT_SECRET), for trying the
     /// customer routes.
     Token {
@@ -150,6 +169,41 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .reconcile(|done| eprint!("\rcommerce: reconciled {done} variants"))
                 .await?;
             eprintln!("\ncommerce: reconcile done, {} variants", report.variants);
+        }
+        Command::Backup { out } => {
+            let mut file = backup::MAGIC.to_vec();
+            let count = backup::export(&app.redis, &app.keys, |entry| {
+                backup::encode(&entry, &mut file);
+                Ok(())
+            })
+            .await?;
+            std::fs::write(&out, &file).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "commerce: backed up {count} keys to {} ({} bytes)",
+                out.display(),
+                file.len()
+            );
+        }
+        Command::Restore { input } => {
+            let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let restored = backup::import(&app.redis, backup::decode(&bytes)?).await?;
+            eprintln!(
+                "commerce: restored {restored} keys; run `commerce reconcile` to align stock with PostgreSQL"
+            );
+        }
+        Command::Copy { to_redis_url } => {
+            let target = commerce_native::NativeRedis::new(
+                &to_redis_url,
+                std::time::Duration::from_millis(app.settings.redis_timeout_ms),
+            )?;
+            let mut entries = Vec::new();
+            let count = backup::export(&app.redis, &app.keys, |entry| {
+                entries.push(entry);
+                Ok(())
+            })
+            .await?;
+            let copied = backup::import(&target, entries).await?;
+            eprintln!("commerce: copied {copied} of {count} keys to {to_redis_url}");
         }
         Command::Warm => {
             let bundles = Bundles::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds);

@@ -421,3 +421,49 @@ async fn postgres_being_down_is_a_503_not_a_hang() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn a_backup_restores_every_key_of_the_namespace_exactly() {
+    use commerce_core::backup;
+
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let mut held = json!({"cartId": "kept", "items": [{"variantId": "var-1", "quantity": 3}]});
+    held["ttlSeconds"] = json!(600);
+    assert_eq!(app.post("/v1/inventory/reservations", held).await.status, 201);
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/carts/{cart}/items"),
+        json!({"variantId": "var-2", "quantity": 2}),
+    )
+    .await;
+    let before = app.redis_snapshot().await;
+
+    let mut file = backup::MAGIC.to_vec();
+    let exported = backup::export(&app.app.redis, &app.app.keys, |e| {
+        backup::encode(&e, &mut file);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(exported as usize, before.len());
+    app.flush_redis().await;
+    assert!(app.redis_keys().await.is_empty());
+    let restored = backup::import(&app.app.redis, backup::decode(&file).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(restored, exported);
+    assert_eq!(app.redis_snapshot().await, before, "a key came back different");
+    assert_eq!(sellable(&app, "var-1").await, 97);
+    let mut redis = app.redis.clone();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(app.key(&format!("cart:session:{{{cart}}}")))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the cart lost its time to live");
+    app.finish().await;
+}

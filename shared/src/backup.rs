@@ -7,6 +7,7 @@
 use crate::error::{Error, PortError, Result};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
+use crate::script::unexpected;
 
 /// One key as `DUMP` serialises it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,10 +136,6 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>> {
         entries.push(Entry { key, ttl_ms, dump });
     }
     Ok(entries)
-}
-
-fn unexpected(reply: &[RedisReply]) -> Error {
-    Error::Internal(format!("unexpected SCAN reply: {reply:?}"))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use crate::error::PortError;
+use crate::error::{Error, PortError};
 use crate::ports::{Redis, RedisArg, RedisReply};
 
 /// A Lua script compiled into the binary, with its SHA-1 computed once.
@@ -59,6 +59,12 @@ impl Script {
 /// The leading tag of a script's flat reply (`OK`, `MISSING`, …), empty if there is none.
 pub fn tag(reply: &[RedisReply]) -> &str {
     reply.first().and_then(RedisReply::as_text).unwrap_or("")
+}
+
+/// The error for a script reply of a shape its caller does not know: a bug or a foreign
+/// script under the same SHA, never the client's fault (500).
+pub fn unexpected(reply: &[RedisReply]) -> Error {
+    Error::Internal(format!("unexpected script reply: {reply:?}"))
 }
 
 #[cfg(test)]

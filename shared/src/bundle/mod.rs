@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ids::{BundleId, SetId, VariantId};
 use crate::keys::{BundleKeys, Keys};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::{Script, tag};
+use crate::script::{Script, tag, unexpected};
 
 static GET: Script = Script::new(include_str!("get.lua"));
 static STORE: Script = Script::new(include_str!("store.lua"));
@@ -282,10 +282,6 @@ fn assemble(bundle: &BundleId, rows: &[Vec<SqlValue>]) -> Result<Bundle> {
         pricing,
         sets,
     })
-}
-
-fn unexpected(reply: &[RedisReply]) -> Error {
-    Error::Internal(format!("unexpected bundle script reply: {reply:?}"))
 }
 
 fn invalid_choice(reply: &[RedisReply]) -> Error {

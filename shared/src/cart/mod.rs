@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, VariantId, random_hex_128};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
-use crate::script::{Script, tag};
+use crate::script::{Script, tag, unexpected};
 use crate::settings::Settings;
 
 static CREATE: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("create.lua")));
@@ -385,10 +385,6 @@ impl<'a, R: Redis> Carts<'a, R> {
             .await
             .map_err(|e| e.redis())
     }
-}
-
-fn unexpected(reply: &[RedisReply]) -> Error {
-    Error::Internal(format!("unexpected cart script reply: {reply:?}"))
 }
 
 /// The cart is held by a live checkout: changes wait until it ends.

@@ -29,7 +29,7 @@ use crate::inventory::Inventory;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
 use crate::pricing::quote::{cart_quote_lines, price_lines};
-use crate::script::Script;
+use crate::script::{Script, tag, unexpected};
 
 static LOCK: Script = Script::new(concat!(
     include_str!("../cart/cart.lua"),
@@ -294,7 +294,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 vec![session.as_str().into(), RedisArg::Int(self.lock_ttl_ms())],
             )
             .await?;
-        match locked.first().and_then(RedisReply::as_text).unwrap_or("") {
+        match tag(&locked) {
             "OK" => {}
             "HELD" => {
                 let holder = locked
@@ -322,7 +322,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     details: Value::Null,
                 });
             }
-            _ => return Err(Error::Internal(format!("unexpected lock reply: {locked:?}"))),
+            _ => return Err(unexpected(&locked)),
         }
         match self
             .freeze_and_hold(cart, &session, &locked, customer_group)

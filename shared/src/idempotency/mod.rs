@@ -15,7 +15,7 @@ use crate::error::{Error, PortError, Result};
 use crate::http::{Request, Response};
 use crate::ids::random_hex_128;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::script::Script;
+use crate::script::{Script, unexpected};
 
 static BEGIN: Script = Script::new(include_str!("begin.lua"));
 static FINISH: Script = Script::new(include_str!("finish.lua"));
@@ -139,8 +139,4 @@ where
 
 fn digest(bytes: &[u8]) -> String {
     sha1_smol::Sha1::from(bytes).digest().to_string()
-}
-
-fn unexpected(reply: &[RedisReply]) -> Error {
-    Error::Internal(format!("unexpected idempotency reply: {reply:?}"))
 }

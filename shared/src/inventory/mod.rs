@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::ids::{CartId, Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::Script;
+use crate::script::{Script, tag, unexpected};
 
 static RESERVE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("reserve.lua")));
 static RELEASE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("release.lua")));
@@ -150,7 +150,7 @@ struct Reply(Vec<RedisReply>);
 
 impl Reply {
     fn tag(&self) -> &str {
-        self.0.first().and_then(RedisReply::as_text).unwrap_or("")
+        tag(&self.0)
     }
 
     /// The integers after the tag.
@@ -160,10 +160,6 @@ impl Reply {
             .map(|r| r.as_int().ok_or_else(|| unexpected(&self.0)))
             .collect()
     }
-}
-
-fn unexpected(reply: &[RedisReply]) -> Error {
-    Error::Internal(format!("unexpected script reply: {reply:?}"))
 }
 
 impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {

@@ -20,7 +20,7 @@ use super::money::Currency;
 use crate::error::{Error, PortError, Result};
 use crate::keys::{Keys, RulesetKind};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::Script;
+use crate::script::{Script, unexpected};
 
 static SWITCH: Script = Script::new(include_str!("switch.lua"));
 static READ: Script = Script::new(include_str!("read.lua"));
@@ -123,7 +123,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         let version = next
             .first()
             .and_then(RedisReply::as_int)
-            .ok_or_else(|| bad_reply(&next))?;
+            .ok_or_else(|| unexpected(&next))?;
         let keys = self.keys.ruleset_keys(kind, version);
         let mut entries = 0;
         match kind {
@@ -170,7 +170,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         let previous_version = reply
             .get(1)
             .and_then(RedisReply::as_int)
-            .ok_or_else(|| bad_reply(&reply))?;
+            .ok_or_else(|| unexpected(&reply))?;
         Ok(Publication {
             kind: kind.name(),
             version,
@@ -252,15 +252,11 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                 });
             }
             Some(text) => text,
-            None => return Err(bad_reply(&reply)),
+            None => return Err(unexpected(&reply)),
         };
-        let read: Value = serde_json::from_str(text).map_err(|_| bad_reply(&reply))?;
+        let read: Value = serde_json::from_str(text).map_err(|_| unexpected(&reply))?;
         decode(&read, variants, bundles, currency, customer_group)
     }
-}
-
-fn bad_reply(reply: &[RedisReply]) -> Error {
-    Error::Internal(format!("unexpected ruleset reply: {reply:?}"))
 }
 
 fn corrupt(what: &str) -> Error {

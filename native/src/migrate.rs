@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "bundles", include_str!("../../migrations/0002_bundles.sql")),
     (3, "pricing", include_str!("../../migrations/0003_pricing.sql")),
     (4, "orders", include_str!("../../migrations/0004_orders.sql")),
+    (
+        6,
+        "paid_sessions_and_ruleset_versions",
+        include_str!("../../migrations/0006_paid_sessions_and_ruleset_versions.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

@@ -112,10 +112,10 @@ impl Keys {
         }
     }
 
-    /// `inventory:cart-holds:{C}`: the set of variants a holder has holds on, so that a
-    /// release knows which variants to visit.
-    pub fn cart_holds(&self, cart: &CartId) -> String {
-        format!("{}inventory:cart-holds:{{{cart}}}", self.prefix)
+    /// `inventory:holder:{<kind>:<id>}`: the set of variants a holder has holds on, so
+    /// that a release knows which variants to visit.
+    pub fn holder_holds(&self, holder: &crate::inventory::Holder) -> String {
+        format!("{}inventory:holder:{{{holder}}}", self.prefix)
     }
 
     /// `cart:session:{S}`: an anonymous cart (hash).

@@ -53,6 +53,13 @@ pub struct Settings {
     /// The secret that signs the gateway's webhooks (`Stripe-Signature`); the webhook
     /// refuses every event while it is empty.
     pub webhook_secret: String,
+    /// The token of trusted backends (Bearer) for the direct reservation routes, beside the
+    /// admin token; empty: only the admin token is trusted.
+    pub service_token: String,
+    /// How long a checkout session's holds outlive the session's deadline, so a payment
+    /// accepted just before the deadline still finds its units held while the order is
+    /// written (DESIGN §4, invariant 2).
+    pub hold_grace_seconds: u32,
 }
 
 impl Settings {
@@ -122,6 +129,8 @@ impl Settings {
                 .to_owned(),
             payment_gateway_key: text("payment_gateway_key", ""),
             webhook_secret: text("webhook_secret", ""),
+            service_token: text("service_token", ""),
+            hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
             admin_token: text("admin_token", ""),
@@ -145,12 +154,36 @@ impl Settings {
         }
         Ok(())
     }
+
+    /// Checks a bearer token of a trusted backend: the admin token or the service token
+    /// (both compared in constant time). Anonymous callers are 401, other tokens 403.
+    pub fn authorize_trusted(&self, authorization: Option<&str>) -> Result<(), Error> {
+        let presented = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Error::Unauthorized("this route is for trusted backends: it needs a bearer token".into())
+            })?;
+        let admin = !self.admin_token.is_empty() && constant_time_eq(presented, &self.admin_token);
+        let service = !self.service_token.is_empty() && constant_time_eq(presented, &self.service_token);
+        if admin | service {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(
+                "the token does not grant access to direct reservations".into(),
+            ))
+        }
+    }
 }
 
-/// Compares two secrets without leaking where they first differ.
+/// Compares two secrets without leaking where they first differ, nor (by returning early)
+/// whether their lengths differ: every byte of the longer one is looked at.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
 }
 
 #[cfg(test)]

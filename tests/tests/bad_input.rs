@@ -15,9 +15,11 @@ fn too_long() -> String {
 async fn bad_input_on_every_route_is_refused_and_writes_nothing() {
     let app = TestApp::spawn().await;
     app.seed(2).await;
-    app.post(
+    app.call(
+        "POST",
         "/v1/inventory/reservations",
-        json!({"cartId": "c", "items": [{"variantId": "var-1", "quantity": 1}]}),
+        Some(json!({"cartId": "c", "items": [{"variantId": "var-1", "quantity": 1}]})),
+        true,
     )
     .await;
     let redis_before = app.redis_snapshot().await;

@@ -43,12 +43,23 @@ async fn checkout(app: &TestApp, cart: &str, key: &str) -> Reply {
 }
 
 async fn pay(app: &TestApp, gateway: &FakeGateway, session: &str) -> (u16, Value) {
+    pay_with(app, gateway, session, &[]).await
+}
+
+/// Creates the session's intent (with `headers`, e.g. the customer's token), pays it and
+/// delivers the gateway's webhook.
+async fn pay_with(
+    app: &TestApp,
+    gateway: &FakeGateway,
+    session: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
     let intent = app
-        .call(
+        .call_with(
             "POST",
             &format!("/v1/checkout/{session}/payment-intent"),
             None,
-            false,
+            headers,
         )
         .await;
     assert_eq!(intent.status, 200, "{intent:?}");
@@ -540,7 +551,23 @@ async fn a_customer_checks_out_their_own_cart_with_their_token() {
         (201, Some("zoe")),
         "{started:?}"
     );
-    let (status, done) = pay(&app, &gateway, started.body["sessionId"].as_str().unwrap()).await;
+    let session = started.body["sessionId"].as_str().unwrap();
+    // A customer's session answers only that customer's token, on every route.
+    for (method, route) in [("GET", ""), ("POST", "/payment-intent"), ("POST", "/cancel")] {
+        let path = format!("/v1/checkout/{session}{route}");
+        let nobody = app.call_with(method, &path, None, &[]).await;
+        assert_eq!(nobody.status, 401, "{method} {path}: {nobody:?}");
+        let stranger = app
+            .call_with(method, &path, None, &[("authorization", &other)])
+            .await;
+        assert_eq!(stranger.status, 403, "{method} {path}: {stranger:?}");
+        assert!(stranger.body.get("clientSecret").is_none());
+    }
+    let own = app
+        .call_with("GET", &format!("/v1/checkout/{session}"), None, &auth)
+        .await;
+    assert_eq!((own.status, own.body["state"].as_str()), (200, Some("LOCKED")));
+    let (status, done) = pay_with(&app, &gateway, session, &auth).await;
     assert_eq!((status, done["state"].as_str()), (200, Some("COMPLETED")));
     assert_eq!(
         count(&app, "SELECT count(*) FROM orders WHERE customer_id = 'zoe'").await,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use commerce_tests::{Reply, TestApp};
+use commerce_tests::{ADMIN_TOKEN, Reply, TestApp};
 use serde_json::{Value, json};
 
 fn reservation(cart: &str, items: &[(&str, i64)]) -> Value {
@@ -11,6 +11,12 @@ fn reservation(cart: &str, items: &[(&str, i64)]) -> Value {
         .map(|(v, q)| json!({ "variantId": v, "quantity": q }))
         .collect();
     json!({ "cartId": cart, "items": items })
+}
+
+/// A direct reservation, as a trusted backend (the admin token) makes it.
+async fn reserve(app: &TestApp, body: Value) -> Reply {
+    app.call("POST", "/v1/inventory/reservations", Some(body), true)
+        .await
 }
 
 async fn sellable(app: &TestApp, variant: &str) -> i64 {
@@ -31,6 +37,7 @@ async fn reservation_never_oversells_under_contention() {
             let req = http
                 .post(format!("{base}/v1/inventory/reservations"))
                 .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
                 .body(reservation(&format!("cart-{i}"), &[("var-1", 1)]).to_string());
             TestApp::reply(req).await
         })
@@ -61,22 +68,16 @@ async fn a_reservation_with_one_short_variant_changes_nothing() {
     app.seed(3).await;
     app.set_on_hand("var-3", 2).await;
     assert_eq!(
-        app.post(
-            "/v1/inventory/reservations",
-            reservation("other", &[("var-3", 1)])
-        )
-        .await
-        .status,
+        reserve(&app, reservation("other", &[("var-3", 1)])).await.status,
         201
     );
     let before = app.redis_snapshot().await;
 
-    let reply = app
-        .post(
-            "/v1/inventory/reservations",
-            reservation("cart-a", &[("var-1", 5), ("var-2", 5), ("var-3", 2)]),
-        )
-        .await;
+    let reply = reserve(
+        &app,
+        reservation("cart-a", &[("var-1", 5), ("var-2", 5), ("var-3", 2)]),
+    )
+    .await;
     assert_eq!(reply.status, 409);
     assert_eq!(reply.code(), "INSUFFICIENT_INVENTORY");
     assert_eq!(
@@ -101,22 +102,18 @@ async fn an_expired_hold_stops_counting_without_a_sweeper() {
     app.set_on_hand("var-1", 1).await;
     let mut held = reservation("early", &[("var-1", 1)]);
     held["ttlSeconds"] = json!(1);
-    let reply = app.post("/v1/inventory/reservations", held).await;
+    let reply = reserve(&app, held).await;
     assert_eq!(reply.status, 201, "{reply:?}");
     assert!(reply.body["expiresAt"].as_str().unwrap().ends_with('Z'));
     assert_eq!(
-        app.post("/v1/inventory/reservations", reservation("late", &[("var-1", 1)]))
-            .await
-            .status,
+        reserve(&app, reservation("late", &[("var-1", 1)])).await.status,
         409
     );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(sellable(&app, "var-1").await, 1, "the expired hold still counts");
     assert_eq!(
-        app.post("/v1/inventory/reservations", reservation("late", &[("var-1", 1)]))
-            .await
-            .status,
+        reserve(&app, reservation("late", &[("var-1", 1)])).await.status,
         201
     );
     assert_eq!(app.check_holds("var-1").await, (1, 1));
@@ -128,12 +125,7 @@ async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
     let app = TestApp::spawn().await;
     app.seed(2).await;
     for quantity in [5, 5, 3] {
-        let reply = app
-            .post(
-                "/v1/inventory/reservations",
-                reservation("a", &[("var-1", quantity)]),
-            )
-            .await;
+        let reply = reserve(&app, reservation("a", &[("var-1", quantity)])).await;
         assert_eq!(reply.status, 201);
     }
     assert_eq!(
@@ -141,18 +133,13 @@ async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
         (100, 3),
         "a retry added instead of setting"
     );
-    app.post("/v1/inventory/reservations", reservation("a", &[("var-2", 4)]))
-        .await;
-    app.post(
-        "/v1/inventory/reservations",
-        reservation("b", &[("var-1", 2), ("var-2", 1)]),
-    )
-    .await;
+    reserve(&app, reservation("a", &[("var-2", 4)])).await;
+    reserve(&app, reservation("b", &[("var-1", 2), ("var-2", 1)])).await;
     assert_eq!(app.check_holds("var-1").await, (100, 5));
     assert_eq!(app.check_holds("var-2").await, (100, 5));
 
     let released = app
-        .call("DELETE", "/v1/inventory/reservations/a", None, false)
+        .call("DELETE", "/v1/inventory/reservations/a", None, true)
         .await;
     assert_eq!(
         (released.status, released.body["released"].as_i64()),
@@ -162,7 +149,7 @@ async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
     assert_eq!(app.check_holds("var-2").await, (100, 1));
     // Releasing again is harmless.
     let again = app
-        .call("DELETE", "/v1/inventory/reservations/a", None, false)
+        .call("DELETE", "/v1/inventory/reservations/a", None, true)
         .await;
     assert_eq!(again.body["released"], 0);
     assert_eq!(sellable(&app, "var-1").await, 98);
@@ -264,7 +251,7 @@ async fn sweep_purges_holds_nobody_touches() {
     app.seed(3).await;
     let mut held = reservation("idle", &[("var-1", 1), ("var-2", 2), ("var-3", 3)]);
     held["ttlSeconds"] = json!(1);
-    assert_eq!(app.post("/v1/inventory/reservations", held).await.status, 201);
+    assert_eq!(reserve(&app, held).await.status, 201);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let visited = app.inventory().sweep(|_| {}).await.unwrap();
     assert_eq!(visited, 3);
@@ -287,9 +274,7 @@ async fn scripts_run_after_the_server_forgets_them() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let reply = app
-        .post("/v1/inventory/reservations", reservation("c", &[("var-1", 2)]))
-        .await;
+    let reply = reserve(&app, reservation("c", &[("var-1", 2)])).await;
     assert_eq!(reply.status, 201, "NOSCRIPT fallback failed: {reply:?}");
     assert_eq!(sellable(&app, "var-1").await, 98);
     app.finish().await;
@@ -430,7 +415,7 @@ async fn a_backup_restores_every_key_of_the_namespace_exactly() {
     app.seed(20).await;
     let mut held = json!({"cartId": "kept", "items": [{"variantId": "var-1", "quantity": 3}]});
     held["ttlSeconds"] = json!(600);
-    assert_eq!(app.post("/v1/inventory/reservations", held).await.status, 201);
+    assert_eq!(reserve(&app, held).await.status, 201);
     let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
         .as_str()
         .unwrap()

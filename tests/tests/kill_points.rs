@@ -161,7 +161,7 @@ async fn a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order() {
         assert_eq!(retried["state"], "COMPLETED", "{store} #{at}: {retried}");
         sold += 1;
         let id = CartId::parse(&session).unwrap();
-        assert_eq!(Checkouts::new(a).get(&id).await.unwrap().state, "COMPLETED");
+        assert_eq!(Checkouts::new(a).get(&id, None).await.unwrap().state, "COMPLETED");
         consistent(&app, sold).await;
     }
     app.finish().await;
@@ -189,7 +189,7 @@ async fn a_crash_after_any_call_of_starting_a_checkout_is_resumed_by_its_retry()
         assert_eq!(resumed.session_id, format!("cs_{token}"));
         assert_eq!(resumed.state, "LOCKED");
         let id = CartId::parse(&resumed.session_id).unwrap();
-        Checkouts::new(a).cancel(&id).await.unwrap();
+        Checkouts::new(a).cancel(&id, None).await.unwrap();
         consistent(&app, 0).await;
     }
     app.finish().await;

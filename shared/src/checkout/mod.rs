@@ -10,6 +10,7 @@
 
 pub mod gateway;
 mod order;
+pub mod paid;
 pub mod routes;
 pub mod state;
 
@@ -25,7 +26,7 @@ use crate::cart::{self, CartLine, CartRef, Carts};
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, PortError, Result};
 use crate::ids::{CartId, CustomerId, Quantity, VariantId};
-use crate::inventory::Inventory;
+use crate::inventory::{Holder, Inventory};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
 use crate::pricing::quote::{cart_quote_lines, price_lines};
@@ -47,6 +48,7 @@ static FLAG_REFUND: Script = Script::new(concat!(
     include_str!("session.lua"),
     include_str!("flag_refund.lua")
 ));
+static RESTORE: Script = Script::new(concat!(include_str!("session.lua"), include_str!("restore.lua")));
 
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
@@ -266,6 +268,25 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         i64::from(self.app.settings.checkout_session_ttl_seconds) * 1000
     }
 
+    fn grace_ms(&self) -> i64 {
+        i64::from(self.app.settings.hold_grace_seconds) * 1000
+    }
+
+    /// Holds the frozen demand for the session for `ttl_ms` plus the grace period, and
+    /// returns the session's deadline: the holds' deadline, read once from the Redis clock,
+    /// less the grace. So the holds always outlive the session (DESIGN §4, invariant 2).
+    async fn hold(&self, session: &CartId, demand: &[(VariantId, Quantity)], ttl_ms: i64) -> Result<i64> {
+        let held = self
+            .inventory()
+            .reserve(
+                &Holder::Checkout(session.clone()),
+                demand,
+                ttl_ms + self.grace_ms(),
+            )
+            .await?;
+        Ok(held.deadline_ms - self.grace_ms())
+    }
+
     async fn run(&self, script: &Script, keys: &[&str], args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
         script
             .run(&self.app.redis, keys, args)
@@ -352,9 +373,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let currency = Currency::parse(&view.currency)?;
         let priced = price_lines(self.app, &cart_quote_lines(&lines)?, currency, customer_group).await?;
         let demand = demand(&lines)?;
-        self.inventory()
-            .reserve(session, &demand, self.lock_ttl_ms())
-            .await?;
+        let deadline = self.hold(session, &demand, self.lock_ttl_ms()).await?;
         let definitions: serde_json::Map<String, Value> = lines
             .iter()
             .map(|l| (l.line_id.clone(), l.definition.clone()))
@@ -376,7 +395,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 vec![
                     session.as_str().into(),
                     cart_ref_text(cart).into(),
-                    RedisArg::Int(self.lock_ttl_ms()),
+                    RedisArg::Int(deadline),
                     RedisArg::Int(KEEP_MS),
                     RedisArg::Int(priced.quote.total_minor),
                     currency.as_str().into(),
@@ -416,12 +435,44 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(())
     }
 
-    /// Releases what a session that ended before payment still holds: its stock holds and
-    /// its cart's lock (owner-checked). Idempotent.
+    /// Releases what a session that ended without an order still holds: its stock holds
+    /// and its cart's lock (owner-checked). A paid session is first marked ended in
+    /// PostgreSQL, so no reload puts its holds back. Idempotent.
     async fn release(&self, session: &Session) -> Result<()> {
-        self.inventory().release(&session.id).await?;
+        let mut known = Vec::new();
+        if session.intent.is_some() {
+            paid::end(&self.app.sql, session.id.as_str(), session.state.name()).await?;
+            known = frozen_demand(&self.metadata(&session.id).await?)?
+                .into_iter()
+                .map(|(v, _)| v)
+                .collect();
+        }
+        self.inventory()
+            .release(&Holder::Checkout(session.id.clone()), &known)
+            .await?;
         self.unlock(&self.carts().lock_key(&session.cart), &session.id)
             .await
+    }
+
+    /// Refuses a caller who may not act on the session: a customer's session answers only
+    /// that customer's token (or the admin token); an anonymous session's id is its
+    /// capability.
+    fn authorize(&self, session: &Session, authorization: Option<&str>) -> Result<()> {
+        match &session.cart {
+            CartRef::Session(_) => Ok(()),
+            CartRef::Customer(customer) => {
+                if self.app.settings.authorize_admin(authorization).is_ok() {
+                    return Ok(());
+                }
+                auth::verify_customer(
+                    authorization,
+                    &self.app.settings.jwt_secret,
+                    auth::now_s(),
+                    customer,
+                )
+                .map(|_| ())
+            }
+        }
     }
 
     /// Reads a session; one past its deadline before payment is expired now and releases
@@ -438,12 +489,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Moves a session to `to` (compare-and-set from the allowed sources), optionally with a
-    /// new deadline and fields. Returns the reply's tag and the session after it.
+    /// new deadline (epoch ms, Redis clock) and fields. Returns the reply's tag and the
+    /// session after it.
     async fn transition(
         &self,
         id: &CartId,
         to: State,
-        ttl_ms: Option<i64>,
+        deadline_ms: Option<i64>,
         fields: &[(&str, &str)],
     ) -> Result<(String, Session)> {
         let (key, metadata) = (
@@ -454,7 +506,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let mut args = vec![
             to.name().into(),
             sources.join(",").into(),
-            ttl_ms.map(|t| t.to_string()).unwrap_or_default().into(),
+            deadline_ms.map(|t| t.to_string()).unwrap_or_default().into(),
             RedisArg::Int(KEEP_MS),
         ];
         for (field, value) in fields {
@@ -470,15 +522,19 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok((tag, session))
     }
 
-    /// The session, with its frozen quote.
-    pub async fn get(&self, id: &CartId) -> Result<SessionView> {
+    /// The session, with its frozen quote, for a caller the session answers.
+    pub async fn get(&self, id: &CartId, authorization: Option<&str>) -> Result<SessionView> {
         let session = self.load(id).await?;
+        self.authorize(&session, authorization)?;
         let quote = self.metadata(id).await.ok().map(|m| m["quote"].clone());
         Ok(session.view(quote))
     }
 
-    /// Cancels a session before payment: holds and lock released. After payment, 409.
-    pub async fn cancel(&self, id: &CartId) -> Result<SessionView> {
+    /// Cancels a session before payment: holds and lock released, its intent (if any)
+    /// cancelled at the gateway. After payment, 409.
+    pub async fn cancel(&self, id: &CartId, authorization: Option<&str>) -> Result<SessionView> {
+        let session = self.load(id).await?;
+        self.authorize(&session, authorization)?;
         let (tag, session) = self.transition(id, State::Cancelled, None, &[]).await?;
         match tag.as_str() {
             "OK" | "SAME" => {
@@ -491,9 +547,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Creates the payment intent for the frozen total with the gateway (idempotent: the
     /// gateway sees the same idempotency key for the session every time), extends the holds
-    /// and the lock to the session's lifetime, and moves the session to PAYMENT_PENDING.
-    pub async fn payment_intent(&self, id: &CartId) -> Result<Value> {
+    /// and the lock to the session's lifetime, keeps the paid session in PostgreSQL, and
+    /// moves the session to PAYMENT_PENDING.
+    pub async fn payment_intent(&self, id: &CartId, authorization: Option<&str>) -> Result<Value> {
         let session = self.load(id).await?;
+        self.authorize(&session, authorization)?;
         match session.state {
             State::Locked | State::PaymentPending => {}
             _ if session.intent.is_some() && !session.state.is_terminal() => {}
@@ -543,24 +601,49 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let intent_id = intent["id"].as_str().unwrap_or_default().to_owned();
         let mut session = session;
         if session.state == State::Locked {
-            // Hold stock and cart for the whole payment window.
+            // Hold stock and cart for the whole payment window: the holds first (their
+            // deadline, less the grace, is the session's), then PostgreSQL's copy, then the
+            // session, so at every moment the holds outlive the session.
             let metadata = self.metadata(id).await?;
             let demand = frozen_demand(&metadata)?;
-            self.inventory()
-                .reserve(id, &demand, self.session_ttl_ms())
-                .await?;
+            let deadline = self.hold(id, &demand, self.session_ttl_ms()).await?;
+            let cart_ref = cart_ref_text(&session.cart);
+            let customer = match &session.cart {
+                CartRef::Customer(c) => Some(c.as_str()),
+                CartRef::Session(_) => None,
+            };
+            paid::save(
+                &self.app.sql,
+                &paid::PaidSession {
+                    id: id.as_str(),
+                    cart_ref: &cart_ref,
+                    customer,
+                    total: session.total,
+                    currency: &session.currency,
+                    intent_id: &intent_id,
+                    intent: &intent,
+                    deadline_ms: deadline,
+                    holds_deadline_ms: deadline + self.grace_ms(),
+                    metadata: &metadata,
+                    demand: &demand,
+                },
+            )
+            .await?;
             let lock_key = self.carts().lock_key(&session.cart);
             self.run(
                 &UNLOCK,
                 &[&lock_key],
-                vec![id.as_str().into(), RedisArg::Int(self.session_ttl_ms())],
+                vec![
+                    id.as_str().into(),
+                    RedisArg::Int(self.session_ttl_ms() + self.grace_ms()),
+                ],
             )
             .await?;
             let (tag, moved) = self
                 .transition(
                     id,
                     State::PaymentPending,
-                    Some(self.session_ttl_ms()),
+                    Some(deadline),
                     &[("intent", &intent_id)],
                 )
                 .await?;
@@ -581,8 +664,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Handles a verified gateway event. A confirmed payment places the order (or resumes
-    /// placing it); a payment for a session that can no longer sell is flagged for refund;
-    /// a failed payment ends the session and releases what it held.
+    /// placing it); a payment that can no longer become an order is refunded; a failed
+    /// payment of the session's own intent ends the session and releases what it held.
     pub async fn handle_event(&self, event: &gateway::WebhookEvent) -> Result<Value> {
         let Some(id) = event.session_id.as_deref() else {
             return Ok(json!({ "received": true, "ignored": "the payment has no checkout session" }));
@@ -590,34 +673,133 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let id = CartId::parse(id)?;
         match &event.kind {
             gateway::EventKind::PaymentSucceeded => self.confirm(&id, event).await,
-            gateway::EventKind::PaymentFailed => {
-                let (tag, session) = self.transition(&id, State::Failed, None, &[]).await?;
-                if matches!(tag.as_str(), "OK" | "SAME") {
-                    self.release(&session).await?;
-                }
-                Ok(json!({ "received": true, "sessionId": id.as_str(), "state": session.state.name() }))
-            }
+            gateway::EventKind::PaymentFailed => self.payment_failed(&id, event).await,
             gateway::EventKind::Other(kind) => Ok(json!({ "received": true, "ignored": kind })),
         }
     }
 
-    async fn confirm(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+    async fn payment_failed(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
         let session = match self.load(id).await {
             Ok(session) => session,
             Err(Error::NotFound { .. }) => {
-                order::flag_refund(
-                    &self.app.sql,
-                    id.as_str(),
-                    &event.intent_id,
-                    event.amount,
-                    &event.currency,
-                    "unknown session",
-                )
-                .await?;
-                return Ok(json!({ "received": true, "refundRequired": "unknown session" }));
+                return Ok(json!({ "received": true, "ignored": "unknown session" }));
             }
             Err(other) => return Err(other),
         };
+        // Only the session's own intent speaks for it: a failure of any other intent (an
+        // old one, or one forged into the metadata of another payment) changes nothing.
+        let own = match &session.intent {
+            Some(intent) => intent.clone(),
+            None => self.stored_intent_id(id).await?.unwrap_or_default(),
+        };
+        // Once the payment is confirmed, a late failure event of the same intent (events
+        // arrive out of order) changes nothing either.
+        if own != event.intent_id || !session.state.is_before_payment() {
+            return Ok(json!({
+                "received": true,
+                "sessionId": id.as_str(),
+                "state": session.state.name(),
+                "ignored": "the failure is not of this session's pending intent",
+            }));
+        }
+        let (tag, session) = self.transition(id, State::Failed, None, &[]).await?;
+        if matches!(tag.as_str(), "OK" | "SAME") {
+            self.release(&session).await?;
+        }
+        Ok(json!({ "received": true, "sessionId": id.as_str(), "state": session.state.name() }))
+    }
+
+    /// The id of the intent created for the session, if any.
+    async fn stored_intent_id(&self, id: &CartId) -> Result<Option<String>> {
+        let stored = self
+            .app
+            .redis
+            .execute("GET", vec![self.app.keys.payment_intent(id).into()])
+            .await
+            .map_err(PortError::redis)?;
+        Ok(stored
+            .first()
+            .and_then(RedisReply::as_text)
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|v| v["id"].as_str().map(str::to_owned)))
+    }
+
+    /// The session from Redis, or, if Redis lost it, put back from PostgreSQL's copy of a
+    /// paid session. `None`: neither knows it.
+    async fn load_or_restore(&self, id: &CartId) -> Result<Option<Session>> {
+        match self.load(id).await {
+            Ok(session) => return Ok(Some(session)),
+            Err(Error::NotFound { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        let Some(kept) = paid::load(&self.app.sql, id.as_str()).await? else {
+            return Ok(None);
+        };
+        let state = kept
+            .ended_state
+            .as_deref()
+            .unwrap_or(State::PaymentPending.name());
+        let keys = [
+            self.app.keys.checkout_session(id),
+            self.app.keys.checkout_metadata(id),
+            self.app.keys.payment_intent(id),
+        ];
+        let reply = self
+            .run(
+                &RESTORE,
+                &[&keys[0], &keys[1], &keys[2]],
+                vec![
+                    id.as_str().into(),
+                    kept.cart_ref.as_str().into(),
+                    RedisArg::Int(kept.deadline_ms),
+                    RedisArg::Int(KEEP_MS),
+                    RedisArg::Int(kept.total),
+                    kept.currency.as_str().into(),
+                    kept.metadata.as_str().into(),
+                    kept.intent_id.as_str().into(),
+                    kept.intent.as_str().into(),
+                    state.into(),
+                ],
+            )
+            .await?;
+        let (tag, session) = parse_session(&reply)?;
+        let session = session.ok_or_else(|| checkout_not_found(id))?;
+        if tag == "EXPIRED_NOW" {
+            self.release(&session).await?;
+        }
+        Ok(Some(session))
+    }
+
+    async fn confirm(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+        // An order that exists stands, whatever Redis remembers: its own payment is
+        // answered with it; any other payment for the session goes back.
+        let order = order::find(&self.app.sql, id.as_str()).await?;
+        if let Some((order_id, _, intent)) = &order
+            && *intent != event.intent_id
+        {
+            return self
+                .refund_unknown(id, event, "the checkout was already paid by another payment")
+                .await
+                .map(|mut v| {
+                    v["orderId"] = json!(order_id);
+                    v
+                });
+        }
+        let session = match self.load_or_restore(id).await? {
+            Some(session) => session,
+            None => {
+                if let Some((order_id, _, _)) = order {
+                    return Ok(json!({ "received": true, "sessionId": id.as_str(), "orderId": order_id }));
+                }
+                return self.refund_unknown(id, event, "unknown session").await;
+            }
+        };
+        if order.is_some() && session.state.is_terminal() {
+            let order_id = order.map(|(o, _, _)| o);
+            return Ok(
+                json!({ "received": true, "sessionId": id.as_str(), "state": session.state.name(), "orderId": order_id }),
+            );
+        }
         let matches = event.amount == session.total
             && event.currency == session.currency
             && session.intent.as_deref().is_none_or(|i| i == event.intent_id);
@@ -640,15 +822,18 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 .1;
         }
         if session.state == State::PaymentPending {
+            // Past its deadline the session expires here instead: its units may have been
+            // sold again, so the payment goes back rather than becoming an order.
             let (tag, moved) = self.transition(id, State::PaymentConfirmed, None, &[]).await?;
             if tag == "EXPIRED_NOW" || moved.state.is_terminal() && moved.state != State::Completed {
                 return self.refund(&moved, event, "the checkout had ended").await;
             }
             session = moved;
         }
-        self.place_order(session, &event.intent_id).await
+        self.place_order(session, &event.intent_id, event).await
     }
 
+    /// Refunds a payment the session cannot take (through the outbox, keyed by intent).
     async fn refund(&self, session: &Session, event: &gateway::WebhookEvent, reason: &str) -> Result<Value> {
         order::flag_refund(
             &self.app.sql,
@@ -671,8 +856,33 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         )
     }
 
-    /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED.
-    async fn place_order(&self, mut session: Session, intent: &str) -> Result<Value> {
+    /// Refunds a payment for a session that neither Redis nor PostgreSQL can sell to.
+    async fn refund_unknown(
+        &self,
+        id: &CartId,
+        event: &gateway::WebhookEvent,
+        reason: &str,
+    ) -> Result<Value> {
+        order::flag_refund(
+            &self.app.sql,
+            id.as_str(),
+            &event.intent_id,
+            event.amount,
+            &event.currency,
+            reason,
+        )
+        .await?;
+        Ok(json!({ "received": true, "sessionId": id.as_str(), "refundRequired": reason }))
+    }
+
+    /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED; or, when on-hand
+    /// cannot cover the order, to FAILED with the payment refunded.
+    async fn place_order(
+        &self,
+        mut session: Session,
+        intent: &str,
+        event: &gateway::WebhookEvent,
+    ) -> Result<Value> {
         let order_id = format!("ord_{}", session.id.as_str().trim_start_matches("cs_"));
         let mut changes = None;
         if session.state == State::PaymentConfirmed {
@@ -698,7 +908,18 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 },
             )
             .await?;
-            changes = Some(written);
+            match written {
+                order::Written::Placed(written) => changes = Some(written),
+                order::Written::Refused(shortages) => {
+                    let (_, failed) = self.transition(&session.id, State::Failed, None, &[]).await?;
+                    let reason = "on-hand stock could not cover the order";
+                    let mut answer = self.refund(&failed, event, reason).await?;
+                    self.release(&failed).await?;
+                    answer["state"] = json!(failed.state.name());
+                    answer["shortages"] = shortages;
+                    return Ok(answer);
+                }
+            }
             session = self
                 .transition(&session.id, State::OrderCreated, None, &[("order", &order_id)])
                 .await?
@@ -709,7 +930,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 Some(c) => c,
                 None => order::changes_of(&self.app.sql, session.id.as_str()).await?,
             };
-            self.inventory().commit(&session.id, &changes).await?;
+            self.inventory()
+                .commit(&Holder::Checkout(session.id.clone()), &changes)
+                .await?;
             let carts = self.carts();
             let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
             self.run(
@@ -725,7 +948,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
         let order = order::find(&self.app.sql, session.id.as_str())
             .await?
-            .map(|(id, _)| id);
+            .map(|(id, _, _)| id);
         Ok(
             json!({ "received": true, "sessionId": session.id.as_str(), "state": session.state.name(), "orderId": order }),
         )

@@ -10,15 +10,28 @@ use crate::ports::{Sql, SqlValue};
 
 /// Inserts the order (nothing if the session already has one: the unique
 /// `checkout_session_id`), its lines, and decrements on-hand per variant, returning each
-/// stock change. The decrement reads the previous on-hand of the very row version it
-/// updates (locking subquery), so the change is exact under concurrent updates; on-hand
-/// never goes below zero.
+/// stock change. The demanded rows are locked first (`FOR UPDATE`, in variant order, so two
+/// orders never deadlock) and re-read at their latest committed version, so the change is
+/// exact under concurrent orders; and the order is written only if on-hand covers every
+/// line: PostgreSQL refuses what it cannot cover, never clamps (DESIGN §4, invariant 1).
+/// The CHECK (on_hand >= 0) stands behind it. No row: the order exists already, or was
+/// refused (see [`write`]).
 const WRITE_ORDER: &str = "\
-WITH ins AS (
+WITH demand AS (
+    SELECT d.variant_id, d.quantity FROM jsonb_to_recordset($15::text::jsonb) AS d(variant_id text, quantity bigint)
+), prev AS (
+    SELECT i.variant_id, i.on_hand, d.quantity
+    FROM demand d JOIN inventory_levels i ON i.variant_id = d.variant_id
+    ORDER BY i.variant_id
+    FOR UPDATE OF i
+), covered AS (
+    SELECT (SELECT count(*) FROM prev WHERE prev.on_hand >= prev.quantity) = (SELECT count(*) FROM demand) AS ok
+), ins AS (
     INSERT INTO orders (id, checkout_session_id, state_version, cart_ref, customer_id, currency,
                         subtotal_minor, discount_total_minor, total_minor, payment_intent_id,
                         pricing_version, discount_version, quote)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb
+    FROM covered WHERE covered.ok
     ON CONFLICT (checkout_session_id) DO NOTHING
     RETURNING id
 ), lines AS (
@@ -31,11 +44,8 @@ WITH ins AS (
              line_total bigint, discount bigint, definition jsonb)
 ), stock AS (
     UPDATE inventory_levels lv
-    SET on_hand = GREATEST(prev.on_hand - prev.quantity, 0), version = lv.version + 1, updated_at = now()
-    FROM (SELECT i.variant_id, i.on_hand, d.quantity
-          FROM ins, jsonb_to_recordset($15::text::jsonb) AS d(variant_id text, quantity bigint)
-          JOIN inventory_levels i ON i.variant_id = d.variant_id
-          FOR UPDATE OF i) prev
+    SET on_hand = prev.on_hand - prev.quantity, version = lv.version + 1, updated_at = now()
+    FROM ins, prev
     WHERE lv.variant_id = prev.variant_id
     RETURNING lv.variant_id, prev.quantity, lv.on_hand - prev.on_hand AS delta, lv.on_hand, lv.version
 ), changes AS (
@@ -45,13 +55,28 @@ WITH ins AS (
 )
 SELECT variant_id, delta, on_hand_after, version FROM changes";
 
+/// What on-hand lacks for a demand: `[{variantId, requested, onHand}]` of the short
+/// variants, as JSON text (empty array: nothing is short).
+const SHORTAGES: &str = "\
+SELECT COALESCE(json_agg(json_build_object('variantId', d.variant_id, 'requested', d.quantity,
+                                           'onHand', COALESCE(i.on_hand, 0)))::text, '[]')
+FROM jsonb_to_recordset($1::text::jsonb) AS d(variant_id text, quantity bigint)
+LEFT JOIN inventory_levels i ON i.variant_id = d.variant_id
+WHERE COALESCE(i.on_hand, 0) < d.quantity";
+
+/// Records an order PostgreSQL refused (once per session).
+const RECORD_REFUSAL: &str = "\
+INSERT INTO orders_refused (checkout_session_id, payment_intent_id, shortages)
+VALUES ($1, $2, $3::text::jsonb) ON CONFLICT (checkout_session_id) DO NOTHING";
+
 /// The stock changes an existing order made (a retry mirrors the same ones).
 const ORDER_CHANGES: &str = "\
 SELECT c.variant_id, c.delta, c.on_hand_after, c.version
 FROM order_stock_changes c JOIN orders o ON o.id = c.order_id
 WHERE o.checkout_session_id = $1 ORDER BY c.variant_id";
 
-const ORDER_ID: &str = "SELECT id, state_version FROM orders WHERE checkout_session_id = $1";
+const ORDER_ID: &str =
+    "SELECT id, state_version, payment_intent_id FROM orders WHERE checkout_session_id = $1";
 
 const FLAG_REFUND: &str = "\
 INSERT INTO payment_refunds_due (checkout_session_id, payment_intent_id, amount_minor, currency, reason)
@@ -79,9 +104,19 @@ pub struct NewOrder<'a> {
     pub payment_intent: &'a str,
 }
 
+/// What writing an order came to.
+#[derive(Debug)]
+pub enum Written {
+    /// The order stands (written now or by an earlier attempt), with its stock changes.
+    Placed(Vec<StockChange>),
+    /// On-hand could not cover it: no order, nothing taken; the shortages as JSON.
+    Refused(Value),
+}
+
 /// Writes the order, or finds the one already written for the session; returns its stock
-/// changes either way.
-pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Vec<StockChange>> {
+/// changes either way. An order that on-hand cannot cover is not written: it is recorded in
+/// `orders_refused` and answered [`Written::Refused`].
+pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     let q = order.quote;
     let int = |v: &Value, what: &str| {
         v.as_i64()
@@ -134,13 +169,43 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Vec<StockChan
         SqlValue::Int(int(&q["versions"]["discounts"], "versions")?),
         SqlValue::Text(q.to_string()),
         SqlValue::Text(Value::Array(lines).to_string()),
-        SqlValue::Text(Value::Array(demand).to_string()),
+        SqlValue::Text(Value::Array(demand.clone()).to_string()),
     ];
-    let rows = sql.query(WRITE_ORDER, &params).await.map_err(PortError::sql)?;
+    let demand = Value::Array(demand).to_string();
+    let rows = match sql.query(WRITE_ORDER, &params).await {
+        Ok(rows) => rows,
+        // The CHECK behind the guard (23514): treated as the shortage it is.
+        Err(PortError::Server(message)) if is_check_violation(&message) => Vec::new(),
+        Err(e) => return Err(PortError::sql(e)),
+    };
     if !rows.is_empty() {
-        return parse_changes(&rows);
+        return Ok(Written::Placed(parse_changes(&rows)?));
     }
-    changes_of(sql, order.session).await
+    if find(sql, order.session).await?.is_some() {
+        return Ok(Written::Placed(changes_of(sql, order.session).await?));
+    }
+    let shortages = sql
+        .query(SHORTAGES, &[SqlValue::Text(demand)])
+        .await
+        .map_err(PortError::sql)?;
+    let shortages = shortages
+        .first()
+        .and_then(|r| r.first()?.as_text())
+        .unwrap_or("[]")
+        .to_owned();
+    sql.execute(
+        RECORD_REFUSAL,
+        &[
+            SqlValue::Text(order.session.to_owned()),
+            SqlValue::Text(order.payment_intent.to_owned()),
+            SqlValue::Text(shortages.clone()),
+        ],
+    )
+    .await
+    .map_err(PortError::sql)?;
+    Ok(Written::Refused(
+        serde_json::from_str(&shortages).unwrap_or(Value::Null),
+    ))
 }
 
 /// The stock changes of the session's order (empty if it has none).
@@ -152,15 +217,19 @@ pub async fn changes_of(sql: &impl Sql, session: &str) -> Result<Vec<StockChange
     parse_changes(&rows)
 }
 
-/// The id and fencing version of the session's order, if written.
-pub async fn find(sql: &impl Sql, session: &str) -> Result<Option<(String, i64)>> {
+/// The id, fencing version and payment intent of the session's order, if written.
+pub async fn find(sql: &impl Sql, session: &str) -> Result<Option<(String, i64, String)>> {
     let rows = sql
         .query(ORDER_ID, &[SqlValue::Text(session.to_owned())])
         .await
         .map_err(PortError::sql)?;
-    Ok(rows
-        .first()
-        .and_then(|r| Some((r.first()?.as_text()?.to_owned(), r.get(1)?.as_int()?))))
+    Ok(rows.first().and_then(|r| {
+        Some((
+            r.first()?.as_text()?.to_owned(),
+            r.get(1)?.as_int()?,
+            r.get(2)?.as_text()?.to_owned(),
+        ))
+    }))
 }
 
 /// Records a payment that must be given back.
@@ -181,6 +250,12 @@ pub async fn flag_refund(
     ];
     sql.execute(FLAG_REFUND, &params).await.map_err(PortError::sql)?;
     Ok(())
+}
+
+/// A CHECK constraint refused the statement (SQLSTATE 23514), in the native adapter's
+/// rendering (`23514 …`) or the Spin host's (`… (SQLSTATE 23514)`).
+fn is_check_violation(message: &str) -> bool {
+    message.starts_with("23514") || message.contains("SQLSTATE 23514")
 }
 
 fn parse_changes(rows: &[Vec<SqlValue>]) -> Result<Vec<StockChange>> {

@@ -38,11 +38,13 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             Err(e) => Err(e),
         },
         ["v1", "checkout", "payment-webhook"] if post => webhook(app, req).await,
-        ["v1", "checkout", session] if req.method == "GET" => get(app, session).await,
+        ["v1", "checkout", session] if req.method == "GET" => get(app, req, session).await,
         ["v1", "checkout", session, "payment-intent"] if post => match CartId::parse(session) {
             Ok(id) => {
                 idempotency::once(app, req, "payment-intent", false, |_| async move {
-                    let intent = Checkouts::new(app).payment_intent(&id).await?;
+                    let intent = Checkouts::new(app)
+                        .payment_intent(&id, req.header("authorization"))
+                        .await?;
                     Ok(Response::json(200, &intent))
                 })
                 .await
@@ -51,7 +53,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         },
         ["v1", "checkout", session, "cancel"] if post => match CartId::parse(session) {
             Ok(id) => Checkouts::new(app)
-                .cancel(&id)
+                .cancel(&id, req.header("authorization"))
                 .await
                 .map(|v| Response::json(200, &v)),
             Err(e) => Err(e),
@@ -101,9 +103,14 @@ fn parse_start<R: Redis, S: Sql, H: Http>(
     Ok((cart, group))
 }
 
-async fn get<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, session: &str) -> Result<Response> {
+async fn get<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    session: &str,
+) -> Result<Response> {
     let id = CartId::parse(session)?;
-    Ok(Response::json(200, &Checkouts::new(app).get(&id).await?))
+    let view = Checkouts::new(app).get(&id, req.header("authorization")).await?;
+    Ok(Response::json(200, &view))
 }
 
 async fn webhook<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {

@@ -23,7 +23,8 @@ pub enum State {
     Cancelled,
     /// Past its deadline before payment; holds and lock released.
     Expired,
-    /// The payment failed; holds and lock released.
+    /// The payment failed, or PostgreSQL refused the order for want of stock (the payment
+    /// is refunded); holds and lock released.
     Failed,
 }
 
@@ -85,7 +86,9 @@ impl State {
             | (PaymentConfirmed, OrderCreated)
             | (OrderCreated, Completed) => true,
             // Ending early releases holds and lock; only possible before payment.
-            (from, Cancelled | Expired | Failed) => from.is_before_payment(),
+            (from, Cancelled | Expired | Failed) if from.is_before_payment() => true,
+            // Paid, but on-hand could not cover the order: no order, the payment refunded.
+            (PaymentConfirmed, Failed) => true,
             _ => false,
         }
     }
@@ -143,6 +146,7 @@ mod tests {
                 expected.push((from, to));
             }
         }
+        expected.push((PaymentConfirmed, Failed));
         let mut allowed_sorted = allowed.clone();
         allowed_sorted.sort();
         expected.sort();

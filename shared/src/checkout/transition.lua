@@ -3,8 +3,8 @@
 -- moving the deadline.
 --
 -- KEYS: session, metadata
--- ARGV: target state, source states joined by ',', new time to live in ms ('' = keep
---       the deadline), how long the record outlives its deadline (ms),
+-- ARGV: target state, source states joined by ',', new deadline in epoch ms of the Redis
+--       clock ('' = keep the deadline), how long the record outlives its deadline (ms),
 --       then field, value pairs to set with the move
 -- Replies: {'OK' | 'SAME' (already there) | 'STATE' (refused: see its state)
 --           | 'EXPIRED_NOW' (it expired instead), session JSON} | {'NOT_FOUND'}
@@ -34,9 +34,9 @@ for i = 5, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
 end
 if ARGV[3] ~= '' then
-  local ttl, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
-  redis.call('HSET', key, 'deadline', now + ttl)
-  redis.call('PEXPIRE', key, ttl + keep)
-  redis.call('PEXPIRE', KEYS[2], ttl + keep)
+  local deadline, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
+  redis.call('HSET', key, 'deadline', deadline)
+  redis.call('PEXPIREAT', key, deadline + keep)
+  redis.call('PEXPIREAT', KEYS[2], deadline + keep)
 end
 return snapshot(key, 'OK')

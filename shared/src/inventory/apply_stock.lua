@@ -3,6 +3,12 @@
 --
 -- KEYS: stock, stock-version
 -- ARGV: delta, on-hand after the change, row version of the change
--- Reply: {'OK', stock}
+-- A stock key Redis lost is not written here: the caller loads it from PostgreSQL with
+-- the holds of live sessions (load_stock.lua), which includes this change.
+--
+-- Reply: {'OK', stock} | {'MISSING', 0}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'MISSING', 0}
+end
 apply_change(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
 return {'OK', tonumber(redis.call('GET', KEYS[1]))}

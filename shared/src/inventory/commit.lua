@@ -6,10 +6,22 @@
 -- KEYS[2 + 5(i-1)..]  per variant i: stock, reserved, holds, hold-qty, stock-version
 -- ARGV[1]             holder id
 -- ARGV[2 + 3(i-1)..]  per variant i: delta, on-hand after, row version
--- Reply: {'OK'}
+-- A variant whose stock Redis lost is reported first, so the caller loads it from
+-- PostgreSQL with the holds of live sessions before anything is committed.
+--
+-- Reply: {'OK'} | {'MISSING', i, ...} | {'RETRY'}
 local holder = ARGV[1]
 local n = (#KEYS - 1) / 5
 local now = now_ms()
+local missing = {'MISSING'}
+for i = 0, n - 1 do
+  if redis.call('EXISTS', KEYS[2 + 5 * i]) == 0 then
+    missing[#missing + 1] = i
+  end
+end
+if #missing > 1 then
+  return missing
+end
 for i = 0, n - 1 do
   local k = 2 + 5 * i
   local a = 2 + 3 * i

@@ -1,20 +1,28 @@
 -- Load stock: write PostgreSQL's on-hand into Redis, for variants whose stock key is
--- missing (mode 'fill', the lazy load) or for all (mode 'force', reconcile).
+-- missing (mode 'fill', the lazy load) or for all (mode 'force', reconcile), and put back
+-- the holds of live paid checkout sessions that PostgreSQL keeps (DESIGN §4, invariant 8),
+-- so units a paying customer holds are not sold again after Redis lost them.
 --
--- KEYS[1 + 2(i-1)..]  per variant i: stock, stock-version
+-- KEYS[1 + 5(i-1)..]  per variant i: stock, stock-version, reserved, holds, hold-qty
 -- ARGV[1]             'fill' | 'force'
--- ARGV[2 + 2(i-1)..]  per variant i: on-hand, row version
+-- then per variant i: on-hand, row version, n, and n times (holder, quantity, deadline ms)
 --
 -- The stock-version hash (see stock.lua) restarts at the row version the value was read
 -- at. A forced load older than a change already applied would undo it, so it is refused
--- (-1) and the caller reads PostgreSQL again.
+-- (-1) and the caller reads PostgreSQL again. A hold is put back only where the holder
+-- has none on the variant and its deadline is still ahead on the Redis clock.
 --
 -- Reply: {'OK', r_1, ...} with r = 1 written, 0 kept (fill, key present), -1 stale
 local force = ARGV[1] == 'force'
+local now = now_ms()
 local out = {'OK'}
-for i = 0, #KEYS / 2 - 1 do
-  local stock, meta = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
-  local on_hand, version = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
+local a = 2
+for i = 0, #KEYS / 5 - 1 do
+  local stock, meta = KEYS[1 + 5 * i], KEYS[2 + 5 * i]
+  local reserved, holds, hold_qty = KEYS[3 + 5 * i], KEYS[4 + 5 * i], KEYS[5 + 5 * i]
+  local on_hand, version, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local first_hold = a + 3
+  a = first_hold + 3 * n
   local present = redis.call('EXISTS', stock) == 1
   local result = 0
   if not present then
@@ -27,6 +35,15 @@ for i = 0, #KEYS / 2 - 1 do
     redis.call('SET', stock, on_hand)
     redis.call('DEL', meta)
     redis.call('HSET', meta, 'base', version, 'max', version)
+    purge(reserved, holds, hold_qty, now)
+    for h = first_hold, first_hold + 3 * (n - 1), 3 do
+      local holder, qty, deadline = ARGV[h], tonumber(ARGV[h + 1]), tonumber(ARGV[h + 2])
+      if deadline > now and redis.call('HEXISTS', hold_qty, holder) == 0 then
+        redis.call('HSET', hold_qty, holder, qty)
+        redis.call('ZADD', holds, deadline, holder)
+        redis.call('INCRBY', reserved, qty)
+      end
+    end
   end
   out[#out + 1] = result
 end

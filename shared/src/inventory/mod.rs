@@ -8,13 +8,16 @@
 //! first use, and every change to on-hand commits there first and is then mirrored into
 //! Redis exactly once (see `apply_stock.lua`).
 
+mod holder;
 pub mod routes;
+
+pub use holder::Holder;
 
 use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::ids::{CartId, Quantity, VariantId};
+use crate::ids::{Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, tag, unexpected};
@@ -23,7 +26,7 @@ static RESERVE: Script = Script::new(concat!(include_str!("purge.lua"), include_
 static RELEASE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("release.lua")));
 static VIEW: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("view.lua")));
 static SWEEP: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("sweep.lua")));
-static LOAD_STOCK: Script = Script::new(include_str!("load_stock.lua"));
+static LOAD_STOCK: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("load_stock.lua")));
 static APPLY_STOCK: Script = Script::new(concat!(
     include_str!("stock.lua"),
     include_str!("apply_stock.lua")
@@ -34,15 +37,27 @@ static COMMIT: Script = Script::new(concat!(
     include_str!("commit.lua")
 ));
 
-/// On-hand, version and existence of variants, for the lazy load.
+/// On-hand, version and existence of variants, for the lazy load, with the holds of each
+/// variant's live paid checkout sessions that PostgreSQL keeps (sessions with a payment
+/// intent, neither ended nor ordered) as JSON `[[session, quantity, holds deadline ms],
+/// …]`; the load script skips those past their deadline.
 const LEVELS_OF: &str = "\
-SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0)
+SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0),
+       COALESCE((SELECT json_agg(json_build_array(sl.session_id, sl.quantity, s.holds_deadline_ms))::text
+                 FROM checkout_session_lines sl JOIN checkout_sessions s ON s.id = sl.session_id
+                 WHERE sl.variant_id = v.id AND s.ended_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]')
 FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
 WHERE v.id = ANY($1)";
 
-/// One page of every variant's on-hand, for reconcile (keyset pagination by id).
+/// One page of every variant's on-hand and live session holds (as in [`LEVELS_OF`]), for
+/// reconcile (keyset pagination by id).
 const LEVELS_PAGE: &str = "\
-SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0)
+SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0),
+       COALESCE((SELECT json_agg(json_build_array(sl.session_id, sl.quantity, s.holds_deadline_ms))::text
+                 FROM checkout_session_lines sl JOIN checkout_sessions s ON s.id = sl.session_id
+                 WHERE sl.variant_id = v.id AND s.ended_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]')
 FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
 WHERE v.id > $1 ORDER BY v.id LIMIT $2";
 
@@ -130,6 +145,16 @@ pub struct Shortage {
     pub sellable: i64,
 }
 
+/// A variant's stock as PostgreSQL records it, with the holds of its live paid sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Level {
+    variant: VariantId,
+    on_hand: i64,
+    version: i64,
+    /// `(holder name, quantity, deadline ms)` of live paid checkout sessions.
+    holds: Vec<(String, i64, i64)>,
+}
+
 /// What a reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -191,15 +216,15 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// the holder holds but does not name keep their holds.
     pub async fn reserve(
         &self,
-        holder: &CartId,
+        holder: &Holder,
         lines: &[(VariantId, Quantity)],
         ttl_ms: i64,
     ) -> Result<Reservation> {
         let variant_keys: Vec<VariantKeys> = lines.iter().map(|(v, _)| self.keys.variant(v)).collect();
-        let index = self.keys.cart_holds(holder);
+        let index = self.keys.holder_holds(holder);
         let mut keys = vec![index.as_str()];
         keys.extend(variant_keys.iter().flat_map(VariantKeys::as_array));
-        let mut args = vec![RedisArg::from(holder.as_str()), RedisArg::Int(ttl_ms)];
+        let mut args = vec![RedisArg::from(holder.to_string()), RedisArg::Int(ttl_ms)];
         for (variant, quantity) in lines {
             args.push(variant.as_str().into());
             args.push(RedisArg::Int(quantity.get().into()));
@@ -237,24 +262,31 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         }
     }
 
-    /// Drops every hold of `holder` and returns the units released.
-    pub async fn release(&self, holder: &CartId) -> Result<i64> {
-        let index = self.keys.cart_holds(holder);
+    /// Drops every hold of `holder` and returns the units released. `known` names variants
+    /// the caller knows the holder may hold besides those in its index (a checkout's frozen
+    /// demand: holds put back from PostgreSQL after a Redis loss are in no index).
+    pub async fn release(&self, holder: &Holder, known: &[VariantId]) -> Result<i64> {
+        let index = self.keys.holder_holds(holder);
         let members = self
             .redis
             .execute("SMEMBERS", vec![index.as_str().into()])
             .await
             .map_err(|e| e.redis())?;
-        let variants: Vec<VariantId> = members
+        let mut variants: Vec<VariantId> = members
             .iter()
             .filter_map(|m| VariantId::parse(m.as_text()?).ok())
             .collect();
+        for variant in known {
+            if !variants.contains(variant) {
+                variants.push(variant.clone());
+            }
+        }
         let variant_keys: Vec<VariantKeys> = variants.iter().map(|v| self.keys.variant(v)).collect();
         let mut keys = vec![index.as_str()];
         keys.extend(variant_keys.iter().flat_map(VariantKeys::as_array));
         let reply = Reply(
             RELEASE
-                .run(self.redis, &keys, vec![holder.as_str().into()])
+                .run(self.redis, &keys, vec![holder.to_string().into()])
                 .await
                 .map_err(|e| e.redis())?,
         );
@@ -266,9 +298,9 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
 
     /// Mirrors an order's committed PostgreSQL stock decrements into Redis and drops the
     /// holder's holds, in one script. Safe to repeat: each change is applied once.
-    pub async fn commit(&self, holder: &CartId, changes: &[StockChange]) -> Result<()> {
+    pub async fn commit(&self, holder: &Holder, changes: &[StockChange]) -> Result<()> {
         let variant_keys: Vec<VariantKeys> = changes.iter().map(|c| self.keys.variant(&c.variant)).collect();
-        let index = self.keys.cart_holds(holder);
+        let index = self.keys.holder_holds(holder);
         let mut keys = vec![index.as_str()];
         for k in &variant_keys {
             keys.extend([
@@ -279,7 +311,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             ]);
             keys.push(k.stock_version.as_str());
         }
-        let mut args = vec![RedisArg::from(holder.as_str())];
+        let mut args = vec![RedisArg::from(holder.to_string())];
         for c in changes {
             args.extend([
                 RedisArg::Int(c.delta),
@@ -287,8 +319,12 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 RedisArg::Int(c.version),
             ]);
         }
-        self.run_purged(&COMMIT, &keys, args).await?;
-        Ok(())
+        let variants: Vec<VariantId> = changes.iter().map(|c| c.variant.clone()).collect();
+        let reply = self.run_loaded(&COMMIT, &keys, args, &variants).await?;
+        match reply.tag() {
+            "OK" => Ok(()),
+            _ => Err(unexpected(&reply.0)),
+        }
     }
 
     /// Sets a variant's on-hand stock: PostgreSQL first, then Redis (exactly once, see
@@ -308,18 +344,17 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             return Err(unknown_variants(std::slice::from_ref(variant), 404));
         };
         let keys = self.keys.variant(variant);
-        APPLY_STOCK
-            .run(
-                self.redis,
-                &[&keys.stock, &keys.stock_version],
-                vec![
-                    RedisArg::Int(delta),
-                    RedisArg::Int(on_hand),
-                    RedisArg::Int(version),
-                ],
-            )
-            .await
-            .map_err(|e| e.redis())?;
+        self.run_loaded(
+            &APPLY_STOCK,
+            &[&keys.stock, &keys.stock_version],
+            vec![
+                RedisArg::Int(delta),
+                RedisArg::Int(on_hand),
+                RedisArg::Int(version),
+            ],
+            std::slice::from_ref(variant),
+        )
+        .await?;
         Ok(self.views(std::slice::from_ref(variant)).await?.remove(0))
     }
 
@@ -437,7 +472,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 .collect();
             let levels = self.read_levels(&missing).await?;
             if levels.len() < missing.len() {
-                let known: Vec<&VariantId> = levels.iter().map(|(v, _, _)| v).collect();
+                let known: Vec<&VariantId> = levels.iter().map(|l| &l.variant).collect();
                 let unknown: Vec<VariantId> = missing.into_iter().filter(|v| !known.contains(&v)).collect();
                 return Err(unknown_variants(&unknown, 422));
             }
@@ -446,9 +481,9 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         Err(Error::Internal("stock keys vanished while loading".into()))
     }
 
-    /// Reads on-hand and row version of the given variants from PostgreSQL; unknown
-    /// variants are left out.
-    async fn read_levels(&self, variants: &[VariantId]) -> Result<Vec<(VariantId, i64, i64)>> {
+    /// Reads on-hand, row version and live session holds of the given variants from
+    /// PostgreSQL; unknown variants are left out.
+    async fn read_levels(&self, variants: &[VariantId]) -> Result<Vec<Level>> {
         let ids = variants.iter().map(ToString::to_string).collect();
         let rows = self
             .sql
@@ -458,18 +493,32 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         parse_levels(&rows)
     }
 
-    /// Writes levels into Redis (`fill`: only missing keys; `force`: all, refusing stale
-    /// ones). Returns the variants refused as stale.
-    async fn load_stock(&self, levels: &[(VariantId, i64, i64)], mode: &str) -> Result<Vec<VariantId>> {
-        let keys: Vec<VariantKeys> = levels.iter().map(|(v, _, _)| self.keys.variant(v)).collect();
+    /// Writes levels into Redis with their live session holds (`fill`: only missing keys;
+    /// `force`: all, refusing stale ones). Returns the variants refused as stale.
+    async fn load_stock(&self, levels: &[Level], mode: &str) -> Result<Vec<VariantId>> {
+        let keys: Vec<VariantKeys> = levels.iter().map(|l| self.keys.variant(&l.variant)).collect();
         let flat: Vec<&str> = keys
             .iter()
-            .flat_map(|k| [k.stock.as_str(), k.stock_version.as_str()])
+            .flat_map(|k| {
+                [
+                    k.stock.as_str(),
+                    k.stock_version.as_str(),
+                    k.reserved.as_str(),
+                    k.holds.as_str(),
+                    k.hold_qty.as_str(),
+                ]
+            })
             .collect();
         let mut args = vec![RedisArg::from(mode)];
-        for (_, on_hand, version) in levels {
-            args.push(RedisArg::Int(*on_hand));
-            args.push(RedisArg::Int(*version));
+        for level in levels {
+            args.push(RedisArg::Int(level.on_hand));
+            args.push(RedisArg::Int(level.version));
+            args.push(RedisArg::Int(level.holds.len() as i64));
+            for (holder, quantity, deadline) in &level.holds {
+                args.push(holder.as_str().into());
+                args.push(RedisArg::Int(*quantity));
+                args.push(RedisArg::Int(*deadline));
+            }
         }
         let reply = Reply(
             LOAD_STOCK
@@ -485,27 +534,41 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             .iter()
             .zip(results)
             .filter(|(_, r)| *r < 0)
-            .map(|((v, _, _), _)| v.clone())
+            .map(|(l, _)| l.variant.clone())
             .collect())
     }
 }
 
-/// Parses `(id, on_hand, version)` rows.
-fn parse_levels(rows: &[Vec<SqlValue>]) -> Result<Vec<(VariantId, i64, i64)>> {
+/// Parses `(id, on_hand, version, session holds JSON)` rows.
+fn parse_levels(rows: &[Vec<SqlValue>]) -> Result<Vec<Level>> {
     rows.iter()
         .map(|row| {
-            let id = row
+            let bad = || Error::Internal(format!("unexpected inventory row: {row:?}"));
+            let variant = row
                 .first()
                 .and_then(SqlValue::as_text)
-                .and_then(|s| VariantId::parse(s).ok());
-            match (
-                id,
-                row.get(1).and_then(SqlValue::as_int),
-                row.get(2).and_then(SqlValue::as_int),
-            ) {
-                (Some(id), Some(on_hand), Some(version)) => Ok((id, on_hand, version)),
-                _ => Err(Error::Internal(format!("unexpected inventory row: {row:?}"))),
-            }
+                .and_then(|s| VariantId::parse(s).ok())
+                .ok_or_else(bad)?;
+            let on_hand = row.get(1).and_then(SqlValue::as_int).ok_or_else(bad)?;
+            let version = row.get(2).and_then(SqlValue::as_int).ok_or_else(bad)?;
+            let holds: Vec<(String, i64, i64)> = row
+                .get(3)
+                .and_then(SqlValue::as_text)
+                .and_then(|t| serde_json::from_str(t).ok())
+                .ok_or_else(bad)?;
+            let holds = holds
+                .into_iter()
+                .map(|(session, quantity, deadline)| {
+                    let session = crate::ids::CartId::parse(&session).map_err(|_| bad())?;
+                    Ok((Holder::Checkout(session).to_string(), quantity, deadline))
+                })
+                .collect::<Result<_>>()?;
+            Ok(Level {
+                variant,
+                on_hand,
+                version,
+                holds,
+            })
         })
         .collect()
 }

@@ -1,8 +1,8 @@
--- Reserve: all-or-nothing holds for one holder (a cart or a checkout session).
+-- Reserve: all-or-nothing holds for one holder (a checkout session or a trusted caller).
 --
--- KEYS[1]             the holder's index of held variants (inventory:cart-holds:{C})
+-- KEYS[1]             the holder's index of held variants (inventory:holder:{H})
 -- KEYS[2 + 4(i-1)..]  per variant i: stock, reserved, holds, hold-qty
--- ARGV[1]             holder id
+-- ARGV[1]             holder name (`checkout:<id>` | `external:<id>`)
 -- ARGV[2]             hold time in milliseconds
 -- ARGV[3 + 2(i-1)..]  per variant i: variant id, quantity
 --

@@ -2,8 +2,9 @@
 //!
 //! - `GET    /v1/inventory/{variant}`            stock, live reserved, sellable
 //! - `POST   /v1/inventory/availability`         up to 500 variants, one script call
-//! - `POST   /v1/inventory/reservations`         all-or-nothing holds for a cart
-//! - `DELETE /v1/inventory/reservations/{cart}`  release the cart's holds
+//! - `POST   /v1/inventory/reservations`         trusted backends (admin or service token):
+//!   all-or-nothing holds for a holder of their own namespace
+//! - `DELETE /v1/inventory/reservations/{holder}` trusted backends: release those holds
 //! - `PUT    /v1/admin/inventory/{variant}`      set on-hand (PostgreSQL, then Redis)
 //! - `POST   /v1/admin/inventory/reconcile`      rebuild Redis stock from PostgreSQL
 
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{Inventory, MAX_BATCH};
+use super::{Holder, Inventory, MAX_BATCH};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
@@ -41,7 +42,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             _ => Err(Error::MethodNotAllowed(req.method.clone())),
         },
         ["v1", "inventory", "reservations", cart] => match method {
-            "DELETE" => release(app, cart).await,
+            "DELETE" => release(app, req, cart).await,
             _ => Err(Error::MethodNotAllowed(req.method.clone())),
         },
         ["v1", "inventory", variant] => match method {
@@ -152,11 +153,12 @@ fn parse_reservation(body: &Value, settings: &Settings) -> Result<ReservationReq
 }
 
 async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
+    app.settings.authorize_trusted(req.header("authorization"))?;
     let body = req.json(app.settings.max_body_bytes)?;
     let request = parse_reservation(&body, &app.settings)?;
     let reservation = store(app)
         .reserve(
-            &request.cart,
+            &Holder::External(request.cart.clone()),
             &request.lines,
             i64::from(request.ttl_seconds) * 1000,
         )
@@ -176,9 +178,14 @@ async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
     ))
 }
 
-async fn release<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, cart: &str) -> Result<Response> {
+async fn release<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    cart: &str,
+) -> Result<Response> {
+    app.settings.authorize_trusted(req.header("authorization"))?;
     let cart = CartId::parse(cart)?;
-    let released = store(app).release(&cart).await?;
+    let released = store(app).release(&Holder::External(cart.clone()), &[]).await?;
     Ok(Response::json(
         200,
         &json!({ "cartId": cart.as_str(), "released": released }),

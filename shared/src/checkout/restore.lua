@@ -1,0 +1,26 @@
+-- Put back a paid session that Redis lost, from the copy PostgreSQL keeps since its
+-- payment intent was created (DESIGN §4, invariant 8). A session Redis still has stands.
+--
+-- KEYS: session, metadata, payment intent
+-- ARGV: session id, cart reference, deadline (epoch ms), how long the record outlives its
+--       deadline (ms), total, currency, metadata JSON, intent id, intent JSON, state
+-- Replies: {'OK', session JSON} | {'EXISTS', session JSON}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return snapshot(KEYS[1], 'EXISTS')
+end
+local now = now_ms()
+local deadline, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
+local history = cjson.encode({{state = ARGV[10], at = now}})
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'cart', ARGV[2], 'state', ARGV[10], 'version', 1,
+  'deadline', deadline, 'total', ARGV[5], 'currency', ARGV[6], 'created', now,
+  'history', history, 'intent', ARGV[8], 'restored', now)
+redis.call('SET', KEYS[2], ARGV[7])
+redis.call('SET', KEYS[3], ARGV[9])
+for _, key in ipairs(KEYS) do
+  redis.call('PEXPIREAT', key, math.max(deadline, now) + keep)
+end
+-- Past its deadline it expires now, as any session would.
+if expire_if_due(KEYS[1], now) then
+  return snapshot(KEYS[1], 'EXPIRED_NOW')
+end
+return snapshot(KEYS[1], 'OK')

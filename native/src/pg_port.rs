@@ -57,11 +57,11 @@ impl NativePg {
             .map_err(|e| PortError::Unreachable(e.to_string()))
     }
 
-    /// Bounds a call by the configured timeout (twice it, since the pool wait and the
-    /// statement each have their own).
+    /// Bounds a whole call (pool wait, connect, statement) by the configured timeout: the
+    /// parts have their own, which could add up.
     async fn bounded<T>(&self, work: impl Future<Output = Result<T, PortError>>) -> Result<T, PortError> {
-        tokio::time::timeout(self.timeout * 2, work).await.map_err(|_| {
-            PortError::Unreachable(format!("postgres did not answer within {:?}", self.timeout * 2))
+        tokio::time::timeout(self.timeout, work).await.map_err(|_| {
+            PortError::Unreachable(format!("postgres did not answer within {:?}", self.timeout))
         })?
     }
 }

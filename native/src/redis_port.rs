@@ -40,13 +40,11 @@ impl Redis for NativeRedis {
             };
         }
         let mut connection = self.connection.clone();
-        // The manager's own timeouts cover connect and response; this outer bound also
-        // covers its reconnect back-off.
-        let reply = tokio::time::timeout(self.timeout * 2, cmd.query_async::<redis::Value>(&mut connection))
+        // The manager's own timeouts cover connect and response, one after the other; this
+        // outer bound holds the whole call, reconnect back-off included, to the timeout.
+        let reply = tokio::time::timeout(self.timeout, cmd.query_async::<redis::Value>(&mut connection))
             .await
-            .map_err(|_| {
-                PortError::Unreachable(format!("redis did not answer within {:?}", self.timeout * 2))
-            })?
+            .map_err(|_| PortError::Unreachable(format!("redis did not answer within {:?}", self.timeout)))?
             .map_err(port_error)?;
         let mut flat = Vec::new();
         flatten(reply, &mut flat)?;

@@ -44,8 +44,18 @@ pub async fn serve(listener: TcpListener, app: Arc<NativeApp>) -> std::io::Resul
 }
 
 async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) -> axum::response::Response {
+    let deadline = Duration::from_millis(app.settings.request_timeout_ms);
     let response = match read_request(req, app.settings.max_body_bytes).await {
-        Ok(request) => commerce_core::handle(&app, request, Scope::All).await,
+        // Past its deadline the request stops where it is (every step is resumable, as
+        // after a crash) and answers 503, so its idempotency lease never outlives it.
+        Ok(request) => tokio::time::timeout(deadline, commerce_core::handle(&app, request, Scope::All))
+            .await
+            .unwrap_or_else(|_| {
+                Response::error(&Error::Unavailable {
+                    dependency: "deadline",
+                    message: format!("the request did not finish within {deadline:?}"),
+                })
+            }),
         Err(error) => Response::error(&error),
     };
     let mut out = axum::response::Response::new(Body::from(response.body));

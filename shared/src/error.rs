@@ -32,6 +32,10 @@ pub enum Error {
         details: Value,
     },
     /// `If-Match` named another version than the current one (412).
+    /// A request with this Idempotency-Key is still running (409); retry after
+    /// `retry_after_s` seconds, when its lease ends at the latest.
+    #[error("a request with this Idempotency-Key is still being processed")]
+    KeyInUse { retry_after_s: u64 },
     #[error("{0}")]
     PreconditionFailed(String),
     /// The body is larger than the stated limit (413).
@@ -86,7 +90,7 @@ impl Error {
             Error::Forbidden(_) => 403,
             Error::NotFound { .. } => 404,
             Error::MethodNotAllowed(_) => 405,
-            Error::Conflict { .. } => 409,
+            Error::Conflict { .. } | Error::KeyInUse { .. } => 409,
             Error::PreconditionFailed(_) => 412,
             Error::PayloadTooLarge { .. } => 413,
             Error::UnsupportedMediaType => 415,
@@ -106,6 +110,7 @@ impl Error {
             Error::Unauthorized(_) => "UNAUTHORIZED",
             Error::Forbidden(_) => "FORBIDDEN",
             Error::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            Error::KeyInUse { .. } => "IDEMPOTENCY_KEY_IN_USE",
             Error::PreconditionFailed(_) => "VERSION_MISMATCH",
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -115,6 +120,16 @@ impl Error {
     }
 
     /// The JSON error body: `{"error":{"code","message","details"?}}`.
+    /// Seconds a client should wait before retrying (`Retry-After`), where waiting helps:
+    /// a key in flight until its lease ends, a dependency outage briefly.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::KeyInUse { retry_after_s } => Some(*retry_after_s),
+            Error::Unavailable { .. } => Some(1),
+            _ => None,
+        }
+    }
+
     pub fn body(&self) -> Value {
         let mut error = json!({ "code": self.code(), "message": self.to_string() });
         match self {
@@ -123,6 +138,9 @@ impl Error {
             }
             Error::Unavailable { dependency, .. } => {
                 error["details"] = json!({ "dependency": dependency });
+            }
+            Error::KeyInUse { retry_after_s } => {
+                error["details"] = json!({ "retryAfterSeconds": retry_after_s });
             }
             _ => {}
         }

@@ -82,7 +82,11 @@ impl Response {
 
     /// The error body of DESIGN §5 with its status.
     pub fn error(error: &Error) -> Self {
-        Self::json(error.status(), &error.body())
+        let mut response = Self::json(error.status(), &error.body());
+        if let Some(seconds) = error.retry_after() {
+            response.headers.push(("retry-after".into(), seconds.to_string()));
+        }
+        response
     }
 
     /// The body parsed as JSON (tests and clients).

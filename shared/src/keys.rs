@@ -176,10 +176,10 @@ impl Keys {
         format!("{}{}-ruleset-version", self.prefix, kind.name())
     }
 
-    /// `pricing-ruleset-next` / `discount-ruleset-next`: allocates version numbers, so two
-    /// publishes at once build two distinct versions.
-    pub fn ruleset_next(&self, kind: RulesetKind) -> String {
-        format!("{}{}-ruleset-next", self.prefix, kind.name())
+    /// `pricing-ruleset-republish` / `discount-ruleset-republish`: the lock under which one
+    /// request republishes a ruleset Redis lost.
+    pub fn ruleset_republish_lock(&self, kind: RulesetKind) -> String {
+        format!("{}{}-ruleset-republish", self.prefix, kind.name())
     }
 
     /// The namespace prefix of every key of a ruleset version (the part before the version:

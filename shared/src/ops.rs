@@ -31,6 +31,9 @@ pub fn count(segments: &[&str], status: u16) {
     *requests.entry((store, status)).or_default() += 1;
 }
 
+/// The business counters `/metrics` reads from PostgreSQL.
+const BOOKS: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM orders_refused)";
+
 async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
     let redis = probe(app.redis.execute("PING", Vec::new())).await;
     let postgres = probe(app.sql.query("SELECT 1::bigint", &[])).await;
@@ -66,6 +69,22 @@ async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
             "commerce_ruleset_version{{kind=\"{}\"}} {version}",
             kind.name()
         );
+    }
+    // Business counters from the record of truth, so every process and instance agrees.
+    if let Ok(rows) = app.sql.query(BOOKS, &[]).await
+        && let Some(row) = rows.first()
+    {
+        let books = [
+            ("commerce_orders_total", "Orders written."),
+            (
+                "commerce_orders_refused_total",
+                "Paid orders PostgreSQL refused because on-hand could not cover them (refunded).",
+            ),
+        ];
+        for (i, (name, help)) in books.into_iter().enumerate() {
+            let n = row.get(i).and_then(|v| v.as_int()).unwrap_or(0);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
+        }
     }
     out.push_str("# HELP commerce_requests_total Requests answered by this process, by store and status.\n");
     out.push_str("# TYPE commerce_requests_total counter\n");

@@ -56,6 +56,10 @@ pub struct Settings {
     /// The token of trusted backends (Bearer) for the direct reservation routes, beside the
     /// admin token; empty: only the admin token is trusted.
     pub service_token: String,
+    /// The longest one request may run (the native server answers 503 beyond it; on Spin,
+    /// set the platform's handler timeout to it). Also how long an idempotency key stays
+    /// in flight for a request that died without finishing.
+    pub request_timeout_ms: u64,
     /// How long a checkout session's holds outlive the session's deadline, so a payment
     /// accepted just before the deadline still finds its units held while the order is
     /// written (DESIGN §4, invariant 2).
@@ -131,6 +135,7 @@ impl Settings {
             webhook_secret: text("webhook_secret", ""),
             service_token: text("service_token", ""),
             hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
+            request_timeout_ms: number("request_timeout_ms", 15_000)?.clamp(100, 600_000),
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
             admin_token: text("admin_token", ""),

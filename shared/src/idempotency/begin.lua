@@ -8,7 +8,7 @@
 -- across retries, so a retry continues the same work), lease deadline, and once done the
 -- status and body of the answer.
 -- Replies: {'NEW', token} | {'RESUME', token} (a lease ran out: continue that work)
---        | {'IN_FLIGHT'} | {'MISMATCH'} | {'DONE', status, body}
+--        | {'IN_FLIGHT', ms left of the lease} | {'MISMATCH'} | {'DONE', status, body}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[3])
@@ -25,7 +25,7 @@ if record[2] == 'done' then
   return {'DONE', tonumber(record[5]), record[6]}
 end
 if tonumber(record[4]) > now then
-  return {'IN_FLIGHT'}
+  return {'IN_FLIGHT', tonumber(record[4]) - now}
 end
 redis.call('HSET', KEYS[1], 'lease', now + lease)
 redis.call('PEXPIRE', KEYS[1], lease * 10)

@@ -1,6 +1,7 @@
 //! Idempotency keys (DESIGN §4, invariant 5) for every POST that creates something: the
 //! same key with the same body gets the same answer; the same key with another body is 422;
-//! the same key while the first request is still running is 409; answers are kept
+//! the same key while the first request is still running is 409 with `Retry-After` (a
+//! lease that lasts no longer than a request may run, `request_timeout_ms`); answers are kept
 //! `idempotency_ttl_seconds` (24 h).
 //!
 //! Callers validate a request before calling [`once`], so a malformed request never claims
@@ -20,9 +21,9 @@ use crate::script::{Script, unexpected};
 static BEGIN: Script = Script::new(include_str!("begin.lua"));
 static FINISH: Script = Script::new(include_str!("finish.lua"));
 
-/// How long a running request keeps retries of its key waiting (409) before a retry may
-/// take over its work.
-const LEASE_MS: i64 = 30_000;
+/// How much longer than the request deadline a lease lasts: a request cut at its deadline
+/// has stopped by then.
+const LEASE_MARGIN_MS: u64 = 1_000;
 
 /// The `Idempotency-Key` header: 1–255 printable ASCII characters.
 fn key_of(req: &Request) -> Result<Option<String>> {
@@ -79,7 +80,7 @@ where
             vec![
                 fingerprint.into(),
                 random_hex_128()?.into(),
-                RedisArg::Int(LEASE_MS),
+                RedisArg::Int((app.settings.request_timeout_ms + LEASE_MARGIN_MS) as i64),
             ],
         )
         .await
@@ -98,10 +99,9 @@ where
             return Ok(replay);
         }
         Some("IN_FLIGHT") => {
-            return Err(Error::Conflict {
-                code: "IDEMPOTENCY_KEY_IN_USE",
-                message: "a request with this Idempotency-Key is still being processed".into(),
-                details: Value::Null,
+            let left_ms = begun.get(1).and_then(RedisReply::as_int).unwrap_or(1000).max(1);
+            return Err(Error::KeyInUse {
+                retry_after_s: (left_ms as u64).div_ceil(1000),
             });
         }
         Some("MISMATCH") => {

@@ -7,6 +7,11 @@
 //! catalog's size. Publishing builds the next version beside the current one and then
 //! switches the version key in one script, only forward; the replaced version stays
 //! readable for `checkout_session_ttl_seconds` more, then expires.
+//!
+//! Version numbers come from PostgreSQL (`ruleset_versions`) and only grow, so orders from
+//! before and after a Redis loss never carry one number for two rulesets. A quote that
+//! finds no current version in Redis although PostgreSQL says one was published
+//! republishes it, once, under a lock (DESIGN §4, invariant 8).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +32,20 @@ static READ: Script = Script::new(include_str!("read.lua"));
 
 /// A version under construction expires by itself if its publish dies before switching.
 const BUILD_TTL_MS: i64 = 60 * 60 * 1000;
+/// How long one republish after a loss may hold its lock.
+const REPUBLISH_LOCK_MS: i64 = 60 * 1000;
+
+/// Hands out the next version number of a kind: one more than the last handed out, and
+/// never below `$2` (one above what Redis serves, for data published before the numbers
+/// were kept here).
+const NEXT_VERSION: &str = "\
+INSERT INTO ruleset_versions (kind, version) VALUES ($1, $2)
+ON CONFLICT (kind) DO UPDATE SET version = GREATEST(ruleset_versions.version + 1, EXCLUDED.version)
+RETURNING version";
+
+/// The kinds ever published.
+const PUBLISHED_KINDS: &str = "SELECT kind FROM ruleset_versions";
+
 /// Rows per page when building, and fields per HSET.
 const PAGE: i64 = 1000;
 /// How much longer than a checkout session a replaced version stays readable.
@@ -117,13 +136,24 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
     /// in one script (only forward) and announces it on the channel named like the version
     /// key. A quote never sees half a version; two publishes at once build two versions.
     pub async fn publish(&self, kind: RulesetKind, replaced_ttl_seconds: u32) -> Result<Publication> {
-        let next = self
-            .redis("INCR", vec![self.keys.ruleset_next(kind).into()])
-            .await?;
-        let version = next
+        let current = self
+            .redis("GET", vec![self.keys.ruleset_version(kind).into()])
+            .await?
             .first()
             .and_then(RedisReply::as_int)
-            .ok_or_else(|| unexpected(&next))?;
+            .unwrap_or(0);
+        let next = self
+            .sql
+            .query(
+                NEXT_VERSION,
+                &[SqlValue::Text(kind.name().to_owned()), SqlValue::Int(current + 1)],
+            )
+            .await
+            .map_err(PortError::sql)?;
+        let version = next
+            .first()
+            .and_then(|r| r.first()?.as_int())
+            .ok_or_else(|| Error::Internal("no ruleset version handed out".into()))?;
         let keys = self.keys.ruleset_keys(kind, version);
         let mut entries = 0;
         match kind {
@@ -238,24 +268,91 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             self.keys.ruleset_version(RulesetKind::Pricing),
             self.keys.ruleset_version(RulesetKind::Discounts),
         ];
-        let reply = READ
-            .run(self.redis, &[&version_keys[0], &version_keys[1]], args)
+        let mut reply = READ
+            .run(self.redis, &[&version_keys[0], &version_keys[1]], args.clone())
             .await
             .map_err(PortError::redis)?;
+        if reply.first().and_then(RedisReply::as_text) == Some("UNPUBLISHED") {
+            self.republish().await?;
+            reply = READ
+                .run(self.redis, &[&version_keys[0], &version_keys[1]], args)
+                .await
+                .map_err(PortError::redis)?;
+        }
         let text = match reply.first().and_then(RedisReply::as_text) {
-            Some("UNPUBLISHED") => {
-                return Err(Error::Conflict {
-                    code: "RULESET_NOT_PUBLISHED",
-                    message: "no pricing ruleset has been published yet (POST /v1/admin/pricing/publish)"
-                        .into(),
-                    details: Value::Null,
-                });
-            }
+            Some("UNPUBLISHED") => return Err(not_published()),
             Some(text) => text,
             None => return Err(unexpected(&reply)),
         };
         let read: Value = serde_json::from_str(text).map_err(|_| unexpected(&reply))?;
         decode(&read, variants, bundles, currency, customer_group)
+    }
+}
+
+impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
+    /// Republishes, from PostgreSQL, every kind PostgreSQL says was published and Redis no
+    /// longer serves (after a restart without persistence or a flush), under a lock so one
+    /// request does it while the others answer 503 with Retry-After. Never published: 409.
+    async fn republish(&self) -> Result<()> {
+        let kinds = self
+            .sql
+            .query(PUBLISHED_KINDS, &[])
+            .await
+            .map_err(PortError::sql)?;
+        let kinds: Vec<RulesetKind> = [RulesetKind::Pricing, RulesetKind::Discounts]
+            .into_iter()
+            .filter(|k| {
+                kinds
+                    .iter()
+                    .any(|r| r.first().and_then(SqlValue::as_text) == Some(k.name()))
+            })
+            .collect();
+        if !kinds.contains(&RulesetKind::Pricing) {
+            return Err(not_published());
+        }
+        let lock = self.keys.ruleset_republish_lock(RulesetKind::Pricing);
+        let taken = self
+            .redis(
+                "SET",
+                vec![
+                    lock.as_str().into(),
+                    "1".into(),
+                    "NX".into(),
+                    "PX".into(),
+                    RedisArg::Int(REPUBLISH_LOCK_MS),
+                ],
+            )
+            .await?;
+        if taken.first().and_then(RedisReply::as_text) != Some("OK") {
+            return Err(Error::Unavailable {
+                dependency: "rulesets",
+                message: "the rulesets are being republished after a Redis loss".into(),
+            });
+        }
+        let mut outcome = Ok(());
+        for kind in kinds {
+            let served = self
+                .redis("GET", vec![self.keys.ruleset_version(kind).into()])
+                .await?;
+            if served.first().is_some_and(|r| r.as_int().is_some()) {
+                continue;
+            }
+            // Nothing was served, so no checkout can be reading a replaced version.
+            if let Err(e) = self.publish(kind, 0).await {
+                outcome = Err(e);
+                break;
+            }
+        }
+        self.redis("DEL", vec![lock.into()]).await?;
+        outcome
+    }
+}
+
+fn not_published() -> Error {
+    Error::Conflict {
+        code: "RULESET_NOT_PUBLISHED",
+        message: "no pricing ruleset has been published yet (POST /v1/admin/pricing/publish)".into(),
+        details: Value::Null,
     }
 }
 

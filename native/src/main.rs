@@ -78,6 +78,14 @@ enum Command {
         #[arg(long)]
         to_redis_url: String,
     },
+    /// Compare Redis with PostgreSQL (stock against on-hand, holds of sessions that no
+    /// longer exist, live sessions without their lock or holds, unmirrored stock changes,
+    /// the refund backlog); print the report and exit 1 on drift.
+    Check {
+        /// Fix what can be fixed, say what was done, then check again.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Print a customer token (HS256 JWT signed with COMMERCE_JWT_SECRET), for trying the
     /// customer routes.
     Token {
@@ -211,6 +219,37 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .warm(|done| eprint!("\rcommerce: warmed {done} bundles"))
                 .await?;
             eprintln!("\ncommerce: warm done, {warmed} bundles cached");
+        }
+        Command::Check { repair } => {
+            let mut report = commerce_core::check::run(&app, repair).await?;
+            if repair {
+                for drift in &report.drift {
+                    eprintln!(
+                        "commerce: {} {}: {} -> {}",
+                        drift.kind,
+                        drift.subject,
+                        drift.detail,
+                        if drift.repaired.is_empty() {
+                            "not repaired"
+                        } else {
+                            &drift.repaired
+                        }
+                    );
+                }
+                report = commerce_core::check::run(&app, false).await?;
+            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.ok {
+                eprintln!(
+                    "commerce: {} drift(s) between Redis and PostgreSQL",
+                    report.drift.len()
+                );
+                std::process::exit(1);
+            }
+            eprintln!(
+                "commerce: Redis agrees with PostgreSQL ({} variants, {} sessions)",
+                report.variants, report.sessions
+            );
         }
         // Answered above, without connecting to anything.
         Command::Token { .. } => {}

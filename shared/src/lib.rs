@@ -10,6 +10,7 @@ pub mod backup;
 pub mod bundle;
 pub mod cart;
 pub mod catalog;
+pub mod check;
 pub mod checkout;
 pub mod clock;
 pub mod error;

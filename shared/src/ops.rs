@@ -106,9 +106,33 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
     match segments {
         ["health"] if req.method == "GET" => Some(Ok(health(app).await)),
         ["metrics"] if req.method == "GET" => Some(Ok(metrics(app).await)),
+        ["v1", "admin", "check"] if req.method == "GET" => Some(check(app, req, false).await),
+        ["v1", "admin", "check", "repair"] if req.method == "POST" => Some(check(app, req, true).await),
+        ["v1", "admin", "check"] | ["v1", "admin", "check", "repair"] => {
+            Some(Err(Error::MethodNotAllowed(req.method.clone())))
+        }
         ["health"] | ["metrics"] => Some(Err(Error::MethodNotAllowed(req.method.clone()))),
         _ => None,
     }
+}
+
+/// `GET /v1/admin/check` (report only) and `POST /v1/admin/check/repair` (repair, then
+/// the report of a fresh check, with what was repaired).
+async fn check<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    repair: bool,
+) -> Result<Response> {
+    app.settings.authorize_admin(req.header("authorization"))?;
+    let first = crate::check::run(app, repair).await?;
+    if !repair {
+        return Ok(Response::json(200, &first));
+    }
+    let after = crate::check::run(app, false).await?;
+    Ok(Response::json(
+        200,
+        &json!({ "repaired": first.drift, "report": after, "ok": after.ok }),
+    ))
 }
 
 async fn health<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {

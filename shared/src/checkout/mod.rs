@@ -138,7 +138,7 @@ fn cart_ref_text(cart: &CartRef) -> String {
     }
 }
 
-fn parse_cart_ref(text: &str) -> Option<CartRef> {
+pub(crate) fn parse_cart_ref(text: &str) -> Option<CartRef> {
     match text.split_once(':')? {
         ("session", id) => CartId::parse(id).ok().map(CartRef::Session),
         ("customer", id) => CustomerId::parse(id).ok().map(CartRef::Customer),
@@ -228,7 +228,7 @@ pub fn demand(lines: &[CartLine]) -> Result<Vec<(VariantId, Quantity)>> {
 }
 
 /// The units per variant a session froze at its start (what it holds and will take).
-fn frozen_demand(metadata: &Value) -> Result<Vec<(VariantId, Quantity)>> {
+pub(crate) fn frozen_demand(metadata: &Value) -> Result<Vec<(VariantId, Quantity)>> {
     let entries = metadata["demand"].as_array().into_iter().flatten();
     entries
         .map(|d| {

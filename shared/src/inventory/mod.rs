@@ -393,6 +393,22 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         Ok(report)
     }
 
+    /// Rewrites these variants' Redis stock from PostgreSQL, with the holds of their live
+    /// paid sessions (a repair). Exact under concurrent changes, as [`Self::reconcile`].
+    pub async fn reload(&self, variants: &[VariantId]) -> Result<()> {
+        let mut levels = self.read_levels(variants).await?;
+        for _ in 0..MAX_PURGE_ROUNDS {
+            let stale = self.load_stock(&levels, "force").await?;
+            if stale.is_empty() {
+                return Ok(());
+            }
+            levels = self.read_levels(&stale).await?;
+        }
+        Err(Error::Internal(
+            "stock kept changing while it was reloaded".into(),
+        ))
+    }
+
     /// Purges expired holds of every variant in the namespace (idle variants that no
     /// request touches). Returns the variants visited.
     pub async fn sweep(&self, mut progress: impl FnMut(u64)) -> Result<u64> {

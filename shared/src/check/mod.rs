@@ -1,0 +1,612 @@
+//! `commerce check` and `GET /v1/admin/check`: compares what Redis holds with the record of
+//! truth in PostgreSQL and reports every drift; `--repair` (`POST
+//! /v1/admin/check/repair`) fixes what can be fixed and says what it did.
+//!
+//! What is compared:
+//! - each variant's stock against on-hand, by row version, so a change PostgreSQL
+//!   committed and Redis never mirrored (an order's, an admin's) is found, and a change in
+//!   flight is not taken for drift;
+//! - each variant's reserved total against the sum of its holds, and nothing negative;
+//! - holds of checkout sessions that no longer exist or have ended (orphans);
+//! - live sessions without their cart lock or their holds, and live paid sessions that
+//!   PostgreSQL keeps whose holds Redis lacks;
+//! - refunds and intent cancellations not yet accepted by the gateway, and their age.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::app::App;
+use crate::cart::Carts;
+use crate::checkout::paid;
+use crate::error::{Error, PortError, Result};
+use crate::ids::{CartId, Quantity, VariantId};
+use crate::inventory::{Holder, Inventory};
+use crate::keys::VariantKeys;
+use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
+use crate::script::{Script, tag, unexpected};
+
+static PAGE: Script = Script::new(include_str!("page.lua"));
+static FIX_RESERVED: Script = Script::new(concat!(
+    include_str!("../inventory/purge.lua"),
+    include_str!("fix_reserved.lua")
+));
+
+/// Variants per page.
+const PAGE_SIZE: i64 = 500;
+
+/// A refund or cancellation pending longer than this is drift: the gateway has not
+/// accepted it through many retries.
+const OUTBOX_STALE_SECONDS: i64 = 15 * 60;
+
+const LEVELS_PAGE: &str = "\
+SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0)
+FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
+WHERE v.id > $1 ORDER BY v.id LIMIT $2";
+
+/// Live paid sessions PostgreSQL keeps (not ended, no order), with what they hold.
+const LIVE_PAID: &str = "\
+SELECT s.id, s.holds_deadline_ms, sl.variant_id, sl.quantity
+FROM checkout_sessions s JOIN checkout_session_lines sl ON sl.session_id = s.id
+WHERE s.ended_at IS NULL AND s.holds_deadline_ms > $1
+  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)";
+
+/// Refunds and cancellations the gateway has not accepted yet: how many, the oldest's age.
+const OUTBOX_BACKLOG: &str = "\
+SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::bigint, 0)
+FROM payment_outbox WHERE state = 'pending'";
+
+/// One disagreement between Redis and PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    /// What kind: `stock`, `unmirrored`, `reserved`, `negative`, `orphan-hold`,
+    /// `session-lock`, `session-holds`, `paid-session-holds`, `outbox`.
+    pub kind: &'static str,
+    /// What it is about (a variant, a session, a holder).
+    pub subject: String,
+    /// What was found.
+    pub detail: String,
+    /// What `--repair` did about it (empty: not repaired).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub repaired: String,
+}
+
+/// What a check found (and, with repair, did).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    /// No drift left.
+    pub ok: bool,
+    /// Variants compared.
+    pub variants: u64,
+    /// Checkout sessions in Redis looked at.
+    pub sessions: u64,
+    /// Refunds and cancellations waiting for the gateway.
+    pub outbox_pending: i64,
+    /// Age of the oldest of them, seconds.
+    pub outbox_oldest_seconds: i64,
+    /// Every drift found.
+    pub drift: Vec<Drift>,
+}
+
+/// One variant as Redis holds it.
+struct RedisVariant {
+    present: bool,
+    stock: i64,
+    base: i64,
+    max: i64,
+    reserved: i64,
+    held: i64,
+    holders: Vec<(String, i64)>,
+}
+
+/// Checks Redis against PostgreSQL; with `repair`, fixes what can be fixed on the way.
+pub async fn run<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, repair: bool) -> Result<CheckReport> {
+    let checker = Checker { app, repair };
+    let mut report = CheckReport::default();
+    let now = checker.variants(&mut report).await?;
+    checker.sessions(&mut report, now).await?;
+    checker.paid_sessions(&mut report, now).await?;
+    checker.outbox(&mut report).await?;
+    report.ok = report.drift.iter().all(|d| !d.repaired.is_empty());
+    Ok(report)
+}
+
+struct Checker<'a, R, S, H> {
+    app: &'a App<R, S, H>,
+    repair: bool,
+}
+
+impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
+    fn inventory(&self) -> Inventory<'_, R, S> {
+        Inventory::new(&self.app.redis, &self.app.sql, &self.app.keys)
+    }
+
+    async fn sql(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>> {
+        self.app
+            .sql
+            .query(statement, params)
+            .await
+            .map_err(PortError::sql)
+    }
+
+    async fn redis(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
+        self.app
+            .redis
+            .execute(command, args)
+            .await
+            .map_err(PortError::redis)
+    }
+
+    /// Compares every variant, page by page; returns the Redis clock.
+    async fn variants(&self, report: &mut CheckReport) -> Result<i64> {
+        let mut after = String::new();
+        let mut now = 0;
+        let mut checkout_holders: BTreeMap<CartId, Vec<VariantId>> = BTreeMap::new();
+        loop {
+            let rows = self
+                .sql(
+                    LEVELS_PAGE,
+                    &[SqlValue::Text(after.clone()), SqlValue::Int(PAGE_SIZE)],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last
+                .first()
+                .and_then(SqlValue::as_text)
+                .unwrap_or_default()
+                .to_owned();
+            let mut levels = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let variant = row
+                    .first()
+                    .and_then(SqlValue::as_text)
+                    .and_then(|v| VariantId::parse(v).ok());
+                match (
+                    variant,
+                    row.get(1).and_then(SqlValue::as_int),
+                    row.get(2).and_then(SqlValue::as_int),
+                ) {
+                    (Some(v), Some(on_hand), Some(version)) => levels.push((v, on_hand, version)),
+                    _ => return Err(Error::Internal(format!("unexpected inventory row: {row:?}"))),
+                }
+            }
+            let (clock, found) = self.read_page(&levels).await?;
+            now = clock;
+            for ((variant, on_hand, version), seen) in levels.iter().zip(found) {
+                report.variants += 1;
+                self.compare_variant(report, variant, *on_hand, *version, &seen)
+                    .await?;
+                for (holder, _) in &seen.holders {
+                    if let Some(id) = holder
+                        .strip_prefix("checkout:")
+                        .and_then(|s| CartId::parse(s).ok())
+                    {
+                        checkout_holders.entry(id).or_default().push(variant.clone());
+                    }
+                }
+            }
+        }
+        for (session, variants) in checkout_holders {
+            self.check_holder(report, &session, &variants).await?;
+        }
+        Ok(now)
+    }
+
+    async fn read_page(&self, levels: &[(VariantId, i64, i64)]) -> Result<(i64, Vec<RedisVariant>)> {
+        let keys: Vec<VariantKeys> = levels.iter().map(|(v, _, _)| self.app.keys.variant(v)).collect();
+        let flat: Vec<&str> = keys
+            .iter()
+            .flat_map(|k| {
+                [
+                    k.stock.as_str(),
+                    k.stock_version.as_str(),
+                    k.reserved.as_str(),
+                    k.holds.as_str(),
+                    k.hold_qty.as_str(),
+                ]
+            })
+            .collect();
+        let reply = PAGE
+            .run(&self.app.redis, &flat, Vec::new())
+            .await
+            .map_err(PortError::redis)?;
+        if tag(&reply) != "OK" {
+            return Err(unexpected(&reply));
+        }
+        let now = reply
+            .get(1)
+            .and_then(RedisReply::as_int)
+            .ok_or_else(|| unexpected(&reply))?;
+        let mut found = Vec::with_capacity(levels.len());
+        let mut rest = reply[2..].iter();
+        for _ in levels {
+            let mut next_int = || {
+                rest.next()
+                    .and_then(RedisReply::as_int)
+                    .ok_or_else(|| unexpected(&reply))
+            };
+            let present = next_int()? == 1;
+            let (stock, base, max, reserved, held, n) = (
+                next_int()?,
+                next_int()?,
+                next_int()?,
+                next_int()?,
+                next_int()?,
+                next_int()?,
+            );
+            let mut holders = Vec::new();
+            for _ in 0..n {
+                let holder = rest
+                    .next()
+                    .and_then(RedisReply::as_text)
+                    .ok_or_else(|| unexpected(&reply))?;
+                let quantity = rest
+                    .next()
+                    .and_then(RedisReply::as_int)
+                    .ok_or_else(|| unexpected(&reply))?;
+                holders.push((holder.to_owned(), quantity));
+            }
+            found.push(RedisVariant {
+                present,
+                stock,
+                base,
+                max,
+                reserved,
+                held,
+                holders,
+            });
+        }
+        Ok((now, found))
+    }
+
+    async fn compare_variant(
+        &self,
+        report: &mut CheckReport,
+        variant: &VariantId,
+        on_hand: i64,
+        version: i64,
+        seen: &RedisVariant,
+    ) -> Result<()> {
+        let mut found = Vec::new();
+        if seen.present {
+            if seen.max < version {
+                found.push((
+                    "unmirrored",
+                    format!(
+                        "PostgreSQL is at version {version} (on-hand {on_hand}); Redis has applied up to {} (stock {})",
+                        seen.max, seen.stock
+                    ),
+                ));
+            } else if seen.base == version && seen.stock != on_hand {
+                found.push((
+                    "stock",
+                    format!("Redis stock {} but on-hand {on_hand}", seen.stock),
+                ));
+            } else if seen.max > version {
+                found.push((
+                    "stock",
+                    format!(
+                        "Redis has applied version {} beyond PostgreSQL's {version}",
+                        seen.max
+                    ),
+                ));
+            }
+        }
+        if seen.stock < 0 || seen.reserved < 0 {
+            found.push((
+                "negative",
+                format!("stock {} reserved {}", seen.stock, seen.reserved),
+            ));
+        }
+        let mut reserved_drift = false;
+        if seen.reserved != seen.held {
+            reserved_drift = true;
+            found.push((
+                "reserved",
+                format!(
+                    "reserved total {} but the holds sum to {}",
+                    seen.reserved, seen.held
+                ),
+            ));
+        }
+        for (kind, detail) in found {
+            let mut repaired = String::new();
+            if self.repair {
+                repaired = match kind {
+                    "reserved" => String::new(),
+                    _ => {
+                        self.inventory().reload(std::slice::from_ref(variant)).await?;
+                        "stock reloaded from PostgreSQL".into()
+                    }
+                };
+            }
+            report.drift.push(Drift {
+                kind,
+                subject: variant.to_string(),
+                detail,
+                repaired,
+            });
+        }
+        if reserved_drift && self.repair {
+            let k = self.app.keys.variant(variant);
+            let mut fixed = None;
+            for _ in 0..64 {
+                let reply = FIX_RESERVED
+                    .run(&self.app.redis, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
+                    .await
+                    .map_err(PortError::redis)?;
+                if tag(&reply) == "OK" {
+                    fixed = reply.get(1).and_then(RedisReply::as_int);
+                    break;
+                }
+            }
+            if let (Some(sum), Some(drift)) = (
+                fixed,
+                report.drift.iter_mut().rev().find(|d| d.kind == "reserved"),
+            ) {
+                drift.repaired = format!("reserved total set to the holds' sum, {sum}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A checkout session that holds stock must exist and be live (or be a live paid
+    /// session PostgreSQL keeps, whose holds were put back after a loss).
+    async fn check_holder(
+        &self,
+        report: &mut CheckReport,
+        session: &CartId,
+        variants: &[VariantId],
+    ) -> Result<()> {
+        let state = self
+            .redis(
+                "HGET",
+                vec![self.app.keys.checkout_session(session).into(), "state".into()],
+            )
+            .await?;
+        let state = state.first().and_then(RedisReply::as_text).map(str::to_owned);
+        let live = match state.as_deref() {
+            Some("CREATED" | "LOCKED" | "PAYMENT_PENDING" | "PAYMENT_CONFIRMED" | "ORDER_CREATED") => true,
+            Some(_) => false,
+            None => paid::load(&self.app.sql, session.as_str())
+                .await?
+                .is_some_and(|kept| kept.ended_state.is_none()),
+        };
+        if live {
+            return Ok(());
+        }
+        let ids: Vec<String> = variants.iter().map(ToString::to_string).collect();
+        let mut repaired = String::new();
+        if self.repair {
+            let released = self
+                .inventory()
+                .release(&Holder::Checkout(session.clone()), variants)
+                .await?;
+            repaired = format!("released {released} unit(s)");
+        }
+        report.drift.push(Drift {
+            kind: "orphan-hold",
+            subject: format!("checkout:{session}"),
+            detail: format!(
+                "holds on {} for a session that is {}",
+                ids.join(", "),
+                state.as_deref().unwrap_or("gone")
+            ),
+            repaired,
+        });
+        Ok(())
+    }
+
+    /// Live sessions in Redis: their cart lock and their holds.
+    async fn sessions(&self, report: &mut CheckReport, now: i64) -> Result<()> {
+        let pattern = format!("{}checkout:session:*", self.app.keys.prefix());
+        let mut cursor = "0".to_owned();
+        loop {
+            let page = self
+                .redis(
+                    "SCAN",
+                    vec![
+                        cursor.as_str().into(),
+                        "MATCH".into(),
+                        pattern.as_str().into(),
+                        "COUNT".into(),
+                        RedisArg::Int(500),
+                    ],
+                )
+                .await?;
+            let (next, keys) = page.split_first().ok_or_else(|| unexpected(&page))?;
+            cursor = next.as_text().ok_or_else(|| unexpected(&page))?.to_owned();
+            for key in keys.iter().filter_map(RedisReply::as_text) {
+                report.sessions += 1;
+                self.check_session(report, key, now).await?;
+            }
+            if cursor == "0" {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn check_session(&self, report: &mut CheckReport, key: &str, now: i64) -> Result<()> {
+        let fields = self
+            .redis(
+                "HMGET",
+                vec![
+                    key.into(),
+                    "id".into(),
+                    "state".into(),
+                    "cart".into(),
+                    "deadline".into(),
+                ],
+            )
+            .await?;
+        let text = |i: usize| fields.get(i).and_then(RedisReply::as_text);
+        let (Some(id), Some(state), Some(cart), Some(deadline)) = (
+            text(0),
+            text(1),
+            text(2),
+            fields.get(3).and_then(RedisReply::as_int),
+        ) else {
+            return Ok(());
+        };
+        if !matches!(state, "LOCKED" | "PAYMENT_PENDING") || deadline <= now {
+            return Ok(());
+        }
+        let Ok(session) = CartId::parse(id) else {
+            return Ok(());
+        };
+        let Some(cart) = crate::checkout::parse_cart_ref(cart) else {
+            return Ok(());
+        };
+        let grace = i64::from(self.app.settings.hold_grace_seconds) * 1000;
+        let lock_key = Carts::new(&self.app.redis, &self.app.keys, &self.app.settings).lock_key(&cart);
+        let holder = self.redis("GET", vec![lock_key.as_str().into()]).await?;
+        if holder.first().and_then(RedisReply::as_text) != Some(id) {
+            let mut repaired = String::new();
+            if self.repair {
+                let taken = self
+                    .redis(
+                        "SET",
+                        vec![
+                            lock_key.as_str().into(),
+                            id.into(),
+                            "NX".into(),
+                            "PXAT".into(),
+                            RedisArg::Int(deadline + grace),
+                        ],
+                    )
+                    .await?;
+                if taken.first().and_then(RedisReply::as_text) == Some("OK") {
+                    repaired = "cart lock taken again for the session".into();
+                }
+            }
+            report.drift.push(Drift {
+                kind: "session-lock",
+                subject: id.to_owned(),
+                detail: format!("live {state} session does not hold its cart's lock"),
+                repaired,
+            });
+        }
+        let metadata = self
+            .redis("GET", vec![self.app.keys.checkout_metadata(&session).into()])
+            .await?;
+        let demand = metadata
+            .first()
+            .and_then(RedisReply::as_text)
+            .and_then(|m| serde_json::from_str::<Value>(m).ok())
+            .map(|m| crate::checkout::frozen_demand(&m))
+            .transpose()?
+            .unwrap_or_default();
+        let holder = Holder::Checkout(session.clone());
+        let mut missing: Vec<(VariantId, Quantity)> = Vec::new();
+        for (variant, quantity) in &demand {
+            let held = self
+                .redis(
+                    "HGET",
+                    vec![
+                        self.app.keys.variant(variant).hold_qty.into(),
+                        holder.to_string().into(),
+                    ],
+                )
+                .await?;
+            if held.first().and_then(RedisReply::as_int) != Some(i64::from(quantity.get())) {
+                missing.push((variant.clone(), *quantity));
+            }
+        }
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|(v, q)| format!("{v}×{}", q.get())).collect();
+            let mut repaired = String::new();
+            if self.repair {
+                repaired = match self
+                    .inventory()
+                    .reserve(&holder, &demand, deadline + grace - now)
+                    .await
+                {
+                    Ok(_) => "holds taken again".into(),
+                    Err(e) => format!("could not hold again: {e}"),
+                };
+                if repaired.starts_with("could not") {
+                    report.drift.push(Drift {
+                        kind: "session-holds",
+                        subject: id.to_owned(),
+                        detail: format!("live {state} session lacks its holds: {}", names.join(", ")),
+                        repaired: String::new(),
+                    });
+                    return Ok(());
+                }
+            }
+            report.drift.push(Drift {
+                kind: "session-holds",
+                subject: id.to_owned(),
+                detail: format!("live {state} session lacks its holds: {}", names.join(", ")),
+                repaired,
+            });
+        }
+        Ok(())
+    }
+
+    /// Live paid sessions PostgreSQL keeps: where Redis has the variant's stock, it must
+    /// have the session's hold too (else the units could be sold twice).
+    async fn paid_sessions(&self, report: &mut CheckReport, now: i64) -> Result<()> {
+        let rows = self.sql(LIVE_PAID, &[SqlValue::Int(now)]).await?;
+        for row in rows {
+            let (Some(session), Some(variant), Some(quantity)) = (
+                row.first().and_then(SqlValue::as_text),
+                row.get(2)
+                    .and_then(SqlValue::as_text)
+                    .and_then(|v| VariantId::parse(v).ok()),
+                row.get(3).and_then(SqlValue::as_int),
+            ) else {
+                return Err(Error::Internal(format!("unexpected paid session row: {row:?}")));
+            };
+            let keys = self.app.keys.variant(&variant);
+            let holder = format!("checkout:{session}");
+            let stock = self.redis("EXISTS", vec![keys.stock.as_str().into()]).await?;
+            if stock.first().and_then(RedisReply::as_int) != Some(1) {
+                continue;
+            }
+            let held = self
+                .redis(
+                    "HGET",
+                    vec![keys.hold_qty.as_str().into(), holder.as_str().into()],
+                )
+                .await?;
+            if held.first().and_then(RedisReply::as_int) == Some(quantity) {
+                continue;
+            }
+            let mut repaired = String::new();
+            if self.repair {
+                self.inventory().reload(std::slice::from_ref(&variant)).await?;
+                repaired = "stock reloaded from PostgreSQL with the session's holds".into();
+            }
+            report.drift.push(Drift {
+                kind: "paid-session-holds",
+                subject: session.to_owned(),
+                detail: format!("paid session holds {quantity} of {variant} in PostgreSQL, not in Redis"),
+                repaired,
+            });
+        }
+        Ok(())
+    }
+
+    async fn outbox(&self, report: &mut CheckReport) -> Result<()> {
+        let rows = self.sql(OUTBOX_BACKLOG, &[]).await?;
+        let row = rows.first();
+        report.outbox_pending = row.and_then(|r| r.first()?.as_int()).unwrap_or(0);
+        report.outbox_oldest_seconds = row.and_then(|r| r.get(1)?.as_int()).unwrap_or(0);
+        if report.outbox_oldest_seconds > OUTBOX_STALE_SECONDS {
+            report.drift.push(Drift {
+                kind: "outbox",
+                subject: "payment_outbox".into(),
+                detail: format!(
+                    "{} refund(s)/cancellation(s) pending, the oldest for {} s",
+                    report.outbox_pending, report.outbox_oldest_seconds
+                ),
+                repaired: String::new(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -39,10 +39,27 @@ fn unauthorized(message: &str) -> Error {
     Error::Unauthorized(message.to_owned())
 }
 
-/// Verifies `Authorization: Bearer <jwt>` against `secret` at `now_s` (epoch seconds) and
-/// returns the customer. Missing, malformed, expired or badly signed tokens are 401; an
+/// When a token is checked: the local clock and how far it may disagree with the issuer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTime {
+    /// Epoch seconds now.
+    pub now_s: i64,
+    /// Clock leeway in seconds, granted on `exp` and `nbf`.
+    pub leeway_s: i64,
+}
+
+impl TokenTime {
+    /// Exactly `now_s`, no leeway (tests).
+    pub fn exact(now_s: i64) -> Self {
+        Self { now_s, leeway_s: 0 }
+    }
+}
+
+/// Verifies `Authorization: Bearer <jwt>` against `secret` at `at` and returns the
+/// customer. Missing, malformed, badly signed tokens, tokens without `exp` (a token must
+/// end), expired ones and ones not valid yet (`nbf`) are 401, each within the leeway; an
 /// empty secret refuses every token.
-pub fn verify(authorization: Option<&str>, secret: &str, now_s: i64) -> Result<Customer, Error> {
+pub fn verify(authorization: Option<&str>, secret: &str, at: TokenTime) -> Result<Customer, Error> {
     let token = authorization
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| unauthorized("customer routes need a bearer token"))?;
@@ -73,10 +90,13 @@ pub fn verify(authorization: Option<&str>, secret: &str, now_s: i64) -> Result<C
         .map_err(|_| unauthorized("the token signature is invalid"))?;
     let claims: Claims = serde_json::from_slice(&decode(payload)?)
         .map_err(|_| unauthorized("the token claims are malformed"))?;
-    if claims.exp.is_some_and(|exp| now_s >= exp) {
+    let Some(exp) = claims.exp else {
+        return Err(unauthorized("the token has no expiry (exp)"));
+    };
+    if at.now_s >= exp + at.leeway_s {
         return Err(unauthorized("the token has expired"));
     }
-    if claims.nbf.is_some_and(|nbf| now_s < nbf) {
+    if claims.nbf.is_some_and(|nbf| at.now_s + at.leeway_s < nbf) {
         return Err(unauthorized("the token is not valid yet"));
     }
     let id =
@@ -92,10 +112,10 @@ pub fn verify(authorization: Option<&str>, secret: &str, now_s: i64) -> Result<C
 pub fn verify_customer(
     authorization: Option<&str>,
     secret: &str,
-    now_s: i64,
+    at: TokenTime,
     customer: &CustomerId,
 ) -> Result<Customer, Error> {
-    let bearer = verify(authorization, secret, now_s)?;
+    let bearer = verify(authorization, secret, at)?;
     if &bearer.id != customer {
         return Err(Error::Forbidden("the token belongs to another customer".into()));
     }
@@ -142,15 +162,17 @@ mod tests {
             &json!({"sub": "cust-1", "group": "wholesale", "exp": 2000}),
             SECRET,
         );
-        let customer = verify(Some(&bearer(&token)), SECRET, 1000).unwrap();
+        let customer = verify(Some(&bearer(&token)), SECRET, TokenTime::exact(1000)).unwrap();
         assert_eq!(customer.id.as_str(), "cust-1");
         assert_eq!(customer.group.as_deref(), Some("wholesale"));
     }
 
     #[test]
     fn bad_tokens_are_refused() {
-        let good = sign(&json!({"sub": "cust-1"}), SECRET);
+        let good = sign(&json!({"sub": "cust-1", "exp": 2000}), SECRET);
         let expired = sign(&json!({"sub": "cust-1", "exp": 999}), SECRET);
+        let endless = sign(&json!({"sub": "cust-1"}), SECRET);
+        let early = sign(&json!({"sub": "cust-1", "exp": 2000, "nbf": 1001}), SECRET);
         let other_key = sign(&json!({"sub": "cust-1"}), "other");
         let bad_sub = sign(&json!({"sub": "a:b"}), SECRET);
         let (h, p, _) = (
@@ -166,6 +188,8 @@ mod tests {
         );
         for token in [
             expired,
+            endless,
+            early,
             other_key,
             bad_sub,
             none_alg,
@@ -173,19 +197,45 @@ mod tests {
             "x.y".into(),
             "".into(),
         ] {
-            let err = verify(Some(&bearer(&token)), SECRET, 1000).unwrap_err();
+            let err = verify(Some(&bearer(&token)), SECRET, TokenTime::exact(1000)).unwrap_err();
             assert_eq!(err.status(), 401, "{token}");
         }
-        assert_eq!(verify(None, SECRET, 1000).unwrap_err().status(), 401);
-        assert_eq!(verify(Some(&bearer(&good)), "", 1000).unwrap_err().status(), 401);
+        assert_eq!(
+            verify(None, SECRET, TokenTime::exact(1000)).unwrap_err().status(),
+            401
+        );
+        assert_eq!(
+            verify(Some(&bearer(&good)), "", TokenTime::exact(1000))
+                .unwrap_err()
+                .status(),
+            401
+        );
+    }
+
+    #[test]
+    fn the_leeway_covers_clock_skew_on_both_ends() {
+        let token = sign(&json!({"sub": "cust-1", "exp": 1000, "nbf": 900}), SECRET);
+        let at = |now_s| TokenTime { now_s, leeway_s: 60 };
+        for now in [841, 1000, 1059] {
+            assert!(verify(Some(&bearer(&token)), SECRET, at(now)).is_ok(), "{now}");
+        }
+        for now in [839, 1060] {
+            assert_eq!(
+                verify(Some(&bearer(&token)), SECRET, at(now))
+                    .unwrap_err()
+                    .status(),
+                401,
+                "{now}"
+            );
+        }
     }
 
     #[test]
     fn another_customers_token_is_forbidden() {
-        let token = sign(&json!({"sub": "cust-1"}), SECRET);
+        let token = sign(&json!({"sub": "cust-1", "exp": 10}), SECRET);
         let other = CustomerId::parse("cust-2").unwrap();
         assert_eq!(
-            verify_customer(Some(&bearer(&token)), SECRET, 0, &other)
+            verify_customer(Some(&bearer(&token)), SECRET, TokenTime::exact(0), &other)
                 .unwrap_err()
                 .status(),
             403

@@ -60,6 +60,9 @@ pub struct Settings {
     /// set the platform's handler timeout to it). Also how long an idempotency key stays
     /// in flight for a request that died without finishing.
     pub request_timeout_ms: u64,
+    /// How far a customer token's issuer's clock may disagree with ours, in seconds,
+    /// granted on `exp` and `nbf`.
+    pub jwt_leeway_seconds: u32,
     /// How long a checkout session's holds outlive the session's deadline, so a payment
     /// accepted just before the deadline still finds its units held while the order is
     /// written (DESIGN §4, invariant 2).
@@ -135,6 +138,7 @@ impl Settings {
             webhook_secret: text("webhook_secret", ""),
             service_token: text("service_token", ""),
             hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
+            jwt_leeway_seconds: number("jwt_leeway_seconds", 60)?.min(3600) as u32,
             request_timeout_ms: number("request_timeout_ms", 15_000)?.clamp(100, 600_000),
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
@@ -158,6 +162,14 @@ impl Settings {
             return Err(Error::Forbidden("the token does not grant admin access".into()));
         }
         Ok(())
+    }
+
+    /// Now, for checking customer tokens, with the configured leeway.
+    pub fn token_time(&self) -> crate::auth::TokenTime {
+        crate::auth::TokenTime {
+            now_s: crate::auth::now_s(),
+            leeway_s: i64::from(self.jwt_leeway_seconds),
+        }
     }
 
     /// Checks a bearer token of a trusted backend: the admin token or the service token

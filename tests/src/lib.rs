@@ -69,6 +69,29 @@ impl Reply {
     }
 }
 
+/// `database_url` with `search_path` set to the schema `namespace`.
+fn schema_url(database_url: &str, namespace: &str) -> String {
+    let separator = if database_url.contains('?') { '&' } else { '?' };
+    format!("{database_url}{separator}options=-c%20search_path%3D{namespace}")
+}
+
+/// The `commerce` binary built beside the test executable (`target/<profile>/commerce`);
+/// `scripts/test` builds it before the tests.
+pub fn commerce_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let binary = profile.join("commerce");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p commerce-native` first (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
 }
@@ -100,8 +123,7 @@ impl TestApp {
             .await
             .unwrap();
 
-        let separator = if database_url.contains('?') { '&' } else { '?' };
-        let schema_url = format!("{database_url}{separator}options=-c%20search_path%3D{namespace}");
+        let schema_url = schema_url(&database_url, &namespace);
         let config = configure(
             EnvConfig::new()
                 .set("redis_url", &redis_url)
@@ -370,6 +392,11 @@ impl TestApp {
             "{variant}: negative stock {stock} or reserved {reserved}"
         );
         (stock, reserved)
+    }
+
+    /// The PostgreSQL URL of this test's schema (what the app is configured with).
+    pub fn database_url(&self) -> String {
+        schema_url(&required_env("COMMERCE_DATABASE_URL"), &self.namespace)
     }
 
     /// Drops the test's schema and keys.

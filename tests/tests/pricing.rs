@@ -86,7 +86,10 @@ async fn a_quote_applies_lists_breaks_discounts_and_totals() {
     assert_eq!(q["versions"], json!({"pricing": 1, "discounts": 1}));
 
     // The trade group (from the token): its own list, its quantity break, then the parent.
-    let token = commerce_core::auth::sign(&json!({"sub": "t1", "group": "trade"}), JWT_SECRET);
+    let token = commerce_core::auth::sign(
+        &json!({"sub": "t1", "group": "trade", "exp": commerce_core::auth::now_s() + 3600}),
+        JWT_SECRET,
+    );
     let trade = quote(
         &app,
         lines(&[("var-2", 10), ("var-1", 1)]),
@@ -109,7 +112,10 @@ async fn only_the_admin_may_name_a_customer_group() {
     body["customerGroup"] = json!("trade");
     let anonymous = quote(&app, body.clone(), None).await;
     assert_eq!(anonymous.status, 403);
-    let token = commerce_core::auth::sign(&json!({"sub": "c1"}), JWT_SECRET);
+    let token = commerce_core::auth::sign(
+        &json!({"sub": "c1", "exp": commerce_core::auth::now_s() + 3600}),
+        JWT_SECRET,
+    );
     assert_eq!(
         quote(&app, body.clone(), Some(&format!("Bearer {token}")))
             .await

@@ -96,7 +96,7 @@ fn customer_cart<R: Redis, S: Sql, H: Http>(
     auth::verify_customer(
         req.header("authorization"),
         &app.settings.jwt_secret,
-        auth::now_s(),
+        app.settings.token_time(),
         &customer,
     )?;
     Ok((CartRef::Customer(customer.clone()), customer))

@@ -467,7 +467,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 auth::verify_customer(
                     authorization,
                     &self.app.settings.jwt_secret,
-                    auth::now_s(),
+                    self.app.settings.token_time(),
                     customer,
                 )
                 .map(|_| ())
@@ -960,5 +960,5 @@ pub fn customer_of<R: Redis, S: Sql, H: Http>(
     app: &App<R, S, H>,
     authorization: Option<&str>,
 ) -> Result<auth::Customer> {
-    auth::verify(authorization, &app.settings.jwt_secret, auth::now_s())
+    auth::verify(authorization, &app.settings.jwt_secret, app.settings.token_time())
 }

@@ -88,7 +88,7 @@ fn parse_start<R: Redis, S: Sql, H: Http>(
             let bearer = auth::verify_customer(
                 req.header("authorization"),
                 &app.settings.jwt_secret,
-                auth::now_s(),
+                app.settings.token_time(),
                 &customer,
             )?;
             (CartRef::Customer(customer), bearer.group)

@@ -80,7 +80,7 @@ fn caller<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Resul
     Ok(Caller::Customer(auth::verify(
         Some(header),
         &app.settings.jwt_secret,
-        auth::now_s(),
+        app.settings.token_time(),
     )?))
 }
 

@@ -1,0 +1,158 @@
+//! `commerce check`: every kind of drift between Redis and PostgreSQL is reported, and
+//! `--repair` (`POST /v1/admin/check/repair`) puts Redis right, over HTTP against real
+//! Redis and PostgreSQL, and through the CLI.
+
+use commerce_core::ids::{CartId, Quantity, VariantId};
+use commerce_core::inventory::Holder;
+use commerce_tests::{Reply, TestApp};
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+
+async fn check(app: &TestApp) -> Reply {
+    let reply = app.call("GET", "/v1/admin/check", None, true).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply
+}
+
+fn kinds(report: &Value) -> Vec<String> {
+    let mut kinds: Vec<String> = report["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["kind"].as_str().unwrap(),
+                d["subject"].as_str().unwrap()
+            )
+        })
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+#[tokio::test]
+async fn every_kind_of_drift_is_reported_and_repaired() {
+    let (app, _gateway) = TestApp::shop(5, |c| c).await;
+    let clean = check(&app).await;
+    assert_eq!(clean.body["ok"], true, "{clean:?}");
+    assert_eq!(clean.body["variants"], 5);
+
+    let mut redis = app.redis.clone();
+    // Redis stock that disagrees with on-hand at the same row version.
+    let _: () = redis.set(app.key("inventory:variant:{var-1}"), 7).await.unwrap();
+    // A reserved total that disagrees with the holds.
+    let _: () = redis
+        .incr(app.key("inventory:reserved:{var-2}"), 3)
+        .await
+        .unwrap();
+    // A change PostgreSQL committed that Redis never mirrored.
+    app.pg
+        .execute(
+            "UPDATE inventory_levels SET on_hand = 40, version = version + 1 WHERE variant_id = 'var-3'",
+            &[],
+        )
+        .await
+        .unwrap();
+    // Holds of a checkout session that does not exist.
+    let ghost = Holder::Checkout(CartId::parse("cs_ghost").unwrap());
+    let v4 = VariantId::parse("var-4").unwrap();
+    app.inventory()
+        .reserve(&ghost, &[(v4, Quantity::new(2).unwrap())], 60_000)
+        .await
+        .unwrap();
+    // A live session whose cart lock was lost.
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/carts/{cart}/items"),
+        json!({ "variantId": "var-5", "quantity": 1 }),
+    )
+    .await;
+    let started = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(json!({ "cartId": cart })),
+            &[("idempotency-key", "k1")],
+        )
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let session = started.body["sessionId"].as_str().unwrap().to_owned();
+    let _: () = redis
+        .del(app.key(&format!("checkout:lock:{{{cart}}}")))
+        .await
+        .unwrap();
+
+    let drifted = check(&app).await;
+    assert_eq!(drifted.body["ok"], false);
+    assert_eq!(
+        kinds(&drifted.body),
+        vec![
+            "orphan-hold checkout:cs_ghost".to_owned(),
+            "reserved var-2".to_owned(),
+            format!("session-lock {session}"),
+            "stock var-1".to_owned(),
+            "unmirrored var-3".to_owned(),
+        ],
+        "{drifted:?}"
+    );
+    // Without the admin token: nothing.
+    assert_eq!(app.call("GET", "/v1/admin/check", None, false).await.status, 401);
+
+    let repaired = app.call("POST", "/v1/admin/check/repair", None, true).await;
+    assert_eq!(repaired.status, 200, "{repaired:?}");
+    assert_eq!(repaired.body["ok"], true, "{repaired:?}");
+    assert_eq!(repaired.body["repaired"].as_array().unwrap().len(), 5);
+    assert!(
+        repaired.body["repaired"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["repaired"].is_string()),
+        "{repaired:?}"
+    );
+    assert_eq!(check(&app).await.body["ok"], true);
+    assert_eq!(app.check_holds("var-1").await, (100, 0));
+    assert_eq!(app.check_holds("var-2").await, (100, 0));
+    assert_eq!(app.check_holds("var-3").await, (40, 0));
+    assert_eq!(app.check_holds("var-4").await, (100, 0));
+    assert_eq!(app.check_holds("var-5").await, (100, 1));
+    let lock: Option<String> = redis
+        .get(app.key(&format!("checkout:lock:{{{cart}}}")))
+        .await
+        .unwrap();
+    assert_eq!(lock.as_deref(), Some(session.as_str()));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
+    let (app, _gateway) = TestApp::shop(2, |c| c).await;
+    let mut redis = app.redis.clone();
+    let _: () = redis.set(app.key("inventory:variant:{var-1}"), 3).await.unwrap();
+    let binary = commerce_tests::commerce_binary();
+    let run = |repair: bool| {
+        let mut command = std::process::Command::new(&binary);
+        command
+            .arg("check")
+            .env("COMMERCE_REDIS_URL", std::env::var("COMMERCE_REDIS_URL").unwrap())
+            .env("COMMERCE_DATABASE_URL", app.database_url())
+            .env("COMMERCE_KEY_PREFIX", &app.namespace);
+        if repair {
+            command.arg("--repair");
+        }
+        command.output().unwrap()
+    };
+    let drift = run(false);
+    assert_eq!(drift.status.code(), Some(1), "{drift:?}");
+    let report: Value = serde_json::from_slice(&drift.stdout).unwrap();
+    assert_eq!(kinds(&report), vec!["stock var-1".to_owned()]);
+    let repaired = run(true);
+    assert_eq!(repaired.status.code(), Some(0), "{repaired:?}");
+    assert!(String::from_utf8_lossy(&repaired.stderr).contains("stock var-1"));
+    assert_eq!(run(false).status.code(), Some(0));
+    app.finish().await;
+}

@@ -80,6 +80,7 @@ async fn read_request(req: axum::extract::Request, limit: usize) -> Result<Reque
     Ok(Request {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
         headers,
         body: body.to_vec(),
     })

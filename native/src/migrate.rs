@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "bundles", include_str!("../../migrations/0002_bundles.sql")),
     (3, "pricing", include_str!("../../migrations/0003_pricing.sql")),
     (4, "orders", include_str!("../../migrations/0004_orders.sql")),
+    (
+        5,
+        "payment_outbox",
+        include_str!("../../migrations/0005_payment_outbox.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

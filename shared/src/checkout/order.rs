@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, PortError, Result};
 use crate::ids::{Quantity, VariantId};
 use crate::inventory::StockChange;
+use crate::outbox;
 use crate::ports::{Sql, SqlValue};
 
 /// Inserts the order (nothing if the session already has one: the unique
@@ -52,10 +53,6 @@ FROM order_stock_changes c JOIN orders o ON o.id = c.order_id
 WHERE o.checkout_session_id = $1 ORDER BY c.variant_id";
 
 const ORDER_ID: &str = "SELECT id, state_version FROM orders WHERE checkout_session_id = $1";
-
-const FLAG_REFUND: &str = "\
-INSERT INTO payment_refunds_due (checkout_session_id, payment_intent_id, amount_minor, currency, reason)
-VALUES ($1, $2, $3, $4, $5) ON CONFLICT (checkout_session_id) DO NOTHING";
 
 /// Everything the order row holds.
 pub struct NewOrder<'a> {
@@ -163,7 +160,8 @@ pub async fn find(sql: &impl Sql, session: &str) -> Result<Option<(String, i64)>
         .and_then(|r| Some((r.first()?.as_text()?.to_owned(), r.get(1)?.as_int()?))))
 }
 
-/// Records a payment that must be given back.
+/// Records a payment that must be given back: a refund in the payment outbox, keyed by its
+/// intent (see [`outbox::enqueue_refund`]); sending it is the outbox's job.
 pub async fn flag_refund(
     sql: &impl Sql,
     session: &str,
@@ -172,15 +170,7 @@ pub async fn flag_refund(
     currency: &str,
     reason: &str,
 ) -> Result<()> {
-    let params = [
-        SqlValue::Text(session.to_owned()),
-        SqlValue::Text(intent.to_owned()),
-        SqlValue::Int(amount),
-        SqlValue::Text(currency.to_owned()),
-        SqlValue::Text(reason.to_owned()),
-    ];
-    sql.execute(FLAG_REFUND, &params).await.map_err(PortError::sql)?;
-    Ok(())
+    outbox::enqueue_refund(sql, session, intent, amount, currency, reason).await
 }
 
 fn parse_changes(rows: &[Vec<SqlValue>]) -> Result<Vec<StockChange>> {

@@ -205,6 +205,28 @@ pub struct Attempt {
     pub retry_in_ms: Option<i64>,
 }
 
+/// One line for logs and `commerce drain`: `refund pi_1 (attempt 1): sent, re_1`.
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} (attempt {}): ",
+            self.kind.name(),
+            self.payment_intent_id,
+            self.attempt
+        )?;
+        match &self.outcome {
+            Outcome::Sent { gateway_id: Some(id) } => write!(f, "sent, {id}"),
+            Outcome::Sent { gateway_id: None } => write!(f, "sent"),
+            Outcome::Refused { reason } => write!(f, "refused: {reason}"),
+            Outcome::Retry { error } => match self.retry_in_ms {
+                Some(ms) => write!(f, "failed, next attempt in {ms} ms: {error}"),
+                None => write!(f, "failed: {error}"),
+            },
+        }
+    }
+}
+
 /// What one drain did, row by row, in the order it took them up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DrainReport {
@@ -468,6 +490,34 @@ mod tests {
         assert_eq!(lease_ms(10_000), 20_000);
         assert_eq!(lease_ms(0), 1_000);
         assert_eq!(lease_ms(u64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn an_attempt_reads_as_one_line() {
+        let attempt = |outcome, retry_in_ms| Attempt {
+            kind: Kind::Refund,
+            payment_intent_id: "pi_1".into(),
+            attempt: 2,
+            outcome,
+            retry_in_ms,
+        };
+        let sent = attempt(
+            Outcome::Sent {
+                gateway_id: Some("re_1".into()),
+            },
+            None,
+        );
+        assert_eq!(sent.to_string(), "refund pi_1 (attempt 2): sent, re_1");
+        let retry = attempt(
+            Outcome::Retry {
+                error: "HTTP 503".into(),
+            },
+            Some(2_000),
+        );
+        assert_eq!(
+            retry.to_string(),
+            "refund pi_1 (attempt 2): failed, next attempt in 2000 ms: HTTP 503"
+        );
     }
 
     #[test]

@@ -191,6 +191,9 @@ mod tests {
         assert_eq!(req.query_param("state2").as_deref(), Some("x"));
         assert_eq!(req.query_param("missing"), None);
         assert_eq!(with_query("").query_param("state"), None);
-        assert_eq!(with_query("a=%e9%").query_param("a").as_deref(), Some("\u{fffd}%"));
+        assert_eq!(
+            with_query("a=%e9%").query_param("a").as_deref(),
+            Some("\u{fffd}%")
+        );
     }
 }

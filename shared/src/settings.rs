@@ -187,7 +187,11 @@ mod tests {
         assert_eq!(s.reservation_ttl_seconds, 900);
         assert!(s.admin_token.is_empty());
         assert_eq!(
-            (s.outbox_drain_interval_ms, s.outbox_retry_base_ms, s.outbox_retry_max_ms),
+            (
+                s.outbox_drain_interval_ms,
+                s.outbox_retry_base_ms,
+                s.outbox_retry_max_ms
+            ),
             (5_000, 1_000, 300_000)
         );
     }

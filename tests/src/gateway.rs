@@ -438,14 +438,14 @@ fn programmed_failure(status: u16) -> Response {
     stripe_error(status, json!({ "type": kind, "message": message }))
 }
 
-/// Refuses a request without the right Bearer key, as Stripe does (401).
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+/// The 401 Stripe gives a request without the right Bearer key; `None` if the key is right.
+fn unauthenticated(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if bearer == Some(shared.api_key.as_str()) {
-        return Ok(());
+        return None;
     }
     let message = match bearer {
         None => "You did not provide an API key.".to_owned(),
@@ -454,7 +454,7 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
             key.chars().take(8).collect::<String>()
         ),
     };
-    Err(stripe_error(
+    Some(stripe_error(
         StatusCode::UNAUTHORIZED,
         json!({ "type": "invalid_request_error", "message": message }),
     ))
@@ -483,15 +483,18 @@ fn unknown_parameter(name: &str) -> Response {
 }
 
 /// A positive integer amount as Stripe validates it.
-fn parse_amount(text: &str) -> Result<i64, Response> {
-    match text.parse::<i64>() {
-        Ok(n) if n > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-        _ => Err(invalid_request(
-            "parameter_invalid_integer",
-            "amount",
-            "Invalid integer: amount must be a positive integer.".into(),
-        )),
-    }
+fn parse_amount(text: &str) -> Option<i64> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0 && text.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn invalid_amount() -> Response {
+    invalid_request(
+        "parameter_invalid_integer",
+        "amount",
+        "Invalid integer: amount must be a positive integer.".into(),
+    )
 }
 
 fn no_such_intent(id: &str, param: &str) -> Value {
@@ -512,7 +515,7 @@ async fn create_intent(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
     if let Some(status) = failure {
         return programmed_failure(status);
     }
-    if let Err(refused) = authenticate(&shared, &headers) {
+    if let Some(refused) = unauthenticated(&shared, &headers) {
         return refused;
     }
 
@@ -537,9 +540,8 @@ async fn create_intent(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
             "Missing required param: amount.".into(),
         );
     };
-    let amount = match parse_amount(amount) {
-        Ok(amount) => amount,
-        Err(refused) => return refused,
+    let Some(amount) = parse_amount(amount) else {
+        return invalid_amount();
     };
     let Some(currency) = currency else {
         return invalid_request(
@@ -590,7 +592,7 @@ async fn cancel_intent(
     if let Some(status) = failure {
         return programmed_failure(status);
     }
-    if let Err(refused) = authenticate(&shared, &headers) {
+    if let Some(refused) = unauthenticated(&shared, &headers) {
         return refused;
     }
     let params = sorted_params(&body);
@@ -648,7 +650,7 @@ async fn create_refund(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
     if let Some(status) = failure {
         return programmed_failure(status);
     }
-    if let Err(refused) = authenticate(&shared, &headers) {
+    if let Some(refused) = unauthenticated(&shared, &headers) {
         return refused;
     }
     let params = sorted_params(&body);
@@ -659,8 +661,8 @@ async fn create_refund(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
         match name.as_str() {
             "payment_intent" => intent_id = Some(value.clone()),
             "amount" => match parse_amount(value) {
-                Ok(n) => amount = Some(n),
-                Err(refused) => return refused,
+                Some(n) => amount = Some(n),
+                None => return invalid_amount(),
             },
             "reason" if ["duplicate", "fraudulent", "requested_by_customer"].contains(&value.as_str()) => {}
             name if name.starts_with("metadata[") && name.ends_with(']') => {

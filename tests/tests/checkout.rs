@@ -457,11 +457,7 @@ async fn cancelling_releases_holds_and_lock_and_a_late_payment_is_flagged_for_re
     assert!(body["refundRequired"].is_string(), "{body}");
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM payment_outbox WHERE kind = 'refund'"
-        )
-        .await,
+        count(&app, "SELECT count(*) FROM payment_outbox WHERE kind = 'refund'").await,
         1
     );
     let shown = app.get(&format!("/v1/checkout/{session}")).await;

@@ -80,7 +80,12 @@ impl<H: Http> Gateway<'_, H> {
         }
     }
 
-    async fn post(&self, path: &str, key: &str, params: &[(&str, &str)]) -> Result<OutboundResponse, Outcome> {
+    async fn post(
+        &self,
+        path: &str,
+        key: &str,
+        params: &[(&str, &str)],
+    ) -> Result<OutboundResponse, Outcome> {
         if self.api_key.is_empty() {
             return Err(Outcome::Retry {
                 error: "payment_gateway_key is not configured".into(),
@@ -163,9 +168,7 @@ fn cancel_outcome(response: &OutboundResponse) -> Outcome {
             let unexpected_state = error
                 .as_ref()
                 .is_some_and(|e| e.code.as_deref() == Some("payment_intent_unexpected_state"));
-            let status = error
-                .and_then(|e| e.payment_intent)
-                .and_then(|i| i.status);
+            let status = error.and_then(|e| e.payment_intent).and_then(|i| i.status);
             match (unexpected_state, status.as_deref()) {
                 (true, Some("canceled")) => Outcome::Sent { gateway_id: None },
                 // The customer paid before the cancellation arrived. Not done, and not to be
@@ -261,7 +264,10 @@ mod tests {
     fn outages_busy_keys_and_bad_api_keys_are_retried() {
         for status in [401, 403, 409, 429, 500, 502, 503, 504] {
             let body = json!({"error": {"type": "api_error", "message": "later"}});
-            assert!(is_retry(&refund_outcome(&answer(status, body.clone()))), "{status}");
+            assert!(
+                is_retry(&refund_outcome(&answer(status, body.clone()))),
+                "{status}"
+            );
             assert!(is_retry(&cancel_outcome(&answer(status, body))), "{status}");
         }
         assert!(is_retry(&refund_outcome(&answer(302, json!({})))));

@@ -52,19 +52,21 @@ VALUES ('cancel_intent', $2, $1, $3)
 ON CONFLICT (kind, payment_intent_id) DO NOTHING";
 
 /// Claims the oldest due row (of one intent, if `$2` names it): counts the attempt and
-/// leases the row for `$1` ms. SKIP LOCKED lets concurrent drainers pass each other; the
-/// outer WHERE re-checks that the row is still due.
+/// leases the row for `$1` ms. The row is picked by a scalar subquery, which runs once
+/// (a join with a `LIMIT 1` subquery may be rescanned per row and claim every row); SKIP
+/// LOCKED lets concurrent drainers pass each other; the outer WHERE re-checks that the
+/// row is still due.
 const CLAIM: &str = "\
 UPDATE payment_outbox o
 SET attempts = o.attempts + 1,
     next_attempt_at = now() + $1::bigint * interval '1 millisecond'
-FROM (SELECT kind, payment_intent_id FROM payment_outbox
-      WHERE state = 'pending' AND next_attempt_at <= now()
-        AND ($2::text IS NULL OR payment_intent_id = $2::text)
-      ORDER BY created_at, kind, payment_intent_id
-      LIMIT 1
-      FOR UPDATE SKIP LOCKED) due
-WHERE o.kind = due.kind AND o.payment_intent_id = due.payment_intent_id
+WHERE (o.kind, o.payment_intent_id) = (
+        SELECT kind, payment_intent_id FROM payment_outbox
+        WHERE state = 'pending' AND next_attempt_at <= now()
+          AND ($2::text IS NULL OR payment_intent_id = $2::text)
+        ORDER BY created_at, kind, payment_intent_id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED)
   AND o.state = 'pending' AND o.next_attempt_at <= now()
 RETURNING o.kind, o.payment_intent_id, o.checkout_session_id, o.amount_minor, o.reason, o.attempts";
 
@@ -274,7 +276,9 @@ pub async fn enqueue_refund(
         SqlValue::Text(currency.to_owned()),
         SqlValue::Text(reason.to_owned()),
     ];
-    sql.execute(ENQUEUE_REFUND, &params).await.map_err(PortError::sql)?;
+    sql.execute(ENQUEUE_REFUND, &params)
+        .await
+        .map_err(PortError::sql)?;
     Ok(())
 }
 
@@ -288,7 +292,9 @@ pub async fn enqueue_cancel(sql: &impl Sql, session: &str, intent: &str, reason:
         SqlValue::Text(intent.to_owned()),
         SqlValue::Text(reason.to_owned()),
     ];
-    sql.execute(ENQUEUE_CANCEL, &params).await.map_err(PortError::sql)?;
+    sql.execute(ENQUEUE_CANCEL, &params)
+        .await
+        .map_err(PortError::sql)?;
     Ok(())
 }
 
@@ -358,10 +364,16 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
         intent.map_or(SqlValue::Null, |i| SqlValue::Text(i.to_owned())),
     ];
     let rows = app.sql.query(CLAIM, &params).await.map_err(PortError::sql)?;
-    let Some(row) = rows.first() else {
-        return Ok(None);
+    let claimed = match &rows[..] {
+        [] => return Ok(None),
+        [row] => parse_claim(row)?,
+        more => {
+            return Err(Error::Internal(format!(
+                "an outbox claim took {} rows instead of one",
+                more.len()
+            )));
+        }
     };
-    let claimed = parse_claim(row)?;
     let gateway = Gateway {
         http: &app.http,
         base_url: &app.settings.payment_gateway_url,
@@ -478,7 +490,10 @@ mod tests {
         let delays: Vec<i64> = (1..=12).map(|n| retry_delay_ms(1_000, 300_000, n)).collect();
         assert_eq!(
             delays,
-            [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000, 300_000, 300_000]
+            [
+                1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000, 300_000,
+                300_000
+            ]
         );
         assert_eq!(retry_delay_ms(1_000, 300_000, 0), 1_000);
         assert_eq!(retry_delay_ms(1_000, 300_000, i64::MAX), 300_000);

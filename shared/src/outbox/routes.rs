@@ -20,7 +20,11 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
 /// Routes the outbox paths; `None` if the path is not the outbox's.
-pub async fn route<R, S: Sql, H>(app: &App<R, S, H>, req: &Request, segments: &[&str]) -> Option<Result<Response>> {
+pub async fn route<R, S: Sql, H>(
+    app: &App<R, S, H>,
+    req: &Request,
+    segments: &[&str],
+) -> Option<Result<Response>> {
     match segments {
         ["v1", "admin", "refunds"] if req.method == "GET" => Some(refunds(app, req).await),
         ["v1", "admin", "refunds"] => Some(Err(Error::MethodNotAllowed(req.method.clone()))),

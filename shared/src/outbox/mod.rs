@@ -19,12 +19,13 @@
 //! derived from the intent, sending it again moves money at most once. A failure that may
 //! pass waits `outbox_retry_base_ms`, doubling per attempt up to `outbox_retry_max_ms`.
 
-pub mod gateway;
+mod gateway;
 pub mod routes;
 
 use serde::Serialize;
 
-use self::gateway::{Gateway, Outcome, RefundRequest};
+pub use self::gateway::Outcome;
+use self::gateway::{Gateway, RefundRequest};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, PortError, Result};
@@ -347,14 +348,30 @@ pub fn retry_delay_ms(base_ms: u64, max_ms: u64, attempts: i64) -> i64 {
     i64::try_from(delay.min(max_ms)).unwrap_or(i64::MAX)
 }
 
+/// What a claimed row asks the gateway to do.
+enum Job {
+    /// Give back `amount_minor` of the intent's payment.
+    Refund { amount_minor: i64 },
+    /// Cancel the intent.
+    CancelIntent,
+}
+
 /// A row a drainer holds.
 struct Claimed {
-    kind: Kind,
+    job: Job,
     intent: String,
     session: String,
-    amount_minor: Option<i64>,
     reason: String,
     attempts: i64,
+}
+
+impl Claimed {
+    fn kind(&self) -> Kind {
+        match self.job {
+            Job::Refund { .. } => Kind::Refund,
+            Job::CancelIntent => Kind::CancelIntent,
+        }
+    }
 }
 
 /// Claims, sends and records one due row (of `intent`, if given); `None` if none is due.
@@ -379,8 +396,8 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
         base_url: &app.settings.payment_gateway_url,
         api_key: &app.settings.payment_gateway_key,
     };
-    let outcome = match (claimed.kind, claimed.amount_minor) {
-        (Kind::Refund, Some(amount_minor)) => {
+    let outcome = match claimed.job {
+        Job::Refund { amount_minor } => {
             gateway
                 .refund(&RefundRequest {
                     intent: &claimed.intent,
@@ -390,13 +407,11 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
                 })
                 .await
         }
-        (Kind::Refund, None) => Outcome::Refused {
-            reason: "the refund has no amount".into(),
-        },
-        (Kind::CancelIntent, _) => gateway.cancel(&claimed.intent).await,
+        Job::CancelIntent => gateway.cancel(&claimed.intent).await,
     };
+    let kind = claimed.kind();
     let key = [
-        SqlValue::Text(claimed.kind.name().to_owned()),
+        SqlValue::Text(kind.name().to_owned()),
         SqlValue::Text(claimed.intent.clone()),
     ];
     let mut retry_in_ms = None;
@@ -429,7 +444,7 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
         .await
         .map_err(PortError::sql)?;
     Ok(Some(Attempt {
-        kind: claimed.kind,
+        kind,
         payment_intent_id: claimed.intent,
         attempt: claimed.attempts,
         outcome,
@@ -447,11 +462,17 @@ fn int_at(row: &SqlRow, i: usize) -> Option<i64> {
 
 fn parse_claim(row: &SqlRow) -> Result<Claimed> {
     let parsed = (|| {
+        let job = match Kind::parse(row.first()?.as_text()?)? {
+            // The table's CHECK gives every refund an amount.
+            Kind::Refund => Job::Refund {
+                amount_minor: int_at(row, 3)?,
+            },
+            Kind::CancelIntent => Job::CancelIntent,
+        };
         Some(Claimed {
-            kind: Kind::parse(row.first()?.as_text()?)?,
+            job,
             intent: text_at(row, 1)?,
             session: text_at(row, 2)?,
-            amount_minor: int_at(row, 3),
             reason: text_at(row, 4)?,
             attempts: int_at(row, 5)?,
         })

@@ -9,7 +9,7 @@ use commerce_core::bundle::Bundles;
 use commerce_core::inventory::Inventory;
 use commerce_core::keys::RulesetKind;
 use commerce_core::pricing::store::Rulesets;
-use commerce_core::{Settings, catalog};
+use commerce_core::{Settings, catalog, outbox};
 use commerce_native::{EnvConfig, build_app, migrate, serve};
 use tokio::net::TcpListener;
 
@@ -58,6 +58,13 @@ enum Command {
     Reconcile,
     /// Purge expired holds of every variant (those no request touches).
     Sweep,
+    /// Send the refunds and intent cancellations the payment outbox owes (one pass; what
+    /// `commerce serve` does periodically, for deployments without it, such as Spin).
+    Drain {
+        /// Most rows to take up in this pass.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// Load every active bundle into the bundle cache.
     Warm,
     /// Write every Redis key of the namespace to a file (SCAN + DUMP, with time to live).
@@ -253,6 +260,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         // Answered above, without connecting to anything.
         Command::Token { .. } => {}
+        Command::Drain { limit } => {
+            let report = outbox::drain(&app, limit).await?;
+            for attempt in &report.attempts {
+                println!("{attempt}");
+            }
+            eprintln!(
+                "commerce: drain done: {} sent, {} refused, {} left for a later attempt",
+                report.sent(),
+                report.refused(),
+                report.retrying()
+            );
+        }
         Command::Sweep => {
             let visited = inventory
                 .sweep(|done| eprint!("\rcommerce: swept {done} variants"))

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "pricing", include_str!("../../migrations/0003_pricing.sql")),
     (4, "orders", include_str!("../../migrations/0004_orders.sql")),
     (
+        5,
+        "payment_outbox",
+        include_str!("../../migrations/0005_payment_outbox.sql"),
+    ),
+    (
         6,
         "paid_sessions_and_ruleset_versions",
         include_str!("../../migrations/0006_paid_sessions_and_ruleset_versions.sql"),

@@ -8,7 +8,7 @@ use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use commerce_core::http::{Request, Response};
-use commerce_core::{App, Error, Scope, Settings};
+use commerce_core::{App, Error, Scope, Settings, outbox};
 use tokio::net::TcpListener;
 
 use crate::http_port::NativeHttp;
@@ -37,10 +37,43 @@ pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
     Ok(App::new(redis, sql, http, settings))
 }
 
-/// Serves `app` on `listener` until the process ends.
+/// Most outbox rows one periodic drain takes up; the next tick goes on with the rest.
+const DRAIN_BATCH: usize = 100;
+
+/// Serves `app` on `listener` until the process ends (or this future is dropped), and
+/// meanwhile drains the payment outbox every `outbox_drain_interval_ms` (unless 0).
 pub async fn serve(listener: TcpListener, app: Arc<NativeApp>) -> std::io::Result<()> {
+    let every = Duration::from_millis(app.settings.outbox_drain_interval_ms);
+    let _drainer = (!every.is_zero()).then(|| AbortOnDrop(tokio::spawn(drain_every(app.clone(), every))));
     let router = axum::Router::new().fallback(answer).with_state(app);
     axum::serve(listener, router).await
+}
+
+/// Stops a background task when its owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends what the outbox owes, every `every`, logging each row taken up to stderr. A
+/// failed pass (PostgreSQL down) is logged and the next tick tries again.
+async fn drain_every(app: Arc<NativeApp>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match outbox::drain(&app, DRAIN_BATCH).await {
+            Ok(report) => {
+                for attempt in &report.attempts {
+                    eprintln!("commerce: outbox: {attempt}");
+                }
+            }
+            Err(error) => eprintln!("commerce: outbox drain failed: {error}"),
+        }
+    }
 }
 
 async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) -> axum::response::Response {
@@ -90,6 +123,7 @@ async fn read_request(req: axum::extract::Request, limit: usize) -> Result<Reque
     Ok(Request {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
         headers,
         body: body.to_vec(),
     })

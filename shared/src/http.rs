@@ -15,6 +15,8 @@ pub struct Request {
     pub method: String,
     /// Path without the query, e.g. `/v1/inventory/var-1`.
     pub path: String,
+    /// The query string without its `?`, e.g. `state=pending`; empty if there is none.
+    pub query: String,
     /// Headers with lower-case names.
     pub headers: Vec<(String, String)>,
     /// The body bytes.
@@ -28,6 +30,18 @@ impl Request {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a query parameter, percent-decoded (`+` is a space); `None` if
+    /// the query does not name it.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query
+            .split('&')
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(key) == name).then(|| percent_decode(value))
+            })
+            .next()
     }
 
     /// Parses the body as JSON, enforcing the body limit (413), the content type (415)
@@ -49,6 +63,35 @@ impl Request {
         serde_json::from_slice(&self.body)
             .map_err(|e| Error::bad_request("MALFORMED_JSON", format!("body is not valid JSON: {e}")))
     }
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value: `+` is a space,
+/// `%XX` a byte; a `%` not followed by two hex digits stands for itself. Bytes that are not
+/// UTF-8 become U+FFFD.
+fn percent_decode(text: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', high, low]) => hex(*high).zip(hex(*low)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An outgoing response.
@@ -128,5 +171,33 @@ pub fn object(body: &Value) -> Result<&Value, Error> {
         Ok(body)
     } else {
         Err(Error::bad_request("INVALID_BODY", "body must be a JSON object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_query(query: &str) -> Request {
+        Request {
+            query: query.into(),
+            ..Request::default()
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_read_decoded_and_first_wins() {
+        let req = with_query("state=pending&limit=5&state=sent&note=a+b%2Fc%ZZ&flag&%73tate2=x");
+        assert_eq!(req.query_param("state").as_deref(), Some("pending"));
+        assert_eq!(req.query_param("limit").as_deref(), Some("5"));
+        assert_eq!(req.query_param("note").as_deref(), Some("a b/c%ZZ"));
+        assert_eq!(req.query_param("flag").as_deref(), Some(""));
+        assert_eq!(req.query_param("state2").as_deref(), Some("x"));
+        assert_eq!(req.query_param("missing"), None);
+        assert_eq!(with_query("").query_param("state"), None);
+        assert_eq!(
+            with_query("a=%e9%").query_param("a").as_deref(),
+            Some("\u{fffd}%")
+        );
     }
 }

@@ -5,7 +5,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::http::{Request, Response};
 use crate::ports::{Http, Redis, Sql};
-use crate::{bundle, cart, checkout, inventory, ops, pricing};
+use crate::{bundle, cart, checkout, inventory, ops, outbox, pricing};
 
 /// Which component's routes a deployment answers. A Spin component answers only its own
 /// (its `spin.toml` routes send it nothing else); `commerce serve` answers all.
@@ -19,7 +19,7 @@ pub enum Scope {
     Cart,
     /// Pricing, bundle and discount routes.
     Pricing,
-    /// Checkout routes.
+    /// Checkout routes, and the payment outbox's (`/v1/admin/refunds`).
     Checkout,
     /// `/health`.
     Ops,
@@ -46,6 +46,9 @@ pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request,
     }
     if answer.is_none() && in_scope(Scope::Checkout) {
         answer = checkout::routes::route(app, &req, &segments).await;
+    }
+    if answer.is_none() && in_scope(Scope::Checkout) {
+        answer = outbox::routes::route(app, &req, &segments).await;
     }
     if answer.is_none() && in_scope(Scope::Ops) {
         answer = ops::route(app, &req, &segments).await;

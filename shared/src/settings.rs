@@ -67,6 +67,14 @@ pub struct Settings {
     /// accepted just before the deadline still finds its units held while the order is
     /// written (DESIGN §4, invariant 2).
     pub hold_grace_seconds: u32,
+    /// How often `commerce serve` drains the payment outbox; 0 turns the task off (Spin
+    /// has no background tasks: run `commerce drain` on a schedule there).
+    pub outbox_drain_interval_ms: u64,
+    /// Wait before retrying a refund or cancellation after its first failed attempt; it
+    /// doubles with every further failure.
+    pub outbox_retry_base_ms: u64,
+    /// Longest wait between two attempts of one refund or cancellation.
+    pub outbox_retry_max_ms: u64,
 }
 
 impl Settings {
@@ -115,6 +123,11 @@ impl Settings {
                 Err(format!("{name} must be from 1 to {max}"))
             }
         };
+        let outbox_retry_base_ms = number("outbox_retry_base_ms", 1_000)?;
+        let outbox_retry_max_ms = number("outbox_retry_max_ms", 300_000)?;
+        if outbox_retry_base_ms == 0 || outbox_retry_max_ms < outbox_retry_base_ms {
+            return Err("outbox_retry_base_ms must be at least 1 and at most outbox_retry_max_ms".into());
+        }
         let default_currency = text("default_currency", "EUR");
         if default_currency.len() != 3 || !default_currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(format!(
@@ -149,6 +162,9 @@ impl Settings {
             database_timeout_ms: number("database_timeout_ms", 5_000)?,
             gateway_timeout_ms: number("gateway_timeout_ms", 10_000)?,
             max_body_bytes: number("max_body_bytes", Self::DEFAULT_MAX_BODY as u64)? as usize,
+            outbox_drain_interval_ms: number("outbox_drain_interval_ms", 5_000)?,
+            outbox_retry_base_ms,
+            outbox_retry_max_ms,
         })
     }
 
@@ -220,6 +236,14 @@ mod tests {
         let s = Settings::from_config(&Map(HashMap::new())).unwrap();
         assert_eq!(s.reservation_ttl_seconds, 900);
         assert!(s.admin_token.is_empty());
+        assert_eq!(
+            (
+                s.outbox_drain_interval_ms,
+                s.outbox_retry_base_ms,
+                s.outbox_retry_max_ms
+            ),
+            (5_000, 1_000, 300_000)
+        );
     }
 
     #[test]
@@ -228,6 +252,9 @@ mod tests {
             ("key_prefix", "a:b"),
             ("reservation_ttl_seconds", "0"),
             ("redis_timeout_ms", "soon"),
+            ("outbox_retry_base_ms", "0"),
+            ("outbox_retry_max_ms", "10"),
+            ("outbox_drain_interval_ms", "-1"),
         ] {
             assert!(Settings::from_config(&Map(HashMap::from([(k, v)]))).is_err());
         }

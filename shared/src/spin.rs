@@ -31,7 +31,8 @@ use crate::settings::Settings;
 /// Guarantees: never panics on input; a configuration error is a 500 (bad settings) or a
 /// 503 (the variables provider failed) with the DESIGN §5 error body; otherwise the
 /// response is exactly what [`router::handle`] answers. The path handed to the router
-/// carries no query string, header names are lower case, the method is upper case.
+/// carries no query string (that is in `query`), header names are lower case, the method
+/// is upper case.
 pub async fn serve(req: SpinRequest, scope: Scope) -> SpinResponse {
     let config = SpinConfig::new();
     let settings = Settings::from_config(&config);
@@ -65,6 +66,7 @@ pub async fn serve(req: SpinRequest, scope: Scope) -> SpinResponse {
 fn from_spin(req: SpinRequest) -> Request {
     let method = req.method().to_string().to_ascii_uppercase();
     let path = req.path().to_owned();
+    let query = req.query().to_owned();
     let headers = req
         .headers()
         .filter_map(|(name, value)| Some((name.to_ascii_lowercase(), value.as_str()?.to_owned())))
@@ -72,6 +74,7 @@ fn from_spin(req: SpinRequest) -> Request {
     Request {
         method,
         path,
+        query,
         headers,
         body: req.into_body(),
     }

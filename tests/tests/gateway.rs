@@ -248,3 +248,112 @@ async fn delivered_events_verify_and_tampered_ones_do_not() {
     let e = verify_signature(succeeded.as_bytes(), Some(&signature), "whsec_other", now_s()).unwrap_err();
     assert_eq!((e.status(), e.code()), (400, "INVALID_SIGNATURE"));
 }
+
+/// A form POST to the fake, as the service's client sends it; the status and JSON body.
+async fn stripe_post(gateway: &FakeGateway, path: &str, key: &str, form: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", gateway.base))
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .header("idempotency-key", key)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_fake_refunds_a_paid_intent_once_per_key_and_never_beyond_the_payment() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let intent = create(&gateway, "sess-r", 1000, "key-r").await.unwrap().id;
+    let refund = |key: &'static str, amount: i64| {
+        let form = format!("payment_intent={intent}&amount={amount}&metadata%5Bcheckout_session%5D=sess-r");
+        let gateway = &gateway;
+        async move { stripe_post(gateway, "/v1/refunds", key, &form).await }
+    };
+    let (status, body) = refund("r-0", 400).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("payment_intent_unexpected_state"))
+    );
+    assert!(gateway.succeed(&intent));
+
+    let (status, first) = refund("r-1", 400).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["object"].as_str(), first["amount"].as_i64()),
+        (Some("refund"), Some(400))
+    );
+    assert_eq!(first["metadata"]["checkout_session"], "sess-r");
+    assert_eq!(
+        refund("r-1", 400).await,
+        (200, first.clone()),
+        "a replay, not a second refund"
+    );
+    let (status, body) = refund("r-1", 300).await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (400, Some("idempotency_error"))
+    );
+    let (status, body) = refund("r-2", 700).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("amount_too_large"))
+    );
+    assert_eq!(refund("r-3", 600).await.0, 200);
+    let (status, body) = refund("r-4", 1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("charge_already_refunded"))
+    );
+    assert_eq!(
+        gateway.refunds().iter().map(|r| r.amount).collect::<Vec<_>>(),
+        [400, 600]
+    );
+    assert_eq!(gateway.refund_calls(), 7);
+
+    gateway.fail_next_refunds(2, 503);
+    assert_eq!(refund("r-5", 1).await.0, 503);
+    assert_eq!(refund("r-5", 1).await.0, 503);
+    let (status, body) = refund("r-5", 1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("charge_already_refunded")),
+        "a programmed failure saves nothing for its key"
+    );
+}
+
+#[tokio::test]
+async fn the_fake_cancels_an_unpaid_intent_and_refuses_a_paid_one() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let unpaid = create(&gateway, "sess-c1", 1000, "key-c1").await.unwrap().id;
+    let paid = create(&gateway, "sess-c2", 1000, "key-c2").await.unwrap().id;
+    gateway.event("payment_intent.succeeded", &paid);
+    let cancel = |intent: String, key: &'static str| {
+        let gateway = &gateway;
+        async move { stripe_post(gateway, &format!("/v1/payment_intents/{intent}/cancel"), key, "").await }
+    };
+    gateway.fail_next_cancels(1, 500);
+    assert_eq!(cancel(unpaid.clone(), "c-1").await.0, 500);
+    let (status, body) = cancel(unpaid.clone(), "c-1").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("canceled")));
+    assert_eq!(cancel(unpaid.clone(), "c-1").await, (200, body), "a replay");
+    let (status, again) = cancel(unpaid.clone(), "c-2").await;
+    assert_eq!(status, 400);
+    assert_eq!(again["error"]["code"], "payment_intent_unexpected_state");
+    assert_eq!(again["error"]["payment_intent"]["status"], "canceled");
+    assert!(!gateway.succeed(&unpaid), "a cancelled intent cannot be paid");
+
+    let (status, refused) = cancel(paid.clone(), "c-3").await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["payment_intent"]["status"], "succeeded");
+    let (status, missing) = cancel("pi_404".into(), "c-4").await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (404, Some("resource_missing"))
+    );
+    assert_eq!(gateway.cancellations(), [unpaid]);
+    assert_eq!(gateway.cancel_calls(), 6);
+}

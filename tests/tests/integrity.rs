@@ -155,7 +155,7 @@ async fn a_webhook_for_an_order_already_written_answers_with_it_whatever_redis_r
     let refunds = app
         .pg
         .query_one(
-            "SELECT count(*) FROM payment_refunds_due WHERE checkout_session_id = $1",
+            "SELECT count(*) FROM payment_outbox WHERE kind = 'refund' AND checkout_session_id = $1",
             &[&session],
         )
         .await
@@ -188,7 +188,7 @@ async fn postgres_refuses_an_order_that_on_hand_cannot_cover_and_the_payment_is_
     let refund: String = app
         .pg
         .query_one(
-            "SELECT payment_intent_id FROM payment_refunds_due WHERE checkout_session_id = $1",
+            "SELECT payment_intent_id FROM payment_outbox WHERE kind = 'refund' AND checkout_session_id = $1",
             &[&session],
         )
         .await

@@ -200,6 +200,7 @@ async fn starting_a_checkout_is_at_most_six_round_trips() {
         path: "/v1/checkout".into(),
         headers: vec![("idempotency-key".into(), "rt-1".into())],
         body: format!(r#"{{"cartId":"{cart_id}"}}"#).into_bytes(),
+        ..Request::default()
     };
     let (app_ref, cart_ref) = (&counting, &cart);
     let response = idempotency::once(&counting, &req, "checkout", true, |token| async move {

@@ -62,12 +62,26 @@ struct StripeErrorBody {
     error: StripeError,
 }
 
+/// The `error` object of a Stripe error answer, as far as the service reads it.
 #[derive(Deserialize)]
-struct StripeError {
+pub(crate) struct StripeError {
+    /// `invalid_request_error`, `api_error`, `card_error`, `idempotency_error`, …
     #[serde(rename = "type")]
-    kind: Option<String>,
-    code: Option<String>,
-    message: Option<String>,
+    pub(crate) kind: Option<String>,
+    /// The machine-readable reason, e.g. `charge_already_refunded`.
+    pub(crate) code: Option<String>,
+    /// The human-readable reason.
+    pub(crate) message: Option<String>,
+    /// The intent the request was about, for errors on a PaymentIntent (Stripe includes
+    /// it, e.g. with `payment_intent_unexpected_state`).
+    pub(crate) payment_intent: Option<StripeErrorIntent>,
+}
+
+/// The part of the intent in an error answer that says where it stands.
+#[derive(Deserialize)]
+pub(crate) struct StripeErrorIntent {
+    /// `succeeded`, `canceled`, `processing`, …
+    pub(crate) status: Option<String>,
 }
 
 /// Creates a PaymentIntent for `amount_minor` of `currency`, tagged with the checkout
@@ -96,22 +110,18 @@ pub async fn create_intent(
     }
     let amount = amount_minor.to_string();
     let currency_lower = currency.as_str().to_ascii_lowercase();
-    let body = form_encode(&[
-        ("amount", &amount),
-        ("currency", &currency_lower),
-        ("metadata[checkout_session]", session_id),
-        ("automatic_payment_methods[enabled]", "true"),
-    ]);
-    let request = OutboundRequest {
-        method: "POST".into(),
-        url: format!("{}/v1/payment_intents", base_url.trim_end_matches('/')),
-        headers: vec![
-            ("Content-Type".into(), "application/x-www-form-urlencoded".into()),
-            ("Authorization".into(), format!("Bearer {api_key}")),
-            ("Idempotency-Key".into(), idempotency_key.into()),
+    let request = stripe_post(
+        base_url,
+        "/v1/payment_intents",
+        api_key,
+        idempotency_key,
+        &[
+            ("amount", &amount),
+            ("currency", &currency_lower),
+            ("metadata[checkout_session]", session_id),
+            ("automatic_payment_methods[enabled]", "true"),
         ],
-        body: body.into_bytes(),
-    };
+    );
     let response = http.send(request).await.map_err(|e| match e {
         PortError::Unreachable(message) => Error::Unavailable {
             dependency: DEPENDENCY,
@@ -172,7 +182,29 @@ fn read_intent(body: &[u8], amount_minor: i64, currency: Currency) -> Result<Pay
     })
 }
 
-fn gateway_error(body: &[u8]) -> Option<StripeError> {
+/// A form-encoded `POST {base_url}{path}` as Stripe takes it: Bearer key, the idempotency
+/// key, the parameters in order.
+pub(crate) fn stripe_post(
+    base_url: &str,
+    path: &str,
+    api_key: &str,
+    idempotency_key: &str,
+    params: &[(&str, &str)],
+) -> OutboundRequest {
+    OutboundRequest {
+        method: "POST".into(),
+        url: format!("{}{path}", base_url.trim_end_matches('/')),
+        headers: vec![
+            ("Content-Type".into(), "application/x-www-form-urlencoded".into()),
+            ("Authorization".into(), format!("Bearer {api_key}")),
+            ("Idempotency-Key".into(), idempotency_key.into()),
+        ],
+        body: form_encode(params).into_bytes(),
+    }
+}
+
+/// The `error` object of a Stripe error answer, if the body is one.
+pub(crate) fn gateway_error(body: &[u8]) -> Option<StripeError> {
     serde_json::from_slice::<StripeErrorBody>(body)
         .ok()
         .map(|b| b.error)
@@ -196,33 +228,40 @@ fn rejected(status: u16, body: &[u8]) -> Error {
     }
 }
 
-/// `application/x-www-form-urlencoded` of the pairs in order: RFC 3986 unreserved bytes as
-/// they are, space as `+`, every other byte of the UTF-8 text as `%XX`.
-fn form_encode(pairs: &[(&str, &str)]) -> String {
-    fn push_encoded(out: &mut String, text: &str) {
-        const HEX: &[u8; 16] = b"0123456789ABCDEF";
-        for &b in text.as_bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    out.push(char::from(b))
-                }
-                b' ' => out.push('+'),
-                _ => {
-                    out.push('%');
-                    out.push(char::from(HEX[usize::from(b >> 4)]));
-                    out.push(char::from(HEX[usize::from(b & 0x0f)]));
-                }
+/// Percent-encoding for a URL path segment: RFC 3986 unreserved bytes as they are, every
+/// other byte of the UTF-8 text (space included) as `%XX`.
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut out = String::new();
+    push_encoded(&mut out, text, "%20");
+    out
+}
+
+fn push_encoded(out: &mut String, text: &str, space: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(char::from(b)),
+            b' ' => out.push_str(space),
+            _ => {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0x0f)]));
             }
         }
     }
+}
+
+/// `application/x-www-form-urlencoded` of the pairs in order: as [`percent_encode`], but a
+/// space is `+`.
+fn form_encode(pairs: &[(&str, &str)]) -> String {
     let mut out = String::new();
     for (i, (name, value)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push('&');
         }
-        push_encoded(&mut out, name);
+        push_encoded(&mut out, name, "+");
         out.push('=');
-        push_encoded(&mut out, value);
+        push_encoded(&mut out, value, "+");
     }
     out
 }
@@ -579,6 +618,7 @@ mod tests {
             "amount=1999&currency=eur"
         );
         assert_eq!(form_encode(&[]), "");
+        assert_eq!(percent_encode("pi_1 /?é"), "pi_1%20%2F%3F%C3%A9");
     }
 
     fn event(kind: &str, object: Value) -> Vec<u8> {

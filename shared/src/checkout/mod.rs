@@ -27,6 +27,7 @@ use crate::clock::rfc3339_millis;
 use crate::error::{Error, PortError, Result};
 use crate::ids::{CartId, CustomerId, Quantity, VariantId};
 use crate::inventory::{Holder, Inventory};
+use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
 use crate::pricing::quote::{cart_quote_lines, price_lines};
@@ -436,22 +437,41 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Releases what a session that ended without an order still holds: its stock holds
-    /// and its cart's lock (owner-checked). A paid session is first marked ended in
+    /// and its cart's lock (owner-checked), and cancels its payment intent at the gateway
+    /// (through the outbox) when `cancel_intent`. A paid session is first marked ended in
     /// PostgreSQL, so no reload puts its holds back. Idempotent.
-    async fn release(&self, session: &Session) -> Result<()> {
+    async fn release(&self, session: &Session, cancel_intent: bool) -> Result<()> {
         let mut known = Vec::new();
-        if session.intent.is_some() {
+        let intent = match &session.intent {
+            Some(intent) => Some(intent.clone()),
+            None => self.stored_intent_id(&session.id).await?,
+        };
+        if let Some(intent) = intent {
             paid::end(&self.app.sql, session.id.as_str(), session.state.name()).await?;
-            known = frozen_demand(&self.metadata(&session.id).await?)?
-                .into_iter()
-                .map(|(v, _)| v)
-                .collect();
+            if cancel_intent {
+                let reason = format!("the checkout is {}", session.state);
+                outbox::enqueue_cancel(&self.app.sql, session.id.as_str(), &intent, &reason).await?;
+                self.send_now(&intent).await;
+            }
+            if session.intent.is_some() {
+                known = frozen_demand(&self.metadata(&session.id).await?)?
+                    .into_iter()
+                    .map(|(v, _)| v)
+                    .collect();
+            }
         }
         self.inventory()
             .release(&Holder::Checkout(session.id.clone()), &known)
             .await?;
         self.unlock(&self.carts().lock_key(&session.cart), &session.id)
             .await
+    }
+
+    /// Sends what the outbox owes for `intent` now, from the request that created the need.
+    /// A gateway that does not take it now leaves the row pending for the drainers: the
+    /// money is owed either way, so this never fails the request.
+    async fn send_now(&self, intent: &str) {
+        let _ = outbox::drain_intent(self.app, intent).await;
     }
 
     /// Refuses a caller who may not act on the session: a customer's session answers only
@@ -483,7 +503,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (tag, session) = parse_session(&reply)?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         if tag == "EXPIRED_NOW" {
-            self.release(&session).await?;
+            self.release(&session, true).await?;
         }
         Ok(session)
     }
@@ -517,7 +537,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (tag, session) = parse_session(&reply)?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         if tag == "EXPIRED_NOW" {
-            self.release(&session).await?;
+            self.release(&session, true).await?;
         }
         Ok((tag, session))
     }
@@ -538,7 +558,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (tag, session) = self.transition(id, State::Cancelled, None, &[]).await?;
         match tag.as_str() {
             "OK" | "SAME" => {
-                self.release(&session).await?;
+                self.release(&session, true).await?;
                 Ok(session.view(None))
             }
             _ => Err(wrong_state(&session, "cancel")),
@@ -704,7 +724,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
         let (tag, session) = self.transition(id, State::Failed, None, &[]).await?;
         if matches!(tag.as_str(), "OK" | "SAME") {
-            self.release(&session).await?;
+            self.release(&session, true).await?;
         }
         Ok(json!({ "received": true, "sessionId": id.as_str(), "state": session.state.name() }))
     }
@@ -765,7 +785,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (tag, session) = parse_session(&reply)?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         if tag == "EXPIRED_NOW" {
-            self.release(&session).await?;
+            self.release(&session, true).await?;
         }
         Ok(Some(session))
     }
@@ -835,7 +855,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Refunds a payment the session cannot take (through the outbox, keyed by intent).
     async fn refund(&self, session: &Session, event: &gateway::WebhookEvent, reason: &str) -> Result<Value> {
-        order::flag_refund(
+        outbox::enqueue_refund(
             &self.app.sql,
             session.id.as_str(),
             &event.intent_id,
@@ -844,6 +864,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             reason,
         )
         .await?;
+        self.send_now(&event.intent_id).await;
         let key = self.app.keys.checkout_session(&session.id);
         self.run(
             &FLAG_REFUND,
@@ -863,7 +884,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         event: &gateway::WebhookEvent,
         reason: &str,
     ) -> Result<Value> {
-        order::flag_refund(
+        outbox::enqueue_refund(
             &self.app.sql,
             id.as_str(),
             &event.intent_id,
@@ -872,6 +893,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             reason,
         )
         .await?;
+        self.send_now(&event.intent_id).await;
         Ok(json!({ "received": true, "sessionId": id.as_str(), "refundRequired": reason }))
     }
 
@@ -914,7 +936,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     let (_, failed) = self.transition(&session.id, State::Failed, None, &[]).await?;
                     let reason = "on-hand stock could not cover the order";
                     let mut answer = self.refund(&failed, event, reason).await?;
-                    self.release(&failed).await?;
+                    self.release(&failed, false).await?;
                     answer["state"] = json!(failed.state.name());
                     answer["shortages"] = shortages;
                     return Ok(answer);

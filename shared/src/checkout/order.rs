@@ -78,10 +78,6 @@ WHERE o.checkout_session_id = $1 ORDER BY c.variant_id";
 const ORDER_ID: &str =
     "SELECT id, state_version, payment_intent_id FROM orders WHERE checkout_session_id = $1";
 
-const FLAG_REFUND: &str = "\
-INSERT INTO payment_refunds_due (checkout_session_id, payment_intent_id, amount_minor, currency, reason)
-VALUES ($1, $2, $3, $4, $5) ON CONFLICT (checkout_session_id) DO NOTHING";
-
 /// Everything the order row holds.
 pub struct NewOrder<'a> {
     /// `ord_…`.
@@ -230,26 +226,6 @@ pub async fn find(sql: &impl Sql, session: &str) -> Result<Option<(String, i64, 
             r.get(2)?.as_text()?.to_owned(),
         ))
     }))
-}
-
-/// Records a payment that must be given back.
-pub async fn flag_refund(
-    sql: &impl Sql,
-    session: &str,
-    intent: &str,
-    amount: i64,
-    currency: &str,
-    reason: &str,
-) -> Result<()> {
-    let params = [
-        SqlValue::Text(session.to_owned()),
-        SqlValue::Text(intent.to_owned()),
-        SqlValue::Int(amount),
-        SqlValue::Text(currency.to_owned()),
-        SqlValue::Text(reason.to_owned()),
-    ];
-    sql.execute(FLAG_REFUND, &params).await.map_err(PortError::sql)?;
-    Ok(())
 }
 
 /// A CHECK constraint refused the statement (SQLSTATE 23514), in the native adapter's

@@ -1,0 +1,466 @@
+//! The payment outbox's promises (DESIGN §4, invariant 6), against real PostgreSQL and
+//! Redis and the fake Stripe: money owed back reaches the gateway, once per payment
+//! intent, whatever fails on the way and however many drainers run.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use commerce_core::checkout::gateway::create_intent;
+use commerce_core::outbox::{self, DrainReport, Kind, OutboxState};
+use commerce_core::pricing::money::Currency;
+use commerce_native::EnvConfig;
+use commerce_tests::gateway::{FakeGateway, FakeRefund};
+use commerce_tests::{ADMIN_TOKEN, GATEWAY_KEY, Reply, TestApp};
+use serde_json::{Value, json};
+
+/// A shop whose drains happen only when a test runs them.
+async fn shop(configure: impl FnOnce(EnvConfig) -> EnvConfig) -> (TestApp, FakeGateway) {
+    TestApp::shop(3, |c| configure(c.set("outbox_drain_interval_ms", "0"))).await
+}
+
+/// Cart with one unit of var-1, checked out, with its payment intent: (session, intent,
+/// total).
+async fn session_with_intent(app: &TestApp, key: &str) -> (String, String, i64) {
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let added = app
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            json!({"variantId": "var-1", "quantity": 1}),
+        )
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let started = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(json!({ "cartId": cart })),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let session = started.body["sessionId"].as_str().unwrap().to_owned();
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(intent.status, 200, "{intent:?}");
+    (
+        session,
+        intent.body["paymentIntentId"].as_str().unwrap().to_owned(),
+        intent.body["amount"].as_i64().unwrap(),
+    )
+}
+
+/// An intent made at the gateway for `session` outside checkout (a second payment the
+/// customer started), paid.
+async fn paid_intent(app: &TestApp, gateway: &FakeGateway, session: &str, amount: i64) -> String {
+    let intent = create_intent(
+        &app.app.http,
+        &gateway.base,
+        GATEWAY_KEY,
+        session,
+        amount,
+        Currency::parse("EUR").unwrap(),
+        &format!("other-{session}-{amount}-{}", gateway.intents().len()),
+    )
+    .await
+    .unwrap();
+    assert!(gateway.succeed(&intent.id));
+    intent.id
+}
+
+/// Delivers the intent's `payment_intent.succeeded` webhook and returns the answer.
+async fn pay(app: &TestApp, gateway: &FakeGateway, intent: &str) -> Value {
+    let event = gateway.event("payment_intent.succeeded", intent);
+    let (status, body) = gateway.deliver(&app.base, &event).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn drain(app: &TestApp) -> DrainReport {
+    outbox::drain(&*app.app, 1000).await.unwrap()
+}
+
+async fn admin_list(app: &TestApp, query: &str) -> Reply {
+    app.call("GET", &format!("/v1/admin/refunds{query}"), None, true)
+        .await
+}
+
+/// The listed rows by (kind, intent).
+fn by_intent(list: &Reply) -> BTreeMap<(String, String), Value> {
+    list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            let key = (
+                item["kind"].as_str().unwrap().to_owned(),
+                item["paymentIntentId"].as_str().unwrap().to_owned(),
+            );
+            (key, item.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_mismatched_payments_for_one_session_are_both_refunded() {
+    let (app, gateway) = shop(|c| c).await;
+    let (session, own, total) = session_with_intent(&app, "k-two").await;
+    let other_amount = paid_intent(&app, &gateway, &session, total + 100).await;
+    let second_intent = paid_intent(&app, &gateway, &session, total).await;
+
+    for intent in [&other_amount, &second_intent, &other_amount] {
+        let answer = pay(&app, &gateway, intent).await;
+        assert!(answer["refundRequired"].is_string(), "{answer}");
+    }
+    assert!(gateway.succeed(&own));
+    let order = pay(&app, &gateway, &own).await;
+    assert_eq!(order["state"], "COMPLETED", "{order}");
+
+    // Each refund was sent by the webhook request that owed it: nothing is left to drain.
+    let report = drain(&app).await;
+    assert_eq!((report.sent(), report.retrying()), (0, 0), "{report:?}");
+    let mut refunds = gateway.refunds();
+    refunds.sort_by(|a, b| a.payment_intent.cmp(&b.payment_intent));
+    let mut expected = vec![
+        (other_amount.clone(), total + 100),
+        (second_intent.clone(), total),
+    ];
+    expected.sort();
+    assert_eq!(
+        refunds
+            .iter()
+            .map(|r| (r.payment_intent.clone(), r.amount))
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert!(drain(&app).await.attempts.is_empty(), "nothing is sent twice");
+    assert_eq!(gateway.refund_calls(), 2);
+
+    let listed = by_intent(&admin_list(&app, "").await);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for intent in [&other_amount, &second_intent] {
+        let row = &listed[&("refund".to_owned(), intent.clone())];
+        assert_eq!(row["state"], "sent");
+        assert_eq!(row["checkoutSessionId"], session.as_str());
+        assert_eq!(row["currency"], "EUR");
+        assert!(row["gatewayId"].as_str().unwrap().starts_with("re_"), "{row}");
+        assert!(row["sentAt"].is_string(), "{row}");
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_refund_the_gateway_fails_three_times_is_retried_with_backoff_and_sent_once() {
+    let (app, gateway) = shop(|c| {
+        c.set("outbox_retry_base_ms", "250")
+            .set("outbox_retry_max_ms", "2000")
+    })
+    .await;
+    let (session, _own, total) = session_with_intent(&app, "k-retry").await;
+    let intent = paid_intent(&app, &gateway, &session, total + 1).await;
+    gateway.fail_next_refunds(3, 503);
+
+    // The request that owed the refund tries first, fails, and still succeeds itself.
+    // Each attempt is bracketed by the instants before and after the call that made it.
+    let started = Instant::now();
+    let answer = pay(&app, &gateway, &intent).await;
+    assert!(answer["refundRequired"].is_string(), "{answer}");
+    let mut tried = vec![(started, Instant::now())];
+    assert!(
+        drain(&app).await.attempts.is_empty(),
+        "not due again before its backoff"
+    );
+    let mut delays = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.refunds().is_empty() {
+        assert!(Instant::now() < deadline, "the refund was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = Instant::now();
+        for attempt in drain(&app).await.attempts {
+            tried.push((before, Instant::now()));
+            delays.extend(attempt.retry_in_ms);
+        }
+    }
+    assert_eq!(
+        delays,
+        [500, 1000],
+        "attempts 2 and 3 failed and doubled the wait"
+    );
+    assert_eq!(tried.len(), 4);
+    for (pair, backoff_ms) in tried.windows(2).zip([250, 500, 1000]) {
+        // The next attempt ended after the previous one began plus its backoff.
+        let ((began, _), (_, next_ended)) = (pair[0], pair[1]);
+        assert!(
+            next_ended - began >= Duration::from_millis(backoff_ms),
+            "tried again within {:?}, before its {backoff_ms} ms backoff",
+            next_ended - began
+        );
+    }
+    assert_eq!(
+        gateway.refunds(),
+        [FakeRefund {
+            id: "re_1".into(),
+            payment_intent: intent.clone(),
+            amount: total + 1,
+        }]
+    );
+    assert_eq!(gateway.refund_calls(), 4);
+    let listed = by_intent(&admin_list(&app, "").await);
+    let row = &listed[&("refund".to_owned(), intent)];
+    assert_eq!(
+        (
+            &row["state"],
+            &row["attempts"],
+            &row["lastError"],
+            &row["gatewayId"]
+        ),
+        (&json!("sent"), &json!(4), &Value::Null, &json!("re_1"))
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn five_concurrent_drainers_send_each_refund_once() {
+    let (app, gateway) = shop(|c| c).await;
+    let mut owed = Vec::new();
+    for n in 0..20 {
+        let session = format!("cs_concurrent_{n}");
+        let intent = paid_intent(&app, &gateway, &session, 1000 + n).await;
+        outbox::enqueue_refund(&app.app.sql, &session, &intent, 1000 + n, "EUR", "test")
+            .await
+            .unwrap();
+        owed.push((intent, 1000 + n));
+    }
+    let drainers: Vec<_> = (0..5)
+        .map(|_| {
+            let app = app.app.clone();
+            tokio::spawn(async move { outbox::drain(&*app, 1000).await.unwrap() })
+        })
+        .collect();
+    let mut taken = 0;
+    for drainer in drainers {
+        let report = drainer.await.unwrap();
+        assert_eq!(report.sent(), report.attempts.len(), "{report:?}");
+        taken += report.attempts.len();
+    }
+    assert_eq!(taken, 20, "each row taken up by exactly one drainer");
+    assert_eq!(gateway.refund_calls(), 20, "no refund sent twice");
+    let mut refunded: Vec<(String, i64)> = gateway
+        .refunds()
+        .into_iter()
+        .map(|r| (r.payment_intent, r.amount))
+        .collect();
+    refunded.sort();
+    owed.sort();
+    assert_eq!(refunded, owed);
+    let pending = admin_list(&app, "?state=pending").await;
+    assert_eq!(pending.body["items"], json!([]));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_admin_list_shows_each_row_with_its_state_newest_first() {
+    let (app, gateway) = shop(|c| c).await;
+    let sql = &app.app.sql;
+    // Sent: a refund of a paid intent.
+    let refunded = paid_intent(&app, &gateway, "cs_list_1", 500).await;
+    outbox::enqueue_refund(sql, "cs_list_1", &refunded, 500, "EUR", "the checkout had ended")
+        .await
+        .unwrap();
+    // Refused: more than the payment.
+    let too_much = paid_intent(&app, &gateway, "cs_list_2", 500).await;
+    outbox::enqueue_refund(sql, "cs_list_2", &too_much, 900, "EUR", "operator typo")
+        .await
+        .unwrap();
+    // Sent: an unpaid intent cancelled.
+    let unpaid = create_intent(
+        &app.app.http,
+        &gateway.base,
+        GATEWAY_KEY,
+        "cs_list_3",
+        700,
+        Currency::parse("EUR").unwrap(),
+        "list-3",
+    )
+    .await
+    .unwrap()
+    .id;
+    outbox::enqueue_cancel(sql, "cs_list_3", &unpaid, "cancelled by the customer")
+        .await
+        .unwrap();
+    // Refused, not hidden: the customer paid before the cancellation arrived.
+    let paid_first = paid_intent(&app, &gateway, "cs_list_4", 800).await;
+    outbox::enqueue_cancel(sql, "cs_list_4", &paid_first, "expired")
+        .await
+        .unwrap();
+    // The same intent owed again (a redelivered webhook) is the same row.
+    outbox::enqueue_refund(sql, "cs_list_1b", &refunded, 500, "EUR", "duplicate webhook")
+        .await
+        .unwrap();
+    let report = drain(&app).await;
+    assert_eq!(
+        (report.sent(), report.refused(), report.retrying()),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    // Pending: owed, not yet drained.
+    let later = paid_intent(&app, &gateway, "cs_list_5", 300).await;
+    outbox::enqueue_refund(sql, "cs_list_5", &later, 300, "EUR", "late")
+        .await
+        .unwrap();
+
+    let list = admin_list(&app, "").await;
+    assert_eq!(list.status, 200, "{list:?}");
+    let items = list.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5, "{list:?}");
+    assert_eq!(items[0]["paymentIntentId"], later.as_str(), "newest first");
+    let rows = by_intent(&list);
+    let row = |kind: &str, intent: &str| rows[&(kind.to_owned(), intent.to_owned())].clone();
+    let sent = row("refund", &refunded);
+    assert_eq!(
+        (&sent["state"], &sent["amount"], &sent["attempts"]),
+        (&json!("sent"), &json!(500), &json!(1))
+    );
+    assert_eq!(sent["checkoutSessionId"], "cs_list_1", "the first reason stands");
+    assert_eq!(sent["reason"], "the checkout had ended");
+    let refused = row("refund", &too_much);
+    assert_eq!(refused["state"], "refused");
+    assert!(
+        refused["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("amount_too_large"),
+        "{refused}"
+    );
+    let cancelled = row("cancel_intent", &unpaid);
+    assert_eq!(
+        (&cancelled["state"], &cancelled["amount"], &cancelled["currency"]),
+        (&json!("sent"), &Value::Null, &Value::Null)
+    );
+    let not_cancelled = row("cancel_intent", &paid_first);
+    assert_eq!(not_cancelled["state"], "refused");
+    assert!(
+        not_cancelled["lastError"].as_str().unwrap().contains("succeeded"),
+        "{not_cancelled}"
+    );
+    let pending = row("refund", &later);
+    assert_eq!(
+        (&pending["state"], &pending["attempts"], &pending["sentAt"]),
+        (&json!("pending"), &json!(0), &Value::Null)
+    );
+    assert!(pending["nextAttemptAt"].is_string(), "{pending}");
+    assert_eq!(gateway.cancellations(), vec![unpaid.clone()]);
+    assert_eq!(gateway.refunds().len(), 1);
+
+    let only_pending = admin_list(&app, "?state=pending").await;
+    assert_eq!(by_intent(&only_pending).len(), 1, "{only_pending:?}");
+    let refused = admin_list(&app, "?state=refused&limit=1").await;
+    assert_eq!(refused.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(refused.body["items"][0]["state"], "refused");
+    for bad in [
+        "?state=PENDING",
+        "?state=",
+        "?limit=0",
+        "?limit=1001",
+        "?limit=ten",
+    ] {
+        let reply = admin_list(&app, bad).await;
+        assert_eq!((reply.status, reply.code()), (400, "INVALID_QUERY"), "{bad}");
+    }
+    let listed = outbox::list(sql, Some(OutboxState::Sent), 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|e| e.state == OutboxState::Sent));
+    assert!(listed.iter().any(|e| e.kind == Kind::CancelIntent));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_refund_list_needs_the_admin_token() {
+    let (app, _gateway) = shop(|c| c).await;
+    let anonymous = app.get("/v1/admin/refunds").await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let wrong = app
+        .call_with(
+            "GET",
+            "/v1/admin/refunds?state=pending",
+            None,
+            &[("authorization", "Bearer not-the-token")],
+        )
+        .await;
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let admin = app
+        .call_with("GET", "/v1/admin/refunds", None, &[("authorization", &bearer)])
+        .await;
+    assert_eq!((admin.status, &admin.body), (200, &json!({"items": []})));
+    let post = app.call("POST", "/v1/admin/refunds", None, true).await;
+    assert_eq!(post.status, 405);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_leaves_the_refund_pending_with_the_reason() {
+    let (app, _gateway) = shop(|c| c.set("payment_gateway_url", "http://127.0.0.1:1")).await;
+    outbox::enqueue_refund(&app.app.sql, "cs_down", "pi_down", 100, "EUR", "test")
+        .await
+        .unwrap();
+    outbox::drain_intent(&*app.app, "pi_down").await.unwrap();
+    let pending = admin_list(&app, "?state=pending").await;
+    let row = &pending.body["items"][0];
+    assert_eq!(
+        (&row["paymentIntentId"], &row["attempts"]),
+        (&json!("pi_down"), &json!(1))
+    );
+    assert!(
+        row["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached"),
+        "{row}"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn commerce_serve_drains_the_outbox_on_its_own() {
+    let (app, gateway) = TestApp::shop(3, |c| c.set("outbox_drain_interval_ms", "50")).await;
+    let intent = paid_intent(&app, &gateway, "cs_periodic", 1234).await;
+    outbox::enqueue_refund(&app.app.sql, "cs_periodic", &intent, 1234, "EUR", "test")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gateway.refunds().is_empty() {
+        assert!(Instant::now() < deadline, "the periodic drain never sent it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gateway.refunds()[0].amount, 1234);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_session_cancels_its_payment_intent_at_the_gateway() {
+    let (app, gateway) = shop(|c| c).await;
+    let (session, intent, _) = session_with_intent(&app, "k-cancel").await;
+    let cancelled = app
+        .call("POST", &format!("/v1/checkout/{session}/cancel"), None, false)
+        .await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    // Sent by the cancelling request itself, not by a later drain.
+    assert_eq!(gateway.cancellations(), vec![intent.clone()]);
+    assert!(!gateway.succeed(&intent), "a cancelled intent cannot be paid");
+    let listed = by_intent(&admin_list(&app, "").await);
+    let row = &listed[&("cancel_intent".to_owned(), intent)];
+    assert_eq!(
+        (&row["state"], &row["checkoutSessionId"]),
+        (&json!("sent"), &json!(session))
+    );
+    app.finish().await;
+}

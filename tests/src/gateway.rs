@@ -7,14 +7,17 @@
 //! idempotency keys (a repeat with the same parameters replays the first answer with
 //! `Idempotent-Replayed: true`; the same key with other parameters is a 400
 //! `idempotency_error`; a request refused by validation saves nothing). Webhook events are
-//! Stripe events signed with the `Stripe-Signature` scheme.
+//! Stripe events signed with the `Stripe-Signature` scheme. Money goes back through
+//! `POST /v1/refunds` (only for a paid intent, never more than was paid) and unpaid
+//! intents end with `POST /v1/payment_intents/{id}/cancel`, as at Stripe; the test marks
+//! an intent paid with [`FakeGateway::succeed`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -46,6 +49,17 @@ struct Saved {
     body: String,
 }
 
+/// A refund the fake accepted (`POST /v1/refunds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeRefund {
+    /// `re_<n>`.
+    pub id: String,
+    /// The intent whose payment it returns.
+    pub payment_intent: String,
+    /// Minor units returned.
+    pub amount: i64,
+}
+
 #[derive(Default)]
 struct Ledger {
     intents: Vec<FakeIntent>,
@@ -53,6 +67,10 @@ struct Ledger {
     fail_next: Option<u16>,
     create_calls: usize,
     events: u64,
+    /// Intents that are no longer `requires_payment_method`: `succeeded` or `canceled`.
+    status: HashMap<String, &'static str>,
+    refunds: Vec<FakeRefund>,
+    cancellations: Vec<String>,
 }
 
 struct Shared {
@@ -89,6 +107,8 @@ impl FakeGateway {
         });
         let router = Router::new()
             .route("/v1/payment_intents", post(create_intent))
+            .route("/v1/payment_intents/{id}/cancel", post(cancel_intent))
+            .route("/v1/refunds", post(create_refund))
             .with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -119,6 +139,27 @@ impl FakeGateway {
     /// The intents created so far, oldest first.
     pub fn intents(&self) -> Vec<FakeIntent> {
         self.shared.ledger().intents.clone()
+    }
+
+    /// The customer pays: the intent `intent_id` is `succeeded` from now on, so it can be
+    /// refunded and no longer cancelled. Panics if the fake never created that intent.
+    pub fn succeed(&self, intent_id: &str) {
+        let mut ledger = self.shared.ledger();
+        assert!(
+            ledger.intents.iter().any(|i| i.id == intent_id),
+            "the fake gateway has no intent {intent_id}"
+        );
+        ledger.status.insert(intent_id.to_owned(), "succeeded");
+    }
+
+    /// The refunds accepted so far, oldest first (replays of an idempotency key count once).
+    pub fn refunds(&self) -> Vec<FakeRefund> {
+        self.shared.ledger().refunds.clone()
+    }
+
+    /// The intents cancelled so far, oldest first.
+    pub fn cancellations(&self) -> Vec<String> {
+        self.shared.ledger().cancellations.clone()
     }
 
     /// The `POST /v1/payment_intents` calls received, replays and refusals included.
@@ -263,22 +304,8 @@ async fn create_intent(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
         return programmed_failure(status);
     }
 
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer != Some(shared.api_key.as_str()) {
-        let message = match bearer {
-            None => "You did not provide an API key.".to_owned(),
-            Some(key) => format!(
-                "Invalid API Key provided: {}****",
-                key.chars().take(8).collect::<String>()
-            ),
-        };
-        return stripe_error(
-            StatusCode::UNAUTHORIZED,
-            json!({ "type": "invalid_request_error", "message": message }),
-        );
+    if let Some(refused) = refused_key(&shared, &headers) {
+        return refused;
     }
 
     let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
@@ -332,33 +359,86 @@ async fn create_intent(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
             format!("Invalid currency: {currency}."),
         );
     }
+    let currency = currency.to_owned();
 
-    let idempotency_key = headers
+    let idempotency_key = idempotency_key(&headers);
+    let params = with_endpoint("/v1/payment_intents", params);
+    let mut ledger = shared.ledger();
+    if let Some(replayed) = replay(&ledger, idempotency_key.as_deref(), &params) {
+        return replayed;
+    }
+    let id = format!("pi_{}", ledger.intents.len() + 1);
+    let intent = FakeIntent {
+        client_secret: format!("{id}_secret_{}", random_token()),
+        id,
+        amount,
+        currency,
+        session,
+        idempotency_key: idempotency_key.clone(),
+    };
+    let body = intent_json(&intent).to_string();
+    ledger.intents.push(intent);
+    save(&mut ledger, idempotency_key, params, StatusCode::OK, &body);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Stripe's answer to a missing or wrong API key; `None` when `headers` carry the key.
+fn refused_key(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer == Some(shared.api_key.as_str()) {
+        return None;
+    }
+    let message = match bearer {
+        None => "You did not provide an API key.".to_owned(),
+        Some(key) => format!(
+            "Invalid API Key provided: {}****",
+            key.chars().take(8).collect::<String>()
+        ),
+    };
+    Some(stripe_error(
+        StatusCode::UNAUTHORIZED,
+        json!({ "type": "invalid_request_error", "message": message }),
+    ))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut sorted = params.clone();
-    sorted.sort();
+        .map(str::to_owned)
+}
 
-    let mut ledger = shared.ledger();
-    let replay = idempotency_key
-        .as_deref()
-        .and_then(|key| ledger.by_key.get(key).map(|saved| (key, saved)));
-    if let Some((key, saved)) = replay {
-        if saved.params != sorted {
-            return stripe_error(
-                StatusCode::BAD_REQUEST,
-                json!({
-                    "type": "idempotency_error",
-                    "message": format!(
-                        "Keys for idempotent requests can only be used with the same parameters \
-                         they were first used with. Try using a key other than '{key}' if you \
-                         meant to execute a different request."
-                    ),
-                }),
-            );
-        }
-        return (
+/// The parameters an idempotency key is bound to: the endpoint and the sorted form
+/// parameters, so a key reused on another endpoint or with other parameters is refused.
+fn with_endpoint(endpoint: &str, mut params: Vec<(String, String)>) -> Vec<(String, String)> {
+    params.sort();
+    params.insert(0, (String::new(), endpoint.to_owned()));
+    params
+}
+
+/// The first answer to `key`, replayed, or Stripe's `idempotency_error` when the key was
+/// first used with other parameters; `None` for a new key.
+fn replay(ledger: &Ledger, key: Option<&str>, params: &[(String, String)]) -> Option<Response> {
+    let key = key?;
+    let saved = ledger.by_key.get(key)?;
+    if saved.params != params {
+        return Some(stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "type": "idempotency_error",
+                "message": format!(
+                    "Keys for idempotent requests can only be used with the same parameters \
+                     they were first used with. Try using a key other than '{key}' if you \
+                     meant to execute a different request."
+                ),
+            }),
+        ));
+    }
+    Some(
+        (
             saved.status,
             [
                 (header::CONTENT_TYPE, "application/json"),
@@ -366,29 +446,196 @@ async fn create_intent(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
             ],
             saved.body.clone(),
         )
-            .into_response();
-    }
-    let id = format!("pi_{}", ledger.intents.len() + 1);
-    let intent = FakeIntent {
-        client_secret: format!("{id}_secret_{}", random_token()),
-        id,
-        amount,
-        currency: currency.to_owned(),
-        session,
-        idempotency_key: idempotency_key.clone(),
-    };
-    let body = intent_json(&intent).to_string();
-    ledger.intents.push(intent);
-    if let Some(key) = idempotency_key {
+            .into_response(),
+    )
+}
+
+fn save(
+    ledger: &mut Ledger,
+    key: Option<String>,
+    params: Vec<(String, String)>,
+    status: StatusCode,
+    body: &str,
+) {
+    if let Some(key) = key {
         ledger.by_key.insert(
             key,
             Saved {
-                params: sorted,
-                status: StatusCode::OK,
-                body: body.clone(),
+                params,
+                status,
+                body: body.to_owned(),
             },
         );
     }
+}
+
+fn no_such_intent(param: &str, id: &str) -> Response {
+    stripe_error(
+        StatusCode::NOT_FOUND,
+        json!({
+            "type": "invalid_request_error",
+            "code": "resource_missing",
+            "param": param,
+            "message": format!("No such payment_intent: '{id}'"),
+        }),
+    )
+}
+
+/// `POST /v1/payment_intents/{id}/cancel`: only an intent not yet paid (nor cancelled)
+/// may be cancelled, as at Stripe.
+async fn cancel_intent(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = refused_key(&shared, &headers) {
+        return refused;
+    }
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    for (name, value) in &params {
+        let known = name == "cancellation_reason"
+            && ["duplicate", "fraudulent", "requested_by_customer", "abandoned"].contains(&value.as_str());
+        if !known {
+            return invalid_request(
+                "parameter_unknown",
+                name,
+                format!("Received unknown parameter: {name}"),
+            );
+        }
+    }
+    let key = idempotency_key(&headers);
+    let params = with_endpoint(&format!("/v1/payment_intents/{id}/cancel"), params);
+    let mut ledger = shared.ledger();
+    if let Some(replayed) = replay(&ledger, key.as_deref(), &params) {
+        return replayed;
+    }
+    let Some(intent) = ledger.intents.iter().find(|i| i.id == id).cloned() else {
+        return no_such_intent("intent", &id);
+    };
+    if let Some(status) = ledger.status.get(&id) {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "type": "invalid_request_error",
+                "code": "payment_intent_unexpected_state",
+                "message": format!(
+                    "You cannot cancel this PaymentIntent because it has a status of {status}."
+                ),
+            }),
+        );
+    }
+    ledger.status.insert(id.clone(), "canceled");
+    ledger.cancellations.push(id);
+    let mut object = intent_json(&intent);
+    object["status"] = json!("canceled");
+    let body = object.to_string();
+    save(&mut ledger, key, params, StatusCode::OK, &body);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `POST /v1/refunds`: returns all or part of a succeeded intent's payment, never more
+/// than was paid, as at Stripe.
+async fn create_refund(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = refused_key(&shared, &headers) {
+        return refused;
+    }
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let mut intent_id = None;
+    let mut amount = None;
+    for (name, value) in &params {
+        match name.as_str() {
+            "payment_intent" => intent_id = Some(value.clone()),
+            "amount" => match value.parse::<i64>() {
+                Ok(n) if n > 0 && value.bytes().all(|b| b.is_ascii_digit()) => amount = Some(n),
+                _ => {
+                    return invalid_request(
+                        "parameter_invalid_integer",
+                        "amount",
+                        "Invalid integer: amount must be a positive integer.".into(),
+                    );
+                }
+            },
+            "reason" if ["duplicate", "fraudulent", "requested_by_customer"].contains(&value.as_str()) => {}
+            name if name.starts_with("metadata[") && name.ends_with(']') => {}
+            name => {
+                return invalid_request(
+                    "parameter_unknown",
+                    name,
+                    format!("Received unknown parameter: {name}"),
+                );
+            }
+        }
+    }
+    let Some(intent_id) = intent_id else {
+        return invalid_request(
+            "parameter_missing",
+            "payment_intent",
+            "One of the following params should be provided for this request: payment_intent or charge."
+                .into(),
+        );
+    };
+    let key = idempotency_key(&headers);
+    let params = with_endpoint("/v1/refunds", params);
+    let mut ledger = shared.ledger();
+    if let Some(replayed) = replay(&ledger, key.as_deref(), &params) {
+        return replayed;
+    }
+    let Some(intent) = ledger.intents.iter().find(|i| i.id == intent_id).cloned() else {
+        return no_such_intent("payment_intent", &intent_id);
+    };
+    if ledger.status.get(&intent_id) != Some(&"succeeded") {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "type": "invalid_request_error",
+                "code": "payment_intent_unexpected_state",
+                "param": "payment_intent",
+                "message": format!("This PaymentIntent ({intent_id}) does not have a successful charge to refund."),
+            }),
+        );
+    }
+    let refunded: i64 = ledger
+        .refunds
+        .iter()
+        .filter(|r| r.payment_intent == intent_id)
+        .map(|r| r.amount)
+        .sum();
+    let left = intent.amount - refunded;
+    if left == 0 {
+        return stripe_error(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "type": "invalid_request_error",
+                "code": "charge_already_refunded",
+                "message": format!("The payment of {intent_id} has already been refunded."),
+            }),
+        );
+    }
+    let amount = amount.unwrap_or(left);
+    if amount > left {
+        return invalid_request(
+            "amount_too_large",
+            "amount",
+            format!("Refund amount ({amount}) is greater than unrefunded amount on charge ({left})"),
+        );
+    }
+    let refund = FakeRefund {
+        id: format!("re_{}", ledger.refunds.len() + 1),
+        payment_intent: intent_id,
+        amount,
+    };
+    let body = json!({
+        "id": refund.id,
+        "object": "refund",
+        "amount": refund.amount,
+        "currency": intent.currency,
+        "payment_intent": refund.payment_intent,
+        "status": "succeeded",
+    })
+    .to_string();
+    ledger.refunds.push(refund);
+    save(&mut ledger, key, params, StatusCode::OK, &body);
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

@@ -103,6 +103,30 @@ async fn shop(units: i64, wiring: Wiring<'_>) -> (TestApp, Arc<FakeGateway>) {
     (app, Arc::new(gateway))
 }
 
+/// The longest a request can run: the sum of its timeouts, and the margin. An
+/// idempotency key whose request died keeps its retries waiting no longer than this.
+fn lease() -> Duration {
+    REDIS_TIMEOUT + DATABASE_TIMEOUT + GATEWAY_TIMEOUT + MARGIN
+}
+
+/// The books of a run selling `units` of [`VARIANT`]: see [`Books`].
+fn books<'a>(
+    scenario: &'a str,
+    app: &'a TestApp,
+    base: &str,
+    redis: redis::aio::MultiplexedConnection,
+    gateway: &'a FakeGateway,
+    units: i64,
+    max_503: Duration,
+) -> Books<'a> {
+    Books::new(scenario, app, base, redis, gateway, VARIANT, units, max_503).key_in_use_at_most(lease())
+}
+
+/// The longest a 503 may take when no dependency is at fault (the app was killed).
+fn any_timeout() -> Duration {
+    REDIS_TIMEOUT.max(DATABASE_TIMEOUT) + MARGIN
+}
+
 /// Redis dies (`kill -9`) while a quarter of the units are paid for, and comes back a
 /// second later on the same port with what `persistence` kept.
 async fn redis_killed_and_restarted(scenario: &str, persistence: Persistence) {
@@ -127,13 +151,12 @@ async fn redis_killed_and_restarted(scenario: &str, persistence: Persistence) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     redis.restart().await;
     let run = buyers.finish().await;
-    Books::new(
+    books(
         scenario,
         &app,
         &app.base,
         redis.connection().await,
         &gateway,
-        VARIANT,
         size.units,
         REDIS_TIMEOUT + MARGIN,
     )
@@ -173,13 +196,12 @@ async fn a_flushall_mid_run_keeps_the_books() {
         .await;
     redis.flushall().await;
     let run = buyers.finish().await;
-    Books::new(
+    books(
         "redis FLUSHALL",
         &app,
         &app.base,
         redis.connection().await,
         &gateway,
-        VARIANT,
         size.units,
         REDIS_TIMEOUT + MARGIN,
     )
@@ -211,13 +233,12 @@ async fn redis_paused_mid_run_keeps_the_books_and_answers_503_in_time() {
     tokio::time::sleep(size.pause).await;
     redis.cont();
     let run = buyers.finish().await;
-    Books::new(
+    books(
         &format!("redis paused (SIGSTOP) {:?}", size.pause),
         &app,
         &app.base,
         redis.connection().await,
         &gateway,
-        VARIANT,
         size.units,
         REDIS_TIMEOUT + MARGIN,
     )
@@ -256,24 +277,18 @@ async fn postgres_paused_during_webhooks_keeps_the_books_and_answers_503_in_time
     tokio::time::sleep(size.pause).await;
     postgres.resume();
     let run = buyers.finish().await;
-    Books::new(
+    books(
         &format!("postgres paused {:?} during webhooks", size.pause),
         &app,
         &app.base,
         app.redis.clone(),
         &gateway,
-        VARIANT,
         size.units,
         DATABASE_TIMEOUT + MARGIN,
     )
     .assert(&run)
     .await;
     app.finish().await;
-}
-
-/// The longest a 503 may take when no dependency is at fault (the app was killed).
-fn any_timeout() -> Duration {
-    REDIS_TIMEOUT.max(DATABASE_TIMEOUT) + MARGIN
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,13 +307,12 @@ async fn the_app_killed_during_checkouts_keeps_the_books() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     serve.restart().await;
     let run = buyers.finish().await;
-    Books::new(
+    books(
         "app kill -9 during checkouts",
         &app,
         &serve.base,
         app.redis.clone(),
         &gateway,
-        VARIANT,
         size.units,
         any_timeout(),
     )
@@ -334,13 +348,12 @@ async fn the_app_killed_during_webhooks_keeps_the_books() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     serve.restart().await;
     let run = buyers.finish().await;
-    Books::new(
+    books(
         "app kill -9 during webhooks",
         &app,
         &serve.base,
         app.redis.clone(),
         &gateway,
-        VARIANT,
         size.units,
         any_timeout(),
     )
@@ -349,20 +362,26 @@ async fn the_app_killed_during_webhooks_keeps_the_books() {
     app.finish().await;
 }
 
-/// The old gap: a session's holds got their deadline one script before the session did,
+/// The old gap: a session's holds got their deadline round trips before the session did,
 /// so under Redis latency a payment could arrive when the holds had died (and their units
-/// been sold again) but the session still took payments. With 120 ms per round trip and
-/// a session of 2 s, buyers pay from 1.4 s to 2.1 s after their intent, and the buyers of
+/// been taken by another buyer) but the session still took payments. With 120 ms per
+/// Redis round trip the gap was about 500 ms; buyers pay 250 to 500 ms before their
+/// session's deadline, the buyers of sold-out units keep trying to take whatever is freed,
+/// and 400 ms of PostgreSQL latency on the order write gives the buyer who took a unit
+/// time to pay for it too (before the fix: 44 orders for 30 units)., and the buyers of
 /// sold-out units keep trying to take whatever is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_racing_their_deadline_under_redis_latency_never_outlive_their_holds() {
     let size = size();
     let redis = RedisProcess::start(Persistence::Nothing).await;
     let slow = Proxy::start(redis.addr()).await;
+    let database_url = std::env::var("COMMERCE_DATABASE_URL").expect("COMMERCE_DATABASE_URL (scripts/test)");
+    let postgres = Proxy::start(addr_of(&database_url)).await;
     let (app, gateway) = shop(
         size.units,
         Wiring {
             redis_url: Some(slow.url_for(&redis.url())),
+            database_proxy: Some(&postgres),
             extra: &[
                 ("checkout_lock_ttl_seconds", "2"),
                 ("checkout_session_ttl_seconds", "2"),
@@ -372,22 +391,22 @@ async fn payments_racing_their_deadline_under_redis_latency_never_outlive_their_
     )
     .await;
     slow.set_latency(Duration::from_millis(120));
+    postgres.set_latency(Duration::from_millis(400));
     let mut plan = size.plan();
     plan.keep_trying = true;
-    plan.pay_delay = Some((Duration::from_millis(1400), Duration::from_millis(2100)));
+    plan.pay_before_deadline = Some((Duration::from_millis(250), Duration::from_millis(500)));
     plan.patience = size
         .patience
         .min(Duration::from_secs(if size.buyers > 100 { 40 } else { 20 }));
     let buyers = Buyers::start(&app.base, gateway.clone(), plan);
     let run = buyers.finish().await;
     slow.set_latency(Duration::ZERO);
-    Books::new(
+    books(
         "deadline race, 120 ms Redis latency",
         &app,
         &app.base,
         redis.connection().await,
         &gateway,
-        VARIANT,
         size.units,
         REDIS_TIMEOUT + MARGIN,
     )

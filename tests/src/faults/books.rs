@@ -30,6 +30,7 @@ pub struct Books<'a> {
     variant: &'a str,
     initial: i64,
     max_503: Duration,
+    max_key_in_use: Option<Duration>,
     no_refused_orders: bool,
 }
 
@@ -76,8 +77,17 @@ impl<'a> Books<'a> {
             variant,
             initial,
             max_503,
+            max_key_in_use: None,
             no_refused_orders: false,
         }
+    }
+
+    /// Also requires that no retry met `409 IDEMPOTENCY_KEY_IN_USE` for one key for longer
+    /// than `lease` (the longest a request can run), and that each such 409 said when to
+    /// come back (`Retry-After`).
+    pub fn key_in_use_at_most(mut self, lease: Duration) -> Self {
+        self.max_key_in_use = Some(lease);
+        self
     }
 
     /// Also requires `commerce_orders_refused_total` in `/metrics` to be 0: no order was
@@ -378,6 +388,9 @@ impl<'a> Books<'a> {
                 examples(&hung)
             ));
         }
+        if let Some(lease) = self.max_key_in_use {
+            self.leases(run, lease, violations);
+        }
         let mut turned_away: BTreeMap<String, usize> = BTreeMap::new();
         let mut gave_up: BTreeMap<String, usize> = BTreeMap::new();
         for record in &run.records {
@@ -399,6 +412,54 @@ impl<'a> Books<'a> {
         if !gave_up.is_empty() {
             violations.push(format!(
                 "buyers still failed when their patience ran out (step, last status): {gave_up:?}"
+            ));
+        }
+    }
+
+    /// A key's retries wait on `409 IDEMPOTENCY_KEY_IN_USE` no longer than `lease`, and
+    /// each such 409 carries `Retry-After`.
+    fn leases(&self, run: &Run, lease: Duration, violations: &mut Vec<String>) {
+        let in_use = |s: &&super::Seen| s.status == 409 && s.code == "IDEMPOTENCY_KEY_IN_USE";
+        let mut waits: Vec<(usize, &str, u128)> = Vec::new();
+        let mut without_retry_after = 0;
+        for record in &run.records {
+            // One key per step of one walk: a run of answers for the same step.
+            let mut first: Option<&super::Seen> = None;
+            let mut last: Option<&super::Seen> = None;
+            let mut flush = |first: &mut Option<&super::Seen>, last: &mut Option<&super::Seen>| {
+                if let (Some(f), Some(l)) = (first.take(), last.take()) {
+                    let waited = l.sent.duration_since(f.sent);
+                    if waited > lease {
+                        waits.push((record.buyer, f.step, waited.as_millis()));
+                    }
+                }
+            };
+            for seen in &record.seen {
+                if first.is_some_and(|f| f.step != seen.step) {
+                    flush(&mut first, &mut last);
+                }
+                if in_use(&seen) {
+                    if seen.retry_after.is_none() {
+                        without_retry_after += 1;
+                    }
+                    first.get_or_insert(seen);
+                    last = Some(seen);
+                }
+            }
+            flush(&mut first, &mut last);
+        }
+        if !waits.is_empty() {
+            waits.sort_by_key(|w| std::cmp::Reverse(w.2));
+            violations.push(format!(
+                "{} retries met IDEMPOTENCY_KEY_IN_USE for longer than the {lease:?} a request can run \
+                 (buyer, step, ms): {}",
+                waits.len(),
+                examples(&waits)
+            ));
+        }
+        if without_retry_after > 0 {
+            violations.push(format!(
+                "{without_retry_after} answers of 409 IDEMPOTENCY_KEY_IN_USE had no Retry-After"
             ));
         }
     }

@@ -41,9 +41,10 @@ pub struct BuyerPlan {
     pub request_timeout: Duration,
     /// Buyers with an intent wait here until the test opens it, before paying.
     pub pay_gate: Option<Gate>,
-    /// Between receiving the intent and paying, each buyer waits a fixed duration from
-    /// this range (spread evenly over the buyers).
-    pub pay_delay: Option<(Duration, Duration)>,
+    /// Each buyer pays this long before their session's deadline (the `expiresAt` of the
+    /// intent's answer, on the Redis clock of this machine): a fixed offset from this
+    /// range, spread evenly over the buyers. Without it, buyers pay at once.
+    pub pay_before_deadline: Option<(Duration, Duration)>,
     /// A buyer who met a sold-out variant tries again with a new cart until their
     /// patience runs out (the buyers of a sale that keeps freeing units).
     pub keep_trying: bool,
@@ -59,7 +60,7 @@ impl BuyerPlan {
             patience: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             pay_gate: None,
-            pay_delay: None,
+            pay_before_deadline: None,
             keep_trying: false,
         }
     }
@@ -124,6 +125,12 @@ pub struct Seen {
     pub millis: u64,
     /// No answer within [`BuyerPlan::request_timeout`].
     pub hung: bool,
+    /// The error code of the answer (`""` if none).
+    pub code: String,
+    /// Its `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
+    /// When the request was sent.
+    pub sent: Instant,
 }
 
 /// How a buyer's purchase ended.
@@ -282,6 +289,33 @@ fn turned_away(step: &'static str, reply: &Reply) -> Outcome {
     }
 }
 
+/// Milliseconds since the Unix epoch now, on this machine's clock.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 UTC time with milliseconds, as the
+/// API writes them (`2025-01-31T12:00:00.000Z`); H. Hinnant's `days_from_civil`.
+fn epoch_ms(text: &str) -> Option<i64> {
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    if text.len() != 24 || !text.ends_with('Z') {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second, millis) = (number(11..13)?, number(14..16)?, number(17..19)?, number(20..23)?);
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
+}
+
 impl Buyer {
     async fn buy(mut self) -> BuyerRecord {
         let offset = self
@@ -373,14 +407,19 @@ impl Buyer {
         Progress::bump(&self.progress.sessions);
         let intent_key = format!("buyer-{i}-{round}-intent");
         let path = format!("/v1/checkout/{session}/payment-intent");
-        let intent = match self
+        let (intent, deadline) = match self
             .send("intent", Method::POST, &path, None, Some(&intent_key))
             .await
         {
             Ok(r) if (200..300).contains(&r.status) => match r.body["paymentIntentId"].as_str() {
-                Some(intent) => intent.to_owned(),
+                Some(intent) => (intent.to_owned(), r.body["expiresAt"].as_str().and_then(epoch_ms)),
                 None => return Walk::Done(turned_away("intent", &r)),
             },
+            // The holds were gone when the session went to take its payment.
+            Ok(r) if code(&r) == "INSUFFICIENT_INVENTORY" && self.plan.keep_trying => {
+                return Walk::StartOver(Outcome::SoldOut);
+            }
+            Ok(r) if code(&r) == "INSUFFICIENT_INVENTORY" => return Walk::Done(Outcome::SoldOut),
             // The session was lost or ended before anyone paid: start over.
             Ok(r) if r.status == 404 || code(&r) == "CHECKOUT_STATE" => {
                 return Walk::StartOver(turned_away("intent", &r));
@@ -401,9 +440,14 @@ impl Buyer {
                 });
             }
         }
-        if let Some((low, high)) = self.plan.pay_delay {
+        if let (Some((low, high)), Some(deadline)) = (self.plan.pay_before_deadline, deadline) {
             let share = ((self.i as u64 * 7919) % 1000) as f64 / 1000.0;
-            tokio::time::sleep(low + (high.saturating_sub(low)).mul_f64(share)).await;
+            let before = low + high.saturating_sub(low).mul_f64(share);
+            let pay_at = deadline - before.as_millis() as i64;
+            let wait = pay_at - now_ms();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
         }
         self.gateway.succeed(&intent);
         self.paid = true;
@@ -469,10 +513,13 @@ impl Buyer {
     ) -> Result<Reply, Outcome> {
         let mut backoff = Duration::from_millis(100);
         let mut last = 0;
+        let mut first = true;
         loop {
-            if Instant::now() >= self.deadline {
+            // The first attempt always goes out; only retries are bounded by patience.
+            if !first && Instant::now() >= self.deadline {
                 return Err(Outcome::GaveUp { step, status: last });
             }
+            first = false;
             let sent = Instant::now();
             let answer = async {
                 let res = request().timeout(self.plan.request_timeout).send().await?;
@@ -496,20 +543,26 @@ impl Buyer {
                         status: 0,
                         millis,
                         hung: e.is_timeout(),
+                        code: String::new(),
+                        retry_after: None,
+                        sent,
                     });
                 }
                 Ok((status, retry_after, bytes)) => {
                     last = status;
+                    let reply = Reply {
+                        status,
+                        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    };
                     self.seen.push(Seen {
                         step,
                         status,
                         millis,
                         hung: false,
+                        code: code(&reply),
+                        retry_after,
+                        sent,
                     });
-                    let reply = Reply {
-                        status,
-                        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                    };
                     if status == 409 && code(&reply) == "IDEMPOTENCY_KEY_IN_USE" {
                         self.nap(retry_after.unwrap_or(Duration::from_secs(1)).min(MAX_RETRY_AFTER))
                             .await;
@@ -534,5 +587,25 @@ impl Buyer {
     async fn nap(&self, wait: Duration) {
         let left = self.deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(wait.min(left)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_api_s_times_are_read_back_to_the_millisecond() {
+        for ms in [
+            0,
+            951_782_400_123,
+            1_735_689_599_999,
+            1_740_787_200_000,
+            4_102_444_800_001,
+        ] {
+            assert_eq!(
+                super::epoch_ms(&commerce_core::clock::rfc3339_millis(ms)),
+                Some(ms)
+            );
+        }
+        assert_eq!(super::epoch_ms("2025-01-31T12:00:00Z"), None);
     }
 }

@@ -386,7 +386,6 @@ async fn payments_racing_their_deadline_under_redis_latency_never_outlive_their_
                 ("checkout_lock_ttl_seconds", "2"),
                 ("checkout_session_ttl_seconds", "2"),
             ],
-            ..Wiring::default()
         },
     )
     .await;

@@ -127,11 +127,96 @@ fn any_timeout() -> Duration {
     REDIS_TIMEOUT.max(DATABASE_TIMEOUT) + MARGIN
 }
 
-/// Redis dies (`kill -9`) while a quarter of the units are paid for, and comes back a
-/// second later on the same port with what `persistence` kept.
-async fn redis_killed_and_restarted(scenario: &str, persistence: Persistence) {
-    let size = size();
-    let mut redis = RedisProcess::start(persistence).await;
+/// When a fault strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// Mid-run: a quarter of the units paid for, buyers arriving, checking out and paying
+    /// throughout.
+    MidRun,
+    /// While checkouts are being started: a third of the units in sessions.
+    DuringCheckouts,
+    /// Every unit in a session waiting for its payment; the buyers wait at a gate, which
+    /// opens right after the fault struck, so the webhooks meet the fault.
+    PaymentsPending,
+    /// Every unit in a session waiting for its payment, the payments made at once, and a
+    /// tenth of the webhooks answered: the rest are in flight.
+    DuringWebhooks,
+}
+
+/// A sale under way: the buyers, and the gate they pay through.
+struct Sale {
+    buyers: Buyers,
+    gate: Gate,
+    moment: Moment,
+    units: usize,
+}
+
+impl Sale {
+    /// Starts the buyers of `size` against `base`, held at the pay gate if the fault is
+    /// to meet their payments.
+    fn start(size: &Size, base: &str, gateway: &Arc<FakeGateway>, moment: Moment) -> Sale {
+        let gate = Gate::default();
+        let mut plan = size.plan();
+        if matches!(moment, Moment::PaymentsPending | Moment::DuringWebhooks) {
+            plan.pay_gate = Some(gate.clone());
+        }
+        Sale {
+            buyers: Buyers::start(base, gateway.clone(), plan),
+            gate,
+            moment,
+            units: size.units as usize,
+        }
+    }
+
+    /// Waits for the moment the fault is to strike (a minute at most).
+    async fn moment(&self) {
+        let (units, within) = (self.units, Duration::from_secs(60));
+        let b = &self.buyers;
+        match self.moment {
+            Moment::MidRun => {
+                b.wait_for("a quarter of the units paid for", within, |p| {
+                    Progress::get(&p.settled) >= units / 4
+                })
+                .await
+            }
+            Moment::DuringCheckouts => {
+                b.wait_for("a third of the units in sessions", within, |p| {
+                    Progress::get(&p.sessions) >= units / 3
+                })
+                .await
+            }
+            Moment::PaymentsPending => {
+                b.wait_for("every unit waiting for its payment", within, |p| {
+                    Progress::get(&p.intents) >= units
+                })
+                .await
+            }
+            Moment::DuringWebhooks => {
+                b.wait_for("every unit waiting for its payment", within, |p| {
+                    Progress::get(&p.intents) >= units
+                })
+                .await;
+                self.gate.open();
+                b.wait_for("a tenth of the webhooks answered", within, |p| {
+                    Progress::get(&p.settled) >= units / 10
+                })
+                .await
+            }
+        };
+    }
+
+    /// Right after the fault struck: the payments held for it go through.
+    fn struck(&self) {
+        self.gate.open();
+    }
+}
+
+/// A shop on a Redis of the test's own, with `persistence`.
+async fn shop_on_own_redis(
+    size: &Size,
+    persistence: Persistence,
+) -> (RedisProcess, TestApp, Arc<FakeGateway>) {
+    let redis = RedisProcess::start(persistence).await;
     let (app, gateway) = shop(
         size.units,
         Wiring {
@@ -140,22 +225,27 @@ async fn redis_killed_and_restarted(scenario: &str, persistence: Persistence) {
         },
     )
     .await;
-    let buyers = Buyers::start(&app.base, gateway.clone(), size.plan());
-    let quarter = size.units as usize / 4;
-    buyers
-        .wait_for("a quarter of the units paid for", Duration::from_secs(60), |p| {
-            Progress::get(&p.settled) >= quarter
-        })
-        .await;
+    (redis, app, gateway)
+}
+
+/// Redis dies (`kill -9`) at `moment` and comes back a second later on the same port with
+/// what `persistence` kept.
+async fn redis_killed_and_restarted(scenario: &str, persistence: Persistence, moment: Moment) {
+    let size = size();
+    let (mut redis, app, gateway) = shop_on_own_redis(&size, persistence).await;
+    let sale = Sale::start(&size, &app.base, &gateway, moment);
+    sale.moment().await;
     redis.kill9();
+    sale.struck();
     tokio::time::sleep(Duration::from_secs(1)).await;
     redis.restart().await;
-    let run = buyers.finish().await;
+    let run = sale.buyers.finish().await;
+    let redis = redis.connection().await;
     books(
         scenario,
         &app,
         &app.base,
-        redis.connection().await,
+        redis,
         &gateway,
         size.units,
         REDIS_TIMEOUT + MARGIN,
@@ -167,40 +257,40 @@ async fn redis_killed_and_restarted(scenario: &str, persistence: Persistence) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_and_restarted_from_its_aof_keeps_the_books() {
-    redis_killed_and_restarted("redis kill -9, restarted with AOF", Persistence::Aof).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_killed_mid_run_and_restarted_empty_keeps_the_books() {
-    redis_killed_and_restarted("redis kill -9, restarted empty", Persistence::Nothing).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flushall_mid_run_keeps_the_books() {
-    let size = size();
-    let redis = RedisProcess::start(Persistence::Aof).await;
-    let (app, gateway) = shop(
-        size.units,
-        Wiring {
-            redis_url: Some(redis.url()),
-            ..Wiring::default()
-        },
+    redis_killed_and_restarted(
+        "redis kill -9 mid-run, restarted with AOF",
+        Persistence::Aof,
+        Moment::MidRun,
     )
     .await;
-    let buyers = Buyers::start(&app.base, gateway.clone(), size.plan());
-    let quarter = size.units as usize / 4;
-    buyers
-        .wait_for("a quarter of the units paid for", Duration::from_secs(60), |p| {
-            Progress::get(&p.settled) >= quarter
-        })
-        .await;
+}
+
+/// Every unit is in a session waiting for its payment when Redis loses everything: the
+/// payments must still become orders, from what PostgreSQL kept of the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_empty_while_payments_are_pending_keeps_the_books() {
+    redis_killed_and_restarted(
+        "redis kill -9 with payments pending, restarted empty",
+        Persistence::Nothing,
+        Moment::PaymentsPending,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushall_during_webhooks_keeps_the_books() {
+    let size = size();
+    let (redis, app, gateway) = shop_on_own_redis(&size, Persistence::Aof).await;
+    let sale = Sale::start(&size, &app.base, &gateway, Moment::DuringWebhooks);
+    sale.moment().await;
     redis.flushall().await;
-    let run = buyers.finish().await;
+    let run = sale.buyers.finish().await;
+    let redis = redis.connection().await;
     books(
-        "redis FLUSHALL",
+        "redis FLUSHALL during webhooks",
         &app,
         &app.base,
-        redis.connection().await,
+        redis,
         &gateway,
         size.units,
         REDIS_TIMEOUT + MARGIN,
@@ -213,31 +303,20 @@ async fn a_flushall_mid_run_keeps_the_books() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_mid_run_keeps_the_books_and_answers_503_in_time() {
     let size = size();
-    let redis = RedisProcess::start(Persistence::Aof).await;
-    let (app, gateway) = shop(
-        size.units,
-        Wiring {
-            redis_url: Some(redis.url()),
-            ..Wiring::default()
-        },
-    )
-    .await;
-    let buyers = Buyers::start(&app.base, gateway.clone(), size.plan());
-    let quarter = size.units as usize / 4;
-    buyers
-        .wait_for("a quarter of the units paid for", Duration::from_secs(60), |p| {
-            Progress::get(&p.settled) >= quarter
-        })
-        .await;
+    let (redis, app, gateway) = shop_on_own_redis(&size, Persistence::Aof).await;
+    let sale = Sale::start(&size, &app.base, &gateway, Moment::MidRun);
+    sale.moment().await;
     redis.stop();
     tokio::time::sleep(size.pause).await;
     redis.cont();
-    let run = buyers.finish().await;
+    let run = sale.buyers.finish().await;
+    let scenario = format!("redis paused (SIGSTOP) {:?} mid-run", size.pause);
+    let redis = redis.connection().await;
     books(
-        &format!("redis paused (SIGSTOP) {:?}", size.pause),
+        &scenario,
         &app,
         &app.base,
-        redis.connection().await,
+        redis,
         &gateway,
         size.units,
         REDIS_TIMEOUT + MARGIN,
@@ -260,28 +339,20 @@ async fn postgres_paused_during_webhooks_keeps_the_books_and_answers_503_in_time
         },
     )
     .await;
-    let gate = Gate::default();
-    let mut plan = size.plan();
-    plan.pay_gate = Some(gate.clone());
-    let buyers = Buyers::start(&app.base, gateway.clone(), plan);
-    let units = size.units as usize;
-    buyers
-        .wait_for(
-            "every unit in a session with an intent",
-            Duration::from_secs(60),
-            |p| Progress::get(&p.intents) >= units,
-        )
-        .await;
+    let sale = Sale::start(&size, &app.base, &gateway, Moment::PaymentsPending);
+    sale.moment().await;
     postgres.pause();
-    gate.open();
+    sale.struck();
     tokio::time::sleep(size.pause).await;
     postgres.resume();
-    let run = buyers.finish().await;
+    let run = sale.buyers.finish().await;
+    let scenario = format!("postgres paused {:?} during webhooks", size.pause);
+    let redis = app.redis.clone();
     books(
-        &format!("postgres paused {:?} during webhooks", size.pause),
+        &scenario,
         &app,
         &app.base,
-        app.redis.clone(),
+        redis,
         &gateway,
         size.units,
         DATABASE_TIMEOUT + MARGIN,
@@ -291,27 +362,24 @@ async fn postgres_paused_during_webhooks_keeps_the_books_and_answers_503_in_time
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_app_killed_during_checkouts_keeps_the_books() {
+/// `commerce serve` dies (`kill -9`) at `moment` and is started again a second later.
+async fn the_app_killed(scenario: &str, moment: Moment) {
     let size = size();
     let (app, gateway) = shop(size.units, Wiring::default()).await;
     let mut serve = ServeProcess::start(&app, &[]).await;
-    let buyers = Buyers::start(&serve.base, gateway.clone(), size.plan());
-    let third = size.units as usize / 3;
-    buyers
-        .wait_for("a third of the units in sessions", Duration::from_secs(60), |p| {
-            Progress::get(&p.sessions) >= third
-        })
-        .await;
+    let sale = Sale::start(&size, &serve.base, &gateway, moment);
+    sale.moment().await;
     serve.kill9();
+    sale.struck();
     tokio::time::sleep(Duration::from_secs(1)).await;
     serve.restart().await;
-    let run = buyers.finish().await;
+    let run = sale.buyers.finish().await;
+    let redis = app.redis.clone();
     books(
-        "app kill -9 during checkouts",
+        scenario,
         &app,
         &serve.base,
-        app.redis.clone(),
+        redis,
         &gateway,
         size.units,
         any_timeout(),
@@ -322,44 +390,13 @@ async fn the_app_killed_during_checkouts_keeps_the_books() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_killed_during_checkouts_keeps_the_books() {
+    the_app_killed("app kill -9 during checkouts", Moment::DuringCheckouts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_killed_during_webhooks_keeps_the_books() {
-    let size = size();
-    let (app, gateway) = shop(size.units, Wiring::default()).await;
-    let mut serve = ServeProcess::start(&app, &[]).await;
-    let gate = Gate::default();
-    let mut plan = size.plan();
-    plan.pay_gate = Some(gate.clone());
-    let buyers = Buyers::start(&serve.base, gateway.clone(), plan);
-    let units = size.units as usize;
-    buyers
-        .wait_for(
-            "every unit in a session with an intent",
-            Duration::from_secs(60),
-            |p| Progress::get(&p.intents) >= units,
-        )
-        .await;
-    gate.open();
-    buyers
-        .wait_for("a tenth of the webhooks answered", Duration::from_secs(30), |p| {
-            Progress::get(&p.settled) >= units / 10
-        })
-        .await;
-    serve.kill9();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    serve.restart().await;
-    let run = buyers.finish().await;
-    books(
-        "app kill -9 during webhooks",
-        &app,
-        &serve.base,
-        app.redis.clone(),
-        &gateway,
-        size.units,
-        any_timeout(),
-    )
-    .assert(&run)
-    .await;
-    app.finish().await;
+    the_app_killed("app kill -9 during webhooks", Moment::DuringWebhooks).await;
 }
 
 /// The old gap: a session's holds got their deadline round trips before the session did,
@@ -368,8 +405,7 @@ async fn the_app_killed_during_webhooks_keeps_the_books() {
 /// Redis round trip the gap was about 500 ms; buyers pay 250 to 500 ms before their
 /// session's deadline, the buyers of sold-out units keep trying to take whatever is freed,
 /// and 400 ms of PostgreSQL latency on the order write gives the buyer who took a unit
-/// time to pay for it too (before the fix: 44 orders for 30 units)., and the buyers of
-/// sold-out units keep trying to take whatever is freed.
+/// time to pay for it too (before the fix: 40 to 44 orders for 30 units).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_racing_their_deadline_under_redis_latency_never_outlive_their_holds() {
     let size = size();
@@ -400,6 +436,7 @@ async fn payments_racing_their_deadline_under_redis_latency_never_outlive_their_
     let buyers = Buyers::start(&app.base, gateway.clone(), plan);
     let run = buyers.finish().await;
     slow.set_latency(Duration::ZERO);
+    postgres.set_latency(Duration::ZERO);
     books(
         "deadline race, 120 ms Redis latency",
         &app,

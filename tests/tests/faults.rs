@@ -444,7 +444,7 @@ async fn payments_racing_their_deadline_under_redis_latency_never_outlive_their_
         redis.connection().await,
         &gateway,
         size.units,
-        REDIS_TIMEOUT + MARGIN,
+        any_timeout(),
     )
     .no_refused_orders()
     .assert(&run)

@@ -189,13 +189,9 @@ impl<'a> Books<'a> {
             }
             if Instant::now() >= next_drain {
                 next_drain = Instant::now() + Duration::from_secs(3);
-                match run_commerce(self.app, &[], &["drain"]) {
-                    Ok(out) if out.status.success() => {}
-                    Ok(out) => eprintln!(
-                        "commerce drain failed ({}): {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr)
-                    ),
+                match run_commerce(self.app, &[], &["drain"], Duration::from_secs(20)).await {
+                    Ok((status, _)) if status.success() => {}
+                    Ok((status, stderr)) => eprintln!("commerce drain failed ({status}): {stderr}"),
                     Err(e) => eprintln!("commerce drain could not run: {e}"),
                 }
             }

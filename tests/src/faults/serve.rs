@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use commerce_core::Settings;
@@ -68,13 +68,41 @@ pub fn binary() -> PathBuf {
     binary
 }
 
-/// Runs `commerce <args>` configured like `app` (and `extra`), to completion.
-pub fn run_commerce(app: &TestApp, extra: &[(&str, &str)], args: &[&str]) -> std::io::Result<Output> {
-    Command::new(binary())
+/// Runs `commerce <args>` configured like `app` (and `extra`) to completion, killing it
+/// if it takes longer than `within`; its exit status and standard error.
+pub async fn run_commerce(
+    app: &TestApp,
+    extra: &[(&str, &str)],
+    args: &[&str],
+    within: Duration,
+) -> std::io::Result<(std::process::ExitStatus, String)> {
+    let mut child = Command::new(binary())
         .args(args)
         .envs(commerce_env(&app.app.settings, extra))
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("commerce {} took longer than {within:?}", args.join(" ")),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
+    Ok((status, stderr))
 }
 
 /// `commerce serve --listen 127.0.0.1:<port>` as a child process; killed when dropped.

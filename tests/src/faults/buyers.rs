@@ -23,6 +23,8 @@ use crate::gateway::FakeGateway;
 /// How many times a buyer starts over with a new cart after the shop lost their cart or
 /// session, unless [`BuyerPlan::keep_trying`].
 const FRESH_STARTS: usize = 5;
+/// The most times a buyer sends one step (besides running out of patience).
+const MAX_ATTEMPTS: usize = 500;
 /// The longest a buyer waits on a `Retry-After`.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -513,13 +515,11 @@ impl Buyer {
     ) -> Result<Reply, Outcome> {
         let mut backoff = Duration::from_millis(100);
         let mut last = 0;
-        let mut first = true;
-        loop {
+        for attempt in 0..MAX_ATTEMPTS {
             // The first attempt always goes out; only retries are bounded by patience.
-            if !first && Instant::now() >= self.deadline {
-                return Err(Outcome::GaveUp { step, status: last });
+            if attempt > 0 && Instant::now() >= self.deadline {
+                break;
             }
-            first = false;
             let sent = Instant::now();
             let answer = async {
                 let res = request().timeout(self.plan.request_timeout).send().await?;
@@ -581,6 +581,7 @@ impl Buyer {
             self.nap(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+        Err(Outcome::GaveUp { step, status: last })
     }
 
     /// Sleeps `wait`, or less if the buyer's patience runs out first.

@@ -5,6 +5,7 @@
 //! The services come from `COMMERCE_REDIS_URL` and `COMMERCE_DATABASE_URL`, which
 //! `scripts/test` sets after starting them.
 
+pub mod faults;
 pub mod gateway;
 
 use std::sync::Arc;

@@ -1,0 +1,430 @@
+//! Attacks as tests (issue 8, DESIGN §4 invariants 3, 4 and 6): what a hostile or merely
+//! curious caller could do over HTTP to other people's holds, checkout sessions and
+//! payments, and must not be able to.
+
+use commerce_tests::gateway::FakeGateway;
+use commerce_tests::{Reply, TestApp, customer_token};
+use serde_json::{Value, json};
+
+async fn shop() -> (TestApp, FakeGateway) {
+    TestApp::shop(2, |c| c).await
+}
+
+/// Units of `variant` held now.
+async fn reserved(app: &TestApp, variant: &str) -> i64 {
+    let view = app.get(&format!("/v1/inventory/{variant}")).await;
+    assert_eq!(view.status, 200, "{view:?}");
+    view.body["reserved"].as_i64().expect("reserved")
+}
+
+/// An anonymous cart with one unit of var-1, checked out with `key`: the session id.
+async fn anonymous_session(app: &TestApp, key: &str) -> String {
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .expect("a cart")
+        .to_owned();
+    let added = app
+        .post(
+            &format!("/v1/carts/{cart}/items"),
+            json!({ "variantId": "var-1", "quantity": 1 }),
+        )
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let started = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(json!({ "cartId": cart })),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    started.body["sessionId"].as_str().expect("a session").to_owned()
+}
+
+/// An anonymous session for one unit of var-1, waiting for its payment: (session, intent).
+async fn paying_session(app: &TestApp, key: &str) -> (String, String) {
+    let session = anonymous_session(app, key).await;
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(intent.status, 200, "{intent:?}");
+    assert_eq!(intent.body["state"], "PAYMENT_PENDING");
+    let intent = intent.body["paymentIntentId"]
+        .as_str()
+        .expect("an intent")
+        .to_owned();
+    (session, intent)
+}
+
+/// The customer pays `intent` and the gateway says so: the webhook's answer.
+async fn pay(app: &TestApp, gateway: &FakeGateway, intent: &str) -> (u16, Value) {
+    gateway.succeed(intent);
+    let event = gateway.event("payment_intent.succeeded", intent);
+    gateway.deliver(&app.base, &event).await
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn nobody_releases_the_holds_of_a_session_waiting_for_its_payment() {
+    let (app, gateway) = shop().await;
+    let (session, intent) = paying_session(&app, "k-1").await;
+    assert_eq!(reserved(&app, "var-1").await, 1);
+    let path = format!("/v1/inventory/reservations/{session}");
+
+    let anonymous = app.call("DELETE", &path, None, false).await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert_eq!(
+        reserved(&app, "var-1").await,
+        1,
+        "an anonymous caller freed the holds"
+    );
+
+    // The admin route names outside callers' holders: a checkout session's holds live in
+    // another namespace, out of its reach.
+    let admin = app.call("DELETE", &path, None, true).await;
+    assert!(admin.status < 500, "{admin:?}");
+    assert_eq!(
+        reserved(&app, "var-1").await,
+        1,
+        "the reservations route freed a checkout session's holds: {admin:?}"
+    );
+
+    let (status, done) = pay(&app, &gateway, &intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(app.pg_on_hand("var-1").await, 99);
+    assert_eq!(reserved(&app, "var-1").await, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn nobody_overwrites_the_holds_of_a_session_waiting_for_its_payment() {
+    let (app, gateway) = shop().await;
+    let (session, intent) = paying_session(&app, "k-1").await;
+    assert_eq!(reserved(&app, "var-1").await, 1);
+    let overwrite = json!({ "cartId": session, "items": [{ "variantId": "var-1", "quantity": 5 }] });
+
+    let anonymous = app
+        .call(
+            "POST",
+            "/v1/inventory/reservations",
+            Some(overwrite.clone()),
+            false,
+        )
+        .await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert_eq!(
+        reserved(&app, "var-1").await,
+        1,
+        "an anonymous caller changed the holds"
+    );
+
+    // A trusted caller naming the session's id names a holder of its own namespace: the
+    // session's hold of 1 stays what it is, whatever that caller now holds beside it.
+    let admin = app
+        .call("POST", "/v1/inventory/reservations", Some(overwrite), true)
+        .await;
+    assert!(admin.status < 500, "{admin:?}");
+    let with_admin = reserved(&app, "var-1").await;
+    let (status, done) = pay(&app, &gateway, &intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(app.pg_on_hand("var-1").await, 99);
+    assert_eq!(
+        with_admin - reserved(&app, "var-1").await,
+        1,
+        "the session's hold was not its own 1 unit when it was sold (admin answered {admin:?})"
+    );
+    let released = app
+        .call(
+            "DELETE",
+            &format!("/v1/inventory/reservations/{session}"),
+            None,
+            true,
+        )
+        .await;
+    assert!(released.status < 500, "{released:?}");
+    assert_eq!(reserved(&app, "var-1").await, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn reservations_need_a_trusted_caller_and_hold_nothing_without_one() {
+    let (app, _gateway) = shop().await;
+    let everything = json!({
+        "cartId": "grabber",
+        "items": [{ "variantId": "var-1", "quantity": 100 }],
+        "ttlSeconds": 86_400
+    });
+    let anonymous = app
+        .call(
+            "POST",
+            "/v1/inventory/reservations",
+            Some(everything.clone()),
+            false,
+        )
+        .await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let customer = bearer(&customer_token("mallory"));
+    let as_customer = app
+        .call_with(
+            "POST",
+            "/v1/inventory/reservations",
+            Some(everything.clone()),
+            &[("authorization", &customer)],
+        )
+        .await;
+    assert!(
+        matches!(as_customer.status, 401 | 403),
+        "a customer's token is not a trusted caller's: {as_customer:?}"
+    );
+    let view = app.get("/v1/inventory/var-1").await;
+    assert_eq!(
+        (view.body["reserved"].as_i64(), view.body["sellable"].as_i64()),
+        (Some(0), Some(100)),
+        "{view:?}"
+    );
+    let release = app
+        .call("DELETE", "/v1/inventory/reservations/grabber", None, false)
+        .await;
+    assert_eq!(release.status, 401, "{release:?}");
+
+    // The trusted caller may.
+    let trusted = app
+        .call("POST", "/v1/inventory/reservations", Some(everything), true)
+        .await;
+    assert_eq!(trusted.status, 201, "{trusted:?}");
+    assert_eq!(reserved(&app, "var-1").await, 100);
+    let released = app
+        .call("DELETE", "/v1/inventory/reservations/grabber", None, true)
+        .await;
+    assert_eq!(released.status, 200, "{released:?}");
+    assert_eq!(reserved(&app, "var-1").await, 0);
+    app.finish().await;
+}
+
+/// Whether an answer shows a payment intent's client secret.
+fn shows_a_secret(reply: &Reply) -> bool {
+    reply.body.to_string().contains("_secret_")
+}
+
+#[tokio::test]
+async fn a_customers_checkout_session_answers_only_that_customers_token() {
+    let (app, _gateway) = shop().await;
+    let zoe = bearer(&customer_token("zoe"));
+    let yan = bearer(&customer_token("yan"));
+    let added = app
+        .call_with(
+            "POST",
+            "/v1/customers/zoe/cart/items",
+            Some(json!({ "variantId": "var-1", "quantity": 1 })),
+            &[("authorization", &zoe)],
+        )
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let started = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(json!({ "customerId": "zoe" })),
+            &[("idempotency-key", "z-1"), ("authorization", &zoe)],
+        )
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let session = started.body["sessionId"].as_str().expect("a session").to_owned();
+    let intent_path = format!("/v1/checkout/{session}/payment-intent");
+    let intent = app
+        .call_with("POST", &intent_path, None, &[("authorization", &zoe)])
+        .await;
+    assert_eq!(intent.status, 200, "{intent:?}");
+    assert!(shows_a_secret(&intent), "{intent:?}");
+
+    let routes = [
+        ("GET", format!("/v1/checkout/{session}")),
+        ("POST", intent_path.clone()),
+        ("POST", format!("/v1/checkout/{session}/cancel")),
+    ];
+    for (method, path) in &routes {
+        let anonymous = app.call_with(method, path, None, &[]).await;
+        assert_eq!(
+            anonymous.status, 401,
+            "{method} {path} without a token: {anonymous:?}"
+        );
+        assert!(!shows_a_secret(&anonymous), "{anonymous:?}");
+        let other = app
+            .call_with(method, path, None, &[("authorization", &yan)])
+            .await;
+        assert!(
+            matches!(other.status, 403 | 404),
+            "{method} {path} with another customer's token: {other:?}"
+        );
+        assert!(!shows_a_secret(&other), "{other:?}");
+    }
+
+    let mine = app
+        .call_with(
+            "GET",
+            &format!("/v1/checkout/{session}"),
+            None,
+            &[("authorization", &zoe)],
+        )
+        .await;
+    assert_eq!(
+        (mine.status, mine.body["state"].as_str()),
+        (200, Some("PAYMENT_PENDING")),
+        "{mine:?}"
+    );
+    assert_eq!(reserved(&app, "var-1").await, 1);
+    let again = app
+        .call_with("POST", &intent_path, None, &[("authorization", &zoe)])
+        .await;
+    assert_eq!(
+        again.body["clientSecret"], intent.body["clientSecret"],
+        "{again:?}"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_guessed_anonymous_session_id_finds_nothing() {
+    let (app, _gateway) = shop().await;
+    let session = anonymous_session(&app, "k-1").await;
+    let hex = session.strip_prefix("cs_").expect("cs_ and the id");
+    assert!(
+        hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "an anonymous session's id is 128 random bits: {session}"
+    );
+    // The real id with its last digit changed, and one made up.
+    let last = if hex.ends_with('0') { '1' } else { '0' };
+    let near = format!("cs_{}{last}", &hex[..31]);
+    for guess in [near, format!("cs_{}", "0123456789abcdef".repeat(2))] {
+        for (method, path) in [
+            ("GET", format!("/v1/checkout/{guess}")),
+            ("POST", format!("/v1/checkout/{guess}/payment-intent")),
+            ("POST", format!("/v1/checkout/{guess}/cancel")),
+        ] {
+            let reply = app.call_with(method, &path, None, &[]).await;
+            assert_eq!(reply.status, 404, "{method} {path}: {reply:?}");
+        }
+    }
+    let real = app.get(&format!("/v1/checkout/{session}")).await;
+    assert_eq!(
+        (real.status, real.body["state"].as_str()),
+        (200, Some("LOCKED")),
+        "{real:?}"
+    );
+    assert_eq!(reserved(&app, "var-1").await, 1);
+    app.finish().await;
+}
+
+/// Creates another intent at the gateway naming `session` in its metadata, as a stale or
+/// duplicate intent would.
+async fn another_intent_for(gateway: &FakeGateway, session: &str) -> String {
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("amount", "100")
+        .append_pair("currency", "eur")
+        .append_pair("metadata[checkout_session]", session)
+        .finish();
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/v1/payment_intents", gateway.base))
+        .header("authorization", format!("Bearer {}", gateway.api_key))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .expect("the fake gateway")
+        .json()
+        .await
+        .expect("an intent");
+    created["id"].as_str().expect("an intent id").to_owned()
+}
+
+#[tokio::test]
+async fn a_failed_payment_of_another_intent_leaves_the_session_and_its_holds_alone() {
+    let (app, gateway) = shop().await;
+    let (session, intent) = paying_session(&app, "k-1").await;
+    let other = another_intent_for(&gateway, &session).await;
+    assert_ne!(other, intent);
+    let failed = gateway.event("payment_intent.payment_failed", &other);
+    let (status, body) = gateway.deliver(&app.base, &failed).await;
+    assert!((200..300).contains(&status), "{status} {body}");
+
+    let now = app.get(&format!("/v1/checkout/{session}")).await;
+    assert_eq!(
+        now.body["state"], "PAYMENT_PENDING",
+        "another intent's failure ended the session: {now:?}"
+    );
+    assert_eq!(
+        reserved(&app, "var-1").await,
+        1,
+        "another intent's failure freed the holds"
+    );
+    let (status, done) = pay(&app, &gateway, &intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(app.pg_on_hand("var-1").await, 99);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_webhook_replayed_after_redis_lost_the_session_answers_with_its_order() {
+    let (app, gateway) = shop().await;
+    let (_, intent) = paying_session(&app, "k-1").await;
+    let (status, done) = pay(&app, &gateway, &intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    let order = done["orderId"].as_str().expect("an order").to_owned();
+
+    app.flush_redis().await;
+    let event = gateway.event("payment_intent.succeeded", &intent);
+    for delivery in 1..=2 {
+        let (status, replayed) = gateway.deliver(&app.base, &event).await;
+        assert_eq!(
+            (status, replayed["orderId"].as_str()),
+            (200, Some(order.as_str())),
+            "redelivery {delivery} after Redis lost the session: {replayed}"
+        );
+    }
+    let orders: i64 = app
+        .pg
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("orders")
+        .get(0);
+    assert_eq!(orders, 1);
+    assert_eq!(gateway.refunds(), vec![], "a paid order was refunded");
+    let owed = app.call("GET", "/v1/admin/refunds", None, true).await;
+    assert_eq!(owed.status, 200, "{owed:?}");
+    let for_intent: Vec<&Value> = owed.body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["paymentIntentId"] == intent.as_str())
+        .collect();
+    assert!(
+        for_intent.is_empty(),
+        "a refund is owed for a paid order: {for_intent:?}"
+    );
+    app.finish().await;
+}

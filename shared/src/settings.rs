@@ -134,6 +134,9 @@ impl Settings {
                 "default_currency must be an ISO 4217 code, got {default_currency:?}"
             ));
         }
+        let redis_timeout_ms = number("redis_timeout_ms", 2_000)?;
+        let database_timeout_ms = number("database_timeout_ms", 5_000)?;
+        let gateway_timeout_ms = number("gateway_timeout_ms", 10_000)?;
         Ok(Self {
             jwt_secret: text("jwt_secret", ""),
             cart_ttl_seconds: bounded("cart_ttl_seconds", Self::DEFAULT_CART_TTL, 365 * 24 * 60 * 60)?,
@@ -152,15 +155,20 @@ impl Settings {
             service_token: text("service_token", ""),
             hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
             jwt_leeway_seconds: number("jwt_leeway_seconds", 60)?.min(3600) as u32,
-            request_timeout_ms: number("request_timeout_ms", 15_000)?.clamp(100, 600_000),
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
             admin_token: text("admin_token", ""),
             key_prefix,
             reservation_ttl_seconds: reservation_ttl_seconds as u32,
-            redis_timeout_ms: number("redis_timeout_ms", 2_000)?,
-            database_timeout_ms: number("database_timeout_ms", 5_000)?,
-            gateway_timeout_ms: number("gateway_timeout_ms", 10_000)?,
+            redis_timeout_ms,
+            database_timeout_ms,
+            gateway_timeout_ms,
+            // By default the sum of the three: a request waits on one dependency at a time.
+            request_timeout_ms: number(
+                "request_timeout_ms",
+                redis_timeout_ms + database_timeout_ms + gateway_timeout_ms,
+            )?
+            .clamp(100, 600_000),
             max_body_bytes: number("max_body_bytes", Self::DEFAULT_MAX_BODY as u64)? as usize,
             outbox_drain_interval_ms: number("outbox_drain_interval_ms", 5_000)?,
             outbox_retry_base_ms,

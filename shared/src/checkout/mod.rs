@@ -791,35 +791,37 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     async fn confirm(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
-        // An order that exists stands, whatever Redis remembers: its own payment is
-        // answered with it; any other payment for the session goes back.
-        let order = order::find(&self.app.sql, id.as_str()).await?;
-        if let Some((order_id, _, intent)) = &order
-            && *intent != event.intent_id
-        {
-            return self
-                .refund_unknown(id, event, "the checkout was already paid by another payment")
-                .await
-                .map(|mut v| {
-                    v["orderId"] = json!(order_id);
-                    v
-                });
+        // Redis first: on the hot path the session is there, and nothing else is asked
+        // before its deadline is checked.
+        match self.load(id).await {
+            Ok(session) => self.confirm_session(session, event).await,
+            Err(Error::NotFound { .. }) => self.confirm_forgotten(id, event).await,
+            Err(other) => Err(other),
         }
-        let session = match self.load_or_restore(id).await? {
-            Some(session) => session,
-            None => {
-                if let Some((order_id, _, _)) = order {
-                    return Ok(json!({ "received": true, "sessionId": id.as_str(), "orderId": order_id }));
-                }
-                return self.refund_unknown(id, event, "unknown session").await;
+    }
+
+    /// A payment for a session Redis does not have (lost, or long gone): an order that
+    /// exists answers for its own payment, whatever Redis remembers; a paid session
+    /// PostgreSQL keeps is put back and completed; any other payment goes back.
+    async fn confirm_forgotten(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+        if let Some((order_id, _, intent)) = order::find(&self.app.sql, id.as_str()).await? {
+            if intent == event.intent_id {
+                return Ok(json!({ "received": true, "sessionId": id.as_str(), "orderId": order_id }));
             }
-        };
-        if order.is_some() && session.state.is_terminal() {
-            let order_id = order.map(|(o, _, _)| o);
-            return Ok(
-                json!({ "received": true, "sessionId": id.as_str(), "state": session.state.name(), "orderId": order_id }),
-            );
+            let mut answer = self
+                .refund_unknown(id, event, "the checkout was already paid by another payment")
+                .await?;
+            answer["orderId"] = json!(order_id);
+            return Ok(answer);
         }
+        match self.load_or_restore(id).await? {
+            Some(session) => self.confirm_session(session, event).await,
+            None => self.refund_unknown(id, event, "unknown session").await,
+        }
+    }
+
+    async fn confirm_session(&self, session: Session, event: &gateway::WebhookEvent) -> Result<Value> {
+        let id = session.id.clone();
         let matches = event.amount == session.total
             && event.currency == session.currency
             && session.intent.as_deref().is_none_or(|i| i == event.intent_id);
@@ -837,14 +839,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         if session.state == State::Locked {
             // The intent was created but the move to PAYMENT_PENDING was lost (a crash).
             session = self
-                .transition(id, State::PaymentPending, None, &[("intent", &event.intent_id)])
+                .transition(&id, State::PaymentPending, None, &[("intent", &event.intent_id)])
                 .await?
                 .1;
         }
         if session.state == State::PaymentPending {
             // Past its deadline the session expires here instead: its units may have been
             // sold again, so the payment goes back rather than becoming an order.
-            let (tag, moved) = self.transition(id, State::PaymentConfirmed, None, &[]).await?;
+            let (tag, moved) = self.transition(&id, State::PaymentConfirmed, None, &[]).await?;
             if tag == "EXPIRED_NOW" || moved.state.is_terminal() && moved.state != State::Completed {
                 return self.refund(&moved, event, "the checkout had ended").await;
             }
@@ -853,8 +855,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         self.place_order(session, &event.intent_id, event).await
     }
 
-    /// Refunds a payment the session cannot take (through the outbox, keyed by intent).
+    /// Refunds a payment the session cannot take (through the outbox, keyed by intent) —
+    /// unless PostgreSQL has the order of this very payment, which stands whatever Redis
+    /// remembers (a Redis restored from an older copy).
     async fn refund(&self, session: &Session, event: &gateway::WebhookEvent, reason: &str) -> Result<Value> {
+        if let Some((order_id, _, intent)) = order::find(&self.app.sql, session.id.as_str()).await?
+            && intent == event.intent_id
+        {
+            return Ok(json!({ "received": true, "sessionId": session.id.as_str(), "orderId": order_id }));
+        }
         outbox::enqueue_refund(
             &self.app.sql,
             session.id.as_str(),

@@ -3,6 +3,7 @@
 //! jobs of the `commerce` CLI. No behaviour lives here: it is all in `commerce-core`.
 
 pub mod config;
+mod connection;
 pub mod http_port;
 pub mod migrate;
 pub mod pg_port;

@@ -11,6 +11,7 @@ use commerce_core::http::{Request, Response};
 use commerce_core::{App, Error, Scope, Settings, outbox};
 use tokio::net::TcpListener;
 
+use crate::connection;
 use crate::http_port::NativeHttp;
 use crate::pg_port::NativePg;
 use crate::redis_port::NativeRedis;
@@ -42,11 +43,18 @@ const DRAIN_BATCH: usize = 100;
 
 /// Serves `app` on `listener` until the process ends (or this future is dropped), and
 /// meanwhile drains the payment outbox every `outbox_drain_interval_ms` (unless 0).
+///
+/// Hostile or broken clients cannot starve the others: at most `max_connections` are open
+/// at once (a new one beyond is answered 503 and closed); a client gets
+/// `http_header_timeout_ms` for a request's headers and `http_body_timeout_ms` for its
+/// body (408); a kept-alive connection idle for `http_idle_timeout_ms` is closed; and a
+/// request runs at most `request_timeout_ms` (503).
 pub async fn serve(listener: TcpListener, app: Arc<NativeApp>) -> std::io::Result<()> {
     let every = Duration::from_millis(app.settings.outbox_drain_interval_ms);
     let _drainer = (!every.is_zero()).then(|| AbortOnDrop(tokio::spawn(drain_every(app.clone(), every))));
+    let limits = connection::Limits::of(&app.settings);
     let router = axum::Router::new().fallback(answer).with_state(app);
-    axum::serve(listener, router).await
+    connection::accept(listener, router, limits).await
 }
 
 /// Stops a background task when its owner goes.
@@ -78,7 +86,9 @@ async fn drain_every(app: Arc<NativeApp>, every: Duration) {
 
 async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) -> axum::response::Response {
     let deadline = Duration::from_millis(app.settings.request_timeout_ms);
-    let response = match read_request(req, app.settings.max_body_bytes).await {
+    let body_timeout = Duration::from_millis(app.settings.http_body_timeout_ms);
+    let read = tokio::time::timeout(body_timeout, read_request(req, app.settings.max_body_bytes));
+    let response = match read.await.unwrap_or(Err(Error::RequestTimeout)) {
         // Past its deadline the request stops where it is (every step is resumable, as
         // after a crash) and answers 503, so its idempotency lease never outlives it.
         Ok(request) => tokio::time::timeout(deadline, commerce_core::handle(&app, request, Scope::All))

@@ -36,6 +36,9 @@ pub enum Error {
     /// `retry_after_s` seconds, when its lease ends at the latest.
     #[error("a request with this Idempotency-Key is still being processed")]
     KeyInUse { retry_after_s: u64 },
+    /// The client did not send its request within the time allowed (408).
+    #[error("the request was not received in time")]
+    RequestTimeout,
     #[error("{0}")]
     PreconditionFailed(String),
     /// The body is larger than the stated limit (413).
@@ -91,6 +94,7 @@ impl Error {
             Error::NotFound { .. } => 404,
             Error::MethodNotAllowed(_) => 405,
             Error::Conflict { .. } | Error::KeyInUse { .. } => 409,
+            Error::RequestTimeout => 408,
             Error::PreconditionFailed(_) => 412,
             Error::PayloadTooLarge { .. } => 413,
             Error::UnsupportedMediaType => 415,
@@ -111,6 +115,7 @@ impl Error {
             Error::Forbidden(_) => "FORBIDDEN",
             Error::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             Error::KeyInUse { .. } => "IDEMPOTENCY_KEY_IN_USE",
+            Error::RequestTimeout => "REQUEST_TIMEOUT",
             Error::PreconditionFailed(_) => "VERSION_MISMATCH",
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",

@@ -60,6 +60,15 @@ pub struct Settings {
     /// set the platform's handler timeout to it). Also how long an idempotency key stays
     /// in flight for a request that died without finishing.
     pub request_timeout_ms: u64,
+    /// Native server: the longest a client may take to send a request's headers.
+    pub http_header_timeout_ms: u64,
+    /// Native server: the longest a client may take to send a request's body (408 beyond).
+    pub http_body_timeout_ms: u64,
+    /// Native server: how long a kept-alive connection may sit idle before it is closed.
+    pub http_idle_timeout_ms: u64,
+    /// Native server: most connections open at once; beyond it a new one is answered 503
+    /// and closed.
+    pub max_connections: usize,
     /// How far a customer token's issuer's clock may disagree with ours, in seconds,
     /// granted on `exp` and `nbf`.
     pub jwt_leeway_seconds: u32,
@@ -155,6 +164,10 @@ impl Settings {
             service_token: text("service_token", ""),
             hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
             jwt_leeway_seconds: number("jwt_leeway_seconds", 60)?.min(3600) as u32,
+            http_header_timeout_ms: number("http_header_timeout_ms", 10_000)?.clamp(100, 600_000),
+            http_body_timeout_ms: number("http_body_timeout_ms", 30_000)?.clamp(100, 600_000),
+            http_idle_timeout_ms: number("http_idle_timeout_ms", 60_000)?.clamp(100, 3_600_000),
+            max_connections: number("max_connections", 1024)?.clamp(1, 1_000_000) as usize,
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
             admin_token: text("admin_token", ""),

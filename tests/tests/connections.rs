@@ -1,0 +1,122 @@
+//! `commerce serve` under slow, idle and too many connections: each is closed or refused
+//! in its configured time, and other clients are still served fast.
+
+use std::time::{Duration, Instant};
+
+use commerce_tests::TestApp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (or `within` passes); returns what came
+/// and whether it closed.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
+        }
+    }
+}
+
+async fn health_within(app: &TestApp) -> Duration {
+    let started = Instant::now();
+    let reply = app.get("/health").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_closed_in_time_and_others_are_served() {
+    let app = TestApp::spawn_with(|c| {
+        c.set("http_header_timeout_ms", "600")
+            .set("http_idle_timeout_ms", "800")
+            .set("http_body_timeout_ms", "600")
+    })
+    .await;
+    // Slow headers: a request line and half a header, then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut s = connect(&app).await;
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Idle: connected, never a byte.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(connect(&app).await);
+    }
+    // Slow body: the headers promise 100 bytes, 10 come.
+    let mut body = connect(&app).await;
+    body.write_all(
+        b"POST /v1/inventory/availability HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"variant",
+    )
+    .await
+    .unwrap();
+
+    assert!(health_within(&app).await < Duration::from_millis(500));
+
+    for (i, s) in slow.iter_mut().enumerate() {
+        let (_, closed) = read_until_closed(s, Duration::from_secs(3)).await;
+        assert!(closed, "slow-header connection {i} still open");
+    }
+    for (i, s) in idle.iter_mut().enumerate() {
+        let (_, closed) = read_until_closed(s, Duration::from_secs(3)).await;
+        assert!(closed, "idle connection {i} still open");
+    }
+    let (answer, closed) = read_until_closed(&mut body, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    assert!(closed || answer.contains("408"));
+
+    // A kept-alive connection that goes on talking is not idle.
+    let mut talking = connect(&app).await;
+    for _ in 0..4 {
+        talking
+            .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let n = talking.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(health_within(&app).await < Duration::from_millis(500));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused_cleanly_and_freed_slots_serve_again() {
+    let app =
+        TestApp::spawn_with(|c| c.set("max_connections", "20").set("http_idle_timeout_ms", "1000")).await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect(&app).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = connect(&app).await;
+    let (answer, closed) = read_until_closed(&mut extra, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("SERVICE_UNAVAILABLE"), "{answer}");
+    assert!(closed);
+
+    // The idle ones are closed after their timeout and the server serves again.
+    for s in &mut held {
+        let (_, closed) = read_until_closed(s, Duration::from_secs(3)).await;
+        assert!(closed);
+    }
+    assert!(health_within(&app).await < Duration::from_millis(500));
+    app.finish().await;
+}

@@ -62,7 +62,7 @@ FROM payment_outbox WHERE state = 'pending'";
 #[serde(rename_all = "camelCase")]
 pub struct Drift {
     /// What kind: `stock`, `unmirrored`, `reserved`, `negative`, `orphan-hold`,
-    /// `session-lock`, `session-holds`, `paid-session-holds`, `outbox`.
+    /// `session-lock`, `session-holds`, `paid-session-holds`, `paid-session-ended`, `outbox`.
     pub kind: &'static str,
     /// What it is about (a variant, a session, a holder).
     pub subject: String,
@@ -381,6 +381,11 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         let ids: Vec<String> = variants.iter().map(ToString::to_string).collect();
         let mut repaired = String::new();
         if self.repair {
+            // PostgreSQL first: a paid session it still thought live would have its holds
+            // put back by the next reload.
+            if let Some(ended) = state.as_deref() {
+                paid::end(&self.app.sql, session.as_str(), ended).await?;
+            }
             let released = self
                 .inventory()
                 .release(&Holder::Checkout(session.clone()), variants)
@@ -561,6 +566,32 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             ) else {
                 return Err(Error::Internal(format!("unexpected paid session row: {row:?}")));
             };
+            // Redis may know better: a session it saw end (the request that ended it lost
+            // PostgreSQL before marking it) is over in PostgreSQL too.
+            let id =
+                CartId::parse(session).map_err(|_| Error::Internal(format!("bad session id {session}")))?;
+            let state = self
+                .redis(
+                    "HGET",
+                    vec![self.app.keys.checkout_session(&id).into(), "state".into()],
+                )
+                .await?;
+            if let Some(ended @ ("CANCELLED" | "EXPIRED" | "FAILED")) =
+                state.first().and_then(RedisReply::as_text)
+            {
+                let mut repaired = String::new();
+                if self.repair {
+                    paid::end(&self.app.sql, session, ended).await?;
+                    repaired = format!("marked {ended} in PostgreSQL");
+                }
+                report.drift.push(Drift {
+                    kind: "paid-session-ended",
+                    subject: session.to_owned(),
+                    detail: format!("Redis has the session {ended}; PostgreSQL still keeps it live"),
+                    repaired,
+                });
+                continue;
+            }
             let keys = self.app.keys.variant(&variant);
             let holder = format!("checkout:{session}");
             let stock = self.redis("EXISTS", vec![keys.stock.as_str().into()]).await?;

@@ -21,10 +21,6 @@ use crate::script::{Script, unexpected};
 static BEGIN: Script = Script::new(include_str!("begin.lua"));
 static FINISH: Script = Script::new(include_str!("finish.lua"));
 
-/// How much longer than the request deadline a lease lasts: a request cut at its deadline
-/// has stopped by then.
-const LEASE_MARGIN_MS: u64 = 1_000;
-
 /// The `Idempotency-Key` header: 1–255 printable ASCII characters.
 fn key_of(req: &Request) -> Result<Option<String>> {
     let Some(key) = req.header("idempotency-key") else {
@@ -80,7 +76,10 @@ where
             vec![
                 fingerprint.into(),
                 random_hex_128()?.into(),
-                RedisArg::Int((app.settings.request_timeout_ms + LEASE_MARGIN_MS) as i64),
+                // The request's own deadline: it started before this call, so it has been
+                // cut (natively; on Spin by the platform's handler timeout) by the time the
+                // lease ends, and a retry may take over.
+                RedisArg::Int(app.settings.request_timeout_ms as i64),
             ],
         )
         .await
@@ -119,6 +118,17 @@ where
         Err(error) => Response::error(error),
     };
     let keep = response.status < 500;
+    // Redis just failed to answer within its timeout: asking it again to forget the attempt
+    // would only double the wait for the 503. The lease ends with the request's deadline.
+    if matches!(
+        &outcome,
+        Err(Error::Unavailable {
+            dependency: "redis",
+            ..
+        })
+    ) {
+        return outcome;
+    }
     let body = String::from_utf8_lossy(&response.body).into_owned();
     FINISH
         .run(

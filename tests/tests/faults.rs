@@ -304,7 +304,10 @@ async fn a_flushall_during_webhooks_keeps_the_books() {
 async fn redis_paused_mid_run_keeps_the_books_and_answers_503_in_time() {
     let size = size();
     let (redis, app, gateway) = shop_on_own_redis(&size, Persistence::Aof).await;
-    let sale = Sale::start(&size, &app.base, &gateway, Moment::MidRun);
+    // The app in a process of its own, so the time of each 503 is the server's, not the
+    // test's scheduling of hundreds of buyers on the same two threads.
+    let serve = ServeProcess::start(&app, &[]).await;
+    let sale = Sale::start(&size, &serve.base, &gateway, Moment::MidRun);
     sale.moment().await;
     redis.stop();
     tokio::time::sleep(size.pause).await;
@@ -339,7 +342,9 @@ async fn postgres_paused_during_webhooks_keeps_the_books_and_answers_503_in_time
         },
     )
     .await;
-    let sale = Sale::start(&size, &app.base, &gateway, Moment::PaymentsPending);
+    // The app in a process of its own (see the Redis pause above).
+    let serve = ServeProcess::start(&app, &[]).await;
+    let sale = Sale::start(&size, &serve.base, &gateway, Moment::PaymentsPending);
     sale.moment().await;
     postgres.pause();
     sale.struck();

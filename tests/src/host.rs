@@ -3,10 +3,11 @@
 //!
 //! `COMMERCE_TEST_HOST=spin` picks Spin, with the binary named by `SPIN_BIN` (default:
 //! `spin` on `PATH`); the components must have been built (`scripts/build-wasm`). Each test
-//! gets its own `spin up` on a free 127.0.0.1 port, configured through `SPIN_VARIABLE_…`
-//! with the test's database URL, key prefix and secrets, and the child is killed (its
-//! whole process group: `spin up` runs the trigger as a child of its own) when the test's
-//! app is dropped.
+//! gets its own `spin up` on a free 127.0.0.1 port, started by `scripts/spin-up` (as
+//! `scripts/run` starts it) with the test's database URL, key prefix and secrets, which
+//! the script hands to Spin as `SPIN_VARIABLE_…`; the child is killed (its whole process
+//! group: `spin up` runs the trigger as a child of its own) when the test's app is dropped.
+//! With warm Wasmtime caches (Spin's default), a `spin up` answers within about 0.2 s.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -117,34 +118,6 @@ fn variables_of(manifest: &str) -> Vec<String> {
     names
 }
 
-/// A copy of `spin.toml` whose component sources are absolute paths into the target
-/// directory, so that `spin up` finds the components wherever `CARGO_TARGET_DIR` points.
-fn manifest() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = workspace_root();
-        let text = std::fs::read_to_string(root.join("spin.toml")).expect("spin.toml is readable");
-        let release = target_dir().join("wasm32-wasip2/release");
-        for line in text.lines().filter(|l| l.starts_with("source = ")) {
-            let file = line.rsplit('/').next().unwrap_or_default().trim_end_matches('"');
-            assert!(
-                release.join(file).is_file(),
-                "{} is missing: build the components with scripts/build-wasm",
-                release.join(file).display()
-            );
-        }
-        let text = text.replace(
-            "source = \"target/wasm32-wasip2/release/",
-            &format!("source = \"{}/", release.display()),
-        );
-        let dir = target_dir().join("spin-tests");
-        std::fs::create_dir_all(&dir).expect("target/spin-tests can be created");
-        let path = dir.join(format!("spin-{}.toml", std::process::id()));
-        std::fs::write(&path, text).expect("the manifest copy can be written");
-        path
-    })
-}
-
 /// `host:port` of a URL (`scheme://[user[:password]@]host:port[/…]`), as an
 /// `allowed_outbound_hosts` entry takes it.
 pub fn host_port(url: &str) -> String {
@@ -163,23 +136,12 @@ pub struct SpinProcess {
 }
 
 impl SpinProcess {
-    /// Starts `spin up` on the built components, every variable of `spin.toml` that
-    /// `config` sets passed as `SPIN_VARIABLE_<NAME>`, plus the `redis_host` and
-    /// `postgres_host` that the manifest's `allowed_outbound_hosts` entries use, taken from
-    /// the URLs. Listens on a free 127.0.0.1 port; returns once it answers. `name` names
-    /// its log, `target/spin-tests/<name>.log`.
+    /// Starts `spin up` on the built components through `scripts/spin-up`, as
+    /// `scripts/run` does: every variable of `spin.toml` that `config` sets is handed to
+    /// the script as `COMMERCE_<NAME>` (nothing else from `SPIN_VARIABLE_…` in the
+    /// environment gets through). Listens on a free 127.0.0.1 port; returns once it
+    /// answers, with its base URL. `name` names its log, `target/spin-tests/<name>.log`.
     pub async fn start(config: &impl Config, name: &str) -> (Self, String) {
-        let mut variables = Vec::new();
-        for variable in manifest_variables() {
-            if let Some(value) = config.get(variable) {
-                variables.push((format!("SPIN_VARIABLE_{}", variable.to_ascii_uppercase()), value));
-            }
-        }
-        for (variable, url) in [("REDIS_HOST", "redis_url"), ("POSTGRES_HOST", "database_url")] {
-            if let Some(url) = config.get(url) {
-                variables.push((format!("SPIN_VARIABLE_{variable}"), host_port(&url)));
-            }
-        }
         let dir = target_dir().join("spin-tests");
         std::fs::create_dir_all(&dir).expect("target/spin-tests can be created");
         let log = dir.join(format!("{name}.log"));
@@ -187,16 +149,22 @@ impl SpinProcess {
         for _ in 0..5 {
             let listen = format!("127.0.0.1:{}", free_port());
             let out = std::fs::File::create(&log).expect("the spin log can be created");
-            let mut command = Command::new(spin_bin());
+            let mut command = Command::new("bash");
             for (key, _) in std::env::vars_os() {
                 if key.to_string_lossy().starts_with("SPIN_VARIABLE_") {
                     command.env_remove(key);
                 }
             }
+            for variable in manifest_variables() {
+                let key = format!("COMMERCE_{}", variable.to_ascii_uppercase());
+                match config.get(variable) {
+                    Some(value) => command.env(key, value),
+                    None => command.env_remove(key),
+                };
+            }
             command
-                .envs(variables.iter().map(|(k, v)| (k, v)))
-                .args(["up", "--from"])
-                .arg(manifest())
+                .env("SPIN_BIN", spin_bin())
+                .arg(workspace_root().join("scripts/spin-up"))
                 .args(["--listen", &listen, "--state-dir", "", "--quiet"])
                 .stdin(Stdio::null())
                 .stdout(out.try_clone().expect("the spin log can be shared"))
@@ -215,9 +183,7 @@ impl SpinProcess {
                     }
                 });
             }
-            let child = command
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", spin_bin().display()));
+            let child = command.spawn().expect("bash runs scripts/spin-up");
             let mut process = Self {
                 child,
                 log: log.clone(),

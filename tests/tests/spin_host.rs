@@ -295,13 +295,20 @@ async fn a_request_its_client_gave_up_on_still_ends_when_redis_answers() {
     // Natively and on Spin alike the request is not cancelled with its client: its
     // reservation lands once Redis answers. (A retry with the same cart sets the same hold.)
     let mut held = 0;
+    let mut direct = app.redis.clone();
     for _ in 0..50 {
-        held = app.check_holds("var-1").await.1;
+        // One key read at a time: the script may be running meanwhile.
+        let reserved: Option<i64> =
+            redis::AsyncCommands::get(&mut direct, app.key("inventory:reserved:{var-1}"))
+                .await
+                .unwrap();
+        held = reserved.unwrap_or(0);
         if held == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(app.check_holds("var-1").await.1, held);
     eprintln!(
         "{:?} host: a reservation whose client gave up after {} ms while Redis was paused: {} unit held after the resume",
         TestApp::host(),

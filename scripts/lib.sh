@@ -78,3 +78,15 @@ pg_bindir() {
     done
     return 1
 }
+
+# `spin_version SPIN`: prints SPIN's version line, or dies if it is a Spin that cannot
+# run this app: 4.0.0–4.0.2 hang on a synchronous PostgreSQL query that returns no rows
+# (spinframework/spin#3671), which many routes run.
+spin_version() {
+    local version
+    version="$("$1" --version)" || die "$1 --version failed"
+    if [[ $version =~ ^spin\ 4\.0\.[012]([^0-9]|$) ]]; then
+        die "$version hangs on PostgreSQL queries that return no rows (spinframework/spin#3671): use Spin 4.0.3 or later (README, Running on Spin)"
+    fi
+    printf '%s\n' "$version"
+}

@@ -1,9 +1,9 @@
-//! Lua scripts run by SHA with a NOSCRIPT fallback.
+//! Lua scripts run by SHA with a fallback to EVAL when the server does not know the script.
 //!
 //! A script is sent in full only the first time a Redis server sees it (or after a
 //! restart or `SCRIPT FLUSH`); every other call is an `EVALSHA`, one round trip either way
-//! in the common case. NOSCRIPT is recognised by its text because the Spin host hands
-//! server errors over as text (DESIGN §2).
+//! in the common case. The missing-script error is recognised by its kind in either of
+//! the renderings the adapters hand over as text (DESIGN §2): see [`is_missing_script`].
 
 use std::sync::OnceLock;
 
@@ -48,12 +48,26 @@ impl Script {
             all
         };
         match redis.execute("EVALSHA", call(self.sha().into())).await {
-            Err(PortError::Server(message)) if message.contains("NOSCRIPT") => {
+            Err(PortError::Server(message)) if is_missing_script(&message) => {
                 redis.execute("EVAL", call(self.source.into())).await
             }
             other => other,
         }
     }
+}
+
+/// Whether a server error says that the server does not know the script (`EVALSHA` of an
+/// unloaded SHA), in either rendering an adapter hands over:
+/// - `NOSCRIPT No matching script. Please use EVAL.`: the error code Redis sends, first,
+///   as the native adapter and older Spin hosts pass it on;
+/// - `An error was signalled by the server - NoScriptError: No matching script. Please use
+///   EVAL.`: the Spin host's redis-rs 0.32 rendering of that code, kind name in the middle
+///   (`shared/src/spin.rs` tests it against what the real host returned).
+///
+/// The code must lead (or the kind be named after the host's ` - `), so that a script
+/// error that merely mentions NOSCRIPT in its message is not taken for a missing script.
+pub fn is_missing_script(message: &str) -> bool {
+    message.starts_with("NOSCRIPT") || message.contains(" - NoScriptError:")
 }
 
 /// The leading tag of a script's flat reply (`OK`, `MISSING`, …), empty if there is none.
@@ -70,6 +84,65 @@ pub fn unexpected(reply: &[RedisReply]) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::cell::RefCell;
+
+    /// A Redis port that answers `EVALSHA` with `missing` and records each command.
+    struct Unloaded {
+        missing: &'static str,
+        commands: RefCell<Vec<String>>,
+    }
+
+    impl Redis for Unloaded {
+        async fn execute(&self, command: &str, _: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
+            self.commands.borrow_mut().push(command.to_owned());
+            match command {
+                "EVALSHA" => Err(PortError::Server(self.missing.to_owned())),
+                _ => Ok(vec![RedisReply::Int(1)]),
+            }
+        }
+    }
+
+    fn run_on(missing: &'static str) -> (Result<Vec<RedisReply>, PortError>, Vec<String>) {
+        let redis = Unloaded {
+            missing,
+            commands: RefCell::new(Vec::new()),
+        };
+        let script = Script::new("return 1");
+        let mut run = std::pin::pin!(script.run(&redis, &["k"], Vec::new()));
+        let waker = std::task::Waker::noop();
+        let std::task::Poll::Ready(reply) = run.as_mut().poll(&mut std::task::Context::from_waker(waker))
+        else {
+            panic!("the fake port answers at once");
+        };
+        let commands = redis.commands.borrow().clone();
+        (reply, commands)
+    }
+
+    #[test]
+    fn a_missing_script_is_sent_with_eval_in_either_rendering() {
+        for missing in [
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "An error was signalled by the server - NoScriptError: No matching script. Please use EVAL.",
+        ] {
+            let (reply, commands) = run_on(missing);
+            assert_eq!(reply.unwrap(), [RedisReply::Int(1)], "{missing}");
+            assert_eq!(commands, ["EVALSHA", "EVAL"], "{missing}");
+        }
+    }
+
+    #[test]
+    fn other_server_errors_are_not_retried_with_eval() {
+        for error in [
+            "An error was signalled by the server - ResponseError: Error running script (call to f_x): @user_script:1: user_script:1: NOSCRIPT is a word here",
+            "ERR Error running script: NOSCRIPT in a message",
+            "WRONGTYPE: Operation against a key holding the wrong kind of value",
+        ] {
+            let (reply, commands) = run_on(error);
+            assert!(matches!(reply, Err(PortError::Server(_))), "{error}");
+            assert_eq!(commands, ["EVALSHA"], "{error}");
+        }
+    }
 
     #[test]
     fn sha_matches_redis_script_load() {

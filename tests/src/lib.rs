@@ -3,10 +3,14 @@
 //! PostgreSQL, and talks to it over HTTP like a client.
 //!
 //! The services come from `COMMERCE_REDIS_URL` and `COMMERCE_DATABASE_URL`, which
-//! `scripts/test` sets after starting them.
+//! `scripts/test` sets after starting them. The app answers either from the native server
+//! in the test process or from a real Spin host (`COMMERCE_TEST_HOST=spin`, see [`host`]);
+//! the tests are the same for both.
 
 pub mod faults;
 pub mod gateway;
+pub mod host;
+pub mod proxy;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +21,8 @@ use commerce_native::{EnvConfig, NativeApp, build_app, migrate, serve};
 use redis::AsyncCommands;
 use serde_json::Value;
 use tokio::net::TcpListener;
+
+use crate::host::{Host, SpinProcess};
 
 /// The admin token every test app is configured with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -44,7 +50,8 @@ pub struct TestApp {
     pub base: String,
     /// The HTTP client.
     pub http: reqwest::Client,
-    /// The app itself, for calling stores directly.
+    /// The app over the native adapters on the same namespace, for calling stores
+    /// directly (whichever host answers HTTP).
     pub app: Arc<NativeApp>,
     /// A direct Redis connection, for checking invariants.
     pub redis: redis::aio::MultiplexedConnection,
@@ -52,6 +59,8 @@ pub struct TestApp {
     pub pg: tokio_postgres::Client,
     /// The namespace: PostgreSQL schema name and Redis key prefix.
     pub namespace: String,
+    /// The `spin up` answering HTTP when the host is Spin; killed when the app is dropped.
+    spin: Option<SpinProcess>,
 }
 
 /// A reply: status and JSON body.
@@ -103,7 +112,8 @@ impl TestApp {
         Self::spawn_with(|c| c).await
     }
 
-    /// Starts the app with extra configuration (Spin variable names).
+    /// Starts the app with extra configuration (Spin variable names), on the host that
+    /// `COMMERCE_TEST_HOST` names; a test in [`host::NATIVE_ONLY`] always runs natively.
     pub async fn spawn_with(configure: impl FnOnce(EnvConfig) -> EnvConfig) -> Self {
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 1_000_000_000;
         let namespace = format!(
@@ -138,9 +148,23 @@ impl TestApp {
         migrate::migrate(&app.sql).await.unwrap();
         let app = Arc::new(app);
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(serve(listener, app.clone()));
+        let (base, spin) = match Self::host() {
+            Host::Native => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let base = format!("http://{}", listener.local_addr().unwrap());
+                tokio::spawn(serve(listener, app.clone()));
+                (base, None)
+            }
+            Host::Spin => {
+                let (spin, base) = SpinProcess::start(&config, &namespace).await;
+                eprintln!(
+                    "spin up (pid {}) answered on {base} after {} ms",
+                    spin.pid(),
+                    spin.started_in.as_millis()
+                );
+                (base, Some(spin))
+            }
+        };
 
         let (pg, connection) = tokio_postgres::connect(&schema_url, tokio_postgres::NoTls)
             .await
@@ -161,7 +185,22 @@ impl TestApp {
             redis,
             pg,
             namespace,
+            spin,
         }
+    }
+
+    /// The host this test's app runs on: `COMMERCE_TEST_HOST`'s, unless the running test
+    /// is in [`host::NATIVE_ONLY`] (then native, with the reason printed).
+    pub fn host() -> Host {
+        let host = Host::current();
+        if host == Host::Spin {
+            let thread = std::thread::current();
+            if let Some(reason) = thread.name().and_then(host::native_only) {
+                eprintln!("native host for this test: {reason}");
+                return Host::Native;
+            }
+        }
+        host
     }
 
     /// A shop: the app wired to a fresh fake payment gateway (key and webhook secret
@@ -400,8 +439,14 @@ impl TestApp {
         schema_url(&required_env("COMMERCE_DATABASE_URL"), &self.namespace)
     }
 
-    /// Drops the test's schema and keys.
-    pub async fn finish(self) {
+    /// Stops the Spin host, if any (its log goes with it: the test passed), then drops the
+    /// test's schema and keys.
+    pub async fn finish(mut self) {
+        if let Some(spin) = self.spin.take() {
+            let log = spin.log.clone();
+            drop(spin);
+            let _ = std::fs::remove_file(log);
+        }
         self.flush_redis().await;
         self.pg
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.namespace))

@@ -4,10 +4,10 @@
 //! `commerce-core` (DESIGN §1).
 
 use commerce_core::Scope;
-use spin_sdk::http::{Request, Response};
+use spin_sdk::http::{IncomingRequest, Response};
 
 /// Answers every request Spin routes to this component (see `spin.toml`).
 #[spin_sdk::http_component]
-async fn handle(req: Request) -> Response {
+async fn handle(req: IncomingRequest) -> Response {
     commerce_core::spin::serve(req, Scope::Checkout).await
 }

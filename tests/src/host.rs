@@ -1,0 +1,284 @@
+//! The host a [`crate::TestApp`] runs on: the native server in-process, or a real Spin host
+//! (`spin up` on the built components) in a child process.
+//!
+//! `COMMERCE_TEST_HOST=spin` picks Spin, with the binary named by `SPIN_BIN` (default:
+//! `spin` on `PATH`); the components must have been built (`scripts/build-wasm`). Each test
+//! gets its own `spin up` on a free 127.0.0.1 port, started by `scripts/spin-up` (as
+//! `scripts/run` starts it) with the test's database URL, key prefix and secrets, which
+//! the script hands to Spin as `SPIN_VARIABLE_…`; the child is killed (its whole process
+//! group: `spin up` runs the trigger as a child of its own) when the test's app is dropped.
+//! With warm Wasmtime caches (Spin's default), a `spin up` answers within about 0.2 s.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use commerce_core::ports::Config;
+
+/// Which host answers the test's HTTP requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// `commerce serve`, in the test process.
+    Native,
+    /// `spin up` on the built components, in a child process.
+    Spin,
+}
+
+impl Host {
+    /// The host chosen by `COMMERCE_TEST_HOST` (`native`, the default, or `spin`).
+    pub fn current() -> Self {
+        static HOST: OnceLock<Host> = OnceLock::new();
+        *HOST.get_or_init(|| match std::env::var("COMMERCE_TEST_HOST").as_deref() {
+            Ok("spin") => Host::Spin,
+            Ok("native") | Ok("") | Err(_) => Host::Native,
+            Ok(other) => panic!("COMMERCE_TEST_HOST={other:?}: expected \"native\" or \"spin\""),
+        })
+    }
+}
+
+/// Tests that run on the native host even when `COMMERCE_TEST_HOST=spin`, and why: what
+/// they check is not the host's to do, or Spin cannot do it. This is the one list of
+/// them; `scripts/test` skips them in its Spin run (they ran natively just before), and
+/// [`crate::TestApp::spawn_with`] serves them natively if they run on Spin anyway.
+pub const NATIVE_ONLY: &[(&str, &str)] = &[
+    (
+        "a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order",
+        "injects crashes into the native ports in-process; the host only sets up the shop",
+    ),
+    (
+        "a_crash_after_any_call_of_starting_a_checkout_still_ends_in_one_checkout",
+        "injects crashes into the native ports in-process; the host only sets up the shop",
+    ),
+    (
+        "metrics_are_prometheus_text",
+        "counts requests per process; Spin keeps no state between requests (each one is a new instance)",
+    ),
+];
+
+/// The reason a test is in [`NATIVE_ONLY`], if it is; `test` is the test thread's name
+/// (`module::name` or `name`).
+pub fn native_only(test: &str) -> Option<&'static str> {
+    let name = test.rsplit("::").next().unwrap_or(test);
+    NATIVE_ONLY
+        .iter()
+        .find(|(listed, _)| *listed == name)
+        .map(|(_, reason)| *reason)
+}
+
+/// The workspace root (where `spin.toml` is).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits inside the workspace")
+        .to_path_buf()
+}
+
+/// The cargo target directory (`CARGO_TARGET_DIR`, default `target/`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The Spin binary: `SPIN_BIN`, or `spin` on `PATH`.
+pub fn spin_bin() -> PathBuf {
+    std::env::var_os("SPIN_BIN")
+        .filter(|bin| !bin.is_empty())
+        .map_or_else(|| PathBuf::from("spin"), PathBuf::from)
+}
+
+/// The names of the application variables `spin.toml` declares (its `[variables]` table).
+pub fn manifest_variables() -> &'static [String] {
+    static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let path = workspace_root().join("spin.toml");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        variables_of(&text)
+    })
+}
+
+/// The keys of the `[variables]` table of a manifest's text, in order.
+fn variables_of(manifest: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut inside = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[variables]";
+        } else if inside && !line.starts_with('#') {
+            if let Some((name, _)) = line.split_once('=') {
+                names.push(name.trim().to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// `host:port` of a URL (`scheme://[user[:password]@]host:port[/…]`), as an
+/// `allowed_outbound_hosts` entry takes it.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or_default().to_owned()
+}
+
+/// A running `spin up`: killed with its process group when dropped.
+pub struct SpinProcess {
+    child: Child,
+    /// Where its stdout and stderr go (kept for a failed test to read).
+    pub log: PathBuf,
+    /// How long it took from the spawn to the first answer.
+    pub started_in: Duration,
+}
+
+impl SpinProcess {
+    /// Starts `spin up` on the built components through `scripts/spin-up`, as
+    /// `scripts/run` does: every variable of `spin.toml` that `config` sets is handed to
+    /// the script as `COMMERCE_<NAME>` (nothing else from `SPIN_VARIABLE_…` in the
+    /// environment gets through). Listens on a free 127.0.0.1 port; returns once it
+    /// answers, with its base URL. `name` names its log, `target/spin-tests/<name>.log`.
+    pub async fn start(config: &impl Config, name: &str) -> (Self, String) {
+        let dir = target_dir().join("spin-tests");
+        std::fs::create_dir_all(&dir).expect("target/spin-tests can be created");
+        let log = dir.join(format!("{name}.log"));
+        let started = Instant::now();
+        for _ in 0..5 {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let out = std::fs::File::create(&log).expect("the spin log can be created");
+            let mut command = Command::new("bash");
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("SPIN_VARIABLE_") {
+                    command.env_remove(key);
+                }
+            }
+            for variable in manifest_variables() {
+                let key = format!("COMMERCE_{}", variable.to_ascii_uppercase());
+                match config.get(variable) {
+                    Some(value) => command.env(key, value),
+                    None => command.env_remove(key),
+                };
+            }
+            command
+                .env("SPIN_BIN", spin_bin())
+                .arg(workspace_root().join("scripts/spin-up"))
+                .args(["--listen", &listen, "--state-dir", "", "--quiet"])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().expect("the spin log can be shared"))
+                .stderr(out)
+                // Its own process group, so that one kill ends `spin up` and its trigger.
+                .process_group(0);
+            // SAFETY: only async-signal-safe prctl(2) runs between fork and exec. If the
+            // test process dies without dropping the app (killed, aborted), `spin up` gets
+            // SIGTERM, on which it stops its trigger and exits: no host outlives its test.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+            let child = command.spawn().expect("bash runs scripts/spin-up");
+            let mut process = Self {
+                child,
+                log: log.clone(),
+                started_in: Duration::ZERO,
+            };
+            if process.wait_until_serving(&listen).await {
+                process.started_in = started.elapsed();
+                return (process, format!("http://{listen}"));
+            }
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            // Another process took the port between our probe and Spin's bind: retry.
+            if !output.to_ascii_lowercase().contains("in use") {
+                panic!("spin up did not start; its output ({}):\n{output}", log.display());
+            }
+        }
+        panic!("spin up found no free port in 5 tries");
+    }
+
+    /// Waits until it answers on `listen`; false if it ended first.
+    async fn wait_until_serving(&mut self, listen: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            // Spin answers a path no component serves with 404 once every component is
+            // loaded and it listens.
+            if client
+                .get(format!("http://{listen}/"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("spin up did not answer within 120 s; see {}", self.log.display());
+    }
+
+    /// The process id of `spin up` (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SpinProcess {
+    fn drop(&mut self) {
+        let group = -(self.child.id() as i32);
+        // SAFETY: kill(2) with a negative pid signals that process group only: the group
+        // this child leads (process_group(0) above), which holds only what it started.
+        unsafe {
+            libc::kill(group, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_variables_are_its_variables_table() {
+        let manifest = "[application]\nname = \"x\"\n[variables]\n# a\nredis_url = { default = \"r\" }\nkey_prefix = { default = \"\" }\n\n[[trigger.http]]\nroute = \"/\"\n";
+        assert_eq!(variables_of(manifest), ["redis_url", "key_prefix"]);
+    }
+
+    #[test]
+    fn host_port_drops_scheme_credentials_and_path() {
+        assert_eq!(host_port("redis://127.0.0.1:6390"), "127.0.0.1:6390");
+        assert_eq!(
+            host_port("postgres://postgres:pw@127.0.0.1:5440/commerce?options=x"),
+            "127.0.0.1:5440"
+        );
+        assert_eq!(
+            host_port("rediss://:secret@cache.example.com:6380/0"),
+            "cache.example.com:6380"
+        );
+    }
+
+    #[test]
+    fn native_only_tests_are_found_by_their_thread_name() {
+        assert!(native_only("metrics_are_prometheus_text").is_some());
+        assert!(native_only("inventory::metrics_are_prometheus_text").is_some());
+        assert!(native_only("health_reports_both_dependencies").is_none());
+    }
+}

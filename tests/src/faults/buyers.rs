@@ -563,6 +563,10 @@ impl Buyer {
                         retry_after,
                         sent,
                     });
+                    if status >= 500 && status != 503 {
+                        // A bug, never a fault's fair answer: say what it was.
+                        eprintln!("faults: {step} answered {status}: {}", reply.body);
+                    }
                     if status == 409 && code(&reply) == "IDEMPOTENCY_KEY_IN_USE" {
                         self.nap(retry_after.unwrap_or(Duration::from_secs(1)).min(MAX_RETRY_AFTER))
                             .await;

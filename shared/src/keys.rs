@@ -34,6 +34,18 @@ impl VariantKeys {
     pub fn as_array(&self) -> [&str; 4] {
         [&self.stock, &self.reserved, &self.holds, &self.hold_qty]
     }
+
+    /// Every key of the variant, its stock version second: the order of the scripts that
+    /// load stock with its holds and read it for `commerce check`.
+    pub fn with_version(&self) -> [&str; 5] {
+        [
+            &self.stock,
+            &self.stock_version,
+            &self.reserved,
+            &self.holds,
+            &self.hold_qty,
+        ]
+    }
 }
 
 /// The two published rulesets.

@@ -197,18 +197,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
 
     async fn read_page(&self, levels: &[(VariantId, i64, i64)]) -> Result<(i64, Vec<RedisVariant>)> {
         let keys: Vec<VariantKeys> = levels.iter().map(|(v, _, _)| self.app.keys.variant(v)).collect();
-        let flat: Vec<&str> = keys
-            .iter()
-            .flat_map(|k| {
-                [
-                    k.stock.as_str(),
-                    k.stock_version.as_str(),
-                    k.reserved.as_str(),
-                    k.holds.as_str(),
-                    k.hold_qty.as_str(),
-                ]
-            })
-            .collect();
+        let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_version).collect();
         let reply = PAGE
             .run(&self.app.redis, &flat, Vec::new())
             .await

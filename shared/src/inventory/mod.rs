@@ -513,18 +513,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// `force`: all, refusing stale ones). Returns the variants refused as stale.
     async fn load_stock(&self, levels: &[Level], mode: &str) -> Result<Vec<VariantId>> {
         let keys: Vec<VariantKeys> = levels.iter().map(|l| self.keys.variant(&l.variant)).collect();
-        let flat: Vec<&str> = keys
-            .iter()
-            .flat_map(|k| {
-                [
-                    k.stock.as_str(),
-                    k.stock_version.as_str(),
-                    k.reserved.as_str(),
-                    k.holds.as_str(),
-                    k.hold_qty.as_str(),
-                ]
-            })
-            .collect();
+        let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_version).collect();
         let mut args = vec![RedisArg::from(mode)];
         for level in levels {
             args.push(RedisArg::Int(level.on_hand));

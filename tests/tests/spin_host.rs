@@ -365,3 +365,28 @@ async fn redis_connections_opened_per_request_are_counted() {
     }
     app.finish().await;
 }
+
+#[tokio::test]
+async fn liveness_answers_while_both_dependencies_hang() {
+    let redis = PausableProxy::start(&commerce_tests::host::host_port(&redis_url())).await;
+    let postgres = PausableProxy::start(&commerce_tests::host::host_port(&database_url())).await;
+    let app = TestApp::spawn_with(|c| {
+        let schema_url = commerce_core::ports::Config::get(&c, "database_url").expect("the harness sets it");
+        c.set("redis_url", redis.url_for(&redis_url()))
+            .set("database_url", postgres.url_for(&schema_url))
+    })
+    .await;
+    redis.pause();
+    postgres.pause();
+    let started = Instant::now();
+    let live = app.get("/health/live").await;
+    assert_eq!((live.status, &live.body), (200, &json!({"status": "alive"})));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    redis.resume();
+    postgres.resume();
+    app.finish().await;
+}

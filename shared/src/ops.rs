@@ -1,5 +1,6 @@
-//! Operations routes: `GET /health` reports whether Redis and PostgreSQL answer, with
-//! timings; 200 when both do, 503 otherwise. `GET /metrics` is the same probe plus the
+//! Operations routes: `GET /health/live` says the process (natively) or component (in
+//! Spin) answers, touching no dependency and no setting; `GET /health` reports whether
+//! Redis and PostgreSQL answer, with timings; 200 when both do, 503 otherwise. `GET /metrics` is the same probe plus the
 //! current ruleset versions and the requests this process (natively) or instance (in
 //! Spin, which keeps no state between requests) has answered, in Prometheus text.
 
@@ -104,6 +105,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
     segments: &[&str],
 ) -> Option<Result<Response>> {
     match segments {
+        ["health", "live"] if req.method == "GET" => Some(Ok(liveness())),
         ["health"] if req.method == "GET" => Some(Ok(health(app).await)),
         ["metrics"] if req.method == "GET" => Some(Ok(metrics(app).await)),
         ["v1", "admin", "check"] if req.method == "GET" => Some(check(app, req, false).await),
@@ -111,7 +113,9 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         ["v1", "admin", "check"] | ["v1", "admin", "check", "repair"] => {
             Some(Err(Error::MethodNotAllowed(req.method.clone())))
         }
-        ["health"] | ["metrics"] => Some(Err(Error::MethodNotAllowed(req.method.clone()))),
+        ["health"] | ["health", "live"] | ["metrics"] => {
+            Some(Err(Error::MethodNotAllowed(req.method.clone())))
+        }
         _ => None,
     }
 }
@@ -133,6 +137,16 @@ async fn check<R: Redis, S: Sql, H: Http>(
         200,
         &json!({ "repaired": first.drift, "report": after, "ok": after.ok }),
     ))
+}
+
+/// The path of the liveness probe.
+pub const LIVENESS_PATH: &str = "/health/live";
+
+/// The answer to `GET /health/live`: 200 `{"status":"alive"}`, whatever the
+/// configuration and the dependencies. A Spin component gives it before reading a single
+/// variable, which also makes it the host's own ceiling in `scripts/bench --spin`.
+pub fn liveness() -> Response {
+    Response::json(200, &json!({ "status": "alive" }))
 }
 
 async fn health<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {

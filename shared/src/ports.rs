@@ -78,6 +78,18 @@ impl RedisReply {
 }
 
 /// Runs Redis commands. Every call is one round trip; compound operations are scripts.
+///
+/// What every adapter guarantees (the Spin host's behaviour sets the bar, DESIGN §2):
+/// - replies arrive flattened depth-first as [`RedisReply`] documents, whatever the
+///   client library would nest;
+/// - a server error reply is [`PortError::Server`] whose text starts with Redis's own
+///   error code (`NOSCRIPT No matching script…`, `ERR …`, `WRONGTYPE …`), or is the Spin
+///   host's rendering of it (`An error was signalled by the server - NoScriptError: …`),
+///   which [`crate::script::is_missing_script`] also reads;
+/// - Redis unreachable, a broken connection, a call past its timeout, or a server that
+///   cannot serve now (`LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`, …) is
+///   [`PortError::Unreachable`] (503), never a `Server` error (500);
+/// - the call happens when the returned future is polled, not when it is made.
 pub trait Redis {
     /// Runs one command and returns its reply flattened.
     fn execute(

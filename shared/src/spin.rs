@@ -9,7 +9,8 @@
 //! be interrupted from inside the component (DESIGN §2). What the component can bound, it
 //! does: a call that outlasts its native timeout (`redis_timeout_ms`,
 //! `database_timeout_ms`) is answered as natively, a 503, and no further call to that
-//! dependency is made in the request; a request body is read only up to its limit;
+//! dependency is made in the request; no call starts once the request has run for
+//! `request_timeout_ms` (natively its deadline); a request body is read only up to its limit;
 //! the payment gateway is called with `gateway_timeout_ms` as wasi:http's connect and
 //! first-byte timeouts. A hung call itself lasts until the dependency answers or the
 //! platform's handler timeout ends the request: the README says what a deployer sets.
@@ -33,13 +34,22 @@ use crate::settings::Settings;
 
 /// Answers one Spin HTTP request with the routes of `scope`.
 ///
-/// Guarantees: never panics on input; a configuration error is a 500 (bad settings) or a
-/// 503 (the variables provider failed) with the DESIGN §5 error body; a body over
+/// Guarantees: never panics on input; `GET /health/live` is answered before anything is
+/// read; a configuration error is a 500 (bad settings) or a 503 (the variables provider
+/// failed) with the DESIGN §5 error body; a body over
 /// `max_body_bytes` is a 413 read no further than one byte past the limit; otherwise the
 /// response is exactly what [`router::handle`] answers. The path handed to the router
 /// carries no query string (that is in `query`), header names are lower case, the method is upper case, and
 /// the body is the bytes the client sent (the webhook's signature covers them).
 pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
+    let started = Instant::now();
+    // Liveness touches nothing, not even a variable (each costs the host a provider
+    // lookup): it answers even with a broken configuration.
+    if req.method() == spin_sdk::http::Method::Get
+        && req.path_with_query().as_deref() == Some(crate::ops::LIVENESS_PATH)
+    {
+        return into_spin(crate::ops::liveness());
+    }
     let config = SpinConfig::new();
     let settings = Settings::from_config(&config);
     // A provider failure may have turned a variable into a default: answer for that
@@ -59,14 +69,20 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
         Ok(request) => request,
         Err(error) => return into_spin(Response::error(&error)),
     };
+    let ends = started + Duration::from_millis(settings.request_timeout_ms);
     let app = App::new(
         SpinRedis::new(
             &settings.redis_url,
-            Duration::from_millis(settings.redis_timeout_ms),
+            Deadline::new("redis", "redis_timeout_ms", settings.redis_timeout_ms, ends),
         ),
         SpinPg::new(
             &settings.database_url,
-            Duration::from_millis(settings.database_timeout_ms),
+            Deadline::new(
+                "postgres",
+                "database_timeout_ms",
+                settings.database_timeout_ms,
+                ends,
+            ),
         ),
         SpinHttp {
             timeout: Duration::from_millis(settings.gateway_timeout_ms),
@@ -254,29 +270,46 @@ fn send_blocking(request: OutboundRequest, timeout: Duration) -> Result<Outbound
 }
 
 /// The calls one request makes to one dependency, timed against that dependency's native
-/// timeout. Spin cannot interrupt a host call, so a call runs until the dependency
-/// answers; one that took longer than `timeout` is then answered as the native adapter
-/// answers a timeout (a 503: its effect may or may not have happened, which every
-/// operation already allows for), and no further call is started in the request.
-struct Deadline {
+/// timeout and the request's own deadline. Spin cannot interrupt a host call, so a call
+/// runs until the dependency answers; one that took longer than `timeout` is then
+/// answered as the native adapter answers a timeout (a 503: its effect may or may not
+/// have happened, which every operation already allows for), and no further call is
+/// started in the request. Nor is one started past the request's deadline
+/// (`request_timeout_ms`), where the native server stops a request.
+pub struct Deadline {
     dependency: &'static str,
     setting: &'static str,
     timeout: Duration,
+    request_ends: Instant,
     overrun: Cell<Option<Duration>>,
 }
 
 impl Deadline {
-    fn new(dependency: &'static str, setting: &'static str, timeout: Duration) -> Self {
+    /// A deadline for calls to `dependency`, each allowed `timeout_ms` (the value of
+    /// `setting`), none started after `request_ends`.
+    pub fn new(
+        dependency: &'static str,
+        setting: &'static str,
+        timeout_ms: u64,
+        request_ends: Instant,
+    ) -> Self {
         Self {
             dependency,
             setting,
-            timeout,
+            timeout: Duration::from_millis(timeout_ms),
+            request_ends,
             overrun: Cell::new(None),
         }
     }
 
     /// Runs one host call under the deadline.
     fn call<T>(&self, host_call: impl FnOnce() -> Result<T, PortError>) -> Result<T, PortError> {
+        if Instant::now() >= self.request_ends {
+            return Err(PortError::Unreachable(format!(
+                "not called: the request has run past request_timeout_ms, {} not reached",
+                self.dependency
+            )));
+        }
         if let Some(took) = self.overrun.get() {
             return Err(PortError::Unreachable(format!(
                 "not called: an earlier {} call of this request took {} ms, more than {} ({} ms)",
@@ -319,14 +352,13 @@ pub struct SpinRedis {
 
 impl SpinRedis {
     /// An adapter for the Redis at `address` (`redis://` or `rediss://`); nothing is opened
-    /// until the first command. A command (with the connection it opens) that takes
-    /// longer than `timeout` is a [`PortError::Unreachable`] once it ends, and the
-    /// adapter then makes no further call.
-    pub fn new(address: &str, timeout: Duration) -> Self {
+    /// until the first command. Every command (with the connection it opens) runs under
+    /// `deadline`.
+    pub fn new(address: &str, deadline: Deadline) -> Self {
         Self {
             address: address.to_owned(),
             connection: OnceCell::new(),
-            deadline: Deadline::new("redis", "redis_timeout_ms", timeout),
+            deadline,
         }
     }
 
@@ -507,14 +539,12 @@ pub struct SpinPg {
 
 impl SpinPg {
     /// An adapter for the PostgreSQL at `address`; nothing is opened until the first
-    /// statement. A statement (with the connection it takes) that lasts longer than
-    /// `timeout` is a [`PortError::Unreachable`] once it ends, and the adapter then makes
-    /// no further call.
-    pub fn new(address: &str, timeout: Duration) -> Self {
+    /// statement. Every statement (with the connection it takes) runs under `deadline`.
+    pub fn new(address: &str, deadline: Deadline) -> Self {
         Self {
             address: address.to_owned(),
             connection: OnceCell::new(),
-            deadline: Deadline::new("postgres", "database_timeout_ms", timeout),
+            deadline,
         }
     }
 

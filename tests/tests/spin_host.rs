@@ -365,3 +365,95 @@ async fn redis_connections_opened_per_request_are_counted() {
     }
     app.finish().await;
 }
+
+#[tokio::test]
+async fn liveness_answers_while_both_dependencies_hang() {
+    let redis = PausableProxy::start(&commerce_tests::host::host_port(&redis_url())).await;
+    let postgres = PausableProxy::start(&commerce_tests::host::host_port(&database_url())).await;
+    let app = TestApp::spawn_with(|c| {
+        let schema_url = commerce_core::ports::Config::get(&c, "database_url").expect("the harness sets it");
+        c.set("redis_url", redis.url_for(&redis_url()))
+            .set("database_url", postgres.url_for(&schema_url))
+    })
+    .await;
+    redis.pause();
+    postgres.pause();
+    let started = Instant::now();
+    let live = app.get("/health/live").await;
+    assert_eq!((live.status, &live.body), (200, &json!({"status": "alive"})));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    redis.resume();
+    postgres.resume();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_paused_gateway_costs_a_503_within_gateway_timeout_ms() {
+    use commerce_tests::gateway::FakeGateway;
+    use commerce_tests::{GATEWAY_KEY, WEBHOOK_SECRET};
+
+    let gateway = FakeGateway::start(GATEWAY_KEY, WEBHOOK_SECRET).await;
+    let proxy = PausableProxy::start(&commerce_tests::host::host_port(&gateway.base)).await;
+    let app = TestApp::spawn_with(|c| {
+        c.set("payment_gateway_url", format!("http://{}", proxy.address))
+            .set("payment_gateway_key", GATEWAY_KEY)
+            .set("webhook_secret", WEBHOOK_SECRET)
+            .set("gateway_timeout_ms", TIMEOUT_MS.to_string())
+    })
+    .await;
+    app.seed(2).await;
+    for kind in ["pricing", "discounts"] {
+        let published = app
+            .call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
+            .await;
+        assert_eq!(published.status, 200, "{published:?}");
+    }
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/carts/{cart}/items"),
+        json!({"variantId": "var-1", "quantity": 1}),
+    )
+    .await;
+    let started = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(json!({"cartId": cart})),
+            &[("idempotency-key", "k")],
+        )
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let intent = format!(
+        "/v1/checkout/{}/payment-intent",
+        started.body["sessionId"].as_str().unwrap()
+    );
+
+    proxy.pause();
+    let clock = Instant::now();
+    let paused = app.call("POST", &intent, None, false).await;
+    let took = clock.elapsed();
+    proxy.resume();
+    eprintln!(
+        "{:?} host, gateway paused, gateway_timeout_ms {TIMEOUT_MS}: {} {} after {} ms",
+        TestApp::host(),
+        paused.status,
+        paused.code(),
+        took.as_millis()
+    );
+    assert_eq!(
+        (paused.status, paused.code()),
+        (503, "SERVICE_UNAVAILABLE"),
+        "{paused:?}"
+    );
+    assert!(took < Duration::from_millis(TIMEOUT_MS) * 3, "took {took:?}");
+    let retried = app.call("POST", &intent, None, false).await;
+    assert_eq!(retried.body["state"], "PAYMENT_PENDING", "{retried:?}");
+    app.finish().await;
+}

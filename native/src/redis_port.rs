@@ -83,7 +83,19 @@ fn flatten(value: redis::Value, out: &mut Vec<RedisReply>) -> Result<(), PortErr
 /// Connection trouble is `Unreachable` (503); a server error keeps its code in the text
 /// (e.g. `NOSCRIPT …`) because the stores recognise errors by text, as in Spin.
 fn port_error(e: redis::RedisError) -> PortError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+    // Codes of a server that is there but cannot serve now (loading its data, busy in a
+    // script, a replica cut off, out of memory, not authenticated): an outage, as the Spin
+    // adapter reads them too, not a bug.
+    let cannot_serve_now = matches!(
+        e.code(),
+        Some("LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN" | "OOM" | "NOAUTH")
+    );
+    if cannot_serve_now
+        || e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+    {
         PortError::Unreachable(e.to_string())
     } else {
         PortError::Server(format!("{} {e}", e.code().unwrap_or_default()))

@@ -156,3 +156,60 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
     assert_eq!(run(false).status.code(), Some(0));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn holds_left_by_a_completed_session_are_orphans_and_released() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.post(
+        &format!("/v1/carts/{cart}/items"),
+        json!({ "variantId": "var-1", "quantity": 1 }),
+    )
+    .await;
+    let started = app
+        .call_with(
+            "POST",
+            "/v1/checkout",
+            Some(json!({ "cartId": cart })),
+            &[("idempotency-key", "k-done")],
+        )
+        .await;
+    let session = started.body["sessionId"].as_str().unwrap().to_owned();
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    let event = gateway.event(
+        "payment_intent.succeeded",
+        intent.body["paymentIntentId"].as_str().unwrap(),
+    );
+    let (status, done) = gateway.deliver(&app.base, &event).await;
+    assert_eq!((status, done["state"].as_str()), (200, Some("COMPLETED")));
+    // A hold under the finished session's name (a stray write, a restored backup).
+    let holder = Holder::Checkout(CartId::parse(&session).unwrap());
+    let v1 = VariantId::parse("var-1").unwrap();
+    app.inventory()
+        .reserve(&holder, &[(v1, Quantity::new(3).unwrap())], 60_000)
+        .await
+        .unwrap();
+    let drifted = check(&app).await;
+    assert_eq!(
+        kinds(&drifted.body),
+        vec![format!("orphan-hold checkout:{session}")]
+    );
+    let repaired = app.call("POST", "/v1/admin/check/repair", None, true).await;
+    assert_eq!(
+        (repaired.status, repaired.body["ok"].as_bool()),
+        (200, Some(true)),
+        "{repaired:?}"
+    );
+    assert_eq!(app.check_holds("var-1").await, (99, 0));
+    app.finish().await;
+}

@@ -374,7 +374,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         if self.repair {
             // PostgreSQL first: a paid session it still thought live would have its holds
             // put back by the next reload.
-            if let Some(ended) = state.as_deref() {
+            if let Some(ended @ ("CANCELLED" | "EXPIRED" | "FAILED")) = state.as_deref() {
                 paid::end(&self.app.sql, session.as_str(), ended).await?;
             }
             let released = self

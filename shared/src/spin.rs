@@ -50,7 +50,7 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
     {
         return into_spin(crate::ops::liveness());
     }
-    let config = SpinConfig::for_scope(scope);
+    let config = SpinConfig::new();
     let settings = Settings::from_config(&config);
     // A provider failure may have turned a variable into a default: answer for that
     // before a wrong default (another Redis, an empty admin token) is ever used.
@@ -720,77 +720,12 @@ fn is_pg_connection_failure(text: &str) -> bool {
 #[derive(Default)]
 pub struct SpinConfig {
     failure: RefCell<Option<Error>>,
-    /// The component whose declared variables are read; `None`: ask the host for any.
-    scope: Option<Scope>,
-}
-
-/// Every component's variables: the data addresses, the key prefix, the lifetimes, limits
-/// and timeouts (so that all of them agree).
-const SHARED_VARIABLES: [&str; 18] = [
-    "redis_url",
-    "database_url",
-    "key_prefix",
-    "reservation_ttl_seconds",
-    "checkout_lock_ttl_seconds",
-    "checkout_session_ttl_seconds",
-    "cart_ttl_seconds",
-    "idempotency_ttl_seconds",
-    "hold_grace_seconds",
-    "request_timeout_ms",
-    "jwt_leeway_seconds",
-    "bundle_ttl_seconds",
-    "default_currency",
-    "cart_max_lines",
-    "cart_max_line_quantity",
-    "max_body_bytes",
-    "redis_timeout_ms",
-    "database_timeout_ms",
-];
-
-/// The variables each component declares in `spin.toml` beyond [`SHARED_VARIABLES`]: the
-/// secrets its routes check and its own settings. A unit test holds these lists to the
-/// manifest.
-fn own_variables(scope: Scope) -> &'static [&'static str] {
-    match scope {
-        Scope::Inventory => &["admin_token", "service_token"],
-        Scope::Cart => &["jwt_secret"],
-        Scope::Pricing => &["admin_token", "jwt_secret"],
-        Scope::Checkout => &[
-            "gateway_timeout_ms",
-            "jwt_secret",
-            "webhook_secret",
-            "payment_gateway_url",
-            "payment_gateway_key",
-            "outbox_retry_base_ms",
-            "outbox_retry_max_ms",
-            "admin_token",
-        ],
-        Scope::Ops => &["admin_token"],
-        Scope::All => &[],
-    }
 }
 
 impl SpinConfig {
-    /// A reader of any Spin variable.
+    /// A reader of this component's Spin variables.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A reader of the variables the component of `scope` declares: any other name reads
-    /// as unset without asking the host (each lookup costs the host a hand-off to its
-    /// variables provider, a third of a reservation's host time when every setting was
-    /// looked up), which is what the host would answer anyway.
-    pub fn for_scope(scope: Scope) -> Self {
-        Self {
-            failure: RefCell::default(),
-            scope: (scope != Scope::All).then_some(scope),
-        }
-    }
-
-    /// Whether the component may have `name` (all names without a scope).
-    fn declares(&self, name: &str) -> bool {
-        self.scope
-            .is_none_or(|scope| SHARED_VARIABLES.contains(&name) || own_variables(scope).contains(&name))
     }
 
     /// Takes the first failure to read a variable, other than the variable being
@@ -802,9 +737,6 @@ impl SpinConfig {
 
 impl Config for SpinConfig {
     fn get(&self, name: &str) -> Option<String> {
-        if !self.declares(name) {
-            return None;
-        }
         let failure = match variables::get(name) {
             Ok(value) => return Some(value),
             Err(variables::Error::Undefined(_)) => return None,
@@ -824,48 +756,6 @@ impl Config for SpinConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The names in one `[component.<name>.variables]` table of the manifest.
-    fn manifest_variables(component: &str) -> Vec<String> {
-        let manifest = include_str!("../../spin.toml");
-        let header = format!("[component.{component}.variables]");
-        let table = manifest
-            .split(&header)
-            .nth(1)
-            .unwrap_or_else(|| panic!("spin.toml has no {header}"));
-        table
-            .lines()
-            .skip(1)
-            .take_while(|line| !line.starts_with('['))
-            .filter_map(|line| Some(line.split_once('=')?.0.trim().to_owned()))
-            .filter(|name| !name.is_empty() && !name.starts_with('#'))
-            .collect()
-    }
-
-    #[test]
-    fn each_component_reads_exactly_the_variables_spin_toml_gives_it() {
-        for (component, scope) in [
-            ("inventory", Scope::Inventory),
-            ("cart", Scope::Cart),
-            ("pricing", Scope::Pricing),
-            ("checkout", Scope::Checkout),
-            ("ops", Scope::Ops),
-        ] {
-            let mut declared = manifest_variables(component);
-            declared.sort();
-            let mut ours: Vec<String> = SHARED_VARIABLES
-                .iter()
-                .chain(own_variables(scope))
-                .map(|v| (*v).to_owned())
-                .collect();
-            ours.sort();
-            assert_eq!(ours, declared, "{component}");
-            let config = SpinConfig::for_scope(scope);
-            assert!(declared.iter().all(|name| config.declares(name)));
-            assert!(!config.declares("no_such_variable"));
-        }
-        assert!(SpinConfig::new().declares("anything"));
-    }
 
     /// Server error replies as the real Spin host in `../shared/tools/` (Spin 4.1.0-pre0,
     /// redis-rs 0.32) hands them to a component, read off it by `tests/tests/spin_host.rs`

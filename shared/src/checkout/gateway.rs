@@ -11,6 +11,9 @@
 //! idempotency key and get the same intent); a request the gateway refuses is 422 with the
 //! gateway's own reason; an answer that does not describe the intent we asked for is a
 //! bug or a misconfigured URL, 500.
+//!
+//! Refunds and intent cancellations are the payment outbox's (`outbox/gateway.rs`); they
+//! are sent with the same request builder and read with the same error shape as here.
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};

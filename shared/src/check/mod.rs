@@ -22,7 +22,7 @@ use crate::cart::Carts;
 use crate::checkout::paid;
 use crate::error::{Error, PortError, Result};
 use crate::ids::{CartId, Quantity, VariantId};
-use crate::inventory::{Holder, Inventory};
+use crate::inventory::{Holder, Inventory, Level};
 use crate::keys::VariantKeys;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, tag, unexpected};
@@ -39,11 +39,6 @@ const PAGE_SIZE: i64 = 500;
 /// A refund or cancellation pending longer than this is drift: the gateway has not
 /// accepted it through many retries.
 const OUTBOX_STALE_SECONDS: i64 = 15 * 60;
-
-const LEVELS_PAGE: &str = "\
-SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0)
-FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
-WHERE v.id > $1 ORDER BY v.id LIMIT $2";
 
 /// Live paid sessions PostgreSQL keeps (not ended, no order), with what they hold.
 const LIVE_PAID: &str = "\
@@ -146,38 +141,15 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         let mut now = 0;
         let mut checkout_holders: BTreeMap<CartId, Vec<VariantId>> = BTreeMap::new();
         loop {
-            let rows = self
-                .sql(
-                    LEVELS_PAGE,
-                    &[SqlValue::Text(after.clone()), SqlValue::Int(PAGE_SIZE)],
-                )
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = last
-                .first()
-                .and_then(SqlValue::as_text)
-                .unwrap_or_default()
-                .to_owned();
-            let mut levels = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let variant = row
-                    .first()
-                    .and_then(SqlValue::as_text)
-                    .and_then(|v| VariantId::parse(v).ok());
-                match (
-                    variant,
-                    row.get(1).and_then(SqlValue::as_int),
-                    row.get(2).and_then(SqlValue::as_int),
-                ) {
-                    (Some(v), Some(on_hand), Some(version)) => levels.push((v, on_hand, version)),
-                    _ => return Err(Error::Internal(format!("unexpected inventory row: {row:?}"))),
-                }
-            }
+            let levels = self.inventory().levels_page(&after, PAGE_SIZE).await?;
+            let Some(last) = levels.last() else { break };
+            after = last.variant.to_string();
             let (clock, found) = self.read_page(&levels).await?;
             now = clock;
-            for ((variant, on_hand, version), seen) in levels.iter().zip(found) {
+            for (level, seen) in levels.iter().zip(found) {
+                let variant = &level.variant;
                 report.variants += 1;
-                self.compare_variant(report, variant, *on_hand, *version, &seen)
+                self.compare_variant(report, variant, level.on_hand, level.version, &seen)
                     .await?;
                 for (holder, _) in &seen.holders {
                     if let Some(id) = holder
@@ -195,8 +167,8 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         Ok(now)
     }
 
-    async fn read_page(&self, levels: &[(VariantId, i64, i64)]) -> Result<(i64, Vec<RedisVariant>)> {
-        let keys: Vec<VariantKeys> = levels.iter().map(|(v, _, _)| self.app.keys.variant(v)).collect();
+    async fn read_page(&self, levels: &[Level]) -> Result<(i64, Vec<RedisVariant>)> {
+        let keys: Vec<VariantKeys> = levels.iter().map(|l| self.app.keys.variant(&l.variant)).collect();
         let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_version).collect();
         let reply = PAGE
             .run(&self.app.redis, &flat, Vec::new())
@@ -514,24 +486,15 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         if !missing.is_empty() {
             let names: Vec<String> = missing.iter().map(|(v, q)| format!("{v}×{}", q.get())).collect();
             let mut repaired = String::new();
-            if self.repair {
-                repaired = match self
+            // A reserve the stock cannot cover stays reported as not repaired.
+            if self.repair
+                && self
                     .inventory()
                     .reserve(&holder, &demand, deadline + grace - now)
                     .await
-                {
-                    Ok(_) => "holds taken again".into(),
-                    Err(e) => format!("could not hold again: {e}"),
-                };
-                if repaired.starts_with("could not") {
-                    report.drift.push(Drift {
-                        kind: "session-holds",
-                        subject: id.to_owned(),
-                        detail: format!("live {state} session lacks its holds: {}", names.join(", ")),
-                        repaired: String::new(),
-                    });
-                    return Ok(());
-                }
+                    .is_ok()
+            {
+                repaired = "holds taken again".into();
             }
             report.drift.push(Drift {
                 kind: "session-holds",

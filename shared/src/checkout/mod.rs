@@ -877,16 +877,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         {
             return Ok(json!({ "received": true, "sessionId": session.id.as_str(), "orderId": order_id }));
         }
-        outbox::enqueue_refund(
-            &self.app.sql,
-            session.id.as_str(),
-            &event.intent_id,
-            event.amount,
-            &event.currency,
-            reason,
-        )
-        .await?;
-        self.send_now(&event.intent_id).await;
+        self.send_refund(&session.id, event, reason).await?;
         let key = self.app.keys.checkout_session(&session.id);
         self.run(
             &FLAG_REFUND,
@@ -906,6 +897,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         event: &gateway::WebhookEvent,
         reason: &str,
     ) -> Result<Value> {
+        self.send_refund(id, event, reason).await?;
+        Ok(json!({ "received": true, "sessionId": id.as_str(), "refundRequired": reason }))
+    }
+
+    /// Owes the payment back through the outbox (keyed by intent) and sends it now.
+    async fn send_refund(&self, id: &CartId, event: &gateway::WebhookEvent, reason: &str) -> Result<()> {
         outbox::enqueue_refund(
             &self.app.sql,
             id.as_str(),
@@ -916,7 +913,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         )
         .await?;
         self.send_now(&event.intent_id).await;
-        Ok(json!({ "received": true, "sessionId": id.as_str(), "refundRequired": reason }))
+        Ok(())
     }
 
     /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED; or, when on-hand

@@ -147,10 +147,10 @@ pub struct Shortage {
 
 /// A variant's stock as PostgreSQL records it, with the holds of its live paid sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Level {
-    variant: VariantId,
-    on_hand: i64,
-    version: i64,
+pub(crate) struct Level {
+    pub(crate) variant: VariantId,
+    pub(crate) on_hand: i64,
+    pub(crate) version: i64,
     /// `(holder name, quantity, deadline ms)` of live paid checkout sessions.
     holds: Vec<(String, i64, i64)>,
 }
@@ -365,21 +365,10 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let mut report = ReconcileReport::default();
         let mut after = String::new();
         loop {
-            let rows = self
-                .sql
-                .query(
-                    LEVELS_PAGE,
-                    &[SqlValue::Text(after.clone()), SqlValue::Int(RECONCILE_PAGE)],
-                )
-                .await
-                .map_err(|e| e.sql())?;
-            let Some(last) = rows.last() else { break };
-            after = last
-                .first()
-                .and_then(SqlValue::as_text)
-                .unwrap_or_default()
-                .to_owned();
-            let mut levels = parse_levels(&rows)?;
+            let mut levels = self.levels_page(&after, RECONCILE_PAGE).await?;
+            let Some(last) = levels.last() else { break };
+            after = last.variant.to_string();
+            let read = levels.len() as u64;
             for _ in 0..MAX_PURGE_ROUNDS {
                 let stale = self.load_stock(&levels, "force").await?;
                 if stale.is_empty() {
@@ -387,10 +376,24 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 }
                 levels = self.read_levels(&stale).await?;
             }
-            report.variants += rows.len() as u64;
+            report.variants += read;
             progress(report.variants);
         }
         Ok(report)
+    }
+
+    /// One page of every variant's level, in id order after `after` (keyset pagination),
+    /// for reconcile and `commerce check`.
+    pub(crate) async fn levels_page(&self, after: &str, limit: i64) -> Result<Vec<Level>> {
+        let rows = self
+            .sql
+            .query(
+                LEVELS_PAGE,
+                &[SqlValue::Text(after.to_owned()), SqlValue::Int(limit)],
+            )
+            .await
+            .map_err(|e| e.sql())?;
+        parse_levels(&rows)
     }
 
     /// Rewrites these variants' Redis stock from PostgreSQL, with the holds of their live

@@ -8,6 +8,8 @@ use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use commerce_core::http::{Request, Response};
+use commerce_core::metrics::Measured;
+use commerce_core::metrics::exchange::{Exchange, REQUEST_ID};
 use commerce_core::{App, Error, Scope, Settings, outbox};
 use tokio::net::TcpListener;
 
@@ -16,8 +18,8 @@ use crate::http_port::NativeHttp;
 use crate::pg_port::NativePg;
 use crate::redis_port::NativeRedis;
 
-/// The app over the native adapters.
-pub type NativeApp = App<NativeRedis, NativePg, NativeHttp>;
+/// The app over the native adapters, each measured (see [`Measured`]).
+pub type NativeApp = App<Measured<NativeRedis>, Measured<NativePg>, Measured<NativeHttp>>;
 
 /// PostgreSQL connections kept by one server process.
 const POOL_SIZE: usize = 32;
@@ -35,7 +37,7 @@ pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
         POOL_SIZE,
     )?;
     let http = NativeHttp::new(Duration::from_millis(settings.gateway_timeout_ms))?;
-    Ok(App::new(redis, sql, http, settings))
+    Ok(App::new(Measured(redis), Measured(sql), Measured(http), settings))
 }
 
 /// Most outbox rows one periodic drain takes up; the next tick goes on with the rest.
@@ -84,14 +86,21 @@ async fn drain_every(app: Arc<NativeApp>, every: Duration) {
     }
 }
 
+/// Answers one request. The [`Exchange`] (metrics, log line, `X-Request-Id`) spans all of
+/// it: reading the body (a 413 or 408 counts) and the deadline (a 503 counts).
 async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) -> axum::response::Response {
+    let exchange = Exchange::begin(
+        req.method().as_str(),
+        req.uri().path(),
+        req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()),
+    );
     let deadline = Duration::from_millis(app.settings.request_timeout_ms);
     let body_timeout = Duration::from_millis(app.settings.http_body_timeout_ms);
     let read = tokio::time::timeout(body_timeout, read_request(req, app.settings.max_body_bytes));
-    let response = match read.await.unwrap_or(Err(Error::RequestTimeout)) {
+    let mut response = match read.await.unwrap_or(Err(Error::RequestTimeout)) {
         // Past its deadline the request stops where it is (every step is resumable, as
         // after a crash) and answers 503, so its idempotency lease never outlives it.
-        Ok(request) => tokio::time::timeout(deadline, commerce_core::handle(&app, request, Scope::All))
+        Ok(request) => tokio::time::timeout(deadline, commerce_core::router::dispatch(&app, request, Scope::All))
             .await
             .unwrap_or_else(|_| {
                 Response::error(&Error::Unavailable {
@@ -101,6 +110,7 @@ async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) 
             }),
         Err(error) => Response::error(&error),
     };
+    exchange.end(&mut response, app.settings.log_level);
     let mut out = axum::response::Response::new(Body::from(response.body));
     *out.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in response.headers {

@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::error::{Error, PortError, Result};
 use crate::ids::VariantId;
 use crate::keys::Keys;
+use crate::metrics::{self, Cache};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 
 /// Units on hand of every seeded variant.
@@ -234,6 +235,7 @@ pub async fn require_variants(
             })
             .collect()
     };
+    metrics::cache(Cache::Catalog, true, (variants.len() - unconfirmed.len()) as u64);
     if unconfirmed.is_empty() {
         return Ok(());
     }
@@ -253,6 +255,8 @@ pub async fn require_variants(
         .filter(|(_, hit)| matches!(hit, RedisReply::Nil))
         .map(|(&i, _)| i)
         .collect();
+    metrics::cache(Cache::Catalog, true, (unconfirmed.len() - missing.len()) as u64);
+    metrics::cache(Cache::Catalog, false, missing.len() as u64);
     if !missing.is_empty() {
         let ids: Vec<String> = missing.iter().map(|&i| variants[i].to_string()).collect();
         let rows = sql

@@ -1,12 +1,17 @@
-//! Operations routes: `GET /health/live` says the process (natively) or component (in
-//! Spin) answers, touching no dependency and no setting; `GET /health` reports whether
-//! Redis and PostgreSQL answer, with timings; 200 when both do, 503 otherwise. `GET /metrics` is the same probe plus the
-//! current ruleset versions and the requests this process (natively) or instance (in
-//! Spin, which keeps no state between requests) has answered, in Prometheus text.
+//! Operations routes:
+//!
+//! - `GET  /health/live`         the process (natively) or component (in Spin) answers,
+//!   touching no dependency and no setting
+//! - `GET  /health`              whether Redis and PostgreSQL answer, with timings; 200
+//!   when both do, 503 otherwise
+//! - `GET  /metrics`             Prometheus text (Bearer `metrics_token` when set): the same
+//!   probe, the current ruleset versions, Redis `INFO` gauges and PostgreSQL's order books,
+//!   read now; and the in-process [`crate::metrics`] of this process (natively) or instance
+//!   (in Spin, which keeps no state between requests: the one request it serves)
+//! - `GET  /v1/admin/check`        compare Redis with PostgreSQL (admin token)
+//! - `POST /v1/admin/check/repair` repair what can be repaired, then check again
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -17,25 +22,11 @@ use crate::http::{Request, Response};
 use crate::keys::RulesetKind;
 use crate::ports::{Http, Redis, RedisReply, Sql};
 
-/// Requests answered, by store (the path's first two segments) and status.
-static REQUESTS: Mutex<BTreeMap<(String, u16), u64>> = Mutex::new(BTreeMap::new());
-
-/// Counts one answered request.
-pub fn count(segments: &[&str], status: u16) {
-    let store = match segments {
-        ["v1", "admin", store, ..] => format!("/v1/admin/{store}"),
-        ["v1", store, ..] => format!("/v1/{store}"),
-        ["health" | "metrics"] => format!("/{}", segments[0]),
-        _ => "other".to_owned(),
-    };
-    let mut requests = REQUESTS.lock().unwrap_or_else(|e| e.into_inner());
-    *requests.entry((store, status)).or_default() += 1;
-}
-
 /// The business counters `/metrics` reads from PostgreSQL.
 const BOOKS: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM orders_refused)";
 
-async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
+async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
+    app.settings.authorize_metrics(req.header("authorization"))?;
     let redis = probe(app.redis.execute("PING", Vec::new())).await;
     let postgres = probe(app.sql.query("SELECT 1::bigint", &[])).await;
     let mut out = String::new();
@@ -87,18 +78,16 @@ async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
         }
     }
-    out.push_str("# HELP commerce_requests_total Requests answered by this process, by store and status.\n");
-    out.push_str("# TYPE commerce_requests_total counter\n");
-    for ((store, status), n) in REQUESTS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let _ = writeln!(
-            out,
-            "commerce_requests_total{{store=\"{store}\",status=\"{status}\"}} {n}"
-        );
+    if let Ok(reply) = app.redis.execute("INFO", Vec::new()).await
+        && let Some(info) = reply.first().and_then(RedisReply::as_text)
+    {
+        crate::metrics::redis_info::render(info, &mut out);
     }
-    Response::with_type(200, "text/plain; version=0.0.4", out.into_bytes())
+    crate::metrics::render(&mut out);
+    Ok(Response::with_type(200, "text/plain; version=0.0.4", out.into_bytes()))
 }
 
-/// Routes `/health`; `None` if the path is not ops'.
+/// Routes the operations paths; `None` if the path is not ops'.
 pub async fn route<R: Redis, S: Sql, H: Http>(
     app: &App<R, S, H>,
     req: &Request,
@@ -107,7 +96,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
     match segments {
         ["health", "live"] if req.method == "GET" => Some(Ok(liveness())),
         ["health"] if req.method == "GET" => Some(Ok(health(app).await)),
-        ["metrics"] if req.method == "GET" => Some(Ok(metrics(app).await)),
+        ["metrics"] if req.method == "GET" => Some(metrics(app, req).await),
         ["v1", "admin", "check"] if req.method == "GET" => Some(check(app, req, false).await),
         ["v1", "admin", "check", "repair"] if req.method == "POST" => Some(check(app, req, true).await),
         ["v1", "admin", "check"] | ["v1", "admin", "check", "repair"] => {

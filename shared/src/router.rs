@@ -4,6 +4,7 @@
 use crate::app::App;
 use crate::error::Error;
 use crate::http::{Request, Response};
+use crate::metrics::exchange::{Exchange, REQUEST_ID};
 use crate::ports::{Http, Redis, Sql};
 use crate::{bundle, cart, checkout, inventory, ops, outbox, pricing};
 
@@ -26,7 +27,18 @@ pub enum Scope {
 }
 
 /// Answers one request. Never panics on input; errors become the DESIGN §5 error body.
+/// The request is measured and logged ([`Exchange`]) and its answer carries its
+/// `X-Request-Id`.
 pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request, scope: Scope) -> Response {
+    let exchange = Exchange::begin(&req.method, &req.path, req.header(REQUEST_ID));
+    let mut response = dispatch(app, req, scope).await;
+    exchange.end(&mut response, app.settings.log_level);
+    response
+}
+
+/// Answers one request without measuring or logging it: for a host that wraps the
+/// [`Exchange`] around more than the routing (the native server's deadline and body read).
+pub async fn dispatch<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request, scope: Scope) -> Response {
     let path = req.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let in_scope = |s: Scope| scope == Scope::All || scope == s;
@@ -53,14 +65,12 @@ pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request,
     if answer.is_none() && in_scope(Scope::Ops) {
         answer = ops::route(app, &req, &segments).await;
     }
-    let response = match answer {
+    match answer {
         Some(Ok(response)) => response,
         Some(Err(error)) => Response::error(&error),
         None => Response::error(&Error::not_found(
             "ROUTE_NOT_FOUND",
             format!("no route for {} {}", req.method, req.path),
         )),
-    };
-    ops::count(&segments, response.status);
-    response
+    }
 }

@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use crate::ids::CartId;
+use crate::metrics::exchange::LogLevel;
 use crate::ports::Config;
 
 /// Every setting the stores use.
@@ -84,6 +85,11 @@ pub struct Settings {
     pub outbox_retry_base_ms: u64,
     /// Longest wait between two attempts of one refund or cancellation.
     pub outbox_retry_max_ms: u64,
+    /// Bearer token `GET /metrics` requires; empty: `/metrics` is open.
+    pub metrics_token: String,
+    /// How much is logged to stderr (`off|error|warn|info|debug`): at `info`, one JSON line
+    /// per request; 5xx answers log at `error`.
+    pub log_level: LogLevel,
 }
 
 impl Settings {
@@ -143,6 +149,9 @@ impl Settings {
                 "default_currency must be an ISO 4217 code, got {default_currency:?}"
             ));
         }
+        let log_level = text("log_level", "info");
+        let log_level = LogLevel::parse(&log_level)
+            .ok_or_else(|| format!("log_level must be off, error, warn, info or debug, got {log_level:?}"))?;
         let redis_timeout_ms = number("redis_timeout_ms", 2_000)?;
         let database_timeout_ms = number("database_timeout_ms", 5_000)?;
         let gateway_timeout_ms = number("gateway_timeout_ms", 10_000)?;
@@ -186,6 +195,8 @@ impl Settings {
             outbox_drain_interval_ms: number("outbox_drain_interval_ms", 5_000)?,
             outbox_retry_base_ms,
             outbox_retry_max_ms,
+            metrics_token: text("metrics_token", ""),
+            log_level,
         })
     }
 
@@ -199,6 +210,21 @@ impl Settings {
             return Err(Error::Forbidden("the token does not grant admin access".into()));
         }
         Ok(())
+    }
+
+    /// Checks the `Authorization: Bearer …` header of `GET /metrics` against
+    /// `metrics_token` in constant time; an empty token leaves `/metrics` open. Anything
+    /// else is 401.
+    pub fn authorize_metrics(&self, authorization: Option<&str>) -> Result<(), Error> {
+        if self.metrics_token.is_empty() {
+            return Ok(());
+        }
+        let presented = authorization.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+        if constant_time_eq(presented, &self.metrics_token) {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized("/metrics needs the metrics token (Bearer)".into()))
+        }
     }
 
     /// Now, for checking customer tokens, with the configured leeway.
@@ -276,6 +302,7 @@ mod tests {
             ("outbox_retry_base_ms", "0"),
             ("outbox_retry_max_ms", "10"),
             ("outbox_drain_interval_ms", "-1"),
+            ("log_level", "loud"),
         ] {
             assert!(Settings::from_config(&Map(HashMap::from([(k, v)]))).is_err());
         }
@@ -292,6 +319,18 @@ mod tests {
             403
         );
         assert!(s.authorize_admin(Some("Bearer secret")).is_ok());
+    }
+
+    #[test]
+    fn metrics_are_open_until_a_token_is_set() {
+        let mut s = Settings::from_config(&Map(HashMap::new())).unwrap();
+        assert_eq!(s.log_level, LogLevel::Info);
+        assert!(s.authorize_metrics(None).is_ok());
+        s.metrics_token = "m".into();
+        for header in [None, Some("Bearer x"), Some("m"), Some("Bearer m ")] {
+            assert_eq!(s.authorize_metrics(header).unwrap_err().status(), 401, "{header:?}");
+        }
+        assert!(s.authorize_metrics(Some("Bearer m")).is_ok());
     }
 }
 

@@ -26,6 +26,8 @@ use spin_sdk::variables;
 use crate::app::App;
 use crate::error::{Error, PortError};
 use crate::http::{Request, Response};
+use crate::metrics::Measured;
+use crate::metrics::exchange::Exchange;
 use crate::ports::{
     Config, Http, OutboundRequest, OutboundResponse, Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue,
 };
@@ -65,17 +67,35 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
             ))));
         }
     };
+    let path_with_query = req.path_with_query().unwrap_or_default();
+    let path = path_with_query.split('?').next().unwrap_or_default();
+    let request_id = req
+        .headers()
+        .get(crate::metrics::exchange::REQUEST_ID)
+        .first()
+        .and_then(|v| String::from_utf8(v.clone()).ok());
+    let exchange = Exchange::begin(
+        &req.method().to_string().to_ascii_uppercase(),
+        path,
+        request_id.as_deref(),
+    )
+    .since(started);
+    let log_level = settings.log_level;
     let request = match from_spin(req, settings.max_body_bytes) {
         Ok(request) => request,
-        Err(error) => return into_spin(Response::error(&error)),
+        Err(error) => {
+            let mut response = Response::error(&error);
+            exchange.end(&mut response, log_level);
+            return into_spin(response);
+        }
     };
     let ends = started + Duration::from_millis(settings.request_timeout_ms);
     let app = App::new(
-        SpinRedis::new(
+        Measured(SpinRedis::new(
             &settings.redis_url,
             Deadline::new("redis", "redis_timeout_ms", settings.redis_timeout_ms, ends),
-        ),
-        SpinPg::new(
+        )),
+        Measured(SpinPg::new(
             &settings.database_url,
             Deadline::new(
                 "postgres",
@@ -83,13 +103,15 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
                 settings.database_timeout_ms,
                 ends,
             ),
-        ),
-        SpinHttp {
+        )),
+        Measured(SpinHttp {
             timeout: Duration::from_millis(settings.gateway_timeout_ms),
-        },
+        }),
         settings,
     );
-    into_spin(router::handle(&app, request, scope).await)
+    let mut response = router::dispatch(&app, request, scope).await;
+    exchange.end(&mut response, log_level);
+    into_spin(response)
 }
 
 /// Converts Spin's request into the router's, reading at most `limit + 1` body bytes (a

@@ -138,7 +138,7 @@ async fn a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order() {
         let a = &app.app;
         let crashed = if store == "redis" {
             let flaky = App::new(
-                CrashAfter::new(a.redis.clone(), at),
+                CrashAfter::new(a.redis.0.clone(), at),
                 a.sql.clone(),
                 a.http.clone(),
                 a.settings.clone(),
@@ -147,7 +147,7 @@ async fn a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order() {
         } else {
             let flaky = App::new(
                 a.redis.clone(),
-                CrashAfter::new(a.sql.clone(), at),
+                CrashAfter::new(a.sql.0.clone(), at),
                 a.http.clone(),
                 a.settings.clone(),
             );
@@ -176,7 +176,7 @@ async fn a_crash_after_any_call_of_starting_a_checkout_is_resumed_by_its_retry()
         let token = format!("{at:032x}");
         let a = &app.app;
         let flaky = App::new(
-            CrashAfter::new(a.redis.clone(), at),
+            CrashAfter::new(a.redis.0.clone(), at),
             a.sql.clone(),
             a.http.clone(),
             a.settings.clone(),

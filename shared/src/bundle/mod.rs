@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::ids::{BundleId, SetId, VariantId};
 use crate::keys::{BundleKeys, Keys};
+use crate::metrics::{self, Cache};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, tag, unexpected};
 
@@ -104,10 +105,13 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
     /// The bundle, from the cache or (once) from PostgreSQL. Unknown or inactive: 404.
     pub async fn get(&self, bundle: &BundleId) -> Result<Bundle> {
         let keys = self.keys.bundle(bundle);
-        for _ in 0..3 {
+        for round in 0..3 {
             let reply = self
                 .run(&GET, &[&keys.definition, &keys.generation], Vec::new())
                 .await?;
+            if round == 0 {
+                metrics::cache(Cache::Bundle, tag(&reply) != "MISSING", 1);
+            }
             match (tag(&reply), reply.get(1)) {
                 ("OK", Some(json)) => {
                     let text = json.as_text().ok_or_else(|| unexpected(&reply))?;
@@ -140,8 +144,11 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
             args.push(RedisArg::Int(variants.len() as i64));
             args.extend(variants.iter().map(|v| RedisArg::from(v.as_str())));
         }
-        for _ in 0..3 {
+        for round in 0..3 {
             let reply = self.run(&CHECK, &all_keys, args.clone()).await?;
+            if round == 0 {
+                metrics::cache(Cache::Bundle, tag(&reply) != "MISSING", 1);
+            }
             match tag(&reply) {
                 "OK" => return Ok(()),
                 "MISSING" => {

@@ -27,6 +27,7 @@ use crate::clock::rfc3339_millis;
 use crate::error::{Error, PortError, Result};
 use crate::ids::{CartId, CustomerId, Quantity, VariantId};
 use crate::inventory::{Holder, Inventory};
+use crate::metrics::{self, Event};
 use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
@@ -510,6 +511,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (tag, session) = parse_session(&reply)?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         if tag == "EXPIRED_NOW" {
+            ended(State::Expired);
             self.release(&session, true).await?;
         }
         Ok(session)
@@ -543,7 +545,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let reply = self.run(&TRANSITION, &[&key, &metadata], args).await?;
         let (tag, session) = parse_session(&reply)?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
+        if tag == "OK" {
+            ended(to);
+        }
         if tag == "EXPIRED_NOW" {
+            ended(State::Expired);
             self.release(&session, true).await?;
         }
         Ok((tag, session))
@@ -792,6 +798,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (tag, session) = parse_session(&reply)?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         if tag == "EXPIRED_NOW" {
+            ended(State::Expired);
             self.release(&session, true).await?;
         }
         Ok(Some(session))
@@ -994,6 +1001,19 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             json!({ "received": true, "sessionId": session.id.as_str(), "state": session.state.name(), "orderId": order }),
         )
     }
+}
+
+/// Counts a session that reached a final state (`commerce_checkouts_ended_total`); any
+/// other state counts nothing.
+fn ended(state: State) {
+    let event = match state {
+        State::Completed => Event::CheckoutCompleted,
+        State::Cancelled => Event::CheckoutCancelled,
+        State::Expired => Event::CheckoutExpired,
+        State::Failed => Event::CheckoutFailed,
+        _ => return,
+    };
+    metrics::event(event);
 }
 
 /// The customer a checkout request acts for, from their token.

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, PortError, Result};
 use crate::ids::{Quantity, VariantId};
 use crate::inventory::StockChange;
+use crate::metrics::{self, Event};
 use crate::ports::{Sql, SqlValue};
 
 /// Inserts the order (nothing if the session already has one: the unique
@@ -175,6 +176,7 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         Err(e) => return Err(PortError::sql(e)),
     };
     if !rows.is_empty() {
+        metrics::event(Event::OrderPlaced);
         return Ok(Written::Placed(parse_changes(&rows)?));
     }
     if find(sql, order.session).await?.is_some() {
@@ -189,7 +191,7 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         .and_then(|r| r.first()?.as_text())
         .unwrap_or("[]")
         .to_owned();
-    sql.execute(
+    let recorded = sql.execute(
         RECORD_REFUSAL,
         &[
             SqlValue::Text(order.session.to_owned()),
@@ -199,6 +201,9 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     )
     .await
     .map_err(PortError::sql)?;
+    if recorded > 0 {
+        metrics::event(Event::OversellRefused);
+    }
     Ok(Written::Refused(
         serde_json::from_str(&shortages).unwrap_or(Value::Null),
     ))

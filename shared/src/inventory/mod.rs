@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::ids::{Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
+use crate::metrics::{self, Cache, Event};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, tag, unexpected};
 
@@ -232,13 +233,15 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let variants: Vec<VariantId> = lines.iter().map(|(v, _)| v.clone()).collect();
         let reply = self.run_loaded(&RESERVE, &keys, args, &variants).await?;
         match reply.tag() {
-            "OK" => Ok(Reservation {
-                deadline_ms: reply
+            "OK" => {
+                let deadline_ms = reply
                     .ints()?
                     .first()
                     .copied()
-                    .ok_or_else(|| unexpected(&reply.0))?,
-            }),
+                    .ok_or_else(|| unexpected(&reply.0))?;
+                metrics::event(Event::ReservationGranted);
+                Ok(Reservation { deadline_ms })
+            }
             "SHORT" => {
                 let shortages: Vec<Shortage> = reply
                     .ints()?
@@ -252,6 +255,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                         })
                     })
                     .collect();
+                metrics::event(Event::ReservationRefused);
                 Err(Error::Conflict {
                     code: "INSUFFICIENT_INVENTORY",
                     message: format!("{} variant(s) do not have enough sellable stock", shortages.len()),
@@ -479,8 +483,11 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         variants: &[VariantId],
     ) -> Result<Reply> {
         // Two rounds suffice unless the stock keys are being deleted concurrently.
-        for _ in 0..3 {
+        for round in 0..3 {
             let reply = self.run_purged(script, keys, args.clone()).await?;
+            if round == 0 {
+                metrics::cache(Cache::Stock, reply.tag() != "MISSING", 1);
+            }
             if reply.tag() != "MISSING" {
                 return Ok(reply);
             }

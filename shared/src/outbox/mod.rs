@@ -29,6 +29,7 @@ use self::gateway::{Gateway, RefundRequest};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, PortError, Result};
+use crate::metrics::{self, Event};
 use crate::ports::{Http, Sql, SqlRow, SqlValue};
 
 /// How long a claimed row is left to its drainer before another may take it: twice the
@@ -277,9 +278,13 @@ pub async fn enqueue_refund(
         SqlValue::Text(currency.to_owned()),
         SqlValue::Text(reason.to_owned()),
     ];
-    sql.execute(ENQUEUE_REFUND, &params)
+    let written = sql
+        .execute(ENQUEUE_REFUND, &params)
         .await
         .map_err(PortError::sql)?;
+    if written > 0 {
+        metrics::event(Event::RefundEnqueued);
+    }
     Ok(())
 }
 
@@ -293,9 +298,13 @@ pub async fn enqueue_cancel(sql: &impl Sql, session: &str, intent: &str, reason:
         SqlValue::Text(intent.to_owned()),
         SqlValue::Text(reason.to_owned()),
     ];
-    sql.execute(ENQUEUE_CANCEL, &params)
+    let written = sql
+        .execute(ENQUEUE_CANCEL, &params)
         .await
         .map_err(PortError::sql)?;
+    if written > 0 {
+        metrics::event(Event::CancelEnqueued);
+    }
     Ok(())
 }
 

@@ -1,0 +1,189 @@
+//! One request seen from outside: its route template, its request id (`X-Request-Id`,
+//! honoured or made up, always answered), how long it took, and the JSON log line it
+//! leaves on stderr (natively the server's stderr; in Spin the component's, which the host
+//! writes to its logs).
+
+use std::io::Write as _;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::routes::{self, RouteId};
+use crate::http::Response;
+
+/// The request id header, in and out.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Longest request id honoured.
+const MAX_REQUEST_ID: usize = 128;
+
+/// How much the service logs (`log_level`): every level includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Nothing.
+    Off,
+    /// 5xx answers and failures of background work.
+    Error,
+    /// …and warnings.
+    Warn,
+    /// …and one line per request (the default).
+    Info,
+    /// …and details.
+    Debug,
+}
+
+impl LogLevel {
+    /// Parses `off|error|warn|info|debug`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warn" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            _ => return None,
+        })
+    }
+
+    /// The level's name in log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+}
+
+/// A request being answered: started by [`Exchange::begin`] when it arrives, ended by
+/// [`Exchange::end`] with its response.
+#[derive(Debug)]
+pub struct Exchange {
+    started: Instant,
+    route: RouteId,
+    /// The method, kept only for a request no route answers (a route's is in its template).
+    stray_method: Option<String>,
+    request_id: String,
+}
+
+impl Exchange {
+    /// Starts timing a request for `method` on `path`, taking its `X-Request-Id` if it is
+    /// 1–128 characters of `[A-Za-z0-9._-]`, and making one up otherwise.
+    pub fn begin(method: &str, path: &str, request_id: Option<&str>) -> Self {
+        let started = Instant::now();
+        let request_id = match request_id {
+            Some(id) if is_sane(id) => id.to_owned(),
+            _ => new_request_id(),
+        };
+        let route = routes::of(method, path);
+        let stray_method = (route == routes::OTHER).then(|| {
+            let token = !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase());
+            if token { method.to_owned() } else { "OTHER".to_owned() }
+        });
+        Self {
+            started,
+            route,
+            stray_method,
+            request_id,
+        }
+    }
+
+    /// The same exchange, timed from `started` (a host that did work before it could
+    /// begin, such as reading its settings).
+    pub fn since(mut self, started: Instant) -> Self {
+        self.started = started;
+        self
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Records the request's metrics, answers its id in `X-Request-Id`, and logs it: at
+    /// info, a 5xx at error, nothing below `level`.
+    pub fn end(self, response: &mut Response, level: LogLevel) {
+        let elapsed = self.started.elapsed();
+        super::request(self.route, response.status, elapsed);
+        let line_level = if response.status >= 500 {
+            LogLevel::Error
+        } else {
+            LogLevel::Info
+        };
+        if line_level <= level {
+            let (method, route) = match routes::ROUTES.get(self.route).and_then(|r| r.split_once(' ')) {
+                Some((method, path)) => (method, path),
+                None => (self.stray_method.as_deref().unwrap_or("OTHER"), "other"),
+            };
+            let ts = crate::clock::rfc3339_millis(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            );
+            // Every field is a template, a number or a sane id: nothing to escape.
+            let line = format!(
+                "{{\"ts\":\"{ts}\",\"level\":\"{}\",\"route\":\"{route}\",\"method\":\"{method}\",\"status\":{},\"durationMs\":{:.3},\"requestId\":\"{}\"}}\n",
+                line_level.name(),
+                response.status,
+                elapsed.as_secs_f64() * 1000.0,
+                self.request_id
+            );
+            // One write per line, so concurrent requests' lines never interleave.
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+        response.headers.push((REQUEST_ID.into(), self.request_id));
+    }
+}
+
+fn is_sane(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A new request id: `req_` and 32 random hex digits (a counter if randomness fails).
+fn new_request_id() -> String {
+    match crate::ids::random_hex_128() {
+        Ok(hex) => format!("req_{hex}"),
+        Err(_) => {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            format!("req_n{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sane_request_ids_are_kept_and_others_replaced() {
+        for id in ["abc-123", "A.b_c", &"x".repeat(128)] {
+            assert_eq!(Exchange::begin("GET", "/", Some(id)).request_id(), id);
+        }
+        for id in ["", "a b", "a\"b", "ä", &"x".repeat(129), "a\nb"] {
+            let made = Exchange::begin("GET", "/", Some(id));
+            assert!(made.request_id().starts_with("req_"), "{id:?}");
+            assert_eq!(made.request_id().len(), 36);
+        }
+        assert_ne!(
+            Exchange::begin("GET", "/", None).request_id(),
+            Exchange::begin("GET", "/", None).request_id()
+        );
+    }
+
+    #[test]
+    fn the_answer_carries_the_request_id() {
+        let mut response = Response::json(200, &serde_json::json!({}));
+        Exchange::begin("GET", "/metrics", Some("abc")).end(&mut response, LogLevel::Off);
+        assert!(response.headers.contains(&(REQUEST_ID.to_owned(), "abc".to_owned())));
+    }
+
+    #[test]
+    fn levels_parse_and_order() {
+        assert_eq!(LogLevel::parse("warn"), Some(LogLevel::Warn));
+        assert_eq!(LogLevel::parse("loud"), None);
+        assert!(LogLevel::Error < LogLevel::Info);
+    }
+}

@@ -141,7 +141,10 @@ impl TestApp {
                 .set("database_url", &schema_url)
                 .set("key_prefix", &namespace)
                 .set("admin_token", ADMIN_TOKEN)
-                .set("jwt_secret", JWT_SECRET),
+                .set("jwt_secret", JWT_SECRET)
+                // One JSON line per request would drown the tests' own output (the native
+                // server runs in the test process); tests of the log set `info` again.
+                .set("log_level", "warn"),
         );
         let settings = Settings::from_config(&config).unwrap();
         let app = build_app(settings).unwrap();

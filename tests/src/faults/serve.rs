@@ -38,6 +38,8 @@ pub fn commerce_env(settings: &Settings, extra: &[(&str, &str)]) -> Vec<(String,
             s.checkout_session_ttl_seconds.to_string(),
         ),
         ("idempotency_ttl_seconds", s.idempotency_ttl_seconds.to_string()),
+        ("metrics_token", s.metrics_token.clone()),
+        ("log_level", s.log_level.name().to_owned()),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_owned(), value))
@@ -147,6 +149,11 @@ impl ServeProcess {
 
     fn log(&self) -> PathBuf {
         self.dir.join("serve.log")
+    }
+
+    /// What the server wrote to its stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
     async fn spawn(&mut self) {

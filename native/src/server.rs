@@ -100,14 +100,17 @@ async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) 
     let mut response = match read.await.unwrap_or(Err(Error::RequestTimeout)) {
         // Past its deadline the request stops where it is (every step is resumable, as
         // after a crash) and answers 503, so its idempotency lease never outlives it.
-        Ok(request) => tokio::time::timeout(deadline, commerce_core::router::dispatch(&app, request, Scope::All))
-            .await
-            .unwrap_or_else(|_| {
-                Response::error(&Error::Unavailable {
-                    dependency: "deadline",
-                    message: format!("the request did not finish within {deadline:?}"),
-                })
-            }),
+        Ok(request) => tokio::time::timeout(
+            deadline,
+            commerce_core::router::dispatch(&app, request, Scope::All),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Response::error(&Error::Unavailable {
+                dependency: "deadline",
+                message: format!("the request did not finish within {deadline:?}"),
+            })
+        }),
         Err(error) => Response::error(&error),
     };
     exchange.end(&mut response, app.settings.log_level);

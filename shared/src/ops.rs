@@ -67,10 +67,13 @@ async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
         && let Some(row) = rows.first()
     {
         let books = [
-            ("commerce_orders_total", "Orders written."),
+            (
+                "commerce_orders_total",
+                "Orders written, counted in PostgreSQL: the same in every process (commerce_orders_placed_total is this process's share).",
+            ),
             (
                 "commerce_orders_refused_total",
-                "Paid orders PostgreSQL refused because on-hand could not cover them (refunded).",
+                "Paid orders PostgreSQL refused because on-hand could not cover them (refunded), counted in PostgreSQL (commerce_oversell_refusals_total is this process's share).",
             ),
         ];
         for (i, (name, help)) in books.into_iter().enumerate() {
@@ -84,7 +87,11 @@ async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
         crate::metrics::redis_info::render(info, &mut out);
     }
     crate::metrics::render(&mut out);
-    Ok(Response::with_type(200, "text/plain; version=0.0.4", out.into_bytes()))
+    Ok(Response::with_type(
+        200,
+        "text/plain; version=0.0.4",
+        out.into_bytes(),
+    ))
 }
 
 /// Routes the operations paths; `None` if the path is not ops'.

@@ -219,11 +219,15 @@ impl Settings {
         if self.metrics_token.is_empty() {
             return Ok(());
         }
-        let presented = authorization.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+        let presented = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
         if constant_time_eq(presented, &self.metrics_token) {
             Ok(())
         } else {
-            Err(Error::Unauthorized("/metrics needs the metrics token (Bearer)".into()))
+            Err(Error::Unauthorized(
+                "/metrics needs the metrics token (Bearer)".into(),
+            ))
         }
     }
 
@@ -328,7 +332,11 @@ mod tests {
         assert!(s.authorize_metrics(None).is_ok());
         s.metrics_token = "m".into();
         for header in [None, Some("Bearer x"), Some("m"), Some("Bearer m ")] {
-            assert_eq!(s.authorize_metrics(header).unwrap_err().status(), 401, "{header:?}");
+            assert_eq!(
+                s.authorize_metrics(header).unwrap_err().status(),
+                401,
+                "{header:?}"
+            );
         }
         assert!(s.authorize_metrics(Some("Bearer m")).is_ok());
     }

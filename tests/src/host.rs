@@ -71,6 +71,30 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "metrics_are_prometheus_text",
         "counts requests per process; Spin keeps no state between requests (each one is a new instance)",
     ),
+    (
+        "requests_are_measured_by_route_template_and_status_class",
+        "reads in-process request histograms across requests; a Spin instance serves one request and keeps nothing (the labels' templates are checked on Spin by every_route_template_is_a_route_the_host_answers)",
+    ),
+    (
+        "every_route_template_is_labelled_in_metrics",
+        "reads in-process request histograms across requests; a Spin instance serves one request and keeps nothing",
+    ),
+    (
+        "cache_hits_and_misses_are_counted",
+        "reads in-process cache counters across requests; a Spin instance serves one request and keeps nothing",
+    ),
+    (
+        "reservations_granted_and_refused_are_counted",
+        "reads in-process business counters across requests; a Spin instance serves one request and keeps nothing",
+    ),
+    (
+        "dependency_errors_are_counted_by_kind",
+        "calls the router in-process on an app whose Redis and PostgreSQL refuse connections; no host is involved",
+    ),
+    (
+        "every_request_leaves_one_json_log_line",
+        "reads the stderr of a commerce serve child process; on Spin the component writes the same line to its stderr, which Spin keeps in its log",
+    ),
 ];
 
 /// The reason a test is in [`NATIVE_ONLY`], if it is; `test` is the test thread's name

@@ -191,16 +191,17 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         .and_then(|r| r.first()?.as_text())
         .unwrap_or("[]")
         .to_owned();
-    let recorded = sql.execute(
-        RECORD_REFUSAL,
-        &[
-            SqlValue::Text(order.session.to_owned()),
-            SqlValue::Text(order.payment_intent.to_owned()),
-            SqlValue::Text(shortages.clone()),
-        ],
-    )
-    .await
-    .map_err(PortError::sql)?;
+    let recorded = sql
+        .execute(
+            RECORD_REFUSAL,
+            &[
+                SqlValue::Text(order.session.to_owned()),
+                SqlValue::Text(order.payment_intent.to_owned()),
+                SqlValue::Text(shortages.clone()),
+            ],
+        )
+        .await
+        .map_err(PortError::sql)?;
     if recorded > 0 {
         metrics::event(Event::OversellRefused);
     }

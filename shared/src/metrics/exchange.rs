@@ -4,6 +4,8 @@
 //! writes to its logs).
 
 use std::io::Write as _;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::routes::{self, RouteId};
@@ -77,8 +79,13 @@ impl Exchange {
         };
         let route = routes::of(method, path);
         let stray_method = (route == routes::OTHER).then(|| {
-            let token = !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase());
-            if token { method.to_owned() } else { "OTHER".to_owned() }
+            let token =
+                !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase());
+            if token {
+                method.to_owned()
+            } else {
+                "OTHER".to_owned()
+            }
         });
         Self {
             started,
@@ -142,15 +149,35 @@ fn is_sane(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A new request id: `req_` and 32 random hex digits (a counter if randomness fails).
+/// A new request id: `req_` and 32 hex digits, unique without a system call per request
+/// (asking the OS for randomness each time cost more than the rest of the bookkeeping):
+/// 64 random bits drawn once per process (per instance in Spin), then a bijective mix
+/// (SplitMix64) of a counter, so ids never repeat within a process and do not show how
+/// many requests it served.
 fn new_request_id() -> String {
-    match crate::ids::random_hex_128() {
-        Ok(hex) => format!("req_{hex}"),
-        Err(_) => {
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            format!("req_n{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    static SEED: OnceLock<(u64, u64)> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (process, offset) = *SEED.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        if getrandom::fill(&mut bytes).is_err() {
+            // No randomness: the clock still tells processes apart.
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            bytes[..16].copy_from_slice(&now.as_nanos().to_le_bytes());
         }
-    }
+        let (high, low) = bytes.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        (word(high), word(low))
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("req_{process:016x}{:016x}", splitmix64(offset.wrapping_add(n)))
+}
+
+/// SplitMix64's output function: a bijection on `u64` that scatters neighbouring inputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -177,7 +204,11 @@ mod tests {
     fn the_answer_carries_the_request_id() {
         let mut response = Response::json(200, &serde_json::json!({}));
         Exchange::begin("GET", "/metrics", Some("abc")).end(&mut response, LogLevel::Off);
-        assert!(response.headers.contains(&(REQUEST_ID.to_owned(), "abc".to_owned())));
+        assert!(
+            response
+                .headers
+                .contains(&(REQUEST_ID.to_owned(), "abc".to_owned()))
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use super::{Dependency, ErrorKind};
 use crate::error::PortError;
-use crate::ports::{Http, OutboundRequest, OutboundResponse, Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue};
+use crate::ports::{
+    Http, OutboundRequest, OutboundResponse, Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue,
+};
 
 /// A port whose calls are recorded in `commerce_redis_call_seconds`,
 /// `commerce_postgres_call_seconds` or `commerce_gateway_call_seconds` (as the port it
@@ -30,7 +32,11 @@ async fn timed<T>(
 ) -> Result<T, PortError> {
     let started = Instant::now();
     let result = call.await;
-    super::call(dependency, started.elapsed(), result.as_ref().err().map(ErrorKind::of));
+    super::call(
+        dependency,
+        started.elapsed(),
+        result.as_ref().err().map(ErrorKind::of),
+    );
     result
 }
 

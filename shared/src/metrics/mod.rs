@@ -57,7 +57,10 @@ impl Histogram {
     /// Records one observation.
     pub fn observe(&self, elapsed: Duration) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = BUCKETS_NS.iter().position(|&bound| ns <= bound).unwrap_or(BUCKETS.len());
+        let bucket = BUCKETS_NS
+            .iter()
+            .position(|&bound| ns <= bound)
+            .unwrap_or(BUCKETS.len());
         self.buckets[bucket].fetch_add(1, Relaxed);
         self.sum_ns.fetch_add(ns, Relaxed);
     }
@@ -74,12 +77,19 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket.load(Relaxed);
-            let le = BUCKETS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let le = BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
         }
         let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {sum}");
+        let _ = writeln!(out, "{name}_count{braced} {cumulative}");
     }
 }
 
@@ -250,7 +260,10 @@ pub fn event(event: Event) {
 
 /// Requests recorded so far for a route (tests, and the one-instance note on Spin).
 pub fn requests_of(route: routes::RouteId) -> u64 {
-    REGISTRY.requests[route.min(routes::OTHER)].iter().map(Histogram::count).sum()
+    REGISTRY.requests[route.min(routes::OTHER)]
+        .iter()
+        .map(Histogram::count)
+        .sum()
 }
 
 /// Where the in-process counters come from, for the HELP text.
@@ -293,7 +306,10 @@ pub fn render(out: &mut String) {
                 ToString::to_string,
             );
             let store = routes::store(route);
-            match by_store.iter_mut().find(|(s, st, _)| *s == store && *st == status) {
+            match by_store
+                .iter_mut()
+                .find(|(s, st, _)| *s == store && *st == status)
+            {
                 Some(entry) => entry.2 += n,
                 None => by_store.push((store, status, n)),
             }
@@ -301,7 +317,10 @@ pub fn render(out: &mut String) {
     }
     by_store.sort();
     for (store, status, n) in by_store {
-        let _ = writeln!(out, "commerce_requests_total{{store=\"{store}\",status=\"{status}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "commerce_requests_total{{store=\"{store}\",status=\"{status}\"}} {n}"
+        );
     }
     for (i, (dependency, name)) in DEPENDENCIES.iter().enumerate() {
         let _ = writeln!(
@@ -325,8 +344,16 @@ pub fn render(out: &mut String) {
         }
     }
     for (name, help, slot) in [
-        ("commerce_cache_hits_total", "Cache lookups answered from the cache", 0),
-        ("commerce_cache_misses_total", "Cache lookups that went to PostgreSQL", 1),
+        (
+            "commerce_cache_hits_total",
+            "Cache lookups answered from the cache",
+            0,
+        ),
+        (
+            "commerce_cache_misses_total",
+            "Cache lookups that went to PostgreSQL",
+            1,
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -358,7 +385,11 @@ pub fn render(out: &mut String) {
         ("EXPIRED", Event::CheckoutExpired),
         ("FAILED", Event::CheckoutFailed),
     ] {
-        let _ = writeln!(out, "commerce_checkouts_ended_total{{state=\"{state}\"}} {}", events(event));
+        let _ = writeln!(
+            out,
+            "commerce_checkouts_ended_total{{state=\"{state}\"}} {}",
+            events(event)
+        );
     }
     for (name, help, event) in [
         (
@@ -407,6 +438,10 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_sum{a=\"b\"} 60.0033\n"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+        let mut bare = String::new();
+        h.render(&mut bare, "y", "");
+        assert!(bare.contains("y_bucket{le=\"+Inf\"} 3\n"), "{bare}");
+        assert!(bare.contains("\ny_count 3\n"), "{bare}");
     }
 
     #[test]
@@ -414,11 +449,26 @@ mod tests {
         use crate::PortError::{Server, Unreachable};
         let cases = [
             (Server("NOSCRIPT No matching script".into()), ErrorKind::Server),
-            (Unreachable("redis did not answer within 2s".into()), ErrorKind::Timeout),
-            (Unreachable("canceling statement due to statement timeout".into()), ErrorKind::Timeout),
-            (Unreachable("Connection refused (os error 111)".into()), ErrorKind::Refused),
-            (Unreachable("error connecting to server".into()), ErrorKind::Refused),
-            (Unreachable("LOADING Redis is loading".into()), ErrorKind::Unavailable),
+            (
+                Unreachable("redis did not answer within 2s".into()),
+                ErrorKind::Timeout,
+            ),
+            (
+                Unreachable("canceling statement due to statement timeout".into()),
+                ErrorKind::Timeout,
+            ),
+            (
+                Unreachable("Connection refused (os error 111)".into()),
+                ErrorKind::Refused,
+            ),
+            (
+                Unreachable("error connecting to server".into()),
+                ErrorKind::Refused,
+            ),
+            (
+                Unreachable("LOADING Redis is loading".into()),
+                ErrorKind::Unavailable,
+            ),
         ];
         for (error, kind) in cases {
             assert_eq!(ErrorKind::of(&error), kind, "{error}");

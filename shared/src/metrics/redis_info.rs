@@ -62,7 +62,9 @@ pub fn render(info: &str, out: &mut String) {
         .filter(|line| line.starts_with("db"))
         .filter_map(|line| {
             let (_, stats) = line.split_once(':')?;
-            stats.split(',').find_map(|s| s.strip_prefix("keys=")?.trim().parse::<u64>().ok())
+            stats
+                .split(',')
+                .find_map(|s| s.strip_prefix("keys=")?.trim().parse::<u64>().ok())
         })
         .sum();
     let _ = writeln!(

@@ -80,7 +80,10 @@ pub fn store(id: RouteId) -> &'static str {
     } else {
         2
     };
-    let end = path.match_indices('/').nth(depth - 1).map_or(path.len(), |(i, _)| i);
+    let end = path
+        .match_indices('/')
+        .nth(depth - 1)
+        .map_or(path.len(), |(i, _)| i);
     &path[..end]
 }
 
@@ -125,11 +128,23 @@ mod tests {
         let cases = [
             ("POST", "/v1/carts/c_123/items", "POST /v1/carts/{cart}/items"),
             ("POST", "/v1/carts/c_123/items/", "POST /v1/carts/{cart}/items"),
-            ("POST", "/v1/inventory/availability", "POST /v1/inventory/availability"),
+            (
+                "POST",
+                "/v1/inventory/availability",
+                "POST /v1/inventory/availability",
+            ),
             ("GET", "/v1/inventory/var-1", "GET /v1/inventory/{variant}"),
             ("GET", "/v1/inventory/reservations", "GET /v1/inventory/{variant}"),
-            ("PUT", "/v1/admin/inventory/reconcile", "PUT /v1/admin/inventory/{variant}"),
-            ("POST", "/v1/checkout/payment-webhook", "POST /v1/checkout/payment-webhook"),
+            (
+                "PUT",
+                "/v1/admin/inventory/reconcile",
+                "PUT /v1/admin/inventory/{variant}",
+            ),
+            (
+                "POST",
+                "/v1/checkout/payment-webhook",
+                "POST /v1/checkout/payment-webhook",
+            ),
             ("GET", "/v1/checkout/cs_1", "GET /v1/checkout/{session}"),
             ("GET", "/metrics", "GET /metrics"),
             ("GET", "/v1/nothing", "other"),
@@ -174,7 +189,11 @@ mod tests {
             let Some((methods, rest)) = entry.split_once(' ') else {
                 continue;
             };
-            let path = rest.trim_start().split(['`', '[', ' ']).next().unwrap_or_default();
+            let path = rest
+                .trim_start()
+                .split(['`', '[', ' '])
+                .next()
+                .unwrap_or_default();
             for method in methods.trim_end_matches('`').split('/') {
                 routes.push((method.to_owned(), path.to_owned()));
             }

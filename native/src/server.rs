@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use commerce_core::http::{Request, Response};
 use commerce_core::metrics::Measured;
-use commerce_core::metrics::exchange::{Exchange, REQUEST_ID};
+use commerce_core::metrics::exchange::{self, Exchange, LogLevel, REQUEST_ID};
 use commerce_core::{App, Error, Scope, Settings, outbox};
 use tokio::net::TcpListener;
 
@@ -68,20 +68,22 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sends what the outbox owes, every `every`, logging each row taken up to stderr. A
-/// failed pass (PostgreSQL down) is logged and the next tick tries again.
+/// Sends what the outbox owes, every `every`, logging each row taken up to stderr (a JSON
+/// line at info). A failed pass (PostgreSQL down) is logged at error and the next tick
+/// tries again.
 async fn drain_every(app: Arc<NativeApp>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let level = app.settings.log_level;
         match outbox::drain(&app, DRAIN_BATCH).await {
             Ok(report) => {
                 for attempt in &report.attempts {
-                    eprintln!("commerce: outbox: {attempt}");
+                    exchange::log(level, LogLevel::Info, &format!("outbox: {attempt}"));
                 }
             }
-            Err(error) => eprintln!("commerce: outbox drain failed: {error}"),
+            Err(error) => exchange::log(level, LogLevel::Error, &format!("outbox drain failed: {error}")),
         }
     }
 }

@@ -28,7 +28,7 @@ pub enum LogLevel {
     Warn,
     /// …and one line per request (the default).
     Info,
-    /// …and details.
+    /// …and details (nothing more than `Info` logs yet).
     Debug,
 }
 
@@ -140,6 +140,23 @@ impl Exchange {
         }
         response.headers.push((REQUEST_ID.into(), self.request_id));
     }
+}
+
+/// Logs one event that is not a request (background work) as a JSON line on stderr,
+/// `{"ts","level","message"}`, if `line` is within `level`.
+pub fn log(level: LogLevel, line: LogLevel, message: &str) {
+    if line > level || line == LogLevel::Off {
+        return;
+    }
+    let ts = crate::clock::rfc3339_millis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    );
+    let entry = serde_json::json!({ "ts": ts, "level": line.name(), "message": message });
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("{entry}\n").as_bytes());
 }
 
 fn is_sane(id: &str) -> bool {

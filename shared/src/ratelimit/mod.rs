@@ -89,14 +89,17 @@ impl fmt::Display for Subject {
 
 /// Whether `method` on the path `segments` is one of the limited writes (module doc).
 pub fn is_limited_write(method: &str, segments: &[&str]) -> bool {
-    match (method, segments) {
-        ("POST", ["v1", "carts"] | ["v1", "carts", _, "items"]) => true,
-        ("PATCH" | "DELETE", ["v1", "carts", _, "items", _]) => true,
-        ("POST", ["v1", "customers", _, "cart", "items" | "merge"]) => true,
-        ("PATCH" | "DELETE", ["v1", "customers", _, "cart", "items", _]) => true,
-        ("POST", ["v1", "checkout"] | ["v1", "checkout", _, "payment-intent" | "cancel"]) => true,
-        _ => false,
-    }
+    matches!(
+        (method, segments),
+        ("POST", ["v1", "carts"] | ["v1", "carts", _, "items"])
+            | ("PATCH" | "DELETE", ["v1", "carts", _, "items", _])
+            | ("POST", ["v1", "customers", _, "cart", "items" | "merge"])
+            | ("PATCH" | "DELETE", ["v1", "customers", _, "cart", "items", _])
+            | (
+                "POST",
+                ["v1", "checkout"] | ["v1", "checkout", _, "payment-intent" | "cancel"]
+            )
+    )
 }
 
 /// Whose bucket `req` counts against and at what rate; `None` when it is not limited: a

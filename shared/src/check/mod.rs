@@ -56,8 +56,9 @@ FROM payment_outbox WHERE state = 'pending'";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Drift {
-    /// What kind: `stock`, `max-per-order`, `unmirrored`, `reserved`, `negative`, `orphan-hold`,
-    /// `session-lock`, `session-holds`, `paid-session-holds`, `paid-session-ended`, `outbox`.
+    /// What kind: `stock`, `max-per-order`, `unmirrored`, `reserved`, `negative`,
+    /// `orphan-hold`, `session-lock`, `session-holds`, `paid-session-holds`,
+    /// `paid-session-ended`, `outbox`.
     pub kind: &'static str,
     /// What it is about (a variant, a session, a holder).
     pub subject: String,
@@ -92,8 +93,8 @@ struct RedisVariant {
     stock: i64,
     base: i64,
     max: i64,
-    /// The per-order limit, 0: none.
-    limit: i64,
+    /// The per-order limit; `None`: none.
+    limit: Option<i64>,
     reserved: i64,
     held: i64,
     holders: Vec<(String, i64)>,
@@ -217,7 +218,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 stock,
                 base,
                 max,
-                limit,
+                limit: (limit > 0).then_some(limit),
                 reserved,
                 held,
                 holders,
@@ -250,13 +251,13 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     "stock",
                     format!("Redis stock {} but on-hand {on_hand}", seen.stock),
                 ));
-            } else if seen.base == version && (seen.limit > 0).then_some(seen.limit) != level.max_per_order {
+            } else if seen.base == version && seen.limit != level.max_per_order {
                 let limit = |l: Option<i64>| l.map_or("none".to_owned(), |l| l.to_string());
                 found.push((
                     "max-per-order",
                     format!(
                         "Redis limit {} but PostgreSQL's {}",
-                        limit((seen.limit > 0).then_some(seen.limit)),
+                        limit(seen.limit),
                         limit(level.max_per_order)
                     ),
                 ));

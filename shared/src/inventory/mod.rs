@@ -337,7 +337,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             "LIMIT" => {
                 let over: Vec<OverLimit> = reply
                     .ints()?
-                    .chunks(3)
+                    .chunks_exact(3)
                     .filter_map(|c| {
                         let (variant, _) = lines.get(usize::try_from(c[0]).ok()?)?;
                         Some(OverLimit {

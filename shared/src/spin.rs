@@ -139,7 +139,8 @@ fn from_spin(req: IncomingRequest, limit: usize) -> Result<Request, Error> {
 /// the client sent and then appends its own `spin-client-addr` (from the accepted socket)
 /// with `HeaderMap::extend`, which appends rather than replaces. So a client that sends
 /// `spin-client-addr` itself does not overwrite the host's value; its forgery comes
-/// first, and taking the last value ignores it (`tests/tests/limits.rs` sends one).
+/// first, and taking the last value ignores it. `tests/tests/limits.rs` sends one; on the
+/// real host it escapes the rate limit if the first value is taken instead (tried).
 fn client_addr(headers: &[(String, String)]) -> Option<std::net::IpAddr> {
     let (_, value) = headers
         .iter()

@@ -143,6 +143,27 @@ async fn anonymous_writes_beyond_the_burst_are_429_change_nothing_and_recover_af
 }
 
 #[tokio::test]
+async fn a_concurrent_burst_gets_exactly_the_burst_through() {
+    let app = TestApp::spawn_with(anonymous(1, 5)).await;
+    let tries: Vec<_> = (0..30)
+        .map(|_| {
+            let (http, url) = (app.http.clone(), format!("{}/v1/carts", app.base));
+            tokio::spawn(async move { http.post(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tries {
+        statuses.push(task.await.unwrap());
+    }
+    statuses.sort();
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((created, refused), (5, 25), "{statuses:?}");
+    assert_eq!(carts(&app).await, 5);
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn reads_and_trusted_callers_are_not_limited() {
     let app = TestApp::spawn_with(anonymous(1, 1)).await;
     app.seed(2).await;

@@ -424,6 +424,20 @@ async fn max_per_order_is_enforced_on_reservations_and_a_refusal_holds_nothing()
     assert_eq!(cleared.body["stock"], 100);
     let more = reserve(&app, "h1", json!([{"variantId": "var-1", "quantity": 10}])).await;
     assert_eq!(more.status, 201, "{more:?}");
+    // A holder keeps what it held before the limit was lowered, but may not take more.
+    let lowered = set_level(&app, "var-1", json!({"maxPerOrder": 4})).await;
+    assert_eq!(lowered.status, 200, "{lowered:?}");
+    let kept = reserve(&app, "h1", json!([{"variantId": "var-1", "quantity": 10}])).await;
+    assert_eq!(kept.status, 201, "{kept:?}");
+    let fewer = reserve(&app, "h1", json!([{"variantId": "var-1", "quantity": 6}])).await;
+    assert_eq!(fewer.status, 201, "{fewer:?}");
+    over_limit(
+        &reserve(&app, "h1", json!([{"variantId": "var-1", "quantity": 7}])).await,
+        "var-1",
+        7,
+        4,
+    );
+    assert_eq!(app.check_holds("var-1").await, (100, 8));
     let both = set_level(&app, "var-1", json!({"onHand": 50, "maxPerOrder": 20})).await;
     assert_eq!(
         (both.body["stock"].clone(), both.body["maxPerOrder"].clone()),
@@ -485,6 +499,23 @@ async fn max_per_order_is_enforced_on_checkout_start() {
     assert_eq!(fixed.status, 200, "{fixed:?}");
     let started = start("k-2").await;
     assert_eq!(started.status, 201, "{started:?}");
+    assert_eq!(app.get("/v1/inventory/var-1").await.body["reserved"], 2);
+    // A limit lowered after the start does not stop that checkout's payment: its intent
+    // extends the holds it already has.
+    assert_eq!(
+        set_level(&app, "var-1", json!({"maxPerOrder": 1})).await.status,
+        200
+    );
+    let session = started.body["sessionId"].as_str().unwrap();
+    let intent = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            false,
+        )
+        .await;
+    assert_eq!(intent.status, 200, "{intent:?}");
     assert_eq!(app.get("/v1/inventory/var-1").await.body["reserved"], 2);
     app.finish().await;
 }

@@ -288,8 +288,8 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// Holds every line for `holder` until `ttl_ms` from now, all or nothing. The
     /// quantities SET the holder's holds, so a retried reservation never adds. Variants
     /// the holder holds but does not name keep their holds. A line over its variant's
-    /// per-order limit is a 422 (`MAX_PER_ORDER_EXCEEDED`), short stock a 409; either way
-    /// nothing is held.
+    /// per-order limit, and over what the holder already holds, is a 422
+    /// (`MAX_PER_ORDER_EXCEEDED`), short stock a 409; either way nothing is held.
     pub async fn reserve(
         &self,
         holder: &Holder,

@@ -8,8 +8,10 @@
 --
 -- The quantity SETS the holder's hold (a retry never adds). A variant is granted only if
 -- stock - live reserved + this holder's current hold >= quantity, and only if the quantity
--- is within the variant's per-order limit (max-per-order, loaded with the stock); if any
--- variant is over its limit or falls short, nothing is written.
+-- is within the variant's per-order limit (max-per-order, loaded with the stock) or no more
+-- than the holder already holds (extending a hold taken before the limit was lowered, as
+-- a checkout's payment intent does, is not taking more); if any variant is over its limit
+-- or falls short, nothing is written.
 --
 -- Replies (flat): {'OK', deadline_ms} | {'LIMIT', i, requested, max_per_order, ...}
 --                 | {'SHORT', i, requested, sellable, ...} | {'MISSING', i, ...} | {'RETRY'}
@@ -39,7 +41,8 @@ local over = {'LIMIT'}
 for i = 0, n - 1 do
   local limit = tonumber(redis.call('HGET', KEYS[6 + 5 * i], 'limit'))
   local want = tonumber(ARGV[4 + 2 * i])
-  if limit and want > limit then
+  if limit and want > limit
+      and want > (tonumber(redis.call('HGET', KEYS[5 + 5 * i], holder)) or 0) then
     over[#over + 1] = i
     over[#over + 1] = want
     over[#over + 1] = limit

@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::ids::CartId;
 use crate::metrics::exchange::LogLevel;
 use crate::ports::Config;
+use crate::ratelimit::{Rate, TrustedProxies};
 
 /// Every setting the stores use.
 #[derive(Debug, Clone)]
@@ -90,6 +91,18 @@ pub struct Settings {
     /// How much is logged to stderr (`off|error|warn|info|debug`): at `info`, one JSON line
     /// per request; 5xx answers log at `error`.
     pub log_level: LogLevel,
+    /// Anonymous writes (carts, checkouts) one client address may make per minute,
+    /// sustained; 0 turns the limit off.
+    pub rate_limit_anonymous_per_minute: u32,
+    /// Anonymous writes one client address may make at once.
+    pub rate_limit_anonymous_burst: u32,
+    /// Writes one signed-in customer may make per minute, sustained; 0 turns the limit off.
+    pub rate_limit_customer_per_minute: u32,
+    /// Writes one signed-in customer may make at once.
+    pub rate_limit_customer_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses and CIDRs,
+    /// comma-separated); empty: the socket's peer is the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Settings {
@@ -152,6 +165,15 @@ impl Settings {
         let log_level = text("log_level", "info");
         let log_level = LogLevel::parse(&log_level)
             .ok_or_else(|| format!("log_level must be off, error, warn, info or debug, got {log_level:?}"))?;
+        let per_minute = |name: &str, default: u32| -> Result<u32, String> {
+            let value = number(name, default.into())?;
+            u32::try_from(value)
+                .ok()
+                .filter(|v| *v <= 1_000_000)
+                .ok_or_else(|| format!("{name} must be from 0 (off) to 1000000"))
+        };
+        let trusted_proxies = TrustedProxies::parse(&text("trusted_proxies", ""))
+            .map_err(|e| format!("trusted_proxies: {e}"))?;
         let redis_timeout_ms = number("redis_timeout_ms", 2_000)?;
         let database_timeout_ms = number("database_timeout_ms", 5_000)?;
         let gateway_timeout_ms = number("gateway_timeout_ms", 10_000)?;
@@ -197,6 +219,11 @@ impl Settings {
             outbox_retry_max_ms,
             metrics_token: text("metrics_token", ""),
             log_level,
+            rate_limit_anonymous_per_minute: per_minute("rate_limit_anonymous_per_minute", 120)?,
+            rate_limit_anonymous_burst: bounded("rate_limit_anonymous_burst", 60, 1_000_000)?,
+            rate_limit_customer_per_minute: per_minute("rate_limit_customer_per_minute", 60)?,
+            rate_limit_customer_burst: bounded("rate_limit_customer_burst", 30, 1_000_000)?,
+            trusted_proxies,
         })
     }
 
@@ -228,6 +255,22 @@ impl Settings {
             Err(Error::Unauthorized(
                 "/metrics needs the metrics token (Bearer)".into(),
             ))
+        }
+    }
+
+    /// The rate limit of anonymous writes, per client address.
+    pub fn anonymous_rate(&self) -> Rate {
+        Rate {
+            per_minute: self.rate_limit_anonymous_per_minute,
+            burst: self.rate_limit_anonymous_burst,
+        }
+    }
+
+    /// The rate limit of a signed-in customer's writes, per customer.
+    pub fn customer_rate(&self) -> Rate {
+        Rate {
+            per_minute: self.rate_limit_customer_per_minute,
+            burst: self.rate_limit_customer_burst,
         }
     }
 
@@ -287,6 +330,13 @@ mod tests {
         let s = Settings::from_config(&Map(HashMap::new())).unwrap();
         assert_eq!(s.reservation_ttl_seconds, 900);
         assert!(s.admin_token.is_empty());
+        // The limits are on unless a deployment turns them off.
+        assert_eq!(
+            (s.anonymous_rate().per_minute, s.anonymous_rate().burst),
+            (120, 60)
+        );
+        assert_eq!((s.customer_rate().per_minute, s.customer_rate().burst), (60, 30));
+        assert_eq!(s.trusted_proxies, TrustedProxies::default());
         assert_eq!(
             (
                 s.outbox_drain_interval_ms,
@@ -307,6 +357,10 @@ mod tests {
             ("outbox_retry_max_ms", "10"),
             ("outbox_drain_interval_ms", "-1"),
             ("log_level", "loud"),
+            ("rate_limit_anonymous_per_minute", "-5"),
+            ("rate_limit_customer_per_minute", "1000001"),
+            ("rate_limit_anonymous_burst", "0"),
+            ("trusted_proxies", "10.0.0.0/8,proxy.local"),
         ] {
             assert!(Settings::from_config(&Map(HashMap::from([(k, v)]))).is_err());
         }

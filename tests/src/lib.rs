@@ -114,6 +114,7 @@ impl TestApp {
 
     /// Starts the app with extra configuration (Spin variable names), on the host that
     /// `COMMERCE_TEST_HOST` names; a test in [`host::NATIVE_ONLY`] always runs natively.
+    /// The rate limits are off unless `configure` sets them.
     pub async fn spawn_with(configure: impl FnOnce(EnvConfig) -> EnvConfig) -> Self {
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 1_000_000_000;
         let namespace = format!(
@@ -135,6 +136,8 @@ impl TestApp {
             .unwrap();
 
         let schema_url = schema_url(&database_url, &namespace);
+        // The rate limits are off: tests drive thousands of writes from 127.0.0.1. The tests
+        // of the limits (`limits.rs`) turn them on with small numbers.
         let config = configure(
             EnvConfig::new()
                 .set("redis_url", &redis_url)
@@ -144,7 +147,9 @@ impl TestApp {
                 .set("jwt_secret", JWT_SECRET)
                 // One JSON line per request would drown the tests' own output (the native
                 // server runs in the test process); tests of the log set `info` again.
-                .set("log_level", "warn"),
+                .set("log_level", "warn")
+                .set("rate_limit_anonymous_per_minute", "0")
+                .set("rate_limit_customer_per_minute", "0"),
         );
         let settings = Settings::from_config(&config).unwrap();
         let app = build_app(settings).unwrap();

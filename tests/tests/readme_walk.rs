@@ -22,7 +22,7 @@ async fn the_readme_walk_answers_as_the_readme_says() {
     let stock = app.get("/v1/inventory/var-1").await;
     assert_eq!(
         stock.body,
-        json!({"variantId": "var-1", "stock": 100, "reserved": 0, "sellable": 100})
+        json!({"variantId": "var-1", "stock": 100, "reserved": 0, "sellable": 100, "maxPerOrder": null})
     );
     let many = app
         .post(
@@ -71,6 +71,34 @@ async fn the_readme_walk_answers_as_the_readme_says() {
         .await;
     assert_eq!(released.body, json!({"cartId": "cart-42", "released": 2}));
     assert_eq!(app.set_on_hand("var-1", 250).await.body["stock"], 250);
+    let flash = app
+        .call(
+            "PUT",
+            "/v1/admin/inventory/var-7",
+            Some(json!({"maxPerOrder": 2})),
+            true,
+        )
+        .await;
+    assert_eq!(
+        flash.body,
+        json!({"variantId": "var-7", "stock": 100, "reserved": 0, "sellable": 100, "maxPerOrder": 2})
+    );
+    let over = post_as_admin(
+        &app,
+        "/v1/inventory/reservations",
+        json!({"cartId": "cart-43", "items": [{"variantId": "var-7", "quantity": 3}]}),
+    )
+    .await;
+    assert_eq!((over.status, over.code()), (422, "MAX_PER_ORDER_EXCEEDED"));
+    let details = &over.body["error"]["details"];
+    assert_eq!(
+        (
+            &details["variantId"],
+            &details["requested"],
+            &details["maxPerOrder"]
+        ),
+        (&json!("var-7"), &json!(3), &json!(2))
+    );
     let reconciled = app
         .call("POST", "/v1/admin/inventory/reconcile", None, true)
         .await;

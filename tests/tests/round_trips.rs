@@ -214,3 +214,75 @@ async fn starting_a_checkout_is_at_most_six_round_trips() {
     assert_eq!(counting.redis.take(), 6, "checkout start");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_rate_limited_write_costs_one_round_trip_and_other_requests_none() {
+    use commerce_core::http::Request;
+    use commerce_core::{App, Scope, handle};
+
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let counting = |per_minute: u32| {
+        let mut settings = app.app.settings.clone();
+        settings.rate_limit_anonymous_per_minute = per_minute;
+        settings.rate_limit_anonymous_burst = 1000;
+        App::new(
+            Counting {
+                inner: &app.app.redis,
+                calls: AtomicUsize::new(0),
+            },
+            app.app.sql.clone(),
+            app.app.http.clone(),
+            settings,
+        )
+    };
+    let (limited, unlimited) = (counting(60), counting(0));
+    let request = |method: &str, path: &str, body: &str, admin: bool| {
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if admin {
+            headers.push((
+                "authorization".into(),
+                format!("Bearer {}", commerce_tests::ADMIN_TOKEN),
+            ));
+        }
+        Request {
+            method: method.into(),
+            path: path.into(),
+            headers,
+            body: body.as_bytes().to_vec(),
+            client_addr: Some("192.0.2.7".parse().unwrap()),
+            ..Request::default()
+        }
+    };
+    let cart = handle(&unlimited, request("POST", "/v1/carts", "", false), Scope::All).await;
+    let cart = cart.json_body().unwrap()["cartId"].as_str().unwrap().to_owned();
+    let add = format!("/v1/carts/{cart}/items");
+    let line = r#"{"variantId":"var-1","quantity":1}"#;
+    let reservation = r#"{"cartId":"rt","items":[{"variantId":"var-1","quantity":1}]}"#;
+    // Warm the script cache so EVALSHA hits, as in steady state.
+    for app in [&limited, &unlimited] {
+        for (method, path, body, admin) in [
+            ("POST", add.as_str(), line, false),
+            ("POST", "/v1/inventory/reservations", reservation, true),
+        ] {
+            let answer = handle(app, request(method, path, body, admin), Scope::All).await;
+            assert!(answer.status < 300, "{answer:?}");
+        }
+        app.redis.take();
+    }
+    for (method, path, body, admin, extra) in [
+        ("POST", add.as_str(), line, false, 1),
+        ("POST", "/v1/inventory/reservations", reservation, true, 0),
+        ("GET", &format!("/v1/carts/{cart}"), "", false, 0),
+        ("POST", "/v1/carts", "", true, 0),
+    ] {
+        let mut calls = [0; 2];
+        for (i, app) in [&limited, &unlimited].into_iter().enumerate() {
+            let answer = handle(app, request(method, path, body, admin), Scope::All).await;
+            assert!(answer.status < 300, "{method} {path}: {answer:?}");
+            calls[i] = app.redis.take();
+        }
+        assert_eq!(calls[0], calls[1] + extra, "{method} {path}: limited {calls:?}");
+    }
+    app.finish().await;
+}

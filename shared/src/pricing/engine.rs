@@ -6,17 +6,22 @@
 //! between them is made by an explicit ordering (priority, then id).
 //!
 //! The rules, each implemented once below:
-//! 1. **Price resolution** of a variant: `Ruleset::resolve_variant` and `tier_price`.
-//! 2. **Bundle unit price**: `Ruleset::resolve_bundle`.
+//! 1. **Price resolution** of a variant: `RulesetIndex::resolve_variant` and
+//!    `IndexedVariant::tier_price`.
+//! 2. **Bundle unit price**: `RulesetIndex::resolve_bundle`.
 //! 3. **Discounts**, in priority order with exclusivity, never taking a line or the order
-//!    below zero: `apply_discounts`.
+//!    below zero: `RulesetIndex::apply_discounts`.
 //! 4. **Totals**: `subtotal = Σ line totals`, `discountTotal = Σ every listed discount`,
-//!    `total = subtotal − discountTotal ≥ 0`: [`quote`].
+//!    `total = subtotal − discountTotal ≥ 0`: [`RulesetIndex::quote`].
+//!
+//! A ruleset is indexed once ([`RulesetIndex`]: the orderings the rules ask for, and
+//! lookups by variant and bundle id), then quoted; [`quote`] does both for one quote.
 //!
 //! Rounding happens in exactly one place, [`percent_of`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 use serde_json::json;
@@ -264,124 +269,298 @@ pub struct QuotedLine {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedDiscount {
-    /// The discount.
-    pub discount_id: String,
+    /// The discount (shared with the index that applied it, so listing it copies no text).
+    #[serde(serialize_with = "shared_str")]
+    pub discount_id: Arc<str>,
     /// What it took, always `> 0`.
     #[serde(rename = "amount")]
     pub amount_minor: i64,
+}
+
+fn shared_str<S: Serializer>(id: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(id)
 }
 
 fn list_id_or_base<S: Serializer>(id: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(id.as_deref().unwrap_or(BASE_PRICE_LIST_ID))
 }
 
-/// Prices `lines` under `input`: unit prices (rules 1 and 2), line totals, discounts
-/// (rule 3) and totals, with the guarantees stated on [`Quote`].
-///
-/// Refuses, without a partial quote:
-/// - a quantity of 0 or above [`Quantity::MAX`]: 400 `INVALID_QUANTITY`;
-/// - a variant or bundle the input does not price: 422 `UNKNOWN_VARIANT` /
-///   `UNKNOWN_BUNDLE`, naming it and the line;
-/// - a variant with no price in the cart's currency, or a fixed-price bundle in another
-///   currency: 422 `CURRENCY_MISMATCH`;
-/// - a negative price in the ruleset: 422 `INVALID_PRICE`;
-/// - an amount beyond `i64` minor units: 422 `AMOUNT_OUT_OF_RANGE`;
-/// - an input with a duplicate price list, variant or discount id: [`Error::Internal`].
+/// Prices `lines` under `input`: [`RulesetIndex::new`] then [`RulesetIndex::quote`] in the
+/// input's context. For one quote of a ruleset read for it (what a request does); whoever
+/// quotes one ruleset many times indexes it once and calls [`RulesetIndex::quote`].
 pub fn quote(input: &PricingInput, lines: &[QuoteLine]) -> Result<Quote, Error> {
-    let ruleset = Ruleset::index(input)?;
-    let currency = input.currency;
-    let mut priced = Vec::with_capacity(lines.len());
-    let mut subtotal = Money::zero(currency);
-    for line in lines {
-        let quantity = Quantity::new(i64::from(line.quantity()))?.get();
-        let unit = match line {
-            QuoteLine::Variant { variant_id, .. } => ruleset.resolve_variant(line, variant_id, quantity)?,
-            QuoteLine::Bundle { bundle_id, parts, .. } => {
-                ruleset.resolve_bundle(line, bundle_id, parts, quantity)?
-            }
-        };
-        let line_total = Money::new(unit.unit_minor, currency).checked_mul(quantity)?;
-        subtotal = subtotal.checked_add(line_total)?;
-        priced.push(QuotedLine {
-            line_id: line.line_id().to_owned(),
-            unit_minor: unit.unit_minor,
-            price_list_id: unit.price_list_id,
-            quantity,
-            line_total_minor: line_total.minor,
-            discounts: Vec::new(),
-        });
-    }
-    let order_discounts = apply_discounts(input, lines, &mut priced, subtotal.minor);
-    // Every amount was capped at what was left of the order, so neither sum can exceed the
-    // subtotal.
-    let discount_total_minor = priced
-        .iter()
-        .flat_map(|line| &line.discounts)
-        .chain(&order_discounts)
-        .map(|discount| discount.amount_minor)
-        .sum::<i64>();
-    Ok(Quote {
-        currency,
-        lines: priced,
-        order_discounts,
-        subtotal_minor: subtotal.minor,
-        discount_total_minor,
-        total_minor: subtotal.minor - discount_total_minor,
-    })
+    RulesetIndex::new(input)?.quote(&input.context(), lines)
 }
 
-/// A resolved unit price and where it came from.
-struct UnitPrice {
-    unit_minor: i64,
-    price_list_id: Option<String>,
+/// What a quote is for besides its lines: who, in which currency, when.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuoteContext<'c> {
+    /// The customer's pricing group, if any.
+    pub customer_group: Option<&'c str>,
+    /// The cart's currency: every price and total of the quote is in it.
+    pub currency: Currency,
+    /// The instant the quote is for, epoch milliseconds (decides which discounts are
+    /// active).
+    pub now_ms: i64,
 }
 
-/// The input, indexed by id, with the candidate lists of rule 1 in order.
-struct Ruleset<'a> {
-    input: &'a PricingInput,
-    lists: BTreeMap<&'a str, &'a PriceList>,
-    variants: BTreeMap<&'a str, &'a VariantPrices>,
-    /// The lists a variant's price is looked up from, most specific first.
-    candidates: Vec<&'a PriceList>,
-}
-
-impl<'a> Ruleset<'a> {
-    fn index(input: &'a PricingInput) -> Result<Self, Error> {
-        let lists = unique("price list", input.price_lists.iter().map(|l| (l.id.as_str(), l)))?;
-        let variants = unique(
-            "variant",
-            input.variants.iter().map(|v| (v.variant_id.as_str(), v)),
-        )?;
-        unique("discount", input.discounts.iter().map(|d| (d.id.as_str(), d)))?;
-
-        // Rule 1, candidate order: the lists of the customer's group, then the default
-        // lists; within each, priority descending, ties by id ascending. Lists of another
-        // currency are never candidates.
-        let in_currency = || input.price_lists.iter().filter(|l| l.currency == input.currency);
-        let mut group: Vec<&PriceList> = in_currency()
-            .filter(|l| l.customer_group.is_some() && l.customer_group == input.customer_group)
-            .collect();
-        let mut default: Vec<&PriceList> = in_currency().filter(|l| l.customer_group.is_none()).collect();
-        for lists in [&mut group, &mut default] {
-            lists.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+impl PricingInput {
+    /// The input's customer group, currency and instant.
+    pub fn context(&self) -> QuoteContext<'_> {
+        QuoteContext {
+            customer_group: self.customer_group.as_deref(),
+            currency: self.currency,
+            now_ms: self.now_ms,
         }
-        group.append(&mut default);
+    }
+}
+
+/// A price list's position in [`RulesetIndex::lists`].
+type ListIx = usize;
+/// A discount's position in [`RulesetIndex::discounts`], which is the order rule 3
+/// applies discounts in: a lower rank applies first.
+type Rank = u32;
+/// Where a discount candidate applies: a line's index, or [`ORDER`].
+type Slot = u32;
+/// The slot of the order as a whole.
+const ORDER: Slot = Slot::MAX;
+
+/// The ruleset of a [`PricingInput`] (its price lists, variants, bundles and discounts,
+/// not its context) arranged so that a quote looks up what applies to its lines instead
+/// of searching the whole ruleset:
+///
+/// - every ordering the rules ask for is done once, here: price lists by priority (rule
+///   1's candidate order), each list's parent walk, each variant's tiers per list, and
+///   discounts by priority and id (rule 3's order);
+/// - a variant line finds its prices by variant id, and the discounts that may apply to
+///   it by variant (or bundle) id, so the cost of a quote grows with its lines and the
+///   discounts that target them, not with the size of the ruleset.
+///
+/// Build it once per ruleset and quote with it as often as needed; it borrows the input.
+pub struct RulesetIndex<'a> {
+    /// The price lists, in the input's order.
+    lists: Vec<&'a PriceList>,
+    /// Every list by priority descending, ties by id ascending: rule 1's candidate order
+    /// within the customer's group lists and within the default lists.
+    by_priority: Vec<ListIx>,
+    /// For each list, the lists its walk visits: itself, then its parents, up to a
+    /// missing parent or a list already visited (a cycle).
+    chains: Vec<Vec<ListIx>>,
+    /// Each variant's base price and, per list that prices it, its tiers.
+    variants: HashMap<&'a str, IndexedVariant<'a>>,
+    bundles: &'a BTreeMap<String, BundlePricing>,
+    /// The discounts in the order rule 3 applies them: priority descending, ties by id.
+    discounts: Vec<RankedDiscount<'a>>,
+    /// `(variant id, rank)` for each variant a `Variants` discount names, sorted: the
+    /// discounts of one variant are one run of it, in rank order.
+    by_variant: Vec<(&'a str, Rank)>,
+    /// `(bundle id, rank)` for each bundle a `Bundles` discount names, sorted likewise.
+    by_bundle: Vec<(&'a str, Rank)>,
+    /// The ranks of the `OrderSubtotal` discounts, ascending.
+    on_order: Vec<Rank>,
+}
+
+/// A discount and its id, shared with every [`AppliedDiscount`] it gives.
+struct RankedDiscount<'a> {
+    rule: &'a Discount,
+    id: Arc<str>,
+}
+
+/// A variant's prices, by list.
+struct IndexedVariant<'a> {
+    prices: &'a VariantPrices,
+    /// Every tier of every list that prices the variant (several entries for one list
+    /// merged), sorted by list, then `min_quantity` ascending, then price descending: the
+    /// tier of a list that applies to a quantity is the last of the list's run starting at
+    /// or below it.
+    tiers: Vec<(ListIx, PriceBreak)>,
+}
+
+impl IndexedVariant<'_> {
+    /// Rule 1, a list's price for the variant at `quantity`: the tier with the highest
+    /// `min_quantity <= quantity` (equal tiers: the lower price). `None` when the list has
+    /// no entry for the variant or every tier starts above `quantity`; the list then does
+    /// not apply and the walk goes on.
+    fn tier_price(&self, list: ListIx, quantity: u32) -> Option<i64> {
+        let reached = self
+            .tiers
+            .partition_point(|(ix, tier)| (*ix, tier.min_quantity) <= (list, quantity));
+        let (ix, tier) = self.tiers.get(reached.checked_sub(1)?)?;
+        (*ix == list).then_some(tier.unit_minor)
+    }
+}
+
+/// The ranks in a sorted `(id, rank)` table that belong to `id`.
+fn ranks_of<'t>(table: &'t [(&str, Rank)], id: &str) -> impl ExactSizeIterator<Item = Rank> + 't {
+    let start = table.partition_point(|(other, _)| *other < id);
+    let run = table[start..].partition_point(|(other, _)| *other == id);
+    table[start..start + run].iter().map(|&(_, rank)| rank)
+}
+
+impl<'a> RulesetIndex<'a> {
+    /// Indexes the ruleset of `input`. A duplicate price list, variant or discount id is
+    /// refused as [`Error::Internal`] (it would make quotes depend on order).
+    pub fn new(input: &'a PricingInput) -> Result<Self, Error> {
+        let list_ix = unique("price list", input.price_lists.iter().map(|l| l.id.as_str()))?;
+        unique("variant", input.variants.iter().map(|v| v.variant_id.as_str()))?;
+        unique("discount", input.discounts.iter().map(|d| d.id.as_str()))?;
+        let lists: Vec<&PriceList> = input.price_lists.iter().collect();
+
+        let mut by_priority: Vec<ListIx> = (0..lists.len()).collect();
+        by_priority.sort_by(|&a, &b| {
+            (lists[b].priority.cmp(&lists[a].priority)).then_with(|| lists[a].id.cmp(&lists[b].id))
+        });
+        let chains = (0..lists.len())
+            .map(|start| {
+                let mut chain = vec![start];
+                while let Some(&parent) = lists[*chain.last().expect("starts non-empty")]
+                    .parent_id
+                    .as_deref()
+                    .and_then(|parent| list_ix.get(parent))
+                {
+                    if chain.contains(&parent) {
+                        break;
+                    }
+                    chain.push(parent);
+                }
+                chain
+            })
+            .collect();
+
+        let variants = input
+            .variants
+            .iter()
+            .map(|prices| {
+                let mut tiers: Vec<(ListIx, PriceBreak)> = (prices.entries.iter())
+                    // A list that does not exist is never walked to.
+                    .filter_map(|(list_id, breaks)| Some((*list_ix.get(list_id.as_str())?, breaks)))
+                    .flat_map(|(ix, breaks)| breaks.iter().map(move |tier| (ix, tier.clone())))
+                    .collect();
+                tiers.sort_by_key(|(ix, tier)| (*ix, tier.min_quantity, Reverse(tier.unit_minor)));
+                (prices.variant_id.as_str(), IndexedVariant { prices, tiers })
+            })
+            .collect();
+
+        let mut discounts: Vec<&Discount> = input.discounts.iter().collect();
+        discounts.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+        let (mut by_variant, mut by_bundle, mut on_order) = (Vec::new(), Vec::new(), Vec::new());
+        for (rank, discount) in (0..).zip(&discounts) {
+            match &discount.target {
+                DiscountTarget::Variants(ids) => by_variant.extend(ids.iter().map(|id| (id.as_str(), rank))),
+                DiscountTarget::Bundles(ids) => by_bundle.extend(ids.iter().map(|id| (id.as_str(), rank))),
+                DiscountTarget::OrderSubtotal { .. } => on_order.push(rank),
+            }
+        }
+        by_variant.sort_unstable();
+        by_bundle.sort_unstable();
+        let discounts = (discounts.into_iter())
+            .map(|rule| RankedDiscount {
+                rule,
+                id: rule.id.as_str().into(),
+            })
+            .collect();
         Ok(Self {
-            input,
             lists,
+            by_priority,
+            chains,
             variants,
-            candidates: group,
+            bundles: &input.bundles,
+            discounts,
+            by_variant,
+            by_bundle,
+            on_order,
         })
+    }
+
+    /// Prices `lines` in `context`: unit prices (rules 1 and 2), line totals, discounts
+    /// (rule 3) and totals, with the guarantees stated on [`Quote`].
+    ///
+    /// Refuses, without a partial quote:
+    /// - a quantity of 0 or above [`Quantity::MAX`]: 400 `INVALID_QUANTITY`;
+    /// - a variant or bundle the ruleset does not price: 422 `UNKNOWN_VARIANT` /
+    ///   `UNKNOWN_BUNDLE`, naming it and the line;
+    /// - a variant with no price in the cart's currency, or a fixed-price bundle in another
+    ///   currency: 422 `CURRENCY_MISMATCH`;
+    /// - a negative price in the ruleset: 422 `INVALID_PRICE`;
+    /// - an amount beyond `i64` minor units: 422 `AMOUNT_OUT_OF_RANGE`.
+    pub fn quote(&self, context: &QuoteContext<'_>, lines: &[QuoteLine]) -> Result<Quote, Error> {
+        let currency = context.currency;
+        let mut priced = Vec::with_capacity(lines.len());
+        let mut subtotal = Money::zero(currency);
+        for line in lines {
+            let quantity = Quantity::new(i64::from(line.quantity()))?.get();
+            let unit = match line {
+                QuoteLine::Variant { variant_id, .. } => {
+                    self.resolve_variant(context, line, variant_id, quantity)?
+                }
+                QuoteLine::Bundle { bundle_id, parts, .. } => {
+                    self.resolve_bundle(context, line, bundle_id, parts, quantity)?
+                }
+            };
+            let line_total = Money::new(unit.unit_minor, currency).checked_mul(quantity)?;
+            subtotal = subtotal.checked_add(line_total)?;
+            priced.push(QuotedLine {
+                line_id: line.line_id().to_owned(),
+                unit_minor: unit.unit_minor,
+                price_list_id: unit.price_list_id,
+                quantity,
+                line_total_minor: line_total.minor,
+                discounts: Vec::new(),
+            });
+        }
+        let order_discounts = self.apply_discounts(context, lines, &mut priced, subtotal.minor);
+        // Every amount was capped at what was left of the order, so neither sum can exceed
+        // the subtotal.
+        let discount_total_minor = priced
+            .iter()
+            .flat_map(|line| &line.discounts)
+            .chain(&order_discounts)
+            .map(|discount| discount.amount_minor)
+            .sum::<i64>();
+        Ok(Quote {
+            currency,
+            lines: priced,
+            order_discounts,
+            subtotal_minor: subtotal.minor,
+            discount_total_minor,
+            total_minor: subtotal.minor - discount_total_minor,
+        })
+    }
+
+    /// Rule 1, the candidate lists in order: the lists of the customer's group, then the
+    /// default lists; within each, priority descending, ties by id ascending. Lists of
+    /// another currency than the cart's are never candidates.
+    fn candidates<'q>(&'q self, context: &'q QuoteContext<'_>) -> impl Iterator<Item = ListIx> + 'q {
+        let in_currency = move |&ix: &ListIx| self.lists[ix].currency == context.currency;
+        let group = self
+            .by_priority
+            .iter()
+            .copied()
+            .filter(in_currency)
+            .filter(move |&ix| {
+                let list_group = self.lists[ix].customer_group.as_deref();
+                list_group.is_some() && list_group == context.customer_group
+            });
+        let default = (self.by_priority.iter().copied())
+            .filter(in_currency)
+            .filter(move |&ix| self.lists[ix].customer_group.is_none());
+        group.chain(default)
     }
 
     /// Rule 1, price resolution of `variant_id` at `quantity` units.
     ///
-    /// For each candidate list in order (see [`Ruleset::index`]), walk the list and then its
-    /// parents and take the first list that prices the variant at this quantity (see
-    /// [`tier_price`]); a parent in another currency is passed over, the walk stops at a
-    /// missing parent or at a list it has already visited (a cycle). If no list prices the
-    /// variant, its base price applies, which must be in the cart's currency.
-    fn resolve_variant(&self, line: &QuoteLine, variant_id: &str, quantity: u32) -> Result<UnitPrice, Error> {
+    /// For each candidate list in order (see [`RulesetIndex::candidates`]), walk the list
+    /// and then its parents (its chain) and take the first list that prices the variant at
+    /// this quantity (see [`IndexedVariant::tier_price`]); a parent in another currency is
+    /// passed over. If no list prices the variant, its base price applies, which must be
+    /// in the cart's currency.
+    fn resolve_variant(
+        &self,
+        context: &QuoteContext<'_>,
+        line: &QuoteLine,
+        variant_id: &str,
+        quantity: u32,
+    ) -> Result<UnitPrice, Error> {
         let variant = self.variants.get(variant_id).ok_or_else(|| {
             unprocessable(
                 "UNKNOWN_VARIANT",
@@ -389,25 +568,27 @@ impl<'a> Ruleset<'a> {
                 json!({ "lineId": line.line_id(), "variantId": variant_id }),
             )
         })?;
-        let from_list = self
-            .candidates
-            .iter()
-            .find_map(|&candidate| self.walk(candidate, variant, quantity));
+        let from_list = self.candidates(context).find_map(|candidate| {
+            self.chains[candidate]
+                .iter()
+                .filter(|&&ix| self.lists[ix].currency == context.currency)
+                .find_map(|&ix| Some((ix, variant.tier_price(ix, quantity)?)))
+        });
         let (unit_minor, price_list_id) = match from_list {
-            Some((list, unit_minor)) => (unit_minor, Some(list.id.clone())),
-            None if variant.currency == self.input.currency => (variant.base_minor, None),
+            Some((ix, unit_minor)) => (unit_minor, Some(self.lists[ix].id.clone())),
+            None if variant.prices.currency == context.currency => (variant.prices.base_minor, None),
             None => {
                 return Err(unprocessable(
                     "CURRENCY_MISMATCH",
                     format!(
                         "variant {variant_id} has no price in {}, only a base price in {}",
-                        self.input.currency, variant.currency
+                        context.currency, variant.prices.currency
                     ),
                     json!({
                         "lineId": line.line_id(),
                         "variantId": variant_id,
-                        "variantCurrency": variant.currency,
-                        "cartCurrency": self.input.currency,
+                        "variantCurrency": variant.prices.currency,
+                        "cartCurrency": context.currency,
                     }),
                 ));
             }
@@ -422,33 +603,6 @@ impl<'a> Ruleset<'a> {
         })
     }
 
-    /// The first list on the parent chain from `start` that prices `variant` at
-    /// `quantity`, with the price.
-    fn walk(
-        &self,
-        start: &'a PriceList,
-        variant: &VariantPrices,
-        quantity: u32,
-    ) -> Option<(&'a PriceList, i64)> {
-        let mut visited = BTreeSet::new();
-        let mut next = Some(start);
-        while let Some(list) = next {
-            if !visited.insert(list.id.as_str()) {
-                return None;
-            }
-            if list.currency == self.input.currency {
-                if let Some(unit_minor) = tier_price(variant, &list.id, quantity) {
-                    return Some((list, unit_minor));
-                }
-            }
-            next = list
-                .parent_id
-                .as_deref()
-                .and_then(|parent| self.lists.get(parent).copied());
-        }
-        None
-    }
-
     /// Rule 2, the unit price of a bundle.
     ///
     /// `Fixed`: its price, which must be in the cart's currency. `PercentOff`: the sum of
@@ -457,13 +611,14 @@ impl<'a> Ruleset<'a> {
     /// is `None`).
     fn resolve_bundle(
         &self,
+        context: &QuoteContext<'_>,
         line: &QuoteLine,
         bundle_id: &str,
         parts: &[String],
         quantity: u32,
     ) -> Result<UnitPrice, Error> {
-        let currency = self.input.currency;
-        let pricing = self.input.bundles.get(bundle_id).ok_or_else(|| {
+        let currency = context.currency;
+        let pricing = self.bundles.get(bundle_id).ok_or_else(|| {
             unprocessable(
                 "UNKNOWN_BUNDLE",
                 format!("bundle {bundle_id} has no pricing"),
@@ -493,7 +648,7 @@ impl<'a> Ruleset<'a> {
             BundlePricing::PercentOff { basis_points } => {
                 let mut sum = Money::zero(currency);
                 for part in parts {
-                    let part_price = self.resolve_variant(line, part, quantity)?;
+                    let part_price = self.resolve_variant(context, line, part, quantity)?;
                     sum = sum.checked_add(Money::new(part_price.unit_minor, currency))?;
                 }
                 sum.minor - percent_of(sum.minor, *basis_points)
@@ -504,89 +659,99 @@ impl<'a> Ruleset<'a> {
             price_list_id: None,
         })
     }
-}
 
-/// Rule 1, a list's price for a variant at `quantity`: the tier with the highest
-/// `min_quantity <= quantity` (equal tiers: the lower price). `None` when the list has no
-/// entry for the variant or every tier starts above `quantity`; the list then does not
-/// apply and the walk goes on.
-fn tier_price(variant: &VariantPrices, list_id: &str, quantity: u32) -> Option<i64> {
-    variant
-        .entries
-        .iter()
-        .filter(|(id, _)| id == list_id)
-        .flat_map(|(_, breaks)| breaks)
-        .filter(|tier| tier.min_quantity <= quantity)
-        .max_by_key(|tier| (tier.min_quantity, Reverse(tier.unit_minor)))
-        .map(|tier| tier.unit_minor)
-}
-
-/// Rule 3, discounts. Fills each line's `discounts` and returns the order's.
-///
-/// - Only discounts active at `now_ms` count ([`Discount::is_active_at`]).
-/// - They apply one after the other by priority descending, ties by id ascending, each on
-///   what the ones before it left: a line's remaining value is its total less its
-///   discounts so far; the order's is the subtotal less every discount so far.
-/// - `Variants` / `Bundles` apply to each matching line; `OrderSubtotal` applies once to
-///   the order when the subtotal before any discount is at least the threshold.
-/// - `Percentage` takes [`percent_of`] the remaining value of the line (or order);
-///   `Fixed` takes its amount per unit on a line and once on the order, and nothing when
-///   its currency is not the cart's.
-/// - Every amount is capped at what remains of its line and of the order, so no line and
-///   no order total ever goes below zero. An amount of 0 is not listed.
-/// - Exclusivity: once an exclusive discount has taken something anywhere, no discount of
-///   lower priority applies anywhere; discounts of the same priority still do.
-fn apply_discounts(
-    input: &PricingInput,
-    lines: &[QuoteLine],
-    priced: &mut [QuotedLine],
-    subtotal_minor: i64,
-) -> Vec<AppliedDiscount> {
-    let mut active: Vec<&Discount> = input
-        .discounts
-        .iter()
-        .filter(|d| d.is_active_at(input.now_ms))
-        .collect();
-    active.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
-
-    let mut left = Left {
-        lines: priced.iter().map(|line| line.line_total_minor).collect(),
-        order: subtotal_minor,
-    };
-    let mut order_discounts = Vec::new();
-    let mut exclusive_priority: Option<i32> = None;
-    for discount in active {
-        if exclusive_priority.is_some_and(|priority| discount.priority < priority) {
-            break;
+    /// Rule 3, discounts. Fills each line's `discounts` and returns the order's.
+    ///
+    /// - Only discounts active at `now_ms` count ([`Discount::is_active_at`]).
+    /// - They apply one after the other by priority descending, ties by id ascending, each
+    ///   on what the ones before it left: a line's remaining value is its total less its
+    ///   discounts so far; the order's is the subtotal less every discount so far.
+    /// - `Variants` / `Bundles` apply to each matching line; `OrderSubtotal` applies once to
+    ///   the order when the subtotal before any discount is at least the threshold.
+    /// - `Percentage` takes [`percent_of`] the remaining value of the line (or order);
+    ///   `Fixed` takes its amount per unit on a line and once on the order, and nothing
+    ///   when its currency is not the cart's.
+    /// - Every amount is capped at what remains of its line and of the order, so no line
+    ///   and no order total ever goes below zero. An amount of 0 is not listed.
+    /// - Exclusivity: once an exclusive discount has taken something anywhere, no discount
+    ///   of lower priority applies anywhere; discounts of the same priority still do.
+    ///
+    /// Only the discounts that target one of the lines, or the order, are visited: the
+    /// (rank, line) pairs looked up in the index, sorted, are exactly the order in which
+    /// a pass over every discount and every line would meet them.
+    fn apply_discounts(
+        &self,
+        context: &QuoteContext<'_>,
+        lines: &[QuoteLine],
+        priced: &mut [QuotedLine],
+        subtotal_minor: i64,
+    ) -> Vec<AppliedDiscount> {
+        // One (rank, slot) per discount and line (or order) it may apply to; sorted, the
+        // order of a pass over every discount, then every line.
+        let mut candidates: Vec<(Rank, Slot)> = Vec::new();
+        for ((index, line), slot) in lines.iter().enumerate().zip(0..) {
+            let ranks = match line {
+                QuoteLine::Variant { variant_id, .. } => ranks_of(&self.by_variant, variant_id),
+                QuoteLine::Bundle { bundle_id, .. } => ranks_of(&self.by_bundle, bundle_id),
+            };
+            // Room for every discount the line may take, so listing them does not regrow.
+            priced[index].discounts.reserve(ranks.len());
+            candidates.extend(ranks.map(|rank| (rank, slot)));
         }
-        let mut took_something = false;
-        match &discount.target {
-            DiscountTarget::OrderSubtotal { threshold_minor } => {
-                if subtotal_minor >= *threshold_minor {
-                    if let Some(applied) = left.take(discount, None, input.currency) {
-                        order_discounts.push(applied);
-                        took_something = true;
+        candidates.extend(self.on_order.iter().map(|&rank| (rank, ORDER)));
+        candidates.sort_unstable();
+
+        let mut left = Left {
+            lines: priced.iter().map(|line| line.line_total_minor).collect(),
+            order: subtotal_minor,
+        };
+        let mut order_discounts = Vec::new();
+        let mut exclusive_priority: Option<i32> = None;
+        for same_discount in candidates.chunk_by(|a, b| a.0 == b.0) {
+            let ranked = &self.discounts[same_discount[0].0 as usize];
+            let discount = ranked.rule;
+            if !discount.is_active_at(context.now_ms) {
+                continue;
+            }
+            if exclusive_priority.is_some_and(|priority| discount.priority < priority) {
+                break;
+            }
+            let mut took_something = false;
+            for &(_, slot) in same_discount {
+                match (slot, &discount.target) {
+                    (ORDER, DiscountTarget::OrderSubtotal { threshold_minor }) => {
+                        if subtotal_minor >= *threshold_minor {
+                            if let Some(applied) = left.take(ranked, None, context.currency) {
+                                order_discounts.push(applied);
+                                took_something = true;
+                            }
+                        }
+                    }
+                    (ORDER, _) => unreachable!("only order discounts apply to the order"),
+                    (line, _) => {
+                        let index = line as usize;
+                        let quoted = &mut priced[index];
+                        if let Some(applied) =
+                            left.take(ranked, Some((index, quoted.quantity)), context.currency)
+                        {
+                            quoted.discounts.push(applied);
+                            took_something = true;
+                        }
                     }
                 }
             }
-            target => {
-                for (index, (line, quoted)) in lines.iter().zip(priced.iter_mut()).enumerate() {
-                    if !targets(target, line) {
-                        continue;
-                    }
-                    if let Some(applied) = left.take(discount, Some((index, quoted.quantity)), input.currency)
-                    {
-                        quoted.discounts.push(applied);
-                        took_something = true;
-                    }
-                }
+            if took_something && discount.exclusive {
+                exclusive_priority.get_or_insert(discount.priority);
             }
         }
-        if took_something && discount.exclusive {
-            exclusive_priority.get_or_insert(discount.priority);
-        }
+        order_discounts
     }
-    order_discounts
+}
+
+/// A resolved unit price and where it came from.
+struct UnitPrice {
+    unit_minor: i64,
+    price_list_id: Option<String>,
 }
 
 /// What the discounts applied so far have left of each line and of the order; never
@@ -601,7 +766,7 @@ impl Left {
     /// capped at what is left of that line and of the order. `None` if it takes nothing.
     fn take(
         &mut self,
-        discount: &Discount,
+        discount: &RankedDiscount<'_>,
         line: Option<(usize, u32)>,
         cart: Currency,
     ) -> Option<AppliedDiscount> {
@@ -609,7 +774,7 @@ impl Left {
             Some((index, units)) => (self.lines[index], units),
             None => (self.order, 1),
         };
-        let amount = discount_amount(&discount.kind, line_left, units, cart).min(self.order);
+        let amount = discount_amount(&discount.rule.kind, line_left, units, cart).min(self.order);
         if amount <= 0 {
             return None;
         }
@@ -618,18 +783,9 @@ impl Left {
         }
         self.order -= amount;
         Some(AppliedDiscount {
-            discount_id: discount.id.clone(),
+            discount_id: Arc::clone(&discount.id),
             amount_minor: amount,
         })
-    }
-}
-
-/// Whether a line-level target covers `line`.
-fn targets(target: &DiscountTarget, line: &QuoteLine) -> bool {
-    match (target, line) {
-        (DiscountTarget::Variants(ids), QuoteLine::Variant { variant_id, .. }) => ids.contains(variant_id),
-        (DiscountTarget::Bundles(ids), QuoteLine::Bundle { bundle_id, .. }) => ids.contains(bundle_id),
-        _ => false,
     }
 }
 
@@ -648,18 +804,15 @@ fn discount_amount(kind: &DiscountKind, left: i64, units: u32, cart: Currency) -
     wanted.clamp(0, i128::from(left.max(0))) as i64
 }
 
-/// Indexes items by id, refusing a duplicate id.
-fn unique<'a, T>(
-    kind: &str,
-    items: impl Iterator<Item = (&'a str, &'a T)>,
-) -> Result<BTreeMap<&'a str, &'a T>, Error> {
-    let mut index = BTreeMap::new();
-    for (id, item) in items {
-        if index.insert(id, item).is_some() {
+/// The position of each id, refusing a duplicate id.
+fn unique<'a>(kind: &str, ids: impl Iterator<Item = &'a str>) -> Result<HashMap<&'a str, usize>, Error> {
+    let mut positions = HashMap::new();
+    for (position, id) in ids.enumerate() {
+        if positions.insert(id, position).is_some() {
             return Err(Error::Internal(format!("pricing input has {kind} {id} twice")));
         }
     }
-    Ok(index)
+    Ok(positions)
 }
 
 /// Refuses a negative price from the ruleset: the quote's guarantees rest on none.
@@ -682,6 +835,10 @@ fn unprocessable(code: &'static str, message: String, details: serde_json::Value
         details,
     }
 }
+
+/// The engine before [`RulesetIndex`], kept until the two are shown to agree.
+#[doc(hidden)]
+pub mod reference;
 
 #[cfg(test)]
 mod tests;

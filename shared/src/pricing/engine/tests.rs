@@ -110,7 +110,7 @@ fn price_of(input: &PricingInput, variant_id: &str, quantity: u32) -> (i64, Opti
 fn discounts_of(line: &QuotedLine) -> Vec<(&str, i64)> {
     line.discounts
         .iter()
-        .map(|d| (d.discount_id.as_str(), d.amount_minor))
+        .map(|d| (&*d.discount_id, d.amount_minor))
         .collect()
 }
 
@@ -505,7 +505,7 @@ fn order_discount_applies_from_exactly_the_threshold() {
     let order: Vec<_> = quote
         .order_discounts
         .iter()
-        .map(|d| (d.discount_id.as_str(), d.amount_minor))
+        .map(|d| (&*d.discount_id, d.amount_minor))
         .collect();
     assert_eq!(order, [("pct", 200), ("fix", 300)]);
     assert_eq!(quote.total_minor, 1500);
@@ -558,11 +558,7 @@ fn fixed_discount_in_another_currency_is_skipped() {
     dollars.exclusive = true;
     input.discounts = vec![dollars, fixed("eur", 100, order_over(0), 0)];
     let quote = quote(&input, &lines).unwrap();
-    let order: Vec<_> = quote
-        .order_discounts
-        .iter()
-        .map(|d| d.discount_id.as_str())
-        .collect();
+    let order: Vec<_> = quote.order_discounts.iter().map(|d| &*d.discount_id).collect();
     assert_eq!(order, ["eur"]);
 }
 
@@ -822,6 +818,61 @@ proptest! {
             prop_assert_eq!(line.line_total_minor, line.unit_minor * i64::from(line.quantity));
             let taken: i64 = line.discounts.iter().map(|d| d.amount_minor).sum();
             prop_assert!(taken <= line.line_total_minor);
+        }
+    }
+}
+
+/// A wider random ruleset than `scenario`'s, for comparing engines: more lists (deeper
+/// parent chains, cycles), more variants with several tiers per list and duplicate
+/// entries, more discounts of every target, and lines that repeat variants and name
+/// unknown ones.
+fn comparison_scenario() -> impl Strategy<Value = (PricingInput, Vec<QuoteLine>)> {
+    (
+        scenario(),
+        prop::collection::vec(discounts(), 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|((mut input, _, mut lines), more_discounts, unknown_line)| {
+            for (batch, discounts) in more_discounts.into_iter().enumerate() {
+                input.discounts.extend(discounts.into_iter().map(|d| Discount {
+                    id: format!("{}-{batch}", d.id),
+                    ..d
+                }));
+            }
+            if unknown_line {
+                lines.push(line("l-unknown", "v-unknown", 1));
+            }
+            (input, lines)
+        })
+}
+
+/// A quote, or its error's debug form (code, message and details).
+fn outcome(result: Result<Quote, Error>) -> Result<Quote, String> {
+    result.map_err(|e| format!("{e:?}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    /// The indexed engine gives exactly the reference engine's quote, or its error.
+    #[test]
+    fn indexed_engine_matches_the_reference((input, lines) in comparison_scenario()) {
+        let indexed = outcome(quote(&input, &lines));
+        let reference = outcome(reference::quote(&input, &lines));
+        prop_assert_eq!(&indexed, &reference);
+        // One index serves quotes in every context alike.
+        let index = RulesetIndex::new(&input).map_err(|e| format!("{e:?}"));
+        for customer_group in [None, Some("vip"), Some("trade")] {
+            let other = PricingInput {
+                customer_group: customer_group.map(str::to_owned),
+                ..input.clone()
+            };
+            let reference = outcome(reference::quote(&other, &lines));
+            let indexed = index
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|index| outcome(index.quote(&other.context(), &lines)));
+            prop_assert_eq!(indexed, reference);
         }
     }
 }

@@ -346,16 +346,19 @@ pub struct RulesetIndex<'a> {
     /// For each list, the lists its walk visits: itself, then its parents, up to a
     /// missing parent or a list already visited (a cycle).
     chains: Vec<Vec<ListIx>>,
+    /// The position of each variant in `variants` and `by_variant`.
+    variant_ix: HashMap<&'a str, usize>,
     /// Each variant's base price and, per list that prices it, its tiers.
-    variants: HashMap<&'a str, IndexedVariant<'a>>,
-    bundles: &'a BTreeMap<String, BundlePricing>,
+    variants: Vec<IndexedVariant<'a>>,
+    /// The position of each bundle in `bundles` and `by_bundle`.
+    bundle_ix: HashMap<&'a str, usize>,
+    bundles: Vec<&'a BundlePricing>,
     /// The discounts in the order rule 3 applies them: priority descending, ties by id.
     discounts: Vec<RankedDiscount<'a>>,
-    /// `(variant id, rank)` for each variant a `Variants` discount names, sorted: the
-    /// discounts of one variant are one run of it, in rank order.
-    by_variant: Vec<(&'a str, Rank)>,
-    /// `(bundle id, rank)` for each bundle a `Bundles` discount names, sorted likewise.
-    by_bundle: Vec<(&'a str, Rank)>,
+    /// The `Variants` discounts naming each variant (that the ruleset prices).
+    by_variant: Targeted,
+    /// The `Bundles` discounts naming each bundle (that the ruleset prices).
+    by_bundle: Targeted,
     /// The ranks of the `OrderSubtotal` discounts, ascending.
     on_order: Vec<Rank>,
 }
@@ -390,11 +393,37 @@ impl IndexedVariant<'_> {
     }
 }
 
-/// The ranks in a sorted `(id, rank)` table that belong to `id`.
-fn ranks_of<'t>(table: &'t [(&str, Rank)], id: &str) -> impl ExactSizeIterator<Item = Rank> + 't {
-    let start = table.partition_point(|(other, _)| *other < id);
-    let run = table[start..].partition_point(|(other, _)| *other == id);
-    table[start..start + run].iter().map(|&(_, rank)| rank)
+/// The discounts naming each variant (or each bundle), by its position: the ranks of
+/// target `t` are `ranks[starts[t]..starts[t + 1]]`, ascending.
+struct Targeted {
+    starts: Vec<usize>,
+    ranks: Vec<Rank>,
+}
+
+impl Targeted {
+    /// From `(target position, rank)` pairs in ascending rank order, `targets` positions.
+    /// A counting sort: count each target's ranks, then place them in the order given.
+    fn new(targets: usize, pairs: &[(usize, Rank)]) -> Self {
+        let mut starts = vec![0; targets + 1];
+        for &(target, _) in pairs {
+            starts[target + 1] += 1;
+        }
+        for target in 0..targets {
+            starts[target + 1] += starts[target];
+        }
+        let mut next = starts.clone();
+        let mut ranks = vec![0; pairs.len()];
+        for &(target, rank) in pairs {
+            ranks[next[target]] = rank;
+            next[target] += 1;
+        }
+        Self { starts, ranks }
+    }
+
+    /// The ranks of the discounts naming target `target`, ascending.
+    fn of(&self, target: usize) -> &[Rank] {
+        &self.ranks[self.starts[target]..self.starts[target + 1]]
+    }
 }
 
 impl<'a> RulesetIndex<'a> {
@@ -402,7 +431,7 @@ impl<'a> RulesetIndex<'a> {
     /// refused as [`Error::Internal`] (it would make quotes depend on order).
     pub fn new(input: &'a PricingInput) -> Result<Self, Error> {
         let list_ix = unique("price list", input.price_lists.iter().map(|l| l.id.as_str()))?;
-        unique("variant", input.variants.iter().map(|v| v.variant_id.as_str()))?;
+        let variant_ix = unique("variant", input.variants.iter().map(|v| v.variant_id.as_str()))?;
         unique("discount", input.discounts.iter().map(|d| d.id.as_str()))?;
         let lists: Vec<&PriceList> = input.price_lists.iter().collect();
 
@@ -427,7 +456,7 @@ impl<'a> RulesetIndex<'a> {
             })
             .collect();
 
-        let variants = input
+        let variants: Vec<IndexedVariant> = input
             .variants
             .iter()
             .map(|prices| {
@@ -437,22 +466,23 @@ impl<'a> RulesetIndex<'a> {
                     .flat_map(|(ix, breaks)| breaks.iter().map(move |tier| (ix, tier.clone())))
                     .collect();
                 tiers.sort_by_key(|(ix, tier)| (*ix, tier.min_quantity, Reverse(tier.unit_minor)));
-                (prices.variant_id.as_str(), IndexedVariant { prices, tiers })
+                IndexedVariant { prices, tiers }
             })
             .collect();
+        let bundle_ix: HashMap<&str, usize> = input.bundles.keys().map(String::as_str).zip(0..).collect();
 
         let mut discounts: Vec<&Discount> = input.discounts.iter().collect();
         discounts.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
         let (mut by_variant, mut by_bundle, mut on_order) = (Vec::new(), Vec::new(), Vec::new());
+        // A discount naming a variant or bundle the ruleset does not price is left out for
+        // it: a line of it is refused before discounts apply.
         for (rank, discount) in (0..).zip(&discounts) {
             match &discount.target {
-                DiscountTarget::Variants(ids) => by_variant.extend(ids.iter().map(|id| (id.as_str(), rank))),
-                DiscountTarget::Bundles(ids) => by_bundle.extend(ids.iter().map(|id| (id.as_str(), rank))),
+                DiscountTarget::Variants(ids) => by_variant.extend(named(ids, &variant_ix, rank)),
+                DiscountTarget::Bundles(ids) => by_bundle.extend(named(ids, &bundle_ix, rank)),
                 DiscountTarget::OrderSubtotal { .. } => on_order.push(rank),
             }
         }
-        by_variant.sort_unstable();
-        by_bundle.sort_unstable();
         let discounts = (discounts.into_iter())
             .map(|rule| RankedDiscount {
                 rule,
@@ -463,11 +493,13 @@ impl<'a> RulesetIndex<'a> {
             lists,
             by_priority,
             chains,
+            by_variant: Targeted::new(variants.len(), &by_variant),
+            by_bundle: Targeted::new(bundle_ix.len(), &by_bundle),
+            variant_ix,
             variants,
-            bundles: &input.bundles,
+            bundle_ix,
+            bundles: input.bundles.values().collect(),
             discounts,
-            by_variant,
-            by_bundle,
             on_order,
         })
     }
@@ -485,16 +517,17 @@ impl<'a> RulesetIndex<'a> {
     /// - an amount beyond `i64` minor units: 422 `AMOUNT_OUT_OF_RANGE`.
     pub fn quote(&self, context: &QuoteContext<'_>, lines: &[QuoteLine]) -> Result<Quote, Error> {
         let currency = context.currency;
+        let candidates: Vec<ListIx> = self.candidates(context).collect();
         let mut priced = Vec::with_capacity(lines.len());
         let mut subtotal = Money::zero(currency);
         for line in lines {
             let quantity = Quantity::new(i64::from(line.quantity()))?.get();
             let unit = match line {
                 QuoteLine::Variant { variant_id, .. } => {
-                    self.resolve_variant(context, line, variant_id, quantity)?
+                    self.resolve_variant(context, &candidates, line, variant_id, quantity)?
                 }
                 QuoteLine::Bundle { bundle_id, parts, .. } => {
-                    self.resolve_bundle(context, line, bundle_id, parts, quantity)?
+                    self.resolve_bundle(context, &candidates, line, bundle_id, parts, quantity)?
                 }
             };
             let line_total = Money::new(unit.unit_minor, currency).checked_mul(quantity)?;
@@ -549,7 +582,8 @@ impl<'a> RulesetIndex<'a> {
 
     /// Rule 1, price resolution of `variant_id` at `quantity` units.
     ///
-    /// For each candidate list in order (see [`RulesetIndex::candidates`]), walk the list
+    /// For each of the quote's `candidates` lists in order (see
+    /// [`RulesetIndex::candidates`]), walk the list
     /// and then its parents (its chain) and take the first list that prices the variant at
     /// this quantity (see [`IndexedVariant::tier_price`]); a parent in another currency is
     /// passed over. If no list prices the variant, its base price applies, which must be
@@ -557,18 +591,20 @@ impl<'a> RulesetIndex<'a> {
     fn resolve_variant(
         &self,
         context: &QuoteContext<'_>,
+        candidates: &[ListIx],
         line: &QuoteLine,
         variant_id: &str,
         quantity: u32,
     ) -> Result<UnitPrice, Error> {
-        let variant = self.variants.get(variant_id).ok_or_else(|| {
+        let variant = self.variant_ix.get(variant_id).map(|&ix| &self.variants[ix]);
+        let variant = variant.ok_or_else(|| {
             unprocessable(
                 "UNKNOWN_VARIANT",
                 format!("variant {variant_id} has no price"),
                 json!({ "lineId": line.line_id(), "variantId": variant_id }),
             )
         })?;
-        let from_list = self.candidates(context).find_map(|candidate| {
+        let from_list = candidates.iter().find_map(|&candidate| {
             self.chains[candidate]
                 .iter()
                 .filter(|&&ix| self.lists[ix].currency == context.currency)
@@ -595,7 +631,7 @@ impl<'a> RulesetIndex<'a> {
         };
         non_negative(
             unit_minor,
-            json!({ "variantId": variant_id, "priceListId": price_list_id }),
+            || json!({ "variantId": variant_id, "priceListId": price_list_id }),
         )?;
         Ok(UnitPrice {
             unit_minor,
@@ -612,13 +648,15 @@ impl<'a> RulesetIndex<'a> {
     fn resolve_bundle(
         &self,
         context: &QuoteContext<'_>,
+        candidates: &[ListIx],
         line: &QuoteLine,
         bundle_id: &str,
         parts: &[String],
         quantity: u32,
     ) -> Result<UnitPrice, Error> {
         let currency = context.currency;
-        let pricing = self.bundles.get(bundle_id).ok_or_else(|| {
+        let pricing = self.bundle_ix.get(bundle_id).map(|&ix| self.bundles[ix]);
+        let pricing = pricing.ok_or_else(|| {
             unprocessable(
                 "UNKNOWN_BUNDLE",
                 format!("bundle {bundle_id} has no pricing"),
@@ -642,13 +680,13 @@ impl<'a> RulesetIndex<'a> {
                         }),
                     ));
                 }
-                non_negative(*unit_minor, json!({ "bundleId": bundle_id }))?;
+                non_negative(*unit_minor, || json!({ "bundleId": bundle_id }))?;
                 *unit_minor
             }
             BundlePricing::PercentOff { basis_points } => {
                 let mut sum = Money::zero(currency);
                 for part in parts {
-                    let part_price = self.resolve_variant(context, line, part, quantity)?;
+                    let part_price = self.resolve_variant(context, candidates, line, part, quantity)?;
                     sum = sum.checked_add(Money::new(part_price.unit_minor, currency))?;
                 }
                 sum.minor - percent_of(sum.minor, *basis_points)
@@ -690,16 +728,21 @@ impl<'a> RulesetIndex<'a> {
         // order of a pass over every discount, then every line.
         let mut candidates: Vec<(Rank, Slot)> = Vec::new();
         for ((index, line), slot) in lines.iter().enumerate().zip(0..) {
+            // Every line was priced, so its variant or bundle is in the index.
             let ranks = match line {
-                QuoteLine::Variant { variant_id, .. } => ranks_of(&self.by_variant, variant_id),
-                QuoteLine::Bundle { bundle_id, .. } => ranks_of(&self.by_bundle, bundle_id),
+                QuoteLine::Variant { variant_id, .. } => {
+                    self.by_variant.of(self.variant_ix[variant_id.as_str()])
+                }
+                QuoteLine::Bundle { bundle_id, .. } => self.by_bundle.of(self.bundle_ix[bundle_id.as_str()]),
             };
             // Room for every discount the line may take, so listing them does not regrow.
             priced[index].discounts.reserve(ranks.len());
-            candidates.extend(ranks.map(|rank| (rank, slot)));
+            candidates.extend(ranks.iter().map(|&rank| (rank, slot)));
         }
         candidates.extend(self.on_order.iter().map(|&rank| (rank, ORDER)));
-        candidates.sort_unstable();
+        // Runs of ascending ranks, one per line, merged by a stable sort on the rank
+        // alone, which keeps the lines of one discount in line order.
+        candidates.sort_by_key(|&(rank, _)| rank);
 
         let mut left = Left {
             lines: priced.iter().map(|line| line.line_total_minor).collect(),
@@ -804,6 +847,16 @@ fn discount_amount(kind: &DiscountKind, left: i64, units: u32, cart: Currency) -
     wanted.clamp(0, i128::from(left.max(0))) as i64
 }
 
+/// `(position, rank)` for each of `ids` that has a position.
+fn named<'i>(
+    ids: &'i BTreeSet<String>,
+    positions: &'i HashMap<&str, usize>,
+    rank: Rank,
+) -> impl Iterator<Item = (usize, Rank)> + 'i {
+    ids.iter()
+        .filter_map(move |id| Some((*positions.get(id.as_str())?, rank)))
+}
+
 /// The position of each id, refusing a duplicate id.
 fn unique<'a>(kind: &str, ids: impl Iterator<Item = &'a str>) -> Result<HashMap<&'a str, usize>, Error> {
     let mut positions = HashMap::new();
@@ -816,14 +869,15 @@ fn unique<'a>(kind: &str, ids: impl Iterator<Item = &'a str>) -> Result<HashMap<
 }
 
 /// Refuses a negative price from the ruleset: the quote's guarantees rest on none.
-fn non_negative(unit_minor: i64, details: serde_json::Value) -> Result<(), Error> {
+/// `details` is built only for the error.
+fn non_negative(unit_minor: i64, details: impl FnOnce() -> serde_json::Value) -> Result<(), Error> {
     if unit_minor >= 0 {
         Ok(())
     } else {
         Err(unprocessable(
             "INVALID_PRICE",
             format!("the ruleset has a negative price ({unit_minor})"),
-            details,
+            details(),
         ))
     }
 }

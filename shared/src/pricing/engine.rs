@@ -890,9 +890,5 @@ fn unprocessable(code: &'static str, message: String, details: serde_json::Value
     }
 }
 
-/// The engine before [`RulesetIndex`], kept until the two are shown to agree.
-#[doc(hidden)]
-pub mod reference;
-
 #[cfg(test)]
 mod tests;

@@ -201,7 +201,7 @@ impl<'a, R: Redis> Carts<'a, R> {
     pub async fn lines(&self, cart: &CartRef) -> Result<(CartView, Vec<CartLine>)> {
         let reply = self.run(&GET, cart, Vec::new()).await?;
         match tag(&reply) {
-            "OK" => Ok((decode(cart, &reply)?, decode_lines(&reply)?)),
+            "OK" => decode_with_lines(cart, &reply),
             _ => self.get(cart).await.map(|view| (view, Vec::new())),
         }
     }
@@ -444,9 +444,13 @@ fn snapshot_parts(reply: &[RedisReply]) -> Result<Snapshot> {
 
 /// The lines of a cart script's snapshot reply, in the order they were added.
 pub(crate) fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
-    let fields = snapshot_parts(reply)?.fields;
+    lines_of(&snapshot_parts(reply)?.fields, reply)
+}
+
+/// The lines among a snapshot's fields, in the order they were added.
+fn lines_of(fields: &HashMap<String, String>, reply: &[RedisReply]) -> Result<Vec<CartLine>> {
     let mut lines: Vec<(i64, CartLine)> = Vec::new();
-    for (field, quantity) in &fields {
+    for (field, quantity) in fields {
         let Some(line) = field.strip_prefix("q:") else {
             continue;
         };
@@ -473,14 +477,20 @@ pub(crate) fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
 
 /// The cart view of a cart script's snapshot reply.
 pub(crate) fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
+    decode_with_lines(cart, reply).map(|(view, _)| view)
+}
+
+/// The cart view of a cart script's snapshot reply and its lines, the reply read once.
+pub(crate) fn decode_with_lines(cart: &CartRef, reply: &[RedisReply]) -> Result<(CartView, Vec<CartLine>)> {
     let Snapshot {
         now_ms: now,
         pttl_ms: pttl,
         dropped: dropped_line_ids,
         fields,
     } = snapshot_parts(reply)?;
-    let lines = decode_lines(reply)?
-        .into_iter()
+    let lines = lines_of(&fields, reply)?;
+    let shown = lines
+        .iter()
         .map(|line| {
             let mut shown = json!({ "lineId": line.line_id });
             if let (Some(shown), Some(definition)) = (shown.as_object_mut(), line.definition.as_object()) {
@@ -490,7 +500,7 @@ pub(crate) fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
             shown
         })
         .collect();
-    Ok(CartView {
+    let view = CartView {
         cart_id: match cart {
             CartRef::Session(id) => Some(id.to_string()),
             CartRef::Customer(_) => None,
@@ -501,8 +511,9 @@ pub(crate) fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
         },
         currency: fields.get("currency").cloned().unwrap_or_default(),
         version: fields.get("version").and_then(|v| v.parse().ok()).unwrap_or(0),
-        lines,
+        lines: shown,
         expires_at: (pttl > 0).then(|| rfc3339_millis(now + pttl)),
         dropped_line_ids,
-    })
+    };
+    Ok((view, lines))
 }

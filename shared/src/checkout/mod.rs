@@ -370,8 +370,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         locked: &[RedisReply],
         customer_group: Option<String>,
     ) -> Result<SessionView> {
-        let view = cart::decode(cart, locked)?;
-        let lines = cart::decode_lines(locked)?;
+        let (view, lines) = cart::decode_with_lines(cart, locked)?;
         let currency = Currency::parse(&view.currency)?;
         let priced = price_lines(self.app, &cart_quote_lines(&lines)?, currency, customer_group).await?;
         let demand = demand(&lines)?;

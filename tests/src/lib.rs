@@ -11,6 +11,7 @@ pub mod faults;
 pub mod gateway;
 pub mod host;
 pub mod proxy;
+pub mod redis_link;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::host::{Host, SpinProcess};
+use crate::redis_link::TestRedis;
 
 /// The admin token every test app is configured with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -53,8 +55,8 @@ pub struct TestApp {
     /// The app over the native adapters on the same namespace, for calling stores
     /// directly (whichever host answers HTTP).
     pub app: Arc<NativeApp>,
-    /// A direct Redis connection, for checking invariants.
-    pub redis: redis::aio::MultiplexedConnection,
+    /// A direct Redis connection (to the server or the cluster), for checking invariants.
+    pub redis: TestRedis,
     /// A direct PostgreSQL connection (search_path = the test schema).
     pub pg: tokio_postgres::Client,
     /// The namespace: PostgreSQL schema name and Redis key prefix.
@@ -170,11 +172,7 @@ impl TestApp {
             .await
             .unwrap();
         tokio::spawn(connection);
-        let redis = redis::Client::open(redis_url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let redis = TestRedis::connect(&redis_url).await.unwrap();
         Self {
             base,
             http: reqwest::Client::builder()
@@ -323,27 +321,7 @@ impl TestApp {
 
     /// Every Redis key of this test's namespace, sorted.
     pub async fn redis_keys(&self) -> Vec<String> {
-        let mut redis = self.redis.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
-                .arg("COUNT")
-                .arg(5000)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            keys.extend(page);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        keys
+        self.redis.scan(&format!("{}:*", self.namespace)).await
     }
 
     /// A snapshot of every Redis key and value of the namespace (for "nothing written").
@@ -371,8 +349,9 @@ impl TestApp {
     /// Deletes every Redis key of the namespace (a targeted FLUSHALL).
     pub async fn flush_redis(&self) {
         let mut redis = self.redis.clone();
-        for keys in self.redis_keys().await.chunks(500) {
-            let _: () = redis.del(keys).await.unwrap();
+        // One key per DEL: on a cluster the keys live in different slots.
+        for key in self.redis_keys().await {
+            let _: () = redis.del(key).await.unwrap();
         }
     }
 

@@ -86,14 +86,9 @@ impl RedisProcess {
     }
 
     /// A new connection to the server.
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            redis::Client::open(self.url())
-                .expect("redis url")
-                .get_multiplexed_async_connection(),
-        )
-        .await
+    pub async fn connection(&self) -> crate::redis_link::TestRedis {
+        tokio::time::timeout(Duration::from_secs(5), crate::redis_link::TestRedis::connect(&self.url()))
+            .await
         .expect("connecting to the test's redis-server timed out")
         .expect("connecting to the test's redis-server")
     }

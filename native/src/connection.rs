@@ -3,6 +3,7 @@
 //! slow-header connections were never closed; ~20,000 idle ones exhausted the file
 //! descriptors and `/health` stopped answering).
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use commerce_core::http::Response;
 use commerce_core::{Error, Settings};
 use hyper::body::Incoming;
@@ -107,8 +109,10 @@ impl Activity {
 
 /// One connection: HTTP/1.1 with keep-alive, the header timeout enforced by hyper, and a
 /// watchdog that closes it once idle (no request being answered, no byte moved) for the
-/// idle timeout.
+/// idle timeout. Each request carries the socket's peer address (`ConnectInfo`), the
+/// client address the rate limits start from.
 async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
+    let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let activity = Arc::new(Activity {
         started: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -123,7 +127,11 @@ async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
         let (router, activity) = (router.clone(), answering.clone());
         async move {
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
-            let response = router.oneshot(req.map(axum::body::Body::new)).await;
+            let mut req = req.map(axum::body::Body::new);
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(ConnectInfo(peer));
+            }
+            let response = router.oneshot(req).await;
             activity.in_flight.fetch_sub(1, Ordering::Relaxed);
             activity.touch();
             response

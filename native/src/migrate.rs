@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "paid_sessions_and_ruleset_versions",
         include_str!("../../migrations/0006_paid_sessions_and_ruleset_versions.sql"),
     ),
+    (
+        7,
+        "max_per_order",
+        include_str!("../../migrations/0007_max_per_order.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use commerce_core::http::{Request, Response};
 use commerce_core::{App, Error, Scope, Settings, outbox};
@@ -136,5 +136,9 @@ async fn read_request(req: axum::extract::Request, limit: usize) -> Result<Reque
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers,
         body: body.to_vec(),
+        client_addr: parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip().to_canonical()),
     })
 }

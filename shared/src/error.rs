@@ -31,7 +31,6 @@ pub enum Error {
         message: String,
         details: Value,
     },
-    /// `If-Match` named another version than the current one (412).
     /// A request with this Idempotency-Key is still running (409); retry after
     /// `retry_after_s` seconds, when its lease ends at the latest.
     #[error("a request with this Idempotency-Key is still being processed")]
@@ -39,6 +38,7 @@ pub enum Error {
     /// The client did not send its request within the time allowed (408).
     #[error("the request was not received in time")]
     RequestTimeout,
+    /// `If-Match` named another version than the current one (412).
     #[error("{0}")]
     PreconditionFailed(String),
     /// The body is larger than the stated limit (413).
@@ -54,6 +54,10 @@ pub enum Error {
         message: String,
         details: Value,
     },
+    /// This client (or customer) has made more writes than its rate limit allows (429);
+    /// the next is allowed in `retry_after_ms` milliseconds.
+    #[error("too many requests: the next is allowed in {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
     /// Redis or PostgreSQL could not be reached or did not answer in time (503).
     #[error("{dependency} unavailable: {message}")]
     Unavailable {
@@ -99,6 +103,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => 413,
             Error::UnsupportedMediaType => 415,
             Error::Unprocessable { .. } => 422,
+            Error::RateLimited { .. } => 429,
             Error::Internal(_) => 500,
             Error::Unavailable { .. } => 503,
         }
@@ -119,22 +124,25 @@ impl Error {
             Error::PreconditionFailed(_) => "VERSION_MISMATCH",
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Error::RateLimited { .. } => "RATE_LIMITED",
             Error::Unavailable { .. } => "SERVICE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
     }
 
-    /// The JSON error body: `{"error":{"code","message","details"?}}`.
     /// Seconds a client should wait before retrying (`Retry-After`), where waiting helps:
-    /// a key in flight until its lease ends, a dependency outage briefly.
+    /// a key in flight until its lease ends, a rate limit until the next request is
+    /// allowed (rounded up, at least 1), a dependency outage briefly.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Error::KeyInUse { retry_after_s } => Some(*retry_after_s),
+            Error::RateLimited { retry_after_ms } => Some(retry_after_ms.div_ceil(1000).max(1)),
             Error::Unavailable { .. } => Some(1),
             _ => None,
         }
     }
 
+    /// The JSON error body: `{"error":{"code","message","details"?}}`.
     pub fn body(&self) -> Value {
         let mut error = json!({ "code": self.code(), "message": self.to_string() });
         match self {
@@ -146,6 +154,9 @@ impl Error {
             }
             Error::KeyInUse { retry_after_s } => {
                 error["details"] = json!({ "retryAfterSeconds": retry_after_s });
+            }
+            Error::RateLimited { retry_after_ms } => {
+                error["details"] = json!({ "retryAfterMs": retry_after_ms });
             }
             _ => {}
         }

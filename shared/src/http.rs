@@ -21,6 +21,11 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The body bytes.
     pub body: Vec<u8>,
+    /// The address of the direct peer: natively the socket's, on Spin the host's
+    /// `spin-client-addr`; `None` when the runtime does not say. A proxy's forwarding
+    /// headers are weighed only where the client address is resolved
+    /// (`ratelimit::client_address`), against `trusted_proxies`.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 impl Request {

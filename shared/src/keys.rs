@@ -13,7 +13,7 @@ pub struct Keys {
     prefix: String,
 }
 
-/// The four keys that hold one variant's stock and holds, all in one hash slot.
+/// The keys that hold one variant's stock, holds and purchase limit, all in one hash slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VariantKeys {
     /// `inventory:variant:{V}`: units on hand, mirrored from PostgreSQL.
@@ -27,6 +27,10 @@ pub struct VariantKeys {
     /// `inventory:stock-version:{V}`: hash of the PostgreSQL row versions the stock
     /// reflects, so each committed change is mirrored exactly once.
     pub stock_version: String,
+    /// `inventory:max-per-order:{V}`: hash of the variant's per-order purchase limit
+    /// (`limit`, absent: none) and the PostgreSQL row version it was mirrored at
+    /// (`version`), so an older limit never overwrites a newer one.
+    pub max_per_order: String,
 }
 
 impl VariantKeys {
@@ -35,15 +39,28 @@ impl VariantKeys {
         [&self.stock, &self.reserved, &self.holds, &self.hold_qty]
     }
 
+    /// The hold keys and the purchase limit: the order of the scripts that take holds or
+    /// show them (reserve, view).
+    pub fn with_limit(&self) -> [&str; 5] {
+        [
+            &self.stock,
+            &self.reserved,
+            &self.holds,
+            &self.hold_qty,
+            &self.max_per_order,
+        ]
+    }
+
     /// Every key of the variant, its stock version second: the order of the scripts that
-    /// load stock with its holds and read it for `commerce check`.
-    pub fn with_version(&self) -> [&str; 5] {
+    /// load stock with its holds and limit, and read it for `commerce check`.
+    pub fn with_version(&self) -> [&str; 6] {
         [
             &self.stock,
             &self.stock_version,
             &self.reserved,
             &self.holds,
             &self.hold_qty,
+            &self.max_per_order,
         ]
     }
 }
@@ -121,6 +138,7 @@ impl Keys {
             holds: format!("{p}inventory:holds:{{{variant}}}"),
             hold_qty: format!("{p}inventory:hold-qty:{{{variant}}}"),
             stock_version: format!("{p}inventory:stock-version:{{{variant}}}"),
+            max_per_order: format!("{p}inventory:max-per-order:{{{variant}}}"),
         }
     }
 
@@ -128,6 +146,12 @@ impl Keys {
     /// that a release knows which variants to visit.
     pub fn holder_holds(&self, holder: &crate::inventory::Holder) -> String {
         format!("{}inventory:holder:{{{holder}}}", self.prefix)
+    }
+
+    /// `ratelimit:{<subject>}`: a rate limit's bucket (`client:<address>` or
+    /// `customer:<id>`), the theoretical arrival time of its next request.
+    pub fn rate_limit(&self, subject: &crate::ratelimit::Subject) -> String {
+        format!("{}ratelimit:{{{subject}}}", self.prefix)
     }
 
     /// `cart:session:{S}`: an anonymous cart (hash).

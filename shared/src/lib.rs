@@ -23,6 +23,7 @@ pub mod ops;
 pub mod outbox;
 pub mod ports;
 pub mod pricing;
+pub mod ratelimit;
 pub mod router;
 pub mod script;
 pub mod settings;

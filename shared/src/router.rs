@@ -5,7 +5,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::http::{Request, Response};
 use crate::ports::{Http, Redis, Sql};
-use crate::{bundle, cart, checkout, inventory, ops, outbox, pricing};
+use crate::{bundle, cart, checkout, inventory, ops, outbox, pricing, ratelimit};
 
 /// Which component's routes a deployment answers. A Spin component answers only its own
 /// (its `spin.toml` routes send it nothing else); `commerce serve` answers all.
@@ -26,13 +26,17 @@ pub enum Scope {
 }
 
 /// Answers one request. Never panics on input; errors become the DESIGN §5 error body.
+/// A write over its rate limit is refused before anything else is done (`ratelimit`).
 pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request, scope: Scope) -> Response {
     let path = req.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let in_scope = |s: Scope| scope == Scope::All || scope == s;
 
     let mut answer = None;
-    if in_scope(Scope::Inventory) {
+    if let Err(refused) = ratelimit::guard(app, &req, &segments).await {
+        answer = Some(Err(refused));
+    }
+    if answer.is_none() && in_scope(Scope::Inventory) {
         answer = inventory::routes::route(app, &req, &segments).await;
     }
     if answer.is_none() && in_scope(Scope::Cart) {

@@ -5,6 +5,7 @@
 use crate::error::Error;
 use crate::ids::CartId;
 use crate::ports::Config;
+use crate::ratelimit::{Rate, TrustedProxies};
 
 /// Every setting the stores use.
 #[derive(Debug, Clone)]
@@ -84,6 +85,18 @@ pub struct Settings {
     pub outbox_retry_base_ms: u64,
     /// Longest wait between two attempts of one refund or cancellation.
     pub outbox_retry_max_ms: u64,
+    /// Anonymous writes (carts, checkouts) one client address may make per minute,
+    /// sustained; 0 turns the limit off.
+    pub rate_limit_anonymous_per_minute: u32,
+    /// Anonymous writes one client address may make at once.
+    pub rate_limit_anonymous_burst: u32,
+    /// Writes one signed-in customer may make per minute, sustained; 0 turns the limit off.
+    pub rate_limit_customer_per_minute: u32,
+    /// Writes one signed-in customer may make at once.
+    pub rate_limit_customer_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses and CIDRs,
+    /// comma-separated); empty: the socket's peer is the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Settings {
@@ -143,6 +156,15 @@ impl Settings {
                 "default_currency must be an ISO 4217 code, got {default_currency:?}"
             ));
         }
+        let per_minute = |name: &str, default: u32| -> Result<u32, String> {
+            let value = number(name, default.into())?;
+            u32::try_from(value)
+                .ok()
+                .filter(|v| *v <= 1_000_000)
+                .ok_or_else(|| format!("{name} must be from 0 (off) to 1000000"))
+        };
+        let trusted_proxies = TrustedProxies::parse(&text("trusted_proxies", ""))
+            .map_err(|e| format!("trusted_proxies: {e}"))?;
         let redis_timeout_ms = number("redis_timeout_ms", 2_000)?;
         let database_timeout_ms = number("database_timeout_ms", 5_000)?;
         let gateway_timeout_ms = number("gateway_timeout_ms", 10_000)?;
@@ -186,6 +208,11 @@ impl Settings {
             outbox_drain_interval_ms: number("outbox_drain_interval_ms", 5_000)?,
             outbox_retry_base_ms,
             outbox_retry_max_ms,
+            rate_limit_anonymous_per_minute: per_minute("rate_limit_anonymous_per_minute", 120)?,
+            rate_limit_anonymous_burst: bounded("rate_limit_anonymous_burst", 60, 1_000_000)?,
+            rate_limit_customer_per_minute: per_minute("rate_limit_customer_per_minute", 60)?,
+            rate_limit_customer_burst: bounded("rate_limit_customer_burst", 30, 1_000_000)?,
+            trusted_proxies,
         })
     }
 
@@ -199,6 +226,22 @@ impl Settings {
             return Err(Error::Forbidden("the token does not grant admin access".into()));
         }
         Ok(())
+    }
+
+    /// The rate limit of anonymous writes, per client address.
+    pub fn anonymous_rate(&self) -> Rate {
+        Rate {
+            per_minute: self.rate_limit_anonymous_per_minute,
+            burst: self.rate_limit_anonymous_burst,
+        }
+    }
+
+    /// The rate limit of a signed-in customer's writes, per customer.
+    pub fn customer_rate(&self) -> Rate {
+        Rate {
+            per_minute: self.rate_limit_customer_per_minute,
+            burst: self.rate_limit_customer_burst,
+        }
     }
 
     /// Now, for checking customer tokens, with the configured leeway.
@@ -257,6 +300,13 @@ mod tests {
         let s = Settings::from_config(&Map(HashMap::new())).unwrap();
         assert_eq!(s.reservation_ttl_seconds, 900);
         assert!(s.admin_token.is_empty());
+        // The limits are on unless a deployment turns them off.
+        assert_eq!(
+            (s.anonymous_rate().per_minute, s.anonymous_rate().burst),
+            (120, 60)
+        );
+        assert_eq!((s.customer_rate().per_minute, s.customer_rate().burst), (60, 30));
+        assert_eq!(s.trusted_proxies, TrustedProxies::default());
         assert_eq!(
             (
                 s.outbox_drain_interval_ms,
@@ -276,6 +326,10 @@ mod tests {
             ("outbox_retry_base_ms", "0"),
             ("outbox_retry_max_ms", "10"),
             ("outbox_drain_interval_ms", "-1"),
+            ("rate_limit_anonymous_per_minute", "-5"),
+            ("rate_limit_customer_per_minute", "1000001"),
+            ("rate_limit_anonymous_burst", "0"),
+            ("trusted_proxies", "10.0.0.0/8,proxy.local"),
         ] {
             assert!(Settings::from_config(&Map(HashMap::from([(k, v)]))).is_err());
         }

@@ -119,13 +119,39 @@ fn from_spin(req: IncomingRequest, limit: usize) -> Result<Request, Error> {
         return Err(Error::PayloadTooLarge { limit });
     }
     let body = read_body(req, limit)?;
+    let client_addr = client_addr(&headers);
     Ok(Request {
         method,
         path,
         query,
         headers,
         body,
+        client_addr,
     })
+}
+
+/// The direct peer's address, from the host's `spin-client-addr` header (a socket
+/// address, `127.0.0.1:50312` or `[::1]:50312`).
+///
+/// The LAST value is the host's. Read in Spin's source (spinframework/spin at 94a8fc8a,
+/// the commit of the Spin in `../shared/tools/`, `crates/trigger-http/src/headers.rs`
+/// `prepare_request_headers` and `wasi.rs` `prepare_request`): the host keeps every header
+/// the client sent and then appends its own `spin-client-addr` (from the accepted socket)
+/// with `HeaderMap::extend`, which appends rather than replaces. So a client that sends
+/// `spin-client-addr` itself does not overwrite the host's value; its forgery comes
+/// first, and taking the last value ignores it (`tests/tests/limits.rs` sends one).
+fn client_addr(headers: &[(String, String)]) -> Option<std::net::IpAddr> {
+    let (_, value) = headers
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "spin-client-addr")?;
+    let value = value.trim();
+    value
+        .parse::<std::net::SocketAddr>()
+        .map(|peer| peer.ip())
+        .or_else(|_| value.parse::<std::net::IpAddr>())
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 /// Reads the request body, stopping one byte past `limit` (413). The component has

@@ -116,6 +116,7 @@ impl TestApp {
 
     /// Starts the app with extra configuration (Spin variable names), on the host that
     /// `COMMERCE_TEST_HOST` names; a test in [`host::NATIVE_ONLY`] always runs natively.
+    /// The rate limits are off unless `configure` sets them.
     pub async fn spawn_with(configure: impl FnOnce(EnvConfig) -> EnvConfig) -> Self {
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 1_000_000_000;
         let namespace = format!(
@@ -137,13 +138,17 @@ impl TestApp {
             .unwrap();
 
         let schema_url = schema_url(&database_url, &namespace);
+        // The rate limits are off: tests drive thousands of writes from 127.0.0.1. The tests
+        // of the limits (`limits.rs`) turn them on with small numbers.
         let config = configure(
             EnvConfig::new()
                 .set("redis_url", &redis_url)
                 .set("database_url", &schema_url)
                 .set("key_prefix", &namespace)
                 .set("admin_token", ADMIN_TOKEN)
-                .set("jwt_secret", JWT_SECRET),
+                .set("jwt_secret", JWT_SECRET)
+                .set("rate_limit_anonymous_per_minute", "0")
+                .set("rate_limit_customer_per_minute", "0"),
         );
         let settings = Settings::from_config(&config).unwrap();
         let app = build_app(settings).unwrap();

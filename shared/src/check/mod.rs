@@ -5,7 +5,7 @@
 //! What is compared:
 //! - each variant's stock against on-hand, by row version, so a change PostgreSQL
 //!   committed and Redis never mirrored (an order's, an admin's) is found, and a change in
-//!   flight is not taken for drift;
+//!   flight is not taken for drift; and its per-order limit, once the versions agree;
 //! - each variant's reserved total against the sum of its holds, and nothing negative;
 //! - holds of checkout sessions that no longer exist or have ended (orphans);
 //! - live sessions without their cart lock or their holds, and live paid sessions that
@@ -56,7 +56,7 @@ FROM payment_outbox WHERE state = 'pending'";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Drift {
-    /// What kind: `stock`, `unmirrored`, `reserved`, `negative`, `orphan-hold`,
+    /// What kind: `stock`, `max-per-order`, `unmirrored`, `reserved`, `negative`, `orphan-hold`,
     /// `session-lock`, `session-holds`, `paid-session-holds`, `paid-session-ended`, `outbox`.
     pub kind: &'static str,
     /// What it is about (a variant, a session, a holder).
@@ -92,6 +92,8 @@ struct RedisVariant {
     stock: i64,
     base: i64,
     max: i64,
+    /// The per-order limit, 0: none.
+    limit: i64,
     reserved: i64,
     held: i64,
     holders: Vec<(String, i64)>,
@@ -149,8 +151,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             for (level, seen) in levels.iter().zip(found) {
                 let variant = &level.variant;
                 report.variants += 1;
-                self.compare_variant(report, variant, level.on_hand, level.version, &seen)
-                    .await?;
+                self.compare_variant(report, level, &seen).await?;
                 for (holder, _) in &seen.holders {
                     if let Some(id) = holder
                         .strip_prefix("checkout:")
@@ -190,7 +191,8 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     .ok_or_else(|| unexpected(&reply))
             };
             let present = next_int()? == 1;
-            let (stock, base, max, reserved, held, n) = (
+            let (stock, base, max, limit, reserved, held, n) = (
+                next_int()?,
                 next_int()?,
                 next_int()?,
                 next_int()?,
@@ -215,6 +217,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 stock,
                 base,
                 max,
+                limit,
                 reserved,
                 held,
                 holders,
@@ -226,11 +229,10 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     async fn compare_variant(
         &self,
         report: &mut CheckReport,
-        variant: &VariantId,
-        on_hand: i64,
-        version: i64,
+        level: &Level,
         seen: &RedisVariant,
     ) -> Result<()> {
+        let (variant, on_hand, version) = (&level.variant, level.on_hand, level.version);
         let mut found = Vec::new();
         if seen.present {
             if seen.base < version {
@@ -247,6 +249,16 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 found.push((
                     "stock",
                     format!("Redis stock {} but on-hand {on_hand}", seen.stock),
+                ));
+            } else if seen.base == version && (seen.limit > 0).then_some(seen.limit) != level.max_per_order {
+                let limit = |l: Option<i64>| l.map_or("none".to_owned(), |l| l.to_string());
+                found.push((
+                    "max-per-order",
+                    format!(
+                        "Redis limit {} but PostgreSQL's {}",
+                        limit((seen.limit > 0).then_some(seen.limit)),
+                        limit(level.max_per_order)
+                    ),
                 ));
             } else if seen.max > version {
                 found.push((

@@ -1,19 +1,22 @@
 -- Check page: what Redis holds for a batch of variants, for `commerce check`. Reads only.
 --
--- KEYS[1 + 5(i-1)..]  per variant i: stock, stock-version, reserved, holds, hold-qty
--- Reply (flat): {'OK', now, then per variant: present (0/1), stock, base, max, reserved,
---                live held (sum of unexpired hold quantities), n, n times (holder, qty)}
+-- KEYS[1 + 6(i-1)..]  per variant i: stock, stock-version, reserved, holds, hold-qty,
+--                     max-per-order
+-- Reply (flat): {'OK', now, then per variant: present (0/1), stock, base, max, limit (0:
+--                none), reserved, live held (sum of unexpired hold quantities), n, n times
+--                (holder, qty)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {'OK', now}
-for i = 0, #KEYS / 5 - 1 do
-  local stock, meta = KEYS[1 + 5 * i], KEYS[2 + 5 * i]
-  local reserved, holds, hold_qty = KEYS[3 + 5 * i], KEYS[4 + 5 * i], KEYS[5 + 5 * i]
+for i = 0, #KEYS / 6 - 1 do
+  local stock, meta = KEYS[1 + 6 * i], KEYS[2 + 6 * i]
+  local reserved, holds, hold_qty = KEYS[3 + 6 * i], KEYS[4 + 6 * i], KEYS[5 + 6 * i]
   local value = redis.call('GET', stock)
   out[#out + 1] = value and 1 or 0
   out[#out + 1] = tonumber(value) or 0
   out[#out + 1] = tonumber(redis.call('HGET', meta, 'base')) or 0
   out[#out + 1] = tonumber(redis.call('HGET', meta, 'max')) or 0
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[6 + 6 * i], 'limit')) or 0
   out[#out + 1] = tonumber(redis.call('GET', reserved)) or 0
   local live = {}
   for _, holder in ipairs(redis.call('ZRANGEBYSCORE', holds, '(' .. now, '+inf')) do

@@ -1,11 +1,14 @@
--- Load stock: write PostgreSQL's on-hand into Redis, for variants whose stock key is
--- missing (mode 'fill', the lazy load) or for all (mode 'force', reconcile), and put back
+-- Load stock: write PostgreSQL's on-hand and per-order limit into Redis, for variants
+-- whose stock key is missing (mode 'fill', the lazy load) or for all (mode 'force',
+-- reconcile), and put back
 -- the holds of live paid checkout sessions that PostgreSQL keeps (DESIGN §4, invariant 8),
 -- so units a paying customer holds are not sold again after Redis lost them.
 --
--- KEYS[1 + 5(i-1)..]  per variant i: stock, stock-version, reserved, holds, hold-qty
+-- KEYS[1 + 6(i-1)..]  per variant i: stock, stock-version, reserved, holds, hold-qty,
+--                     max-per-order
 -- ARGV[1]             'fill' | 'force'
--- then per variant i: on-hand, row version, n, and n times (holder, quantity, deadline ms)
+-- then per variant i: on-hand, row version, limit (0: none), n, and n times (holder,
+--                     quantity, deadline ms)
 --
 -- The stock-version hash (see stock.lua) restarts at the row version the value was read
 -- at. A forced load older than a change already applied would undo it, so it is refused
@@ -17,11 +20,12 @@ local force = ARGV[1] == 'force'
 local now = now_ms()
 local out = {'OK'}
 local a = 2
-for i = 0, #KEYS / 5 - 1 do
-  local stock, meta = KEYS[1 + 5 * i], KEYS[2 + 5 * i]
-  local reserved, holds, hold_qty = KEYS[3 + 5 * i], KEYS[4 + 5 * i], KEYS[5 + 5 * i]
-  local on_hand, version, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local first_hold = a + 3
+for i = 0, #KEYS / 6 - 1 do
+  local stock, meta = KEYS[1 + 6 * i], KEYS[2 + 6 * i]
+  local reserved, holds, hold_qty = KEYS[3 + 6 * i], KEYS[4 + 6 * i], KEYS[5 + 6 * i]
+  local on_hand, version = ARGV[a], tonumber(ARGV[a + 1])
+  local limit, n = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local first_hold = a + 4
   a = first_hold + 3 * n
   local present = redis.call('EXISTS', stock) == 1
   local result = 0
@@ -35,6 +39,7 @@ for i = 0, #KEYS / 5 - 1 do
     redis.call('SET', stock, on_hand)
     redis.call('DEL', meta)
     redis.call('HSET', meta, 'base', version, 'max', version)
+    set_limit(KEYS[6 + 6 * i], limit, version)
     purge(reserved, holds, hold_qty, now)
     for h = first_hold, first_hold + 3 * (n - 1), 3 do
       local holder, qty, deadline = ARGV[h], tonumber(ARGV[h + 1]), tonumber(ARGV[h + 2])

@@ -26,7 +26,11 @@ static RESERVE: Script = Script::new(concat!(include_str!("purge.lua"), include_
 static RELEASE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("release.lua")));
 static VIEW: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("view.lua")));
 static SWEEP: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("sweep.lua")));
-static LOAD_STOCK: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("load_stock.lua")));
+static LOAD_STOCK: Script = Script::new(concat!(
+    include_str!("purge.lua"),
+    include_str!("stock.lua"),
+    include_str!("load_stock.lua")
+));
 static APPLY_STOCK: Script = Script::new(concat!(
     include_str!("stock.lua"),
     include_str!("apply_stock.lua")
@@ -40,13 +44,15 @@ static COMMIT: Script = Script::new(concat!(
 /// On-hand, version and existence of variants, for the lazy load, with the holds of each
 /// variant's live paid checkout sessions that PostgreSQL keeps (sessions with a payment
 /// intent, neither ended nor ordered) as JSON `[[session, quantity, holds deadline ms],
-/// …]`; the load script skips those past their deadline.
+/// …]` (the load script skips those past their deadline), and the per-order limit (NULL:
+/// none).
 const LEVELS_OF: &str = "\
 SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0),
        COALESCE((SELECT json_agg(json_build_array(sl.session_id, sl.quantity, s.holds_deadline_ms))::text
                  FROM checkout_session_lines sl JOIN checkout_sessions s ON s.id = sl.session_id
                  WHERE sl.variant_id = v.id AND s.ended_at IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]')
+                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]'),
+       l.max_per_order
 FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
 WHERE v.id = ANY($1)";
 
@@ -57,26 +63,32 @@ SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0),
        COALESCE((SELECT json_agg(json_build_array(sl.session_id, sl.quantity, s.holds_deadline_ms))::text
                  FROM checkout_session_lines sl JOIN checkout_sessions s ON s.id = sl.session_id
                  WHERE sl.variant_id = v.id AND s.ended_at IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]')
+                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]'),
+       l.max_per_order
 FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
 WHERE v.id > $1 ORDER BY v.id LIMIT $2";
 
-/// Sets on-hand and returns it with the new row version and the change. The locking
-/// subquery reads the previous on-hand of the very row version it updates, so the change is
-/// exact under concurrent updates. No row: the variant has no level yet (or is unknown).
-const UPDATE_ON_HAND: &str = "\
+/// Sets on-hand (`$2`, NULL: unchanged) and, if `$3`, the per-order limit (`$4`, NULL:
+/// none), and returns on-hand with the new row version, the change of on-hand and the
+/// limit (0: none). The locking subquery reads the previous on-hand of the very row version
+/// it updates, so the change is exact under concurrent updates. No row: the variant has no
+/// level yet (or is unknown).
+const UPDATE_LEVEL: &str = "\
 UPDATE inventory_levels l
-SET on_hand = $2, version = l.version + 1, updated_at = now()
-FROM (SELECT variant_id, on_hand FROM inventory_levels WHERE variant_id = $1 FOR UPDATE) prev
+SET on_hand = COALESCE($2::bigint, prev.on_hand),
+    max_per_order = CASE WHEN $3::boolean THEN $4::bigint ELSE prev.max_per_order END,
+    version = l.version + 1, updated_at = now()
+FROM (SELECT variant_id, on_hand, max_per_order FROM inventory_levels WHERE variant_id = $1 FOR UPDATE) prev
 WHERE l.variant_id = prev.variant_id
-RETURNING l.on_hand, l.version, l.on_hand - prev.on_hand";
+RETURNING l.on_hand, l.version, l.on_hand - prev.on_hand, COALESCE(l.max_per_order, 0)";
 
-/// First level of a known variant. No row: unknown variant, or a concurrent insert won.
-const INSERT_ON_HAND: &str = "\
-INSERT INTO inventory_levels (variant_id, on_hand, version)
-SELECT id, $2, 1 FROM variants WHERE id = $1
+/// First level of a known variant (on-hand 0 unless `$2` says otherwise). No row: unknown
+/// variant, or a concurrent insert won.
+const INSERT_LEVEL: &str = "\
+INSERT INTO inventory_levels (variant_id, on_hand, version, max_per_order)
+SELECT id, COALESCE($2::bigint, 0), 1, CASE WHEN $3::boolean THEN $4::bigint END FROM variants WHERE id = $1
 ON CONFLICT (variant_id) DO NOTHING
-RETURNING on_hand, version, on_hand";
+RETURNING on_hand, version, on_hand, COALESCE(max_per_order, 0)";
 
 /// Most variants one request may name (availability, reservation).
 pub const MAX_BATCH: usize = 500;
@@ -88,7 +100,8 @@ const MAX_PURGE_ROUNDS: usize = 64;
 /// Rows per reconcile page.
 const RECONCILE_PAGE: i64 = 500;
 
-/// What a variant has: units on hand, units held by live holds, and what can still be sold.
+/// What a variant has: units on hand, units held by live holds, what can still be sold,
+/// and the most one order may hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StockView {
@@ -100,17 +113,76 @@ pub struct StockView {
     pub reserved: i64,
     /// `stock - reserved`, never below zero.
     pub sellable: i64,
+    /// The per-order purchase limit: the most units one holder may hold; `None`: no limit.
+    pub max_per_order: Option<i64>,
 }
 
 impl StockView {
-    fn new(variant: &VariantId, stock: i64, reserved: i64) -> Self {
+    fn new(variant: &VariantId, stock: i64, reserved: i64, limit: i64) -> Self {
         Self {
             variant_id: variant.to_string(),
             stock,
             reserved,
             sellable: (stock - reserved).max(0),
+            max_per_order: (limit > 0).then_some(limit),
         }
     }
+}
+
+/// A change an admin makes to a variant's level: on-hand, the per-order limit, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LevelChange {
+    /// New on-hand; `None`: unchanged.
+    pub on_hand: Option<i64>,
+    /// `Some(limit)` sets the per-order limit (`Some(None)` clears it); `None`: unchanged.
+    pub max_per_order: Option<Option<MaxPerOrder>>,
+}
+
+/// A per-order purchase limit: a whole number of units from 1 to [`MaxPerOrder::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPerOrder(i64);
+
+impl MaxPerOrder {
+    /// The largest limit: a hold is at most this many units anyway.
+    pub const MAX: i64 = Quantity::MAX as i64;
+
+    /// Reads `maxPerOrder` from a request body: a positive integer up to [`Self::MAX`],
+    /// or `null` (no limit). Anything else is a 400.
+    pub fn from_json(value: &serde_json::Value) -> Result<Option<Self>> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        value
+            .as_i64()
+            .filter(|n| (1..=Self::MAX).contains(n))
+            .map(|n| Some(Self(n)))
+            .ok_or_else(|| {
+                Error::bad_request(
+                    "INVALID_MAX_PER_ORDER",
+                    format!(
+                        "maxPerOrder must be an integer from 1 to {}, or null for no limit",
+                        Self::MAX
+                    ),
+                )
+            })
+    }
+
+    /// The limit in units.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// A hold over a variant's per-order limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverLimit {
+    /// The variant.
+    pub variant_id: String,
+    /// Units asked for.
+    pub requested: i64,
+    /// The most one order may hold.
+    pub max_per_order: i64,
 }
 
 /// A granted reservation: every line held until `deadline_ms` (Redis clock).
@@ -151,6 +223,8 @@ pub(crate) struct Level {
     pub(crate) variant: VariantId,
     pub(crate) on_hand: i64,
     pub(crate) version: i64,
+    /// The per-order purchase limit; `None`: no limit.
+    pub(crate) max_per_order: Option<i64>,
     /// `(holder name, quantity, deadline ms)` of live paid checkout sessions.
     holds: Vec<(String, i64, i64)>,
 }
@@ -198,22 +272,24 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// naming them.
     pub async fn views(&self, variants: &[VariantId]) -> Result<Vec<StockView>> {
         let keys: Vec<VariantKeys> = variants.iter().map(|v| self.keys.variant(v)).collect();
-        let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::as_array).collect();
+        let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_limit).collect();
         let reply = self.run_loaded(&VIEW, &flat, Vec::new(), variants).await?;
         let ints = reply.ints()?;
-        if ints.len() != 2 * variants.len() {
+        if ints.len() != 3 * variants.len() {
             return Err(unexpected(&reply.0));
         }
         Ok(variants
             .iter()
-            .zip(ints.chunks(2))
-            .map(|(v, sr)| StockView::new(v, sr[0], sr[1]))
+            .zip(ints.chunks(3))
+            .map(|(v, srl)| StockView::new(v, srl[0], srl[1], srl[2]))
             .collect())
     }
 
     /// Holds every line for `holder` until `ttl_ms` from now, all or nothing. The
     /// quantities SET the holder's holds, so a retried reservation never adds. Variants
-    /// the holder holds but does not name keep their holds.
+    /// the holder holds but does not name keep their holds. A line over its variant's
+    /// per-order limit is a 422 (`MAX_PER_ORDER_EXCEEDED`), short stock a 409; either way
+    /// nothing is held.
     pub async fn reserve(
         &self,
         holder: &Holder,
@@ -223,7 +299,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let variant_keys: Vec<VariantKeys> = lines.iter().map(|(v, _)| self.keys.variant(v)).collect();
         let index = self.keys.holder_holds(holder);
         let mut keys = vec![index.as_str()];
-        keys.extend(variant_keys.iter().flat_map(VariantKeys::as_array));
+        keys.extend(variant_keys.iter().flat_map(VariantKeys::with_limit));
         let mut args = vec![RedisArg::from(holder.to_string()), RedisArg::Int(ttl_ms)];
         for (variant, quantity) in lines {
             args.push(variant.as_str().into());
@@ -256,6 +332,34 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                     code: "INSUFFICIENT_INVENTORY",
                     message: format!("{} variant(s) do not have enough sellable stock", shortages.len()),
                     details: json!({ "shortages": shortages }),
+                })
+            }
+            "LIMIT" => {
+                let over: Vec<OverLimit> = reply
+                    .ints()?
+                    .chunks(3)
+                    .filter_map(|c| {
+                        let (variant, _) = lines.get(usize::try_from(c[0]).ok()?)?;
+                        Some(OverLimit {
+                            variant_id: variant.to_string(),
+                            requested: c[1],
+                            max_per_order: c[2],
+                        })
+                    })
+                    .collect();
+                let first = over.first().ok_or_else(|| unexpected(&reply.0))?;
+                Err(Error::Unprocessable {
+                    code: "MAX_PER_ORDER_EXCEEDED",
+                    message: format!(
+                        "at most {} unit(s) of {} per order, {} asked for",
+                        first.max_per_order, first.variant_id, first.requested
+                    ),
+                    details: json!({
+                        "variantId": first.variant_id,
+                        "requested": first.requested,
+                        "maxPerOrder": first.max_per_order,
+                        "exceeded": over,
+                    }),
                 })
             }
             _ => Err(unexpected(&reply.0)),
@@ -327,30 +431,38 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         }
     }
 
-    /// Sets a variant's on-hand stock: PostgreSQL first, then Redis (exactly once, see
-    /// `apply_stock.lua`). Returns the new view.
-    pub async fn set_on_hand(&self, variant: &VariantId, on_hand: i64) -> Result<StockView> {
-        let params = [SqlValue::Text(variant.to_string()), SqlValue::Int(on_hand)];
-        let mut change = None;
+    /// Sets a variant's on-hand stock and/or its per-order limit: PostgreSQL first, then
+    /// Redis (exactly once and in version order, see `apply_stock.lua`). Returns the new
+    /// view.
+    pub async fn set_level(&self, variant: &VariantId, change: LevelChange) -> Result<StockView> {
+        let limit = change.max_per_order.flatten().map(MaxPerOrder::get);
+        let params = [
+            SqlValue::Text(variant.to_string()),
+            change.on_hand.map_or(SqlValue::Null, SqlValue::Int),
+            SqlValue::Bool(change.max_per_order.is_some()),
+            limit.map_or(SqlValue::Null, SqlValue::Int),
+        ];
+        let mut written = None;
         // Update, else insert the first level, else a concurrent insert won: update.
-        for statement in [UPDATE_ON_HAND, INSERT_ON_HAND, UPDATE_ON_HAND] {
+        for statement in [UPDATE_LEVEL, INSERT_LEVEL, UPDATE_LEVEL] {
             let rows = self.sql.query(statement, &params).await.map_err(|e| e.sql())?;
             if let Some(row) = rows.first() {
-                change = Some(int_columns::<3>(row)?);
+                written = Some(int_columns::<4>(row)?);
                 break;
             }
         }
-        let Some([on_hand, version, delta]) = change else {
+        let Some([on_hand, version, delta, limit]) = written else {
             return Err(unknown_variants(std::slice::from_ref(variant), 404));
         };
         let keys = self.keys.variant(variant);
         self.run_loaded(
             &APPLY_STOCK,
-            &[&keys.stock, &keys.stock_version],
+            &[&keys.stock, &keys.stock_version, &keys.max_per_order],
             vec![
                 RedisArg::Int(delta),
                 RedisArg::Int(on_hand),
                 RedisArg::Int(version),
+                RedisArg::Int(limit),
             ],
             std::slice::from_ref(variant),
         )
@@ -521,6 +633,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         for level in levels {
             args.push(RedisArg::Int(level.on_hand));
             args.push(RedisArg::Int(level.version));
+            args.push(RedisArg::Int(level.max_per_order.unwrap_or(0)));
             args.push(RedisArg::Int(level.holds.len() as i64));
             for (holder, quantity, deadline) in &level.holds {
                 args.push(holder.as_str().into());
@@ -547,7 +660,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     }
 }
 
-/// Parses `(id, on_hand, version, session holds JSON)` rows.
+/// Parses `(id, on_hand, version, session holds JSON, max_per_order)` rows.
 fn parse_levels(rows: &[Vec<SqlValue>]) -> Result<Vec<Level>> {
     rows.iter()
         .map(|row| {
@@ -571,10 +684,16 @@ fn parse_levels(rows: &[Vec<SqlValue>]) -> Result<Vec<Level>> {
                     Ok((Holder::Checkout(session).to_string(), quantity, deadline))
                 })
                 .collect::<Result<_>>()?;
+            let max_per_order = match row.get(4) {
+                Some(SqlValue::Null) => None,
+                Some(SqlValue::Int(limit)) => Some(*limit),
+                _ => return Err(bad()),
+            };
             Ok(Level {
                 variant,
                 on_hand,
                 version,
+                max_per_order,
                 holds,
             })
         })

@@ -1,24 +1,25 @@
 -- Reserve: all-or-nothing holds for one holder (a checkout session or a trusted caller).
 --
 -- KEYS[1]             the holder's index of held variants (inventory:holder:{H})
--- KEYS[2 + 4(i-1)..]  per variant i: stock, reserved, holds, hold-qty
+-- KEYS[2 + 5(i-1)..]  per variant i: stock, reserved, holds, hold-qty, max-per-order
 -- ARGV[1]             holder name (`checkout:<id>` | `external:<id>`)
 -- ARGV[2]             hold time in milliseconds
 -- ARGV[3 + 2(i-1)..]  per variant i: variant id, quantity
 --
 -- The quantity SETS the holder's hold (a retry never adds). A variant is granted only if
--- stock - live reserved + this holder's current hold >= quantity; if any variant falls
--- short nothing is written.
+-- stock - live reserved + this holder's current hold >= quantity, and only if the quantity
+-- is within the variant's per-order limit (max-per-order, loaded with the stock); if any
+-- variant is over its limit or falls short, nothing is written.
 --
--- Replies (flat): {'OK', deadline_ms} | {'SHORT', i, requested, sellable, ...}
---                 | {'MISSING', i, ...} | {'RETRY'}
+-- Replies (flat): {'OK', deadline_ms} | {'LIMIT', i, requested, max_per_order, ...}
+--                 | {'SHORT', i, requested, sellable, ...} | {'MISSING', i, ...} | {'RETRY'}
 local holder = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local n = (#KEYS - 1) / 4
+local n = (#KEYS - 1) / 5
 local now = now_ms()
 
 for i = 0, n - 1 do
-  local k = 2 + 4 * i
+  local k = 2 + 5 * i
   if not purge(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], now) then
     return {'RETRY'}
   end
@@ -26,7 +27,7 @@ end
 
 local missing = {'MISSING'}
 for i = 0, n - 1 do
-  if redis.call('EXISTS', KEYS[2 + 4 * i]) == 0 then
+  if redis.call('EXISTS', KEYS[2 + 5 * i]) == 0 then
     missing[#missing + 1] = i
   end
 end
@@ -34,10 +35,24 @@ if #missing > 1 then
   return missing
 end
 
+local over = {'LIMIT'}
+for i = 0, n - 1 do
+  local limit = tonumber(redis.call('HGET', KEYS[6 + 5 * i], 'limit'))
+  local want = tonumber(ARGV[4 + 2 * i])
+  if limit and want > limit then
+    over[#over + 1] = i
+    over[#over + 1] = want
+    over[#over + 1] = limit
+  end
+end
+if #over > 1 then
+  return over
+end
+
 local short = {'SHORT'}
 local current = {}
 for i = 0, n - 1 do
-  local k = 2 + 4 * i
+  local k = 2 + 5 * i
   local stock = tonumber(redis.call('GET', KEYS[k]))
   local reserved = tonumber(redis.call('GET', KEYS[k + 1])) or 0
   local mine = tonumber(redis.call('HGET', KEYS[k + 3], holder)) or 0
@@ -56,7 +71,7 @@ end
 
 local deadline = now + ttl
 for i = 0, n - 1 do
-  local k = 2 + 4 * i
+  local k = 2 + 5 * i
   local want = tonumber(ARGV[4 + 2 * i])
   redis.call('HSET', KEYS[k + 3], holder, want)
   redis.call('ZADD', KEYS[k + 2], deadline, holder)

@@ -5,14 +5,15 @@
 //! - `POST   /v1/inventory/reservations`         trusted backends (admin or service token):
 //!   all-or-nothing holds for a holder of their own namespace
 //! - `DELETE /v1/inventory/reservations/{holder}` trusted backends: release those holds
-//! - `PUT    /v1/admin/inventory/{variant}`      set on-hand (PostgreSQL, then Redis)
+//! - `PUT    /v1/admin/inventory/{variant}`      set on-hand and/or the per-order limit
+//!   (`{"onHand"?, "maxPerOrder"?}`; PostgreSQL, then Redis)
 //! - `POST   /v1/admin/inventory/reconcile`      rebuild Redis stock from PostgreSQL
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{Holder, Inventory, MAX_BATCH};
+use super::{Holder, Inventory, LevelChange, MAX_BATCH, MaxPerOrder};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
@@ -54,7 +55,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             _ => Err(Error::MethodNotAllowed(req.method.clone())),
         },
         ["v1", "admin", "inventory", variant] => match method {
-            "PUT" => set_on_hand(app, req, variant).await,
+            "PUT" => set_level(app, req, variant).await,
             _ => Err(Error::MethodNotAllowed(req.method.clone())),
         },
         _ => return None,
@@ -192,7 +193,7 @@ async fn release<R: Redis, S: Sql, H: Http>(
     ))
 }
 
-async fn set_on_hand<R: Redis, S: Sql, H: Http>(
+async fn set_level<R: Redis, S: Sql, H: Http>(
     app: &App<R, S, H>,
     req: &Request,
     variant: &str,
@@ -200,17 +201,39 @@ async fn set_on_hand<R: Redis, S: Sql, H: Http>(
     app.settings.authorize_admin(req.header("authorization"))?;
     let variant = VariantId::parse(variant)?;
     let body = req.json(app.settings.max_body_bytes)?;
-    let on_hand = field(object(&body)?, "onHand")?
-        .as_i64()
-        .filter(|n| (0..=MAX_ON_HAND).contains(n))
-        .ok_or_else(|| {
-            Error::bad_request(
-                "INVALID_ON_HAND",
-                format!("onHand must be an integer from 0 to {MAX_ON_HAND}"),
-            )
-        })?;
-    let view = store(app).set_on_hand(&variant, on_hand).await?;
+    let change = parse_level_change(&body)?;
+    let view = store(app).set_level(&variant, change).await?;
     Ok(Response::json(200, &view))
+}
+
+/// `{"onHand": n, "maxPerOrder": n | null}`, at least one of them.
+fn parse_level_change(body: &Value) -> Result<LevelChange> {
+    let body = object(body)?;
+    let on_hand = match body.get("onHand") {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_i64()
+                .filter(|n| (0..=MAX_ON_HAND).contains(n))
+                .ok_or_else(|| {
+                    Error::bad_request(
+                        "INVALID_ON_HAND",
+                        format!("onHand must be an integer from 0 to {MAX_ON_HAND}"),
+                    )
+                })?,
+        ),
+    };
+    let max_per_order = body.get("maxPerOrder").map(MaxPerOrder::from_json).transpose()?;
+    if on_hand.is_none() && max_per_order.is_none() {
+        return Err(Error::bad_request(
+            "MISSING_FIELD",
+            "field \"onHand\" or \"maxPerOrder\" is required",
+        ));
+    }
+    Ok(LevelChange {
+        on_hand,
+        max_per_order,
+    })
 }
 
 async fn reconcile<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
@@ -238,6 +261,42 @@ mod tests {
         let lines: Vec<(&str, u32)> = r.lines.iter().map(|(v, q)| (v.as_str(), q.get())).collect();
         assert_eq!(lines, [("b", 4), ("a", 2)]);
         assert_eq!(r.ttl_seconds, 900);
+    }
+
+    #[test]
+    fn level_changes_name_on_hand_or_the_limit_or_both() {
+        let parse = |body: Value| parse_level_change(&body);
+        assert_eq!(
+            parse(json!({"onHand": 5})).unwrap(),
+            LevelChange {
+                on_hand: Some(5),
+                max_per_order: None
+            }
+        );
+        let both = parse(json!({"onHand": 0, "maxPerOrder": 2})).unwrap();
+        assert_eq!(both.on_hand, Some(0));
+        assert_eq!(both.max_per_order.flatten().map(MaxPerOrder::get), Some(2));
+        assert_eq!(
+            parse(json!({"maxPerOrder": null})).unwrap().max_per_order,
+            Some(None)
+        );
+        for bad in [
+            json!({}),
+            json!([]),
+            json!({"onHand": -1}),
+            json!({"onHand": "5"}),
+            json!({"maxPerOrder": 0}),
+            json!({"maxPerOrder": -2}),
+            json!({"maxPerOrder": 1.5}),
+            json!({"maxPerOrder": "2"}),
+            json!({"maxPerOrder": 100_001}),
+            json!({"onHand": 5, "maxPerOrder": true}),
+        ] {
+            let err = parse(bad.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(err.status(), 400, "{bad}");
+        }
     }
 
     #[test]

@@ -31,3 +31,18 @@ local function apply_change(stock, meta, delta, on_hand, version)
   redis.call('HSET', meta, 'base', base)
 end
 
+
+-- Mirrors a variant's per-order purchase limit (0: none) as PostgreSQL had it at row
+-- `version`, unless the limit of a later version is already in: a limit changes only
+-- with a version, so the newest version's limit is the one that holds.
+local function set_limit(key, limit, version)
+  if version < (tonumber(redis.call('HGET', key, 'version')) or 0) then
+    return
+  end
+  redis.call('HSET', key, 'version', version)
+  if limit > 0 then
+    redis.call('HSET', key, 'limit', limit)
+  else
+    redis.call('HDEL', key, 'limit')
+  end
+end

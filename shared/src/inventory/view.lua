@@ -1,14 +1,16 @@
--- View: stock and live reserved units of a batch of variants, in one round trip.
+-- View: stock, live reserved units and per-order limit of a batch of variants, in one
+-- round trip.
 --
--- KEYS[1 + 4(i-1)..]  per variant i: stock, reserved, holds, hold-qty
+-- KEYS[1 + 5(i-1)..]  per variant i: stock, reserved, holds, hold-qty, max-per-order
 --
--- Replies (flat): {'OK', stock_1, reserved_1, ...} | {'MISSING', i, ...} | {'RETRY'}
-local n = #KEYS / 4
+-- Replies (flat): {'OK', stock_1, reserved_1, limit_1 (0: none), ...} | {'MISSING', i, ...}
+--                 | {'RETRY'}
+local n = #KEYS / 5
 local now = now_ms()
 local out = {'OK'}
 local missing = {'MISSING'}
 for i = 0, n - 1 do
-  local k = 1 + 4 * i
+  local k = 1 + 5 * i
   if not purge(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], now) then
     return {'RETRY'}
   end
@@ -18,6 +20,7 @@ for i = 0, n - 1 do
   end
   out[#out + 1] = tonumber(stock) or 0
   out[#out + 1] = tonumber(redis.call('GET', KEYS[k + 1])) or 0
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[k + 4], 'limit')) or 0
 end
 if #missing > 1 then
   return missing

@@ -13,7 +13,7 @@ use crate::TestApp;
 
 /// The `COMMERCE_*` environment that configures `commerce` like `settings` (the settings
 /// of a [`TestApp`]: its Redis, its PostgreSQL schema, its key prefix, secrets, gateway,
-/// timeouts and time-to-lives), with `extra` (Spin variable names) on top.
+/// timeouts, time-to-lives and rate limits), with `extra` (Spin variable names) on top.
 pub fn commerce_env(settings: &Settings, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let s = settings;
     let mut env: Vec<(String, String)> = [
@@ -38,6 +38,23 @@ pub fn commerce_env(settings: &Settings, extra: &[(&str, &str)]) -> Vec<(String,
             s.checkout_session_ttl_seconds.to_string(),
         ),
         ("idempotency_ttl_seconds", s.idempotency_ttl_seconds.to_string()),
+        (
+            "rate_limit_anonymous_per_minute",
+            s.rate_limit_anonymous_per_minute.to_string(),
+        ),
+        (
+            "rate_limit_anonymous_burst",
+            s.rate_limit_anonymous_burst.to_string(),
+        ),
+        (
+            "rate_limit_customer_per_minute",
+            s.rate_limit_customer_per_minute.to_string(),
+        ),
+        (
+            "rate_limit_customer_burst",
+            s.rate_limit_customer_burst.to_string(),
+        ),
+        ("trusted_proxies", s.trusted_proxies.to_string()),
     ]
     .into_iter()
     .map(|(name, value)| (name.to_owned(), value))

@@ -166,6 +166,83 @@ impl ClusterLink {
             .await?;
         Ok(connection.clone())
     }
+
+    /// `SCAN` over the whole cluster: the masters one after the other, in address order,
+    /// under one cursor `<master>.<that master's cursor>` (`0` begins and ends, as on one
+    /// server). A slot that moves during the scan may be missed or seen twice, which
+    /// SCAN's own guarantees already allow for keys that change meanwhile.
+    async fn scan(&self, args: &[RedisArg]) -> redis::RedisResult<redis::Value> {
+        use redis::Value as V;
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let mut connection = self.connection().await?;
+        let cursor = match args.first() {
+            Some(RedisArg::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(RedisArg::Int(n)) => n.to_string(),
+            None => String::new(),
+        };
+        let (master, at) = cursor.split_once('.').unwrap_or(("0", "0"));
+        let master: usize = master.parse().unwrap_or(0);
+        let nodes = connection
+            .route_command(
+                redis::cmd("CLUSTER").arg("NODES").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let masters = masters_of(&text_of(nodes));
+        let Some((host, port)) = masters.get(master) else {
+            return Ok(V::Array(vec![V::BulkString(b"0".to_vec()), V::Array(Vec::new())]));
+        };
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(at);
+        for arg in &args[1.min(args.len())..] {
+            match arg {
+                RedisArg::Int(n) => scan.arg(*n),
+                RedisArg::Bytes(b) => scan.arg(b.as_slice()),
+            };
+        }
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port: *port,
+        });
+        let reply = connection.route_command(scan, routing).await?;
+        let V::Array(mut parts) = reply else { return Ok(reply) };
+        let keys = parts.pop().unwrap_or(V::Array(Vec::new()));
+        let next = parts.pop().map(text_of).unwrap_or_default();
+        let cursor = match (next.as_str(), master + 1 < masters.len()) {
+            ("0", true) => format!("{}.0", master + 1),
+            ("0", false) => "0".to_owned(),
+            (next, _) => format!("{master}.{next}"),
+        };
+        Ok(V::Array(vec![V::BulkString(cursor.into_bytes()), keys]))
+    }
+}
+
+/// A reply as text (a bulk or simple string; anything else is empty).
+fn text_of(value: redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => s,
+        _ => String::new(),
+    }
+}
+
+/// The masters that serve slots, from `CLUSTER NODES`, in address order.
+fn masters_of(nodes: &str) -> Vec<(String, u16)> {
+    let mut masters: Vec<(String, u16)> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") || fields.len() < 9 {
+                return None;
+            }
+            let address = fields.get(1)?.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    masters.sort();
+    masters
 }
 
 /// The master the sentinels named last, and how to ask them again.
@@ -207,21 +284,31 @@ impl SentinelLink {
 impl Redis for NativeRedis {
     async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
         let mut cmd = redis::cmd(command);
-        for arg in args {
+        for arg in &args {
             match arg {
-                RedisArg::Int(n) => cmd.arg(n),
-                RedisArg::Bytes(b) => cmd.arg(b),
+                RedisArg::Int(n) => cmd.arg(*n),
+                RedisArg::Bytes(b) => cmd.arg(b.as_slice()),
             };
         }
         // The clients' own timeouts cover connect and response, one after the other; this
         // outer bound holds the whole call, reconnect back-off and redirects included.
-        let reply = tokio::time::timeout(self.timeout, self.send(&cmd))
+        let call = async {
+            match &self.link {
+                Link::Cluster(cluster) if command.eq_ignore_ascii_case("SCAN") => cluster.scan(&args).await,
+                _ => self.send(&cmd).await,
+            }
+        };
+        let reply = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| PortError::Unreachable(format!("redis did not answer within {:?}", self.timeout)))?
             .map_err(port_error)?;
         let mut flat = Vec::new();
         flatten(reply, &mut flat)?;
         Ok(flat)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster(_))
     }
 }
 

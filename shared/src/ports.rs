@@ -97,6 +97,14 @@ pub trait Redis {
         command: &str,
         args: Vec<RedisArg>,
     ) -> impl Future<Output = Result<Vec<RedisReply>, PortError>>;
+
+    /// Whether this is a Redis Cluster, where one script may only touch keys of one hash
+    /// slot: the stores then take a batch of variants one call per variant (README,
+    /// "Scaling out"). A standalone server (and the Spin host, which reaches no other)
+    /// runs a batch as one script.
+    fn is_cluster(&self) -> bool {
+        false
+    }
 }
 
 /// A value bound to, or read from, a SQL statement. The schema uses only these types

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod host;
 pub mod proxy;
 pub mod redis_link;
+pub mod topology;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,6 +178,8 @@ impl TestApp {
             .await
             .unwrap();
         tokio::spawn(connection);
+        // The app's Redis, which a test may have set to its own (a cluster, a server it kills).
+        let redis_url = commerce_core::ports::Config::get(&config, "redis_url").unwrap_or(redis_url);
         let redis = TestRedis::connect(&redis_url).await.unwrap();
         Self {
             base,
@@ -431,7 +434,17 @@ impl TestApp {
             drop(spin);
             let _ = std::fs::remove_file(log);
         }
-        self.flush_redis().await;
+        // A Redis of the test's own may be gone by now (a fault test stopped it).
+        let mut redis = self.redis.clone();
+        let alive = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            redis::cmd("PING").query_async::<String>(&mut redis),
+        )
+        .await
+        .is_ok_and(|pong| pong.is_ok());
+        if alive {
+            self.flush_redis().await;
+        }
         self.pg
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.namespace))
             .await

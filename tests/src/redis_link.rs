@@ -63,15 +63,15 @@ impl TestRedis {
 async fn scan_one(connection: &mut MultiplexedConnection, pattern: &str, keys: &mut Vec<String>) {
     let mut cursor = 0u64;
     loop {
-        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+        let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
             .arg(5000)
             .query_async(connection)
-            .await
-            .unwrap();
+            .await;
+        let (next, page) = page.expect("SCAN");
         keys.extend(page);
         if next == 0 {
             break;

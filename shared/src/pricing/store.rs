@@ -179,10 +179,28 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                 entries += self.copy_pages(DISCOUNTS_BY_BUNDLE, &keys[2]).await?;
             }
         }
+        let replaced_ms = i64::from(replaced_ttl_seconds) * 1000 + REPLACED_MARGIN_MS;
+        let (switched, previous_version) = if self.redis.is_cluster() {
+            self.switch_per_slot(kind, version, &keys, replaced_ms).await?
+        } else {
+            self.switch(kind, version, &keys, replaced_ms).await?
+        };
+        Ok(Publication {
+            kind: kind.name(),
+            version,
+            previous_version,
+            switched,
+            entries,
+        })
+    }
+
+    /// Moves the version pointer to `version` (only forward), makes the new version's keys
+    /// permanent and the replaced version's expire after `replaced_ms`, and announces it:
+    /// one script. Returns whether it switched, and the version before.
+    async fn switch(&self, kind: RulesetKind, version: i64, keys: &[String], replaced_ms: i64) -> Result<(bool, i64)> {
         let version_key = self.keys.ruleset_version(kind);
         let mut script_keys = vec![version_key.as_str()];
         script_keys.extend(keys.iter().map(String::as_str));
-        let replaced_ms = i64::from(replaced_ttl_seconds) * 1000 + REPLACED_MARGIN_MS;
         let reply = SWITCH
             .run(
                 self.redis,
@@ -197,17 +215,58 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             )
             .await
             .map_err(PortError::redis)?;
-        let previous_version = reply
+        let previous = reply
             .get(1)
             .and_then(RedisReply::as_int)
             .ok_or_else(|| unexpected(&reply))?;
-        Ok(Publication {
-            kind: kind.name(),
-            version,
-            previous_version,
-            switched: reply.first().and_then(RedisReply::as_text) == Some("OK"),
-            entries,
-        })
+        Ok((reply.first().and_then(RedisReply::as_text) == Some("OK"), previous))
+    }
+
+    /// [`Self::switch`] on a Redis Cluster, where the pointer and each version's keys live
+    /// in different slots: the new keys are made permanent first (so the pointer never
+    /// names keys that may expire), then the pointer moves (the same script, on its key
+    /// alone), then the replaced version's keys get their expiry. A switch refused as
+    /// stale lets the new keys expire again.
+    async fn switch_per_slot(
+        &self,
+        kind: RulesetKind,
+        version: i64,
+        keys: &[String],
+        replaced_ms: i64,
+    ) -> Result<(bool, i64)> {
+        for key in keys {
+            self.redis("PERSIST", vec![key.as_str().into()]).await?;
+        }
+        let version_key = self.keys.ruleset_version(kind);
+        let reply = SWITCH
+            .run(
+                self.redis,
+                &[&version_key],
+                vec![
+                    RedisArg::Int(version),
+                    self.keys.ruleset_stem(kind).into(),
+                    "".into(),
+                    RedisArg::Int(replaced_ms),
+                    version_key.as_str().into(),
+                ],
+            )
+            .await
+            .map_err(PortError::redis)?;
+        let previous = reply
+            .get(1)
+            .and_then(RedisReply::as_int)
+            .ok_or_else(|| unexpected(&reply))?;
+        let switched = reply.first().and_then(RedisReply::as_text) == Some("OK");
+        let expiring = if switched {
+            (previous > 0).then(|| self.keys.ruleset_keys(kind, previous))
+        } else {
+            Some(keys.to_vec())
+        };
+        for key in expiring.unwrap_or_default() {
+            self.redis("PEXPIRE", vec![key.into(), RedisArg::Int(replaced_ms)])
+                .await?;
+        }
+        Ok((switched, previous))
     }
 
     /// Copies `(field, json)` rows, page by page, into a hash of the version being built.

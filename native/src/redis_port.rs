@@ -310,6 +310,59 @@ impl Redis for NativeRedis {
     fn is_cluster(&self) -> bool {
         matches!(self.link, Link::Cluster(_))
     }
+
+    /// On a cluster, one `WAIT` per slot named, each on the master of that slot (over the
+    /// very connection the writes went through); elsewhere one `WAIT`.
+    async fn wait_replicas(&self, keys: &[&str], replicas: i64, timeout_ms: i64) -> Result<i64, PortError> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        let bound = self.timeout + Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+        let call = async {
+            let Link::Cluster(cluster) = &self.link else {
+                return self.send(&wait).await;
+            };
+            let mut slots: Vec<u16> = keys.iter().map(|k| slot_of(k)).collect();
+            slots.sort_unstable();
+            slots.dedup();
+            let mut connection = cluster.connection().await?;
+            let mut fewest = redis::Value::Int(replicas);
+            for slot in slots {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)));
+                let acked = connection.route_command(wait.clone(), routing).await?;
+                if let (redis::Value::Int(a), redis::Value::Int(f)) = (&acked, &fewest)
+                    && a < f
+                {
+                    fewest = acked;
+                }
+            }
+            Ok(fewest)
+        };
+        match tokio::time::timeout(bound, call).await {
+            Err(_) => Err(PortError::Unreachable(format!("redis did not answer WAIT within {bound:?}"))),
+            Ok(Err(e)) => Err(port_error(e)),
+            Ok(Ok(redis::Value::Int(n))) => Ok(n),
+            Ok(Ok(other)) => Err(PortError::Server(format!("WAIT answered {other:?}"))),
+        }
+    }
+}
+
+/// The cluster hash slot of a key: CRC16 (XMODEM) of its hash tag (the text between the
+/// first `{` and the next `}`, if not empty) or of the whole key, modulo 16384.
+fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|b| *b == b'{').and_then(|open| {
+        let close = bytes[open + 1..].iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for byte in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16384
 }
 
 impl NativeRedis {
@@ -386,7 +439,17 @@ fn is_outage(e: &redis::RedisError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Topology;
+    use super::{Topology, slot_of};
+
+    #[test]
+    fn slots_follow_hash_tags() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot_of("123456789"), 12739);
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("{user1000}.following"), slot_of("{user1000}.followers"));
+        assert_eq!(slot_of("x:inventory:variant:{var-1}"), slot_of("var-1"));
+        assert_eq!(slot_of("foo{}{bar}"), 8363, "an empty tag: the whole key is hashed");
+    }
 
     #[test]
     fn a_url_names_its_topology() {

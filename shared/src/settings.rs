@@ -73,6 +73,13 @@ pub struct Settings {
     /// How far a customer token's issuer's clock may disagree with ours, in seconds,
     /// granted on `exp` and `nbf`.
     pub jwt_leeway_seconds: u32,
+    /// Replicas that must have a reservation and a checkout session write before it is
+    /// answered (Redis `WAIT`); 0: answer once the master has it (replication stays
+    /// asynchronous, and a failover may lose the latest writes: README, "Scaling out").
+    pub redis_wait_replicas: u32,
+    /// How long such a write waits for its replicas; fewer in time is a 503 (the write
+    /// stands on the master, and a retry with the same key repeats it harmlessly).
+    pub redis_wait_timeout_ms: u64,
     /// How long a checkout session's holds outlive the session's deadline, so a payment
     /// accepted just before the deadline still finds its units held while the order is
     /// written (DESIGN §4, invariant 2).
@@ -185,6 +192,8 @@ impl Settings {
             webhook_secret: text("webhook_secret", ""),
             service_token: text("service_token", ""),
             hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
+            redis_wait_replicas: number("redis_wait_replicas", 0)?.min(16) as u32,
+            redis_wait_timeout_ms: number("redis_wait_timeout_ms", 500)?.clamp(1, 60_000),
             jwt_leeway_seconds: number("jwt_leeway_seconds", 60)?.min(3600) as u32,
             http_header_timeout_ms: number("http_header_timeout_ms", 10_000)?.clamp(100, 600_000),
             http_body_timeout_ms: number("http_body_timeout_ms", 30_000)?.clamp(100, 600_000),

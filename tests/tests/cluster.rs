@@ -364,3 +364,34 @@ async fn a_sentinel_failover_during_a_sale_is_followed_without_a_restart() {
     books("sentinel master killed mid-sale", &app, &gateway, size.units, &run).await;
     app.finish().await;
 }
+
+/// With `redis_wait_replicas`, a reservation and a checkout session are answered only once
+/// a replica has them (each variant's on its own master); asking for more replicas than
+/// there are is a 503 after the wait, never a silent success.
+#[tokio::test]
+async fn writes_wait_for_their_replicas_when_asked() {
+    let Some(url) = cluster_url() else { return skip("Redis Cluster") };
+    let _one = TOPOLOGY.lock().await;
+    for (replicas, expected) in [("1", 201), ("2", 503)] {
+        let app = TestApp::spawn_with(|c| {
+            c.set("redis_url", &url)
+                .set("redis_wait_replicas", replicas)
+                .set("redis_wait_timeout_ms", "300")
+        })
+        .await;
+        app.seed(3).await;
+        let reply = app
+            .call(
+                "POST",
+                "/v1/inventory/reservations",
+                Some(reservation("h-1", &[("var-1", 1), ("var-2", 1), ("var-3", 1)])),
+                true,
+            )
+            .await;
+        assert_eq!(reply.status, expected, "{replicas} replica(s): {reply:?}");
+        if expected == 503 {
+            assert!(reply.body["error"]["message"].as_str().unwrap_or("").contains("replica"), "{reply:?}");
+        }
+        app.finish().await;
+    }
+}

@@ -1,15 +1,17 @@
-//! The pricing engine's own cost, without Redis or HTTP: `engine::quote` on a 20-line cart
-//! (18 variant lines and 2 bundle lines) under 10 price lists with parents and quantity
-//! breaks and 200 discounts of every target, and the same ruleset with a 1-line cart as the
-//! baseline measured in the same run. `scripts/bench` runs it and copies the medians into
-//! BENCHMARKS.md.
+//! The pricing engine's own cost, without Redis or HTTP: a quote of a 20-line cart (18
+//! variant lines and 2 bundle lines) under 10 price lists with parents and quantity breaks
+//! and 200 discounts of every target, and the same ruleset with a 1-line cart, the ruleset
+//! indexed once beforehand (`quote/20_lines`, `quote/1_line`). Measured in the same run:
+//! the same 20-line quote indexing the whole ruleset first (`engine::quote`; a request
+//! indexes only the entries its lines read), and the engine before the index
+//! (`reference_*`). `scripts/bench` runs it and copies the medians into BENCHMARKS.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 
 use commerce_core::pricing::engine::{
     self, BundlePricing, Discount, DiscountKind, DiscountTarget, PriceBreak, PriceList, PricingInput,
-    QuoteLine, VariantPrices,
+    QuoteLine, RulesetIndex, VariantPrices, reference,
 };
 use commerce_core::pricing::money::Currency;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -233,17 +235,29 @@ fn bench(c: &mut Criterion) {
     let input = input();
     let (twenty, one) = (twenty_lines(), one_line());
     // What is measured is a successful quote that takes discounts, not an early refusal.
+    let index = RulesetIndex::new(&input).expect("the bench ruleset is indexed");
+    let context = input.context();
     for lines in [&twenty, &one] {
-        let quote = engine::quote(&input, lines).expect("the bench cart is priced");
+        let quote = index.quote(&context, lines).expect("the bench cart is priced");
         assert_eq!(quote.lines.len(), lines.len());
         assert!(quote.discount_total_minor > 0, "no discount applied");
+        assert_eq!(Ok(quote), reference::quote(&input, lines).map_err(|_| ()));
     }
     let mut group = c.benchmark_group("quote");
     group.bench_function("20_lines", |b| {
-        b.iter(|| engine::quote(black_box(&input), black_box(&twenty)))
+        b.iter(|| index.quote(black_box(&context), black_box(&twenty)))
     });
     group.bench_function("1_line", |b| {
-        b.iter(|| engine::quote(black_box(&input), black_box(&one)))
+        b.iter(|| index.quote(black_box(&context), black_box(&one)))
+    });
+    group.bench_function("20_lines_indexing_included", |b| {
+        b.iter(|| engine::quote(black_box(&input), black_box(&twenty)))
+    });
+    group.bench_function("reference_20_lines", |b| {
+        b.iter(|| reference::quote(black_box(&input), black_box(&twenty)))
+    });
+    group.bench_function("reference_1_line", |b| {
+        b.iter(|| reference::quote(black_box(&input), black_box(&one)))
     });
     group.finish();
 }

@@ -7,6 +7,12 @@
 
 use crate::ids::{BundleId, CartId, CustomerId, SetId, VariantId};
 
+/// The encoding of ruleset entries in Redis (`pricing/store.rs`), part of every ruleset
+/// key: a build never reads entries of another encoding. A version published by a build
+/// of another encoding is simply not there for it, and the first quote republishes the
+/// ruleset from PostgreSQL (DESIGN §4, invariant 8).
+pub const RULESET_ENCODING: &str = "v2";
+
 /// Builds every key of the service under one namespace.
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
@@ -207,8 +213,19 @@ impl Keys {
         }
     }
 
-    /// `pricing-ruleset-version` / `discount-ruleset-version`: the version quotes read.
+    /// `pricing-ruleset-version-v2` / `discount-ruleset-version-v2`: the version quotes
+    /// read, of rulesets in encoding [`RULESET_ENCODING`].
     pub fn ruleset_version(&self, kind: RulesetKind) -> String {
+        format!(
+            "{}{}-ruleset-version-{RULESET_ENCODING}",
+            self.prefix,
+            kind.name()
+        )
+    }
+
+    /// `pricing-ruleset-version` / `discount-ruleset-version`: the channel a publish
+    /// announces its new version on (the same whatever the encoding).
+    pub fn ruleset_channel(&self, kind: RulesetKind) -> String {
         format!("{}{}-ruleset-version", self.prefix, kind.name())
     }
 
@@ -219,9 +236,13 @@ impl Keys {
     }
 
     /// The namespace prefix of every key of a ruleset version (the part before the version:
-    /// `pricing:ruleset-bundle:{` …), for scripts that derive a version's keys.
+    /// `pricing:ruleset-bundle-v2:{` …), for scripts that derive a version's keys.
     pub fn ruleset_stem(&self, kind: RulesetKind) -> String {
-        format!("{}{}:ruleset-bundle:{{", self.prefix, kind.name())
+        format!(
+            "{}{}:ruleset-bundle-{RULESET_ENCODING}:{{",
+            self.prefix,
+            kind.name()
+        )
     }
 
     /// The keys of one ruleset version, all in the version's hash slot:

@@ -249,7 +249,7 @@ async fn two_publishes_at_once_build_two_clean_versions_and_only_move_forward() 
     // The replaced versions expire; the current one does not.
     let mut redis = app.redis.clone();
     for (version, expect_ttl) in [(1, true), (2, true), (3, false)] {
-        let key = app.key(&format!("pricing:ruleset-bundle:{{{version}}}:prices"));
+        let key = app.key(&format!("pricing:ruleset-bundle-v2:{{{version}}}:prices"));
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut redis)
@@ -326,5 +326,35 @@ async fn bad_quotes_and_unauthorised_publishes_are_refused() {
         405
     );
     assert_eq!(app.redis_snapshot_of("ruleset").await, before);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_ruleset_left_in_an_older_encoding_is_republished_not_misread() {
+    let app = priced_app().await;
+    // What a build of the JSON encoding left behind: its version keys and entries, which
+    // price var-1 at 1 cent. This build reads none of it.
+    let mut redis = app.redis.clone();
+    let _: () = redis::pipe()
+        .set(app.key("pricing-ruleset-version"), 9)
+        .set(app.key("discount-ruleset-version"), 9)
+        .hset(
+            app.key("pricing:ruleset-bundle:{9}:prices"),
+            "var-1",
+            r#"{"base":1,"currency":"EUR","entries":[]}"#,
+        )
+        .hset(app.key("pricing:ruleset-bundle:{9}:lists"), "all", "{}")
+        .del(app.key("pricing-ruleset-version-v2"))
+        .del(app.key("discount-ruleset-version-v2"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let reply = quote(&app, lines(&[("var-1", 2)]), None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["lines"][0]["unitPrice"], 900);
+    assert_eq!(reply.body["lines"][0]["discounts"][0]["amount"], 180);
+    // Republished from PostgreSQL under the next numbers.
+    assert_eq!(reply.body["versions"], json!({"pricing": 2, "discounts": 2}));
     app.finish().await;
 }

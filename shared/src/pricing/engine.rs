@@ -6,17 +6,22 @@
 //! between them is made by an explicit ordering (priority, then id).
 //!
 //! The rules, each implemented once below:
-//! 1. **Price resolution** of a variant: `Ruleset::resolve_variant` and `tier_price`.
-//! 2. **Bundle unit price**: `Ruleset::resolve_bundle`.
+//! 1. **Price resolution** of a variant: `RulesetIndex::resolve_variant` and
+//!    `IndexedVariant::tier_price`.
+//! 2. **Bundle unit price**: `RulesetIndex::resolve_bundle`.
 //! 3. **Discounts**, in priority order with exclusivity, never taking a line or the order
-//!    below zero: `apply_discounts`.
+//!    below zero: `RulesetIndex::apply_discounts`.
 //! 4. **Totals**: `subtotal = Σ line totals`, `discountTotal = Σ every listed discount`,
-//!    `total = subtotal − discountTotal ≥ 0`: [`quote`].
+//!    `total = subtotal − discountTotal ≥ 0`: [`RulesetIndex::quote`].
+//!
+//! A ruleset is indexed once ([`RulesetIndex`]: the orderings the rules ask for, and
+//! lookups by variant and bundle id), then quoted; [`quote`] does both for one quote.
 //!
 //! Rounding happens in exactly one place, [`percent_of`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 use serde_json::json;
@@ -264,124 +269,298 @@ pub struct QuotedLine {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedDiscount {
-    /// The discount.
-    pub discount_id: String,
+    /// The discount (shared with the index that applied it, so listing it copies no text).
+    #[serde(serialize_with = "shared_str")]
+    pub discount_id: Arc<str>,
     /// What it took, always `> 0`.
     #[serde(rename = "amount")]
     pub amount_minor: i64,
+}
+
+fn shared_str<S: Serializer>(id: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(id)
 }
 
 fn list_id_or_base<S: Serializer>(id: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(id.as_deref().unwrap_or(BASE_PRICE_LIST_ID))
 }
 
-/// Prices `lines` under `input`: unit prices (rules 1 and 2), line totals, discounts
-/// (rule 3) and totals, with the guarantees stated on [`Quote`].
-///
-/// Refuses, without a partial quote:
-/// - a quantity of 0 or above [`Quantity::MAX`]: 400 `INVALID_QUANTITY`;
-/// - a variant or bundle the input does not price: 422 `UNKNOWN_VARIANT` /
-///   `UNKNOWN_BUNDLE`, naming it and the line;
-/// - a variant with no price in the cart's currency, or a fixed-price bundle in another
-///   currency: 422 `CURRENCY_MISMATCH`;
-/// - a negative price in the ruleset: 422 `INVALID_PRICE`;
-/// - an amount beyond `i64` minor units: 422 `AMOUNT_OUT_OF_RANGE`;
-/// - an input with a duplicate price list, variant or discount id: [`Error::Internal`].
+/// Prices `lines` under `input`: [`RulesetIndex::new`] then [`RulesetIndex::quote`] in the
+/// input's context. For one quote of a ruleset read for it (what a request does); whoever
+/// quotes one ruleset many times indexes it once and calls [`RulesetIndex::quote`].
 pub fn quote(input: &PricingInput, lines: &[QuoteLine]) -> Result<Quote, Error> {
-    let ruleset = Ruleset::index(input)?;
-    let currency = input.currency;
-    let mut priced = Vec::with_capacity(lines.len());
-    let mut subtotal = Money::zero(currency);
-    for line in lines {
-        let quantity = Quantity::new(i64::from(line.quantity()))?.get();
-        let unit = match line {
-            QuoteLine::Variant { variant_id, .. } => ruleset.resolve_variant(line, variant_id, quantity)?,
-            QuoteLine::Bundle { bundle_id, parts, .. } => {
-                ruleset.resolve_bundle(line, bundle_id, parts, quantity)?
-            }
-        };
-        let line_total = Money::new(unit.unit_minor, currency).checked_mul(quantity)?;
-        subtotal = subtotal.checked_add(line_total)?;
-        priced.push(QuotedLine {
-            line_id: line.line_id().to_owned(),
-            unit_minor: unit.unit_minor,
-            price_list_id: unit.price_list_id,
-            quantity,
-            line_total_minor: line_total.minor,
-            discounts: Vec::new(),
-        });
-    }
-    let order_discounts = apply_discounts(input, lines, &mut priced, subtotal.minor);
-    // Every amount was capped at what was left of the order, so neither sum can exceed the
-    // subtotal.
-    let discount_total_minor = priced
-        .iter()
-        .flat_map(|line| &line.discounts)
-        .chain(&order_discounts)
-        .map(|discount| discount.amount_minor)
-        .sum::<i64>();
-    Ok(Quote {
-        currency,
-        lines: priced,
-        order_discounts,
-        subtotal_minor: subtotal.minor,
-        discount_total_minor,
-        total_minor: subtotal.minor - discount_total_minor,
-    })
+    RulesetIndex::new(input)?.quote(&input.context(), lines)
 }
 
-/// A resolved unit price and where it came from.
-struct UnitPrice {
-    unit_minor: i64,
-    price_list_id: Option<String>,
+/// What a quote is for besides its lines: who, in which currency, when.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuoteContext<'c> {
+    /// The customer's pricing group, if any.
+    pub customer_group: Option<&'c str>,
+    /// The cart's currency: every price and total of the quote is in it.
+    pub currency: Currency,
+    /// The instant the quote is for, epoch milliseconds (decides which discounts are
+    /// active).
+    pub now_ms: i64,
 }
 
-/// The input, indexed by id, with the candidate lists of rule 1 in order.
-struct Ruleset<'a> {
-    input: &'a PricingInput,
-    lists: BTreeMap<&'a str, &'a PriceList>,
-    variants: BTreeMap<&'a str, &'a VariantPrices>,
-    /// The lists a variant's price is looked up from, most specific first.
-    candidates: Vec<&'a PriceList>,
-}
-
-impl<'a> Ruleset<'a> {
-    fn index(input: &'a PricingInput) -> Result<Self, Error> {
-        let lists = unique("price list", input.price_lists.iter().map(|l| (l.id.as_str(), l)))?;
-        let variants = unique(
-            "variant",
-            input.variants.iter().map(|v| (v.variant_id.as_str(), v)),
-        )?;
-        unique("discount", input.discounts.iter().map(|d| (d.id.as_str(), d)))?;
-
-        // Rule 1, candidate order: the lists of the customer's group, then the default
-        // lists; within each, priority descending, ties by id ascending. Lists of another
-        // currency are never candidates.
-        let in_currency = || input.price_lists.iter().filter(|l| l.currency == input.currency);
-        let mut group: Vec<&PriceList> = in_currency()
-            .filter(|l| l.customer_group.is_some() && l.customer_group == input.customer_group)
-            .collect();
-        let mut default: Vec<&PriceList> = in_currency().filter(|l| l.customer_group.is_none()).collect();
-        for lists in [&mut group, &mut default] {
-            lists.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+impl PricingInput {
+    /// The input's customer group, currency and instant.
+    pub fn context(&self) -> QuoteContext<'_> {
+        QuoteContext {
+            customer_group: self.customer_group.as_deref(),
+            currency: self.currency,
+            now_ms: self.now_ms,
         }
-        group.append(&mut default);
+    }
+}
+
+/// A price list's position in [`RulesetIndex::lists`].
+type ListIx = usize;
+/// A discount's position in [`RulesetIndex::discounts`], which is the order rule 3
+/// applies discounts in: a lower rank applies first.
+type Rank = u32;
+/// Where a discount candidate applies: a line's index, or [`ORDER`].
+type Slot = u32;
+/// The slot of the order as a whole.
+const ORDER: Slot = Slot::MAX;
+
+/// The ruleset of a [`PricingInput`] (its price lists, variants, bundles and discounts,
+/// not its context) arranged so that a quote looks up what applies to its lines instead
+/// of searching the whole ruleset:
+///
+/// - every ordering the rules ask for is done once, here: price lists by priority (rule
+///   1's candidate order), each list's parent walk, each variant's tiers per list, and
+///   discounts by priority and id (rule 3's order);
+/// - a variant line finds its prices by variant id, and the discounts that may apply to
+///   it by variant (or bundle) id, so the cost of a quote grows with its lines and the
+///   discounts that target them, not with the size of the ruleset.
+///
+/// Build it once per ruleset and quote with it as often as needed; it borrows the input.
+pub struct RulesetIndex<'a> {
+    /// The price lists, in the input's order.
+    lists: Vec<&'a PriceList>,
+    /// Every list by priority descending, ties by id ascending: rule 1's candidate order
+    /// within the customer's group lists and within the default lists.
+    by_priority: Vec<ListIx>,
+    /// For each list, the lists its walk visits: itself, then its parents, up to a
+    /// missing parent or a list already visited (a cycle).
+    chains: Vec<Vec<ListIx>>,
+    /// Each variant's base price and, per list that prices it, its tiers.
+    variants: HashMap<&'a str, IndexedVariant<'a>>,
+    bundles: &'a BTreeMap<String, BundlePricing>,
+    /// The discounts in the order rule 3 applies them: priority descending, ties by id.
+    discounts: Vec<RankedDiscount<'a>>,
+    /// `(variant id, rank)` for each variant a `Variants` discount names, sorted: the
+    /// discounts of one variant are one run of it, in rank order.
+    by_variant: Vec<(&'a str, Rank)>,
+    /// `(bundle id, rank)` for each bundle a `Bundles` discount names, sorted likewise.
+    by_bundle: Vec<(&'a str, Rank)>,
+    /// The ranks of the `OrderSubtotal` discounts, ascending.
+    on_order: Vec<Rank>,
+}
+
+/// A discount and its id, shared with every [`AppliedDiscount`] it gives.
+struct RankedDiscount<'a> {
+    rule: &'a Discount,
+    id: Arc<str>,
+}
+
+/// A variant's prices, by list.
+struct IndexedVariant<'a> {
+    prices: &'a VariantPrices,
+    /// Every tier of every list that prices the variant (several entries for one list
+    /// merged), sorted by list, then `min_quantity` ascending, then price descending: the
+    /// tier of a list that applies to a quantity is the last of the list's run starting at
+    /// or below it.
+    tiers: Vec<(ListIx, PriceBreak)>,
+}
+
+impl IndexedVariant<'_> {
+    /// Rule 1, a list's price for the variant at `quantity`: the tier with the highest
+    /// `min_quantity <= quantity` (equal tiers: the lower price). `None` when the list has
+    /// no entry for the variant or every tier starts above `quantity`; the list then does
+    /// not apply and the walk goes on.
+    fn tier_price(&self, list: ListIx, quantity: u32) -> Option<i64> {
+        let reached = self
+            .tiers
+            .partition_point(|(ix, tier)| (*ix, tier.min_quantity) <= (list, quantity));
+        let (ix, tier) = self.tiers.get(reached.checked_sub(1)?)?;
+        (*ix == list).then_some(tier.unit_minor)
+    }
+}
+
+/// The ranks in a sorted `(id, rank)` table that belong to `id`.
+fn ranks_of<'t>(table: &'t [(&str, Rank)], id: &str) -> impl ExactSizeIterator<Item = Rank> + 't {
+    let start = table.partition_point(|(other, _)| *other < id);
+    let run = table[start..].partition_point(|(other, _)| *other == id);
+    table[start..start + run].iter().map(|&(_, rank)| rank)
+}
+
+impl<'a> RulesetIndex<'a> {
+    /// Indexes the ruleset of `input`. A duplicate price list, variant or discount id is
+    /// refused as [`Error::Internal`] (it would make quotes depend on order).
+    pub fn new(input: &'a PricingInput) -> Result<Self, Error> {
+        let list_ix = unique("price list", input.price_lists.iter().map(|l| l.id.as_str()))?;
+        unique("variant", input.variants.iter().map(|v| v.variant_id.as_str()))?;
+        unique("discount", input.discounts.iter().map(|d| d.id.as_str()))?;
+        let lists: Vec<&PriceList> = input.price_lists.iter().collect();
+
+        let mut by_priority: Vec<ListIx> = (0..lists.len()).collect();
+        by_priority.sort_by(|&a, &b| {
+            (lists[b].priority.cmp(&lists[a].priority)).then_with(|| lists[a].id.cmp(&lists[b].id))
+        });
+        let chains = (0..lists.len())
+            .map(|start| {
+                let mut chain = vec![start];
+                while let Some(&parent) = lists[*chain.last().expect("starts non-empty")]
+                    .parent_id
+                    .as_deref()
+                    .and_then(|parent| list_ix.get(parent))
+                {
+                    if chain.contains(&parent) {
+                        break;
+                    }
+                    chain.push(parent);
+                }
+                chain
+            })
+            .collect();
+
+        let variants = input
+            .variants
+            .iter()
+            .map(|prices| {
+                let mut tiers: Vec<(ListIx, PriceBreak)> = (prices.entries.iter())
+                    // A list that does not exist is never walked to.
+                    .filter_map(|(list_id, breaks)| Some((*list_ix.get(list_id.as_str())?, breaks)))
+                    .flat_map(|(ix, breaks)| breaks.iter().map(move |tier| (ix, tier.clone())))
+                    .collect();
+                tiers.sort_by_key(|(ix, tier)| (*ix, tier.min_quantity, Reverse(tier.unit_minor)));
+                (prices.variant_id.as_str(), IndexedVariant { prices, tiers })
+            })
+            .collect();
+
+        let mut discounts: Vec<&Discount> = input.discounts.iter().collect();
+        discounts.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+        let (mut by_variant, mut by_bundle, mut on_order) = (Vec::new(), Vec::new(), Vec::new());
+        for (rank, discount) in (0..).zip(&discounts) {
+            match &discount.target {
+                DiscountTarget::Variants(ids) => by_variant.extend(ids.iter().map(|id| (id.as_str(), rank))),
+                DiscountTarget::Bundles(ids) => by_bundle.extend(ids.iter().map(|id| (id.as_str(), rank))),
+                DiscountTarget::OrderSubtotal { .. } => on_order.push(rank),
+            }
+        }
+        by_variant.sort_unstable();
+        by_bundle.sort_unstable();
+        let discounts = (discounts.into_iter())
+            .map(|rule| RankedDiscount {
+                rule,
+                id: rule.id.as_str().into(),
+            })
+            .collect();
         Ok(Self {
-            input,
             lists,
+            by_priority,
+            chains,
             variants,
-            candidates: group,
+            bundles: &input.bundles,
+            discounts,
+            by_variant,
+            by_bundle,
+            on_order,
         })
+    }
+
+    /// Prices `lines` in `context`: unit prices (rules 1 and 2), line totals, discounts
+    /// (rule 3) and totals, with the guarantees stated on [`Quote`].
+    ///
+    /// Refuses, without a partial quote:
+    /// - a quantity of 0 or above [`Quantity::MAX`]: 400 `INVALID_QUANTITY`;
+    /// - a variant or bundle the ruleset does not price: 422 `UNKNOWN_VARIANT` /
+    ///   `UNKNOWN_BUNDLE`, naming it and the line;
+    /// - a variant with no price in the cart's currency, or a fixed-price bundle in another
+    ///   currency: 422 `CURRENCY_MISMATCH`;
+    /// - a negative price in the ruleset: 422 `INVALID_PRICE`;
+    /// - an amount beyond `i64` minor units: 422 `AMOUNT_OUT_OF_RANGE`.
+    pub fn quote(&self, context: &QuoteContext<'_>, lines: &[QuoteLine]) -> Result<Quote, Error> {
+        let currency = context.currency;
+        let mut priced = Vec::with_capacity(lines.len());
+        let mut subtotal = Money::zero(currency);
+        for line in lines {
+            let quantity = Quantity::new(i64::from(line.quantity()))?.get();
+            let unit = match line {
+                QuoteLine::Variant { variant_id, .. } => {
+                    self.resolve_variant(context, line, variant_id, quantity)?
+                }
+                QuoteLine::Bundle { bundle_id, parts, .. } => {
+                    self.resolve_bundle(context, line, bundle_id, parts, quantity)?
+                }
+            };
+            let line_total = Money::new(unit.unit_minor, currency).checked_mul(quantity)?;
+            subtotal = subtotal.checked_add(line_total)?;
+            priced.push(QuotedLine {
+                line_id: line.line_id().to_owned(),
+                unit_minor: unit.unit_minor,
+                price_list_id: unit.price_list_id,
+                quantity,
+                line_total_minor: line_total.minor,
+                discounts: Vec::new(),
+            });
+        }
+        let order_discounts = self.apply_discounts(context, lines, &mut priced, subtotal.minor);
+        // Every amount was capped at what was left of the order, so neither sum can exceed
+        // the subtotal.
+        let discount_total_minor = priced
+            .iter()
+            .flat_map(|line| &line.discounts)
+            .chain(&order_discounts)
+            .map(|discount| discount.amount_minor)
+            .sum::<i64>();
+        Ok(Quote {
+            currency,
+            lines: priced,
+            order_discounts,
+            subtotal_minor: subtotal.minor,
+            discount_total_minor,
+            total_minor: subtotal.minor - discount_total_minor,
+        })
+    }
+
+    /// Rule 1, the candidate lists in order: the lists of the customer's group, then the
+    /// default lists; within each, priority descending, ties by id ascending. Lists of
+    /// another currency than the cart's are never candidates.
+    fn candidates<'q>(&'q self, context: &'q QuoteContext<'_>) -> impl Iterator<Item = ListIx> + 'q {
+        let in_currency = move |&ix: &ListIx| self.lists[ix].currency == context.currency;
+        let group = self
+            .by_priority
+            .iter()
+            .copied()
+            .filter(in_currency)
+            .filter(move |&ix| {
+                let list_group = self.lists[ix].customer_group.as_deref();
+                list_group.is_some() && list_group == context.customer_group
+            });
+        let default = (self.by_priority.iter().copied())
+            .filter(in_currency)
+            .filter(move |&ix| self.lists[ix].customer_group.is_none());
+        group.chain(default)
     }
 
     /// Rule 1, price resolution of `variant_id` at `quantity` units.
     ///
-    /// For each candidate list in order (see [`Ruleset::index`]), walk the list and then its
-    /// parents and take the first list that prices the variant at this quantity (see
-    /// [`tier_price`]); a parent in another currency is passed over, the walk stops at a
-    /// missing parent or at a list it has already visited (a cycle). If no list prices the
-    /// variant, its base price applies, which must be in the cart's currency.
-    fn resolve_variant(&self, line: &QuoteLine, variant_id: &str, quantity: u32) -> Result<UnitPrice, Error> {
+    /// For each candidate list in order (see [`RulesetIndex::candidates`]), walk the list
+    /// and then its parents (its chain) and take the first list that prices the variant at
+    /// this quantity (see [`IndexedVariant::tier_price`]); a parent in another currency is
+    /// passed over. If no list prices the variant, its base price applies, which must be
+    /// in the cart's currency.
+    fn resolve_variant(
+        &self,
+        context: &QuoteContext<'_>,
+        line: &QuoteLine,
+        variant_id: &str,
+        quantity: u32,
+    ) -> Result<UnitPrice, Error> {
         let variant = self.variants.get(variant_id).ok_or_else(|| {
             unprocessable(
                 "UNKNOWN_VARIANT",
@@ -389,25 +568,27 @@ impl<'a> Ruleset<'a> {
                 json!({ "lineId": line.line_id(), "variantId": variant_id }),
             )
         })?;
-        let from_list = self
-            .candidates
-            .iter()
-            .find_map(|&candidate| self.walk(candidate, variant, quantity));
+        let from_list = self.candidates(context).find_map(|candidate| {
+            self.chains[candidate]
+                .iter()
+                .filter(|&&ix| self.lists[ix].currency == context.currency)
+                .find_map(|&ix| Some((ix, variant.tier_price(ix, quantity)?)))
+        });
         let (unit_minor, price_list_id) = match from_list {
-            Some((list, unit_minor)) => (unit_minor, Some(list.id.clone())),
-            None if variant.currency == self.input.currency => (variant.base_minor, None),
+            Some((ix, unit_minor)) => (unit_minor, Some(self.lists[ix].id.clone())),
+            None if variant.prices.currency == context.currency => (variant.prices.base_minor, None),
             None => {
                 return Err(unprocessable(
                     "CURRENCY_MISMATCH",
                     format!(
                         "variant {variant_id} has no price in {}, only a base price in {}",
-                        self.input.currency, variant.currency
+                        context.currency, variant.prices.currency
                     ),
                     json!({
                         "lineId": line.line_id(),
                         "variantId": variant_id,
-                        "variantCurrency": variant.currency,
-                        "cartCurrency": self.input.currency,
+                        "variantCurrency": variant.prices.currency,
+                        "cartCurrency": context.currency,
                     }),
                 ));
             }
@@ -422,33 +603,6 @@ impl<'a> Ruleset<'a> {
         })
     }
 
-    /// The first list on the parent chain from `start` that prices `variant` at
-    /// `quantity`, with the price.
-    fn walk(
-        &self,
-        start: &'a PriceList,
-        variant: &VariantPrices,
-        quantity: u32,
-    ) -> Option<(&'a PriceList, i64)> {
-        let mut visited = BTreeSet::new();
-        let mut next = Some(start);
-        while let Some(list) = next {
-            if !visited.insert(list.id.as_str()) {
-                return None;
-            }
-            if list.currency == self.input.currency {
-                if let Some(unit_minor) = tier_price(variant, &list.id, quantity) {
-                    return Some((list, unit_minor));
-                }
-            }
-            next = list
-                .parent_id
-                .as_deref()
-                .and_then(|parent| self.lists.get(parent).copied());
-        }
-        None
-    }
-
     /// Rule 2, the unit price of a bundle.
     ///
     /// `Fixed`: its price, which must be in the cart's currency. `PercentOff`: the sum of
@@ -457,13 +611,14 @@ impl<'a> Ruleset<'a> {
     /// is `None`).
     fn resolve_bundle(
         &self,
+        context: &QuoteContext<'_>,
         line: &QuoteLine,
         bundle_id: &str,
         parts: &[String],
         quantity: u32,
     ) -> Result<UnitPrice, Error> {
-        let currency = self.input.currency;
-        let pricing = self.input.bundles.get(bundle_id).ok_or_else(|| {
+        let currency = context.currency;
+        let pricing = self.bundles.get(bundle_id).ok_or_else(|| {
             unprocessable(
                 "UNKNOWN_BUNDLE",
                 format!("bundle {bundle_id} has no pricing"),
@@ -493,7 +648,7 @@ impl<'a> Ruleset<'a> {
             BundlePricing::PercentOff { basis_points } => {
                 let mut sum = Money::zero(currency);
                 for part in parts {
-                    let part_price = self.resolve_variant(line, part, quantity)?;
+                    let part_price = self.resolve_variant(context, line, part, quantity)?;
                     sum = sum.checked_add(Money::new(part_price.unit_minor, currency))?;
                 }
                 sum.minor - percent_of(sum.minor, *basis_points)
@@ -504,89 +659,99 @@ impl<'a> Ruleset<'a> {
             price_list_id: None,
         })
     }
-}
 
-/// Rule 1, a list's price for a variant at `quantity`: the tier with the highest
-/// `min_quantity <= quantity` (equal tiers: the lower price). `None` when the list has no
-/// entry for the variant or every tier starts above `quantity`; the list then does not
-/// apply and the walk goes on.
-fn tier_price(variant: &VariantPrices, list_id: &str, quantity: u32) -> Option<i64> {
-    variant
-        .entries
-        .iter()
-        .filter(|(id, _)| id == list_id)
-        .flat_map(|(_, breaks)| breaks)
-        .filter(|tier| tier.min_quantity <= quantity)
-        .max_by_key(|tier| (tier.min_quantity, Reverse(tier.unit_minor)))
-        .map(|tier| tier.unit_minor)
-}
-
-/// Rule 3, discounts. Fills each line's `discounts` and returns the order's.
-///
-/// - Only discounts active at `now_ms` count ([`Discount::is_active_at`]).
-/// - They apply one after the other by priority descending, ties by id ascending, each on
-///   what the ones before it left: a line's remaining value is its total less its
-///   discounts so far; the order's is the subtotal less every discount so far.
-/// - `Variants` / `Bundles` apply to each matching line; `OrderSubtotal` applies once to
-///   the order when the subtotal before any discount is at least the threshold.
-/// - `Percentage` takes [`percent_of`] the remaining value of the line (or order);
-///   `Fixed` takes its amount per unit on a line and once on the order, and nothing when
-///   its currency is not the cart's.
-/// - Every amount is capped at what remains of its line and of the order, so no line and
-///   no order total ever goes below zero. An amount of 0 is not listed.
-/// - Exclusivity: once an exclusive discount has taken something anywhere, no discount of
-///   lower priority applies anywhere; discounts of the same priority still do.
-fn apply_discounts(
-    input: &PricingInput,
-    lines: &[QuoteLine],
-    priced: &mut [QuotedLine],
-    subtotal_minor: i64,
-) -> Vec<AppliedDiscount> {
-    let mut active: Vec<&Discount> = input
-        .discounts
-        .iter()
-        .filter(|d| d.is_active_at(input.now_ms))
-        .collect();
-    active.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
-
-    let mut left = Left {
-        lines: priced.iter().map(|line| line.line_total_minor).collect(),
-        order: subtotal_minor,
-    };
-    let mut order_discounts = Vec::new();
-    let mut exclusive_priority: Option<i32> = None;
-    for discount in active {
-        if exclusive_priority.is_some_and(|priority| discount.priority < priority) {
-            break;
+    /// Rule 3, discounts. Fills each line's `discounts` and returns the order's.
+    ///
+    /// - Only discounts active at `now_ms` count ([`Discount::is_active_at`]).
+    /// - They apply one after the other by priority descending, ties by id ascending, each
+    ///   on what the ones before it left: a line's remaining value is its total less its
+    ///   discounts so far; the order's is the subtotal less every discount so far.
+    /// - `Variants` / `Bundles` apply to each matching line; `OrderSubtotal` applies once to
+    ///   the order when the subtotal before any discount is at least the threshold.
+    /// - `Percentage` takes [`percent_of`] the remaining value of the line (or order);
+    ///   `Fixed` takes its amount per unit on a line and once on the order, and nothing
+    ///   when its currency is not the cart's.
+    /// - Every amount is capped at what remains of its line and of the order, so no line
+    ///   and no order total ever goes below zero. An amount of 0 is not listed.
+    /// - Exclusivity: once an exclusive discount has taken something anywhere, no discount
+    ///   of lower priority applies anywhere; discounts of the same priority still do.
+    ///
+    /// Only the discounts that target one of the lines, or the order, are visited: the
+    /// (rank, line) pairs looked up in the index, sorted, are exactly the order in which
+    /// a pass over every discount and every line would meet them.
+    fn apply_discounts(
+        &self,
+        context: &QuoteContext<'_>,
+        lines: &[QuoteLine],
+        priced: &mut [QuotedLine],
+        subtotal_minor: i64,
+    ) -> Vec<AppliedDiscount> {
+        // One (rank, slot) per discount and line (or order) it may apply to; sorted, the
+        // order of a pass over every discount, then every line.
+        let mut candidates: Vec<(Rank, Slot)> = Vec::new();
+        for ((index, line), slot) in lines.iter().enumerate().zip(0..) {
+            let ranks = match line {
+                QuoteLine::Variant { variant_id, .. } => ranks_of(&self.by_variant, variant_id),
+                QuoteLine::Bundle { bundle_id, .. } => ranks_of(&self.by_bundle, bundle_id),
+            };
+            // Room for every discount the line may take, so listing them does not regrow.
+            priced[index].discounts.reserve(ranks.len());
+            candidates.extend(ranks.map(|rank| (rank, slot)));
         }
-        let mut took_something = false;
-        match &discount.target {
-            DiscountTarget::OrderSubtotal { threshold_minor } => {
-                if subtotal_minor >= *threshold_minor {
-                    if let Some(applied) = left.take(discount, None, input.currency) {
-                        order_discounts.push(applied);
-                        took_something = true;
+        candidates.extend(self.on_order.iter().map(|&rank| (rank, ORDER)));
+        candidates.sort_unstable();
+
+        let mut left = Left {
+            lines: priced.iter().map(|line| line.line_total_minor).collect(),
+            order: subtotal_minor,
+        };
+        let mut order_discounts = Vec::new();
+        let mut exclusive_priority: Option<i32> = None;
+        for same_discount in candidates.chunk_by(|a, b| a.0 == b.0) {
+            let ranked = &self.discounts[same_discount[0].0 as usize];
+            let discount = ranked.rule;
+            if !discount.is_active_at(context.now_ms) {
+                continue;
+            }
+            if exclusive_priority.is_some_and(|priority| discount.priority < priority) {
+                break;
+            }
+            let mut took_something = false;
+            for &(_, slot) in same_discount {
+                match (slot, &discount.target) {
+                    (ORDER, DiscountTarget::OrderSubtotal { threshold_minor }) => {
+                        if subtotal_minor >= *threshold_minor {
+                            if let Some(applied) = left.take(ranked, None, context.currency) {
+                                order_discounts.push(applied);
+                                took_something = true;
+                            }
+                        }
+                    }
+                    (ORDER, _) => unreachable!("only order discounts apply to the order"),
+                    (line, _) => {
+                        let index = line as usize;
+                        let quoted = &mut priced[index];
+                        if let Some(applied) =
+                            left.take(ranked, Some((index, quoted.quantity)), context.currency)
+                        {
+                            quoted.discounts.push(applied);
+                            took_something = true;
+                        }
                     }
                 }
             }
-            target => {
-                for (index, (line, quoted)) in lines.iter().zip(priced.iter_mut()).enumerate() {
-                    if !targets(target, line) {
-                        continue;
-                    }
-                    if let Some(applied) = left.take(discount, Some((index, quoted.quantity)), input.currency)
-                    {
-                        quoted.discounts.push(applied);
-                        took_something = true;
-                    }
-                }
+            if took_something && discount.exclusive {
+                exclusive_priority.get_or_insert(discount.priority);
             }
         }
-        if took_something && discount.exclusive {
-            exclusive_priority.get_or_insert(discount.priority);
-        }
+        order_discounts
     }
-    order_discounts
+}
+
+/// A resolved unit price and where it came from.
+struct UnitPrice {
+    unit_minor: i64,
+    price_list_id: Option<String>,
 }
 
 /// What the discounts applied so far have left of each line and of the order; never
@@ -601,7 +766,7 @@ impl Left {
     /// capped at what is left of that line and of the order. `None` if it takes nothing.
     fn take(
         &mut self,
-        discount: &Discount,
+        discount: &RankedDiscount<'_>,
         line: Option<(usize, u32)>,
         cart: Currency,
     ) -> Option<AppliedDiscount> {
@@ -609,7 +774,7 @@ impl Left {
             Some((index, units)) => (self.lines[index], units),
             None => (self.order, 1),
         };
-        let amount = discount_amount(&discount.kind, line_left, units, cart).min(self.order);
+        let amount = discount_amount(&discount.rule.kind, line_left, units, cart).min(self.order);
         if amount <= 0 {
             return None;
         }
@@ -618,18 +783,9 @@ impl Left {
         }
         self.order -= amount;
         Some(AppliedDiscount {
-            discount_id: discount.id.clone(),
+            discount_id: Arc::clone(&discount.id),
             amount_minor: amount,
         })
-    }
-}
-
-/// Whether a line-level target covers `line`.
-fn targets(target: &DiscountTarget, line: &QuoteLine) -> bool {
-    match (target, line) {
-        (DiscountTarget::Variants(ids), QuoteLine::Variant { variant_id, .. }) => ids.contains(variant_id),
-        (DiscountTarget::Bundles(ids), QuoteLine::Bundle { bundle_id, .. }) => ids.contains(bundle_id),
-        _ => false,
     }
 }
 
@@ -648,18 +804,15 @@ fn discount_amount(kind: &DiscountKind, left: i64, units: u32, cart: Currency) -
     wanted.clamp(0, i128::from(left.max(0))) as i64
 }
 
-/// Indexes items by id, refusing a duplicate id.
-fn unique<'a, T>(
-    kind: &str,
-    items: impl Iterator<Item = (&'a str, &'a T)>,
-) -> Result<BTreeMap<&'a str, &'a T>, Error> {
-    let mut index = BTreeMap::new();
-    for (id, item) in items {
-        if index.insert(id, item).is_some() {
+/// The position of each id, refusing a duplicate id.
+fn unique<'a>(kind: &str, ids: impl Iterator<Item = &'a str>) -> Result<HashMap<&'a str, usize>, Error> {
+    let mut positions = HashMap::new();
+    for (position, id) in ids.enumerate() {
+        if positions.insert(id, position).is_some() {
             return Err(Error::Internal(format!("pricing input has {kind} {id} twice")));
         }
     }
-    Ok(index)
+    Ok(positions)
 }
 
 /// Refuses a negative price from the ruleset: the quote's guarantees rest on none.
@@ -683,831 +836,9 @@ fn unprocessable(code: &'static str, message: String, details: serde_json::Value
     }
 }
 
+/// The engine before [`RulesetIndex`], kept until the two are shown to agree.
+#[doc(hidden)]
+pub mod reference;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn eur() -> Currency {
-        Currency::parse("EUR").unwrap()
-    }
-
-    fn usd() -> Currency {
-        Currency::parse("USD").unwrap()
-    }
-
-    fn list(id: &str, group: Option<&str>, parent: Option<&str>, priority: i32) -> PriceList {
-        PriceList {
-            id: id.into(),
-            currency: eur(),
-            customer_group: group.map(Into::into),
-            parent_id: parent.map(Into::into),
-            priority,
-        }
-    }
-
-    fn tier(min_quantity: u32, unit_minor: i64) -> PriceBreak {
-        PriceBreak {
-            min_quantity,
-            unit_minor,
-        }
-    }
-
-    /// A variant with a EUR base price and one single-tier entry per `(list, price)`.
-    fn variant(id: &str, base_minor: i64, entries: &[(&str, i64)]) -> VariantPrices {
-        VariantPrices {
-            variant_id: id.into(),
-            base_minor,
-            currency: eur(),
-            entries: entries
-                .iter()
-                .map(|&(list, unit)| (list.to_owned(), vec![tier(1, unit)]))
-                .collect(),
-        }
-    }
-
-    fn input(price_lists: Vec<PriceList>, variants: Vec<VariantPrices>) -> PricingInput {
-        PricingInput {
-            price_lists,
-            variants,
-            bundles: BTreeMap::new(),
-            discounts: Vec::new(),
-            customer_group: None,
-            currency: eur(),
-            now_ms: 1_000,
-        }
-    }
-
-    fn line(id: &str, variant_id: &str, quantity: u32) -> QuoteLine {
-        QuoteLine::Variant {
-            line_id: id.into(),
-            variant_id: variant_id.into(),
-            quantity,
-        }
-    }
-
-    fn bundle_line(id: &str, bundle_id: &str, parts: &[&str], quantity: u32) -> QuoteLine {
-        QuoteLine::Bundle {
-            line_id: id.into(),
-            bundle_id: bundle_id.into(),
-            parts: parts.iter().map(|&p| p.to_owned()).collect(),
-            quantity,
-        }
-    }
-
-    fn ids(ids: &[&str]) -> BTreeSet<String> {
-        ids.iter().map(|&id| id.to_owned()).collect()
-    }
-
-    fn percent(id: &str, basis_points: u32, target: DiscountTarget, priority: i32) -> Discount {
-        Discount {
-            id: id.into(),
-            kind: DiscountKind::Percentage { basis_points },
-            target,
-            priority,
-            exclusive: false,
-            starts_at_ms: None,
-            ends_at_ms: None,
-        }
-    }
-
-    fn fixed(id: &str, amount_minor: i64, target: DiscountTarget, priority: i32) -> Discount {
-        Discount {
-            kind: DiscountKind::Fixed {
-                amount_minor,
-                currency: eur(),
-            },
-            ..percent(id, 0, target, priority)
-        }
-    }
-
-    fn order_over(threshold_minor: i64) -> DiscountTarget {
-        DiscountTarget::OrderSubtotal { threshold_minor }
-    }
-
-    /// `(unit price, price list)` of a single line `variant × quantity`.
-    fn price_of(input: &PricingInput, variant_id: &str, quantity: u32) -> (i64, Option<String>) {
-        let quote = quote(input, &[line("l1", variant_id, quantity)]).unwrap();
-        let line = &quote.lines[0];
-        (line.unit_minor, line.price_list_id.clone())
-    }
-
-    fn discounts_of(line: &QuotedLine) -> Vec<(&str, i64)> {
-        line.discounts
-            .iter()
-            .map(|d| (d.discount_id.as_str(), d.amount_minor))
-            .collect()
-    }
-
-    fn unprocessable_code(result: Result<Quote, Error>) -> (&'static str, serde_json::Value) {
-        match result {
-            Err(Error::Unprocessable { code, details, .. }) => (code, details),
-            other => panic!("expected a 422, got {other:?}"),
-        }
-    }
-
-    // Rule 1: price resolution.
-
-    #[test]
-    fn group_list_beats_default_list() {
-        let mut input = input(
-            vec![list("retail", None, None, 100), list("vip", Some("vip"), None, 0)],
-            vec![variant("v1", 1000, &[("retail", 900), ("vip", 800)])],
-        );
-        assert_eq!(price_of(&input, "v1", 1), (900, Some("retail".into())));
-        input.customer_group = Some("vip".into());
-        assert_eq!(price_of(&input, "v1", 1), (800, Some("vip".into())));
-        input.customer_group = Some("wholesale".into());
-        assert_eq!(price_of(&input, "v1", 1), (900, Some("retail".into())));
-    }
-
-    #[test]
-    fn list_without_a_price_inherits_its_parents_price() {
-        let mut input = input(
-            vec![
-                list("vip", Some("vip"), Some("vip-base"), 0),
-                list("vip-base", Some("vip-base"), Some("retail"), 0),
-                list("retail", None, None, 0),
-            ],
-            vec![
-                variant("v1", 1000, &[("vip-base", 700), ("retail", 900)]),
-                variant("v2", 1000, &[("retail", 950)]),
-            ],
-        );
-        input.customer_group = Some("vip".into());
-        assert_eq!(price_of(&input, "v1", 1), (700, Some("vip-base".into())));
-        assert_eq!(price_of(&input, "v2", 1), (950, Some("retail".into())));
-    }
-
-    #[test]
-    fn missing_parent_ends_the_walk() {
-        let input = input(
-            vec![list("a", None, Some("gone"), 10), list("b", None, None, 0)],
-            vec![variant("v1", 1000, &[("b", 900)])],
-        );
-        assert_eq!(price_of(&input, "v1", 1), (900, Some("b".into())));
-    }
-
-    #[test]
-    fn higher_priority_list_wins_and_ties_go_to_the_lower_id() {
-        let mut input = input(
-            vec![
-                list("b", None, None, 5),
-                list("a", None, None, 5),
-                list("c", None, None, 9),
-            ],
-            vec![
-                variant("v1", 1000, &[("a", 800), ("b", 700), ("c", 900)]),
-                variant("v2", 1000, &[("b", 700), ("a", 800)]),
-            ],
-        );
-        assert_eq!(price_of(&input, "v1", 1), (900, Some("c".into())));
-        assert_eq!(price_of(&input, "v2", 1), (800, Some("a".into())));
-        input.price_lists.reverse();
-        assert_eq!(price_of(&input, "v2", 1), (800, Some("a".into())));
-    }
-
-    #[test]
-    fn quantity_break_is_the_highest_tier_reached() {
-        let mut v1 = variant("v1", 1000, &[]);
-        v1.entries = vec![("retail".into(), vec![tier(10, 700), tier(1, 900), tier(5, 800)])];
-        let input = input(vec![list("retail", None, None, 0)], vec![v1]);
-        assert_eq!(price_of(&input, "v1", 1).0, 900);
-        assert_eq!(price_of(&input, "v1", 4).0, 900);
-        assert_eq!(price_of(&input, "v1", 5).0, 800);
-        assert_eq!(price_of(&input, "v1", 9).0, 800);
-        assert_eq!(price_of(&input, "v1", 10).0, 700);
-        assert_eq!(price_of(&input, "v1", 1000).0, 700);
-    }
-
-    #[test]
-    fn list_whose_breaks_all_start_above_the_quantity_is_skipped() {
-        let mut v1 = variant("v1", 1000, &[("retail", 900)]);
-        v1.entries.push(("bulk".into(), vec![tier(10, 600)]));
-        let mut input = input(
-            vec![
-                list("bulk", Some("trade"), Some("retail"), 0),
-                list("retail", None, None, 0),
-            ],
-            vec![v1],
-        );
-        input.customer_group = Some("trade".into());
-        assert_eq!(price_of(&input, "v1", 9), (900, Some("retail".into())));
-        assert_eq!(price_of(&input, "v1", 10), (600, Some("bulk".into())));
-    }
-
-    #[test]
-    fn variant_in_no_list_gets_its_base_price() {
-        let input = input(
-            vec![list("retail", None, None, 0)],
-            vec![variant("v1", 1234, &[("other", 1)])],
-        );
-        assert_eq!(price_of(&input, "v1", 3), (1234, None));
-        let quote = quote(&input, &[line("l1", "v1", 3)]).unwrap();
-        assert_eq!(quote.lines[0].line_total_minor, 3702);
-        assert_eq!(
-            serde_json::to_value(&quote).unwrap()["lines"][0]["priceListId"],
-            "base"
-        );
-    }
-
-    #[test]
-    fn variant_without_a_price_in_the_cart_currency_is_refused() {
-        let mut v1 = variant("v1", 1000, &[]);
-        v1.currency = usd();
-        let input = input(Vec::new(), vec![v1]);
-        let (code, details) = unprocessable_code(quote(&input, &[line("l1", "v1", 1)]));
-        assert_eq!(code, "CURRENCY_MISMATCH");
-        assert_eq!(details["variantId"], "v1");
-        assert_eq!(details["variantCurrency"], "USD");
-        assert_eq!(details["cartCurrency"], "EUR");
-    }
-
-    #[test]
-    fn variant_with_foreign_base_price_but_a_list_price_in_the_cart_currency_is_sold() {
-        let mut v1 = variant("v1", 1000, &[("retail", 900)]);
-        v1.currency = usd();
-        let input = input(vec![list("retail", None, None, 0)], vec![v1]);
-        assert_eq!(price_of(&input, "v1", 1), (900, Some("retail".into())));
-    }
-
-    #[test]
-    fn lists_in_another_currency_are_ignored() {
-        let mut dollars = list("dollars", None, Some("retail"), 100);
-        dollars.currency = usd();
-        let mut vip_dollars = list("vip-dollars", Some("vip"), None, 0);
-        vip_dollars.currency = usd();
-        let mut vip = list("vip", Some("vip"), Some("dollars"), 0);
-        vip.parent_id = Some("dollars".into());
-        let mut input = input(
-            vec![dollars, vip_dollars, vip, list("retail", None, None, 0)],
-            vec![variant(
-                "v1",
-                1000,
-                &[("dollars", 1), ("vip-dollars", 2), ("retail", 900)],
-            )],
-        );
-        assert_eq!(price_of(&input, "v1", 1), (900, Some("retail".into())));
-        // A parent in another currency is passed over, and the walk goes on to its parent.
-        input.customer_group = Some("vip".into());
-        assert_eq!(price_of(&input, "v1", 1), (900, Some("retail".into())));
-    }
-
-    #[test]
-    fn parent_cycle_does_not_loop() {
-        let input = input(
-            vec![
-                list("a", None, Some("b"), 1),
-                list("b", None, Some("c"), 0),
-                list("c", None, Some("a"), 0),
-                list("self", None, Some("self"), 2),
-            ],
-            vec![variant("v1", 1000, &[]), variant("v2", 1000, &[("c", 500)])],
-        );
-        assert_eq!(price_of(&input, "v1", 1), (1000, None));
-        assert_eq!(price_of(&input, "v2", 1), (500, Some("c".into())));
-    }
-
-    #[test]
-    fn unknown_variant_or_bundle_is_refused_naming_it() {
-        let input = input(Vec::new(), vec![variant("v1", 1000, &[])]);
-        let (code, details) = unprocessable_code(quote(&input, &[line("l7", "nope", 1)]));
-        assert_eq!(
-            (code, &details["variantId"], &details["lineId"]),
-            ("UNKNOWN_VARIANT", &json!("nope"), &json!("l7"))
-        );
-        let (code, details) = unprocessable_code(quote(&input, &[bundle_line("l8", "b9", &["v1"], 1)]));
-        assert_eq!((code, &details["bundleId"]), ("UNKNOWN_BUNDLE", &json!("b9")));
-    }
-
-    #[test]
-    fn quantity_outside_the_line_range_is_a_bad_request() {
-        let input = input(Vec::new(), vec![variant("v1", 1000, &[])]);
-        for quantity in [0, Quantity::MAX + 1] {
-            let error = quote(&input, &[line("l1", "v1", quantity)]).unwrap_err();
-            assert_eq!((error.status(), error.code()), (400, "INVALID_QUANTITY"));
-        }
-    }
-
-    #[test]
-    fn negative_price_in_the_ruleset_is_refused() {
-        let input = input(Vec::new(), vec![variant("v1", -1, &[])]);
-        let (code, _) = unprocessable_code(quote(&input, &[line("l1", "v1", 1)]));
-        assert_eq!(code, "INVALID_PRICE");
-    }
-
-    #[test]
-    fn line_total_beyond_i64_is_refused() {
-        let input = input(Vec::new(), vec![variant("v1", i64::MAX / 2, &[])]);
-        let (code, _) = unprocessable_code(quote(&input, &[line("l1", "v1", 3)]));
-        assert_eq!(code, "AMOUNT_OUT_OF_RANGE");
-    }
-
-    #[test]
-    fn duplicate_ids_in_the_input_are_a_bug_not_a_quote() {
-        let input = input(Vec::new(), vec![variant("v1", 1, &[]), variant("v1", 2, &[])]);
-        assert!(matches!(quote(&input, &[]), Err(Error::Internal(_))));
-    }
-
-    // Rule 2: bundles.
-
-    #[test]
-    fn fixed_price_bundle_costs_its_price_whatever_the_parts() {
-        let mut input = input(
-            Vec::new(),
-            vec![variant("v1", 1000, &[]), variant("v2", 2000, &[])],
-        );
-        input.bundles.insert(
-            "b1".into(),
-            BundlePricing::Fixed {
-                unit_minor: 2500,
-                currency: eur(),
-            },
-        );
-        let quote = quote(&input, &[bundle_line("l1", "b1", &["v1", "v2"], 2)]).unwrap();
-        let line = &quote.lines[0];
-        assert_eq!(
-            (line.unit_minor, line.line_total_minor, &line.price_list_id),
-            (2500, 5000, &None)
-        );
-        assert_eq!(quote.total_minor, 5000);
-    }
-
-    #[test]
-    fn fixed_price_bundle_in_another_currency_is_refused() {
-        let mut input = input(Vec::new(), Vec::new());
-        input.bundles.insert(
-            "b1".into(),
-            BundlePricing::Fixed {
-                unit_minor: 2500,
-                currency: usd(),
-            },
-        );
-        let (code, details) = unprocessable_code(quote(&input, &[bundle_line("l1", "b1", &[], 1)]));
-        assert_eq!((code, &details["bundleId"]), ("CURRENCY_MISMATCH", &json!("b1")));
-    }
-
-    #[test]
-    fn percent_off_bundle_takes_the_percentage_off_its_parts_priced_at_the_line_quantity() {
-        let mut v2 = variant("v2", 2000, &[]);
-        v2.entries = vec![("retail".into(), vec![tier(1, 1900), tier(3, 1501)])];
-        let mut input = input(
-            vec![list("retail", None, None, 0)],
-            vec![variant("v1", 1000, &[]), v2],
-        );
-        input
-            .bundles
-            .insert("b1".into(), BundlePricing::PercentOff { basis_points: 1000 });
-        let one = quote(&input, &[bundle_line("l1", "b1", &["v1", "v2"], 1)]).unwrap();
-        // (1000 + 1900) − 10 % = 2900 − 290
-        assert_eq!(one.lines[0].unit_minor, 2610);
-        let three = quote(&input, &[bundle_line("l1", "b1", &["v1", "v2"], 3)]).unwrap();
-        // (1000 + 1501) − 10 % = 2501 − 250.1 → 2501 − 250
-        assert_eq!(three.lines[0].unit_minor, 2251);
-        assert_eq!(three.lines[0].line_total_minor, 6753);
-        assert_eq!(three.lines[0].price_list_id, None);
-    }
-
-    // Rule 3: discounts.
-
-    /// Two lines, v1 × 1 at 10.00 and v2 × 2 at 5.00: subtotal 20.00.
-    fn two_lines() -> (PricingInput, Vec<QuoteLine>) {
-        let input = input(
-            Vec::new(),
-            vec![variant("v1", 1000, &[]), variant("v2", 500, &[])],
-        );
-        (input, vec![line("l1", "v1", 1), line("l2", "v2", 2)])
-    }
-
-    #[test]
-    fn higher_priority_discount_applies_first_on_what_is_left() {
-        let (mut input, lines) = two_lines();
-        let v1 = || DiscountTarget::Variants(ids(&["v1"]));
-        input.discounts = vec![fixed("a-fixed", 100, v1(), 1), percent("z-half", 5000, v1(), 2)];
-        let quote = quote(&input, &lines).unwrap();
-        // 50 % of 1000 first, then 100 off the 500 left.
-        assert_eq!(discounts_of(&quote.lines[0]), [("z-half", 500), ("a-fixed", 100)]);
-        assert_eq!(quote.total_minor, 2000 - 600);
-
-        // Same priority: by id, so the fixed amount goes first.
-        input.discounts[1].priority = 1;
-        let quote = super::quote(&input, &lines).unwrap();
-        assert_eq!(discounts_of(&quote.lines[0]), [("a-fixed", 100), ("z-half", 450)]);
-    }
-
-    #[test]
-    fn exclusive_discount_stops_lower_priority_but_not_equal_priority() {
-        let (mut input, lines) = two_lines();
-        let v1 = || DiscountTarget::Variants(ids(&["v1"]));
-        let v2 = || DiscountTarget::Variants(ids(&["v2"]));
-        let mut exclusive = percent("excl", 1000, v1(), 5);
-        exclusive.exclusive = true;
-        input.discounts = vec![
-            exclusive,
-            percent("same-priority", 1000, v2(), 5),
-            percent("lower-on-v2", 1000, v2(), 4),
-            fixed("lower-order", 100, order_over(0), 1),
-            percent("higher", 1000, v1(), 6),
-        ];
-        let quote = quote(&input, &lines).unwrap();
-        assert_eq!(discounts_of(&quote.lines[0]), [("higher", 100), ("excl", 90)]);
-        assert_eq!(discounts_of(&quote.lines[1]), [("same-priority", 100)]);
-        assert!(quote.order_discounts.is_empty());
-    }
-
-    #[test]
-    fn exclusive_discount_that_takes_nothing_excludes_nothing() {
-        let (mut input, lines) = two_lines();
-        let mut exclusive = percent("excl", 1000, DiscountTarget::Variants(ids(&["absent"])), 5);
-        exclusive.exclusive = true;
-        input.discounts = vec![
-            exclusive,
-            percent("lower", 1000, DiscountTarget::Variants(ids(&["v1"])), 1),
-        ];
-        let quote = quote(&input, &lines).unwrap();
-        assert_eq!(discounts_of(&quote.lines[0]), [("lower", 100)]);
-    }
-
-    #[test]
-    fn discount_window_starts_inclusive_and_ends_exclusive() {
-        let (mut input, lines) = two_lines();
-        let mut windowed = percent("window", 1000, DiscountTarget::Variants(ids(&["v1"])), 0);
-        windowed.starts_at_ms = Some(100);
-        windowed.ends_at_ms = Some(200);
-        input.discounts = vec![windowed];
-        for (now_ms, applies) in [(99, false), (100, true), (199, true), (200, false)] {
-            input.now_ms = now_ms;
-            let quote = quote(&input, &lines).unwrap();
-            assert_eq!(!quote.lines[0].discounts.is_empty(), applies, "at {now_ms}");
-        }
-        input.discounts[0].starts_at_ms = None;
-        input.now_ms = i64::MIN;
-        assert_eq!(quote(&input, &lines).unwrap().discount_total_minor, 100);
-        input.discounts[0].ends_at_ms = None;
-        input.now_ms = i64::MAX;
-        assert_eq!(quote(&input, &lines).unwrap().discount_total_minor, 100);
-    }
-
-    #[test]
-    fn fixed_discount_is_per_unit_and_capped_at_the_line() {
-        let (mut input, lines) = two_lines();
-        input.discounts = vec![fixed("off", 150, DiscountTarget::Variants(ids(&["v2"])), 0)];
-        let quote = quote(&input, &lines).unwrap();
-        assert_eq!(discounts_of(&quote.lines[1]), [("off", 300)]);
-
-        input.discounts = vec![fixed("off", 800, DiscountTarget::Variants(ids(&["v1", "v2"])), 0)];
-        let quote = super::quote(&input, &lines).unwrap();
-        assert_eq!(discounts_of(&quote.lines[0]), [("off", 800)]);
-        assert_eq!(discounts_of(&quote.lines[1]), [("off", 1000)]);
-        assert_eq!(quote.total_minor, 200);
-    }
-
-    #[test]
-    fn bundle_discount_applies_to_its_bundle_lines_only() {
-        let (mut input, mut lines) = two_lines();
-        input.bundles.insert(
-            "b1".into(),
-            BundlePricing::Fixed {
-                unit_minor: 3000,
-                currency: eur(),
-            },
-        );
-        lines.push(bundle_line("l3", "b1", &["v1", "v2"], 1));
-        input.discounts = vec![percent("bundles", 1000, DiscountTarget::Bundles(ids(&["b1"])), 0)];
-        let quote = quote(&input, &lines).unwrap();
-        assert!(quote.lines[0].discounts.is_empty() && quote.lines[1].discounts.is_empty());
-        assert_eq!(discounts_of(&quote.lines[2]), [("bundles", 300)]);
-    }
-
-    #[test]
-    fn order_discount_applies_from_exactly_the_threshold() {
-        let (mut input, lines) = two_lines();
-        input.discounts = vec![
-            percent("pct", 1000, order_over(2000), 1),
-            fixed("fix", 300, order_over(2000), 0),
-        ];
-        let quote = quote(&input, &lines).unwrap();
-        let order: Vec<_> = quote
-            .order_discounts
-            .iter()
-            .map(|d| (d.discount_id.as_str(), d.amount_minor))
-            .collect();
-        assert_eq!(order, [("pct", 200), ("fix", 300)]);
-        assert_eq!(quote.total_minor, 1500);
-
-        input.discounts[0].target = order_over(2001);
-        input.discounts[1].target = order_over(2001);
-        assert!(super::quote(&input, &lines).unwrap().order_discounts.is_empty());
-    }
-
-    #[test]
-    fn order_threshold_is_judged_on_the_subtotal_before_discounts() {
-        let (mut input, lines) = two_lines();
-        input.discounts = vec![
-            percent("line", 5000, DiscountTarget::Variants(ids(&["v1"])), 9),
-            fixed("order", 100, order_over(2000), 0),
-        ];
-        let quote = quote(&input, &lines).unwrap();
-        assert_eq!(quote.order_discounts.len(), 1);
-        assert_eq!(quote.total_minor, 2000 - 500 - 100);
-    }
-
-    #[test]
-    fn full_percentage_discount_gives_zero_not_negative() {
-        let (mut input, lines) = two_lines();
-        input.discounts = vec![
-            percent("all", 10_000, order_over(0), 9),
-            percent("all-again", 10_000, DiscountTarget::Variants(ids(&["v1"])), 8),
-            fixed("more", 500, order_over(0), 7),
-            percent("over", 20_000, DiscountTarget::Variants(ids(&["v2"])), 6),
-        ];
-        let quote = quote(&input, &lines).unwrap();
-        assert_eq!(quote.order_discounts.len(), 1);
-        assert!(quote.lines.iter().all(|line| line.discounts.is_empty()));
-        assert_eq!((quote.discount_total_minor, quote.total_minor), (2000, 0));
-
-        input.discounts = vec![percent("over", 20_000, DiscountTarget::Variants(ids(&["v2"])), 0)];
-        let quote = super::quote(&input, &lines).unwrap();
-        assert_eq!(discounts_of(&quote.lines[1]), [("over", 1000)]);
-        assert_eq!(quote.total_minor, 1000);
-    }
-
-    #[test]
-    fn fixed_discount_in_another_currency_is_skipped() {
-        let (mut input, lines) = two_lines();
-        let mut dollars = fixed("usd", 100, order_over(0), 1);
-        dollars.kind = DiscountKind::Fixed {
-            amount_minor: 100,
-            currency: usd(),
-        };
-        dollars.exclusive = true;
-        input.discounts = vec![dollars, fixed("eur", 100, order_over(0), 0)];
-        let quote = quote(&input, &lines).unwrap();
-        let order: Vec<_> = quote
-            .order_discounts
-            .iter()
-            .map(|d| d.discount_id.as_str())
-            .collect();
-        assert_eq!(order, ["eur"]);
-    }
-
-    #[test]
-    fn quote_serializes_to_the_design_shape() {
-        let (mut input, lines) = two_lines();
-        input.price_lists = vec![list("retail", None, None, 0)];
-        input.variants[0].entries = vec![("retail".into(), vec![tier(1, 900)])];
-        input.discounts = vec![
-            percent("d1", 1000, DiscountTarget::Variants(ids(&["v2"])), 1),
-            fixed("d2", 50, order_over(0), 0),
-        ];
-        let quote = quote(&input, &lines).unwrap();
-        assert_eq!(
-            serde_json::to_value(&quote).unwrap(),
-            json!({
-                "currency": "EUR",
-                "lines": [
-                    {"lineId": "l1", "unitPrice": 900, "priceListId": "retail", "quantity": 1,
-                     "lineTotal": 900, "discounts": []},
-                    {"lineId": "l2", "unitPrice": 500, "priceListId": "base", "quantity": 2,
-                     "lineTotal": 1000, "discounts": [{"discountId": "d1", "amount": 100}]},
-                ],
-                "orderDiscounts": [{"discountId": "d2", "amount": 50}],
-                "subtotal": 1900,
-                "discountTotal": 150,
-                "total": 1750,
-            })
-        );
-    }
-
-    // Properties over random rulesets.
-
-    const CURRENCIES: [&str; 2] = ["EUR", "USD"];
-    const GROUPS: [&str; 2] = ["vip", "trade"];
-    const VARIANTS: usize = 5;
-    const BUNDLES: usize = 3;
-
-    fn currency() -> impl Strategy<Value = Currency> {
-        prop_oneof![4 => Just(0usize), 1 => Just(1usize)]
-            .prop_map(|i| Currency::parse(CURRENCIES[i]).unwrap())
-    }
-
-    fn group() -> impl Strategy<Value = Option<String>> {
-        proptest::option::of(proptest::sample::select(GROUPS.to_vec()).prop_map(String::from))
-    }
-
-    fn price_lists() -> impl Strategy<Value = Vec<PriceList>> {
-        prop::collection::vec(
-            (currency(), group(), proptest::option::of(0..6usize), -3..3i32),
-            0..5,
-        )
-        .prop_map(|lists| {
-            lists
-                .into_iter()
-                .enumerate()
-                .map(|(i, (currency, customer_group, parent, priority))| PriceList {
-                    id: format!("pl-{i}"),
-                    currency,
-                    customer_group,
-                    parent_id: parent.map(|p| format!("pl-{p}")),
-                    priority,
-                })
-                .collect()
-        })
-    }
-
-    fn variants() -> impl Strategy<Value = Vec<VariantPrices>> {
-        let entry = (0..5usize, prop::collection::vec((1..6u32, 0..50_000i64), 0..3));
-        let variant = (0..50_000i64, currency(), prop::collection::vec(entry, 0..3));
-        prop::collection::vec(variant, VARIANTS).prop_map(|variants| {
-            variants
-                .into_iter()
-                .enumerate()
-                .map(|(i, (base_minor, currency, entries))| VariantPrices {
-                    variant_id: format!("v-{i}"),
-                    base_minor,
-                    currency,
-                    entries: entries
-                        .into_iter()
-                        .map(|(list, breaks)| {
-                            let breaks = breaks
-                                .into_iter()
-                                .map(|(min_quantity, unit_minor)| PriceBreak {
-                                    min_quantity,
-                                    unit_minor,
-                                })
-                                .collect();
-                            (format!("pl-{list}"), breaks)
-                        })
-                        .collect(),
-                })
-                .collect()
-        })
-    }
-
-    fn bundles() -> impl Strategy<Value = BTreeMap<String, BundlePricing>> {
-        let pricing = prop_oneof![
-            (0..100_000i64, currency())
-                .prop_map(|(unit_minor, currency)| BundlePricing::Fixed { unit_minor, currency }),
-            (0..=12_000u32).prop_map(|basis_points| BundlePricing::PercentOff { basis_points }),
-        ];
-        prop::collection::vec(pricing, BUNDLES).prop_map(|bundles| {
-            bundles
-                .into_iter()
-                .enumerate()
-                .map(|(i, pricing)| (format!("b-{i}"), pricing))
-                .collect()
-        })
-    }
-
-    fn id_set(prefix: &'static str, count: usize) -> impl Strategy<Value = BTreeSet<String>> {
-        prop::collection::btree_set(0..count, 0..=count)
-            .prop_map(move |ids| ids.into_iter().map(|i| format!("{prefix}-{i}")).collect())
-    }
-
-    fn discounts() -> impl Strategy<Value = Vec<Discount>> {
-        let kind = prop_oneof![
-            (0..=12_000u32).prop_map(|basis_points| DiscountKind::Percentage { basis_points }),
-            (-100..5_000i64, currency()).prop_map(|(amount_minor, currency)| DiscountKind::Fixed {
-                amount_minor,
-                currency
-            }),
-        ];
-        let target = prop_oneof![
-            id_set("v", VARIANTS).prop_map(DiscountTarget::Variants),
-            (0..60_000i64).prop_map(|threshold_minor| DiscountTarget::OrderSubtotal { threshold_minor }),
-            id_set("b", BUNDLES).prop_map(DiscountTarget::Bundles),
-        ];
-        let window = (proptest::option::of(0..100i64), proptest::option::of(0..100i64));
-        let discount = (kind, target, -2..3i32, any::<bool>(), window);
-        prop::collection::vec(discount, 0..8).prop_map(|discounts| {
-            discounts
-                .into_iter()
-                .enumerate()
-                .map(
-                    |(i, (kind, target, priority, exclusive, (starts_at_ms, ends_at_ms)))| Discount {
-                        id: format!("d-{i}"),
-                        kind,
-                        target,
-                        priority,
-                        exclusive,
-                        starts_at_ms,
-                        ends_at_ms,
-                    },
-                )
-                .collect()
-        })
-    }
-
-    fn lines() -> impl Strategy<Value = Vec<QuoteLine>> {
-        let variant_id = (0..VARIANTS).prop_map(|i| format!("v-{i}"));
-        let line = prop_oneof![
-            (variant_id.clone(), 1..20u32).prop_map(|(variant_id, quantity)| (variant_id, None, quantity)),
-            (0..BUNDLES, prop::collection::vec(variant_id, 0..3), 1..20u32)
-                .prop_map(|(b, parts, quantity)| (format!("b-{b}"), Some(parts), quantity)),
-        ];
-        prop::collection::vec(line, 0..6).prop_map(|lines| {
-            lines
-                .into_iter()
-                .enumerate()
-                .map(|(i, (id, parts, quantity))| match parts {
-                    None => QuoteLine::Variant {
-                        line_id: format!("l-{i}"),
-                        variant_id: id,
-                        quantity,
-                    },
-                    Some(parts) => QuoteLine::Bundle {
-                        line_id: format!("l-{i}"),
-                        bundle_id: id,
-                        parts,
-                        quantity,
-                    },
-                })
-                .collect()
-        })
-    }
-
-    /// A random input, the same input with its price lists and discounts shuffled, and
-    /// lines.
-    fn scenario() -> impl Strategy<Value = (PricingInput, PricingInput, Vec<QuoteLine>)> {
-        (
-            price_lists(),
-            variants(),
-            bundles(),
-            discounts(),
-            group(),
-            currency(),
-            0..100i64,
-            lines(),
-        )
-            .prop_flat_map(
-                |(price_lists, variants, bundles, discounts, customer_group, currency, now_ms, lines)| {
-                    let input = PricingInput {
-                        price_lists: price_lists.clone(),
-                        variants,
-                        bundles,
-                        discounts: discounts.clone(),
-                        customer_group,
-                        currency,
-                        now_ms,
-                    };
-                    (
-                        Just(input),
-                        Just(price_lists).prop_shuffle(),
-                        Just(discounts).prop_shuffle(),
-                        Just(lines),
-                    )
-                        .prop_map(|(input, price_lists, discounts, lines)| {
-                            let shuffled = PricingInput {
-                                price_lists,
-                                discounts,
-                                ..input.clone()
-                            };
-                            (input, shuffled, lines)
-                        })
-                },
-            )
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2_000))]
-
-        #[test]
-        fn quote_totals_add_up_never_go_negative_and_do_not_depend_on_order(
-            (input, shuffled, lines) in scenario()
-        ) {
-            let first = quote(&input, &lines);
-            let again = quote(&input, &lines);
-            let reordered = quote(&shuffled, &lines);
-            let quote = match first {
-                Ok(quote) => quote,
-                Err(error) => {
-                    prop_assert_eq!(error.code(), "CURRENCY_MISMATCH");
-                    prop_assert_eq!(again.map_err(|e| e.to_string()), Err(error.to_string()));
-                    prop_assert_eq!(reordered.map_err(|e| e.to_string()), Err(error.to_string()));
-                    return Ok(());
-                }
-            };
-            prop_assert_eq!(again.as_ref().ok(), Some(&quote));
-            prop_assert_eq!(reordered.as_ref().ok(), Some(&quote));
-
-            prop_assert_eq!(quote.total_minor, quote.subtotal_minor - quote.discount_total_minor);
-            prop_assert_eq!(quote.subtotal_minor, quote.lines.iter().map(|l| l.line_total_minor).sum::<i64>());
-            let listed: Vec<i64> = quote
-                .lines
-                .iter()
-                .flat_map(|l| &l.discounts)
-                .chain(&quote.order_discounts)
-                .map(|d| d.amount_minor)
-                .collect();
-            prop_assert_eq!(quote.discount_total_minor, listed.iter().sum::<i64>());
-            prop_assert!(listed.iter().all(|&amount| amount > 0));
-            prop_assert!(quote.total_minor >= 0);
-            for line in &quote.lines {
-                prop_assert!(line.unit_minor >= 0);
-                prop_assert_eq!(line.line_total_minor, line.unit_minor * i64::from(line.quantity));
-                let taken: i64 = line.discounts.iter().map(|d| d.amount_minor).sum();
-                prop_assert!(taken <= line.line_total_minor);
-            }
-        }
-    }
-}
+mod tests;

@@ -158,9 +158,19 @@ fn out_of_range(currency: Currency) -> Error {
 /// More than 10 000 bp counts as 10 000 bp: a percentage never takes more than the whole.
 /// The product is computed in `i128`, so it cannot overflow for any `i64` amount.
 pub fn percent_of(amount_minor: i64, basis_points: u32) -> i64 {
+    let basis_points = basis_points.min(BASIS_POINTS_PER_WHOLE);
+    // The same rule in i64 whenever the product and the shift fit, which is every amount
+    // below about 9 × 10¹⁴ minor units: an i128 division is a library call, and a quote
+    // rounds once per discount it applies.
+    let whole = i64::from(BASIS_POINTS_PER_WHOLE);
+    if let Some(exact) = amount_minor.checked_mul(i64::from(basis_points)) {
+        if let Some(shifted) = exact.checked_add(if exact >= 0 { whole / 2 } else { -whole / 2 }) {
+            return shifted / whole;
+        }
+    }
     let whole = i128::from(BASIS_POINTS_PER_WHOLE);
     let half = whole / 2;
-    let exact = i128::from(amount_minor) * i128::from(basis_points.min(BASIS_POINTS_PER_WHOLE));
+    let exact = i128::from(amount_minor) * i128::from(basis_points);
     // `/` truncates toward zero, so shifting by half a unit away from zero first rounds
     // half away from zero, which is half up on non-negative amounts.
     let rounded = if exact >= 0 {

@@ -1,10 +1,14 @@
 //! Rulesets in Redis: publishing a version built from PostgreSQL, and reading exactly what
 //! one quote needs from the current versions.
 //!
-//! A ruleset version lives under its own keys (`pricing:ruleset-bundle:{N}:…`,
-//! `discount:ruleset-bundle:{N}…`), laid out per entry (one hash field per variant, per
+//! A ruleset version lives under its own keys (`pricing:ruleset-bundle-v2:{N}:…`,
+//! `discount:ruleset-bundle-v2:{N}…`), laid out per entry (one hash field per variant, per
 //! bundle, per discount) so a quote reads only the entries its lines name, whatever the
-//! catalog's size. Publishing builds the next version beside the current one and then
+//! catalog's size. Each entry is one line of `|`-separated fields at fixed positions (the
+//! statements below say which), and the read script replies with one flat array of fixed
+//! positions, so a quote decodes its reply by splitting strings, on the native server and
+//! on Spin alike, without building JSON values. The encoding is part of the keys
+//! ([`RULESET_ENCODING`](crate::keys::RULESET_ENCODING)). Publishing builds the next version beside the current one and then
 //! switches the version key in one script, only forward; the replaced version stays
 //! readable for `checkout_session_ttl_seconds` more, then expires.
 //!
@@ -51,41 +55,48 @@ const PAGE: i64 = 1000;
 /// How much longer than a checkout session a replaced version stays readable.
 const REPLACED_MARGIN_MS: i64 = 10 * 60 * 1000;
 
+// Every entry is one line of fields separated by `|` at fixed positions (an absent value
+// is an empty field), decoded by `Fields` below; ids cannot hold a `|` (`[A-Za-z0-9_-]`).
+
+/// `currency|group|parent|priority`
 const PRICE_LISTS: &str = "\
-SELECT id, json_build_object('currency', currency, 'group', customer_group,
-                             'parent', parent_id, 'priority', priority)::text
+SELECT id, concat_ws('|', currency, COALESCE(customer_group, ''), COALESCE(parent_id, ''), priority)
 FROM price_lists WHERE id > $1 ORDER BY id LIMIT $2";
 
+/// `base|currency` then `|list|min quantity|unit price` per tier, by list and quantity.
 const VARIANT_PRICES: &str = "\
-SELECT v.id, json_build_object('base', v.base_price_minor, 'currency', v.currency, 'entries',
-    COALESCE((SELECT json_agg(json_build_array(e.price_list_id, e.min_quantity, e.unit_price_minor)
-                              ORDER BY e.price_list_id, e.min_quantity)
-              FROM price_list_entries e WHERE e.variant_id = v.id), '[]'::json))::text
+SELECT v.id, concat_ws('|', v.base_price_minor, v.currency)
+    || COALESCE((SELECT string_agg(concat_ws('|', '', e.price_list_id, e.min_quantity, e.unit_price_minor), ''
+                                   ORDER BY e.price_list_id, e.min_quantity)
+                 FROM price_list_entries e WHERE e.variant_id = v.id), '')
 FROM variants v WHERE v.id > $1 ORDER BY v.id LIMIT $2";
 
+/// `fixed|price|currency|` or `percent_off|||basis points`
 const BUNDLE_PRICES: &str = "\
-SELECT id, json_build_object('kind', pricing_kind, 'price', fixed_price_minor, 'currency', currency,
-                             'basisPoints', percent_off_bp)::text
+SELECT id, concat_ws('|', pricing_kind, COALESCE(fixed_price_minor::text, ''), COALESCE(currency, ''),
+                     COALESCE(percent_off_bp::text, ''))
 FROM bundles WHERE active AND id > $1 ORDER BY id LIMIT $2";
 
+/// `kind|basis points|amount|currency|target|threshold|priority|exclusive (1/0)|starts at|ends at`
+/// (instants in epoch milliseconds)
 const DISCOUNTS: &str = "\
-SELECT id, json_build_object('kind', kind, 'basisPoints', basis_points, 'amount', amount_minor,
-    'currency', currency, 'target', target, 'threshold', threshold_minor, 'priority', priority,
-    'exclusive', exclusive,
-    'startsAt', (extract(epoch FROM starts_at) * 1000)::bigint,
-    'endsAt', (extract(epoch FROM ends_at) * 1000)::bigint)::text
+SELECT id, concat_ws('|', kind, COALESCE(basis_points::text, ''), COALESCE(amount_minor::text, ''),
+    COALESCE(currency, ''), target, threshold_minor, priority, CASE WHEN exclusive THEN 1 ELSE 0 END,
+    COALESCE((extract(epoch FROM starts_at) * 1000)::bigint::text, ''),
+    COALESCE((extract(epoch FROM ends_at) * 1000)::bigint::text, ''))
 FROM discounts WHERE active AND id > $1 ORDER BY id LIMIT $2";
 
+/// Discount ids `a|b|…`, here and in the two statements below.
 const ORDER_DISCOUNTS: &str = "\
-SELECT COALESCE(json_agg(id ORDER BY id), '[]'::json)::text FROM discounts WHERE active AND target = 'order'";
+SELECT COALESCE(string_agg(id, '|' ORDER BY id), '') FROM discounts WHERE active AND target = 'order'";
 
 const DISCOUNTS_BY_VARIANT: &str = "\
-SELECT dv.variant_id, json_agg(dv.discount_id ORDER BY dv.discount_id)::text
+SELECT dv.variant_id, string_agg(dv.discount_id, '|' ORDER BY dv.discount_id)
 FROM discount_variants dv JOIN discounts d ON d.id = dv.discount_id AND d.active AND d.target = 'variants'
 WHERE dv.variant_id > $1 GROUP BY dv.variant_id ORDER BY dv.variant_id LIMIT $2";
 
 const DISCOUNTS_BY_BUNDLE: &str = "\
-SELECT db.bundle_id, json_agg(db.discount_id ORDER BY db.discount_id)::text
+SELECT db.bundle_id, string_agg(db.discount_id, '|' ORDER BY db.discount_id)
 FROM discount_bundles db JOIN discounts d ON d.id = db.discount_id AND d.active AND d.target = 'bundles'
 WHERE db.bundle_id > $1 GROUP BY db.bundle_id ORDER BY db.bundle_id LIMIT $2";
 
@@ -172,7 +183,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                 let order = order
                     .first()
                     .and_then(|r| r.first()?.as_text())
-                    .unwrap_or("[]")
+                    .unwrap_or("")
                     .to_owned();
                 self.write(&keys[0], vec![("_order".to_owned(), order)]).await?;
                 entries += self.copy_pages(DISCOUNTS_BY_VARIANT, &keys[1]).await?;
@@ -210,7 +221,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                     self.keys.ruleset_stem(kind).into(),
                     kind.suffixes().join(",").into(),
                     RedisArg::Int(replaced_ms),
-                    version_key.as_str().into(),
+                    self.keys.ruleset_channel(kind).into(),
                 ],
             )
             .await
@@ -338,13 +349,10 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                 .await
                 .map_err(PortError::redis)?;
         }
-        let text = match reply.first().and_then(RedisReply::as_text) {
-            Some("UNPUBLISHED") => return Err(not_published()),
-            Some(text) => text,
-            None => return Err(unexpected(&reply)),
-        };
-        let read: Value = serde_json::from_str(text).map_err(|_| unexpected(&reply))?;
-        decode(&read, variants, bundles, currency, customer_group)
+        if reply.first().and_then(RedisReply::as_text) == Some("UNPUBLISHED") {
+            return Err(not_published());
+        }
+        decode(&reply, variants, bundles, currency, customer_group)
     }
 }
 
@@ -419,150 +427,198 @@ fn corrupt(what: &str) -> Error {
     Error::Internal(format!("malformed ruleset entry: {what}"))
 }
 
-/// cjson encodes an empty Lua table as `{}`: read it as an empty list.
-fn list(value: &Value) -> &[Value] {
-    value.as_array().map_or(&[], Vec::as_slice)
+/// The read script's reply, element by element (see `read.lua` for the layout).
+struct Reply<'r> {
+    items: std::slice::Iter<'r, RedisReply>,
 }
 
-/// Parses a JSON document stored as a hash value (absent: `None`).
-fn stored(value: &Value) -> Result<Option<Value>> {
-    match value.as_str() {
-        None => Ok(None),
-        Some(text) => serde_json::from_str(text).map(Some).map_err(|_| corrupt(text)),
+impl<'r> Reply<'r> {
+    fn int(&mut self, what: &str) -> Result<i64> {
+        self.items
+            .next()
+            .and_then(RedisReply::as_int)
+            .ok_or_else(|| corrupt(what))
+    }
+
+    fn count(&mut self, what: &str) -> Result<usize> {
+        usize::try_from(self.int(what)?).map_err(|_| corrupt(what))
+    }
+
+    /// An entry, `None` where the script found none (a nil).
+    fn entry(&mut self, what: &str) -> Result<Option<&'r str>> {
+        match self.items.next() {
+            Some(RedisReply::Nil) => Ok(None),
+            Some(item) => item.as_text().map(Some).ok_or_else(|| corrupt(what)),
+            None => Err(corrupt(what)),
+        }
     }
 }
 
-fn currency_of(value: &Value) -> Result<Currency> {
-    Currency::parse(value.as_str().ok_or_else(|| corrupt("currency"))?)
+/// The `|`-separated fields of one stored entry, read in their fixed order.
+struct Fields<'e> {
+    entry: &'e str,
+    fields: std::str::Split<'e, char>,
 }
 
-fn int(value: &Value, what: &str) -> Result<i64> {
-    value.as_i64().ok_or_else(|| corrupt(what))
+impl<'e> Fields<'e> {
+    fn of(entry: &'e str) -> Self {
+        Self {
+            entry,
+            fields: entry.split('|'),
+        }
+    }
+
+    fn text(&mut self) -> Result<&'e str> {
+        self.fields.next().ok_or_else(|| corrupt(self.entry))
+    }
+
+    /// A field that may be empty (absent).
+    fn optional(&mut self) -> Result<Option<&'e str>> {
+        Ok(Some(self.text()?).filter(|field| !field.is_empty()))
+    }
+
+    fn int<T: std::str::FromStr>(&mut self) -> Result<T> {
+        self.text()?.parse().map_err(|_| corrupt(self.entry))
+    }
+
+    fn optional_int<T: std::str::FromStr>(&mut self) -> Result<Option<T>> {
+        self.optional()?
+            .map(|field| field.parse().map_err(|_| corrupt(self.entry)))
+            .transpose()
+    }
+
+    fn currency(&mut self) -> Result<Currency> {
+        Currency::parse(self.text()?).map_err(|_| corrupt(self.entry))
+    }
+
+    /// Whether every field has been read.
+    fn done(&mut self) -> bool {
+        self.fields.next().is_none()
+    }
 }
 
+/// Decodes the read script's reply into the engine's input: fixed-position elements, each
+/// entry split on `|`, no JSON.
 fn decode(
-    read: &Value,
+    reply: &[RedisReply],
     variants: &BTreeSet<String>,
     bundles: &BTreeSet<String>,
     currency: Currency,
     customer_group: Option<String>,
 ) -> Result<(PricingInput, Versions)> {
+    let mut reply = Reply { items: reply.iter() };
     let versions = Versions {
-        pricing: int(&read["pricing"], "version")?,
-        discounts: int(&read["discounts"], "version")?,
+        pricing: reply.int("version")?,
+        discounts: reply.int("version")?,
     };
-    let lists = list(&read["lists"])
-        .chunks(2)
-        .map(|pair| {
-            let id = pair[0].as_str().ok_or_else(|| corrupt("list id"))?.to_owned();
-            let list = stored(pair.get(1).unwrap_or(&Value::Null))?.ok_or_else(|| corrupt(&id))?;
-            Ok(PriceList {
-                currency: currency_of(&list["currency"])?,
-                customer_group: list["group"].as_str().map(str::to_owned),
-                parent_id: list["parent"].as_str().map(str::to_owned),
-                priority: i32::try_from(int(&list["priority"], "priority")?)
-                    .map_err(|_| corrupt("priority"))?,
-                id,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let now_ms = reply.int("clock")?;
+
+    let mut price_lists = Vec::new();
+    for _ in 0..reply.count("list count")? {
+        let id = reply.entry("list id")?.ok_or_else(|| corrupt("list id"))?;
+        let mut list = Fields::of(reply.entry(id)?.ok_or_else(|| corrupt(id))?);
+        price_lists.push(PriceList {
+            id: id.to_owned(),
+            currency: list.currency()?,
+            customer_group: list.optional()?.map(str::to_owned),
+            parent_id: list.optional()?.map(str::to_owned),
+            priority: list.int()?,
+        });
+    }
 
     let mut variant_prices = Vec::new();
-    for (id, entry) in variants.iter().zip(list(&read["prices"])) {
-        let Some(entry) = stored(entry)? else { continue };
-        let mut by_list: BTreeMap<String, Vec<PriceBreak>> = BTreeMap::new();
-        for e in list(&entry["entries"]) {
-            let (Some(list_id), Some(min), Some(unit)) = (e[0].as_str(), e[1].as_u64(), e[2].as_i64()) else {
-                return Err(corrupt(id));
+    for id in variants {
+        let Some(entry) = reply.entry(id)? else { continue };
+        let mut prices = Fields::of(entry);
+        let (base_minor, variant_currency) = (prices.int()?, prices.currency()?);
+        let mut entries: Vec<(String, Vec<PriceBreak>)> = Vec::new();
+        while let Some(list_id) = prices.fields.next() {
+            let tier = PriceBreak {
+                min_quantity: prices.int()?,
+                unit_minor: prices.int()?,
             };
-            by_list.entry(list_id.to_owned()).or_default().push(PriceBreak {
-                min_quantity: u32::try_from(min).map_err(|_| corrupt(id))?,
-                unit_minor: unit,
-            });
+            // Tiers come grouped by list.
+            match entries.last_mut() {
+                Some((last, tiers)) if last == list_id => tiers.push(tier),
+                _ => entries.push((list_id.to_owned(), vec![tier])),
+            }
         }
         variant_prices.push(VariantPrices {
             variant_id: id.clone(),
-            base_minor: int(&entry["base"], "base price")?,
-            currency: currency_of(&entry["currency"])?,
-            entries: by_list.into_iter().collect(),
+            base_minor,
+            currency: variant_currency,
+            entries,
         });
     }
 
     let mut bundle_prices = BTreeMap::new();
-    for (id, entry) in bundles.iter().zip(list(&read["bundles"])) {
-        let Some(entry) = stored(entry)? else { continue };
-        let pricing = match entry["kind"].as_str() {
-            Some("fixed") => BundlePricing::Fixed {
-                unit_minor: int(&entry["price"], "bundle price")?,
-                currency: currency_of(&entry["currency"])?,
+    for id in bundles {
+        let Some(entry) = reply.entry(id)? else { continue };
+        let mut b = Fields::of(entry);
+        let pricing = match (b.text()?, b.optional_int()?, b.optional()?, b.optional_int()?) {
+            ("fixed", Some(unit_minor), Some(code), _) => BundlePricing::Fixed {
+                unit_minor,
+                currency: Currency::parse(code).map_err(|_| corrupt(entry))?,
             },
-            Some("percent_off") => BundlePricing::PercentOff {
-                basis_points: u32::try_from(int(&entry["basisPoints"], "basis points")?)
-                    .map_err(|_| corrupt(id))?,
-            },
-            _ => return Err(corrupt(id)),
+            ("percent_off", _, _, Some(basis_points)) => BundlePricing::PercentOff { basis_points },
+            _ => return Err(corrupt(entry)),
         };
         bundle_prices.insert(id.clone(), pricing);
     }
 
     // Who each discount applies to, among the quoted variants and bundles.
-    let mut targets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (ids, subjects) in [
-        (&read["variantDiscounts"], variants),
-        (&read["bundleDiscounts"], bundles),
-    ] {
-        for (subject, discounts) in subjects.iter().zip(list(ids)) {
-            for discount in stored(discounts)?.as_ref().map_or(&[][..], list) {
-                let discount = discount.as_str().ok_or_else(|| corrupt("discount id"))?;
-                targets
-                    .entry(discount.to_owned())
-                    .or_default()
-                    .insert(subject.clone());
+    let mut targets: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for subjects in [variants, bundles] {
+        for subject in subjects {
+            for discount in reply.entry(subject)?.into_iter().flat_map(|ids| ids.split('|')) {
+                targets.entry(discount).or_default().insert(subject.clone());
             }
         }
     }
     let mut discounts = Vec::new();
-    for pair in list(&read["definitions"]) {
-        let id = pair[0].as_str().ok_or_else(|| corrupt("discount id"))?.to_owned();
-        let Some(d) = stored(&pair[1])? else { continue };
-        let applies_to = targets.remove(&id).unwrap_or_default();
-        let target = match d["target"].as_str() {
-            Some("variants") => DiscountTarget::Variants(applies_to),
-            Some("bundles") => DiscountTarget::Bundles(applies_to),
-            Some("order") => DiscountTarget::OrderSubtotal {
-                threshold_minor: int(&d["threshold"], "threshold")?,
+    for _ in 0..reply.count("discount count")? {
+        let id = reply
+            .entry("discount id")?
+            .ok_or_else(|| corrupt("discount id"))?;
+        let Some(entry) = reply.entry(id)? else { continue };
+        let mut d = Fields::of(entry);
+        let (kind, basis_points, amount, amount_currency) =
+            (d.text()?, d.optional_int()?, d.optional_int()?, d.optional()?);
+        let kind = match (kind, basis_points, amount, amount_currency) {
+            ("percentage", Some(basis_points), _, _) => DiscountKind::Percentage { basis_points },
+            ("fixed", _, Some(amount_minor), Some(code)) => DiscountKind::Fixed {
+                amount_minor,
+                currency: Currency::parse(code).map_err(|_| corrupt(entry))?,
             },
-            _ => return Err(corrupt(&id)),
+            _ => return Err(corrupt(entry)),
         };
-        let kind = match d["kind"].as_str() {
-            Some("percentage") => DiscountKind::Percentage {
-                basis_points: u32::try_from(int(&d["basisPoints"], "basis points")?)
-                    .map_err(|_| corrupt(&id))?,
-            },
-            Some("fixed") => DiscountKind::Fixed {
-                amount_minor: int(&d["amount"], "amount")?,
-                currency: currency_of(&d["currency"])?,
-            },
-            _ => return Err(corrupt(&id)),
+        let target = match (d.text()?, d.int()?) {
+            ("variants", _) => DiscountTarget::Variants(targets.remove(id).unwrap_or_default()),
+            ("bundles", _) => DiscountTarget::Bundles(targets.remove(id).unwrap_or_default()),
+            ("order", threshold_minor) => DiscountTarget::OrderSubtotal { threshold_minor },
+            _ => return Err(corrupt(entry)),
         };
         discounts.push(Discount {
+            id: id.to_owned(),
             kind,
             target,
-            priority: i32::try_from(int(&d["priority"], "priority")?).map_err(|_| corrupt(&id))?,
-            exclusive: d["exclusive"].as_bool().unwrap_or(false),
-            starts_at_ms: d["startsAt"].as_i64(),
-            ends_at_ms: d["endsAt"].as_i64(),
-            id,
+            priority: d.int()?,
+            exclusive: d.text()? == "1",
+            starts_at_ms: d.optional_int()?,
+            ends_at_ms: d.optional_int()?,
         });
+        if !d.done() {
+            return Err(corrupt(entry));
+        }
     }
     let input = PricingInput {
-        price_lists: lists,
+        price_lists,
         variants: variant_prices,
         bundles: bundle_prices,
         discounts,
         customer_group,
         currency,
-        now_ms: int(&read["now"], "clock")?,
+        now_ms,
     };
     Ok((input, versions))
 }

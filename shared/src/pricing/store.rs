@@ -32,7 +32,8 @@ use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, unexpected};
 
 static SWITCH: Script = Script::new(include_str!("switch.lua"));
-static READ: Script = Script::new(include_str!("read.lua"));
+static READ: Script = Script::new(concat!(include_str!("read_parts.lua"), include_str!("read.lua")));
+static READ_ONE: Script = Script::new(concat!(include_str!("read_parts.lua"), include_str!("read_one.lua")));
 
 /// A version under construction expires by itself if its publish dies before switching.
 const BUILD_TTL_MS: i64 = 60 * 60 * 1000;
@@ -334,20 +335,10 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         args.extend(variants.iter().map(|v| RedisArg::from(v.as_str())));
         args.push(RedisArg::Int(bundles.len() as i64));
         args.extend(bundles.iter().map(|b| RedisArg::from(b.as_str())));
-        let version_keys = [
-            self.keys.ruleset_version(RulesetKind::Pricing),
-            self.keys.ruleset_version(RulesetKind::Discounts),
-        ];
-        let mut reply = READ
-            .run(self.redis, &[&version_keys[0], &version_keys[1]], args.clone())
-            .await
-            .map_err(PortError::redis)?;
+        let mut reply = self.read_reply(variants, bundles, args.clone()).await?;
         if reply.first().and_then(RedisReply::as_text) == Some("UNPUBLISHED") {
             self.republish().await?;
-            reply = READ
-                .run(self.redis, &[&version_keys[0], &version_keys[1]], args)
-                .await
-                .map_err(PortError::redis)?;
+            reply = self.read_reply(variants, bundles, args).await?;
         }
         if reply.first().and_then(RedisReply::as_text) == Some("UNPUBLISHED") {
             return Err(not_published());
@@ -357,6 +348,63 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
 }
 
 impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
+    /// The read script's reply (`read.lua`): one script on one server. On a Redis Cluster
+    /// two round trips: both version pointers at once, then each version's part at once
+    /// (`read_one.lua`), joined into the same layout.
+    async fn read_reply(
+        &self,
+        variants: &BTreeSet<String>,
+        bundles: &BTreeSet<String>,
+        args: Vec<RedisArg>,
+    ) -> Result<Vec<RedisReply>> {
+        let pointers = [
+            self.keys.ruleset_version(RulesetKind::Pricing),
+            self.keys.ruleset_version(RulesetKind::Discounts),
+        ];
+        if !self.redis.is_cluster() {
+            return READ
+                .run(self.redis, &[&pointers[0], &pointers[1]], args)
+                .await
+                .map_err(PortError::redis);
+        }
+        let version = |key: &str| {
+            let key = key.to_owned();
+            async move {
+                let reply = self.redis("GET", vec![key.into()]).await?;
+                Ok::<i64, Error>(reply.first().and_then(RedisReply::as_int).unwrap_or(0))
+            }
+        };
+        let (pricing, discounts) = futures_util::future::join(version(&pointers[0]), version(&pointers[1])).await;
+        let (pricing, discounts) = (pricing?, discounts?);
+        if pricing == 0 {
+            return Ok(vec![RedisReply::Status("UNPUBLISHED".into())]);
+        }
+        let mut asked = vec![RedisArg::Int(variants.len() as i64)];
+        asked.extend(variants.iter().map(|v| RedisArg::from(v.as_str())));
+        asked.push(RedisArg::Int(bundles.len() as i64));
+        asked.extend(bundles.iter().map(|b| RedisArg::from(b.as_str())));
+        let part = |kind: RulesetKind, version: i64| {
+            let keys = if version > 0 { self.keys.ruleset_keys(kind, version) } else { Vec::new() };
+            let mut args = vec![RedisArg::from(kind.name())];
+            args.extend(asked.iter().cloned());
+            async move {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                READ_ONE.run(self.redis, &keys, args).await.map_err(PortError::redis)
+            }
+        };
+        let (prices, offers) = futures_util::future::join(
+            part(RulesetKind::Pricing, pricing),
+            part(RulesetKind::Discounts, discounts),
+        )
+        .await;
+        let (prices, offers) = (prices?, offers?);
+        let (now, prices) = prices.split_first().ok_or_else(|| unexpected(&prices))?;
+        let mut reply = vec![RedisReply::Int(pricing), RedisReply::Int(discounts), now.clone()];
+        reply.extend_from_slice(prices);
+        reply.extend(offers);
+        Ok(reply)
+    }
+
     /// Republishes, from PostgreSQL, every kind PostgreSQL says was published and Redis no
     /// longer serves (after a restart without persistence or a flush), under a lock so one
     /// request does it while the others answer 503 with Retry-After. Never published: 409.

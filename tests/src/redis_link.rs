@@ -21,8 +21,33 @@ pub enum TestRedis {
 }
 
 impl TestRedis {
-    /// Connects to `url`.
+    /// Connects to `url`; a `redis+sentinel://` URL to the master the sentinels name now.
     pub async fn connect(url: &str) -> redis::RedisResult<Self> {
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let (hosts, master) = rest.rsplit_once('/').unwrap_or((rest, ""));
+            let hosts = hosts.rsplit('@').next().unwrap_or(hosts);
+            for sentinel in hosts.split(',') {
+                let Ok(client) = redis::Client::open(format!("redis://{sentinel}")) else { continue };
+                let Ok(mut connection) = client.get_multiplexed_async_connection().await else { continue };
+                let address: Vec<String> = match redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(master)
+                    .query_async(&mut connection)
+                    .await
+                {
+                    Ok(address) => address,
+                    Err(_) => continue,
+                };
+                if let [host, port] = address.as_slice() {
+                    let client = redis::Client::open(format!("redis://{host}:{port}"))?;
+                    return Ok(TestRedis::Single(client.get_multiplexed_async_connection().await?));
+                }
+            }
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no sentinel named a master",
+            )));
+        }
         match commerce_native::redis_port::cluster_nodes(url) {
             Some(nodes) => {
                 let connection = redis::cluster::ClusterClient::new(nodes.clone())?

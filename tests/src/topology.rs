@@ -173,6 +173,45 @@ pub async fn move_slot(seed: &str, slot: u16, to: &Node) {
     }
 }
 
+/// Waits until a live master other than `old` serves `slot` (a replica was promoted), and
+/// returns how long that took.
+pub async fn wait_promoted(url: &str, slot: u16, old: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seed = live_seed(url).await;
+        let serving = nodes(&seed).await.into_iter().find(|n| {
+            n.master && !n.failed && n.address != old && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+        });
+        if serving.is_some() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "no replica took over slot {slot} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the restarted `address` is a replica in sync with its master. A master
+/// restarted after its replica took over first comes back believing it still owns its
+/// slots, with its own (older) data, until the cluster's gossip demotes it: reads meanwhile
+/// would see that older data.
+pub async fn wait_rejoined(address: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let replication: Option<String> = match redis::Client::open(format!("redis://{address}")) {
+            Ok(client) => match client.get_multiplexed_async_connection().await {
+                Ok(mut c) => redis::cmd("INFO").arg("replication").query_async(&mut c).await.ok(),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if replication.is_some_and(|r| r.contains("role:slave") && r.contains("master_link_status:up")) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{address} did not rejoin as a replica within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until every slot is served by a live master again (`cluster_state:ok` on the
 /// seed), within `within`.
 pub async fn wait_cluster_ok(seed: &str, within: Duration) -> Duration {

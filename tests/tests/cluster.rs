@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use commerce_native::EnvConfig;
 use commerce_tests::faults::{Books, BuyerPlan, Buyers, Progress, Run};
 use commerce_tests::gateway::FakeGateway;
+use commerce_tests::redis_link::TestRedis;
 use commerce_tests::topology::{self, cluster_url, sentinel_url};
 use commerce_tests::{ADMIN_TOKEN, TestApp};
 use serde_json::{Value, json};
@@ -209,13 +210,16 @@ fn plan(size: &Size) -> BuyerPlan {
     plan
 }
 
-async fn books(scenario: &str, app: &TestApp, gateway: &FakeGateway, units: i64, run: &Run) {
+/// The books of a run on `redis_url` (connected afresh: after a Sentinel failover, to
+/// the new master).
+async fn books(scenario: &str, app: &TestApp, redis_url: &str, gateway: &FakeGateway, units: i64, run: &Run) {
+    let redis = TestRedis::connect(redis_url).await.expect("connecting for the books");
     // The slowest 503 allowed: the Redis timeout, plus a failover's redirects.
     let books = Books::new(
         scenario,
         app,
         &app.base,
-        app.redis.clone(),
+        redis,
         gateway,
         VARIANT,
         units,
@@ -254,7 +258,7 @@ async fn moving_the_hot_slot_during_a_sale_keeps_the_books() {
     let run = buyers.finish().await;
     topology::move_slot(&seed, slot, &home).await;
     eprintln!("slot {slot} of {VARIANT} moved: {}", moves.join(", "));
-    books("hot slot moved three times during a sale", &app, &gateway, size.units, &run).await;
+    books("hot slot moved three times during a sale", &app, &url, &gateway, size.units, &run).await;
     app.finish().await;
 }
 
@@ -278,24 +282,25 @@ async fn a_master_killed_during_a_sale_fails_over_and_keeps_the_books() {
         })
         .await;
     let stopped = topology::kill9(&master.address).await;
-    let other_seed = topology::live_seed(&url).await;
-    let failover = topology::wait_cluster_ok(&other_seed, Duration::from_secs(30)).await;
+    let failover = topology::wait_promoted(&url, slot, &master.address, Duration::from_secs(30)).await;
     let run = buyers.finish().await;
     stopped.restart().await;
-    let back = topology::wait_cluster_ok(&other_seed, Duration::from_secs(30)).await;
+    let back = topology::wait_rejoined(&master.address, Duration::from_secs(30)).await;
     eprintln!(
-        "master {} of slot {slot} killed: a replica served it after {} ms; the old master rejoined after {} ms more",
+        "master {} of slot {slot} killed: a replica served the slot after {} ms; the old master rejoined as a replica {} ms after its restart",
         master.address,
         failover.as_millis(),
         back.as_millis()
     );
-    books("master of the hot slot killed mid-sale", &app, &gateway, size.units, &run).await;
+    books("master of the hot slot killed mid-sale", &app, &url, &gateway, size.units, &run).await;
     // Put the old master back in charge, so the next run finds the layout it started with.
     let _: Result<(), _> = redis::cmd("CLUSTER")
         .arg("FAILOVER")
         .query_async(&mut topology::connect(&master.address).await)
         .await;
-    topology::wait_cluster_ok(&other_seed, Duration::from_secs(30)).await;
+    topology::wait_promoted(&url, slot, "", Duration::from_secs(30)).await;
+    let seed = topology::live_seed(&url).await;
+    topology::wait_cluster_ok(&seed, Duration::from_secs(30)).await;
     app.finish().await;
 }
 
@@ -356,12 +361,13 @@ async fn a_sentinel_failover_during_a_sale_is_followed_without_a_restart() {
     let followed = followed.expect("the app did not follow the new master within 40 s");
     let run = buyers.finish().await;
     stopped.restart().await;
+    topology::wait_rejoined(&master, Duration::from_secs(60)).await;
     eprintln!(
         "sentinel: master {master} killed; {new_master} promoted after {} ms; the app answered from it after {} ms",
         after.as_millis(),
         followed.as_millis()
     );
-    books("sentinel master killed mid-sale", &app, &gateway, size.units, &run).await;
+    books("sentinel master killed mid-sale", &app, &url, &gateway, size.units, &run).await;
     app.finish().await;
 }
 

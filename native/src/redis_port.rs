@@ -1,6 +1,7 @@
 //! The Redis port over redis-rs: one multiplexed, reconnecting connection per process
 //! (`ConnectionManager`), so concurrent requests pipeline on it, with a connection and a
-//! response timeout on every call.
+//! response timeout on every call. `rediss://` speaks TLS and verifies the server against
+//! the CA of `redis_ca_file`, or the system's roots when that is empty.
 
 use std::time::Duration;
 
@@ -17,9 +18,27 @@ pub struct NativeRedis {
 
 impl NativeRedis {
     /// An adapter for `url` that connects on first use; an unreachable server makes each
-    /// call fail within `timeout` rather than hang.
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+    /// call fail within `timeout` rather than hang. The user and password come from the
+    /// URL (`redis://user:password@host:port`); `ca_file` (PEM) is the CA a `rediss://`
+    /// server must be signed by, empty for the system's roots.
+    pub fn new(url: &str, timeout: Duration, ca_file: &str) -> anyhow::Result<Self> {
+        let client = if ca_file.is_empty() {
+            redis::Client::open(url)?
+        } else {
+            anyhow::ensure!(
+                url.starts_with("rediss://"),
+                "redis_ca_file is set but redis_url is not rediss://"
+            );
+            let root_cert = std::fs::read(ca_file)
+                .map_err(|e| anyhow::anyhow!("redis_ca_file {ca_file}: {e}"))?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -10,8 +10,8 @@ use std::time::Duration;
 use commerce_core::PortError;
 use commerce_core::ports::{Sql, SqlRow, SqlValue};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
-use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::Row;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use crate::pg_tls::split_sslmode;
 

@@ -90,7 +90,9 @@ impl PgTlsMode {
                     WebPkiServerVerifier::builder(Arc::new(roots(ca_file)?)).build()?,
                 )))
                 .with_no_client_auth(),
-            PgTlsMode::VerifyFull => builder.with_root_certificates(roots(ca_file)?).with_no_client_auth(),
+            PgTlsMode::VerifyFull => builder
+                .with_root_certificates(roots(ca_file)?)
+                .with_no_client_auth(),
         };
         Ok(MakeRustlsConnect::new(config))
     }
@@ -108,12 +110,17 @@ fn roots(ca_file: &str) -> anyhow::Result<RootCertStore> {
         );
         return Ok(store);
     }
-    for cert in CertificateDer::pem_file_iter(ca_file).with_context(|| format!("database_ca_file {ca_file}"))? {
+    for cert in
+        CertificateDer::pem_file_iter(ca_file).with_context(|| format!("database_ca_file {ca_file}"))?
+    {
         store
             .add(cert.with_context(|| format!("database_ca_file {ca_file}"))?)
             .with_context(|| format!("database_ca_file {ca_file}"))?;
     }
-    anyhow::ensure!(!store.is_empty(), "database_ca_file {ca_file} holds no certificate");
+    anyhow::ensure!(
+        !store.is_empty(),
+        "database_ca_file {ca_file} holds no certificate"
+    );
     Ok(store)
 }
 
@@ -224,9 +231,21 @@ mod tests {
                 "postgres://h/db?sslmode=require&options=x",
                 PgTlsMode::VerifyFull,
             ),
-            ("postgres://h/db?sslmode=verify-ca", "postgres://h/db?sslmode=require", PgTlsMode::VerifyCa),
-            ("postgres://h/db?sslmode=require", "postgres://h/db?sslmode=require", PgTlsMode::Require),
-            ("host=h sslmode=verify-full dbname=d", "host=h sslmode=require dbname=d", PgTlsMode::VerifyFull),
+            (
+                "postgres://h/db?sslmode=verify-ca",
+                "postgres://h/db?sslmode=require",
+                PgTlsMode::VerifyCa,
+            ),
+            (
+                "postgres://h/db?sslmode=require",
+                "postgres://h/db?sslmode=require",
+                PgTlsMode::Require,
+            ),
+            (
+                "host=h sslmode=verify-full dbname=d",
+                "host=h sslmode=require dbname=d",
+                PgTlsMode::VerifyFull,
+            ),
         ] {
             assert_eq!(split_sslmode(url).unwrap(), (written.to_owned(), mode), "{url}");
         }

@@ -25,8 +25,8 @@ impl NativeRedis {
         let client = if ca_file.is_empty() || !url.starts_with("rediss://") {
             redis::Client::open(url)?
         } else {
-            let root_cert = std::fs::read(ca_file)
-                .map_err(|e| anyhow::anyhow!("redis_ca_file {ca_file}: {e}"))?;
+            let root_cert =
+                std::fs::read(ca_file).map_err(|e| anyhow::anyhow!("redis_ca_file {ca_file}: {e}"))?;
             redis::Client::build_with_tls(
                 url,
                 redis::TlsCertificates {

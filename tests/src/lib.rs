@@ -127,7 +127,8 @@ pub fn admin_redis_url() -> String {
 pub fn redis_client(url: &str) -> redis::Client {
     let ca_file = std::env::var("COMMERCE_REDIS_CA_FILE").unwrap_or_default();
     if url.starts_with("rediss://") && !ca_file.is_empty() {
-        let root_cert = std::fs::read(&ca_file).unwrap_or_else(|e| panic!("COMMERCE_REDIS_CA_FILE {ca_file}: {e}"));
+        let root_cert =
+            std::fs::read(&ca_file).unwrap_or_else(|e| panic!("COMMERCE_REDIS_CA_FILE {ca_file}: {e}"));
         redis::Client::build_with_tls(
             url,
             redis::TlsCertificates {

@@ -19,14 +19,18 @@ fn user_of(url: &str) -> Option<String> {
 }
 
 async fn connect(url: &str) -> MultiplexedConnection {
-    redis_client(url).get_multiplexed_async_connection().await.unwrap()
+    redis_client(url)
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 /// The app's URL and user, and an admin connection, when the Redis has the ACL of
 /// `scripts/services`: an admin URL apart from the app's, and an app user that is not the
 /// admin and may not FLUSHALL (asked with ACL DRYRUN, which runs nothing). `None`: skip.
 async fn acl_setup() -> Option<(String, String, MultiplexedConnection)> {
-    let app_url = std::env::var("COMMERCE_REDIS_URL").expect("COMMERCE_REDIS_URL: run the tests with scripts/test");
+    let app_url =
+        std::env::var("COMMERCE_REDIS_URL").expect("COMMERCE_REDIS_URL: run the tests with scripts/test");
     let admin_url = admin_redis_url();
     let user = match user_of(&app_url) {
         Some(user) if user != "default" && admin_url != app_url => user,
@@ -72,7 +76,12 @@ async fn the_app_user_cannot_run_admin_commands_nor_touch_keys_outside_its_prefi
         redis::cmd("FLUSHALL"),
         redis::cmd("FLUSHDB"),
         redis::Cmd::new().arg("CONFIG").arg("GET").arg("*").clone(),
-        redis::Cmd::new().arg("CONFIG").arg("SET").arg("maxmemory").arg("1").clone(),
+        redis::Cmd::new()
+            .arg("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("1")
+            .clone(),
         redis::Cmd::new().arg("KEYS").arg("*").clone(),
         redis::Cmd::new().arg("SCRIPT").arg("FLUSH").clone(),
         redis::Cmd::new().arg("SHUTDOWN").arg("NOSAVE").clone(),
@@ -80,14 +89,23 @@ async fn the_app_user_cannot_run_admin_commands_nor_touch_keys_outside_its_prefi
         redis::Cmd::new().arg("GET").arg(outside).clone(),
         redis::Cmd::new().arg("SET").arg(outside).arg("1").clone(),
         redis::Cmd::new().arg("DEL").arg(outside).clone(),
-        redis::Cmd::new().arg("PUBLISH").arg("outside-the-prefix").arg("1").clone(),
+        redis::Cmd::new()
+            .arg("PUBLISH")
+            .arg("outside-the-prefix")
+            .arg("1")
+            .clone(),
     ] {
         assert_eq!(refusal(&mut app, &command).await, "NOPERM", "{command:?}");
     }
 
     // Its own keys it reads and writes.
     let key = format!("{}:acl-probe", key_prefix_for("acl"));
-    let _: () = redis::cmd("SET").arg(&key).arg("1").query_async(&mut app).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("1")
+        .query_async(&mut app)
+        .await
+        .unwrap();
     let value: String = redis::cmd("GET").arg(&key).query_async(&mut app).await.unwrap();
     assert_eq!(value, "1");
     let _: () = redis::cmd("DEL").arg(&key).query_async(&mut app).await.unwrap();
@@ -105,12 +123,27 @@ async fn the_monitor_user_reads_the_servers_health_and_nothing_else() {
     let mut monitor = connect(&monitor_url).await;
     let pong: String = redis::cmd("PING").query_async(&mut monitor).await.unwrap();
     assert_eq!(pong, "PONG");
-    let info: String = redis::cmd("INFO").arg("server").query_async(&mut monitor).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut monitor)
+        .await
+        .unwrap();
     assert!(info.contains("redis_version"), "{info}");
-    let _: redis::Value = redis::cmd("SLOWLOG").arg("GET").query_async(&mut monitor).await.unwrap();
-    let _: redis::Value = redis::cmd("LATENCY").arg("LATEST").query_async(&mut monitor).await.unwrap();
+    let _: redis::Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .query_async(&mut monitor)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("LATENCY")
+        .arg("LATEST")
+        .query_async(&mut monitor)
+        .await
+        .unwrap();
     for command in [
-        redis::Cmd::new().arg("GET").arg(format!("{}:x", key_prefix_for("acl"))).clone(),
+        redis::Cmd::new()
+            .arg("GET")
+            .arg(format!("{}:x", key_prefix_for("acl")))
+            .clone(),
         redis::Cmd::new().arg("SLOWLOG").arg("RESET").clone(),
         redis::Cmd::new().arg("CONFIG").arg("GET").arg("*").clone(),
         redis::cmd("FLUSHALL"),

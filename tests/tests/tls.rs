@@ -58,7 +58,9 @@ fn other_ca() -> String {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-days", "1"])
+        .args([
+            "req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-days", "1",
+        ])
         .args(["-subj", "/CN=not the CA of these servers", "-keyout"])
         .arg(dir.join("ca.key"))
         .arg("-out")
@@ -71,7 +73,10 @@ fn other_ca() -> String {
 }
 
 async fn ping(url: &str, ca_file: &str) -> Result<Vec<RedisReply>, PortError> {
-    NativeRedis::new(url, TIMEOUT, ca_file).unwrap().execute("PING", Vec::new()).await
+    NativeRedis::new(url, TIMEOUT, ca_file)
+        .unwrap()
+        .execute("PING", Vec::new())
+        .await
 }
 
 #[tokio::test]
@@ -107,9 +112,15 @@ async fn postgres_sslmode_verify_full_checks_the_server_and_require_only_encrypt
     let Some((url, ca)) = pg_tls() else {
         return;
     };
-    assert!(ssl_in_use(&url, &ca).await.unwrap(), "verify-full did not encrypt");
+    assert!(
+        ssl_in_use(&url, &ca).await.unwrap(),
+        "verify-full did not encrypt"
+    );
     let verify_ca = url.replace("sslmode=verify-full", "sslmode=verify-ca");
-    assert!(ssl_in_use(&verify_ca, &ca).await.unwrap(), "verify-ca did not encrypt");
+    assert!(
+        ssl_in_use(&verify_ca, &ca).await.unwrap(),
+        "verify-ca did not encrypt"
+    );
 
     let other = other_ca();
     for refused in [&url, &verify_ca] {
@@ -121,8 +132,14 @@ async fn postgres_sslmode_verify_full_checks_the_server_and_require_only_encrypt
 
     // require: encrypted, whoever signed the certificate.
     let require = url.replace("sslmode=verify-full", "sslmode=require");
-    assert!(ssl_in_use(&require, &other).await.unwrap(), "require did not encrypt");
+    assert!(
+        ssl_in_use(&require, &other).await.unwrap(),
+        "require did not encrypt"
+    );
     // No sslmode: plain, as before; the server still takes plain connections.
     let plain = url.replace("?sslmode=verify-full", "");
-    assert!(!ssl_in_use(&plain, "").await.unwrap(), "a URL without sslmode used TLS");
+    assert!(
+        !ssl_in_use(&plain, "").await.unwrap(),
+        "a URL without sslmode used TLS"
+    );
 }

@@ -210,6 +210,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let target = commerce_native::NativeRedis::new(
                 &to_redis_url,
                 std::time::Duration::from_millis(app.settings.redis_timeout_ms),
+                &app.settings.redis_ca_file,
             )?;
             let mut entries = Vec::new();
             let count = backup::export(&app.redis, &app.keys, |entry| {

@@ -11,6 +11,8 @@
 //!   user and password are the data nodes'; the sentinels are reached without.
 //!
 //! Every call is bounded as a whole by the timeout (connect, reconnect and response).
+//! `rediss://` (and `rediss+cluster://`) speak TLS and verify the server against the CA
+//! of `redis_ca_file`, or the system's roots when that is empty.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,15 +42,36 @@ enum Link {
 
 impl NativeRedis {
     /// An adapter for `url` that connects on first use; an unreachable server makes each
-    /// call fail within `timeout` rather than hang.
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// call fail within `timeout` rather than hang. The user and password come from the
+    /// URL (`redis://user:password@host:port`); `ca_file` (PEM) is the CA a `rediss://`
+    /// server must be signed by, empty for the system's roots (a `redis://` URL ignores it).
+    pub fn new(url: &str, timeout: Duration, ca_file: &str) -> anyhow::Result<Self> {
+        let certificates = || -> anyhow::Result<redis::TlsCertificates> {
+            let root_cert =
+                std::fs::read(ca_file).map_err(|e| anyhow::anyhow!("redis_ca_file {ca_file}: {e}"))?;
+            Ok(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            })
+        };
+        let tls_with_ca = !ca_file.is_empty() && url.starts_with("rediss");
         let link = match Topology::of(url)? {
-            Topology::Standalone => Link::Standalone(manager(redis::Client::open(url)?, timeout)?),
+            Topology::Standalone => {
+                let client = if tls_with_ca {
+                    redis::Client::build_with_tls(url, certificates()?)?
+                } else {
+                    redis::Client::open(url)?
+                };
+                Link::Standalone(manager(client, timeout)?)
+            }
             Topology::Cluster { nodes } => {
-                let client = ClusterClient::builder(nodes)
+                let mut builder = ClusterClient::builder(nodes)
                     .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .build()?;
+                    .response_timeout(timeout);
+                if tls_with_ca {
+                    builder = builder.certs(certificates()?);
+                }
+                let client = builder.build()?;
                 Link::Cluster(Arc::new(ClusterLink {
                     client,
                     connection: OnceCell::new(),

@@ -12,8 +12,15 @@ use crate::ratelimit::{Rate, TrustedProxies};
 pub struct Settings {
     /// Redis address, `redis://` or `rediss://`.
     pub redis_url: String,
-    /// PostgreSQL address.
+    /// PostgreSQL address; `sslmode=require|verify-ca|verify-full` in it asks for TLS
+    /// (native adapter).
     pub database_url: String,
+    /// PEM file of the CA a `rediss://` server must be signed by (native adapter; empty:
+    /// the system's roots; the Spin host verifies with its own).
+    pub redis_ca_file: String,
+    /// PEM file of the CA that `sslmode=verify-ca|verify-full` checks PostgreSQL's
+    /// certificate against (native adapter; empty: the system's roots).
+    pub database_ca_file: String,
     /// Bearer token of the admin routes; admin routes are refused while it is empty.
     pub admin_token: String,
     /// Namespace in front of every key (tenants, test runs).
@@ -201,6 +208,8 @@ impl Settings {
             max_connections: number("max_connections", 1024)?.clamp(1, 1_000_000) as usize,
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
+            redis_ca_file: text("redis_ca_file", ""),
+            database_ca_file: text("database_ca_file", ""),
             admin_token: text("admin_token", ""),
             key_prefix,
             reservation_ttl_seconds: reservation_ttl_seconds as u32,

@@ -56,7 +56,7 @@ impl TestRedis {
                 Ok(TestRedis::Cluster { connection, nodes })
             }
             None => Ok(TestRedis::Single(
-                redis::Client::open(url)?.get_multiplexed_async_connection().await?,
+                crate::redis_client(url).get_multiplexed_async_connection().await?,
             )),
         }
     }

@@ -7,6 +7,7 @@ mod connection;
 pub mod http_port;
 pub mod migrate;
 pub mod pg_port;
+pub mod pg_tls;
 pub mod redis_port;
 pub mod server;
 

@@ -1,4 +1,7 @@
 //! `commerce`: the native server and the admin jobs of spin-commerce.
+// The async jobs nest deep enough (a cluster-safe store call inside a job inside the CLI)
+// that the layout of `run` needs more than the default query depth.
+#![recursion_limit = "256"]
 
 use std::sync::Arc;
 
@@ -210,6 +213,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let target = commerce_native::NativeRedis::new(
                 &to_redis_url,
                 std::time::Duration::from_millis(app.settings.redis_timeout_ms),
+                &app.settings.redis_ca_file,
             )?;
             let mut entries = Vec::new();
             let count = backup::export(&app.redis, &app.keys, |entry| {

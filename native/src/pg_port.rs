@@ -1,6 +1,7 @@
 //! The PostgreSQL port over tokio-postgres with a deadpool connection pool. Every call is
 //! bounded: waiting for a pooled connection, connecting, and the statement itself
-//! (`statement_timeout` on every connection, plus an outer timeout).
+//! (`statement_timeout` on every connection, plus an outer timeout). TLS as the URL's
+//! `sslmode` asks (see [`crate::pg_tls`]).
 
 use std::error::Error as _;
 use std::str::FromStr;
@@ -9,8 +10,10 @@ use std::time::Duration;
 use commerce_core::PortError;
 use commerce_core::ports::{Sql, SqlRow, SqlValue};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::Row;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{NoTls, Row};
+
+use crate::pg_tls::split_sslmode;
 
 /// The native PostgreSQL adapter.
 #[derive(Clone)]
@@ -20,9 +23,12 @@ pub struct NativePg {
 }
 
 impl NativePg {
-    /// A pool of up to `max_connections` for `url`, connecting on demand.
-    pub fn new(url: &str, timeout: Duration, max_connections: usize) -> anyhow::Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(url)?;
+    /// A pool of up to `max_connections` for `url`, connecting on demand; `ca_file` (PEM,
+    /// empty: the system's roots) is what `sslmode=verify-ca|verify-full` checks against.
+    pub fn new(url: &str, timeout: Duration, max_connections: usize, ca_file: &str) -> anyhow::Result<Self> {
+        let (url, tls) = split_sslmode(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url)?;
+        config.ssl_mode(tls.ssl_mode());
         config.connect_timeout(timeout);
         let options = format!(
             "{} -c statement_timeout={}",
@@ -32,7 +38,7 @@ impl NativePg {
         config.options(options.trim());
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.connector(ca_file)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

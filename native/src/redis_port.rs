@@ -1,54 +1,430 @@
-//! The Redis port over redis-rs: one multiplexed, reconnecting connection per process
-//! (`ConnectionManager`), so concurrent requests pipeline on it, with a connection and a
-//! response timeout on every call.
+//! The Redis port over redis-rs, for the three topologies a shop runs, chosen by the URL:
+//!
+//! - `redis://` / `rediss://`: one standalone server, one multiplexed, reconnecting
+//!   connection per process (`ConnectionManager`), so concurrent requests pipeline on it;
+//! - `redis+cluster://[user:password@]host:port,host:port,…` (or `rediss+cluster://`): a
+//!   Redis Cluster reached through any of the seed nodes; redis-rs's cluster client keeps
+//!   the slot map, follows `MOVED` and `ASK`, and refreshes the map after a failover;
+//! - `redis+sentinel://[user:password@]host:port,…/<master-name>`: the master that the
+//!   sentinels name; when it stops answering (or answers `READONLY`, demoted) the next
+//!   call asks the sentinels again, so the app follows a failover without a restart. The
+//!   user and password are the data nodes'; the sentinels are reached without.
+//!
+//! Every call is bounded as a whole by the timeout (connect, reconnect and response).
+//! `rediss://` (and `rediss+cluster://`) speak TLS and verify the server against the CA
+//! of `redis_ca_file`, or the system's roots when that is empty.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use commerce_core::PortError;
 use commerce_core::ports::{Redis, RedisArg, RedisReply};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use tokio::sync::{Mutex, OnceCell, RwLock};
 
 /// The native Redis adapter.
 #[derive(Clone)]
 pub struct NativeRedis {
-    connection: ConnectionManager,
+    link: Link,
     timeout: Duration,
+}
+
+/// How the adapter reaches Redis.
+#[derive(Clone)]
+enum Link {
+    Standalone(ConnectionManager),
+    Cluster(Arc<ClusterLink>),
+    Sentinel(Arc<SentinelLink>),
 }
 
 impl NativeRedis {
     /// An adapter for `url` that connects on first use; an unreachable server makes each
-    /// call fail within `timeout` rather than hang.
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { connection, timeout })
+    /// call fail within `timeout` rather than hang. The user and password come from the
+    /// URL (`redis://user:password@host:port`); `ca_file` (PEM) is the CA a `rediss://`
+    /// server must be signed by, empty for the system's roots (a `redis://` URL ignores it).
+    pub fn new(url: &str, timeout: Duration, ca_file: &str) -> anyhow::Result<Self> {
+        let certificates = || -> anyhow::Result<redis::TlsCertificates> {
+            let root_cert =
+                std::fs::read(ca_file).map_err(|e| anyhow::anyhow!("redis_ca_file {ca_file}: {e}"))?;
+            Ok(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            })
+        };
+        let tls_with_ca = !ca_file.is_empty() && url.starts_with("rediss");
+        let link = match Topology::of(url)? {
+            Topology::Standalone => {
+                let client = if tls_with_ca {
+                    redis::Client::build_with_tls(url, certificates()?)?
+                } else {
+                    redis::Client::open(url)?
+                };
+                Link::Standalone(manager(client, timeout)?)
+            }
+            Topology::Cluster { nodes } => {
+                let mut builder = ClusterClient::builder(nodes)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout);
+                if tls_with_ca {
+                    builder = builder.certs(certificates()?);
+                }
+                let client = builder.build()?;
+                Link::Cluster(Arc::new(ClusterLink {
+                    client,
+                    connection: OnceCell::new(),
+                }))
+            }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                user,
+                password,
+            } => {
+                let mut node = redis::RedisConnectionInfo::default();
+                if let Some(user) = user {
+                    node = node.set_username(user);
+                }
+                if let Some(password) = password {
+                    node = node.set_password(password);
+                }
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(node);
+                let client =
+                    SentinelClient::build(sentinels, master, Some(node), SentinelServerType::Master)?;
+                Link::Sentinel(Arc::new(SentinelLink {
+                    sentinels: Mutex::new(client),
+                    master: RwLock::new(None),
+                    timeout,
+                }))
+            }
+        };
+        Ok(Self { link, timeout })
+    }
+}
+
+/// A standalone connection manager with the adapter's timeouts.
+fn manager(client: redis::Client, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200));
+    ConnectionManager::new_lazy_with_config(client, config)
+}
+
+/// What a Redis URL names.
+#[derive(Debug, PartialEq, Eq)]
+enum Topology {
+    Standalone,
+    Cluster {
+        nodes: Vec<String>,
+    },
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        user: Option<String>,
+        password: Option<String>,
+    },
+}
+
+impl Topology {
+    fn of(url: &str) -> anyhow::Result<Self> {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let node_scheme = match scheme {
+            "redis+cluster" | "redis+sentinel" => "redis",
+            "rediss+cluster" | "rediss+sentinel" => "rediss",
+            _ => return Ok(Topology::Standalone),
+        };
+        let (userinfo, hosts) = match rest.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, rest),
+        };
+        let (hosts, path) = hosts.split_once('/').unwrap_or((hosts, ""));
+        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+        anyhow::ensure!(!hosts.is_empty(), "{scheme}:// needs at least one host:port");
+        if scheme.ends_with("+cluster") {
+            let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+            let nodes = hosts
+                .iter()
+                .map(|h| format!("{node_scheme}://{auth}{h}"))
+                .collect();
+            return Ok(Topology::Cluster { nodes });
+        }
+        let master = path.trim_matches('/');
+        anyhow::ensure!(
+            !master.is_empty(),
+            "{scheme}:// needs the master's name as its path"
+        );
+        let (user, password) = match userinfo {
+            Some(info) => match info.split_once(':') {
+                Some((user, password)) => (Some(user).filter(|u| !u.is_empty()), Some(password)),
+                None => (Some(info), None),
+            },
+            None => (None, None),
+        };
+        Ok(Topology::Sentinel {
+            sentinels: hosts.iter().map(|h| format!("{node_scheme}://{h}")).collect(),
+            master: master.to_owned(),
+            user: user.map(str::to_owned),
+            password: password.map(str::to_owned),
+        })
+    }
+}
+
+/// The seed nodes' `redis://` URLs of a `redis+cluster://` URL (`None` for any other URL),
+/// for tools that must visit every node (the tests' key scans).
+pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    match Topology::of(url) {
+        Ok(Topology::Cluster { nodes }) => Some(nodes),
+        _ => None,
+    }
+}
+
+/// A cluster connection, opened on first use (opening reads the slot map).
+struct ClusterLink {
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
+impl ClusterLink {
+    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+        let connection = self
+            .connection
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await?;
+        Ok(connection.clone())
+    }
+
+    /// `SCAN` over the whole cluster: the masters one after the other, in address order,
+    /// under one cursor `<master>.<that master's cursor>` (`0` begins and ends, as on one
+    /// server). A slot that moves during the scan may be missed or seen twice, which
+    /// SCAN's own guarantees already allow for keys that change meanwhile.
+    async fn scan(&self, args: &[RedisArg]) -> redis::RedisResult<redis::Value> {
+        use redis::Value as V;
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let mut connection = self.connection().await?;
+        let cursor = match args.first() {
+            Some(RedisArg::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(RedisArg::Int(n)) => n.to_string(),
+            None => String::new(),
+        };
+        let (master, at) = cursor.split_once('.').unwrap_or(("0", "0"));
+        let master: usize = master.parse().unwrap_or(0);
+        let nodes = connection
+            .route_command(
+                redis::cmd("CLUSTER").arg("NODES").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let masters = masters_of(&text_of(nodes));
+        let Some((host, port)) = masters.get(master) else {
+            return Ok(V::Array(vec![V::BulkString(b"0".to_vec()), V::Array(Vec::new())]));
+        };
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(at);
+        for arg in &args[1.min(args.len())..] {
+            match arg {
+                RedisArg::Int(n) => scan.arg(*n),
+                RedisArg::Bytes(b) => scan.arg(b.as_slice()),
+            };
+        }
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port: *port,
+        });
+        let reply = connection.route_command(scan, routing).await?;
+        let V::Array(mut parts) = reply else {
+            return Ok(reply);
+        };
+        let keys = parts.pop().unwrap_or(V::Array(Vec::new()));
+        let next = parts.pop().map(text_of).unwrap_or_default();
+        let cursor = match (next.as_str(), master + 1 < masters.len()) {
+            ("0", true) => format!("{}.0", master + 1),
+            ("0", false) => "0".to_owned(),
+            (next, _) => format!("{master}.{next}"),
+        };
+        Ok(V::Array(vec![V::BulkString(cursor.into_bytes()), keys]))
+    }
+}
+
+/// A reply as text (a bulk or simple string; anything else is empty).
+fn text_of(value: redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => s,
+        _ => String::new(),
+    }
+}
+
+/// The masters that serve slots, from `CLUSTER NODES`, in address order.
+fn masters_of(nodes: &str) -> Vec<(String, u16)> {
+    let mut masters: Vec<(String, u16)> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") || fields.len() < 9 {
+                return None;
+            }
+            let address = fields.get(1)?.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    masters.sort();
+    masters
+}
+
+/// The master the sentinels named last, and how to ask them again.
+struct SentinelLink {
+    sentinels: Mutex<SentinelClient>,
+    master: RwLock<Option<(ConnectionManager, Instant)>>,
+    timeout: Duration,
+}
+
+/// How long a master found through the sentinels is used before a failed call may ask
+/// them again: a burst of failing calls asks once, not once each.
+const SENTINEL_REASK_AFTER: Duration = Duration::from_millis(250);
+
+impl SentinelLink {
+    /// The current master's connection, asking the sentinels if there is none yet.
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        if let Some((connection, _)) = self.master.read().await.as_ref() {
+            return Ok(connection.clone());
+        }
+        self.reask(None).await
+    }
+
+    /// Asks the sentinels for the master again (after `failed_at`'s connection failed),
+    /// unless another call just did.
+    async fn reask(&self, failed_at: Option<Instant>) -> redis::RedisResult<ConnectionManager> {
+        let mut master = self.master.write().await;
+        if let Some((connection, found)) = master.as_ref()
+            && failed_at.is_none_or(|failed| *found > failed || found.elapsed() < SENTINEL_REASK_AFTER)
+        {
+            return Ok(connection.clone());
+        }
+        let client = self.sentinels.lock().await.async_get_client().await?;
+        let connection = manager(client, self.timeout)?;
+        *master = Some((connection.clone(), Instant::now()));
+        Ok(connection)
     }
 }
 
 impl Redis for NativeRedis {
     async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
         let mut cmd = redis::cmd(command);
-        for arg in args {
+        for arg in &args {
             match arg {
-                RedisArg::Int(n) => cmd.arg(n),
-                RedisArg::Bytes(b) => cmd.arg(b),
+                RedisArg::Int(n) => cmd.arg(*n),
+                RedisArg::Bytes(b) => cmd.arg(b.as_slice()),
             };
         }
-        let mut connection = self.connection.clone();
-        // The manager's own timeouts cover connect and response, one after the other; this
-        // outer bound holds the whole call, reconnect back-off included, to the timeout.
-        let reply = tokio::time::timeout(self.timeout, cmd.query_async::<redis::Value>(&mut connection))
+        // The clients' own timeouts cover connect and response, one after the other; this
+        // outer bound holds the whole call, reconnect back-off and redirects included.
+        let call = async {
+            match &self.link {
+                Link::Cluster(cluster) if command.eq_ignore_ascii_case("SCAN") => cluster.scan(&args).await,
+                _ => self.send(&cmd).await,
+            }
+        };
+        let reply = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| PortError::Unreachable(format!("redis did not answer within {:?}", self.timeout)))?
             .map_err(port_error)?;
         let mut flat = Vec::new();
         flatten(reply, &mut flat)?;
         Ok(flat)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster(_))
+    }
+
+    /// On a cluster, one `WAIT` per slot named, each on the master of that slot (over the
+    /// very connection the writes went through); elsewhere one `WAIT`.
+    async fn wait_replicas(&self, keys: &[&str], replicas: i64, timeout_ms: i64) -> Result<i64, PortError> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        let bound = self.timeout + Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+        let call = async {
+            let Link::Cluster(cluster) = &self.link else {
+                return self.send(&wait).await;
+            };
+            let mut slots: Vec<u16> = keys.iter().map(|k| slot_of(k)).collect();
+            slots.sort_unstable();
+            slots.dedup();
+            let mut connection = cluster.connection().await?;
+            let mut fewest = redis::Value::Int(replicas);
+            for slot in slots {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                    slot,
+                    SlotAddr::Master,
+                )));
+                let acked = connection.route_command(wait.clone(), routing).await?;
+                if let (redis::Value::Int(a), redis::Value::Int(f)) = (&acked, &fewest)
+                    && a < f
+                {
+                    fewest = acked;
+                }
+            }
+            Ok(fewest)
+        };
+        match tokio::time::timeout(bound, call).await {
+            Err(_) => Err(PortError::Unreachable(format!(
+                "redis did not answer WAIT within {bound:?}"
+            ))),
+            Ok(Err(e)) => Err(port_error(e)),
+            Ok(Ok(redis::Value::Int(n))) => Ok(n),
+            Ok(Ok(other)) => Err(PortError::Server(format!("WAIT answered {other:?}"))),
+        }
+    }
+}
+
+/// The cluster hash slot of a key: CRC16 (XMODEM) of its hash tag (the text between the
+/// first `{` and the next `}`, if not empty) or of the whole key, modulo 16384.
+fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|b| *b == b'{').and_then(|open| {
+        let close = bytes[open + 1..].iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for byte in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+impl NativeRedis {
+    async fn send(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match &self.link {
+            Link::Standalone(connection) => cmd.query_async(&mut connection.clone()).await,
+            Link::Cluster(cluster) => cmd.query_async(&mut cluster.connection().await?).await,
+            Link::Sentinel(sentinel) => {
+                let asked_at = Instant::now();
+                let outcome = cmd.query_async(&mut sentinel.connection().await?).await;
+                if let Err(e) = &outcome
+                    && (is_outage(e) || e.code() == Some("READONLY"))
+                {
+                    // The master is gone or was demoted: the next call goes where the
+                    // sentinels say the master is now. This one still fails (503), since a
+                    // write may or may not have reached the old master.
+                    let _ = sentinel.reask(Some(asked_at)).await;
+                }
+                outcome
+            }
+        }
     }
 }
 
@@ -90,14 +466,65 @@ fn port_error(e: redis::RedisError) -> PortError {
         e.code(),
         Some("LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN" | "OOM" | "NOAUTH")
     );
-    if cannot_serve_now
-        || e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-    {
+    if cannot_serve_now || is_outage(&e) {
         PortError::Unreachable(e.to_string())
     } else {
         PortError::Server(format!("{} {e}", e.code().unwrap_or_default()))
+    }
+}
+
+/// Whether the connection failed, as opposed to the server answering with an error.
+fn is_outage(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Topology, slot_of};
+
+    #[test]
+    fn slots_follow_hash_tags() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot_of("123456789"), 12739);
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("{user1000}.following"), slot_of("{user1000}.followers"));
+        assert_eq!(slot_of("x:inventory:variant:{var-1}"), slot_of("var-1"));
+        assert_eq!(
+            slot_of("foo{}{bar}"),
+            8363,
+            "an empty tag: the whole key is hashed"
+        );
+    }
+
+    #[test]
+    fn a_url_names_its_topology() {
+        assert_eq!(
+            Topology::of("redis://127.0.0.1:6379").unwrap(),
+            Topology::Standalone
+        );
+        assert_eq!(Topology::of("rediss://a:b@h:1").unwrap(), Topology::Standalone);
+        assert_eq!(
+            Topology::of("redis+cluster://app:pw@127.0.0.1:7101,127.0.0.1:7102").unwrap(),
+            Topology::Cluster {
+                nodes: vec![
+                    "redis://app:pw@127.0.0.1:7101".into(),
+                    "redis://app:pw@127.0.0.1:7102".into()
+                ]
+            }
+        );
+        assert_eq!(
+            Topology::of("redis+sentinel://app:pw@127.0.0.1:26395,127.0.0.1:26396/commerce").unwrap(),
+            Topology::Sentinel {
+                sentinels: vec!["redis://127.0.0.1:26395".into(), "redis://127.0.0.1:26396".into()],
+                master: "commerce".into(),
+                user: Some("app".into()),
+                password: Some("pw".into()),
+            }
+        );
+        assert!(
+            Topology::of("redis+sentinel://127.0.0.1:26395").is_err(),
+            "no master name"
+        );
+        assert!(Topology::of("redis+cluster://").is_err(), "no node");
     }
 }

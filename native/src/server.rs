@@ -30,11 +30,13 @@ pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
     let redis = NativeRedis::new(
         &settings.redis_url,
         Duration::from_millis(settings.redis_timeout_ms),
+        &settings.redis_ca_file,
     )?;
     let sql = NativePg::new(
         &settings.database_url,
         Duration::from_millis(settings.database_timeout_ms),
         POOL_SIZE,
+        &settings.database_ca_file,
     )?;
     let http = NativeHttp::new(Duration::from_millis(settings.gateway_timeout_ms))?;
     Ok(App::new(Measured(redis), Measured(sql), Measured(http), settings))

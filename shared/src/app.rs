@@ -1,5 +1,6 @@
 //! The application: the ports and settings every handler works with.
 
+use crate::error::{Error, PortError, Result};
 use crate::keys::Keys;
 use crate::ports::{Http, Redis, Sql};
 use crate::settings::Settings;
@@ -30,5 +31,31 @@ impl<R: Redis, S: Sql, H: Http> App<R, S, H> {
             settings,
             keys,
         }
+    }
+
+    /// With `redis_wait_replicas` set, waits until that many replicas have the writes made
+    /// to the nodes serving `keys` (a reservation, a checkout session): a failover then no
+    /// longer loses them. Fewer in `redis_wait_timeout_ms` is a 503; the write stands on
+    /// the master and a retry repeats it harmlessly.
+    pub async fn replicated(&self, keys: &[&str]) -> Result<()> {
+        let wanted = i64::from(self.settings.redis_wait_replicas);
+        if wanted == 0 {
+            return Ok(());
+        }
+        let timeout = i64::try_from(self.settings.redis_wait_timeout_ms).unwrap_or(i64::MAX);
+        let acknowledged = self
+            .redis
+            .wait_replicas(keys, wanted, timeout)
+            .await
+            .map_err(PortError::redis)?;
+        if acknowledged < wanted {
+            return Err(Error::Unavailable {
+                dependency: "redis",
+                message: format!(
+                    "{acknowledged} of {wanted} replica(s) acknowledged the write within {timeout} ms"
+                ),
+            });
+        }
+        Ok(())
     }
 }

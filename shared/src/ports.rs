@@ -97,6 +97,36 @@ pub trait Redis {
         command: &str,
         args: Vec<RedisArg>,
     ) -> impl Future<Output = Result<Vec<RedisReply>, PortError>>;
+
+    /// Whether this is a Redis Cluster, where one script may only touch keys of one hash
+    /// slot: the stores then take a batch of variants one call per variant (README,
+    /// "Scaling out"). A standalone server (and the Spin host, which reaches no other)
+    /// runs a batch as one script.
+    fn is_cluster(&self) -> bool {
+        false
+    }
+
+    /// Waits until `replicas` replicas have every write made so far to the node(s) serving
+    /// `keys`, or `timeout_ms` passed (Redis `WAIT`), and returns how many did (the fewest
+    /// over the nodes). On one server that is one `WAIT` on the connection that wrote; a
+    /// cluster adapter sends it to the master of each key's slot.
+    fn wait_replicas(
+        &self,
+        keys: &[&str],
+        replicas: i64,
+        timeout_ms: i64,
+    ) -> impl Future<Output = Result<i64, PortError>> {
+        let _ = keys;
+        async move {
+            let reply = self
+                .execute("WAIT", vec![RedisArg::Int(replicas), RedisArg::Int(timeout_ms)])
+                .await?;
+            reply
+                .first()
+                .and_then(RedisReply::as_int)
+                .ok_or_else(|| PortError::Server(format!("WAIT answered {reply:?}")))
+        }
+    }
 }
 
 /// A value bound to, or read from, a SQL statement. The schema uses only these types

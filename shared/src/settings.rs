@@ -13,8 +13,15 @@ use crate::ratelimit::{Rate, TrustedProxies};
 pub struct Settings {
     /// Redis address, `redis://` or `rediss://`.
     pub redis_url: String,
-    /// PostgreSQL address.
+    /// PostgreSQL address; `sslmode=require|verify-ca|verify-full` in it asks for TLS
+    /// (native adapter).
     pub database_url: String,
+    /// PEM file of the CA a `rediss://` server must be signed by (native adapter; empty:
+    /// the system's roots; the Spin host verifies with its own).
+    pub redis_ca_file: String,
+    /// PEM file of the CA that `sslmode=verify-ca|verify-full` checks PostgreSQL's
+    /// certificate against (native adapter; empty: the system's roots).
+    pub database_ca_file: String,
     /// Bearer token of the admin routes; admin routes are refused while it is empty.
     pub admin_token: String,
     /// Namespace in front of every key (tenants, test runs).
@@ -74,6 +81,13 @@ pub struct Settings {
     /// How far a customer token's issuer's clock may disagree with ours, in seconds,
     /// granted on `exp` and `nbf`.
     pub jwt_leeway_seconds: u32,
+    /// Replicas that must have a reservation and a checkout session write before it is
+    /// answered (Redis `WAIT`); 0: answer once the master has it (replication stays
+    /// asynchronous, and a failover may lose the latest writes: README, "Scaling out").
+    pub redis_wait_replicas: u32,
+    /// How long such a write waits for its replicas; fewer in time is a 503 (the write
+    /// stands on the master, and a retry with the same key repeats it harmlessly).
+    pub redis_wait_timeout_ms: u64,
     /// How long a checkout session's holds outlive the session's deadline, so a payment
     /// accepted just before the deadline still finds its units held while the order is
     /// written (DESIGN §4, invariant 2).
@@ -194,6 +208,8 @@ impl Settings {
             webhook_secret: text("webhook_secret", ""),
             service_token: text("service_token", ""),
             hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
+            redis_wait_replicas: number("redis_wait_replicas", 0)?.min(16) as u32,
+            redis_wait_timeout_ms: number("redis_wait_timeout_ms", 500)?.clamp(1, 60_000),
             jwt_leeway_seconds: number("jwt_leeway_seconds", 60)?.min(3600) as u32,
             http_header_timeout_ms: number("http_header_timeout_ms", 10_000)?.clamp(100, 600_000),
             http_body_timeout_ms: number("http_body_timeout_ms", 30_000)?.clamp(100, 600_000),
@@ -201,6 +217,8 @@ impl Settings {
             max_connections: number("max_connections", 1024)?.clamp(1, 1_000_000) as usize,
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
+            redis_ca_file: text("redis_ca_file", ""),
+            database_ca_file: text("database_ca_file", ""),
             admin_token: text("admin_token", ""),
             key_prefix,
             reservation_ttl_seconds: reservation_ttl_seconds as u32,

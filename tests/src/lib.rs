@@ -3,7 +3,11 @@
 //! PostgreSQL, and talks to it over HTTP like a client.
 //!
 //! The services come from `COMMERCE_REDIS_URL` and `COMMERCE_DATABASE_URL`, which
-//! `scripts/test` sets after starting them. The app answers either from the native server
+//! `scripts/test` sets after starting them. The app runs as the Redis user of
+//! `COMMERCE_REDIS_URL` (`app`, limited to the keys under `COMMERCE_KEY_PREFIX`: each
+//! test's prefix is nested under it); the tests' own look-ups and clean-ups use
+//! `COMMERCE_REDIS_ADMIN_URL` when set. A `rediss://` URL is verified against
+//! `COMMERCE_REDIS_CA_FILE`, by the app and by the tests alike. The app answers either from the native server
 //! in the test process or from a real Spin host (`COMMERCE_TEST_HOST=spin`, see [`host`]);
 //! the tests are the same for both.
 
@@ -11,6 +15,8 @@ pub mod faults;
 pub mod gateway;
 pub mod host;
 pub mod proxy;
+pub mod redis_link;
+pub mod topology;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +29,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::host::{Host, SpinProcess};
+use crate::redis_link::TestRedis;
 
 /// The admin token every test app is configured with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -53,12 +60,15 @@ pub struct TestApp {
     /// The app over the native adapters on the same namespace, for calling stores
     /// directly (whichever host answers HTTP).
     pub app: Arc<NativeApp>,
-    /// A direct Redis connection, for checking invariants.
-    pub redis: redis::aio::MultiplexedConnection,
+    /// A direct Redis connection (to the server as the admin user, [`admin_redis_url`], or
+    /// to the test's own server or cluster), for checking invariants.
+    pub redis: TestRedis,
     /// A direct PostgreSQL connection (search_path = the test schema).
     pub pg: tokio_postgres::Client,
-    /// The namespace: PostgreSQL schema name and Redis key prefix.
+    /// The namespace: PostgreSQL schema name.
     pub namespace: String,
+    /// The Redis key prefix: the namespace under `COMMERCE_KEY_PREFIX` ([`key_prefix_for`]).
+    pub key_prefix: String,
     /// The `spin up` answering HTTP when the host is Spin; killed when the app is dropped.
     spin: Option<SpinProcess>,
 }
@@ -106,6 +116,44 @@ fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
 }
 
+/// The Redis URL of the tests' own look-ups and clean-ups: the admin user's
+/// (`COMMERCE_REDIS_ADMIN_URL`, which `scripts/services` prints), else the app's.
+pub fn admin_redis_url() -> String {
+    std::env::var("COMMERCE_REDIS_ADMIN_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| required_env("COMMERCE_REDIS_URL"))
+}
+
+/// A redis-rs client for `url`; a `rediss://` server is verified against
+/// `COMMERCE_REDIS_CA_FILE` when that is set, as the app does with `redis_ca_file`.
+pub fn redis_client(url: &str) -> redis::Client {
+    let ca_file = std::env::var("COMMERCE_REDIS_CA_FILE").unwrap_or_default();
+    if url.starts_with("rediss://") && !ca_file.is_empty() {
+        let root_cert =
+            std::fs::read(&ca_file).unwrap_or_else(|e| panic!("COMMERCE_REDIS_CA_FILE {ca_file}: {e}"));
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        )
+        .unwrap()
+    } else {
+        redis::Client::open(url).unwrap()
+    }
+}
+
+/// The key prefix for a namespace `name`: nested under `COMMERCE_KEY_PREFIX` when that is
+/// set (`shop_<name>`), because the app's Redis user may touch only keys starting with it.
+pub fn key_prefix_for(name: &str) -> String {
+    match std::env::var("COMMERCE_KEY_PREFIX") {
+        Ok(prefix) if !prefix.is_empty() => format!("{prefix}_{name}"),
+        _ => name.to_owned(),
+    }
+}
+
 impl TestApp {
     /// Starts the app on port 0 with a fresh schema and key prefix.
     pub async fn spawn() -> Self {
@@ -136,13 +184,14 @@ impl TestApp {
             .unwrap();
 
         let schema_url = schema_url(&database_url, &namespace);
+        let key_prefix = key_prefix_for(&namespace);
         // The rate limits are off: tests drive thousands of writes from 127.0.0.1. The tests
         // of the limits (`limits.rs`) turn them on with small numbers.
         let config = configure(
             EnvConfig::new()
                 .set("redis_url", &redis_url)
                 .set("database_url", &schema_url)
-                .set("key_prefix", &namespace)
+                .set("key_prefix", &key_prefix)
                 .set("admin_token", ADMIN_TOKEN)
                 .set("jwt_secret", JWT_SECRET)
                 // One JSON line per request would drown the tests' own output (the native
@@ -178,11 +227,15 @@ impl TestApp {
             .await
             .unwrap();
         tokio::spawn(connection);
-        let redis = redis::Client::open(redis_url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        // The app's Redis as the admin user; or the test's own (a cluster, a server it kills).
+        let configured =
+            commerce_core::ports::Config::get(&config, "redis_url").unwrap_or_else(|| redis_url.clone());
+        let own = if configured == redis_url {
+            admin_redis_url()
+        } else {
+            configured
+        };
+        let redis = TestRedis::connect(&own).await.unwrap();
         Self {
             base,
             http: reqwest::Client::builder()
@@ -193,6 +246,7 @@ impl TestApp {
             redis,
             pg,
             namespace,
+            key_prefix,
             spin,
         }
     }
@@ -326,32 +380,12 @@ impl TestApp {
 
     /// A key of this test's namespace.
     pub fn key(&self, rest: &str) -> String {
-        format!("{}:{rest}", self.namespace)
+        format!("{}:{rest}", self.key_prefix)
     }
 
     /// Every Redis key of this test's namespace, sorted.
     pub async fn redis_keys(&self) -> Vec<String> {
-        let mut redis = self.redis.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.namespace))
-                .arg("COUNT")
-                .arg(5000)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            keys.extend(page);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        keys
+        self.redis.scan(&format!("{}:*", self.key_prefix)).await
     }
 
     /// A snapshot of every Redis key and value of the namespace (for "nothing written").
@@ -379,8 +413,9 @@ impl TestApp {
     /// Deletes every Redis key of the namespace (a targeted FLUSHALL).
     pub async fn flush_redis(&self) {
         let mut redis = self.redis.clone();
-        for keys in self.redis_keys().await.chunks(500) {
-            let _: () = redis.del(keys).await.unwrap();
+        // One key per DEL: on a cluster the keys live in different slots.
+        for key in self.redis_keys().await {
+            let _: () = redis.del(key).await.unwrap();
         }
     }
 
@@ -455,7 +490,17 @@ impl TestApp {
             drop(spin);
             let _ = std::fs::remove_file(log);
         }
-        self.flush_redis().await;
+        // A Redis of the test's own may be gone by now (a fault test stopped it).
+        let mut redis = self.redis.clone();
+        let alive = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            redis::cmd("PING").query_async::<String>(&mut redis),
+        )
+        .await
+        .is_ok_and(|pong| pong.is_ok());
+        if alive {
+            self.flush_redis().await;
+        }
         self.pg
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.namespace))
             .await

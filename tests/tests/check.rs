@@ -140,7 +140,7 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
             .arg("check")
             .env("COMMERCE_REDIS_URL", std::env::var("COMMERCE_REDIS_URL").unwrap())
             .env("COMMERCE_DATABASE_URL", app.database_url())
-            .env("COMMERCE_KEY_PREFIX", &app.namespace);
+            .env("COMMERCE_KEY_PREFIX", &app.key_prefix);
         if repair {
             command.arg("--repair");
         }

@@ -114,7 +114,7 @@ fn books<'a>(
     scenario: &'a str,
     app: &'a TestApp,
     base: &str,
-    redis: redis::aio::MultiplexedConnection,
+    redis: commerce_tests::redis_link::TestRedis,
     gateway: &'a FakeGateway,
     units: i64,
     max_503: Duration,

@@ -379,7 +379,7 @@ async fn postgres_being_down_is_a_503_not_a_hang() {
         .set("redis_url", std::env::var("COMMERCE_REDIS_URL").unwrap())
         .set("database_url", "postgres://postgres@127.0.0.1:1/commerce")
         .set("database_timeout_ms", "500")
-        .set("key_prefix", "pg_down_test");
+        .set("key_prefix", commerce_tests::key_prefix_for("pg_down_test"));
     let app = build_app(Settings::from_config(&config).unwrap()).unwrap();
     let started = std::time::Instant::now();
     // No stock key for this variant: the lazy load must reach PostgreSQL.

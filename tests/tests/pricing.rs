@@ -269,7 +269,8 @@ async fn two_publishes_at_once_build_two_clean_versions_and_only_move_forward() 
 #[tokio::test]
 async fn a_publish_is_announced_on_its_channel() {
     let app = priced_app().await;
-    let client = redis::Client::open(std::env::var("COMMERCE_REDIS_URL").unwrap()).unwrap();
+    // SUBSCRIBE is no command of the app's user: listen as the admin.
+    let client = commerce_tests::redis_client(&commerce_tests::admin_redis_url());
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub
         .subscribe(app.key("discount-ruleset-version"))

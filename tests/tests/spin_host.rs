@@ -335,7 +335,7 @@ async fn redis_connections_opened_per_request_are_counted() {
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     };
-    let info = |redis: &mut redis::aio::MultiplexedConnection| {
+    let info = |redis: &mut commerce_tests::redis_link::TestRedis| {
         let mut redis = redis.clone();
         async move {
             let text: String = redis::cmd("INFO")

@@ -169,7 +169,26 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         Ok(now)
     }
 
+    /// What Redis holds for these variants, and Redis's clock: one script, or on a Redis
+    /// Cluster one per variant (all at once; the clock is the earliest node's).
     async fn read_page(&self, levels: &[Level]) -> Result<(i64, Vec<RedisVariant>)> {
+        if !self.app.redis.is_cluster() {
+            return self.read_batch(levels).await;
+        }
+        let each =
+            futures_util::future::join_all(levels.iter().map(|l| self.read_batch(std::slice::from_ref(l))))
+                .await;
+        let mut now = i64::MAX;
+        let mut found = Vec::with_capacity(levels.len());
+        for page in each {
+            let (clock, seen) = page?;
+            now = now.min(clock);
+            found.extend(seen);
+        }
+        Ok((if found.is_empty() { 0 } else { now }, found))
+    }
+
+    async fn read_batch(&self, levels: &[Level]) -> Result<(i64, Vec<RedisVariant>)> {
         let keys: Vec<VariantKeys> = levels.iter().map(|l| self.app.keys.variant(&l.variant)).collect();
         let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_version).collect();
         let reply = PAGE

@@ -286,6 +286,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 ttl_ms + self.grace_ms(),
             )
             .await?;
+        let stock_keys: Vec<String> = demand
+            .iter()
+            .map(|(v, _)| self.app.keys.variant(v).stock)
+            .collect();
+        self.app
+            .replicated(&stock_keys.iter().map(String::as_str).collect::<Vec<_>>())
+            .await?;
         Ok(held.deadline_ms - self.grace_ms())
     }
 
@@ -406,6 +413,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .await?;
         let (tag, stored) = parse_session(&created)?;
         let stored = stored.ok_or_else(|| Error::Internal("session not created".into()))?;
+        self.app.replicated(&[&session_key]).await?;
         // A retry finds the session of the first attempt: its frozen quote stands.
         let frozen = if tag == "EXISTS" {
             self.metadata(session).await?["quote"].clone()
@@ -544,6 +552,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let reply = self.run(&TRANSITION, &[&key, &metadata], args).await?;
         let (tag, session) = parse_session(&reply)?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
+        self.app.replicated(&[&key]).await?;
         if tag == "OK" {
             ended(to);
         }

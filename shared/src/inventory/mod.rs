@@ -13,6 +13,7 @@ pub mod routes;
 
 pub use holder::Holder;
 
+use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::json;
 
@@ -36,6 +37,8 @@ static APPLY_STOCK: Script = Script::new(concat!(
     include_str!("stock.lua"),
     include_str!("apply_stock.lua")
 ));
+static PUT_BACK: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("put_back.lua")));
+static HOLD_INDEX: Script = Script::new(include_str!("hold_index.lua"));
 static COMMIT: Script = Script::new(concat!(
     include_str!("purge.lua"),
     include_str!("stock.lua"),
@@ -97,6 +100,10 @@ pub const MAX_BATCH: usize = 500;
 /// How often a script that ran out of purge budget is run again before giving up. Each run
 /// purges up to 500 expired holds, so this bounds a single call's work, not correctness.
 const MAX_PURGE_ROUNDS: usize = 64;
+
+/// How much longer than its holds a holder's index lives on a Redis Cluster, where it is
+/// kept on another node's clock.
+const INDEX_MARGIN_MS: i64 = 60_000;
 
 /// Rows per reconcile page.
 const RECONCILE_PAGE: i64 = 500;
@@ -193,6 +200,20 @@ pub struct Reservation {
     pub deadline_ms: i64,
 }
 
+/// What one run of the reserve script held, and what the holder held before on each
+/// variant.
+struct Taken {
+    deadline_ms: i64,
+    previous: Vec<Previous>,
+}
+
+/// A holder's hold on a variant before a reservation changed it (quantity 0: none).
+#[derive(Debug, Clone, Copy)]
+struct Previous {
+    quantity: i64,
+    deadline_ms: i64,
+}
+
 /// One committed change of a variant's on-hand in PostgreSQL, to mirror into Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StockChange {
@@ -269,9 +290,22 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     }
 
     /// Stock, live reserved and sellable units of each variant, in one script call (plus a
-    /// PostgreSQL load for variants Redis does not have yet). Unknown variants are a 422
-    /// naming them.
+    /// PostgreSQL load for variants Redis does not have yet); on a Redis Cluster, one call
+    /// per variant, all at once. Unknown variants are a 422 naming them.
     pub async fn views(&self, variants: &[VariantId]) -> Result<Vec<StockView>> {
+        if !self.redis.is_cluster() {
+            return self.view_batch(variants).await;
+        }
+        let each = join_all(variants.iter().map(|v| self.view_batch(std::slice::from_ref(v)))).await;
+        let mut views = Vec::with_capacity(variants.len());
+        for view in each {
+            views.extend(view?);
+        }
+        Ok(views)
+    }
+
+    /// [`Self::views`] as one script call.
+    async fn view_batch(&self, variants: &[VariantId]) -> Result<Vec<StockView>> {
         let keys: Vec<VariantKeys> = variants.iter().map(|v| self.keys.variant(v)).collect();
         let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_limit).collect();
         let reply = self.run_loaded(&VIEW, &flat, Vec::new(), variants).await?;
@@ -291,17 +325,99 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// the holder holds but does not name keep their holds. A line over its variant's
     /// per-order limit, and over what the holder already holds, is a 422
     /// (`MAX_PER_ORDER_EXCEEDED`), short stock a 409; either way nothing is held.
+    ///
+    /// On a standalone Redis this is one script: nobody ever sees part of it. On a Redis
+    /// Cluster each variant lives in its own slot, so the variants are taken one call
+    /// each, in variant-id order, all ending at the first call's deadline; when one falls
+    /// short (or a call fails), those already taken are put back as they were. Meanwhile
+    /// another caller may see a unit briefly held and then released (and be refused it
+    /// for that moment); no unit is ever sold twice, since each call checks its own
+    /// variant's stock. A 409 then names the first short variant only.
     pub async fn reserve(
         &self,
         holder: &Holder,
         lines: &[(VariantId, Quantity)],
         ttl_ms: i64,
     ) -> Result<Reservation> {
-        let variant_keys: Vec<VariantKeys> = lines.iter().map(|(v, _)| self.keys.variant(v)).collect();
         let index = self.keys.holder_holds(holder);
-        let mut keys = vec![index.as_str()];
+        if !self.redis.is_cluster() {
+            let taken = self.take(holder, Some(&index), lines, ttl_ms, 0).await?;
+            metrics::event(Event::ReservationGranted);
+            return Ok(Reservation {
+                deadline_ms: taken.deadline_ms,
+            });
+        }
+        let mut order: Vec<&(VariantId, Quantity)> = lines.iter().collect();
+        order.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let mut deadline_ms = 0;
+        let mut taken: Vec<(&VariantId, Previous)> = Vec::with_capacity(order.len());
+        for line in order {
+            match self
+                .take(holder, None, std::slice::from_ref(line), ttl_ms, deadline_ms)
+                .await
+            {
+                Ok(held) => {
+                    deadline_ms = held.deadline_ms;
+                    taken.extend(held.previous.first().map(|p| (&line.0, *p)));
+                }
+                Err(e) => {
+                    self.put_back(holder, &taken).await;
+                    return Err(e);
+                }
+            }
+        }
+        // The index is written once every hold is, so a refused reservation leaves nothing.
+        // Should this call fail, the holds still end at their deadline, and a checkout's
+        // release names its variants itself.
+        let mut args = vec![RedisArg::Int(ttl_ms + INDEX_MARGIN_MS)];
+        args.extend(lines.iter().map(|(v, _)| RedisArg::from(v.as_str())));
+        if let Err(e) = HOLD_INDEX.run(self.redis, &[&index], args).await {
+            self.put_back(holder, &taken).await;
+            return Err(e.redis());
+        }
+        metrics::event(Event::ReservationGranted);
+        Ok(Reservation { deadline_ms })
+    }
+
+    /// Returns a holder's holds on these variants to what they were before (a Redis
+    /// Cluster reservation that did not go through). Best effort: a hold that cannot be
+    /// put back now still ends at its deadline.
+    async fn put_back(&self, holder: &Holder, taken: &[(&VariantId, Previous)]) {
+        let name = holder.to_string();
+        join_all(taken.iter().map(|(variant, previous)| {
+            let k = self.keys.variant(variant);
+            let args = vec![
+                RedisArg::from(name.as_str()),
+                RedisArg::Int(previous.quantity),
+                RedisArg::Int(previous.deadline_ms),
+            ];
+            async move {
+                let _ = PUT_BACK
+                    .run(self.redis, &[&k.reserved, &k.holds, &k.hold_qty], args)
+                    .await;
+            }
+        }))
+        .await;
+    }
+
+    /// One run of `reserve.lua` over `lines` (with the holder's index, or without it on a
+    /// Redis Cluster), ending at `deadline_ms` (0: `ttl_ms` from now on Redis's clock).
+    async fn take(
+        &self,
+        holder: &Holder,
+        index: Option<&str>,
+        lines: &[(VariantId, Quantity)],
+        ttl_ms: i64,
+        deadline_ms: i64,
+    ) -> Result<Taken> {
+        let variant_keys: Vec<VariantKeys> = lines.iter().map(|(v, _)| self.keys.variant(v)).collect();
+        let mut keys: Vec<&str> = index.into_iter().collect();
         keys.extend(variant_keys.iter().flat_map(VariantKeys::with_limit));
-        let mut args = vec![RedisArg::from(holder.to_string()), RedisArg::Int(ttl_ms)];
+        let mut args = vec![
+            RedisArg::from(holder.to_string()),
+            RedisArg::Int(ttl_ms),
+            RedisArg::Int(deadline_ms),
+        ];
         for (variant, quantity) in lines {
             args.push(variant.as_str().into());
             args.push(RedisArg::Int(quantity.get().into()));
@@ -310,13 +426,18 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let reply = self.run_loaded(&RESERVE, &keys, args, &variants).await?;
         match reply.tag() {
             "OK" => {
-                let deadline_ms = reply
-                    .ints()?
-                    .first()
-                    .copied()
-                    .ok_or_else(|| unexpected(&reply.0))?;
-                metrics::event(Event::ReservationGranted);
-                Ok(Reservation { deadline_ms })
+                let ints = reply.ints()?;
+                let (deadline_ms, previous) = ints.split_first().ok_or_else(|| unexpected(&reply.0))?;
+                Ok(Taken {
+                    deadline_ms: *deadline_ms,
+                    previous: previous
+                        .chunks_exact(2)
+                        .map(|p| Previous {
+                            quantity: p[0],
+                            deadline_ms: p[1],
+                        })
+                        .collect(),
+                })
             }
             "SHORT" => {
                 let shortages: Vec<Shortage> = reply
@@ -389,8 +510,35 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 variants.push(variant.clone());
             }
         }
+        if !self.redis.is_cluster() {
+            return self.release_batch(holder, Some(&index), &variants).await;
+        }
+        let each = join_all(
+            variants
+                .iter()
+                .map(|v| self.release_batch(holder, None, std::slice::from_ref(v))),
+        )
+        .await;
+        let mut released = 0;
+        for units in each {
+            released += units?;
+        }
+        self.redis
+            .execute("DEL", vec![index.as_str().into()])
+            .await
+            .map_err(|e| e.redis())?;
+        Ok(released)
+    }
+
+    /// One run of `release.lua` (with the holder's index, or without it on a cluster).
+    async fn release_batch(
+        &self,
+        holder: &Holder,
+        index: Option<&str>,
+        variants: &[VariantId],
+    ) -> Result<i64> {
         let variant_keys: Vec<VariantKeys> = variants.iter().map(|v| self.keys.variant(v)).collect();
-        let mut keys = vec![index.as_str()];
+        let mut keys: Vec<&str> = index.into_iter().collect();
         keys.extend(variant_keys.iter().flat_map(VariantKeys::as_array));
         let reply = Reply(
             RELEASE
@@ -405,11 +553,38 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     }
 
     /// Mirrors an order's committed PostgreSQL stock decrements into Redis and drops the
-    /// holder's holds, in one script. Safe to repeat: each change is applied once.
+    /// holder's holds, in one script (on a Redis Cluster, one per variant, then the index
+    /// goes). Safe to repeat, per variant: each change is applied once, by its row version.
     pub async fn commit(&self, holder: &Holder, changes: &[StockChange]) -> Result<()> {
-        let variant_keys: Vec<VariantKeys> = changes.iter().map(|c| self.keys.variant(&c.variant)).collect();
         let index = self.keys.holder_holds(holder);
-        let mut keys = vec![index.as_str()];
+        if !self.redis.is_cluster() {
+            return self.commit_batch(holder, Some(&index), changes).await;
+        }
+        for outcome in join_all(
+            changes
+                .iter()
+                .map(|c| self.commit_batch(holder, None, std::slice::from_ref(c))),
+        )
+        .await
+        {
+            outcome?;
+        }
+        self.redis
+            .execute("DEL", vec![index.as_str().into()])
+            .await
+            .map_err(|e| e.redis())?;
+        Ok(())
+    }
+
+    /// One run of `commit.lua` (with the holder's index, or without it on a cluster).
+    async fn commit_batch(
+        &self,
+        holder: &Holder,
+        index: Option<&str>,
+        changes: &[StockChange],
+    ) -> Result<()> {
+        let variant_keys: Vec<VariantKeys> = changes.iter().map(|c| self.keys.variant(&c.variant)).collect();
+        let mut keys: Vec<&str> = index.into_iter().collect();
         for k in &variant_keys {
             keys.extend([
                 k.stock.as_str(),
@@ -632,8 +807,27 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     }
 
     /// Writes levels into Redis with their live session holds (`fill`: only missing keys;
-    /// `force`: all, refusing stale ones). Returns the variants refused as stale.
+    /// `force`: all, refusing stale ones), in one script (on a Redis Cluster, one per
+    /// variant). Returns the variants refused as stale.
     async fn load_stock(&self, levels: &[Level], mode: &str) -> Result<Vec<VariantId>> {
+        if !self.redis.is_cluster() {
+            return self.load_batch(levels, mode).await;
+        }
+        let each = join_all(
+            levels
+                .iter()
+                .map(|l| self.load_batch(std::slice::from_ref(l), mode)),
+        )
+        .await;
+        let mut stale = Vec::new();
+        for refused in each {
+            stale.extend(refused?);
+        }
+        Ok(stale)
+    }
+
+    /// One run of `load_stock.lua`.
+    async fn load_batch(&self, levels: &[Level], mode: &str) -> Result<Vec<VariantId>> {
         let keys: Vec<VariantKeys> = levels.iter().map(|l| self.keys.variant(&l.variant)).collect();
         let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_version).collect();
         let mut args = vec![RedisArg::from(mode)];

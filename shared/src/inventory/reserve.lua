@@ -1,10 +1,16 @@
 -- Reserve: all-or-nothing holds for one holder (a checkout session or a trusted caller).
 --
--- KEYS[1]             the holder's index of held variants (inventory:holder:{H})
--- KEYS[2 + 5(i-1)..]  per variant i: stock, reserved, holds, hold-qty, max-per-order
+-- KEYS[1]             the holder's index of held variants (inventory:holder:{H}); left out
+--                     on a Redis Cluster, where each variant is its own call (one slot)
+--                     and the caller keeps the index (see `Inventory::reserve`)
+-- KEYS[b + 5(i-1)..]  per variant i: stock, reserved, holds, hold-qty, max-per-order
+--                     (b = 2 with the index, 1 without)
 -- ARGV[1]             holder name (`checkout:<id>` | `external:<id>`)
 -- ARGV[2]             hold time in milliseconds
--- ARGV[3 + 2(i-1)..]  per variant i: variant id, quantity
+-- ARGV[3]             the deadline (epoch ms), or 0: now + hold time on this Redis's clock
+--                     (a cluster's later calls pass the first call's deadline, so every
+--                     hold of one reservation ends at one moment)
+-- ARGV[4 + 2(i-1)..]  per variant i: variant id, quantity
 --
 -- The quantity SETS the holder's hold (a retry never adds). A variant is granted only if
 -- stock - live reserved + this holder's current hold >= quantity, and only if the quantity
@@ -13,15 +19,18 @@
 -- a checkout's payment intent does, is not taking more); if any variant is over its limit
 -- or falls short, nothing is written.
 --
--- Replies (flat): {'OK', deadline_ms} | {'LIMIT', i, requested, max_per_order, ...}
+-- Replies (flat): {'OK', deadline_ms, previous quantity_1, previous deadline_1, ...} (what
+--                 the holder held before, 0 0 for nothing: a cluster caller puts it back
+--                 if a later variant falls short) | {'LIMIT', i, requested, max_per_order, ...}
 --                 | {'SHORT', i, requested, sellable, ...} | {'MISSING', i, ...} | {'RETRY'}
 local holder = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local n = (#KEYS - 1) / 5
+local b = (#KEYS % 5 == 1) and 2 or 1
+local n = math.floor(#KEYS / 5)
 local now = now_ms()
 
 for i = 0, n - 1 do
-  local k = 2 + 5 * i
+  local k = b + 5 * i
   if not purge(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], now) then
     return {'RETRY'}
   end
@@ -29,7 +38,7 @@ end
 
 local missing = {'MISSING'}
 for i = 0, n - 1 do
-  if redis.call('EXISTS', KEYS[2 + 5 * i]) == 0 then
+  if redis.call('EXISTS', KEYS[b + 5 * i]) == 0 then
     missing[#missing + 1] = i
   end
 end
@@ -39,10 +48,10 @@ end
 
 local over = {'LIMIT'}
 for i = 0, n - 1 do
-  local limit = tonumber(redis.call('HGET', KEYS[6 + 5 * i], 'limit'))
-  local want = tonumber(ARGV[4 + 2 * i])
+  local limit = tonumber(redis.call('HGET', KEYS[b + 4 + 5 * i], 'limit'))
+  local want = tonumber(ARGV[5 + 2 * i])
   if limit and want > limit
-      and want > (tonumber(redis.call('HGET', KEYS[5 + 5 * i], holder)) or 0) then
+      and want > (tonumber(redis.call('HGET', KEYS[b + 3 + 5 * i], holder)) or 0) then
     over[#over + 1] = i
     over[#over + 1] = want
     over[#over + 1] = limit
@@ -55,11 +64,11 @@ end
 local short = {'SHORT'}
 local current = {}
 for i = 0, n - 1 do
-  local k = 2 + 5 * i
+  local k = b + 5 * i
   local stock = tonumber(redis.call('GET', KEYS[k]))
   local reserved = tonumber(redis.call('GET', KEYS[k + 1])) or 0
   local mine = tonumber(redis.call('HGET', KEYS[k + 3], holder)) or 0
-  local want = tonumber(ARGV[4 + 2 * i])
+  local want = tonumber(ARGV[5 + 2 * i])
   local sellable = stock - reserved + mine
   if want > sellable then
     short[#short + 1] = i
@@ -72,20 +81,30 @@ if #short > 1 then
   return short
 end
 
-local deadline = now + ttl
+local deadline = tonumber(ARGV[3])
+if deadline == 0 then
+  deadline = now + ttl
+end
+local out = {'OK', deadline}
 for i = 0, n - 1 do
-  local k = 2 + 5 * i
-  local want = tonumber(ARGV[4 + 2 * i])
+  local k = b + 5 * i
+  local want = tonumber(ARGV[5 + 2 * i])
+  out[#out + 1] = current[i]
+  out[#out + 1] = current[i] > 0 and tonumber(redis.call('ZSCORE', KEYS[k + 2], holder)) or 0
   redis.call('HSET', KEYS[k + 3], holder, want)
   redis.call('ZADD', KEYS[k + 2], deadline, holder)
   if want ~= current[i] then
     redis.call('INCRBY', KEYS[k + 1], want - current[i])
   end
-  redis.call('SADD', KEYS[1], ARGV[3 + 2 * i])
+  if b == 2 then
+    redis.call('SADD', KEYS[1], ARGV[4 + 2 * i])
+  end
 end
 -- The index lives as long as the holder's latest hold.
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 or now + pttl < deadline then
-  redis.call('PEXPIREAT', KEYS[1], deadline)
+if b == 2 then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl < 0 or now + pttl < deadline then
+    redis.call('PEXPIREAT', KEYS[1], deadline)
+  end
 end
-return {'OK', deadline}
+return out

@@ -164,6 +164,13 @@ async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
             i64::from(request.ttl_seconds) * 1000,
         )
         .await?;
+    let stock_keys: Vec<String> = request
+        .lines
+        .iter()
+        .map(|(v, _)| app.keys.variant(v).stock)
+        .collect();
+    app.replicated(&stock_keys.iter().map(String::as_str).collect::<Vec<_>>())
+        .await?;
     let items: Vec<Value> = request
         .lines
         .iter()

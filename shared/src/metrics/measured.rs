@@ -44,6 +44,18 @@ impl<R: Redis> Redis for Measured<R> {
     async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
         timed(Dependency::Redis, self.0.execute(command, args)).await
     }
+
+    fn is_cluster(&self) -> bool {
+        self.0.is_cluster()
+    }
+
+    async fn wait_replicas(&self, keys: &[&str], replicas: i64, timeout_ms: i64) -> Result<i64, PortError> {
+        timed(
+            Dependency::Redis,
+            self.0.wait_replicas(keys, replicas, timeout_ms),
+        )
+        .await
+    }
 }
 
 impl<S: Sql> Sql for Measured<S> {

@@ -32,7 +32,11 @@ use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, unexpected};
 
 static SWITCH: Script = Script::new(include_str!("switch.lua"));
-static READ: Script = Script::new(include_str!("read.lua"));
+static READ: Script = Script::new(concat!(include_str!("read_parts.lua"), include_str!("read.lua")));
+static READ_ONE: Script = Script::new(concat!(
+    include_str!("read_parts.lua"),
+    include_str!("read_one.lua")
+));
 
 /// A version under construction expires by itself if its publish dies before switching.
 const BUILD_TTL_MS: i64 = 60 * 60 * 1000;
@@ -190,10 +194,34 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                 entries += self.copy_pages(DISCOUNTS_BY_BUNDLE, &keys[2]).await?;
             }
         }
+        let replaced_ms = i64::from(replaced_ttl_seconds) * 1000 + REPLACED_MARGIN_MS;
+        let (switched, previous_version) = if self.redis.is_cluster() {
+            self.switch_per_slot(kind, version, &keys, replaced_ms).await?
+        } else {
+            self.switch(kind, version, &keys, replaced_ms).await?
+        };
+        Ok(Publication {
+            kind: kind.name(),
+            version,
+            previous_version,
+            switched,
+            entries,
+        })
+    }
+
+    /// Moves the version pointer to `version` (only forward), makes the new version's keys
+    /// permanent and the replaced version's expire after `replaced_ms`, and announces it:
+    /// one script. Returns whether it switched, and the version before.
+    async fn switch(
+        &self,
+        kind: RulesetKind,
+        version: i64,
+        keys: &[String],
+        replaced_ms: i64,
+    ) -> Result<(bool, i64)> {
         let version_key = self.keys.ruleset_version(kind);
         let mut script_keys = vec![version_key.as_str()];
         script_keys.extend(keys.iter().map(String::as_str));
-        let replaced_ms = i64::from(replaced_ttl_seconds) * 1000 + REPLACED_MARGIN_MS;
         let reply = SWITCH
             .run(
                 self.redis,
@@ -208,17 +236,61 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             )
             .await
             .map_err(PortError::redis)?;
-        let previous_version = reply
+        let previous = reply
             .get(1)
             .and_then(RedisReply::as_int)
             .ok_or_else(|| unexpected(&reply))?;
-        Ok(Publication {
-            kind: kind.name(),
-            version,
-            previous_version,
-            switched: reply.first().and_then(RedisReply::as_text) == Some("OK"),
-            entries,
-        })
+        Ok((
+            reply.first().and_then(RedisReply::as_text) == Some("OK"),
+            previous,
+        ))
+    }
+
+    /// [`Self::switch`] on a Redis Cluster, where the pointer and each version's keys live
+    /// in different slots: the new keys are made permanent first (so the pointer never
+    /// names keys that may expire), then the pointer moves (the same script, on its key
+    /// alone), then the replaced version's keys get their expiry. A switch refused as
+    /// stale lets the new keys expire again.
+    async fn switch_per_slot(
+        &self,
+        kind: RulesetKind,
+        version: i64,
+        keys: &[String],
+        replaced_ms: i64,
+    ) -> Result<(bool, i64)> {
+        for key in keys {
+            self.redis("PERSIST", vec![key.as_str().into()]).await?;
+        }
+        let version_key = self.keys.ruleset_version(kind);
+        let reply = SWITCH
+            .run(
+                self.redis,
+                &[&version_key],
+                vec![
+                    RedisArg::Int(version),
+                    self.keys.ruleset_stem(kind).into(),
+                    "".into(),
+                    RedisArg::Int(replaced_ms),
+                    version_key.as_str().into(),
+                ],
+            )
+            .await
+            .map_err(PortError::redis)?;
+        let previous = reply
+            .get(1)
+            .and_then(RedisReply::as_int)
+            .ok_or_else(|| unexpected(&reply))?;
+        let switched = reply.first().and_then(RedisReply::as_text) == Some("OK");
+        let expiring = if switched {
+            (previous > 0).then(|| self.keys.ruleset_keys(kind, previous))
+        } else {
+            Some(keys.to_vec())
+        };
+        for key in expiring.unwrap_or_default() {
+            self.redis("PEXPIRE", vec![key.into(), RedisArg::Int(replaced_ms)])
+                .await?;
+        }
+        Ok((switched, previous))
     }
 
     /// Copies `(field, json)` rows, page by page, into a hash of the version being built.
@@ -275,20 +347,10 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         args.extend(variants.iter().map(|v| RedisArg::from(v.as_str())));
         args.push(RedisArg::Int(bundles.len() as i64));
         args.extend(bundles.iter().map(|b| RedisArg::from(b.as_str())));
-        let version_keys = [
-            self.keys.ruleset_version(RulesetKind::Pricing),
-            self.keys.ruleset_version(RulesetKind::Discounts),
-        ];
-        let mut reply = READ
-            .run(self.redis, &[&version_keys[0], &version_keys[1]], args.clone())
-            .await
-            .map_err(PortError::redis)?;
+        let mut reply = self.read_reply(variants, bundles, args.clone()).await?;
         if reply.first().and_then(RedisReply::as_text) == Some("UNPUBLISHED") {
             self.republish().await?;
-            reply = READ
-                .run(self.redis, &[&version_keys[0], &version_keys[1]], args)
-                .await
-                .map_err(PortError::redis)?;
+            reply = self.read_reply(variants, bundles, args).await?;
         }
         if reply.first().and_then(RedisReply::as_text) == Some("UNPUBLISHED") {
             return Err(not_published());
@@ -298,6 +360,71 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
 }
 
 impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
+    /// The read script's reply (`read.lua`): one script on one server. On a Redis Cluster
+    /// two round trips: both version pointers at once, then each version's part at once
+    /// (`read_one.lua`), joined into the same layout.
+    async fn read_reply(
+        &self,
+        variants: &BTreeSet<String>,
+        bundles: &BTreeSet<String>,
+        args: Vec<RedisArg>,
+    ) -> Result<Vec<RedisReply>> {
+        let pointers = [
+            self.keys.ruleset_version(RulesetKind::Pricing),
+            self.keys.ruleset_version(RulesetKind::Discounts),
+        ];
+        if !self.redis.is_cluster() {
+            return READ
+                .run(self.redis, &[&pointers[0], &pointers[1]], args)
+                .await
+                .map_err(PortError::redis);
+        }
+        let version = |key: &str| {
+            let key = key.to_owned();
+            async move {
+                let reply = self.redis("GET", vec![key.into()]).await?;
+                Ok::<i64, Error>(reply.first().and_then(RedisReply::as_int).unwrap_or(0))
+            }
+        };
+        let (pricing, discounts) =
+            futures_util::future::join(version(&pointers[0]), version(&pointers[1])).await;
+        let (pricing, discounts) = (pricing?, discounts?);
+        if pricing == 0 {
+            return Ok(vec![RedisReply::Status("UNPUBLISHED".into())]);
+        }
+        let mut asked = vec![RedisArg::Int(variants.len() as i64)];
+        asked.extend(variants.iter().map(|v| RedisArg::from(v.as_str())));
+        asked.push(RedisArg::Int(bundles.len() as i64));
+        asked.extend(bundles.iter().map(|b| RedisArg::from(b.as_str())));
+        let part = |kind: RulesetKind, version: i64| {
+            let keys = if version > 0 {
+                self.keys.ruleset_keys(kind, version)
+            } else {
+                Vec::new()
+            };
+            let mut args = vec![RedisArg::from(kind.name())];
+            args.extend(asked.iter().cloned());
+            async move {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                READ_ONE
+                    .run(self.redis, &keys, args)
+                    .await
+                    .map_err(PortError::redis)
+            }
+        };
+        let (prices, offers) = futures_util::future::join(
+            part(RulesetKind::Pricing, pricing),
+            part(RulesetKind::Discounts, discounts),
+        )
+        .await;
+        let (prices, offers) = (prices?, offers?);
+        let (now, prices) = prices.split_first().ok_or_else(|| unexpected(&prices))?;
+        let mut reply = vec![RedisReply::Int(pricing), RedisReply::Int(discounts), now.clone()];
+        reply.extend_from_slice(prices);
+        reply.extend(offers);
+        Ok(reply)
+    }
+
     /// Republishes, from PostgreSQL, every kind PostgreSQL says was published and Redis no
     /// longer serves (after a restart without persistence or a flush), under a lock so one
     /// request does it while the others answer 503 with Retry-After. Never published: 409.

@@ -17,7 +17,9 @@ redis.call('SET', KEYS[1], version)
 for k = 2, #KEYS do
   redis.call('PERSIST', KEYS[k])
 end
-if current > 0 then
+-- On a Redis Cluster the caller passes no suffixes (and no version keys): the versions'
+-- keys live in other slots, and the caller persists and expires them itself.
+if current > 0 and ARGV[3] ~= '' then
   for suffix in string.gmatch(',' .. ARGV[3], ',([^,]*)') do
     redis.call('PEXPIRE', ARGV[2] .. current .. '}' .. suffix, tonumber(ARGV[4]))
   end

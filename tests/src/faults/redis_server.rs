@@ -86,12 +86,10 @@ impl RedisProcess {
     }
 
     /// A new connection to the server.
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+    pub async fn connection(&self) -> crate::redis_link::TestRedis {
         tokio::time::timeout(
             Duration::from_secs(5),
-            redis::Client::open(self.url())
-                .expect("redis url")
-                .get_multiplexed_async_connection(),
+            crate::redis_link::TestRedis::connect(&self.url()),
         )
         .await
         .expect("connecting to the test's redis-server timed out")

@@ -18,6 +18,7 @@ pub fn commerce_env(settings: &Settings, extra: &[(&str, &str)]) -> Vec<(String,
     let s = settings;
     let mut env: Vec<(String, String)> = [
         ("redis_url", s.redis_url.clone()),
+        ("redis_ca_file", s.redis_ca_file.clone()),
         ("database_url", s.database_url.clone()),
         ("key_prefix", s.key_prefix.clone()),
         ("admin_token", s.admin_token.clone()),

@@ -1,0 +1,76 @@
+-- Shared head of the quote's read scripts (read.lua on one server, read_one.lua on a Redis
+-- Cluster): what a quote reads from one pricing version and from one discount version,
+-- appended to a flat reply in the layout read.lua describes.
+
+local function hmget(key, fields)
+  if #fields == 0 then
+    return {}
+  end
+  return redis.call('HMGET', key, unpack(fields))
+end
+
+local function append(out, list)
+  for i = 1, #list do
+    out[#out + 1] = list[i]
+  end
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The variant ids and bundle ids of ARGV from position `at`: a count, the ids, a count, the
+-- ids.
+local function asked(at)
+  local n = tonumber(ARGV[at])
+  local m = tonumber(ARGV[at + 1 + n])
+  return {unpack(ARGV, at + 1, at + n)}, {unpack(ARGV, at + 2 + n, at + 1 + n + m)}
+end
+
+-- A pricing version's part: L, L × (list id, list), a price per variant, an entry per
+-- bundle. `keys`: the version's lists, prices and bundles hashes.
+local function read_pricing(out, keys, variants, bundles)
+  local lists = redis.call('HGETALL', keys[1])
+  out[#out + 1] = #lists / 2
+  append(out, lists)
+  append(out, hmget(keys[2], variants))
+  append(out, hmget(keys[3], bundles))
+end
+
+-- A discount version's part: a discount id list per variant, then per bundle, then D, and
+-- D × (discount id, discount). `keys`: the version's definitions, by-variant and
+-- by-bundle hashes; none (no discounts published): nothing applies.
+local function read_discounts(out, keys, variants, bundles)
+  if not keys then
+    for _ = 1, #variants + #bundles do
+      out[#out + 1] = false
+    end
+    out[#out + 1] = 0
+    return
+  end
+  local ids, seen = {}, {}
+  local function collect(list)
+    if list then
+      for id in string.gmatch(list, '[^|]+') do
+        if not seen[id] then
+          seen[id] = true
+          ids[#ids + 1] = id
+        end
+      end
+    end
+  end
+  local by_variant = hmget(keys[2], variants)
+  local by_bundle = hmget(keys[3], bundles)
+  append(out, by_variant)
+  append(out, by_bundle)
+  for i = 1, #by_variant do collect(by_variant[i]) end
+  for i = 1, #by_bundle do collect(by_bundle[i]) end
+  collect(redis.call('HGET', keys[1], '_order'))
+  local definitions = hmget(keys[1], ids)
+  out[#out + 1] = #ids
+  for i = 1, #ids do
+    out[#out + 1] = ids[i]
+    out[#out + 1] = definitions[i]
+  end
+end

@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod inventory;
 pub mod keys;
+pub mod openapi;
 pub mod ops;
 pub mod outbox;
 pub mod ports;

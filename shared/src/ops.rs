@@ -3,6 +3,7 @@
 //! Redis and PostgreSQL answer, with timings; 200 when both do, 503 otherwise. `GET /metrics` is the same probe plus the
 //! current ruleset versions and the requests this process (natively) or instance (in
 //! Spin, which keeps no state between requests) has answered, in Prometheus text.
+//! `GET /openapi.json` is the OpenAPI document of every route ([`crate::openapi`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -108,12 +109,17 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         ["health", "live"] if req.method == "GET" => Some(Ok(liveness())),
         ["health"] if req.method == "GET" => Some(Ok(health(app).await)),
         ["metrics"] if req.method == "GET" => Some(Ok(metrics(app).await)),
+        ["openapi.json"] if req.method == "GET" => Some(Ok(Response::with_type(
+            200,
+            "application/json",
+            crate::openapi::DOCUMENT.as_bytes().to_vec(),
+        ))),
         ["v1", "admin", "check"] if req.method == "GET" => Some(check(app, req, false).await),
         ["v1", "admin", "check", "repair"] if req.method == "POST" => Some(check(app, req, true).await),
         ["v1", "admin", "check"] | ["v1", "admin", "check", "repair"] => {
             Some(Err(Error::MethodNotAllowed(req.method.clone())))
         }
-        ["health"] | ["health", "live"] | ["metrics"] => {
+        ["health"] | ["health", "live"] | ["metrics"] | ["openapi.json"] => {
             Some(Err(Error::MethodNotAllowed(req.method.clone())))
         }
         _ => None,

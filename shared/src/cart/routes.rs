@@ -65,8 +65,15 @@ async fn dispatch<R: Redis, S: Sql, H: Http>(
         },
         ["v1", "carts", cart, "items", line] => change(app, req, &session(cart)?, line).await?,
         ["v1", "customers", customer, "cart", rest @ ..] => {
-            if !matches!(rest, [] | ["items"] | ["items", _] | ["merge"]) {
-                return Ok(None);
+            // The method first: a wrong one is 405 whoever asks, before any token is read.
+            let allowed = match rest {
+                [] => method == "GET",
+                ["items"] | ["merge"] => method == "POST",
+                ["items", _] => matches!(method, "PATCH" | "DELETE"),
+                _ => return Ok(None),
+            };
+            if !allowed {
+                return Err(not_allowed());
             }
             let (cart, id) = customer_cart(app, req, customer)?;
             match (rest, method) {

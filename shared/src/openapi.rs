@@ -43,9 +43,53 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/openapi.json"),
 ];
 
+/// The methods the route of `path` answers (for `Allow` on a 405): those of the listed
+/// templates the path fits with the most literal segments, so that `GET
+/// /v1/inventory/availability` names only `POST`, not the `GET` of
+/// `/v1/inventory/{variant}`.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let literals = |template: &str| -> Option<usize> {
+        let parts: Vec<&str> = template.split('/').collect();
+        if parts.len() != segments.len() {
+            return None;
+        }
+        let mut literal = 0;
+        for (part, segment) in parts.iter().zip(&segments) {
+            if part.starts_with('{') {
+                continue;
+            }
+            if part != segment {
+                return None;
+            }
+            literal += 1;
+        }
+        Some(literal)
+    };
+    let best = ROUTES.iter().filter_map(|(_, t)| literals(t)).max();
+    let mut methods: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|(_, t)| best.is_some() && literals(t) == best)
+        .map(|(m, _)| *m)
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    methods
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_405_names_the_methods_of_the_most_specific_route() {
+        assert_eq!(allowed_methods("/v1/inventory/availability"), ["POST"]);
+        assert_eq!(allowed_methods("/v1/inventory/var-1"), ["GET"]);
+        assert_eq!(allowed_methods("/v1/admin/inventory/reconcile"), ["POST"]);
+        assert_eq!(allowed_methods("/v1/carts/c1/items/l1"), ["DELETE", "PATCH"]);
+        assert_eq!(allowed_methods("/health/"), ["GET"]);
+        assert!(allowed_methods("/nowhere").is_empty());
+    }
 
     #[test]
     fn the_document_is_openapi_3_1_json() {

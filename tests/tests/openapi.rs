@@ -163,3 +163,71 @@ async fn the_document_is_served_as_committed() {
     assert_eq!(file, DOCUMENT);
     app.finish().await;
 }
+
+/// What Schemathesis found (scripts/api-fuzz), fixed, and kept fixed.
+#[tokio::test]
+async fn the_fuzzers_findings_stay_fixed() {
+    let app = TestApp::spawn().await;
+    let send = |method: &str, path: &str| {
+        app.http
+            .request(method.parse().unwrap(), format!("{}{path}", app.base))
+    };
+
+    // A 405 names the methods the route answers (RFC 9110), those of the most specific route.
+    for (method, path, allow) in [
+        ("TRACE", "/health", "GET"),
+        ("PUT", "/v1/inventory/availability", "POST"),
+        ("GET", "/v1/admin/inventory/reconcile", "POST"),
+        ("POST", "/v1/carts/c1/items/l1", "DELETE, PATCH"),
+        ("PUT", "/v1/customers/alice/cart", "GET"),
+    ] {
+        let response = send(method, path).send().await.unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+    }
+
+    // A replayed answer keeps the first one's headers: a cart's ETag.
+    let mut etags = Vec::new();
+    for _ in 0..2 {
+        let response = send("POST", "/v1/carts")
+            .header("idempotency-key", "fuzz-etag")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        etags.push(response.headers().get("etag").cloned());
+    }
+    assert!(etags[0].is_some(), "{etags:?}");
+    assert_eq!(etags[0], etags[1]);
+
+    // A header value that is not text is refused, not taken as absent.
+    let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+    let response = send("POST", "/v1/carts")
+        .header("idempotency-key", latin1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // If-Match is a version as documented: digits, quoted or not, nothing else.
+    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for bad in ["-1", "+0", "\"\"0", "0x1", ""] {
+        let reply = app
+            .call_with(
+                "POST",
+                &format!("/v1/carts/{cart}/items"),
+                Some(json!({"variantId": "var-1", "quantity": 1})),
+                &[("if-match", bad)],
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "INVALID_IF_MATCH"),
+            "{bad:?}: {reply:?}"
+        );
+    }
+    app.finish().await;
+}

@@ -398,7 +398,10 @@ async fn confirming_an_intent_pays_it_and_sends_the_signed_event_to_the_webhook(
     gateway.set_webhook_url(Some(format!("{app_base}/v1/checkout/payment-webhook")));
 
     let (status, body) = confirm(&gateway, "pi_1", "sk_wrong", "pm_card_visa").await;
-    assert_eq!((status, &body["error"]["type"]), (401, &json!("invalid_request_error")));
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (401, &json!("invalid_request_error"))
+    );
     assert!(received.lock().unwrap().is_empty());
 
     let (status, body) = confirm(&gateway, &paid.id, API_KEY, "pm_card_visa").await;
@@ -419,16 +422,32 @@ async fn confirming_an_intent_pays_it_and_sends_the_signed_event_to_the_webhook(
         (400, &json!("payment_intent_unexpected_state"))
     );
     assert_eq!(received.lock().unwrap().len(), 1);
-    let (status, _) = stripe_post(&gateway, "/v1/refunds", "r-1", &format!("payment_intent={}", paid.id)).await;
+    let (status, _) = stripe_post(
+        &gateway,
+        "/v1/refunds",
+        "r-1",
+        &format!("payment_intent={}", paid.id),
+    )
+    .await;
     assert_eq!(status, 200);
 
     // A declined card: 402, and the failure event.
     let (status, body) = confirm(&gateway, &declined.id, API_KEY, "pm_card_chargeDeclined").await;
-    assert_eq!((status, &body["error"]["code"]), (402, &json!("card_declined")), "{body}");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (402, &json!("card_declined")),
+        "{body}"
+    );
     let events = received.lock().unwrap().clone();
     assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!((&events[1]["kind"], &events[1]["intent"]), (&json!("failed"), &json!(declined.id)));
+    assert_eq!(
+        (&events[1]["kind"], &events[1]["intent"]),
+        (&json!("failed"), &json!(declined.id))
+    );
 
     let (status, body) = confirm(&gateway, "pi_404", API_KEY, "pm_card_visa").await;
-    assert_eq!((status, &body["error"]["code"]), (404, &json!("resource_missing")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("resource_missing"))
+    );
 }

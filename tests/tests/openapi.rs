@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use commerce_core::openapi::{DOCUMENT, ROUTES};
+use commerce_tests::host::Host;
 use commerce_tests::{ADMIN_TOKEN, Reply, TestApp};
 use serde_json::{Value, json};
 
@@ -200,14 +201,20 @@ async fn the_fuzzers_findings_stay_fixed() {
     assert!(etags[0].is_some(), "{etags:?}");
     assert_eq!(etags[0], etags[1]);
 
-    // A header value that is not text is refused, not taken as absent.
+    // A header value that is not text is refused, not taken as absent. Spin's host refuses
+    // it itself, before the component runs ("incomplete utf-8 byte sequence", an empty 500:
+    // README, What differs between the hosts).
     let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap();
     let response = send("POST", "/v1/carts")
         .header("idempotency-key", latin1)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
+    let expected = match TestApp::host() {
+        Host::Native => 400,
+        Host::Spin => 500,
+    };
+    assert_eq!(response.status(), expected);
 
     // If-Match is a version as documented: digits, quoted or not, nothing else.
     let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]

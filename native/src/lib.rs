@@ -4,10 +4,12 @@
 
 pub mod config;
 mod connection;
+pub mod gateway;
 pub mod http_port;
 pub mod migrate;
 pub mod pg_port;
 pub mod pg_tls;
+pub mod progress;
 pub mod redis_port;
 pub mod server;
 

@@ -11,8 +11,11 @@ use commerce_core::backup;
 use commerce_core::bundle::Bundles;
 use commerce_core::inventory::Inventory;
 use commerce_core::keys::RulesetKind;
+use commerce_core::ports::{Redis, Sql};
 use commerce_core::pricing::store::Rulesets;
 use commerce_core::{Settings, catalog, outbox};
+use commerce_native::gateway::Gateway;
+use commerce_native::progress::Progress;
 use commerce_native::{EnvConfig, build_app, migrate, serve};
 use tokio::net::TcpListener;
 
@@ -96,6 +99,25 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// A local Stripe-compatible payment gateway for development: Stripe's PaymentIntent
+    /// (create, retrieve, confirm, cancel) and Refund routes; confirming an intent
+    /// (`POST /v1/payment_intents/{id}/confirm`, as `stripe payment_intents confirm` does)
+    /// sends the signed `payment_intent.succeeded` event to the app's webhook.
+    Gateway {
+        /// Address to listen on (the app's COMMERCE_PAYMENT_GATEWAY_URL).
+        #[arg(long, default_value = "127.0.0.1:4242")]
+        listen: String,
+        /// Where the signed events of confirmed intents are sent.
+        #[arg(long, default_value = "http://127.0.0.1:3000/v1/checkout/payment-webhook")]
+        webhook_url: String,
+        /// The secret events are signed with (the app's COMMERCE_WEBHOOK_SECRET).
+        #[arg(long, env = "COMMERCE_WEBHOOK_SECRET")]
+        webhook_secret: String,
+        /// The secret key callers must send as Bearer (the app's
+        /// COMMERCE_PAYMENT_GATEWAY_KEY).
+        #[arg(long, env = "COMMERCE_PAYMENT_GATEWAY_KEY")]
+        api_key: String,
+    },
     /// Print a customer token (HS256 JWT signed with COMMERCE_JWT_SECRET), for trying the
     /// customer routes.
     Token {
@@ -144,6 +166,30 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         println!("{}", commerce_core::auth::sign(&claims, &settings.jwt_secret));
         return Ok(());
     }
+    if let Command::Gateway {
+        listen,
+        webhook_url,
+        webhook_secret,
+        api_key,
+    } = &command
+    {
+        anyhow::ensure!(!api_key.is_empty(), "--api-key must not be empty");
+        anyhow::ensure!(!webhook_secret.is_empty(), "--webhook-secret must not be empty");
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let tag = format!("{}_", &commerce_native::gateway::random_token()[..8]);
+        let gateway = Gateway::serve(listener, api_key, webhook_secret, Some(webhook_url.clone()), &tag);
+        eprintln!(
+            "commerce: local payment gateway on {}, events to {webhook_url}",
+            gateway.base
+        );
+        tokio::select! {
+            () = gateway.wait() => anyhow::bail!("the gateway stopped"),
+            _ = tokio::signal::ctrl_c() => eprintln!("commerce: stopping"),
+        }
+        return Ok(());
+    }
     let app = build_app(settings)?;
     let inventory = Inventory::new(&app.redis, &app.sql, &app.keys);
     match command {
@@ -171,30 +217,38 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 (0..=100_000).contains(&discounts),
                 "--discounts must be from 0 to 100000"
             );
+            let mut progress = Progress::new("variants seeded", u64::try_from(variants).ok());
             catalog::seed(&app.sql, variants, discounts, |done| {
-                eprintln!("commerce: seeded {done}/{variants} variants")
+                progress.set(u64::try_from(done).unwrap_or(0))
             })
             .await?;
-            let report = inventory
-                .reconcile(|done| eprint!("\rcommerce: loaded {done} variants into Redis"))
-                .await?;
-            eprintln!("\ncommerce: {} variants in Redis", report.variants);
+            progress.finish();
+            eprintln!("commerce: {variants} variants in PostgreSQL");
+            let mut progress = Progress::new("variants loaded into Redis", u64::try_from(variants).ok());
+            let report = inventory.reconcile(|done| progress.set(done)).await?;
+            progress.finish();
+            eprintln!("commerce: {} variants in Redis", report.variants);
             publish(&app).await?;
         }
         Command::Publish => publish(&app).await?,
         Command::Reconcile => {
-            let report = inventory
-                .reconcile(|done| eprint!("\rcommerce: reconciled {done} variants"))
-                .await?;
-            eprintln!("\ncommerce: reconcile done, {} variants", report.variants);
+            let mut progress = Progress::new("variants reconciled", variant_count(&app).await);
+            let report = inventory.reconcile(|done| progress.set(done)).await?;
+            progress.finish();
+            eprintln!("commerce: reconcile done, {} variants", report.variants);
         }
         Command::Backup { out } => {
             let mut file = backup::MAGIC.to_vec();
+            let mut progress = Progress::new("keys backed up", key_count(&app).await);
+            let mut done = 0;
             let count = backup::export(&app.redis, &app.keys, |entry| {
                 backup::encode(&entry, &mut file);
+                done += 1;
+                progress.set(done);
                 Ok(())
             })
             .await?;
+            progress.finish();
             std::fs::write(&out, &file).with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
                 "commerce: backed up {count} keys to {} ({} bytes)",
@@ -216,20 +270,30 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 &app.settings.redis_ca_file,
             )?;
             let mut entries = Vec::new();
+            let mut progress = Progress::new("keys read", key_count(&app).await);
             let count = backup::export(&app.redis, &app.keys, |entry| {
                 entries.push(entry);
+                progress.set(entries.len() as u64);
                 Ok(())
             })
             .await?;
-            let copied = backup::import(&target, entries).await?;
+            progress.finish();
+            let mut progress = Progress::new("keys copied", Some(count));
+            let mut copied = 0;
+            let mut rest = entries.into_iter().peekable();
+            while rest.peek().is_some() {
+                copied += backup::import(&target, rest.by_ref().take(500)).await?;
+                progress.set(copied);
+            }
+            progress.finish();
             eprintln!("commerce: copied {copied} of {count} keys to {to_redis_url}");
         }
         Command::Warm => {
             let bundles = Bundles::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds);
-            let warmed = bundles
-                .warm(|done| eprint!("\rcommerce: warmed {done} bundles"))
-                .await?;
-            eprintln!("\ncommerce: warm done, {warmed} bundles cached");
+            let mut progress = Progress::new("bundles warmed", None);
+            let warmed = bundles.warm(|done| progress.set(done)).await?;
+            progress.finish();
+            eprintln!("commerce: warm done, {warmed} bundles cached");
         }
         Command::Check { repair } => {
             let mut report = commerce_core::check::run(&app, repair).await?;
@@ -263,7 +327,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             );
         }
         // Answered above, without connecting to anything.
-        Command::Token { .. } => {}
+        Command::Token { .. } | Command::Gateway { .. } => {}
         Command::Drain { limit } => {
             let report = outbox::drain(&app, limit).await?;
             for attempt in &report.attempts {
@@ -277,13 +341,33 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             );
         }
         Command::Sweep => {
-            let visited = inventory
-                .sweep(|done| eprint!("\rcommerce: swept {done} variants"))
-                .await?;
-            eprintln!("\ncommerce: sweep done, {visited} variants visited");
+            let mut progress = Progress::new("variants swept", None);
+            let visited = inventory.sweep(|done| progress.set(done)).await?;
+            progress.finish();
+            eprintln!("commerce: sweep done, {visited} variants visited");
         }
     }
     Ok(())
+}
+
+/// How many variants PostgreSQL has stock for (the size of a reconcile), if it says.
+async fn variant_count(app: &commerce_native::NativeApp) -> Option<u64> {
+    let rows = app
+        .sql
+        .query("SELECT count(*) FROM inventory_levels", &[])
+        .await
+        .ok()?;
+    u64::try_from(rows.first()?.first()?.as_int()?).ok()
+}
+
+/// How many keys a backup or copy takes: all of Redis's when there is no namespace,
+/// unknown otherwise.
+async fn key_count(app: &commerce_native::NativeApp) -> Option<u64> {
+    if !app.keys.prefix().is_empty() {
+        return None;
+    }
+    let reply = app.redis.execute("DBSIZE", Vec::new()).await.ok()?;
+    u64::try_from(reply.first()?.as_int()?).ok()
 }
 
 async fn publish(app: &commerce_native::NativeApp) -> anyhow::Result<()> {

@@ -145,7 +145,14 @@ async fn read_request(req: axum::extract::Request, limit: usize) -> Result<Reque
     let headers = parts
         .headers
         .iter()
-        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        // A value that is not text is kept (lossily) rather than dropped, so that a header
+        // the route checks is refused as malformed, never taken as absent.
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     Ok(Request {
         method: parts.method.as_str().to_owned(),

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod inventory;
 pub mod keys;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod outbox;
 pub mod ports;

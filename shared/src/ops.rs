@@ -10,6 +10,7 @@
 //!   (in Spin, which keeps no state between requests: the one request it serves)
 //! - `GET  /v1/admin/check`        compare Redis with PostgreSQL (admin token)
 //! - `POST /v1/admin/check/repair` repair what can be repaired, then check again
+//! - `GET  /openapi.json`        the OpenAPI document of every route ([`crate::openapi`])
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -104,12 +105,17 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         ["health", "live"] if req.method == "GET" => Some(Ok(liveness())),
         ["health"] if req.method == "GET" => Some(Ok(health(app).await)),
         ["metrics"] if req.method == "GET" => Some(metrics(app, req).await),
+        ["openapi.json"] if req.method == "GET" => Some(Ok(Response::with_type(
+            200,
+            "application/json",
+            crate::openapi::DOCUMENT.as_bytes().to_vec(),
+        ))),
         ["v1", "admin", "check"] if req.method == "GET" => Some(check(app, req, false).await),
         ["v1", "admin", "check", "repair"] if req.method == "POST" => Some(check(app, req, true).await),
         ["v1", "admin", "check"] | ["v1", "admin", "check", "repair"] => {
             Some(Err(Error::MethodNotAllowed(req.method.clone())))
         }
-        ["health"] | ["health", "live"] | ["metrics"] => {
+        ["health"] | ["health", "live"] | ["metrics"] | ["openapi.json"] => {
             Some(Err(Error::MethodNotAllowed(req.method.clone())))
         }
         _ => None,

@@ -71,6 +71,12 @@ pub async fn dispatch<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Reques
     }
     match answer {
         Some(Ok(response)) => response,
+        Some(Err(error @ Error::MethodNotAllowed(_))) => {
+            let mut response = Response::error(&error);
+            let allow = crate::openapi::allowed_methods(&req.path).join(", ");
+            response.headers.push(("allow".into(), allow));
+            response
+        }
         Some(Err(error)) => Response::error(&error),
         None => Response::error(&Error::not_found(
             "ROUTE_NOT_FOUND",

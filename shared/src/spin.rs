@@ -131,7 +131,13 @@ fn from_spin(req: IncomingRequest, limit: usize) -> Result<Request, Error> {
         .headers()
         .entries()
         .into_iter()
-        .filter_map(|(name, value)| Some((name.to_ascii_lowercase(), String::from_utf8(value).ok()?)))
+        // Kept lossily rather than dropped, as natively: a malformed header is refused, not absent.
+        .map(|(name, value)| {
+            (
+                name.to_ascii_lowercase(),
+                String::from_utf8_lossy(&value).into_owned(),
+            )
+        })
         .collect();
     let declared = headers
         .iter()

@@ -44,6 +44,30 @@ impl Host {
 /// [`crate::TestApp::spawn_with`] serves them natively if they run on Spin anyway.
 pub const NATIVE_ONLY: &[(&str, &str)] = &[
     (
+        "a_reservation_across_slots_is_all_or_nothing",
+        "Redis Cluster and Sentinel: the Spin host reaches one standalone Redis only (README, Scaling out)",
+    ),
+    (
+        "concurrent_reservations_across_slots_never_oversell",
+        "Redis Cluster and Sentinel: the Spin host reaches one standalone Redis only (README, Scaling out)",
+    ),
+    (
+        "moving_the_hot_slot_during_a_sale_keeps_the_books",
+        "Redis Cluster and Sentinel: the Spin host reaches one standalone Redis only (README, Scaling out)",
+    ),
+    (
+        "a_master_killed_during_a_sale_fails_over_and_keeps_the_books",
+        "Redis Cluster and Sentinel: the Spin host reaches one standalone Redis only (README, Scaling out)",
+    ),
+    (
+        "a_sentinel_failover_during_a_sale_is_followed_without_a_restart",
+        "Redis Cluster and Sentinel: the Spin host reaches one standalone Redis only (README, Scaling out)",
+    ),
+    (
+        "writes_wait_for_their_replicas_when_asked",
+        "Redis Cluster and Sentinel: the Spin host reaches one standalone Redis only (README, Scaling out)",
+    ),
+    (
         "a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order",
         "injects crashes into the native ports in-process; the host only sets up the shop",
     ),

@@ -357,3 +357,97 @@ async fn the_fake_cancels_an_unpaid_intent_and_refuses_a_paid_one() {
     assert_eq!(gateway.cancellations(), [unpaid]);
     assert_eq!(gateway.cancel_calls(), 6);
 }
+
+/// `POST /v1/payment_intents/{id}/confirm` on the gateway (Basic auth, as `curl -u key:`
+/// and Stripe's CLI send it): the status and JSON body.
+async fn confirm(gateway: &FakeGateway, intent: &str, key: &str, payment_method: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/payment_intents/{intent}/confirm", gateway.base))
+        .basic_auth(key, None::<&str>)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("payment_method={payment_method}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn confirming_an_intent_pays_it_and_sends_the_signed_event_to_the_webhook() {
+    let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
+    let paid = create(&gateway, "sess-paid", 1999, "key-c1").await.unwrap();
+    let declined = create(&gateway, "sess-declined", 500, "key-c2").await.unwrap();
+
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let log = received.clone();
+    let receiver = Router::new().route(
+        "/v1/checkout/payment-webhook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let log = log.clone();
+            async move {
+                let (status, answer) = receive(headers, body).await;
+                log.lock().unwrap().push(serde_json::from_str(&answer).unwrap());
+                (status, answer)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    gateway.set_webhook_url(Some(format!("{app_base}/v1/checkout/payment-webhook")));
+
+    let (status, body) = confirm(&gateway, "pi_1", "sk_wrong", "pm_card_visa").await;
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (401, &json!("invalid_request_error"))
+    );
+    assert!(received.lock().unwrap().is_empty());
+
+    let (status, body) = confirm(&gateway, &paid.id, API_KEY, "pm_card_visa").await;
+    assert_eq!((status, &body["status"]), (200, &json!("succeeded")), "{body}");
+    assert_eq!(body["amount_received"], 1999);
+    // Delivered, and verified by the receiver, before the confirmation answered.
+    let events = received.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (&events[0]["kind"], &events[0]["intent"], &events[0]["session"]),
+        (&json!("succeeded"), &json!(paid.id), &json!("sess-paid"))
+    );
+
+    // Paid once: a second confirmation is refused and sends nothing; a refund now works.
+    let (status, body) = confirm(&gateway, &paid.id, API_KEY, "pm_card_visa").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("payment_intent_unexpected_state"))
+    );
+    assert_eq!(received.lock().unwrap().len(), 1);
+    let (status, _) = stripe_post(
+        &gateway,
+        "/v1/refunds",
+        "r-1",
+        &format!("payment_intent={}", paid.id),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A declined card: 402, and the failure event.
+    let (status, body) = confirm(&gateway, &declined.id, API_KEY, "pm_card_chargeDeclined").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (402, &json!("card_declined")),
+        "{body}"
+    );
+    let events = received.lock().unwrap().clone();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        (&events[1]["kind"], &events[1]["intent"]),
+        (&json!("failed"), &json!(declined.id))
+    );
+
+    let (status, body) = confirm(&gateway, "pi_404", API_KEY, "pm_card_visa").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("resource_missing"))
+    );
+}

@@ -65,8 +65,15 @@ async fn dispatch<R: Redis, S: Sql, H: Http>(
         },
         ["v1", "carts", cart, "items", line] => change(app, req, &session(cart)?, line).await?,
         ["v1", "customers", customer, "cart", rest @ ..] => {
-            if !matches!(rest, [] | ["items"] | ["items", _] | ["merge"]) {
-                return Ok(None);
+            // The method first: a wrong one is 405 whoever asks, before any token is read.
+            let allowed = match rest {
+                [] => method == "GET",
+                ["items"] | ["merge"] => method == "POST",
+                ["items", _] => matches!(method, "PATCH" | "DELETE"),
+                _ => return Ok(None),
+            };
+            if !allowed {
+                return Err(not_allowed());
             }
             let (cart, id) = customer_cart(app, req, customer)?;
             match (rest, method) {
@@ -114,14 +121,25 @@ fn reply(status: u16, cart: &CartView) -> Response {
     response
 }
 
-/// Reads `If-Match`: a version number, quoted or not (`"3"`, `W/"3"`, `3`).
+/// Reads `If-Match`: a version number of at most 18 digits, quoted or not (`"3"`,
+/// `W/"3"`, `3`); anything else is a 400.
 fn expected(req: &Request) -> Result<Expected> {
     let Some(raw) = req.header("if-match") else {
         return Ok(None);
     };
-    raw.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
+    let raw = raw.trim();
+    let raw = raw.strip_prefix("W/").unwrap_or(raw);
+    let digits = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or(raw);
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::bad_request(
+            "INVALID_IF_MATCH",
+            "If-Match must be a cart version, e.g. \"3\"",
+        ));
+    }
+    digits
         .parse::<i64>()
         .map(Some)
         .map_err(|_| Error::bad_request("INVALID_IF_MATCH", "If-Match must be a cart version, e.g. \"3\""))

@@ -93,9 +93,23 @@ where
                 .and_then(RedisReply::as_int)
                 .ok_or_else(|| unexpected(&begun))?;
             let body = text(2).unwrap_or_default().into_bytes();
-            let mut replay = Response::with_type(status as u16, "application/json", body);
-            replay.headers.push(("idempotent-replayed".into(), "true".into()));
-            return Ok(replay);
+            // The first answer's headers (its content type, a cart's ETag, …); a record
+            // kept before headers were kept has none: JSON.
+            let mut headers: Vec<(String, String)> = text(3)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| line.split_once(": "))
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect();
+            if headers.is_empty() {
+                headers.push(("content-type".into(), "application/json".into()));
+            }
+            headers.push(("idempotent-replayed".into(), "true".into()));
+            return Ok(Response {
+                status: status as u16,
+                headers,
+                body,
+            });
         }
         Some("IN_FLIGHT") => {
             let left_ms = begun.get(1).and_then(RedisReply::as_int).unwrap_or(1000).max(1);
@@ -130,6 +144,12 @@ where
         return outcome;
     }
     let body = String::from_utf8_lossy(&response.body).into_owned();
+    let headers: String = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name != "retry-after")
+        .map(|(name, value)| format!("{name}: {value}\n"))
+        .collect();
     FINISH
         .run(
             &app.redis,
@@ -140,6 +160,7 @@ where
                 RedisArg::Int(response.status.into()),
                 body.into(),
                 RedisArg::Int(i64::from(app.settings.idempotency_ttl_seconds) * 1000),
+                headers.into(),
             ],
         )
         .await

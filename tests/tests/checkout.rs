@@ -71,10 +71,22 @@ async fn pay_with(
 }
 
 /// Sends the request `make` builds until it answers something other than 503 (at most 50
-/// times, 100 ms apart).
+/// times, 100 ms apart), as a client should retry. A retry whose earlier attempt died
+/// mid-request (a 503 after a dependency timed out) may find its Idempotency-Key still
+/// in flight: that 409 says when to come back (`retryAfterSeconds`, at most the request
+/// deadline), and the client waits that long once, then goes on retrying.
 async fn until_not_503(make: impl Fn() -> reqwest::RequestBuilder) -> Reply {
+    let mut waited_for_key = false;
     for _ in 0..50 {
         let reply = TestApp::reply(make()).await;
+        if reply.status == 409 && reply.code() == "IDEMPOTENCY_KEY_IN_USE" && !waited_for_key {
+            waited_for_key = true;
+            let seconds = reply.body["error"]["details"]["retryAfterSeconds"]
+                .as_u64()
+                .unwrap_or(1);
+            tokio::time::sleep(Duration::from_secs(seconds.min(30))).await;
+            continue;
+        }
         if reply.status != 503 {
             return reply;
         }

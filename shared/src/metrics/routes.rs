@@ -48,6 +48,7 @@ pub const ROUTES: &[&str] = &[
     "GET /health/live",
     "GET /health",
     "GET /metrics",
+    "GET /openapi.json",
     "GET /v1/admin/check",
     "POST /v1/admin/check/repair",
 ];

@@ -155,7 +155,7 @@ async fn every_readme_block_runs_as_pasted_against_a_live_server() {
     let mut seed = Command::new(&binary);
     seed.args(["seed", "--variants", "1000"])
         .env("COMMERCE_DATABASE_URL", app.database_url())
-        .env("COMMERCE_KEY_PREFIX", &app.namespace);
+        .env("COMMERCE_KEY_PREFIX", &app.key_prefix);
     let seeded = run(seed).await;
     let log = String::from_utf8_lossy(&seeded.stderr);
     assert!(seeded.status.success(), "{log}");

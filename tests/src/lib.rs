@@ -227,13 +227,15 @@ impl TestApp {
             .await
             .unwrap();
         tokio::spawn(connection);
-        // The app's Redis as the admin user; or the test's own (a cluster, a server it kills).
+        // The shared Redis as the admin user; a test's own cluster or Sentinel group as
+        // itself (they run without users). A test whose own server or proxy is some other
+        // URL still looks at the shared one, as the admin.
         let configured =
             commerce_core::ports::Config::get(&config, "redis_url").unwrap_or_else(|| redis_url.clone());
-        let own = if configured == redis_url {
-            admin_redis_url()
-        } else {
+        let own = if configured.starts_with("redis+") || configured.starts_with("rediss+") {
             configured
+        } else {
+            admin_redis_url()
         };
         // A test that points the app at a Redis that is not there keeps the shared one.
         let redis = match TestRedis::connect(&own).await {

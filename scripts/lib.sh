@@ -90,3 +90,19 @@ spin_version() {
     fi
     printf '%s\n' "$version"
 }
+
+# `write_section NAME FILE`: puts FILE (which starts with `<!-- NAME: … -->` and ends with
+# `<!-- /NAME -->`) into BENCHMARKS.md in place of the section between those markers, or
+# appends it; the rest of the file stays as it is (scripts/bench.d/*).
+write_section() {
+    local name=$1 section=$2
+    if grep -q "^<!-- $name:" "$ROOT/BENCHMARKS.md" 2>/dev/null; then
+        awk -v section="$section" -v first="^<!-- $name:" -v last="^<!-- /$name -->" '
+            $0 ~ first { while ((getline line < section) > 0) print line; skip = 1; next }
+            $0 ~ last { skip = 0; next }
+            !skip { print }' "$ROOT/BENCHMARKS.md" >"$LOCAL/BENCHMARKS.md.new"
+        mv "$LOCAL/BENCHMARKS.md.new" "$ROOT/BENCHMARKS.md"
+    else
+        { echo; cat "$section"; } >>"$ROOT/BENCHMARKS.md"
+    fi
+}

@@ -182,6 +182,17 @@ pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     }
 }
 
+/// The sentinels' `redis://` URLs and the master's name of a `redis+sentinel://` URL
+/// (`None` for any other URL), for tools that ask the sentinels themselves (the tests).
+pub fn sentinel_nodes(url: &str) -> Option<(Vec<String>, String)> {
+    match Topology::of(url) {
+        Ok(Topology::Sentinel {
+            sentinels, master, ..
+        }) => Some((sentinels, master)),
+        _ => None,
+    }
+}
+
 /// A cluster connection, opened on first use (opening reads the slot map).
 struct ClusterLink {
     client: ClusterClient,

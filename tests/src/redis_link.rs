@@ -23,11 +23,9 @@ pub enum TestRedis {
 impl TestRedis {
     /// Connects to `url`; a `redis+sentinel://` URL to the master the sentinels name now.
     pub async fn connect(url: &str) -> redis::RedisResult<Self> {
-        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            let (hosts, master) = rest.rsplit_once('/').unwrap_or((rest, ""));
-            let hosts = hosts.rsplit('@').next().unwrap_or(hosts);
-            for sentinel in hosts.split(',') {
-                let Ok(client) = redis::Client::open(format!("redis://{sentinel}")) else {
+        if let Some((sentinels, master)) = commerce_native::redis_port::sentinel_nodes(url) {
+            for sentinel in sentinels {
+                let Ok(client) = redis::Client::open(sentinel) else {
                     continue;
                 };
                 let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
@@ -35,7 +33,7 @@ impl TestRedis {
                 };
                 let address: Vec<String> = match redis::cmd("SENTINEL")
                     .arg("GET-MASTER-ADDR-BY-NAME")
-                    .arg(master)
+                    .arg(&master)
                     .query_async(&mut connection)
                     .await
                 {

@@ -390,19 +390,13 @@ async fn a_sentinel_failover_during_a_sale_is_followed_without_a_restart() {
     let _one = TOPOLOGY.lock().await;
     let size = size();
     let (app, gateway) = shop(&url, size.units, &[]).await;
-    let sentinel = url
-        .trim_start_matches("redis+sentinel://")
-        .split(['/', ','])
-        .next()
-        .expect("a sentinel")
-        .rsplit('@')
-        .next()
-        .expect("host:port")
-        .to_owned();
+    let (sentinels, name) =
+        commerce_native::redis_port::sentinel_nodes(&url).expect("a redis+sentinel:// URL");
+    let sentinel = sentinels[0].trim_start_matches("redis://").to_owned();
     let master_of = || async {
         let addr: Vec<String> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
-            .arg("commerce")
+            .arg(&name)
             .query_async(&mut topology::connect(&sentinel).await)
             .await
             .expect("SENTINEL GET-MASTER-ADDR-BY-NAME");

@@ -39,7 +39,7 @@ use crate::settings::Settings;
 /// Guarantees: never panics on input; `GET /health/live` is answered before anything is
 /// read; a configuration error is a 500 (bad settings) or a 503 (the variables provider
 /// failed) with the DESIGN §5 error body; a body over
-/// `max_body_bytes` is a 413 read no further than one byte past the limit; otherwise the
+/// `max_body_bytes` is a 413 (its rest read and dropped up to [`DRAIN_BYTES`]); otherwise the
 /// response is exactly what [`router::handle`] answers. The path handed to the router
 /// carries no query string (that is in `query`), header names are lower case, the method is upper case, and
 /// the body is the bytes the client sent (the webhook's signature covers them).
@@ -114,8 +114,9 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
     into_spin(response)
 }
 
-/// Converts Spin's request into the router's, reading at most `limit + 1` body bytes (a
-/// declared or actual length past the limit is a 413 without reading the rest).
+/// Converts Spin's request into the router's, keeping at most `limit + 1` body bytes (a
+/// declared or actual length past the limit is a 413; what is left of it is dropped,
+/// read only as far as [`DRAIN_BYTES`]).
 ///
 /// Every header is kept, repeated ones in order, as the native server keeps them; a
 /// header value that is not UTF-8 is dropped (no route reads one, and a mangled
@@ -144,6 +145,12 @@ fn from_spin(req: IncomingRequest, limit: usize) -> Result<Request, Error> {
         .find(|(name, _)| name == "content-length")
         .and_then(|(_, value)| value.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
+        // Within reach, the body is read and dropped first: the host closes the
+        // connection after a 413, and closing a socket with unread bytes resets it,
+        // which can cut the 413 off before the client reads it (seen on the real host).
+        if declared.is_some_and(|length| length <= limit + DRAIN_BYTES) {
+            drain(req);
+        }
         return Err(Error::PayloadTooLarge { limit });
     }
     let body = read_body(req, limit)?;
@@ -183,8 +190,14 @@ fn client_addr(headers: &[(String, String)]) -> Option<std::net::IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
-/// Reads the request body, stopping one byte past `limit` (413). The component has
-/// nothing else to do meanwhile, so it blocks on the stream.
+/// How far past `max_body_bytes` a refused body is still read (and dropped) so that the
+/// 413 reaches the client; a larger one is refused unread, and its client may see the
+/// connection reset instead.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Reads the request body, stopping one byte past `limit` (413, after reading and
+/// dropping at most [`DRAIN_BYTES`] more). The component has nothing else to do
+/// meanwhile, so it blocks on the stream.
 fn read_body(req: IncomingRequest, limit: usize) -> Result<Vec<u8>, Error> {
     let unreadable = |what: &str| Error::bad_request("MALFORMED_BODY", format!("the request body {what}"));
     let incoming = req.consume().map_err(|()| unreadable("was already consumed"))?;
@@ -201,11 +214,30 @@ fn read_body(req: IncomingRequest, limit: usize) -> Result<Vec<u8>, Error> {
                 }
             }
             if body.len() > limit {
+                skip(&stream, DRAIN_BYTES);
                 return Err(Error::PayloadTooLarge { limit });
             }
         }
     }
     Ok(body)
+}
+
+/// Reads and drops a body that is refused anyway (see [`DRAIN_BYTES`]).
+fn drain(req: IncomingRequest) {
+    let Ok(incoming) = req.consume() else { return };
+    let Ok(stream) = incoming.stream() else { return };
+    skip(&stream, DRAIN_BYTES + 1);
+}
+
+/// Reads and drops up to `most` bytes of `stream`, stopping at its end or at an error.
+fn skip(stream: &wasi::io::streams::InputStream, most: usize) {
+    let mut left = most as u64;
+    while left > 0 {
+        match stream.blocking_skip(left.min(64 * 1024)) {
+            Ok(skipped) => left = left.saturating_sub(skipped),
+            Err(_) => return,
+        }
+    }
 }
 
 /// Converts the router's response into Spin's.

@@ -316,14 +316,19 @@ async fn bad_input_on_every_cart_and_bundle_route_is_refused_and_writes_nothing(
             .header("content-type", "text/plain")
             .body("{}");
         assert_eq!(TestApp::reply(req).await.status, 415, "{path}");
+        // Several times: a server that answers 413 and closes the connection with the
+        // body unread resets it, and the client then loses the 413 now and then (seen on
+        // Spin until the adapter read such bodies to the end).
         let huge = format!(r#"{{"variantId":"{}","quantity":1}}"#, "v".repeat(70 * 1024));
-        let req = app
-            .http
-            .post(format!("{}{path}", app.base))
-            .header("authorization", &token)
-            .header("content-type", "application/json")
-            .body(huge);
-        assert_eq!(TestApp::reply(req).await.status, 413, "{path}");
+        for _ in 0..10 {
+            let req = app
+                .http
+                .post(format!("{}{path}", app.base))
+                .header("authorization", &token)
+                .header("content-type", "application/json")
+                .body(huge.clone());
+            assert_eq!(TestApp::reply(req).await.status, 413, "{path}");
+        }
     }
     let bad_if_match = app
         .call_with(

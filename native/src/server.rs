@@ -104,9 +104,11 @@ async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) 
     let mut response = match read.await.unwrap_or(Err(Error::RequestTimeout)) {
         // Past its deadline the request stops where it is (every step is resumable, as
         // after a crash) and answers 503, so its idempotency lease never outlives it.
+        // Boxed: the router's future is many kilobytes, and every move of the futures
+        // that hold it inline (this one, axum's, hyper's) would copy all of it.
         Ok(request) => tokio::time::timeout(
             deadline,
-            commerce_core::router::dispatch(&app, request, Scope::All),
+            Box::pin(commerce_core::router::dispatch(&app, request, Scope::All)),
         )
         .await
         .unwrap_or_else(|_| {

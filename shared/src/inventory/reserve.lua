@@ -36,46 +36,39 @@ for i = 0, n - 1 do
   end
 end
 
-local missing = {'MISSING'}
+-- One pass reads each variant once (stock, live reserved, this holder's hold, its limit);
+-- the verdicts are then given in order: MISSING before LIMIT before SHORT.
+local missing, over, short = {'MISSING'}, {'LIMIT'}, {'SHORT'}
+local current = {}
 for i = 0, n - 1 do
-  if redis.call('EXISTS', KEYS[b + 5 * i]) == 0 then
+  local k = b + 5 * i
+  local stock = tonumber(redis.call('GET', KEYS[k]))
+  if not stock then
     missing[#missing + 1] = i
+  else
+    local reserved = tonumber(redis.call('GET', KEYS[k + 1])) or 0
+    local mine = tonumber(redis.call('HGET', KEYS[k + 3], holder)) or 0
+    local limit = tonumber(redis.call('HGET', KEYS[k + 4], 'limit'))
+    local want = tonumber(ARGV[5 + 2 * i])
+    if limit and want > limit and want > mine then
+      over[#over + 1] = i
+      over[#over + 1] = want
+      over[#over + 1] = limit
+    end
+    local sellable = stock - reserved + mine
+    if want > sellable then
+      short[#short + 1] = i
+      short[#short + 1] = want
+      short[#short + 1] = math.max(sellable, 0)
+    end
+    current[i] = mine
   end
 end
 if #missing > 1 then
   return missing
 end
-
-local over = {'LIMIT'}
-for i = 0, n - 1 do
-  local limit = tonumber(redis.call('HGET', KEYS[b + 4 + 5 * i], 'limit'))
-  local want = tonumber(ARGV[5 + 2 * i])
-  if limit and want > limit
-      and want > (tonumber(redis.call('HGET', KEYS[b + 3 + 5 * i], holder)) or 0) then
-    over[#over + 1] = i
-    over[#over + 1] = want
-    over[#over + 1] = limit
-  end
-end
 if #over > 1 then
   return over
-end
-
-local short = {'SHORT'}
-local current = {}
-for i = 0, n - 1 do
-  local k = b + 5 * i
-  local stock = tonumber(redis.call('GET', KEYS[k]))
-  local reserved = tonumber(redis.call('GET', KEYS[k + 1])) or 0
-  local mine = tonumber(redis.call('HGET', KEYS[k + 3], holder)) or 0
-  local want = tonumber(ARGV[5 + 2 * i])
-  local sellable = stock - reserved + mine
-  if want > sellable then
-    short[#short + 1] = i
-    short[#short + 1] = want
-    short[#short + 1] = math.max(sellable, 0)
-  end
-  current[i] = mine
 end
 if #short > 1 then
   return short

@@ -414,35 +414,40 @@ impl<'a> Books<'a> {
 
     /// A key's retries wait on `409 IDEMPOTENCY_KEY_IN_USE` no longer than `lease`, and
     /// each such 409 carries `Retry-After`.
+    ///
+    /// Keys are one per step of one buyer, and a buyer sends one attempt at a time, so the
+    /// lease a 409 meets was taken by one of that step's earlier attempts that did not
+    /// meet a 409 (one answered 503 after taking it, or went unanswered). The latest of
+    /// those is the latest the lease can have been taken: a 409 more than `lease` after it
+    /// met a lease that outlived its request. (Measured from the first 409 instead, two
+    /// leases in a row, each within its limit, would add up: a 503 that took the key
+    /// when the first ran out may leave a second.)
     fn leases(&self, run: &Run, lease: Duration, violations: &mut Vec<String>) {
-        let in_use = |s: &&super::Seen| s.status == 409 && s.code == "IDEMPOTENCY_KEY_IN_USE";
+        let in_use = |s: &super::Seen| s.status == 409 && s.code == "IDEMPOTENCY_KEY_IN_USE";
         let mut waits: Vec<(usize, &str, u128)> = Vec::new();
         let mut without_retry_after = 0;
         for record in &run.records {
-            // One key per step of one walk: a run of answers for the same step.
-            let mut first: Option<&super::Seen> = None;
-            let mut last: Option<&super::Seen> = None;
-            let mut flush = |first: &mut Option<&super::Seen>, last: &mut Option<&super::Seen>| {
-                if let (Some(f), Some(l)) = (first.take(), last.take()) {
-                    let waited = l.sent.duration_since(f.sent);
-                    if waited > lease {
-                        waits.push((record.buyer, f.step, waited.as_millis()));
-                    }
-                }
-            };
+            let mut taker: Option<&super::Seen> = None;
+            let mut worst: Option<(&str, u128)> = None;
             for seen in &record.seen {
-                if first.is_some_and(|f| f.step != seen.step) {
-                    flush(&mut first, &mut last);
+                if taker.is_some_and(|t| t.step != seen.step) {
+                    taker = None;
                 }
-                if in_use(&seen) {
-                    if seen.retry_after.is_none() {
-                        without_retry_after += 1;
-                    }
-                    first.get_or_insert(seen);
-                    last = Some(seen);
+                if !in_use(seen) {
+                    taker = Some(seen);
+                    continue;
+                }
+                if seen.retry_after.is_none() {
+                    without_retry_after += 1;
+                }
+                let waited = taker.map_or(Duration::MAX, |t| seen.sent.duration_since(t.sent));
+                if waited > lease && worst.is_none_or(|(_, ms)| waited.as_millis() > ms) {
+                    worst = Some((seen.step, waited.as_millis()));
                 }
             }
-            flush(&mut first, &mut last);
+            if let Some((step, ms)) = worst {
+                waits.push((record.buyer, step, ms));
+            }
         }
         if !waits.is_empty() {
             waits.sort_by_key(|w| std::cmp::Reverse(w.2));

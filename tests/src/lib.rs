@@ -575,28 +575,22 @@ impl TestApp {
 
     /// The key of the checkout session `session` (a hash).
     pub fn session_key(&self, session: &str) -> String {
-        self.keys()
-            .checkout_session(&commerce_core::ids::CartId::parse(session).expect("a session id"))
+        self.keys().checkout_session(&cart_id(session))
     }
 
     /// The key of the anonymous cart `cart` (a hash).
     pub fn cart_key(&self, cart: &str) -> String {
-        self.keys()
-            .cart_session(&commerce_core::ids::CartId::parse(cart).expect("a cart id"))
+        self.keys().cart_session(&cart_id(cart))
     }
 
     /// The key that locks the anonymous cart `cart` to its checkout session.
     pub fn cart_lock_key(&self, cart: &str) -> String {
-        self.keys()
-            .checkout_lock_session(&commerce_core::ids::CartId::parse(cart).expect("a cart id"))
+        self.keys().checkout_lock_session(&cart_id(cart))
     }
 
     /// The name under which the checkout session `session` holds stock.
     pub fn session_holder(&self, session: &str) -> String {
-        commerce_core::inventory::Holder::Checkout(
-            commerce_core::ids::CartId::parse(session).expect("a session id"),
-        )
-        .to_string()
+        commerce_core::inventory::Holder::Checkout(cart_id(session)).to_string()
     }
 
     /// A key of this test's namespace that the app's [`Keys`](commerce_core::keys::Keys)
@@ -721,6 +715,11 @@ impl TestApp {
             }
         }
     }
+}
+
+/// A cart or session id the test got from the app, as the app's id type.
+fn cart_id(raw: &str) -> commerce_core::ids::CartId {
+    commerce_core::ids::CartId::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
 }
 
 /// Whether the Redis answers a PING within 2 s: a Redis of the test's own may be gone by

@@ -72,7 +72,7 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "injects crashes into the native ports in-process; the host only sets up the shop",
     ),
     (
-        "a_crash_after_any_call_of_starting_a_checkout_still_ends_in_one_checkout",
+        "a_crash_after_any_call_of_starting_a_checkout_is_resumed_by_its_retry",
         "injects crashes into the native ports in-process; the host only sets up the shop",
     ),
     (
@@ -114,6 +114,14 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
     (
         "dependency_errors_are_counted_by_kind",
         "calls the router in-process on an app whose Redis and PostgreSQL refuse connections; no host is involved",
+    ),
+    (
+        "every_request_body_is_accepted_or_refused_with_a_4xx_that_changes_nothing",
+        "calls the router in-process with generated bodies (the parsers are the shared code's); no host is involved",
+    ),
+    (
+        "a_signed_webhook_of_any_payload_is_answered_without_a_5xx",
+        "calls the router in-process with generated payloads (the parsers are the shared code's); no host is involved",
     ),
     (
         "every_request_leaves_one_json_log_line",
@@ -319,6 +327,22 @@ pub fn free_port() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_native_only_test_exists() {
+        let dir = workspace_root().join("tests/tests");
+        let sources: String = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|file| std::fs::read_to_string(file.unwrap().path()).unwrap())
+            .collect();
+        for (name, _) in NATIVE_ONLY {
+            assert!(
+                sources.contains(&format!("fn {name}(")),
+                "{name} is listed as native-only but is no test in {}",
+                dir.display()
+            );
+        }
+    }
 
     #[test]
     fn the_manifest_variables_are_its_variables_table() {

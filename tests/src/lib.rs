@@ -43,10 +43,57 @@ pub const WEBHOOK_SECRET: &str = "whsec_test";
 /// The JWT secret every test app is configured with.
 pub const JWT_SECRET: &str = "test-jwt-secret";
 
+/// The service token (trusted backends, direct reservation routes) every test app is
+/// configured with.
+pub const SERVICE_TOKEN: &str = "test-service-token";
+
 /// A valid customer token (one hour) for `customer`.
 pub fn customer_token(customer: &str) -> String {
     let exp = commerce_core::auth::now_s() + 3600;
     commerce_core::auth::sign(&serde_json::json!({ "sub": customer, "exp": exp }), JWT_SECRET)
+}
+
+/// Who sends a request, and so which `Authorization` header it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// No `Authorization` header.
+    Anonymous,
+    /// The customer of this id, with a valid token of theirs ([`customer_token`]).
+    Customer(&'a str),
+    /// The admin token ([`ADMIN_TOKEN`]).
+    Admin,
+    /// The service token of trusted backends ([`SERVICE_TOKEN`]).
+    Service,
+}
+
+impl Caller<'_> {
+    /// The `Authorization` header's value, if the caller sends one.
+    pub fn authorization(self) -> Option<String> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Customer(customer) => Some(format!("Bearer {}", customer_token(customer))),
+            Caller::Admin => Some(format!("Bearer {ADMIN_TOKEN}")),
+            Caller::Service => Some(format!("Bearer {SERVICE_TOKEN}")),
+        }
+    }
+}
+
+/// A cart line of `quantity` units of `variant`, as `POST /v1/carts/{id}/items` takes it.
+pub fn unit(variant: &str, quantity: i64) -> Value {
+    serde_json::json!({ "variantId": variant, "quantity": quantity })
+}
+
+/// A checkout session waiting for its payment, as [`TestApp::paying_session`] leaves it.
+#[derive(Debug, Clone)]
+pub struct Paying {
+    /// The cart that was checked out.
+    pub cart: String,
+    /// The checkout session (`cs_…`).
+    pub session: String,
+    /// The session's payment intent at the gateway (`pi_…`).
+    pub intent: String,
+    /// The intent's amount: the session's frozen total.
+    pub amount: i64,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -71,6 +118,10 @@ pub struct TestApp {
     pub key_prefix: String,
     /// The `spin up` answering HTTP when the host is Spin; killed when the app is dropped.
     spin: Option<SpinProcess>,
+    /// The Redis that [`TestApp::redis`] talks to, for the clean-up on drop.
+    redis_url: String,
+    /// Whether [`TestApp::finish`] has dropped the schema and keys already.
+    cleaned: bool,
 }
 
 /// A reply: status and JSON body.
@@ -194,6 +245,7 @@ impl TestApp {
                 .set("key_prefix", &key_prefix)
                 .set("admin_token", ADMIN_TOKEN)
                 .set("jwt_secret", JWT_SECRET)
+                .set("service_token", SERVICE_TOKEN)
                 // One JSON line per request would drown the tests' own output (the native
                 // server runs in the test process); tests of the log set `info` again.
                 .set("log_level", "warn")
@@ -238,9 +290,12 @@ impl TestApp {
             admin_redis_url()
         };
         // A test that points the app at a Redis that is not there keeps the shared one.
-        let redis = match TestRedis::connect(&own).await {
-            Ok(redis) => redis,
-            Err(_) => TestRedis::connect(&admin_redis_url()).await.unwrap(),
+        let (redis, redis_url) = match TestRedis::connect(&own).await {
+            Ok(redis) => (redis, own),
+            Err(_) => (
+                TestRedis::connect(&admin_redis_url()).await.unwrap(),
+                admin_redis_url(),
+            ),
         };
         Self {
             base,
@@ -254,6 +309,8 @@ impl TestApp {
             namespace,
             key_prefix,
             spin,
+            redis_url,
+            cleaned: false,
         }
     }
 
@@ -288,29 +345,29 @@ impl TestApp {
         })
         .await;
         app.seed(variants).await;
-        for kind in ["pricing", "discounts"] {
-            let reply = app
-                .call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
-                .await;
-            assert_eq!(reply.status, 200, "{reply:?}");
-        }
+        app.publish_rulesets().await;
         (app, gateway)
     }
 
-    /// Sends a request; `body` is sent as JSON when given.
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>, admin: bool) -> Reply {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
+    /// Publishes the pricing and discount rulesets through the admin routes.
+    pub async fn publish_rulesets(&self) {
+        for kind in ["pricing", "discounts"] {
+            let reply = self
+                .call("POST", &format!("/v1/admin/{kind}/publish"), None, Caller::Admin)
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
         }
-        if admin {
-            req = req.header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    }
+
+    /// Sends a request as `caller`; `body` is sent as JSON when given.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>, caller: Caller<'_>) -> Reply {
+        match caller.authorization() {
+            Some(token) => {
+                self.call_with(method, path, body, &[("authorization", &token)])
+                    .await
+            }
+            None => self.call_with(method, path, body, &[]).await,
         }
-        Self::reply(req).await
     }
 
     /// Sends a prepared request and reads the reply.
@@ -346,14 +403,135 @@ impl TestApp {
         Self::reply(req).await
     }
 
-    /// `GET path`.
+    /// `GET path`, anonymously.
     pub async fn get(&self, path: &str) -> Reply {
-        self.call("GET", path, None, false).await
+        self.call("GET", path, None, Caller::Anonymous).await
     }
 
-    /// `POST path` with a JSON body.
+    /// `POST path` with a JSON body, anonymously.
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.call("POST", path, Some(body), false).await
+        self.call("POST", path, Some(body), Caller::Anonymous).await
+    }
+
+    /// A new anonymous cart (`POST /v1/carts`, answered 201): its id.
+    pub async fn new_cart(&self) -> String {
+        let created = self.call("POST", "/v1/carts", None, Caller::Anonymous).await;
+        assert_eq!(created.status, 201, "{created:?}");
+        created.body["cartId"].as_str().expect("a cart id").to_owned()
+    }
+
+    /// A new anonymous cart holding `units` (variant, quantity), each add answered 200.
+    pub async fn cart_with(&self, units: &[(&str, i64)]) -> String {
+        let lines: Vec<Value> = units
+            .iter()
+            .map(|(variant, quantity)| unit(variant, *quantity))
+            .collect();
+        self.cart_with_lines(&lines).await
+    }
+
+    /// A new anonymous cart holding `lines` (add bodies: units or bundles), each add
+    /// answered 200.
+    pub async fn cart_with_lines(&self, lines: &[Value]) -> String {
+        let cart = self.new_cart().await;
+        for line in lines {
+            let added = self.post(&format!("/v1/carts/{cart}/items"), line.clone()).await;
+            assert_eq!(added.status, 200, "{line}: {added:?}");
+        }
+        cart
+    }
+
+    /// `POST /v1/checkout` of the anonymous cart `cart` with the Idempotency-Key `key`.
+    pub async fn start_checkout(&self, cart: &str, key: &str) -> Reply {
+        self.start_checkout_as(serde_json::json!({ "cartId": cart }), key, Caller::Anonymous)
+            .await
+    }
+
+    /// `POST /v1/checkout` of `body` (`cartId` or `customerId`) with the Idempotency-Key
+    /// `key`, as `caller`.
+    pub async fn start_checkout_as(&self, body: Value, key: &str, caller: Caller<'_>) -> Reply {
+        let authorization = caller.authorization();
+        let mut headers = vec![("idempotency-key", key)];
+        headers.extend(authorization.as_deref().map(|token| ("authorization", token)));
+        self.call_with("POST", "/v1/checkout", Some(body), &headers).await
+    }
+
+    /// Checks out the anonymous cart `cart` with the Idempotency-Key `key` (answered 201):
+    /// the session id.
+    pub async fn checkout(&self, cart: &str, key: &str) -> String {
+        let started = self.start_checkout(cart, key).await;
+        assert_eq!(started.status, 201, "{started:?}");
+        started.body["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_owned()
+    }
+
+    /// `POST /v1/checkout/{session}/payment-intent` as `caller`.
+    pub async fn payment_intent(&self, session: &str, caller: Caller<'_>) -> Reply {
+        self.call(
+            "POST",
+            &format!("/v1/checkout/{session}/payment-intent"),
+            None,
+            caller,
+        )
+        .await
+    }
+
+    /// A new anonymous cart holding `units`, checked out with `key`, with its payment
+    /// intent made (answered 200, `PAYMENT_PENDING`).
+    pub async fn paying_session(&self, units: &[(&str, i64)], key: &str) -> Paying {
+        let cart = self.cart_with(units).await;
+        let session = self.checkout(&cart, key).await;
+        let intent = self.payment_intent(&session, Caller::Anonymous).await;
+        assert_eq!(intent.status, 200, "{intent:?}");
+        assert_eq!(intent.body["state"], "PAYMENT_PENDING", "{intent:?}");
+        Paying {
+            cart,
+            session,
+            intent: intent.body["paymentIntentId"]
+                .as_str()
+                .expect("an intent")
+                .to_owned(),
+            amount: intent.body["amount"].as_i64().expect("an amount"),
+        }
+    }
+
+    /// The gateway tells the app that `intent` was paid (a signed
+    /// `payment_intent.succeeded` webhook): the webhook's answer.
+    pub async fn intent_paid(&self, gateway: &gateway::FakeGateway, intent: &str) -> (u16, Value) {
+        let event = gateway.event("payment_intent.succeeded", intent);
+        gateway.deliver(&self.base, &event).await
+    }
+
+    /// Pays the session `session` as `caller`: its payment intent (answered 200), then the
+    /// gateway's signed webhook. The webhook's answer.
+    pub async fn pay(
+        &self,
+        gateway: &gateway::FakeGateway,
+        session: &str,
+        caller: Caller<'_>,
+    ) -> (u16, Value) {
+        let intent = self.payment_intent(session, caller).await;
+        assert_eq!(intent.status, 200, "{intent:?}");
+        self.intent_paid(
+            gateway,
+            intent.body["paymentIntentId"].as_str().expect("an intent"),
+        )
+        .await
+    }
+
+    /// A whole purchase by an anonymous shopper: a cart of `units`, checked out with `key`
+    /// and paid, which must reach `COMPLETED`. The session id.
+    pub async fn purchase(&self, gateway: &gateway::FakeGateway, units: &[(&str, i64)], key: &str) -> String {
+        let cart = self.cart_with(units).await;
+        let session = self.checkout(&cart, key).await;
+        let (status, body) = self.pay(gateway, &session, Caller::Anonymous).await;
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (200, Some("COMPLETED")),
+            "{body}"
+        );
+        session
     }
 
     /// Writes the demo catalog with `variants` variants (100 on hand each) and loads it into
@@ -371,7 +549,7 @@ impl TestApp {
             "PUT",
             &format!("/v1/admin/inventory/{variant}"),
             Some(serde_json::json!({ "onHand": on_hand })),
-            true,
+            Caller::Admin,
         )
         .await
     }
@@ -384,7 +562,39 @@ impl TestApp {
         commerce_core::inventory::Inventory::new(&self.app.redis, &self.app.sql, &self.app.keys)
     }
 
-    /// A key of this test's namespace.
+    /// The key layout of this test's namespace: the app's own ([`commerce_core::keys::Keys`]).
+    pub fn keys(&self) -> &commerce_core::keys::Keys {
+        &self.app.keys
+    }
+
+    /// The keys of one variant's stock, holds and purchase limit.
+    pub fn variant_keys(&self, variant: &str) -> commerce_core::keys::VariantKeys {
+        self.keys()
+            .variant(&commerce_core::ids::VariantId::parse(variant).expect("a variant id"))
+    }
+
+    /// The key of the checkout session `session` (a hash).
+    pub fn session_key(&self, session: &str) -> String {
+        self.keys().checkout_session(&cart_id(session))
+    }
+
+    /// The key of the anonymous cart `cart` (a hash).
+    pub fn cart_key(&self, cart: &str) -> String {
+        self.keys().cart_session(&cart_id(cart))
+    }
+
+    /// The key that locks the anonymous cart `cart` to its checkout session.
+    pub fn cart_lock_key(&self, cart: &str) -> String {
+        self.keys().checkout_lock_session(&cart_id(cart))
+    }
+
+    /// The name under which the checkout session `session` holds stock.
+    pub fn session_holder(&self, session: &str) -> String {
+        commerce_core::inventory::Holder::Checkout(cart_id(session)).to_string()
+    }
+
+    /// A key of this test's namespace that the app's [`Keys`](commerce_core::keys::Keys)
+    /// does not build (a key of another build or encoding).
     pub fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.key_prefix)
     }
@@ -442,22 +652,11 @@ impl TestApp {
     /// returns (stock, reserved).
     pub async fn check_holds(&self, variant: &str) -> (i64, i64) {
         let mut redis = self.redis.clone();
-        let stock: Option<i64> = redis
-            .get(self.key(&format!("inventory:variant:{{{variant}}}")))
-            .await
-            .unwrap();
-        let reserved: Option<i64> = redis
-            .get(self.key(&format!("inventory:reserved:{{{variant}}}")))
-            .await
-            .unwrap();
-        let quantities: std::collections::HashMap<String, i64> = redis
-            .hgetall(self.key(&format!("inventory:hold-qty:{{{variant}}}")))
-            .await
-            .unwrap();
-        let mut holders: Vec<String> = redis
-            .zrange(self.key(&format!("inventory:holds:{{{variant}}}")), 0, -1)
-            .await
-            .unwrap();
+        let keys = self.variant_keys(variant);
+        let stock: Option<i64> = redis.get(&keys.stock).await.unwrap();
+        let reserved: Option<i64> = redis.get(&keys.reserved).await.unwrap();
+        let quantities: std::collections::HashMap<String, i64> = redis.hgetall(&keys.hold_qty).await.unwrap();
+        let mut holders: Vec<String> = redis.zrange(&keys.holds, 0, -1).await.unwrap();
         let mut recount_holders: Vec<String> = quantities.keys().cloned().collect();
         holders.sort();
         recount_holders.sort();
@@ -489,27 +688,101 @@ impl TestApp {
     }
 
     /// Stops the Spin host, if any (its log goes with it: the test passed), then drops the
-    /// test's schema and keys.
+    /// test's schema and keys over the test's own connections. Dropping the app without
+    /// it (a test that panicked, or returned early) cleans up too, on connections of its
+    /// own ([`Drop`]); this is the cheaper way at the end of a test that passed.
     pub async fn finish(mut self) {
-        if let Some(spin) = self.spin.take() {
-            let log = spin.log.clone();
-            drop(spin);
-            let _ = std::fs::remove_file(log);
-        }
-        // A Redis of the test's own may be gone by now (a fault test stopped it).
-        let mut redis = self.redis.clone();
-        let alive = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            redis::cmd("PING").query_async::<String>(&mut redis),
-        )
-        .await
-        .is_ok_and(|pong| pong.is_ok());
-        if alive {
+        self.stop_spin();
+        if redis_alive(&self.redis).await {
             self.flush_redis().await;
         }
         self.pg
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.namespace))
             .await
             .unwrap();
+        self.cleaned = true;
+    }
+
+    /// Stops the Spin host, if any; its log is removed unless the test is panicking.
+    fn stop_spin(&mut self) {
+        if let Some(spin) = self.spin.take() {
+            let log = spin.log.clone();
+            drop(spin);
+            if std::thread::panicking() {
+                eprintln!("the Spin host's log is kept: {}", log.display());
+            } else {
+                let _ = std::fs::remove_file(log);
+            }
+        }
+    }
+}
+
+/// A cart or session id the test got from the app, as the app's id type.
+fn cart_id(raw: &str) -> commerce_core::ids::CartId {
+    commerce_core::ids::CartId::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
+}
+
+/// Whether the Redis answers a PING within 2 s: a Redis of the test's own may be gone by
+/// the end of the test (a fault test stopped it).
+async fn redis_alive(redis: &TestRedis) -> bool {
+    let mut redis = redis.clone();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        redis::cmd("PING").query_async::<String>(&mut redis),
+    )
+    .await
+    .is_ok_and(|pong| pong.is_ok())
+}
+
+/// Deletes the keys under `key_prefix` on the Redis at `redis_url` (if it answers) and the
+/// PostgreSQL schema `namespace` (if it is still there), over new connections.
+async fn drop_namespace(redis_url: &str, namespace: &str, key_prefix: &str) {
+    let connected =
+        tokio::time::timeout(std::time::Duration::from_secs(2), TestRedis::connect(redis_url)).await;
+    if let Ok(Ok(redis)) = connected {
+        if redis_alive(&redis).await {
+            let mut connection = redis.clone();
+            for key in redis.scan(&format!("{key_prefix}:*")).await {
+                let _: Result<(), _> = connection.del(key).await;
+            }
+        }
+    }
+    let database_url = required_env("COMMERCE_DATABASE_URL");
+    if let Ok((pg, connection)) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await {
+        tokio::spawn(connection);
+        if let Err(e) = pg
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {namespace} CASCADE"))
+            .await
+        {
+            eprintln!("schema {namespace} was not dropped: {e}");
+        }
+    }
+}
+
+/// A test that did not reach [`TestApp::finish`] (it panicked, or returned early) leaves
+/// nothing behind either: its Spin host stops and its keys and schema are dropped.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop_spin();
+        if self.cleaned {
+            return;
+        }
+        let (redis_url, namespace, key_prefix) = (
+            self.redis_url.clone(),
+            self.namespace.clone(),
+            self.key_prefix.clone(),
+        );
+        // The test's runtime may be the one this drop blocks (a current-thread test) or
+        // already shutting down: the clean-up runs on a runtime and connections of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the clean-up");
+            runtime.block_on(drop_namespace(&redis_url, &namespace, &key_prefix));
+        });
+        if cleanup.join().is_err() {
+            eprintln!("the clean-up of {} panicked", self.namespace);
+        }
     }
 }

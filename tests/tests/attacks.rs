@@ -3,7 +3,7 @@
 //! payments, and must not be able to.
 
 use commerce_tests::gateway::FakeGateway;
-use commerce_tests::{Reply, TestApp, customer_token};
+use commerce_tests::{Caller, Paying, Reply, TestApp, unit};
 use serde_json::{Value, json};
 
 async fn shop() -> (TestApp, FakeGateway) {
@@ -17,70 +17,20 @@ async fn reserved(app: &TestApp, variant: &str) -> i64 {
     view.body["reserved"].as_i64().expect("reserved")
 }
 
-/// An anonymous cart with one unit of var-1, checked out with `key`: the session id.
-async fn anonymous_session(app: &TestApp, key: &str) -> String {
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .expect("a cart")
-        .to_owned();
-    let added = app
-        .post(
-            &format!("/v1/carts/{cart}/items"),
-            json!({ "variantId": "var-1", "quantity": 1 }),
-        )
-        .await;
-    assert_eq!(added.status, 200, "{added:?}");
-    let started = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(json!({ "cartId": cart })),
-            &[("idempotency-key", key)],
-        )
-        .await;
-    assert_eq!(started.status, 201, "{started:?}");
-    started.body["sessionId"].as_str().expect("a session").to_owned()
-}
-
-/// An anonymous session for one unit of var-1, waiting for its payment: (session, intent).
-async fn paying_session(app: &TestApp, key: &str) -> (String, String) {
-    let session = anonymous_session(app, key).await;
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
-    assert_eq!(intent.status, 200, "{intent:?}");
-    assert_eq!(intent.body["state"], "PAYMENT_PENDING");
-    let intent = intent.body["paymentIntentId"]
-        .as_str()
-        .expect("an intent")
-        .to_owned();
-    (session, intent)
-}
-
 /// The customer pays `intent` and the gateway says so: the webhook's answer.
 async fn pay(app: &TestApp, gateway: &FakeGateway, intent: &str) -> (u16, Value) {
     gateway.succeed(intent);
-    let event = gateway.event("payment_intent.succeeded", intent);
-    gateway.deliver(&app.base, &event).await
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
+    app.intent_paid(gateway, intent).await
 }
 
 #[tokio::test]
 async fn nobody_releases_the_holds_of_a_session_waiting_for_its_payment() {
     let (app, gateway) = shop().await;
-    let (session, intent) = paying_session(&app, "k-1").await;
+    let Paying { session, intent, .. } = app.paying_session(&[("var-1", 1)], "k-1").await;
     assert_eq!(reserved(&app, "var-1").await, 1);
     let path = format!("/v1/inventory/reservations/{session}");
 
-    let anonymous = app.call("DELETE", &path, None, false).await;
+    let anonymous = app.call("DELETE", &path, None, Caller::Anonymous).await;
     assert_eq!(anonymous.status, 401, "{anonymous:?}");
     assert_eq!(
         reserved(&app, "var-1").await,
@@ -90,7 +40,7 @@ async fn nobody_releases_the_holds_of_a_session_waiting_for_its_payment() {
 
     // The admin route names outside callers' holders: a checkout session's holds live in
     // another namespace, out of its reach.
-    let admin = app.call("DELETE", &path, None, true).await;
+    let admin = app.call("DELETE", &path, None, Caller::Admin).await;
     assert!(admin.status < 500, "{admin:?}");
     assert_eq!(
         reserved(&app, "var-1").await,
@@ -112,7 +62,7 @@ async fn nobody_releases_the_holds_of_a_session_waiting_for_its_payment() {
 #[tokio::test]
 async fn nobody_overwrites_the_holds_of_a_session_waiting_for_its_payment() {
     let (app, gateway) = shop().await;
-    let (session, intent) = paying_session(&app, "k-1").await;
+    let Paying { session, intent, .. } = app.paying_session(&[("var-1", 1)], "k-1").await;
     assert_eq!(reserved(&app, "var-1").await, 1);
     let overwrite = json!({ "cartId": session, "items": [{ "variantId": "var-1", "quantity": 5 }] });
 
@@ -121,7 +71,7 @@ async fn nobody_overwrites_the_holds_of_a_session_waiting_for_its_payment() {
             "POST",
             "/v1/inventory/reservations",
             Some(overwrite.clone()),
-            false,
+            Caller::Anonymous,
         )
         .await;
     assert_eq!(anonymous.status, 401, "{anonymous:?}");
@@ -134,7 +84,12 @@ async fn nobody_overwrites_the_holds_of_a_session_waiting_for_its_payment() {
     // A trusted caller naming the session's id names a holder of its own namespace: the
     // session's hold of 1 stays what it is, whatever that caller now holds beside it.
     let admin = app
-        .call("POST", "/v1/inventory/reservations", Some(overwrite), true)
+        .call(
+            "POST",
+            "/v1/inventory/reservations",
+            Some(overwrite),
+            Caller::Admin,
+        )
         .await;
     assert!(admin.status < 500, "{admin:?}");
     let with_admin = reserved(&app, "var-1").await;
@@ -155,7 +110,7 @@ async fn nobody_overwrites_the_holds_of_a_session_waiting_for_its_payment() {
             "DELETE",
             &format!("/v1/inventory/reservations/{session}"),
             None,
-            true,
+            Caller::Admin,
         )
         .await;
     assert!(released.status < 500, "{released:?}");
@@ -176,17 +131,16 @@ async fn reservations_need_a_trusted_caller_and_hold_nothing_without_one() {
             "POST",
             "/v1/inventory/reservations",
             Some(everything.clone()),
-            false,
+            Caller::Anonymous,
         )
         .await;
     assert_eq!(anonymous.status, 401, "{anonymous:?}");
-    let customer = bearer(&customer_token("mallory"));
     let as_customer = app
-        .call_with(
+        .call(
             "POST",
             "/v1/inventory/reservations",
             Some(everything.clone()),
-            &[("authorization", &customer)],
+            Caller::Customer("mallory"),
         )
         .await;
     assert!(
@@ -200,21 +154,43 @@ async fn reservations_need_a_trusted_caller_and_hold_nothing_without_one() {
         "{view:?}"
     );
     let release = app
-        .call("DELETE", "/v1/inventory/reservations/grabber", None, false)
+        .call(
+            "DELETE",
+            "/v1/inventory/reservations/grabber",
+            None,
+            Caller::Anonymous,
+        )
         .await;
     assert_eq!(release.status, 401, "{release:?}");
 
-    // The trusted caller may.
-    let trusted = app
-        .call("POST", "/v1/inventory/reservations", Some(everything), true)
+    // The trusted callers may: the admin and a backend with the service token.
+    for trusted in [Caller::Admin, Caller::Service] {
+        let held = app
+            .call(
+                "POST",
+                "/v1/inventory/reservations",
+                Some(everything.clone()),
+                trusted,
+            )
+            .await;
+        assert_eq!(held.status, 201, "{trusted:?}: {held:?}");
+        assert_eq!(reserved(&app, "var-1").await, 100);
+        let released = app
+            .call("DELETE", "/v1/inventory/reservations/grabber", None, trusted)
+            .await;
+        assert_eq!(released.status, 200, "{trusted:?}: {released:?}");
+        assert_eq!(reserved(&app, "var-1").await, 0);
+    }
+    // The service token is not the admin's.
+    let as_service = app
+        .call(
+            "PUT",
+            "/v1/admin/inventory/var-1",
+            Some(json!({ "onHand": 0 })),
+            Caller::Service,
+        )
         .await;
-    assert_eq!(trusted.status, 201, "{trusted:?}");
-    assert_eq!(reserved(&app, "var-1").await, 100);
-    let released = app
-        .call("DELETE", "/v1/inventory/reservations/grabber", None, true)
-        .await;
-    assert_eq!(released.status, 200, "{released:?}");
-    assert_eq!(reserved(&app, "var-1").await, 0);
+    assert_eq!(as_service.status, 403, "{as_service:?}");
     app.finish().await;
 }
 
@@ -226,31 +202,23 @@ fn shows_a_secret(reply: &Reply) -> bool {
 #[tokio::test]
 async fn a_customers_checkout_session_answers_only_that_customers_token() {
     let (app, _gateway) = shop().await;
-    let zoe = bearer(&customer_token("zoe"));
-    let yan = bearer(&customer_token("yan"));
+    let (zoe, yan) = (Caller::Customer("zoe"), Caller::Customer("yan"));
     let added = app
-        .call_with(
+        .call(
             "POST",
             "/v1/customers/zoe/cart/items",
-            Some(json!({ "variantId": "var-1", "quantity": 1 })),
-            &[("authorization", &zoe)],
+            Some(unit("var-1", 1)),
+            zoe,
         )
         .await;
     assert_eq!(added.status, 200, "{added:?}");
     let started = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(json!({ "customerId": "zoe" })),
-            &[("idempotency-key", "z-1"), ("authorization", &zoe)],
-        )
+        .start_checkout_as(json!({ "customerId": "zoe" }), "z-1", zoe)
         .await;
     assert_eq!(started.status, 201, "{started:?}");
     let session = started.body["sessionId"].as_str().expect("a session").to_owned();
     let intent_path = format!("/v1/checkout/{session}/payment-intent");
-    let intent = app
-        .call_with("POST", &intent_path, None, &[("authorization", &zoe)])
-        .await;
+    let intent = app.payment_intent(&session, zoe).await;
     assert_eq!(intent.status, 200, "{intent:?}");
     assert!(shows_a_secret(&intent), "{intent:?}");
 
@@ -260,15 +228,13 @@ async fn a_customers_checkout_session_answers_only_that_customers_token() {
         ("POST", format!("/v1/checkout/{session}/cancel")),
     ];
     for (method, path) in &routes {
-        let anonymous = app.call_with(method, path, None, &[]).await;
+        let anonymous = app.call(method, path, None, Caller::Anonymous).await;
         assert_eq!(
             anonymous.status, 401,
             "{method} {path} without a token: {anonymous:?}"
         );
         assert!(!shows_a_secret(&anonymous), "{anonymous:?}");
-        let other = app
-            .call_with(method, path, None, &[("authorization", &yan)])
-            .await;
+        let other = app.call(method, path, None, yan).await;
         assert!(
             matches!(other.status, 403 | 404),
             "{method} {path} with another customer's token: {other:?}"
@@ -277,12 +243,7 @@ async fn a_customers_checkout_session_answers_only_that_customers_token() {
     }
 
     let mine = app
-        .call_with(
-            "GET",
-            &format!("/v1/checkout/{session}"),
-            None,
-            &[("authorization", &zoe)],
-        )
+        .call("GET", &format!("/v1/checkout/{session}"), None, zoe)
         .await;
     assert_eq!(
         (mine.status, mine.body["state"].as_str()),
@@ -290,9 +251,7 @@ async fn a_customers_checkout_session_answers_only_that_customers_token() {
         "{mine:?}"
     );
     assert_eq!(reserved(&app, "var-1").await, 1);
-    let again = app
-        .call_with("POST", &intent_path, None, &[("authorization", &zoe)])
-        .await;
+    let again = app.payment_intent(&session, zoe).await;
     assert_eq!(
         again.body["clientSecret"], intent.body["clientSecret"],
         "{again:?}"
@@ -303,7 +262,8 @@ async fn a_customers_checkout_session_answers_only_that_customers_token() {
 #[tokio::test]
 async fn a_guessed_anonymous_session_id_finds_nothing() {
     let (app, _gateway) = shop().await;
-    let session = anonymous_session(&app, "k-1").await;
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let session = app.checkout(&cart, "k-1").await;
     let hex = session.strip_prefix("cs_").expect("cs_ and the id");
     assert!(
         hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -357,7 +317,7 @@ async fn another_intent_for(gateway: &FakeGateway, session: &str) -> String {
 #[tokio::test]
 async fn a_failed_payment_of_another_intent_leaves_the_session_and_its_holds_alone() {
     let (app, gateway) = shop().await;
-    let (session, intent) = paying_session(&app, "k-1").await;
+    let Paying { session, intent, .. } = app.paying_session(&[("var-1", 1)], "k-1").await;
     let other = another_intent_for(&gateway, &session).await;
     assert_ne!(other, intent);
     let failed = gateway.event("payment_intent.payment_failed", &other);
@@ -387,7 +347,7 @@ async fn a_failed_payment_of_another_intent_leaves_the_session_and_its_holds_alo
 #[tokio::test]
 async fn a_webhook_replayed_after_redis_lost_the_session_answers_with_its_order() {
     let (app, gateway) = shop().await;
-    let (_, intent) = paying_session(&app, "k-1").await;
+    let Paying { intent, .. } = app.paying_session(&[("var-1", 1)], "k-1").await;
     let (status, done) = pay(&app, &gateway, &intent).await;
     assert_eq!(
         (status, done["state"].as_str()),
@@ -414,7 +374,7 @@ async fn a_webhook_replayed_after_redis_lost_the_session_answers_with_its_order(
         .get(0);
     assert_eq!(orders, 1);
     assert_eq!(gateway.refunds(), vec![], "a paid order was refunded");
-    let owed = app.call("GET", "/v1/admin/refunds", None, true).await;
+    let owed = app.call("GET", "/v1/admin/refunds", None, Caller::Admin).await;
     assert_eq!(owed.status, 200, "{owed:?}");
     let for_intent: Vec<&Value> = owed.body["items"]
         .as_array()

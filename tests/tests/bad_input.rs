@@ -1,6 +1,6 @@
 //! Bad input on every inventory route gets a 4xx with the error body and writes nothing.
 
-use commerce_tests::{ADMIN_TOKEN, TestApp};
+use commerce_tests::{ADMIN_TOKEN, Caller, TestApp};
 use serde_json::json;
 
 /// Ids that must never reach a key: separators, glob and hash-tag characters, spaces,
@@ -19,7 +19,7 @@ async fn bad_input_on_every_route_is_refused_and_writes_nothing() {
         "POST",
         "/v1/inventory/reservations",
         Some(json!({"cartId": "c", "items": [{"variantId": "var-1", "quantity": 1}]})),
-        true,
+        Caller::Admin,
     )
     .await;
     let redis_before = app.redis_snapshot().await;
@@ -191,8 +191,7 @@ async fn bad_input_on_every_route_is_refused_and_writes_nothing() {
 async fn bad_input_on_every_cart_and_bundle_route_is_refused_and_writes_nothing() {
     let app = TestApp::spawn().await;
     app.seed(20).await;
-    let created = app.call("POST", "/v1/carts", None, false).await;
-    let cart = created.body["cartId"].as_str().unwrap().to_owned();
+    let cart = app.new_cart().await;
     let added = app
         .post(
             &format!("/v1/carts/{cart}/items"),

@@ -2,18 +2,8 @@
 
 use std::time::Duration;
 
-use commerce_tests::{ADMIN_TOKEN, Reply, TestApp, customer_token};
+use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp, customer_token, unit};
 use serde_json::{Value, json};
-
-fn variant_line(variant: &str, quantity: i64) -> Value {
-    json!({ "variantId": variant, "quantity": quantity })
-}
-
-async fn new_cart(app: &TestApp) -> String {
-    let reply = app.call("POST", "/v1/carts", None, false).await;
-    assert_eq!(reply.status, 201, "{reply:?}");
-    reply.body["cartId"].as_str().unwrap().to_owned()
-}
 
 fn quantities(cart: &Value) -> Vec<(String, i64)> {
     cart["lines"]
@@ -43,19 +33,19 @@ fn bearer(customer: &str) -> String {
 async fn an_anonymous_cart_adds_sets_and_removes_lines() {
     let app = TestApp::spawn().await;
     app.seed(5).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     assert_eq!(cart.len(), 32, "cart ids carry 128 random bits");
     assert!(cart.bytes().all(|b| b.is_ascii_hexdigit()));
 
     let items = format!("/v1/carts/{cart}/items");
-    app.post(&items, variant_line("var-1", 2)).await;
-    let reply = app.post(&items, variant_line("var-1", 3)).await;
+    app.post(&items, unit("var-1", 2)).await;
+    let reply = app.post(&items, unit("var-1", 3)).await;
     assert_eq!(
         quantities(&reply.body),
         owned(&[("var-1", 5)]),
         "adding a variant again adds to its line"
     );
-    let reply = app.post(&items, variant_line("var-2", 1)).await;
+    let reply = app.post(&items, unit("var-2", 1)).await;
     assert_eq!((reply.status, reply.body["version"].as_i64()), (200, Some(3)));
     assert_eq!(quantities(&reply.body), owned(&[("var-1", 5), ("var-2", 1)]));
     assert!(reply.body["expiresAt"].as_str().unwrap().ends_with('Z'));
@@ -67,7 +57,7 @@ async fn an_anonymous_cart_adds_sets_and_removes_lines() {
             "PATCH",
             &format!("{items}/{line_1}"),
             Some(json!({"quantity": 7})),
-            false,
+            Caller::Anonymous,
         )
         .await;
     assert_eq!(
@@ -80,7 +70,7 @@ async fn an_anonymous_cart_adds_sets_and_removes_lines() {
             "PATCH",
             &format!("{items}/{line_1}"),
             Some(json!({"quantity": 0})),
-            false,
+            Caller::Anonymous,
         )
         .await;
     assert_eq!(
@@ -89,12 +79,12 @@ async fn an_anonymous_cart_adds_sets_and_removes_lines() {
         "quantity 0 removes the line"
     );
     let removed = app
-        .call("DELETE", &format!("{items}/{line_2}"), None, false)
+        .call("DELETE", &format!("{items}/{line_2}"), None, Caller::Anonymous)
         .await;
     assert_eq!((removed.status, removed.body["version"].as_i64()), (200, Some(6)));
     assert_eq!(quantities(&removed.body), vec![]);
     let gone = app
-        .call("DELETE", &format!("{items}/{line_2}"), None, false)
+        .call("DELETE", &format!("{items}/{line_2}"), None, Caller::Anonymous)
         .await;
     assert_eq!((gone.status, gone.code()), (404, "LINE_NOT_FOUND"));
 
@@ -116,7 +106,7 @@ async fn an_anonymous_cart_adds_sets_and_removes_lines() {
 async fn concurrent_adds_to_one_cart_lose_no_update() {
     let app = TestApp::spawn().await;
     app.seed(2).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     let tasks: Vec<_> = (0..60)
         .map(|i| {
             let (http, base, cart) = (app.http.clone(), app.base.clone(), cart.clone());
@@ -125,7 +115,7 @@ async fn concurrent_adds_to_one_cart_lose_no_update() {
                 let req = http
                     .post(format!("{base}/v1/carts/{cart}/items"))
                     .header("content-type", "application/json")
-                    .body(variant_line(variant, 1).to_string());
+                    .body(unit(variant, 1).to_string());
                 TestApp::reply(req).await.status
             })
         })
@@ -145,25 +135,15 @@ async fn concurrent_adds_to_one_cart_lose_no_update() {
 async fn if_match_refuses_a_change_to_a_cart_that_moved_on() {
     let app = TestApp::spawn().await;
     app.seed(2).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     let items = format!("/v1/carts/{cart}/items");
     let first = app
-        .call_with(
-            "POST",
-            &items,
-            Some(variant_line("var-1", 1)),
-            &[("if-match", "\"0\"")],
-        )
+        .call_with("POST", &items, Some(unit("var-1", 1)), &[("if-match", "\"0\"")])
         .await;
     assert_eq!(first.status, 200, "{first:?}");
     let before = app.redis_snapshot_of(":cart:").await;
     let stale = app
-        .call_with(
-            "POST",
-            &items,
-            Some(variant_line("var-2", 1)),
-            &[("if-match", "\"0\"")],
-        )
+        .call_with("POST", &items, Some(unit("var-2", 1)), &[("if-match", "\"0\"")])
         .await;
     assert_eq!((stale.status, stale.code()), (412, "VERSION_MISMATCH"));
     assert_eq!(
@@ -172,12 +152,7 @@ async fn if_match_refuses_a_change_to_a_cart_that_moved_on() {
         "a refused change wrote"
     );
     let fresh = app
-        .call_with(
-            "POST",
-            &items,
-            Some(variant_line("var-2", 1)),
-            &[("if-match", "W/\"1\"")],
-        )
+        .call_with("POST", &items, Some(unit("var-2", 1)), &[("if-match", "W/\"1\"")])
         .await;
     assert_eq!((fresh.status, fresh.body["version"].as_i64()), (200, Some(2)));
     app.finish().await;
@@ -187,14 +162,14 @@ async fn if_match_refuses_a_change_to_a_cart_that_moved_on() {
 async fn cart_limits_are_enforced_with_422() {
     let app = TestApp::spawn_with(|c| c.set("cart_max_lines", "2").set("cart_max_line_quantity", "10")).await;
     app.seed(3).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     let items = format!("/v1/carts/{cart}/items");
-    app.post(&items, variant_line("var-1", 10)).await;
-    app.post(&items, variant_line("var-2", 1)).await;
+    app.post(&items, unit("var-1", 10)).await;
+    app.post(&items, unit("var-2", 1)).await;
     let before = app.redis_snapshot_of(":cart:").await;
-    let third = app.post(&items, variant_line("var-3", 1)).await;
+    let third = app.post(&items, unit("var-3", 1)).await;
     assert_eq!((third.status, third.code()), (422, "CART_LIMIT"));
-    let more = app.post(&items, variant_line("var-1", 1)).await;
+    let more = app.post(&items, unit("var-1", 1)).await;
     assert_eq!((more.status, more.code()), (422, "CART_LIMIT"));
     assert_eq!(app.redis_snapshot_of(":cart:").await, before);
     app.finish().await;
@@ -204,13 +179,10 @@ async fn cart_limits_are_enforced_with_422() {
 async fn a_variant_unknown_to_the_catalog_is_refused() {
     let app = TestApp::spawn().await;
     app.seed(1).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     let before = app.redis_snapshot().await;
     let reply = app
-        .post(
-            &format!("/v1/carts/{cart}/items"),
-            variant_line("no-such-variant", 1),
-        )
+        .post(&format!("/v1/carts/{cart}/items"), unit("no-such-variant", 1))
         .await;
     assert_eq!((reply.status, reply.code()), (422, "UNKNOWN_VARIANT"));
     assert_eq!(app.redis_snapshot().await, before);
@@ -235,12 +207,7 @@ async fn customer_carts_need_the_customers_own_token() {
         let reply = app.call_with("GET", path, None, &headers).await;
         assert_eq!(reply.status, status, "{auth:?}");
         let add = app
-            .call_with(
-                "POST",
-                &format!("{path}/items"),
-                Some(variant_line("var-1", 1)),
-                &headers,
-            )
+            .call_with("POST", &format!("{path}/items"), Some(unit("var-1", 1)), &headers)
             .await;
         assert_eq!(add.status, status, "{auth:?}");
     }
@@ -257,12 +224,7 @@ async fn customer_carts_need_the_customers_own_token() {
     let empty = app.call_with("GET", path, None, &auth).await;
     assert_eq!((empty.status, empty.body["version"].as_i64()), (200, Some(0)));
     let added = app
-        .call_with(
-            "POST",
-            &format!("{path}/items"),
-            Some(variant_line("var-1", 2)),
-            &auth,
-        )
+        .call_with("POST", &format!("{path}/items"), Some(unit("var-1", 2)), &auth)
         .await;
     assert_eq!(
         (added.status, added.body["customerId"].as_str()),
@@ -300,15 +262,15 @@ async fn merge(app: &TestApp, customer: &str, cart: &str) -> Reply {
 async fn merging_on_sign_in_adds_per_line_and_removes_the_anonymous_cart() {
     let app = TestApp::spawn().await;
     app.seed(20).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     let bundle =
         json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
-    app.post(&format!("/v1/carts/{cart}/items"), variant_line("var-1", 2))
+    app.post(&format!("/v1/carts/{cart}/items"), unit("var-1", 2))
         .await;
     app.post(&format!("/v1/carts/{cart}/items"), bundle).await;
     let token = bearer("carol");
     let auth = [("authorization", token.as_str())];
-    for line in [variant_line("var-1", 1), variant_line("var-3", 1)] {
+    for line in [unit("var-1", 1), unit("var-3", 1)] {
         app.call_with("POST", "/v1/customers/carol/cart/items", Some(line), &auth)
             .await;
     }
@@ -323,7 +285,7 @@ async fn merging_on_sign_in_adds_per_line_and_removes_the_anonymous_cart() {
         "the anonymous cart stays"
     );
     let changed = app
-        .post(&format!("/v1/carts/{cart}/items"), variant_line("var-2", 1))
+        .post(&format!("/v1/carts/{cart}/items"), unit("var-2", 1))
         .await;
     assert_eq!(changed.status, 409, "a merged cart still takes changes");
 
@@ -342,16 +304,15 @@ async fn merging_on_sign_in_adds_per_line_and_removes_the_anonymous_cart() {
 async fn twenty_concurrent_merges_add_each_line_once() {
     let app = TestApp::spawn().await;
     app.seed(3).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     for (v, q) in [("var-1", 2), ("var-2", 5)] {
-        app.post(&format!("/v1/carts/{cart}/items"), variant_line(v, q))
-            .await;
+        app.post(&format!("/v1/carts/{cart}/items"), unit(v, q)).await;
     }
     let token = bearer("dave");
     app.call_with(
         "POST",
         "/v1/customers/dave/cart/items",
-        Some(variant_line("var-1", 1)),
+        Some(unit("var-1", 1)),
         &[("authorization", &token)],
     )
     .await;
@@ -388,10 +349,10 @@ async fn twenty_concurrent_merges_add_each_line_once() {
 async fn every_change_slides_the_carts_time_to_live() {
     let app = TestApp::spawn_with(|c| c.set("cart_ttl_seconds", "2")).await;
     app.seed(1).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
-        app.post(&format!("/v1/carts/{cart}/items"), variant_line("var-1", 1))
+        app.post(&format!("/v1/carts/{cart}/items"), unit("var-1", 1))
             .await
             .status,
         200
@@ -429,7 +390,7 @@ async fn bundle_lines_must_follow_the_bundles_sets() {
     );
     assert_eq!(app.get("/v1/bundles/bundle-404").await.status, 404);
 
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     let items = format!("/v1/carts/{cart}/items");
     let line = |choices: Value| json!({"bundleId": "bundle-1", "choices": choices, "quantity": 1});
     let before = app.redis_snapshot_of(":cart:").await;
@@ -493,7 +454,7 @@ async fn bundle_lines_must_follow_the_bundles_sets() {
 async fn an_invalidated_bundle_is_reloaded_from_postgres() {
     let app = TestApp::spawn().await;
     app.seed(20).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     let items = format!("/v1/carts/{cart}/items");
     let line = json!({"bundleId": "bundle-1", "choices": {"tops": ["var-1", "var-2"], "caps": ["var-13"]}, "quantity": 1});
     assert_eq!(app.post(&items, line.clone()).await.status, 422);
@@ -507,7 +468,12 @@ async fn an_invalidated_bundle_is_reloaded_from_postgres() {
         "the cache was not used"
     );
     let refused = app
-        .call("POST", "/v1/admin/bundles/bundle-1/invalidate", None, false)
+        .call(
+            "POST",
+            "/v1/admin/bundles/bundle-1/invalidate",
+            None,
+            Caller::Anonymous,
+        )
         .await;
     assert_eq!(refused.status, 401);
     let reply = app
@@ -532,14 +498,14 @@ async fn an_invalidated_bundle_is_reloaded_from_postgres() {
 async fn a_retried_add_with_an_idempotency_key_adds_once() {
     let app = TestApp::spawn().await;
     app.seed(2).await;
-    let cart = new_cart(&app).await;
+    let cart = app.new_cart().await;
     let items = format!("/v1/carts/{cart}/items");
     for _ in 0..3 {
         let reply = app
             .call_with(
                 "POST",
                 &items,
-                Some(variant_line("var-1", 2)),
+                Some(unit("var-1", 2)),
                 &[("idempotency-key", "add-1")],
             )
             .await;
@@ -550,7 +516,7 @@ async fn a_retried_add_with_an_idempotency_key_adds_once() {
         .call_with(
             "POST",
             &items,
-            Some(variant_line("var-2", 1)),
+            Some(unit("var-2", 1)),
             &[("idempotency-key", "add-1")],
         )
         .await;
@@ -559,7 +525,7 @@ async fn a_retried_add_with_an_idempotency_key_adds_once() {
         .call_with(
             "POST",
             &items,
-            Some(variant_line("var-1", 2)),
+            Some(unit("var-1", 2)),
             &[("idempotency-key", "add-2")],
         )
         .await;

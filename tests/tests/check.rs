@@ -4,12 +4,12 @@
 
 use commerce_core::ids::{CartId, Quantity, VariantId};
 use commerce_core::inventory::Holder;
-use commerce_tests::{Reply, TestApp};
+use commerce_tests::{Caller, Reply, TestApp};
 use redis::AsyncCommands;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 async fn check(app: &TestApp) -> Reply {
-    let reply = app.call("GET", "/v1/admin/check", None, true).await;
+    let reply = app.call("GET", "/v1/admin/check", None, Caller::Admin).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     reply
 }
@@ -40,12 +40,9 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
 
     let mut redis = app.redis.clone();
     // Redis stock that disagrees with on-hand at the same row version.
-    let _: () = redis.set(app.key("inventory:variant:{var-1}"), 7).await.unwrap();
+    let _: () = redis.set(app.variant_keys("var-1").stock, 7).await.unwrap();
     // A reserved total that disagrees with the holds.
-    let _: () = redis
-        .incr(app.key("inventory:reserved:{var-2}"), 3)
-        .await
-        .unwrap();
+    let _: () = redis.incr(app.variant_keys("var-2").reserved, 3).await.unwrap();
     // A change PostgreSQL committed that Redis never mirrored.
     app.pg
         .execute(
@@ -62,29 +59,9 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
         .await
         .unwrap();
     // A live session whose cart lock was lost.
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(
-        &format!("/v1/carts/{cart}/items"),
-        json!({ "variantId": "var-5", "quantity": 1 }),
-    )
-    .await;
-    let started = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(json!({ "cartId": cart })),
-            &[("idempotency-key", "k1")],
-        )
-        .await;
-    assert_eq!(started.status, 201, "{started:?}");
-    let session = started.body["sessionId"].as_str().unwrap().to_owned();
-    let _: () = redis
-        .del(app.key(&format!("checkout:lock:{{{cart}}}")))
-        .await
-        .unwrap();
+    let cart = app.cart_with(&[("var-5", 1)]).await;
+    let session = app.checkout(&cart, "k1").await;
+    let _: () = redis.del(app.cart_lock_key(&cart)).await.unwrap();
 
     let drifted = check(&app).await;
     assert_eq!(drifted.body["ok"], false);
@@ -100,9 +77,16 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
         "{drifted:?}"
     );
     // Without the admin token: nothing.
-    assert_eq!(app.call("GET", "/v1/admin/check", None, false).await.status, 401);
+    assert_eq!(
+        app.call("GET", "/v1/admin/check", None, Caller::Anonymous)
+            .await
+            .status,
+        401
+    );
 
-    let repaired = app.call("POST", "/v1/admin/check/repair", None, true).await;
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
     assert_eq!(repaired.status, 200, "{repaired:?}");
     assert_eq!(repaired.body["ok"], true, "{repaired:?}");
     assert_eq!(repaired.body["repaired"].as_array().unwrap().len(), 5);
@@ -120,10 +104,7 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
     assert_eq!(app.check_holds("var-3").await, (40, 0));
     assert_eq!(app.check_holds("var-4").await, (100, 0));
     assert_eq!(app.check_holds("var-5").await, (100, 1));
-    let lock: Option<String> = redis
-        .get(app.key(&format!("checkout:lock:{{{cart}}}")))
-        .await
-        .unwrap();
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
     assert_eq!(lock.as_deref(), Some(session.as_str()));
     app.finish().await;
 }
@@ -132,7 +113,7 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
 async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
     let (app, _gateway) = TestApp::shop(2, |c| c).await;
     let mut redis = app.redis.clone();
-    let _: () = redis.set(app.key("inventory:variant:{var-1}"), 3).await.unwrap();
+    let _: () = redis.set(app.variant_keys("var-1").stock, 3).await.unwrap();
     let binary = commerce_tests::commerce_binary();
     let run = |repair: bool| {
         let mut command = std::process::Command::new(&binary);
@@ -160,38 +141,7 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
 #[tokio::test]
 async fn holds_left_by_a_completed_session_are_orphans_and_released() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(
-        &format!("/v1/carts/{cart}/items"),
-        json!({ "variantId": "var-1", "quantity": 1 }),
-    )
-    .await;
-    let started = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(json!({ "cartId": cart })),
-            &[("idempotency-key", "k-done")],
-        )
-        .await;
-    let session = started.body["sessionId"].as_str().unwrap().to_owned();
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
-    let event = gateway.event(
-        "payment_intent.succeeded",
-        intent.body["paymentIntentId"].as_str().unwrap(),
-    );
-    let (status, done) = gateway.deliver(&app.base, &event).await;
-    assert_eq!((status, done["state"].as_str()), (200, Some("COMPLETED")));
+    let session = app.purchase(&gateway, &[("var-1", 1)], "k-done").await;
     // A hold under the finished session's name (a stray write, a restored backup).
     let holder = Holder::Checkout(CartId::parse(&session).unwrap());
     let v1 = VariantId::parse("var-1").unwrap();
@@ -204,7 +154,9 @@ async fn holds_left_by_a_completed_session_are_orphans_and_released() {
         kinds(&drifted.body),
         vec![format!("orphan-hold checkout:{session}")]
     );
-    let repaired = app.call("POST", "/v1/admin/check/repair", None, true).await;
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
     assert_eq!(
         (repaired.status, repaired.body["ok"].as_bool()),
         (200, Some(true)),

@@ -3,72 +3,8 @@
 
 use std::time::Duration;
 
-use commerce_tests::gateway::FakeGateway;
-use commerce_tests::{Reply, TestApp, customer_token};
+use commerce_tests::{Caller, Reply, TestApp, WEBHOOK_SECRET, unit};
 use serde_json::{Value, json};
-
-use commerce_tests::WEBHOOK_SECRET;
-
-async fn shop(
-    variants: i64,
-    configure: impl FnOnce(commerce_native::EnvConfig) -> commerce_native::EnvConfig,
-) -> (TestApp, FakeGateway) {
-    TestApp::shop(variants, configure).await
-}
-
-async fn cart_with(app: &TestApp, lines: &[Value]) -> String {
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for line in lines {
-        let reply = app.post(&format!("/v1/carts/{cart}/items"), line.clone()).await;
-        assert_eq!(reply.status, 200, "{reply:?}");
-    }
-    cart
-}
-
-fn unit(variant: &str, quantity: i64) -> Value {
-    json!({ "variantId": variant, "quantity": quantity })
-}
-
-async fn checkout(app: &TestApp, cart: &str, key: &str) -> Reply {
-    app.call_with(
-        "POST",
-        "/v1/checkout",
-        Some(json!({ "cartId": cart })),
-        &[("idempotency-key", key)],
-    )
-    .await
-}
-
-async fn pay(app: &TestApp, gateway: &FakeGateway, session: &str) -> (u16, Value) {
-    pay_with(app, gateway, session, &[]).await
-}
-
-/// Creates the session's intent (with `headers`, e.g. the customer's token), pays it and
-/// delivers the gateway's webhook.
-async fn pay_with(
-    app: &TestApp,
-    gateway: &FakeGateway,
-    session: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    let intent = app
-        .call_with(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            headers,
-        )
-        .await;
-    assert_eq!(intent.status, 200, "{intent:?}");
-    let event = gateway.event(
-        "payment_intent.succeeded",
-        intent.body["paymentIntentId"].as_str().unwrap(),
-    );
-    gateway.deliver(&app.base, &event).await
-}
 
 /// Sends the request `make` builds until it answers something other than 503 (at most 50
 /// times, 100 ms apart), as a client should retry. A retry whose earlier attempt died
@@ -115,12 +51,14 @@ async fn nothing_held(app: &TestApp) {
 
 #[tokio::test]
 async fn a_purchase_goes_from_cart_to_one_order() {
-    let (app, gateway) = shop(20, |c| c).await;
+    let (app, gateway) = TestApp::shop(20, |c| c).await;
     let bundle =
         json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
-    let cart = cart_with(&app, &[unit("var-1", 2), unit("var-2", 1), bundle]).await;
+    let cart = app
+        .cart_with_lines(&[unit("var-1", 2), unit("var-2", 1), bundle])
+        .await;
 
-    let started = checkout(&app, &cart, "k-1").await;
+    let started = app.start_checkout(&cart, "k-1").await;
     assert_eq!(started.status, 201, "{started:?}");
     let session = started.body["sessionId"].as_str().unwrap().to_owned();
     assert!(session.starts_with("cs_") && session.len() == 35);
@@ -134,14 +72,7 @@ async fn a_purchase_goes_from_cart_to_one_order() {
         .await;
     assert_eq!((locked.status, locked.code()), (409, "CART_LOCKED"));
 
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
+    let intent = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(
         (intent.status, intent.body["state"].as_str()),
         (200, Some("PAYMENT_PENDING")),
@@ -149,23 +80,14 @@ async fn a_purchase_goes_from_cart_to_one_order() {
     );
     assert_eq!(intent.body["amount"], total);
     assert!(intent.body["clientSecret"].as_str().unwrap().contains("_secret_"));
-    let again = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
+    let again = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(again.body["paymentIntentId"], intent.body["paymentIntentId"]);
     assert_eq!(gateway.intents().len(), 1);
     assert_eq!(gateway.intents()[0].amount, total);
 
-    let event = gateway.event(
-        "payment_intent.succeeded",
-        intent.body["paymentIntentId"].as_str().unwrap(),
-    );
-    let (status, body) = gateway.deliver(&app.base, &event).await;
+    let (status, body) = app
+        .intent_paid(&gateway, intent.body["paymentIntentId"].as_str().unwrap())
+        .await;
     assert_eq!(
         (status, body["state"].as_str()),
         (200, Some("COMPLETED")),
@@ -209,7 +131,7 @@ async fn a_purchase_goes_from_cart_to_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_buyers_for_the_last_hundred_units_make_exactly_one_hundred_orders() {
-    let (app, gateway) = shop(1, |c| c).await;
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
     assert_eq!(app.set_on_hand("var-1", 100).await.status, 200);
     let buyers: Vec<_> = (0..500)
         .map(|i| {
@@ -313,24 +235,9 @@ async fn five_hundred_buyers_for_the_last_hundred_units_make_exactly_one_hundred
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_webhook_twenty_times_at_once_makes_one_order() {
-    let (app, gateway) = shop(3, |c| c).await;
-    let cart = cart_with(&app, &[unit("var-1", 2), unit("var-2", 1)]).await;
-    let session = checkout(&app, &cart, "k-dup").await.body["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
-    let event = gateway.event(
-        "payment_intent.succeeded",
-        intent.body["paymentIntentId"].as_str().unwrap(),
-    );
+    let (app, gateway) = TestApp::shop(3, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 2), ("var-2", 1)], "k-dup").await;
+    let event = gateway.event("payment_intent.succeeded", &paying.intent);
     let gateway = std::sync::Arc::new(gateway);
     let deliveries: Vec<_> = (0..20)
         .map(|_| {
@@ -364,8 +271,8 @@ async fn the_same_webhook_twenty_times_at_once_makes_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_idempotency_key_makes_one_session() {
-    let (app, _gateway) = shop(2, |c| c).await;
-    let cart = cart_with(&app, &[unit("var-1", 1)]).await;
+    let (app, _gateway) = TestApp::shop(2, |c| c).await;
+    let cart = app.cart_with(&[("var-1", 1)]).await;
     let attempts: Vec<_> = (0..20)
         .map(|_| {
             let (http, base, cart) = (app.http.clone(), app.base.clone(), cart.clone());
@@ -391,7 +298,7 @@ async fn one_idempotency_key_makes_one_session() {
             other => panic!("unexpected {other}: {:?}", reply.body),
         }
     }
-    let replay = checkout(&app, &cart, "same-key").await;
+    let replay = app.start_checkout(&cart, "same-key").await;
     assert_eq!(replay.status, 201);
     sessions.insert(replay.body["sessionId"].as_str().unwrap().to_owned());
     assert_eq!(sessions.len(), 1, "{sessions:?}");
@@ -412,7 +319,7 @@ async fn one_idempotency_key_makes_one_session() {
         )
         .await;
     assert_eq!((changed.status, changed.code()), (422, "IDEMPOTENCY_KEY_REUSED"));
-    let other_key = checkout(&app, &cart, "other-key").await;
+    let other_key = app.start_checkout(&cart, "other-key").await;
     assert_eq!(
         (other_key.status, other_key.code()),
         (409, "CHECKOUT_IN_PROGRESS")
@@ -426,22 +333,23 @@ async fn one_idempotency_key_makes_one_session() {
 
 #[tokio::test]
 async fn a_publish_during_checkout_does_not_change_what_is_charged() {
-    let (app, gateway) = shop(3, |c| c).await;
-    let cart = cart_with(&app, &[unit("var-2", 3)]).await;
-    let started = checkout(&app, &cart, "k-freeze").await;
+    let (app, gateway) = TestApp::shop(3, |c| c).await;
+    let cart = app.cart_with(&[("var-2", 3)]).await;
+    let started = app.start_checkout(&cart, "k-freeze").await;
     let session = started.body["sessionId"].as_str().unwrap().to_owned();
     let frozen = started.body["total"].as_i64().unwrap();
     app.pg
         .batch_execute("UPDATE variants SET base_price_minor = base_price_minor * 3")
         .await
         .unwrap();
-    app.call("POST", "/v1/admin/pricing/publish", None, true).await;
+    app.call("POST", "/v1/admin/pricing/publish", None, Caller::Admin)
+        .await;
     let now = app
         .post("/v1/pricing/quote", json!({"lines": [unit("var-2", 3)]}))
         .await;
     assert_eq!(now.body["total"], frozen * 3, "the new prices are not live");
 
-    let (status, _) = pay(&app, &gateway, &session).await;
+    let (status, _) = app.pay(&gateway, &session, Caller::Anonymous).await;
     assert_eq!(status, 200);
     assert_eq!(gateway.intents()[0].amount, frozen);
     assert_eq!(count(&app, "SELECT total_minor FROM orders").await, frozen);
@@ -451,12 +359,12 @@ async fn a_publish_during_checkout_does_not_change_what_is_charged() {
 
 #[tokio::test]
 async fn a_bundle_and_a_line_of_the_same_variant_are_checked_against_stock_together() {
-    let (app, _gateway) = shop(20, |c| c).await;
+    let (app, _gateway) = TestApp::shop(20, |c| c).await;
     app.set_on_hand("var-1", 2).await;
     let bundle =
         json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
-    let cart = cart_with(&app, &[unit("var-1", 2), bundle]).await;
-    let refused = checkout(&app, &cart, "k-bundle").await;
+    let cart = app.cart_with_lines(&[unit("var-1", 2), bundle]).await;
+    let refused = app.start_checkout(&cart, "k-bundle").await;
     assert_eq!((refused.status, refused.code()), (409, "INSUFFICIENT_INVENTORY"));
     assert_eq!(
         refused.body["error"]["details"]["shortages"],
@@ -469,25 +377,18 @@ async fn a_bundle_and_a_line_of_the_same_variant_are_checked_against_stock_toget
 
 #[tokio::test]
 async fn cancelling_releases_holds_and_lock_and_a_late_payment_is_flagged_for_refund() {
-    let (app, gateway) = shop(2, |c| c).await;
-    let cart = cart_with(&app, &[unit("var-1", 4)]).await;
-    let session = checkout(&app, &cart, "k-cancel").await.body["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
-    let paid = intent.body["paymentIntentId"].as_str().unwrap();
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 4)], "k-cancel").await;
+    let (cart, session, paid) = (&paying.cart, &paying.session, paying.intent.as_str());
     // The customer pays just as the session is cancelled; the webhook comes after.
     assert!(gateway.succeed(paid));
     let cancelled = app
-        .call("POST", &format!("/v1/checkout/{session}/cancel"), None, false)
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/cancel"),
+            None,
+            Caller::Anonymous,
+        )
         .await;
     assert_eq!(
         (cancelled.status, cancelled.body["state"].as_str()),
@@ -502,8 +403,7 @@ async fn cancelling_releases_holds_and_lock_and_a_late_payment_is_flagged_for_re
         200
     );
 
-    let event = gateway.event("payment_intent.succeeded", paid);
-    let (status, body) = gateway.deliver(&app.base, &event).await;
+    let (status, body) = app.intent_paid(&gateway, paid).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["refundRequired"].is_string(), "{body}");
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
@@ -514,7 +414,12 @@ async fn cancelling_releases_holds_and_lock_and_a_late_payment_is_flagged_for_re
     let shown = app.get(&format!("/v1/checkout/{session}")).await;
     assert!(shown.body["refundRequired"].is_string());
     let again = app
-        .call("POST", &format!("/v1/checkout/{session}/cancel"), None, false)
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/cancel"),
+            None,
+            Caller::Anonymous,
+        )
         .await;
     assert_eq!(again.status, 200, "cancelling twice is harmless");
     app.finish().await;
@@ -522,28 +427,18 @@ async fn cancelling_releases_holds_and_lock_and_a_late_payment_is_flagged_for_re
 
 #[tokio::test]
 async fn an_expired_session_is_expired_by_the_first_call_that_meets_it() {
-    let (app, gateway) = shop(2, |c| c.set("checkout_lock_ttl_seconds", "1")).await;
-    let cart = cart_with(&app, &[unit("var-1", 5)]).await;
-    let session = checkout(&app, &cart, "k-exp").await.body["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (app, gateway) = TestApp::shop(2, |c| c.set("checkout_lock_ttl_seconds", "1")).await;
+    let cart = app.cart_with(&[("var-1", 5)]).await;
+    let session = app.checkout(&cart, "k-exp").await;
     assert_eq!(app.get("/v1/inventory/var-1").await.body["reserved"], 5);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let expired = app.get(&format!("/v1/checkout/{session}")).await;
     assert_eq!(expired.body["state"], "EXPIRED");
     assert_eq!(app.get("/v1/inventory/var-1").await.body["sellable"], 100);
     nothing_held(&app).await;
-    let late = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
+    let late = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!((late.status, late.code()), (409, "CHECKOUT_STATE"));
-    let again = checkout(&app, &cart, "k-exp-2").await;
+    let again = app.start_checkout(&cart, "k-exp-2").await;
     assert_eq!(again.status, 201, "the expired checkout still locks the cart");
     drop(gateway);
     app.finish().await;
@@ -551,44 +446,21 @@ async fn an_expired_session_is_expired_by_the_first_call_that_meets_it() {
 
 #[tokio::test]
 async fn a_customer_checks_out_their_own_cart_with_their_token() {
-    let (app, gateway) = shop(3, |c| c).await;
-    let token = format!("Bearer {}", customer_token("zoe"));
-    let auth = [("authorization", token.as_str())];
-    app.call_with(
+    let (app, gateway) = TestApp::shop(3, |c| c).await;
+    let (zoe, yan) = (Caller::Customer("zoe"), Caller::Customer("yan"));
+    app.call(
         "POST",
         "/v1/customers/zoe/cart/items",
         Some(unit("var-3", 1)),
-        &auth,
+        zoe,
     )
     .await;
     let body = json!({ "customerId": "zoe" });
-    let anonymous = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(body.clone()),
-            &[("idempotency-key", "z1")],
-        )
-        .await;
+    let anonymous = app.start_checkout_as(body.clone(), "z1", Caller::Anonymous).await;
     assert_eq!(anonymous.status, 401);
-    let other = format!("Bearer {}", customer_token("yan"));
-    let foreign = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(body.clone()),
-            &[("idempotency-key", "z2"), ("authorization", &other)],
-        )
-        .await;
+    let foreign = app.start_checkout_as(body.clone(), "z2", yan).await;
     assert_eq!(foreign.status, 403);
-    let started = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(body),
-            &[("idempotency-key", "z3"), ("authorization", &token)],
-        )
-        .await;
+    let started = app.start_checkout_as(body, "z3", zoe).await;
     assert_eq!(
         (started.status, started.body["customerId"].as_str()),
         (201, Some("zoe")),
@@ -598,19 +470,17 @@ async fn a_customer_checks_out_their_own_cart_with_their_token() {
     // A customer's session answers only that customer's token, on every route.
     for (method, route) in [("GET", ""), ("POST", "/payment-intent"), ("POST", "/cancel")] {
         let path = format!("/v1/checkout/{session}{route}");
-        let nobody = app.call_with(method, &path, None, &[]).await;
+        let nobody = app.call(method, &path, None, Caller::Anonymous).await;
         assert_eq!(nobody.status, 401, "{method} {path}: {nobody:?}");
-        let stranger = app
-            .call_with(method, &path, None, &[("authorization", &other)])
-            .await;
+        let stranger = app.call(method, &path, None, yan).await;
         assert_eq!(stranger.status, 403, "{method} {path}: {stranger:?}");
         assert!(stranger.body.get("clientSecret").is_none());
     }
     let own = app
-        .call_with("GET", &format!("/v1/checkout/{session}"), None, &auth)
+        .call("GET", &format!("/v1/checkout/{session}"), None, zoe)
         .await;
     assert_eq!((own.status, own.body["state"].as_str()), (200, Some("LOCKED")));
-    let (status, done) = pay_with(&app, &gateway, session, &auth).await;
+    let (status, done) = app.pay(&gateway, session, zoe).await;
     assert_eq!((status, done["state"].as_str()), (200, Some("COMPLETED")));
     assert_eq!(
         count(&app, "SELECT count(*) FROM orders WHERE customer_id = 'zoe'").await,
@@ -621,8 +491,8 @@ async fn a_customer_checks_out_their_own_cart_with_their_token() {
 
 #[tokio::test]
 async fn bad_input_and_wrong_states_are_refused_and_change_nothing() {
-    let (app, gateway) = shop(2, |c| c).await;
-    let cart = cart_with(&app, &[unit("var-1", 1)]).await;
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let cart = app.cart_with(&[("var-1", 1)]).await;
     let checkout_keys = || async {
         let mut keys = app.redis_snapshot_of(":checkout:").await;
         keys.retain(|(k, _)| !k.contains(":idempotency:"));
@@ -675,29 +545,21 @@ async fn bad_input_and_wrong_states_are_refused_and_change_nothing() {
     );
     assert_eq!(app.get("/v1/checkout/a*b").await.status, 400);
     assert_eq!(
-        app.call("POST", "/v1/checkout/a%20b/cancel", None, false)
+        app.call("POST", "/v1/checkout/a%20b/cancel", None, Caller::Anonymous)
             .await
             .status,
         400
     );
     assert_eq!(
-        app.call("DELETE", "/v1/checkout/x", None, false).await.status,
+        app.call("DELETE", "/v1/checkout/x", None, Caller::Anonymous)
+            .await
+            .status,
         405
     );
 
     // Webhooks: unsigned, badly signed, stale, malformed.
-    let session = checkout(&app, &cart, "b5").await.body["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
+    let session = app.checkout(&cart, "b5").await;
+    let intent = app.payment_intent(&session, Caller::Anonymous).await;
     let event = gateway.event(
         "payment_intent.succeeded",
         intent.body["paymentIntentId"].as_str().unwrap(),
@@ -731,51 +593,32 @@ async fn bad_input_and_wrong_states_are_refused_and_change_nothing() {
     let (status, _) = gateway.deliver(&app.base, &event).await;
     assert_eq!(status, 200);
     let cancel = app
-        .call("POST", &format!("/v1/checkout/{session}/cancel"), None, false)
-        .await;
-    assert_eq!((cancel.status, cancel.code()), (409, "CHECKOUT_STATE"));
-    let pay_again = app
         .call(
             "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
+            &format!("/v1/checkout/{session}/cancel"),
             None,
-            false,
+            Caller::Anonymous,
         )
         .await;
+    assert_eq!((cancel.status, cancel.code()), (409, "CHECKOUT_STATE"));
+    let pay_again = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(pay_again.status, 409);
     app.finish().await;
 }
 
 #[tokio::test]
 async fn a_gateway_outage_is_a_503_and_a_retry_succeeds() {
-    let (app, gateway) = shop(2, |c| c).await;
-    let cart = cart_with(&app, &[unit("var-1", 1)]).await;
-    let session = checkout(&app, &cart, "g1").await.body["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let session = app.checkout(&cart, "g1").await;
     gateway.fail_next(503);
-    let down = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
+    let down = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(down.status, 503, "{down:?}");
     assert_eq!(
         app.get(&format!("/v1/checkout/{session}")).await.body["state"],
         "LOCKED"
     );
-    let up = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
+    let up = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(
         (up.status, up.body["state"].as_str()),
         (200, Some("PAYMENT_PENDING"))

@@ -17,7 +17,7 @@ use commerce_tests::faults::{Books, BuyerPlan, Buyers, Progress, Run};
 use commerce_tests::gateway::FakeGateway;
 use commerce_tests::redis_link::TestRedis;
 use commerce_tests::topology::{self, cluster_url, sentinel_url};
-use commerce_tests::{ADMIN_TOKEN, TestApp};
+use commerce_tests::{ADMIN_TOKEN, Caller, TestApp};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -69,7 +69,7 @@ async fn a_reservation_across_slots_is_all_or_nothing() {
             "POST",
             "/v1/inventory/reservations",
             Some(reservation("other", &[("var-3", 1)])),
-            true,
+            Caller::Admin,
         )
         .await;
     assert_eq!(other.status, 201, "{other:?}");
@@ -80,7 +80,7 @@ async fn a_reservation_across_slots_is_all_or_nothing() {
             "POST",
             "/v1/inventory/reservations",
             Some(reservation("cart-a", &[("var-1", 5), ("var-2", 5), ("var-3", 2)])),
-            true,
+            Caller::Admin,
         )
         .await;
     assert_eq!(refused.status, 409, "{refused:?}");
@@ -101,7 +101,7 @@ async fn a_reservation_across_slots_is_all_or_nothing() {
             "POST",
             "/v1/inventory/reservations",
             Some(reservation("cart-a", &[("var-1", 5), ("var-2", 5), ("var-3", 1)])),
-            true,
+            Caller::Admin,
         )
         .await;
     assert_eq!(granted.status, 201, "{granted:?}");
@@ -111,7 +111,7 @@ async fn a_reservation_across_slots_is_all_or_nothing() {
             "POST",
             "/v1/inventory/reservations",
             Some(reservation("cart-a", &[("var-1", 7), ("var-2", 7), ("var-3", 2)])),
-            true,
+            Caller::Admin,
         )
         .await;
     assert_eq!(refused.status, 409, "{refused:?}");
@@ -124,7 +124,7 @@ async fn a_reservation_across_slots_is_all_or_nothing() {
     assert_eq!(sellable(&app, "var-3").await, 0);
 
     let released = app
-        .call("DELETE", "/v1/inventory/reservations/cart-a", None, true)
+        .call("DELETE", "/v1/inventory/reservations/cart-a", None, Caller::Admin)
         .await;
     assert_eq!(released.status, 200, "{released:?}");
     for (variant, left) in [("var-1", 100), ("var-2", 100), ("var-3", 1)] {
@@ -189,7 +189,7 @@ async fn concurrent_reservations_across_slots_never_oversell() {
             (UNITS, granted.len() as i64),
             "{variant}: stock and reserved"
         );
-        let key = app.key(&format!("inventory:hold-qty:{{{variant}}}"));
+        let key = app.variant_keys(variant).hold_qty;
         let holders: Vec<String> = redis::cmd("HKEYS")
             .arg(&key)
             .query_async(&mut redis)
@@ -473,7 +473,7 @@ async fn writes_wait_for_their_replicas_when_asked() {
                 "POST",
                 "/v1/inventory/reservations",
                 Some(reservation("h-1", &[("var-1", 1), ("var-2", 1), ("var-3", 1)])),
-                true,
+                Caller::Admin,
             )
             .await;
         assert_eq!(reply.status, expected, "{replicas} replica(s): {reply:?}");

@@ -3,81 +3,31 @@
 //! PostgreSQL: a paid checkout survives a Redis loss, an order is never clamped into an
 //! oversell, and ruleset versions never repeat.
 
-use commerce_tests::gateway::FakeGateway;
-use commerce_tests::{Reply, TestApp};
+use commerce_tests::{Paying, TestApp};
 use redis::AsyncCommands;
-use serde_json::{Value, json};
+use serde_json::json;
 
-async fn cart_with(app: &TestApp, variant: &str, quantity: i64) -> String {
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let reply = app
-        .post(
-            &format!("/v1/carts/{cart}/items"),
-            json!({ "variantId": variant, "quantity": quantity }),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    cart
-}
-
-async fn start(app: &TestApp, cart: &str) -> Reply {
-    app.call_with(
-        "POST",
-        "/v1/checkout",
-        Some(json!({ "cartId": cart })),
-        &[("idempotency-key", &format!("start-{cart}"))],
-    )
-    .await
-}
-
-/// Starts a checkout of `quantity` units and creates its payment intent; returns the
-/// session id and the intent id.
-async fn paid_session(app: &TestApp, variant: &str, quantity: i64) -> (String, String) {
-    let cart = cart_with(app, variant, quantity).await;
-    let started = start(app, &cart).await;
-    assert_eq!(started.status, 201, "{started:?}");
-    let session = started.body["sessionId"].as_str().unwrap().to_owned();
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
-    assert_eq!(intent.status, 200, "{intent:?}");
-    (
-        session,
-        intent.body["paymentIntentId"].as_str().unwrap().to_owned(),
-    )
+/// A session of `quantity` units of `variant`, waiting for its payment: (session, intent).
+async fn paid_session(app: &TestApp, variant: &str, quantity: i64, key: &str) -> (String, String) {
+    let Paying { session, intent, .. } = app.paying_session(&[(variant, quantity)], key).await;
+    (session, intent)
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
     app.pg.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-async fn pay(app: &TestApp, gateway: &FakeGateway, intent: &str) -> (u16, Value) {
-    let event = gateway.event("payment_intent.succeeded", intent);
-    gateway.deliver(&app.base, &event).await
-}
-
 #[tokio::test]
 async fn a_session_and_its_holds_share_one_deadline_and_the_holds_outlive_it() {
     let (app, _gateway) = TestApp::shop(1, |c| c.set("hold_grace_seconds", "120")).await;
-    let (session, _) = paid_session(&app, "var-1", 2).await;
+    let (session, _) = paid_session(&app, "var-1", 2, "k-1").await;
     let view = app.get(&format!("/v1/checkout/{session}")).await;
     let mut redis = app.redis.clone();
     let hold_deadline: i64 = redis
-        .zscore(app.key("inventory:holds:{var-1}"), format!("checkout:{session}"))
+        .zscore(app.variant_keys("var-1").holds, app.session_holder(&session))
         .await
         .unwrap();
-    let session_deadline: i64 = redis
-        .hget(app.key(&format!("checkout:session:{{{session}}}")), "deadline")
-        .await
-        .unwrap();
+    let session_deadline: i64 = redis.hget(app.session_key(&session), "deadline").await.unwrap();
     assert_eq!(hold_deadline - session_deadline, 120_000, "{view:?}");
     let kept: i64 = app
         .pg
@@ -96,7 +46,7 @@ async fn a_session_and_its_holds_share_one_deadline_and_the_holds_outlive_it() {
 async fn a_paid_checkout_survives_redis_losing_everything() {
     let (app, gateway) = TestApp::shop(2, |c| c).await;
     assert_eq!(app.set_on_hand("var-1", 2).await.status, 200);
-    let (session, intent) = paid_session(&app, "var-1", 2).await;
+    let (session, intent) = paid_session(&app, "var-1", 2, "k-2").await;
 
     app.flush_redis().await;
 
@@ -108,8 +58,8 @@ async fn a_paid_checkout_survives_redis_losing_everything() {
         (Some(2), Some(2)),
         "{view:?}"
     );
-    let other = cart_with(&app, "var-1", 1).await;
-    let refused = start(&app, &other).await;
+    let other = app.cart_with(&[("var-1", 1)]).await;
+    let refused = app.start_checkout(&other, "k-other").await;
     assert_eq!(
         (refused.status, refused.code()),
         (409, "INSUFFICIENT_INVENTORY"),
@@ -117,7 +67,7 @@ async fn a_paid_checkout_survives_redis_losing_everything() {
     );
 
     // The webhook completes the order from PostgreSQL's copy of the session.
-    let (status, done) = pay(&app, &gateway, &intent).await;
+    let (status, done) = app.intent_paid(&gateway, &intent).await;
     assert_eq!(
         (status, done["state"].as_str()),
         (200, Some("COMPLETED")),
@@ -139,14 +89,14 @@ async fn a_paid_checkout_survives_redis_losing_everything() {
 #[tokio::test]
 async fn a_webhook_for_an_order_already_written_answers_with_it_whatever_redis_remembers() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;
-    let (session, intent) = paid_session(&app, "var-1", 1).await;
-    let (status, done) = pay(&app, &gateway, &intent).await;
+    let (session, intent) = paid_session(&app, "var-1", 1, "k-3").await;
+    let (status, done) = app.intent_paid(&gateway, &intent).await;
     assert_eq!((status, done["state"].as_str()), (200, Some("COMPLETED")));
     let order = done["orderId"].clone();
 
     app.flush_redis().await;
     for _ in 0..3 {
-        let (status, again) = pay(&app, &gateway, &intent).await;
+        let (status, again) = app.intent_paid(&gateway, &intent).await;
         assert_eq!(status, 200, "{again}");
         assert_eq!(again["orderId"], order, "{again}");
         assert!(again.get("refundRequired").is_none(), "{again}");
@@ -170,11 +120,11 @@ async fn a_webhook_for_an_order_already_written_answers_with_it_whatever_redis_r
 async fn postgres_refuses_an_order_that_on_hand_cannot_cover_and_the_payment_is_refunded() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;
     assert_eq!(app.set_on_hand("var-1", 3).await.status, 200);
-    let (session, intent) = paid_session(&app, "var-1", 3).await;
+    let (session, intent) = paid_session(&app, "var-1", 3, "k-4").await;
     // Stock counted again while the customer pays: one unit fewer than they hold.
     assert_eq!(app.set_on_hand("var-1", 2).await.status, 200);
 
-    let (status, done) = pay(&app, &gateway, &intent).await;
+    let (status, done) = app.intent_paid(&gateway, &intent).await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["state"], "FAILED", "{done}");
     assert!(done["refundRequired"].is_string(), "{done}");
@@ -211,7 +161,7 @@ async fn postgres_refuses_an_order_that_on_hand_cannot_cover_and_the_payment_is_
         .unwrap();
     assert!(metrics.contains("commerce_orders_refused_total 1"), "{metrics}");
     // A redelivery changes nothing.
-    let (status, again) = pay(&app, &gateway, &intent).await;
+    let (status, again) = app.intent_paid(&gateway, &intent).await;
     assert_eq!(
         (status, again["state"].as_str()),
         (200, Some("FAILED")),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use commerce_tests::{ADMIN_TOKEN, Reply, TestApp};
+use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp};
 use serde_json::{Value, json};
 
 fn reservation(cart: &str, items: &[(&str, i64)]) -> Value {
@@ -15,7 +15,7 @@ fn reservation(cart: &str, items: &[(&str, i64)]) -> Value {
 
 /// A direct reservation, as a trusted backend (the admin token) makes it.
 async fn reserve(app: &TestApp, body: Value) -> Reply {
-    app.call("POST", "/v1/inventory/reservations", Some(body), true)
+    app.call("POST", "/v1/inventory/reservations", Some(body), Caller::Admin)
         .await
 }
 
@@ -139,7 +139,7 @@ async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
     assert_eq!(app.check_holds("var-2").await, (100, 5));
 
     let released = app
-        .call("DELETE", "/v1/inventory/reservations/a", None, true)
+        .call("DELETE", "/v1/inventory/reservations/a", None, Caller::Admin)
         .await;
     assert_eq!(
         (released.status, released.body["released"].as_i64()),
@@ -149,7 +149,7 @@ async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
     assert_eq!(app.check_holds("var-2").await, (100, 1));
     // Releasing again is harmless.
     let again = app
-        .call("DELETE", "/v1/inventory/reservations/a", None, true)
+        .call("DELETE", "/v1/inventory/reservations/a", None, Caller::Admin)
         .await;
     assert_eq!(again.body["released"], 0);
     assert_eq!(sellable(&app, "var-1").await, 98);
@@ -185,7 +185,7 @@ async fn redis_losing_its_data_is_restored_from_postgres() {
     // Reconcile: every stock key rewritten exactly.
     app.flush_redis().await;
     let reply = app
-        .call("POST", "/v1/admin/inventory/reconcile", None, true)
+        .call("POST", "/v1/admin/inventory/reconcile", None, Caller::Admin)
         .await;
     assert_eq!((reply.status, reply.body["variants"].as_i64()), (200, Some(40)));
     for id in &ids {
@@ -297,7 +297,7 @@ async fn admin_routes_need_the_admin_token() {
         let reply = TestApp::reply(req).await;
         assert_eq!(reply.status, status, "{token:?}");
         let reply = app
-            .call("POST", "/v1/admin/inventory/reconcile", None, false)
+            .call("POST", "/v1/admin/inventory/reconcile", None, Caller::Anonymous)
             .await;
         assert_eq!(reply.status, 401);
     }
@@ -416,15 +416,7 @@ async fn a_backup_restores_every_key_of_the_namespace_exactly() {
     let mut held = json!({"cartId": "kept", "items": [{"variantId": "var-1", "quantity": 3}]});
     held["ttlSeconds"] = json!(600);
     assert_eq!(reserve(&app, held).await.status, 201);
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(
-        &format!("/v1/carts/{cart}/items"),
-        json!({"variantId": "var-2", "quantity": 2}),
-    )
-    .await;
+    let cart = app.cart_with(&[("var-2", 2)]).await;
     let before = app.redis_snapshot().await;
 
     let mut file = backup::MAGIC.to_vec();
@@ -445,7 +437,7 @@ async fn a_backup_restores_every_key_of_the_namespace_exactly() {
     assert_eq!(sellable(&app, "var-1").await, 97);
     let mut redis = app.redis.clone();
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(app.key(&format!("cart:session:{{{cart}}}")))
+        .arg(app.cart_key(&cart))
         .query_async(&mut redis)
         .await
         .unwrap();

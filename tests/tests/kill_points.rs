@@ -17,7 +17,6 @@ use commerce_core::ports::{Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue};
 use commerce_native::{NativePg, NativeRedis};
 use commerce_tests::TestApp;
 use commerce_tests::gateway::FakeGateway;
-use serde_json::json;
 
 /// A port whose `at`-th call takes effect and then "crashes" (reports the dependency lost).
 struct CrashAfter<P> {
@@ -66,19 +65,6 @@ async fn shop() -> (TestApp, FakeGateway) {
     TestApp::shop(2, |c| c).await
 }
 
-async fn new_cart(app: &TestApp) -> String {
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(
-        &format!("/v1/carts/{cart}/items"),
-        json!({"variantId": "var-1", "quantity": 1}),
-    )
-    .await;
-    cart
-}
-
 /// Stock agrees in both stores and nothing is held or locked.
 async fn consistent(app: &TestApp, sold: i64) {
     assert_eq!(app.pg_on_hand("var-1").await, 100 - sold);
@@ -107,30 +93,13 @@ async fn a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order() {
         .map(|n| ("redis", n))
         .chain((1..=3).map(|n| ("postgres", n)))
     {
-        let cart = new_cart(&app).await;
-        let started = app
-            .call_with(
-                "POST",
-                "/v1/checkout",
-                Some(json!({ "cartId": cart })),
-                &[("idempotency-key", &format!("{store}-{at}"))],
-            )
+        let paying = app
+            .paying_session(&[("var-1", 1)], &format!("{store}-{at}"))
             .await;
-        let session = started.body["sessionId"].as_str().unwrap().to_owned();
-        let intent = app
-            .call(
-                "POST",
-                &format!("/v1/checkout/{session}/payment-intent"),
-                None,
-                false,
-            )
-            .await;
+        let session = paying.session;
         let event = parse_event(
             gateway
-                .event(
-                    "payment_intent.succeeded",
-                    intent.body["paymentIntentId"].as_str().unwrap(),
-                )
+                .event("payment_intent.succeeded", &paying.intent)
                 .as_bytes(),
         )
         .unwrap();
@@ -171,7 +140,7 @@ async fn a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order() {
 async fn a_crash_after_any_call_of_starting_a_checkout_is_resumed_by_its_retry() {
     let (app, _gateway) = shop().await;
     for at in 1..=6 {
-        let cart = new_cart(&app).await;
+        let cart = app.cart_with(&[("var-1", 1)]).await;
         let cart_ref = CartRef::Session(CartId::parse(&cart).unwrap());
         let token = format!("{at:032x}");
         let a = &app.app;

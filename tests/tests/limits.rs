@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use commerce_native::EnvConfig;
-use commerce_tests::{ADMIN_TOKEN, Reply, TestApp, customer_token};
+use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp, customer_token, unit};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
@@ -336,8 +336,13 @@ async fn a_refused_checkout_locks_nothing_and_claims_no_key() {
 // ---- max_per_order ------------------------------------------------------------------
 
 async fn set_level(app: &TestApp, variant: &str, body: Value) -> Reply {
-    app.call("PUT", &format!("/v1/admin/inventory/{variant}"), Some(body), true)
-        .await
+    app.call(
+        "PUT",
+        &format!("/v1/admin/inventory/{variant}"),
+        Some(body),
+        Caller::Admin,
+    )
+    .await
 }
 
 async fn reserve(app: &TestApp, holder: &str, items: Value) -> Reply {
@@ -345,7 +350,7 @@ async fn reserve(app: &TestApp, holder: &str, items: Value) -> Reply {
         "POST",
         "/v1/inventory/reservations",
         Some(json!({ "cartId": holder, "items": items })),
-        true,
+        Caller::Admin,
     )
     .await
 }
@@ -456,29 +461,11 @@ async fn max_per_order_is_enforced_on_checkout_start() {
         set_level(&app, "var-1", json!({"maxPerOrder": 2})).await.status,
         200
     );
-    let cart = new_cart(&app, &[]).await.reply.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     // Two units on a line and one in a bundle: three of var-1 in one order.
     let bundle =
         json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
-    for line in [json!({"variantId": "var-1", "quantity": 2}), bundle] {
-        let added = app.post(&format!("/v1/carts/{cart}/items"), line).await;
-        assert_eq!(added.status, 200, "{added:?}");
-    }
-    let start = |key: &'static str| {
-        let (app, cart) = (&app, &cart);
-        async move {
-            app.call_with(
-                "POST",
-                "/v1/checkout",
-                Some(json!({ "cartId": cart })),
-                &[("idempotency-key", key)],
-            )
-            .await
-        }
-    };
+    let cart = app.cart_with_lines(&[unit("var-1", 2), bundle]).await;
+    let start = |key: &'static str| app.start_checkout(&cart, key);
     let refused = start("k-1").await;
     over_limit(&refused, "var-1", 3, 2);
     // Nothing held, the cart not locked: it can be changed and checked out.
@@ -493,7 +480,7 @@ async fn max_per_order_is_enforced_on_checkout_start() {
             "PATCH",
             &format!("/v1/carts/{cart}/items/{line}"),
             Some(json!({"quantity": 1})),
-            false,
+            Caller::Anonymous,
         )
         .await;
     assert_eq!(fixed.status, 200, "{fixed:?}");
@@ -507,14 +494,7 @@ async fn max_per_order_is_enforced_on_checkout_start() {
         200
     );
     let session = started.body["sessionId"].as_str().unwrap();
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
+    let intent = app.payment_intent(session, Caller::Anonymous).await;
     assert_eq!(intent.status, 200, "{intent:?}");
     assert_eq!(app.get("/v1/inventory/var-1").await.body["reserved"], 2);
     app.finish().await;
@@ -532,7 +512,7 @@ async fn max_per_order_survives_a_redis_flush_and_is_checked_and_reconciled() {
         set_level(&app, "var-2", json!({"maxPerOrder": 3})).await.status,
         200
     );
-    let check = app.call("GET", "/v1/admin/check", None, true).await;
+    let check = app.call("GET", "/v1/admin/check", None, Caller::Admin).await;
     assert_eq!(check.body["ok"], true, "{check:?}");
 
     // Redis loses everything: the lazy load brings the limit back with the stock.
@@ -547,16 +527,13 @@ async fn max_per_order_survives_a_redis_flush_and_is_checked_and_reconciled() {
 
     // Redis loses only the limit: the check reports it, reconcile restores it.
     let mut redis = app.redis.clone();
-    let _: () = redis
-        .del(app.key("inventory:max-per-order:{var-2}"))
-        .await
-        .unwrap();
-    let drift = app.call("GET", "/v1/admin/check", None, true).await;
+    let _: () = redis.del(app.variant_keys("var-2").max_per_order).await.unwrap();
+    let drift = app.call("GET", "/v1/admin/check", None, Caller::Admin).await;
     assert_eq!(drift.body["ok"], false, "{drift:?}");
     assert_eq!(drift.body["drift"][0]["kind"], "max-per-order", "{drift:?}");
     assert_eq!(drift.body["drift"][0]["subject"], "var-2", "{drift:?}");
     let reconciled = app
-        .call("POST", "/v1/admin/inventory/reconcile", None, true)
+        .call("POST", "/v1/admin/inventory/reconcile", None, Caller::Admin)
         .await;
     assert_eq!(reconciled.status, 200, "{reconciled:?}");
     over_limit(
@@ -565,7 +542,7 @@ async fn max_per_order_survives_a_redis_flush_and_is_checked_and_reconciled() {
         4,
         3,
     );
-    let check = app.call("GET", "/v1/admin/check", None, true).await;
+    let check = app.call("GET", "/v1/admin/check", None, Caller::Admin).await;
     assert_eq!(check.body["ok"], true, "{check:?}");
     app.finish().await;
 }
@@ -603,7 +580,7 @@ async fn an_invalid_max_per_order_is_a_400_that_changes_nothing() {
             "PUT",
             "/v1/admin/inventory/var-1",
             Some(json!({"maxPerOrder": 1})),
-            false,
+            Caller::Anonymous,
         )
         .await;
     assert_eq!(anonymous.status, 401, "{anonymous:?}");

@@ -9,7 +9,7 @@
 
 use commerce_core::metrics::routes::ROUTES;
 use commerce_tests::faults::ServeProcess;
-use commerce_tests::{ADMIN_TOKEN, TestApp};
+use commerce_tests::{ADMIN_TOKEN, Caller, TestApp};
 use serde_json::{Value, json};
 
 /// `GET /metrics` as text (with the metrics token when given).
@@ -52,7 +52,7 @@ async fn every_route_template_is_a_route_the_host_answers() {
     for template in ROUTES {
         let (method, path) = concrete(template);
         let body = (method != "GET" && method != "DELETE").then(|| json!({}));
-        let reply = app.call(&method, &path, body, true).await;
+        let reply = app.call(&method, &path, body, Caller::Admin).await;
         assert_ne!(reply.code(), "ROUTE_NOT_FOUND", "{template}: {reply:?}");
         assert_ne!(reply.status, 405, "{template}: {reply:?}");
     }
@@ -62,10 +62,7 @@ async fn every_route_template_is_a_route_the_host_answers() {
 #[tokio::test]
 async fn requests_are_measured_by_route_template_and_status_class() {
     let (app, _gateway) = TestApp::shop(20, |c| c).await;
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cart = app.new_cart().await;
     let items = format!("/v1/carts/{cart}/items");
     assert_eq!(
         app.post(&items, json!({"variantId": "var-1", "quantity": 1}))
@@ -114,7 +111,7 @@ async fn every_route_template_is_labelled_in_metrics() {
     for template in ROUTES {
         let (method, path) = concrete(template);
         let body = (method != "GET" && method != "DELETE").then(|| json!({}));
-        app.call(&method, &path, body, true).await;
+        app.call(&method, &path, body, Caller::Admin).await;
     }
     let text = scrape(&app, None).await;
     for template in ROUTES {
@@ -217,7 +214,7 @@ async fn cache_hits_and_misses_are_counted() {
     // A variant whose stock Redis lost: loaded from PostgreSQL, then read from Redis.
     let mut redis = app.redis.clone();
     let _: () = redis::cmd("DEL")
-        .arg(app.key("inventory:variant:{var-2}"))
+        .arg(app.variant_keys("var-2").stock)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -230,10 +227,7 @@ async fn cache_hits_and_misses_are_counted() {
 
     // A cart add checks the catalog: the variant is known in PostgreSQL, then cached.
     let before = scrape(&app, None).await;
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cart = app.new_cart().await;
     let add = json!({"variantId": "var-3", "quantity": 1});
     assert_eq!(
         app.post(&format!("/v1/carts/{cart}/items"), add.clone())
@@ -258,11 +252,21 @@ async fn reservations_granted_and_refused_are_counted() {
     let before = scrape(&app, None).await;
     let reserve = |quantity: i64| json!({ "cartId": "metrics-holder", "items": [{ "variantId": "var-1", "quantity": quantity }] });
     let granted = app
-        .call("POST", "/v1/inventory/reservations", Some(reserve(1)), true)
+        .call(
+            "POST",
+            "/v1/inventory/reservations",
+            Some(reserve(1)),
+            Caller::Admin,
+        )
         .await;
     assert_eq!(granted.status, 201, "{granted:?}");
     let refused = app
-        .call("POST", "/v1/inventory/reservations", Some(reserve(1000)), true)
+        .call(
+            "POST",
+            "/v1/inventory/reservations",
+            Some(reserve(1000)),
+            Caller::Admin,
+        )
         .await;
     assert_eq!(refused.status, 409, "{refused:?}");
     let after = scrape(&app, None).await;

@@ -217,10 +217,7 @@ async fn the_fuzzers_findings_stay_fixed() {
     assert_eq!(response.status(), expected);
 
     // If-Match is a version as documented: digits, quoted or not, nothing else.
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cart = app.new_cart().await;
     for bad in ["-1", "+0", "\"\"0", "0x1", ""] {
         let reply = app
             .call_with(

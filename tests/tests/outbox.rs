@@ -10,52 +10,12 @@ use commerce_core::outbox::{self, DrainReport, Kind, OutboxState};
 use commerce_core::pricing::money::Currency;
 use commerce_native::EnvConfig;
 use commerce_tests::gateway::{FakeGateway, FakeRefund};
-use commerce_tests::{ADMIN_TOKEN, GATEWAY_KEY, Reply, TestApp};
+use commerce_tests::{ADMIN_TOKEN, Caller, GATEWAY_KEY, Paying, Reply, TestApp};
 use serde_json::{Value, json};
 
 /// A shop whose drains happen only when a test runs them.
 async fn shop(configure: impl FnOnce(EnvConfig) -> EnvConfig) -> (TestApp, FakeGateway) {
     TestApp::shop(3, |c| configure(c.set("outbox_drain_interval_ms", "0"))).await
-}
-
-/// Cart with one unit of var-1, checked out, with its payment intent: (session, intent,
-/// total).
-async fn session_with_intent(app: &TestApp, key: &str) -> (String, String, i64) {
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let added = app
-        .post(
-            &format!("/v1/carts/{cart}/items"),
-            json!({"variantId": "var-1", "quantity": 1}),
-        )
-        .await;
-    assert_eq!(added.status, 200, "{added:?}");
-    let started = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(json!({ "cartId": cart })),
-            &[("idempotency-key", key)],
-        )
-        .await;
-    assert_eq!(started.status, 201, "{started:?}");
-    let session = started.body["sessionId"].as_str().unwrap().to_owned();
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
-    assert_eq!(intent.status, 200, "{intent:?}");
-    (
-        session,
-        intent.body["paymentIntentId"].as_str().unwrap().to_owned(),
-        intent.body["amount"].as_i64().unwrap(),
-    )
 }
 
 /// An intent made at the gateway for `session` outside checkout (a second payment the
@@ -78,8 +38,7 @@ async fn paid_intent(app: &TestApp, gateway: &FakeGateway, session: &str, amount
 
 /// Delivers the intent's `payment_intent.succeeded` webhook and returns the answer.
 async fn pay(app: &TestApp, gateway: &FakeGateway, intent: &str) -> Value {
-    let event = gateway.event("payment_intent.succeeded", intent);
-    let (status, body) = gateway.deliver(&app.base, &event).await;
+    let (status, body) = app.intent_paid(gateway, intent).await;
     assert_eq!(status, 200, "{body}");
     body
 }
@@ -89,7 +48,7 @@ async fn drain(app: &TestApp) -> DrainReport {
 }
 
 async fn admin_list(app: &TestApp, query: &str) -> Reply {
-    app.call("GET", &format!("/v1/admin/refunds{query}"), None, true)
+    app.call("GET", &format!("/v1/admin/refunds{query}"), None, Caller::Admin)
         .await
 }
 
@@ -112,7 +71,12 @@ fn by_intent(list: &Reply) -> BTreeMap<(String, String), Value> {
 #[tokio::test]
 async fn two_mismatched_payments_for_one_session_are_both_refunded() {
     let (app, gateway) = shop(|c| c).await;
-    let (session, own, total) = session_with_intent(&app, "k-two").await;
+    let Paying {
+        session,
+        intent: own,
+        amount: total,
+        ..
+    } = app.paying_session(&[("var-1", 1)], "k-two").await;
     let other_amount = paid_intent(&app, &gateway, &session, total + 100).await;
     let second_intent = paid_intent(&app, &gateway, &session, total).await;
 
@@ -164,7 +128,11 @@ async fn a_refund_the_gateway_fails_three_times_is_retried_with_backoff_and_sent
             .set("outbox_retry_max_ms", "2000")
     })
     .await;
-    let (session, _own, total) = session_with_intent(&app, "k-retry").await;
+    let Paying {
+        session,
+        amount: total,
+        ..
+    } = app.paying_session(&[("var-1", 1)], "k-retry").await;
     let intent = paid_intent(&app, &gateway, &session, total + 1).await;
     gateway.fail_next_refunds(3, 503);
 
@@ -401,7 +369,7 @@ async fn the_refund_list_needs_the_admin_token() {
         .call_with("GET", "/v1/admin/refunds", None, &[("authorization", &bearer)])
         .await;
     assert_eq!((admin.status, &admin.body), (200, &json!({"items": []})));
-    let post = app.call("POST", "/v1/admin/refunds", None, true).await;
+    let post = app.call("POST", "/v1/admin/refunds", None, Caller::Admin).await;
     assert_eq!(post.status, 405);
     app.finish().await;
 }
@@ -448,9 +416,14 @@ async fn commerce_serve_drains_the_outbox_on_its_own() {
 #[tokio::test]
 async fn cancelling_a_session_cancels_its_payment_intent_at_the_gateway() {
     let (app, gateway) = shop(|c| c).await;
-    let (session, intent, _) = session_with_intent(&app, "k-cancel").await;
+    let Paying { session, intent, .. } = app.paying_session(&[("var-1", 1)], "k-cancel").await;
     let cancelled = app
-        .call("POST", &format!("/v1/checkout/{session}/cancel"), None, false)
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/cancel"),
+            None,
+            Caller::Anonymous,
+        )
         .await;
     assert_eq!(cancelled.status, 200, "{cancelled:?}");
     // Sent by the cancelling request itself, not by a later drain.

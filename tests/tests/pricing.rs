@@ -2,7 +2,8 @@
 //! publishing that a quote sees wholly or not at all, over HTTP against real Redis and
 //! PostgreSQL.
 
-use commerce_tests::{ADMIN_TOKEN, JWT_SECRET, Reply, TestApp};
+use commerce_core::keys::RulesetKind;
+use commerce_tests::{ADMIN_TOKEN, Caller, JWT_SECRET, Reply, TestApp, unit};
 use serde_json::{Value, json};
 
 /// A catalog whose prices are easy to check: var-1 costs 10.00, var-2 20.00, … (EUR).
@@ -35,7 +36,7 @@ async fn priced_app() -> TestApp {
 
 async fn publish(app: &TestApp, kind: &str) -> Reply {
     let reply = app
-        .call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
+        .call("POST", &format!("/v1/admin/{kind}/publish"), None, Caller::Admin)
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     reply
@@ -139,17 +140,8 @@ async fn only_the_admin_may_name_a_customer_group() {
 #[tokio::test]
 async fn a_cart_is_quoted_in_its_currency_and_mixing_currencies_is_refused() {
     let app = priced_app().await;
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(
-        &format!("/v1/carts/{cart}/items"),
-        json!({"variantId": "var-3", "quantity": 2}),
-    )
-    .await;
     let bundle = json!({"bundleId": "bundle-1", "choices": {"tops": ["var-1", "var-2"], "caps": ["var-9"]}, "quantity": 1});
-    app.post(&format!("/v1/carts/{cart}/items"), bundle).await;
+    let cart = app.cart_with_lines(&[unit("var-3", 2), bundle]).await;
     let reply = quote(&app, json!({ "cartId": cart }), None).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(
@@ -249,7 +241,8 @@ async fn two_publishes_at_once_build_two_clean_versions_and_only_move_forward() 
     // The replaced versions expire; the current one does not.
     let mut redis = app.redis.clone();
     for (version, expect_ttl) in [(1, true), (2, true), (3, false)] {
-        let key = app.key(&format!("pricing:ruleset-bundle-v2:{{{version}}}:prices"));
+        // `pricing:ruleset-bundle-v2:{N}:prices`.
+        let key = app.keys().ruleset_keys(RulesetKind::Pricing, version)[1].clone();
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut redis)
@@ -273,7 +266,7 @@ async fn a_publish_is_announced_on_its_channel() {
     let client = commerce_tests::redis_client(&commerce_tests::admin_redis_url());
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub
-        .subscribe(app.key("discount-ruleset-version"))
+        .subscribe(app.keys().ruleset_channel(RulesetKind::Discounts))
         .await
         .unwrap();
     publish(&app, "discounts").await;
@@ -323,7 +316,9 @@ async fn bad_quotes_and_unauthorised_publishes_are_refused() {
         assert!(matches!(reply.status, 401 | 403), "{reply:?}");
     }
     assert_eq!(
-        app.call("GET", "/v1/pricing/quote", None, false).await.status,
+        app.call("GET", "/v1/pricing/quote", None, Caller::Anonymous)
+            .await
+            .status,
         405
     );
     assert_eq!(app.redis_snapshot_of("ruleset").await, before);
@@ -345,8 +340,8 @@ async fn a_ruleset_left_in_an_older_encoding_is_republished_not_misread() {
             r#"{"base":1,"currency":"EUR","entries":[]}"#,
         )
         .hset(app.key("pricing:ruleset-bundle:{9}:lists"), "all", "{}")
-        .del(app.key("pricing-ruleset-version-v2"))
-        .del(app.key("discount-ruleset-version-v2"))
+        .del(app.keys().ruleset_version(RulesetKind::Pricing))
+        .del(app.keys().ruleset_version(RulesetKind::Discounts))
         .query_async(&mut redis)
         .await
         .unwrap();

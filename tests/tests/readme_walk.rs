@@ -4,13 +4,13 @@
 //! `scripts/spin-up`, exactly as `scripts/run` serves the app, so the walk a reader
 //! follows there answers as the README says on both hosts.
 
-use commerce_tests::{ADMIN_TOKEN, Reply, TestApp, customer_token};
+use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp, customer_token};
 use serde_json::{Value, json};
 
 const ADMIN: (&str, &str) = ("authorization", "Bearer test-admin-token");
 
 async fn post_as_admin(app: &TestApp, path: &str, body: Value) -> Reply {
-    app.call("POST", path, Some(body), true).await
+    app.call("POST", path, Some(body), Caller::Admin).await
 }
 
 #[tokio::test]
@@ -67,7 +67,12 @@ async fn the_readme_walk_answers_as_the_readme_says() {
         json!([{"variantId": "var-1", "requested": 1000, "sellable": 99}])
     );
     let released = app
-        .call("DELETE", "/v1/inventory/reservations/cart-42", None, true)
+        .call(
+            "DELETE",
+            "/v1/inventory/reservations/cart-42",
+            None,
+            Caller::Admin,
+        )
         .await;
     assert_eq!(released.body, json!({"cartId": "cart-42", "released": 2}));
     assert_eq!(app.set_on_hand("var-1", 250).await.body["stock"], 250);
@@ -76,7 +81,7 @@ async fn the_readme_walk_answers_as_the_readme_says() {
             "PUT",
             "/v1/admin/inventory/var-7",
             Some(json!({"maxPerOrder": 2})),
-            true,
+            Caller::Admin,
         )
         .await;
     assert_eq!(
@@ -100,7 +105,7 @@ async fn the_readme_walk_answers_as_the_readme_says() {
         (&json!("var-7"), &json!(3), &json!(2))
     );
     let reconciled = app
-        .call("POST", "/v1/admin/inventory/reconcile", None, true)
+        .call("POST", "/v1/admin/inventory/reconcile", None, Caller::Admin)
         .await;
     assert_eq!(reconciled.body["variants"], 20, "{reconciled:?}");
     let health = app.get("/health").await;
@@ -127,10 +132,7 @@ async fn the_readme_walk_answers_as_the_readme_says() {
     );
 
     // Carts and bundles.
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let cart = app.new_cart().await;
     let items = format!("/v1/carts/{cart}/items");
     let added = app
         .post(&items, json!({"variantId": "var-1", "quantity": 2}))
@@ -212,17 +214,26 @@ async fn the_readme_walk_answers_as_the_readme_says() {
     );
     assert_eq!(app.get(&format!("/v1/carts/{cart}")).await.status, 404);
     let invalidated = app
-        .call("POST", "/v1/admin/bundles/bundle-1/invalidate", None, true)
+        .call(
+            "POST",
+            "/v1/admin/bundles/bundle-1/invalidate",
+            None,
+            Caller::Admin,
+        )
         .await;
     assert_eq!(invalidated.status, 200, "{invalidated:?}");
 
     // Prices, discounts and publishing.
-    let published = app.call("POST", "/v1/admin/pricing/publish", None, true).await;
+    let published = app
+        .call("POST", "/v1/admin/pricing/publish", None, Caller::Admin)
+        .await;
     assert_eq!(
         (published.status, &published.body["switched"]),
         (200, &json!(true))
     );
-    let discounts = app.call("POST", "/v1/admin/discounts/publish", None, true).await;
+    let discounts = app
+        .call("POST", "/v1/admin/discounts/publish", None, Caller::Admin)
+        .await;
     assert_eq!(discounts.status, 200, "{discounts:?}");
     let quote = app
         .post(
@@ -257,28 +268,8 @@ async fn the_readme_walk_answers_as_the_readme_says() {
     assert_eq!(as_admin.status, 200, "{as_admin:?}");
 
     // Checkout, from cart to order, with the local gateway.
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(
-        &format!("/v1/carts/{cart}/items"),
-        json!({"variantId": "var-3", "quantity": 2}),
-    )
-    .await;
-    let start = |key: &'static str| {
-        let cart = cart.clone();
-        let app = &app;
-        async move {
-            app.call_with(
-                "POST",
-                "/v1/checkout",
-                Some(json!({"cartId": cart})),
-                &[("idempotency-key", key)],
-            )
-            .await
-        }
-    };
+    let cart = app.cart_with(&[("var-3", 2)]).await;
+    let start = |key: &'static str| app.start_checkout(&cart, key);
     let started = start("order-42-try-1").await;
     assert_eq!(
         (started.status, &started.body["state"]),
@@ -292,20 +283,11 @@ async fn the_readme_walk_answers_as_the_readme_says() {
         (409, "CHECKOUT_IN_PROGRESS"),
         "{second:?}"
     );
-    let intent = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/payment-intent"),
-            None,
-            false,
-        )
-        .await;
+    let intent = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(intent.body["state"], "PAYMENT_PENDING", "{intent:?}");
-    let event = gateway.event(
-        "payment_intent.succeeded",
-        intent.body["paymentIntentId"].as_str().unwrap(),
-    );
-    let (status, _) = gateway.deliver(&app.base, &event).await;
+    let (status, _) = app
+        .intent_paid(&gateway, intent.body["paymentIntentId"].as_str().unwrap())
+        .await;
     assert_eq!(status, 200);
     let done = app.get(&format!("/v1/checkout/{session}")).await;
     assert_eq!(done.body["state"], "COMPLETED", "{done:?}");

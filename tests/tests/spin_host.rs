@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use commerce_tests::host::Host;
 use commerce_tests::proxy::PausableProxy;
-use commerce_tests::{ADMIN_TOKEN, Reply, TestApp};
+use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -274,7 +274,7 @@ async fn a_paused_postgres_costs_a_503_and_the_retry_after_it_succeeds() {
     // so Redis never mirrored it; the retry changes nothing more (DESIGN §4: Redis is
     // repaired from PostgreSQL by reconciliation).
     let reconciled = app
-        .call("POST", "/v1/admin/inventory/reconcile", None, true)
+        .call("POST", "/v1/admin/inventory/reconcile", None, Caller::Admin)
         .await;
     assert_eq!(reconciled.status, 200, "{reconciled:?}");
     assert_eq!(app.check_holds("var-1").await, (40, 0));
@@ -303,7 +303,7 @@ async fn a_request_its_client_gave_up_on_still_ends_when_redis_answers() {
     for _ in 0..50 {
         // One key read at a time: the script may be running meanwhile.
         let reserved: Option<i64> =
-            redis::AsyncCommands::get(&mut direct, app.key("inventory:reserved:{var-1}"))
+            redis::AsyncCommands::get(&mut direct, app.variant_keys("var-1").reserved)
                 .await
                 .unwrap();
         held = reserved.unwrap_or(0);
@@ -410,38 +410,13 @@ async fn a_paused_gateway_costs_a_503_within_gateway_timeout_ms() {
     })
     .await;
     app.seed(2).await;
-    for kind in ["pricing", "discounts"] {
-        let published = app
-            .call("POST", &format!("/v1/admin/{kind}/publish"), None, true)
-            .await;
-        assert_eq!(published.status, 200, "{published:?}");
-    }
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(
-        &format!("/v1/carts/{cart}/items"),
-        json!({"variantId": "var-1", "quantity": 1}),
-    )
-    .await;
-    let started = app
-        .call_with(
-            "POST",
-            "/v1/checkout",
-            Some(json!({"cartId": cart})),
-            &[("idempotency-key", "k")],
-        )
-        .await;
-    assert_eq!(started.status, 201, "{started:?}");
-    let intent = format!(
-        "/v1/checkout/{}/payment-intent",
-        started.body["sessionId"].as_str().unwrap()
-    );
+    app.publish_rulesets().await;
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let session = app.checkout(&cart, "k").await;
 
     proxy.pause();
     let clock = Instant::now();
-    let paused = app.call("POST", &intent, None, false).await;
+    let paused = app.payment_intent(&session, Caller::Anonymous).await;
     let took = clock.elapsed();
     proxy.resume();
     eprintln!(
@@ -457,7 +432,7 @@ async fn a_paused_gateway_costs_a_503_within_gateway_timeout_ms() {
         "{paused:?}"
     );
     assert!(took < Duration::from_millis(TIMEOUT_MS) * 3, "took {took:?}");
-    let retried = app.call("POST", &intent, None, false).await;
+    let retried = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(retried.body["state"], "PAYMENT_PENDING", "{retried:?}");
     app.finish().await;
 }

@@ -239,7 +239,7 @@ impl<'a> Books<'a> {
             ));
         }
         let mut redis = self.redis.clone();
-        let key = self.app.key(&format!("inventory:variant:{{{}}}", self.variant));
+        let key = self.app.variant_keys(self.variant).stock;
         let stock: Result<Option<i64>, _> = redis.get(&key).await;
         match stock {
             Ok(Some(stock)) if stock == on_hand => {}

@@ -19,6 +19,12 @@ use commerce_native::progress::Progress;
 use commerce_native::{EnvConfig, build_app, migrate, serve};
 use tokio::net::TcpListener;
 
+/// Many small short-lived allocations per request on every worker thread: glibc's
+/// allocator spent a fifth of the server's time in `malloc`, `free` and consolidation
+/// under `scripts/bench` (profiled with `perf`); mimalloc keeps them thread-local.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// spin-commerce outside Spin. Settings come from `COMMERCE_*` environment variables
 /// (`COMMERCE_REDIS_URL`, `COMMERCE_DATABASE_URL`, `COMMERCE_ADMIN_TOKEN`, …); the flags
 /// below override them.

@@ -1,7 +1,7 @@
 //! `commerce-core`: every rule, Lua script, key, route and handler of spin-commerce.
 //!
-//! The crate talks to the outside only through the ports in [`ports`]; the Spin
-//! components (feature `spin`, module `spin`) and `commerce-native` implement them. Data
+//! The crate talks to the outside only through the ports in [`ports`]; `commerce-spin`
+//! (`spin-adapter/`, used by the Spin components) and `commerce-native` implement them. Data
 //! flows one way: HTTP request → [`router::handle`] → store → port → adapter.
 
 pub mod app;
@@ -29,8 +29,6 @@ pub mod ratelimit;
 pub mod router;
 pub mod script;
 pub mod settings;
-#[cfg(feature = "spin")]
-pub mod spin;
 
 pub use app::App;
 pub use error::{Error, PortError, Result};

@@ -1,7 +1,7 @@
 //! The ports through which the stores reach the outside.
 //!
-//! Each port has two adapters: the Spin host interfaces inside a component (feature
-//! `spin`) and redis-rs / tokio-postgres in `commerce-native`. The shapes follow what the
+//! Each port has two adapters: the Spin host interfaces inside a component
+//! (`commerce-spin`, `spin-adapter/`) and redis-rs / tokio-postgres in `commerce-native`. The shapes follow what the
 //! Spin host can carry (DESIGN §2): Redis replies arrive flattened, so the stores only
 //! ever decode flat, fixed-position arrays, and one decoder serves both adapters.
 

@@ -62,7 +62,7 @@ impl Script {
 ///   as the native adapter and older Spin hosts pass it on;
 /// - `An error was signalled by the server - NoScriptError: No matching script. Please use
 ///   EVAL.`: the Spin host's redis-rs 0.32 rendering of that code, kind name in the middle
-///   (`shared/src/spin.rs` tests it against what the real host returned).
+///   (`spin-adapter/src/redis.rs` tests it against what the real host returned).
 ///
 /// The code must lead (or the kind be named after the host's ` - `), so that a script
 /// error that merely mentions NOSCRIPT in its message is not taken for a missing script.

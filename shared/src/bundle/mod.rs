@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::app::App;
 use crate::error::{Error, Result};
 use crate::ids::{BundleId, SetId, VariantId};
 use crate::keys::{BundleKeys, Keys};
 use crate::metrics::{self, Cache};
-use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
+use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, tag, unexpected};
 
 static GET: Script = Script::new(include_str!("get.lua"));
@@ -100,6 +101,11 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
             keys,
             ttl_ms: i64::from(ttl_seconds) * 1000,
         }
+    }
+
+    /// The cache of an app: its ports and keys, entries living `bundle_ttl_seconds`.
+    pub fn of<H: Http>(app: &'a App<R, S, H>) -> Self {
+        Self::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds)
     }
 
     /// The bundle, from the cache or (once) from PostgreSQL. Unknown or inactive: 404.

@@ -5,15 +5,17 @@
 
 pub mod routes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::app::App;
 use crate::bundle::Choices;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
-use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, VariantId, random_hex_128};
+use crate::http::{field, object, str_field};
+use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId, random_hex_128};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
 use crate::script::{Script, tag, unexpected};
@@ -84,6 +86,60 @@ impl LineItem {
     }
 }
 
+/// Parses one line to add: `{variantId, quantity}` or `{bundleId, choices, quantity}`.
+pub fn parse_line(body: &Value) -> Result<(LineItem, Quantity)> {
+    let body = object(body)?;
+    let quantity = Quantity::from_json(field(body, "quantity")?)?;
+    let item = match (body.get("variantId"), body.get("bundleId")) {
+        (Some(_), None) => LineItem::Variant(VariantId::parse(str_field(body, "variantId")?)?),
+        (None, Some(_)) => {
+            let bundle = BundleId::parse(str_field(body, "bundleId")?)?;
+            LineItem::Bundle(bundle, parse_choices(field(body, "choices")?)?)
+        }
+        _ => {
+            return Err(Error::bad_request(
+                "INVALID_LINE",
+                "a line names either a variantId or a bundleId with its choices",
+            ));
+        }
+    };
+    Ok((item, quantity))
+}
+
+/// Most sets, and variants per set, a bundle line may name.
+const MAX_CHOICES: usize = 100;
+
+fn parse_choices(value: &Value) -> Result<Choices> {
+    let bad = |message: &str| Error::bad_request("INVALID_CHOICES", message);
+    let sets = value
+        .as_object()
+        .ok_or_else(|| bad("choices must be an object of set id → [variant ids]"))?;
+    if sets.is_empty() || sets.len() > MAX_CHOICES {
+        return Err(bad("choices must name 1 to 100 sets"));
+    }
+    let mut choices = Choices::new();
+    for (set, variants) in sets {
+        let set = SetId::parse(set)?;
+        let variants = variants
+            .as_array()
+            .filter(|v| !v.is_empty() && v.len() <= MAX_CHOICES)
+            .ok_or_else(|| bad("each set's choice must be an array of 1 to 100 variant ids"))?;
+        let mut chosen = BTreeSet::new();
+        for v in variants {
+            let id = v.as_str().ok_or_else(|| bad("variant ids must be strings"))?;
+            if !chosen.insert(VariantId::parse(id)?) {
+                return Err(Error::Unprocessable {
+                    code: "INVALID_BUNDLE_CHOICE",
+                    message: format!("variant {id} is chosen twice in set {set}"),
+                    details: json!({ "setId": set.as_str(), "reason": "duplicate" }),
+                });
+            }
+        }
+        choices.insert(set, chosen.into_iter().collect());
+    }
+    Ok(choices)
+}
+
 /// A cart as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -137,6 +193,11 @@ impl<'a, R: Redis> Carts<'a, R> {
             keys,
             settings,
         }
+    }
+
+    /// The cart store of an app.
+    pub fn of<S, H>(app: &'a App<R, S, H>) -> Self {
+        Self::new(&app.redis, &app.keys, &app.settings)
     }
 
     /// The cart's key.

@@ -461,7 +461,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             return Ok(());
         };
         let grace = i64::from(self.app.settings.hold_grace_seconds) * 1000;
-        let lock_key = Carts::new(&self.app.redis, &self.app.keys, &self.app.settings).lock_key(&cart);
+        let lock_key = Carts::of(self.app).lock_key(&cart);
         let holder = self.redis("GET", vec![lock_key.as_str().into()]).await?;
         if holder.first().and_then(RedisReply::as_text) != Some(id) {
             let mut repaired = String::new();

@@ -15,9 +15,8 @@ use super::quote::{item_quote_line, price_cart, price_lines};
 use super::store::Rulesets;
 use crate::app::App;
 use crate::auth;
-use crate::bundle::routes::store as bundles;
-use crate::cart::routes::parse_line;
-use crate::cart::{CartRef, LineItem};
+use crate::bundle::Bundles;
+use crate::cart::{CartRef, LineItem, parse_line};
 use crate::error::{Error, Result};
 use crate::http::{Request, Response, array_field, object, str_field};
 use crate::ids::{CartId, CustomerId};
@@ -137,7 +136,7 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
         for line in array_field(body, "lines", MAX_LINES)? {
             let (item, quantity) = parse_line(line)?;
             if let LineItem::Bundle(bundle, choices) = &item {
-                bundles(app).check(bundle, choices).await?;
+                Bundles::of(app).check(bundle, choices).await?;
             }
             lines.push(item_quote_line(&item, quantity));
         }

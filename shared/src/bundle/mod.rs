@@ -15,12 +15,12 @@ use crate::ids::{BundleId, SetId, VariantId};
 use crate::keys::{BundleKeys, Keys};
 use crate::metrics::{self, Cache};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 
-static GET: Script = Script::new(include_str!("get.lua"));
-static STORE: Script = Script::new(include_str!("store.lua"));
-static CHECK: Script = Script::new(include_str!("check.lua"));
-static INVALIDATE: Script = Script::new(include_str!("invalidate.lua"));
+static GET: Script = Script::new(lua!("get.lua"));
+static STORE: Script = Script::new(lua!("store.lua"));
+static CHECK: Script = Script::new(lua!("check.lua"));
+static INVALIDATE: Script = Script::new(lua!("invalidate.lua"));
 
 /// One row per (set, eligible variant) of an active bundle.
 const BUNDLE_ROWS: &str = "\

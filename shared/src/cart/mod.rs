@@ -18,15 +18,15 @@ use crate::http::{field, object, str_field};
 use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId, random_hex_128};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 use crate::settings::Settings;
 
-static CREATE: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("create.lua")));
-static GET: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("get.lua")));
-static MUTATE: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("mutate.lua")));
-static MERGE_CLAIM: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("merge_claim.lua")));
-static MERGE_APPLY: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("merge_apply.lua")));
-static MERGE_FINISH: Script = Script::new(include_str!("merge_finish.lua"));
+static CREATE: Script = Script::new(lua!("cart.lua", "create.lua"));
+static GET: Script = Script::new(lua!("cart.lua", "get.lua"));
+static MUTATE: Script = Script::new(lua!("cart.lua", "mutate.lua"));
+static MERGE_CLAIM: Script = Script::new(lua!("cart.lua", "merge_claim.lua"));
+static MERGE_APPLY: Script = Script::new(lua!("cart.lua", "merge_apply.lua"));
+static MERGE_FINISH: Script = Script::new(lua!("merge_finish.lua"));
 
 /// How long the tombstone of a merged anonymous cart answers retries: one day.
 const TOMBSTONE_TTL_MS: i64 = 24 * 60 * 60 * 1000;

@@ -25,13 +25,10 @@ use crate::ids::{CartId, Quantity, VariantId};
 use crate::inventory::{Holder, Inventory, Level};
 use crate::keys::VariantKeys;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 
-static PAGE: Script = Script::new(include_str!("page.lua"));
-static FIX_RESERVED: Script = Script::new(concat!(
-    include_str!("../inventory/purge.lua"),
-    include_str!("fix_reserved.lua")
-));
+static PAGE: Script = Script::new(lua!("page.lua"));
+static FIX_RESERVED: Script = Script::new(lua!("../inventory/purge.lua", "fix_reserved.lua"));
 
 /// Variants per page.
 const PAGE_SIZE: i64 = 500;

@@ -8,21 +8,18 @@ use serde_json::{Value, json};
 use super::session::{Session, cart_ref_text, checkout_not_found, parse_session, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, KEEP_MS, ended, gateway, order, paid};
+use super::{Checkouts, KEEP_MS, before_payment, ended, gateway, order, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::CartId;
 use crate::inventory::Holder;
 use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, Sql};
-use crate::script::Script;
+use crate::script::{Script, lua};
 
-static EMPTY_CART: Script = Script::new(include_str!("empty_cart.lua"));
-static FLAG_REFUND: Script = Script::new(concat!(
-    include_str!("session.lua"),
-    include_str!("flag_refund.lua")
-));
-static RESTORE: Script = Script::new(concat!(include_str!("session.lua"), include_str!("restore.lua")));
+static EMPTY_CART: Script = Script::new(lua!("empty_cart.lua"));
+static FLAG_REFUND: Script = Script::new(lua!("session.lua", "flag_refund.lua"));
+static RESTORE: Script = Script::new(lua!("session.lua", "restore.lua"));
 
 impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Handles a verified gateway event. A confirmed payment places the order (or resumes
@@ -106,6 +103,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     kept.intent_id.as_str().into(),
                     kept.intent.as_str().into(),
                     state.into(),
+                    before_payment(),
                 ],
             )
             .await?;

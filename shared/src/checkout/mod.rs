@@ -49,14 +49,11 @@ use crate::inventory::{Holder, Inventory};
 use crate::metrics::{self, Event};
 use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::script::Script;
+use crate::script::{Script, lua};
 
-static UNLOCK: Script = Script::new(include_str!("unlock.lua"));
-static GET: Script = Script::new(concat!(include_str!("session.lua"), include_str!("get.lua")));
-static TRANSITION: Script = Script::new(concat!(
-    include_str!("session.lua"),
-    include_str!("transition.lua")
-));
+static UNLOCK: Script = Script::new(lua!("unlock.lua"));
+static GET: Script = Script::new(lua!("session.lua", "get.lua"));
+static TRANSITION: Script = Script::new(lua!("session.lua", "transition.lua"));
 
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
@@ -212,7 +209,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// what it held.
     async fn load(&self, id: &CartId) -> Result<Session> {
         let key = self.app.keys.checkout_session(id);
-        let reply = self.run(&GET, &[&key], Vec::new()).await?;
+        let reply = self.run(&GET, &[&key], vec![before_payment()]).await?;
         let (tag, session) = parse_session(&reply)?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         if tag == "EXPIRED_NOW" {
@@ -236,12 +233,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             self.app.keys.checkout_session(id),
             self.app.keys.checkout_metadata(id),
         );
-        let sources: Vec<&str> = State::sources(to).into_iter().map(State::name).collect();
         let mut args = vec![
             to.name().into(),
-            sources.join(",").into(),
+            state::joined(&State::sources(to)).into(),
             deadline_ms.map(|t| t.to_string()).unwrap_or_default().into(),
             RedisArg::Int(KEEP_MS),
+            before_payment(),
         ];
         for (field, value) in fields {
             args.push((*field).into());
@@ -283,6 +280,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             _ => Err(wrong_state(&session, "cancel")),
         }
     }
+}
+
+/// The states before payment as the session scripts take them (`expire_if_due` in
+/// `session.lua`): the state machine says which they are, not the scripts.
+fn before_payment() -> RedisArg {
+    state::joined(&State::before_payment()).into()
 }
 
 /// Counts a session that reached a final state (`commerce_checkouts_ended_total`); any

@@ -13,13 +13,10 @@ use crate::ids::{CartId, Quantity, VariantId};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
 use crate::pricing::quote::{cart_quote_lines, price_lines};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 
-static LOCK: Script = Script::new(concat!(
-    include_str!("../cart/cart.lua"),
-    include_str!("lock.lua")
-));
-static CREATE: Script = Script::new(concat!(include_str!("session.lua"), include_str!("create.lua")));
+static LOCK: Script = Script::new(lua!("../cart/cart.lua", "lock.lua"));
+static CREATE: Script = Script::new(lua!("session.lua", "create.lua"));
 
 /// Units per variant that a cart's lines take from stock: direct lines and bundle parts
 /// summed per variant, so a variant wanted twice is checked against stock once, in full.

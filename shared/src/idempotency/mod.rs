@@ -16,10 +16,10 @@ use crate::error::{Error, PortError, Result};
 use crate::http::{Request, Response};
 use crate::ids::random_hex_128;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::script::{Script, unexpected};
+use crate::script::{Script, lua, unexpected};
 
-static BEGIN: Script = Script::new(include_str!("begin.lua"));
-static FINISH: Script = Script::new(include_str!("finish.lua"));
+static BEGIN: Script = Script::new(lua!("begin.lua"));
+static FINISH: Script = Script::new(lua!("finish.lua"));
 
 /// The `Idempotency-Key` header: 1–255 printable ASCII characters.
 fn key_of(req: &Request) -> Result<Option<String>> {

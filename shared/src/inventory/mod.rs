@@ -22,28 +22,17 @@ use crate::ids::{Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::metrics::{self, Cache, Event};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 
-static RESERVE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("reserve.lua")));
-static RELEASE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("release.lua")));
-static VIEW: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("view.lua")));
-static SWEEP: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("sweep.lua")));
-static LOAD_STOCK: Script = Script::new(concat!(
-    include_str!("purge.lua"),
-    include_str!("stock.lua"),
-    include_str!("load_stock.lua")
-));
-static APPLY_STOCK: Script = Script::new(concat!(
-    include_str!("stock.lua"),
-    include_str!("apply_stock.lua")
-));
-static PUT_BACK: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("put_back.lua")));
-static HOLD_INDEX: Script = Script::new(include_str!("hold_index.lua"));
-static COMMIT: Script = Script::new(concat!(
-    include_str!("purge.lua"),
-    include_str!("stock.lua"),
-    include_str!("commit.lua")
-));
+static RESERVE: Script = Script::new(lua!("purge.lua", "reserve.lua"));
+static RELEASE: Script = Script::new(lua!("purge.lua", "release.lua"));
+static VIEW: Script = Script::new(lua!("purge.lua", "view.lua"));
+static SWEEP: Script = Script::new(lua!("purge.lua", "sweep.lua"));
+static LOAD_STOCK: Script = Script::new(lua!("purge.lua", "stock.lua", "load_stock.lua"));
+static APPLY_STOCK: Script = Script::new(lua!("stock.lua", "apply_stock.lua"));
+static PUT_BACK: Script = Script::new(lua!("purge.lua", "put_back.lua"));
+static HOLD_INDEX: Script = Script::new(lua!("hold_index.lua"));
+static COMMIT: Script = Script::new(lua!("purge.lua", "stock.lua", "commit.lua"));
 
 /// On-hand, version and existence of variants, for the lazy load, with the holds of each
 /// variant's live paid checkout sessions that PostgreSQL keeps (sessions with a payment

@@ -1,20 +1,19 @@
 //! The `Redis` port over Spin's outbound Redis, and how the host's error texts are read.
 
 use commerce_core::error::PortError;
-use commerce_core::ports::{Redis, RedisArg, RedisReply};
+use commerce_core::ports::{CANNOT_SERVE_NOW, Redis, RedisArg, RedisReply};
 use spin_sdk::redis::{self, RedisParameter, RedisResult};
 
 use crate::Deadline;
 use crate::connection::OnFirstUse;
 
-/// The [`Redis`] port over Spin's outbound Redis (`fermyon:spin/redis@2.0.0`).
+/// The [`Redis`] port over Spin's outbound Redis (`fermyon:spin/redis@2.0.0`), with the
+/// guarantees the port states: the host flattens replies itself; its renderings of
+/// server errors are read back to Redis's own form by [`server_error`]; an outage, or a
+/// code of [`CANNOT_SERVE_NOW`], is [`PortError::Unreachable`].
 ///
-/// Guarantees: the connection is opened on the first command and reused for the rest of
-/// the request; a failed open is retried by the next command. Replies arrive flattened by
-/// the host, exactly as [`RedisReply`] documents. A server error reply is
-/// [`PortError::Server`] in Redis's own form, code first (`NOSCRIPT No matching script…`),
-/// whatever the host's rendering; anything that means Redis could not be reached, or
-/// cannot serve now (`LOADING`, `BUSY`, …), is [`PortError::Unreachable`] (→ 503).
+/// The connection is opened on the first command and reused for the rest of the request;
+/// a failed open is retried by the next command.
 pub struct SpinRedis {
     connection: OnFirstUse<redis::Connection>,
     deadline: Deadline,
@@ -82,7 +81,7 @@ fn redis_error(error: redis::Error) -> PortError {
         }
         redis::Error::TypeError => PortError::Server("Redis reply of an unexpected type".into()),
         redis::Error::Other(text) => match server_error(&text) {
-            Some((code, message)) if SERVER_CANNOT_SERVE_NOW.contains(&code) => {
+            Some((code, message)) if CANNOT_SERVE_NOW.contains(&code) => {
                 PortError::Unreachable(format!("{code} {message}"))
             }
             Some((code, message)) => PortError::Server(format!("{code} {message}")),
@@ -91,23 +90,6 @@ fn redis_error(error: redis::Error) -> PortError {
         },
     }
 }
-
-/// Error codes by which Redis says it cannot serve now, though it may soon: loading its
-/// data, blocked by a long script, a replica cut from its primary or read-only after a
-/// failover, a cluster resharding or down, out of memory; and refused credentials, a
-/// deployment mistake like a wrong address. All are outages to the caller (503, retry
-/// later), like PostgreSQL's SQLSTATE class 08 (`pg.rs`), not bugs of ours (500).
-const SERVER_CANNOT_SERVE_NOW: [&str; 9] = [
-    "LOADING",
-    "BUSY",
-    "MASTERDOWN",
-    "READONLY",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "OOM",
-    "NOAUTH",
-    "WRONGPASS",
-];
 
 /// Redis's own error code and message of a server error reply, from the text the host
 /// hands over; `None` if the text is not a server error reply (a connection failure).

@@ -31,6 +31,6 @@ pub mod script;
 pub mod settings;
 
 pub use app::App;
-pub use error::{Error, PortError, Result};
+pub use error::{Error, ErrorCode, PortError, Result};
 pub use router::{Scope, handle};
 pub use settings::Settings;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use commerce_core::app::App;
-use commerce_core::error::Error;
+use commerce_core::error::{Error, ErrorCode};
 use commerce_core::http::{Request, Response};
 use commerce_core::metrics::Measured;
 use commerce_core::metrics::exchange::Exchange;
@@ -178,7 +178,8 @@ const DRAIN_BYTES: usize = 1024 * 1024;
 /// dropping at most [`DRAIN_BYTES`] more). The component has nothing else to do
 /// meanwhile, so it blocks on the stream.
 fn read_body(req: IncomingRequest, limit: usize) -> Result<Vec<u8>, Error> {
-    let unreadable = |what: &str| Error::bad_request("MALFORMED_BODY", format!("the request body {what}"));
+    let unreadable =
+        |what: &str| Error::bad_request(ErrorCode::MalformedBody, format!("the request body {what}"));
     let incoming = req.consume().map_err(|()| unreadable("was already consumed"))?;
     let mut body = Vec::new();
     {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::app::App;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{BundleId, SetId, VariantId};
 use crate::keys::{BundleKeys, Keys};
 use crate::metrics::{self, Cache};
@@ -164,7 +164,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
                         .ok_or_else(|| unexpected(&reply))?;
                     self.load(bundle, &keys, generation).await.map_err(|e| match e {
                         Error::NotFound { message, .. } => Error::Unprocessable {
-                            code: "UNKNOWN_BUNDLE",
+                            code: ErrorCode::UnknownBundle,
                             message,
                             details: json!({ "bundleId": bundle.as_str() }),
                         },
@@ -261,7 +261,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
 fn assemble(bundle: &BundleId, rows: &[Vec<SqlValue>]) -> Result<Bundle> {
     let first = rows
         .first()
-        .ok_or_else(|| Error::not_found("BUNDLE_NOT_FOUND", format!("unknown bundle: {bundle}")))?;
+        .ok_or_else(|| Error::not_found(ErrorCode::BundleNotFound, format!("unknown bundle: {bundle}")))?;
     let text = |row: &[SqlValue], i: usize| row.get(i).and_then(SqlValue::as_text).map(str::to_owned);
     let int = |row: &[SqlValue], i: usize| row.get(i).and_then(SqlValue::as_int);
     let bad = || Error::Internal(format!("malformed bundle row for {bundle}"));
@@ -313,7 +313,7 @@ fn invalid_choice(reply: &[RedisReply]) -> Error {
         _ => format!("variant {detail} is not eligible in set {set}"),
     };
     Error::Unprocessable {
-        code: "INVALID_BUNDLE_CHOICE",
+        code: ErrorCode::InvalidBundleChoice,
         message,
         details: json!({ "setId": set, "reason": reason }),
     }

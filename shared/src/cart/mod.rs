@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::bundle::Choices;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::http::{field, object, str_field};
 use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId, random_hex_128};
 use crate::keys::Keys;
@@ -98,7 +98,7 @@ pub fn parse_line(body: &Value) -> Result<(LineItem, Quantity)> {
         }
         _ => {
             return Err(Error::bad_request(
-                "INVALID_LINE",
+                ErrorCode::InvalidLine,
                 "a line names either a variantId or a bundleId with its choices",
             ));
         }
@@ -110,7 +110,7 @@ pub fn parse_line(body: &Value) -> Result<(LineItem, Quantity)> {
 const MAX_CHOICES: usize = 100;
 
 fn parse_choices(value: &Value) -> Result<Choices> {
-    let bad = |message: &str| Error::bad_request("INVALID_CHOICES", message);
+    let bad = |message: &str| Error::bad_request(ErrorCode::InvalidChoices, message);
     let sets = value
         .as_object()
         .ok_or_else(|| bad("choices must be an object of set id → [variant ids]"))?;
@@ -129,7 +129,7 @@ fn parse_choices(value: &Value) -> Result<Choices> {
             let id = v.as_str().ok_or_else(|| bad("variant ids must be strings"))?;
             if !chosen.insert(VariantId::parse(id)?) {
                 return Err(Error::Unprocessable {
-                    code: "INVALID_BUNDLE_CHOICE",
+                    code: ErrorCode::InvalidBundleChoice,
                     message: format!("variant {id} is chosen twice in set {set}"),
                     details: json!({ "setId": set.as_str(), "reason": "duplicate" }),
                 });
@@ -330,18 +330,14 @@ impl<'a, R: Redis> Carts<'a, R> {
             "NOT_FOUND" => Err(match cart {
                 CartRef::Session(id) => cart_not_found(id),
                 CartRef::Customer(_) => {
-                    Error::not_found("LINE_NOT_FOUND", format!("the cart has no line {line}"))
+                    Error::not_found(ErrorCode::LineNotFound, format!("the cart has no line {line}"))
                 }
             }),
             "NO_LINE" => Err(Error::not_found(
-                "LINE_NOT_FOUND",
+                ErrorCode::LineNotFound,
                 format!("the cart has no line {line}"),
             )),
-            "MERGED" => Err(Error::Conflict {
-                code: "CART_MERGED",
-                message: "the cart has been merged into a customer's cart".into(),
-                details: Value::Null,
-            }),
+            "MERGED" => Err(cart_merged()),
             "LOCKED" => Err(cart_locked(&reply)),
             "VERSION" => Err(Error::PreconditionFailed(format!(
                 "the cart is at version {}, not the one in If-Match",
@@ -360,7 +356,7 @@ impl<'a, R: Redis> Carts<'a, R> {
                     format!("a line holds at most {max} units")
                 };
                 Err(Error::Unprocessable {
-                    code: "CART_LIMIT",
+                    code: ErrorCode::CartLimit,
                     message,
                     details: json!({ "limit": what, "max": max }),
                 })
@@ -387,7 +383,7 @@ impl<'a, R: Redis> Carts<'a, R> {
             "NOT_FOUND" => return Err(cart_not_found(from)),
             "ELSEWHERE" => {
                 return Err(Error::Conflict {
-                    code: "CART_MERGED",
+                    code: ErrorCode::CartMerged,
                     message: "the cart is being merged into another customer's cart".into(),
                     details: Value::Null,
                 });
@@ -414,7 +410,7 @@ impl<'a, R: Redis> Carts<'a, R> {
             "LOCKED" => return Err(cart_locked(&applied)),
             "CURRENCY" => {
                 return Err(Error::Unprocessable {
-                    code: "CURRENCY_MISMATCH",
+                    code: ErrorCode::CurrencyMismatch,
                     message: format!(
                         "the cart is in {}, the customer's cart in {}",
                         claimed.currency,
@@ -448,6 +444,16 @@ impl<'a, R: Redis> Carts<'a, R> {
     }
 }
 
+/// The 409 for a cart merged into a customer's cart, which takes no more changes and no
+/// checkout.
+pub(crate) fn cart_merged() -> Error {
+    Error::Conflict {
+        code: ErrorCode::CartMerged,
+        message: "the cart has been merged into a customer's cart".into(),
+        details: Value::Null,
+    }
+}
+
 /// The cart is held by a live checkout: changes wait until it ends.
 fn cart_locked(reply: &[RedisReply]) -> Error {
     let session = reply
@@ -456,7 +462,7 @@ fn cart_locked(reply: &[RedisReply]) -> Error {
         .unwrap_or("")
         .to_owned();
     Error::Conflict {
-        code: "CART_LOCKED",
+        code: ErrorCode::CartLocked,
         message: format!("the cart is being checked out by session {session}"),
         details: serde_json::json!({ "sessionId": session }),
     }
@@ -464,7 +470,7 @@ fn cart_locked(reply: &[RedisReply]) -> Error {
 
 fn cart_not_found(id: &CartId) -> Error {
     Error::not_found(
-        "CART_NOT_FOUND",
+        ErrorCode::CartNotFound,
         format!("no cart {id} (it may have expired or been merged)"),
     )
 }

@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::auth;
 use crate::bundle::Bundles;
 use crate::catalog::require_variants;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, field, object, str_field};
 use crate::idempotency;
 use crate::ids::{CartId, CustomerId, LineId, Quantity};
@@ -132,14 +132,16 @@ fn expected(req: &Request) -> Result<Expected> {
         .unwrap_or(raw);
     if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::bad_request(
-            "INVALID_IF_MATCH",
+            ErrorCode::InvalidIfMatch,
             "If-Match must be a cart version, e.g. \"3\"",
         ));
     }
-    digits
-        .parse::<i64>()
-        .map(Some)
-        .map_err(|_| Error::bad_request("INVALID_IF_MATCH", "If-Match must be a cart version, e.g. \"3\""))
+    digits.parse::<i64>().map(Some).map_err(|_| {
+        Error::bad_request(
+            ErrorCode::InvalidIfMatch,
+            "If-Match must be a cart version, e.g. \"3\"",
+        )
+    })
 }
 
 /// The currency a new cart asks for (the default when the body names none).
@@ -163,7 +165,7 @@ fn parse_currency(value: &Value) -> Result<String> {
         .map(str::to_owned)
         .ok_or_else(|| {
             Error::bad_request(
-                "INVALID_CURRENCY",
+                ErrorCode::InvalidCurrency,
                 "currency must be an ISO 4217 code such as \"EUR\"",
             )
         })

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::state::State;
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{CartId, CustomerId};
 use crate::ports::RedisReply;
 
@@ -139,12 +139,15 @@ pub(super) fn parse_session(reply: &[RedisReply]) -> Result<(String, Option<Sess
 }
 
 pub(super) fn checkout_not_found(session: &CartId) -> Error {
-    Error::not_found("CHECKOUT_NOT_FOUND", format!("no checkout session {session}"))
+    Error::not_found(
+        ErrorCode::CheckoutNotFound,
+        format!("no checkout session {session}"),
+    )
 }
 
 pub(super) fn wrong_state(session: &Session, doing: &str) -> Error {
     Error::Conflict {
-        code: "CHECKOUT_STATE",
+        code: ErrorCode::CheckoutState,
         message: format!("cannot {doing}: the checkout is {}", session.state),
         details: json!({ "sessionId": session.id.as_str(), "state": session.state.name() }),
     }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::session::{SessionView, cart_ref_text, parse_session};
 use super::{Checkouts, KEEP_MS};
 use crate::cart::{self, CartLine, CartRef};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{CartId, Quantity, VariantId};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
@@ -42,7 +42,7 @@ pub fn demand(lines: &[CartLine]) -> Result<Vec<(VariantId, Quantity)>> {
         .into_iter()
         .map(|(variant, n)| {
             let quantity = Quantity::new(n).map_err(|_| Error::Unprocessable {
-                code: "CART_LIMIT",
+                code: ErrorCode::CartLimit,
                 message: format!("the cart takes {n} units of {variant}, more than one checkout may"),
                 details: json!({ "variantId": variant.as_str() }),
             })?;
@@ -96,25 +96,19 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     .unwrap_or("")
                     .to_owned();
                 return Err(Error::Conflict {
-                    code: "CHECKOUT_IN_PROGRESS",
+                    code: ErrorCode::CheckoutInProgress,
                     message: format!("the cart is already being checked out by session {holder}"),
                     details: json!({ "sessionId": holder }),
                 });
             }
             "NO_CART" | "EMPTY" => {
                 return Err(Error::Conflict {
-                    code: "CART_EMPTY",
+                    code: ErrorCode::CartEmpty,
                     message: "there is nothing in the cart to check out".into(),
                     details: Value::Null,
                 });
             }
-            "MERGED" => {
-                return Err(Error::Conflict {
-                    code: "CART_MERGED",
-                    message: "the cart has been merged into a customer's cart".into(),
-                    details: Value::Null,
-                });
-            }
+            "MERGED" => return Err(cart::cart_merged()),
             _ => return Err(unexpected(&locked)),
         }
         match self

@@ -17,7 +17,8 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::catalog;
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::metrics::{self, Cache, Event};
@@ -155,7 +156,7 @@ impl MaxPerOrder {
             .map(|n| Some(Self(n)))
             .ok_or_else(|| {
                 Error::bad_request(
-                    "INVALID_MAX_PER_ORDER",
+                    ErrorCode::InvalidMaxPerOrder,
                     format!(
                         "maxPerOrder must be an integer from 1 to {}, or null for no limit",
                         Self::MAX
@@ -443,7 +444,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                     .collect();
                 metrics::event(Event::ReservationRefused);
                 Err(Error::Conflict {
-                    code: "INSUFFICIENT_INVENTORY",
+                    code: ErrorCode::InsufficientInventory,
                     message: format!("{} variant(s) do not have enough sellable stock", shortages.len()),
                     details: json!({ "shortages": shortages }),
                 })
@@ -463,7 +464,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                     .collect();
                 let first = over.first().ok_or_else(|| unexpected(&reply.0))?;
                 Err(Error::Unprocessable {
-                    code: "MAX_PER_ORDER_EXCEEDED",
+                    code: ErrorCode::MaxPerOrderExceeded,
                     message: format!(
                         "at most {} unit(s) of {} per order, {} asked for",
                         first.max_per_order, first.variant_id, first.requested
@@ -906,14 +907,10 @@ fn int_columns<const N: usize>(row: &[SqlValue]) -> Result<[i64; N]> {
 /// a body does.
 fn unknown_variants(variants: &[VariantId], status: u16) -> Error {
     let ids: Vec<String> = variants.iter().map(ToString::to_string).collect();
-    let message = format!("unknown variant(s): {}", ids.join(", "));
+    let unknown = catalog::unknown_variants(&ids);
     if status == 404 {
-        Error::not_found("VARIANT_NOT_FOUND", message)
+        Error::not_found(ErrorCode::VariantNotFound, unknown.to_string())
     } else {
-        Error::Unprocessable {
-            code: "UNKNOWN_VARIANT",
-            message,
-            details: json!({ "variantIds": ids }),
-        }
+        unknown
     }
 }

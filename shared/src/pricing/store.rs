@@ -26,7 +26,7 @@ use super::engine::{
     BundlePricing, Discount, DiscountKind, DiscountTarget, PriceBreak, PriceList, PricingInput, VariantPrices,
 };
 use super::money::Currency;
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, ErrorCode, PortError, Result};
 use crate::keys::{Keys, RulesetKind};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, unexpected};
@@ -482,7 +482,7 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
 
 fn not_published() -> Error {
     Error::Conflict {
-        code: "RULESET_NOT_PUBLISHED",
+        code: ErrorCode::RulesetNotPublished,
         message: "no pricing ruleset has been published yet (POST /v1/admin/pricing/publish)".into(),
         details: Value::Null,
     }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::{Error, PortError};
+use crate::error::{Error, ErrorCode, PortError};
 use crate::ports::{Http, OutboundRequest};
 use crate::pricing::money::Currency;
 
@@ -203,7 +203,7 @@ fn rejected(status: u16, body: &[u8]) -> Error {
         None => (None, None, None),
     };
     Error::Unprocessable {
-        code: "PAYMENT_GATEWAY_REJECTED",
+        code: ErrorCode::PaymentGatewayRejected,
         message: message
             .unwrap_or_else(|| format!("the payment gateway refused the request (HTTP {status})")),
         details: json!({ "status": status, "type": kind, "code": code }),

@@ -5,7 +5,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::pricing::money::Currency;
 
 /// How far a webhook's signed timestamp may be from our clock, either way, in seconds
@@ -14,7 +14,7 @@ use crate::pricing::money::Currency;
 pub const SIGNATURE_TOLERANCE_S: i64 = 300;
 
 fn invalid_signature(message: &str) -> Error {
-    Error::bad_request("INVALID_SIGNATURE", message)
+    Error::bad_request(ErrorCode::InvalidSignature, message)
 }
 
 fn mac_of(secret: &str, t: &str, payload: &[u8]) -> Hmac<Sha256> {
@@ -182,7 +182,7 @@ struct RawMetadata {
 }
 
 fn invalid_event(message: impl Into<String>) -> Error {
-    Error::bad_request("INVALID_EVENT", message)
+    Error::bad_request(ErrorCode::InvalidEvent, message)
 }
 
 /// Reads a Stripe event (`{"id","object":"event","type","data":{"object":{…}}}`).

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commerce_core::PortError;
-use commerce_core::ports::{Redis, RedisArg, RedisReply};
+use commerce_core::ports::{CANNOT_SERVE_NOW, Redis, RedisArg, RedisReply};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -439,8 +439,8 @@ impl NativeRedis {
     }
 }
 
-/// Flattens a reply depth-first, the way the Spin host delivers script replies, so that
-/// the stores decode one shape in both runtimes.
+/// Flattens a reply depth-first, as the [`Redis`] port promises (the Spin host does it
+/// itself).
 fn flatten(value: redis::Value, out: &mut Vec<RedisReply>) -> Result<(), PortError> {
     use redis::Value as V;
     match value {
@@ -467,16 +467,11 @@ fn flatten(value: redis::Value, out: &mut Vec<RedisReply>) -> Result<(), PortErr
     Ok(())
 }
 
-/// Connection trouble is `Unreachable` (503); a server error keeps its code in the text
-/// (e.g. `NOSCRIPT …`) because the stores recognise errors by text, as in Spin.
+/// A redis-rs error as the [`Redis`] port states it: connection trouble and
+/// [`CANNOT_SERVE_NOW`] codes are `Unreachable`, any other server error keeps its code at
+/// the front of the text.
 fn port_error(e: redis::RedisError) -> PortError {
-    // Codes of a server that is there but cannot serve now (loading its data, busy in a
-    // script, a replica cut off, out of memory, not authenticated): an outage, as the Spin
-    // adapter reads them too, not a bug.
-    let cannot_serve_now = matches!(
-        e.code(),
-        Some("LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN" | "OOM" | "NOAUTH")
-    );
+    let cannot_serve_now = e.code().is_some_and(|code| CANNOT_SERVE_NOW.contains(&code));
     if cannot_serve_now || is_outage(&e) {
         PortError::Unreachable(e.to_string())
     } else {

@@ -4,7 +4,7 @@
 //! sorted sets, strings) round-trips exactly. After restoring an older backup, run
 //! `commerce reconcile`: PostgreSQL, not the backup, is the record of stock.
 
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, ErrorCode, PortError, Result};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
 use crate::script::unexpected;
@@ -116,7 +116,12 @@ pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
 
 /// Reads a whole backup file; a truncated or foreign file is an error, not a partial read.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Entry>> {
-    let bad = || Error::bad_request("INVALID_BACKUP", "not a spin-commerce backup, or truncated");
+    let bad = || {
+        Error::bad_request(
+            ErrorCode::InvalidBackup,
+            "not a spin-commerce backup, or truncated",
+        )
+    };
     let body = bytes.strip_prefix(MAGIC).ok_or_else(bad)?;
     let mut at = 0;
     let mut take = |n: usize| -> Result<&[u8]> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, ErrorCode, PortError, Result};
 use crate::ids::VariantId;
 use crate::keys::Keys;
 use crate::metrics::{self, Cache};
@@ -214,6 +214,16 @@ const MAX_KNOWN: usize = 100_000;
 
 const EXISTING_VARIANTS: &str = "SELECT id FROM variants WHERE id = ANY($1)";
 
+/// The 422 for variants a request body names that the catalog does not have:
+/// `UNKNOWN_VARIANT`, naming them in `details.variantIds`.
+pub fn unknown_variants(ids: &[String]) -> Error {
+    Error::Unprocessable {
+        code: ErrorCode::UnknownVariant,
+        message: format!("unknown variant(s): {}", ids.join(", ")),
+        details: json!({ "variantIds": ids }),
+    }
+}
+
 /// Fails with 422 `UNKNOWN_VARIANT` unless every variant is in the catalog. Looks in the
 /// process cache, then `catalog:variant:{V}` in Redis (one MGET), then PostgreSQL, and
 /// remembers what it confirmed.
@@ -264,16 +274,13 @@ pub async fn require_variants(
             .await
             .map_err(PortError::sql)?;
         let found: Vec<&str> = rows.iter().filter_map(|r| r.first()?.as_text()).collect();
-        let unknown: Vec<&String> = ids.iter().filter(|id| !found.contains(&id.as_str())).collect();
+        let unknown: Vec<String> = ids
+            .iter()
+            .filter(|id| !found.contains(&id.as_str()))
+            .cloned()
+            .collect();
         if !unknown.is_empty() {
-            return Err(Error::Unprocessable {
-                code: "UNKNOWN_VARIANT",
-                message: format!(
-                    "unknown variant(s): {}",
-                    unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-                details: json!({ "variantIds": unknown }),
-            });
+            return Err(unknown_variants(&unknown));
         }
         for &i in &missing {
             redis

@@ -6,12 +6,155 @@
 
 use serde_json::{Value, json};
 
+/// Defines [`ErrorCode`] and its text from one list, so a code's name is written once.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal,)+) => {
+        /// Every machine-readable error code of the API (DESIGN §5), in one place: the error
+        /// body's `code`. A status is not part of a code (a few codes appear with two
+        /// statuses where the route decides); [`Error::status`] says which.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl ErrorCode {
+            /// The code as the error body carries it, e.g. `CART_EMPTY`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $text,)+
+                }
+            }
+        }
+
+        /// Every code, for the test that they stay distinct.
+        #[cfg(test)]
+        const ALL_CODES: &[ErrorCode] = &[$(ErrorCode::$variant,)+];
+    };
+}
+
+error_codes! {
+    /// An amount of money outside what the service carries (422).
+    AmountOutOfRange = "AMOUNT_OUT_OF_RANGE",
+    /// No active bundle has this id (404).
+    BundleNotFound = "BUNDLE_NOT_FOUND",
+    /// A checkout of a cart with nothing in it (409).
+    CartEmpty = "CART_EMPTY",
+    /// More lines or units than a cart or a checkout may take (422).
+    CartLimit = "CART_LIMIT",
+    /// The cart is locked by a checkout in progress (409).
+    CartLocked = "CART_LOCKED",
+    /// The cart has been, or is being, merged into a customer's cart (409).
+    CartMerged = "CART_MERGED",
+    /// No such cart (404).
+    CartNotFound = "CART_NOT_FOUND",
+    /// Another session is checking the cart out (409).
+    CheckoutInProgress = "CHECKOUT_IN_PROGRESS",
+    /// No such checkout session (404).
+    CheckoutNotFound = "CHECKOUT_NOT_FOUND",
+    /// The session's state does not allow this (409).
+    CheckoutState = "CHECKOUT_STATE",
+    /// Prices, carts or bundles in different currencies (422).
+    CurrencyMismatch = "CURRENCY_MISMATCH",
+    /// Credentials that do not grant this (403).
+    Forbidden = "FORBIDDEN",
+    /// A request with this Idempotency-Key is still running (409).
+    IdempotencyKeyInUse = "IDEMPOTENCY_KEY_IN_USE",
+    /// The route needs an Idempotency-Key (400).
+    IdempotencyKeyRequired = "IDEMPOTENCY_KEY_REQUIRED",
+    /// The Idempotency-Key came with another request (422).
+    IdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED",
+    /// Not enough sellable stock (409).
+    InsufficientInventory = "INSUFFICIENT_INVENTORY",
+    /// A bug or an impossible reply (500).
+    Internal = "INTERNAL",
+    /// A backup file that cannot be read (400).
+    InvalidBackup = "INVALID_BACKUP",
+    /// A body of the wrong shape (400).
+    InvalidBody = "INVALID_BODY",
+    /// Bundle choices the bundle does not allow (422).
+    InvalidBundleChoice = "INVALID_BUNDLE_CHOICE",
+    /// A checkout request that names no cart, or two (400).
+    InvalidCheckout = "INVALID_CHECKOUT",
+    /// Bundle choices of the wrong shape (400).
+    InvalidChoices = "INVALID_CHOICES",
+    /// Not an ISO 4217 code (400).
+    InvalidCurrency = "INVALID_CURRENCY",
+    /// A webhook payload that is not a usable event (400).
+    InvalidEvent = "INVALID_EVENT",
+    /// A field of the wrong type or out of range (400).
+    InvalidField = "INVALID_FIELD",
+    /// A customer group that is not an id (400).
+    InvalidGroup = "INVALID_GROUP",
+    /// An id that does not match `^[A-Za-z0-9_-]{1,64}$` (400).
+    InvalidId = "INVALID_ID",
+    /// An Idempotency-Key of the wrong form (400).
+    InvalidIdempotencyKey = "INVALID_IDEMPOTENCY_KEY",
+    /// An `If-Match` that is not a version (400).
+    InvalidIfMatch = "INVALID_IF_MATCH",
+    /// A cart line that names neither a variant nor a bundle, or both (400).
+    InvalidLine = "INVALID_LINE",
+    /// A per-order limit out of range (400).
+    InvalidMaxPerOrder = "INVALID_MAX_PER_ORDER",
+    /// An on-hand count out of range (400).
+    InvalidOnHand = "INVALID_ON_HAND",
+    /// A price list or discount the engine cannot apply (422).
+    InvalidPrice = "INVALID_PRICE",
+    /// A quantity out of range (400).
+    InvalidQuantity = "INVALID_QUANTITY",
+    /// A query string the route does not take (400).
+    InvalidQuery = "INVALID_QUERY",
+    /// A quote request of the wrong shape (400).
+    InvalidQuote = "INVALID_QUOTE",
+    /// A webhook whose signature does not verify (400).
+    InvalidSignature = "INVALID_SIGNATURE",
+    /// A hold time out of range (400).
+    InvalidTtl = "INVALID_TTL",
+    /// The cart has no such line (404).
+    LineNotFound = "LINE_NOT_FOUND",
+    /// A body that could not be read (400).
+    MalformedBody = "MALFORMED_BODY",
+    /// A body that is not JSON (400).
+    MalformedJson = "MALFORMED_JSON",
+    /// More units of a variant than one order may take (422).
+    MaxPerOrderExceeded = "MAX_PER_ORDER_EXCEEDED",
+    /// The route exists but not with this method (405).
+    MethodNotAllowed = "METHOD_NOT_ALLOWED",
+    /// A required field is absent (400).
+    MissingField = "MISSING_FIELD",
+    /// The body is larger than `max_body_bytes` (413).
+    PayloadTooLarge = "PAYLOAD_TOO_LARGE",
+    /// The payment gateway refused the request (422).
+    PaymentGatewayRejected = "PAYMENT_GATEWAY_REJECTED",
+    /// More writes than the rate limit allows (429).
+    RateLimited = "RATE_LIMITED",
+    /// The request was not received in time (408).
+    RequestTimeout = "REQUEST_TIMEOUT",
+    /// No route has this path (404).
+    RouteNotFound = "ROUTE_NOT_FOUND",
+    /// No pricing ruleset has been published yet (409).
+    RulesetNotPublished = "RULESET_NOT_PUBLISHED",
+    /// Redis, PostgreSQL or the gateway is unavailable (503).
+    ServiceUnavailable = "SERVICE_UNAVAILABLE",
+    /// No or wrong credentials (401).
+    Unauthorized = "UNAUTHORIZED",
+    /// A quote line names a bundle without a price (422).
+    UnknownBundle = "UNKNOWN_BUNDLE",
+    /// A variant unknown to the catalog or without a price (422).
+    UnknownVariant = "UNKNOWN_VARIANT",
+    /// The body is not `application/json` (415).
+    UnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE",
+    /// No such variant (404).
+    VariantNotFound = "VARIANT_NOT_FOUND",
+    /// `If-Match` named another version than the current one (412).
+    VersionMismatch = "VERSION_MISMATCH",
+}
+
 /// What went wrong, in terms the HTTP caller can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed: bad id, bad quantity, bad JSON (400).
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     /// No or wrong credentials (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -20,14 +163,14 @@ pub enum Error {
     Forbidden(String),
     /// The thing named in the path does not exist (404).
     #[error("{message}")]
-    NotFound { code: &'static str, message: String },
+    NotFound { code: ErrorCode, message: String },
     /// The route exists but not with this method (405).
     #[error("method {0} not allowed here")]
     MethodNotAllowed(String),
     /// The request conflicts with the current state: short stock, a held lock (409).
     #[error("{message}")]
     Conflict {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         details: Value,
     },
@@ -50,7 +193,7 @@ pub enum Error {
     /// Well-formed but breaks a business rule, e.g. an unknown variant (422).
     #[error("{message}")]
     Unprocessable {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         details: Value,
     },
@@ -74,7 +217,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// A 400 with the given code.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Error::BadRequest {
             code,
             message: message.into(),
@@ -82,7 +225,7 @@ impl Error {
     }
 
     /// A 404 with the given code.
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
         Error::NotFound {
             code,
             message: message.into(),
@@ -111,22 +254,27 @@ impl Error {
 
     /// The machine-readable code of the error body.
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// The error's [`ErrorCode`].
+    pub fn error_code(&self) -> ErrorCode {
         match self {
             Error::BadRequest { code, .. }
             | Error::NotFound { code, .. }
             | Error::Conflict { code, .. }
-            | Error::Unprocessable { code, .. } => code,
-            Error::Unauthorized(_) => "UNAUTHORIZED",
-            Error::Forbidden(_) => "FORBIDDEN",
-            Error::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
-            Error::KeyInUse { .. } => "IDEMPOTENCY_KEY_IN_USE",
-            Error::RequestTimeout => "REQUEST_TIMEOUT",
-            Error::PreconditionFailed(_) => "VERSION_MISMATCH",
-            Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
-            Error::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            Error::RateLimited { .. } => "RATE_LIMITED",
-            Error::Unavailable { .. } => "SERVICE_UNAVAILABLE",
-            Error::Internal(_) => "INTERNAL",
+            | Error::Unprocessable { code, .. } => *code,
+            Error::Unauthorized(_) => ErrorCode::Unauthorized,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            Error::KeyInUse { .. } => ErrorCode::IdempotencyKeyInUse,
+            Error::RequestTimeout => ErrorCode::RequestTimeout,
+            Error::PreconditionFailed(_) => ErrorCode::VersionMismatch,
+            Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::Unavailable { .. } => ErrorCode::ServiceUnavailable,
+            Error::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -199,5 +347,25 @@ impl PortError {
             },
             PortError::Server(message) => Error::Internal(format!("postgres: {message}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_is_distinct_and_upper_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ALL_CODES {
+            let text = code.as_str();
+            assert!(seen.insert(text), "{text} twice");
+            assert!(
+                text.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{text}"
+            );
+        }
+        assert_eq!(Error::RequestTimeout.code(), "REQUEST_TIMEOUT");
+        assert_eq!(Error::bad_request(ErrorCode::InvalidId, "x").code(), "INVALID_ID");
     }
 }

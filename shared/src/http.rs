@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 /// An incoming request, body already read (up to the limit plus one byte, so that an
 /// oversized body is detectable without reading it all).
@@ -66,7 +66,7 @@ impl Request {
             return Err(Error::UnsupportedMediaType);
         }
         serde_json::from_slice(&self.body)
-            .map_err(|e| Error::bad_request("MALFORMED_JSON", format!("body is not valid JSON: {e}")))
+            .map_err(|e| Error::bad_request(ErrorCode::MalformedJson, format!("body is not valid JSON: {e}")))
     }
 }
 
@@ -146,24 +146,30 @@ impl Response {
 /// Reads a required field of a JSON object.
 pub fn field<'a>(body: &'a Value, name: &str) -> Result<&'a Value, Error> {
     body.get(name)
-        .ok_or_else(|| Error::bad_request("MISSING_FIELD", format!("field {name:?} is required")))
+        .ok_or_else(|| Error::bad_request(ErrorCode::MissingField, format!("field {name:?} is required")))
 }
 
 /// Reads a required string field of a JSON object.
 pub fn str_field<'a>(body: &'a Value, name: &str) -> Result<&'a str, Error> {
-    field(body, name)?
-        .as_str()
-        .ok_or_else(|| Error::bad_request("INVALID_FIELD", format!("field {name:?} must be a string")))
+    field(body, name)?.as_str().ok_or_else(|| {
+        Error::bad_request(
+            ErrorCode::InvalidField,
+            format!("field {name:?} must be a string"),
+        )
+    })
 }
 
 /// Reads a required array field of a JSON object with at most `max` elements.
 pub fn array_field<'a>(body: &'a Value, name: &str, max: usize) -> Result<&'a [Value], Error> {
-    let items = field(body, name)?
-        .as_array()
-        .ok_or_else(|| Error::bad_request("INVALID_FIELD", format!("field {name:?} must be an array")))?;
+    let items = field(body, name)?.as_array().ok_or_else(|| {
+        Error::bad_request(
+            ErrorCode::InvalidField,
+            format!("field {name:?} must be an array"),
+        )
+    })?;
     if items.is_empty() || items.len() > max {
         return Err(Error::bad_request(
-            "INVALID_FIELD",
+            ErrorCode::InvalidField,
             format!("field {name:?} must hold 1 to {max} elements"),
         ));
     }
@@ -175,7 +181,10 @@ pub fn object(body: &Value) -> Result<&Value, Error> {
     if body.is_object() {
         Ok(body)
     } else {
-        Err(Error::bad_request("INVALID_BODY", "body must be a JSON object"))
+        Err(Error::bad_request(
+            ErrorCode::InvalidBody,
+            "body must be a JSON object",
+        ))
     }
 }
 

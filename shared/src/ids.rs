@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 /// Longest id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 64;
@@ -21,7 +21,7 @@ fn check_id(kind: &'static str, raw: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::bad_request(
-            "INVALID_ID",
+            ErrorCode::InvalidId,
             format!("{kind} must be 1 to {MAX_ID_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"),
         ))
     }
@@ -126,7 +126,7 @@ impl Quantity {
 
     fn invalid() -> Error {
         Error::bad_request(
-            "INVALID_QUANTITY",
+            ErrorCode::InvalidQuantity,
             format!("quantity must be an integer from 1 to {}", Self::MAX),
         )
     }

@@ -1,7 +1,7 @@
 //! The ports through which the stores reach the outside.
 //!
-//! Each port has two adapters: the Spin host interfaces inside a component (feature
-//! `spin`) and redis-rs / tokio-postgres in `commerce-native`. The shapes follow what the
+//! Each port has two adapters: the Spin host interfaces inside a component
+//! (`commerce-spin`, `spin-adapter/`) and redis-rs / tokio-postgres in `commerce-native`. The shapes follow what the
 //! Spin host can carry (DESIGN §2): Redis replies arrive flattened, so the stores only
 //! ever decode flat, fixed-position arrays, and one decoder serves both adapters.
 
@@ -77,18 +77,42 @@ impl RedisReply {
     }
 }
 
+/// Error codes by which Redis says it cannot serve now, though it may soon: loading its
+/// data, blocked by a long script, a replica cut from its primary or read-only after a
+/// failover, a cluster resharding or down, out of memory; and refused credentials, a
+/// deployment mistake like a wrong address. Every [`Redis`] adapter answers them as
+/// [`PortError::Unreachable`] (503, retry later), like a lost connection, not as a bug of
+/// ours (500).
+pub const CANNOT_SERVE_NOW: [&str; 9] = [
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "READONLY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "OOM",
+    "NOAUTH",
+    "WRONGPASS",
+];
+
 /// Runs Redis commands. Every call is one round trip; compound operations are scripts.
 ///
-/// What every adapter guarantees (the Spin host's behaviour sets the bar, DESIGN §2):
-/// - replies arrive flattened depth-first as [`RedisReply`] documents, whatever the
-///   client library would nest;
-/// - a server error reply is [`PortError::Server`] whose text starts with Redis's own
-///   error code (`NOSCRIPT No matching script…`, `ERR …`, `WRONGTYPE …`), or is the Spin
-///   host's rendering of it (`An error was signalled by the server - NoScriptError: …`),
-///   which [`crate::script::is_missing_script`] also reads;
-/// - Redis unreachable, a broken connection, a call past its timeout, or a server that
-///   cannot serve now (`LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`, …) is
-///   [`PortError::Unreachable`] (503), never a `Server` error (500);
+/// What every adapter guarantees, stated here once for both (the Spin host's behaviour
+/// sets the bar, DESIGN §2; `spin-adapter/src/redis.rs` and `native/src/redis_port.rs`
+/// say only how they keep it):
+/// - **flattened replies**: a reply arrives flattened depth-first as [`RedisReply`]
+///   documents, whatever the client library would nest, so one decoder serves both;
+/// - **errors as text**: a server error reply is [`PortError::Server`] whose text starts
+///   with Redis's own error code (`ERR …`, `WRONGTYPE …`), whatever the client's
+///   rendering of it;
+/// - **NOSCRIPT**: `EVALSHA` of a script the server does not know is such a `Server`
+///   error, `NOSCRIPT No matching script…` (or, from a Spin host that renders it so,
+///   `An error was signalled by the server - NoScriptError: …`), which
+///   [`crate::script::is_missing_script`] reads before [`crate::script::Script::run`]
+///   sends the script with `EVAL`;
+/// - **outages**: Redis unreachable, a broken connection, a call past its timeout, or a
+///   server that cannot serve now ([`CANNOT_SERVE_NOW`]) is [`PortError::Unreachable`]
+///   (503), never a `Server` error (500);
 /// - the call happens when the returned future is polled, not when it is made.
 pub trait Redis {
     /// Runs one command and returns its reply flattened.

@@ -2,7 +2,7 @@
 //! [`handle`], so the routes are the same in both runtimes.
 
 use crate::app::App;
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::http::{Request, Response};
 use crate::metrics::exchange::{Exchange, REQUEST_ID};
 use crate::ports::{Http, Redis, Sql};
@@ -79,7 +79,7 @@ pub async fn dispatch<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Reques
         }
         Some(Err(error)) => Response::error(&error),
         None => Response::error(&Error::not_found(
-            "ROUTE_NOT_FOUND",
+            ErrorCode::RouteNotFound,
             format!("no route for {} {}", req.method, req.path),
         )),
     }

@@ -4,11 +4,30 @@
 //! restart or `SCRIPT FLUSH`); every other call is an `EVALSHA`, one round trip either way
 //! in the common case. The missing-script error is recognised by its kind in either of
 //! the renderings the adapters hand over as text (DESIGN §2): see [`is_missing_script`].
+//!
+//! Each script is the shared prelude (`script/prelude.lua`) followed by its store's files
+//! (`lua!`), so the SHA, the `EVAL` fallback and a Redis Cluster all see one text per script.
 
 use std::sync::OnceLock;
 
 use crate::error::{Error, PortError};
 use crate::ports::{Redis, RedisArg, RedisReply};
+
+/// The source of a script as [`Script::new`] takes it: the shared prelude
+/// (`script/prelude.lua`: `now_ms()`, the Redis clock), then the named files in order,
+/// each found beside the file that names it (`lua!("purge.lua", "reserve.lua")`).
+///
+/// Every script of the stores is built this way, so a helper written in the prelude is
+/// written once, and the prelude is part of the text whose SHA-1 `EVALSHA` sends.
+macro_rules! lua {
+    ($($file:literal),+ $(,)?) => {
+        concat!(
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/script/prelude.lua")),
+            $(include_str!($file)),+
+        )
+    };
+}
+pub(crate) use lua;
 
 /// A Lua script compiled into the binary, with its SHA-1 computed once.
 pub struct Script {
@@ -17,7 +36,7 @@ pub struct Script {
 }
 
 impl Script {
-    /// Wraps a script source (usually `include_str!("x.lua")`).
+    /// Wraps a script source (the stores' own: [`lua!`]).
     pub const fn new(source: &'static str) -> Self {
         Self {
             source,
@@ -62,7 +81,7 @@ impl Script {
 ///   as the native adapter and older Spin hosts pass it on;
 /// - `An error was signalled by the server - NoScriptError: No matching script. Please use
 ///   EVAL.`: the Spin host's redis-rs 0.32 rendering of that code, kind name in the middle
-///   (`shared/src/spin.rs` tests it against what the real host returned).
+///   (`spin-adapter/src/redis.rs` tests it against what the real host returned).
 ///
 /// The code must lead (or the kind be named after the host's ` - `), so that a script
 /// error that merely mentions NOSCRIPT in its message is not taken for a missing script.

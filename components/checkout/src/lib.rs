@@ -9,5 +9,5 @@ use spin_sdk::http::{IncomingRequest, Response};
 /// Answers every request Spin routes to this component (see `spin.toml`).
 #[spin_sdk::http_component]
 async fn handle(req: IncomingRequest) -> Response {
-    commerce_core::spin::serve(req, Scope::Checkout).await
+    commerce_spin::serve(req, Scope::Checkout).await
 }

@@ -9,17 +9,18 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::app::App;
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{BundleId, SetId, VariantId};
 use crate::keys::{BundleKeys, Keys};
 use crate::metrics::{self, Cache};
-use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::{Script, tag, unexpected};
+use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
+use crate::script::{Script, lua, tag, unexpected};
 
-static GET: Script = Script::new(include_str!("get.lua"));
-static STORE: Script = Script::new(include_str!("store.lua"));
-static CHECK: Script = Script::new(include_str!("check.lua"));
-static INVALIDATE: Script = Script::new(include_str!("invalidate.lua"));
+static GET: Script = Script::new(lua!("get.lua"));
+static STORE: Script = Script::new(lua!("store.lua"));
+static CHECK: Script = Script::new(lua!("check.lua"));
+static INVALIDATE: Script = Script::new(lua!("invalidate.lua"));
 
 /// One row per (set, eligible variant) of an active bundle.
 const BUNDLE_ROWS: &str = "\
@@ -102,6 +103,11 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
         }
     }
 
+    /// The cache of an app: its ports and keys, entries living `bundle_ttl_seconds`.
+    pub fn of<H: Http>(app: &'a App<R, S, H>) -> Self {
+        Self::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds)
+    }
+
     /// The bundle, from the cache or (once) from PostgreSQL. Unknown or inactive: 404.
     pub async fn get(&self, bundle: &BundleId) -> Result<Bundle> {
         let keys = self.keys.bundle(bundle);
@@ -158,7 +164,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
                         .ok_or_else(|| unexpected(&reply))?;
                     self.load(bundle, &keys, generation).await.map_err(|e| match e {
                         Error::NotFound { message, .. } => Error::Unprocessable {
-                            code: "UNKNOWN_BUNDLE",
+                            code: ErrorCode::UnknownBundle,
                             message,
                             details: json!({ "bundleId": bundle.as_str() }),
                         },
@@ -255,7 +261,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
 fn assemble(bundle: &BundleId, rows: &[Vec<SqlValue>]) -> Result<Bundle> {
     let first = rows
         .first()
-        .ok_or_else(|| Error::not_found("BUNDLE_NOT_FOUND", format!("unknown bundle: {bundle}")))?;
+        .ok_or_else(|| Error::not_found(ErrorCode::BundleNotFound, format!("unknown bundle: {bundle}")))?;
     let text = |row: &[SqlValue], i: usize| row.get(i).and_then(SqlValue::as_text).map(str::to_owned);
     let int = |row: &[SqlValue], i: usize| row.get(i).and_then(SqlValue::as_int);
     let bad = || Error::Internal(format!("malformed bundle row for {bundle}"));
@@ -307,7 +313,7 @@ fn invalid_choice(reply: &[RedisReply]) -> Error {
         _ => format!("variant {detail} is not eligible in set {set}"),
     };
     Error::Unprocessable {
-        code: "INVALID_BUNDLE_CHOICE",
+        code: ErrorCode::InvalidBundleChoice,
         message,
         details: json!({ "setId": set, "reason": reason }),
     }

@@ -33,14 +33,9 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
     Some(result)
 }
 
-/// The bundle cache of an app.
-pub fn store<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Bundles<'_, R, S> {
-    Bundles::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds)
-}
-
 async fn get<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, bundle: &str) -> Result<Response> {
     let bundle = BundleId::parse(bundle)?;
-    Ok(Response::json(200, &store(app).get(&bundle).await?))
+    Ok(Response::json(200, &Bundles::of(app).get(&bundle).await?))
 }
 
 async fn invalidate<R: Redis, S: Sql, H: Http>(
@@ -50,7 +45,7 @@ async fn invalidate<R: Redis, S: Sql, H: Http>(
 ) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
     let bundle = BundleId::parse(bundle)?;
-    store(app).invalidate(&bundle).await?;
+    Bundles::of(app).invalidate(&bundle).await?;
     Ok(Response::json(
         200,
         &json!({ "bundleId": bundle.as_str(), "invalidated": true }),

@@ -5,13 +5,8 @@
 -- `o:<line>` (position). `merging` / `merged` freeze an anonymous cart being merged into
 -- a customer's; `m:<cart>` marks, in a customer's cart, an anonymous cart merged into it.
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 -- {status, now_ms, pttl, #dropped, dropped..., field, value, ...}
-local function snapshot(key, status, dropped)
+local function cart_snapshot(key, status, dropped)
   dropped = dropped or {}
   local out = {status, now_ms(), redis.call('PTTL', key), #dropped}
   for _, line in ipairs(dropped) do

@@ -2,9 +2,9 @@
 --
 -- KEYS: cart, its checkout lock
 -- ARGV: currency, ttl_ms
--- Replies: snapshot 'OK' | {'EXISTS'}
+-- Replies: cart_snapshot 'OK' | {'EXISTS'}
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'EXISTS'}
 end
 create(KEYS[1], ARGV[1], '', tonumber(ARGV[2]))
-return snapshot(KEYS[1], 'OK')
+return cart_snapshot(KEYS[1], 'OK')

@@ -1,7 +1,7 @@
 -- Read a cart.
 --
 -- KEYS: cart, its checkout lock
--- Replies: snapshot 'OK' | {'NOT_FOUND'} | {'MERGED', customer}
+-- Replies: cart_snapshot 'OK' | {'NOT_FOUND'} | {'MERGED', customer}
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'NOT_FOUND'}
 end
@@ -9,4 +9,4 @@ local merged = redis.call('HGET', KEYS[1], 'merged')
 if merged then
   return {'MERGED', merged}
 end
-return snapshot(KEYS[1], 'OK')
+return cart_snapshot(KEYS[1], 'OK')

@@ -7,14 +7,14 @@
 --
 -- Lines are added up to the quantity limit; lines beyond the line limit are dropped and
 -- named in the reply.
--- Replies: snapshot 'OK' (with dropped lines) | {'CURRENCY', customer cart's currency}
+-- Replies: cart_snapshot 'OK' (with dropped lines) | {'CURRENCY', customer cart's currency}
 local key, from, currency = KEYS[1], ARGV[1], ARGV[2]
 local ttl, max_lines, max_qty = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('EXISTS', key) == 0 then
   create(key, currency, ARGV[6], ttl)
 end
 if redis.call('HEXISTS', key, 'm:' .. from) == 1 then
-  return snapshot(key, 'OK')
+  return cart_snapshot(key, 'OK')
 end
 local holder = redis.call('GET', KEYS[2])
 if holder then
@@ -42,4 +42,4 @@ end
 redis.call('HSET', key, 'm:' .. from, 1)
 redis.call('HINCRBY', key, 'version', 1)
 redis.call('PEXPIRE', key, ttl)
-return snapshot(key, 'OK', dropped)
+return cart_snapshot(key, 'OK', dropped)

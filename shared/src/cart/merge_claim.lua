@@ -3,7 +3,7 @@
 --
 -- KEYS: anonymous cart, its checkout lock
 -- ARGV: customer id
--- Replies: snapshot 'CLAIMED' | {'DONE'} (already merged into this customer)
+-- Replies: cart_snapshot 'CLAIMED' | {'DONE'} (already merged into this customer)
 --        | {'NOT_FOUND'} | {'ELSEWHERE'} (claimed by or merged into another customer)
 local key, customer = KEYS[1], ARGV[1]
 if redis.call('EXISTS', key) == 0 then
@@ -22,4 +22,4 @@ if merging and merging ~= customer then
   return {'ELSEWHERE'}
 end
 redis.call('HSET', key, 'merging', customer)
-return snapshot(key, 'CLAIMED')
+return cart_snapshot(key, 'CLAIMED')

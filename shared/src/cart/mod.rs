@@ -5,26 +5,28 @@
 
 pub mod routes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::app::App;
 use crate::bundle::Choices;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, Result};
-use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, VariantId, random_hex_128};
+use crate::error::{Error, ErrorCode, Result};
+use crate::http::{field, object, str_field};
+use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId, random_hex_128};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 use crate::settings::Settings;
 
-static CREATE: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("create.lua")));
-static GET: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("get.lua")));
-static MUTATE: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("mutate.lua")));
-static MERGE_CLAIM: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("merge_claim.lua")));
-static MERGE_APPLY: Script = Script::new(concat!(include_str!("cart.lua"), include_str!("merge_apply.lua")));
-static MERGE_FINISH: Script = Script::new(include_str!("merge_finish.lua"));
+static CREATE: Script = Script::new(lua!("cart.lua", "create.lua"));
+static GET: Script = Script::new(lua!("cart.lua", "get.lua"));
+static MUTATE: Script = Script::new(lua!("cart.lua", "mutate.lua"));
+static MERGE_CLAIM: Script = Script::new(lua!("cart.lua", "merge_claim.lua"));
+static MERGE_APPLY: Script = Script::new(lua!("cart.lua", "merge_apply.lua"));
+static MERGE_FINISH: Script = Script::new(lua!("merge_finish.lua"));
 
 /// How long the tombstone of a merged anonymous cart answers retries: one day.
 const TOMBSTONE_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -84,6 +86,60 @@ impl LineItem {
     }
 }
 
+/// Parses one line to add: `{variantId, quantity}` or `{bundleId, choices, quantity}`.
+pub fn parse_line(body: &Value) -> Result<(LineItem, Quantity)> {
+    let body = object(body)?;
+    let quantity = Quantity::from_json(field(body, "quantity")?)?;
+    let item = match (body.get("variantId"), body.get("bundleId")) {
+        (Some(_), None) => LineItem::Variant(VariantId::parse(str_field(body, "variantId")?)?),
+        (None, Some(_)) => {
+            let bundle = BundleId::parse(str_field(body, "bundleId")?)?;
+            LineItem::Bundle(bundle, parse_choices(field(body, "choices")?)?)
+        }
+        _ => {
+            return Err(Error::bad_request(
+                ErrorCode::InvalidLine,
+                "a line names either a variantId or a bundleId with its choices",
+            ));
+        }
+    };
+    Ok((item, quantity))
+}
+
+/// Most sets, and variants per set, a bundle line may name.
+const MAX_CHOICES: usize = 100;
+
+fn parse_choices(value: &Value) -> Result<Choices> {
+    let bad = |message: &str| Error::bad_request(ErrorCode::InvalidChoices, message);
+    let sets = value
+        .as_object()
+        .ok_or_else(|| bad("choices must be an object of set id → [variant ids]"))?;
+    if sets.is_empty() || sets.len() > MAX_CHOICES {
+        return Err(bad("choices must name 1 to 100 sets"));
+    }
+    let mut choices = Choices::new();
+    for (set, variants) in sets {
+        let set = SetId::parse(set)?;
+        let variants = variants
+            .as_array()
+            .filter(|v| !v.is_empty() && v.len() <= MAX_CHOICES)
+            .ok_or_else(|| bad("each set's choice must be an array of 1 to 100 variant ids"))?;
+        let mut chosen = BTreeSet::new();
+        for v in variants {
+            let id = v.as_str().ok_or_else(|| bad("variant ids must be strings"))?;
+            if !chosen.insert(VariantId::parse(id)?) {
+                return Err(Error::Unprocessable {
+                    code: ErrorCode::InvalidBundleChoice,
+                    message: format!("variant {id} is chosen twice in set {set}"),
+                    details: json!({ "setId": set.as_str(), "reason": "duplicate" }),
+                });
+            }
+        }
+        choices.insert(set, chosen.into_iter().collect());
+    }
+    Ok(choices)
+}
+
 /// A cart as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -137,6 +193,11 @@ impl<'a, R: Redis> Carts<'a, R> {
             keys,
             settings,
         }
+    }
+
+    /// The cart store of an app.
+    pub fn of<S, H>(app: &'a App<R, S, H>) -> Self {
+        Self::new(&app.redis, &app.keys, &app.settings)
     }
 
     /// The cart's key.
@@ -269,18 +330,14 @@ impl<'a, R: Redis> Carts<'a, R> {
             "NOT_FOUND" => Err(match cart {
                 CartRef::Session(id) => cart_not_found(id),
                 CartRef::Customer(_) => {
-                    Error::not_found("LINE_NOT_FOUND", format!("the cart has no line {line}"))
+                    Error::not_found(ErrorCode::LineNotFound, format!("the cart has no line {line}"))
                 }
             }),
             "NO_LINE" => Err(Error::not_found(
-                "LINE_NOT_FOUND",
+                ErrorCode::LineNotFound,
                 format!("the cart has no line {line}"),
             )),
-            "MERGED" => Err(Error::Conflict {
-                code: "CART_MERGED",
-                message: "the cart has been merged into a customer's cart".into(),
-                details: Value::Null,
-            }),
+            "MERGED" => Err(cart_merged()),
             "LOCKED" => Err(cart_locked(&reply)),
             "VERSION" => Err(Error::PreconditionFailed(format!(
                 "the cart is at version {}, not the one in If-Match",
@@ -299,7 +356,7 @@ impl<'a, R: Redis> Carts<'a, R> {
                     format!("a line holds at most {max} units")
                 };
                 Err(Error::Unprocessable {
-                    code: "CART_LIMIT",
+                    code: ErrorCode::CartLimit,
                     message,
                     details: json!({ "limit": what, "max": max }),
                 })
@@ -326,7 +383,7 @@ impl<'a, R: Redis> Carts<'a, R> {
             "NOT_FOUND" => return Err(cart_not_found(from)),
             "ELSEWHERE" => {
                 return Err(Error::Conflict {
-                    code: "CART_MERGED",
+                    code: ErrorCode::CartMerged,
                     message: "the cart is being merged into another customer's cart".into(),
                     details: Value::Null,
                 });
@@ -353,7 +410,7 @@ impl<'a, R: Redis> Carts<'a, R> {
             "LOCKED" => return Err(cart_locked(&applied)),
             "CURRENCY" => {
                 return Err(Error::Unprocessable {
-                    code: "CURRENCY_MISMATCH",
+                    code: ErrorCode::CurrencyMismatch,
                     message: format!(
                         "the cart is in {}, the customer's cart in {}",
                         claimed.currency,
@@ -387,6 +444,16 @@ impl<'a, R: Redis> Carts<'a, R> {
     }
 }
 
+/// The 409 for a cart merged into a customer's cart, which takes no more changes and no
+/// checkout.
+pub(crate) fn cart_merged() -> Error {
+    Error::Conflict {
+        code: ErrorCode::CartMerged,
+        message: "the cart has been merged into a customer's cart".into(),
+        details: Value::Null,
+    }
+}
+
 /// The cart is held by a live checkout: changes wait until it ends.
 fn cart_locked(reply: &[RedisReply]) -> Error {
     let session = reply
@@ -395,7 +462,7 @@ fn cart_locked(reply: &[RedisReply]) -> Error {
         .unwrap_or("")
         .to_owned();
     Error::Conflict {
-        code: "CART_LOCKED",
+        code: ErrorCode::CartLocked,
         message: format!("the cart is being checked out by session {session}"),
         details: serde_json::json!({ "sessionId": session }),
     }
@@ -403,7 +470,7 @@ fn cart_locked(reply: &[RedisReply]) -> Error {
 
 fn cart_not_found(id: &CartId) -> Error {
     Error::not_found(
-        "CART_NOT_FOUND",
+        ErrorCode::CartNotFound,
         format!("no cart {id} (it may have expired or been merged)"),
     )
 }

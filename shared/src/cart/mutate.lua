@@ -6,7 +6,7 @@
 --       currency for a new cart, customer id ('' = anonymous)
 --
 -- Every change bumps `version` and slides the cart's time to live.
--- Replies: snapshot 'OK' | {'NOT_FOUND'} | {'MERGED'} | {'VERSION', current}
+-- Replies: cart_snapshot 'OK' | {'NOT_FOUND'} | {'MERGED'} | {'VERSION', current}
 --        | {'LIMIT', 'lines'|'quantity', max} | {'NO_LINE'} | {'LOCKED', session}
 local key = KEYS[1]
 local op, line, definition = ARGV[1], ARGV[2], ARGV[3]
@@ -55,4 +55,4 @@ else
 end
 redis.call('HINCRBY', key, 'version', 1)
 redis.call('PEXPIRE', key, ttl)
-return snapshot(key, 'OK')
+return cart_snapshot(key, 'OK')

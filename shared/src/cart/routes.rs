@@ -14,20 +14,17 @@
 //! Changes accept `If-Match: <version>` (412 when the cart moved on) and answer with the
 //! whole cart and its version in `ETag`.
 
-use std::collections::BTreeSet;
+use serde_json::Value;
 
-use serde_json::{Value, json};
-
-use super::{CartRef, CartView, Carts, Expected, LineItem};
+use super::{CartRef, CartView, Carts, Expected, LineItem, parse_line};
 use crate::app::App;
 use crate::auth;
-use crate::bundle::Choices;
-use crate::bundle::routes::store as bundles;
+use crate::bundle::Bundles;
 use crate::catalog::require_variants;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, field, object, str_field};
 use crate::idempotency;
-use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId};
+use crate::ids::{CartId, CustomerId, LineId, Quantity};
 use crate::ports::{Http, Redis, Sql};
 
 /// Routes the cart paths; `None` if the path is not the cart store's.
@@ -110,7 +107,7 @@ fn customer_cart<R: Redis, S: Sql, H: Http>(
 }
 
 fn store<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Carts<'_, R> {
-    Carts::new(&app.redis, &app.keys, &app.settings)
+    Carts::of(app)
 }
 
 fn reply(status: u16, cart: &CartView) -> Response {
@@ -135,14 +132,16 @@ fn expected(req: &Request) -> Result<Expected> {
         .unwrap_or(raw);
     if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::bad_request(
-            "INVALID_IF_MATCH",
+            ErrorCode::InvalidIfMatch,
             "If-Match must be a cart version, e.g. \"3\"",
         ));
     }
-    digits
-        .parse::<i64>()
-        .map(Some)
-        .map_err(|_| Error::bad_request("INVALID_IF_MATCH", "If-Match must be a cart version, e.g. \"3\""))
+    digits.parse::<i64>().map(Some).map_err(|_| {
+        Error::bad_request(
+            ErrorCode::InvalidIfMatch,
+            "If-Match must be a cart version, e.g. \"3\"",
+        )
+    })
 }
 
 /// The currency a new cart asks for (the default when the body names none).
@@ -166,7 +165,7 @@ fn parse_currency(value: &Value) -> Result<String> {
         .map(str::to_owned)
         .ok_or_else(|| {
             Error::bad_request(
-                "INVALID_CURRENCY",
+                ErrorCode::InvalidCurrency,
                 "currency must be an ISO 4217 code such as \"EUR\"",
             )
         })
@@ -174,60 +173,6 @@ fn parse_currency(value: &Value) -> Result<String> {
 
 async fn get<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, cart: &CartRef) -> Result<Response> {
     Ok(reply(200, &store(app).get(cart).await?))
-}
-
-/// Parses one line to add: `{variantId, quantity}` or `{bundleId, choices, quantity}`.
-pub fn parse_line(body: &Value) -> Result<(LineItem, Quantity)> {
-    let body = object(body)?;
-    let quantity = Quantity::from_json(field(body, "quantity")?)?;
-    let item = match (body.get("variantId"), body.get("bundleId")) {
-        (Some(_), None) => LineItem::Variant(VariantId::parse(str_field(body, "variantId")?)?),
-        (None, Some(_)) => {
-            let bundle = BundleId::parse(str_field(body, "bundleId")?)?;
-            LineItem::Bundle(bundle, parse_choices(field(body, "choices")?)?)
-        }
-        _ => {
-            return Err(Error::bad_request(
-                "INVALID_LINE",
-                "a line names either a variantId or a bundleId with its choices",
-            ));
-        }
-    };
-    Ok((item, quantity))
-}
-
-/// Most sets, and variants per set, a bundle line may name.
-const MAX_CHOICES: usize = 100;
-
-fn parse_choices(value: &Value) -> Result<Choices> {
-    let bad = |message: &str| Error::bad_request("INVALID_CHOICES", message);
-    let sets = value
-        .as_object()
-        .ok_or_else(|| bad("choices must be an object of set id → [variant ids]"))?;
-    if sets.is_empty() || sets.len() > MAX_CHOICES {
-        return Err(bad("choices must name 1 to 100 sets"));
-    }
-    let mut choices = Choices::new();
-    for (set, variants) in sets {
-        let set = SetId::parse(set)?;
-        let variants = variants
-            .as_array()
-            .filter(|v| !v.is_empty() && v.len() <= MAX_CHOICES)
-            .ok_or_else(|| bad("each set's choice must be an array of 1 to 100 variant ids"))?;
-        let mut chosen = BTreeSet::new();
-        for v in variants {
-            let id = v.as_str().ok_or_else(|| bad("variant ids must be strings"))?;
-            if !chosen.insert(VariantId::parse(id)?) {
-                return Err(Error::Unprocessable {
-                    code: "INVALID_BUNDLE_CHOICE",
-                    message: format!("variant {id} is chosen twice in set {set}"),
-                    details: json!({ "setId": set.as_str(), "reason": "duplicate" }),
-                });
-            }
-        }
-        choices.insert(set, chosen.into_iter().collect());
-    }
-    Ok(choices)
 }
 
 async fn add<R: Redis, S: Sql, H: Http>(
@@ -249,7 +194,7 @@ async fn add<R: Redis, S: Sql, H: Http>(
             LineItem::Variant(variant) => {
                 require_variants(&app.redis, &app.sql, &app.keys, std::slice::from_ref(variant)).await?;
             }
-            LineItem::Bundle(bundle, choices) => bundles(app).check(bundle, choices).await?,
+            LineItem::Bundle(bundle, choices) => Bundles::of(app).check(bundle, choices).await?,
         }
         let view = store(app).add(cart, &item, quantity, expected).await?;
         Ok(reply(200, &view))

@@ -25,13 +25,10 @@ use crate::ids::{CartId, Quantity, VariantId};
 use crate::inventory::{Holder, Inventory, Level};
 use crate::keys::VariantKeys;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 
-static PAGE: Script = Script::new(include_str!("page.lua"));
-static FIX_RESERVED: Script = Script::new(concat!(
-    include_str!("../inventory/purge.lua"),
-    include_str!("fix_reserved.lua")
-));
+static PAGE: Script = Script::new(lua!("page.lua"));
+static FIX_RESERVED: Script = Script::new(lua!("../inventory/purge.lua", "fix_reserved.lua"));
 
 /// Variants per page.
 const PAGE_SIZE: i64 = 500;
@@ -461,7 +458,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             return Ok(());
         };
         let grace = i64::from(self.app.settings.hold_grace_seconds) * 1000;
-        let lock_key = Carts::new(&self.app.redis, &self.app.keys, &self.app.settings).lock_key(&cart);
+        let lock_key = Carts::of(self.app).lock_key(&cart);
         let holder = self.redis("GET", vec![lock_key.as_str().into()]).await?;
         if holder.first().and_then(RedisReply::as_text) != Some(id) {
             let mut repaired = String::new();

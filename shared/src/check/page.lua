@@ -5,8 +5,7 @@
 -- Reply (flat): {'OK', now, then per variant: present (0/1), stock, base, max, limit (0:
 --                none), reserved, live held (sum of unexpired hold quantities), n, n times
 --                (holder, qty)}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local out = {'OK', now}
 for i = 0, #KEYS / 6 - 1 do
   local stock, meta = KEYS[1 + 6 * i], KEYS[2 + 6 * i]

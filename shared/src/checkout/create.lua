@@ -6,7 +6,7 @@
 --       total, currency, metadata JSON
 -- Replies: {'OK', session JSON} | {'EXISTS', session JSON} (a retry: the first one stands)
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return snapshot(KEYS[1], 'EXISTS')
+  return session_snapshot(KEYS[1], 'EXISTS')
 end
 local now = now_ms()
 local deadline, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -16,4 +16,4 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'cart', ARGV[2], 'state', 'LOCKED', '
 redis.call('SET', KEYS[2], ARGV[7])
 redis.call('PEXPIREAT', KEYS[1], deadline + keep)
 redis.call('PEXPIREAT', KEYS[2], deadline + keep)
-return snapshot(KEYS[1], 'OK')
+return session_snapshot(KEYS[1], 'OK')

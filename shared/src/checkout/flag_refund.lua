@@ -5,4 +5,4 @@
 -- ARGV: payment intent id, reason
 -- Reply: {'OK', session JSON}
 redis.call('HSET', KEYS[1], 'refund', ARGV[2], 'refundIntent', ARGV[1])
-return snapshot(KEYS[1], 'OK')
+return session_snapshot(KEYS[1], 'OK')

@@ -3,7 +3,7 @@
 -- KEYS: cart, lock
 -- ARGV: session id, lock time to live (ms)
 -- A lock already held by this session is taken again (a retry resumes).
--- Replies: cart snapshot 'OK' | {'HELD', session} | {'NO_CART'} | {'EMPTY'} | {'MERGED'}
+-- Replies: cart_snapshot 'OK' | {'HELD', session} | {'NO_CART'} | {'EMPTY'} | {'MERGED'}
 local cart, lock, session = KEYS[1], KEYS[2], ARGV[1]
 local holder = redis.call('GET', lock)
 if holder and holder ~= session then
@@ -19,4 +19,4 @@ if (tonumber(redis.call('HGET', cart, 'lines')) or 0) == 0 then
   return {'EMPTY'}
 end
 redis.call('SET', lock, session, 'PX', tonumber(ARGV[2]))
-return snapshot(cart, 'OK')
+return cart_snapshot(cart, 'OK')

@@ -3,10 +3,11 @@
 --
 -- KEYS: session, metadata, payment intent
 -- ARGV: session id, cart reference, deadline (epoch ms), how long the record outlives its
---       deadline (ms), total, currency, metadata JSON, intent id, intent JSON, state
+--       deadline (ms), total, currency, metadata JSON, intent id, intent JSON, state,
+--       the states before payment joined by ','
 -- Replies: {'OK', session JSON} | {'EXISTS', session JSON}
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return snapshot(KEYS[1], 'EXISTS')
+  return session_snapshot(KEYS[1], 'EXISTS')
 end
 local now = now_ms()
 local deadline, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -20,7 +21,7 @@ for _, key in ipairs(KEYS) do
   redis.call('PEXPIREAT', key, math.max(deadline, now) + keep)
 end
 -- Past its deadline it expires now, as any session would.
-if expire_if_due(KEYS[1], now) then
-  return snapshot(KEYS[1], 'EXPIRED_NOW')
+if expire_if_due(KEYS[1], now, ARGV[11]) then
+  return session_snapshot(KEYS[1], 'EXPIRED_NOW')
 end
-return snapshot(KEYS[1], 'OK')
+return session_snapshot(KEYS[1], 'OK')

@@ -11,7 +11,7 @@ use super::{Checkouts, customer_of, gateway};
 use crate::app::App;
 use crate::auth;
 use crate::cart::CartRef;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, object, str_field};
 use crate::idempotency;
 use crate::ids::{CartId, CustomerId};
@@ -95,7 +95,7 @@ fn parse_start<R: Redis, S: Sql, H: Http>(
         }
         _ => {
             return Err(Error::bad_request(
-                "INVALID_CHECKOUT",
+                ErrorCode::InvalidCheckout,
                 "a checkout names exactly one of cartId or customerId",
             ));
         }

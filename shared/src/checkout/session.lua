@@ -4,13 +4,8 @@
 -- the order write carries), deadline (ms, Redis clock), total, currency, created,
 -- history (JSON [{state, at}]), and later intent, order, refund.
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 -- {status, JSON of the whole hash}
-local function snapshot(key, status)
+local function session_snapshot(key, status)
   local flat = redis.call('HGETALL', key)
   local t = {}
   for i = 1, #flat, 2 do
@@ -26,11 +21,22 @@ local function move(key, to, now)
   redis.call('HINCRBY', key, 'version', 1)
 end
 
--- A session still before payment and past its deadline expires now, whoever meets it.
-local function expire_if_due(key, now)
+-- Whether `state` is one of `states`, names joined by ',' (as the Rust state machine
+-- passes them).
+local function listed(states, state)
+  for name in string.gmatch(states, '[^,]+') do
+    if name == state then
+      return true
+    end
+  end
+  return false
+end
+
+-- A session still before payment (in one of `before_payment`, the states the Rust state
+-- machine names so, joined by ',') and past its deadline expires now, whoever meets it.
+local function expire_if_due(key, now, before_payment)
   local state = redis.call('HGET', key, 'state')
-  local live = state == 'CREATED' or state == 'LOCKED' or state == 'PAYMENT_PENDING'
-  if live and now >= tonumber(redis.call('HGET', key, 'deadline')) then
+  if listed(before_payment, state) and now >= tonumber(redis.call('HGET', key, 'deadline')) then
     move(key, 'EXPIRED', now)
     return true
   end

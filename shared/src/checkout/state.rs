@@ -97,6 +97,18 @@ impl State {
     pub fn sources(to: State) -> Vec<State> {
         ALL.into_iter().filter(|from| from.can_move_to(to)).collect()
     }
+
+    /// The states before payment ([`State::is_before_payment`]): those in which a session
+    /// past its deadline expires, whichever session script meets it.
+    pub fn before_payment() -> Vec<State> {
+        ALL.into_iter().filter(|s| s.is_before_payment()).collect()
+    }
+}
+
+/// States as the session scripts take them: their names joined by `,`.
+pub fn joined(states: &[State]) -> String {
+    let names: Vec<&str> = states.iter().map(|s| s.name()).collect();
+    names.join(",")
 }
 
 impl fmt::Display for State {
@@ -109,6 +121,12 @@ impl fmt::Display for State {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_scripts_are_told_the_states_before_payment() {
+        assert_eq!(joined(&State::before_payment()), "CREATED,LOCKED,PAYMENT_PENDING");
+        assert_eq!(joined(&State::sources(State::OrderCreated)), "PAYMENT_CONFIRMED");
+    }
 
     #[test]
     fn the_happy_path_is_the_only_way_to_completed() {

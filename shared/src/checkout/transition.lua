@@ -5,7 +5,8 @@
 -- KEYS: session, metadata
 -- ARGV: target state, source states joined by ',', new deadline in epoch ms of the Redis
 --       clock ('' = keep the deadline), how long the record outlives its deadline (ms),
---       then field, value pairs to set with the move
+--       the states before payment joined by ',', then field, value pairs to set with the
+--       move
 -- Replies: {'OK' | 'SAME' (already there) | 'STATE' (refused: see its state)
 --           | 'EXPIRED_NOW' (it expired instead), session JSON} | {'NOT_FOUND'}
 local key = KEYS[1]
@@ -13,24 +14,18 @@ if redis.call('EXISTS', key) == 0 then
   return {'NOT_FOUND'}
 end
 local now = now_ms()
-if expire_if_due(key, now) then
-  return snapshot(key, 'EXPIRED_NOW')
+if expire_if_due(key, now, ARGV[5]) then
+  return session_snapshot(key, 'EXPIRED_NOW')
 end
 local state = redis.call('HGET', key, 'state')
 if state == ARGV[1] then
-  return snapshot(key, 'SAME')
+  return session_snapshot(key, 'SAME')
 end
-local allowed = false
-for source in string.gmatch(ARGV[2], '[^,]+') do
-  if source == state then
-    allowed = true
-  end
-end
-if not allowed then
-  return snapshot(key, 'STATE')
+if not listed(ARGV[2], state) then
+  return session_snapshot(key, 'STATE')
 end
 move(key, ARGV[1], now)
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
 end
 if ARGV[3] ~= '' then
@@ -39,4 +34,4 @@ if ARGV[3] ~= '' then
   redis.call('PEXPIREAT', key, deadline + keep)
   redis.call('PEXPIREAT', KEYS[2], deadline + keep)
 end
-return snapshot(key, 'OK')
+return session_snapshot(key, 'OK')

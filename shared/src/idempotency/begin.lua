@@ -9,8 +9,7 @@
 -- status and body of the answer.
 -- Replies: {'NEW', token} | {'RESUME', token} (a lease ran out: continue that work)
 --        | {'IN_FLIGHT', ms left of the lease} | {'MISMATCH'} | {'DONE', status, body, headers}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local lease = tonumber(ARGV[3])
 local record = redis.call('HMGET', KEYS[1], 'fingerprint', 'state', 'token', 'lease', 'status', 'body', 'headers')
 if not record[1] then

@@ -12,14 +12,14 @@
 use serde_json::Value;
 
 use crate::app::App;
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, ErrorCode, PortError, Result};
 use crate::http::{Request, Response};
 use crate::ids::random_hex_128;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::script::{Script, unexpected};
+use crate::script::{Script, lua, unexpected};
 
-static BEGIN: Script = Script::new(include_str!("begin.lua"));
-static FINISH: Script = Script::new(include_str!("finish.lua"));
+static BEGIN: Script = Script::new(lua!("begin.lua"));
+static FINISH: Script = Script::new(lua!("finish.lua"));
 
 /// The `Idempotency-Key` header: 1–255 printable ASCII characters.
 fn key_of(req: &Request) -> Result<Option<String>> {
@@ -28,7 +28,7 @@ fn key_of(req: &Request) -> Result<Option<String>> {
     };
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         return Err(Error::bad_request(
-            "INVALID_IDEMPOTENCY_KEY",
+            ErrorCode::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 printable ASCII characters",
         ));
     }
@@ -56,7 +56,7 @@ where
     let Some(key) = key_of(req)? else {
         if required {
             return Err(Error::bad_request(
-                "IDEMPOTENCY_KEY_REQUIRED",
+                ErrorCode::IdempotencyKeyRequired,
                 "this request needs an Idempotency-Key header",
             ));
         }
@@ -119,7 +119,7 @@ where
         }
         Some("MISMATCH") => {
             return Err(Error::Unprocessable {
-                code: "IDEMPOTENCY_KEY_REUSED",
+                code: ErrorCode::IdempotencyKeyReused,
                 message: "this Idempotency-Key was used with a different request".into(),
                 details: Value::Null,
             });

@@ -17,33 +17,23 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::catalog;
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::metrics::{self, Cache, Event};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 
-static RESERVE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("reserve.lua")));
-static RELEASE: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("release.lua")));
-static VIEW: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("view.lua")));
-static SWEEP: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("sweep.lua")));
-static LOAD_STOCK: Script = Script::new(concat!(
-    include_str!("purge.lua"),
-    include_str!("stock.lua"),
-    include_str!("load_stock.lua")
-));
-static APPLY_STOCK: Script = Script::new(concat!(
-    include_str!("stock.lua"),
-    include_str!("apply_stock.lua")
-));
-static PUT_BACK: Script = Script::new(concat!(include_str!("purge.lua"), include_str!("put_back.lua")));
-static HOLD_INDEX: Script = Script::new(include_str!("hold_index.lua"));
-static COMMIT: Script = Script::new(concat!(
-    include_str!("purge.lua"),
-    include_str!("stock.lua"),
-    include_str!("commit.lua")
-));
+static RESERVE: Script = Script::new(lua!("purge.lua", "reserve.lua"));
+static RELEASE: Script = Script::new(lua!("purge.lua", "release.lua"));
+static VIEW: Script = Script::new(lua!("purge.lua", "view.lua"));
+static SWEEP: Script = Script::new(lua!("purge.lua", "sweep.lua"));
+static LOAD_STOCK: Script = Script::new(lua!("purge.lua", "stock.lua", "load_stock.lua"));
+static APPLY_STOCK: Script = Script::new(lua!("stock.lua", "apply_stock.lua"));
+static PUT_BACK: Script = Script::new(lua!("purge.lua", "put_back.lua"));
+static HOLD_INDEX: Script = Script::new(lua!("hold_index.lua"));
+static COMMIT: Script = Script::new(lua!("purge.lua", "stock.lua", "commit.lua"));
 
 /// On-hand, version and existence of variants, for the lazy load, with the holds of each
 /// variant's live paid checkout sessions that PostgreSQL keeps (sessions with a payment
@@ -166,7 +156,7 @@ impl MaxPerOrder {
             .map(|n| Some(Self(n)))
             .ok_or_else(|| {
                 Error::bad_request(
-                    "INVALID_MAX_PER_ORDER",
+                    ErrorCode::InvalidMaxPerOrder,
                     format!(
                         "maxPerOrder must be an integer from 1 to {}, or null for no limit",
                         Self::MAX
@@ -454,7 +444,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                     .collect();
                 metrics::event(Event::ReservationRefused);
                 Err(Error::Conflict {
-                    code: "INSUFFICIENT_INVENTORY",
+                    code: ErrorCode::InsufficientInventory,
                     message: format!("{} variant(s) do not have enough sellable stock", shortages.len()),
                     details: json!({ "shortages": shortages }),
                 })
@@ -474,7 +464,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                     .collect();
                 let first = over.first().ok_or_else(|| unexpected(&reply.0))?;
                 Err(Error::Unprocessable {
-                    code: "MAX_PER_ORDER_EXCEEDED",
+                    code: ErrorCode::MaxPerOrderExceeded,
                     message: format!(
                         "at most {} unit(s) of {} per order, {} asked for",
                         first.max_per_order, first.variant_id, first.requested
@@ -917,14 +907,10 @@ fn int_columns<const N: usize>(row: &[SqlValue]) -> Result<[i64; N]> {
 /// a body does.
 fn unknown_variants(variants: &[VariantId], status: u16) -> Error {
     let ids: Vec<String> = variants.iter().map(ToString::to_string).collect();
-    let message = format!("unknown variant(s): {}", ids.join(", "));
+    let unknown = catalog::unknown_variants(&ids);
     if status == 404 {
-        Error::not_found("VARIANT_NOT_FOUND", message)
+        Error::not_found(ErrorCode::VariantNotFound, unknown.to_string())
     } else {
-        Error::Unprocessable {
-            code: "UNKNOWN_VARIANT",
-            message,
-            details: json!({ "variantIds": ids }),
-        }
+        unknown
     }
 }

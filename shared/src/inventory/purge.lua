@@ -1,4 +1,4 @@
--- Shared head of every inventory script: the Redis clock and the purge of expired holds.
+-- Shared head of every inventory script: the purge of expired holds.
 --
 -- Expired holds are dropped by whichever script next touches the variant, so an expired
 -- hold never counts, with or without a sweeper. The work per call is bounded: after
@@ -7,11 +7,6 @@
 
 local PURGE_BUDGET = 500
 local budget = PURGE_BUDGET
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 -- Drops the variant's holds whose deadline is at or before `now`. Returns true when no
 -- expired hold is left, false when the budget ran out first.

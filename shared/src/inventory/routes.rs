@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::{Holder, Inventory, LevelChange, MAX_BATCH, MaxPerOrder};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, array_field, field, object, str_field};
 use crate::ids::{CartId, Quantity, VariantId};
 use crate::ports::{Http, Redis, Sql};
@@ -74,10 +74,10 @@ async fn view<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, variant: &str) -> R
         .await
         .map_err(|e| match e {
             Error::Unprocessable {
-                code: "UNKNOWN_VARIANT",
+                code: ErrorCode::UnknownVariant,
                 message,
                 ..
-            } => Error::not_found("VARIANT_NOT_FOUND", message),
+            } => Error::not_found(ErrorCode::VariantNotFound, message),
             other => other,
         })?;
     Ok(Response::json(200, &views.remove(0)))
@@ -90,7 +90,7 @@ async fn availability<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Reque
     for id in ids {
         let id = id
             .as_str()
-            .ok_or_else(|| Error::bad_request("INVALID_ID", "variantIds must be strings"))?;
+            .ok_or_else(|| Error::bad_request(ErrorCode::InvalidId, "variantIds must be strings"))?;
         let variant = VariantId::parse(id)?;
         if !variants.contains(&variant) {
             variants.push(variant);
@@ -138,7 +138,7 @@ fn parse_reservation(body: &Value, settings: &Settings) -> Result<ReservationReq
             .map(|s| s as u32)
             .ok_or_else(|| {
                 Error::bad_request(
-                    "INVALID_TTL",
+                    ErrorCode::InvalidTtl,
                     format!(
                         "ttlSeconds must be an integer from 1 to {}",
                         Settings::MAX_RESERVATION_TTL
@@ -224,7 +224,7 @@ fn parse_level_change(body: &Value) -> Result<LevelChange> {
                 .filter(|n| (0..=MAX_ON_HAND).contains(n))
                 .ok_or_else(|| {
                     Error::bad_request(
-                        "INVALID_ON_HAND",
+                        ErrorCode::InvalidOnHand,
                         format!("onHand must be an integer from 0 to {MAX_ON_HAND}"),
                     )
                 })?,
@@ -233,7 +233,7 @@ fn parse_level_change(body: &Value) -> Result<LevelChange> {
     let max_per_order = body.get("maxPerOrder").map(MaxPerOrder::from_json).transpose()?;
     if on_hand.is_none() && max_per_order.is_none() {
         return Err(Error::bad_request(
-            "MISSING_FIELD",
+            ErrorCode::MissingField,
             "field \"onHand\" or \"maxPerOrder\" is required",
         ));
     }

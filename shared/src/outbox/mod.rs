@@ -28,7 +28,7 @@ pub use self::gateway::Outcome;
 use self::gateway::{Gateway, RefundRequest};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, ErrorCode, PortError, Result};
 use crate::metrics::{self, Event};
 use crate::ports::{Http, Sql, SqlRow, SqlValue};
 
@@ -155,7 +155,7 @@ impl OutboxState {
             .find(|s| s.name() == text)
             .ok_or_else(|| {
                 Error::bad_request(
-                    "INVALID_QUERY",
+                    ErrorCode::InvalidQuery,
                     format!("state must be pending, sent or refused, got {text:?}"),
                 )
             })

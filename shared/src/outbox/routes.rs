@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{OutboxState, list};
 use crate::app::App;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response};
 use crate::ports::Sql;
 
@@ -46,7 +46,7 @@ async fn refunds<R, S: Sql, H>(app: &App<R, S, H>, req: &Request) -> Result<Resp
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| {
                 Error::bad_request(
-                    "INVALID_QUERY",
+                    ErrorCode::InvalidQuery,
                     format!("limit must be a whole number from 1 to {MAX_LIMIT}, got {text:?}"),
                 )
             })?,

@@ -27,7 +27,7 @@ use serde::{Serialize, Serializer};
 use serde_json::json;
 
 use super::money::{Currency, Money, percent_of};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::ids::Quantity;
 
 /// What a line priced at no price list shows as its `priceListId`: the variant's base
@@ -599,7 +599,7 @@ impl<'a> RulesetIndex<'a> {
         let variant = self.variant_ix.get(variant_id).map(|&ix| &self.variants[ix]);
         let variant = variant.ok_or_else(|| {
             unprocessable(
-                "UNKNOWN_VARIANT",
+                ErrorCode::UnknownVariant,
                 format!("variant {variant_id} has no price"),
                 json!({ "lineId": line.line_id(), "variantId": variant_id }),
             )
@@ -615,7 +615,7 @@ impl<'a> RulesetIndex<'a> {
             None if variant.prices.currency == context.currency => (variant.prices.base_minor, None),
             None => {
                 return Err(unprocessable(
-                    "CURRENCY_MISMATCH",
+                    ErrorCode::CurrencyMismatch,
                     format!(
                         "variant {variant_id} has no price in {}, only a base price in {}",
                         context.currency, variant.prices.currency
@@ -658,7 +658,7 @@ impl<'a> RulesetIndex<'a> {
         let pricing = self.bundle_ix.get(bundle_id).map(|&ix| self.bundles[ix]);
         let pricing = pricing.ok_or_else(|| {
             unprocessable(
-                "UNKNOWN_BUNDLE",
+                ErrorCode::UnknownBundle,
                 format!("bundle {bundle_id} has no pricing"),
                 json!({ "lineId": line.line_id(), "bundleId": bundle_id }),
             )
@@ -670,7 +670,7 @@ impl<'a> RulesetIndex<'a> {
             } => {
                 if *bundle_currency != currency {
                     return Err(unprocessable(
-                        "CURRENCY_MISMATCH",
+                        ErrorCode::CurrencyMismatch,
                         format!("bundle {bundle_id} is priced in {bundle_currency}, not {currency}"),
                         json!({
                             "lineId": line.line_id(),
@@ -875,14 +875,14 @@ fn non_negative(unit_minor: i64, details: impl FnOnce() -> serde_json::Value) ->
         Ok(())
     } else {
         Err(unprocessable(
-            "INVALID_PRICE",
+            ErrorCode::InvalidPrice,
             format!("the ruleset has a negative price ({unit_minor})"),
             details(),
         ))
     }
 }
 
-fn unprocessable(code: &'static str, message: String, details: serde_json::Value) -> Error {
+fn unprocessable(code: ErrorCode, message: String, details: serde_json::Value) -> Error {
     Error::Unprocessable {
         code,
         message,

@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 use serde_json::json;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 /// Basis points in a whole: 1 bp = 0.01 %, so `10_000` bp = 100 %.
 pub const BASIS_POINTS_PER_WHOLE: u32 = 10_000;
@@ -28,7 +28,7 @@ impl Currency {
         match raw.as_bytes() {
             &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
             _ => Err(Error::bad_request(
-                "INVALID_CURRENCY",
+                ErrorCode::InvalidCurrency,
                 format!("currency must be an ISO 4217 code of three uppercase letters, not {raw:?}"),
             )),
         }
@@ -114,7 +114,7 @@ impl Money {
             Ok(())
         } else {
             Err(Error::Unprocessable {
-                code: "CURRENCY_MISMATCH",
+                code: ErrorCode::CurrencyMismatch,
                 message: format!(
                     "amounts in {} and {} cannot be combined",
                     self.currency, other.currency
@@ -134,7 +134,7 @@ impl fmt::Display for Money {
 /// The 422 for an amount that does not fit in `i64` minor units.
 fn out_of_range(currency: Currency) -> Error {
     Error::Unprocessable {
-        code: "AMOUNT_OUT_OF_RANGE",
+        code: ErrorCode::AmountOutOfRange,
         message: format!("amount in {currency} is out of range"),
         details: json!({ "currency": currency }),
     }

@@ -61,9 +61,7 @@ pub async fn price_cart<R: Redis, S: Sql, H: Http>(
     cart: &CartRef,
     customer_group: Option<String>,
 ) -> Result<Priced> {
-    let (view, lines) = Carts::new(&app.redis, &app.keys, &app.settings)
-        .lines(cart)
-        .await?;
+    let (view, lines) = Carts::of(app).lines(cart).await?;
     let currency = Currency::parse(&view.currency)?;
     price_lines(app, &cart_quote_lines(&lines)?, currency, customer_group).await
 }

@@ -15,11 +15,6 @@ local function append(out, list)
   end
 end
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 -- The variant ids and bundle ids of ARGV from position `at`: a count, the ids, a count, the
 -- ids.
 local function asked(at)

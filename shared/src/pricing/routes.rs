@@ -15,10 +15,9 @@ use super::quote::{item_quote_line, price_cart, price_lines};
 use super::store::Rulesets;
 use crate::app::App;
 use crate::auth;
-use crate::bundle::routes::store as bundles;
-use crate::cart::routes::parse_line;
-use crate::cart::{CartRef, LineItem};
-use crate::error::{Error, Result};
+use crate::bundle::Bundles;
+use crate::cart::{CartRef, LineItem, parse_line};
+use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, array_field, object, str_field};
 use crate::ids::{CartId, CustomerId};
 use crate::keys::RulesetKind;
@@ -93,7 +92,7 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
         (None | Some(Value::Null), _) => None,
         (Some(group), Caller::Admin) => Some(
             CustomerId::parse(group.as_str().unwrap_or_default())
-                .map_err(|_| Error::bad_request("INVALID_GROUP", "customerGroup must be an id"))?
+                .map_err(|_| Error::bad_request(ErrorCode::InvalidGroup, "customerGroup must be an id"))?
                 .to_string(),
         ),
         (Some(_), _) => {
@@ -108,7 +107,7 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
         .count();
     if sources != 1 {
         return Err(Error::bad_request(
-            "INVALID_QUOTE",
+            ErrorCode::InvalidQuote,
             "a quote names exactly one of cartId, customerId or lines",
         ));
     }
@@ -137,7 +136,7 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
         for line in array_field(body, "lines", MAX_LINES)? {
             let (item, quantity) = parse_line(line)?;
             if let LineItem::Bundle(bundle, choices) = &item {
-                bundles(app).check(bundle, choices).await?;
+                Bundles::of(app).check(bundle, choices).await?;
             }
             lines.push(item_quote_line(&item, quantity));
         }

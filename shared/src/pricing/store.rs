@@ -26,17 +26,14 @@ use super::engine::{
     BundlePricing, Discount, DiscountKind, DiscountTarget, PriceBreak, PriceList, PricingInput, VariantPrices,
 };
 use super::money::Currency;
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, ErrorCode, PortError, Result};
 use crate::keys::{Keys, RulesetKind};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
-use crate::script::{Script, unexpected};
+use crate::script::{Script, lua, unexpected};
 
-static SWITCH: Script = Script::new(include_str!("switch.lua"));
-static READ: Script = Script::new(concat!(include_str!("read_parts.lua"), include_str!("read.lua")));
-static READ_ONE: Script = Script::new(concat!(
-    include_str!("read_parts.lua"),
-    include_str!("read_one.lua")
-));
+static SWITCH: Script = Script::new(lua!("switch.lua"));
+static READ: Script = Script::new(lua!("read_parts.lua", "read.lua"));
+static READ_ONE: Script = Script::new(lua!("read_parts.lua", "read_one.lua"));
 
 /// A version under construction expires by itself if its publish dies before switching.
 const BUILD_TTL_MS: i64 = 60 * 60 * 1000;
@@ -485,7 +482,7 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
 
 fn not_published() -> Error {
     Error::Conflict {
-        code: "RULESET_NOT_PUBLISHED",
+        code: ErrorCode::RulesetNotPublished,
         message: "no pricing ruleset has been published yet (POST /v1/admin/pricing/publish)".into(),
         details: Value::Null,
     }

@@ -31,10 +31,10 @@ use crate::error::{Error, PortError, Result};
 use crate::http::Request;
 use crate::ids::CustomerId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::script::{Script, tag, unexpected};
+use crate::script::{Script, lua, tag, unexpected};
 use crate::settings::Settings;
 
-static GCRA: Script = Script::new(include_str!("gcra.lua"));
+static GCRA: Script = Script::new(lua!("gcra.lua"));
 
 /// A rate limit: `per_minute` requests on average, up to `burst` at once; off when
 /// `per_minute` is 0.

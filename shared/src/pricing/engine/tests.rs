@@ -116,7 +116,7 @@ fn discounts_of(line: &QuotedLine) -> Vec<(&str, i64)> {
 
 fn unprocessable_code(result: Result<Quote, Error>) -> (&'static str, serde_json::Value) {
     match result {
-        Err(Error::Unprocessable { code, details, .. }) => (code, details),
+        Err(Error::Unprocessable { code, details, .. }) => (code.as_str(), details),
         other => panic!("expected a 422, got {other:?}"),
     }
 }

@@ -1,0 +1,316 @@
+//! What a verified gateway event does to its session (`POST /v1/checkout/payment-webhook`):
+//! a confirmed payment places the order (PAYMENT_CONFIRMED → ORDER_CREATED → COMPLETED,
+//! resuming wherever a crash left it), a payment the session cannot take is refunded
+//! through the outbox, a failed payment ends the session.
+
+use serde_json::{Value, json};
+
+use super::session::{Session, cart_ref_text, checkout_not_found, parse_session, wrong_state};
+use super::start::frozen_demand;
+use super::state::State;
+use super::{Checkouts, KEEP_MS, before_payment, ended, gateway, order, paid};
+use crate::cart::CartRef;
+use crate::error::{Error, Result};
+use crate::ids::CartId;
+use crate::inventory::Holder;
+use crate::outbox;
+use crate::ports::{Http, Redis, RedisArg, Sql};
+use crate::script::{Script, lua};
+
+static EMPTY_CART: Script = Script::new(lua!("empty_cart.lua"));
+static FLAG_REFUND: Script = Script::new(lua!("session.lua", "flag_refund.lua"));
+static RESTORE: Script = Script::new(lua!("session.lua", "restore.lua"));
+
+impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
+    /// Handles a verified gateway event. A confirmed payment places the order (or resumes
+    /// placing it); a payment that can no longer become an order is refunded; a failed
+    /// payment of the session's own intent ends the session and releases what it held.
+    pub async fn handle_event(&self, event: &gateway::WebhookEvent) -> Result<Value> {
+        let Some(id) = event.session_id.as_deref() else {
+            return Ok(json!({ "received": true, "ignored": "the payment has no checkout session" }));
+        };
+        let id = CartId::parse(id)?;
+        match &event.kind {
+            gateway::EventKind::PaymentSucceeded => self.confirm(&id, event).await,
+            gateway::EventKind::PaymentFailed => self.payment_failed(&id, event).await,
+            gateway::EventKind::Other(kind) => Ok(json!({ "received": true, "ignored": kind })),
+        }
+    }
+
+    async fn payment_failed(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+        let session = match self.load(id).await {
+            Ok(session) => session,
+            Err(Error::NotFound { .. }) => {
+                return Ok(json!({ "received": true, "ignored": "unknown session" }));
+            }
+            Err(other) => return Err(other),
+        };
+        // Only the session's own intent speaks for it: a failure of any other intent (an
+        // old one, or one forged into the metadata of another payment) changes nothing.
+        let own = match &session.intent {
+            Some(intent) => intent.clone(),
+            None => self.stored_intent_id(id).await?.unwrap_or_default(),
+        };
+        // Once the payment is confirmed, a late failure event of the same intent (events
+        // arrive out of order) changes nothing either.
+        if own != event.intent_id || !session.state.is_before_payment() {
+            return Ok(json!({
+                "received": true,
+                "sessionId": id.as_str(),
+                "state": session.state.name(),
+                "ignored": "the failure is not of this session's pending intent",
+            }));
+        }
+        let (tag, session) = self.transition(id, State::Failed, None, &[]).await?;
+        if matches!(tag.as_str(), "OK" | "SAME") {
+            self.release(&session, true).await?;
+        }
+        Ok(json!({ "received": true, "sessionId": id.as_str(), "state": session.state.name() }))
+    }
+
+    /// The session from Redis, or, if Redis lost it, put back from PostgreSQL's copy of a
+    /// paid session. `None`: neither knows it.
+    async fn load_or_restore(&self, id: &CartId) -> Result<Option<Session>> {
+        match self.load(id).await {
+            Ok(session) => return Ok(Some(session)),
+            Err(Error::NotFound { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        let Some(kept) = paid::load(&self.app.sql, id.as_str()).await? else {
+            return Ok(None);
+        };
+        let state = kept
+            .ended_state
+            .as_deref()
+            .unwrap_or(State::PaymentPending.name());
+        let keys = [
+            self.app.keys.checkout_session(id),
+            self.app.keys.checkout_metadata(id),
+            self.app.keys.payment_intent(id),
+        ];
+        let reply = self
+            .run(
+                &RESTORE,
+                &[&keys[0], &keys[1], &keys[2]],
+                vec![
+                    id.as_str().into(),
+                    kept.cart_ref.as_str().into(),
+                    RedisArg::Int(kept.deadline_ms),
+                    RedisArg::Int(KEEP_MS),
+                    RedisArg::Int(kept.total),
+                    kept.currency.as_str().into(),
+                    kept.metadata.as_str().into(),
+                    kept.intent_id.as_str().into(),
+                    kept.intent.as_str().into(),
+                    state.into(),
+                    before_payment(),
+                ],
+            )
+            .await?;
+        let (tag, session) = parse_session(&reply)?;
+        let session = session.ok_or_else(|| checkout_not_found(id))?;
+        if tag == "EXPIRED_NOW" {
+            ended(State::Expired);
+            self.release(&session, true).await?;
+        }
+        Ok(Some(session))
+    }
+
+    async fn confirm(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+        // Redis first: on the hot path the session is there, and nothing else is asked
+        // before its deadline is checked.
+        match self.load(id).await {
+            Ok(session) => self.confirm_session(session, event).await,
+            Err(Error::NotFound { .. }) => self.confirm_forgotten(id, event).await,
+            Err(other) => Err(other),
+        }
+    }
+
+    /// A payment for a session Redis does not have (lost, or long gone): an order that
+    /// exists answers for its own payment, whatever Redis remembers; a paid session
+    /// PostgreSQL keeps is put back and completed; any other payment goes back.
+    async fn confirm_forgotten(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+        if let Some((order_id, _, intent)) = order::find(&self.app.sql, id.as_str()).await? {
+            if intent == event.intent_id {
+                // Redis may have lost the session before the order's stock change reached
+                // it: mirror it now (each change applies once, so a repeat changes nothing).
+                let changes = order::changes_of(&self.app.sql, id.as_str()).await?;
+                self.inventory()
+                    .commit(&Holder::Checkout(id.clone()), &changes)
+                    .await?;
+                return Ok(json!({ "received": true, "sessionId": id.as_str(), "orderId": order_id }));
+            }
+            let mut answer = self
+                .refund_unknown(id, event, "the checkout was already paid by another payment")
+                .await?;
+            answer["orderId"] = json!(order_id);
+            return Ok(answer);
+        }
+        match self.load_or_restore(id).await? {
+            Some(session) => self.confirm_session(session, event).await,
+            None => self.refund_unknown(id, event, "unknown session").await,
+        }
+    }
+
+    async fn confirm_session(&self, session: Session, event: &gateway::WebhookEvent) -> Result<Value> {
+        let id = session.id.clone();
+        let matches = event.amount == session.total
+            && event.currency == session.currency
+            && session.intent.as_deref().is_none_or(|i| i == event.intent_id);
+        let reason = if !matches {
+            Some("the payment does not match the checkout")
+        } else if !session.state.is_terminal() || session.state == State::Completed {
+            None
+        } else {
+            Some("the checkout had ended")
+        };
+        if let Some(reason) = reason {
+            return self.refund(&session, event, reason).await;
+        }
+        let mut session = session;
+        if session.state == State::Locked {
+            // The intent was created but the move to PAYMENT_PENDING was lost (a crash).
+            session = self
+                .transition(&id, State::PaymentPending, None, &[("intent", &event.intent_id)])
+                .await?
+                .1;
+        }
+        if session.state == State::PaymentPending {
+            // Past its deadline the session expires here instead: its units may have been
+            // sold again, so the payment goes back rather than becoming an order.
+            let (tag, moved) = self.transition(&id, State::PaymentConfirmed, None, &[]).await?;
+            if tag == "EXPIRED_NOW" || moved.state.is_terminal() && moved.state != State::Completed {
+                return self.refund(&moved, event, "the checkout had ended").await;
+            }
+            session = moved;
+        }
+        self.place_order(session, &event.intent_id, event).await
+    }
+
+    /// Refunds a payment the session cannot take (through the outbox, keyed by intent) —
+    /// unless PostgreSQL has the order of this very payment, which stands whatever Redis
+    /// remembers (a Redis restored from an older copy).
+    async fn refund(&self, session: &Session, event: &gateway::WebhookEvent, reason: &str) -> Result<Value> {
+        if let Some((order_id, _, intent)) = order::find(&self.app.sql, session.id.as_str()).await?
+            && intent == event.intent_id
+        {
+            return Ok(json!({ "received": true, "sessionId": session.id.as_str(), "orderId": order_id }));
+        }
+        self.send_refund(&session.id, event, reason).await?;
+        let key = self.app.keys.checkout_session(&session.id);
+        self.run(
+            &FLAG_REFUND,
+            &[&key],
+            vec![event.intent_id.as_str().into(), reason.into()],
+        )
+        .await?;
+        Ok(
+            json!({ "received": true, "sessionId": session.id.as_str(), "state": session.state.name(), "refundRequired": reason }),
+        )
+    }
+
+    /// Refunds a payment for a session that neither Redis nor PostgreSQL can sell to.
+    async fn refund_unknown(
+        &self,
+        id: &CartId,
+        event: &gateway::WebhookEvent,
+        reason: &str,
+    ) -> Result<Value> {
+        self.send_refund(id, event, reason).await?;
+        Ok(json!({ "received": true, "sessionId": id.as_str(), "refundRequired": reason }))
+    }
+
+    /// Owes the payment back through the outbox (keyed by intent) and sends it now.
+    async fn send_refund(&self, id: &CartId, event: &gateway::WebhookEvent, reason: &str) -> Result<()> {
+        outbox::enqueue_refund(
+            &self.app.sql,
+            id.as_str(),
+            &event.intent_id,
+            event.amount,
+            &event.currency,
+            reason,
+        )
+        .await?;
+        self.send_now(&event.intent_id).await;
+        Ok(())
+    }
+
+    /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED; or, when on-hand
+    /// cannot cover the order, to FAILED with the payment refunded.
+    async fn place_order(
+        &self,
+        mut session: Session,
+        intent: &str,
+        event: &gateway::WebhookEvent,
+    ) -> Result<Value> {
+        let order_id = format!("ord_{}", session.id.as_str().trim_start_matches("cs_"));
+        let mut changes = None;
+        if session.state == State::PaymentConfirmed {
+            let metadata = self.metadata(&session.id).await?;
+            let demand = frozen_demand(&metadata)?;
+            let customer = match &session.cart {
+                CartRef::Customer(c) => Some(c.as_str()),
+                CartRef::Session(_) => None,
+            };
+            let cart_ref = cart_ref_text(&session.cart);
+            let written = order::write(
+                &self.app.sql,
+                &order::NewOrder {
+                    id: &order_id,
+                    session: session.id.as_str(),
+                    state_version: session.version,
+                    cart_ref: &cart_ref,
+                    customer,
+                    quote: &metadata["quote"],
+                    definitions: &metadata["definitions"],
+                    demand: &demand,
+                    payment_intent: intent,
+                },
+            )
+            .await?;
+            match written {
+                order::Written::Placed(written) => changes = Some(written),
+                order::Written::Refused(shortages) => {
+                    let (_, failed) = self.transition(&session.id, State::Failed, None, &[]).await?;
+                    let reason = "on-hand stock could not cover the order";
+                    let mut answer = self.refund(&failed, event, reason).await?;
+                    self.release(&failed, false).await?;
+                    answer["state"] = json!(failed.state.name());
+                    answer["shortages"] = shortages;
+                    return Ok(answer);
+                }
+            }
+            session = self
+                .transition(&session.id, State::OrderCreated, None, &[("order", &order_id)])
+                .await?
+                .1;
+        }
+        if session.state == State::OrderCreated {
+            let changes = match changes {
+                Some(c) => c,
+                None => order::changes_of(&self.app.sql, session.id.as_str()).await?,
+            };
+            self.inventory()
+                .commit(&Holder::Checkout(session.id.clone()), &changes)
+                .await?;
+            let carts = self.carts();
+            let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
+            self.run(
+                &EMPTY_CART,
+                &[&cart_key, &lock_key],
+                vec![session.id.as_str().into()],
+            )
+            .await?;
+            session = self.transition(&session.id, State::Completed, None, &[]).await?.1;
+        }
+        if session.state != State::Completed {
+            return Err(wrong_state(&session, "place the order"));
+        }
+        let order = order::find(&self.app.sql, session.id.as_str())
+            .await?
+            .map(|(id, _, _)| id);
+        Ok(
+            json!({ "received": true, "sessionId": session.id.as_str(), "state": session.state.name(), "orderId": order }),
+        )
+    }
+}

@@ -1,0 +1,154 @@
+//! Taking a payment (`POST /v1/checkout/{session}/payment-intent`): the gateway's intent
+//! for the frozen total, the holds and the lock extended to the session's lifetime, the
+//! paid session kept in PostgreSQL, the session moved to PAYMENT_PENDING.
+
+use serde_json::{Value, json};
+
+use super::session::{cart_ref_text, wrong_state};
+use super::start::frozen_demand;
+use super::state::State;
+use super::{Checkouts, UNLOCK, gateway, paid};
+use crate::cart::CartRef;
+use crate::clock::rfc3339_millis;
+use crate::error::{Error, PortError, Result};
+use crate::ids::CartId;
+use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
+use crate::pricing::money::Currency;
+
+/// How long a payment intent is kept (seed `PAYMENT_INTENT`).
+const INTENT_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
+    /// Creates the payment intent for the frozen total with the gateway (idempotent: the
+    /// gateway sees the same idempotency key for the session every time), extends the holds
+    /// and the lock to the session's lifetime, keeps the paid session in PostgreSQL, and
+    /// moves the session to PAYMENT_PENDING.
+    pub async fn payment_intent(&self, id: &CartId, authorization: Option<&str>) -> Result<Value> {
+        let session = self.load(id).await?;
+        self.authorize(&session, authorization)?;
+        match session.state {
+            State::Locked | State::PaymentPending => {}
+            _ if session.intent.is_some() && !session.state.is_terminal() => {}
+            _ => return Err(wrong_state(&session, "take a payment")),
+        }
+        let intent_key = self.app.keys.payment_intent(id);
+        let stored = self
+            .app
+            .redis
+            .execute("GET", vec![intent_key.as_str().into()])
+            .await
+            .map_err(PortError::redis)?;
+        let intent: Value = match stored.first().and_then(RedisReply::as_text) {
+            Some(text) => {
+                serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
+            }
+            None => {
+                let currency = Currency::parse(&session.currency)?;
+                let created = gateway::create_intent(
+                    &self.app.http,
+                    &self.app.settings.payment_gateway_url,
+                    &self.app.settings.payment_gateway_key,
+                    id.as_str(),
+                    session.total,
+                    currency,
+                    &format!("checkout-{id}"),
+                )
+                .await?;
+                let intent = serde_json::to_value(&created).map_err(|e| Error::Internal(e.to_string()))?;
+                self.app
+                    .redis
+                    .execute(
+                        "SET",
+                        vec![
+                            intent_key.as_str().into(),
+                            intent.to_string().into(),
+                            "NX".into(),
+                            "PX".into(),
+                            RedisArg::Int(INTENT_TTL_MS),
+                        ],
+                    )
+                    .await
+                    .map_err(PortError::redis)?;
+                intent
+            }
+        };
+        let intent_id = intent["id"].as_str().unwrap_or_default().to_owned();
+        let mut session = session;
+        if session.state == State::Locked {
+            // Hold stock and cart for the whole payment window: the holds first (their
+            // deadline, less the grace, is the session's), then PostgreSQL's copy, then the
+            // session, so at every moment the holds outlive the session.
+            let metadata = self.metadata(id).await?;
+            let demand = frozen_demand(&metadata)?;
+            let deadline = self.hold(id, &demand, self.session_ttl_ms()).await?;
+            let cart_ref = cart_ref_text(&session.cart);
+            let customer = match &session.cart {
+                CartRef::Customer(c) => Some(c.as_str()),
+                CartRef::Session(_) => None,
+            };
+            paid::save(
+                &self.app.sql,
+                &paid::PaidSession {
+                    id: id.as_str(),
+                    cart_ref: &cart_ref,
+                    customer,
+                    total: session.total,
+                    currency: &session.currency,
+                    intent_id: &intent_id,
+                    intent: &intent,
+                    deadline_ms: deadline,
+                    holds_deadline_ms: deadline + self.grace_ms(),
+                    metadata: &metadata,
+                    demand: &demand,
+                },
+            )
+            .await?;
+            let lock_key = self.carts().lock_key(&session.cart);
+            self.run(
+                &UNLOCK,
+                &[&lock_key],
+                vec![
+                    id.as_str().into(),
+                    RedisArg::Int(self.session_ttl_ms() + self.grace_ms()),
+                ],
+            )
+            .await?;
+            let (tag, moved) = self
+                .transition(
+                    id,
+                    State::PaymentPending,
+                    Some(deadline),
+                    &[("intent", &intent_id)],
+                )
+                .await?;
+            if !matches!(tag.as_str(), "OK" | "SAME") && moved.state != State::PaymentPending {
+                return Err(wrong_state(&moved, "take a payment"));
+            }
+            session = moved;
+        }
+        Ok(json!({
+            "sessionId": id.as_str(),
+            "state": session.state.name(),
+            "paymentIntentId": intent_id,
+            "clientSecret": intent["clientSecret"],
+            "amount": session.total,
+            "currency": session.currency,
+            "expiresAt": rfc3339_millis(session.deadline_ms),
+        }))
+    }
+
+    /// The id of the intent created for the session, if any.
+    pub(super) async fn stored_intent_id(&self, id: &CartId) -> Result<Option<String>> {
+        let stored = self
+            .app
+            .redis
+            .execute("GET", vec![self.app.keys.payment_intent(id).into()])
+            .await
+            .map_err(PortError::redis)?;
+        Ok(stored
+            .first()
+            .and_then(RedisReply::as_text)
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|v| v["id"].as_str().map(str::to_owned)))
+    }
+}

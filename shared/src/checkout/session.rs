@@ -1,0 +1,154 @@
+//! A checkout session: what the API shows ([`SessionView`]), what Redis stores
+//! ([`Session`], one hash), and how a session script's reply decodes into it.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::state::State;
+use crate::cart::CartRef;
+use crate::clock::rfc3339_millis;
+use crate::error::{Error, ErrorCode, Result};
+use crate::ids::{CartId, CustomerId};
+use crate::ports::RedisReply;
+
+/// A checkout session as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    /// The session (unguessable, `cs_` + 128 random bits).
+    pub session_id: String,
+    /// Where it is.
+    pub state: String,
+    /// The anonymous cart checked out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cart_id: Option<String>,
+    /// The customer whose cart is checked out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// The frozen total, minor units.
+    pub total: i64,
+    /// Its currency.
+    pub currency: String,
+    /// Until when payment may arrive (RFC 3339).
+    pub expires_at: String,
+    /// Every state it passed, with when.
+    pub history: Vec<Value>,
+    /// The payment intent, once created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_intent_id: Option<String>,
+    /// The order, once written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// Set when a payment arrived that the session could no longer accept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_required: Option<String>,
+    /// The frozen quote (prices, discounts, ruleset versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Value>,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone)]
+pub(super) struct Session {
+    pub(super) id: CartId,
+    pub(super) cart: CartRef,
+    pub(super) state: State,
+    pub(super) version: i64,
+    pub(super) deadline_ms: i64,
+    pub(super) total: i64,
+    pub(super) currency: String,
+    pub(super) history: Vec<Value>,
+    pub(super) intent: Option<String>,
+    pub(super) order: Option<String>,
+    pub(super) refund: Option<String>,
+}
+
+impl Session {
+    pub(super) fn view(&self, quote: Option<Value>) -> SessionView {
+        let (cart_id, customer_id) = match &self.cart {
+            CartRef::Session(c) => (Some(c.to_string()), None),
+            CartRef::Customer(c) => (None, Some(c.to_string())),
+        };
+        SessionView {
+            session_id: self.id.to_string(),
+            state: self.state.name().to_owned(),
+            cart_id,
+            customer_id,
+            total: self.total,
+            currency: self.currency.clone(),
+            expires_at: rfc3339_millis(self.deadline_ms),
+            history: self.history.clone(),
+            payment_intent_id: self.intent.clone(),
+            order_id: self.order.clone(),
+            refund_required: self.refund.clone(),
+            quote,
+        }
+    }
+}
+
+/// `session:<cart>` / `customer:<id>`: how a session names its cart.
+pub(super) fn cart_ref_text(cart: &CartRef) -> String {
+    match cart {
+        CartRef::Session(c) => format!("session:{c}"),
+        CartRef::Customer(c) => format!("customer:{c}"),
+    }
+}
+
+pub(crate) fn parse_cart_ref(text: &str) -> Option<CartRef> {
+    match text.split_once(':')? {
+        ("session", id) => CartId::parse(id).ok().map(CartRef::Session),
+        ("customer", id) => CustomerId::parse(id).ok().map(CartRef::Customer),
+        _ => None,
+    }
+}
+
+/// A session script reply: its tag and the session.
+pub(super) fn parse_session(reply: &[RedisReply]) -> Result<(String, Option<Session>)> {
+    let tag = reply
+        .first()
+        .and_then(RedisReply::as_text)
+        .unwrap_or("")
+        .to_owned();
+    let Some(json) = reply.get(1).and_then(RedisReply::as_text) else {
+        return Ok((tag, None));
+    };
+    let bad = || Error::Internal(format!("malformed checkout session: {json}"));
+    let v: Value = serde_json::from_str(json).map_err(|_| bad())?;
+    let text = |k: &str| v[k].as_str().map(str::to_owned);
+    let int = |k: &str| text(k).and_then(|s| s.parse::<i64>().ok());
+    let history = text("history")
+        .and_then(|h| serde_json::from_str::<Vec<Value>>(&h).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| json!({ "state": h["state"], "at": rfc3339_millis(h["at"].as_i64().unwrap_or(0)) }))
+        .collect();
+    let session = Session {
+        id: text("id").and_then(|s| CartId::parse(&s).ok()).ok_or_else(bad)?,
+        cart: text("cart").and_then(|c| parse_cart_ref(&c)).ok_or_else(bad)?,
+        state: text("state").and_then(|s| State::parse(&s)).ok_or_else(bad)?,
+        version: int("version").ok_or_else(bad)?,
+        deadline_ms: int("deadline").ok_or_else(bad)?,
+        total: int("total").ok_or_else(bad)?,
+        currency: text("currency").ok_or_else(bad)?,
+        history,
+        intent: text("intent"),
+        order: text("order"),
+        refund: text("refund"),
+    };
+    Ok((tag, Some(session)))
+}
+
+pub(super) fn checkout_not_found(session: &CartId) -> Error {
+    Error::not_found(
+        ErrorCode::CheckoutNotFound,
+        format!("no checkout session {session}"),
+    )
+}
+
+pub(super) fn wrong_state(session: &Session, doing: &str) -> Error {
+    Error::Conflict {
+        code: ErrorCode::CheckoutState,
+        message: format!("cannot {doing}: the checkout is {}", session.state),
+        details: json!({ "sessionId": session.id.as_str(), "state": session.state.name() }),
+    }
+}

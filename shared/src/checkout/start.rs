@@ -1,0 +1,182 @@
+//! Starting a checkout (`POST /v1/checkout`): lock the cart, freeze its quote, hold
+//! the units it takes, create the session in LOCKED.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::session::{SessionView, cart_ref_text, parse_session};
+use super::{Checkouts, KEEP_MS};
+use crate::cart::{self, CartLine, CartRef};
+use crate::error::{Error, ErrorCode, Result};
+use crate::ids::{CartId, Quantity, VariantId};
+use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
+use crate::pricing::money::Currency;
+use crate::pricing::quote::{cart_quote_lines, price_lines};
+use crate::script::{Script, lua, tag, unexpected};
+
+static LOCK: Script = Script::new(lua!("../cart/cart.lua", "lock.lua"));
+static CREATE: Script = Script::new(lua!("session.lua", "create.lua"));
+
+/// Units per variant that a cart's lines take from stock: direct lines and bundle parts
+/// summed per variant, so a variant wanted twice is checked against stock once, in full.
+pub fn demand(lines: &[CartLine]) -> Result<Vec<(VariantId, Quantity)>> {
+    let mut units: BTreeMap<VariantId, i64> = BTreeMap::new();
+    for line in lines {
+        let d = &line.definition;
+        let parts: Vec<&str> = match d["variantId"].as_str() {
+            Some(v) => vec![v],
+            None => d["choices"]
+                .as_object()
+                .into_iter()
+                .flat_map(|sets| sets.values())
+                .flat_map(|chosen| chosen.as_array().into_iter().flatten())
+                .filter_map(Value::as_str)
+                .collect(),
+        };
+        for part in parts {
+            *units.entry(VariantId::parse(part)?).or_default() += line.quantity;
+        }
+    }
+    units
+        .into_iter()
+        .map(|(variant, n)| {
+            let quantity = Quantity::new(n).map_err(|_| Error::Unprocessable {
+                code: ErrorCode::CartLimit,
+                message: format!("the cart takes {n} units of {variant}, more than one checkout may"),
+                details: json!({ "variantId": variant.as_str() }),
+            })?;
+            Ok((variant, quantity))
+        })
+        .collect()
+}
+
+/// The units per variant a session froze at its start (what it holds and will take).
+pub(crate) fn frozen_demand(metadata: &Value) -> Result<Vec<(VariantId, Quantity)>> {
+    let entries = metadata["demand"].as_array().into_iter().flatten();
+    entries
+        .map(|d| {
+            let variant = d[0].as_str().and_then(|v| VariantId::parse(v).ok());
+            let quantity = d[1].as_i64().and_then(|q| Quantity::new(q).ok());
+            variant
+                .zip(quantity)
+                .ok_or_else(|| Error::Internal(format!("malformed frozen demand: {d}")))
+        })
+        .collect()
+}
+
+impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
+    /// Starts a checkout of `cart` as session `cs_<token>`: locks the cart, freezes its
+    /// quote and ruleset versions, and holds every unit it needs until the lock's deadline
+    /// (`checkout_lock_ttl_seconds`). A second live checkout of the cart is 409 naming it;
+    /// short stock is 409 with the variants, and the lock is released. Run again with the
+    /// same token (a retry), it continues the same session.
+    pub async fn start(
+        &self,
+        cart: &CartRef,
+        token: &str,
+        customer_group: Option<String>,
+    ) -> Result<SessionView> {
+        let session = CartId::parse(&format!("cs_{token}"))?;
+        let carts = self.carts();
+        let (cart_key, lock_key) = (carts.key(cart), carts.lock_key(cart));
+        let locked = self
+            .run(
+                &LOCK,
+                &[&cart_key, &lock_key],
+                vec![session.as_str().into(), RedisArg::Int(self.lock_ttl_ms())],
+            )
+            .await?;
+        match tag(&locked) {
+            "OK" => {}
+            "HELD" => {
+                let holder = locked
+                    .get(1)
+                    .and_then(RedisReply::as_text)
+                    .unwrap_or("")
+                    .to_owned();
+                return Err(Error::Conflict {
+                    code: ErrorCode::CheckoutInProgress,
+                    message: format!("the cart is already being checked out by session {holder}"),
+                    details: json!({ "sessionId": holder }),
+                });
+            }
+            "NO_CART" | "EMPTY" => {
+                return Err(Error::Conflict {
+                    code: ErrorCode::CartEmpty,
+                    message: "there is nothing in the cart to check out".into(),
+                    details: Value::Null,
+                });
+            }
+            "MERGED" => return Err(cart::cart_merged()),
+            _ => return Err(unexpected(&locked)),
+        }
+        match self
+            .freeze_and_hold(cart, &session, &locked, customer_group)
+            .await
+        {
+            Ok(view) => Ok(view),
+            Err(error) => {
+                // Refused (short stock, prices): nothing may stay held for this session. A
+                // dependency failure keeps the lock for the retry that resumes the session.
+                if error.status() < 500 {
+                    self.unlock(&lock_key, &session).await?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn freeze_and_hold(
+        &self,
+        cart: &CartRef,
+        session: &CartId,
+        locked: &[RedisReply],
+        customer_group: Option<String>,
+    ) -> Result<SessionView> {
+        let (view, lines) = cart::decode_with_lines(cart, locked)?;
+        let currency = Currency::parse(&view.currency)?;
+        let priced = price_lines(self.app, &cart_quote_lines(&lines)?, currency, customer_group).await?;
+        let demand = demand(&lines)?;
+        let deadline = self.hold(session, &demand, self.lock_ttl_ms()).await?;
+        let definitions: serde_json::Map<String, Value> = lines
+            .iter()
+            .map(|l| (l.line_id.clone(), l.definition.clone()))
+            .collect();
+        let quote = serde_json::to_value(&priced).map_err(|e| Error::Internal(e.to_string()))?;
+        let metadata = json!({
+            "quote": quote,
+            "definitions": definitions,
+            "demand": demand.iter().map(|(v, q)| json!([v.as_str(), q.get()])).collect::<Vec<_>>(),
+        });
+        let (session_key, metadata_key) = (
+            self.app.keys.checkout_session(session),
+            self.app.keys.checkout_metadata(session),
+        );
+        let created = self
+            .run(
+                &CREATE,
+                &[&session_key, &metadata_key],
+                vec![
+                    session.as_str().into(),
+                    cart_ref_text(cart).into(),
+                    RedisArg::Int(deadline),
+                    RedisArg::Int(KEEP_MS),
+                    RedisArg::Int(priced.quote.total_minor),
+                    currency.as_str().into(),
+                    metadata.to_string().into(),
+                ],
+            )
+            .await?;
+        let (tag, stored) = parse_session(&created)?;
+        let stored = stored.ok_or_else(|| Error::Internal("session not created".into()))?;
+        self.app.replicated(&[&session_key]).await?;
+        // A retry finds the session of the first attempt: its frozen quote stands.
+        let frozen = if tag == "EXISTS" {
+            self.metadata(session).await?["quote"].clone()
+        } else {
+            quote
+        };
+        Ok(stored.view(Some(frozen)))
+    }
+}

@@ -132,7 +132,11 @@ pub async fn restore(redis: &impl Redis, keys: &Keys, entries: &[Entry]) -> Resu
         let refuse = |why: &str| {
             Error::bad_request(
                 "INVALID_BACKUP",
-                format!("entry {} (key {:?}) {why}; nothing was restored", n + 1, entry.key),
+                format!(
+                    "entry {} (key {:?}) {why}; nothing was restored",
+                    n + 1,
+                    entry.key
+                ),
             )
         };
         if !entry.key.starts_with(keys.prefix()) {

@@ -291,13 +291,7 @@ impl Writer {
 
     /// Appends one entry.
     pub fn push(&mut self, entry: &Entry) {
-        self.file
-            .extend_from_slice(&(entry.key.len() as u32).to_be_bytes());
-        self.file.extend_from_slice(entry.key.as_bytes());
-        self.file.extend_from_slice(&entry.ttl_ms.to_be_bytes());
-        self.file
-            .extend_from_slice(&(entry.dump.len() as u32).to_be_bytes());
-        self.file.extend_from_slice(&entry.dump);
+        encode(entry, &mut self.file);
         self.count += 1;
     }
 
@@ -309,6 +303,17 @@ impl Writer {
         self.file.extend_from_slice(&digest);
         self.file
     }
+}
+
+/// Appends one entry as format 2 (and 1) lay it out: key length (u32 BE), key, time to
+/// live (i64 BE), payload length (u32 BE), payload. Only part of a file: [`Writer`] adds
+/// the header and the trailer that [`decode`] requires.
+pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(entry.key.len() as u32).to_be_bytes());
+    out.extend_from_slice(entry.key.as_bytes());
+    out.extend_from_slice(&entry.ttl_ms.to_be_bytes());
+    out.extend_from_slice(&(entry.dump.len() as u32).to_be_bytes());
+    out.extend_from_slice(&entry.dump);
 }
 
 /// Reads a whole backup file (format 2, see [`Writer`]); a truncated, changed or foreign

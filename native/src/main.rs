@@ -85,7 +85,9 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
-    /// Restore a backup file into Redis (RESTORE … REPLACE); then run `commerce reconcile`.
+    /// Restore a backup file into Redis, all or nothing: the file's checksum is checked,
+    /// every entry is restored under a staging name, and only then moved to its own name
+    /// (replacing the key there); then run `commerce reconcile`.
     Restore {
         /// The file to read.
         #[arg(long = "in")]
@@ -244,17 +246,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             eprintln!("commerce: reconcile done, {} variants", report.variants);
         }
         Command::Backup { out } => {
-            let mut file = backup::MAGIC.to_vec();
+            let mut writer = backup::Writer::new();
             let mut progress = Progress::new("keys backed up", key_count(&app).await);
             let mut done = 0;
             let count = backup::export(&app.redis, &app.keys, |entry| {
-                backup::encode(&entry, &mut file);
+                writer.push(&entry);
                 done += 1;
                 progress.set(done);
                 Ok(())
             })
             .await?;
             progress.finish();
+            let file = writer.finish();
             std::fs::write(&out, &file).with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
                 "commerce: backed up {count} keys to {} ({} bytes)",
@@ -264,7 +267,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Restore { input } => {
             let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
-            let restored = backup::import(&app.redis, backup::decode(&bytes)?).await?;
+            let entries = backup::decode(&bytes).with_context(|| format!("reading {}", input.display()))?;
+            let restored = backup::restore(&app.redis, &app.keys, &entries).await?;
             eprintln!(
                 "commerce: restored {restored} keys; run `commerce reconcile` to align stock with PostgreSQL"
             );

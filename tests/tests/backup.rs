@@ -4,12 +4,12 @@
 //! entry. Against the real Redis, through the library and through the `commerce` binary.
 
 use commerce_core::backup::{self, Entry, Writer};
-use commerce_tests::{Reply, TestApp};
+use commerce_tests::{Caller, Reply, TestApp};
 use serde_json::json;
 
 /// A direct reservation, as a trusted backend (the admin token) makes it.
 async fn reserve(app: &TestApp, body: serde_json::Value) -> Reply {
-    app.call("POST", "/v1/inventory/reservations", Some(body), true)
+    app.call("POST", "/v1/inventory/reservations", Some(body), Caller::Admin)
         .await
 }
 
@@ -75,15 +75,7 @@ async fn a_backup_restores_every_key_of_the_namespace_exactly() {
     let mut held = json!({"cartId": "kept", "items": [{"variantId": "var-1", "quantity": 3}]});
     held["ttlSeconds"] = json!(600);
     assert_eq!(reserve(&app, held).await.status, 201);
-    let cart = app.call("POST", "/v1/carts", None, false).await.body["cartId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(
-        &format!("/v1/carts/{cart}/items"),
-        json!({"variantId": "var-2", "quantity": 2}),
-    )
-    .await;
+    let cart = app.cart_with(&[("var-2", 2)]).await;
     let before = app.redis_snapshot().await;
 
     let entries = export(&app).await;
@@ -101,7 +93,7 @@ async fn a_backup_restores_every_key_of_the_namespace_exactly() {
     assert_eq!(sellable(&app, "var-1").await, 97);
     let mut redis = app.redis.clone();
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(app.key(&format!("cart:session:{{{cart}}}")))
+        .arg(app.cart_key(&cart))
         .query_async(&mut redis)
         .await
         .unwrap();

@@ -571,6 +571,10 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<Value, String> {
                 let per = (after - before) as f64 / max.values.len().max(1) as f64;
                 report["memory_bytes_per_request"] = json!(per.round() as i64);
             }
+            if max.values.is_empty() {
+                let error = max.first_error.unwrap_or_else(|| "no request was sent".into());
+                return Err(format!("no request succeeded: {error}"));
+            }
             let max_rate = max.values.len() as f64 / max.seconds;
             report["max_per_second"] = json!(rounded(max_rate));
             report["max_requests"] = json!(max.values.len());

@@ -35,6 +35,15 @@ struct Claims {
     nbf: Option<i64>,
 }
 
+/// A JWT part read as what it must be, a JSON object (RFC 7519 §7.2): serde would also
+/// fill a struct from an array (`["a", null, 4294967296]`), which no issuer writes.
+fn json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    match serde_json::from_slice(bytes).ok()? {
+        object @ serde_json::Value::Object(_) => serde_json::from_value(object).ok(),
+        _ => None,
+    }
+}
+
 fn unauthorized(message: &str) -> Error {
     Error::Unauthorized(message.to_owned())
 }
@@ -77,8 +86,8 @@ pub fn verify(authorization: Option<&str>, secret: &str, at: TokenTime) -> Resul
             .decode(part)
             .map_err(|_| unauthorized("the token is not a JWT"))
     };
-    let header: Header = serde_json::from_slice(&decode(header)?)
-        .map_err(|_| unauthorized("the token header is malformed"))?;
+    let header: Header =
+        json_object(&decode(header)?).ok_or_else(|| unauthorized("the token header is malformed"))?;
     if header.alg != "HS256" {
         return Err(unauthorized("only HS256 tokens are accepted"));
     }
@@ -88,8 +97,8 @@ pub fn verify(authorization: Option<&str>, secret: &str, at: TokenTime) -> Resul
     // verify_slice compares in constant time.
     mac.verify_slice(&decode(signature)?)
         .map_err(|_| unauthorized("the token signature is invalid"))?;
-    let claims: Claims = serde_json::from_slice(&decode(payload)?)
-        .map_err(|_| unauthorized("the token claims are malformed"))?;
+    let claims: Claims =
+        json_object(&decode(payload)?).ok_or_else(|| unauthorized("the token claims are malformed"))?;
     let Some(exp) = claims.exp else {
         return Err(unauthorized("the token has no expiry (exp)"));
     };
@@ -165,6 +174,22 @@ mod tests {
         let customer = verify(Some(&bearer(&token)), SECRET, TokenTime::exact(1000)).unwrap();
         assert_eq!(customer.id.as_str(), "cust-1");
         assert_eq!(customer.group.as_deref(), Some("wholesale"));
+    }
+
+    #[test]
+    fn claims_or_a_header_that_are_not_an_object_are_refused() {
+        // Found by tests/tests/parsers.rs: serde fills a struct from an array too.
+        let array_claims = sign(&json!(["cust-1", null, 2000, null]), SECRET);
+        let header = URL_SAFE_NO_PAD.encode(br#"["HS256"]"#);
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"cust-1","exp":2000}"#);
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{header}.{payload}").as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let array_header = format!("{header}.{payload}.{signature}");
+        for token in [array_claims, array_header] {
+            let refused = verify(Some(&bearer(&token)), SECRET, TokenTime::exact(1000)).unwrap_err();
+            assert_eq!(refused.status(), 401, "{token}");
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use commerce_core::http::Response;
 use commerce_core::metrics::exchange::{Exchange, LogLevel};
-use commerce_core::metrics::{self, Dependency, routes};
+use commerce_core::metrics::{self, Dependency};
+use commerce_core::routes;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn measuring(c: &mut Criterion) {

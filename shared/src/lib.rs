@@ -11,6 +11,7 @@
 //!   `/v1/admin/{pricing,discounts}/…` in `pricing/`, `/v1/checkout/…` in `checkout/`,
 //!   `/v1/admin/refunds` in `outbox/`; `/health`, `/metrics`, `/openapi.json` and
 //!   `/v1/admin/check` are [`ops`]. [`router`] asks [`ratelimit`] first, then each store.
+//!   [`routes`] is the one table of them all (metrics labels, `Allow`, the OpenAPI check).
 //! - **a Lua script**: beside the store that runs it (`<store>/*.lua`, each headed by its
 //!   keys, arguments and replies), loaded by `lua!` behind the one prelude
 //!   (`script/prelude.lua`); [`script`] runs it by SHA with the `EVAL` fallback.
@@ -42,6 +43,7 @@ pub mod ports;
 pub mod pricing;
 pub mod ratelimit;
 pub mod router;
+pub mod routes;
 pub mod script;
 pub mod settings;
 

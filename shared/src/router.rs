@@ -73,7 +73,7 @@ pub async fn dispatch<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Reques
         Some(Ok(response)) => response,
         Some(Err(error @ Error::MethodNotAllowed(_))) => {
             let mut response = Response::error(&error);
-            let allow = crate::openapi::allowed_methods(&req.path).join(", ");
+            let allow = crate::routes::allowed_methods(&req.path).join(", ");
             response.headers.push(("allow".into(), allow));
             response
         }

@@ -1,12 +1,13 @@
 //! `openapi.json` against the router: every route the router answers is documented, every
 //! documented operation is answered, and `GET /openapi.json` serves the committed file.
-//! The router's routes are `commerce_core::openapi::ROUTES`, which this test first holds
+//! The router's routes are `commerce_core::routes::ROUTES`, which this test first holds
 //! against the running app: each listed (method, path) is routed (neither 404
 //! `ROUTE_NOT_FOUND` nor 405), and every other method on those paths is not.
 
 use std::collections::BTreeSet;
 
-use commerce_core::openapi::{DOCUMENT, ROUTES};
+use commerce_core::openapi::DOCUMENT;
+use commerce_core::routes::{ROUTES, Route};
 use commerce_tests::host::Host;
 use commerce_tests::{ADMIN_TOKEN, Reply, TestApp};
 use serde_json::{Value, json};
@@ -60,7 +61,7 @@ async fn the_route_table_is_what_the_router_answers() {
     let app = TestApp::spawn().await;
     let mut unrouted = Vec::new();
     let mut extra = Vec::new();
-    let templates: BTreeSet<&str> = ROUTES.iter().map(|(_, t)| *t).collect();
+    let templates: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
     for template in &templates {
         for method in METHODS {
             // Routed by another listed route whose template the concrete path also fits
@@ -70,8 +71,11 @@ async fn the_route_table_is_what_the_router_answers() {
             let path = concrete(template);
             let fits_another = ROUTES
                 .iter()
-                .any(|(m, t)| *m == method && t != template && instance_of(&path, t));
-            let listed = ROUTES.contains(&(method, template));
+                .any(|r| r.method == method && r.path != *template && instance_of(&path, r.path));
+            let listed = ROUTES.contains(&Route {
+                method,
+                path: template,
+            });
             let reply = send(&app, method, template).await;
             match (listed, routed(&reply)) {
                 (true, false) => unrouted.push(format!("{method} {template}: {reply:?}")),
@@ -99,7 +103,7 @@ fn every_route_is_documented_and_every_documented_operation_is_a_route() {
     }
     let routes: BTreeSet<(String, String)> = ROUTES
         .iter()
-        .map(|(m, t)| ((*m).to_owned(), (*t).to_owned()))
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
         .collect();
     let missing: Vec<_> = routes.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&routes).collect();

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::routes::{self, RouteId};
 use crate::http::Response;
+use crate::routes::{self, RouteId};
 
 /// The request id header, in and out.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -118,8 +118,8 @@ impl Exchange {
             LogLevel::Info
         };
         if line_level <= level {
-            let (method, route) = match routes::ROUTES.get(self.route).and_then(|r| r.split_once(' ')) {
-                Some((method, path)) => (method, path),
+            let (method, route) = match routes::ROUTES.get(self.route) {
+                Some(route) => (route.method, route.path),
                 None => (self.stray_method.as_deref().unwrap_or("OTHER"), "other"),
             };
             let ts = crate::clock::rfc3339_millis(

@@ -12,13 +12,14 @@
 pub mod exchange;
 pub mod measured;
 pub mod redis_info;
-pub mod routes;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 pub use measured::Measured;
+
+use crate::routes;
 
 /// Upper bounds of the latency buckets, in seconds (`le` labels); one more bucket holds
 /// everything slower (`+Inf`).

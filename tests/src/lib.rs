@@ -554,6 +554,19 @@ impl TestApp {
         .await
     }
 
+    /// A reservation (`{"cartId", "items"}`) by a trusted caller, the admin.
+    pub async fn reserve(&self, body: Value) -> Reply {
+        self.call("POST", "/v1/inventory/reservations", Some(body), Caller::Admin)
+            .await
+    }
+
+    /// What a variant has left to sell, as `GET /v1/inventory/{variant}` answers.
+    pub async fn sellable(&self, variant: &str) -> i64 {
+        let reply = self.get(&format!("/v1/inventory/{variant}")).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.body["sellable"].as_i64().unwrap()
+    }
+
     /// The inventory store over this app's ports.
     pub fn inventory(
         &self,

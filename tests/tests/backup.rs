@@ -4,20 +4,8 @@
 //! entry. Against the real Redis, through the library and through the `commerce` binary.
 
 use commerce_core::backup::{self, Entry, Writer};
-use commerce_tests::{Caller, Reply, TestApp};
+use commerce_tests::TestApp;
 use serde_json::json;
-
-/// A direct reservation, as a trusted backend (the admin token) makes it.
-async fn reserve(app: &TestApp, body: serde_json::Value) -> Reply {
-    app.call("POST", "/v1/inventory/reservations", Some(body), Caller::Admin)
-        .await
-}
-
-async fn sellable(app: &TestApp, variant: &str) -> i64 {
-    let reply = app.get(&format!("/v1/inventory/{variant}")).await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    reply.body["sellable"].as_i64().unwrap()
-}
 
 /// Every entry of the app's namespace, as `commerce backup` reads them.
 async fn export(app: &TestApp) -> Vec<Entry> {
@@ -74,7 +62,7 @@ async fn a_backup_restores_every_key_of_the_namespace_exactly() {
     app.seed(20).await;
     let mut held = json!({"cartId": "kept", "items": [{"variantId": "var-1", "quantity": 3}]});
     held["ttlSeconds"] = json!(600);
-    assert_eq!(reserve(&app, held).await.status, 201);
+    assert_eq!(app.reserve(held).await.status, 201);
     let cart = app.cart_with(&[("var-2", 2)]).await;
     let before = app.redis_snapshot().await;
 
@@ -90,7 +78,7 @@ async fn a_backup_restores_every_key_of_the_namespace_exactly() {
     assert_eq!(restored as usize, entries.len());
     // No staging key is left either: they are under the namespace too.
     assert_eq!(app.redis_snapshot().await, before, "a key came back different");
-    assert_eq!(sellable(&app, "var-1").await, 97);
+    assert_eq!(app.sellable("var-1").await, 97);
     let mut redis = app.redis.clone();
     let ttl: i64 = redis::cmd("PTTL")
         .arg(app.cart_key(&cart))

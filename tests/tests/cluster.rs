@@ -40,12 +40,6 @@ fn reservation(holder: &str, items: &[(&str, i64)]) -> Value {
     json!({ "cartId": holder, "items": items })
 }
 
-async fn sellable(app: &TestApp, variant: &str) -> i64 {
-    let reply = app.get(&format!("/v1/inventory/{variant}")).await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    reply.body["sellable"].as_i64().unwrap()
-}
-
 #[tokio::test]
 async fn a_reservation_across_slots_is_all_or_nothing() {
     let Some(url) = cluster_url() else {
@@ -120,15 +114,15 @@ async fn a_reservation_across_slots_is_all_or_nothing() {
         held,
         "the earlier holds were not put back as they were"
     );
-    assert_eq!(sellable(&app, "var-1").await, 95);
-    assert_eq!(sellable(&app, "var-3").await, 0);
+    assert_eq!(app.sellable("var-1").await, 95);
+    assert_eq!(app.sellable("var-3").await, 0);
 
     let released = app
         .call("DELETE", "/v1/inventory/reservations/cart-a", None, Caller::Admin)
         .await;
     assert_eq!(released.status, 200, "{released:?}");
     for (variant, left) in [("var-1", 100), ("var-2", 100), ("var-3", 1)] {
-        assert_eq!(sellable(&app, variant).await, left, "{variant}");
+        assert_eq!(app.sellable(variant).await, left, "{variant}");
     }
     app.finish().await;
 }

@@ -13,18 +13,6 @@ fn reservation(cart: &str, items: &[(&str, i64)]) -> Value {
     json!({ "cartId": cart, "items": items })
 }
 
-/// A direct reservation, as a trusted backend (the admin token) makes it.
-async fn reserve(app: &TestApp, body: Value) -> Reply {
-    app.call("POST", "/v1/inventory/reservations", Some(body), Caller::Admin)
-        .await
-}
-
-async fn sellable(app: &TestApp, variant: &str) -> i64 {
-    let reply = app.get(&format!("/v1/inventory/{variant}")).await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    reply.body["sellable"].as_i64().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reservation_never_oversells_under_contention() {
     let app = TestApp::spawn().await;
@@ -56,7 +44,7 @@ async fn reservation_never_oversells_under_contention() {
         }
     }
     assert_eq!((granted, refused), (100, 200));
-    assert_eq!(sellable(&app, "var-1").await, 0);
+    assert_eq!(app.sellable("var-1").await, 0);
     assert_eq!(app.check_holds("var-1").await, (100, 100));
     assert_eq!(app.pg_on_hand("var-1").await, 100);
     app.finish().await;
@@ -68,16 +56,14 @@ async fn a_reservation_with_one_short_variant_changes_nothing() {
     app.seed(3).await;
     app.set_on_hand("var-3", 2).await;
     assert_eq!(
-        reserve(&app, reservation("other", &[("var-3", 1)])).await.status,
+        app.reserve(reservation("other", &[("var-3", 1)])).await.status,
         201
     );
     let before = app.redis_snapshot().await;
 
-    let reply = reserve(
-        &app,
-        reservation("cart-a", &[("var-1", 5), ("var-2", 5), ("var-3", 2)]),
-    )
-    .await;
+    let reply = app
+        .reserve(reservation("cart-a", &[("var-1", 5), ("var-2", 5), ("var-3", 2)]))
+        .await;
     assert_eq!(reply.status, 409);
     assert_eq!(reply.code(), "INSUFFICIENT_INVENTORY");
     assert_eq!(
@@ -90,7 +76,7 @@ async fn a_reservation_with_one_short_variant_changes_nothing() {
         "a refused reservation wrote to Redis"
     );
     for v in ["var-1", "var-2"] {
-        assert_eq!(sellable(&app, v).await, 100);
+        assert_eq!(app.sellable(v).await, 100);
     }
     app.finish().await;
 }
@@ -102,18 +88,18 @@ async fn an_expired_hold_stops_counting_without_a_sweeper() {
     app.set_on_hand("var-1", 1).await;
     let mut held = reservation("early", &[("var-1", 1)]);
     held["ttlSeconds"] = json!(1);
-    let reply = reserve(&app, held).await;
+    let reply = app.reserve(held).await;
     assert_eq!(reply.status, 201, "{reply:?}");
     assert!(reply.body["expiresAt"].as_str().unwrap().ends_with('Z'));
     assert_eq!(
-        reserve(&app, reservation("late", &[("var-1", 1)])).await.status,
+        app.reserve(reservation("late", &[("var-1", 1)])).await.status,
         409
     );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(sellable(&app, "var-1").await, 1, "the expired hold still counts");
+    assert_eq!(app.sellable("var-1").await, 1, "the expired hold still counts");
     assert_eq!(
-        reserve(&app, reservation("late", &[("var-1", 1)])).await.status,
+        app.reserve(reservation("late", &[("var-1", 1)])).await.status,
         201
     );
     assert_eq!(app.check_holds("var-1").await, (1, 1));
@@ -125,7 +111,7 @@ async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
     let app = TestApp::spawn().await;
     app.seed(2).await;
     for quantity in [5, 5, 3] {
-        let reply = reserve(&app, reservation("a", &[("var-1", quantity)])).await;
+        let reply = app.reserve(reservation("a", &[("var-1", quantity)])).await;
         assert_eq!(reply.status, 201);
     }
     assert_eq!(
@@ -133,8 +119,8 @@ async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
         (100, 3),
         "a retry added instead of setting"
     );
-    reserve(&app, reservation("a", &[("var-2", 4)])).await;
-    reserve(&app, reservation("b", &[("var-1", 2), ("var-2", 1)])).await;
+    app.reserve(reservation("a", &[("var-2", 4)])).await;
+    app.reserve(reservation("b", &[("var-1", 2), ("var-2", 1)])).await;
     assert_eq!(app.check_holds("var-1").await, (100, 5));
     assert_eq!(app.check_holds("var-2").await, (100, 5));
 
@@ -152,7 +138,7 @@ async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
         .call("DELETE", "/v1/inventory/reservations/a", None, Caller::Admin)
         .await;
     assert_eq!(again.body["released"], 0);
-    assert_eq!(sellable(&app, "var-1").await, 98);
+    assert_eq!(app.sellable("var-1").await, 98);
     app.finish().await;
 }
 
@@ -251,7 +237,7 @@ async fn sweep_purges_holds_nobody_touches() {
     app.seed(3).await;
     let mut held = reservation("idle", &[("var-1", 1), ("var-2", 2), ("var-3", 3)]);
     held["ttlSeconds"] = json!(1);
-    assert_eq!(reserve(&app, held).await.status, 201);
+    assert_eq!(app.reserve(held).await.status, 201);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let visited = app.inventory().sweep(|_| {}).await.unwrap();
     assert_eq!(visited, 3);
@@ -274,9 +260,9 @@ async fn scripts_run_after_the_server_forgets_them() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let reply = reserve(&app, reservation("c", &[("var-1", 2)])).await;
+    let reply = app.reserve(reservation("c", &[("var-1", 2)])).await;
     assert_eq!(reply.status, 201, "NOSCRIPT fallback failed: {reply:?}");
-    assert_eq!(sellable(&app, "var-1").await, 98);
+    assert_eq!(app.sellable("var-1").await, 98);
     app.finish().await;
 }
 

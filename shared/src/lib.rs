@@ -44,6 +44,7 @@ pub mod pricing;
 pub mod ratelimit;
 pub mod router;
 pub mod routes;
+pub mod scan;
 pub mod script;
 pub mod settings;
 

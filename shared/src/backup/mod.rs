@@ -7,7 +7,8 @@
 use crate::error::{Error, ErrorCode, PortError, Result};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
-use crate::script::{Script, unexpected};
+use crate::scan::Scan;
+use crate::script::Script;
 use sha2::{Digest, Sha256};
 
 /// One key as `DUMP` serialises it.
@@ -31,32 +32,16 @@ pub async fn export(
     keys: &Keys,
     mut sink: impl FnMut(Entry) -> Result<()>,
 ) -> Result<u64> {
-    let pattern = format!("{}*", keys.prefix());
-    let mut cursor = "0".to_owned();
+    let mut scan = Scan::new(redis, format!("{}*", keys.prefix()), SCAN_COUNT);
     let mut exported = 0;
-    loop {
-        let page = redis
-            .execute(
-                "SCAN",
-                vec![
-                    cursor.as_str().into(),
-                    "MATCH".into(),
-                    pattern.as_str().into(),
-                    "COUNT".into(),
-                    RedisArg::Int(SCAN_COUNT),
-                ],
-            )
-            .await
-            .map_err(PortError::redis)?;
-        let (next, found) = page.split_first().ok_or_else(|| unexpected(&page))?;
-        cursor = next.as_text().ok_or_else(|| unexpected(&page))?.to_owned();
-        for key in found.iter().filter_map(RedisReply::as_text) {
+    while let Some(found) = scan.next_page().await? {
+        for key in found {
             let dump = redis
-                .execute("DUMP", vec![key.into()])
+                .execute("DUMP", vec![key.as_str().into()])
                 .await
                 .map_err(PortError::redis)?;
             let ttl = redis
-                .execute("PTTL", vec![key.into()])
+                .execute("PTTL", vec![key.as_str().into()])
                 .await
                 .map_err(PortError::redis)?;
             let (Some(RedisReply::Bytes(dump)), Some(ttl)) =
@@ -68,16 +53,14 @@ pub async fn export(
                 continue;
             }
             sink(Entry {
-                key: key.to_owned(),
+                key,
                 ttl_ms: ttl.max(0),
                 dump,
             })?;
             exported += 1;
         }
-        if cursor == "0" {
-            return Ok(exported);
-        }
     }
+    Ok(exported)
 }
 
 /// Writes entries back with `RESTORE … REPLACE`, keeping their time to live, one after

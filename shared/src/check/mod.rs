@@ -25,6 +25,7 @@ use crate::ids::{CartId, Quantity, VariantId};
 use crate::inventory::{Holder, Inventory, Level};
 use crate::keys::VariantKeys;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
+use crate::scan::Scan;
 use crate::script::{Script, lua, tag, unexpected};
 
 static PAGE: Script = Script::new(lua!("page.lua"));
@@ -400,30 +401,14 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     /// Live sessions in Redis: their cart lock and their holds.
     async fn sessions(&self, report: &mut CheckReport, now: i64) -> Result<()> {
         let pattern = format!("{}checkout:session:*", self.app.keys.prefix());
-        let mut cursor = "0".to_owned();
-        loop {
-            let page = self
-                .redis(
-                    "SCAN",
-                    vec![
-                        cursor.as_str().into(),
-                        "MATCH".into(),
-                        pattern.as_str().into(),
-                        "COUNT".into(),
-                        RedisArg::Int(500),
-                    ],
-                )
-                .await?;
-            let (next, keys) = page.split_first().ok_or_else(|| unexpected(&page))?;
-            cursor = next.as_text().ok_or_else(|| unexpected(&page))?.to_owned();
-            for key in keys.iter().filter_map(RedisReply::as_text) {
+        let mut scan = Scan::new(&self.app.redis, pattern, 500);
+        while let Some(keys) = scan.next_page().await? {
+            for key in &keys {
                 report.sessions += 1;
                 self.check_session(report, key, now).await?;
             }
-            if cursor == "0" {
-                return Ok(());
-            }
         }
+        Ok(())
     }
 
     async fn check_session(&self, report: &mut CheckReport, key: &str, now: i64) -> Result<()> {

@@ -23,6 +23,7 @@ use crate::ids::{Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::metrics::{self, Cache, Event};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
+use crate::scan::Scan;
 use crate::script::{Script, lua, tag, unexpected};
 
 static RESERVE: Script = Script::new(lua!("purge.lua", "reserve.lua"));
@@ -696,39 +697,18 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// Purges expired holds of every variant in the namespace (idle variants that no
     /// request touches). Returns the variants visited.
     pub async fn sweep(&self, mut progress: impl FnMut(u64)) -> Result<u64> {
-        let mut cursor = "0".to_owned();
+        let mut scan = Scan::new(self.redis, self.keys.all_holds_pattern(), 500);
         let mut visited = 0;
-        loop {
-            let page = self
-                .redis
-                .execute(
-                    "SCAN",
-                    vec![
-                        cursor.as_str().into(),
-                        "MATCH".into(),
-                        self.keys.all_holds_pattern().into(),
-                        "COUNT".into(),
-                        RedisArg::Int(500),
-                    ],
-                )
-                .await
-                .map_err(|e| e.redis())?;
-            let (next, found) = page.split_first().ok_or_else(|| unexpected(&page))?;
-            cursor = next.as_text().ok_or_else(|| unexpected(&page))?.to_owned();
-            for variant in found
-                .iter()
-                .filter_map(|k| self.keys.variant_of_holds_key(k.as_text()?))
-            {
+        while let Some(found) = scan.next_page().await? {
+            for variant in found.iter().filter_map(|k| self.keys.variant_of_holds_key(k)) {
                 let k = self.keys.variant(&variant);
                 self.run_purged(&SWEEP, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
                     .await?;
                 visited += 1;
             }
             progress(visited);
-            if cursor == "0" {
-                return Ok(visited);
-            }
         }
+        Ok(visited)
     }
 
     /// Runs a script until it is not out of purge budget.

@@ -268,7 +268,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Restore { input } => {
             let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
             let entries = backup::decode(&bytes).with_context(|| format!("reading {}", input.display()))?;
-            let restored = backup::restore(&app.redis, &app.keys, &entries).await?;
+            let restored = restore(&app.redis, &app.keys, &entries).await?;
             eprintln!(
                 "commerce: restored {restored} keys; run `commerce reconcile` to align stock with PostgreSQL"
             );
@@ -288,14 +288,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             })
             .await?;
             progress.finish();
-            let mut progress = Progress::new("keys copied", Some(count));
-            let mut copied = 0;
-            let mut rest = entries.into_iter().peekable();
-            while rest.peek().is_some() {
-                copied += backup::import(&target, rest.by_ref().take(500)).await?;
-                progress.set(copied);
-            }
-            progress.finish();
+            let copied = restore(&target, &app.keys, &entries).await?;
             eprintln!("commerce: copied {copied} of {count} keys to {to_redis_url}");
         }
         Command::Warm => {
@@ -358,6 +351,32 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Restores `entries` all or nothing ([`backup::restore`]), with a bar for each phase:
+/// every payload staged and checked by Redis, then every key moved to its own name.
+async fn restore(
+    redis: &impl commerce_core::ports::Redis,
+    keys: &commerce_core::keys::Keys,
+    entries: &[backup::Entry],
+) -> anyhow::Result<u64> {
+    let total = Some(entries.len() as u64);
+    let mut staging = Some(Progress::new("keys staged", total));
+    let mut promoting = None;
+    let restored = backup::restore(redis, keys, entries, |phase, done| match phase {
+        backup::Phase::Staged => staging.iter_mut().for_each(|bar| bar.set(done)),
+        backup::Phase::Promoted => {
+            if let Some(bar) = staging.take() {
+                bar.finish();
+            }
+            promoting
+                .get_or_insert_with(|| Progress::new("keys restored", total))
+                .set(done);
+        }
+    })
+    .await;
+    staging.into_iter().chain(promoting).for_each(Progress::finish);
+    Ok(restored?)
 }
 
 /// How many variants PostgreSQL has stock for (the size of a reconcile), if it says.

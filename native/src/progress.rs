@@ -1,4 +1,4 @@
-//! Progress of the long jobs (`seed`, `reconcile`, `sweep`, `backup`, `copy`, `warm`): a
+//! Progress of the long jobs (`seed`, `reconcile`, `sweep`, `backup`, `restore`, `copy`, `warm`): a
 //! bar on a terminal, plain lines in a log (stderr not a terminal): one line per tenth of
 //! the work when its size is known, at most one a second otherwise, and one at the end.
 

@@ -3,8 +3,9 @@
 //! written; a payload Redis refuses leaves Redis as it was, with a non-zero exit naming the
 //! entry. Against the real Redis, through the library and through the `commerce` binary.
 
-use commerce_core::backup::{self, Entry, Writer};
+use commerce_core::backup::{self, Entry, Phase, Writer};
 use commerce_tests::TestApp;
+use commerce_tests::faults::{Persistence, RedisProcess};
 use serde_json::json;
 
 /// Every entry of the app's namespace, as `commerce backup` reads them.
@@ -72,10 +73,18 @@ async fn a_backup_restores_every_key_of_the_namespace_exactly() {
     app.flush_redis().await;
     assert!(app.redis_keys().await.is_empty());
     let read = backup::decode(&file).unwrap();
-    let restored = backup::restore(&app.app.redis, &app.app.keys, &read)
-        .await
-        .unwrap();
+    let mut heard = Vec::new();
+    let restored = backup::restore(&app.app.redis, &app.app.keys, &read, |phase, done| {
+        heard.push((phase, done))
+    })
+    .await
+    .unwrap();
     assert_eq!(restored as usize, entries.len());
+    // Every entry is staged before the first is promoted, and progress counts each once.
+    let n = entries.len() as u64;
+    let staged: Vec<(Phase, u64)> = (1..=n).map(|done| (Phase::Staged, done)).collect();
+    let promoted: Vec<(Phase, u64)> = (1..=n).map(|done| (Phase::Promoted, done)).collect();
+    assert_eq!(heard, [staged, promoted].concat());
     // No staging key is left either: they are under the namespace too.
     assert_eq!(app.redis_snapshot().await, before, "a key came back different");
     assert_eq!(app.sellable("var-1").await, 97);
@@ -153,9 +162,14 @@ async fn a_corrupt_dump_payload_leaves_redis_as_it_was_before_the_restore() {
     let corrupt = file_of(&corrupt);
 
     let read = backup::decode(&corrupt).unwrap();
-    let refused = backup::restore(&app.app.redis, &app.app.keys, &read)
-        .await
-        .unwrap_err();
+    let mut heard = Vec::new();
+    let refused = backup::restore(&app.app.redis, &app.app.keys, &read, |phase, done| {
+        heard.push((phase, done))
+    })
+    .await
+    .unwrap_err();
+    // Staging stopped at the refused entry; nothing was promoted.
+    assert_eq!(heard.last(), Some(&(Phase::Staged, middle as u64)), "{heard:?}");
     assert_eq!(refused.code(), "INVALID_BACKUP", "{refused}");
     assert!(refused.to_string().contains(&entries[middle].key), "{refused}");
     assert_eq!(
@@ -185,5 +199,77 @@ async fn a_corrupt_dump_payload_leaves_redis_as_it_was_before_the_restore() {
     let mut after = app.redis_snapshot().await;
     after.sort();
     assert_eq!(after, backed_up);
+    app.finish().await;
+}
+
+/// `commerce copy` moves every key of the namespace, with its time to live, into another
+/// Redis (one of the test's own), and a target that refuses a payload gets nothing.
+#[tokio::test]
+async fn copy_moves_the_namespace_to_another_redis_all_or_nothing() {
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let mut held = json!({"cartId": "kept", "items": [{"variantId": "var-1", "quantity": 3}]});
+    held["ttlSeconds"] = json!(600);
+    assert_eq!(app.reserve(held).await.status, 201);
+    app.cart_with(&[("var-2", 2)]).await;
+    let before = app.redis_snapshot().await;
+    let target = RedisProcess::start(Persistence::Nothing).await;
+
+    let copy = |to: String| {
+        std::process::Command::new(commerce_tests::commerce_binary())
+            .args(["copy", "--to-redis-url", &to])
+            .env("COMMERCE_REDIS_URL", std::env::var("COMMERCE_REDIS_URL").unwrap())
+            .env("COMMERCE_DATABASE_URL", app.database_url())
+            .env("COMMERCE_KEY_PREFIX", &app.key_prefix)
+            .output()
+            .unwrap()
+    };
+    let output = copy(target.url());
+    assert!(output.status.success(), "{output:?}");
+    let mut redis = target.connection().await;
+    let mut source = app.redis.clone();
+    let mut copied = Vec::new();
+    let mut lives = Vec::new();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut redis).await.unwrap();
+    keys.sort();
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let was: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        lives.push((key.clone(), was > 0, ttl > 0));
+        copied.push((key, dump));
+    }
+    let mut before = before;
+    before.sort();
+    assert_eq!(copied, before, "the copy differs from the namespace");
+    for (key, had_ttl, has_ttl) in lives {
+        assert_eq!(had_ttl, has_ttl, "{key}: the time to live was not kept");
+    }
+
+    // A target that cannot take the payloads (a Redis refusing writes) is left empty.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let output = copy(target.url());
+    assert!(!output.status.success(), "{output:?}");
+    let left: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut redis).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
     app.finish().await;
 }

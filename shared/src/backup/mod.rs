@@ -63,30 +63,6 @@ pub async fn export(
     Ok(exported)
 }
 
-/// Writes entries back with `RESTORE … REPLACE`, keeping their time to live, one after
-/// the other: a refused entry stops the import with those before it written. Returns the
-/// number restored. `commerce copy` moves a namespace with it, batch by batch; restoring a
-/// backup file goes through [`restore`], which is all or nothing.
-pub async fn import(redis: &impl Redis, entries: impl IntoIterator<Item = Entry>) -> Result<u64> {
-    let mut restored = 0;
-    for entry in entries {
-        redis
-            .execute(
-                "RESTORE",
-                vec![
-                    entry.key.into(),
-                    RedisArg::Int(entry.ttl_ms),
-                    RedisArg::Bytes(entry.dump),
-                    "REPLACE".into(),
-                ],
-            )
-            .await
-            .map_err(PortError::redis)?;
-        restored += 1;
-    }
-    Ok(restored)
-}
-
 /// Moves a staged key to its own name (see `promote.lua`).
 static PROMOTE: Script = Script::new(include_str!("promote.lua"));
 
@@ -107,7 +83,13 @@ pub const STAGING_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// one script call (atomic per key, `REPLACE`ing the key there). That last phase fails only
 /// if Redis does (unreachable, out of memory, a staged key expired); its error says which
 /// entry it stopped at, with those before it restored.
-pub async fn restore(redis: &impl Redis, keys: &Keys, entries: &[Entry]) -> Result<u64> {
+/// `progress` hears how many entries each phase has done.
+pub async fn restore(
+    redis: &impl Redis,
+    keys: &Keys,
+    entries: &[Entry],
+    mut progress: impl FnMut(Phase, u64),
+) -> Result<u64> {
     let run = run_id();
     let cluster = redis.is_cluster();
     let mut staging = Vec::with_capacity(entries.len());
@@ -163,6 +145,7 @@ pub async fn restore(redis: &impl Redis, keys: &Keys, entries: &[Entry]) -> Resu
                 },
             });
         }
+        progress(Phase::Staged, n as u64 + 1);
     }
 
     for (n, (entry, staged)) in entries.iter().zip(&staging).enumerate() {
@@ -185,8 +168,18 @@ pub async fn restore(redis: &impl Redis, keys: &Keys, entries: &[Entry]) -> Resu
                 ),
             });
         }
+        progress(Phase::Promoted, n as u64 + 1);
     }
     Ok(entries.len() as u64)
+}
+
+/// The two phases of a [`restore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Entries restored under their staging names: Redis accepted their payloads.
+    Staged,
+    /// Entries moved to their own names.
+    Promoted,
 }
 
 /// Deletes staged keys, one call each (they lie in as many hash slots). Best effort: what

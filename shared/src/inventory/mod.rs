@@ -36,32 +36,33 @@ static PUT_BACK: Script = Script::new(lua!("purge.lua", "put_back.lua"));
 static HOLD_INDEX: Script = Script::new(lua!("hold_index.lua"));
 static COMMIT: Script = Script::new(lua!("purge.lua", "stock.lua", "commit.lua"));
 
-/// On-hand, version and existence of variants, for the lazy load, with the holds of each
+/// On-hand, version and existence of the variants `WHERE` picks, with the holds of each
 /// variant's live paid checkout sessions that PostgreSQL keeps (sessions with a payment
 /// intent, neither ended nor ordered) as JSON `[[session, quantity, holds deadline ms],
 /// …]` (the load script skips those past their deadline), and the per-order limit (NULL:
 /// none).
-const LEVELS_OF: &str = "\
-SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0),
+macro_rules! levels_where {
+    ($where:literal) => {
+        concat!(
+            "SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0),
        COALESCE((SELECT json_agg(json_build_array(sl.session_id, sl.quantity, s.holds_deadline_ms))::text
                  FROM checkout_session_lines sl JOIN checkout_sessions s ON s.id = sl.session_id
                  WHERE sl.variant_id = v.id AND s.ended_at IS NULL
                    AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]'),
        l.max_per_order
 FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
-WHERE v.id = ANY($1)";
+WHERE ",
+            $where
+        )
+    };
+}
 
-/// One page of every variant's on-hand and live session holds (as in [`LEVELS_OF`]), for
-/// reconcile (keyset pagination by id).
-const LEVELS_PAGE: &str = "\
-SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0),
-       COALESCE((SELECT json_agg(json_build_array(sl.session_id, sl.quantity, s.holds_deadline_ms))::text
-                 FROM checkout_session_lines sl JOIN checkout_sessions s ON s.id = sl.session_id
-                 WHERE sl.variant_id = v.id AND s.ended_at IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]'),
-       l.max_per_order
-FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
-WHERE v.id > $1 ORDER BY v.id LIMIT $2";
+/// The levels of the variants named (`$1`), for the lazy load.
+const LEVELS_OF: &str = levels_where!("v.id = ANY($1)");
+
+/// One page of every variant's levels, for reconcile and the check (keyset pagination by
+/// id).
+const LEVELS_PAGE: &str = levels_where!("v.id > $1 ORDER BY v.id LIMIT $2");
 
 /// Sets on-hand (`$2`, NULL: unchanged) and, if `$3`, the per-order limit (`$4`, NULL:
 /// none), and returns on-hand with the new row version, the change of on-hand and the

@@ -8,10 +8,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use commerce_core::App;
-use commerce_core::PortError;
 use commerce_core::cart::CartRef;
 use commerce_core::checkout::Checkouts;
 use commerce_core::checkout::gateway::parse_event;
+use commerce_core::error::{Dependency, PortError};
 use commerce_core::ids::CartId;
 use commerce_core::ports::{Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue};
 use commerce_native::{NativePg, NativeRedis};
@@ -34,9 +34,12 @@ impl<P> CrashAfter<P> {
         }
     }
 
-    fn crashed<T>(&self, result: Result<T, PortError>) -> Result<T, PortError> {
+    fn crashed<T>(&self, dependency: Dependency, result: Result<T, PortError>) -> Result<T, PortError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
-            return Err(PortError::Unreachable("the process died after this call".into()));
+            return Err(PortError::unreachable(
+                dependency,
+                "the process died after this call",
+            ));
         }
         result
     }
@@ -45,19 +48,19 @@ impl<P> CrashAfter<P> {
 impl Redis for CrashAfter<NativeRedis> {
     async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
         let result = self.inner.execute(command, args).await;
-        self.crashed(result)
+        self.crashed(Dependency::Redis, result)
     }
 }
 
 impl Sql for CrashAfter<NativePg> {
     async fn query(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<SqlRow>, PortError> {
         let result = self.inner.query(statement, params).await;
-        self.crashed(result)
+        self.crashed(Dependency::Postgres, result)
     }
 
     async fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<u64, PortError> {
         let result = self.inner.execute(statement, params).await;
-        self.crashed(result)
+        self.crashed(Dependency::Postgres, result)
     }
 }
 

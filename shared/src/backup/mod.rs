@@ -4,7 +4,7 @@
 //! sorted sets, strings) round-trips exactly. After restoring an older backup, run
 //! `commerce reconcile`: PostgreSQL, not the backup, is the record of stock.
 
-use crate::error::{Error, ErrorCode, PortError, Result};
+use crate::error::{Error, ErrorCode, Failure, Result};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
 use crate::script::{Script, unexpected};
@@ -46,19 +46,12 @@ pub async fn export(
                     RedisArg::Int(SCAN_COUNT),
                 ],
             )
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         let (next, found) = page.split_first().ok_or_else(|| unexpected(&page))?;
         cursor = next.as_text().ok_or_else(|| unexpected(&page))?.to_owned();
         for key in found.iter().filter_map(RedisReply::as_text) {
-            let dump = redis
-                .execute("DUMP", vec![key.into()])
-                .await
-                .map_err(PortError::redis)?;
-            let ttl = redis
-                .execute("PTTL", vec![key.into()])
-                .await
-                .map_err(PortError::redis)?;
+            let dump = redis.execute("DUMP", vec![key.into()]).await?;
+            let ttl = redis.execute("PTTL", vec![key.into()]).await?;
             let (Some(RedisReply::Bytes(dump)), Some(ttl)) =
                 (dump.into_iter().next(), ttl.first().and_then(RedisReply::as_int))
             else {
@@ -97,8 +90,7 @@ pub async fn import(redis: &impl Redis, entries: impl IntoIterator<Item = Entry>
                     "REPLACE".into(),
                 ],
             )
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         restored += 1;
     }
     Ok(restored)
@@ -172,10 +164,10 @@ pub async fn restore(redis: &impl Redis, keys: &Keys, entries: &[Entry]) -> Resu
                 n + 1,
                 entry.key
             );
-            return Err(match e {
-                PortError::Server(_) => Error::bad_request(ErrorCode::InvalidBackup, message),
-                PortError::Unreachable(_) => Error::Unavailable {
-                    dependency: "redis",
+            return Err(match e.failure {
+                Failure::Server(_) => Error::bad_request(ErrorCode::InvalidBackup, message),
+                Failure::Unreachable(_) => Error::Unavailable {
+                    dependency: e.dependency.name(),
                     message,
                 },
             });

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::app::App;
 use crate::cart::Carts;
 use crate::checkout::paid;
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, Result};
 use crate::ids::{CartId, Quantity, VariantId};
 use crate::inventory::{Holder, Inventory, Level};
 use crate::keys::VariantKeys;
@@ -120,19 +120,11 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     }
 
     async fn sql(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>> {
-        self.app
-            .sql
-            .query(statement, params)
-            .await
-            .map_err(PortError::sql)
+        self.app.sql.query(statement, params).await.map_err(Error::from)
     }
 
     async fn redis(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
-        self.app
-            .redis
-            .execute(command, args)
-            .await
-            .map_err(PortError::redis)
+        self.app.redis.execute(command, args).await.map_err(Error::from)
     }
 
     /// Compares every variant, page by page; returns the Redis clock.
@@ -188,10 +180,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     async fn read_batch(&self, levels: &[Level]) -> Result<(i64, Vec<RedisVariant>)> {
         let keys: Vec<VariantKeys> = levels.iter().map(|l| self.app.keys.variant(&l.variant)).collect();
         let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_version).collect();
-        let reply = PAGE
-            .run(&self.app.redis, &flat, Vec::new())
-            .await
-            .map_err(PortError::redis)?;
+        let reply = PAGE.run(&self.app.redis, &flat, Vec::new()).await?;
         if tag(&reply) != "OK" {
             return Err(unexpected(&reply));
         }
@@ -328,8 +317,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             for _ in 0..64 {
                 let reply = FIX_RESERVED
                     .run(&self.app.redis, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
-                    .await
-                    .map_err(PortError::redis)?;
+                    .await?;
                 if tag(&reply) == "OK" {
                     fixed = reply.get(1).and_then(RedisReply::as_int);
                     break;

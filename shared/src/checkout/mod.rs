@@ -43,7 +43,7 @@ use self::state::State;
 use crate::app::App;
 use crate::auth;
 use crate::cart::{CartRef, Carts};
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, Result};
 use crate::ids::{CartId, Quantity, VariantId};
 use crate::inventory::{Holder, Inventory};
 use crate::metrics::{self, Event};
@@ -112,10 +112,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     async fn run(&self, script: &Script, keys: &[&str], args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
-        script
-            .run(&self.app.redis, keys, args)
-            .await
-            .map_err(PortError::redis)
+        script.run(&self.app.redis, keys, args).await.map_err(Error::from)
     }
 
     /// The session's frozen quote, definitions and demand: from Redis, or, if Redis lost
@@ -123,12 +120,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// of a paid session. Neither: the session is gone (404).
     async fn metadata(&self, session: &CartId) -> Result<Value> {
         let key = self.app.keys.checkout_metadata(session);
-        let reply = self
-            .app
-            .redis
-            .execute("GET", vec![key.into()])
-            .await
-            .map_err(PortError::redis)?;
+        let reply = self.app.redis.execute("GET", vec![key.into()]).await?;
         if let Some(text) = reply.first().and_then(RedisReply::as_text) {
             return serde_json::from_str(text)
                 .map_err(|_| Error::Internal(format!("checkout {session} has malformed frozen metadata")));

@@ -10,7 +10,7 @@ use super::state::State;
 use super::{Checkouts, UNLOCK, gateway, paid};
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, Result};
 use crate::ids::CartId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
@@ -36,8 +36,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .app
             .redis
             .execute("GET", vec![intent_key.as_str().into()])
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         let intent: Value = match stored.first().and_then(RedisReply::as_text) {
             Some(text) => {
                 serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
@@ -67,8 +66,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                             RedisArg::Int(INTENT_TTL_MS),
                         ],
                     )
-                    .await
-                    .map_err(PortError::redis)?;
+                    .await?;
                 intent
             }
         };
@@ -143,8 +141,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .app
             .redis
             .execute("GET", vec![self.app.keys.payment_intent(id).into()])
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         Ok(stored
             .first()
             .and_then(RedisReply::as_text)

@@ -363,7 +363,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         args.extend(lines.iter().map(|(v, _)| RedisArg::from(v.as_str())));
         if let Err(e) = HOLD_INDEX.run(self.redis, &[&index], args).await {
             self.put_back(holder, &taken).await;
-            return Err(e.redis());
+            return Err(e.into());
         }
         metrics::event(Event::ReservationGranted);
         Ok(Reservation { deadline_ms })
@@ -489,8 +489,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let members = self
             .redis
             .execute("SMEMBERS", vec![index.as_str().into()])
-            .await
-            .map_err(|e| e.redis())?;
+            .await?;
         let mut variants: Vec<VariantId> = members
             .iter()
             .filter_map(|m| VariantId::parse(m.as_text()?).ok())
@@ -513,10 +512,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         for units in each {
             released += units?;
         }
-        self.redis
-            .execute("DEL", vec![index.as_str().into()])
-            .await
-            .map_err(|e| e.redis())?;
+        self.redis.execute("DEL", vec![index.as_str().into()]).await?;
         Ok(released)
     }
 
@@ -533,8 +529,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let reply = Reply(
             RELEASE
                 .run(self.redis, &keys, vec![holder.to_string().into()])
-                .await
-                .map_err(|e| e.redis())?,
+                .await?,
         );
         match (reply.tag(), reply.ints()?.as_slice()) {
             ("OK", [released]) => Ok(*released),
@@ -559,10 +554,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         {
             outcome?;
         }
-        self.redis
-            .execute("DEL", vec![index.as_str().into()])
-            .await
-            .map_err(|e| e.redis())?;
+        self.redis.execute("DEL", vec![index.as_str().into()]).await?;
         Ok(())
     }
 
@@ -614,7 +606,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let mut written = None;
         // Update, else insert the first level, else a concurrent insert won: update.
         for statement in [UPDATE_LEVEL, INSERT_LEVEL, UPDATE_LEVEL] {
-            let rows = self.sql.query(statement, &params).await.map_err(|e| e.sql())?;
+            let rows = self.sql.query(statement, &params).await?;
             if let Some(row) = rows.first() {
                 written = Some(int_columns::<4>(row)?);
                 break;
@@ -672,8 +664,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 LEVELS_PAGE,
                 &[SqlValue::Text(after.to_owned()), SqlValue::Int(limit)],
             )
-            .await
-            .map_err(|e| e.sql())?;
+            .await?;
         parse_levels(&rows)
     }
 
@@ -711,8 +702,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                         RedisArg::Int(500),
                     ],
                 )
-                .await
-                .map_err(|e| e.redis())?;
+                .await?;
             let (next, found) = page.split_first().ok_or_else(|| unexpected(&page))?;
             cursor = next.as_text().ok_or_else(|| unexpected(&page))?.to_owned();
             for variant in found
@@ -734,12 +724,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// Runs a script until it is not out of purge budget.
     async fn run_purged(&self, script: &Script, keys: &[&str], args: Vec<RedisArg>) -> Result<Reply> {
         for _ in 0..MAX_PURGE_ROUNDS {
-            let reply = Reply(
-                script
-                    .run(self.redis, keys, args.clone())
-                    .await
-                    .map_err(|e| e.redis())?,
-            );
+            let reply = Reply(script.run(self.redis, keys, args.clone()).await?);
             if reply.tag() != "RETRY" {
                 return Ok(reply);
             }
@@ -788,11 +773,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// PostgreSQL; unknown variants are left out.
     async fn read_levels(&self, variants: &[VariantId]) -> Result<Vec<Level>> {
         let ids = variants.iter().map(ToString::to_string).collect();
-        let rows = self
-            .sql
-            .query(LEVELS_OF, &[SqlValue::TextArray(ids)])
-            .await
-            .map_err(|e| e.sql())?;
+        let rows = self.sql.query(LEVELS_OF, &[SqlValue::TextArray(ids)]).await?;
         parse_levels(&rows)
     }
 
@@ -832,12 +813,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 args.push(RedisArg::Int(*deadline));
             }
         }
-        let reply = Reply(
-            LOAD_STOCK
-                .run(self.redis, &flat, args)
-                .await
-                .map_err(|e| e.redis())?,
-        );
+        let reply = Reply(LOAD_STOCK.run(self.redis, &flat, args).await?);
         let results = reply.ints()?;
         if reply.tag() != "OK" || results.len() != levels.len() {
             return Err(unexpected(&reply.0));

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use commerce_core::PortError;
-use commerce_core::ids::{CartId, Quantity, VariantId};
-use commerce_core::inventory::{Holder, Inventory};
+use commerce_core::ids::{CartId, ExternalHolderId, Holder, Quantity, VariantId};
+use commerce_core::inventory::Inventory;
 use commerce_core::ports::{Redis, RedisArg, RedisReply};
 use commerce_native::NativeRedis;
 use commerce_tests::TestApp;
@@ -54,7 +54,7 @@ async fn availability_of_500_variants_and_a_reservation_are_one_round_trip_each(
         .iter()
         .map(|v| (v.clone(), Quantity::new(2).unwrap()))
         .collect();
-    let cart = Holder::External(CartId::parse("cart-rt").unwrap());
+    let cart = Holder::External(ExternalHolderId::parse("cart-rt").unwrap());
     inventory.reserve(&cart, &lines, 60_000).await.unwrap();
     assert_eq!(redis.take(), 1, "a 20-line reservation");
 

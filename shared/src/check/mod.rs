@@ -21,8 +21,8 @@ use crate::app::App;
 use crate::cart::Carts;
 use crate::checkout::paid;
 use crate::error::{Error, Result};
-use crate::ids::{CartId, Quantity, VariantId};
-use crate::inventory::{Holder, Inventory, Level};
+use crate::ids::{Holder, Quantity, SessionId, VariantId};
+use crate::inventory::{Inventory, Level};
 use crate::keys::VariantKeys;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, tag, unexpected};
@@ -131,7 +131,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     async fn variants(&self, report: &mut CheckReport) -> Result<i64> {
         let mut after = String::new();
         let mut now = 0;
-        let mut checkout_holders: BTreeMap<CartId, Vec<VariantId>> = BTreeMap::new();
+        let mut checkout_holders: BTreeMap<SessionId, Vec<VariantId>> = BTreeMap::new();
         loop {
             let levels = self.inventory().levels_page(&after, PAGE_SIZE).await?;
             let Some(last) = levels.last() else { break };
@@ -145,7 +145,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 for (holder, _) in &seen.holders {
                     if let Some(id) = holder
                         .strip_prefix("checkout:")
-                        .and_then(|s| CartId::parse(s).ok())
+                        .and_then(|s| SessionId::parse(s).ok())
                     {
                         checkout_holders.entry(id).or_default().push(variant.clone());
                     }
@@ -338,7 +338,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     async fn check_holder(
         &self,
         report: &mut CheckReport,
-        session: &CartId,
+        session: &SessionId,
         variants: &[VariantId],
     ) -> Result<()> {
         let state = self
@@ -439,7 +439,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         if !matches!(state, "LOCKED" | "PAYMENT_PENDING") || deadline <= now {
             return Ok(());
         }
-        let Ok(session) = CartId::parse(id) else {
+        let Ok(session) = SessionId::parse(id) else {
             return Ok(());
         };
         let Some(cart) = crate::checkout::parse_cart_ref(cart) else {
@@ -539,8 +539,8 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             };
             // Redis may know better: a session it saw end (the request that ended it lost
             // PostgreSQL before marking it) is over in PostgreSQL too.
-            let id =
-                CartId::parse(session).map_err(|_| Error::Internal(format!("bad session id {session}")))?;
+            let id = SessionId::parse(session)
+                .map_err(|_| Error::Internal(format!("bad session id {session}")))?;
             let state = self
                 .redis(
                     "HGET",

@@ -11,7 +11,7 @@ use super::{Checkouts, UNLOCK, gateway, paid};
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
-use crate::ids::CartId;
+use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
 
@@ -23,7 +23,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// gateway sees the same idempotency key for the session every time), extends the holds
     /// and the lock to the session's lifetime, keeps the paid session in PostgreSQL, and
     /// moves the session to PAYMENT_PENDING.
-    pub async fn payment_intent(&self, id: &CartId, authorization: Option<&str>) -> Result<Value> {
+    pub async fn payment_intent(&self, id: &SessionId, authorization: Option<&str>) -> Result<Value> {
         let session = self.load(id).await?;
         self.authorize(&session, authorization)?;
         match session.state {
@@ -136,7 +136,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// The id of the intent created for the session, if any.
-    pub(super) async fn stored_intent_id(&self, id: &CartId) -> Result<Option<String>> {
+    pub(super) async fn stored_intent_id(&self, id: &SessionId) -> Result<Option<String>> {
         let stored = self
             .app
             .redis

@@ -8,10 +8,7 @@
 //! first use, and every change to on-hand commits there first and is then mirrored into
 //! Redis exactly once (see `apply_stock.lua`).
 
-mod holder;
 pub mod routes;
-
-pub use holder::Holder;
 
 use futures_util::future::join_all;
 use serde::Serialize;
@@ -19,7 +16,7 @@ use serde_json::json;
 
 use crate::catalog;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::{Quantity, VariantId};
+use crate::ids::{Holder, Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::metrics::{self, Cache, Event};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
@@ -847,7 +844,7 @@ fn parse_levels(rows: &[Vec<SqlValue>]) -> Result<Vec<Level>> {
             let holds = holds
                 .into_iter()
                 .map(|(session, quantity, deadline)| {
-                    let session = crate::ids::CartId::parse(&session).map_err(|_| bad())?;
+                    let session = crate::ids::SessionId::parse(&session).map_err(|_| bad())?;
                     Ok((Holder::Checkout(session).to_string(), quantity, deadline))
                 })
                 .collect::<Result<_>>()?;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use commerce_core::PortError;
+use commerce_core::error::{Dependency, PortError};
 use commerce_core::ports::{Http, OutboundRequest, OutboundResponse};
 
 /// The native outbound HTTP adapter.
@@ -25,7 +25,7 @@ impl NativeHttp {
 impl Http for NativeHttp {
     async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, PortError> {
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
-            .map_err(|e| PortError::Server(format!("bad method: {e}")))?;
+            .map_err(|e| PortError::server(Dependency::Gateway, format!("bad method: {e}")))?;
         let mut builder = self.client.request(method, &request.url).body(request.body);
         for (name, value) in request.headers {
             builder = builder.header(name, value);
@@ -33,12 +33,12 @@ impl Http for NativeHttp {
         let response = builder
             .send()
             .await
-            .map_err(|e| PortError::Unreachable(e.to_string()))?;
+            .map_err(|e| PortError::unreachable(Dependency::Gateway, e.to_string()))?;
         let status = response.status().as_u16();
         let body = response
             .bytes()
             .await
-            .map_err(|e| PortError::Unreachable(e.to_string()))?;
+            .map_err(|e| PortError::unreachable(Dependency::Gateway, e.to_string()))?;
         Ok(OutboundResponse {
             status,
             body: body.to_vec(),

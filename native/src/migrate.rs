@@ -2,7 +2,7 @@
 //! its own transaction, recording them in `schema_migrations`. Safe to run concurrently
 //! and repeatedly: an advisory lock serialises runs and applied versions are skipped.
 
-use commerce_core::PortError;
+use commerce_core::error::{Dependency, PortError};
 
 use crate::pg_port::NativePg;
 
@@ -36,7 +36,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// Applies the migrations not yet applied to the current schema; returns their names.
 pub async fn migrate(pg: &NativePg) -> Result<Vec<&'static str>, PortError> {
     let mut client = pg.client().await?;
-    let server = |e: tokio_postgres::Error| PortError::Server(e.to_string());
+    let server = |e: tokio_postgres::Error| PortError::server(Dependency::Postgres, e.to_string());
     let mut applied = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         let tx = client.transaction().await.map_err(server)?;

@@ -7,7 +7,7 @@ use std::error::Error as _;
 use std::str::FromStr;
 use std::time::Duration;
 
-use commerce_core::PortError;
+use commerce_core::error::{Dependency, PortError};
 use commerce_core::ports::{Sql, SqlRow, SqlValue};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::Row;
@@ -60,14 +60,17 @@ impl NativePg {
         self.pool
             .get()
             .await
-            .map_err(|e| PortError::Unreachable(e.to_string()))
+            .map_err(|e| PortError::unreachable(Dependency::Postgres, e.to_string()))
     }
 
     /// Bounds a whole call (pool wait, connect, statement) by the configured timeout: the
     /// parts have their own, which could add up.
     async fn bounded<T>(&self, work: impl Future<Output = Result<T, PortError>>) -> Result<T, PortError> {
         tokio::time::timeout(self.timeout, work).await.map_err(|_| {
-            PortError::Unreachable(format!("postgres did not answer within {:?}", self.timeout))
+            PortError::unreachable(
+                Dependency::Postgres,
+                format!("postgres did not answer within {:?}", self.timeout),
+            )
         })?
     }
 }
@@ -105,14 +108,17 @@ fn pg_error(e: tokio_postgres::Error) -> PortError {
     if let Some(db) = e.as_db_error() {
         // 57014: statement_timeout fired; the server is there but did not answer in time.
         if db.code().code() == "57014" {
-            return PortError::Unreachable(db.message().to_owned());
+            return PortError::unreachable(Dependency::Postgres, db.message().to_owned());
         }
-        return PortError::Server(format!("{} {}", db.code().code(), db.message()));
+        return PortError::server(
+            Dependency::Postgres,
+            format!("{} {}", db.code().code(), db.message()),
+        );
     }
     if e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()) {
-        PortError::Unreachable(e.to_string())
+        PortError::unreachable(Dependency::Postgres, e.to_string())
     } else {
-        PortError::Server(e.to_string())
+        PortError::server(Dependency::Postgres, e.to_string())
     }
 }
 
@@ -163,11 +169,16 @@ fn read_row(row: &Row) -> Result<SqlRow, PortError> {
                 Type::TEXT_ARRAY => row
                     .try_get::<_, Option<Vec<String>>>(i)
                     .map(|v| v.map(SqlValue::TextArray)),
-                _ => return Err(PortError::Server(format!("unsupported column type {ty}"))),
+                _ => {
+                    return Err(PortError::server(
+                        Dependency::Postgres,
+                        format!("unsupported column type {ty}"),
+                    ));
+                }
             };
             value
                 .map(|v| v.unwrap_or(SqlValue::Null))
-                .map_err(|e| PortError::Server(e.to_string()))
+                .map_err(|e| PortError::server(Dependency::Postgres, e.to_string()))
         })
         .collect()
 }

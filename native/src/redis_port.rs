@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use commerce_core::PortError;
+use commerce_core::error::{Dependency, PortError};
 use commerce_core::ports::{CANNOT_SERVE_NOW, Redis, RedisArg, RedisReply};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -343,7 +343,12 @@ impl Redis for NativeRedis {
         };
         let reply = tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| PortError::Unreachable(format!("redis did not answer within {:?}", self.timeout)))?
+            .map_err(|_| {
+                PortError::unreachable(
+                    Dependency::Redis,
+                    format!("redis did not answer within {:?}", self.timeout),
+                )
+            })?
             .map_err(port_error)?;
         let mut flat = Vec::new();
         flatten(reply, &mut flat)?;
@@ -385,12 +390,16 @@ impl Redis for NativeRedis {
             Ok(fewest)
         };
         match tokio::time::timeout(bound, call).await {
-            Err(_) => Err(PortError::Unreachable(format!(
-                "redis did not answer WAIT within {bound:?}"
-            ))),
+            Err(_) => Err(PortError::unreachable(
+                Dependency::Redis,
+                format!("redis did not answer WAIT within {bound:?}"),
+            )),
             Ok(Err(e)) => Err(port_error(e)),
             Ok(Ok(redis::Value::Int(n))) => Ok(n),
-            Ok(Ok(other)) => Err(PortError::Server(format!("WAIT answered {other:?}"))),
+            Ok(Ok(other)) => Err(PortError::server(
+                Dependency::Redis,
+                format!("WAIT answered {other:?}"),
+            )),
         }
     }
 }
@@ -456,13 +465,17 @@ fn flatten(value: redis::Value, out: &mut Vec<RedisReply>) -> Result<(), PortErr
             }
         }
         V::ServerError(e) => {
-            return Err(PortError::Server(format!(
-                "{} {}",
-                e.code(),
-                e.details().unwrap_or_default()
-            )));
+            return Err(PortError::server(
+                Dependency::Redis,
+                format!("{} {}", e.code(), e.details().unwrap_or_default()),
+            ));
         }
-        other => return Err(PortError::Server(format!("unsupported reply type: {other:?}"))),
+        other => {
+            return Err(PortError::server(
+                Dependency::Redis,
+                format!("unsupported reply type: {other:?}"),
+            ));
+        }
     }
     Ok(())
 }
@@ -473,9 +486,9 @@ fn flatten(value: redis::Value, out: &mut Vec<RedisReply>) -> Result<(), PortErr
 fn port_error(e: redis::RedisError) -> PortError {
     let cannot_serve_now = e.code().is_some_and(|code| CANNOT_SERVE_NOW.contains(&code));
     if cannot_serve_now || is_outage(&e) {
-        PortError::Unreachable(e.to_string())
+        PortError::unreachable(Dependency::Redis, e.to_string())
     } else {
-        PortError::Server(format!("{} {e}", e.code().unwrap_or_default()))
+        PortError::server(Dependency::Redis, format!("{} {e}", e.code().unwrap_or_default()))
     }
 }
 

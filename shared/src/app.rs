@@ -1,6 +1,6 @@
 //! The application: the ports and settings every handler works with.
 
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::ports::{Http, Redis, Sql};
 use crate::settings::Settings;
@@ -43,11 +43,7 @@ impl<R: Redis, S: Sql, H: Http> App<R, S, H> {
             return Ok(());
         }
         let timeout = i64::try_from(self.settings.redis_wait_timeout_ms).unwrap_or(i64::MAX);
-        let acknowledged = self
-            .redis
-            .wait_replicas(keys, wanted, timeout)
-            .await
-            .map_err(PortError::redis)?;
+        let acknowledged = self.redis.wait_replicas(keys, wanted, timeout).await?;
         if acknowledged < wanted {
             return Err(Error::Unavailable {
                 dependency: "redis",

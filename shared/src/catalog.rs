@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::error::{Error, ErrorCode, PortError, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::VariantId;
 use crate::keys::Keys;
 use crate::metrics::{self, Cache};
@@ -157,7 +157,7 @@ pub async fn seed(
         .await?;
         run(sql, SEED_LEVELS, from, to, &[SqlValue::Int(SEED_ON_HAND)]).await?;
         if from == 1 {
-            sql.execute(SEED_PRICE_LISTS, &[]).await.map_err(PortError::sql)?;
+            sql.execute(SEED_PRICE_LISTS, &[]).await?;
         }
         run(sql, SEED_PRICE_ENTRIES, from, to, &[]).await?;
         progress(to);
@@ -165,7 +165,7 @@ pub async fn seed(
     }
     if variants >= BUNDLE_MIN_VARIANTS {
         for statement in [SEED_BUNDLES, SEED_BUNDLE_SETS, SEED_BUNDLE_VARIANTS] {
-            sql.execute(statement, &[]).await.map_err(PortError::sql)?;
+            sql.execute(statement, &[]).await?;
         }
     }
     // Fresh planner statistics: publishing right after a bulk load is ~10× slower without.
@@ -173,23 +173,16 @@ pub async fn seed(
         "ANALYZE products, variants, inventory_levels, price_lists, price_list_entries, discounts, discount_variants",
         &[],
     )
-    .await
-    .map_err(PortError::sql)?;
+    .await?;
     if discounts > 0 {
         let counts = [
             SqlValue::Int(discounts.max(SEED_DISCOUNTS_DEFAULT)),
             SqlValue::Int(variants),
         ];
-        sql.execute(SEED_DISCOUNTS, &counts[..1])
-            .await
-            .map_err(PortError::sql)?;
-        sql.execute(SEED_DISCOUNT_VARIANTS, &counts)
-            .await
-            .map_err(PortError::sql)?;
+        sql.execute(SEED_DISCOUNTS, &counts[..1]).await?;
+        sql.execute(SEED_DISCOUNT_VARIANTS, &counts).await?;
         if variants >= BUNDLE_MIN_VARIANTS {
-            sql.execute(SEED_DISCOUNT_BUNDLES, &[])
-                .await
-                .map_err(PortError::sql)?;
+            sql.execute(SEED_DISCOUNT_BUNDLES, &[]).await?;
         }
     }
     Ok(())
@@ -198,7 +191,7 @@ pub async fn seed(
 async fn run(sql: &impl Sql, statement: &str, from: i64, to: i64, extra: &[SqlValue]) -> Result<()> {
     let mut params = vec![SqlValue::Int(from), SqlValue::Int(to)];
     params.extend_from_slice(extra);
-    sql.execute(statement, &params).await.map_err(PortError::sql)?;
+    sql.execute(statement, &params).await?;
     Ok(())
 }
 
@@ -257,8 +250,7 @@ pub async fn require_variants(
                 .map(|&i| RedisArg::from(&cache_keys[i]))
                 .collect(),
         )
-        .await
-        .map_err(PortError::redis)?;
+        .await?;
     let missing: Vec<usize> = unconfirmed
         .iter()
         .zip(&cached)
@@ -271,8 +263,7 @@ pub async fn require_variants(
         let ids: Vec<String> = missing.iter().map(|&i| variants[i].to_string()).collect();
         let rows = sql
             .query(EXISTING_VARIANTS, &[SqlValue::TextArray(ids.clone())])
-            .await
-            .map_err(PortError::sql)?;
+            .await?;
         let found: Vec<&str> = rows.iter().filter_map(|r| r.first()?.as_text()).collect();
         let unknown: Vec<String> = ids
             .iter()
@@ -293,8 +284,7 @@ pub async fn require_variants(
                         RedisArg::Int(REDIS_KNOWN_FOR_MS),
                     ],
                 )
-                .await
-                .map_err(PortError::redis)?;
+                .await?;
         }
     }
     let mut known = KNOWN_VARIANTS.lock().unwrap_or_else(|e| e.into_inner());

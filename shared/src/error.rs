@@ -312,12 +312,34 @@ impl Error {
     }
 }
 
-/// A failure reported by a port adapter.
-///
-/// Adapters only say whether the dependency could not be reached (or timed out) or whether
-/// it answered with an error; the stores decide what that means for the caller.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PortError {
+/// The outside service a port reaches: each adapter names its own on every
+/// [`PortError`], so a store's `?` turns a failure into the right [`Error`] without saying
+/// which port it called. The discriminants index the metrics' tables
+/// ([`crate::metrics`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// Redis (`commerce_redis_call_seconds`).
+    Redis = 0,
+    /// PostgreSQL (`commerce_postgres_call_seconds`).
+    Postgres = 1,
+    /// The payment gateway, over outbound HTTP (`commerce_gateway_call_seconds`).
+    Gateway = 2,
+}
+
+impl Dependency {
+    /// The name an error body gives it (`details.dependency` of a 503).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dependency::Redis => "redis",
+            Dependency::Postgres => "postgres",
+            Dependency::Gateway => "payment gateway",
+        }
+    }
+}
+
+/// How a port call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
     /// Connecting failed, the connection broke, or the call timed out.
     #[error("unreachable: {0}")]
     Unreachable(String),
@@ -326,26 +348,60 @@ pub enum PortError {
     Server(String),
 }
 
+/// A failure reported by a port adapter: which dependency failed, and how.
+///
+/// Adapters only say whether the dependency could not be reached (or timed out) or whether
+/// it answered with an error; the stores decide what that means for the caller, and where
+/// they have nothing to decide `?` converts it ([`From<PortError> for Error`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{failure}")]
+pub struct PortError {
+    /// The dependency that failed.
+    pub dependency: Dependency,
+    /// How it failed.
+    pub failure: Failure,
+}
+
 impl PortError {
-    /// Turns a Redis port failure into the service error.
-    pub fn redis(self) -> Error {
-        match self {
-            PortError::Unreachable(message) => Error::Unavailable {
-                dependency: "redis",
-                message,
-            },
-            PortError::Server(message) => Error::Internal(format!("redis: {message}")),
+    /// `dependency` could not be reached, or did not answer in time.
+    pub fn unreachable(dependency: Dependency, message: impl Into<String>) -> Self {
+        Self {
+            dependency,
+            failure: Failure::Unreachable(message.into()),
         }
     }
 
-    /// Turns a PostgreSQL port failure into the service error.
-    pub fn sql(self) -> Error {
-        match self {
-            PortError::Unreachable(message) => Error::Unavailable {
-                dependency: "postgres",
+    /// `dependency` answered with an error.
+    pub fn server(dependency: Dependency, message: impl Into<String>) -> Self {
+        Self {
+            dependency,
+            failure: Failure::Server(message.into()),
+        }
+    }
+
+    /// The server's error text, if it answered with an error.
+    pub fn server_message(&self) -> Option<&str> {
+        match &self.failure {
+            Failure::Server(message) => Some(message),
+            Failure::Unreachable(_) => None,
+        }
+    }
+}
+
+/// An unreachable dependency is a 503 naming it (retry later); an error it answered is a
+/// bug of ours or an impossible reply, a 500.
+impl From<PortError> for Error {
+    fn from(error: PortError) -> Self {
+        let dependency = error.dependency;
+        match error.failure {
+            Failure::Unreachable(message) => Error::Unavailable {
+                dependency: dependency.name(),
                 message,
             },
-            PortError::Server(message) => Error::Internal(format!("postgres: {message}")),
+            Failure::Server(message) => Error::Internal(match dependency {
+                Dependency::Gateway => format!("payment gateway request: {message}"),
+                Dependency::Redis | Dependency::Postgres => format!("{}: {message}", dependency.name()),
+            }),
         }
     }
 }

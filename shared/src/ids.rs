@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorCode};
 pub const MAX_ID_LEN: usize = 64;
 
 /// Checks the id rule of DESIGN §3: `^[A-Za-z0-9_-]{1,64}$`.
-fn check_id(kind: &'static str, raw: &str) -> Result<(), Error> {
+pub(crate) fn check_id(kind: &'static str, raw: &str) -> Result<(), Error> {
     let well_formed = !raw.is_empty()
         && raw.len() <= MAX_ID_LEN
         && raw
@@ -60,8 +60,20 @@ id_type!(
     "variantId"
 );
 id_type!(
-    /// Whoever holds stock: a cart, or a checkout session reserving for its cart.
+    /// A cart (an anonymous cart's id, `cart:session:{S}`).
     CartId,
+    "cartId"
+);
+id_type!(
+    /// A checkout session (`cs_<hex>`). Its parse error names it `cartId`, as the API's
+    /// answers always have.
+    SessionId,
+    "cartId"
+);
+id_type!(
+    /// The id an outside caller of `POST /v1/inventory/reservations` names its holds by
+    /// (the request's `cartId`).
+    ExternalHolderId,
     "cartId"
 );
 id_type!(
@@ -89,6 +101,30 @@ id_type!(
     LineId,
     "lineId"
 );
+
+/// A holder of stock, with its namespace (DESIGN §4, invariant 3).
+///
+/// Holders live in separate namespaces: a hold is named `<kind>:<id>` in every hold key, so
+/// an outside caller that names a checkout session's id names another holder altogether
+/// and can neither free nor overwrite that session's holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// A checkout session, from its start until its order or its end.
+    Checkout(SessionId),
+    /// A trusted outside caller of `POST /v1/inventory/reservations` (admin or service
+    /// token), naming its own holder ids.
+    External(ExternalHolderId),
+}
+
+/// `checkout:<id>` or `external:<id>`: the name in hold keys.
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Checkout(id) => write!(f, "checkout:{id}"),
+            Holder::External(id) => write!(f, "external:{id}"),
+        }
+    }
+}
 
 /// 128 random bits as 32 hex characters: the unguessable part of cart and checkout
 /// session ids, and idempotency resume tokens.
@@ -144,6 +180,16 @@ mod tests {
         }
         assert!(VariantId::parse(&"x".repeat(64)).is_ok());
         assert!(VariantId::parse("var-1_A").is_ok());
+    }
+
+    #[test]
+    fn holder_namespaces_never_collide() {
+        let (a, b) = (
+            Holder::Checkout(SessionId::parse("cs_1").unwrap()),
+            Holder::External(ExternalHolderId::parse("cs_1").unwrap()),
+        );
+        assert_ne!(a.to_string(), b.to_string());
+        assert_eq!(a.to_string(), "checkout:cs_1");
     }
 
     #[test]

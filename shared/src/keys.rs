@@ -5,13 +5,42 @@
 //! reserved total, holds) lands in the same slot and a script over them runs unchanged on
 //! Cluster. Keys are built only from parsed ids, so they cannot be malformed.
 
-use crate::ids::{BundleId, CartId, CustomerId, SetId, VariantId};
+use std::fmt;
+
+use crate::error::Error;
+use crate::ids::{BundleId, CartId, CustomerId, Holder, SessionId, SetId, VariantId, check_id};
 
 /// The encoding of ruleset entries in Redis (`pricing/store.rs`), part of every ruleset
 /// key: a build never reads entries of another encoding. A version published by a build
 /// of another encoding is simply not there for it, and the first quote republishes the
 /// ruleset from PostgreSQL (DESIGN §4, invariant 8).
 pub const RULESET_ENCODING: &str = "v2";
+
+/// The namespace every key of one deployment sits under (`key_prefix`): empty for none, or
+/// an id (`[A-Za-z0-9_-]{1,64}`), so it cannot break a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    /// Parses a namespace: `""` (none) or an id, rejecting anything else with a 400.
+    pub fn parse(raw: &str) -> Result<Self, Error> {
+        if !raw.is_empty() {
+            check_id("key_prefix", raw)?;
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The namespace as text (empty for none).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Builds every key of the service under one namespace.
 #[derive(Debug, Clone, Default)]
@@ -119,10 +148,9 @@ impl BundleKeys {
 }
 
 impl Keys {
-    /// Keys with a namespace (`""` for none). The namespace must be an id
-    /// (`[A-Za-z0-9_-]`), checked where configuration is read.
-    pub fn new(namespace: &str) -> Self {
-        let prefix = if namespace.is_empty() {
+    /// Keys under a namespace (none if it is empty).
+    pub fn new(namespace: &KeyPrefix) -> Self {
+        let prefix = if namespace.as_str().is_empty() {
             String::new()
         } else {
             format!("{namespace}:")
@@ -150,7 +178,7 @@ impl Keys {
 
     /// `inventory:holder:{<kind>:<id>}`: the set of variants a holder has holds on, so
     /// that a release knows which variants to visit.
-    pub fn holder_holds(&self, holder: &crate::inventory::Holder) -> String {
+    pub fn holder_holds(&self, holder: &Holder) -> String {
         format!("{}inventory:holder:{{{holder}}}", self.prefix)
     }
 
@@ -183,17 +211,17 @@ impl Keys {
     }
 
     /// `checkout:session:{S}`: a checkout session's state (hash).
-    pub fn checkout_session(&self, session: &CartId) -> String {
+    pub fn checkout_session(&self, session: &SessionId) -> String {
         format!("{}checkout:session:{{{session}}}", self.prefix)
     }
 
     /// `checkout:metadata:{S}`: what a session froze: quote, versions, lines.
-    pub fn checkout_metadata(&self, session: &CartId) -> String {
+    pub fn checkout_metadata(&self, session: &SessionId) -> String {
         format!("{}checkout:metadata:{{{session}}}", self.prefix)
     }
 
     /// `payment:intent:{S}`: the session's payment intent.
-    pub fn payment_intent(&self, session: &CartId) -> String {
+    pub fn payment_intent(&self, session: &SessionId) -> String {
         format!("{}payment:intent:{{{session}}}", self.prefix)
     }
 
@@ -274,7 +302,7 @@ mod tests {
 
     #[test]
     fn variant_keys_share_one_hash_tag_under_the_namespace() {
-        let keys = Keys::new("t1");
+        let keys = Keys::new(&KeyPrefix::parse("t1").unwrap());
         let v = VariantId::parse("var-9").unwrap();
         let k = keys.variant(&v);
         assert_eq!(k.stock, "t1:inventory:variant:{var-9}");
@@ -288,6 +316,9 @@ mod tests {
     #[test]
     fn no_namespace_means_no_prefix() {
         let v = VariantId::parse("a").unwrap();
-        assert_eq!(Keys::new("").variant(&v).stock, "inventory:variant:{a}");
+        assert_eq!(
+            Keys::new(&KeyPrefix::default()).variant(&v).stock,
+            "inventory:variant:{a}"
+        );
     }
 }

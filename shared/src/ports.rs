@@ -7,7 +7,7 @@
 
 use std::future::Future;
 
-use crate::error::PortError;
+use crate::error::{Dependency, PortError};
 
 /// An argument of a Redis command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl RedisReply {
 /// data, blocked by a long script, a replica cut from its primary or read-only after a
 /// failover, a cluster resharding or down, out of memory; and refused credentials, a
 /// deployment mistake like a wrong address. Every [`Redis`] adapter answers them as
-/// [`PortError::Unreachable`] (503, retry later), like a lost connection, not as a bug of
+/// [`Unreachable`](crate::error::Failure::Unreachable) (503, retry later), like a lost connection, not as a bug of
 /// ours (500).
 pub const CANNOT_SERVE_NOW: [&str; 9] = [
     "LOADING",
@@ -102,7 +102,7 @@ pub const CANNOT_SERVE_NOW: [&str; 9] = [
 /// say only how they keep it):
 /// - **flattened replies**: a reply arrives flattened depth-first as [`RedisReply`]
 ///   documents, whatever the client library would nest, so one decoder serves both;
-/// - **errors as text**: a server error reply is [`PortError::Server`] whose text starts
+/// - **errors as text**: a server error reply is [`Server`](crate::error::Failure::Server) whose text starts
 ///   with Redis's own error code (`ERR …`, `WRONGTYPE …`), whatever the client's
 ///   rendering of it;
 /// - **NOSCRIPT**: `EVALSHA` of a script the server does not know is such a `Server`
@@ -111,7 +111,7 @@ pub const CANNOT_SERVE_NOW: [&str; 9] = [
 ///   [`crate::script::is_missing_script`] reads before [`crate::script::Script::run`]
 ///   sends the script with `EVAL`;
 /// - **outages**: Redis unreachable, a broken connection, a call past its timeout, or a
-///   server that cannot serve now ([`CANNOT_SERVE_NOW`]) is [`PortError::Unreachable`]
+///   server that cannot serve now ([`CANNOT_SERVE_NOW`]) is [`Unreachable`](crate::error::Failure::Unreachable)
 ///   (503), never a `Server` error (500);
 /// - the call happens when the returned future is polled, not when it is made.
 pub trait Redis {
@@ -148,7 +148,7 @@ pub trait Redis {
             reply
                 .first()
                 .and_then(RedisReply::as_int)
-                .ok_or_else(|| PortError::Server(format!("WAIT answered {reply:?}")))
+                .ok_or_else(|| PortError::server(Dependency::Redis, format!("WAIT answered {reply:?}")))
         }
     }
 }
@@ -235,7 +235,7 @@ pub struct OutboundResponse {
 }
 
 /// Sends HTTP requests to outside parties (the payment gateway). A connection failure or
-/// timeout is [`PortError::Unreachable`]; any HTTP answer, whatever its status, is `Ok`.
+/// timeout is [`Unreachable`](crate::error::Failure::Unreachable); any HTTP answer, whatever its status, is `Ok`.
 pub trait Http {
     /// Sends one request and reads the whole answer.
     fn send(&self, request: OutboundRequest) -> impl Future<Output = Result<OutboundResponse, PortError>>;

@@ -6,7 +6,7 @@
 //! once (maybe twice); one added or removed meanwhile may or may not be. Every caller
 //! (backup, the sweep of expired holds, the check of live sessions) is written for that.
 
-use crate::error::{PortError, Result};
+use crate::error::Result;
 use crate::ports::{Redis, RedisArg, RedisReply};
 use crate::script::unexpected;
 
@@ -48,8 +48,7 @@ impl<'a, R: Redis> Scan<'a, R> {
                     RedisArg::Int(self.count),
                 ],
             )
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         let (next, keys) = page.split_first().ok_or_else(|| unexpected(&page))?;
         let next = next.as_text().ok_or_else(|| unexpected(&page))?;
         self.cursor = (next != "0").then(|| next.to_owned());

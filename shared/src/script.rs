@@ -67,7 +67,7 @@ impl Script {
             all
         };
         match redis.execute("EVALSHA", call(self.sha().into())).await {
-            Err(PortError::Server(message)) if is_missing_script(&message) => {
+            Err(e) if e.server_message().is_some_and(is_missing_script) => {
                 redis.execute("EVAL", call(self.source.into())).await
             }
             other => other,
@@ -104,6 +104,7 @@ pub fn unexpected(reply: &[RedisReply]) -> Error {
 mod tests {
     use super::*;
 
+    use crate::error::Dependency;
     use std::cell::RefCell;
 
     /// A Redis port that answers `EVALSHA` with `missing` and records each command.
@@ -116,7 +117,7 @@ mod tests {
         async fn execute(&self, command: &str, _: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
             self.commands.borrow_mut().push(command.to_owned());
             match command {
-                "EVALSHA" => Err(PortError::Server(self.missing.to_owned())),
+                "EVALSHA" => Err(PortError::server(Dependency::Redis, self.missing)),
                 _ => Ok(vec![RedisReply::Int(1)]),
             }
         }
@@ -158,7 +159,7 @@ mod tests {
             "WRONGTYPE: Operation against a key holding the wrong kind of value",
         ] {
             let (reply, commands) = run_on(error);
-            assert!(matches!(reply, Err(PortError::Server(_))), "{error}");
+            assert!(matches!(reply, Err(e) if e.server_message().is_some()), "{error}");
             assert_eq!(commands, ["EVALSHA"], "{error}");
         }
     }

@@ -3,7 +3,7 @@
 //! seed's TTL table.
 
 use crate::error::Error;
-use crate::ids::CartId;
+use crate::keys::KeyPrefix;
 use crate::metrics::exchange::LogLevel;
 use crate::ports::Config;
 use crate::ratelimit::{Rate, TrustedProxies};
@@ -25,7 +25,7 @@ pub struct Settings {
     /// Bearer token of the admin routes; admin routes are refused while it is empty.
     pub admin_token: String,
     /// Namespace in front of every key (tenants, test runs).
-    pub key_prefix: String,
+    pub key_prefix: KeyPrefix,
     /// How long a reservation holds stock unless the request says otherwise.
     pub reservation_ttl_seconds: u32,
     /// Timeout of one Redis call (native adapter; the Spin host sets none).
@@ -148,10 +148,8 @@ impl Settings {
             }
         };
         let key_prefix = text("key_prefix", "");
-        if !key_prefix.is_empty() {
-            CartId::parse(&key_prefix)
-                .map_err(|_| format!("key_prefix must match [A-Za-z0-9_-]{{1,64}}, got {key_prefix:?}"))?;
-        }
+        let key_prefix = KeyPrefix::parse(&key_prefix)
+            .map_err(|_| format!("key_prefix must match [A-Za-z0-9_-]{{1,64}}, got {key_prefix:?}"))?;
         let reservation_ttl_seconds =
             number("reservation_ttl_seconds", Self::DEFAULT_RESERVATION_TTL.into())?;
         if !(1..=u64::from(Self::MAX_RESERVATION_TTL)).contains(&reservation_ttl_seconds) {

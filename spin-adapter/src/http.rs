@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use commerce_core::error::PortError;
+use commerce_core::error::{Dependency, PortError};
 use commerce_core::ports::{Http, OutboundRequest, OutboundResponse};
 
 /// The [`Http`] port over Spin's outbound HTTP (`wasi:http/outgoing-handler`), reaching
@@ -11,7 +11,7 @@ use commerce_core::ports::{Http, OutboundRequest, OutboundResponse};
 /// Guarantees: any HTTP answer is `Ok`, whatever its status; a request the host refuses
 /// or cannot deliver, or that does not connect or start answering within `timeout` (asked
 /// of the host as wasi:http's connect, first-byte and between-bytes timeouts), is
-/// [`PortError::Unreachable`] (→ 503).
+/// [`Failure::Unreachable`](commerce_core::error::Failure::Unreachable) (→ 503).
 pub struct SpinHttp {
     /// The gateway's `gateway_timeout_ms`.
     pub timeout: Duration,
@@ -33,7 +33,7 @@ fn send_blocking(request: OutboundRequest, timeout: Duration) -> Result<Outbound
     };
     use wasi::io::streams::StreamError;
 
-    let refused = |what: &str| PortError::Unreachable(format!("outbound HTTP {what}"));
+    let refused = |what: &str| PortError::unreachable(Dependency::Gateway, format!("outbound HTTP {what}"));
     let (scheme, rest) = request
         .url
         .split_once("://")

@@ -1,6 +1,6 @@
 //! The `Sql` port over Spin's outbound PostgreSQL.
 
-use commerce_core::error::PortError;
+use commerce_core::error::{Dependency, PortError};
 use commerce_core::ports::{Sql, SqlRow, SqlValue};
 use spin_sdk::pg4::{self, DbValue, ParameterValue, QueryError};
 
@@ -12,10 +12,10 @@ use crate::redis::is_connection_failure;
 ///
 /// Guarantees: the connection is taken from the host's pool on the first statement and
 /// reused for the rest of the request. Parameters and columns cross as [`SqlValue`]s; a
-/// column of a type the port does not carry is a [`PortError::Server`] naming the type,
+/// column of a type the port does not carry is a [`Failure::Server`](commerce_core::error::Failure::Server) naming the type,
 /// never a silent conversion. A connection that cannot be had or breaks is
-/// [`PortError::Unreachable`] (→ 503); a statement PostgreSQL rejects is
-/// [`PortError::Server`] with PostgreSQL's own text.
+/// [`Failure::Unreachable`](commerce_core::error::Failure::Unreachable) (→ 503); a statement PostgreSQL rejects is
+/// [`Failure::Server`](commerce_core::error::Failure::Server) with PostgreSQL's own text.
 pub struct SpinPg {
     connection: OnFirstUse<pg4::Connection>,
     deadline: Deadline,
@@ -85,10 +85,13 @@ fn column(value: DbValue) -> Result<SqlValue, PortError> {
         DbValue::Int64(n) => SqlValue::Int(n),
         DbValue::Str(s) => SqlValue::Text(s),
         other => {
-            return Err(PortError::Server(format!(
-                "unsupported column type {}: the schema uses bigint, text and boolean only",
-                db_type_name(&other)
-            )));
+            return Err(PortError::server(
+                Dependency::Postgres,
+                format!(
+                    "unsupported column type {}: the schema uses bigint, text and boolean only",
+                    db_type_name(&other)
+                ),
+            ));
         }
     })
 }
@@ -138,7 +141,7 @@ fn db_type_name(value: &DbValue) -> &'static str {
 /// would end up in a client's error body.
 fn pg_error(error: pg4::PgError) -> PortError {
     match without_backtrace(error) {
-        pg4::PgError::ConnectionFailed(text) => PortError::Unreachable(text),
+        pg4::PgError::ConnectionFailed(text) => PortError::unreachable(Dependency::Postgres, text),
         pg4::PgError::QueryFailed(QueryError::DbError(db)) => {
             let message = match db.detail {
                 Some(detail) => format!("{} ({detail}; SQLSTATE {})", db.message, db.code),
@@ -147,18 +150,18 @@ fn pg_error(error: pg4::PgError) -> PortError {
             let outage = db.code.starts_with("08")
                 || matches!(db.code.as_str(), "57P01" | "57P02" | "57P03" | "53300");
             if outage {
-                PortError::Unreachable(message)
+                PortError::unreachable(Dependency::Postgres, message)
             } else {
-                PortError::Server(message)
+                PortError::server(Dependency::Postgres, message)
             }
         }
         pg4::PgError::QueryFailed(QueryError::Text(text)) if is_pg_connection_failure(&text) => {
-            PortError::Unreachable(text)
+            PortError::unreachable(Dependency::Postgres, text)
         }
         pg4::PgError::QueryFailed(QueryError::Text(text))
         | pg4::PgError::BadParameter(text)
         | pg4::PgError::ValueConversionFailed(text)
-        | pg4::PgError::Other(text) => PortError::Server(text),
+        | pg4::PgError::Other(text) => PortError::server(Dependency::Postgres, text),
     }
 }
 
@@ -191,6 +194,7 @@ fn is_pg_connection_failure(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use commerce_core::error::Failure;
 
     #[test]
     fn postgres_outages_are_unreachable_and_rejections_are_server_errors() {
@@ -211,14 +215,14 @@ mod tests {
             db_error("08006"),
             db_error("53300"),
         ] {
-            assert!(matches!(pg_error(error), PortError::Unreachable(_)));
+            assert!(matches!(pg_error(error).failure, Failure::Unreachable(_)));
         }
         for error in [
             db_error("23505"),
             db_error("42P01"),
             pg4::PgError::BadParameter("bad".into()),
         ] {
-            assert!(matches!(pg_error(error), PortError::Server(_)));
+            assert!(matches!(pg_error(error).failure, Failure::Server(_)));
         }
     }
 
@@ -227,7 +231,8 @@ mod tests {
         // What the real host answered for a PostgreSQL that refuses connections, when run
         // with RUST_BACKTRACE=1 (shortened: 45 more frames).
         let text = "Error occurred while creating a new object: error connecting to server\n\nCaused by:\n    0: error connecting to server\n    1: Connection refused (os error 111)\n\nStack backtrace:\n   0: <unknown>\n  46: start_thread\n             at ./nptl/pthread_create.c:442:8";
-        let PortError::Unreachable(message) = pg_error(pg4::PgError::ConnectionFailed(text.into())) else {
+        let Failure::Unreachable(message) = pg_error(pg4::PgError::ConnectionFailed(text.into())).failure
+        else {
             panic!("a refused connection is an outage");
         };
         assert!(
@@ -242,7 +247,7 @@ mod tests {
         assert_eq!(column(DbValue::Int16(-2)).unwrap(), SqlValue::Int(-2));
         assert_eq!(column(DbValue::DbNull).unwrap(), SqlValue::Null);
         let refused = column(DbValue::Floating64(1.5)).unwrap_err();
-        assert!(matches!(refused, PortError::Server(text) if text.contains("double precision")));
+        assert!(matches!(refused.failure, Failure::Server(text) if text.contains("double precision")));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `Redis` port over Spin's outbound Redis, and how the host's error texts are read.
 
-use commerce_core::error::PortError;
+use commerce_core::error::{Dependency, PortError};
 use commerce_core::ports::{CANNOT_SERVE_NOW, Redis, RedisArg, RedisReply};
 use spin_sdk::redis::{self, RedisParameter, RedisResult};
 
@@ -10,7 +10,7 @@ use crate::connection::OnFirstUse;
 /// The [`Redis`] port over Spin's outbound Redis (`fermyon:spin/redis@2.0.0`), with the
 /// guarantees the port states: the host flattens replies itself; its renderings of
 /// server errors are read back to Redis's own form by [`server_error`]; an outage, or a
-/// code of [`CANNOT_SERVE_NOW`], is [`PortError::Unreachable`].
+/// code of [`CANNOT_SERVE_NOW`], is [`Failure::Unreachable`](commerce_core::error::Failure::Unreachable).
 ///
 /// The connection is opened on the first command and reused for the rest of the request;
 /// a failed open is retried by the next command.
@@ -73,20 +73,21 @@ impl Redis for SpinRedis {
 /// arrives as `other(text)`: see [`server_error`] and [`is_connection_failure`].
 fn redis_error(error: redis::Error) -> PortError {
     match error {
-        redis::Error::InvalidAddress => {
-            PortError::Unreachable("invalid Redis address, or not listed in allowed_outbound_hosts".into())
-        }
+        redis::Error::InvalidAddress => PortError::unreachable(
+            Dependency::Redis,
+            "invalid Redis address, or not listed in allowed_outbound_hosts",
+        ),
         redis::Error::TooManyConnections => {
-            PortError::Unreachable("too many outbound Redis connections".into())
+            PortError::unreachable(Dependency::Redis, "too many outbound Redis connections")
         }
-        redis::Error::TypeError => PortError::Server("Redis reply of an unexpected type".into()),
+        redis::Error::TypeError => PortError::server(Dependency::Redis, "Redis reply of an unexpected type"),
         redis::Error::Other(text) => match server_error(&text) {
             Some((code, message)) if CANNOT_SERVE_NOW.contains(&code) => {
-                PortError::Unreachable(format!("{code} {message}"))
+                PortError::unreachable(Dependency::Redis, format!("{code} {message}"))
             }
-            Some((code, message)) => PortError::Server(format!("{code} {message}")),
-            None if is_connection_failure(&text) => PortError::Unreachable(text),
-            None => PortError::Server(text),
+            Some((code, message)) => PortError::server(Dependency::Redis, format!("{code} {message}")),
+            None if is_connection_failure(&text) => PortError::unreachable(Dependency::Redis, text),
+            None => PortError::server(Dependency::Redis, text),
         },
     }
 }
@@ -170,6 +171,7 @@ pub(crate) fn is_connection_failure(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use commerce_core::error::Failure;
 
     /// Server error replies as the real Spin host in `../shared/tools/` (Spin 4.1.0-pre0,
     /// redis-rs 0.32) hands them to a component, read off it by `tests/tests/spin_host.rs`
@@ -229,17 +231,17 @@ mod tests {
     #[test]
     fn a_missing_script_reaches_the_script_runner_as_noscript() {
         let error = redis_error(redis::Error::Other(HOST_RENDERINGS[0].0.into()));
-        let PortError::Server(text) = error else {
+        let Some(text) = error.server_message() else {
             panic!("a missing script is a server error, not an outage");
         };
         assert_eq!(text, "NOSCRIPT No matching script. Please use EVAL.");
-        assert!(commerce_core::script::is_missing_script(&text));
+        assert!(commerce_core::script::is_missing_script(text));
     }
 
     #[test]
     fn a_busy_script_is_an_outage_and_not_a_missing_script() {
         let error = redis_error(redis::Error::Other(HOST_RENDERINGS[7].0.into()));
-        assert!(matches!(&error, PortError::Unreachable(text) if text.starts_with("BUSY ")));
+        assert!(matches!(&error.failure, Failure::Unreachable(text) if text.starts_with("BUSY ")));
     }
 
     #[test]
@@ -255,8 +257,8 @@ mod tests {
         ] {
             assert_eq!(server_error(text), None, "{text}");
             assert!(matches!(
-                redis_error(redis::Error::Other(text.into())),
-                PortError::Unreachable(_)
+                redis_error(redis::Error::Other(text.into())).failure,
+                Failure::Unreachable(_)
             ));
         }
     }
@@ -268,12 +270,12 @@ mod tests {
             match code {
                 "NOSCRIPT" | "ERR" | "WRONGTYPE" => {
                     assert!(
-                        matches!(&error, PortError::Server(t) if t.starts_with(code)),
+                        matches!(&error.failure, Failure::Server(t) if t.starts_with(code)),
                         "{text}"
                     )
                 }
                 _ => assert!(
-                    matches!(&error, PortError::Unreachable(t) if t.starts_with(code)),
+                    matches!(&error.failure, Failure::Unreachable(t) if t.starts_with(code)),
                     "{text}"
                 ),
             }
@@ -287,7 +289,7 @@ mod tests {
             redis::Error::TooManyConnections,
             redis::Error::Other("Connection refused (os error 111)".into()),
         ] {
-            assert!(matches!(redis_error(error), PortError::Unreachable(_)));
+            assert!(matches!(redis_error(error).failure, Failure::Unreachable(_)));
         }
     }
 }

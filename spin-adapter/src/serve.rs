@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use commerce_core::app::App;
-use commerce_core::error::{Error, ErrorCode};
+use commerce_core::error::{Dependency, Error, ErrorCode};
 use commerce_core::http::{Request, Response};
 use commerce_core::metrics::Measured;
 use commerce_core::metrics::exchange::Exchange;
@@ -72,12 +72,17 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
     let app = App::new(
         Measured(SpinRedis::new(
             &settings.redis_url,
-            Deadline::new("redis", "redis_timeout_ms", settings.redis_timeout_ms, ends),
+            Deadline::new(
+                Dependency::Redis,
+                "redis_timeout_ms",
+                settings.redis_timeout_ms,
+                ends,
+            ),
         )),
         Measured(SpinPg::new(
             &settings.database_url,
             Deadline::new(
-                "postgres",
+                Dependency::Postgres,
                 "database_timeout_ms",
                 settings.database_timeout_ms,
                 ends,

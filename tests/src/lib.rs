@@ -588,7 +588,7 @@ impl TestApp {
 
     /// The key of the checkout session `session` (a hash).
     pub fn session_key(&self, session: &str) -> String {
-        self.keys().checkout_session(&cart_id(session))
+        self.keys().checkout_session(&session_id(session))
     }
 
     /// The key of the anonymous cart `cart` (a hash).
@@ -603,7 +603,7 @@ impl TestApp {
 
     /// The name under which the checkout session `session` holds stock.
     pub fn session_holder(&self, session: &str) -> String {
-        commerce_core::inventory::Holder::Checkout(cart_id(session)).to_string()
+        commerce_core::ids::Holder::Checkout(session_id(session)).to_string()
     }
 
     /// A key of this test's namespace that the app's [`Keys`](commerce_core::keys::Keys)
@@ -730,9 +730,14 @@ impl TestApp {
     }
 }
 
-/// A cart or session id the test got from the app, as the app's id type.
+/// A cart id the test got from the app, as the app's id type.
 fn cart_id(raw: &str) -> commerce_core::ids::CartId {
     commerce_core::ids::CartId::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
+}
+
+/// A checkout session id the test got from the app, as the app's id type.
+fn session_id(raw: &str) -> commerce_core::ids::SessionId {
+    commerce_core::ids::SessionId::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
 }
 
 /// Whether the Redis answers a PING within 2 s: a Redis of the test's own may be gone by

@@ -2,8 +2,7 @@
 //! `--repair` (`POST /v1/admin/check/repair`) puts Redis right, over HTTP against real
 //! Redis and PostgreSQL, and through the CLI.
 
-use commerce_core::ids::{CartId, Quantity, VariantId};
-use commerce_core::inventory::Holder;
+use commerce_core::ids::{Holder, Quantity, SessionId, VariantId};
 use commerce_tests::{Caller, Reply, TestApp};
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -52,7 +51,7 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
         .await
         .unwrap();
     // Holds of a checkout session that does not exist.
-    let ghost = Holder::Checkout(CartId::parse("cs_ghost").unwrap());
+    let ghost = Holder::Checkout(SessionId::parse("cs_ghost").unwrap());
     let v4 = VariantId::parse("var-4").unwrap();
     app.inventory()
         .reserve(&ghost, &[(v4, Quantity::new(2).unwrap())], 60_000)
@@ -143,7 +142,7 @@ async fn holds_left_by_a_completed_session_are_orphans_and_released() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;
     let session = app.purchase(&gateway, &[("var-1", 1)], "k-done").await;
     // A hold under the finished session's name (a stray write, a restored backup).
-    let holder = Holder::Checkout(CartId::parse(&session).unwrap());
+    let holder = Holder::Checkout(SessionId::parse(&session).unwrap());
     let v1 = VariantId::parse("var-1").unwrap();
     app.inventory()
         .reserve(&holder, &[(v1, Quantity::new(3).unwrap())], 60_000)

@@ -8,11 +8,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use commerce_core::App;
-use commerce_core::PortError;
 use commerce_core::cart::CartRef;
 use commerce_core::checkout::Checkouts;
 use commerce_core::checkout::gateway::parse_event;
-use commerce_core::ids::CartId;
+use commerce_core::error::{Dependency, PortError};
+use commerce_core::ids::{CartId, SessionId};
 use commerce_core::ports::{Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue};
 use commerce_native::{NativePg, NativeRedis};
 use commerce_tests::TestApp;
@@ -34,9 +34,12 @@ impl<P> CrashAfter<P> {
         }
     }
 
-    fn crashed<T>(&self, result: Result<T, PortError>) -> Result<T, PortError> {
+    fn crashed<T>(&self, dependency: Dependency, result: Result<T, PortError>) -> Result<T, PortError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.at {
-            return Err(PortError::Unreachable("the process died after this call".into()));
+            return Err(PortError::unreachable(
+                dependency,
+                "the process died after this call",
+            ));
         }
         result
     }
@@ -45,19 +48,19 @@ impl<P> CrashAfter<P> {
 impl Redis for CrashAfter<NativeRedis> {
     async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
         let result = self.inner.execute(command, args).await;
-        self.crashed(result)
+        self.crashed(Dependency::Redis, result)
     }
 }
 
 impl Sql for CrashAfter<NativePg> {
     async fn query(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<SqlRow>, PortError> {
         let result = self.inner.query(statement, params).await;
-        self.crashed(result)
+        self.crashed(Dependency::Postgres, result)
     }
 
     async fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<u64, PortError> {
         let result = self.inner.execute(statement, params).await;
-        self.crashed(result)
+        self.crashed(Dependency::Postgres, result)
     }
 }
 
@@ -129,7 +132,7 @@ async fn a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order() {
         let retried = Checkouts::new(a).handle_event(&event).await.unwrap();
         assert_eq!(retried["state"], "COMPLETED", "{store} #{at}: {retried}");
         sold += 1;
-        let id = CartId::parse(&session).unwrap();
+        let id = SessionId::parse(&session).unwrap();
         assert_eq!(Checkouts::new(a).get(&id, None).await.unwrap().state, "COMPLETED");
         consistent(&app, sold).await;
     }
@@ -157,7 +160,7 @@ async fn a_crash_after_any_call_of_starting_a_checkout_is_resumed_by_its_retry()
         let resumed = Checkouts::new(a).start(&cart_ref, &token, None).await.unwrap();
         assert_eq!(resumed.session_id, format!("cs_{token}"));
         assert_eq!(resumed.state, "LOCKED");
-        let id = CartId::parse(&resumed.session_id).unwrap();
+        let id = SessionId::parse(&resumed.session_id).unwrap();
         Checkouts::new(a).cancel(&id, None).await.unwrap();
         consistent(&app, 0).await;
     }

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use commerce_core::PortError;
+use commerce_core::error::{Failure, PortError};
 use commerce_core::ports::{Redis, RedisReply, Sql, SqlValue};
 use commerce_native::{NativePg, NativeRedis};
 
@@ -90,7 +90,10 @@ async fn rediss_verifies_the_server_against_the_ca_file() {
     );
     // A CA that did not sign the server: no connection, an outage to the app (503).
     match ping(&url, &other_ca()).await {
-        Err(PortError::Unreachable(_)) => {}
+        Err(PortError {
+            failure: Failure::Unreachable(_),
+            ..
+        }) => {}
         other => panic!("a server the CA did not sign was accepted: {other:?}"),
     }
     // TLS to a plain client is no Redis it can talk to either.
@@ -125,7 +128,10 @@ async fn postgres_sslmode_verify_full_checks_the_server_and_require_only_encrypt
     let other = other_ca();
     for refused in [&url, &verify_ca] {
         match ssl_in_use(refused, &other).await {
-            Err(PortError::Unreachable(_)) => {}
+            Err(PortError {
+                failure: Failure::Unreachable(_),
+                ..
+            }) => {}
             other => panic!("{refused} accepted a server the CA did not sign: {other:?}"),
         }
     }

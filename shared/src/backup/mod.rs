@@ -4,7 +4,7 @@
 //! sorted sets, strings) round-trips exactly. After restoring an older backup, run
 //! `commerce reconcile`: PostgreSQL, not the backup, is the record of stock.
 
-use crate::error::{Error, ErrorCode, PortError, Result};
+use crate::error::{Error, ErrorCode, Failure, Result};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
 use crate::scan::Scan;
@@ -36,14 +36,8 @@ pub async fn export(
     let mut exported = 0;
     while let Some(found) = scan.next_page().await? {
         for key in found {
-            let dump = redis
-                .execute("DUMP", vec![key.as_str().into()])
-                .await
-                .map_err(PortError::redis)?;
-            let ttl = redis
-                .execute("PTTL", vec![key.as_str().into()])
-                .await
-                .map_err(PortError::redis)?;
+            let dump = redis.execute("DUMP", vec![key.as_str().into()]).await?;
+            let ttl = redis.execute("PTTL", vec![key.as_str().into()]).await?;
             let (Some(RedisReply::Bytes(dump)), Some(ttl)) =
                 (dump.into_iter().next(), ttl.first().and_then(RedisReply::as_int))
             else {
@@ -137,10 +131,10 @@ pub async fn restore(
                 n + 1,
                 entry.key
             );
-            return Err(match e {
-                PortError::Server(_) => Error::bad_request(ErrorCode::InvalidBackup, message),
-                PortError::Unreachable(_) => Error::Unavailable {
-                    dependency: "redis",
+            return Err(match e.failure {
+                Failure::Server(_) => Error::bad_request(ErrorCode::InvalidBackup, message),
+                Failure::Unreachable(_) => Error::Unavailable {
+                    dependency: e.dependency.name(),
                     message,
                 },
             });

@@ -187,8 +187,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
         let sets = self
             .redis
             .execute("HKEYS", vec![keys.sets.as_str().into()])
-            .await
-            .map_err(|e| e.redis())?;
+            .await?;
         let eligibility: Vec<String> = sets
             .iter()
             .filter_map(|s| SetId::parse(s.as_text()?).ok())
@@ -206,7 +205,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
 
     /// Loads every active bundle into the cache, calling `progress` with the count.
     pub async fn warm(&self, mut progress: impl FnMut(u64)) -> Result<u64> {
-        let rows = self.sql.query(ACTIVE_BUNDLES, &[]).await.map_err(|e| e.sql())?;
+        let rows = self.sql.query(ACTIVE_BUNDLES, &[]).await?;
         let mut warmed = 0;
         for id in rows
             .iter()
@@ -224,8 +223,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
         let rows = self
             .sql
             .query(BUNDLE_ROWS, &[SqlValue::Text(bundle.to_string())])
-            .await
-            .map_err(|e| e.sql())?;
+            .await?;
         let definition = assemble(bundle, &rows)?;
         let set_ids: Vec<SetId> = definition
             .sets
@@ -253,7 +251,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
     }
 
     async fn run(&self, script: &Script, keys: &[&str], args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
-        script.run(self.redis, keys, args).await.map_err(|e| e.redis())
+        script.run(self.redis, keys, args).await.map_err(Error::from)
     }
 }
 

@@ -440,7 +440,7 @@ impl<'a, R: Redis> Carts<'a, R> {
         script
             .run(self.redis, &[&key, &lock], args)
             .await
-            .map_err(|e| e.redis())
+            .map_err(Error::from)
     }
 }
 

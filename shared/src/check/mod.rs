@@ -20,9 +20,9 @@ use serde_json::Value;
 use crate::app::App;
 use crate::cart::Carts;
 use crate::checkout::paid;
-use crate::error::{Error, PortError, Result};
-use crate::ids::{CartId, Quantity, VariantId};
-use crate::inventory::{Holder, Inventory, Level};
+use crate::error::{Error, Result};
+use crate::ids::{Holder, Quantity, SessionId, VariantId};
+use crate::inventory::{Inventory, Level};
 use crate::keys::VariantKeys;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::scan::Scan;
@@ -121,26 +121,18 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     }
 
     async fn sql(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>> {
-        self.app
-            .sql
-            .query(statement, params)
-            .await
-            .map_err(PortError::sql)
+        self.app.sql.query(statement, params).await.map_err(Error::from)
     }
 
     async fn redis(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
-        self.app
-            .redis
-            .execute(command, args)
-            .await
-            .map_err(PortError::redis)
+        self.app.redis.execute(command, args).await.map_err(Error::from)
     }
 
     /// Compares every variant, page by page; returns the Redis clock.
     async fn variants(&self, report: &mut CheckReport) -> Result<i64> {
         let mut after = String::new();
         let mut now = 0;
-        let mut checkout_holders: BTreeMap<CartId, Vec<VariantId>> = BTreeMap::new();
+        let mut checkout_holders: BTreeMap<SessionId, Vec<VariantId>> = BTreeMap::new();
         loop {
             let levels = self.inventory().levels_page(&after, PAGE_SIZE).await?;
             let Some(last) = levels.last() else { break };
@@ -154,7 +146,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 for (holder, _) in &seen.holders {
                     if let Some(id) = holder
                         .strip_prefix("checkout:")
-                        .and_then(|s| CartId::parse(s).ok())
+                        .and_then(|s| SessionId::parse(s).ok())
                     {
                         checkout_holders.entry(id).or_default().push(variant.clone());
                     }
@@ -189,10 +181,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     async fn read_batch(&self, levels: &[Level]) -> Result<(i64, Vec<RedisVariant>)> {
         let keys: Vec<VariantKeys> = levels.iter().map(|l| self.app.keys.variant(&l.variant)).collect();
         let flat: Vec<&str> = keys.iter().flat_map(VariantKeys::with_version).collect();
-        let reply = PAGE
-            .run(&self.app.redis, &flat, Vec::new())
-            .await
-            .map_err(PortError::redis)?;
+        let reply = PAGE.run(&self.app.redis, &flat, Vec::new()).await?;
         if tag(&reply) != "OK" {
             return Err(unexpected(&reply));
         }
@@ -329,8 +318,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             for _ in 0..64 {
                 let reply = FIX_RESERVED
                     .run(&self.app.redis, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
-                    .await
-                    .map_err(PortError::redis)?;
+                    .await?;
                 if tag(&reply) == "OK" {
                     fixed = reply.get(1).and_then(RedisReply::as_int);
                     break;
@@ -351,7 +339,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     async fn check_holder(
         &self,
         report: &mut CheckReport,
-        session: &CartId,
+        session: &SessionId,
         variants: &[VariantId],
     ) -> Result<()> {
         let state = self
@@ -436,7 +424,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         if !matches!(state, "LOCKED" | "PAYMENT_PENDING") || deadline <= now {
             return Ok(());
         }
-        let Ok(session) = CartId::parse(id) else {
+        let Ok(session) = SessionId::parse(id) else {
             return Ok(());
         };
         let Some(cart) = crate::checkout::parse_cart_ref(cart) else {
@@ -536,8 +524,8 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             };
             // Redis may know better: a session it saw end (the request that ended it lost
             // PostgreSQL before marking it) is over in PostgreSQL too.
-            let id =
-                CartId::parse(session).map_err(|_| Error::Internal(format!("bad session id {session}")))?;
+            let id = SessionId::parse(session)
+                .map_err(|_| Error::Internal(format!("bad session id {session}")))?;
             let state = self
                 .redis(
                     "HGET",

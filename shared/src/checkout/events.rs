@@ -11,8 +11,8 @@ use super::state::State;
 use super::{Checkouts, KEEP_MS, before_payment, ended, gateway, order, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
-use crate::ids::CartId;
-use crate::inventory::Holder;
+use crate::ids::{Holder, SessionId};
+
 use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, Sql};
 use crate::script::{Script, lua};
@@ -29,7 +29,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let Some(id) = event.session_id.as_deref() else {
             return Ok(json!({ "received": true, "ignored": "the payment has no checkout session" }));
         };
-        let id = CartId::parse(id)?;
+        let id = SessionId::parse(id)?;
         match &event.kind {
             gateway::EventKind::PaymentSucceeded => self.confirm(&id, event).await,
             gateway::EventKind::PaymentFailed => self.payment_failed(&id, event).await,
@@ -37,7 +37,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
     }
 
-    async fn payment_failed(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+    async fn payment_failed(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<Value> {
         let session = match self.load(id).await {
             Ok(session) => session,
             Err(Error::NotFound { .. }) => {
@@ -70,7 +70,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// The session from Redis, or, if Redis lost it, put back from PostgreSQL's copy of a
     /// paid session. `None`: neither knows it.
-    async fn load_or_restore(&self, id: &CartId) -> Result<Option<Session>> {
+    async fn load_or_restore(&self, id: &SessionId) -> Result<Option<Session>> {
         match self.load(id).await {
             Ok(session) => return Ok(Some(session)),
             Err(Error::NotFound { .. }) => {}
@@ -116,7 +116,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(Some(session))
     }
 
-    async fn confirm(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+    async fn confirm(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<Value> {
         // Redis first: on the hot path the session is there, and nothing else is asked
         // before its deadline is checked.
         match self.load(id).await {
@@ -129,7 +129,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// A payment for a session Redis does not have (lost, or long gone): an order that
     /// exists answers for its own payment, whatever Redis remembers; a paid session
     /// PostgreSQL keeps is put back and completed; any other payment goes back.
-    async fn confirm_forgotten(&self, id: &CartId, event: &gateway::WebhookEvent) -> Result<Value> {
+    async fn confirm_forgotten(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<Value> {
         if let Some((order_id, _, intent)) = order::find(&self.app.sql, id.as_str()).await? {
             if intent == event.intent_id {
                 // Redis may have lost the session before the order's stock change reached
@@ -212,7 +212,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Refunds a payment for a session that neither Redis nor PostgreSQL can sell to.
     async fn refund_unknown(
         &self,
-        id: &CartId,
+        id: &SessionId,
         event: &gateway::WebhookEvent,
         reason: &str,
     ) -> Result<Value> {
@@ -221,7 +221,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Owes the payment back through the outbox (keyed by intent) and sends it now.
-    async fn send_refund(&self, id: &CartId, event: &gateway::WebhookEvent, reason: &str) -> Result<()> {
+    async fn send_refund(&self, id: &SessionId, event: &gateway::WebhookEvent, reason: &str) -> Result<()> {
         outbox::enqueue_refund(
             &self.app.sql,
             id.as_str(),

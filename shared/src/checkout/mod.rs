@@ -43,9 +43,9 @@ use self::state::State;
 use crate::app::App;
 use crate::auth;
 use crate::cart::{CartRef, Carts};
-use crate::error::{Error, PortError, Result};
-use crate::ids::{CartId, Quantity, VariantId};
-use crate::inventory::{Holder, Inventory};
+use crate::error::{Error, Result};
+use crate::ids::{Holder, Quantity, SessionId, VariantId};
+use crate::inventory::Inventory;
 use crate::metrics::{self, Event};
 use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
@@ -92,7 +92,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Holds the frozen demand for the session for `ttl_ms` plus the grace period, and
     /// returns the session's deadline: the holds' deadline, read once from the Redis clock,
     /// less the grace. So the holds always outlive the session (DESIGN §4, invariant 2).
-    async fn hold(&self, session: &CartId, demand: &[(VariantId, Quantity)], ttl_ms: i64) -> Result<i64> {
+    async fn hold(&self, session: &SessionId, demand: &[(VariantId, Quantity)], ttl_ms: i64) -> Result<i64> {
         let held = self
             .inventory()
             .reserve(
@@ -112,23 +112,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     async fn run(&self, script: &Script, keys: &[&str], args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
-        script
-            .run(&self.app.redis, keys, args)
-            .await
-            .map_err(PortError::redis)
+        script.run(&self.app.redis, keys, args).await.map_err(Error::from)
     }
 
     /// The session's frozen quote, definitions and demand: from Redis, or, if Redis lost
     /// them meanwhile (a flush between two calls of one request), from PostgreSQL's copy
     /// of a paid session. Neither: the session is gone (404).
-    async fn metadata(&self, session: &CartId) -> Result<Value> {
+    async fn metadata(&self, session: &SessionId) -> Result<Value> {
         let key = self.app.keys.checkout_metadata(session);
-        let reply = self
-            .app
-            .redis
-            .execute("GET", vec![key.into()])
-            .await
-            .map_err(PortError::redis)?;
+        let reply = self.app.redis.execute("GET", vec![key.into()]).await?;
         if let Some(text) = reply.first().and_then(RedisReply::as_text) {
             return serde_json::from_str(text)
                 .map_err(|_| Error::Internal(format!("checkout {session} has malformed frozen metadata")));
@@ -140,7 +132,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .map_err(|_| Error::Internal(format!("checkout {session} has malformed metadata in PostgreSQL")))
     }
 
-    async fn unlock(&self, lock_key: &str, session: &CartId) -> Result<()> {
+    async fn unlock(&self, lock_key: &str, session: &SessionId) -> Result<()> {
         self.run(&UNLOCK, &[lock_key], vec![session.as_str().into(), "".into()])
             .await?;
         Ok(())
@@ -207,7 +199,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Reads a session; one past its deadline before payment is expired now and releases
     /// what it held.
-    async fn load(&self, id: &CartId) -> Result<Session> {
+    async fn load(&self, id: &SessionId) -> Result<Session> {
         let key = self.app.keys.checkout_session(id);
         let reply = self.run(&GET, &[&key], vec![before_payment()]).await?;
         let (tag, session) = parse_session(&reply)?;
@@ -224,7 +216,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// session after it.
     async fn transition(
         &self,
-        id: &CartId,
+        id: &SessionId,
         to: State,
         deadline_ms: Option<i64>,
         fields: &[(&str, &str)],
@@ -259,7 +251,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// The session, with its frozen quote, for a caller the session answers.
-    pub async fn get(&self, id: &CartId, authorization: Option<&str>) -> Result<SessionView> {
+    pub async fn get(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
         let session = self.load(id).await?;
         self.authorize(&session, authorization)?;
         let quote = self.metadata(id).await.ok().map(|m| m["quote"].clone());
@@ -268,7 +260,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Cancels a session before payment: holds and lock released, its intent (if any)
     /// cancelled at the gateway. After payment, 409.
-    pub async fn cancel(&self, id: &CartId, authorization: Option<&str>) -> Result<SessionView> {
+    pub async fn cancel(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
         let session = self.load(id).await?;
         self.authorize(&session, authorization)?;
         let (tag, session) = self.transition(id, State::Cancelled, None, &[]).await?;

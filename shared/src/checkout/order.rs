@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, Result};
 use crate::ids::{Quantity, VariantId};
 use crate::inventory::StockChange;
 use crate::metrics::{self, Event};
@@ -172,8 +172,8 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     let rows = match sql.query(WRITE_ORDER, &params).await {
         Ok(rows) => rows,
         // The CHECK behind the guard (23514): treated as the shortage it is.
-        Err(PortError::Server(message)) if is_check_violation(&message) => Vec::new(),
-        Err(e) => return Err(PortError::sql(e)),
+        Err(e) if e.server_message().is_some_and(is_check_violation) => Vec::new(),
+        Err(e) => return Err(e.into()),
     };
     if !rows.is_empty() {
         metrics::event(Event::OrderPlaced);
@@ -182,10 +182,7 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     if find(sql, order.session).await?.is_some() {
         return Ok(Written::Placed(changes_of(sql, order.session).await?));
     }
-    let shortages = sql
-        .query(SHORTAGES, &[SqlValue::Text(demand)])
-        .await
-        .map_err(PortError::sql)?;
+    let shortages = sql.query(SHORTAGES, &[SqlValue::Text(demand)]).await?;
     let shortages = shortages
         .first()
         .and_then(|r| r.first()?.as_text())
@@ -200,8 +197,7 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
                 SqlValue::Text(shortages.clone()),
             ],
         )
-        .await
-        .map_err(PortError::sql)?;
+        .await?;
     if recorded > 0 {
         metrics::event(Event::OversellRefused);
     }
@@ -214,17 +210,13 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
 pub async fn changes_of(sql: &impl Sql, session: &str) -> Result<Vec<StockChange>> {
     let rows = sql
         .query(ORDER_CHANGES, &[SqlValue::Text(session.to_owned())])
-        .await
-        .map_err(PortError::sql)?;
+        .await?;
     parse_changes(&rows)
 }
 
 /// The id, fencing version and payment intent of the session's order, if written.
 pub async fn find(sql: &impl Sql, session: &str) -> Result<Option<(String, i64, String)>> {
-    let rows = sql
-        .query(ORDER_ID, &[SqlValue::Text(session.to_owned())])
-        .await
-        .map_err(PortError::sql)?;
+    let rows = sql.query(ORDER_ID, &[SqlValue::Text(session.to_owned())]).await?;
     Ok(rows.first().and_then(|r| {
         Some((
             r.first()?.as_text()?.to_owned(),

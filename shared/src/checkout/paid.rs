@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, Result};
 use crate::ids::{Quantity, VariantId};
 use crate::ports::{Sql, SqlValue};
 
@@ -86,7 +86,7 @@ pub async fn save(sql: &impl Sql, session: &PaidSession<'_>) -> Result<()> {
         SqlValue::Text(session.metadata.to_string()),
         SqlValue::Text(Value::Array(demand).to_string()),
     ];
-    sql.execute(SAVE, &params).await.map_err(PortError::sql)?;
+    sql.execute(SAVE, &params).await?;
     Ok(())
 }
 
@@ -100,8 +100,7 @@ pub async fn end(sql: &impl Sql, session: &str, state: &str) -> Result<()> {
             SqlValue::Text(state.to_owned()),
         ],
     )
-    .await
-    .map_err(PortError::sql)?;
+    .await?;
     Ok(())
 }
 
@@ -128,10 +127,7 @@ pub struct Kept {
 
 /// Reads a kept paid session.
 pub async fn load(sql: &impl Sql, session: &str) -> Result<Option<Kept>> {
-    let rows = sql
-        .query(LOAD, &[SqlValue::Text(session.to_owned())])
-        .await
-        .map_err(PortError::sql)?;
+    let rows = sql.query(LOAD, &[SqlValue::Text(session.to_owned())]).await?;
     let Some(row) = rows.first() else {
         return Ok(None);
     };

@@ -10,8 +10,8 @@ use super::state::State;
 use super::{Checkouts, UNLOCK, gateway, paid};
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, PortError, Result};
-use crate::ids::CartId;
+use crate::error::{Error, Result};
+use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
 
@@ -23,7 +23,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// gateway sees the same idempotency key for the session every time), extends the holds
     /// and the lock to the session's lifetime, keeps the paid session in PostgreSQL, and
     /// moves the session to PAYMENT_PENDING.
-    pub async fn payment_intent(&self, id: &CartId, authorization: Option<&str>) -> Result<Value> {
+    pub async fn payment_intent(&self, id: &SessionId, authorization: Option<&str>) -> Result<Value> {
         let session = self.load(id).await?;
         self.authorize(&session, authorization)?;
         match session.state {
@@ -36,8 +36,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .app
             .redis
             .execute("GET", vec![intent_key.as_str().into()])
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         let intent: Value = match stored.first().and_then(RedisReply::as_text) {
             Some(text) => {
                 serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
@@ -67,8 +66,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                             RedisArg::Int(INTENT_TTL_MS),
                         ],
                     )
-                    .await
-                    .map_err(PortError::redis)?;
+                    .await?;
                 intent
             }
         };
@@ -138,13 +136,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// The id of the intent created for the session, if any.
-    pub(super) async fn stored_intent_id(&self, id: &CartId) -> Result<Option<String>> {
+    pub(super) async fn stored_intent_id(&self, id: &SessionId) -> Result<Option<String>> {
         let stored = self
             .app
             .redis
             .execute("GET", vec![self.app.keys.payment_intent(id).into()])
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         Ok(stored
             .first()
             .and_then(RedisReply::as_text)

@@ -14,7 +14,7 @@ use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, object, str_field};
 use crate::idempotency;
-use crate::ids::{CartId, CustomerId};
+use crate::ids::{CartId, CustomerId, SessionId};
 use crate::ports::{Http, Redis, Sql};
 
 /// Routes the checkout paths; `None` if the path is not checkout's.
@@ -39,7 +39,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         },
         ["v1", "checkout", "payment-webhook"] if post => webhook(app, req).await,
         ["v1", "checkout", session] if req.method == "GET" => get(app, req, session).await,
-        ["v1", "checkout", session, "payment-intent"] if post => match CartId::parse(session) {
+        ["v1", "checkout", session, "payment-intent"] if post => match SessionId::parse(session) {
             Ok(id) => {
                 idempotency::once(app, req, "payment-intent", false, |_| async move {
                     let intent = Checkouts::new(app)
@@ -51,7 +51,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             }
             Err(e) => Err(e),
         },
-        ["v1", "checkout", session, "cancel"] if post => match CartId::parse(session) {
+        ["v1", "checkout", session, "cancel"] if post => match SessionId::parse(session) {
             Ok(id) => Checkouts::new(app)
                 .cancel(&id, req.header("authorization"))
                 .await
@@ -108,7 +108,7 @@ async fn get<R: Redis, S: Sql, H: Http>(
     req: &Request,
     session: &str,
 ) -> Result<Response> {
-    let id = CartId::parse(session)?;
+    let id = SessionId::parse(session)?;
     let view = Checkouts::new(app).get(&id, req.header("authorization")).await?;
     Ok(Response::json(200, &view))
 }

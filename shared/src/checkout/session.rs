@@ -8,7 +8,7 @@ use super::state::State;
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::{CartId, CustomerId};
+use crate::ids::{CartId, CustomerId, SessionId};
 use crate::ports::RedisReply;
 
 /// A checkout session as the API shows it.
@@ -50,7 +50,7 @@ pub struct SessionView {
 /// A session as stored.
 #[derive(Debug, Clone)]
 pub(super) struct Session {
-    pub(super) id: CartId,
+    pub(super) id: SessionId,
     pub(super) cart: CartRef,
     pub(super) state: State,
     pub(super) version: i64,
@@ -123,7 +123,9 @@ pub(super) fn parse_session(reply: &[RedisReply]) -> Result<(String, Option<Sess
         .map(|h| json!({ "state": h["state"], "at": rfc3339_millis(h["at"].as_i64().unwrap_or(0)) }))
         .collect();
     let session = Session {
-        id: text("id").and_then(|s| CartId::parse(&s).ok()).ok_or_else(bad)?,
+        id: text("id")
+            .and_then(|s| SessionId::parse(&s).ok())
+            .ok_or_else(bad)?,
         cart: text("cart").and_then(|c| parse_cart_ref(&c)).ok_or_else(bad)?,
         state: text("state").and_then(|s| State::parse(&s)).ok_or_else(bad)?,
         version: int("version").ok_or_else(bad)?,
@@ -138,7 +140,7 @@ pub(super) fn parse_session(reply: &[RedisReply]) -> Result<(String, Option<Sess
     Ok((tag, Some(session)))
 }
 
-pub(super) fn checkout_not_found(session: &CartId) -> Error {
+pub(super) fn checkout_not_found(session: &SessionId) -> Error {
     Error::not_found(
         ErrorCode::CheckoutNotFound,
         format!("no checkout session {session}"),

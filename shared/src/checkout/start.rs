@@ -9,7 +9,7 @@ use super::session::{SessionView, cart_ref_text, parse_session};
 use super::{Checkouts, KEEP_MS};
 use crate::cart::{self, CartLine, CartRef};
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::{CartId, Quantity, VariantId};
+use crate::ids::{Quantity, SessionId, VariantId};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
 use crate::pricing::quote::{cart_quote_lines, price_lines};
@@ -77,7 +77,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         token: &str,
         customer_group: Option<String>,
     ) -> Result<SessionView> {
-        let session = CartId::parse(&format!("cs_{token}"))?;
+        let session = SessionId::parse(&format!("cs_{token}"))?;
         let carts = self.carts();
         let (cart_key, lock_key) = (carts.key(cart), carts.lock_key(cart));
         let locked = self
@@ -130,7 +130,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     async fn freeze_and_hold(
         &self,
         cart: &CartRef,
-        session: &CartId,
+        session: &SessionId,
         locked: &[RedisReply],
         customer_group: Option<String>,
     ) -> Result<SessionView> {

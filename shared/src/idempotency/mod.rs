@@ -12,7 +12,7 @@
 use serde_json::Value;
 
 use crate::app::App;
-use crate::error::{Error, ErrorCode, PortError, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response};
 use crate::ids::random_hex_128;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
@@ -82,8 +82,7 @@ where
                 RedisArg::Int(app.settings.request_timeout_ms as i64),
             ],
         )
-        .await
-        .map_err(PortError::redis)?;
+        .await?;
     let text = |i: usize| begun.get(i).and_then(RedisReply::as_text).map(str::to_owned);
     let token = match text(0).as_deref() {
         Some("NEW" | "RESUME") => text(1).ok_or_else(|| unexpected(&begun))?,
@@ -163,8 +162,7 @@ where
                 headers.into(),
             ],
         )
-        .await
-        .map_err(PortError::redis)?;
+        .await?;
     outcome
 }
 

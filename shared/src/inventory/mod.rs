@@ -8,10 +8,7 @@
 //! first use, and every change to on-hand commits there first and is then mirrored into
 //! Redis exactly once (see `apply_stock.lua`).
 
-mod holder;
 pub mod routes;
-
-pub use holder::Holder;
 
 use futures_util::future::join_all;
 use serde::Serialize;
@@ -19,7 +16,7 @@ use serde_json::json;
 
 use crate::catalog;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::{Quantity, VariantId};
+use crate::ids::{Holder, Quantity, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::metrics::{self, Cache, Event};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
@@ -365,7 +362,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         args.extend(lines.iter().map(|(v, _)| RedisArg::from(v.as_str())));
         if let Err(e) = HOLD_INDEX.run(self.redis, &[&index], args).await {
             self.put_back(holder, &taken).await;
-            return Err(e.redis());
+            return Err(e.into());
         }
         metrics::event(Event::ReservationGranted);
         Ok(Reservation { deadline_ms })
@@ -491,8 +488,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let members = self
             .redis
             .execute("SMEMBERS", vec![index.as_str().into()])
-            .await
-            .map_err(|e| e.redis())?;
+            .await?;
         let mut variants: Vec<VariantId> = members
             .iter()
             .filter_map(|m| VariantId::parse(m.as_text()?).ok())
@@ -515,10 +511,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         for units in each {
             released += units?;
         }
-        self.redis
-            .execute("DEL", vec![index.as_str().into()])
-            .await
-            .map_err(|e| e.redis())?;
+        self.redis.execute("DEL", vec![index.as_str().into()]).await?;
         Ok(released)
     }
 
@@ -535,8 +528,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let reply = Reply(
             RELEASE
                 .run(self.redis, &keys, vec![holder.to_string().into()])
-                .await
-                .map_err(|e| e.redis())?,
+                .await?,
         );
         match (reply.tag(), reply.ints()?.as_slice()) {
             ("OK", [released]) => Ok(*released),
@@ -561,10 +553,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         {
             outcome?;
         }
-        self.redis
-            .execute("DEL", vec![index.as_str().into()])
-            .await
-            .map_err(|e| e.redis())?;
+        self.redis.execute("DEL", vec![index.as_str().into()]).await?;
         Ok(())
     }
 
@@ -616,7 +605,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let mut written = None;
         // Update, else insert the first level, else a concurrent insert won: update.
         for statement in [UPDATE_LEVEL, INSERT_LEVEL, UPDATE_LEVEL] {
-            let rows = self.sql.query(statement, &params).await.map_err(|e| e.sql())?;
+            let rows = self.sql.query(statement, &params).await?;
             if let Some(row) = rows.first() {
                 written = Some(int_columns::<4>(row)?);
                 break;
@@ -674,8 +663,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 LEVELS_PAGE,
                 &[SqlValue::Text(after.to_owned()), SqlValue::Int(limit)],
             )
-            .await
-            .map_err(|e| e.sql())?;
+            .await?;
         parse_levels(&rows)
     }
 
@@ -715,12 +703,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// Runs a script until it is not out of purge budget.
     async fn run_purged(&self, script: &Script, keys: &[&str], args: Vec<RedisArg>) -> Result<Reply> {
         for _ in 0..MAX_PURGE_ROUNDS {
-            let reply = Reply(
-                script
-                    .run(self.redis, keys, args.clone())
-                    .await
-                    .map_err(|e| e.redis())?,
-            );
+            let reply = Reply(script.run(self.redis, keys, args.clone()).await?);
             if reply.tag() != "RETRY" {
                 return Ok(reply);
             }
@@ -769,11 +752,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// PostgreSQL; unknown variants are left out.
     async fn read_levels(&self, variants: &[VariantId]) -> Result<Vec<Level>> {
         let ids = variants.iter().map(ToString::to_string).collect();
-        let rows = self
-            .sql
-            .query(LEVELS_OF, &[SqlValue::TextArray(ids)])
-            .await
-            .map_err(|e| e.sql())?;
+        let rows = self.sql.query(LEVELS_OF, &[SqlValue::TextArray(ids)]).await?;
         parse_levels(&rows)
     }
 
@@ -813,12 +792,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 args.push(RedisArg::Int(*deadline));
             }
         }
-        let reply = Reply(
-            LOAD_STOCK
-                .run(self.redis, &flat, args)
-                .await
-                .map_err(|e| e.redis())?,
-        );
+        let reply = Reply(LOAD_STOCK.run(self.redis, &flat, args).await?);
         let results = reply.ints()?;
         if reply.tag() != "OK" || results.len() != levels.len() {
             return Err(unexpected(&reply.0));
@@ -852,7 +826,7 @@ fn parse_levels(rows: &[Vec<SqlValue>]) -> Result<Vec<Level>> {
             let holds = holds
                 .into_iter()
                 .map(|(session, quantity, deadline)| {
-                    let session = crate::ids::CartId::parse(&session).map_err(|_| bad())?;
+                    let session = crate::ids::SessionId::parse(&session).map_err(|_| bad())?;
                     Ok((Holder::Checkout(session).to_string(), quantity, deadline))
                 })
                 .collect::<Result<_>>()?;

@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{Holder, Inventory, LevelChange, MAX_BATCH, MaxPerOrder};
+use super::{Inventory, LevelChange, MAX_BATCH, MaxPerOrder};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, array_field, field, object, str_field};
-use crate::ids::{CartId, Quantity, VariantId};
+use crate::ids::{ExternalHolderId, Holder, Quantity, VariantId};
 use crate::ports::{Http, Redis, Sql};
 use crate::settings::Settings;
 
@@ -102,14 +102,14 @@ async fn availability<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Reque
 
 /// A parsed reservation request.
 struct ReservationRequest {
-    cart: CartId,
+    cart: ExternalHolderId,
     lines: Vec<(VariantId, Quantity)>,
     ttl_seconds: u32,
 }
 
 fn parse_reservation(body: &Value, settings: &Settings) -> Result<ReservationRequest> {
     let body = object(body)?;
-    let cart = CartId::parse(str_field(body, "cartId")?)?;
+    let cart = ExternalHolderId::parse(str_field(body, "cartId")?)?;
     // Lines naming one variant twice are summed: the holder asks for that many in all.
     let mut wanted: BTreeMap<VariantId, i64> = BTreeMap::new();
     let mut order: Vec<VariantId> = Vec::new();
@@ -192,7 +192,7 @@ async fn release<R: Redis, S: Sql, H: Http>(
     cart: &str,
 ) -> Result<Response> {
     app.settings.authorize_trusted(req.header("authorization"))?;
-    let cart = CartId::parse(cart)?;
+    let cart = ExternalHolderId::parse(cart)?;
     let released = store(app).release(&Holder::External(cart.clone()), &[]).await?;
     Ok(Response::json(
         200,

@@ -110,15 +110,7 @@ const STATUSES: [u16; 17] = [
 ];
 
 /// The dependencies measured by [`Measured`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dependency {
-    /// Redis (`commerce_redis_call_seconds`).
-    Redis = 0,
-    /// PostgreSQL (`commerce_postgres_call_seconds`).
-    Postgres = 1,
-    /// The payment gateway (`commerce_gateway_call_seconds`).
-    Gateway = 2,
-}
+pub use crate::error::Dependency;
 
 const DEPENDENCIES: [(&str, &str); 3] = [
     ("redis", "commerce_redis_call_seconds"),
@@ -207,9 +199,9 @@ impl ErrorKind {
     /// the message says which outage it was, in the words of both the native clients and
     /// the Spin host.
     pub fn of(error: &crate::PortError) -> Self {
-        match error {
-            crate::PortError::Server(_) => ErrorKind::Server,
-            crate::PortError::Unreachable(message) => {
+        match &error.failure {
+            crate::error::Failure::Server(_) => ErrorKind::Server,
+            crate::error::Failure::Unreachable(message) => {
                 let message = message.to_ascii_lowercase();
                 if ["timed out", "timeout", "did not answer within", "time limit"]
                     .iter()
@@ -447,29 +439,22 @@ mod tests {
 
     #[test]
     fn port_errors_are_classified_by_kind() {
-        use crate::PortError::{Server, Unreachable};
+        use crate::PortError;
+        let server = |message: &str| PortError::server(Dependency::Redis, message);
+        let unreachable = |message: &str| PortError::unreachable(Dependency::Postgres, message);
         let cases = [
-            (Server("NOSCRIPT No matching script".into()), ErrorKind::Server),
+            (server("NOSCRIPT No matching script"), ErrorKind::Server),
+            (unreachable("redis did not answer within 2s"), ErrorKind::Timeout),
             (
-                Unreachable("redis did not answer within 2s".into()),
+                unreachable("canceling statement due to statement timeout"),
                 ErrorKind::Timeout,
             ),
             (
-                Unreachable("canceling statement due to statement timeout".into()),
-                ErrorKind::Timeout,
-            ),
-            (
-                Unreachable("Connection refused (os error 111)".into()),
+                unreachable("Connection refused (os error 111)"),
                 ErrorKind::Refused,
             ),
-            (
-                Unreachable("error connecting to server".into()),
-                ErrorKind::Refused,
-            ),
-            (
-                Unreachable("LOADING Redis is loading".into()),
-                ErrorKind::Unavailable,
-            ),
+            (unreachable("error connecting to server"), ErrorKind::Refused),
+            (unreachable("LOADING Redis is loading"), ErrorKind::Unavailable),
         ];
         for (error, kind) in cases {
             assert_eq!(ErrorKind::of(&error), kind, "{error}");

@@ -28,7 +28,7 @@ pub use self::gateway::Outcome;
 use self::gateway::{Gateway, RefundRequest};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, ErrorCode, PortError, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::{self, Event};
 use crate::ports::{Http, Sql, SqlRow, SqlValue};
 
@@ -278,10 +278,7 @@ pub async fn enqueue_refund(
         SqlValue::Text(currency.to_owned()),
         SqlValue::Text(reason.to_owned()),
     ];
-    let written = sql
-        .execute(ENQUEUE_REFUND, &params)
-        .await
-        .map_err(PortError::sql)?;
+    let written = sql.execute(ENQUEUE_REFUND, &params).await?;
     if written > 0 {
         metrics::event(Event::RefundEnqueued);
     }
@@ -298,10 +295,7 @@ pub async fn enqueue_cancel(sql: &impl Sql, session: &str, intent: &str, reason:
         SqlValue::Text(intent.to_owned()),
         SqlValue::Text(reason.to_owned()),
     ];
-    let written = sql
-        .execute(ENQUEUE_CANCEL, &params)
-        .await
-        .map_err(PortError::sql)?;
+    let written = sql.execute(ENQUEUE_CANCEL, &params).await?;
     if written > 0 {
         metrics::event(Event::CancelEnqueued);
     }
@@ -345,7 +339,7 @@ pub async fn list(sql: &impl Sql, state: Option<OutboxState>, limit: u32) -> Res
         state.map_or(SqlValue::Null, |s| SqlValue::Text(s.name().to_owned())),
         SqlValue::Int(limit.into()),
     ];
-    let rows = sql.query(LIST, &params).await.map_err(PortError::sql)?;
+    let rows = sql.query(LIST, &params).await?;
     rows.iter().map(parse_entry).collect()
 }
 
@@ -389,7 +383,7 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
         SqlValue::Int(lease_ms(app.settings.gateway_timeout_ms)),
         intent.map_or(SqlValue::Null, |i| SqlValue::Text(i.to_owned())),
     ];
-    let rows = app.sql.query(CLAIM, &params).await.map_err(PortError::sql)?;
+    let rows = app.sql.query(CLAIM, &params).await?;
     let claimed = match &rows[..] {
         [] => return Ok(None),
         [row] => parse_claim(row)?,
@@ -448,10 +442,7 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
         }
     };
     let params: Vec<SqlValue> = key.into_iter().chain(extra).collect();
-    app.sql
-        .execute(statement, &params)
-        .await
-        .map_err(PortError::sql)?;
+    app.sql.execute(statement, &params).await?;
     Ok(Some(Attempt {
         kind,
         payment_intent_id: claimed.intent,

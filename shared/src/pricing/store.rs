@@ -26,7 +26,7 @@ use super::engine::{
     BundlePricing, Discount, DiscountKind, DiscountTarget, PriceBreak, PriceList, PricingInput, VariantPrices,
 };
 use super::money::Currency;
-use crate::error::{Error, ErrorCode, PortError, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::keys::{Keys, RulesetKind};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, unexpected};
@@ -141,7 +141,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
     }
 
     async fn redis(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>> {
-        self.redis.execute(command, args).await.map_err(PortError::redis)
+        self.redis.execute(command, args).await.map_err(Error::from)
     }
 
     /// Builds the next version of a ruleset from PostgreSQL under new keys, switches to it
@@ -160,8 +160,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                 NEXT_VERSION,
                 &[SqlValue::Text(kind.name().to_owned()), SqlValue::Int(current + 1)],
             )
-            .await
-            .map_err(PortError::sql)?;
+            .await?;
         let version = next
             .first()
             .and_then(|r| r.first()?.as_int())
@@ -176,11 +175,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             }
             RulesetKind::Discounts => {
                 entries += self.copy_pages(DISCOUNTS, &keys[0]).await?;
-                let order = self
-                    .sql
-                    .query(ORDER_DISCOUNTS, &[])
-                    .await
-                    .map_err(PortError::sql)?;
+                let order = self.sql.query(ORDER_DISCOUNTS, &[]).await?;
                 let order = order
                     .first()
                     .and_then(|r| r.first()?.as_text())
@@ -231,8 +226,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                     self.keys.ruleset_channel(kind).into(),
                 ],
             )
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         let previous = reply
             .get(1)
             .and_then(RedisReply::as_int)
@@ -271,8 +265,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                     version_key.as_str().into(),
                 ],
             )
-            .await
-            .map_err(PortError::redis)?;
+            .await?;
         let previous = reply
             .get(1)
             .and_then(RedisReply::as_int)
@@ -298,8 +291,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             let rows = self
                 .sql
                 .query(statement, &[SqlValue::Text(after.clone()), SqlValue::Int(PAGE)])
-                .await
-                .map_err(PortError::sql)?;
+                .await?;
             let fields: Vec<(String, String)> = rows
                 .iter()
                 .filter_map(|r| Some((r.first()?.as_text()?.to_owned(), r.get(1)?.as_text()?.to_owned())))
@@ -374,7 +366,7 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
             return READ
                 .run(self.redis, &[&pointers[0], &pointers[1]], args)
                 .await
-                .map_err(PortError::redis);
+                .map_err(Error::from);
         }
         let version = |key: &str| {
             let key = key.to_owned();
@@ -403,10 +395,7 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
             args.extend(asked.iter().cloned());
             async move {
                 let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                READ_ONE
-                    .run(self.redis, &keys, args)
-                    .await
-                    .map_err(PortError::redis)
+                READ_ONE.run(self.redis, &keys, args).await.map_err(Error::from)
             }
         };
         let (prices, offers) = futures_util::future::join(
@@ -426,11 +415,7 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
     /// longer serves (after a restart without persistence or a flush), under a lock so one
     /// request does it while the others answer 503 with Retry-After. Never published: 409.
     async fn republish(&self) -> Result<()> {
-        let kinds = self
-            .sql
-            .query(PUBLISHED_KINDS, &[])
-            .await
-            .map_err(PortError::sql)?;
+        let kinds = self.sql.query(PUBLISHED_KINDS, &[]).await?;
         let kinds: Vec<RulesetKind> = [RulesetKind::Pricing, RulesetKind::Discounts]
             .into_iter()
             .filter(|k| {

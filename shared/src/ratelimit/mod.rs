@@ -27,7 +27,7 @@ pub use client::{Cidr, TrustedProxies, client_address};
 
 use crate::app::App;
 use crate::auth;
-use crate::error::{Error, PortError, Result};
+use crate::error::{Error, Result};
 use crate::http::Request;
 use crate::ids::CustomerId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
@@ -135,8 +135,7 @@ pub async fn take<R: Redis>(redis: &R, key: &str, rate: Rate) -> Result<()> {
                 RedisArg::Int(i64::from(rate.burst.max(1))),
             ],
         )
-        .await
-        .map_err(PortError::redis)?;
+        .await?;
     match (tag(&reply), reply.get(1).and_then(RedisReply::as_int)) {
         ("OK", _) => Ok(()),
         ("LIMITED", Some(wait_ms)) => Err(Error::RateLimited {

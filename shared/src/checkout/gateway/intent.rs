@@ -4,11 +4,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::{Error, ErrorCode, PortError};
+use crate::error::{Dependency, Error, ErrorCode};
 use crate::ports::{Http, OutboundRequest};
 use crate::pricing::money::Currency;
 
-const DEPENDENCY: &str = "payment gateway";
+const DEPENDENCY: &str = Dependency::Gateway.name();
 
 /// A PaymentIntent as the gateway created it.
 ///
@@ -104,13 +104,7 @@ pub async fn create_intent(
             ("automatic_payment_methods[enabled]", "true"),
         ],
     );
-    let response = http.send(request).await.map_err(|e| match e {
-        PortError::Unreachable(message) => Error::Unavailable {
-            dependency: DEPENDENCY,
-            message,
-        },
-        PortError::Server(message) => Error::Internal(format!("payment gateway request: {message}")),
-    })?;
+    let response = http.send(request).await?;
     match response.status {
         200..=299 => read_intent(&response.body, amount_minor, currency),
         // 409: Stripe is still executing a request with this idempotency key; retrying
@@ -251,6 +245,7 @@ fn form_encode(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PortError;
     use crate::ports::OutboundResponse;
     use serde_json::Value;
     use std::cell::RefCell;
@@ -396,7 +391,7 @@ mod tests {
             );
         }
         let unreachable = Scripted {
-            answer: Err(PortError::Unreachable("connection refused".into())),
+            answer: Err(PortError::unreachable(Dependency::Gateway, "connection refused")),
             sent: RefCell::new(Vec::new()),
         };
         assert_eq!(create(&unreachable, "sk_test").unwrap_err().status(), 503);

@@ -97,8 +97,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     kept.cart_ref.as_str().into(),
                     RedisArg::Int(kept.deadline_ms),
                     RedisArg::Int(KEEP_MS),
-                    RedisArg::Int(kept.total),
-                    kept.currency.as_str().into(),
+                    RedisArg::Int(kept.total.minor),
+                    kept.total.currency.as_str().into(),
                     kept.metadata.as_str().into(),
                     kept.intent_id.as_str().into(),
                     kept.intent.as_str().into(),
@@ -154,8 +154,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     async fn confirm_session(&self, session: Session, event: &gateway::WebhookEvent) -> Result<Value> {
         let id = session.id.clone();
-        let matches = event.amount == session.total
-            && event.currency == session.currency
+        let matches = event.amount == session.total.minor
+            && event.currency == session.total.currency.as_str()
             && session.intent.as_deref().is_none_or(|i| i == event.intent_id);
         let reason = if !matches {
             Some("the payment does not match the checkout")

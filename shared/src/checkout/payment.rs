@@ -13,7 +13,6 @@ use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
 use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::pricing::money::Currency;
 
 /// How long a payment intent is kept (seed `PAYMENT_INTENT`).
 const INTENT_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -42,14 +41,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
             }
             None => {
-                let currency = Currency::parse(&session.currency)?;
                 let created = gateway::create_intent(
                     &self.app.http,
                     &self.app.settings.payment_gateway_url,
                     &self.app.settings.payment_gateway_key,
                     id.as_str(),
                     session.total,
-                    currency,
                     &format!("checkout-{id}"),
                 )
                 .await?;
@@ -91,7 +88,6 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     cart_ref: &cart_ref,
                     customer,
                     total: session.total,
-                    currency: &session.currency,
                     intent_id: &intent_id,
                     intent: &intent,
                     deadline_ms: deadline,
@@ -129,8 +125,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             "state": session.state.name(),
             "paymentIntentId": intent_id,
             "clientSecret": intent["clientSecret"],
-            "amount": session.total,
-            "currency": session.currency,
+            "amount": session.total.minor,
+            "currency": session.total.currency,
             "expiresAt": rfc3339_millis(session.deadline_ms),
         }))
     }

@@ -424,4 +424,33 @@ mod tests {
         assert_eq!(Error::RequestTimeout.code(), "REQUEST_TIMEOUT");
         assert_eq!(Error::bad_request(ErrorCode::InvalidId, "x").code(), "INVALID_ID");
     }
+
+    #[test]
+    fn a_port_error_converts_by_its_dependency() {
+        let down = Error::from(PortError::unreachable(Dependency::Redis, "refused"));
+        assert_eq!((down.status(), down.retry_after()), (503, Some(1)));
+        assert_eq!(down.body()["error"]["details"]["dependency"], "redis");
+        assert_eq!(down.to_string(), "redis unavailable: refused");
+        let gateway = Error::from(PortError::unreachable(Dependency::Gateway, "timed out"));
+        assert_eq!(
+            gateway.body()["error"]["details"]["dependency"],
+            "payment gateway"
+        );
+        for (dependency, text) in [
+            (Dependency::Redis, "internal error: redis: ERR x"),
+            (Dependency::Postgres, "internal error: postgres: ERR x"),
+            (
+                Dependency::Gateway,
+                "internal error: payment gateway request: ERR x",
+            ),
+        ] {
+            let error = Error::from(PortError::server(dependency, "ERR x"));
+            assert_eq!((error.status(), error.to_string().as_str()), (500, text));
+        }
+        assert_eq!(PortError::server(Dependency::Redis, "ERR x").to_string(), "ERR x");
+        assert_eq!(
+            PortError::unreachable(Dependency::Redis, "gone").to_string(),
+            "unreachable: gone"
+        );
+    }
 }

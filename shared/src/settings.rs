@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::keys::KeyPrefix;
 use crate::metrics::exchange::LogLevel;
 use crate::ports::Config;
+use crate::pricing::money::Currency;
 use crate::ratelimit::{Rate, TrustedProxies};
 
 /// Every setting the stores use.
@@ -45,7 +46,7 @@ pub struct Settings {
     /// Most units of one line.
     pub cart_max_line_quantity: u32,
     /// Currency of a new cart that names none.
-    pub default_currency: String,
+    pub default_currency: Currency,
     /// How long a cached bundle definition lives.
     pub bundle_ttl_seconds: u32,
     /// How long a checkout session lives; a superseded ruleset version stays readable at
@@ -169,11 +170,8 @@ impl Settings {
             return Err("outbox_retry_base_ms must be at least 1 and at most outbox_retry_max_ms".into());
         }
         let default_currency = text("default_currency", "EUR");
-        if default_currency.len() != 3 || !default_currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(format!(
-                "default_currency must be an ISO 4217 code, got {default_currency:?}"
-            ));
-        }
+        let default_currency = Currency::parse(&default_currency)
+            .map_err(|_| format!("default_currency must be an ISO 4217 code, got {default_currency:?}"))?;
         let log_level = text("log_level", "info");
         let log_level = LogLevel::parse(&log_level)
             .ok_or_else(|| format!("log_level must be off, error, warn, info or debug, got {log_level:?}"))?;

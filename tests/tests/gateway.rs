@@ -12,7 +12,7 @@ use commerce_core::auth::now_s;
 use commerce_core::checkout::gateway::{
     EventKind, PaymentIntent, create_intent, parse_event, verify_signature,
 };
-use commerce_core::pricing::money::Currency;
+use commerce_core::pricing::money::{Currency, Money};
 use commerce_native::NativeHttp;
 use commerce_tests::gateway::FakeGateway;
 use serde_json::{Value, json};
@@ -34,7 +34,15 @@ async fn create(
     amount: i64,
     key: &str,
 ) -> Result<PaymentIntent, Error> {
-    create_intent(&http(), &gateway.base, API_KEY, session, amount, eur(), key).await
+    create_intent(
+        &http(),
+        &gateway.base,
+        API_KEY,
+        session,
+        Money::new(amount, eur()),
+        key,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -43,8 +51,7 @@ async fn an_intent_is_created_for_the_amount_currency_and_session() {
     let intent = create(&gateway, "sess-1", 1999, "checkout:sess-1:intent")
         .await
         .unwrap();
-    assert_eq!(intent.amount, 1999);
-    assert_eq!(intent.currency, "EUR");
+    assert_eq!(intent.amount, Money::new(1999, eur()));
     assert_eq!(intent.status, "requires_payment_method");
     assert!(intent.id.starts_with("pi_"), "{}", intent.id);
     assert!(
@@ -106,8 +113,7 @@ async fn a_wrong_api_key_is_rejected() {
         &gateway.base,
         "sk_test_other",
         "sess-1",
-        1999,
-        eur(),
+        Money::new(1999, eur()),
         "k",
     )
     .await
@@ -159,9 +165,16 @@ async fn a_gateway_outage_is_unavailable_and_a_retry_with_the_same_key_succeeds(
 
 #[tokio::test]
 async fn an_unreachable_or_unconfigured_gateway_is_unavailable() {
-    let e = create_intent(&http(), "http://127.0.0.1:1", API_KEY, "sess-1", 1999, eur(), "k")
-        .await
-        .unwrap_err();
+    let e = create_intent(
+        &http(),
+        "http://127.0.0.1:1",
+        API_KEY,
+        "sess-1",
+        Money::new(1999, eur()),
+        "k",
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(
             e,
@@ -174,7 +187,7 @@ async fn an_unreachable_or_unconfigured_gateway_is_unavailable() {
     );
 
     let gateway = FakeGateway::start(API_KEY, WEBHOOK_SECRET).await;
-    let e = create_intent(&http(), &gateway.base, "", "sess-1", 1999, eur(), "k")
+    let e = create_intent(&http(), &gateway.base, "", "sess-1", Money::new(1999, eur()), "k")
         .await
         .unwrap_err();
     assert_eq!(e.status(), 503);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use commerce_core::checkout::gateway::create_intent;
 use commerce_core::outbox::{self, DrainReport, Kind, OutboxState};
-use commerce_core::pricing::money::Currency;
+use commerce_core::pricing::money::{Currency, Money};
 use commerce_native::EnvConfig;
 use commerce_tests::gateway::{FakeGateway, FakeRefund};
 use commerce_tests::{ADMIN_TOKEN, Caller, GATEWAY_KEY, Paying, Reply, TestApp};
@@ -26,8 +26,7 @@ async fn paid_intent(app: &TestApp, gateway: &FakeGateway, session: &str, amount
         &gateway.base,
         GATEWAY_KEY,
         session,
-        amount,
-        Currency::parse("EUR").unwrap(),
+        Money::new(amount, Currency::parse("EUR").unwrap()),
         &format!("other-{session}-{amount}-{}", gateway.intents().len()),
     )
     .await
@@ -254,8 +253,7 @@ async fn the_admin_list_shows_each_row_with_its_state_newest_first() {
         &gateway.base,
         GATEWAY_KEY,
         "cs_list_3",
-        700,
-        Currency::parse("EUR").unwrap(),
+        Money::new(700, Currency::parse("EUR").unwrap()),
         "list-3",
     )
     .await

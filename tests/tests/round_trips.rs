@@ -7,6 +7,7 @@ use commerce_core::PortError;
 use commerce_core::ids::{CartId, ExternalHolderId, Holder, Quantity, VariantId};
 use commerce_core::inventory::Inventory;
 use commerce_core::ports::{Redis, RedisArg, RedisReply};
+use commerce_core::pricing::money::Currency;
 use commerce_native::NativeRedis;
 use commerce_tests::TestApp;
 
@@ -77,7 +78,7 @@ async fn adding_to_a_cart_is_one_round_trip_once_the_variant_is_known() {
         calls: AtomicUsize::new(0),
     };
     let carts = Carts::new(&redis, &app.app.keys, &app.app.settings);
-    let cart = carts.create("EUR").await.unwrap();
+    let cart = carts.create(Currency::parse("EUR").unwrap()).await.unwrap();
     let cart = CartRef::Session(CartId::parse(cart.cart_id.as_deref().unwrap()).unwrap());
     let variant = VariantId::parse("var-1").unwrap();
     require_variants(
@@ -128,7 +129,7 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips() {
         rulesets.publish(kind, 60).await.unwrap();
     }
     let carts = Carts::new(&app.app.redis, &app.app.keys, &app.app.settings);
-    let cart = carts.create("EUR").await.unwrap();
+    let cart = carts.create(Currency::parse("EUR").unwrap()).await.unwrap();
     let cart = CartRef::Session(CartId::parse(cart.cart_id.as_deref().unwrap()).unwrap());
     for i in 1..=20 {
         let item = LineItem::Variant(VariantId::parse(&format!("var-{i}")).unwrap());
@@ -176,7 +177,7 @@ async fn starting_a_checkout_is_at_most_six_round_trips() {
         rulesets.publish(kind, 60).await.unwrap();
     }
     let carts = Carts::new(&app.app.redis, &app.app.keys, &app.app.settings);
-    let view = carts.create("EUR").await.unwrap();
+    let view = carts.create(Currency::parse("EUR").unwrap()).await.unwrap();
     let cart_id = view.cart_id.unwrap();
     let cart = CartRef::Session(CartId::parse(&cart_id).unwrap());
     for i in 1..=10 {

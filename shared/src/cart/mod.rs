@@ -18,6 +18,7 @@ use crate::http::{field, object, str_field};
 use crate::ids::{BundleId, CartId, CustomerId, LineId, Quantity, SetId, VariantId, random_hex_128};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
+use crate::pricing::money::Currency;
 use crate::script::{Script, lua, tag, unexpected};
 use crate::settings::Settings;
 
@@ -151,7 +152,7 @@ pub struct CartView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<String>,
     /// ISO 4217 currency of the cart.
-    pub currency: String,
+    pub currency: Currency,
     /// Bumped by every change; send it back in `If-Match` for optimistic concurrency.
     pub version: i64,
     /// The lines, in the order they were first added.
@@ -221,7 +222,7 @@ impl<'a, R: Redis> Carts<'a, R> {
     }
 
     /// Creates an empty anonymous cart with an unguessable id (128 random bits).
-    pub async fn create(&self, currency: &str) -> Result<CartView> {
+    pub async fn create(&self, currency: Currency) -> Result<CartView> {
         for _ in 0..3 {
             let id = CartId::parse(&random_hex_128()?)?;
             let cart = CartRef::Session(id);
@@ -229,7 +230,7 @@ impl<'a, R: Redis> Carts<'a, R> {
                 .run(
                     &CREATE,
                     &cart,
-                    vec![currency.into(), RedisArg::Int(self.ttl_ms())],
+                    vec![currency.as_str().into(), RedisArg::Int(self.ttl_ms())],
                 )
                 .await?;
             if tag(&reply) == "OK" {
@@ -247,7 +248,7 @@ impl<'a, R: Redis> Carts<'a, R> {
             ("NOT_FOUND", CartRef::Customer(customer)) => Ok(CartView {
                 cart_id: None,
                 customer_id: Some(customer.to_string()),
-                currency: self.settings.default_currency.clone(),
+                currency: self.settings.default_currency,
                 version: 0,
                 lines: Vec::new(),
                 expires_at: None,
@@ -576,7 +577,10 @@ pub(crate) fn decode_with_lines(cart: &CartRef, reply: &[RedisReply]) -> Result<
             CartRef::Customer(id) => Some(id.to_string()),
             CartRef::Session(_) => None,
         },
-        currency: fields.get("currency").cloned().unwrap_or_default(),
+        currency: fields
+            .get("currency")
+            .and_then(|c| Currency::parse(c).ok())
+            .ok_or_else(|| Error::Internal("a cart without a valid currency".into()))?,
         version: fields.get("version").and_then(|v| v.parse().ok()).unwrap_or(0),
         lines: shown,
         expires_at: (pttl > 0).then(|| rfc3339_millis(now + pttl)),

@@ -26,6 +26,7 @@ use crate::http::{Request, Response, field, object, str_field};
 use crate::idempotency;
 use crate::ids::{CartId, CustomerId, LineId, Quantity};
 use crate::ports::{Http, Redis, Sql};
+use crate::pricing::money::Currency;
 
 /// Routes the cart paths; `None` if the path is not the cart store's.
 pub async fn route<R: Redis, S: Sql, H: Http>(
@@ -47,7 +48,7 @@ async fn dispatch<R: Redis, S: Sql, H: Http>(
         ["v1", "carts"] => match method {
             "POST" => {
                 let currency = new_cart_currency(app, req)?;
-                let create = |_| async move { Ok(reply(201, &store(app).create(&currency).await?)) };
+                let create = |_| async move { Ok(reply(201, &store(app).create(currency).await?)) };
                 idempotency::once(app, req, "carts", false, create).await?
             }
             _ => return Err(not_allowed()),
@@ -145,24 +146,23 @@ fn expected(req: &Request) -> Result<Expected> {
 }
 
 /// The currency a new cart asks for (the default when the body names none).
-fn new_cart_currency<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<String> {
+fn new_cart_currency<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Currency> {
     let currency = if req.body.is_empty() {
-        app.settings.default_currency.clone()
+        app.settings.default_currency
     } else {
         let body = req.json(app.settings.max_body_bytes)?;
         match object(&body)?.get("currency") {
-            None | Some(Value::Null) => app.settings.default_currency.clone(),
+            None | Some(Value::Null) => app.settings.default_currency,
             Some(c) => parse_currency(c)?,
         }
     };
     Ok(currency)
 }
 
-fn parse_currency(value: &Value) -> Result<String> {
+fn parse_currency(value: &Value) -> Result<Currency> {
     value
         .as_str()
-        .filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
-        .map(str::to_owned)
+        .and_then(|c| Currency::parse(c).ok())
         .ok_or_else(|| {
             Error::bad_request(
                 ErrorCode::InvalidCurrency,

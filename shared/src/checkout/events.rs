@@ -3,7 +3,8 @@
 //! resuming wherever a crash left it), a payment the session cannot take is refunded
 //! through the outbox, a failed payment ends the session.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::session::{Session, cart_ref_text, checkout_not_found, parse_session, wrong_state};
 use super::start::frozen_demand;
@@ -21,27 +22,78 @@ static EMPTY_CART: Script = Script::new(lua!("empty_cart.lua"));
 static FLAG_REFUND: Script = Script::new(lua!("session.lua", "flag_refund.lua"));
 static RESTORE: Script = Script::new(lua!("session.lua", "restore.lua"));
 
+/// The answer to a verified gateway event: what became of it. The fields are in the order
+/// of their names, as the answer has always listed them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventOutcome {
+    /// Why the event changed nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+    /// The session's order: `Some(None)` (shown as `null`) for a completed session whose
+    /// order PostgreSQL does not have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Option<String>>,
+    /// Always `true`: the event arrived, and the gateway need not send it again.
+    pub received: bool,
+    /// Why the payment is being refunded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_required: Option<String>,
+    /// The session the event is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The variants on-hand stock could not cover, when the order was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortages: Option<Value>,
+    /// The session's state afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+}
+
+impl EventOutcome {
+    /// An event that changed nothing, and why.
+    fn ignored(reason: impl Into<String>) -> Self {
+        Self {
+            ignored: Some(reason.into()),
+            ..Self::of(None)
+        }
+    }
+
+    /// An event about `session` (or none), with nothing else said yet.
+    fn of(session: Option<&SessionId>) -> Self {
+        Self {
+            ignored: None,
+            order_id: None,
+            received: true,
+            refund_required: None,
+            session_id: session.map(|s| s.to_string()),
+            shortages: None,
+            state: None,
+        }
+    }
+}
+
 impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Handles a verified gateway event. A confirmed payment places the order (or resumes
     /// placing it); a payment that can no longer become an order is refunded; a failed
     /// payment of the session's own intent ends the session and releases what it held.
-    pub async fn handle_event(&self, event: &gateway::WebhookEvent) -> Result<Value> {
+    pub async fn handle_event(&self, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
         let Some(id) = event.session_id.as_deref() else {
-            return Ok(json!({ "received": true, "ignored": "the payment has no checkout session" }));
+            return Ok(EventOutcome::ignored("the payment has no checkout session"));
         };
         let id = SessionId::parse(id)?;
         match &event.kind {
             gateway::EventKind::PaymentSucceeded => self.confirm(&id, event).await,
             gateway::EventKind::PaymentFailed => self.payment_failed(&id, event).await,
-            gateway::EventKind::Other(kind) => Ok(json!({ "received": true, "ignored": kind })),
+            gateway::EventKind::Other(kind) => Ok(EventOutcome::ignored(kind.as_str())),
         }
     }
 
-    async fn payment_failed(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<Value> {
+    async fn payment_failed(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
         let session = match self.load(id).await {
             Ok(session) => session,
             Err(Error::NotFound { .. }) => {
-                return Ok(json!({ "received": true, "ignored": "unknown session" }));
+                return Ok(EventOutcome::ignored("unknown session"));
             }
             Err(other) => return Err(other),
         };
@@ -54,18 +106,20 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         // Once the payment is confirmed, a late failure event of the same intent (events
         // arrive out of order) changes nothing either.
         if own != event.intent_id || !session.state.is_before_payment() {
-            return Ok(json!({
-                "received": true,
-                "sessionId": id.as_str(),
-                "state": session.state.name(),
-                "ignored": "the failure is not of this session's pending intent",
-            }));
+            return Ok(EventOutcome {
+                state: Some(session.state.name()),
+                ignored: Some("the failure is not of this session's pending intent".into()),
+                ..EventOutcome::of(Some(id))
+            });
         }
         let (tag, session) = self.transition(id, State::Failed, None, &[]).await?;
         if matches!(tag.as_str(), "OK" | "SAME") {
             self.release(&session, true).await?;
         }
-        Ok(json!({ "received": true, "sessionId": id.as_str(), "state": session.state.name() }))
+        Ok(EventOutcome {
+            state: Some(session.state.name()),
+            ..EventOutcome::of(Some(id))
+        })
     }
 
     /// The session from Redis, or, if Redis lost it, put back from PostgreSQL's copy of a
@@ -97,8 +151,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     kept.cart_ref.as_str().into(),
                     RedisArg::Int(kept.deadline_ms),
                     RedisArg::Int(KEEP_MS),
-                    RedisArg::Int(kept.total),
-                    kept.currency.as_str().into(),
+                    RedisArg::Int(kept.total.minor),
+                    kept.total.currency.as_str().into(),
                     kept.metadata.as_str().into(),
                     kept.intent_id.as_str().into(),
                     kept.intent.as_str().into(),
@@ -116,7 +170,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(Some(session))
     }
 
-    async fn confirm(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<Value> {
+    async fn confirm(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
         // Redis first: on the hot path the session is there, and nothing else is asked
         // before its deadline is checked.
         match self.load(id).await {
@@ -129,7 +183,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// A payment for a session Redis does not have (lost, or long gone): an order that
     /// exists answers for its own payment, whatever Redis remembers; a paid session
     /// PostgreSQL keeps is put back and completed; any other payment goes back.
-    async fn confirm_forgotten(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<Value> {
+    async fn confirm_forgotten(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
         if let Some((order_id, _, intent)) = order::find(&self.app.sql, id.as_str()).await? {
             if intent == event.intent_id {
                 // Redis may have lost the session before the order's stock change reached
@@ -138,12 +192,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 self.inventory()
                     .commit(&Holder::Checkout(id.clone()), &changes)
                     .await?;
-                return Ok(json!({ "received": true, "sessionId": id.as_str(), "orderId": order_id }));
+                return Ok(EventOutcome {
+                    order_id: Some(Some(order_id)),
+                    ..EventOutcome::of(Some(id))
+                });
             }
             let mut answer = self
                 .refund_unknown(id, event, "the checkout was already paid by another payment")
                 .await?;
-            answer["orderId"] = json!(order_id);
+            answer.order_id = Some(Some(order_id));
             return Ok(answer);
         }
         match self.load_or_restore(id).await? {
@@ -152,10 +209,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
     }
 
-    async fn confirm_session(&self, session: Session, event: &gateway::WebhookEvent) -> Result<Value> {
+    async fn confirm_session(&self, session: Session, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
         let id = session.id.clone();
-        let matches = event.amount == session.total
-            && event.currency == session.currency
+        let matches = event.amount == session.total.minor
+            && event.currency == session.total.currency.as_str()
             && session.intent.as_deref().is_none_or(|i| i == event.intent_id);
         let reason = if !matches {
             Some("the payment does not match the checkout")
@@ -190,11 +247,19 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Refunds a payment the session cannot take (through the outbox, keyed by intent) —
     /// unless PostgreSQL has the order of this very payment, which stands whatever Redis
     /// remembers (a Redis restored from an older copy).
-    async fn refund(&self, session: &Session, event: &gateway::WebhookEvent, reason: &str) -> Result<Value> {
+    async fn refund(
+        &self,
+        session: &Session,
+        event: &gateway::WebhookEvent,
+        reason: &str,
+    ) -> Result<EventOutcome> {
         if let Some((order_id, _, intent)) = order::find(&self.app.sql, session.id.as_str()).await?
             && intent == event.intent_id
         {
-            return Ok(json!({ "received": true, "sessionId": session.id.as_str(), "orderId": order_id }));
+            return Ok(EventOutcome {
+                order_id: Some(Some(order_id)),
+                ..EventOutcome::of(Some(&session.id))
+            });
         }
         self.send_refund(&session.id, event, reason).await?;
         let key = self.app.keys.checkout_session(&session.id);
@@ -204,9 +269,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             vec![event.intent_id.as_str().into(), reason.into()],
         )
         .await?;
-        Ok(
-            json!({ "received": true, "sessionId": session.id.as_str(), "state": session.state.name(), "refundRequired": reason }),
-        )
+        Ok(EventOutcome {
+            state: Some(session.state.name()),
+            refund_required: Some(reason.into()),
+            ..EventOutcome::of(Some(&session.id))
+        })
     }
 
     /// Refunds a payment for a session that neither Redis nor PostgreSQL can sell to.
@@ -215,9 +282,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         id: &SessionId,
         event: &gateway::WebhookEvent,
         reason: &str,
-    ) -> Result<Value> {
+    ) -> Result<EventOutcome> {
         self.send_refund(id, event, reason).await?;
-        Ok(json!({ "received": true, "sessionId": id.as_str(), "refundRequired": reason }))
+        Ok(EventOutcome {
+            refund_required: Some(reason.into()),
+            ..EventOutcome::of(Some(id))
+        })
     }
 
     /// Owes the payment back through the outbox (keyed by intent) and sends it now.
@@ -242,7 +312,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         mut session: Session,
         intent: &str,
         event: &gateway::WebhookEvent,
-    ) -> Result<Value> {
+    ) -> Result<EventOutcome> {
         let order_id = format!("ord_{}", session.id.as_str().trim_start_matches("cs_"));
         let mut changes = None;
         if session.state == State::PaymentConfirmed {
@@ -275,8 +345,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     let reason = "on-hand stock could not cover the order";
                     let mut answer = self.refund(&failed, event, reason).await?;
                     self.release(&failed, false).await?;
-                    answer["state"] = json!(failed.state.name());
-                    answer["shortages"] = shortages;
+                    answer.state = Some(failed.state.name());
+                    answer.shortages = Some(shortages);
                     return Ok(answer);
                 }
             }
@@ -309,8 +379,49 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let order = order::find(&self.app.sql, session.id.as_str())
             .await?
             .map(|(id, _, _)| id);
-        Ok(
-            json!({ "received": true, "sessionId": session.id.as_str(), "state": session.state.name(), "orderId": order }),
-        )
+        Ok(EventOutcome {
+            state: Some(session.state.name()),
+            order_id: Some(order),
+            ..EventOutcome::of(Some(&session.id))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_outcome_reads_as_the_answer_always_did_byte_for_byte() {
+        let session = SessionId::parse("cs_1").unwrap();
+        let cases = [
+            (
+                EventOutcome::ignored("unknown session"),
+                json!({ "received": true, "ignored": "unknown session" }),
+            ),
+            (
+                EventOutcome {
+                    state: Some("COMPLETED"),
+                    order_id: Some(None),
+                    ..EventOutcome::of(Some(&session))
+                },
+                json!({ "received": true, "sessionId": "cs_1", "state": "COMPLETED", "orderId": null }),
+            ),
+            (
+                EventOutcome {
+                    state: Some("FAILED"),
+                    refund_required: Some("r".into()),
+                    shortages: Some(json!([{"variantId": "v"}])),
+                    order_id: Some(Some("ord_1".into())),
+                    ..EventOutcome::of(Some(&session))
+                },
+                json!({ "received": true, "sessionId": "cs_1", "state": "FAILED", "refundRequired": "r",
+                    "shortages": [{"variantId": "v"}], "orderId": "ord_1" }),
+            ),
+        ];
+        for (outcome, before) in cases {
+            assert_eq!(serde_json::to_string(&outcome).unwrap(), before.to_string());
+        }
     }
 }

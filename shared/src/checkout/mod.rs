@@ -34,6 +34,8 @@ pub mod state;
 
 use serde_json::Value;
 
+pub use self::events::EventOutcome;
+pub use self::payment::PaymentView;
 pub use self::session::SessionView;
 pub(crate) use self::session::parse_cart_ref;
 use self::session::{Session, checkout_not_found, parse_session, wrong_state};

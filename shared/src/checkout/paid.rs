@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::ids::{Quantity, VariantId};
 use crate::ports::{Sql, SqlValue};
+use crate::pricing::money::{Currency, Money};
 
 /// Saves (or, for a retry, moves the deadlines of) a paid session and its held lines, in
 /// one statement. An ended session is left as it is.
@@ -46,10 +47,8 @@ pub struct PaidSession<'a> {
     pub cart_ref: &'a str,
     /// The customer, for a customer's cart.
     pub customer: Option<&'a str>,
-    /// The frozen total, minor units.
-    pub total: i64,
-    /// Its currency.
-    pub currency: &'a str,
+    /// The frozen total.
+    pub total: Money,
     /// The intent's id.
     pub intent_id: &'a str,
     /// The intent as the payment-intent route answers it (JSON).
@@ -77,8 +76,8 @@ pub async fn save(sql: &impl Sql, session: &PaidSession<'_>) -> Result<()> {
         session
             .customer
             .map_or(SqlValue::Null, |c| SqlValue::Text(c.to_owned())),
-        SqlValue::Int(session.total),
-        SqlValue::Text(session.currency.to_owned()),
+        SqlValue::Int(session.total.minor),
+        SqlValue::Text(session.total.currency.to_string()),
         SqlValue::Text(session.intent_id.to_owned()),
         SqlValue::Text(session.intent.to_string()),
         SqlValue::Int(session.deadline_ms),
@@ -110,9 +109,7 @@ pub struct Kept {
     /// `session:<cart>` or `customer:<id>`.
     pub cart_ref: String,
     /// The frozen total.
-    pub total: i64,
-    /// Its currency.
-    pub currency: String,
+    pub total: Money,
     /// The intent's id.
     pub intent_id: String,
     /// The intent (JSON text).
@@ -142,8 +139,7 @@ pub async fn load(sql: &impl Sql, session: &str) -> Result<Option<Kept>> {
     let ended = text(7)?;
     Ok(Some(Kept {
         cart_ref: text(0)?,
-        total: int(1)?,
-        currency: text(2)?.trim().to_owned(),
+        total: Money::new(int(1)?, Currency::parse(text(2)?.trim()).map_err(|_| bad())?),
         intent_id: text(3)?,
         intent: text(4)?,
         deadline_ms: int(5)?,

@@ -2,7 +2,8 @@
 //! for the frozen total, the holds and the lock extended to the session's lifetime, the
 //! paid session kept in PostgreSQL, the session moved to PAYMENT_PENDING.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::session::{cart_ref_text, wrong_state};
 use super::start::frozen_demand;
@@ -18,12 +19,34 @@ use crate::pricing::money::Currency;
 /// How long a payment intent is kept (seed `PAYMENT_INTENT`).
 const INTENT_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// The answer of `POST /v1/checkout/{session}/payment-intent`: what the storefront needs
+/// to confirm the payment. The fields are in the order of their names, as the answer has
+/// always listed them (so the amount is not one flattened [`Money`](crate::pricing::money::Money)).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentView {
+    /// The frozen total, minor units of `currency`.
+    pub amount: i64,
+    /// The secret the browser confirms the payment with (the intent's `clientSecret`).
+    pub client_secret: Value,
+    /// The currency of `amount`.
+    pub currency: Currency,
+    /// Until when payment may arrive (RFC 3339).
+    pub expires_at: String,
+    /// The gateway's id of the intent, `pi_…`.
+    pub payment_intent_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Where the session is: PAYMENT_PENDING once the intent is taken.
+    pub state: &'static str,
+}
+
 impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Creates the payment intent for the frozen total with the gateway (idempotent: the
     /// gateway sees the same idempotency key for the session every time), extends the holds
     /// and the lock to the session's lifetime, keeps the paid session in PostgreSQL, and
     /// moves the session to PAYMENT_PENDING.
-    pub async fn payment_intent(&self, id: &SessionId, authorization: Option<&str>) -> Result<Value> {
+    pub async fn payment_intent(&self, id: &SessionId, authorization: Option<&str>) -> Result<PaymentView> {
         let session = self.load(id).await?;
         self.authorize(&session, authorization)?;
         match session.state {
@@ -42,14 +65,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
             }
             None => {
-                let currency = Currency::parse(&session.currency)?;
                 let created = gateway::create_intent(
                     &self.app.http,
                     &self.app.settings.payment_gateway_url,
                     &self.app.settings.payment_gateway_key,
                     id.as_str(),
                     session.total,
-                    currency,
                     &format!("checkout-{id}"),
                 )
                 .await?;
@@ -91,7 +112,6 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     cart_ref: &cart_ref,
                     customer,
                     total: session.total,
-                    currency: &session.currency,
                     intent_id: &intent_id,
                     intent: &intent,
                     deadline_ms: deadline,
@@ -124,15 +144,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
             session = moved;
         }
-        Ok(json!({
-            "sessionId": id.as_str(),
-            "state": session.state.name(),
-            "paymentIntentId": intent_id,
-            "clientSecret": intent["clientSecret"],
-            "amount": session.total,
-            "currency": session.currency,
-            "expiresAt": rfc3339_millis(session.deadline_ms),
-        }))
+        Ok(PaymentView {
+            amount: session.total.minor,
+            client_secret: intent["clientSecret"].clone(),
+            currency: session.total.currency,
+            expires_at: rfc3339_millis(session.deadline_ms),
+            payment_intent_id: intent_id,
+            session_id: id.to_string(),
+            state: session.state.name(),
+        })
     }
 
     /// The id of the intent created for the session, if any.
@@ -147,5 +167,34 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .and_then(RedisReply::as_text)
             .and_then(|t| serde_json::from_str::<Value>(t).ok())
             .and_then(|v| v["id"].as_str().map(str::to_owned)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_payment_answer_reads_as_it_always_did_byte_for_byte() {
+        let view = PaymentView {
+            amount: 1999,
+            client_secret: json!("pi_1_secret"),
+            currency: Currency::parse("EUR").unwrap(),
+            expires_at: "2026-01-01T00:00:00.000Z".into(),
+            payment_intent_id: "pi_1".into(),
+            session_id: "cs_1".into(),
+            state: "PAYMENT_PENDING",
+        };
+        let before = json!({
+            "sessionId": "cs_1",
+            "state": "PAYMENT_PENDING",
+            "paymentIntentId": "pi_1",
+            "clientSecret": "pi_1_secret",
+            "amount": 1999,
+            "currency": "EUR",
+            "expiresAt": "2026-01-01T00:00:00.000Z",
+        });
+        assert_eq!(serde_json::to_string(&view).unwrap(), before.to_string());
     }
 }

@@ -10,6 +10,7 @@ use crate::clock::rfc3339_millis;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{CartId, CustomerId, SessionId};
 use crate::ports::RedisReply;
+use crate::pricing::money::{self, Currency, Money};
 
 /// A checkout session as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,10 +26,9 @@ pub struct SessionView {
     /// The customer whose cart is checked out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<String>,
-    /// The frozen total, minor units.
-    pub total: i64,
-    /// Its currency.
-    pub currency: String,
+    /// The frozen total: `total` in minor units beside its `currency`.
+    #[serde(flatten, serialize_with = "money::as_total")]
+    pub total: Money,
     /// Until when payment may arrive (RFC 3339).
     pub expires_at: String,
     /// Every state it passed, with when.
@@ -55,8 +55,7 @@ pub(super) struct Session {
     pub(super) state: State,
     pub(super) version: i64,
     pub(super) deadline_ms: i64,
-    pub(super) total: i64,
-    pub(super) currency: String,
+    pub(super) total: Money,
     pub(super) history: Vec<Value>,
     pub(super) intent: Option<String>,
     pub(super) order: Option<String>,
@@ -75,7 +74,6 @@ impl Session {
             cart_id,
             customer_id,
             total: self.total,
-            currency: self.currency.clone(),
             expires_at: rfc3339_millis(self.deadline_ms),
             history: self.history.clone(),
             payment_intent_id: self.intent.clone(),
@@ -130,8 +128,12 @@ pub(super) fn parse_session(reply: &[RedisReply]) -> Result<(String, Option<Sess
         state: text("state").and_then(|s| State::parse(&s)).ok_or_else(bad)?,
         version: int("version").ok_or_else(bad)?,
         deadline_ms: int("deadline").ok_or_else(bad)?,
-        total: int("total").ok_or_else(bad)?,
-        currency: text("currency").ok_or_else(bad)?,
+        total: Money::new(
+            int("total").ok_or_else(bad)?,
+            text("currency")
+                .and_then(|c| Currency::parse(&c).ok())
+                .ok_or_else(bad)?,
+        ),
         history,
         intent: text("intent"),
         order: text("order"),

@@ -11,7 +11,6 @@ use crate::cart::{self, CartLine, CartRef};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{Quantity, SessionId, VariantId};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::pricing::money::Currency;
 use crate::pricing::quote::{cart_quote_lines, price_lines};
 use crate::script::{Script, lua, tag, unexpected};
 
@@ -135,7 +134,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         customer_group: Option<String>,
     ) -> Result<SessionView> {
         let (view, lines) = cart::decode_with_lines(cart, locked)?;
-        let currency = Currency::parse(&view.currency)?;
+        let currency = view.currency;
         let priced = price_lines(self.app, &cart_quote_lines(&lines)?, currency, customer_group).await?;
         let demand = demand(&lines)?;
         let deadline = self.hold(session, &demand, self.lock_ttl_ms()).await?;

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 use serde_json::json;
 
@@ -123,6 +124,25 @@ impl Money {
             })
         }
     }
+}
+
+/// Serializes a [`Money`] flattened into the struct that holds it (`#[serde(flatten,
+/// serialize_with = "money::as_total")]`), as the API shows a total: `"total"` in minor
+/// units beside its `"currency"`.
+pub fn as_total<S: Serializer>(money: &Money, serializer: S) -> Result<S::Ok, S::Error> {
+    flattened(money, "total", serializer)
+}
+
+/// As [`as_total`], for an `"amount"` beside its `"currency"` (a payment intent).
+pub fn as_amount<S: Serializer>(money: &Money, serializer: S) -> Result<S::Ok, S::Error> {
+    flattened(money, "amount", serializer)
+}
+
+fn flattened<S: Serializer>(money: &Money, name: &'static str, serializer: S) -> Result<S::Ok, S::Error> {
+    let mut fields = serializer.serialize_struct("Money", 2)?;
+    fields.serialize_field(name, &money.minor)?;
+    fields.serialize_field("currency", &money.currency)?;
+    fields.end()
 }
 
 impl fmt::Display for Money {

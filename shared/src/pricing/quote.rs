@@ -62,7 +62,7 @@ pub async fn price_cart<R: Redis, S: Sql, H: Http>(
     customer_group: Option<String>,
 ) -> Result<Priced> {
     let (view, lines) = Carts::of(app).lines(cart).await?;
-    let currency = Currency::parse(&view.currency)?;
+    let currency = view.currency;
     price_lines(app, &cart_quote_lines(&lines)?, currency, customer_group).await
 }
 

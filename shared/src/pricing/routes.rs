@@ -129,7 +129,7 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
         price_cart(app, &CartRef::Customer(customer), group).await?
     } else {
         let currency = match body.get("currency") {
-            None | Some(Value::Null) => Currency::parse(&app.settings.default_currency)?,
+            None | Some(Value::Null) => app.settings.default_currency,
             Some(c) => Currency::parse(c.as_str().unwrap_or_default())?,
         };
         let mut lines = Vec::new();

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::error::{Dependency, Error, ErrorCode};
 use crate::ports::{Http, OutboundRequest};
-use crate::pricing::money::Currency;
+use crate::pricing::money::{self, Money};
 
 const DEPENDENCY: &str = Dependency::Gateway.name();
 
@@ -21,10 +21,10 @@ pub struct PaymentIntent {
     pub id: String,
     /// The secret the browser confirms the payment with.
     pub client_secret: String,
-    /// The amount in minor units; always the amount that was asked for.
-    pub amount: i64,
-    /// ISO 4217 code, upper-case as everywhere in the service (Stripe says `eur`).
-    pub currency: String,
+    /// The amount (`amount` in minor units, `currency` upper-case as everywhere in the
+    /// service where Stripe says `eur`); always the amount that was asked for.
+    #[serde(flatten, serialize_with = "money::as_amount")]
+    pub amount: Money,
     /// The gateway's status, e.g. `requires_payment_method`.
     pub status: String,
 }
@@ -66,7 +66,7 @@ pub(crate) struct StripeErrorIntent {
     pub(crate) status: Option<String>,
 }
 
-/// Creates a PaymentIntent for `amount_minor` of `currency`, tagged with the checkout
+/// Creates a PaymentIntent for `amount`, tagged with the checkout
 /// session, at `POST {base_url}/v1/payment_intents`.
 ///
 /// The `idempotency_key` makes the call safe to repeat: the gateway answers a repeat with
@@ -80,8 +80,7 @@ pub async fn create_intent(
     base_url: &str,
     api_key: &str,
     session_id: &str,
-    amount_minor: i64,
-    currency: Currency,
+    amount: Money,
     idempotency_key: &str,
 ) -> Result<PaymentIntent, Error> {
     if api_key.is_empty() {
@@ -90,15 +89,15 @@ pub async fn create_intent(
             message: "payment_gateway_key is not configured".into(),
         });
     }
-    let amount = amount_minor.to_string();
-    let currency_lower = currency.as_str().to_ascii_lowercase();
+    let minor = amount.minor.to_string();
+    let currency_lower = amount.currency.as_str().to_ascii_lowercase();
     let request = stripe_post(
         base_url,
         "/v1/payment_intents",
         api_key,
         idempotency_key,
         &[
-            ("amount", &amount),
+            ("amount", &minor),
             ("currency", &currency_lower),
             ("metadata[checkout_session]", session_id),
             ("automatic_payment_methods[enabled]", "true"),
@@ -106,7 +105,7 @@ pub async fn create_intent(
     );
     let response = http.send(request).await?;
     match response.status {
-        200..=299 => read_intent(&response.body, amount_minor, currency),
+        200..=299 => read_intent(&response.body, amount),
         // 409: Stripe is still executing a request with this idempotency key; retrying
         // with the same key yields its intent, so it is a wait, not a refusal.
         409 | 429 | 500..=599 => Err(Error::Unavailable {
@@ -125,7 +124,7 @@ pub async fn create_intent(
 }
 
 /// Reads a 2xx answer, insisting that it is the intent that was asked for.
-fn read_intent(body: &[u8], amount_minor: i64, currency: Currency) -> Result<PaymentIntent, Error> {
+fn read_intent(body: &[u8], amount: Money) -> Result<PaymentIntent, Error> {
     let intent: StripeIntent = serde_json::from_slice(body).map_err(|e| {
         Error::Internal(format!(
             "the payment gateway's answer is not a payment intent: {e}"
@@ -137,9 +136,9 @@ fn read_intent(body: &[u8], amount_minor: i64, currency: Currency) -> Result<Pay
         ));
     }
     let answered_currency = intent.currency.to_ascii_uppercase();
-    if intent.amount != amount_minor || answered_currency != currency.as_str() {
+    if intent.amount != amount.minor || answered_currency != amount.currency.as_str() {
         return Err(Error::Internal(format!(
-            "the payment gateway created {} for {} {answered_currency}, not {amount_minor} {currency}",
+            "the payment gateway created {} for {} {answered_currency}, not {amount}",
             intent.id, intent.amount
         )));
     }
@@ -152,8 +151,7 @@ fn read_intent(body: &[u8], amount_minor: i64, currency: Currency) -> Result<Pay
     Ok(PaymentIntent {
         id: intent.id,
         client_secret,
-        amount: intent.amount,
-        currency: answered_currency,
+        amount,
         status: intent.status,
     })
 }
@@ -247,6 +245,7 @@ mod tests {
     use super::*;
     use crate::PortError;
     use crate::ports::OutboundResponse;
+    use crate::pricing::money::Currency;
     use serde_json::Value;
     use std::cell::RefCell;
 
@@ -302,8 +301,7 @@ mod tests {
             "https://gateway.test/",
             key,
             "sess 1",
-            1999,
-            eur(),
+            Money::new(1999, eur()),
             "idem-1",
         ))
     }
@@ -331,8 +329,7 @@ mod tests {
             PaymentIntent {
                 id: "pi_1".into(),
                 client_secret: "pi_1_secret_x".into(),
-                amount: 1999,
-                currency: "EUR".into(),
+                amount: Money::new(1999, eur()),
                 status: "requires_payment_method".into(),
             }
         );

@@ -11,6 +11,7 @@
 //! in the test process or from a real Spin host (`COMMERCE_TEST_HOST=spin`, see [`host`]);
 //! the tests are the same for both.
 
+pub mod driver;
 pub mod faults;
 pub mod gateway;
 pub mod host;

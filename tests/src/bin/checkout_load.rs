@@ -251,28 +251,7 @@ async fn run(args: Args) -> Result<Value, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("checkout_load: {error}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("checkout_load: tokio runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("checkout_load: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    commerce_tests::driver::main("checkout_load", USAGE, parse_args, |args, runtime| {
+        runtime.block_on(run(args))
+    })
 }

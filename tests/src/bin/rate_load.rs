@@ -609,28 +609,5 @@ fn run(args: Args, runtime: &tokio::runtime::Runtime) -> Result<Value, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("rate_load: {error}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("rate_load: tokio runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(args, &runtime) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("rate_load: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    commerce_tests::driver::main("rate_load", USAGE, parse_args, run)
 }

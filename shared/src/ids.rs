@@ -65,10 +65,9 @@ id_type!(
     "cartId"
 );
 id_type!(
-    /// A checkout session (`cs_<hex>`). Its parse error names it `cartId`, as the API's
-    /// answers always have.
+    /// A checkout session (`cs_<hex>`).
     SessionId,
-    "cartId"
+    "sessionId"
 );
 id_type!(
     /// The id an outside caller of `POST /v1/inventory/reservations` names its holds by

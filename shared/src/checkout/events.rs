@@ -376,9 +376,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         if session.state != State::Completed {
             return Err(wrong_state(&session, "place the order"));
         }
-        let order = order::find(&self.app.sql, session.id.as_str())
-            .await?
-            .map(|(id, _, _)| id);
+        // The session names its order (set with ORDER_CREATED); PostgreSQL is asked only for
+        // a session that somehow lacks it.
+        let order = match session.order.clone() {
+            Some(order) => Some(order),
+            None => order::find(&self.app.sql, session.id.as_str())
+                .await?
+                .map(|(id, _, _)| id),
+        };
         Ok(EventOutcome {
             state: Some(session.state.name()),
             order_id: Some(order),

@@ -124,8 +124,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let key = self.app.keys.checkout_metadata(session);
         let reply = self.app.redis.execute("GET", vec![key.into()]).await?;
         if let Some(text) = reply.first().and_then(RedisReply::as_text) {
-            return serde_json::from_str(text)
-                .map_err(|_| Error::Internal(format!("checkout {session} has malformed frozen metadata")));
+            return parse_metadata(session, text);
         }
         let kept = paid::load(&self.app.sql, session.as_str())
             .await?
@@ -274,6 +273,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             _ => Err(wrong_state(&session, "cancel")),
         }
     }
+}
+
+/// A session's frozen metadata as Redis keeps it (JSON text).
+fn parse_metadata(session: &SessionId, text: &str) -> Result<Value> {
+    serde_json::from_str(text)
+        .map_err(|_| Error::Internal(format!("checkout {session} has malformed frozen metadata")))
 }
 
 /// The states before payment as the session scripts take them (`expire_if_due` in

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::session::{cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, UNLOCK, gateway, paid};
+use super::{Checkouts, UNLOCK, gateway, paid, parse_metadata};
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
@@ -55,11 +55,20 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             _ => return Err(wrong_state(&session, "take a payment")),
         }
         let intent_key = self.app.keys.payment_intent(id);
+        // One round trip for the stored intent and, while the session is LOCKED (the hot
+        // path: the first call), the frozen metadata the move to PAYMENT_PENDING needs; both
+        // keys carry the session's hash tag, so a Cluster serves them from one slot.
+        let locked = session.state == State::Locked;
+        let mut keys: Vec<RedisArg> = vec![intent_key.as_str().into()];
+        if locked {
+            keys.push(self.app.keys.checkout_metadata(id).into());
+        }
         let stored = self
             .app
             .redis
-            .execute("GET", vec![intent_key.as_str().into()])
+            .execute(if locked { "MGET" } else { "GET" }, keys)
             .await?;
+        let frozen = stored.get(1).and_then(RedisReply::as_text).map(str::to_owned);
         let intent: Value = match stored.first().and_then(RedisReply::as_text) {
             Some(text) => {
                 serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
@@ -97,7 +106,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // Hold stock and cart for the whole payment window: the holds first (their
             // deadline, less the grace, is the session's), then PostgreSQL's copy, then the
             // session, so at every moment the holds outlive the session.
-            let metadata = self.metadata(id).await?;
+            let metadata = match frozen {
+                Some(text) => parse_metadata(id, &text)?,
+                None => self.metadata(id).await?,
+            };
             let demand = frozen_demand(&metadata)?;
             let deadline = self.hold(id, &demand, self.session_ttl_ms()).await?;
             let cart_ref = cart_ref_text(&session.cart);

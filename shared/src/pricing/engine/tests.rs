@@ -821,3 +821,85 @@ proptest! {
         }
     }
 }
+
+/// `scenario`'s ruleset and lines for comparing engines (lists with missing parents and
+/// cycles, variants with several tiers per list and duplicate entries, lines that repeat
+/// variants), with up to four times as many discounts of every target, and sometimes a
+/// line naming an unknown variant.
+fn comparison_scenario() -> impl Strategy<Value = (PricingInput, Vec<QuoteLine>)> {
+    (
+        scenario(),
+        prop::collection::vec(discounts(), 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|((mut input, _, mut lines), more_discounts, unknown_line)| {
+            for (batch, discounts) in more_discounts.into_iter().enumerate() {
+                input.discounts.extend(discounts.into_iter().map(|d| Discount {
+                    id: format!("{}-{batch}", d.id),
+                    ..d
+                }));
+            }
+            if unknown_line {
+                lines.push(line("l-unknown", "v-unknown", 1));
+            }
+            (input, lines)
+        })
+}
+
+/// `scenario`'s ruleset with hundreds of discounts (more than a byte of ranks, so that
+/// quotes sort their candidates in several radix passes).
+fn many_discounts_scenario() -> impl Strategy<Value = (PricingInput, Vec<QuoteLine>)> {
+    (scenario(), prop::collection::vec(discounts(), 60..120)).prop_map(|((mut input, _, lines), batches)| {
+        input.discounts = (batches.into_iter().enumerate())
+            .flat_map(|(batch, discounts)| {
+                discounts.into_iter().map(move |d| Discount {
+                    id: format!("{}-{batch}", d.id),
+                    ..d
+                })
+            })
+            .collect();
+        (input, lines)
+    })
+}
+
+/// A quote, or its error's debug form (code, message and details).
+fn outcome(result: Result<Quote, Error>) -> Result<Quote, String> {
+    result.map_err(|e| format!("{e:?}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    /// The engine gives exactly the old engine's quote, or its error, in every context.
+    #[test]
+    fn new_engine_matches_the_old_one((input, lines) in comparison_scenario()) {
+        prop_assert_eq!(outcome(quote(&input, &lines)), outcome(reference::quote(&input, &lines)));
+        // One index serves quotes in every context alike.
+        let index = RulesetIndex::new(&input).map_err(|e| format!("{e:?}"));
+        let old_index = reference::RulesetIndex::new(&input).map_err(|e| format!("{e:?}"));
+        for customer_group in [None, Some("vip"), Some("trade"), Some("nobody")] {
+            for currency in CURRENCIES {
+                let context = QuoteContext {
+                    customer_group,
+                    currency: Currency::parse(currency).unwrap(),
+                    now_ms: input.now_ms,
+                };
+                let new = (index.as_ref().map_err(Clone::clone))
+                    .and_then(|index| outcome(index.quote(&context, &lines)));
+                let old = (old_index.as_ref().map_err(Clone::clone))
+                    .and_then(|index| outcome(index.quote(&context, &lines)));
+                prop_assert_eq!(new, old);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// With hundreds of discounts too.
+    #[test]
+    fn new_engine_matches_the_old_one_with_many_discounts((input, lines) in many_discounts_scenario()) {
+        prop_assert_eq!(outcome(quote(&input, &lines)), outcome(reference::quote(&input, &lines)));
+    }
+}

@@ -3,16 +3,15 @@
 //! and 200 discounts of every target, and the same ruleset with a 1-line cart, the ruleset
 //! indexed once beforehand (`quote/20_lines`, `quote/1_line`). Measured in the same run:
 //! the same 20-line quote indexing the whole ruleset first (`engine::quote`; a request
-//! indexes only the entries its lines read), and the engine before issue 11
-//! (`reference_*`, its own index also built once beforehand). `scripts/bench` runs it and
-//! copies the medians into BENCHMARKS.md.
+//! indexes only the entries its lines read). `scripts/bench` runs it and copies the
+//! medians into BENCHMARKS.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 
 use commerce_core::pricing::engine::{
     self, BundlePricing, Discount, DiscountKind, DiscountTarget, PriceBreak, PriceList, PricingInput,
-    QuoteLine, RulesetIndex, VariantPrices, reference,
+    QuoteLine, RulesetIndex, VariantPrices,
 };
 use commerce_core::pricing::money::Currency;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -242,9 +241,7 @@ fn bench(c: &mut Criterion) {
         let quote = index.quote(&context, lines).expect("the bench cart is priced");
         assert_eq!(quote.lines.len(), lines.len());
         assert!(quote.discount_total_minor > 0, "no discount applied");
-        assert_eq!(Ok(quote), reference::quote(&input, lines).map_err(|_| ()));
     }
-    let old_index = reference::RulesetIndex::new(&input).expect("the bench ruleset is indexed");
     let mut group = c.benchmark_group("quote");
     group.bench_function("20_lines", |b| {
         b.iter(|| index.quote(black_box(&context), black_box(&twenty)))
@@ -254,15 +251,6 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("20_lines_indexing_included", |b| {
         b.iter(|| engine::quote(black_box(&input), black_box(&twenty)))
-    });
-    group.bench_function("reference_20_lines", |b| {
-        b.iter(|| old_index.quote(black_box(&context), black_box(&twenty)))
-    });
-    group.bench_function("reference_1_line", |b| {
-        b.iter(|| old_index.quote(black_box(&context), black_box(&one)))
-    });
-    group.bench_function("reference_20_lines_indexing_included", |b| {
-        b.iter(|| reference::quote(black_box(&input), black_box(&twenty)))
     });
     group.finish();
 }

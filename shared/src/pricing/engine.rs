@@ -1052,9 +1052,5 @@ fn unprocessable(code: ErrorCode, message: String, details: serde_json::Value) -
     }
 }
 
-/// The engine before issue 11, kept until the two are shown to agree.
-#[doc(hidden)]
-pub mod reference;
-
 #[cfg(test)]
 mod tests;

@@ -6,8 +6,9 @@
 //! between them is made by an explicit ordering (priority, then id).
 //!
 //! The rules, each implemented once below:
-//! 1. **Price resolution** of a variant: `RulesetIndex::resolve_variant` and
-//!    `IndexedVariant::tier_price`.
+//! 1. **Price resolution** of a variant: `walks` (the order lists are consulted in, once
+//!    per customer group and currency), `RulesetIndex::resolve_variant` and
+//!    `walked_price`.
 //! 2. **Bundle unit price**: `RulesetIndex::resolve_bundle`.
 //! 3. **Discounts**, in priority order with exclusivity, never taking a line or the order
 //!    below zero: `RulesetIndex::apply_discounts`.
@@ -15,12 +16,16 @@
 //!    `total = subtotal − discountTotal ≥ 0`: [`RulesetIndex::quote`].
 //!
 //! A ruleset is indexed once ([`RulesetIndex`]: the orderings the rules ask for, and
-//! lookups by variant and bundle id), then quoted; [`quote`] does both for one quote.
+//! lookups by variant and bundle id), then quoted; [`quote`] does both for one quote. A
+//! quote looks each line's variant or bundle up once, allocates per line only what the
+//! quote returns, and nothing per discount candidate.
 //!
 //! Rounding happens in exactly one place, [`percent_of`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
@@ -316,7 +321,10 @@ impl PricingInput {
 }
 
 /// A price list's position in [`RulesetIndex::lists`].
-type ListIx = usize;
+type ListIx = u32;
+/// A variant's position in [`RulesetIndex::variants`] (or a bundle's in
+/// [`RulesetIndex::bundles`]).
+type Position = u32;
 /// A discount's position in [`RulesetIndex::discounts`], which is the order rule 3
 /// applies discounts in: a lower rank applies first.
 type Rank = u32;
@@ -325,34 +333,46 @@ type Slot = u32;
 /// The slot of the order as a whole.
 const ORDER: Slot = Slot::MAX;
 
+/// Up to this many candidates, [`RulesetIndex::in_rank_order`] sorts them by comparing.
+const SORTED_BY_COMPARING: usize = 64;
+
+/// A discount that may apply to a slot.
+#[derive(Clone, Copy)]
+struct Candidate {
+    rank: Rank,
+    slot: Slot,
+}
+
+/// The place, in a [`Walk`], of a list the walk never reaches.
+const NOT_WALKED: u32 = u32::MAX;
+
 /// The ruleset of a [`PricingInput`] (its price lists, variants, bundles and discounts,
 /// not its context) arranged so that a quote looks up what applies to its lines instead
 /// of searching the whole ruleset:
 ///
-/// - every ordering the rules ask for is done once, here: price lists by priority (rule
-///   1's candidate order), each list's parent walk, each variant's tiers per list, and
+/// - every ordering the rules ask for is done once, here: rule 1's walk through the price
+///   lists for each customer group and currency, each variant's tiers by quantity, and
 ///   discounts by priority and id (rule 3's order);
-/// - a variant line finds its prices by variant id, and the discounts that may apply to
-///   it by variant (or bundle) id, so the cost of a quote grows with its lines and the
-///   discounts that target them, not with the size of the ruleset.
+/// - a line finds its variant (or bundle) by id once, and through its position its tiers
+///   and the discounts that may apply to it, so the cost of a quote grows with its lines
+///   and the discounts that target them, not with the size of the ruleset.
 ///
 /// Build it once per ruleset and quote with it as often as needed; it borrows the input.
 pub struct RulesetIndex<'a> {
     /// The price lists, in the input's order.
     lists: Vec<&'a PriceList>,
-    /// Every list by priority descending, ties by id ascending: rule 1's candidate order
-    /// within the customer's group lists and within the default lists.
-    by_priority: Vec<ListIx>,
-    /// For each list, the lists its walk visits: itself, then its parents, up to a
-    /// missing parent or a list already visited (a cycle).
-    chains: Vec<Vec<ListIx>>,
+    /// Rule 1's walk for each customer group and currency that some list has.
+    walks: Vec<Walk<'a>>,
     /// The position of each variant in `variants` and `by_variant`.
-    variant_ix: HashMap<&'a str, usize>,
-    /// Each variant's base price and, per list that prices it, its tiers.
+    variant_ix: IdMap<'a>,
+    /// Each variant's base price and where its tiers are in `tiers`.
     variants: Vec<IndexedVariant<'a>>,
+    /// Every tier of every variant, each variant's tiers side by side.
+    tiers: Vec<Tier>,
     /// The position of each bundle in `bundles` and `by_bundle`.
-    bundle_ix: HashMap<&'a str, usize>,
-    bundles: Vec<&'a BundlePricing>,
+    bundle_ix: IdMap<'a>,
+    /// Each bundle's id and pricing.
+    bundles: Vec<(&'a str, &'a BundlePricing)>,
     /// The discounts in the order rule 3 applies them: priority descending, ties by id.
     discounts: Vec<RankedDiscount<'a>>,
     /// The `Variants` discounts naming each variant (that the ruleset prices).
@@ -363,34 +383,98 @@ pub struct RulesetIndex<'a> {
     on_order: Vec<Rank>,
 }
 
+/// Positions by id, hashed with FNV-1a rather than SipHash: ids are a few bytes, and the
+/// keys are the ruleset's own ids (a cart only looks them up, it cannot add colliding
+/// ones), so SipHash's defence against chosen collisions would buy nothing here.
+type IdMap<'a> = HashMap<&'a str, Position, BuildHasherDefault<Fnv1a>>;
+
+/// The 64-bit FNV-1a hash.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Rule 1's order of the price lists for one customer group and currency: the candidate
+/// lists (the group's, then the default ones; within each, priority descending, ties by
+/// id ascending), each followed by its parents up to a missing parent or a cycle, lists of
+/// another currency left out. A list met a second time is not walked again: it priced
+/// nothing the first time and would price nothing now.
+///
+/// Kept as each list's place in that order, so a variant's price is the applicable tier
+/// of its walked list with the lowest place, found among its own tiers alone.
+struct Walk<'a> {
+    /// The group the walk is for; `None` is the walk of a customer whose group no list
+    /// of the currency has.
+    customer_group: Option<&'a str>,
+    currency: Currency,
+    /// Per list, its place in the walk (lower is consulted first), or [`NOT_WALKED`].
+    places: Vec<u32>,
+}
+
 /// A discount and its id, shared with every [`AppliedDiscount`] it gives.
 struct RankedDiscount<'a> {
     rule: &'a Discount,
     id: Arc<str>,
 }
 
-/// A variant's prices, by list.
-struct IndexedVariant<'a> {
-    prices: &'a VariantPrices,
-    /// Every tier of every list that prices the variant (several entries for one list
-    /// merged), sorted by list, then `min_quantity` ascending, then price descending: the
-    /// tier of a list that applies to a quantity is the last of the list's run starting at
-    /// or below it.
-    tiers: Vec<(ListIx, PriceBreak)>,
+impl RankedDiscount<'_> {
+    /// The discount listed as having taken `amount_minor`.
+    fn applied(&self, amount_minor: i64) -> AppliedDiscount {
+        AppliedDiscount {
+            discount_id: Arc::clone(&self.id),
+            amount_minor,
+        }
+    }
 }
 
-impl IndexedVariant<'_> {
-    /// Rule 1, a list's price for the variant at `quantity`: the tier with the highest
-    /// `min_quantity <= quantity` (equal tiers: the lower price). `None` when the list has
-    /// no entry for the variant or every tier starts above `quantity`; the list then does
-    /// not apply and the walk goes on.
-    fn tier_price(&self, list: ListIx, quantity: u32) -> Option<i64> {
-        let reached = self
-            .tiers
-            .partition_point(|(ix, tier)| (*ix, tier.min_quantity) <= (list, quantity));
-        let (ix, tier) = self.tiers.get(reached.checked_sub(1)?)?;
-        (*ix == list).then_some(tier.unit_minor)
+/// A variant's base price and its tiers.
+struct IndexedVariant<'a> {
+    prices: &'a VariantPrices,
+    /// Where the variant's tiers are in [`RulesetIndex::tiers`]: every tier of every list
+    /// that prices it (several entries for one list merged), sorted by `min_quantity`
+    /// ascending, then price descending, so that of two tiers of one list that apply to a
+    /// quantity, the later is the one rule 1 takes.
+    tiers: Range<usize>,
+}
+
+/// One quantity tier of one list's price for a variant.
+struct Tier {
+    list: ListIx,
+    min_quantity: u32,
+    unit_minor: i64,
+}
+
+/// Rule 1, a variant's price at `quantity` on `walk`: the tier with the highest
+/// `min_quantity <= quantity` (equal tiers: the lower price) of the first list of the walk
+/// that has one, and that list; `None` when no walked list prices the variant at this
+/// quantity.
+fn walked_price(tiers: &[Tier], walk: &Walk<'_>, quantity: u32) -> Option<(ListIx, i64)> {
+    let mut best: Option<(u32, &Tier)> = None;
+    // Tiers by `min_quantity` ascending: past the first that starts above `quantity`, none
+    // applies.
+    for tier in tiers.iter().take_while(|tier| tier.min_quantity <= quantity) {
+        let place = walk.places[tier.list as usize];
+        // `<=`: a later tier of the same list (same place) is the better one.
+        if place != NOT_WALKED && best.is_none_or(|(best_place, _)| place <= best_place) {
+            best = Some((place, tier));
+        }
     }
+    best.map(|(_, tier)| (tier.list, tier.unit_minor))
 }
 
 /// The discounts naming each variant (or each bundle), by its position: the ranks of
@@ -403,10 +487,10 @@ struct Targeted {
 impl Targeted {
     /// From `(target position, rank)` pairs in ascending rank order, `targets` positions.
     /// A counting sort: count each target's ranks, then place them in the order given.
-    fn new(targets: usize, pairs: &[(usize, Rank)]) -> Self {
+    fn new(targets: usize, pairs: &[(Position, Rank)]) -> Self {
         let mut starts = vec![0; targets + 1];
         for &(target, _) in pairs {
-            starts[target + 1] += 1;
+            starts[target as usize + 1] += 1;
         }
         for target in 0..targets {
             starts[target + 1] += starts[target];
@@ -414,14 +498,15 @@ impl Targeted {
         let mut next = starts.clone();
         let mut ranks = vec![0; pairs.len()];
         for &(target, rank) in pairs {
-            ranks[next[target]] = rank;
-            next[target] += 1;
+            ranks[next[target as usize]] = rank;
+            next[target as usize] += 1;
         }
         Self { starts, ranks }
     }
 
     /// The ranks of the discounts naming target `target`, ascending.
-    fn of(&self, target: usize) -> &[Rank] {
+    fn of(&self, target: Position) -> &[Rank] {
+        let target = target as usize;
         &self.ranks[self.starts[target]..self.starts[target + 1]]
     }
 }
@@ -434,42 +519,30 @@ impl<'a> RulesetIndex<'a> {
         let variant_ix = unique("variant", input.variants.iter().map(|v| v.variant_id.as_str()))?;
         unique("discount", input.discounts.iter().map(|d| d.id.as_str()))?;
         let lists: Vec<&PriceList> = input.price_lists.iter().collect();
+        let walks = walks(&lists, &list_ix);
 
-        let mut by_priority: Vec<ListIx> = (0..lists.len()).collect();
-        by_priority.sort_by(|&a, &b| {
-            (lists[b].priority.cmp(&lists[a].priority)).then_with(|| lists[a].id.cmp(&lists[b].id))
-        });
-        let chains = (0..lists.len())
-            .map(|start| {
-                let mut chain = vec![start];
-                while let Some(&parent) = lists[*chain.last().expect("starts non-empty")]
-                    .parent_id
-                    .as_deref()
-                    .and_then(|parent| list_ix.get(parent))
-                {
-                    if chain.contains(&parent) {
-                        break;
-                    }
-                    chain.push(parent);
-                }
-                chain
-            })
-            .collect();
-
-        let variants: Vec<IndexedVariant> = input
-            .variants
-            .iter()
-            .map(|prices| {
-                let mut tiers: Vec<(ListIx, PriceBreak)> = (prices.entries.iter())
-                    // A list that does not exist is never walked to.
-                    .filter_map(|(list_id, breaks)| Some((*list_ix.get(list_id.as_str())?, breaks)))
-                    .flat_map(|(ix, breaks)| breaks.iter().map(move |tier| (ix, tier.clone())))
-                    .collect();
-                tiers.sort_by_key(|(ix, tier)| (*ix, tier.min_quantity, Reverse(tier.unit_minor)));
-                IndexedVariant { prices, tiers }
-            })
-            .collect();
-        let bundle_ix: HashMap<&str, usize> = input.bundles.keys().map(String::as_str).zip(0..).collect();
+        let mut tiers = Vec::new();
+        let mut variants = Vec::with_capacity(input.variants.len());
+        for prices in &input.variants {
+            let start = tiers.len();
+            for (list_id, breaks) in &prices.entries {
+                // A list that does not exist is never walked to.
+                let Some(&list) = list_ix.get(list_id.as_str()) else {
+                    continue;
+                };
+                tiers.extend(breaks.iter().map(|tier| Tier {
+                    list,
+                    min_quantity: tier.min_quantity,
+                    unit_minor: tier.unit_minor,
+                }));
+            }
+            tiers[start..].sort_by_key(|tier| (tier.min_quantity, Reverse(tier.unit_minor)));
+            variants.push(IndexedVariant {
+                prices,
+                tiers: start..tiers.len(),
+            });
+        }
+        let bundle_ix: IdMap = input.bundles.keys().map(String::as_str).zip(0..).collect();
 
         let mut discounts: Vec<&Discount> = input.discounts.iter().collect();
         discounts.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
@@ -491,14 +564,16 @@ impl<'a> RulesetIndex<'a> {
             .collect();
         Ok(Self {
             lists,
-            by_priority,
-            chains,
+            walks,
             by_variant: Targeted::new(variants.len(), &by_variant),
             by_bundle: Targeted::new(bundle_ix.len(), &by_bundle),
             variant_ix,
             variants,
+            tiers,
             bundle_ix,
-            bundles: input.bundles.values().collect(),
+            bundles: (input.bundles.iter())
+                .map(|(id, pricing)| (id.as_str(), pricing))
+                .collect(),
             discounts,
             on_order,
         })
@@ -517,31 +592,40 @@ impl<'a> RulesetIndex<'a> {
     /// - an amount beyond `i64` minor units: 422 `AMOUNT_OUT_OF_RANGE`.
     pub fn quote(&self, context: &QuoteContext<'_>, lines: &[QuoteLine]) -> Result<Quote, Error> {
         let currency = context.currency;
-        let candidates: Vec<ListIx> = self.candidates(context).collect();
+        let walk = self.walk(context);
         let mut priced = Vec::with_capacity(lines.len());
+        // For each line, the ranks of the discounts naming its variant or bundle.
+        let mut targeted = Vec::with_capacity(lines.len());
         let mut subtotal = Money::zero(currency);
         for line in lines {
             let quantity = Quantity::new(i64::from(line.quantity()))?.get();
-            let unit = match line {
+            let (unit, targeted_by) = match line {
                 QuoteLine::Variant { variant_id, .. } => {
-                    self.resolve_variant(context, &candidates, line, variant_id, quantity)?
+                    let variant = self.variant(line, variant_id)?;
+                    let unit = self.resolve_variant(context, walk, line, variant, quantity)?;
+                    (unit, self.by_variant.of(variant))
                 }
                 QuoteLine::Bundle { bundle_id, parts, .. } => {
-                    self.resolve_bundle(context, &candidates, line, bundle_id, parts, quantity)?
+                    let bundle = self.bundle(line, bundle_id)?;
+                    let unit = self.resolve_bundle(context, walk, line, bundle, parts, quantity)?;
+                    (unit, self.by_bundle.of(bundle))
                 }
             };
             let line_total = Money::new(unit.unit_minor, currency).checked_mul(quantity)?;
             subtotal = subtotal.checked_add(line_total)?;
+            targeted.push(targeted_by);
             priced.push(QuotedLine {
                 line_id: line.line_id().to_owned(),
                 unit_minor: unit.unit_minor,
-                price_list_id: unit.price_list_id,
+                price_list_id: unit.list.map(|list| self.lists[list as usize].id.clone()),
                 quantity,
                 line_total_minor: line_total.minor,
-                discounts: Vec::new(),
+                // Room for every discount the line may take, so listing them does not
+                // regrow.
+                discounts: Vec::with_capacity(targeted_by.len()),
             });
         }
-        let order_discounts = self.apply_discounts(context, lines, &mut priced, subtotal.minor);
+        let order_discounts = self.apply_discounts(context, &targeted, &mut priced, subtotal.minor);
         // Every amount was capped at what was left of the order, so neither sum can exceed
         // the subtotal.
         let discount_total_minor = priced
@@ -560,109 +644,104 @@ impl<'a> RulesetIndex<'a> {
         })
     }
 
-    /// Rule 1, the candidate lists in order: the lists of the customer's group, then the
-    /// default lists; within each, priority descending, ties by id ascending. Lists of
-    /// another currency than the cart's are never candidates.
-    fn candidates<'q>(&'q self, context: &'q QuoteContext<'_>) -> impl Iterator<Item = ListIx> + 'q {
-        let in_currency = move |&ix: &ListIx| self.lists[ix].currency == context.currency;
-        let group = self
-            .by_priority
-            .iter()
-            .copied()
-            .filter(in_currency)
-            .filter(move |&ix| {
-                let list_group = self.lists[ix].customer_group.as_deref();
-                list_group.is_some() && list_group == context.customer_group
-            });
-        let default = (self.by_priority.iter().copied())
-            .filter(in_currency)
-            .filter(move |&ix| self.lists[ix].customer_group.is_none());
-        group.chain(default)
+    /// Rule 1's walk for the quote's customer group and currency: the group's own walk,
+    /// else (no list of the currency is for the group) the default lists' walk; `None`
+    /// when no list is in the currency.
+    fn walk(&self, context: &QuoteContext<'_>) -> Option<&Walk<'a>> {
+        let of = |group: Option<&str>| {
+            (self.walks.iter()).find(|walk| walk.currency == context.currency && walk.customer_group == group)
+        };
+        context
+            .customer_group
+            .and_then(|group| of(Some(group)))
+            .or_else(|| of(None))
     }
 
-    /// Rule 1, price resolution of `variant_id` at `quantity` units.
-    ///
-    /// For each of the quote's `candidates` lists in order (see
-    /// [`RulesetIndex::candidates`]), walk the list
-    /// and then its parents (its chain) and take the first list that prices the variant at
-    /// this quantity (see [`IndexedVariant::tier_price`]); a parent in another currency is
-    /// passed over. If no list prices the variant, its base price applies, which must be
-    /// in the cart's currency.
-    fn resolve_variant(
-        &self,
-        context: &QuoteContext<'_>,
-        candidates: &[ListIx],
-        line: &QuoteLine,
-        variant_id: &str,
-        quantity: u32,
-    ) -> Result<UnitPrice, Error> {
-        let variant = self.variant_ix.get(variant_id).map(|&ix| &self.variants[ix]);
-        let variant = variant.ok_or_else(|| {
+    /// The position of `variant_id`, refused (naming `line`) when the ruleset does not
+    /// price it.
+    fn variant(&self, line: &QuoteLine, variant_id: &str) -> Result<Position, Error> {
+        self.variant_ix.get(variant_id).copied().ok_or_else(|| {
             unprocessable(
                 ErrorCode::UnknownVariant,
                 format!("variant {variant_id} has no price"),
                 json!({ "lineId": line.line_id(), "variantId": variant_id }),
             )
-        })?;
-        let from_list = candidates.iter().find_map(|&candidate| {
-            self.chains[candidate]
-                .iter()
-                .filter(|&&ix| self.lists[ix].currency == context.currency)
-                .find_map(|&ix| Some((ix, variant.tier_price(ix, quantity)?)))
-        });
-        let (unit_minor, price_list_id) = match from_list {
-            Some((ix, unit_minor)) => (unit_minor, Some(self.lists[ix].id.clone())),
-            None if variant.prices.currency == context.currency => (variant.prices.base_minor, None),
-            None => {
-                return Err(unprocessable(
-                    ErrorCode::CurrencyMismatch,
-                    format!(
-                        "variant {variant_id} has no price in {}, only a base price in {}",
-                        context.currency, variant.prices.currency
-                    ),
-                    json!({
-                        "lineId": line.line_id(),
-                        "variantId": variant_id,
-                        "variantCurrency": variant.prices.currency,
-                        "cartCurrency": context.currency,
-                    }),
-                ));
-            }
-        };
-        non_negative(
-            unit_minor,
-            || json!({ "variantId": variant_id, "priceListId": price_list_id }),
-        )?;
-        Ok(UnitPrice {
-            unit_minor,
-            price_list_id,
         })
     }
 
-    /// Rule 2, the unit price of a bundle.
-    ///
-    /// `Fixed`: its price, which must be in the cart's currency. `PercentOff`: the sum of
-    /// the parts' unit prices, each resolved by rule 1 at the bundle line's quantity, less
-    /// [`percent_of`] that sum. Either way the price comes from no list (`price_list_id`
-    /// is `None`).
-    fn resolve_bundle(
-        &self,
-        context: &QuoteContext<'_>,
-        candidates: &[ListIx],
-        line: &QuoteLine,
-        bundle_id: &str,
-        parts: &[String],
-        quantity: u32,
-    ) -> Result<UnitPrice, Error> {
-        let currency = context.currency;
-        let pricing = self.bundle_ix.get(bundle_id).map(|&ix| self.bundles[ix]);
-        let pricing = pricing.ok_or_else(|| {
+    /// The position of `bundle_id`, refused (naming `line`) when the ruleset does not
+    /// price it.
+    fn bundle(&self, line: &QuoteLine, bundle_id: &str) -> Result<Position, Error> {
+        self.bundle_ix.get(bundle_id).copied().ok_or_else(|| {
             unprocessable(
                 ErrorCode::UnknownBundle,
                 format!("bundle {bundle_id} has no pricing"),
                 json!({ "lineId": line.line_id(), "bundleId": bundle_id }),
             )
+        })
+    }
+
+    /// Rule 1, price resolution of the variant at `variant` at `quantity` units.
+    ///
+    /// Walk the price lists in `walk`'s order (see [`Walk`]) and take the first list that
+    /// prices the variant at this quantity: its tier with the highest `min_quantity <=
+    /// quantity` (equal tiers: the lower price); a list whose tiers all start above the
+    /// quantity does not apply and the walk goes on. If no list prices the variant, its
+    /// base price applies, which must be in the cart's currency.
+    fn resolve_variant(
+        &self,
+        context: &QuoteContext<'_>,
+        walk: Option<&Walk<'_>>,
+        line: &QuoteLine,
+        variant: Position,
+        quantity: u32,
+    ) -> Result<UnitPrice, Error> {
+        let variant = &self.variants[variant as usize];
+        let from_list =
+            walk.and_then(|walk| walked_price(&self.tiers[variant.tiers.clone()], walk, quantity));
+        let prices = variant.prices;
+        let (unit_minor, list) = match from_list {
+            Some((list, unit_minor)) => (unit_minor, Some(list)),
+            None if prices.currency == context.currency => (prices.base_minor, None),
+            None => {
+                return Err(unprocessable(
+                    ErrorCode::CurrencyMismatch,
+                    format!(
+                        "variant {} has no price in {}, only a base price in {}",
+                        prices.variant_id, context.currency, prices.currency
+                    ),
+                    json!({
+                        "lineId": line.line_id(),
+                        "variantId": prices.variant_id,
+                        "variantCurrency": prices.currency,
+                        "cartCurrency": context.currency,
+                    }),
+                ));
+            }
+        };
+        non_negative(unit_minor, || {
+            let price_list_id = list.map(|list| &self.lists[list as usize].id);
+            json!({ "variantId": prices.variant_id, "priceListId": price_list_id })
         })?;
+        Ok(UnitPrice { unit_minor, list })
+    }
+
+    /// Rule 2, the unit price of the bundle at `bundle`.
+    ///
+    /// `Fixed`: its price, which must be in the cart's currency. `PercentOff`: the sum of
+    /// the parts' unit prices, each resolved by rule 1 at the bundle line's quantity, less
+    /// [`percent_of`] that sum. Either way the price comes from no list.
+    fn resolve_bundle(
+        &self,
+        context: &QuoteContext<'_>,
+        walk: Option<&Walk<'_>>,
+        line: &QuoteLine,
+        bundle: Position,
+        parts: &[String],
+        quantity: u32,
+    ) -> Result<UnitPrice, Error> {
+        let currency = context.currency;
+        let (bundle_id, pricing) = self.bundles[bundle as usize];
         let unit_minor = match pricing {
             BundlePricing::Fixed {
                 unit_minor,
@@ -686,7 +765,8 @@ impl<'a> RulesetIndex<'a> {
             BundlePricing::PercentOff { basis_points } => {
                 let mut sum = Money::zero(currency);
                 for part in parts {
-                    let part_price = self.resolve_variant(context, candidates, line, part, quantity)?;
+                    let variant = self.variant(line, part)?;
+                    let part_price = self.resolve_variant(context, walk, line, variant, quantity)?;
                     sum = sum.checked_add(Money::new(part_price.unit_minor, currency))?;
                 }
                 sum.minor - percent_of(sum.minor, *basis_points)
@@ -694,7 +774,7 @@ impl<'a> RulesetIndex<'a> {
         };
         Ok(UnitPrice {
             unit_minor,
-            price_list_id: None,
+            list: None,
         })
     }
 
@@ -714,44 +794,25 @@ impl<'a> RulesetIndex<'a> {
     /// - Exclusivity: once an exclusive discount has taken something anywhere, no discount
     ///   of lower priority applies anywhere; discounts of the same priority still do.
     ///
-    /// Only the discounts that target one of the lines, or the order, are visited: the
-    /// (rank, line) pairs looked up in the index, sorted, are exactly the order in which
-    /// a pass over every discount and every line would meet them.
+    /// Only the discounts that target one of the lines (`targeted`, the ranks naming each
+    /// line), or the order, are visited (see [`RulesetIndex::in_rank_order`]).
     fn apply_discounts(
         &self,
         context: &QuoteContext<'_>,
-        lines: &[QuoteLine],
+        targeted: &[&[Rank]],
         priced: &mut [QuotedLine],
         subtotal_minor: i64,
     ) -> Vec<AppliedDiscount> {
-        // One (rank, slot) per discount and line (or order) it may apply to; sorted, the
-        // order of a pass over every discount, then every line.
-        let mut candidates: Vec<(Rank, Slot)> = Vec::new();
-        for ((index, line), slot) in lines.iter().enumerate().zip(0..) {
-            // Every line was priced, so its variant or bundle is in the index.
-            let ranks = match line {
-                QuoteLine::Variant { variant_id, .. } => {
-                    self.by_variant.of(self.variant_ix[variant_id.as_str()])
-                }
-                QuoteLine::Bundle { bundle_id, .. } => self.by_bundle.of(self.bundle_ix[bundle_id.as_str()]),
-            };
-            // Room for every discount the line may take, so listing them does not regrow.
-            priced[index].discounts.reserve(ranks.len());
-            candidates.extend(ranks.iter().map(|&rank| (rank, slot)));
-        }
-        candidates.extend(self.on_order.iter().map(|&rank| (rank, ORDER)));
-        // Runs of ascending ranks, one per line, merged by a stable sort on the rank
-        // alone, which keeps the lines of one discount in line order.
-        candidates.sort_by_key(|&(rank, _)| rank);
+        let candidates = self.in_rank_order(targeted);
 
         let mut left = Left {
             lines: priced.iter().map(|line| line.line_total_minor).collect(),
             order: subtotal_minor,
         };
-        let mut order_discounts = Vec::new();
+        let mut order_discounts = Vec::with_capacity(self.on_order.len());
         let mut exclusive_priority: Option<i32> = None;
-        for same_discount in candidates.chunk_by(|a, b| a.0 == b.0) {
-            let ranked = &self.discounts[same_discount[0].0 as usize];
+        for same_discount in candidates.chunk_by(|a, b| a.rank == b.rank) {
+            let ranked = &self.discounts[same_discount[0].rank as usize];
             let discount = ranked.rule;
             if !discount.is_active_at(context.now_ms) {
                 continue;
@@ -760,12 +821,13 @@ impl<'a> RulesetIndex<'a> {
                 break;
             }
             let mut took_something = false;
-            for &(_, slot) in same_discount {
-                match (slot, &discount.target) {
+            for candidate in same_discount {
+                match (candidate.slot, &discount.target) {
                     (ORDER, DiscountTarget::OrderSubtotal { threshold_minor }) => {
                         if subtotal_minor >= *threshold_minor {
-                            if let Some(applied) = left.take(ranked, None, context.currency) {
-                                order_discounts.push(applied);
+                            let amount = left.take(&discount.kind, None, context.currency);
+                            if amount > 0 {
+                                order_discounts.push(ranked.applied(amount));
                                 took_something = true;
                             }
                         }
@@ -774,10 +836,10 @@ impl<'a> RulesetIndex<'a> {
                     (line, _) => {
                         let index = line as usize;
                         let quoted = &mut priced[index];
-                        if let Some(applied) =
-                            left.take(ranked, Some((index, quoted.quantity)), context.currency)
-                        {
-                            quoted.discounts.push(applied);
+                        let units = quoted.quantity;
+                        let amount = left.take(&discount.kind, Some((index, units)), context.currency);
+                        if amount > 0 {
+                            quoted.discounts.push(ranked.applied(amount));
                             took_something = true;
                         }
                     }
@@ -789,12 +851,120 @@ impl<'a> RulesetIndex<'a> {
         }
         order_discounts
     }
+
+    /// A candidate for each rank in `targeted[line]` (the discounts naming each line) and
+    /// each order discount, in the order a pass over every discount, then every line, then
+    /// the order, would meet them: by rank; for one rank, in line order, the order last.
+    ///
+    /// Listed line by line, then sorted by rank by a stable radix sort, a byte of the rank
+    /// per pass: linear in the candidates, where a comparison sort was the largest single
+    /// cost of a quote.
+    fn in_rank_order(&self, targeted: &[&[Rank]]) -> Vec<Candidate> {
+        let count = self.on_order.len() + targeted.iter().map(|ranks| ranks.len()).sum::<usize>();
+        let mut candidates = Vec::with_capacity(count);
+        for (ranks, slot) in targeted.iter().zip(0..) {
+            candidates.extend(ranks.iter().map(|&rank| Candidate { rank, slot }));
+        }
+        candidates.extend(self.on_order.iter().map(|&rank| Candidate { rank, slot: ORDER }));
+        // A radix pass costs its 256 buckets whatever the count: for a few candidates,
+        // comparing them is cheaper (no pair is there twice, so unstable is enough).
+        if count <= SORTED_BY_COMPARING {
+            candidates.sort_unstable_by_key(|candidate| (candidate.rank, candidate.slot));
+            return candidates;
+        }
+        let highest_rank = self.discounts.len().saturating_sub(1);
+        let mut sorted = vec![Candidate { rank: 0, slot: 0 }; count];
+        let mut shift = 0;
+        while shift < Rank::BITS && highest_rank >> shift != 0 {
+            let digit = |candidate: &Candidate| (candidate.rank >> shift & 0xff) as usize;
+            // Where each digit's candidates start in `sorted`.
+            let mut starts = [0u32; 257];
+            for candidate in &candidates {
+                starts[digit(candidate) + 1] += 1;
+            }
+            for digit in 0..256 {
+                starts[digit + 1] += starts[digit];
+            }
+            for candidate in &candidates {
+                let start = &mut starts[digit(candidate)];
+                sorted[*start as usize] = *candidate;
+                *start += 1;
+            }
+            std::mem::swap(&mut candidates, &mut sorted);
+            shift += 8;
+        }
+        candidates
+    }
+}
+
+/// Rule 1's walks, one for each currency some list has with no customer group, and one
+/// for each customer group and currency that some list has.
+fn walks<'a>(lists: &[&'a PriceList], list_ix: &IdMap<'_>) -> Vec<Walk<'a>> {
+    let mut by_priority: Vec<usize> = (0..lists.len()).collect();
+    by_priority.sort_by(|&a, &b| {
+        (lists[b].priority.cmp(&lists[a].priority)).then_with(|| lists[a].id.cmp(&lists[b].id))
+    });
+    // For each list, the lists its walk visits: itself, then its parents, up to a missing
+    // parent or a list already visited (a cycle).
+    let chains: Vec<Vec<usize>> = (0..lists.len())
+        .map(|start| {
+            let mut chain = vec![start];
+            while let Some(&parent) = lists[*chain.last().expect("starts non-empty")]
+                .parent_id
+                .as_deref()
+                .and_then(|parent| list_ix.get(parent))
+            {
+                let parent = parent as usize;
+                if chain.contains(&parent) {
+                    break;
+                }
+                chain.push(parent);
+            }
+            chain
+        })
+        .collect();
+    let mut contexts: Vec<(Option<&'a str>, Currency)> = (lists.iter().copied())
+        .flat_map(|list| {
+            [
+                (None, list.currency),
+                (list.customer_group.as_deref(), list.currency),
+            ]
+        })
+        .collect();
+    contexts.sort_unstable();
+    contexts.dedup();
+    (contexts.into_iter())
+        .map(|(customer_group, currency)| {
+            let in_currency = |list: &usize| lists[*list].currency == currency;
+            let group = (by_priority.iter().filter(|list| in_currency(list))).filter(|&&list| {
+                customer_group.is_some() && lists[list].customer_group.as_deref() == customer_group
+            });
+            let default = (by_priority.iter().filter(|list| in_currency(list)))
+                .filter(|&&list| lists[list].customer_group.is_none());
+            let mut places = vec![NOT_WALKED; lists.len()];
+            let mut next_place = 0;
+            for &candidate in group.chain(default) {
+                for &list in chains[candidate].iter().filter(|list| in_currency(list)) {
+                    if places[list] == NOT_WALKED {
+                        places[list] = next_place;
+                        next_place += 1;
+                    }
+                }
+            }
+            Walk {
+                customer_group,
+                currency,
+                places,
+            }
+        })
+        .collect()
 }
 
 /// A resolved unit price and where it came from.
 struct UnitPrice {
     unit_minor: i64,
-    price_list_id: Option<String>,
+    /// The list it came from, if any.
+    list: Option<ListIx>,
 }
 
 /// What the discounts applied so far have left of each line and of the order; never
@@ -805,30 +975,22 @@ struct Left {
 }
 
 impl Left {
-    /// Takes `discount` from line `index` of `units` units, or from the order (`None`),
-    /// capped at what is left of that line and of the order. `None` if it takes nothing.
-    fn take(
-        &mut self,
-        discount: &RankedDiscount<'_>,
-        line: Option<(usize, u32)>,
-        cart: Currency,
-    ) -> Option<AppliedDiscount> {
+    /// Takes a discount of `kind` from line `index` of `units` units, or from the order
+    /// (`None`), capped at what is left of that line and of the order, and returns what it
+    /// took: 0 when nothing.
+    fn take(&mut self, kind: &DiscountKind, line: Option<(usize, u32)>, cart: Currency) -> i64 {
         let (line_left, units) = match line {
             Some((index, units)) => (self.lines[index], units),
             None => (self.order, 1),
         };
-        let amount = discount_amount(&discount.rule.kind, line_left, units, cart).min(self.order);
-        if amount <= 0 {
-            return None;
+        let amount = discount_amount(kind, line_left, units, cart).min(self.order);
+        if amount > 0 {
+            if let Some((index, _)) = line {
+                self.lines[index] -= amount;
+            }
+            self.order -= amount;
         }
-        if let Some((index, _)) = line {
-            self.lines[index] -= amount;
-        }
-        self.order -= amount;
-        Some(AppliedDiscount {
-            discount_id: Arc::clone(&discount.id),
-            amount_minor: amount,
-        })
+        amount.max(0)
     }
 }
 
@@ -836,31 +998,31 @@ impl Left {
 /// always in `0..=left`.
 fn discount_amount(kind: &DiscountKind, left: i64, units: u32, cart: Currency) -> i64 {
     let wanted = match kind {
-        DiscountKind::Percentage { basis_points } => i128::from(percent_of(left, *basis_points)),
+        DiscountKind::Percentage { basis_points } => percent_of(left, *basis_points),
+        // Saturating: a product beyond `i64` is beyond `left` too, and clamps the same.
         DiscountKind::Fixed {
             amount_minor,
             currency,
-        } if *currency == cart => i128::from(*amount_minor) * i128::from(units),
+        } if *currency == cart => amount_minor.saturating_mul(i64::from(units)),
         DiscountKind::Fixed { .. } => 0,
     };
-    // Clamped into 0..=left, so it fits in i64.
-    wanted.clamp(0, i128::from(left.max(0))) as i64
+    wanted.clamp(0, left.max(0))
 }
 
 /// `(position, rank)` for each of `ids` that has a position.
 fn named<'i>(
     ids: &'i BTreeSet<String>,
-    positions: &'i HashMap<&str, usize>,
+    positions: &'i IdMap<'_>,
     rank: Rank,
-) -> impl Iterator<Item = (usize, Rank)> + 'i {
+) -> impl Iterator<Item = (Position, Rank)> + 'i {
     ids.iter()
         .filter_map(move |id| Some((*positions.get(id.as_str())?, rank)))
 }
 
 /// The position of each id, refusing a duplicate id.
-fn unique<'a>(kind: &str, ids: impl Iterator<Item = &'a str>) -> Result<HashMap<&'a str, usize>, Error> {
-    let mut positions = HashMap::new();
-    for (position, id) in ids.enumerate() {
+fn unique<'a>(kind: &str, ids: impl Iterator<Item = &'a str>) -> Result<IdMap<'a>, Error> {
+    let mut positions = IdMap::default();
+    for (id, position) in ids.zip(0..) {
         if positions.insert(id, position).is_some() {
             return Err(Error::Internal(format!("pricing input has {kind} {id} twice")));
         }

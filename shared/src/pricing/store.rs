@@ -356,18 +356,21 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         currency: Currency,
         customer_group: Option<String>,
     ) -> Result<(PricingInput, Versions)> {
-        let mut args = vec![
-            self.keys.ruleset_stem(RulesetKind::Pricing).into(),
-            self.keys.ruleset_stem(RulesetKind::Discounts).into(),
-            RedisArg::Int(variants.len() as i64),
-        ];
-        args.extend(variants.iter().map(|v| RedisArg::from(v.as_str())));
-        args.push(RedisArg::Int(bundles.len() as i64));
-        args.extend(bundles.iter().map(|b| RedisArg::from(b.as_str())));
-        let mut reply = self.read_reply(variants, bundles, args.clone()).await?;
+        let args = || {
+            let mut args = vec![
+                self.keys.ruleset_stem(RulesetKind::Pricing).into(),
+                self.keys.ruleset_stem(RulesetKind::Discounts).into(),
+                RedisArg::Int(variants.len() as i64),
+            ];
+            args.extend(variants.iter().map(|v| RedisArg::from(v.as_str())));
+            args.push(RedisArg::Int(bundles.len() as i64));
+            args.extend(bundles.iter().map(|b| RedisArg::from(b.as_str())));
+            args
+        };
+        let mut reply = self.read_reply(variants, bundles, args()).await?;
         if reply == UNPUBLISHED {
             self.republish().await?;
-            reply = self.read_reply(variants, bundles, args).await?;
+            reply = self.read_reply(variants, bundles, args()).await?;
         }
         if reply == UNPUBLISHED {
             return Err(not_published());

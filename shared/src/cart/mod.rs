@@ -321,7 +321,7 @@ impl<'a, R: Redis> Carts<'a, R> {
             _ => None,
         }
         .ok_or_else(|| unexpected(&reply))?;
-        let mut fields = HashMap::new();
+        let mut fields = HashMap::with_capacity(text.matches('\n').count() / 2 + 1);
         let mut lines = text.split('\n').filter(|_| !text.is_empty());
         while let Some(field) = lines.next() {
             fields.insert(field, lines.next().ok_or_else(|| unexpected(&reply))?);
@@ -600,7 +600,7 @@ pub(crate) fn decode_lines(reply: &[RedisReply]) -> Result<Vec<CartLine>> {
 /// The lines among a snapshot's fields (`q:`, `d:` and `o:` of each line: quantity,
 /// definition, position), in the order they were added.
 fn lines_of(fields: &HashMap<&str, &str>, reply: &[RedisReply]) -> Result<Vec<CartLine>> {
-    let mut lines: Vec<(i64, CartLine)> = Vec::new();
+    let mut lines: Vec<(i64, CartLine)> = Vec::with_capacity(fields.len() / 3);
     let mut field = String::new();
     for (name, quantity) in fields {
         let Some(line) = name.strip_prefix("q:") else {

@@ -614,8 +614,9 @@ fn decode(
     };
     let now_ms = reply.int("clock")?;
 
-    let mut price_lists = Vec::new();
-    for _ in 0..reply.count("list count")? {
+    let count = reply.count("list count")?;
+    let mut price_lists = Vec::with_capacity(count);
+    for _ in 0..count {
         let id = reply.entry("list id")?.ok_or_else(|| corrupt("list id"))?;
         let mut list = Fields::of(reply.entry(id)?.ok_or_else(|| corrupt(id))?);
         price_lists.push(PriceList {
@@ -627,7 +628,7 @@ fn decode(
         });
     }
 
-    let mut variant_prices = Vec::new();
+    let mut variant_prices = Vec::with_capacity(variants.len());
     for id in variants {
         let Some(entry) = reply.entry(id)? else { continue };
         let mut prices = Fields::of(entry);
@@ -676,8 +677,9 @@ fn decode(
             }
         }
     }
-    let mut discounts = Vec::new();
-    for _ in 0..reply.count("discount count")? {
+    let count = reply.count("discount count")?;
+    let mut discounts = Vec::with_capacity(count);
+    for _ in 0..count {
         let id = reply
             .entry("discount id")?
             .ok_or_else(|| corrupt("discount id"))?;

@@ -30,8 +30,25 @@ pub(crate) fn check_id(kind: &'static str, raw: &str) -> Result<(), Error> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+
+            /// Checks an id read from JSON (stored data included) like one from a request.
+            fn try_from(raw: String) -> Result<Self, Error> {
+                check_id($kind, &raw)?;
+                Ok(Self(raw))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Parses an id, rejecting anything outside `[A-Za-z0-9_-]{1,64}` with a 400.

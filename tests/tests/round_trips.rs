@@ -110,7 +110,7 @@ async fn adding_to_a_cart_is_one_round_trip_once_the_variant_is_known() {
         .await
         .unwrap();
     assert_eq!(redis.take(), 1, "add to cart");
-    assert_eq!(view.lines[0]["quantity"], 3);
+    assert_eq!(view.lines[0].quantity, 3);
     app.finish().await;
 }
 

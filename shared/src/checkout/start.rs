@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::session::{SessionView, cart_ref_text, parse_session};
 use super::{Checkouts, KEEP_MS};
-use crate::cart::{self, CartLine, CartRef};
+use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{Quantity, SessionId, VariantId};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
@@ -22,19 +22,8 @@ static CREATE: Script = Script::new(lua!("session.lua", "create.lua"));
 pub fn demand(lines: &[CartLine]) -> Result<Vec<(VariantId, Quantity)>> {
     let mut units: BTreeMap<VariantId, i64> = BTreeMap::new();
     for line in lines {
-        let d = &line.definition;
-        let parts: Vec<&str> = match d["variantId"].as_str() {
-            Some(v) => vec![v],
-            None => d["choices"]
-                .as_object()
-                .into_iter()
-                .flat_map(|sets| sets.values())
-                .flat_map(|chosen| chosen.as_array().into_iter().flatten())
-                .filter_map(Value::as_str)
-                .collect(),
-        };
-        for part in parts {
-            *units.entry(VariantId::parse(part)?).or_default() += line.quantity;
+        for part in line.item.variants() {
+            *units.entry(part.clone()).or_default() += i64::from(line.quantity);
         }
     }
     units
@@ -133,15 +122,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         locked: &[RedisReply],
         customer_group: Option<String>,
     ) -> Result<SessionView> {
-        let (view, lines) = cart::decode_with_lines(cart, locked)?;
-        let currency = view.currency;
-        let priced = price_lines(self.app, &cart_quote_lines(&lines)?, currency, customer_group).await?;
+        let cart::CartView { currency, lines, .. } = cart::decode(cart, locked)?;
+        let priced = price_lines(self.app, &cart_quote_lines(&lines), currency, customer_group).await?;
         let demand = demand(&lines)?;
         let deadline = self.hold(session, &demand, self.lock_ttl_ms()).await?;
-        let definitions: serde_json::Map<String, Value> = lines
-            .iter()
-            .map(|l| (l.line_id.clone(), l.definition.clone()))
-            .collect();
+        let definitions: BTreeMap<&str, &LineItem> =
+            lines.iter().map(|l| (l.line_id.as_str(), &l.item)).collect();
         let quote = serde_json::to_value(&priced).map_err(|e| Error::Internal(e.to_string()))?;
         let metadata = json!({
             "quote": quote,

@@ -13,7 +13,7 @@ use super::money::Currency;
 use super::store::{Rulesets, Versions};
 use crate::app::App;
 use crate::cart::{CartLine, CartRef, Carts, LineItem};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ids::Quantity;
 use crate::ports::{Http, Redis, Sql};
 
@@ -61,60 +61,35 @@ pub async fn price_cart<R: Redis, S: Sql, H: Http>(
     cart: &CartRef,
     customer_group: Option<String>,
 ) -> Result<Priced> {
-    let (view, lines) = Carts::of(app).lines(cart).await?;
-    let currency = view.currency;
-    price_lines(app, &cart_quote_lines(&lines)?, currency, customer_group).await
+    let (currency, lines) = Carts::of(app).lines(cart).await?;
+    price_lines(app, &cart_quote_lines(&lines), currency, customer_group).await
 }
 
-/// The quote lines of stored cart lines.
-pub fn cart_quote_lines(lines: &[CartLine]) -> Result<Vec<QuoteLine>> {
+/// The quote lines of a cart's lines.
+pub fn cart_quote_lines(lines: &[CartLine]) -> Vec<QuoteLine> {
     lines
         .iter()
-        .map(|line| {
-            let quantity =
-                u32::try_from(line.quantity).map_err(|_| Error::Internal("bad cart quantity".into()))?;
-            let d = &line.definition;
-            if let Some(variant) = d["variantId"].as_str() {
-                return Ok(QuoteLine::Variant {
-                    line_id: line.line_id.clone(),
-                    variant_id: variant.to_owned(),
-                    quantity,
-                });
-            }
-            let bundle = d["bundleId"]
-                .as_str()
-                .ok_or_else(|| Error::Internal("bad cart line".into()))?;
-            let parts = d["choices"]
-                .as_object()
-                .into_iter()
-                .flat_map(|sets| sets.values())
-                .flat_map(|chosen| chosen.as_array().into_iter().flatten())
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
-            Ok(QuoteLine::Bundle {
-                line_id: line.line_id.clone(),
-                bundle_id: bundle.to_owned(),
-                parts,
-                quantity,
-            })
-        })
+        .map(|line| quote_line(&line.item, line.line_id.to_string(), line.quantity))
         .collect()
 }
 
 /// The quote line of an item a client sent.
 pub fn item_quote_line(item: &LineItem, quantity: Quantity) -> QuoteLine {
-    let line_id = item.line_id().to_string();
+    quote_line(item, item.line_id().to_string(), quantity.get())
+}
+
+fn quote_line(item: &LineItem, line_id: String, quantity: u32) -> QuoteLine {
     match item {
         LineItem::Variant(v) => QuoteLine::Variant {
             line_id,
             variant_id: v.to_string(),
-            quantity: quantity.get(),
+            quantity,
         },
-        LineItem::Bundle(b, choices) => QuoteLine::Bundle {
+        LineItem::Bundle(b, _) => QuoteLine::Bundle {
             line_id,
             bundle_id: b.to_string(),
-            parts: choices.values().flatten().map(ToString::to_string).collect(),
-            quantity: quantity.get(),
+            parts: item.variants().map(ToString::to_string).collect(),
+            quantity,
         },
     }
 }

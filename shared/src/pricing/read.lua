@@ -8,18 +8,19 @@
 -- The version keys are derived here from the versions just read; the script runs on one
 -- server, which is what makes the read atomic. (On a Redis Cluster the pointers and each
 -- version live in different slots: see read_one.lua.)
--- Reply: one flat array of fixed positions (false where an entry is missing), the
--- entries as stored (`|`-separated fields, decoded by store.rs):
+-- Reply: one text, lines at fixed positions (an empty line where an entry is missing),
+-- the entries as stored (`|`-separated fields, decoded by store.rs), so the reply is one
+-- bulk string to encode and to parse, however many entries a quote reads:
 --   pricing version, discount version, now (epoch ms),
 --   number of price lists L, then L × (list id, list),
 --   one price entry per variant asked, one bundle entry per bundle asked,
 --   one discount id list per variant asked, then per bundle asked,
 --   number of discounts D, then D × (discount id, discount)
--- | {'UNPUBLISHED'}
+-- | 'UNPUBLISHED'
 local pricing = tonumber(redis.call('GET', KEYS[1])) or 0
 local discounts = tonumber(redis.call('GET', KEYS[2])) or 0
 if pricing == 0 then
-  return {'UNPUBLISHED'}
+  return 'UNPUBLISHED'
 end
 local variants, bundles = asked(3)
 local out = {pricing, discounts, now_ms()}
@@ -33,4 +34,4 @@ end
 read_pricing(out, version_keys(ARGV[1], pricing, {':lists', ':prices', ':bundles'}), variants, bundles)
 read_discounts(out, discounts > 0 and version_keys(ARGV[2], discounts, {'', ':variants', ':bundles'}) or nil,
   variants, bundles)
-return out
+return table.concat(out, '\n')

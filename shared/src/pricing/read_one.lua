@@ -8,8 +8,8 @@
 --       by variant, by bundle); none for discounts when none were published
 -- ARGV: 'pricing' | 'discounts', number of variants, variant ids, number of bundles,
 --       bundle ids
--- Reply (flat): pricing: now (epoch ms), then the pricing part; discounts: the discount
---               part (read.lua's layout)
+-- Reply (one text, read.lua's lines): pricing: now (epoch ms), then the pricing part;
+--                                     discounts: the discount part
 local variants, bundles = asked(2)
 local out = {}
 if ARGV[1] == 'pricing' then
@@ -18,4 +18,4 @@ if ARGV[1] == 'pricing' then
 else
   read_discounts(out, #KEYS > 0 and KEYS or nil, variants, bundles)
 end
-return out
+return table.concat(out, '\n')

@@ -1,6 +1,6 @@
 -- Shared head of the quote's read scripts (read.lua on one server, read_one.lua on a Redis
 -- Cluster): what a quote reads from one pricing version and from one discount version,
--- appended to a flat reply in the layout read.lua describes.
+-- appended to the reply's lines in the layout read.lua describes.
 
 local function hmget(key, fields)
   if #fields == 0 then
@@ -9,9 +9,12 @@ local function hmget(key, fields)
   return redis.call('HMGET', key, unpack(fields))
 end
 
+-- Appends `list`'s entries to `out`, an empty line where an entry is missing (a nil;
+-- no stored entry is empty).
 local function append(out, list)
+  local n = #out
   for i = 1, #list do
-    out[#out + 1] = list[i]
+    out[n + i] = list[i] or ''
   end
 end
 
@@ -39,7 +42,7 @@ end
 local function read_discounts(out, keys, variants, bundles)
   if not keys then
     for _ = 1, #variants + #bundles do
-      out[#out + 1] = false
+      out[#out + 1] = ''
     end
     out[#out + 1] = 0
     return
@@ -63,9 +66,10 @@ local function read_discounts(out, keys, variants, bundles)
   for i = 1, #by_bundle do collect(by_bundle[i]) end
   collect(redis.call('HGET', keys[1], '_order'))
   local definitions = hmget(keys[1], ids)
-  out[#out + 1] = #ids
+  local n = #out
+  out[n + 1] = #ids
   for i = 1, #ids do
-    out[#out + 1] = ids[i]
-    out[#out + 1] = definitions[i]
+    out[n + 2 * i] = ids[i]
+    out[n + 2 * i + 1] = definitions[i] or ''
   end
 end

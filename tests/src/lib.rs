@@ -147,6 +147,22 @@ fn schema_url(database_url: &str, namespace: &str) -> String {
     format!("{database_url}{separator}options=-c%20search_path%3D{namespace}")
 }
 
+/// Runs `n` tasks at once, each spawned on the runtime (so on a multi-threaded test
+/// runtime they really overlap), and returns what each returned, in order. A task that
+/// panics fails the test.
+pub async fn at_once<T, F>(n: usize, task: impl Fn(usize) -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = (0..n).map(|i| tokio::spawn(task(i))).collect();
+    let mut out = Vec::with_capacity(n);
+    for handle in handles {
+        out.push(handle.await.expect("a concurrent task panicked"));
+    }
+    out
+}
+
 /// The `commerce` binary built beside the test executable (`target/<profile>/commerce`);
 /// `scripts/test` builds it before the tests.
 pub fn commerce_binary() -> std::path::PathBuf {
@@ -390,6 +406,17 @@ impl TestApp {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        Self::reply(self.request(method, path, body, headers)).await
+    }
+
+    /// A request with extra headers, not yet sent; `body` is sent as JSON when given.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.base));
@@ -401,7 +428,7 @@ impl TestApp {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        Self::reply(req).await
+        req
     }
 
     /// `GET path`, anonymously.

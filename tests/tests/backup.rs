@@ -6,6 +6,7 @@
 use commerce_core::backup::{self, Entry, Phase, Writer};
 use commerce_tests::TestApp;
 use commerce_tests::faults::{Persistence, RedisProcess};
+use redis::aio::MultiplexedConnection;
 use serde_json::json;
 
 /// Every entry of the app's namespace, as `commerce backup` reads them.
@@ -202,6 +203,34 @@ async fn a_corrupt_dump_payload_leaves_redis_as_it_was_before_the_restore() {
     app.finish().await;
 }
 
+/// Each key's `DUMP` and whether it has a time to live, sorted by key.
+async fn dumps(redis: &mut MultiplexedConnection, keys: &[String]) -> Vec<(String, Vec<u8>, bool)> {
+    let mut out = Vec::new();
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(key).query_async(redis).await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(redis).await.unwrap();
+        out.push((key.clone(), dump, ttl > 0));
+    }
+    out.sort();
+    out
+}
+
+/// Every key of a Redis of the test's own.
+async fn all_keys(redis: &mut MultiplexedConnection) -> Vec<String> {
+    redis::cmd("KEYS").arg("*").query_async(redis).await.unwrap()
+}
+
+/// Runs `commerce copy --to-redis-url <to>` on the app's namespace.
+fn copy_with_the_cli(app: &TestApp, to: &str) -> std::process::Output {
+    std::process::Command::new(commerce_tests::commerce_binary())
+        .args(["copy", "--to-redis-url", to])
+        .env("COMMERCE_REDIS_URL", std::env::var("COMMERCE_REDIS_URL").unwrap())
+        .env("COMMERCE_DATABASE_URL", app.database_url())
+        .env("COMMERCE_KEY_PREFIX", &app.key_prefix)
+        .output()
+        .unwrap()
+}
+
 /// `commerce copy` moves every key of the namespace, with its time to live, into another
 /// Redis (one of the test's own), and a target that refuses a payload gets nothing.
 #[tokio::test]
@@ -212,51 +241,26 @@ async fn copy_moves_the_namespace_to_another_redis_all_or_nothing() {
     held["ttlSeconds"] = json!(600);
     assert_eq!(app.reserve(held).await.status, 201);
     app.cart_with(&[("var-2", 2)]).await;
-    let before = app.redis_snapshot().await;
+    let mut source = commerce_tests::redis_client(&commerce_tests::admin_redis_url())
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = dumps(&mut source, &app.redis_keys().await).await;
     let target = RedisProcess::start(Persistence::Nothing).await;
+    let mut redis = redis::Client::open(target.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
 
-    let copy = |to: String| {
-        std::process::Command::new(commerce_tests::commerce_binary())
-            .args(["copy", "--to-redis-url", &to])
-            .env("COMMERCE_REDIS_URL", std::env::var("COMMERCE_REDIS_URL").unwrap())
-            .env("COMMERCE_DATABASE_URL", app.database_url())
-            .env("COMMERCE_KEY_PREFIX", &app.key_prefix)
-            .output()
-            .unwrap()
-    };
-    let output = copy(target.url());
+    let output = copy_with_the_cli(&app, &target.url());
     assert!(output.status.success(), "{output:?}");
-    let mut redis = target.connection().await;
-    let mut source = app.redis.clone();
-    let mut copied = Vec::new();
-    let mut lives = Vec::new();
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut redis).await.unwrap();
-    keys.sort();
-    for key in keys {
-        let dump: Vec<u8> = redis::cmd("DUMP")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let was: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut source)
-            .await
-            .unwrap();
-        lives.push((key.clone(), was > 0, ttl > 0));
-        copied.push((key, dump));
-    }
-    let mut before = before;
-    before.sort();
-    assert_eq!(copied, before, "the copy differs from the namespace");
-    for (key, had_ttl, has_ttl) in lives {
-        assert_eq!(had_ttl, has_ttl, "{key}: the time to live was not kept");
-    }
+    let keys = all_keys(&mut redis).await;
+    let copied = dumps(&mut redis, &keys).await;
+    assert_eq!(
+        copied, before,
+        "the copy differs from the namespace (or lost a time to live)"
+    );
 
     // A target that cannot take the payloads (a Redis refusing writes) is left empty.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut redis).await.unwrap();
@@ -267,9 +271,8 @@ async fn copy_moves_the_namespace_to_another_redis_all_or_nothing() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let output = copy(target.url());
+    let output = copy_with_the_cli(&app, &target.url());
     assert!(!output.status.success(), "{output:?}");
-    let left: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut redis).await.unwrap();
-    assert!(left.is_empty(), "{left:?}");
+    assert!(all_keys(&mut redis).await.is_empty());
     app.finish().await;
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp, customer_token, unit};
+use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp, at_once, customer_token, unit};
 use serde_json::{Value, json};
 
 fn quantities(cart: &Value) -> Vec<(String, i64)> {
@@ -107,22 +107,19 @@ async fn concurrent_adds_to_one_cart_lose_no_update() {
     let app = TestApp::spawn().await;
     app.seed(2).await;
     let cart = app.new_cart().await;
-    let tasks: Vec<_> = (0..60)
-        .map(|i| {
-            let (http, base, cart) = (app.http.clone(), app.base.clone(), cart.clone());
-            tokio::spawn(async move {
-                let variant = if i % 2 == 0 { "var-1" } else { "var-2" };
-                let req = http
-                    .post(format!("{base}/v1/carts/{cart}/items"))
-                    .header("content-type", "application/json")
-                    .body(unit(variant, 1).to_string());
-                TestApp::reply(req).await.status
-            })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap(), 200);
-    }
+    let statuses = at_once(60, |i| {
+        let (http, base, cart) = (app.http.clone(), app.base.clone(), cart.clone());
+        async move {
+            let variant = if i % 2 == 0 { "var-1" } else { "var-2" };
+            let req = http
+                .post(format!("{base}/v1/carts/{cart}/items"))
+                .header("content-type", "application/json")
+                .body(unit(variant, 1).to_string());
+            TestApp::reply(req).await.status
+        }
+    })
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let got = app.get(&format!("/v1/carts/{cart}")).await;
     let mut sorted = quantities(&got.body);
     sorted.sort();
@@ -316,21 +313,19 @@ async fn twenty_concurrent_merges_add_each_line_once() {
         &[("authorization", &token)],
     )
     .await;
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let (http, base, cart, token) = (app.http.clone(), app.base.clone(), cart.clone(), token.clone());
-            tokio::spawn(async move {
-                let req = http
-                    .post(format!("{base}/v1/customers/dave/cart/merge"))
-                    .header("authorization", token)
-                    .header("content-type", "application/json")
-                    .body(json!({ "cartId": cart }).to_string());
-                TestApp::reply(req).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        let reply = task.await.unwrap();
+    let merges = at_once(20, |_| {
+        let (http, base, cart, token) = (app.http.clone(), app.base.clone(), cart.clone(), token.clone());
+        async move {
+            let req = http
+                .post(format!("{base}/v1/customers/dave/cart/merge"))
+                .header("authorization", token)
+                .header("content-type", "application/json")
+                .body(json!({ "cartId": cart }).to_string());
+            TestApp::reply(req).await
+        }
+    })
+    .await;
+    for reply in merges {
         assert_eq!(reply.status, 200, "{reply:?}");
     }
     let got = app

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use commerce_tests::{Caller, Reply, TestApp, WEBHOOK_SECRET, unit};
+use commerce_tests::{Caller, Reply, TestApp, WEBHOOK_SECRET, at_once, unit};
 use serde_json::{Value, json};
 
 /// Sends the request `make` builds until it answers something other than 503 (at most 50
@@ -239,14 +239,12 @@ async fn the_same_webhook_twenty_times_at_once_makes_one_order() {
     let paying = app.paying_session(&[("var-1", 2), ("var-2", 1)], "k-dup").await;
     let event = gateway.event("payment_intent.succeeded", &paying.intent);
     let gateway = std::sync::Arc::new(gateway);
-    let deliveries: Vec<_> = (0..20)
-        .map(|_| {
-            let (gateway, base, event) = (gateway.clone(), app.base.clone(), event.clone());
-            tokio::spawn(async move { gateway.deliver(&base, &event).await })
-        })
-        .collect();
-    for delivery in deliveries {
-        let (status, body) = delivery.await.unwrap();
+    let deliveries = at_once(20, |_| {
+        let (gateway, base, event) = (gateway.clone(), app.base.clone(), event.clone());
+        async move { gateway.deliver(&base, &event).await }
+    })
+    .await;
+    for (status, body) in deliveries {
         // A delivery that meets another mid-way either finishes the work or reports it done.
         assert!(status == 200 || status == 409, "{status} {body}");
     }
@@ -273,23 +271,21 @@ async fn the_same_webhook_twenty_times_at_once_makes_one_order() {
 async fn one_idempotency_key_makes_one_session() {
     let (app, _gateway) = TestApp::shop(2, |c| c).await;
     let cart = app.cart_with(&[("var-1", 1)]).await;
-    let attempts: Vec<_> = (0..20)
-        .map(|_| {
-            let (http, base, cart) = (app.http.clone(), app.base.clone(), cart.clone());
-            tokio::spawn(async move {
-                TestApp::reply(
-                    http.post(format!("{base}/v1/checkout"))
-                        .header("content-type", "application/json")
-                        .header("idempotency-key", "same-key")
-                        .body(json!({ "cartId": cart }).to_string()),
-                )
-                .await
-            })
-        })
-        .collect();
+    let attempts = at_once(20, |_| {
+        let (http, base, cart) = (app.http.clone(), app.base.clone(), cart.clone());
+        async move {
+            TestApp::reply(
+                http.post(format!("{base}/v1/checkout"))
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", "same-key")
+                    .body(json!({ "cartId": cart }).to_string()),
+            )
+            .await
+        }
+    })
+    .await;
     let mut sessions = std::collections::BTreeSet::new();
-    for attempt in attempts {
-        let reply = attempt.await.unwrap();
+    for reply in attempts {
         match reply.status {
             201 => {
                 sessions.insert(reply.body["sessionId"].as_str().unwrap().to_owned());

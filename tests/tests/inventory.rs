@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp};
+use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp, at_once};
 use serde_json::{Value, json};
 
 fn reservation(cart: &str, items: &[(&str, i64)]) -> Value {
@@ -19,21 +19,21 @@ async fn reservation_never_oversells_under_contention() {
     app.seed(1).await;
     assert_eq!(app.set_on_hand("var-1", 100).await.status, 200);
 
-    let buyers = (0..300).map(|i| {
+    let replies = at_once(300, |i| {
         let (http, base) = (app.http.clone(), app.base.clone());
-        tokio::spawn(async move {
+        async move {
             let req = http
                 .post(format!("{base}/v1/inventory/reservations"))
                 .header("content-type", "application/json")
                 .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
                 .body(reservation(&format!("cart-{i}"), &[("var-1", 1)]).to_string());
             TestApp::reply(req).await
-        })
-    });
+        }
+    })
+    .await;
     let mut granted = 0;
     let mut refused = 0;
-    for buyer in buyers.collect::<Vec<_>>() {
-        let reply = buyer.await.unwrap();
+    for reply in replies {
         match reply.status {
             201 => granted += 1,
             409 => {

@@ -34,18 +34,11 @@ async fn send(
     body: Option<Value>,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let mut req = app
-        .http
-        .request(method.parse().unwrap(), format!("{}{path}", app.base));
-    if let Some(body) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let res = req.send().await.expect("request failed");
+    let res = app
+        .request(method, path, body, headers)
+        .send()
+        .await
+        .expect("request failed");
     let status = res.status().as_u16();
     let retry_after = res
         .headers()

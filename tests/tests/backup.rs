@@ -6,7 +6,7 @@
 use commerce_core::backup::{self, Entry, Phase, Writer};
 use commerce_tests::TestApp;
 use commerce_tests::faults::{Persistence, RedisProcess};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use serde_json::json;
 
 /// Every entry of the app's namespace, as `commerce backup` reads them.
@@ -204,7 +204,7 @@ async fn a_corrupt_dump_payload_leaves_redis_as_it_was_before_the_restore() {
 }
 
 /// Each key's `DUMP` and whether it has a time to live, sorted by key.
-async fn dumps(redis: &mut MultiplexedConnection, keys: &[String]) -> Vec<(String, Vec<u8>, bool)> {
+async fn dumps(redis: &mut impl ConnectionLike, keys: &[String]) -> Vec<(String, Vec<u8>, bool)> {
     let mut out = Vec::new();
     for key in keys {
         let dump: Vec<u8> = redis::cmd("DUMP").arg(key).query_async(redis).await.unwrap();
@@ -241,11 +241,8 @@ async fn copy_moves_the_namespace_to_another_redis_all_or_nothing() {
     held["ttlSeconds"] = json!(600);
     assert_eq!(app.reserve(held).await.status, 201);
     app.cart_with(&[("var-2", 2)]).await;
-    let mut source = commerce_tests::redis_client(&commerce_tests::admin_redis_url())
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let before = dumps(&mut source, &app.redis_keys().await).await;
+    // The namespace's own keys, on a standalone Redis or a Cluster alike.
+    let before = dumps(&mut app.redis.clone(), &app.redis_keys().await).await;
     let target = RedisProcess::start(Persistence::Nothing).await;
     let mut redis = redis::Client::open(target.url())
         .unwrap()

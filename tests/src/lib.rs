@@ -595,6 +595,16 @@ impl TestApp {
         reply.body["sellable"].as_i64().unwrap()
     }
 
+    /// Runs the `commerce` binary with `args` on this app's settings (its Redis, database
+    /// and key namespace) and waits for it.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(commerce_binary())
+            .args(args)
+            .envs(faults::commerce_env(&self.app.settings, &[]))
+            .output()
+            .unwrap()
+    }
+
     /// The inventory store over this app's ports.
     pub fn inventory(
         &self,

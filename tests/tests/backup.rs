@@ -46,14 +46,7 @@ async fn moved_on(app: &TestApp, entries: &[Entry]) {
 fn restore_with_the_cli(app: &TestApp, file: &[u8]) -> std::process::Output {
     let path = std::env::temp_dir().join(format!("{}.backup", app.namespace));
     std::fs::write(&path, file).unwrap();
-    let output = std::process::Command::new(commerce_tests::commerce_binary())
-        .args(["restore", "--in"])
-        .arg(&path)
-        .env("COMMERCE_REDIS_URL", std::env::var("COMMERCE_REDIS_URL").unwrap())
-        .env("COMMERCE_DATABASE_URL", app.database_url())
-        .env("COMMERCE_KEY_PREFIX", &app.key_prefix)
-        .output()
-        .unwrap();
+    let output = app.cli(&["restore", "--in", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(path);
     output
 }
@@ -220,17 +213,6 @@ async fn all_keys(redis: &mut MultiplexedConnection) -> Vec<String> {
     redis::cmd("KEYS").arg("*").query_async(redis).await.unwrap()
 }
 
-/// Runs `commerce copy --to-redis-url <to>` on the app's namespace.
-fn copy_with_the_cli(app: &TestApp, to: &str) -> std::process::Output {
-    std::process::Command::new(commerce_tests::commerce_binary())
-        .args(["copy", "--to-redis-url", to])
-        .env("COMMERCE_REDIS_URL", std::env::var("COMMERCE_REDIS_URL").unwrap())
-        .env("COMMERCE_DATABASE_URL", app.database_url())
-        .env("COMMERCE_KEY_PREFIX", &app.key_prefix)
-        .output()
-        .unwrap()
-}
-
 /// `commerce copy` moves every key of the namespace, with its time to live, into another
 /// Redis (one of the test's own), and a target that refuses a payload gets nothing.
 #[tokio::test]
@@ -250,7 +232,7 @@ async fn copy_moves_the_namespace_to_another_redis_all_or_nothing() {
         .await
         .unwrap();
 
-    let output = copy_with_the_cli(&app, &target.url());
+    let output = app.cli(&["copy", "--to-redis-url", &target.url()]);
     assert!(output.status.success(), "{output:?}");
     let keys = all_keys(&mut redis).await;
     let copied = dumps(&mut redis, &keys).await;
@@ -268,7 +250,7 @@ async fn copy_moves_the_namespace_to_another_redis_all_or_nothing() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let output = copy_with_the_cli(&app, &target.url());
+    let output = app.cli(&["copy", "--to-redis-url", &target.url()]);
     assert!(!output.status.success(), "{output:?}");
     assert!(all_keys(&mut redis).await.is_empty());
     app.finish().await;

@@ -113,27 +113,14 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
     let (app, _gateway) = TestApp::shop(2, |c| c).await;
     let mut redis = app.redis.clone();
     let _: () = redis.set(app.variant_keys("var-1").stock, 3).await.unwrap();
-    let binary = commerce_tests::commerce_binary();
-    let run = |repair: bool| {
-        let mut command = std::process::Command::new(&binary);
-        command
-            .arg("check")
-            .env("COMMERCE_REDIS_URL", std::env::var("COMMERCE_REDIS_URL").unwrap())
-            .env("COMMERCE_DATABASE_URL", app.database_url())
-            .env("COMMERCE_KEY_PREFIX", &app.key_prefix);
-        if repair {
-            command.arg("--repair");
-        }
-        command.output().unwrap()
-    };
-    let drift = run(false);
+    let drift = app.cli(&["check"]);
     assert_eq!(drift.status.code(), Some(1), "{drift:?}");
     let report: Value = serde_json::from_slice(&drift.stdout).unwrap();
     assert_eq!(kinds(&report), vec!["stock var-1".to_owned()]);
-    let repaired = run(true);
+    let repaired = app.cli(&["check", "--repair"]);
     assert_eq!(repaired.status.code(), Some(0), "{repaired:?}");
     assert!(String::from_utf8_lossy(&repaired.stderr).contains("stock var-1"));
-    assert_eq!(run(false).status.code(), Some(0));
+    assert_eq!(app.cli(&["check"]).status.code(), Some(0));
     app.finish().await;
 }
 

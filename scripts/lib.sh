@@ -106,3 +106,26 @@ write_section() {
         { echo; cat "$section"; } >>"$ROOT/BENCHMARKS.md"
     fi
 }
+
+# `database_url_named NAME`: $COMMERCE_DATABASE_URL with its database replaced by NAME, its
+# query (sslmode and the like) kept. The benches run on databases of their own this way.
+database_url_named() {
+    local query="" url="${COMMERCE_DATABASE_URL%%\?*}"
+    if [[ $COMMERCE_DATABASE_URL == *\?* ]]; then query="?${COMMERCE_DATABASE_URL#*\?}"; fi
+    printf '%s\n' "${url%/*}/$1$query"
+}
+
+# `build_revision REV`: builds `commerce` (release) of git revision REV in a worktree under
+# .local/ (kept, as is its target dir, so a second run is quick) and prints the binary's path.
+# For the benches that compare this checkout with an older one.
+build_revision() {
+    local commit tree
+    commit=$(git -C "$ROOT" rev-parse --short "$1^{commit}")
+    tree="$LOCAL/bench-before-$commit"
+    if [[ ! -d $tree ]]; then
+        git -C "$ROOT" worktree add --detach "$tree" "$commit" >&2
+    fi
+    log "building $commit (release) in $tree"
+    (cd "$tree" && cargo build --release --locked -p commerce-native --target-dir "$LOCAL/bench-before-target") >&2
+    printf '%s\n' "$LOCAL/bench-before-target/release/commerce"
+}

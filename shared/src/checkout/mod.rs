@@ -123,8 +123,16 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     async fn metadata(&self, session: &SessionId) -> Result<Value> {
         let key = self.app.keys.checkout_metadata(session);
         let reply = self.app.redis.execute("GET", vec![key.into()]).await?;
-        if let Some(text) = reply.first().and_then(RedisReply::as_text) {
-            return parse_metadata(session, text);
+        self.metadata_from(session, reply.first().and_then(RedisReply::as_text))
+            .await
+    }
+
+    /// [`Self::metadata`] where the caller already read Redis's copy: `stored`, the text
+    /// Redis keeps, or `None` where it had none (then PostgreSQL's copy).
+    async fn metadata_from(&self, session: &SessionId, stored: Option<&str>) -> Result<Value> {
+        if let Some(text) = stored {
+            return serde_json::from_str(text)
+                .map_err(|_| Error::Internal(format!("checkout {session} has malformed frozen metadata")));
         }
         let kept = paid::load(&self.app.sql, session.as_str())
             .await?
@@ -273,12 +281,6 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             _ => Err(wrong_state(&session, "cancel")),
         }
     }
-}
-
-/// A session's frozen metadata as Redis keeps it (JSON text).
-fn parse_metadata(session: &SessionId, text: &str) -> Result<Value> {
-    serde_json::from_str(text)
-        .map_err(|_| Error::Internal(format!("checkout {session} has malformed frozen metadata")))
 }
 
 /// The states before payment as the session scripts take them (`expire_if_due` in

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::session::{cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, UNLOCK, gateway, paid, parse_metadata};
+use super::{Checkouts, UNLOCK, gateway, paid};
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, Result};
@@ -68,7 +68,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .redis
             .execute(if locked { "MGET" } else { "GET" }, keys)
             .await?;
-        let frozen = stored.get(1).and_then(RedisReply::as_text).map(str::to_owned);
+        let frozen = stored.get(1).and_then(RedisReply::as_text);
         let intent: Value = match stored.first().and_then(RedisReply::as_text) {
             Some(text) => {
                 serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
@@ -106,10 +106,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // Hold stock and cart for the whole payment window: the holds first (their
             // deadline, less the grace, is the session's), then PostgreSQL's copy, then the
             // session, so at every moment the holds outlive the session.
-            let metadata = match frozen {
-                Some(text) => parse_metadata(id, &text)?,
-                None => self.metadata(id).await?,
-            };
+            let metadata = self.metadata_from(id, frozen).await?;
             let demand = frozen_demand(&metadata)?;
             let deadline = self.hold(id, &demand, self.session_ttl_ms()).await?;
             let cart_ref = cart_ref_text(&session.cart);

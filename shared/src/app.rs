@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 use crate::ports::{Http, Redis, Sql};
+use crate::pricing::cache::RulesetCache;
 use crate::settings::Settings;
 
 /// Everything a request handler needs. Natively one `App` serves every request; in Spin
@@ -18,6 +19,8 @@ pub struct App<R, S, H> {
     pub settings: Settings,
     /// The key builder for the configured namespace.
     pub keys: Keys,
+    /// The ruleset entries quotes have read, kept for as long as their versions are current.
+    pub rulesets: RulesetCache,
 }
 
 impl<R: Redis, S: Sql, H: Http> App<R, S, H> {
@@ -30,6 +33,7 @@ impl<R: Redis, S: Sql, H: Http> App<R, S, H> {
             http,
             settings,
             keys,
+            rulesets: RulesetCache::default(),
         }
     }
 

@@ -44,6 +44,10 @@ impl Host {
 /// [`crate::TestApp::spawn_with`] serves them natively if they run on Spin anyway.
 pub const NATIVE_ONLY: &[(&str, &str)] = &[
     (
+        "quotes_reuse_the_entries_of_the_current_versions_and_never_of_a_replaced_one",
+        "the ruleset cache outlives a request only in the native server; a Spin component's lives for one request (README, Publishing)",
+    ),
+    (
         "a_reservation_across_slots_is_all_or_nothing",
         "Redis Cluster and Sentinel: the Spin host reaches one standalone Redis only (README, Scaling out)",
     ),

@@ -250,6 +250,17 @@ async fn cache_hits_and_misses_are_counted() {
     let after = scrape(&app, None).await;
     let ((hits, misses), (hits2, misses2)) = (counts(&before, "catalog"), counts(&after, "catalog"));
     assert!(misses2 >= misses + 1.0 && hits2 >= hits + 1.0, "{after}");
+
+    // A variant quoted twice: its ruleset entries read from Redis, then held in process.
+    let before = scrape(&app, None).await;
+    let lines = json!({"lines": [{"variantId": "var-7", "quantity": 2}]});
+    for _ in 0..2 {
+        let quote = app.post("/v1/pricing/quote", lines.clone()).await;
+        assert_eq!(quote.status, 200, "{quote:?}");
+    }
+    let after = scrape(&app, None).await;
+    let ((hits, misses), (hits2, misses2)) = (counts(&before, "ruleset"), counts(&after, "ruleset"));
+    assert!(misses2 >= misses + 1.0 && hits2 >= hits + 1.0, "{after}");
     app.finish().await;
 }
 

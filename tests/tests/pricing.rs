@@ -354,3 +354,82 @@ async fn a_ruleset_left_in_an_older_encoding_is_republished_not_misread() {
     assert_eq!(reply.body["versions"], json!({"pricing": 2, "discounts": 2}));
     app.finish().await;
 }
+
+/// The quote of `items` (variant, quantity) by an app of its own over the same namespace,
+/// whose ruleset cache starts empty, as the JSON the quote route answers (or the error).
+async fn quote_afresh(app: &TestApp, items: &[(&str, i64)]) -> Result<Value, String> {
+    use commerce_core::App;
+    use commerce_core::cart::LineItem;
+    use commerce_core::ids::{Quantity, VariantId};
+    use commerce_core::pricing::engine::QuoteLine;
+    use commerce_core::pricing::money::Currency;
+    use commerce_core::pricing::quote::{item_quote_line, price_lines};
+
+    let fresh = App::new(
+        app.app.redis.clone(),
+        app.app.sql.clone(),
+        app.app.http.clone(),
+        app.app.settings.clone(),
+    );
+    let lines: Vec<QuoteLine> = items
+        .iter()
+        .map(|(variant, quantity)| {
+            let item = LineItem::Variant(VariantId::parse(variant).unwrap());
+            item_quote_line(&item, Quantity::new(*quantity).unwrap())
+        })
+        .collect();
+    price_lines(&fresh, &lines, Currency::parse("EUR").unwrap(), None)
+        .await
+        .map(|priced| serde_json::to_value(priced).unwrap())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn quotes_reuse_the_entries_of_the_current_versions_and_never_of_a_replaced_one() {
+    let app = priced_app().await;
+    // Two quotes bring var-1, var-2 and var-3's entries into the server's cache; a third
+    // asks for var-1 and var-3 together, which no read brought at once.
+    for items in [[("var-1", 1), ("var-2", 1)], [("var-2", 12), ("var-3", 2)]] {
+        assert_eq!(quote(&app, lines(&items), None).await.status, 200);
+    }
+    let asked = [("var-1", 3), ("var-3", 2)];
+    let cached = quote(&app, lines(&[("var-1", 3), ("var-3", 2)]), None).await;
+    assert_eq!(cached.status, 200, "{cached:?}");
+    let afresh = quote_afresh(&app, &asked).await.unwrap();
+    assert_eq!(cached.body, afresh, "the cache assembles what a fresh read gives");
+    assert_eq!(cached.body["lines"][0]["unitPrice"], 900);
+
+    // The server no longer reads var-1's price from Redis while the version is current:
+    // taken out of Redis behind its back, it is still quoted, whereas a fresh read of the
+    // version now finds none. (Published versions are never written to.)
+    let version = cached.body["versions"]["pricing"].as_i64().unwrap();
+    let prices = &app.keys().ruleset_keys(RulesetKind::Pricing, version)[1];
+    let mut redis = app.redis.clone();
+    let removed: i64 = redis::cmd("HDEL")
+        .arg(prices)
+        .arg("var-1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let again = quote(&app, lines(&[("var-1", 3), ("var-3", 2)]), None).await;
+    assert_eq!(again.body, cached.body);
+    assert_ne!(quote_afresh(&app, &asked).await, Ok(afresh));
+
+    // A new version is read afresh: var-1's new list price shows at once.
+    app.pg
+        .batch_execute("UPDATE price_list_entries SET unit_price_minor = 777 WHERE variant_id = 'var-1'")
+        .await
+        .unwrap();
+    assert_eq!(publish(&app, "pricing").await.body["version"], version + 1);
+    let republished = quote(&app, lines(&[("var-1", 3), ("var-3", 2)]), None).await;
+    assert_eq!(republished.status, 200, "{republished:?}");
+    assert_eq!(republished.body["versions"]["pricing"], version + 1);
+    assert_eq!(republished.body["lines"][0]["unitPrice"], 777);
+    assert_eq!(
+        Ok(republished.body),
+        quote_afresh(&app, &asked).await,
+        "the new version's entries, as a fresh read gives them"
+    );
+    app.finish().await;
+}

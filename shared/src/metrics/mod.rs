@@ -130,9 +130,12 @@ pub enum Cache {
     /// The lazy stock load: one lookup per stock script run; a miss loads the variants'
     /// stock from PostgreSQL first.
     Stock = 2,
+    /// The ruleset entries a process holds: one lookup per quote; a miss reads the
+    /// entries from Redis.
+    Ruleset = 3,
 }
 
-const CACHES: [&str; 3] = ["bundle", "catalog", "stock"];
+const CACHES: [&str; 4] = ["bundle", "catalog", "stock", "ruleset"];
 
 /// Business events counted in process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,13 +347,13 @@ pub fn render(out: &mut String) {
         ),
         (
             "commerce_cache_misses_total",
-            "Cache lookups that went to PostgreSQL",
+            "Cache lookups that went further (to Redis or PostgreSQL)",
             1,
         ),
     ] {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}: cache=bundle per bundle read or choice check, catalog per variant checked, stock per stock script run ({SCOPE}).\n# TYPE {name} counter"
+            "# HELP {name} {help}: cache=bundle per bundle read or choice check, catalog per variant checked, stock per stock script run, ruleset per quote ({SCOPE}).\n# TYPE {name} counter"
         );
         for (c, cache) in CACHES.iter().enumerate() {
             let n = r.cache[c][slot].load(Relaxed);

@@ -49,7 +49,7 @@ pub async fn price_lines<R: Redis, S: Sql, H: Http>(
     }
     let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
     let (input, versions) = rulesets
-        .read(&variants, &bundles, currency, customer_group)
+        .read(&app.rulesets, &variants, &bundles, currency, customer_group)
         .await?;
     let quote = engine::quote(&input, lines)?;
     Ok(Priced { quote, versions })

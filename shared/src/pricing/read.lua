@@ -2,8 +2,9 @@
 -- entries a quote needs from them, so a quote is wholly of one version, never a mix.
 --
 -- KEYS: pricing-ruleset-version, discount-ruleset-version
--- ARGV: pricing stem, discount stem (…:ruleset-bundle-v2:{), number of variants, variant
---       ids, number of bundles, bundle ids
+-- ARGV: pricing stem, discount stem (…:ruleset-bundle-v2:{), the pricing and discount
+--       versions whose entries the caller holds (0: none), number of variants, variant ids,
+--       number of bundles, bundle ids
 --
 -- The version keys are derived here from the versions just read; the script runs on one
 -- server, which is what makes the read atomic. (On a Redis Cluster the pointers and each
@@ -16,14 +17,18 @@
 --   one price entry per variant asked, one bundle entry per bundle asked,
 --   one discount id list per variant asked, then per bundle asked,
 --   number of discounts D, then D × (discount id, discount)
+-- | only the first three lines when the current versions are those the caller holds
 -- | 'UNPUBLISHED'
 local pricing = tonumber(redis.call('GET', KEYS[1])) or 0
 local discounts = tonumber(redis.call('GET', KEYS[2])) or 0
 if pricing == 0 then
   return 'UNPUBLISHED'
 end
-local variants, bundles = asked(3)
 local out = {pricing, discounts, now_ms()}
+if pricing == tonumber(ARGV[3]) and discounts == tonumber(ARGV[4]) then
+  return table.concat(out, '\n')
+end
+local variants, bundles = asked(5)
 local function version_keys(stem, version, suffixes)
   local keys = {}
   for i, suffix in ipairs(suffixes) do

@@ -17,17 +17,19 @@
 //! finds no current version in Redis although PostgreSQL says one was published
 //! republishes it, once, under a lock (DESIGN §4, invariant 8).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 use serde_json::Value;
 
+use super::cache::{DiscountEntries, PricingEntries, RulesetCache, assemble};
 use super::engine::{
     BundlePricing, Discount, DiscountKind, DiscountTarget, PriceBreak, PriceList, PricingInput, VariantPrices,
 };
 use super::money::Currency;
 use crate::error::{Error, ErrorCode, Result};
 use crate::keys::{Keys, RulesetKind};
+use crate::metrics::{self, Cache};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, unexpected};
 
@@ -340,18 +342,28 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
     }
 
     /// Reads, in one script call, the current versions and the entries for these variants
-    /// and bundles, as the engine's input (prices in `currency` for `customer_group`).
+    /// and bundles, as the engine's input (prices in `currency` for `customer_group`). The
+    /// entries come from `cache` when it holds them for the current versions (the script
+    /// then answers only the versions and the clock), and what is read is kept there.
     pub async fn read(
         &self,
+        cache: &RulesetCache,
         variants: &BTreeSet<String>,
         bundles: &BTreeSet<String>,
         currency: Currency,
         customer_group: Option<String>,
     ) -> Result<(PricingInput, Versions)> {
-        let args = || {
+        let mut held = cache.input(variants, bundles, currency, &customer_group);
+        if self.redis.is_cluster() {
+            held = None;
+        }
+        let args = |held: &Option<(Versions, PricingInput)>| {
+            let versions = held.as_ref().map(|(v, _)| *v);
             let mut args = vec![
                 self.keys.ruleset_stem(RulesetKind::Pricing).into(),
                 self.keys.ruleset_stem(RulesetKind::Discounts).into(),
+                RedisArg::Int(versions.map_or(0, |v| v.pricing)),
+                RedisArg::Int(versions.map_or(0, |v| v.discounts)),
                 RedisArg::Int(variants.len() as i64),
             ];
             args.extend(variants.iter().map(|v| RedisArg::from(v.as_str())));
@@ -359,15 +371,45 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             args.extend(bundles.iter().map(|b| RedisArg::from(b.as_str())));
             args
         };
-        let mut reply = self.read_reply(variants, bundles, args()).await?;
+        let mut reply = self.read_reply(variants, bundles, args(&held)).await?;
         if reply == UNPUBLISHED {
             self.republish().await?;
-            reply = self.read_reply(variants, bundles, args()).await?;
+            held = None;
+            reply = self.read_reply(variants, bundles, args(&held)).await?;
         }
         if reply == UNPUBLISHED {
             return Err(not_published());
         }
-        decode(&reply, variants, bundles, currency, customer_group)
+        let Read {
+            versions,
+            now_ms,
+            entries,
+        } = parse(&reply, variants, bundles)?;
+        match entries {
+            None => {
+                let (_, mut input) = held
+                    .filter(|(v, _)| *v == versions)
+                    .ok_or_else(|| corrupt("versions held"))?;
+                metrics::cache(Cache::Ruleset, true, 1);
+                input.now_ms = now_ms;
+                Ok((input, versions))
+            }
+            Some((pricing, discounts)) => {
+                metrics::cache(Cache::Ruleset, false, 1);
+                let input = assemble(
+                    &pricing,
+                    &discounts,
+                    variants,
+                    bundles,
+                    currency,
+                    customer_group,
+                    now_ms,
+                )
+                .ok_or_else(|| corrupt("reply"))?;
+                cache.keep(versions, pricing, discounts);
+                Ok((input, versions))
+            }
+        }
     }
 }
 
@@ -578,15 +620,17 @@ impl<'e> Fields<'e> {
     }
 }
 
-/// Decodes the read script's reply into the engine's input: fixed-position lines, each
-/// entry split on `|`, no JSON.
-fn decode(
-    reply: &str,
-    variants: &BTreeSet<String>,
-    bundles: &BTreeSet<String>,
-    currency: Currency,
-    customer_group: Option<String>,
-) -> Result<(PricingInput, Versions)> {
+/// What a read script answered: the current versions, the clock, and the versions'
+/// entries for the variants and bundles asked, or none when the current versions are
+/// those whose entries the caller holds.
+struct Read {
+    versions: Versions,
+    now_ms: i64,
+    entries: Option<(PricingEntries, DiscountEntries)>,
+}
+
+/// Decodes the read script's reply: fixed-position lines, each entry split on `|`, no JSON.
+fn parse(reply: &str, variants: &BTreeSet<String>, bundles: &BTreeSet<String>) -> Result<Read> {
     let mut reply = Reply {
         lines: reply.split('\n'),
     };
@@ -595,13 +639,21 @@ fn decode(
         discounts: reply.int("version")?,
     };
     let now_ms = reply.int("clock")?;
+    if reply.lines.clone().next().is_none() {
+        return Ok(Read {
+            versions,
+            now_ms,
+            entries: None,
+        });
+    }
 
+    let mut pricing = PricingEntries::default();
     let count = reply.count("list count")?;
-    let mut price_lists = Vec::with_capacity(count);
+    pricing.lists.reserve(count);
     for _ in 0..count {
         let id = reply.entry("list id")?.ok_or_else(|| corrupt("list id"))?;
         let mut list = Fields::of(reply.entry(id)?.ok_or_else(|| corrupt(id))?);
-        price_lists.push(PriceList {
+        pricing.lists.push(PriceList {
             id: id.to_owned(),
             currency: list.currency()?,
             customer_group: list.optional()?.map(str::to_owned),
@@ -610,100 +662,115 @@ fn decode(
         });
     }
 
-    let mut variant_prices = Vec::with_capacity(variants.len());
     for id in variants {
-        let Some(entry) = reply.entry(id)? else { continue };
-        let mut prices = Fields::of(entry);
-        let (base_minor, variant_currency) = (prices.int()?, prices.currency()?);
-        let mut entries: Vec<(String, Vec<PriceBreak>)> = Vec::new();
-        while let Some(list_id) = prices.fields.next() {
-            let tier = PriceBreak {
-                min_quantity: prices.int()?,
-                unit_minor: prices.int()?,
-            };
-            // Tiers come grouped by list.
-            match entries.last_mut() {
-                Some((last, tiers)) if last == list_id => tiers.push(tier),
-                _ => entries.push((list_id.to_owned(), vec![tier])),
-            }
-        }
-        variant_prices.push(VariantPrices {
-            variant_id: id.clone(),
-            base_minor,
-            currency: variant_currency,
-            entries,
-        });
+        let prices = reply
+            .entry(id)?
+            .map(|entry| variant_prices(id, entry))
+            .transpose()?;
+        pricing.variants.insert(id.clone(), prices);
     }
-
-    let mut bundle_prices = BTreeMap::new();
     for id in bundles {
-        let Some(entry) = reply.entry(id)? else { continue };
-        let mut b = Fields::of(entry);
-        let pricing = match (b.text()?, b.optional_int()?, b.optional()?, b.optional_int()?) {
-            ("fixed", Some(unit_minor), Some(code), _) => BundlePricing::Fixed {
-                unit_minor,
-                currency: Currency::parse(code).map_err(|_| corrupt(entry))?,
-            },
-            ("percent_off", _, _, Some(basis_points)) => BundlePricing::PercentOff { basis_points },
-            _ => return Err(corrupt(entry)),
-        };
-        bundle_prices.insert(id.clone(), pricing);
+        let price = reply.entry(id)?.map(bundle_pricing).transpose()?;
+        pricing.bundles.insert(id.clone(), price);
     }
 
-    // Who each discount applies to, among the quoted variants and bundles.
-    let mut targets: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for subjects in [variants, bundles] {
-        for subject in subjects {
-            for discount in reply.entry(subject)?.into_iter().flat_map(|ids| ids.split('|')) {
-                targets.entry(discount).or_default().insert(subject.clone());
-            }
+    let mut discounts = DiscountEntries::default();
+    for (asked, by_subject) in [
+        (variants, &mut discounts.by_variant),
+        (bundles, &mut discounts.by_bundle),
+    ] {
+        for subject in asked {
+            let ids = reply
+                .entry(subject)?
+                .map_or_else(Vec::new, |ids| ids.split('|').map(str::to_owned).collect());
+            by_subject.insert(subject.clone(), ids);
         }
     }
     let count = reply.count("discount count")?;
-    let mut discounts = Vec::with_capacity(count);
     for _ in 0..count {
         let id = reply
             .entry("discount id")?
             .ok_or_else(|| corrupt("discount id"))?;
         let Some(entry) = reply.entry(id)? else { continue };
-        let mut d = Fields::of(entry);
-        let (kind, basis_points, amount, amount_currency) =
-            (d.text()?, d.optional_int()?, d.optional_int()?, d.optional()?);
-        let kind = match (kind, basis_points, amount, amount_currency) {
-            ("percentage", Some(basis_points), _, _) => DiscountKind::Percentage { basis_points },
-            ("fixed", _, Some(amount_minor), Some(code)) => DiscountKind::Fixed {
-                amount_minor,
-                currency: Currency::parse(code).map_err(|_| corrupt(entry))?,
-            },
-            _ => return Err(corrupt(entry)),
+        let discount = discount(id, entry)?;
+        if matches!(discount.target, DiscountTarget::OrderSubtotal { .. }) {
+            discounts.order.push(id.to_owned());
+        }
+        discounts.definitions.insert(id.to_owned(), discount);
+    }
+    Ok(Read {
+        versions,
+        now_ms,
+        entries: Some((pricing, discounts)),
+    })
+}
+
+/// `base|currency` then `|list|min quantity|unit price` per tier, grouped by list.
+fn variant_prices(id: &str, entry: &str) -> Result<VariantPrices> {
+    let mut prices = Fields::of(entry);
+    let (base_minor, currency) = (prices.int()?, prices.currency()?);
+    let mut entries: Vec<(String, Vec<PriceBreak>)> = Vec::new();
+    while let Some(list_id) = prices.fields.next() {
+        let tier = PriceBreak {
+            min_quantity: prices.int()?,
+            unit_minor: prices.int()?,
         };
-        let target = match (d.text()?, d.int()?) {
-            ("variants", _) => DiscountTarget::Variants(targets.remove(id).unwrap_or_default()),
-            ("bundles", _) => DiscountTarget::Bundles(targets.remove(id).unwrap_or_default()),
-            ("order", threshold_minor) => DiscountTarget::OrderSubtotal { threshold_minor },
-            _ => return Err(corrupt(entry)),
-        };
-        discounts.push(Discount {
-            id: id.to_owned(),
-            kind,
-            target,
-            priority: d.int()?,
-            exclusive: d.text()? == "1",
-            starts_at_ms: d.optional_int()?,
-            ends_at_ms: d.optional_int()?,
-        });
-        if !d.done() {
-            return Err(corrupt(entry));
+        match entries.last_mut() {
+            Some((last, tiers)) if last == list_id => tiers.push(tier),
+            _ => entries.push((list_id.to_owned(), vec![tier])),
         }
     }
-    let input = PricingInput {
-        price_lists,
-        variants: variant_prices,
-        bundles: bundle_prices,
-        discounts,
-        customer_group,
+    Ok(VariantPrices {
+        variant_id: id.to_owned(),
+        base_minor,
         currency,
-        now_ms,
+        entries,
+    })
+}
+
+/// `fixed|price|currency|` or `percent_off|||basis points`
+fn bundle_pricing(entry: &str) -> Result<BundlePricing> {
+    let mut b = Fields::of(entry);
+    match (b.text()?, b.optional_int()?, b.optional()?, b.optional_int()?) {
+        ("fixed", Some(unit_minor), Some(code), _) => Ok(BundlePricing::Fixed {
+            unit_minor,
+            currency: Currency::parse(code).map_err(|_| corrupt(entry))?,
+        }),
+        ("percent_off", _, _, Some(basis_points)) => Ok(BundlePricing::PercentOff { basis_points }),
+        _ => Err(corrupt(entry)),
+    }
+}
+
+/// A discount definition (see `DISCOUNTS`), its variant and bundle targets left empty.
+fn discount(id: &str, entry: &str) -> Result<Discount> {
+    let mut d = Fields::of(entry);
+    let (kind, basis_points, amount, amount_currency) =
+        (d.text()?, d.optional_int()?, d.optional_int()?, d.optional()?);
+    let kind = match (kind, basis_points, amount, amount_currency) {
+        ("percentage", Some(basis_points), _, _) => DiscountKind::Percentage { basis_points },
+        ("fixed", _, Some(amount_minor), Some(code)) => DiscountKind::Fixed {
+            amount_minor,
+            currency: Currency::parse(code).map_err(|_| corrupt(entry))?,
+        },
+        _ => return Err(corrupt(entry)),
     };
-    Ok((input, versions))
+    let target = match (d.text()?, d.int()?) {
+        ("variants", _) => DiscountTarget::Variants(BTreeSet::new()),
+        ("bundles", _) => DiscountTarget::Bundles(BTreeSet::new()),
+        ("order", threshold_minor) => DiscountTarget::OrderSubtotal { threshold_minor },
+        _ => return Err(corrupt(entry)),
+    };
+    let discount = Discount {
+        id: id.to_owned(),
+        kind,
+        target,
+        priority: d.int()?,
+        exclusive: d.text()? == "1",
+        starts_at_ms: d.optional_int()?,
+        ends_at_ms: d.optional_int()?,
+    };
+    if !d.done() {
+        return Err(corrupt(entry));
+    }
+    Ok(discount)
 }

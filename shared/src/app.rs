@@ -27,13 +27,14 @@ impl<R: Redis, S: Sql, H: Http> App<R, S, H> {
     /// An app over the given ports.
     pub fn new(redis: R, sql: S, http: H, settings: Settings) -> Self {
         let keys = Keys::new(&settings.key_prefix);
+        let rulesets = RulesetCache::new(settings.ruleset_cache_entries);
         Self {
             redis,
             sql,
             http,
             settings,
             keys,
-            rulesets: RulesetCache::default(),
+            rulesets,
         }
     }
 

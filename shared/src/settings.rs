@@ -43,6 +43,9 @@ pub struct Settings {
     pub cart_ttl_seconds: u32,
     /// Most lines one cart may hold.
     pub cart_max_lines: u32,
+    /// Ruleset entries (variants, bundles, discounts) the native server keeps per version
+    /// for the next quotes; 0 turns the cache off.
+    pub ruleset_cache_entries: u32,
     /// Most units of one line.
     pub cart_max_line_quantity: u32,
     /// Currency of a new cart that names none.
@@ -191,6 +194,7 @@ impl Settings {
             jwt_secret: text("jwt_secret", ""),
             cart_ttl_seconds: bounded("cart_ttl_seconds", Self::DEFAULT_CART_TTL, 365 * 24 * 60 * 60)?,
             cart_max_lines: bounded("cart_max_lines", 100, 10_000)?,
+            ruleset_cache_entries: bounded("ruleset_cache_entries", 200_000, 10_000_000)?,
             cart_max_line_quantity: bounded("cart_max_line_quantity", 999, crate::ids::Quantity::MAX)?,
             default_currency,
             bundle_ttl_seconds: bounded("bundle_ttl_seconds", Self::DEFAULT_BUNDLE_TTL, 30 * 24 * 60 * 60)?,

@@ -21,11 +21,6 @@ use super::engine::{BundlePricing, Discount, DiscountTarget, PriceList, PricingI
 use super::money::Currency;
 use super::store::Versions;
 
-/// Variants, bundles and discounts kept per version at most; past that a version's cache
-/// starts again from what the last read brought. Each is a few hundred bytes, and the
-/// entries a quote uses are those of the variants shoppers actually put in carts.
-const MAX_ENTRIES: usize = 200_000;
-
 /// Entries of one pricing version: every price list, and the prices of the variants and
 /// bundles read so far (`None`: the version has none).
 #[derive(Debug, Default)]
@@ -155,8 +150,12 @@ pub(super) fn assemble(
 
 /// The entries of the newest pricing version and the newest discount version a process has
 /// read (see the module's text).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RulesetCache {
+    /// Variants, bundles and discounts kept per version at most (`ruleset_cache_entries`);
+    /// past that a version's cache starts again from what the last read brought. Each is
+    /// a few hundred bytes. 0: nothing is kept.
+    capacity: usize,
     newest: Mutex<Newest>,
 }
 
@@ -173,11 +172,12 @@ fn keep<E: Default>(
     held: &mut Option<(i64, E)>,
     version: i64,
     read: E,
+    capacity: usize,
     len: fn(&E) -> usize,
     extend: fn(&mut E, E),
 ) {
     match held {
-        Some((at, entries)) if *at == version && len(entries) + len(&read) <= MAX_ENTRIES => {
+        Some((at, entries)) if *at == version && len(entries) + len(&read) <= capacity => {
             extend(entries, read);
         }
         Some((at, _)) if *at > version => {}
@@ -186,6 +186,14 @@ fn keep<E: Default>(
 }
 
 impl RulesetCache {
+    /// A cache of at most `capacity` entries per version (0: off).
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            capacity: capacity as usize,
+            newest: Mutex::new(Newest::default()),
+        }
+    }
+
     /// The engine's input for these variants and bundles from the held entries, and the
     /// versions it is of, when every entry they need is held (`now_ms` is left for the
     /// caller, who reads the clock).
@@ -222,11 +230,15 @@ impl RulesetCache {
 
     /// Keeps what a read brought of these versions.
     pub(super) fn keep(&self, versions: Versions, pricing: PricingEntries, discounts: DiscountEntries) {
+        if self.capacity == 0 {
+            return;
+        }
         let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         keep(
             &mut newest.pricing,
             versions.pricing,
             pricing,
+            self.capacity,
             PricingEntries::len,
             PricingEntries::extend,
         );
@@ -234,8 +246,96 @@ impl RulesetCache {
             &mut newest.discounts,
             versions.discounts,
             discounts,
+            self.capacity,
             DiscountEntries::len,
             DiscountEntries::extend,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").unwrap()
+    }
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|id| (*id).to_owned()).collect()
+    }
+
+    /// What a read of `variants` at a version brings: each priced at `price`, no discounts.
+    fn read(variants: &[&str], price: i64) -> (PricingEntries, DiscountEntries) {
+        let mut pricing = PricingEntries::default();
+        let mut discounts = DiscountEntries::default();
+        for id in variants {
+            let prices = VariantPrices {
+                variant_id: (*id).to_owned(),
+                base_minor: price,
+                currency: eur(),
+                entries: Vec::new(),
+            };
+            pricing.variants.insert((*id).to_owned(), Some(prices));
+            discounts.by_variant.insert((*id).to_owned(), Vec::new());
+        }
+        (pricing, discounts)
+    }
+
+    fn versions(pricing: i64) -> Versions {
+        Versions {
+            pricing,
+            discounts: 0,
+        }
+    }
+
+    /// The held versions and base prices for `variants`, if every entry is held.
+    fn held(cache: &RulesetCache, variants: &[&str]) -> Option<(i64, Vec<i64>)> {
+        let (versions, input) = cache.input(&set(variants), &BTreeSet::new(), eur(), &None)?;
+        Some((
+            versions.pricing,
+            input.variants.iter().map(|v| v.base_minor).collect(),
+        ))
+    }
+
+    #[test]
+    fn reads_of_one_version_add_up_and_a_newer_version_replaces_them() {
+        let cache = RulesetCache::new(100);
+        assert_eq!(held(&cache, &["var-1"]), None);
+        let (p, d) = read(&["var-1"], 100);
+        cache.keep(versions(1), p, d);
+        let (p, d) = read(&["var-2"], 200);
+        cache.keep(versions(1), p, d);
+        assert_eq!(held(&cache, &["var-1", "var-2"]), Some((1, vec![100, 200])));
+        assert_eq!(held(&cache, &["var-1", "var-3"]), None, "var-3 was never read");
+
+        let (p, d) = read(&["var-2"], 250);
+        cache.keep(versions(2), p, d);
+        assert_eq!(held(&cache, &["var-2"]), Some((2, vec![250])));
+        assert_eq!(held(&cache, &["var-1"]), None, "version 1's entries are gone");
+
+        let (p, d) = read(&["var-1"], 100);
+        cache.keep(versions(1), p, d);
+        assert_eq!(held(&cache, &["var-1"]), None, "an older version is not kept");
+    }
+
+    #[test]
+    fn a_full_cache_starts_again_and_capacity_zero_keeps_nothing() {
+        let cache = RulesetCache::new(2);
+        let (p, d) = read(&["var-1"], 100);
+        cache.keep(versions(1), p, d);
+        let (p, d) = read(&["var-2", "var-3"], 200);
+        cache.keep(versions(1), p, d);
+        assert_eq!(
+            held(&cache, &["var-1"]),
+            None,
+            "past 2 entries the version starts again"
+        );
+        assert_eq!(held(&cache, &["var-2", "var-3"]), Some((1, vec![200, 200])));
+
+        let off = RulesetCache::new(0);
+        let (p, d) = read(&["var-1"], 100);
+        off.keep(versions(1), p, d);
+        assert_eq!(held(&off, &["var-1"]), None);
     }
 }

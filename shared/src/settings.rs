@@ -194,7 +194,10 @@ impl Settings {
             jwt_secret: text("jwt_secret", ""),
             cart_ttl_seconds: bounded("cart_ttl_seconds", Self::DEFAULT_CART_TTL, 365 * 24 * 60 * 60)?,
             cart_max_lines: bounded("cart_max_lines", 100, 10_000)?,
-            ruleset_cache_entries: bounded("ruleset_cache_entries", 200_000, 10_000_000)?,
+            ruleset_cache_entries: u32::try_from(number("ruleset_cache_entries", 200_000)?)
+                .ok()
+                .filter(|entries| *entries <= 10_000_000)
+                .ok_or("ruleset_cache_entries must be from 0 (off) to 10000000")?,
             cart_max_line_quantity: bounded("cart_max_line_quantity", 999, crate::ids::Quantity::MAX)?,
             default_currency,
             bundle_ttl_seconds: bounded("bundle_ttl_seconds", Self::DEFAULT_BUNDLE_TTL, 30 * 24 * 60 * 60)?,
@@ -363,6 +366,9 @@ mod tests {
             ),
             (5_000, 1_000, 300_000)
         );
+        assert_eq!(s.ruleset_cache_entries, 200_000);
+        let off = Settings::from_config(&Map(HashMap::from([("ruleset_cache_entries", "0")]))).unwrap();
+        assert_eq!(off.ruleset_cache_entries, 0, "0 turns the ruleset cache off");
     }
 
     #[test]
@@ -379,6 +385,8 @@ mod tests {
             ("rate_limit_customer_per_minute", "1000001"),
             ("rate_limit_anonymous_burst", "0"),
             ("trusted_proxies", "10.0.0.0/8,proxy.local"),
+            ("ruleset_cache_entries", "10000001"),
+            ("ruleset_cache_entries", "-1"),
         ] {
             assert!(Settings::from_config(&Map(HashMap::from([(k, v)]))).is_err());
         }

@@ -431,5 +431,31 @@ async fn quotes_reuse_the_entries_of_the_current_versions_and_never_of_a_replace
         quote_afresh(&app, &asked).await,
         "the new version's entries, as a fresh read gives them"
     );
+
+    // A cart's quote reads the current versions with the cart (one round trip once its
+    // entries are held): a publish shows at the next quote too.
+    let cart = app.new_cart().await;
+    for (variant, quantity) in asked {
+        let add = json!({"variantId": variant, "quantity": quantity});
+        let added = app.post(&format!("/v1/carts/{cart}/items"), add).await;
+        assert_eq!(added.status, 200, "{added:?}");
+    }
+    let unit_prices = |reply: &Reply| -> Vec<i64> {
+        let lines = reply.body["lines"].as_array().unwrap();
+        lines.iter().map(|l| l["unitPrice"].as_i64().unwrap()).collect()
+    };
+    for _ in 0..2 {
+        let by_cart = quote(&app, json!({"cartId": cart}), None).await;
+        assert_eq!(by_cart.status, 200, "{by_cart:?}");
+        assert_eq!(unit_prices(&by_cart), vec![777, 2500]);
+    }
+    app.pg
+        .batch_execute("UPDATE price_list_entries SET unit_price_minor = 555 WHERE variant_id = 'var-1'")
+        .await
+        .unwrap();
+    publish(&app, "pricing").await;
+    let by_cart = quote(&app, json!({"cartId": cart}), None).await;
+    assert_eq!(by_cart.body["versions"]["pricing"], version + 2);
+    assert_eq!(unit_prices(&by_cart), vec![555, 2500]);
     app.finish().await;
 }

@@ -115,7 +115,7 @@ async fn adding_to_a_cart_is_one_round_trip_once_the_variant_is_known() {
 }
 
 #[tokio::test]
-async fn quoting_a_twenty_line_cart_is_two_round_trips() {
+async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_are_held() {
     use commerce_core::App;
     use commerce_core::cart::{CartRef, Carts, LineItem};
     use commerce_core::keys::RulesetKind;
@@ -148,14 +148,22 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips() {
         app.app.http.clone(),
         app.app.settings.clone(),
     );
-    price_cart(&counting, &cart, None).await.unwrap();
-    counting.redis.take();
-    let priced = price_cart(&counting, &cart, None).await.unwrap();
-    assert_eq!(priced.quote.lines.len(), 20);
+    // EVALSHA of both scripts, so that a script missing from the server's cache (another
+    // test may flush it) does not add an EVAL to the counts.
+    price_cart(&app.app, &cart, None).await.unwrap();
+    let cold = price_cart(&counting, &cart, None).await.unwrap();
+    assert_eq!(cold.quote.lines.len(), 20);
     assert_eq!(
         counting.redis.take(),
         2,
-        "a 20-line quote: the cart, then the ruleset read"
+        "a 20-line quote whose entries the process does not hold: the cart, then the ruleset read"
+    );
+    let held = price_cart(&counting, &cart, None).await.unwrap();
+    assert_eq!(held, cold);
+    assert_eq!(
+        counting.redis.take(),
+        1,
+        "once the entries are held: the cart with the current versions and the clock"
     );
     app.finish().await;
 }

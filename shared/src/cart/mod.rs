@@ -313,24 +313,62 @@ impl<'a, R: Redis> Carts<'a, R> {
     /// script costs to join them. A customer without a cart has an empty one in the
     /// default currency.
     pub async fn lines(&self, cart: &CartRef) -> Result<(Currency, Vec<CartLine>)> {
-        let reply = LINES.run(self.redis, &[&self.key(cart)], Vec::new()).await?;
+        let (currency, lines, _) = self.read_lines(cart, None).await?;
+        Ok((currency, lines))
+    }
+
+    /// [`Self::lines`], and in the same script (so one round trip, on a standalone Redis
+    /// only: the keys are of other slots) what the keys `pointers` hold as integers (0 for
+    /// none) and the Redis clock (epoch ms): `[first, second, now]`.
+    pub async fn lines_and_pointers(
+        &self,
+        cart: &CartRef,
+        pointers: [&str; 2],
+    ) -> Result<(Currency, Vec<CartLine>, [i64; 3])> {
+        let (currency, lines, read) = self.read_lines(cart, Some(pointers)).await?;
+        let read = read.ok_or_else(|| Error::Internal("lines.lua read no pointers".into()))?;
+        Ok((currency, lines, read))
+    }
+
+    async fn read_lines(
+        &self,
+        cart: &CartRef,
+        pointers: Option<[&str; 2]>,
+    ) -> Result<(Currency, Vec<CartLine>, Option<[i64; 3]>)> {
+        let key = self.key(cart);
+        let mut keys = vec![key.as_str()];
+        keys.extend(pointers.iter().flatten());
+        let reply = LINES.run(self.redis, &keys, Vec::new()).await?;
         let text = match reply.as_slice() {
             [RedisReply::Bytes(text)] => std::str::from_utf8(text).ok(),
             _ => None,
         }
         .ok_or_else(|| unexpected(&reply))?;
-        let mut fields = HashMap::with_capacity(text.matches('\n').count() / 2 + 1);
         let mut lines = text.split('\n').filter(|_| !text.is_empty());
+        let read = match pointers {
+            None => None,
+            Some(_) => {
+                let mut int = || {
+                    lines
+                        .next()
+                        .and_then(|line| line.parse().ok())
+                        .ok_or_else(|| unexpected(&reply))
+                };
+                Some([int()?, int()?, int()?])
+            }
+        };
+        let mut fields = HashMap::with_capacity(text.matches('\n').count() / 2 + 1);
         while let Some(field) = lines.next() {
             fields.insert(field, lines.next().ok_or_else(|| unexpected(&reply))?);
         }
-        match cart {
+        let (currency, lines) = match cart {
             CartRef::Session(id) if fields.is_empty() || fields.contains_key("merged") => {
-                Err(cart_not_found(id))
+                return Err(cart_not_found(id));
             }
-            CartRef::Customer(_) if fields.is_empty() => Ok((self.settings.default_currency, Vec::new())),
-            _ => Ok((currency_of(&fields)?, lines_of(&fields, &reply)?)),
-        }
+            CartRef::Customer(_) if fields.is_empty() => (self.settings.default_currency, Vec::new()),
+            _ => (currency_of(&fields)?, lines_of(&fields, &reply)?),
+        };
+        Ok((currency, lines, read))
     }
 
     /// Adds `quantity` of an item: to its line if the cart has it, else as a new line.

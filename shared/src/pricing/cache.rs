@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use super::engine::{BundlePricing, Discount, DiscountTarget, PriceList, PricingInput, VariantPrices};
 use super::money::Currency;
 use super::store::Versions;
+use crate::metrics::{self, Cache};
 
 /// Entries of one pricing version: every price list, and the prices of the variants and
 /// bundles read so far (`None`: the version has none).
@@ -226,6 +227,35 @@ impl RulesetCache {
             discounts: *discounts,
         };
         Some((versions, input))
+    }
+
+    /// Whether nothing is held (always so in a Spin component, whose app lives for one
+    /// request).
+    pub fn is_empty(&self) -> bool {
+        let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        newest.pricing.is_none()
+    }
+
+    /// The engine's input for these variants and bundles at `now_ms` when the held entries
+    /// are of exactly `versions` (the current ones, read by the caller) and include every
+    /// entry they need (a hit). When not, the caller reads them from Redis, which counts
+    /// the miss.
+    pub(super) fn input_at(
+        &self,
+        versions: Versions,
+        now_ms: i64,
+        variants: &BTreeSet<String>,
+        bundles: &BTreeSet<String>,
+        currency: Currency,
+        customer_group: &Option<String>,
+    ) -> Option<PricingInput> {
+        let held = self
+            .input(variants, bundles, currency, customer_group)
+            .filter(|(held, _)| *held == versions);
+        let (_, mut input) = held?;
+        metrics::cache(Cache::Ruleset, true, 1);
+        input.now_ms = now_ms;
+        Some(input)
     }
 
     /// Keeps what a read brought of these versions.

@@ -1,8 +1,9 @@
 //! Quotes: a cart (or a list of lines) priced by the current rulesets.
 //!
-//! A quote of a cart costs two Redis round trips whatever the catalog's size: one to read
-//! the cart, one script that reads the current versions and exactly the entries the lines
-//! need. The rules themselves are the pure [`engine`](super::engine).
+//! A quote of a cart costs at most two Redis round trips whatever the catalog's size: one
+//! to read the cart, one script that reads the current versions and exactly the entries the
+//! lines need; natively one, once the entries are held (see [`price_cart`]). The rules
+//! themselves are the pure [`engine`](super::engine).
 
 use std::collections::BTreeSet;
 
@@ -15,6 +16,7 @@ use crate::app::App;
 use crate::cart::{CartLine, CartRef, Carts, LineItem};
 use crate::error::Result;
 use crate::ids::Quantity;
+use crate::keys::RulesetKind;
 use crate::ports::{Http, Redis, Sql};
 
 /// A quote and the ruleset versions it was computed with (what checkout freezes).
@@ -34,6 +36,17 @@ pub async fn price_lines<R: Redis, S: Sql, H: Http>(
     currency: Currency,
     customer_group: Option<String>,
 ) -> Result<Priced> {
+    let (variants, bundles) = subjects(lines);
+    let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
+    let (input, versions) = rulesets
+        .read(&app.rulesets, &variants, &bundles, currency, customer_group)
+        .await?;
+    let quote = engine::quote(&input, lines)?;
+    Ok(Priced { quote, versions })
+}
+
+/// The variants (bundle parts included) and the bundles that lines name.
+fn subjects(lines: &[QuoteLine]) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut variants = BTreeSet::new();
     let mut bundles = BTreeSet::new();
     for line in lines {
@@ -47,22 +60,45 @@ pub async fn price_lines<R: Redis, S: Sql, H: Http>(
             }
         }
     }
-    let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
-    let (input, versions) = rulesets
-        .read(&app.rulesets, &variants, &bundles, currency, customer_group)
-        .await?;
-    let quote = engine::quote(&input, lines)?;
-    Ok(Priced { quote, versions })
+    (variants, bundles)
 }
 
 /// Prices a cart: its lines in its currency.
+///
+/// Once the process holds ruleset entries ([`RulesetCache`](super::cache::RulesetCache)) and Redis is one server, the
+/// cart is read together with the current versions and the clock (`cart/lines.lua`), so a
+/// cart whose entries are held for those versions costs one round trip; otherwise, or when
+/// they are not held, the ruleset read follows as in [`price_lines`] (two).
 pub async fn price_cart<R: Redis, S: Sql, H: Http>(
     app: &App<R, S, H>,
     cart: &CartRef,
     customer_group: Option<String>,
 ) -> Result<Priced> {
-    let (currency, lines) = Carts::of(app).lines(cart).await?;
-    price_lines(app, &cart_quote_lines(&lines), currency, customer_group).await
+    let carts = Carts::of(app);
+    if app.rulesets.is_empty() || app.redis.is_cluster() {
+        let (currency, lines) = carts.lines(cart).await?;
+        return price_lines(app, &cart_quote_lines(&lines), currency, customer_group).await;
+    }
+    let pointers = [
+        app.keys.ruleset_version(RulesetKind::Pricing),
+        app.keys.ruleset_version(RulesetKind::Discounts),
+    ];
+    let (currency, lines, [pricing, discounts, now_ms]) = carts
+        .lines_and_pointers(cart, [&pointers[0], &pointers[1]])
+        .await?;
+    let lines = cart_quote_lines(&lines);
+    let (variants, bundles) = subjects(&lines);
+    let versions = Versions { pricing, discounts };
+    match app
+        .rulesets
+        .input_at(versions, now_ms, &variants, &bundles, currency, &customer_group)
+    {
+        Some(input) => Ok(Priced {
+            quote: engine::quote(&input, &lines)?,
+            versions,
+        }),
+        None => price_lines(app, &lines, currency, customer_group).await,
+    }
 }
 
 /// The quote lines of a cart's lines.

@@ -115,16 +115,25 @@ database_url_named() {
     printf '%s\n' "${url%/*}/$1$query"
 }
 
-# `build_revision REV`: builds `commerce` (release) of git revision REV in a worktree under
-# .local/ (kept, as is its target dir, so a second run is quick) and prints the binary's path.
-# For the benches that compare this checkout with an older one.
-build_revision() {
+# `revision_tree REV`: prints the path of a worktree of git revision REV under .local/,
+# adding it the first time (it is kept, so a second run is quick).
+revision_tree() {
     local commit tree
     commit=$(git -C "$ROOT" rev-parse --short "$1^{commit}")
     tree="$LOCAL/bench-before-$commit"
     if [[ ! -d $tree ]]; then
         git -C "$ROOT" worktree add --detach "$tree" "$commit" >&2
     fi
+    printf '%s\n' "$tree"
+}
+
+# `build_revision REV`: builds `commerce` (release) of git revision REV in its
+# revision_tree (its target dir kept too) and prints the binary's path. For the benches
+# that compare this checkout with an older one.
+build_revision() {
+    local commit tree
+    commit=$(git -C "$ROOT" rev-parse --short "$1^{commit}")
+    tree=$(revision_tree "$commit")
     log "building $commit (release) in $tree"
     (cd "$tree" && cargo build --release --locked -p commerce-native --target-dir "$LOCAL/bench-before-target") >&2
     printf '%s\n' "$LOCAL/bench-before-target/release/commerce"

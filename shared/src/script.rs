@@ -7,13 +7,16 @@
 //!
 //! Each script is the shared prelude (`script/prelude.lua`) followed by its store's files
 //! (`lua!`), so the SHA, the `EVAL` fallback and a Redis Cluster all see one text per script.
+//! The parts are joined when the script is first run, not at compile time: the prelude and
+//! the files several scripts share (`cart.lua`, …) are then in the binary once, not once
+//! per script (about 48 KB less in each Spin component).
 
 use std::sync::OnceLock;
 
 use crate::error::{Error, PortError};
 use crate::ports::{Redis, RedisArg, RedisReply};
 
-/// The source of a script as [`Script::new`] takes it: the shared prelude
+/// The parts of a script as [`Script::new`] takes them: the shared prelude
 /// (`script/prelude.lua`: `now_ms()`, the Redis clock), then the named files in order,
 /// each found beside the file that names it (`lua!("purge.lua", "reserve.lua")`).
 ///
@@ -21,33 +24,40 @@ use crate::ports::{Redis, RedisArg, RedisReply};
 /// written once, and the prelude is part of the text whose SHA-1 `EVALSHA` sends.
 macro_rules! lua {
     ($($file:literal),+ $(,)?) => {
-        concat!(
+        &[
             include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/script/prelude.lua")),
             $(include_str!($file)),+
-        )
+        ]
     };
 }
 pub(crate) use lua;
 
-/// A Lua script compiled into the binary, with its SHA-1 computed once.
+/// A Lua script compiled into the binary as the parts of its text, joined and hashed once.
 pub struct Script {
-    source: &'static str,
+    parts: &'static [&'static str],
+    source: OnceLock<String>,
     sha: OnceLock<String>,
 }
 
 impl Script {
-    /// Wraps a script source (the stores' own: [`lua!`]).
-    pub const fn new(source: &'static str) -> Self {
+    /// Wraps a script's source, the concatenation of `parts` (the stores' own: [`lua!`]).
+    pub const fn new(parts: &'static [&'static str]) -> Self {
         Self {
-            source,
+            parts,
+            source: OnceLock::new(),
             sha: OnceLock::new(),
         }
+    }
+
+    /// The script's text: its parts, joined.
+    pub fn source(&self) -> &str {
+        self.source.get_or_init(|| self.parts.concat())
     }
 
     /// The script's SHA-1, as `SCRIPT LOAD` would answer it.
     pub fn sha(&self) -> &str {
         self.sha
-            .get_or_init(|| sha1_smol::Sha1::from(self.source).digest().to_string())
+            .get_or_init(|| sha1_smol::Sha1::from(self.source()).digest().to_string())
     }
 
     /// Runs the script with `keys` and `args`: `EVALSHA`, then `EVAL` if the server does
@@ -68,7 +78,7 @@ impl Script {
         };
         match redis.execute("EVALSHA", call(self.sha().into())).await {
             Err(e) if e.server_message().is_some_and(is_missing_script) => {
-                redis.execute("EVAL", call(self.source.into())).await
+                redis.execute("EVAL", call(self.source().into())).await
             }
             other => other,
         }
@@ -128,7 +138,7 @@ mod tests {
             missing,
             commands: RefCell::new(Vec::new()),
         };
-        let script = Script::new("return 1");
+        let script = Script::new(&["return 1"]);
         let mut run = std::pin::pin!(script.run(&redis, &["k"], Vec::new()));
         let waker = std::task::Waker::noop();
         let std::task::Poll::Ready(reply) = run.as_mut().poll(&mut std::task::Context::from_waker(waker))
@@ -167,7 +177,9 @@ mod tests {
     #[test]
     fn sha_matches_redis_script_load() {
         // `redis-cli SCRIPT LOAD "return 1"` answers this digest.
-        let script = Script::new("return 1");
+        let script = Script::new(&["return 1"]);
         assert_eq!(script.sha(), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        // Parts hash as the text they join into.
+        assert_eq!(Script::new(&["return", " 1"]).sha(), script.sha());
     }
 }

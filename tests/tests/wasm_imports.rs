@@ -1,7 +1,7 @@
 //! Every built component imports only what `wit/` allows, exports Spin's HTTP handler,
 //! and stays under 2 MiB (DESIGN §1, §7).
 //!
-//! Reads the release components from `target/wasm32-wasip2/release/`; build them first
+//! Reads the components from `target/wasm32-wasip2/wasm/` (the `wasm` profile); build them first
 //! with `scripts/build-wasm`. Needs neither Redis nor PostgreSQL.
 
 use std::collections::BTreeSet;
@@ -12,7 +12,7 @@ use wit_parser::{LiftLowerAbi, ManglingAndAbi, Resolve, WorldId, WorldKey};
 
 const COMPONENTS: [&str; 5] = ["inventory", "cart", "pricing", "checkout", "ops"];
 
-/// DESIGN §7: each component's .wasm under 2 MiB in release.
+/// DESIGN §7: each component's .wasm under 2 MiB as built (`scripts/build-wasm`).
 const MAX_WASM_BYTES: usize = 2 * 1024 * 1024;
 
 /// The world of `wit/` that every component must target.
@@ -35,7 +35,7 @@ fn target_dir() -> PathBuf {
 
 fn component_path(name: &str) -> PathBuf {
     target_dir()
-        .join("wasm32-wasip2/release")
+        .join("wasm32-wasip2/wasm")
         .join(format!("{name}_component.wasm"))
 }
 

@@ -58,7 +58,7 @@ pub async fn export(
 }
 
 /// Moves a staged key to its own name (see `promote.lua`).
-static PROMOTE: Script = Script::new(include_str!("promote.lua"));
+static PROMOTE: Script = Script::new(&[include_str!("promote.lua")]);
 
 /// How long a staged key lives if the restore never gets to promote it (it crashed): a
 /// day, far more than staging any backup takes, after which Redis drops the leftovers.

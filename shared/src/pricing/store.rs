@@ -353,10 +353,11 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         currency: Currency,
         customer_group: Option<String>,
     ) -> Result<(PricingInput, Versions)> {
-        let mut held = cache.input(variants, bundles, currency, &customer_group);
-        if self.redis.is_cluster() {
-            held = None;
-        }
+        // On a Redis Cluster the entries are read every time (see `cache`).
+        let cached = !self.redis.is_cluster();
+        let mut held = cached
+            .then(|| cache.input(variants, bundles, currency, &customer_group))
+            .flatten();
         let args = |held: &Option<(Versions, PricingInput)>| {
             let versions = held.as_ref().map(|(v, _)| *v);
             let mut args = vec![
@@ -406,7 +407,9 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                     now_ms,
                 )
                 .ok_or_else(|| corrupt("reply"))?;
-                cache.keep(versions, pricing, discounts);
+                if cached {
+                    cache.keep(versions, pricing, discounts);
+                }
                 Ok((input, versions))
             }
         }

@@ -44,7 +44,17 @@ pub(super) struct DiscountEntries {
     pub order: Vec<String>,
 }
 
-impl PricingEntries {
+/// What the cache needs of one kind's entries.
+trait VersionEntries {
+    /// Whether the entries of these variants and bundles were read.
+    fn holds(&self, variants: &BTreeSet<String>, bundles: &BTreeSet<String>) -> bool;
+    /// How many entries are held.
+    fn len(&self) -> usize;
+    /// Adds what a later read of the same version brought.
+    fn extend(&mut self, read: Self);
+}
+
+impl VersionEntries for PricingEntries {
     fn holds(&self, variants: &BTreeSet<String>, bundles: &BTreeSet<String>) -> bool {
         variants.iter().all(|v| self.variants.contains_key(v))
             && bundles.iter().all(|b| self.bundles.contains_key(b))
@@ -60,7 +70,7 @@ impl PricingEntries {
     }
 }
 
-impl DiscountEntries {
+impl VersionEntries for DiscountEntries {
     fn holds(&self, variants: &BTreeSet<String>, bundles: &BTreeSet<String>) -> bool {
         variants.iter().all(|v| self.by_variant.contains_key(v))
             && bundles.iter().all(|b| self.by_bundle.contains_key(b))
@@ -169,17 +179,10 @@ struct Newest {
 /// Keeps `read` as the entries of `version`: added to those held when they are of the
 /// same version, in their place when newer (or when the held ones are too many), and
 /// dropped when older.
-fn keep<E: Default>(
-    held: &mut Option<(i64, E)>,
-    version: i64,
-    read: E,
-    capacity: usize,
-    len: fn(&E) -> usize,
-    extend: fn(&mut E, E),
-) {
+fn keep<E: VersionEntries>(held: &mut Option<(i64, E)>, version: i64, read: E, capacity: usize) {
     match held {
-        Some((at, entries)) if *at == version && len(entries) + len(&read) <= capacity => {
-            extend(entries, read);
+        Some((at, entries)) if *at == version && entries.len() + read.len() <= capacity => {
+            entries.extend(read);
         }
         Some((at, _)) if *at > version => {}
         _ => *held = Some((version, read)),
@@ -264,21 +267,12 @@ impl RulesetCache {
             return;
         }
         let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
-        keep(
-            &mut newest.pricing,
-            versions.pricing,
-            pricing,
-            self.capacity,
-            PricingEntries::len,
-            PricingEntries::extend,
-        );
+        keep(&mut newest.pricing, versions.pricing, pricing, self.capacity);
         keep(
             &mut newest.discounts,
             versions.discounts,
             discounts,
             self.capacity,
-            DiscountEntries::len,
-            DiscountEntries::extend,
         );
     }
 }

@@ -15,6 +15,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 # shellcheck disable=SC2034  # used by the scripts that source this file
 LOCAL="$ROOT/.local"
 
+# Where cargo puts what it builds: $CARGO_TARGET_DIR if set (a relative one is taken from the
+# repo root, where the scripts run cargo), target/ otherwise.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+[[ $TARGET == /* ]] || TARGET="$ROOT/$TARGET"
+
 # Log to stderr so stdout stays machine-readable (scripts/services prints
 # `export ...` lines on stdout that callers eval).
 log() {

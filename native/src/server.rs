@@ -21,9 +21,6 @@ use crate::redis_port::NativeRedis;
 /// The app over the native adapters, each measured (see [`Measured`]).
 pub type NativeApp = App<Measured<NativeRedis>, Measured<NativePg>, Measured<NativeHttp>>;
 
-/// PostgreSQL connections kept by one server process.
-const POOL_SIZE: usize = 32;
-
 /// Builds the app from settings; connections are opened on first use, so the server
 /// starts (and answers 503) while a dependency is down.
 pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
@@ -35,7 +32,7 @@ pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
     let sql = NativePg::new(
         &settings.database_url,
         Duration::from_millis(settings.database_timeout_ms),
-        POOL_SIZE,
+        settings.database_pool_size_for(std::thread::available_parallelism().map_or(1, |n| n.get())),
         &settings.database_ca_file,
     )?;
     let http = NativeHttp::new(Duration::from_millis(settings.gateway_timeout_ms))?;

@@ -33,6 +33,9 @@ pub struct Settings {
     pub redis_timeout_ms: u64,
     /// Timeout of one PostgreSQL call, including waiting for a pooled connection.
     pub database_timeout_ms: u64,
+    /// Most PostgreSQL connections the native server keeps; 0: twice the cores it may use,
+    /// at least 4 ([`Settings::database_pool_size_for`]).
+    pub database_pool_size: u32,
     /// Timeout of one call to the payment gateway (native adapter).
     pub gateway_timeout_ms: u64,
     /// Largest request body accepted; larger gets 413.
@@ -135,6 +138,18 @@ impl Settings {
     /// Default bundle cache lifetime: 24 hours (seed `BUNDLE_DEFINITION`).
     pub const DEFAULT_BUNDLE_TTL: u32 = 24 * 60 * 60;
 
+    /// The PostgreSQL pool of a server that may use `cores` cores: `database_pool_size`, or
+    /// when that is 0, twice the cores and at least 4. Each statement holds a connection only
+    /// while it runs, so a few connections keep PostgreSQL busy; more only add backends that
+    /// contend for the same cores and rows (on 2 cores, 4 connections took a whole purchase
+    /// 0.7 of the PostgreSQL CPU that 32 did: BENCHMARKS.md).
+    pub fn database_pool_size_for(&self, cores: usize) -> usize {
+        match self.database_pool_size {
+            0 => cores.saturating_mul(2).max(4),
+            size => size as usize,
+        }
+    }
+
     /// Reads the settings, applying defaults and rejecting malformed values.
     pub fn from_config(config: &impl Config) -> Result<Self, String> {
         let text = |name: &str, default: &str| {
@@ -227,6 +242,10 @@ impl Settings {
             reservation_ttl_seconds: reservation_ttl_seconds as u32,
             redis_timeout_ms,
             database_timeout_ms,
+            database_pool_size: u32::try_from(number("database_pool_size", 0)?)
+                .ok()
+                .filter(|size| *size <= 1_000)
+                .ok_or("database_pool_size must be from 0 (automatic) to 1000")?,
             gateway_timeout_ms,
             // By default the sum of the three: a request waits on one dependency at a time.
             request_timeout_ms: number(
@@ -369,6 +388,26 @@ mod tests {
         assert_eq!(s.ruleset_cache_entries, 200_000);
         let off = Settings::from_config(&Map(HashMap::from([("ruleset_cache_entries", "0")]))).unwrap();
         assert_eq!(off.ruleset_cache_entries, 0, "0 turns the ruleset cache off");
+    }
+
+    #[test]
+    fn the_database_pool_is_twice_the_cores_unless_set() {
+        let auto = Settings::from_config(&Map(HashMap::new())).unwrap();
+        assert_eq!(auto.database_pool_size, 0);
+        assert_eq!(auto.database_pool_size_for(1), 4, "at least 4");
+        assert_eq!(auto.database_pool_size_for(2), 4);
+        assert_eq!(auto.database_pool_size_for(16), 32);
+        let set = Settings::from_config(&Map(HashMap::from([("database_pool_size", "3")]))).unwrap();
+        assert_eq!(
+            set.database_pool_size_for(16),
+            3,
+            "a set size stands whatever the cores"
+        );
+        for bad in ["1001", "-1", "many"] {
+            let error =
+                Settings::from_config(&Map(HashMap::from([("database_pool_size", bad)]))).unwrap_err();
+            assert!(error.contains("database_pool_size"), "{bad}: {error}");
+        }
     }
 
     #[test]

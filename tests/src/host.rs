@@ -44,6 +44,10 @@ impl Host {
 /// [`crate::TestApp::spawn_with`] serves them natively if they run on Spin anyway.
 pub const NATIVE_ONLY: &[(&str, &str)] = &[
     (
+        "the_server_keeps_at_most_its_pool_of_postgresql_connections",
+        "the PostgreSQL pool is the native server's; the Spin host keeps its own connections (README, database_pool_size)",
+    ),
+    (
         "quotes_reuse_the_entries_of_the_current_versions_and_never_of_a_replaced_one",
         "the ruleset cache outlives a request only in the native server; a Spin component's lives for one request (README, Publishing)",
     ),

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use commerce_core::ports::Sql;
 use commerce_tests::TestApp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -118,5 +119,49 @@ async fn connections_beyond_the_cap_are_refused_cleanly_and_freed_slots_serve_ag
         assert!(closed);
     }
     assert!(health_within(&app).await < Duration::from_millis(500));
+    app.finish().await;
+}
+
+/// The server keeps at most `database_pool_size` PostgreSQL connections, however many
+/// statements are asked for at once: 40 statements of 50 ms each, at once, open exactly
+/// that many backends (counted by PostgreSQL, by the pool's own application name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_keeps_at_most_its_pool_of_postgresql_connections() {
+    let app = TestApp::spawn().await;
+    for size in [2usize, 8] {
+        let name = format!("{}_pool{size}", app.namespace);
+        let config = commerce_native::EnvConfig::new()
+            .set(
+                "database_url",
+                format!("{}&application_name={name}", app.database_url()),
+            )
+            .set("redis_url", std::env::var("COMMERCE_REDIS_URL").unwrap())
+            .set("database_pool_size", size.to_string());
+        let settings = commerce_core::Settings::from_config(&config).unwrap();
+        let pooled = std::sync::Arc::new(commerce_native::build_app(settings).unwrap());
+        let answers = commerce_tests::at_once(40, |_| {
+            let pooled = pooled.clone();
+            async move { pooled.sql.query("SELECT pg_sleep(0.05)::text", &[]).await.is_ok() }
+        })
+        .await;
+        assert!(
+            answers.iter().all(|ok| *ok),
+            "every statement is answered, waiting its turn"
+        );
+        let row = app
+            .pg
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<_, i64>(0),
+            size as i64,
+            "PostgreSQL backends of a pool of {size}"
+        );
+        drop(pooled);
+    }
     app.finish().await;
 }

@@ -141,8 +141,8 @@ impl Settings {
     /// The PostgreSQL pool of a server that may use `cores` cores: `database_pool_size`, or
     /// when that is 0, twice the cores and at least 4. Each statement holds a connection only
     /// while it runs, so a few connections keep PostgreSQL busy; more only add backends that
-    /// contend for the same cores and rows (on 2 cores, 4 connections took a whole purchase
-    /// 0.7 of the PostgreSQL CPU that 32 did: BENCHMARKS.md).
+    /// contend for the same cores and rows (on 2 cores, a whole purchase took about three
+    /// quarters of the PostgreSQL CPU with 4 connections that it took with 32: BENCHMARKS.md).
     pub fn database_pool_size_for(&self, cores: usize) -> usize {
         match self.database_pool_size {
             0 => cores.saturating_mul(2).max(4),

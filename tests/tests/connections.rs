@@ -135,7 +135,6 @@ async fn the_server_keeps_at_most_its_pool_of_postgresql_connections() {
                 "database_url",
                 format!("{}&application_name={name}", app.database_url()),
             )
-            .set("redis_url", std::env::var("COMMERCE_REDIS_URL").unwrap())
             .set("database_pool_size", size.to_string());
         let settings = commerce_core::Settings::from_config(&config).unwrap();
         let pooled = std::sync::Arc::new(commerce_native::build_app(settings).unwrap());

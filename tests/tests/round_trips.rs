@@ -303,3 +303,63 @@ async fn a_rate_limited_write_costs_one_round_trip_and_other_requests_none() {
     }
     app.finish().await;
 }
+
+#[tokio::test]
+async fn taking_the_payment_is_five_round_trips_and_its_webhook_six() {
+    use commerce_core::http::Request;
+    use commerce_core::{App, Scope, handle};
+
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let mut settings = app.app.settings.clone();
+    settings.rate_limit_anonymous_per_minute = 0;
+    settings.rate_limit_customer_per_minute = 0;
+    let counting = App::new(
+        Counting {
+            inner: &app.app.redis,
+            calls: AtomicUsize::new(0),
+        },
+        app.app.sql.clone(),
+        app.app.http.clone(),
+        settings,
+    );
+    let post = |path: String, headers: Vec<(String, String)>, body: Vec<u8>| Request {
+        method: "POST".into(),
+        path,
+        headers,
+        body,
+        ..Request::default()
+    };
+    // The first purchase warms the script cache so EVALSHA hits, as in steady state;
+    // the second is counted.
+    let mut counted = (0, 0);
+    for attempt in ["warm", "counted"] {
+        let cart = app.cart_with(&[("var-1", 1)]).await;
+        let session = app.checkout(&cart, &format!("rt-pay-{attempt}")).await;
+        counting.redis.take();
+        let path = format!("/v1/checkout/{session}/payment-intent");
+        let intent = handle(&counting, post(path, vec![], vec![]), Scope::All).await;
+        assert_eq!(intent.status, 200, "{intent:?}");
+        let paying = counting.redis.take();
+        let intent = intent.json_body().unwrap()["paymentIntentId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let payload = gateway.event("payment_intent.succeeded", &intent);
+        let headers = vec![
+            ("content-type".into(), "application/json".into()),
+            ("stripe-signature".into(), gateway.signature(&payload)),
+        ];
+        let path = "/v1/checkout/payment-webhook".to_owned();
+        let paid = handle(&counting, post(path, headers, payload.into_bytes()), Scope::All).await;
+        assert_eq!(paid.status, 200, "{paid:?}");
+        assert_eq!(paid.json_body().unwrap()["state"], "COMPLETED", "{paid:?}");
+        counted = (paying, counting.redis.take());
+    }
+    // Session with its stored intent and metadata, the new intent, the holds extended,
+    // the lock extended, PAYMENT_PENDING.
+    assert_eq!(counted.0, 5, "payment intent");
+    // Session, PAYMENT_CONFIRMED with its metadata, ORDER_CREATED, the holds committed,
+    // the cart emptied, COMPLETED.
+    assert_eq!(counted.1, 6, "paid webhook");
+    app.finish().await;
+}

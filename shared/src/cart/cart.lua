@@ -5,10 +5,11 @@
 -- `o:<line>` (position). `merging` / `merged` freeze an anonymous cart being merged into
 -- a customer's; `m:<cart>` marks, in a customer's cart, an anonymous cart merged into it.
 
--- {status, now_ms, pttl, #dropped, dropped..., field, value, ...}
-local function cart_snapshot(key, status, dropped)
+-- {status, now_ms, pttl, #dropped, dropped..., field, value, ...}; `pttl`: the time to
+-- live the caller just set (read from Redis when nil).
+local function cart_snapshot(key, status, dropped, pttl)
   dropped = dropped or {}
-  local out = {status, now_ms(), redis.call('PTTL', key), #dropped}
+  local out = {status, now_ms(), pttl or redis.call('PTTL', key), #dropped}
   for _, line in ipairs(dropped) do
     out[#out + 1] = line
   end

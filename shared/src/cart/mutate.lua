@@ -12,47 +12,66 @@ local key = KEYS[1]
 local op, line, definition = ARGV[1], ARGV[2], ARGV[3]
 local qty, max_lines, max_qty = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local ttl, expected = tonumber(ARGV[7]), ARGV[8]
+local field = 'q:' .. line
 
-if redis.call('EXISTS', key) == 0 then
+-- Everything the change decides on, in one read (every cart has a version, except the
+-- mark a merged cart leaves, which has only `merged`).
+local read = redis.call('HMGET', key, 'version', 'merging', 'merged', field, 'lines', 'seq')
+if read[2] or read[3] then
+  return {'MERGED'}
+end
+if not read[1] then
   if ARGV[9] == '1' and op == 'add' and (expected == '' or expected == '0') then
     create(key, ARGV[10], ARGV[11], ttl)
+    read = {'0', false, false, false, '0', '0'}
   elseif ARGV[9] == '1' and expected ~= '' and expected ~= '0' then
     return {'VERSION', 0}
   else
     return {'NOT_FOUND'}
   end
 end
-if redis.call('HEXISTS', key, 'merging') == 1 or redis.call('HEXISTS', key, 'merged') == 1 then
-  return {'MERGED'}
-end
 local holder = redis.call('GET', KEYS[2])
 if holder then
   return {'LOCKED', holder}
 end
-local version = redis.call('HGET', key, 'version')
+local version = read[1]
 if expected ~= '' and version ~= expected then
   return {'VERSION', tonumber(version)}
 end
 
+-- The change and the new version, written at once.
+local current, lines = tonumber(read[4]) or 0, tonumber(read[5]) or 0
+local write = {'version', tonumber(version) + 1}
 if op == 'add' then
-  local refused = add_line(key, line, definition, qty, max_lines, max_qty)
-  if refused then
-    return refused
+  if current == 0 and lines >= max_lines then
+    return {'LIMIT', 'lines', max_lines}
   end
+  if current + qty > max_qty then
+    return {'LIMIT', 'quantity', max_qty}
+  end
+  if current == 0 then
+    local seq = (tonumber(read[6]) or 0) + 1
+    for _, v in ipairs({'d:' .. line, definition, 'o:' .. line, seq, 'seq', seq, 'lines', lines + 1}) do
+      write[#write + 1] = v
+    end
+  end
+  write[#write + 1] = field
+  write[#write + 1] = current + qty
 else
-  local field = 'q:' .. line
-  if redis.call('HEXISTS', key, field) == 0 then
+  if not read[4] then
     return {'NO_LINE'}
   end
   if qty == 0 then
     redis.call('HDEL', key, field, 'd:' .. line, 'o:' .. line)
-    redis.call('HINCRBY', key, 'lines', -1)
+    write[#write + 1] = 'lines'
+    write[#write + 1] = lines - 1
   elseif qty > max_qty then
     return {'LIMIT', 'quantity', max_qty}
   else
-    redis.call('HSET', key, field, qty)
+    write[#write + 1] = field
+    write[#write + 1] = qty
   end
 end
-redis.call('HINCRBY', key, 'version', 1)
+redis.call('HSET', key, unpack(write))
 redis.call('PEXPIRE', key, ttl)
-return cart_snapshot(key, 'OK')
+return cart_snapshot(key, 'OK', nil, ttl)

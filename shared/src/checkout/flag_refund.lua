@@ -3,6 +3,6 @@
 --
 -- KEYS: session
 -- ARGV: payment intent id, reason
--- Reply: {'OK', session JSON}
+-- Reply: {'OK', session fields…}
 redis.call('HSET', KEYS[1], 'refund', ARGV[2], 'refundIntent', ARGV[1])
 return session_snapshot(KEYS[1], 'OK')

@@ -1,12 +1,19 @@
--- Read a session (expiring it if it is due).
+-- Read a session (expiring it if it is due), with the values of the extra keys asked for
+-- (each carries the session's hash tag).
 --
--- KEYS: session
+-- KEYS: session, then any extra keys to read with it
 -- ARGV: the states before payment, joined by ','
--- Replies: {'OK' | 'EXPIRED_NOW', session JSON} | {'NOT_FOUND'}
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- Replies: {'OK' | 'EXPIRED_NOW', extra values…, session fields…} | {'NOT_FOUND'}
+local read = read_session(KEYS[1])
+if not read then
   return {'NOT_FOUND'}
 end
-if expire_if_due(KEYS[1], now_ms(), ARGV[1]) then
-  return session_snapshot(KEYS[1], 'EXPIRED_NOW')
+local clock
+local function now()
+  clock = clock or now_ms()
+  return clock
 end
-return session_snapshot(KEYS[1], 'OK')
+if expire_if_due(KEYS[1], read, now, ARGV[1]) then
+  return session_snapshot(KEYS[1], 'EXPIRED_NOW', 2)
+end
+return session_snapshot(KEYS[1], 'OK', 2)

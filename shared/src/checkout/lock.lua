@@ -9,13 +9,16 @@ local holder = redis.call('GET', lock)
 if holder and holder ~= session then
   return {'HELD', holder}
 end
-if redis.call('EXISTS', cart) == 0 then
-  return {'NO_CART'}
-end
-if redis.call('HEXISTS', cart, 'merging') == 1 or redis.call('HEXISTS', cart, 'merged') == 1 then
+-- One read of what decides (every cart has a version, except the mark a merged cart
+-- leaves, which has only `merged`).
+local read = redis.call('HMGET', cart, 'version', 'merging', 'merged', 'lines')
+if read[2] or read[3] then
   return {'MERGED'}
 end
-if (tonumber(redis.call('HGET', cart, 'lines')) or 0) == 0 then
+if not read[1] then
+  return {'NO_CART'}
+end
+if (tonumber(read[4]) or 0) == 0 then
   return {'EMPTY'}
 end
 redis.call('SET', lock, session, 'PX', tonumber(ARGV[2]))

@@ -38,7 +38,7 @@ pub use self::events::EventOutcome;
 pub use self::payment::PaymentView;
 pub use self::session::SessionView;
 pub(crate) use self::session::parse_cart_ref;
-use self::session::{Session, checkout_not_found, parse_session, wrong_state};
+use self::session::{Session, checkout_not_found, parse_session_with, wrong_state};
 pub use self::start::demand;
 pub(crate) use self::start::frozen_demand;
 use self::state::State;
@@ -209,15 +209,24 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Reads a session; one past its deadline before payment is expired now and releases
     /// what it held.
     async fn load(&self, id: &SessionId) -> Result<Session> {
+        Ok(self.load_with(id, &[]).await?.0)
+    }
+
+    /// [`Self::load`], reading in the same round trip the values of `extras`: keys that
+    /// carry the session's hash tag (one slot in a Cluster).
+    async fn load_with(&self, id: &SessionId, extras: &[&str]) -> Result<(Session, Vec<Option<String>>)> {
         let key = self.app.keys.checkout_session(id);
-        let reply = self.run(&GET, &[&key], vec![before_payment()]).await?;
-        let (tag, session) = parse_session(&reply)?;
+        let keys: Vec<&str> = std::iter::once(key.as_str())
+            .chain(extras.iter().copied())
+            .collect();
+        let reply = self.run(&GET, &keys, vec![before_payment()]).await?;
+        let (tag, session, values) = parse_session_with(&reply, extras.len())?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         if tag == "EXPIRED_NOW" {
             ended(State::Expired);
             self.release(&session, true).await?;
         }
-        Ok(session)
+        Ok((session, values))
     }
 
     /// Moves a session to `to` (compare-and-set from the allowed sources), optionally with a
@@ -230,6 +239,20 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         deadline_ms: Option<i64>,
         fields: &[(&str, &str)],
     ) -> Result<(String, Session)> {
+        let (tag, session, _) = self.transition_with(id, to, deadline_ms, fields, &[]).await?;
+        Ok((tag, session))
+    }
+
+    /// [`Self::transition`], reading in the same round trip the values of `extras`: keys
+    /// that carry the session's hash tag.
+    async fn transition_with(
+        &self,
+        id: &SessionId,
+        to: State,
+        deadline_ms: Option<i64>,
+        fields: &[(&str, &str)],
+        extras: &[&str],
+    ) -> Result<(String, Session, Vec<Option<String>>)> {
         let (key, metadata) = (
             self.app.keys.checkout_session(id),
             self.app.keys.checkout_metadata(id),
@@ -245,8 +268,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             args.push((*field).into());
             args.push((*value).into());
         }
-        let reply = self.run(&TRANSITION, &[&key, &metadata], args).await?;
-        let (tag, session) = parse_session(&reply)?;
+        let keys: Vec<&str> = [key.as_str(), metadata.as_str()]
+            .into_iter()
+            .chain(extras.iter().copied())
+            .collect();
+        let reply = self.run(&TRANSITION, &keys, args).await?;
+        let (tag, session, values) = parse_session_with(&reply, extras.len())?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         self.app.replicated(&[&key]).await?;
         if tag == "OK" {
@@ -256,7 +283,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             ended(State::Expired);
             self.release(&session, true).await?;
         }
-        Ok((tag, session))
+        Ok((tag, session, values))
     }
 
     /// The session, with its frozen quote, for a caller the session answers.

@@ -47,29 +47,20 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// and the lock to the session's lifetime, keeps the paid session in PostgreSQL, and
     /// moves the session to PAYMENT_PENDING.
     pub async fn payment_intent(&self, id: &SessionId, authorization: Option<&str>) -> Result<PaymentView> {
-        let session = self.load(id).await?;
+        // One round trip for the session, its stored intent and its frozen metadata (the
+        // move to PAYMENT_PENDING needs it on the hot path, the first call): all three keys
+        // carry the session's hash tag, so a Cluster serves them from one slot.
+        let intent_key = self.app.keys.payment_intent(id);
+        let metadata_key = self.app.keys.checkout_metadata(id);
+        let (session, stored) = self.load_with(id, &[&intent_key, &metadata_key]).await?;
         self.authorize(&session, authorization)?;
         match session.state {
             State::Locked | State::PaymentPending => {}
             _ if session.intent.is_some() && !session.state.is_terminal() => {}
             _ => return Err(wrong_state(&session, "take a payment")),
         }
-        let intent_key = self.app.keys.payment_intent(id);
-        // One round trip for the stored intent and, while the session is LOCKED (the hot
-        // path: the first call), the frozen metadata the move to PAYMENT_PENDING needs; both
-        // keys carry the session's hash tag, so a Cluster serves them from one slot.
-        let locked = session.state == State::Locked;
-        let mut keys: Vec<RedisArg> = vec![intent_key.as_str().into()];
-        if locked {
-            keys.push(self.app.keys.checkout_metadata(id).into());
-        }
-        let stored = self
-            .app
-            .redis
-            .execute(if locked { "MGET" } else { "GET" }, keys)
-            .await?;
-        let frozen = stored.get(1).and_then(RedisReply::as_text);
-        let intent: Value = match stored.first().and_then(RedisReply::as_text) {
+        let frozen = stored.get(1).and_then(Option::as_deref);
+        let intent: Value = match stored.first().and_then(Option::as_deref) {
             Some(text) => {
                 serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
             }

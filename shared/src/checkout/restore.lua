@@ -5,13 +5,13 @@
 -- ARGV: session id, cart reference, deadline (epoch ms), how long the record outlives its
 --       deadline (ms), total, currency, metadata JSON, intent id, intent JSON, state,
 --       the states before payment joined by ','
--- Replies: {'OK', session JSON} | {'EXISTS', session JSON}
+-- Replies: {'OK' | 'EXISTS' | 'EXPIRED_NOW', session fields…}
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return session_snapshot(KEYS[1], 'EXISTS')
 end
 local now = now_ms()
 local deadline, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
-local history = cjson.encode({{state = ARGV[10], at = now}})
+local history = appended(nil, ARGV[10], now)
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'cart', ARGV[2], 'state', ARGV[10], 'version', 1,
   'deadline', deadline, 'total', ARGV[5], 'currency', ARGV[6], 'created', now,
   'history', history, 'intent', ARGV[8], 'restored', now)
@@ -21,7 +21,7 @@ for _, key in ipairs(KEYS) do
   redis.call('PEXPIREAT', key, math.max(deadline, now) + keep)
 end
 -- Past its deadline it expires now, as any session would.
-if expire_if_due(KEYS[1], now, ARGV[11]) then
+if expire_if_due(KEYS[1], read_session(KEYS[1]), function() return now end, ARGV[11]) then
   return session_snapshot(KEYS[1], 'EXPIRED_NOW')
 end
 return session_snapshot(KEYS[1], 'OK')

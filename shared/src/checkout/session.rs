@@ -102,44 +102,69 @@ pub(crate) fn parse_cart_ref(text: &str) -> Option<CartRef> {
 
 /// A session script reply: its tag and the session.
 pub(super) fn parse_session(reply: &[RedisReply]) -> Result<(String, Option<Session>)> {
+    let (tag, session, _) = parse_session_with(reply, 0)?;
+    Ok((tag, session))
+}
+
+/// A session script reply that also carries the values of `extras` keys asked for with it
+/// (`session.lua`): its tag, the session, and each extra value (`None`: the key had none).
+pub(super) fn parse_session_with(
+    reply: &[RedisReply],
+    extras: usize,
+) -> Result<(String, Option<Session>, Vec<Option<String>>)> {
     let tag = reply
         .first()
         .and_then(RedisReply::as_text)
         .unwrap_or("")
         .to_owned();
-    let Some(json) = reply.get(1).and_then(RedisReply::as_text) else {
-        return Ok((tag, None));
+    if reply.len() < 2 {
+        return Ok((tag, None, vec![None; extras]));
+    }
+    let bad = || {
+        Error::Internal(format!(
+            "malformed checkout session reply ({} parts)",
+            reply.len()
+        ))
     };
-    let bad = || Error::Internal(format!("malformed checkout session: {json}"));
-    let v: Value = serde_json::from_str(json).map_err(|_| bad())?;
-    let text = |k: &str| v[k].as_str().map(str::to_owned);
-    let int = |k: &str| text(k).and_then(|s| s.parse::<i64>().ok());
+    let values = reply.get(1..1 + extras).ok_or_else(bad)?;
+    let extra = values.iter().map(|v| v.as_text().map(str::to_owned)).collect();
+    let pairs = &reply[1 + extras..];
+    if pairs.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let text = |field: &str| {
+        pairs
+            .chunks_exact(2)
+            .find(|pair| pair[0].as_text() == Some(field))
+            .and_then(|pair| pair[1].as_text())
+    };
+    let int = |field: &str| text(field).and_then(|s| s.parse::<i64>().ok());
     let history = text("history")
-        .and_then(|h| serde_json::from_str::<Vec<Value>>(&h).ok())
+        .and_then(|h| serde_json::from_str::<Vec<Value>>(h).ok())
         .unwrap_or_default()
         .into_iter()
         .map(|h| json!({ "state": h["state"], "at": rfc3339_millis(h["at"].as_i64().unwrap_or(0)) }))
         .collect();
     let session = Session {
         id: text("id")
-            .and_then(|s| SessionId::parse(&s).ok())
+            .and_then(|s| SessionId::parse(s).ok())
             .ok_or_else(bad)?,
-        cart: text("cart").and_then(|c| parse_cart_ref(&c)).ok_or_else(bad)?,
-        state: text("state").and_then(|s| State::parse(&s)).ok_or_else(bad)?,
+        cart: text("cart").and_then(parse_cart_ref).ok_or_else(bad)?,
+        state: text("state").and_then(State::parse).ok_or_else(bad)?,
         version: int("version").ok_or_else(bad)?,
         deadline_ms: int("deadline").ok_or_else(bad)?,
         total: Money::new(
             int("total").ok_or_else(bad)?,
             text("currency")
-                .and_then(|c| Currency::parse(&c).ok())
+                .and_then(|c| Currency::parse(c).ok())
                 .ok_or_else(bad)?,
         ),
         history,
-        intent: text("intent"),
-        order: text("order"),
-        refund: text("refund"),
+        intent: text("intent").map(str::to_owned),
+        order: text("order").map(str::to_owned),
+        refund: text("refund").map(str::to_owned),
     };
-    Ok((tag, Some(session)))
+    Ok((tag, Some(session), extra))
 }
 
 pub(super) fn checkout_not_found(session: &SessionId) -> Error {
@@ -154,5 +179,75 @@ pub(super) fn wrong_state(session: &Session, doing: &str) -> Error {
         code: ErrorCode::CheckoutState,
         message: format!("cannot {doing}: the checkout is {}", session.state),
         details: json!({ "sessionId": session.id.as_str(), "state": session.state.name() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> RedisReply {
+        RedisReply::Bytes(text.as_bytes().to_vec())
+    }
+
+    fn reply(tag: &str, extras: &[Option<&str>], pairs: &[(&str, &str)]) -> Vec<RedisReply> {
+        let mut out = vec![bulk(tag)];
+        out.extend(extras.iter().map(|e| e.map_or(RedisReply::Nil, bulk)));
+        for (field, value) in pairs {
+            out.extend([bulk(field), bulk(value)]);
+        }
+        out
+    }
+
+    const SESSION: [(&str, &str); 8] = [
+        ("id", "cs_1"),
+        ("cart", "session:c1"),
+        ("state", "PAYMENT_PENDING"),
+        ("version", "3"),
+        ("deadline", "1000"),
+        ("total", "1999"),
+        ("currency", "EUR"),
+        (
+            "history",
+            r#"[{"state":"CREATED","at":0},{"state":"LOCKED","at":1}]"#,
+        ),
+    ];
+
+    #[test]
+    fn a_flat_reply_reads_back_the_session_and_the_extra_values_in_order() {
+        let mut pairs = SESSION.to_vec();
+        pairs.push(("intent", "pi_1"));
+        let (tag, session, extras) =
+            parse_session_with(&reply("OK", &[None, Some("{}")], &pairs), 2).unwrap();
+        let session = session.unwrap();
+        assert_eq!(tag, "OK");
+        assert_eq!(extras, vec![None, Some("{}".to_owned())]);
+        assert_eq!(session.id.as_str(), "cs_1");
+        assert_eq!(session.state, State::PaymentPending);
+        assert_eq!(
+            (session.version, session.deadline_ms, session.total.minor),
+            (3, 1000, 1999)
+        );
+        assert_eq!(session.intent.as_deref(), Some("pi_1"));
+        assert_eq!(session.order, None);
+        assert_eq!(session.history.len(), 2);
+        assert_eq!(session.history[1]["state"], "LOCKED");
+    }
+
+    #[test]
+    fn no_session_reads_as_none_and_a_broken_reply_is_an_error() {
+        let (tag, session, extras) = parse_session_with(&reply("NOT_FOUND", &[], &[]), 1).unwrap();
+        assert_eq!(
+            (tag.as_str(), session.is_none(), extras),
+            ("NOT_FOUND", true, vec![None])
+        );
+        let mut odd = reply("OK", &[], &SESSION);
+        odd.pop();
+        assert!(parse_session_with(&odd, 0).is_err(), "a field without its value");
+        let missing: Vec<_> = SESSION.iter().copied().filter(|(f, _)| *f != "state").collect();
+        assert!(
+            parse_session_with(&reply("OK", &[], &missing), 0).is_err(),
+            "no state"
+        );
     }
 }

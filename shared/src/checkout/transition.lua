@@ -2,36 +2,42 @@
 -- ARGV[2] (the sources the Rust state machine allows), optionally setting fields and
 -- moving the deadline.
 --
--- KEYS: session, metadata
+-- KEYS: session, metadata, then any extra keys whose values come back with the reply
+--       (each carries the session's hash tag)
 -- ARGV: target state, source states joined by ',', new deadline in epoch ms of the Redis
 --       clock ('' = keep the deadline), how long the record outlives its deadline (ms),
 --       the states before payment joined by ',', then field, value pairs to set with the
 --       move
 -- Replies: {'OK' | 'SAME' (already there) | 'STATE' (refused: see its state)
---           | 'EXPIRED_NOW' (it expired instead), session JSON} | {'NOT_FOUND'}
+--           | 'EXPIRED_NOW' (it expired instead), extra values…, session fields…}
+--          | {'NOT_FOUND'}
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then
+local read = read_session(key)
+if not read then
   return {'NOT_FOUND'}
 end
 local now = now_ms()
-if expire_if_due(key, now, ARGV[5]) then
-  return session_snapshot(key, 'EXPIRED_NOW')
+if expire_if_due(key, read, function() return now end, ARGV[5]) then
+  return session_snapshot(key, 'EXPIRED_NOW', 3)
 end
-local state = redis.call('HGET', key, 'state')
-if state == ARGV[1] then
-  return session_snapshot(key, 'SAME')
+if read.state == ARGV[1] then
+  return session_snapshot(key, 'SAME', 3)
 end
-if not listed(ARGV[2], state) then
-  return session_snapshot(key, 'STATE')
+if not listed(ARGV[2], read.state) then
+  return session_snapshot(key, 'STATE', 3)
 end
-move(key, ARGV[1], now)
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+local more = {}
+for i = 6, #ARGV do
+  more[#more + 1] = ARGV[i]
 end
 if ARGV[3] ~= '' then
   local deadline, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
-  redis.call('HSET', key, 'deadline', deadline)
+  more[#more + 1] = 'deadline'
+  more[#more + 1] = deadline
+  move(key, ARGV[1], now, read, more)
   redis.call('PEXPIREAT', key, deadline + keep)
   redis.call('PEXPIREAT', KEYS[2], deadline + keep)
+else
+  move(key, ARGV[1], now, read, more)
 end
-return session_snapshot(key, 'OK')
+return session_snapshot(key, 'OK', 3)

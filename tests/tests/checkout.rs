@@ -622,3 +622,21 @@ async fn a_gateway_outage_is_a_503_and_a_retry_succeeds() {
     assert_eq!(gateway.intents().len(), 1);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_payment_that_does_not_match_the_pending_session_is_refunded_and_confirms_nothing() {
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-mismatch").await;
+    let event = gateway.event("payment_intent.succeeded", &paying.intent);
+    let mut event: Value = serde_json::from_str(&event).unwrap();
+    for field in ["amount", "amount_received"] {
+        event["data"]["object"][field] = json!(paying.amount - 1);
+    }
+    let (status, body) = gateway.deliver(&app.base, &event.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["refundRequired"].is_string(), "{body}");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 0);
+    let shown = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(shown.body["state"], "PAYMENT_PENDING", "{shown:?}");
+    assert_eq!(app.check_holds("var-1").await, (100, 2), "the holds stand");
+}

@@ -171,8 +171,33 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     async fn confirm(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
-        // Redis first: on the hot path the session is there, and nothing else is asked
-        // before its deadline is checked.
+        // The hot path, one round trip: a session waiting for exactly this payment (its
+        // intent, amount and currency) and not past its deadline moves to
+        // PAYMENT_CONFIRMED, and its frozen metadata comes back with it. Anything else
+        // (another state, another payment, expired, gone) takes the path below, which reads
+        // the session first and decides.
+        let metadata_key = self.app.keys.checkout_metadata(id);
+        let amount = event.amount.to_string();
+        let guards = [
+            ("intent", event.intent_id.as_str()),
+            ("total", amount.as_str()),
+            ("currency", event.currency.as_str()),
+        ];
+        match self
+            .transition_with(id, State::PaymentConfirmed, None, &[], &guards, &[&metadata_key])
+            .await
+        {
+            Ok((tag, session, stored)) if tag == "OK" => {
+                let metadata = self.metadata_from(id, stored[0].as_deref()).await?;
+                return self
+                    .place_order(session, Some(metadata), &event.intent_id, event)
+                    .await;
+            }
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        // Redis first: the session is usually there, and nothing else is asked before its
+        // deadline is checked.
         match self.load(id).await {
             Ok(session) => self.confirm_session(session, event).await,
             Err(Error::NotFound { .. }) => self.confirm_forgotten(id, event).await,
@@ -239,7 +264,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // The frozen metadata the order needs comes back with the move (same slot).
             let metadata_key = self.app.keys.checkout_metadata(&id);
             let (tag, moved, stored) = self
-                .transition_with(&id, State::PaymentConfirmed, None, &[], &[&metadata_key])
+                .transition_with(&id, State::PaymentConfirmed, None, &[], &[], &[&metadata_key])
                 .await?;
             if tag == "EXPIRED_NOW" || moved.state.is_terminal() && moved.state != State::Completed {
                 return self.refund(&moved, event, "the checkout had ended").await;

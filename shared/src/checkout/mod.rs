@@ -239,18 +239,22 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         deadline_ms: Option<i64>,
         fields: &[(&str, &str)],
     ) -> Result<(String, Session)> {
-        let (tag, session, _) = self.transition_with(id, to, deadline_ms, fields, &[]).await?;
+        let (tag, session, _) = self
+            .transition_with(id, to, deadline_ms, fields, &[], &[])
+            .await?;
         Ok((tag, session))
     }
 
-    /// [`Self::transition`], reading in the same round trip the values of `extras`: keys
-    /// that carry the session's hash tag.
+    /// [`Self::transition`], refused (tag `GUARD`) unless each of `guards` (field, value)
+    /// holds in the session, and reading in the same round trip the values of `extras`:
+    /// keys that carry the session's hash tag.
     async fn transition_with(
         &self,
         id: &SessionId,
         to: State,
         deadline_ms: Option<i64>,
         fields: &[(&str, &str)],
+        guards: &[(&str, &str)],
         extras: &[&str],
     ) -> Result<(String, Session, Vec<Option<String>>)> {
         let (key, metadata) = (
@@ -263,8 +267,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             deadline_ms.map(|t| t.to_string()).unwrap_or_default().into(),
             RedisArg::Int(KEEP_MS),
             before_payment(),
+            RedisArg::Int(guards.len() as i64),
         ];
-        for (field, value) in fields {
+        for (field, value) in guards.iter().chain(fields) {
             args.push((*field).into());
             args.push((*value).into());
         }

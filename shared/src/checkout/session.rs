@@ -56,7 +56,9 @@ pub(super) struct Session {
     pub(super) version: i64,
     pub(super) deadline_ms: i64,
     pub(super) total: Money,
-    pub(super) history: Vec<Value>,
+    /// Every state it passed, as stored (JSON `[{state, at}]`, `at` in epoch ms): read
+    /// into the API's form only when a view is shown.
+    pub(super) history: String,
     pub(super) intent: Option<String>,
     pub(super) order: Option<String>,
     pub(super) refund: Option<String>,
@@ -75,13 +77,22 @@ impl Session {
             customer_id,
             total: self.total,
             expires_at: rfc3339_millis(self.deadline_ms),
-            history: self.history.clone(),
+            history: history_view(&self.history),
             payment_intent_id: self.intent.clone(),
             order_id: self.order.clone(),
             refund_required: self.refund.clone(),
             quote,
         }
     }
+}
+
+/// The stored history as the API shows it: `at` in RFC 3339.
+fn history_view(stored: &str) -> Vec<Value> {
+    serde_json::from_str::<Vec<Value>>(stored)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| json!({ "state": h["state"], "at": rfc3339_millis(h["at"].as_i64().unwrap_or(0)) }))
+        .collect()
 }
 
 /// `session:<cart>` / `customer:<id>`: how a session names its cart.
@@ -139,12 +150,6 @@ pub(super) fn parse_session_with(
             .and_then(|pair| pair[1].as_text())
     };
     let int = |field: &str| text(field).and_then(|s| s.parse::<i64>().ok());
-    let history = text("history")
-        .and_then(|h| serde_json::from_str::<Vec<Value>>(h).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|h| json!({ "state": h["state"], "at": rfc3339_millis(h["at"].as_i64().unwrap_or(0)) }))
-        .collect();
     let session = Session {
         id: text("id")
             .and_then(|s| SessionId::parse(s).ok())
@@ -159,7 +164,7 @@ pub(super) fn parse_session_with(
                 .and_then(|c| Currency::parse(c).ok())
                 .ok_or_else(bad)?,
         ),
-        history,
+        history: text("history").unwrap_or("[]").to_owned(),
         intent: text("intent").map(str::to_owned),
         order: text("order").map(str::to_owned),
         refund: text("refund").map(str::to_owned),
@@ -230,8 +235,12 @@ mod tests {
         );
         assert_eq!(session.intent.as_deref(), Some("pi_1"));
         assert_eq!(session.order, None);
-        assert_eq!(session.history.len(), 2);
-        assert_eq!(session.history[1]["state"], "LOCKED");
+        let history = session.view(None).history;
+        assert_eq!(history.len(), 2);
+        assert_eq!(
+            history[1],
+            json!({ "state": "LOCKED", "at": "1970-01-01T00:00:00.001Z" })
+        );
     }
 
     #[test]

@@ -6,11 +6,12 @@
 --       (each carries the session's hash tag)
 -- ARGV: target state, source states joined by ',', new deadline in epoch ms of the Redis
 --       clock ('' = keep the deadline), how long the record outlives its deadline (ms),
---       the states before payment joined by ',', then field, value pairs to set with the
---       move
+--       the states before payment joined by ',', the number g of guards, g field,
+--       expected value pairs (the move is refused unless each field holds its value), then
+--       field, value pairs to set with the move
 -- Replies: {'OK' | 'SAME' (already there) | 'STATE' (refused: see its state)
---           | 'EXPIRED_NOW' (it expired instead), extra values…, session fields…}
---          | {'NOT_FOUND'}
+--           | 'GUARD' (refused: a guard did not hold) | 'EXPIRED_NOW' (it expired
+--           instead), extra values…, session fields…} | {'NOT_FOUND'}
 local key = KEYS[1]
 local read = read_session(key)
 if not read then
@@ -26,8 +27,21 @@ end
 if not listed(ARGV[2], read.state) then
   return session_snapshot(key, 'STATE', 3)
 end
+local guards = tonumber(ARGV[6])
+if guards > 0 then
+  local fields = {}
+  for i = 1, guards do
+    fields[i] = ARGV[5 + 2 * i]
+  end
+  local held = redis.call('HMGET', key, unpack(fields))
+  for i = 1, guards do
+    if held[i] ~= ARGV[6 + 2 * i] then
+      return session_snapshot(key, 'GUARD', 3)
+    end
+  end
+end
 local more = {}
-for i = 6, #ARGV do
+for i = 7 + 2 * guards, #ARGV do
   more[#more + 1] = ARGV[i]
 end
 if ARGV[3] ~= '' then

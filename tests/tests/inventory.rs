@@ -392,3 +392,65 @@ async fn postgres_being_down_is_a_503_not_a_hang() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn stock_changes_mirror_into_redis_once_each_whatever_their_order() {
+    use std::collections::BTreeMap;
+
+    use commerce_core::ids::{ExternalHolderId, Holder, VariantId};
+    use commerce_core::inventory::StockChange;
+
+    let app = TestApp::spawn().await;
+    app.seed(1).await;
+    assert_eq!(app.sellable("var-1").await, 100, "the stock is in Redis");
+    let keys = app.variant_keys("var-1");
+    let mut redis = app.redis.clone();
+    let base: i64 = redis::cmd("HGET")
+        .arg(&keys.stock_version)
+        .arg("base")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let inventory = app.inventory();
+    let holder = Holder::External(ExternalHolderId::parse("nobody").unwrap());
+    let change = |delta: i64, version: i64| StockChange {
+        variant: VariantId::parse("var-1").unwrap(),
+        delta,
+        on_hand: 0,
+        version,
+    };
+    // Versions 3 and 2 above the watermark arrive before 1; 2, 3 and 1 arrive twice; 4 last.
+    for (i, (delta, step)) in [(-3, 3), (-2, 2), (-2, 2), (-1, 1), (-3, 3), (-1, 1), (-4, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        inventory
+            .commit(&holder, &[change(delta, base + step)])
+            .await
+            .unwrap();
+        if i == 0 {
+            // Parked above the watermark until 1 and 2 are in.
+            assert_eq!(app.sellable("var-1").await, 97);
+            let parked: BTreeMap<String, i64> = redis::cmd("HGETALL")
+                .arg(&keys.stock_version)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_eq!(parked.get("base"), Some(&base), "{parked:?}");
+            assert_eq!(parked.get(&format!("v:{}", base + 3)), Some(&1), "{parked:?}");
+        }
+    }
+    assert_eq!(
+        app.sellable("var-1").await,
+        90,
+        "each change once: 100 - 1 - 2 - 3 - 4"
+    );
+    let version: BTreeMap<String, i64> = redis::cmd("HGETALL")
+        .arg(&keys.stock_version)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let expected = BTreeMap::from([("base".to_owned(), base + 4), ("max".to_owned(), base + 4)]);
+    assert_eq!(version, expected, "the watermark past every version, none parked");
+    app.finish().await;
+}

@@ -42,11 +42,12 @@ local missing, over, short = {'MISSING'}, {'LIMIT'}, {'SHORT'}
 local current = {}
 for i = 0, n - 1 do
   local k = b + 5 * i
-  local stock = tonumber(redis.call('GET', KEYS[k]))
+  local counts = redis.call('MGET', KEYS[k], KEYS[k + 1])
+  local stock = tonumber(counts[1])
   if not stock then
     missing[#missing + 1] = i
   else
-    local reserved = tonumber(redis.call('GET', KEYS[k + 1])) or 0
+    local reserved = tonumber(counts[2]) or 0
     local mine = tonumber(redis.call('HGET', KEYS[k + 3], holder)) or 0
     local limit = tonumber(redis.call('HGET', KEYS[k + 4], 'limit'))
     local want = tonumber(ARGV[5 + 2 * i])

@@ -14,21 +14,25 @@ local function apply_change(stock, meta, delta, on_hand, version)
     redis.call('HSET', meta, 'base', version, 'max', version)
     return
   end
-  local base = tonumber(redis.call('HGET', meta, 'base')) or 0
-  if version <= base or redis.call('HEXISTS', meta, 'v:' .. version) == 1 then
+  local read = redis.call('HMGET', meta, 'base', 'max', 'v:' .. version)
+  local base, max = tonumber(read[1]) or 0, tonumber(read[2]) or 0
+  if version <= base or read[3] then
     return
   end
   redis.call('INCRBY', stock, delta)
-  redis.call('HSET', meta, 'v:' .. version, 1)
-  if version > (tonumber(redis.call('HGET', meta, 'max')) or 0) then
-    redis.call('HSET', meta, 'max', version)
+  if version > base + 1 then
+    -- Out of order: recorded above the watermark until the versions below it are in.
+    redis.call('HSET', meta, 'v:' .. version, 1, 'max', math.max(max, version))
+    return
   end
-  -- Move the watermark over every version now contiguous.
-  while redis.call('HEXISTS', meta, 'v:' .. (base + 1)) == 1 do
+  -- The next version (the usual case): the watermark moves over it and over every later
+  -- version already in, which exist only when `max` is above it.
+  base = version
+  while max > base and redis.call('HEXISTS', meta, 'v:' .. (base + 1)) == 1 do
     redis.call('HDEL', meta, 'v:' .. (base + 1))
     base = base + 1
   end
-  redis.call('HSET', meta, 'base', base)
+  redis.call('HSET', meta, 'base', base, 'max', math.max(max, version))
 end
 
 

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use commerce_core::PortError;
 use commerce_core::ids::{CartId, ExternalHolderId, Holder, Quantity, VariantId};
 use commerce_core::inventory::Inventory;
+use commerce_core::metrics::Measured;
 use commerce_core::ports::{Redis, RedisArg, RedisReply};
 use commerce_core::pricing::money::Currency;
-use commerce_native::NativeRedis;
+use commerce_native::{NativeHttp, NativePg, NativeRedis};
 use commerce_tests::TestApp;
 
 /// The native Redis adapter, counting every call (one call is one round trip).
@@ -28,6 +29,22 @@ impl Counting<'_> {
     fn take(&self) -> usize {
         self.calls.swap(0, Ordering::SeqCst)
     }
+}
+
+/// The test's app with a Redis port that counts its calls, and `settings`.
+fn counting(
+    app: &TestApp,
+    settings: commerce_core::Settings,
+) -> commerce_core::App<Counting<'_>, Measured<NativePg>, Measured<NativeHttp>> {
+    commerce_core::App::new(
+        Counting {
+            inner: &app.app.redis,
+            calls: AtomicUsize::new(0),
+        },
+        app.app.sql.clone(),
+        app.app.http.clone(),
+        settings,
+    )
 }
 
 #[tokio::test]
@@ -116,7 +133,6 @@ async fn adding_to_a_cart_is_one_round_trip_once_the_variant_is_known() {
 
 #[tokio::test]
 async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_are_held() {
-    use commerce_core::App;
     use commerce_core::cart::{CartRef, Carts, LineItem};
     use commerce_core::keys::RulesetKind;
     use commerce_core::pricing::quote::price_cart;
@@ -139,15 +155,7 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_
             .unwrap();
     }
 
-    let counting = App::new(
-        Counting {
-            inner: &app.app.redis,
-            calls: AtomicUsize::new(0),
-        },
-        app.app.sql.clone(),
-        app.app.http.clone(),
-        app.app.settings.clone(),
-    );
+    let counting = counting(&app, app.app.settings.clone());
     // EVALSHA of both scripts, so that a script missing from the server's cache (another
     // test may flush it) does not add an EVAL to the counts.
     price_cart(&app.app, &cart, None).await.unwrap();
@@ -170,7 +178,6 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_
 
 #[tokio::test]
 async fn starting_a_checkout_is_at_most_six_round_trips() {
-    use commerce_core::App;
     use commerce_core::cart::{CartRef, Carts, LineItem};
     use commerce_core::checkout::Checkouts;
     use commerce_core::http::Request;
@@ -185,15 +192,7 @@ async fn starting_a_checkout_is_at_most_six_round_trips() {
         rulesets.publish(kind, 60).await.unwrap();
     }
     let carts = Carts::new(&app.app.redis, &app.app.keys, &app.app.settings);
-    let counting = App::new(
-        Counting {
-            inner: &app.app.redis,
-            calls: AtomicUsize::new(0),
-        },
-        app.app.sql.clone(),
-        app.app.http.clone(),
-        app.app.settings.clone(),
-    );
+    let counting = counting(&app, app.app.settings.clone());
     // The first checkout warms the script cache so EVALSHA hits, as in steady state
     // (another test may have flushed the shared server's cache); the second is counted.
     for attempt in ["warm", "counted"] {
@@ -232,25 +231,17 @@ async fn starting_a_checkout_is_at_most_six_round_trips() {
 #[tokio::test]
 async fn a_rate_limited_write_costs_one_round_trip_and_other_requests_none() {
     use commerce_core::http::Request;
-    use commerce_core::{App, Scope, handle};
+    use commerce_core::{Scope, handle};
 
     let app = TestApp::spawn().await;
     app.seed(2).await;
-    let counting = |per_minute: u32| {
+    let limited_to = |per_minute: u32| {
         let mut settings = app.app.settings.clone();
         settings.rate_limit_anonymous_per_minute = per_minute;
         settings.rate_limit_anonymous_burst = 1000;
-        App::new(
-            Counting {
-                inner: &app.app.redis,
-                calls: AtomicUsize::new(0),
-            },
-            app.app.sql.clone(),
-            app.app.http.clone(),
-            settings,
-        )
+        counting(&app, settings)
     };
-    let (limited, unlimited) = (counting(60), counting(0));
+    let (limited, unlimited) = (limited_to(60), limited_to(0));
     let request = |method: &str, path: &str, body: &str, admin: bool| {
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if admin {
@@ -307,21 +298,13 @@ async fn a_rate_limited_write_costs_one_round_trip_and_other_requests_none() {
 #[tokio::test]
 async fn taking_the_payment_and_its_webhook_are_five_round_trips_each() {
     use commerce_core::http::Request;
-    use commerce_core::{App, Scope, handle};
+    use commerce_core::{Scope, handle};
 
     let (app, gateway) = TestApp::shop(2, |c| c).await;
     let mut settings = app.app.settings.clone();
     settings.rate_limit_anonymous_per_minute = 0;
     settings.rate_limit_customer_per_minute = 0;
-    let counting = App::new(
-        Counting {
-            inner: &app.app.redis,
-            calls: AtomicUsize::new(0),
-        },
-        app.app.sql.clone(),
-        app.app.http.clone(),
-        settings,
-    );
+    let counting = counting(&app, settings);
     let post = |path: String, headers: Vec<(String, String)>, body: Vec<u8>| Request {
         method: "POST".into(),
         path,

@@ -527,3 +527,49 @@ async fn a_retried_add_with_an_idempotency_key_adds_once() {
     assert_eq!(quantities(&next.body), owned(&[("var-1", 4)]));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_merge_caps_quantities_and_drops_the_lines_beyond_the_line_limit() {
+    let app = TestApp::spawn_with(|c| c.set("cart_max_lines", "2").set("cart_max_line_quantity", "5")).await;
+    app.seed(3).await;
+    let cart = app.new_cart().await;
+    let mut anonymous = Vec::new();
+    for (variant, quantity) in [("var-1", 3), ("var-3", 1)] {
+        let added = app
+            .post(&format!("/v1/carts/{cart}/items"), unit(variant, quantity))
+            .await;
+        assert_eq!(added.status, 200, "{added:?}");
+        anonymous = added.body["lines"].as_array().unwrap().clone();
+    }
+    let line_of = |variant: &str| {
+        anonymous
+            .iter()
+            .find(|l| l["variantId"] == variant)
+            .map(|l| l["lineId"].clone())
+            .unwrap()
+    };
+    let token = bearer("dora");
+    let auth = [("authorization", token.as_str())];
+    for (variant, quantity) in [("var-1", 4), ("var-2", 1)] {
+        let own = app
+            .call_with(
+                "POST",
+                "/v1/customers/dora/cart/items",
+                Some(unit(variant, quantity)),
+                &auth,
+            )
+            .await;
+        assert_eq!(own.status, 200, "{own:?}");
+    }
+
+    let merged = merge(&app, "dora", &cart).await;
+    assert_eq!(merged.status, 200, "{merged:?}");
+    // var-1 up to the quantity limit (4 + 1 of the 3); var-3 would be a third line.
+    assert_eq!(quantities(&merged.body), owned(&[("var-1", 5), ("var-2", 1)]));
+    assert_eq!(
+        merged.body["droppedLineIds"],
+        json!([line_of("var-3")]),
+        "{merged:?}"
+    );
+    app.finish().await;
+}

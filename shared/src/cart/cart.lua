@@ -27,23 +27,34 @@ local function create(key, currency, customer, ttl)
   redis.call('PEXPIRE', key, ttl)
 end
 
--- Adds `qty` units of a line (creating it if new). Returns nil, or the refusal reply.
-local function add_line(key, line, definition, qty, max_lines, max_qty)
-  local field = 'q:' .. line
-  local current = tonumber(redis.call('HGET', key, field)) or 0
-  if current == 0 then
-    if tonumber(redis.call('HGET', key, 'lines')) >= max_lines then
-      return {'LIMIT', 'lines', max_lines}
-    end
+-- What adding `qty` units of a line writes, to a cart that holds `current` of it, `lines`
+-- lines and `seq` as its last position: the field, value pairs (the line's quantity, and for
+-- a new line its definition, position and the counts), or nil and the refusal reply.
+local function line_added(line, definition, qty, current, lines, seq, max_lines, max_qty)
+  if current == 0 and lines >= max_lines then
+    return nil, {'LIMIT', 'lines', max_lines}
   end
   if current + qty > max_qty then
-    return {'LIMIT', 'quantity', max_qty}
+    return nil, {'LIMIT', 'quantity', max_qty}
   end
+  local fields = {'q:' .. line, current + qty}
   if current == 0 then
-    redis.call('HSET', key, 'd:' .. line, definition, 'o:' .. line, redis.call('HINCRBY', key, 'seq', 1))
-    redis.call('HINCRBY', key, 'lines', 1)
+    for _, v in ipairs({'d:' .. line, definition, 'o:' .. line, seq + 1, 'seq', seq + 1, 'lines', lines + 1}) do
+      fields[#fields + 1] = v
+    end
   end
-  redis.call('HSET', key, field, current + qty)
+  return fields
+end
+
+-- Adds `qty` units of a line (creating it if new). Returns nil, or the refusal reply.
+local function add_line(key, line, definition, qty, max_lines, max_qty)
+  local read = redis.call('HMGET', key, 'q:' .. line, 'lines', 'seq')
+  local fields, refused = line_added(line, definition, qty, tonumber(read[1]) or 0,
+    tonumber(read[2]) or 0, tonumber(read[3]) or 0, max_lines, max_qty)
+  if refused then
+    return refused
+  end
+  redis.call('HSET', key, unpack(fields))
   return nil
 end
 

@@ -43,20 +43,14 @@ end
 local current, lines = tonumber(read[4]) or 0, tonumber(read[5]) or 0
 local write = {'version', tonumber(version) + 1}
 if op == 'add' then
-  if current == 0 and lines >= max_lines then
-    return {'LIMIT', 'lines', max_lines}
+  local fields, refused = line_added(line, definition, qty, current, lines, tonumber(read[6]) or 0,
+    max_lines, max_qty)
+  if refused then
+    return refused
   end
-  if current + qty > max_qty then
-    return {'LIMIT', 'quantity', max_qty}
+  for _, v in ipairs(fields) do
+    write[#write + 1] = v
   end
-  if current == 0 then
-    local seq = (tonumber(read[6]) or 0) + 1
-    for _, v in ipairs({'d:' .. line, definition, 'o:' .. line, seq, 'seq', seq, 'lines', lines + 1}) do
-      write[#write + 1] = v
-    end
-  end
-  write[#write + 1] = field
-  write[#write + 1] = current + qty
 else
   if not read[4] then
     return {'NO_LINE'}

@@ -250,7 +250,6 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             return self.refund(&session, event, reason).await;
         }
         let mut session = session;
-        let mut metadata = None;
         if session.state == State::Locked {
             // The intent was created but the move to PAYMENT_PENDING was lost (a crash).
             session = self
@@ -261,20 +260,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         if session.state == State::PaymentPending {
             // Past its deadline the session expires here instead: its units may have been
             // sold again, so the payment goes back rather than becoming an order.
-            // The frozen metadata the order needs comes back with the move (same slot).
-            let metadata_key = self.app.keys.checkout_metadata(&id);
-            let (tag, moved, stored) = self
-                .transition_with(&id, State::PaymentConfirmed, None, &[], &[], &[&metadata_key])
-                .await?;
+            let (tag, moved) = self.transition(&id, State::PaymentConfirmed, None, &[]).await?;
             if tag == "EXPIRED_NOW" || moved.state.is_terminal() && moved.state != State::Completed {
                 return self.refund(&moved, event, "the checkout had ended").await;
             }
-            if moved.state == State::PaymentConfirmed {
-                metadata = Some(self.metadata_from(&id, stored[0].as_deref()).await?);
-            }
             session = moved;
         }
-        self.place_order(session, metadata, &event.intent_id, event).await
+        self.place_order(session, None, &event.intent_id, event).await
     }
 
     /// Refunds a payment the session cannot take (through the outbox, keyed by intent) —
@@ -340,7 +332,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED; or, when on-hand
     /// cannot cover the order, to FAILED with the payment refunded. `metadata`: the frozen
-    /// metadata where the caller already read it.
+    /// metadata where the caller already read it (the hot path of `confirm`).
     async fn place_order(
         &self,
         mut session: Session,

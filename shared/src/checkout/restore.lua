@@ -20,8 +20,9 @@ redis.call('SET', KEYS[3], ARGV[9])
 for _, key in ipairs(KEYS) do
   redis.call('PEXPIREAT', key, math.max(deadline, now) + keep)
 end
--- Past its deadline it expires now, as any session would.
-if expire_if_due(KEYS[1], read_session(KEYS[1]), function() return now end, ARGV[11]) then
+-- Past its deadline it expires now, as any session would (`read`: what was just written).
+local read = {state = ARGV[10], deadline = deadline, history = history, version = 1}
+if expire_if_due(KEYS[1], read, function() return now end, ARGV[11]) then
   return session_snapshot(KEYS[1], 'EXPIRED_NOW')
 end
 return session_snapshot(KEYS[1], 'OK')

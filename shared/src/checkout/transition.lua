@@ -44,14 +44,15 @@ local more = {}
 for i = 7 + 2 * guards, #ARGV do
   more[#more + 1] = ARGV[i]
 end
-if ARGV[3] ~= '' then
-  local deadline, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
+local deadline = ARGV[3] ~= '' and tonumber(ARGV[3])
+if deadline then
   more[#more + 1] = 'deadline'
   more[#more + 1] = deadline
-  move(key, ARGV[1], now, read, more)
+end
+move(key, ARGV[1], now, read, more)
+if deadline then
+  local keep = tonumber(ARGV[4])
   redis.call('PEXPIREAT', key, deadline + keep)
   redis.call('PEXPIREAT', KEYS[2], deadline + keep)
-else
-  move(key, ARGV[1], now, read, more)
 end
 return session_snapshot(key, 'OK', 3)

@@ -32,6 +32,12 @@ die() {
     exit 1
 }
 
+# `json_number NAME FILE`: the number of field NAME in the one-line JSON report FILE (the
+# load drivers' output).
+json_number() {
+    sed -E "s/.*\"$1\":([0-9.]+).*/\1/" "$2"
+}
+
 # `have CMD`: true if CMD is an executable on PATH (or a builtin/function).
 have() {
     command -v "$1" >/dev/null 2>&1

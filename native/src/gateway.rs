@@ -95,6 +95,8 @@ impl Failures {
 #[derive(Default)]
 struct Ledger {
     intents: Vec<Intent>,
+    /// Where each intent is in `intents`, by id: a load run looks one up per event.
+    by_id: HashMap<String, usize>,
     succeeded: HashSet<String>,
     cancelled: Vec<String>,
     refunds: Vec<Refund>,
@@ -155,7 +157,7 @@ impl Ledger {
     }
 
     fn intent(&self, id: &str) -> Option<&Intent> {
-        self.intents.iter().find(|i| i.id == id)
+        self.by_id.get(id).map(|&at| &self.intents[at])
     }
 
     /// Stripe's status of the intent: cancelled, paid, or waiting for a payment.
@@ -693,6 +695,8 @@ async fn create_intent(State(shared): State<Arc<Shared>>, headers: HeaderMap, bo
         idempotency_key: key.clone(),
     };
     let body = intent_json(&intent, "requires_payment_method");
+    let at = ledger.intents.len();
+    ledger.by_id.insert(intent.id.clone(), at);
     ledger.intents.push(intent);
     ledger.answer(key, path, params, StatusCode::OK, body)
 }

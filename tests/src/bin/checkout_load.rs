@@ -13,8 +13,9 @@
 //! waits until the app answers `/health`, and only then runs the buyers.
 //!
 //! Prints nothing but one JSON line on stdout:
-//! `{"checkouts":N,"seconds":…,"per_second":…,"failed":…}` where `per_second` counts the
-//! checkouts that completed, plus `firstError` when some failed.
+//! `{"checkouts":N,"seconds":…,"per_second":…,"failed":…,"cpuSeconds":…}` where
+//! `per_second` counts the checkouts that completed and `cpuSeconds` is the driver's own CPU
+//! time (user + system, its fake gateway included), plus `firstError` when some failed.
 //!
 //! ```text
 //! checkout_load --app http://127.0.0.1:3098 --buyers 2000 --concurrency 32 \
@@ -29,6 +30,10 @@ use std::time::{Duration, Instant};
 
 use commerce_tests::gateway::FakeGateway;
 use serde_json::{Value, json};
+
+/// The server's allocator (native/src/main.rs): the driver shares the machine it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: checkout_load --app URL --gateway-url-file FILE [--buyers N] \
 [--concurrency C] [--gateway-key K] [--webhook-secret S] [--variants V] [--run-id ID] \
@@ -243,11 +248,25 @@ async fn run(args: Args) -> Result<Value, String> {
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "per_second": (completed as f64 / seconds * 10.0).round() / 10.0,
         "failed": failed,
+        "cpuSeconds": (own_cpu_seconds() * 1000.0).round() / 1000.0,
     });
     if let Some(error) = first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         report["firstError"] = json!(error);
     }
     Ok(report)
+}
+
+/// User plus system CPU time this process (the buyers and the fake gateway) has used, so a
+/// bench can say what the driver took of the machine it shares with what it measures.
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given, zeroed here.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn main() -> ExitCode {

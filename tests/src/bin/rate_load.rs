@@ -50,6 +50,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+/// The server's allocator (native/src/main.rs): the driver shares the machine it measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: rate_load --app URL --op live|reserve|cart-add|quote|checkout|availability \
 [--token T] [--variant V] [--holders N] [--carts N] [--variants N] [--cart ID] [--group G] \
 [--connections C] [--seconds S] [--requests N] [--rate R | --fraction F] [--max-only] \

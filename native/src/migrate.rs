@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "max_per_order",
         include_str!("../../migrations/0007_max_per_order.sql"),
     ),
+    (
+        8,
+        "sessions_end_with_their_order",
+        include_str!("../../migrations/0008_sessions_end_with_their_order.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

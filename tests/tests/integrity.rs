@@ -87,6 +87,56 @@ async fn a_paid_checkout_survives_redis_losing_everything() {
 }
 
 #[tokio::test]
+async fn a_session_ends_with_its_order_and_stock_loads_put_back_only_the_live_ones() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    assert_eq!(app.set_on_hand("var-1", 5).await.status, 200);
+    let (sold, intent) = paid_session(&app, "var-1", 1, "k-sold").await;
+    let (waiting, _) = paid_session(&app, "var-1", 2, "k-waiting").await;
+    let (status, done) = app.intent_paid(&gateway, &intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+
+    // PostgreSQL ends the session with its order (ended_state stays empty: it ended with an
+    // order); the one still waiting for its payment stays live.
+    let ended = |id: String| {
+        let app = &app;
+        async move {
+            let row = app
+                .pg
+                .query_one(
+                    "SELECT ended_at IS NOT NULL, ended_state FROM checkout_sessions WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, bool>(0), row.get::<_, Option<String>>(1))
+        }
+    };
+    assert_eq!(ended(sold.clone()).await, (true, None));
+    assert_eq!(ended(waiting.clone()).await, (false, None));
+
+    // A lazy load, then a reconcile, after Redis lost everything: the sold unit is gone
+    // from on-hand, and only the waiting session's holds come back.
+    for reload in ["lazy load", "reconcile"] {
+        app.flush_redis().await;
+        if reload == "reconcile" {
+            let out = app.cli(&["reconcile"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let view = app.get("/v1/inventory/var-1").await;
+        assert_eq!(
+            (view.body["stock"].as_i64(), view.body["reserved"].as_i64()),
+            (Some(4), Some(2)),
+            "after a {reload}: {view:?}"
+        );
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_webhook_for_an_order_already_written_answers_with_it_whatever_redis_remembers() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;
     let (session, intent) = paid_session(&app, "var-1", 1, "k-3").await;

@@ -15,8 +15,9 @@ use crate::ports::{Sql, SqlValue};
 /// orders never deadlock) and re-read at their latest committed version, so the change is
 /// exact under concurrent orders; and the order is written only if on-hand covers every
 /// line: PostgreSQL refuses what it cannot cover, never clamps (DESIGN §4, invariant 1).
-/// The CHECK (on_hand >= 0) stands behind it. No row: the order exists already, or was
-/// refused (see [`write`]).
+/// The CHECK (on_hand >= 0) stands behind it. The paid session ends with its order
+/// (`ended_at`; `ended_state` stays NULL), so it leaves the live sessions whose holds a
+/// stock load puts back. No row: the order exists already, or was refused (see [`write`]).
 const WRITE_ORDER: &str = "\
 WITH demand AS (
     SELECT d.variant_id, d.quantity FROM jsonb_to_recordset($15::text::jsonb) AS d(variant_id text, quantity bigint)
@@ -53,6 +54,10 @@ WITH demand AS (
     INSERT INTO order_stock_changes (order_id, variant_id, quantity, delta, on_hand_after, version)
     SELECT ins.id, s.variant_id, s.quantity, s.delta, s.on_hand, s.version FROM ins, stock s
     RETURNING variant_id, delta, on_hand_after, version
+), ended AS (
+    UPDATE checkout_sessions cs SET ended_at = now()
+    FROM ins
+    WHERE cs.id = $2 AND cs.ended_at IS NULL
 )
 SELECT variant_id, delta, on_hand_after, version FROM changes";
 

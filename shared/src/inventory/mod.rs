@@ -33,23 +33,37 @@ static PUT_BACK: Script = Script::new(lua!("purge.lua", "put_back.lua"));
 static HOLD_INDEX: Script = Script::new(lua!("hold_index.lua"));
 static COMMIT: Script = Script::new(lua!("purge.lua", "stock.lua", "commit.lua"));
 
-/// On-hand, version and existence of the variants `WHERE` picks, with the holds of each
-/// variant's live paid checkout sessions that PostgreSQL keeps (sessions with a payment
-/// intent, neither ended nor ordered) as JSON `[[session, quantity, holds deadline ms],
-/// …]` (the load script skips those past their deadline), and the per-order limit (NULL:
-/// none).
+/// On-hand, version and existence of the variants `WHERE` picks (in id order), with the
+/// holds of each variant's live paid checkout sessions that PostgreSQL keeps (sessions with
+/// a payment intent, neither ended nor ordered) as JSON `[[session, quantity, holds
+/// deadline ms], …]` (the load script skips those past their deadline), and the per-order
+/// limit (NULL: none).
+///
+/// The holds are gathered from the live sessions (`checkout_sessions_live`: a session ends
+/// with its order, or without one), once for all the variants picked, not from every line
+/// ever sold of each variant: their cost follows the sessions waiting for a payment, not
+/// the orders a variant has had.
 macro_rules! levels_where {
     ($where:literal) => {
         concat!(
-            "SELECT v.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0),
-       COALESCE((SELECT json_agg(json_build_array(sl.session_id, sl.quantity, s.holds_deadline_ms))::text
-                 FROM checkout_session_lines sl JOIN checkout_sessions s ON s.id = sl.session_id
-                 WHERE sl.variant_id = v.id AND s.ended_at IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)), '[]'),
+            "WITH picked AS (
+    SELECT v.id FROM variants v WHERE ",
+            $where,
+            "
+), live AS (
+    SELECT sl.variant_id,
+           json_agg(json_build_array(sl.session_id, sl.quantity, s.holds_deadline_ms))::text AS holds
+    FROM checkout_sessions s JOIN checkout_session_lines sl ON sl.session_id = s.id
+    WHERE s.ended_at IS NULL AND sl.variant_id IN (SELECT id FROM picked)
+      AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)
+    GROUP BY sl.variant_id
+)
+SELECT p.id, COALESCE(l.on_hand, 0), COALESCE(l.version, 0), COALESCE(live.holds, '[]'),
        l.max_per_order
-FROM variants v LEFT JOIN inventory_levels l ON l.variant_id = v.id
-WHERE ",
-            $where
+FROM picked p
+LEFT JOIN inventory_levels l ON l.variant_id = p.id
+LEFT JOIN live ON live.variant_id = p.id
+ORDER BY p.id"
         )
     };
 }

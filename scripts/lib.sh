@@ -38,6 +38,17 @@ json_number() {
     sed -E "s/.*\"$1\":([0-9.]+).*/\1/" "$2"
 }
 
+# `redis_cpu REDIS-CLI…`: the CPU seconds (user + system) the Redis server that `REDIS-CLI…`
+# (a redis-cli command line) reaches has used so far, from INFO cpu.
+redis_cpu() {
+    "$@" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "%.3f", s }'
+}
+
+# `ratio A B`: A ÷ B to two decimals.
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+}
+
 # `have CMD`: true if CMD is an executable on PATH (or a builtin/function).
 have() {
     command -v "$1" >/dev/null 2>&1

@@ -127,6 +127,19 @@ async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) 
     out
 }
 
+/// Why a body could not be read: past `limit` (413), or broken off (400: a malformed
+/// chunk, a connection reset), which is not the caller's size.
+fn body_error(error: axum::Error, limit: usize) -> Error {
+    if error.into_inner().is::<http_body_util::LengthLimitError>() {
+        Error::PayloadTooLarge { limit }
+    } else {
+        Error::bad_request(
+            commerce_core::error::ErrorCode::MalformedBody,
+            "the request body broke off",
+        )
+    }
+}
+
 /// Converts the request, reading at most `limit + 1` body bytes: a larger body is refused
 /// with 413 without being read to the end.
 async fn read_request(req: axum::extract::Request, limit: usize) -> Result<Request, Error> {
@@ -140,7 +153,7 @@ async fn read_request(req: axum::extract::Request, limit: usize) -> Result<Reque
     }
     let body = to_bytes(body, limit + 1)
         .await
-        .map_err(|_| Error::PayloadTooLarge { limit })?;
+        .map_err(|e| body_error(e, limit))?;
     let headers = parts
         .headers
         .iter()

@@ -60,7 +60,8 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
     )
     .since(started);
     let log_level = settings.log_level;
-    let request = match from_spin(req, settings.max_body_bytes) {
+    let body_timeout = Duration::from_millis(settings.http_body_timeout_ms);
+    let request = match from_spin(req, settings.max_body_bytes, body_timeout) {
         Ok(request) => request,
         Err(error) => {
             let mut response = Response::error(&error);
@@ -100,12 +101,13 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
 
 /// Converts Spin's request into the router's, keeping at most `limit + 1` body bytes (a
 /// declared or actual length past the limit is a 413; what is left of it is dropped,
-/// read only as far as [`DRAIN_BYTES`]).
+/// read only as far as [`DRAIN_BYTES`]). A body not all sent within `body_timeout` is a
+/// 408, as natively (`http_body_timeout_ms`).
 ///
 /// Every header is kept, repeated ones in order, as the native server keeps them; a
 /// header value that is not UTF-8 is dropped (no route reads one, and a mangled
 /// `Authorization` must fail, not match).
-fn from_spin(req: IncomingRequest, limit: usize) -> Result<Request, Error> {
+fn from_spin(req: IncomingRequest, limit: usize, body_timeout: Duration) -> Result<Request, Error> {
     let method = req.method().to_string().to_ascii_uppercase();
     let path_with_query = req.path_with_query().unwrap_or_default();
     let (path, query) = match path_with_query.split_once('?') {
@@ -137,7 +139,7 @@ fn from_spin(req: IncomingRequest, limit: usize) -> Result<Request, Error> {
         }
         return Err(Error::PayloadTooLarge { limit });
     }
-    let body = read_body(req, limit)?;
+    let body = read_body(req, limit, body_timeout)?;
     let client_addr = client_addr(&headers);
     Ok(Request {
         method,
@@ -180,23 +182,35 @@ fn client_addr(headers: &[(String, String)]) -> Option<std::net::IpAddr> {
 const DRAIN_BYTES: usize = 1024 * 1024;
 
 /// Reads the request body, stopping one byte past `limit` (413, after reading and
-/// dropping at most [`DRAIN_BYTES`] more). The component has nothing else to do
-/// meanwhile, so it blocks on the stream.
-fn read_body(req: IncomingRequest, limit: usize) -> Result<Vec<u8>, Error> {
+/// dropping at most [`DRAIN_BYTES`] more) or at `timeout` from now (408: a client that
+/// stops sending mid-body holds nothing for longer). The component has nothing else to do
+/// meanwhile, so it waits on the stream and a timer together.
+fn read_body(req: IncomingRequest, limit: usize, timeout: Duration) -> Result<Vec<u8>, Error> {
+    use wasi::clocks::monotonic_clock;
+    use wasi::io::streams::StreamError;
     let unreadable =
         |what: &str| Error::bad_request(ErrorCode::MalformedBody, format!("the request body {what}"));
     let incoming = req.consume().map_err(|()| unreadable("was already consumed"))?;
+    let deadline = monotonic_clock::now().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
     let mut body = Vec::new();
     {
         let stream = incoming.stream().map_err(|()| unreadable("cannot be read"))?;
+        let ready = stream.subscribe();
+        let timer = monotonic_clock::subscribe_instant(deadline);
         loop {
             let room = (limit + 1 - body.len()).min(64 * 1024) as u64;
-            match stream.blocking_read(room) {
-                Ok(chunk) => body.extend_from_slice(&chunk),
-                Err(wasi::io::streams::StreamError::Closed) => break,
-                Err(wasi::io::streams::StreamError::LastOperationFailed(error)) => {
-                    return Err(unreadable(&format!("broke off: {}", error.to_debug_string())));
+            match stream.read(room) {
+                Ok(chunk) if chunk.is_empty() => {
+                    if monotonic_clock::now() >= deadline {
+                        return Err(Error::RequestTimeout);
+                    }
+                    wasi::io::poll::poll(&[&ready, &timer]);
                 }
+                Ok(chunk) => body.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                // Not the host's account of why (a malformed chunk, a reset): its debug
+                // text can carry a backtrace, which is no business of the caller's.
+                Err(StreamError::LastOperationFailed(_)) => return Err(unreadable("broke off")),
             }
             if body.len() > limit {
                 skip(&stream, DRAIN_BYTES);

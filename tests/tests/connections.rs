@@ -164,3 +164,56 @@ async fn the_server_keeps_at_most_its_pool_of_postgresql_connections() {
     }
     app.finish().await;
 }
+
+/// A body that breaks off (a chunk size that is not hex) is a 400, neither a 413 nor the
+/// host's account of what broke; a body that stops coming is a 408 once
+/// `http_body_timeout_ms` has passed. On both hosts: each reads the body itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_body_is_a_400_and_a_stalled_one_a_408() {
+    let app = TestApp::spawn_with(|c| c.set("http_body_timeout_ms", "700")).await;
+    let mut broken = connect(&app).await;
+    broken
+        .write_all(
+            b"POST /v1/inventory/availability HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              transfer-encoding: chunked\r\nconnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut broken, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("MALFORMED_BODY"), "{answer}");
+    assert!(!answer.contains("acktrace") && answer.len() < 1024, "{answer}");
+
+    let mut stalled = connect(&app).await;
+    stalled
+        .write_all(
+            b"POST /v1/inventory/availability HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"variant",
+        )
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("REQUEST_TIMEOUT")
+        && sent.elapsed() < Duration::from_secs(10)
+    {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let answer = String::from_utf8_lossy(&seen);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "after {:?}: {answer}",
+        sent.elapsed()
+    );
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(600),
+        "answered before the body timeout: {:?}",
+        sent.elapsed()
+    );
+    app.finish().await;
+}

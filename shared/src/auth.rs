@@ -64,13 +64,20 @@ impl TokenTime {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header. The scheme's name is
+/// case-insensitive (RFC 7235 §2.1): `bearer x` and `BEARER x` name the token `x` too.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// Verifies `Authorization: Bearer <jwt>` against `secret` at `at` and returns the
 /// customer. Missing, malformed, badly signed tokens, tokens without `exp` (a token must
 /// end), expired ones and ones not valid yet (`nbf`) are 401, each within the leeway; an
 /// empty secret refuses every token.
 pub fn verify(authorization: Option<&str>, secret: &str, at: TokenTime) -> Result<Customer, Error> {
     let token = authorization
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(bearer)
         .ok_or_else(|| unauthorized("customer routes need a bearer token"))?;
     if secret.is_empty() {
         return Err(unauthorized("customer tokens are not configured (jwt_secret)"));
@@ -163,6 +170,16 @@ mod tests {
 
     fn bearer(token: &str) -> String {
         format!("Bearer {token}")
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_named_in_any_case() {
+        for header in ["Bearer t", "bearer t", "BEARER t", "bEaReR t"] {
+            assert_eq!(super::bearer(header), Some("t"), "{header}");
+        }
+        for header in ["Basic t", "Bearert", "Bearer", "", " Bearer t"] {
+            assert_eq!(super::bearer(header), None, "{header}");
+        }
     }
 
     #[test]

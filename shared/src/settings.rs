@@ -271,7 +271,7 @@ impl Settings {
     /// time. An unset token locks the admin routes.
     pub fn authorize_admin(&self, authorization: Option<&str>) -> Result<(), Error> {
         let presented = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(crate::auth::bearer)
             .ok_or_else(|| Error::Unauthorized("admin routes need a bearer token".into()))?;
         if self.admin_token.is_empty() || !constant_time_eq(presented, &self.admin_token) {
             return Err(Error::Forbidden("the token does not grant admin access".into()));
@@ -286,9 +286,7 @@ impl Settings {
         if self.metrics_token.is_empty() {
             return Ok(());
         }
-        let presented = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let presented = authorization.and_then(crate::auth::bearer).unwrap_or("");
         if constant_time_eq(presented, &self.metrics_token) {
             Ok(())
         } else {
@@ -325,11 +323,9 @@ impl Settings {
     /// Checks a bearer token of a trusted backend: the admin token or the service token
     /// (both compared in constant time). Anonymous callers are 401, other tokens 403.
     pub fn authorize_trusted(&self, authorization: Option<&str>) -> Result<(), Error> {
-        let presented = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Error::Unauthorized("this route is for trusted backends: it needs a bearer token".into())
-            })?;
+        let presented = authorization.and_then(crate::auth::bearer).ok_or_else(|| {
+            Error::Unauthorized("this route is for trusted backends: it needs a bearer token".into())
+        })?;
         let admin = !self.admin_token.is_empty() && constant_time_eq(presented, &self.admin_token);
         let service = !self.service_token.is_empty() && constant_time_eq(presented, &self.service_token);
         if admin | service {

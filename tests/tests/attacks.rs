@@ -388,3 +388,28 @@ async fn a_webhook_replayed_after_redis_lost_the_session_answers_with_its_order(
     );
     app.finish().await;
 }
+
+/// A signed payment whose metadata names no id this app makes is not a payment of its
+/// sessions: it is acknowledged (200, ignored) like one without a session, so the gateway
+/// does not deliver it again for days, and nothing is written for it.
+#[tokio::test]
+async fn a_payment_naming_a_malformed_session_is_acknowledged_and_changes_nothing() {
+    let (app, gateway) = shop().await;
+    let before = app.redis_snapshot().await;
+    for session in ["not a session!", "cs_{x}", &"c".repeat(300)] {
+        let intent = another_intent_for(&gateway, session).await;
+        let paid = gateway.event("payment_intent.succeeded", &intent);
+        let (status, body) = gateway.deliver(&app.base, &paid).await;
+        assert_eq!(status, 200, "{session}: {body}");
+        assert!(body["ignored"].is_string(), "{session}: {body}");
+    }
+    assert_eq!(app.redis_snapshot().await, before);
+    let outbox: i64 = app
+        .pg
+        .query_one("SELECT count(*) FROM payment_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outbox, 0, "a refund or cancellation was queued");
+    app.finish().await;
+}

@@ -351,3 +351,65 @@ async fn bad_input_on_every_cart_and_bundle_route_is_refused_and_writes_nothing(
     );
     app.finish().await;
 }
+
+/// Where a route meets its neighbours: the webhook's path is not a session's (another
+/// method on it is a 405), an anonymous cart that is not there is a 404 at checkout as on
+/// every cart route, the `Bearer` scheme is named in any case (RFC 7235), and invalidating
+/// a bundle id that names no bundle leaves nothing behind for good.
+#[tokio::test]
+async fn routes_answer_at_their_edges_as_the_contract_says() {
+    let app = TestApp::spawn().await;
+    app.seed(3).await;
+
+    let webhook = app.get("/v1/checkout/payment-webhook").await;
+    assert_eq!(
+        (webhook.status, webhook.code()),
+        (405, "METHOD_NOT_ALLOWED"),
+        "{webhook:?}"
+    );
+
+    let unknown_cart = "0".repeat(32);
+    // The idempotency record keeps the answer, as for any checked request; nothing else.
+    let snapshot = || async {
+        let mut keys = app.redis_snapshot().await;
+        keys.retain(|(key, _)| !key.contains(":idempotency:"));
+        keys
+    };
+    let before = snapshot().await;
+    let started = app.start_checkout(&unknown_cart, "edge-1").await;
+    assert_eq!(
+        (started.status, started.code()),
+        (404, "CART_NOT_FOUND"),
+        "{started:?}"
+    );
+    assert_eq!(snapshot().await, before, "a refused checkout wrote to Redis");
+
+    for scheme in ["bearer", "BEARER"] {
+        let token = format!("{scheme} {ADMIN_TOKEN}");
+        let refunds = app
+            .call_with("GET", "/v1/admin/refunds", None, &[("authorization", &token)])
+            .await;
+        assert_eq!(refunds.status, 200, "{scheme}: {refunds:?}");
+    }
+
+    let invalidated = app
+        .call(
+            "POST",
+            "/v1/admin/bundles/bundle-99999/invalidate",
+            None,
+            Caller::Admin,
+        )
+        .await;
+    assert_eq!(invalidated.status, 200, "{invalidated:?}");
+    let mut redis = app.redis.clone();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(app.key("bundle:{bundle-99999}:generation"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0,
+        "the generation of an unknown bundle has no expiry: {ttl}"
+    );
+    app.finish().await;
+}

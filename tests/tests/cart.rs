@@ -571,5 +571,11 @@ async fn a_merge_caps_quantities_and_drops_the_lines_beyond_the_line_limit() {
         json!([line_of("var-3")]),
         "{merged:?}"
     );
+    // Two of var-1's three units did not fit: the answer says so, never silently.
+    assert_eq!(
+        merged.body["cappedLineIds"],
+        json!([line_of("var-1")]),
+        "{merged:?}"
+    );
     app.finish().await;
 }

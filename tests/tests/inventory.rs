@@ -106,6 +106,55 @@ async fn an_expired_hold_stops_counting_without_a_sweeper() {
     app.finish().await;
 }
 
+/// A reservation with an `Idempotency-Key` is made once: the same key and body answer the
+/// first answer again (its deadline, not a later one), the same key with another body is a
+/// 422 that changes nothing, and a request without a key is not affected.
+#[tokio::test]
+async fn a_reservation_with_an_idempotency_key_is_made_once() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let send = |body: Value, key: &'static str| {
+        let admin = admin.clone();
+        let app = &app;
+        async move {
+            app.call_with(
+                "POST",
+                "/v1/inventory/reservations",
+                Some(body),
+                &[("authorization", &admin), ("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let first = send(reservation("k", &[("var-1", 2)]), "hold-1").await;
+    assert_eq!(first.status, 201, "{first:?}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = send(reservation("k", &[("var-1", 2)]), "hold-1").await;
+    assert_eq!(
+        (again.status, &again.body),
+        (201, &first.body),
+        "a retry was made again"
+    );
+
+    let other = send(reservation("k", &[("var-1", 7)]), "hold-1").await;
+    assert_eq!(
+        (other.status, other.code()),
+        (422, "IDEMPOTENCY_KEY_REUSED"),
+        "{other:?}"
+    );
+    assert_eq!(
+        app.check_holds("var-1").await,
+        (100, 2),
+        "the other body was applied"
+    );
+
+    let unkeyed = app.reserve(reservation("k", &[("var-1", 3)])).await;
+    assert_eq!(unkeyed.status, 201, "{unkeyed:?}");
+    assert_eq!(app.check_holds("var-1").await, (100, 3));
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn re_reserving_sets_quantities_and_release_frees_only_that_cart() {
     let app = TestApp::spawn().await;

@@ -199,7 +199,8 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
             keys.generation.as_str(),
         ];
         all.extend(eligibility.iter().map(String::as_str));
-        self.run(&INVALIDATE, &all, Vec::new()).await?;
+        self.run(&INVALIDATE, &all, vec![RedisArg::Int(self.ttl_ms)])
+            .await?;
         Ok(())
     }
 

@@ -5,13 +5,16 @@
 -- `o:<line>` (position). `merging` / `merged` freeze an anonymous cart being merged into
 -- a customer's; `m:<cart>` marks, in a customer's cart, an anonymous cart merged into it.
 
--- {status, now_ms, pttl, #dropped, dropped..., field, value, ...}; `pttl`: the time to
--- live the caller just set (read from Redis when nil).
-local function cart_snapshot(key, status, dropped, pttl)
-  dropped = dropped or {}
-  local out = {status, now_ms(), pttl or redis.call('PTTL', key), #dropped}
-  for _, line in ipairs(dropped) do
-    out[#out + 1] = line
+-- {status, now_ms, pttl, #dropped, dropped..., #capped, capped..., field, value, ...};
+-- `pttl`: the time to live the caller just set (read from Redis when nil); `dropped` and
+-- `capped`: the lines a merge could not add, or added only up to the quantity limit.
+local function cart_snapshot(key, status, dropped, pttl, capped)
+  local out = {status, now_ms(), pttl or redis.call('PTTL', key)}
+  for _, lines in ipairs({dropped or {}, capped or {}}) do
+    out[#out + 1] = #lines
+    for _, line in ipairs(lines) do
+      out[#out + 1] = line
+    end
   end
   for _, item in ipairs(redis.call('HGETALL', key)) do
     out[#out + 1] = item

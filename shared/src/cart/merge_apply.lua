@@ -5,9 +5,10 @@
 -- ARGV: anonymous cart id, currency, ttl_ms, max lines, max quantity, customer id,
 --       then per line: line id, definition JSON, quantity
 --
--- Lines are added up to the quantity limit; lines beyond the line limit are dropped and
--- named in the reply.
--- Replies: cart_snapshot 'OK' (with dropped lines) | {'CURRENCY', customer cart's currency}
+-- Lines are added up to the quantity limit (those cut short are named in the reply as
+-- capped); lines beyond the line limit are dropped and named in the reply.
+-- Replies: cart_snapshot 'OK' (with dropped and capped lines) | {'CURRENCY', customer
+-- cart's currency} | {'LOCKED', session}
 local key, from, currency = KEYS[1], ARGV[1], ARGV[2]
 local ttl, max_lines, max_qty = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if redis.call('EXISTS', key) == 0 then
@@ -27,13 +28,14 @@ if own ~= currency then
   end
   redis.call('HSET', key, 'currency', currency)
 end
-local dropped = {}
+local dropped, capped = {}, {}
 for i = 7, #ARGV, 3 do
   local line, definition, qty = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local current = tonumber(redis.call('HGET', key, 'q:' .. line)) or 0
   local room = max_qty - current
   if qty > room then
     qty = room
+    capped[#capped + 1] = line
   end
   if qty > 0 and add_line(key, line, definition, qty, max_lines, max_qty) then
     dropped[#dropped + 1] = line
@@ -42,4 +44,4 @@ end
 redis.call('HSET', key, 'm:' .. from, 1)
 redis.call('HINCRBY', key, 'version', 1)
 redis.call('PEXPIRE', key, ttl)
-return cart_snapshot(key, 'OK', dropped)
+return cart_snapshot(key, 'OK', dropped, nil, capped)

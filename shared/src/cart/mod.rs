@@ -207,6 +207,10 @@ pub struct CartView {
     /// Lines a merge could not add because the cart was full.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dropped_line_ids: Vec<String>,
+    /// Lines a merge added only up to `cart_max_line_quantity` (the rest of their units
+    /// were not added).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capped_line_ids: Vec<String>,
 }
 
 /// One line read back from a cart: what it holds and how many, as clients see it
@@ -301,6 +305,7 @@ impl<'a, R: Redis> Carts<'a, R> {
                 lines: Vec::new(),
                 expires_at: None,
                 dropped_line_ids: Vec::new(),
+                capped_line_ids: Vec::new(),
             }),
             ("NOT_FOUND" | "MERGED", CartRef::Session(id)) => Err(cart_not_found(id)),
             _ => Err(unexpected(&reply)),
@@ -572,19 +577,20 @@ fn cart_locked(reply: &[RedisReply]) -> Error {
     }
 }
 
-fn cart_not_found(id: &CartId) -> Error {
+pub(crate) fn cart_not_found(id: &CartId) -> Error {
     Error::not_found(
         ErrorCode::CartNotFound,
         format!("no cart {id} (it may have expired or been merged)"),
     )
 }
 
-/// A cart script's snapshot reply `{status, now, pttl, #dropped, dropped..., field, value...}`,
-/// its texts borrowed from the reply.
+/// A cart script's snapshot reply `{status, now, pttl, #dropped, dropped..., #capped,
+/// capped..., field, value...}`, its texts borrowed from the reply.
 struct Snapshot<'r> {
     now_ms: i64,
     pttl_ms: i64,
     dropped: Vec<String>,
+    capped: Vec<String>,
     fields: HashMap<&'r str, &'r str>,
 }
 
@@ -595,18 +601,29 @@ fn snapshot_parts(reply: &[RedisReply]) -> Result<Snapshot<'_>> {
             .and_then(RedisReply::as_int)
             .ok_or_else(|| unexpected(reply))
     };
-    let (now, pttl, dropped) = (int(1)?, int(2)?, int(3)? as usize);
-    let text = |r| RedisReply::as_text(r).ok_or_else(|| unexpected(reply));
-    let dropped_ids = reply.get(4..4 + dropped).ok_or_else(|| unexpected(reply))?;
-    let dropped_ids = dropped_ids
-        .iter()
-        .map(|id| text(id).map(str::to_owned))
-        .collect::<Result<_>>()?;
+    // A count, then that many line ids, from `at`; the ids and where the next part starts.
+    let counted = |at: usize| -> Result<(Vec<String>, usize)> {
+        let count = usize::try_from(int(at)?).map_err(|_| unexpected(reply))?;
+        let ids = reply
+            .get(at + 1..at + 1 + count)
+            .ok_or_else(|| unexpected(reply))?
+            .iter()
+            .map(|id| {
+                RedisReply::as_text(id)
+                    .map(str::to_owned)
+                    .ok_or_else(|| unexpected(reply))
+            })
+            .collect::<Result<_>>()?;
+        Ok((ids, at + 1 + count))
+    };
+    let (dropped, next) = counted(3)?;
+    let (capped, next) = counted(next)?;
     Ok(Snapshot {
-        now_ms: now,
-        pttl_ms: pttl,
-        dropped: dropped_ids,
-        fields: field_pairs(&reply[4 + dropped..], reply)?,
+        now_ms: int(1)?,
+        pttl_ms: int(2)?,
+        dropped,
+        capped,
+        fields: field_pairs(&reply[next..], reply)?,
     })
 }
 
@@ -666,6 +683,7 @@ pub(crate) fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
         now_ms: now,
         pttl_ms: pttl,
         dropped: dropped_line_ids,
+        capped: capped_line_ids,
         fields,
     } = snapshot_parts(reply)?;
     Ok(CartView {
@@ -682,6 +700,7 @@ pub(crate) fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
         lines: lines_of(&fields, reply)?,
         expires_at: (pttl > 0).then(|| rfc3339_millis(now + pttl)),
         dropped_line_ids,
+        capped_line_ids,
     })
 }
 

@@ -81,7 +81,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let Some(id) = event.session_id.as_deref() else {
             return Ok(EventOutcome::ignored("the payment has no checkout session"));
         };
-        let id = SessionId::parse(id)?;
+        // Not an id this app makes, so not a payment of its sessions: acknowledged (a 4xx
+        // would have the gateway deliver it again for days), as one without a session.
+        let Ok(id) = SessionId::parse(id) else {
+            return Ok(EventOutcome::ignored(
+                "the payment's checkout session is not one of ours",
+            ));
+        };
         match &event.kind {
             gateway::EventKind::PaymentSucceeded => self.confirm(&id, event).await,
             gateway::EventKind::PaymentFailed => self.payment_failed(&id, event).await,

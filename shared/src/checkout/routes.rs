@@ -38,6 +38,8 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             Err(e) => Err(e),
         },
         ["v1", "checkout", "payment-webhook"] if post => webhook(app, req).await,
+        // The webhook's path is not a session's: any other method on it is a 405.
+        ["v1", "checkout", "payment-webhook"] => Err(Error::MethodNotAllowed(req.method.clone())),
         ["v1", "checkout", session] if req.method == "GET" => get(app, req, session).await,
         ["v1", "checkout", session, "payment-intent"] if post => match SessionId::parse(session) {
             Ok(id) => {

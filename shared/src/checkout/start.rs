@@ -75,9 +75,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 vec![session.as_str().into(), RedisArg::Int(self.lock_ttl_ms())],
             )
             .await?;
-        match tag(&locked) {
-            "OK" => {}
-            "HELD" => {
+        match (tag(&locked), cart) {
+            ("OK", _) => {}
+            ("HELD", _) => {
                 let holder = locked
                     .get(1)
                     .and_then(RedisReply::as_text)
@@ -89,14 +89,17 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     details: json!({ "sessionId": holder }),
                 });
             }
-            "NO_CART" | "EMPTY" => {
+            // An anonymous cart that is not there is unknown, as on every cart route; a
+            // customer always has a cart, empty until something is added.
+            ("NO_CART", CartRef::Session(id)) => return Err(cart::cart_not_found(id)),
+            ("NO_CART" | "EMPTY", _) => {
                 return Err(Error::Conflict {
                     code: ErrorCode::CartEmpty,
                     message: "there is nothing in the cart to check out".into(),
                     details: Value::Null,
                 });
             }
-            "MERGED" => return Err(cart::cart_merged()),
+            ("MERGED", _) => return Err(cart::cart_merged()),
             _ => return Err(unexpected(&locked)),
         }
         match self

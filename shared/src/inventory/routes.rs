@@ -18,6 +18,7 @@ use crate::app::App;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, array_field, field, object, str_field};
+use crate::idempotency;
 use crate::ids::{ExternalHolderId, Holder, Quantity, VariantId};
 use crate::ports::{Http, Redis, Sql};
 use crate::settings::Settings;
@@ -157,33 +158,39 @@ async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
     app.settings.authorize_trusted(req.header("authorization"))?;
     let body = req.json(app.settings.max_body_bytes)?;
     let request = parse_reservation(&body, &app.settings)?;
-    let reservation = store(app)
-        .reserve(
-            &Holder::External(request.cart.clone()),
-            &request.lines,
-            i64::from(request.ttl_seconds) * 1000,
-        )
-        .await?;
-    let stock_keys: Vec<String> = request
-        .lines
-        .iter()
-        .map(|(v, _)| app.keys.variant(v).stock)
-        .collect();
-    app.replicated(&stock_keys.iter().map(String::as_str).collect::<Vec<_>>())
-        .await?;
-    let items: Vec<Value> = request
-        .lines
-        .iter()
-        .map(|(v, q)| json!({ "variantId": v.as_str(), "quantity": q.get() }))
-        .collect();
-    Ok(Response::json(
-        201,
-        &json!({
-            "cartId": request.cart.as_str(),
-            "expiresAt": rfc3339_millis(reservation.deadline_ms),
-            "items": items,
-        }),
-    ))
+    // Re-reserving sets a holder's quantities, so a plain retry is safe; a caller's
+    // `Idempotency-Key` also replays the first answer (its deadline, not a later one) and
+    // refuses the same key with another body (422), as on every creating POST.
+    idempotency::once(app, req, "reservations", false, |_| async move {
+        let reservation = store(app)
+            .reserve(
+                &Holder::External(request.cart.clone()),
+                &request.lines,
+                i64::from(request.ttl_seconds) * 1000,
+            )
+            .await?;
+        let stock_keys: Vec<String> = request
+            .lines
+            .iter()
+            .map(|(v, _)| app.keys.variant(v).stock)
+            .collect();
+        app.replicated(&stock_keys.iter().map(String::as_str).collect::<Vec<_>>())
+            .await?;
+        let items: Vec<Value> = request
+            .lines
+            .iter()
+            .map(|(v, q)| json!({ "variantId": v.as_str(), "quantity": q.get() }))
+            .collect();
+        Ok(Response::json(
+            201,
+            &json!({
+                "cartId": request.cart.as_str(),
+                "expiresAt": rfc3339_millis(reservation.deadline_ms),
+                "items": items,
+            }),
+        ))
+    })
+    .await
 }
 
 async fn release<R: Redis, S: Sql, H: Http>(

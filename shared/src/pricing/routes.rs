@@ -72,7 +72,7 @@ fn caller<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Resul
     let Some(header) = req.header("authorization") else {
         return Ok(Caller::Anonymous);
     };
-    let token = header.strip_prefix("Bearer ").unwrap_or_default();
+    let token = auth::bearer(header).unwrap_or_default();
     if !app.settings.admin_token.is_empty() && constant_time_eq(token, &app.settings.admin_token) {
         return Ok(Caller::Admin);
     }

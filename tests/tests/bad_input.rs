@@ -271,6 +271,8 @@ async fn bad_input_on_every_cart_and_bundle_route_is_refused_and_writes_nothing(
     for body in [
         r#"{"currency":"eur"}"#,
         r#"{"currency":"EURO"}"#,
+        r#"{"currency":"ZZZ"}"#,
+        r#"{"currency":"XXX"}"#,
         r#"{"currency":5}"#,
         "[1]",
         "{",

@@ -15,24 +15,42 @@ use crate::error::{Error, ErrorCode};
 /// Basis points in a whole: 1 bp = 0.01 %, so `10_000` bp = 100 %.
 pub const BASIS_POINTS_PER_WHOLE: u32 = 10_000;
 
-/// An ISO 4217 currency code: always exactly three ASCII uppercase letters.
-///
-/// Whether the code is actually assigned by ISO is not checked; the catalog decides which
-/// currencies it sells in. Serialized as the code itself (`"EUR"`).
+/// An ISO 4217 currency code: one of [`ISO_4217`], so three ASCII uppercase letters.
+/// Serialized as the code itself (`"EUR"`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Currency([u8; 3]);
 
+/// The codes ISO 4217 assigns (the list of 2025, funds and the test code `XTS` included),
+/// sorted for a binary search. Not `XXX`, "no currency", which no price can be in.
+pub const ISO_4217: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN", "BHD",
+    "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF", "CHE", "CHF",
+    "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD",
+    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD",
+    "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR",
+    "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA",
+    "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO",
+    "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB",
+    "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL", "SOS", "SRD", "SSP", "STN", "SVC",
+    "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "USN",
+    "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC",
+    "XBD", "XCD", "XCG", "XDR", "XOF", "XPD", "XPF", "XPT", "XSU", "XTS", "XUA", "YER", "ZAR", "ZMW", "ZWG",
+    "ZWL",
+];
+
 impl Currency {
-    /// Parses a currency code, rejecting anything but three ASCII uppercase letters with a
-    /// 400 `INVALID_CURRENCY` (`"eur"`, `"EURO"`, `"€"` are all refused).
+    /// Parses a currency code, refusing anything ISO 4217 does not assign with a 400
+    /// `INVALID_CURRENCY` (`"eur"`, `"EURO"`, `"€"`, `"ZZZ"` and `"XXX"` are all refused).
     pub fn parse(raw: &str) -> Result<Self, Error> {
-        match raw.as_bytes() {
-            &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
-            _ => Err(Error::bad_request(
+        if ISO_4217.binary_search(&raw).is_err() {
+            return Err(Error::bad_request(
                 ErrorCode::InvalidCurrency,
-                format!("currency must be an ISO 4217 code of three uppercase letters, not {raw:?}"),
-            )),
+                format!("currency must be an ISO 4217 code in upper case, such as \"EUR\", not {raw:?}"),
+            ));
         }
+        let mut code = [0; 3];
+        code.copy_from_slice(raw.as_bytes());
+        Ok(Self(code))
     }
 
     /// The code as text, e.g. `"EUR"`.
@@ -216,8 +234,16 @@ mod tests {
     }
 
     #[test]
-    fn currency_codes_are_three_uppercase_ascii_letters() {
-        for raw in ["", "EU", "EURO", "eur", "Eur", "E1R", "€UR", "EU ", "É"] {
+    fn currency_codes_are_the_ones_iso_4217_assigns() {
+        assert!(ISO_4217.windows(2).all(|w| w[0] < w[1]), "sorted, for the search");
+        assert!(
+            ISO_4217
+                .iter()
+                .all(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
+        );
+        for raw in [
+            "", "EU", "EURO", "eur", "Eur", "E1R", "€UR", "EU ", "É", "ZZZ", "ABC", "XXX",
+        ] {
             let error = Currency::parse(raw).unwrap_err();
             assert_eq!(
                 (error.status(), error.code()),
@@ -225,7 +251,9 @@ mod tests {
                 "{raw:?}"
             );
         }
-        assert_eq!(Currency::parse("EUR").unwrap().to_string(), "EUR");
+        for raw in ["EUR", "USD", "JPY", "GBP", "CHF", "XTS"] {
+            assert_eq!(Currency::parse(raw).unwrap().to_string(), raw);
+        }
         assert_eq!(serde_json::to_value(usd()).unwrap(), json!("USD"));
     }
 

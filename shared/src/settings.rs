@@ -202,9 +202,25 @@ impl Settings {
         };
         let trusted_proxies = TrustedProxies::parse(&text("trusted_proxies", ""))
             .map_err(|e| format!("trusted_proxies: {e}"))?;
-        let redis_timeout_ms = number("redis_timeout_ms", 2_000)?;
-        let database_timeout_ms = number("database_timeout_ms", 5_000)?;
-        let gateway_timeout_ms = number("gateway_timeout_ms", 10_000)?;
+        // A value of 0 would leave a server that answers nothing (every call timed out at
+        // once, every body too large): refused, as an out-of-range TTL is.
+        let within = |name: &str, default: u64, max: u64| -> Result<u64, String> {
+            let value = number(name, default)?;
+            if (1..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(format!("{name} must be from 1 to {max}"))
+            }
+        };
+        let redis_timeout_ms = within("redis_timeout_ms", 2_000, 600_000)?;
+        let database_timeout_ms = within("database_timeout_ms", 5_000, 600_000)?;
+        let gateway_timeout_ms = within("gateway_timeout_ms", 10_000, 600_000)?;
+        let payment_gateway_url = text("payment_gateway_url", "https://api.stripe.com");
+        if !(payment_gateway_url.starts_with("https://") || payment_gateway_url.starts_with("http://")) {
+            return Err(format!(
+                "payment_gateway_url must be an http:// or https:// URL, got {payment_gateway_url:?}"
+            ));
+        }
         Ok(Self {
             jwt_secret: text("jwt_secret", ""),
             cart_ttl_seconds: bounded("cart_ttl_seconds", Self::DEFAULT_CART_TTL, 365 * 24 * 60 * 60)?,
@@ -219,9 +235,7 @@ impl Settings {
             checkout_session_ttl_seconds: bounded("checkout_session_ttl_seconds", 3600, 7 * 24 * 60 * 60)?,
             checkout_lock_ttl_seconds: bounded("checkout_lock_ttl_seconds", 600, 7 * 24 * 60 * 60)?,
             idempotency_ttl_seconds: bounded("idempotency_ttl_seconds", 24 * 60 * 60, 30 * 24 * 60 * 60)?,
-            payment_gateway_url: text("payment_gateway_url", "https://api.stripe.com")
-                .trim_end_matches('/')
-                .to_owned(),
+            payment_gateway_url: payment_gateway_url.trim_end_matches('/').to_owned(),
             payment_gateway_key: text("payment_gateway_key", ""),
             webhook_secret: text("webhook_secret", ""),
             service_token: text("service_token", ""),
@@ -253,7 +267,7 @@ impl Settings {
                 redis_timeout_ms + database_timeout_ms + gateway_timeout_ms,
             )?
             .clamp(100, 600_000),
-            max_body_bytes: number("max_body_bytes", Self::DEFAULT_MAX_BODY as u64)? as usize,
+            max_body_bytes: within("max_body_bytes", Self::DEFAULT_MAX_BODY as u64, 64 << 20)? as usize,
             outbox_drain_interval_ms: number("outbox_drain_interval_ms", 5_000)?,
             outbox_retry_base_ms,
             outbox_retry_max_ms,
@@ -422,8 +436,18 @@ mod tests {
             ("trusted_proxies", "10.0.0.0/8,proxy.local"),
             ("ruleset_cache_entries", "10000001"),
             ("ruleset_cache_entries", "-1"),
+            ("redis_timeout_ms", "0"),
+            ("database_timeout_ms", "0"),
+            ("gateway_timeout_ms", "600001"),
+            ("max_body_bytes", "0"),
+            ("payment_gateway_url", "notaurl"),
+            ("payment_gateway_url", "ftp://gateway"),
         ] {
-            assert!(Settings::from_config(&Map(HashMap::from([(k, v)]))).is_err());
+            let refused = Settings::from_config(&Map(HashMap::from([(k, v)])));
+            assert!(
+                refused.as_ref().is_err_and(|e| e.contains(k)),
+                "{k}={v}: {refused:?}"
+            );
         }
     }
 

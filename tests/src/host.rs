@@ -120,6 +120,10 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "reads in-process business counters across requests; a Spin instance serves one request and keeps nothing",
     ),
     (
+        "a_checkout_counts_as_one_hold_request",
+        "reads in-process business counters across requests; a Spin instance serves one request and keeps nothing",
+    ),
+    (
         "dependency_errors_are_counted_by_kind",
         "calls the router in-process on an app whose Redis and PostgreSQL refuse connections; no host is involved",
     ),

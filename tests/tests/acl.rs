@@ -217,3 +217,24 @@ async fn every_command_of_the_scripts_is_granted_to_the_app_user() {
         );
     }
 }
+
+/// The Redis of `scripts/services` keeps an append-only file fsynced every second and no
+/// RDB snapshots (DESIGN §6, README "Persistence"): after a crash it comes back with all
+/// but about the last second, which PostgreSQL then repairs.
+#[tokio::test]
+async fn the_redis_of_scripts_services_keeps_an_append_only_file() {
+    let Some((_, _, mut admin)) = acl_setup().await else {
+        return;
+    };
+    let mut settings = Vec::new();
+    for name in ["appendonly", "appendfsync", "save"] {
+        let pair: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        settings.push(pair.get(1).cloned().unwrap_or_default());
+    }
+    assert_eq!(settings, ["yes", "everysec", ""], "appendonly, appendfsync, save");
+}

@@ -264,8 +264,12 @@ async fn cache_hits_and_misses_are_counted() {
     app.finish().await;
 }
 
+/// The tests that count hold requests run one at a time: the counters are the process's.
+static COUNTING_HOLDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn reservations_granted_and_refused_are_counted() {
+    let _one = COUNTING_HOLDS.lock().await;
     let app = TestApp::spawn().await;
     app.seed(2).await;
     let before = scrape(&app, None).await;
@@ -296,6 +300,20 @@ async fn reservations_granted_and_refused_are_counted() {
             "{after}"
         );
     }
+    app.finish().await;
+}
+
+/// A checkout is one hold request, granted at its start: taking the payment extends the
+/// same holds to the session's lifetime and counts nothing more.
+#[tokio::test]
+async fn a_checkout_counts_as_one_hold_request() {
+    let _one = COUNTING_HOLDS.lock().await;
+    let (app, _gateway) = TestApp::shop(2, |c| c).await;
+    let granted = "commerce_reservations_total{outcome=\"granted\"}";
+    let before = sample(&scrape(&app, None).await, granted);
+    app.paying_session(&[("var-1", 1)], "counted-once").await;
+    let after = sample(&scrape(&app, None).await, granted);
+    assert_eq!(after - before, 1.0, "a checkout start and its payment intent");
     app.finish().await;
 }
 

@@ -10,6 +10,7 @@ use super::{Checkouts, KEEP_MS};
 use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{Quantity, SessionId, VariantId};
+use crate::inventory;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::quote::{cart_quote_lines, price_lines};
 use crate::script::{Script, lua, tag, unexpected};
@@ -128,7 +129,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let cart::CartView { currency, lines, .. } = cart::decode(cart, locked)?;
         let priced = price_lines(self.app, &cart_quote_lines(&lines), currency, customer_group).await?;
         let demand = demand(&lines)?;
-        let deadline = self.hold(session, &demand, self.lock_ttl_ms()).await?;
+        let held = self.hold(session, &demand, self.lock_ttl_ms()).await;
+        inventory::count_request(&held);
+        let deadline = held?;
         let definitions: BTreeMap<&str, &LineItem> =
             lines.iter().map(|l| (l.line_id.as_str(), &l.item)).collect();
         let quote = serde_json::to_value(&priced).map_err(|e| Error::Internal(e.to_string()))?;

@@ -203,6 +203,19 @@ pub struct Reservation {
     pub deadline_ms: i64,
 }
 
+/// Counts a request for holds (a direct reservation, a checkout start) by its outcome in
+/// `commerce_reservations_total`: granted, or refused for short stock. A hold that only
+/// extends one already counted (the payment intent's) is not counted again.
+pub fn count_request<T>(outcome: &Result<T>) {
+    match outcome {
+        Ok(_) => metrics::event(Event::ReservationGranted),
+        Err(e) if e.error_code() == ErrorCode::InsufficientInventory => {
+            metrics::event(Event::ReservationRefused);
+        }
+        Err(_) => {}
+    }
+}
+
 /// What one run of the reserve script held, and what the holder held before on each
 /// variant.
 struct Taken {
@@ -345,7 +358,6 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let index = self.keys.holder_holds(holder);
         if !self.redis.is_cluster() {
             let taken = self.take(holder, Some(&index), lines, ttl_ms, 0).await?;
-            metrics::event(Event::ReservationGranted);
             return Ok(Reservation {
                 deadline_ms: taken.deadline_ms,
             });
@@ -378,7 +390,6 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             self.put_back(holder, &taken).await;
             return Err(e.into());
         }
-        metrics::event(Event::ReservationGranted);
         Ok(Reservation { deadline_ms })
     }
 
@@ -455,7 +466,6 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                         })
                     })
                     .collect();
-                metrics::event(Event::ReservationRefused);
                 Err(Error::Conflict {
                     code: ErrorCode::InsufficientInventory,
                     message: format!("{} variant(s) do not have enough sellable stock", shortages.len()),

@@ -168,7 +168,9 @@ async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
                 &request.lines,
                 i64::from(request.ttl_seconds) * 1000,
             )
-            .await?;
+            .await;
+        super::count_request(&reservation);
+        let reservation = reservation?;
         let stock_keys: Vec<String> = request
             .lines
             .iter()

@@ -299,7 +299,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             eprintln!("commerce: warm done, {warmed} bundles cached");
         }
         Command::Check { repair } => {
-            let mut report = commerce_core::check::run(&app, repair).await?;
+            // Exit 1 means drift; a check that could not run (a dependency down) is 2, so
+            // a monitor can tell the two apart.
+            let app = &app;
+            let run = |repair| async move {
+                commerce_core::check::run(app, repair)
+                    .await
+                    .unwrap_or_else(|error| {
+                        eprintln!("commerce: could not check: {error}");
+                        std::process::exit(2)
+                    })
+            };
+            let mut report = run(repair).await;
             if repair {
                 for drift in &report.drift {
                     eprintln!(
@@ -314,7 +325,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                         }
                     );
                 }
-                report = commerce_core::check::run(&app, false).await?;
+                report = run(false).await;
             }
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.ok {

@@ -121,6 +121,23 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
     assert_eq!(repaired.status.code(), Some(0), "{repaired:?}");
     assert!(String::from_utf8_lossy(&repaired.stderr).contains("stock var-1"));
     assert_eq!(app.cli(&["check"]).status.code(), Some(0));
+
+    // A check that cannot run says so with its own code, not drift's.
+    let unreachable = std::process::Command::new(commerce_tests::commerce_binary())
+        .arg("check")
+        .envs(commerce_tests::faults::commerce_env(&app.app.settings, &[]))
+        .env(
+            "COMMERCE_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/commerce?sslmode=disable",
+        )
+        .env("COMMERCE_DATABASE_TIMEOUT_MS", "500")
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(2), "{unreachable:?}");
+    assert!(
+        String::from_utf8_lossy(&unreachable.stderr).contains("could not check"),
+        "{unreachable:?}"
+    );
     app.finish().await;
 }
 

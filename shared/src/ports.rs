@@ -178,6 +178,14 @@ impl SqlValue {
         }
     }
 
+    /// The value as a boolean, if it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            SqlValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
     /// The value as text, if it is text.
     pub fn as_text(&self) -> Option<&str> {
         match self {

@@ -86,6 +86,115 @@ async fn a_paid_checkout_survives_redis_losing_everything() {
     app.finish().await;
 }
 
+/// After Redis loses everything, a session waiting for its payment is still there for its
+/// buyer, put back from PostgreSQL on first use: it can be read and cancelled (which frees
+/// its holds and cancels its intent), and one past its deadline expires on that read, with
+/// no background job. An ordered session comes back as having its order.
+#[tokio::test]
+async fn a_session_redis_lost_can_be_read_cancelled_and_expired_before_any_webhook() {
+    let (app, gateway) = TestApp::shop(3, |c| c).await;
+    let (waiting, _) = paid_session(&app, "var-1", 2, "lost-1").await;
+    let (ordered, paid_intent) = paid_session(&app, "var-2", 1, "lost-2").await;
+    let (status, done) = app.intent_paid(&gateway, &paid_intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    let (late, _) = paid_session(&app, "var-3", 1, "lost-3").await;
+    app.pg
+        .execute(
+            "UPDATE checkout_sessions SET deadline_ms = 1, holds_deadline_ms = 2 WHERE id = $1",
+            &[&late],
+        )
+        .await
+        .unwrap();
+
+    app.flush_redis().await;
+
+    let got = app.get(&format!("/v1/checkout/{waiting}")).await;
+    assert_eq!(
+        (got.status, got.body["state"].as_str()),
+        (200, Some("PAYMENT_PENDING")),
+        "{got:?}"
+    );
+    let view = app.get("/v1/inventory/var-1").await;
+    assert_eq!(
+        (view.body["stock"].as_i64(), view.body["reserved"].as_i64()),
+        (Some(100), Some(2)),
+        "its holds count again (the lazy load): {view:?}"
+    );
+    let cancelled = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{waiting}/cancel"),
+            None,
+            commerce_tests::Caller::Anonymous,
+        )
+        .await;
+    assert_eq!(
+        (cancelled.status, cancelled.body["state"].as_str()),
+        (200, Some("CANCELLED")),
+        "{cancelled:?}"
+    );
+    assert_eq!(app.sellable("var-1").await, 100, "cancel frees the holds");
+    let owed: i64 = app
+        .pg
+        .query_one(
+            "SELECT count(*) FROM payment_outbox WHERE kind = 'cancel_intent' AND checkout_session_id = $1",
+            &[&waiting],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        owed, 1,
+        "the intent of a cancelled session is cancelled at the gateway"
+    );
+
+    let expired = app.get(&format!("/v1/checkout/{late}")).await;
+    assert_eq!(
+        (expired.status, expired.body["state"].as_str()),
+        (200, Some("EXPIRED")),
+        "{expired:?}"
+    );
+    let ended: Option<String> = app
+        .pg
+        .query_one(
+            "SELECT ended_state FROM checkout_sessions WHERE id = $1",
+            &[&late],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended.as_deref(), Some("EXPIRED"));
+
+    let sold = app.get(&format!("/v1/checkout/{ordered}")).await;
+    assert_eq!(
+        (sold.status, sold.body["state"].as_str()),
+        (200, Some("ORDER_CREATED")),
+        "{sold:?}"
+    );
+    let refused = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{ordered}/cancel"),
+            None,
+            commerce_tests::Caller::Anonymous,
+        )
+        .await;
+    assert_eq!(
+        refused.status, 409,
+        "an ordered session cannot be cancelled: {refused:?}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM payment_outbox WHERE kind = 'refund'").await,
+        0
+    );
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_session_ends_with_its_order_and_stock_loads_put_back_only_the_live_ones() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;

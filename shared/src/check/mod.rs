@@ -354,7 +354,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             Some(_) => false,
             None => paid::load(&self.app.sql, session.as_str())
                 .await?
-                .is_some_and(|kept| kept.ended_state.is_none()),
+                .is_some_and(|kept| kept.is_live()),
         };
         if live {
             return Ok(());

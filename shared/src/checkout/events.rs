@@ -6,21 +6,20 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::session::{Session, cart_ref_text, checkout_not_found, parse_session, wrong_state};
+use super::session::{Session, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, KEEP_MS, before_payment, ended, gateway, order, paid};
+use super::{Checkouts, gateway, order};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
 
 use crate::outbox;
-use crate::ports::{Http, Redis, RedisArg, Sql};
+use crate::ports::{Http, Redis, Sql};
 use crate::script::{Script, lua};
 
 static EMPTY_CART: Script = Script::new(lua!("empty_cart.lua"));
 static FLAG_REFUND: Script = Script::new(lua!("session.lua", "flag_refund.lua"));
-static RESTORE: Script = Script::new(lua!("session.lua", "restore.lua"));
 
 /// The answer to a verified gateway event: what became of it. The fields are in the order
 /// of their names, as the answer has always listed them.
@@ -128,54 +127,6 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         })
     }
 
-    /// The session from Redis, or, if Redis lost it, put back from PostgreSQL's copy of a
-    /// paid session. `None`: neither knows it.
-    async fn load_or_restore(&self, id: &SessionId) -> Result<Option<Session>> {
-        match self.load(id).await {
-            Ok(session) => return Ok(Some(session)),
-            Err(Error::NotFound { .. }) => {}
-            Err(other) => return Err(other),
-        }
-        let Some(kept) = paid::load(&self.app.sql, id.as_str()).await? else {
-            return Ok(None);
-        };
-        let state = kept
-            .ended_state
-            .as_deref()
-            .unwrap_or(State::PaymentPending.name());
-        let keys = [
-            self.app.keys.checkout_session(id),
-            self.app.keys.checkout_metadata(id),
-            self.app.keys.payment_intent(id),
-        ];
-        let reply = self
-            .run(
-                &RESTORE,
-                &[&keys[0], &keys[1], &keys[2]],
-                vec![
-                    id.as_str().into(),
-                    kept.cart_ref.as_str().into(),
-                    RedisArg::Int(kept.deadline_ms),
-                    RedisArg::Int(KEEP_MS),
-                    RedisArg::Int(kept.total.minor),
-                    kept.total.currency.as_str().into(),
-                    kept.metadata.as_str().into(),
-                    kept.intent_id.as_str().into(),
-                    kept.intent.as_str().into(),
-                    state.into(),
-                    before_payment(),
-                ],
-            )
-            .await?;
-        let (tag, session) = parse_session(&reply)?;
-        let session = session.ok_or_else(|| checkout_not_found(id))?;
-        if tag == "EXPIRED_NOW" {
-            ended(State::Expired);
-            self.release(&session, true).await?;
-        }
-        Ok(Some(session))
-    }
-
     async fn confirm(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
         // The hot path, one round trip: a session waiting for exactly this payment (its
         // intent, amount and currency) and not past its deadline moves to
@@ -211,9 +162,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
     }
 
-    /// A payment for a session Redis does not have (lost, or long gone): an order that
-    /// exists answers for its own payment, whatever Redis remembers; a paid session
-    /// PostgreSQL keeps is put back and completed; any other payment goes back.
+    /// A payment for a session neither Redis nor PostgreSQL's paid sessions know: an order
+    /// that exists answers for its own payment; any other payment goes back.
     async fn confirm_forgotten(&self, id: &SessionId, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
         if let Some((order_id, _, intent)) = order::find(&self.app.sql, id.as_str()).await? {
             if intent == event.intent_id {
@@ -234,10 +184,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             answer.order_id = Some(Some(order_id));
             return Ok(answer);
         }
-        match self.load_or_restore(id).await? {
-            Some(session) => self.confirm_session(session, event).await,
-            None => self.refund_unknown(id, event, "unknown session").await,
-        }
+        // Neither Redis nor PostgreSQL knows a session of this id (`load` put back any
+        // that PostgreSQL keeps).
+        self.refund_unknown(id, event, "unknown session").await
     }
 
     async fn confirm_session(&self, session: Session, event: &gateway::WebhookEvent) -> Result<EventOutcome> {

@@ -38,7 +38,7 @@ pub use self::events::EventOutcome;
 pub use self::payment::PaymentView;
 pub use self::session::SessionView;
 pub(crate) use self::session::parse_cart_ref;
-use self::session::{Session, checkout_not_found, parse_session_with, wrong_state};
+use self::session::{Session, checkout_not_found, parse_session, parse_session_with, wrong_state};
 pub use self::start::demand;
 pub(crate) use self::start::frozen_demand;
 use self::state::State;
@@ -56,6 +56,7 @@ use crate::script::{Script, lua};
 static UNLOCK: Script = Script::new(lua!("unlock.lua"));
 static GET: Script = Script::new(lua!("session.lua", "get.lua"));
 static TRANSITION: Script = Script::new(lua!("session.lua", "transition.lua"));
+static RESTORE: Script = Script::new(lua!("session.lua", "restore.lua"));
 
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
@@ -220,13 +221,70 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .chain(extras.iter().copied())
             .collect();
         let reply = self.run(&GET, &keys, vec![before_payment()]).await?;
-        let (tag, session, values) = parse_session_with(&reply, extras.len())?;
-        let session = session.ok_or_else(|| checkout_not_found(id))?;
+        let (tag, session, values) = match parse_session_with(&reply, extras.len())? {
+            (tag, Some(session), values) => (tag, session, values),
+            // Redis lost it (or never had it): a session with a payment intent comes back
+            // from PostgreSQL's copy (DESIGN §4, invariant 8), and is then read as any other,
+            // so it can be shown, cancelled, paid or expired as before the loss.
+            (_, None, _) => {
+                if !self.restore(id).await? {
+                    return Err(checkout_not_found(id));
+                }
+                let reply = self.run(&GET, &keys, vec![before_payment()]).await?;
+                let (tag, session, values) = parse_session_with(&reply, extras.len())?;
+                (tag, session.ok_or_else(|| checkout_not_found(id))?, values)
+            }
+        };
         if tag == "EXPIRED_NOW" {
             ended(State::Expired);
             self.release(&session, true).await?;
         }
         Ok((session, values))
+    }
+
+    /// Puts back a session Redis does not have from PostgreSQL's copy of a paid session:
+    /// in the state it ended in, ORDER_CREATED if its order is written (a webhook then
+    /// finishes it), else PAYMENT_PENDING; past its deadline it expires at once, releasing
+    /// its holds and cancelling its intent. `false`: PostgreSQL keeps no such session.
+    async fn restore(&self, id: &SessionId) -> Result<bool> {
+        let Some(kept) = paid::load(&self.app.sql, id.as_str()).await? else {
+            return Ok(false);
+        };
+        let state = match (&kept.ended_state, kept.ordered) {
+            (Some(ended), _) => ended.as_str(),
+            (None, true) => State::OrderCreated.name(),
+            (None, false) => State::PaymentPending.name(),
+        };
+        let keys = [
+            self.app.keys.checkout_session(id),
+            self.app.keys.checkout_metadata(id),
+            self.app.keys.payment_intent(id),
+        ];
+        let reply = self
+            .run(
+                &RESTORE,
+                &[&keys[0], &keys[1], &keys[2]],
+                vec![
+                    id.as_str().into(),
+                    kept.cart_ref.as_str().into(),
+                    RedisArg::Int(kept.deadline_ms),
+                    RedisArg::Int(KEEP_MS),
+                    RedisArg::Int(kept.total.minor),
+                    kept.total.currency.as_str().into(),
+                    kept.metadata.as_str().into(),
+                    kept.intent_id.as_str().into(),
+                    kept.intent.as_str().into(),
+                    state.into(),
+                    before_payment(),
+                ],
+            )
+            .await?;
+        let (tag, session) = parse_session(&reply)?;
+        if let (Some(session), "EXPIRED_NOW") = (&session, tag.as_str()) {
+            ended(State::Expired);
+            self.release(session, true).await?;
+        }
+        Ok(true)
     }
 
     /// Moves a session to `to` (compare-and-set from the allowed sources), optionally with a

@@ -35,7 +35,8 @@ UPDATE checkout_sessions SET ended_state = $2, ended_at = now() WHERE id = $1 AN
 /// A paid session as kept.
 const LOAD: &str = "\
 SELECT cart_ref, total_minor, currency, payment_intent_id, intent::text, deadline_ms, metadata::text,
-       COALESCE(ended_state, '')
+       COALESCE(ended_state, ''),
+       EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = checkout_sessions.id)
 FROM checkout_sessions WHERE id = $1";
 
 /// What is kept of a paid session.
@@ -120,6 +121,15 @@ pub struct Kept {
     pub metadata: String,
     /// How it ended without an order, if it did.
     pub ended_state: Option<String>,
+    /// Whether its order is written (then it is over, whatever Redis remembers).
+    pub ordered: bool,
+}
+
+impl Kept {
+    /// Whether the session may still take its payment and its holds still count.
+    pub fn is_live(&self) -> bool {
+        self.ended_state.is_none() && !self.ordered
+    }
 }
 
 /// Reads a kept paid session.
@@ -145,5 +155,6 @@ pub async fn load(sql: &impl Sql, session: &str) -> Result<Option<Kept>> {
         deadline_ms: int(5)?,
         metadata: text(6)?,
         ended_state: (!ended.is_empty()).then_some(ended),
+        ordered: row.get(8).and_then(SqlValue::as_bool).ok_or_else(bad)?,
     }))
 }

@@ -641,3 +641,63 @@ async fn a_payment_that_does_not_match_the_pending_session_is_refunded_and_confi
     assert_eq!(shown.body["state"], "PAYMENT_PENDING", "{shown:?}");
     assert_eq!(app.check_holds("var-1").await, (100, 2), "the holds stand");
 }
+
+/// A cart's lock that names a session nobody knows (a start that crashed before creating
+/// it, or a Redis that lost the session and kept the lock) does not keep the cart locked
+/// for the lock's whole time to live: once it is older than any request may run, the next
+/// checkout takes it over. A younger one, which a start still under way may hold, and the
+/// lock of a live session, are respected.
+#[tokio::test]
+async fn a_lock_left_by_a_session_that_is_gone_is_taken_over_once_no_request_can_hold_it() {
+    let (app, _gateway) = TestApp::shop(2, |c| {
+        c.set("request_timeout_ms", "1000")
+            .set("checkout_lock_ttl_seconds", "600")
+    })
+    .await;
+    let mut redis = app.redis.clone();
+    let ghost = format!("cs_{}", "ab".repeat(16));
+    let lock_to = |cart: &str, age_ms: i64| {
+        redis::cmd("SET")
+            .arg(app.cart_lock_key(cart))
+            .arg(&ghost)
+            .arg("PX")
+            .arg(600_000 - age_ms)
+            .clone()
+    };
+
+    let young = app.cart_with(&[("var-1", 1)]).await;
+    let _: () = lock_to(&young, 200).query_async(&mut redis).await.unwrap();
+    let refused = app.start_checkout(&young, "young").await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "CHECKOUT_IN_PROGRESS"),
+        "a lock a start may still hold: {refused:?}"
+    );
+
+    let old = app.cart_with(&[("var-1", 1)]).await;
+    let _: () = lock_to(&old, 5_000).query_async(&mut redis).await.unwrap();
+    let started = app.start_checkout(&old, "old").await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let session = started.body["sessionId"].as_str().unwrap().to_owned();
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(app.cart_lock_key(&old))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(holder.as_deref(), Some(session.as_str()));
+
+    // A live session's lock, however old, stays its own.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(app.cart_lock_key(&old))
+        .arg(600_000 - 5_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let again = app.start_checkout(&old, "old-again").await;
+    assert_eq!(
+        (again.status, again.code()),
+        (409, "CHECKOUT_IN_PROGRESS"),
+        "{again:?}"
+    );
+    app.finish().await;
+}

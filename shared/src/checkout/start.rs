@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::session::{SessionView, cart_ref_text, parse_session};
-use super::{Checkouts, KEEP_MS};
+use super::{Checkouts, KEEP_MS, UNLOCK};
 use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{Quantity, SessionId, VariantId};
@@ -69,13 +69,25 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let session = SessionId::parse(&format!("cs_{token}"))?;
         let carts = self.carts();
         let (cart_key, lock_key) = (carts.key(cart), carts.lock_key(cart));
-        let locked = self
-            .run(
-                &LOCK,
-                &[&cart_key, &lock_key],
-                vec![session.as_str().into(), RedisArg::Int(self.lock_ttl_ms())],
-            )
-            .await?;
+        let mut taken_over = false;
+        let locked = loop {
+            let locked = self
+                .run(
+                    &LOCK,
+                    &[&cart_key, &lock_key],
+                    vec![session.as_str().into(), RedisArg::Int(self.lock_ttl_ms())],
+                )
+                .await?;
+            let holder = locked.get(1).and_then(RedisReply::as_text).unwrap_or("");
+            if tag(&locked) == "HELD" && !taken_over && self.lock_is_abandoned(&lock_key, holder).await? {
+                // Owner-checked: a holder that came back meanwhile keeps its lock.
+                self.run(&UNLOCK, &[&lock_key], vec![holder.into(), "".into()])
+                    .await?;
+                taken_over = true;
+                continue;
+            }
+            break locked;
+        };
         match (tag(&locked), cart) {
             ("OK", _) => {}
             ("HELD", _) => {
@@ -116,6 +128,29 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 }
                 Err(error)
             }
+        }
+    }
+
+    /// Whether a cart's lock names a session that is gone for good, so that the cart would
+    /// otherwise stay locked until the lock's time to live ends: neither Redis nor PostgreSQL
+    /// knows the session (a start that crashed before creating it, or a Redis that lost it
+    /// but kept the lock), and the lock is older than any request may run, so no start that
+    /// took it can still be creating it.
+    async fn lock_is_abandoned(&self, lock_key: &str, holder: &str) -> Result<bool> {
+        let Ok(holder) = SessionId::parse(holder) else {
+            return Ok(false);
+        };
+        let ttl = self.app.redis.execute("PTTL", vec![lock_key.into()]).await?;
+        let left = ttl.first().and_then(RedisReply::as_int).unwrap_or(-2);
+        let age = self.lock_ttl_ms() - left;
+        let request_timeout = i64::try_from(self.app.settings.request_timeout_ms).unwrap_or(i64::MAX);
+        if left < 0 || age <= request_timeout {
+            return Ok(false);
+        }
+        match self.load(&holder).await {
+            Err(Error::NotFound { .. }) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(other) => Err(other),
         }
     }
 

@@ -93,7 +93,11 @@ async fn a_paid_checkout_survives_redis_losing_everything() {
 #[tokio::test]
 async fn a_session_redis_lost_can_be_read_cancelled_and_expired_before_any_webhook() {
     let (app, gateway) = TestApp::shop(3, |c| c).await;
-    let (waiting, _) = paid_session(&app, "var-1", 2, "lost-1").await;
+    let Paying {
+        cart,
+        session: waiting,
+        ..
+    } = app.paying_session(&[("var-1", 2)], "lost-1").await;
     let (ordered, paid_intent) = paid_session(&app, "var-2", 1, "lost-2").await;
     let (status, done) = app.intent_paid(&gateway, &paid_intent).await;
     assert_eq!(
@@ -123,6 +127,14 @@ async fn a_session_redis_lost_can_be_read_cancelled_and_expired_before_any_webho
         (view.body["stock"].as_i64(), view.body["reserved"].as_i64()),
         (Some(100), Some(2)),
         "its holds count again (the lazy load): {view:?}"
+    );
+    // And its cart's lock: no second live checkout of the cart (a customer's cart comes
+    // back under the same key as soon as the customer adds to it again).
+    let holder: Option<String> = app.redis.clone().get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some(waiting.as_str()),
+        "the lock came back with the session"
     );
     let cancelled = app
         .call(

@@ -244,8 +244,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Puts back a session Redis does not have from PostgreSQL's copy of a paid session:
     /// in the state it ended in, ORDER_CREATED if its order is written (a webhook then
-    /// finishes it), else PAYMENT_PENDING; past its deadline it expires at once, releasing
-    /// its holds and cancelling its intent. `false`: PostgreSQL keeps no such session.
+    /// finishes it), else PAYMENT_PENDING with its cart's lock; past its deadline it expires
+    /// at once, releasing its holds and cancelling its intent. `false`: PostgreSQL keeps no
+    /// such session.
     async fn restore(&self, id: &SessionId) -> Result<bool> {
         let Some(kept) = paid::load(&self.app.sql, id.as_str()).await? else {
             return Ok(false);
@@ -280,9 +281,29 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             )
             .await?;
         let (tag, session) = parse_session(&reply)?;
-        if let (Some(session), "EXPIRED_NOW") = (&session, tag.as_str()) {
-            ended(State::Expired);
-            self.release(session, true).await?;
+        match (&session, tag.as_str()) {
+            (Some(session), "EXPIRED_NOW") => {
+                ended(State::Expired);
+                self.release(session, true).await?;
+            }
+            // Still waiting for its payment: it takes its cart's lock back for as long as
+            // the lock lasted (the holds' deadline), unless another session has the cart.
+            (Some(session), "OK") if session.state == State::PaymentPending => {
+                self.app
+                    .redis
+                    .execute(
+                        "SET",
+                        vec![
+                            self.carts().lock_key(&session.cart).into(),
+                            id.as_str().into(),
+                            "NX".into(),
+                            "PXAT".into(),
+                            RedisArg::Int(kept.deadline_ms + self.grace_ms()),
+                        ],
+                    )
+                    .await?;
+            }
+            _ => {}
         }
         Ok(true)
     }

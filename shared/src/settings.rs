@@ -169,19 +169,24 @@ impl Settings {
         let key_prefix = text("key_prefix", "");
         let key_prefix = KeyPrefix::parse(&key_prefix)
             .map_err(|_| format!("key_prefix must match [A-Za-z0-9_-]{{1,64}}, got {key_prefix:?}"))?;
-        let reservation_ttl_seconds =
-            number("reservation_ttl_seconds", Self::DEFAULT_RESERVATION_TTL.into())?;
-        if !(1..=u64::from(Self::MAX_RESERVATION_TTL)).contains(&reservation_ttl_seconds) {
-            return Err("reservation_ttl_seconds must be from 1 to 86400".into());
-        }
-        let bounded = |name: &str, default: u32, max: u32| -> Result<u32, String> {
-            let value = number(name, default.into())?;
-            if (1..=u64::from(max)).contains(&value) {
-                Ok(value as u32)
+        // A value of 0 would leave a server that answers nothing (every call timed out at
+        // once, every body too large, every hold already expired): refused, with the range.
+        let within = |name: &str, default: u64, max: u64| -> Result<u64, String> {
+            let value = number(name, default)?;
+            if (1..=max).contains(&value) {
+                Ok(value)
             } else {
                 Err(format!("{name} must be from 1 to {max}"))
             }
         };
+        let bounded = |name: &str, default: u32, max: u32| -> Result<u32, String> {
+            within(name, default.into(), max.into()).map(|value| value as u32)
+        };
+        let reservation_ttl_seconds = bounded(
+            "reservation_ttl_seconds",
+            Self::DEFAULT_RESERVATION_TTL,
+            Self::MAX_RESERVATION_TTL,
+        )?;
         let outbox_retry_base_ms = number("outbox_retry_base_ms", 1_000)?;
         let outbox_retry_max_ms = number("outbox_retry_max_ms", 300_000)?;
         if outbox_retry_base_ms == 0 || outbox_retry_max_ms < outbox_retry_base_ms {
@@ -202,16 +207,6 @@ impl Settings {
         };
         let trusted_proxies = TrustedProxies::parse(&text("trusted_proxies", ""))
             .map_err(|e| format!("trusted_proxies: {e}"))?;
-        // A value of 0 would leave a server that answers nothing (every call timed out at
-        // once, every body too large): refused, as an out-of-range TTL is.
-        let within = |name: &str, default: u64, max: u64| -> Result<u64, String> {
-            let value = number(name, default)?;
-            if (1..=max).contains(&value) {
-                Ok(value)
-            } else {
-                Err(format!("{name} must be from 1 to {max}"))
-            }
-        };
         let redis_timeout_ms = within("redis_timeout_ms", 2_000, 600_000)?;
         let database_timeout_ms = within("database_timeout_ms", 5_000, 600_000)?;
         let gateway_timeout_ms = within("gateway_timeout_ms", 10_000, 600_000)?;
@@ -253,7 +248,7 @@ impl Settings {
             database_ca_file: text("database_ca_file", ""),
             admin_token: text("admin_token", ""),
             key_prefix,
-            reservation_ttl_seconds: reservation_ttl_seconds as u32,
+            reservation_ttl_seconds,
             redis_timeout_ms,
             database_timeout_ms,
             database_pool_size: u32::try_from(number("database_pool_size", 0)?)

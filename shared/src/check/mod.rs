@@ -431,26 +431,12 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             return Ok(());
         };
         let grace = i64::from(self.app.settings.hold_grace_seconds) * 1000;
-        let lock_key = Carts::of(self.app).lock_key(&cart);
-        let holder = self.redis("GET", vec![lock_key.as_str().into()]).await?;
+        let carts = Carts::of(self.app);
+        let holder = self.redis("GET", vec![carts.lock_key(&cart).into()]).await?;
         if holder.first().and_then(RedisReply::as_text) != Some(id) {
             let mut repaired = String::new();
-            if self.repair {
-                let taken = self
-                    .redis(
-                        "SET",
-                        vec![
-                            lock_key.as_str().into(),
-                            id.into(),
-                            "NX".into(),
-                            "PXAT".into(),
-                            RedisArg::Int(deadline + grace),
-                        ],
-                    )
-                    .await?;
-                if taken.first().and_then(RedisReply::as_text) == Some("OK") {
-                    repaired = "cart lock taken again for the session".into();
-                }
+            if self.repair && carts.relock(&cart, id, deadline + grace).await? {
+                repaired = "cart lock taken again for the session".into();
             }
             report.drift.push(Drift {
                 kind: "session-lock",

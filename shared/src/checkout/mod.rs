@@ -289,18 +289,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // Still waiting for its payment: it takes its cart's lock back for as long as
             // the lock lasted (the holds' deadline), unless another session has the cart.
             (Some(session), "OK") if session.state == State::PaymentPending => {
-                self.app
-                    .redis
-                    .execute(
-                        "SET",
-                        vec![
-                            self.carts().lock_key(&session.cart).into(),
-                            id.as_str().into(),
-                            "NX".into(),
-                            "PXAT".into(),
-                            RedisArg::Int(kept.deadline_ms + self.grace_ms()),
-                        ],
-                    )
+                self.carts()
+                    .relock(&session.cart, id.as_str(), kept.deadline_ms + self.grace_ms())
                     .await?;
             }
             _ => {}

@@ -105,6 +105,8 @@ error_codes! {
     InvalidQuery = "INVALID_QUERY",
     /// A quote request of the wrong shape (400).
     InvalidQuote = "INVALID_QUOTE",
+    /// A publish whose PostgreSQL rows cannot be served; nothing was published (422).
+    InvalidRuleset = "INVALID_RULESET",
     /// A webhook whose signature does not verify (400).
     InvalidSignature = "INVALID_SIGNATURE",
     /// A hold time out of range (400).
@@ -121,6 +123,8 @@ error_codes! {
     MethodNotAllowed = "METHOD_NOT_ALLOWED",
     /// A required field is absent (400).
     MissingField = "MISSING_FIELD",
+    /// A checkout whose total is zero: there is no payment to take (422).
+    NothingToPay = "NOTHING_TO_PAY",
     /// The body is larger than `max_body_bytes` (413).
     PayloadTooLarge = "PAYLOAD_TOO_LARGE",
     /// The payment gateway refused the request (422).

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use commerce_tests::{Caller, Reply, TestApp, WEBHOOK_SECRET, at_once, unit};
+use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 /// Sends the request `make` builds until it answers something other than 503 (at most 50
@@ -437,6 +438,189 @@ async fn an_expired_session_is_expired_by_the_first_call_that_meets_it() {
     let again = app.start_checkout(&cart, "k-exp-2").await;
     assert_eq!(again.status, 201, "the expired checkout still locks the cart");
     drop(gateway);
+    app.finish().await;
+}
+
+/// A payment that arrives after its session's deadline expires the session in the webhook
+/// and goes back as one refund: the intent it paid is not also "cancelled" at the gateway
+/// (Stripe refuses to cancel a succeeded intent, and the outbox would list that refusal).
+#[tokio::test]
+async fn a_payment_after_the_deadline_is_refunded_once_and_its_intent_not_cancelled() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-late-pay").await;
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .hset(app.session_key(&paying.session), "deadline", 1)
+        .await
+        .unwrap();
+
+    let (status, answer) = app.intent_paid(&gateway, &paying.intent).await;
+    assert_eq!(
+        (status, answer["state"].as_str()),
+        (200, Some("EXPIRED")),
+        "{answer}"
+    );
+    assert!(answer["refundRequired"].is_string(), "{answer}");
+    assert_eq!(app.sellable("var-1").await, 100, "its holds are freed");
+    let owed: Vec<(String, String)> = app
+        .pg
+        .query(
+            "SELECT kind, state FROM payment_outbox WHERE payment_intent_id = $1",
+            &[&paying.intent],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(owed, vec![("refund".to_owned(), "sent".to_owned())]);
+    assert_eq!(gateway.refunds().len(), 1);
+    assert!(
+        gateway.cancellations().is_empty(),
+        "{:?}",
+        gateway.cancellations()
+    );
+    let (again, _) = app.intent_paid(&gateway, &paying.intent).await;
+    assert_eq!(again, 200);
+    assert_eq!(gateway.refunds().len(), 1, "a redelivery refunds nothing more");
+    app.finish().await;
+}
+
+/// A customer who paid while the app was away, past the session's deadline, and whose
+/// webhook never gets through: the session expires, the gateway refuses to cancel the paid
+/// intent, and that refusal itself owes the payment back. One refund, never neither.
+#[tokio::test]
+async fn a_payment_whose_webhook_never_comes_is_refunded_when_its_session_expires() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 1)], "k-no-webhook").await;
+    assert!(
+        gateway.succeed(&paying.intent),
+        "the customer pays; no webhook is sent"
+    );
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .hset(app.session_key(&paying.session), "deadline", 1)
+        .await
+        .unwrap();
+
+    let expired = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(expired.body["state"], "EXPIRED", "{expired:?}");
+    let mut owed: Vec<(String, String)> = app
+        .pg
+        .query(
+            "SELECT kind, state FROM payment_outbox WHERE payment_intent_id = $1",
+            &[&paying.intent],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    owed.sort();
+    assert_eq!(
+        owed,
+        vec![
+            ("cancel_intent".to_owned(), "refused".to_owned()),
+            ("refund".to_owned(), "sent".to_owned())
+        ]
+    );
+    let refunds = gateway.refunds();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].amount, paying.amount);
+    // The webhook, should it come after all, refunds nothing more.
+    let (status, _) = app.intent_paid(&gateway, &paying.intent).await;
+    assert_eq!(status, 200);
+    assert_eq!(gateway.refunds().len(), 1);
+    app.finish().await;
+}
+
+/// A session whose cart lock is gone (deleted by hand, a partial Redis loss) takes it back
+/// at its payment intent; if another session has locked the cart meanwhile, the first is
+/// cancelled there, so one cart never ends in two orders.
+#[tokio::test]
+async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let mut redis = app.redis.clone();
+
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let alone = app.checkout(&cart, "k-lost-lock-1").await;
+    let _: () = redis.del(app.cart_lock_key(&cart)).await.unwrap();
+    let (status, done) = app.pay(&gateway, &alone, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+
+    let cart = app.cart_with(&[("var-2", 3)]).await;
+    let first = app.checkout(&cart, "k-lost-lock-2").await;
+    let _: () = redis.del(app.cart_lock_key(&cart)).await.unwrap();
+    let second = app.checkout(&cart, "k-lost-lock-3").await;
+    let refused = app.payment_intent(&first, Caller::Anonymous).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "CHECKOUT_IN_PROGRESS"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.body["error"]["details"]["sessionId"], second.as_str());
+    let gone = app.get(&format!("/v1/checkout/{first}")).await;
+    assert_eq!(gone.body["state"], "CANCELLED", "{gone:?}");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(
+        lock.as_deref(),
+        Some(second.as_str()),
+        "the other session keeps its lock"
+    );
+    let (status, done) = app.pay(&gateway, &second, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+
+    let orders: i64 = app
+        .pg
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orders, 2, "one order per cart");
+    assert_eq!(app.pg_on_hand("var-2").await, 97);
+    assert_eq!(
+        app.sellable("var-2").await,
+        97,
+        "the cancelled session holds nothing"
+    );
+    app.finish().await;
+}
+
+/// A cart whose discounts bring its total to zero has no payment to take, so no session
+/// could ever end in an order: its checkout is refused before anything is held or locked.
+#[tokio::test]
+async fn a_cart_that_costs_nothing_is_refused_at_checkout_and_holds_nothing() {
+    let (app, _gateway) = TestApp::shop(1, |c| c).await;
+    app.pg
+        .batch_execute(
+            "UPDATE discounts SET active = false;
+             INSERT INTO discounts (id, kind, basis_points, amount_minor, currency, target, threshold_minor, priority, exclusive)
+                 VALUES ('free', 'percentage', 10000, NULL, NULL, 'variants', 0, 1, false);
+             INSERT INTO discount_variants VALUES ('free', 'var-1');",
+        )
+        .await
+        .unwrap();
+    app.publish_rulesets().await;
+    let cart = app.cart_with(&[("var-1", 2)]).await;
+    let refused = app.start_checkout(&cart, "k-free").await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (422, "NOTHING_TO_PAY"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.body["error"]["details"]["total"], 0);
+    assert_eq!(app.sellable("var-1").await, 100, "nothing held");
+    let mut redis = app.redis.clone();
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(lock, None, "the cart is not left locked");
     app.finish().await;
 }
 

@@ -262,7 +262,8 @@ async fn the_admin_list_shows_each_row_with_its_state_newest_first() {
     outbox::enqueue_cancel(sql, "cs_list_3", &unpaid, "cancelled by the customer")
         .await
         .unwrap();
-    // Refused, not hidden: the customer paid before the cancellation arrived.
+    // Refused, not hidden: the customer paid before the cancellation arrived; that payment
+    // is refunded instead, whether or not its webhook ever comes.
     let paid_first = paid_intent(&app, &gateway, "cs_list_4", 800).await;
     outbox::enqueue_cancel(sql, "cs_list_4", &paid_first, "expired")
         .await
@@ -274,7 +275,7 @@ async fn the_admin_list_shows_each_row_with_its_state_newest_first() {
     let report = drain(&app).await;
     assert_eq!(
         (report.sent(), report.refused(), report.retrying()),
-        (2, 2, 0),
+        (3, 2, 0),
         "{report:?}"
     );
     // Pending: owed, not yet drained.
@@ -286,7 +287,7 @@ async fn the_admin_list_shows_each_row_with_its_state_newest_first() {
     let list = admin_list(&app, "").await;
     assert_eq!(list.status, 200, "{list:?}");
     let items = list.body["items"].as_array().unwrap();
-    assert_eq!(items.len(), 5, "{list:?}");
+    assert_eq!(items.len(), 6, "{list:?}");
     assert_eq!(items[0]["paymentIntentId"], later.as_str(), "newest first");
     let rows = by_intent(&list);
     let row = |kind: &str, intent: &str| rows[&(kind.to_owned(), intent.to_owned())].clone();
@@ -317,6 +318,15 @@ async fn the_admin_list_shows_each_row_with_its_state_newest_first() {
         not_cancelled["lastError"].as_str().unwrap().contains("succeeded"),
         "{not_cancelled}"
     );
+    let paid_back = row("refund", &paid_first);
+    assert_eq!(
+        (
+            &paid_back["state"],
+            &paid_back["amount"],
+            &paid_back["checkoutSessionId"]
+        ),
+        (&json!("sent"), &json!(800), &json!("cs_list_4"))
+    );
     let pending = row("refund", &later);
     assert_eq!(
         (&pending["state"], &pending["attempts"], &pending["sentAt"]),
@@ -324,7 +334,7 @@ async fn the_admin_list_shows_each_row_with_its_state_newest_first() {
     );
     assert!(pending["nextAttemptAt"].is_string(), "{pending}");
     assert_eq!(gateway.cancellations(), vec![unpaid.clone()]);
-    assert_eq!(gateway.refunds().len(), 1);
+    assert_eq!(gateway.refunds().len(), 2);
 
     let only_pending = admin_list(&app, "?state=pending").await;
     assert_eq!(by_intent(&only_pending).len(), 1, "{only_pending:?}");
@@ -342,7 +352,7 @@ async fn the_admin_list_shows_each_row_with_its_state_newest_first() {
         assert_eq!((reply.status, reply.code()), (400, "INVALID_QUERY"), "{bad}");
     }
     let listed = outbox::list(sql, Some(OutboxState::Sent), 10).await.unwrap();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 3);
     assert!(listed.iter().all(|e| e.state == OutboxState::Sent));
     assert!(listed.iter().any(|e| e.kind == Kind::CancelIntent));
     app.finish().await;

@@ -325,6 +325,78 @@ async fn bad_quotes_and_unauthorised_publishes_are_refused() {
     app.finish().await;
 }
 
+/// A publish reads every row as a quote will: rows PostgreSQL accepts but no quote could
+/// serve (a priority beyond 32 bits, a currency ISO 4217 does not assign) refuse the whole
+/// publish with a 422 naming them, and the version served before stays current.
+#[tokio::test]
+async fn a_publish_of_rows_no_quote_could_read_is_refused_and_changes_nothing() {
+    let app = priced_app().await;
+    app.pg
+        .batch_execute(
+            "INSERT INTO price_lists (id, currency, customer_group, parent_id, priority) VALUES
+                 ('huge', 'EUR', 'platinum', NULL, 2147483648), ('abc', 'ABC', NULL, NULL, 0);
+             UPDATE discounts SET priority = 3000000000 WHERE id = 'ten-off-var-1';",
+        )
+        .await
+        .unwrap();
+    let mut refused = Vec::new();
+    for kind in ["pricing", "discounts"] {
+        let reply = app
+            .call("POST", &format!("/v1/admin/{kind}/publish"), None, Caller::Admin)
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (422, "INVALID_RULESET"),
+            "{reply:?}"
+        );
+        assert_eq!(reply.body["error"]["details"]["currentVersion"], 1, "{reply:?}");
+        refused.push(reply.body["error"]["details"].clone());
+    }
+    let named = |details: &Value| -> Vec<(String, String)> {
+        let rows = details["invalid"].as_array().unwrap();
+        rows.iter()
+            .map(|r| {
+                (
+                    r["table"].as_str().unwrap().into(),
+                    r["id"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        named(&refused[0]),
+        [
+            ("price_lists".into(), "abc".into()),
+            ("price_lists".into(), "huge".into())
+        ]
+    );
+    assert_eq!(named(&refused[1]), [("discounts".into(), "ten-off-var-1".into())]);
+
+    let served = quote(&app, lines(&[("var-1", 2)]), None).await;
+    assert_eq!(served.status, 200, "quotes go on from version 1: {served:?}");
+    assert_eq!(served.body["versions"], json!({"pricing": 1, "discounts": 1}));
+    assert_eq!(served.body["lines"][0]["discounts"][0]["amount"], 180);
+    let mut redis = app.redis.clone();
+    let pointer: i64 =
+        redis::AsyncCommands::get(&mut redis, app.keys().ruleset_version(RulesetKind::Pricing))
+            .await
+            .unwrap();
+    assert_eq!(pointer, 1);
+
+    app.pg
+        .batch_execute(
+            "DELETE FROM price_lists WHERE id IN ('huge', 'abc');
+             UPDATE discounts SET priority = 10 WHERE id = 'ten-off-var-1';",
+        )
+        .await
+        .unwrap();
+    assert_eq!(publish(&app, "pricing").await.body["switched"], true);
+    assert_eq!(publish(&app, "discounts").await.body["switched"], true);
+    let served = quote(&app, lines(&[("var-1", 2)]), None).await;
+    assert_eq!(served.status, 200, "{served:?}");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_ruleset_left_in_an_older_encoding_is_republished_not_misread() {
     let app = priced_app().await;

@@ -88,7 +88,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             ));
         };
         match &event.kind {
-            gateway::EventKind::PaymentSucceeded => self.confirm(&id, event).await,
+            gateway::EventKind::PaymentSucceeded => {
+                let paid = Checkouts {
+                    app: self.app,
+                    paid: Some(event.intent_id.clone()),
+                };
+                paid.confirm(&id, event).await
+            }
             gateway::EventKind::PaymentFailed => self.payment_failed(&id, event).await,
             gateway::EventKind::Other(kind) => Ok(EventOutcome::ignored(kind.as_str())),
         }

@@ -64,12 +64,16 @@ const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
 /// The checkout store over an app's ports.
 pub struct Checkouts<'a, R, S, H> {
     app: &'a App<R, S, H>,
+    /// The intent a verified `payment_intent.succeeded` event says is paid, while that
+    /// event is handled: a session that ends meanwhile (its deadline passed) does not ask
+    /// the gateway to cancel it. A paid intent cannot be cancelled; its refund follows.
+    paid: Option<String>,
 }
 
 impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// The store.
     pub fn new(app: &'a App<R, S, H>) -> Self {
-        Self { app }
+        Self { app, paid: None }
     }
 
     fn inventory(&self) -> Inventory<'a, R, S> {
@@ -150,8 +154,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Releases what a session that ended without an order still holds: its stock holds
     /// and its cart's lock (owner-checked), and cancels its payment intent at the gateway
-    /// (through the outbox) when `cancel_intent`. A paid session is first marked ended in
-    /// PostgreSQL, so no reload puts its holds back. Idempotent.
+    /// (through the outbox) when `cancel_intent`, unless that intent is the one whose
+    /// payment is being handled. A paid session is first marked ended in PostgreSQL, so no
+    /// reload puts its holds back. Idempotent.
     async fn release(&self, session: &Session, cancel_intent: bool) -> Result<()> {
         let mut known = Vec::new();
         let intent = match &session.intent {
@@ -160,7 +165,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         };
         if let Some(intent) = intent {
             paid::end(&self.app.sql, session.id.as_str(), session.state.name()).await?;
-            if cancel_intent {
+            if cancel_intent && self.paid.as_deref() != Some(intent.as_str()) {
                 let reason = format!("the checkout is {}", session.state);
                 outbox::enqueue_cancel(&self.app.sql, session.id.as_str(), &intent, &reason).await?;
                 self.send_now(&intent).await;

@@ -3,7 +3,7 @@
 //! paid session kept in PostgreSQL, the session moved to PAYMENT_PENDING.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::session::{cart_ref_text, wrong_state};
 use super::start::frozen_demand;
@@ -11,10 +11,11 @@ use super::state::State;
 use super::{Checkouts, UNLOCK, gateway, paid};
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
+use crate::script::tag;
 
 /// How long a payment intent is kept (seed `PAYMENT_INTENT`).
 const INTENT_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -121,16 +122,37 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 },
             )
             .await?;
+            // The cart's lock for as long as the holds: extended, or taken back if it was
+            // lost (deleted, a partial Redis loss). A cart has one live checkout: if another
+            // session holds the lock now, this one is cancelled (its intent too).
             let lock_key = self.carts().lock_key(&session.cart);
-            self.run(
-                &UNLOCK,
-                &[&lock_key],
-                vec![
-                    id.as_str().into(),
-                    RedisArg::Int(self.session_ttl_ms() + self.grace_ms()),
-                ],
-            )
-            .await?;
+            let locked = self
+                .run(
+                    &UNLOCK,
+                    &[&lock_key],
+                    vec![
+                        id.as_str().into(),
+                        RedisArg::Int(self.session_ttl_ms() + self.grace_ms()),
+                        "take".into(),
+                    ],
+                )
+                .await?;
+            if tag(&locked) != "OK" {
+                let other = locked
+                    .get(1)
+                    .and_then(RedisReply::as_text)
+                    .unwrap_or("")
+                    .to_owned();
+                let (_, cancelled) = self.transition(id, State::Cancelled, None, &[]).await?;
+                self.release(&cancelled, true).await?;
+                return Err(Error::Conflict {
+                    code: ErrorCode::CheckoutInProgress,
+                    message: format!(
+                        "the cart is being checked out by session {other}, so this session is cancelled"
+                    ),
+                    details: json!({ "sessionId": other }),
+                });
+            }
             let (tag, moved) = self
                 .transition(
                     id,

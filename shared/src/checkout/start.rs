@@ -163,6 +163,18 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     ) -> Result<SessionView> {
         let cart::CartView { currency, lines, .. } = cart::decode(cart, locked)?;
         let priced = price_lines(self.app, &cart_quote_lines(&lines), currency, customer_group).await?;
+        if priced.quote.total_minor < 1 {
+            // A gateway takes no payment of nothing, so such a session could never end in an
+            // order: refused here, before anything is held.
+            return Err(Error::Unprocessable {
+                code: ErrorCode::NothingToPay,
+                message: format!(
+                    "the cart's total is {} {currency}: there is no payment to take, so it cannot be checked out",
+                    priced.quote.total_minor
+                ),
+                details: json!({ "total": priced.quote.total_minor, "currency": currency.as_str() }),
+            });
+        }
         let demand = demand(&lines)?;
         let held = self.hold(session, &demand, self.lock_ttl_ms()).await;
         inventory::count_request(&held);

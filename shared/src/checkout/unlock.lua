@@ -1,10 +1,17 @@
 -- Release (or extend) a cart's checkout lock, only if this session holds it.
 --
 -- KEYS: lock
--- ARGV: session id, '' to release or a new time to live (ms) to extend
--- Replies: {'OK'} | {'NOT_HOLDER'}
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return {'NOT_HOLDER'}
+-- ARGV: session id, '' to release or a new time to live (ms) to extend, and optionally
+--       'take': extending also takes the lock when nobody holds it (a lock lost while its
+--       session lives), never from another session
+-- Replies: {'OK'} | {'NOT_HOLDER', the holder ('' for none)}
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then
+  if holder or ARGV[2] == '' or ARGV[3] ~= 'take' then
+    return {'NOT_HOLDER', holder or ''}
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return {'OK'}
 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])

@@ -41,6 +41,7 @@ for i = 0, #KEYS / 6 - 1 do
     redis.call('HSET', meta, 'base', version, 'max', version)
     set_limit(KEYS[6 + 6 * i], limit, version)
     purge(reserved, holds, hold_qty, now)
+    reserved_total(reserved, hold_qty, redis.call('GET', reserved))
     for h = first_hold, first_hold + 3 * (n - 1), 3 do
       local holder, qty, deadline = ARGV[h], tonumber(ARGV[h + 1]), tonumber(ARGV[h + 2])
       if deadline > now and redis.call('HEXISTS', hold_qty, holder) == 0 then

@@ -32,6 +32,25 @@ local function purge(reserved, holds, hold_qty, now)
   end
 end
 
+-- The variant's live reserved total, from its stored value `stored` (the reserved key's
+-- GET). A total that is missing while holds remain (a key deleted by hand, a partial
+-- restore) is rebuilt from the holds and written back, so it never counts as 0 and the
+-- holds are never sold again; with no holds, a missing total is 0.
+local function reserved_total(reserved, hold_qty, stored)
+  local total = tonumber(stored)
+  if total then
+    return total
+  end
+  total = 0
+  for _, qty in ipairs(redis.call('HVALS', hold_qty)) do
+    total = total + (tonumber(qty) or 0)
+  end
+  if total > 0 then
+    redis.call('SET', reserved, total)
+  end
+  return total
+end
+
 -- Removes one holder's hold on a variant and returns the quantity it held.
 local function drop_hold(reserved, holds, hold_qty, holder)
   local held = tonumber(redis.call('HGET', hold_qty, holder)) or 0

@@ -47,7 +47,7 @@ for i = 0, n - 1 do
   if not stock then
     missing[#missing + 1] = i
   else
-    local reserved = tonumber(counts[2]) or 0
+    local reserved = reserved_total(KEYS[k + 1], KEYS[k + 3], counts[2])
     local mine = tonumber(redis.call('HGET', KEYS[k + 3], holder)) or 0
     local limit = tonumber(redis.call('HGET', KEYS[k + 4], 'limit'))
     local want = tonumber(ARGV[5 + 2 * i])

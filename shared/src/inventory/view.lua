@@ -19,7 +19,7 @@ for i = 0, n - 1 do
     missing[#missing + 1] = i
   end
   out[#out + 1] = tonumber(stock) or 0
-  out[#out + 1] = tonumber(redis.call('GET', KEYS[k + 1])) or 0
+  out[#out + 1] = reserved_total(KEYS[k + 1], KEYS[k + 3], redis.call('GET', KEYS[k + 1]))
   out[#out + 1] = tonumber(redis.call('HGET', KEYS[k + 4], 'limit')) or 0
 end
 if #missing > 1 then

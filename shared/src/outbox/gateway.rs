@@ -37,6 +37,31 @@ pub enum Outcome {
     },
 }
 
+/// A payment that went through on an intent the outbox was asked to cancel (the customer
+/// paid before the cancellation arrived): the amount to give back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PaidInstead {
+    pub(super) amount_minor: i64,
+    /// Upper case, as everywhere in the service.
+    pub(super) currency: String,
+}
+
+/// What the customer paid, from a cancellation refused because the intent succeeded.
+fn paid_instead(response: &OutboundResponse) -> Option<PaidInstead> {
+    let error = gateway_error(&response.body)?;
+    if error.code.as_deref() != Some("payment_intent_unexpected_state") {
+        return None;
+    }
+    let intent = error.payment_intent?;
+    if intent.status.as_deref() != Some("succeeded") {
+        return None;
+    }
+    Some(PaidInstead {
+        amount_minor: intent.amount.filter(|a| *a > 0)?,
+        currency: intent.currency?.to_ascii_uppercase(),
+    })
+}
+
 /// A refund to ask for.
 pub(super) struct RefundRequest<'a> {
     pub(super) intent: &'a str,
@@ -70,13 +95,14 @@ impl<H: Http> Gateway<'_, H> {
         }
     }
 
-    /// `POST /v1/payment_intents/{id}/cancel` under `Idempotency-Key: cancel-<pi>`.
-    pub(super) async fn cancel(&self, intent: &str) -> Outcome {
+    /// `POST /v1/payment_intents/{id}/cancel` under `Idempotency-Key: cancel-<pi>`; with
+    /// it, what the customer paid when the gateway refuses because the intent succeeded.
+    pub(super) async fn cancel(&self, intent: &str) -> (Outcome, Option<PaidInstead>) {
         let path = format!("/v1/payment_intents/{}/cancel", percent_encode(intent));
         let key = format!("cancel-{intent}");
         match self.post(&path, &key, &[]).await {
-            Ok(response) => cancel_outcome(&response),
-            Err(retry) => retry,
+            Ok(response) => (cancel_outcome(&response), paid_instead(&response)),
+            Err(retry) => (retry, None),
         }
     }
 
@@ -172,11 +198,12 @@ fn cancel_outcome(response: &OutboundResponse) -> Outcome {
             match (unexpected_state, status.as_deref()) {
                 (true, Some("canceled")) => Outcome::Sent { gateway_id: None },
                 // The customer paid before the cancellation arrived. Not done, and not to be
-                // hidden: the payment's own webhook finds the session over and refunds it.
+                // hidden: the payment is owed back (`paid_instead`: the drainer writes its
+                // refund, the same row the payment's own webhook would write).
                 (true, Some("succeeded")) => Outcome::Refused {
                     reason: format!(
                         "the payment succeeded before the intent could be cancelled; it is \
-                         refunded when its payment_intent.succeeded webhook arrives ({})",
+                         refunded instead ({})",
                         describe(response)
                     ),
                 },

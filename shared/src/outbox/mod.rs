@@ -25,7 +25,7 @@ pub mod routes;
 use serde::Serialize;
 
 pub use self::gateway::Outcome;
-use self::gateway::{Gateway, RefundRequest};
+use self::gateway::{Gateway, PaidInstead, RefundRequest};
 use crate::app::App;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, ErrorCode, Result};
@@ -46,6 +46,12 @@ const MAX_PER_INTENT: usize = 4;
 const ENQUEUE_REFUND: &str = "\
 INSERT INTO payment_outbox (kind, payment_intent_id, checkout_session_id, amount_minor, currency, reason)
 VALUES ('refund', $2, $1, $3, $4, $5)
+ON CONFLICT (kind, payment_intent_id) DO NOTHING";
+
+const ENQUEUE_REFUND_UNLESS_ORDERED: &str = "\
+INSERT INTO payment_outbox (kind, payment_intent_id, checkout_session_id, amount_minor, currency, reason)
+SELECT 'refund', $2, $1, $3, $4, $5
+WHERE NOT EXISTS (SELECT 1 FROM orders WHERE payment_intent_id = $2)
 ON CONFLICT (kind, payment_intent_id) DO NOTHING";
 
 const ENQUEUE_CANCEL: &str = "\
@@ -399,19 +405,21 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
         base_url: &app.settings.payment_gateway_url,
         api_key: &app.settings.payment_gateway_key,
     };
-    let outcome = match claimed.job {
+    let (outcome, paid_instead) = match claimed.job {
         Job::Refund { amount_minor } => {
-            gateway
-                .refund(&RefundRequest {
-                    intent: &claimed.intent,
-                    session: &claimed.session,
-                    amount_minor,
-                    reason: &claimed.reason,
-                })
-                .await
+            let refund = RefundRequest {
+                intent: &claimed.intent,
+                session: &claimed.session,
+                amount_minor,
+                reason: &claimed.reason,
+            };
+            (gateway.refund(&refund).await, None)
         }
         Job::CancelIntent => gateway.cancel(&claimed.intent).await,
     };
+    if let Some(paid) = paid_instead {
+        owe_back(&app.sql, &claimed, &paid).await?;
+    }
     let kind = claimed.kind();
     let key = [
         SqlValue::Text(kind.name().to_owned()),
@@ -450,6 +458,25 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
         outcome,
         retry_in_ms,
     }))
+}
+
+/// An intent is cancelled only for a session that ended without an order; the gateway says
+/// the customer paid it meanwhile, so that payment goes back (DESIGN §4, invariant 6),
+/// whether or not its webhook ever arrives: the refund row its webhook would write (keyed
+/// by intent), unless an order was placed with this payment after all.
+async fn owe_back(sql: &impl Sql, claimed: &Claimed, paid: &PaidInstead) -> Result<()> {
+    sql.execute(
+        ENQUEUE_REFUND_UNLESS_ORDERED,
+        &[
+            SqlValue::Text(claimed.session.clone()),
+            SqlValue::Text(claimed.intent.clone()),
+            SqlValue::Int(paid.amount_minor),
+            SqlValue::Text(paid.currency.clone()),
+            SqlValue::Text("the payment succeeded after its checkout had ended".into()),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 fn text_at(row: &SqlRow, i: usize) -> Option<String> {

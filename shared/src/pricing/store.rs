@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::cache::{DiscountEntries, PricingEntries, RulesetCache, assemble};
 use super::engine::{
@@ -139,6 +139,60 @@ pub struct Versions {
     pub discounts: i64,
 }
 
+/// What a publish has copied so far: the entries written, and the rows it could not serve.
+struct Copy {
+    entries: u64,
+    invalid: Vec<Value>,
+}
+
+/// Where a statement's rows come from, and whether an entry decodes as a quote reads it.
+struct Rows {
+    table: &'static str,
+    decodes: fn(&str, &str) -> bool,
+}
+
+static PRICE_LIST_ROWS: Rows = Rows {
+    table: "price_lists",
+    decodes: |id, entry| price_list(id, entry).is_ok(),
+};
+static VARIANT_ROWS: Rows = Rows {
+    table: "variants",
+    decodes: |id, entry| variant_prices(id, entry).is_ok(),
+};
+static BUNDLE_ROWS: Rows = Rows {
+    table: "bundles",
+    decodes: |_, entry| bundle_pricing(entry).is_ok(),
+};
+static DISCOUNT_ROWS: Rows = Rows {
+    table: "discounts",
+    decodes: |id, entry| discount(id, entry).is_ok(),
+};
+/// Lists of discount ids: any list of ids reads.
+static TARGET_ROWS: Rows = Rows {
+    table: "discount_targets",
+    decodes: |_, _| true,
+};
+
+/// Rows at most that a refused publish names.
+const INVALID_SHOWN: usize = 20;
+
+/// A publish refused because PostgreSQL holds rows no quote could read: the version
+/// served before stays current.
+fn invalid_ruleset(kind: RulesetKind, current: i64, mut invalid: Vec<Value>) -> Error {
+    let count = invalid.len();
+    invalid.truncate(INVALID_SHOWN);
+    Error::Unprocessable {
+        code: ErrorCode::InvalidRuleset,
+        message: format!(
+            "{count} {} row(s) in PostgreSQL cannot be served (a currency that is not ISO 4217, \
+             a number out of range, or a field their kind needs left empty): nothing was \
+             published, version {current} stays current",
+            kind.name()
+        ),
+        details: json!({ "count": count, "invalid": invalid, "currentVersion": current }),
+    }
+}
+
 /// Publishes and reads rulesets.
 pub struct Rulesets<'a, R, S> {
     redis: &'a R,
@@ -178,15 +232,22 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             .and_then(|r| r.first()?.as_int())
             .ok_or_else(|| Error::Internal("no ruleset version handed out".into()))?;
         let keys = self.keys.ruleset_keys(kind, version);
-        let mut entries = 0;
+        let mut copy = Copy {
+            entries: 0,
+            invalid: Vec::new(),
+        };
         match kind {
             RulesetKind::Pricing => {
-                entries += self.copy_pages(PRICE_LISTS, &keys[0]).await?;
-                entries += self.copy_pages(VARIANT_PRICES, &keys[1]).await?;
-                entries += self.copy_pages(BUNDLE_PRICES, &keys[2]).await?;
+                self.copy_pages(PRICE_LISTS, &keys[0], &PRICE_LIST_ROWS, &mut copy)
+                    .await?;
+                self.copy_pages(VARIANT_PRICES, &keys[1], &VARIANT_ROWS, &mut copy)
+                    .await?;
+                self.copy_pages(BUNDLE_PRICES, &keys[2], &BUNDLE_ROWS, &mut copy)
+                    .await?;
             }
             RulesetKind::Discounts => {
-                entries += self.copy_pages(DISCOUNTS, &keys[0]).await?;
+                self.copy_pages(DISCOUNTS, &keys[0], &DISCOUNT_ROWS, &mut copy)
+                    .await?;
                 let order = self.sql.query(ORDER_DISCOUNTS, &[]).await?;
                 let order = order
                     .first()
@@ -194,10 +255,20 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                     .unwrap_or("")
                     .to_owned();
                 self.write(&keys[0], vec![("_order".to_owned(), order)]).await?;
-                entries += self.copy_pages(DISCOUNTS_BY_VARIANT, &keys[1]).await?;
-                entries += self.copy_pages(DISCOUNTS_BY_BUNDLE, &keys[2]).await?;
+                self.copy_pages(DISCOUNTS_BY_VARIANT, &keys[1], &TARGET_ROWS, &mut copy)
+                    .await?;
+                self.copy_pages(DISCOUNTS_BY_BUNDLE, &keys[2], &TARGET_ROWS, &mut copy)
+                    .await?;
             }
         }
+        if !copy.invalid.is_empty() {
+            // Never switched to, so never read; dropped now rather than left to expire.
+            for key in &keys {
+                self.redis("DEL", vec![key.as_str().into()]).await?;
+            }
+            return Err(invalid_ruleset(kind, current, copy.invalid));
+        }
+        let entries = copy.entries;
         // Every hash but the price lists, which a quote reads whole.
         let by_field = match kind {
             RulesetKind::Pricing => &keys[1..],
@@ -305,16 +376,17 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         Ok((switched, previous))
     }
 
-    /// Copies `(field, json)` rows, page by page, into a hash of the version being built.
-    async fn copy_pages(&self, statement: &str, key: &str) -> Result<u64> {
+    /// Copies `(id, entry)` rows, page by page, into a hash of the version being built.
+    /// Each entry is first decoded as a quote will decode it: one that would not decode is
+    /// not copied but noted in `copy.invalid`, and the publish is then refused.
+    async fn copy_pages(&self, statement: &str, key: &str, rows_of: &Rows, copy: &mut Copy) -> Result<()> {
         let mut after = String::new();
-        let mut copied = 0;
         loop {
             let rows = self
                 .sql
                 .query(statement, &[SqlValue::Text(after.clone()), SqlValue::Int(PAGE)])
                 .await?;
-            let fields: Vec<(String, String)> = rows
+            let mut fields: Vec<(String, String)> = rows
                 .iter()
                 .filter_map(|r| Some((r.first()?.as_text()?.to_owned(), r.get(1)?.as_text()?.to_owned())))
                 .collect();
@@ -323,10 +395,20 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             }
             let Some((last, _)) = fields.last() else { break };
             after = last.clone();
-            copied += fields.len() as u64;
-            self.write(key, fields).await?;
+            fields.retain(|(id, entry)| {
+                let served = (rows_of.decodes)(id, entry);
+                if !served {
+                    copy.invalid
+                        .push(json!({ "table": rows_of.table, "id": id, "entry": entry }));
+                }
+                served
+            });
+            copy.entries += fields.len() as u64;
+            if !fields.is_empty() {
+                self.write(key, fields).await?;
+            }
         }
-        Ok(copied)
+        Ok(())
     }
 
     async fn write(&self, key: &str, fields: Vec<(String, String)>) -> Result<()> {
@@ -655,14 +737,8 @@ fn parse(reply: &str, variants: &BTreeSet<String>, bundles: &BTreeSet<String>) -
     pricing.lists.reserve(count);
     for _ in 0..count {
         let id = reply.entry("list id")?.ok_or_else(|| corrupt("list id"))?;
-        let mut list = Fields::of(reply.entry(id)?.ok_or_else(|| corrupt(id))?);
-        pricing.lists.push(PriceList {
-            id: id.to_owned(),
-            currency: list.currency()?,
-            customer_group: list.optional()?.map(str::to_owned),
-            parent_id: list.optional()?.map(str::to_owned),
-            priority: list.int()?,
-        });
+        let entry = reply.entry(id)?.ok_or_else(|| corrupt(id))?;
+        pricing.lists.push(price_list(id, entry)?);
     }
 
     for id in variants {
@@ -706,6 +782,22 @@ fn parse(reply: &str, variants: &BTreeSet<String>, bundles: &BTreeSet<String>) -
         now_ms,
         entries: Some((pricing, discounts)),
     })
+}
+
+/// `currency|group|parent|priority`
+fn price_list(id: &str, entry: &str) -> Result<PriceList> {
+    let mut fields = Fields::of(entry);
+    let list = PriceList {
+        id: id.to_owned(),
+        currency: fields.currency()?,
+        customer_group: fields.optional()?.map(str::to_owned),
+        parent_id: fields.optional()?.map(str::to_owned),
+        priority: fields.int()?,
+    };
+    if !fields.done() {
+        return Err(corrupt(entry));
+    }
+    Ok(list)
 }
 
 /// `base|currency` then `|list|min quantity|unit price` per tier, grouped by list.

@@ -59,11 +59,15 @@ pub(crate) struct StripeError {
     pub(crate) payment_intent: Option<StripeErrorIntent>,
 }
 
-/// The part of the intent in an error answer that says where it stands.
+/// The part of the intent in an error answer that says where it stands, and what was paid.
 #[derive(Deserialize)]
 pub(crate) struct StripeErrorIntent {
     /// `succeeded`, `canceled`, `processing`, …
     pub(crate) status: Option<String>,
+    /// The intent's amount, minor units.
+    pub(crate) amount: Option<i64>,
+    /// The intent's currency, as Stripe writes it (`eur`).
+    pub(crate) currency: Option<String>,
 }
 
 /// Creates a PaymentIntent for `amount`, tagged with the checkout

@@ -10,10 +10,11 @@ use std::fmt;
 use crate::error::Error;
 use crate::ids::{BundleId, CartId, CustomerId, Holder, SessionId, SetId, VariantId, check_id};
 
-/// The encoding of ruleset entries in Redis (`pricing/store.rs`), part of every ruleset
-/// key: a build never reads entries of another encoding. A version published by a build
-/// of another encoding is simply not there for it, and the first quote republishes the
-/// ruleset from PostgreSQL (DESIGN §4, invariant 8).
+/// The encoding of ruleset entries in Redis (`pricing/store.rs`), part of the keys of
+/// every ruleset version: a build never reads entries of another encoding. A version
+/// pointer that names a version published by a build of another encoding names keys that
+/// are not there for this one, and the first quote republishes the ruleset from PostgreSQL
+/// (DESIGN §4, invariant 8).
 pub const RULESET_ENCODING: &str = "v2";
 
 /// The namespace every key of one deployment sits under (`key_prefix`): empty for none, or
@@ -241,18 +242,14 @@ impl Keys {
         }
     }
 
-    /// `pricing-ruleset-version-v2` / `discount-ruleset-version-v2`: the version quotes
-    /// read, of rulesets in encoding [`RULESET_ENCODING`].
+    /// `pricing-ruleset-version` / `discount-ruleset-version` (DESIGN §3): the version
+    /// quotes read.
     pub fn ruleset_version(&self, kind: RulesetKind) -> String {
-        format!(
-            "{}{}-ruleset-version-{RULESET_ENCODING}",
-            self.prefix,
-            kind.name()
-        )
+        format!("{}{}-ruleset-version", self.prefix, kind.name())
     }
 
     /// `pricing-ruleset-version` / `discount-ruleset-version`: the channel a publish
-    /// announces its new version on (the same whatever the encoding).
+    /// announces its new version on (channels are not keys: the same name as the pointer).
     pub fn ruleset_channel(&self, kind: RulesetKind) -> String {
         format!("{}{}-ruleset-version", self.prefix, kind.name())
     }

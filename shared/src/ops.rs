@@ -28,8 +28,14 @@ const BOOKS: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM
 
 async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
     app.settings.authorize_metrics(req.header("authorization"))?;
-    let redis = probe(app.redis.execute("PING", Vec::new())).await;
-    let postgres = probe(app.sql.query("SELECT 1::bigint", &[])).await;
+    // The probes run at once, and what follows asks only a dependency that answered its
+    // probe: a scrape with a dependency down or hung costs one timeout, not one per read.
+    let (redis, postgres) = futures_util::future::join(
+        probe(app.redis.execute("PING", Vec::new())),
+        probe(app.sql.query("SELECT 1::bigint", &[])),
+    )
+    .await;
+    let (redis_up, postgres_up) = (redis["ok"] == true, postgres["ok"] == true);
     let mut out = String::new();
     out.push_str("# HELP commerce_dependency_up Whether the dependency answered the probe.\n");
     out.push_str("# TYPE commerce_dependency_up gauge\n");
@@ -46,9 +52,14 @@ async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
             "commerce_dependency_latency_ms{{dependency=\"{name}\"}} {latency}"
         );
     }
-    out.push_str("# HELP commerce_ruleset_version The ruleset version quotes read now.\n");
-    out.push_str("# TYPE commerce_ruleset_version gauge\n");
-    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+    if redis_up {
+        out.push_str("# HELP commerce_ruleset_version The ruleset version quotes read now.\n");
+        out.push_str("# TYPE commerce_ruleset_version gauge\n");
+    }
+    for kind in [RulesetKind::Pricing, RulesetKind::Discounts]
+        .into_iter()
+        .filter(|_| redis_up)
+    {
         let reply = app
             .redis
             .execute("GET", vec![app.keys.ruleset_version(kind).into()])
@@ -64,7 +75,8 @@ async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
         );
     }
     // Business counters from the record of truth, so every process and instance agrees.
-    if let Ok(rows) = app.sql.query(BOOKS, &[]).await
+    if postgres_up
+        && let Ok(rows) = app.sql.query(BOOKS, &[]).await
         && let Some(row) = rows.first()
     {
         let books = [
@@ -82,7 +94,8 @@ async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
         }
     }
-    if let Ok(reply) = app.redis.execute("INFO", Vec::new()).await
+    if redis_up
+        && let Ok(reply) = app.redis.execute("INFO", Vec::new()).await
         && let Some(info) = reply.first().and_then(RedisReply::as_text)
     {
         crate::metrics::redis_info::render(info, &mut out);
@@ -152,8 +165,12 @@ pub fn liveness() -> Response {
 }
 
 async fn health<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
-    let redis = probe(app.redis.execute("PING", Vec::new())).await;
-    let postgres = probe(app.sql.query("SELECT 1::bigint", &[])).await;
+    // At once: with both down or hung, the answer costs one timeout, not two.
+    let (redis, postgres) = futures_util::future::join(
+        probe(app.redis.execute("PING", Vec::new())),
+        probe(app.sql.query("SELECT 1::bigint", &[])),
+    )
+    .await;
     let ok = redis["ok"] == true && postgres["ok"] == true;
     Response::json(
         if ok { 200 } else { 503 },

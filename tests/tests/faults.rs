@@ -310,7 +310,25 @@ async fn redis_paused_mid_run_keeps_the_books_and_answers_503_in_time() {
     let sale = Sale::start(&size, &serve.base, &gateway, Moment::MidRun);
     sale.moment().await;
     redis.stop();
-    tokio::time::sleep(size.pause).await;
+    let paused_at = std::time::Instant::now();
+    // An operator's scrape meanwhile: one timeout at most, with Redis reported down.
+    let scrape = app
+        .http
+        .get(format!("{}/metrics", serve.base))
+        .send()
+        .await
+        .expect("a scrape is answered");
+    let took = paused_at.elapsed();
+    let text = scrape.text().await.expect("the scrape's text");
+    assert!(
+        text.contains("commerce_dependency_up{dependency=\"redis\"} 0"),
+        "the scrape reports Redis down"
+    );
+    assert!(
+        took <= REDIS_TIMEOUT + MARGIN,
+        "a scrape with Redis paused took {took:?}"
+    );
+    tokio::time::sleep(size.pause.saturating_sub(paused_at.elapsed())).await;
     redis.cont();
     let run = sale.buyers.finish().await;
     let scenario = format!("redis paused (SIGSTOP) {:?} mid-run", size.pause);

@@ -103,6 +103,32 @@ async fn a_quote_applies_lists_breaks_discounts_and_totals() {
         trade.body["lines"][1]["priceListId"], "all",
         "the parent list was not walked"
     );
+
+    // Two lines of one variant are one line, as in a cart: 5 + 5 reach the break at 10.
+    let split = quote(
+        &app,
+        lines(&[("var-2", 5), ("var-1", 1), ("var-2", 5)]),
+        Some(&format!("Bearer {token}")),
+    )
+    .await;
+    let merged = split.body["lines"].as_array().unwrap();
+    assert_eq!(merged.len(), 2, "{:?}", split.body);
+    assert_eq!(
+        (
+            &merged[0]["lineId"],
+            &merged[0]["quantity"],
+            &merged[0]["unitPrice"]
+        ),
+        (&trade.body["lines"][0]["lineId"], &json!(10), &json!(1200))
+    );
+    assert_eq!(split.body["total"], trade.body["total"]);
+    let too_many = quote(
+        &app,
+        lines(&[("var-2", 100_000), ("var-2", 1)]),
+        Some(&format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!((too_many.status, too_many.code()), (400, "INVALID_QUANTITY"));
     app.finish().await;
 }
 
@@ -400,9 +426,14 @@ async fn a_publish_of_rows_no_quote_could_read_is_refused_and_changes_nothing() 
 #[tokio::test]
 async fn a_ruleset_left_in_an_older_encoding_is_republished_not_misread() {
     let app = priced_app().await;
-    // What a build of the JSON encoding left behind: its version keys and entries, which
-    // price var-1 at 1 cent. This build reads none of it.
+    // What a build of the JSON encoding left behind: its version pointers (the same names)
+    // and entries, which price var-1 at 1 cent. This build reads none of it: the pointers
+    // name versions whose entries are not there in its encoding.
     let mut redis = app.redis.clone();
+    assert_eq!(
+        app.key("pricing-ruleset-version"),
+        app.keys().ruleset_version(RulesetKind::Pricing)
+    );
     let _: () = redis::pipe()
         .set(app.key("pricing-ruleset-version"), 9)
         .set(app.key("discount-ruleset-version"), 9)
@@ -412,8 +443,6 @@ async fn a_ruleset_left_in_an_older_encoding_is_republished_not_misread() {
             r#"{"base":1,"currency":"EUR","entries":[]}"#,
         )
         .hset(app.key("pricing:ruleset-bundle:{9}:lists"), "all", "{}")
-        .del(app.keys().ruleset_version(RulesetKind::Pricing))
-        .del(app.keys().ruleset_version(RulesetKind::Discounts))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -422,8 +451,12 @@ async fn a_ruleset_left_in_an_older_encoding_is_republished_not_misread() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body["lines"][0]["unitPrice"], 900);
     assert_eq!(reply.body["lines"][0]["discounts"][0]["amount"], 180);
-    // Republished from PostgreSQL under the next numbers.
-    assert_eq!(reply.body["versions"], json!({"pricing": 2, "discounts": 2}));
+    // Republished from PostgreSQL under the next numbers, past the pointers found.
+    assert_eq!(reply.body["versions"], json!({"pricing": 10, "discounts": 10}));
+    let pointer: i64 = redis::AsyncCommands::get(&mut redis, app.key("pricing-ruleset-version"))
+        .await
+        .unwrap();
+    assert_eq!(pointer, 10);
     app.finish().await;
 }
 

@@ -89,7 +89,7 @@ pub struct CheckReport {
 struct RedisVariant {
     present: bool,
     stock: i64,
-    base: i64,
+    /// The row version whose on-hand the stock mirrors.
     max: i64,
     /// The per-order limit; `None`: none.
     limit: Option<i64>,
@@ -198,8 +198,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     .ok_or_else(|| unexpected(&reply))
             };
             let present = next_int()? == 1;
-            let (stock, base, max, limit, reserved, held, n) = (
-                next_int()?,
+            let (stock, max, limit, reserved, held, n) = (
                 next_int()?,
                 next_int()?,
                 next_int()?,
@@ -222,7 +221,6 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             found.push(RedisVariant {
                 present,
                 stock,
-                base,
                 max,
                 limit: (limit > 0).then_some(limit),
                 reserved,
@@ -242,22 +240,22 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         let (variant, on_hand, version) = (&level.variant, level.on_hand, level.version);
         let mut found = Vec::new();
         if seen.present {
-            if seen.base < version {
-                // A change PostgreSQL committed that Redis does not have (all of them up to
-                // `base` are in; later ones may be in out of order, but not all).
+            if seen.max < version {
+                // A change PostgreSQL committed that Redis does not have: Redis holds the
+                // on-hand of an older version (the next change would bring it up to date).
                 found.push((
                     "unmirrored",
                     format!(
-                        "PostgreSQL is at version {version} (on-hand {on_hand}); Redis has every change up to {} and some up to {} (stock {})",
-                        seen.base, seen.max, seen.stock
+                        "PostgreSQL is at version {version} (on-hand {on_hand}); Redis has the on-hand of version {} (stock {})",
+                        seen.max, seen.stock
                     ),
                 ));
-            } else if seen.base == version && seen.stock != on_hand {
+            } else if seen.max == version && seen.stock != on_hand {
                 found.push((
                     "stock",
                     format!("Redis stock {} but on-hand {on_hand}", seen.stock),
                 ));
-            } else if seen.base == version && seen.limit != level.max_per_order {
+            } else if seen.max == version && seen.limit != level.max_per_order {
                 let limit = |l: Option<i64>| l.map_or("none".to_owned(), |l| l.to_string());
                 found.push((
                     "max-per-order",

@@ -2,9 +2,9 @@
 --
 -- KEYS[1 + 6(i-1)..]  per variant i: stock, stock-version, reserved, holds, hold-qty,
 --                     max-per-order
--- Reply (flat): {'OK', now, then per variant: present (0/1), stock, base, max, limit (0:
---                none), reserved, live held (sum of unexpired hold quantities), n, n times
---                (holder, qty)}
+-- Reply (flat): {'OK', now, then per variant: present (0/1), stock, the row version it
+--                mirrors (stock-version `max`), limit (0: none), reserved, live held (sum
+--                of unexpired hold quantities), n, n times (holder, qty)}
 local now = now_ms()
 local out = {'OK', now}
 for i = 0, #KEYS / 6 - 1 do
@@ -13,7 +13,6 @@ for i = 0, #KEYS / 6 - 1 do
   local value = redis.call('GET', stock)
   out[#out + 1] = value and 1 or 0
   out[#out + 1] = tonumber(value) or 0
-  out[#out + 1] = tonumber(redis.call('HGET', meta, 'base')) or 0
   out[#out + 1] = tonumber(redis.call('HGET', meta, 'max')) or 0
   out[#out + 1] = tonumber(redis.call('HGET', KEYS[6 + 6 * i], 'limit')) or 0
   out[#out + 1] = tonumber(redis.call('GET', reserved)) or 0

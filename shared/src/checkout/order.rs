@@ -53,13 +53,13 @@ WITH demand AS (
 ), changes AS (
     INSERT INTO order_stock_changes (order_id, variant_id, quantity, delta, on_hand_after, version)
     SELECT ins.id, s.variant_id, s.quantity, s.delta, s.on_hand, s.version FROM ins, stock s
-    RETURNING variant_id, delta, on_hand_after, version
+    RETURNING variant_id, on_hand_after, version
 ), ended AS (
     UPDATE checkout_sessions cs SET ended_at = now()
     FROM ins
     WHERE cs.id = $2 AND cs.ended_at IS NULL
 )
-SELECT variant_id, delta, on_hand_after, version FROM changes";
+SELECT variant_id, on_hand_after, version FROM changes";
 
 /// What on-hand lacks for a demand: `[{variantId, requested, onHand}]` of the short
 /// variants, as JSON text (empty array: nothing is short).
@@ -77,7 +77,7 @@ VALUES ($1, $2, $3::text::jsonb) ON CONFLICT (checkout_session_id) DO NOTHING";
 
 /// The stock changes an existing order made (a retry mirrors the same ones).
 const ORDER_CHANGES: &str = "\
-SELECT c.variant_id, c.delta, c.on_hand_after, c.version
+SELECT c.variant_id, c.on_hand_after, c.version
 FROM order_stock_changes c JOIN orders o ON o.id = c.order_id
 WHERE o.checkout_session_id = $1 ORDER BY c.variant_id";
 
@@ -248,11 +248,9 @@ fn parse_changes(rows: &[Vec<SqlValue>]) -> Result<Vec<StockChange>> {
                 variant,
                 r.get(1).and_then(SqlValue::as_int),
                 r.get(2).and_then(SqlValue::as_int),
-                r.get(3).and_then(SqlValue::as_int),
             ) {
-                (Some(variant), Some(delta), Some(on_hand), Some(version)) => Ok(StockChange {
+                (Some(variant), Some(on_hand), Some(version)) => Ok(StockChange {
                     variant,
-                    delta,
                     on_hand,
                     version,
                 }),

@@ -2,8 +2,8 @@
 -- per-order limit into Redis, exactly once (see stock.lua).
 --
 -- KEYS: stock, stock-version, max-per-order
--- ARGV: delta, on-hand after the change, row version of the change, the limit at that
---       version (0: none)
+-- ARGV: on-hand after the change, row version of the change, the limit at that version
+--       (0: none)
 -- A stock key Redis lost is not written here: the caller loads it from PostgreSQL with
 -- the holds of live sessions (load_stock.lua), which includes this change.
 --
@@ -11,6 +11,6 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'MISSING', 0}
 end
-apply_change(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
-set_limit(KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[3]))
+apply_change(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
+set_limit(KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[2]))
 return {'OK', tonumber(redis.call('GET', KEYS[1]))}

@@ -7,7 +7,7 @@
 -- KEYS[b + 5(i-1)..]  per variant i: stock, reserved, holds, hold-qty, stock-version
 --                     (b = 2 with the index, 1 without)
 -- ARGV[1]             holder id
--- ARGV[2 + 3(i-1)..]  per variant i: delta, on-hand after, row version
+-- ARGV[2 + 2(i-1)..]  per variant i: on-hand after, row version
 -- A variant whose stock Redis lost is reported first, so the caller loads it from
 -- PostgreSQL with the holds of live sessions before anything is committed.
 --
@@ -27,10 +27,10 @@ if #missing > 1 then
 end
 for i = 0, n - 1 do
   local k = b + 5 * i
-  local a = 2 + 3 * i
+  local a = 2 + 2 * i
   purge(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], now)
   drop_hold(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], holder)
-  apply_change(KEYS[k], KEYS[k + 4], tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2]))
+  apply_change(KEYS[k], KEYS[k + 4], ARGV[a], tonumber(ARGV[a + 1]))
 end
 if b == 2 then
   redis.call('DEL', KEYS[1])

@@ -76,18 +76,15 @@ const LEVELS_OF: &str = levels_where!("v.id = ANY($1)");
 const LEVELS_PAGE: &str = levels_where!("v.id > $1 ORDER BY v.id LIMIT $2");
 
 /// Sets on-hand (`$2`, NULL: unchanged) and, if `$3`, the per-order limit (`$4`, NULL:
-/// none), and returns on-hand with the new row version, the change of on-hand and the
-/// limit (0: none). The locking subquery reads the previous on-hand of the very row version
-/// it updates, so the change is exact under concurrent updates. No row: the variant has no
-/// level yet (or is unknown).
+/// none), and returns on-hand with the new row version and the limit (0: none). No row:
+/// the variant has no level yet (or is unknown).
 const UPDATE_LEVEL: &str = "\
-UPDATE inventory_levels l
-SET on_hand = COALESCE($2::bigint, prev.on_hand),
-    max_per_order = CASE WHEN $3::boolean THEN $4::bigint ELSE prev.max_per_order END,
-    version = l.version + 1, updated_at = now()
-FROM (SELECT variant_id, on_hand, max_per_order FROM inventory_levels WHERE variant_id = $1 FOR UPDATE) prev
-WHERE l.variant_id = prev.variant_id
-RETURNING l.on_hand, l.version, l.on_hand - prev.on_hand, COALESCE(l.max_per_order, 0)";
+UPDATE inventory_levels
+SET on_hand = COALESCE($2::bigint, on_hand),
+    max_per_order = CASE WHEN $3::boolean THEN $4::bigint ELSE max_per_order END,
+    version = version + 1, updated_at = now()
+WHERE variant_id = $1
+RETURNING on_hand, version, COALESCE(max_per_order, 0)";
 
 /// First level of a known variant (on-hand 0 unless `$2` says otherwise). No row: unknown
 /// variant, or a concurrent insert won.
@@ -95,7 +92,7 @@ const INSERT_LEVEL: &str = "\
 INSERT INTO inventory_levels (variant_id, on_hand, version, max_per_order)
 SELECT id, COALESCE($2::bigint, 0), 1, CASE WHEN $3::boolean THEN $4::bigint END FROM variants WHERE id = $1
 ON CONFLICT (variant_id) DO NOTHING
-RETURNING on_hand, version, on_hand, COALESCE(max_per_order, 0)";
+RETURNING on_hand, version, COALESCE(max_per_order, 0)";
 
 /// Most variants one request may name (availability, reservation).
 pub const MAX_BATCH: usize = 500;
@@ -235,8 +232,6 @@ struct Previous {
 pub struct StockChange {
     /// The variant.
     pub variant: VariantId,
-    /// On-hand after minus before.
-    pub delta: i64,
     /// On-hand after the change.
     pub on_hand: i64,
     /// The row version of the change.
@@ -601,11 +596,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         }
         let mut args = vec![RedisArg::from(holder.to_string())];
         for c in changes {
-            args.extend([
-                RedisArg::Int(c.delta),
-                RedisArg::Int(c.on_hand),
-                RedisArg::Int(c.version),
-            ]);
+            args.extend([RedisArg::Int(c.on_hand), RedisArg::Int(c.version)]);
         }
         let variants: Vec<VariantId> = changes.iter().map(|c| c.variant.clone()).collect();
         let reply = self.run_loaded(&COMMIT, &keys, args, &variants).await?;
@@ -616,7 +607,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     }
 
     /// Sets a variant's on-hand stock and/or its per-order limit: PostgreSQL first, then
-    /// Redis (exactly once and in version order, see `apply_stock.lua`). Returns the new
+    /// Redis (the newest row version wins, see `stock.lua`). Returns the new
     /// view.
     pub async fn set_level(&self, variant: &VariantId, change: LevelChange) -> Result<StockView> {
         let limit = change.max_per_order.flatten().map(MaxPerOrder::get);
@@ -631,11 +622,11 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         for statement in [UPDATE_LEVEL, INSERT_LEVEL, UPDATE_LEVEL] {
             let rows = self.sql.query(statement, &params).await?;
             if let Some(row) = rows.first() {
-                written = Some(int_columns::<4>(row)?);
+                written = Some(int_columns::<3>(row)?);
                 break;
             }
         }
-        let Some([on_hand, version, delta, limit]) = written else {
+        let Some([on_hand, version, limit]) = written else {
             return Err(unknown_variants(std::slice::from_ref(variant), 404));
         };
         let keys = self.keys.variant(variant);
@@ -643,14 +634,25 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             &APPLY_STOCK,
             &[&keys.stock, &keys.stock_version, &keys.max_per_order],
             vec![
-                RedisArg::Int(delta),
                 RedisArg::Int(on_hand),
                 RedisArg::Int(version),
                 RedisArg::Int(limit),
             ],
             std::slice::from_ref(variant),
         )
-        .await?;
+        .await
+        .map_err(|error| match error {
+            // The change stands in PostgreSQL: say so, and how Redis catches up (the same
+            // request again, or any later change of the variant, carries it).
+            Error::Unavailable { dependency, message } => Error::Unavailable {
+                dependency,
+                message: format!(
+                    "{message}; the change is saved in PostgreSQL (row version {version}, on-hand \
+                     {on_hand}) but not yet in Redis: send the request again"
+                ),
+            },
+            other => other,
+        })?;
         Ok(self.views(std::slice::from_ref(variant)).await?.remove(0))
     }
 

@@ -18,7 +18,8 @@
 --   one discount id list per variant asked, then per bundle asked,
 --   number of discounts D, then D × (discount id, discount)
 -- | only the first three lines when the current versions are those the caller holds
--- | 'UNPUBLISHED'
+-- | 'UNPUBLISHED' (no pricing version, or a pointer naming a version whose entries are
+--   not there: another encoding's, or lost)
 local pricing = tonumber(redis.call('GET', KEYS[1])) or 0
 local discounts = tonumber(redis.call('GET', KEYS[2])) or 0
 if pricing == 0 then
@@ -36,7 +37,11 @@ local function version_keys(stem, version, suffixes)
   end
   return keys
 end
-read_pricing(out, version_keys(ARGV[1], pricing, {':lists', ':prices', ':bundles'}), variants, bundles)
-read_discounts(out, discounts > 0 and version_keys(ARGV[2], discounts, {'', ':variants', ':bundles'}) or nil,
-  variants, bundles)
+local prices = version_keys(ARGV[1], pricing, {':lists', ':prices', ':bundles'})
+local offers = discounts > 0 and version_keys(ARGV[2], discounts, {'', ':variants', ':bundles'}) or nil
+if not served(prices, offers) then
+  return 'UNPUBLISHED'
+end
+read_pricing(out, prices, variants, bundles)
+read_discounts(out, offers, variants, bundles)
 return table.concat(out, '\n')

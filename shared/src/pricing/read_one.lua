@@ -10,8 +10,12 @@
 --       bundle ids
 -- Reply (one text, read.lua's lines): pricing: now (epoch ms), then the pricing part;
 --                                     discounts: the discount part
+--        | 'UNPUBLISHED' when the version's entries are not there (read.lua)
 local variants, bundles = asked(2)
 local out = {}
+if not served(ARGV[1] == 'pricing' and KEYS or nil, ARGV[1] ~= 'pricing' and #KEYS > 0 and KEYS or nil) then
+  return 'UNPUBLISHED'
+end
 if ARGV[1] == 'pricing' then
   out[1] = now_ms()
   read_pricing(out, KEYS, variants, bundles)

@@ -26,6 +26,16 @@ local function asked(at)
   return {unpack(ARGV, at + 1, at + n)}, {unpack(ARGV, at + 2 + n, at + 1 + n + m)}
 end
 
+-- Whether a version's entries are there: its prices hash (pricing) and its definitions hash
+-- (discounts, when `offers` names a version) always exist once published, since each
+-- carries the `:hashtable` field.
+local function served(prices, offers)
+  if prices and redis.call('EXISTS', prices[2]) == 0 then
+    return false
+  end
+  return not offers or redis.call('EXISTS', offers[1]) == 1
+end
+
 -- A pricing version's part: L, L × (list id, list), a price per variant, an entry per
 -- bundle. `keys`: the version's lists, prices and bundles hashes.
 local function read_pricing(out, keys, variants, bundles)

@@ -8,6 +8,9 @@
 //! The customer group comes from the customer's token (`group` claim). A group named in
 //! the body counts only with the admin token, so nobody can ask for wholesale prices.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use serde_json::Value;
 
 use super::money::Currency;
@@ -19,7 +22,7 @@ use crate::bundle::Bundles;
 use crate::cart::{CartRef, LineItem, parse_line};
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, array_field, object, str_field};
-use crate::ids::{CartId, CustomerId};
+use crate::ids::{CartId, CustomerId, Quantity};
 use crate::keys::RulesetKind;
 use crate::ports::{Http, Redis, Sql};
 use crate::settings::constant_time_eq;
@@ -132,13 +135,26 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
             None | Some(Value::Null) => app.settings.default_currency,
             Some(c) => Currency::parse(c.as_str().unwrap_or_default())?,
         };
-        let mut lines = Vec::new();
+        // Lines of the same contents are one line, as in a cart (one line id): their
+        // quantities add up, so the quote prices what a cart of them would, breaks included.
+        let mut items: Vec<(LineItem, i64)> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
         for line in array_field(body, "lines", MAX_LINES)? {
             let (item, quantity) = parse_line(line)?;
-            if let LineItem::Bundle(bundle, choices) = &item {
+            match seen.entry(item.line_id().to_string()) {
+                Entry::Occupied(at) => items[*at.get()].1 += i64::from(quantity.get()),
+                Entry::Vacant(at) => {
+                    at.insert(items.len());
+                    items.push((item, i64::from(quantity.get())));
+                }
+            }
+        }
+        let mut lines = Vec::with_capacity(items.len());
+        for (item, quantity) in &items {
+            if let LineItem::Bundle(bundle, choices) = item {
                 Bundles::of(app).check(bundle, choices).await?;
             }
-            lines.push(item_quote_line(&item, quantity));
+            lines.push(item_quote_line(item, Quantity::new(*quantity)?));
         }
         price_lines(app, &lines, currency, group).await?
     };

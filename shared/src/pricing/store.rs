@@ -566,6 +566,9 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
         )
         .await;
         let (prices, offers) = (prices?, offers?);
+        if prices == UNPUBLISHED || offers == UNPUBLISHED {
+            return Ok(UNPUBLISHED.to_owned());
+        }
         Ok(format!("{pricing}\n{discounts}\n{prices}\n{offers}"))
     }
 
@@ -606,10 +609,7 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
         }
         let mut outcome = Ok(());
         for kind in kinds {
-            let served = self
-                .redis("GET", vec![self.keys.ruleset_version(kind).into()])
-                .await?;
-            if served.first().is_some_and(|r| r.as_int().is_some()) {
+            if self.serves(kind).await? {
                 continue;
             }
             // Nothing was served, so no checkout can be reading a replaced version.
@@ -620,6 +620,27 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
         }
         self.redis("DEL", vec![lock.into()]).await?;
         outcome
+    }
+}
+
+impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
+    /// Whether Redis serves a version of `kind`: its pointer names a version whose entries
+    /// are there (not one that another encoding published, or whose keys were lost).
+    async fn serves(&self, kind: RulesetKind) -> Result<bool> {
+        let pointer = self
+            .redis("GET", vec![self.keys.ruleset_version(kind).into()])
+            .await?;
+        let Some(version) = pointer.first().and_then(RedisReply::as_int) else {
+            return Ok(false);
+        };
+        // The hash that always exists once published (see `read_parts.lua`).
+        let marked = match kind {
+            RulesetKind::Pricing => 1,
+            RulesetKind::Discounts => 0,
+        };
+        let key = self.keys.ruleset_keys(kind, version).swap_remove(marked);
+        let exists = self.redis("EXISTS", vec![key.into()]).await?;
+        Ok(exists.first().and_then(RedisReply::as_int) == Some(1))
     }
 }
 

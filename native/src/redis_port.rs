@@ -359,6 +359,16 @@ impl Redis for NativeRedis {
         matches!(self.link, Link::Cluster(_))
     }
 
+    fn send_detached(&self, command: &str, args: Vec<RedisArg>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (redis, command) = (self.clone(), command.to_owned());
+        runtime.spawn(async move {
+            let _ = redis.execute(&command, args).await;
+        });
+    }
+
     /// On a cluster, one `WAIT` per slot named, each on the master of that slot (over the
     /// very connection the writes went through); elsewhere one `WAIT`.
     async fn wait_replicas(&self, keys: &[&str], replicas: i64, timeout_ms: i64) -> Result<i64, PortError> {

@@ -130,6 +130,15 @@ pub trait Redis {
         false
     }
 
+    /// Sends one command whose answer nobody waits for: the clean-up of a call that timed
+    /// out, which should reach Redis after that call whenever Redis comes back. The native
+    /// adapter sends it from a task of its own over the same connection (one connection
+    /// runs its commands in the order they were sent); an adapter whose work cannot outlive
+    /// the request (Spin) sends nothing.
+    fn send_detached(&self, command: &str, args: Vec<RedisArg>) {
+        let _ = (command, args);
+    }
+
     /// Waits until `replicas` replicas have every write made so far to the node(s) serving
     /// `keys`, or `timeout_ms` passed (Redis `WAIT`), and returns how many did (the fewest
     /// over the nodes). On one server that is one `WAIT` on the connection that wrote; a

@@ -60,6 +60,17 @@ impl Script {
             .get_or_init(|| sha1_smol::Sha1::from(self.source()).digest().to_string())
     }
 
+    /// Sends the script with `keys` and `args` and waits for nothing
+    /// ([`Redis::send_detached`]): as `EVAL`, so it runs whether or not the server knows it.
+    pub fn send_detached<R: Redis>(&self, redis: &R, keys: &[&str], args: Vec<RedisArg>) {
+        let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+        all.push(RedisArg::from(self.source()));
+        all.push(RedisArg::Int(keys.len() as i64));
+        all.extend(keys.iter().map(|k| RedisArg::from(*k)));
+        all.extend(args);
+        redis.send_detached("EVAL", all);
+    }
+
     /// Runs the script with `keys` and `args`: `EVALSHA`, then `EVAL` if the server does
     /// not know it yet.
     pub async fn run<R: Redis>(

@@ -477,3 +477,80 @@ async fn payments_racing_their_deadline_under_redis_latency_never_outlive_their_
     .await;
     app.finish().await;
 }
+
+/// The request that sends a call into a paused Redis answers 503 within the Redis timeout,
+/// long before Redis runs that call. Whether the call was its Idempotency-Key's begin
+/// (which would take a lease when Redis resumes) or a later step (the lease already taken),
+/// a retry with the same key goes through as soon as Redis is back, not after the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_redis_pause_goes_through_as_soon_as_redis_is_back() {
+    let size = size();
+    let (redis, app, _gateway) = shop_on_own_redis(&size, Persistence::Aof).await;
+    let serve = ServeProcess::start(&app, &[]).await;
+    let http = &app.http;
+    let post = |path: String, key: &'static str, body: serde_json::Value| {
+        http.post(format!("{}{path}", serve.base))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let cart = |key| async move {
+        let made = post("/v1/carts".into(), key, serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 201);
+        let cart = made.json::<serde_json::Value>().await.unwrap()["cartId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let line = serde_json::json!({ "variantId": VARIANT, "quantity": 1 });
+        let added = post(format!("/v1/carts/{cart}/items"), key, line).await.unwrap();
+        assert_eq!(added.status(), 200);
+        cart
+    };
+    let carts = [cart("pause-cart-1").await, cart("pause-cart-2").await];
+
+    redis.stop();
+    let mut refused = Vec::new();
+    for (i, cart) in carts.iter().enumerate() {
+        let key = ["pause-checkout-1", "pause-checkout-2"][i];
+        let started = std::time::Instant::now();
+        let reply = post("/v1/checkout".into(), key, serde_json::json!({ "cartId": cart }))
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 503, "Redis is paused");
+        assert!(
+            started.elapsed() <= REDIS_TIMEOUT + MARGIN,
+            "{:?}",
+            started.elapsed()
+        );
+        refused.push((key, cart.clone()));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.cont();
+    let back = std::time::Instant::now();
+
+    for (key, cart) in refused {
+        let status = loop {
+            let reply = post("/v1/checkout".into(), key, serde_json::json!({ "cartId": cart }))
+                .await
+                .unwrap();
+            let status = reply.status().as_u16();
+            assert_ne!(
+                status, 409,
+                "{key}: held back by the lease of an attempt that answered 503"
+            );
+            if status != 503 || back.elapsed() > lease() {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status, 201, "{key}");
+    }
+    assert!(
+        back.elapsed() < lease(),
+        "the retries went through {:?} after Redis came back",
+        back.elapsed()
+    );
+    app.finish().await;
+}

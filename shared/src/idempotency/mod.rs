@@ -69,20 +69,37 @@ where
         digest(key.as_bytes())
     );
     let fingerprint = digest(&[req.method.as_bytes(), b" ", req.path.as_bytes(), b"\n", &req.body].concat());
-    let begun = BEGIN
-        .run(
+    let attempt = random_hex_128()?;
+    let keys = [record.as_str()];
+    let begin = |not_after_ms: i64| {
+        BEGIN.run(
             &app.redis,
-            &[&record],
+            &keys,
             vec![
-                fingerprint.into(),
-                random_hex_128()?.into(),
+                fingerprint.as_str().into(),
+                attempt.as_str().into(),
                 // The request's own deadline: it started before this call, so it has been
                 // cut (natively; on Spin by the platform's handler timeout) by the time the
                 // lease ends, and a retry may take over.
                 RedisArg::Int(app.settings.request_timeout_ms as i64),
+                RedisArg::Int(not_after_ms),
             ],
         )
-        .await?;
+    };
+    // Past the Redis timeout this request no longer waits for the reply: a call that
+    // reaches Redis later (it sat in a paused server) takes no lease.
+    let not_after_ms = wall_clock_ms() + app.settings.redis_timeout_ms as i64;
+    let begun = match begin(not_after_ms).await {
+        // Our clock runs behind Redis's, or Redis was slow within its timeout: we are here
+        // to take the lease, so ask again without the limit.
+        Ok(reply) if reply.first().and_then(RedisReply::as_text) == Some("LATE") => begin(0).await?,
+        Ok(reply) => reply,
+        Err(error) => {
+            // The call may still run when Redis comes back: end its lease right after it.
+            forget_later(app, &record, &attempt);
+            return Err(error.into());
+        }
+    };
     let text = |i: usize| begun.get(i).and_then(RedisReply::as_text).map(str::to_owned);
     let token = match text(0).as_deref() {
         Some("NEW" | "RESUME") => text(1).ok_or_else(|| unexpected(&begun))?,
@@ -131,8 +148,9 @@ where
         Err(error) => Response::error(error),
     };
     let keep = response.status < 500;
-    // Redis just failed to answer within its timeout: asking it again to forget the attempt
-    // would only double the wait for the 503. The lease ends with the request's deadline.
+    // Redis just failed to answer within its timeout: waiting for it to forget the attempt
+    // would only double the wait for the 503. The forget is sent without waiting, to run
+    // when Redis is back (natively; elsewhere the lease ends with the request's deadline).
     if matches!(
         &outcome,
         Err(Error::Unavailable {
@@ -140,6 +158,7 @@ where
             ..
         })
     ) {
+        forget_later(app, &record, &attempt);
         return outcome;
     }
     let body = String::from_utf8_lossy(&response.body).into_owned();
@@ -160,10 +179,35 @@ where
                 body.into(),
                 RedisArg::Int(i64::from(app.settings.idempotency_ttl_seconds) * 1000),
                 headers.into(),
+                attempt.as_str().into(),
             ],
         )
         .await?;
     outcome
+}
+
+/// Ends this attempt's lease once Redis runs the command, without waiting for it
+/// ([`Script::send_detached`]): after a call that timed out, so a retry need not wait out
+/// the lease of an attempt that already answered 503.
+fn forget_later<R: Redis, S, H>(app: &App<R, S, H>, record: &str, attempt: &str) {
+    let args = vec![
+        "".into(),
+        "forget".into(),
+        RedisArg::Int(0),
+        "".into(),
+        RedisArg::Int(0),
+        "".into(),
+        attempt.into(),
+    ];
+    FINISH.send_detached(&app.redis, &[record], args);
+}
+
+/// This process's wall clock, epoch milliseconds: only to tell Redis when this request
+/// stops waiting for a reply (every expiry is still decided on the Redis clock).
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn digest(bytes: &[u8]) -> String {

@@ -49,6 +49,10 @@ impl<R: Redis> Redis for Measured<R> {
         self.0.is_cluster()
     }
 
+    fn send_detached(&self, command: &str, args: Vec<RedisArg>) {
+        self.0.send_detached(command, args);
+    }
+
     async fn wait_replicas(&self, keys: &[&str], replicas: i64, timeout_ms: i64) -> Result<i64, PortError> {
         timed(
             Dependency::Redis,

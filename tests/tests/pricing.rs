@@ -480,7 +480,11 @@ async fn quote_afresh(app: &TestApp, items: &[(&str, i64)]) -> Result<Value, Str
         .iter()
         .map(|(variant, quantity)| {
             let item = LineItem::Variant(VariantId::parse(variant).unwrap());
-            item_quote_line(&item, Quantity::new(*quantity).unwrap())
+            item_quote_line(
+                &item,
+                item.line_id().to_string(),
+                Quantity::new(*quantity).unwrap(),
+            )
         })
         .collect();
     price_lines(&fresh, &lines, Currency::parse("EUR").unwrap(), None)

@@ -109,9 +109,10 @@ pub fn cart_quote_lines(lines: &[CartLine]) -> Vec<QuoteLine> {
         .collect()
 }
 
-/// The quote line of an item a client sent.
-pub fn item_quote_line(item: &LineItem, quantity: Quantity) -> QuoteLine {
-    quote_line(item, item.line_id().to_string(), quantity.get())
+/// The quote line of an item a client sent, whose line id (`item.line_id()`) the caller
+/// already has.
+pub fn item_quote_line(item: &LineItem, line_id: String, quantity: Quantity) -> QuoteLine {
+    quote_line(item, line_id, quantity.get())
 }
 
 fn quote_line(item: &LineItem, line_id: String, quantity: u32) -> QuoteLine {

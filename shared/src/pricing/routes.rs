@@ -137,24 +137,25 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
         };
         // Lines of the same contents are one line, as in a cart (one line id): their
         // quantities add up, so the quote prices what a cart of them would, breaks included.
-        let mut items: Vec<(LineItem, i64)> = Vec::new();
+        let mut items: Vec<(LineItem, String, i64)> = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for line in array_field(body, "lines", MAX_LINES)? {
             let (item, quantity) = parse_line(line)?;
+            let units = i64::from(quantity.get());
             match seen.entry(item.line_id().to_string()) {
-                Entry::Occupied(at) => items[*at.get()].1 += i64::from(quantity.get()),
+                Entry::Occupied(at) => items[*at.get()].2 += units,
                 Entry::Vacant(at) => {
-                    at.insert(items.len());
-                    items.push((item, i64::from(quantity.get())));
+                    items.push((item, at.key().clone(), units));
+                    at.insert(items.len() - 1);
                 }
             }
         }
         let mut lines = Vec::with_capacity(items.len());
-        for (item, quantity) in &items {
-            if let LineItem::Bundle(bundle, choices) = item {
+        for (item, line_id, units) in items {
+            if let LineItem::Bundle(bundle, choices) = &item {
                 Bundles::of(app).check(bundle, choices).await?;
             }
-            lines.push(item_quote_line(item, Quantity::new(*quantity)?));
+            lines.push(item_quote_line(&item, line_id, Quantity::new(units)?));
         }
         price_lines(app, &lines, currency, group).await?
     };

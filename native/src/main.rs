@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use commerce_core::backup;
 use commerce_core::bundle::Bundles;
+use commerce_core::ids::BundleId;
 use commerce_core::inventory::Inventory;
 use commerce_core::keys::RulesetKind;
 use commerce_core::ports::{Redis, Sql};
@@ -294,9 +295,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Warm => {
             let bundles = Bundles::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds);
             let mut progress = Progress::new("bundles warmed", None);
-            let warmed = bundles.warm(|done| progress.set(done)).await?;
+            let (warmed, skipped) = bundles.warm(|done| progress.set(done)).await?;
             progress.finish();
             eprintln!("commerce: warm done, {warmed} bundles cached");
+            if !skipped.is_empty() {
+                let ids: Vec<&str> = skipped.iter().map(BundleId::as_str).collect();
+                eprintln!(
+                    "commerce: skipped {} active bundles without sets: {}",
+                    ids.len(),
+                    ids.join(", ")
+                );
+            }
         }
         Command::Check { repair } => {
             // Exit 1 means drift; a check that could not run (a dependency down) is 2, so

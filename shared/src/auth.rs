@@ -68,7 +68,10 @@ impl TokenTime {
 /// case-insensitive (RFC 7235 §2.1): `bearer x` and `BEARER x` name the token `x` too.
 pub fn bearer(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+    // RFC 6750: `Bearer 1*SP token`.
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 /// Verifies `Authorization: Bearer <jwt>` against `secret` at `at` and returns the
@@ -109,10 +112,13 @@ pub fn verify(authorization: Option<&str>, secret: &str, at: TokenTime) -> Resul
     let Some(exp) = claims.exp else {
         return Err(unauthorized("the token has no expiry (exp)"));
     };
-    if at.now_s >= exp + at.leeway_s {
+    if at.now_s >= exp.saturating_add(at.leeway_s) {
         return Err(unauthorized("the token has expired"));
     }
-    if claims.nbf.is_some_and(|nbf| at.now_s + at.leeway_s < nbf) {
+    if claims
+        .nbf
+        .is_some_and(|nbf| at.now_s.saturating_add(at.leeway_s) < nbf)
+    {
         return Err(unauthorized("the token is not valid yet"));
     }
     let id =
@@ -174,7 +180,7 @@ mod tests {
 
     #[test]
     fn the_bearer_scheme_is_named_in_any_case() {
-        for header in ["Bearer t", "bearer t", "BEARER t", "bEaReR t"] {
+        for header in ["Bearer t", "bearer t", "BEARER t", "bEaReR t", "Bearer   t"] {
             assert_eq!(super::bearer(header), Some("t"), "{header}");
         }
         for header in ["Basic t", "Bearert", "Bearer", "", " Bearer t"] {
@@ -270,6 +276,21 @@ mod tests {
                 "{now}"
             );
         }
+    }
+
+    #[test]
+    fn instants_at_the_end_of_the_range_do_not_wrap() {
+        let token = sign(&json!({"sub": "cust-1", "exp": i64::MAX}), SECRET);
+        let at = TokenTime {
+            now_s: 1000,
+            leeway_s: 60,
+        };
+        assert!(verify(Some(&bearer(&token)), SECRET, at).is_ok());
+        let late = sign(&json!({"sub": "cust-1", "exp": 2000, "nbf": i64::MAX}), SECRET);
+        assert_eq!(
+            verify(Some(&bearer(&late)), SECRET, at).unwrap_err().status(),
+            401
+        );
     }
 
     #[test]

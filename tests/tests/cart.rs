@@ -297,6 +297,52 @@ async fn merging_on_sign_in_adds_per_line_and_removes_the_anonymous_cart() {
     app.finish().await;
 }
 
+/// A merge the customer's cart refuses (another currency, a checkout under way) adds
+/// nothing and leaves the anonymous cart the visitor's: not frozen as merged.
+#[tokio::test]
+async fn a_refused_merge_leaves_the_anonymous_cart_usable() {
+    let app = TestApp::spawn().await;
+    app.seed(4).await;
+    let token = bearer("kate");
+    let auth = [("authorization", token.as_str())];
+    app.call_with(
+        "POST",
+        "/v1/customers/kate/cart/items",
+        Some(unit("var-1", 1)),
+        &auth,
+    )
+    .await;
+    let created = app
+        .call(
+            "POST",
+            "/v1/carts",
+            Some(json!({"currency": "USD"})),
+            Caller::Anonymous,
+        )
+        .await;
+    let cart = created.body["cartId"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/carts/{cart}/items"), unit("var-3", 1))
+        .await;
+
+    let refused = merge(&app, "kate", &cart).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (422, "CURRENCY_MISMATCH"),
+        "{refused:?}"
+    );
+    let added = app
+        .post(&format!("/v1/carts/{cart}/items"), unit("var-3", 1))
+        .await;
+    assert_eq!(added.status, 200, "the cart takes changes again: {added:?}");
+    let elsewhere = merge(&app, "liam", &cart).await;
+    assert_eq!(
+        elsewhere.status, 200,
+        "another customer may merge it: {elsewhere:?}"
+    );
+    assert_eq!(quantities(&elsewhere.body), owned(&[("var-3", 2)]));
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_merges_add_each_line_once() {
     let app = TestApp::spawn().await;
@@ -481,11 +527,22 @@ async fn an_invalidated_bundle_is_reloaded_from_postgres() {
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(app.post(&items, line).await.status, 200);
-    let warmed = commerce_core::bundle::Bundles::new(&app.app.redis, &app.app.sql, &app.app.keys, 60)
-        .warm(|_| {})
+    // An active bundle without sets is no bundle a shopper can choose: skipped, not fatal.
+    app.pg
+        .batch_execute(
+            "INSERT INTO bundles (id, name, pricing_kind, fixed_price_minor, currency)
+             VALUES ('aaa-no-sets', 'No sets', 'fixed', 1000, 'EUR')",
+        )
         .await
         .unwrap();
+    let (warmed, skipped) =
+        commerce_core::bundle::Bundles::new(&app.app.redis, &app.app.sql, &app.app.keys, 60)
+            .warm(|_| {})
+            .await
+            .unwrap();
     assert_eq!(warmed, 3);
+    let skipped: Vec<&str> = skipped.iter().map(|b| b.as_str()).collect();
+    assert_eq!(skipped, ["aaa-no-sets"]);
     app.finish().await;
 }
 

@@ -534,6 +534,48 @@ async fn a_payment_whose_webhook_never_comes_is_refunded_when_its_session_expire
     app.finish().await;
 }
 
+/// A bundle line is checked when it is added and again when its cart is checked out: a
+/// bundle changed meanwhile (a variant no longer eligible) refuses the checkout with 422
+/// naming the line and the set, and nothing is held or locked.
+#[tokio::test]
+async fn a_bundle_line_that_no_longer_fits_its_bundle_is_refused_at_checkout() {
+    let (app, _gateway) = TestApp::shop(20, |c| c).await;
+    let line =
+        json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
+    let cart = app.cart_with_lines(&[line]).await;
+    app.pg
+        .batch_execute(
+            "DELETE FROM bundle_set_variants WHERE bundle_id = 'bundle-3' AND variant_id = 'var-1'",
+        )
+        .await
+        .unwrap();
+    let invalidated = app
+        .call(
+            "POST",
+            "/v1/admin/bundles/bundle-3/invalidate",
+            None,
+            Caller::Admin,
+        )
+        .await;
+    assert_eq!(invalidated.status, 200);
+
+    let refused = app.start_checkout(&cart, "k-stale-bundle").await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (422, "INVALID_BUNDLE_CHOICE"),
+        "{refused:?}"
+    );
+    let details = &refused.body["error"]["details"];
+    assert_eq!(details["setId"], "first", "{refused:?}");
+    let cart_view = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(details["lineId"], cart_view.body["lines"][0]["lineId"]);
+    assert_eq!(app.sellable("var-1").await, 100, "nothing held");
+    let mut redis = app.redis.clone();
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(lock, None, "the cart is not left locked");
+    app.finish().await;
+}
+
 /// A session whose cart lock is gone (deleted by hand, a partial Redis loss) takes it back
 /// at its payment intent; if another session has locked the cart meanwhile, the first is
 /// cancelled there, so one cart never ends in two orders.
@@ -621,6 +663,46 @@ async fn a_cart_that_costs_nothing_is_refused_at_checkout_and_holds_nothing() {
     let mut redis = app.redis.clone();
     let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
     assert_eq!(lock, None, "the cart is not left locked");
+    app.finish().await;
+}
+
+/// The admin token (a shop's back office) may start a checkout as openapi says: of an
+/// anonymous cart as its visitor would, and of a customer's cart on the customer's behalf;
+/// the session stays the customer's.
+#[tokio::test]
+async fn the_admin_token_starts_a_checkout_for_a_cart_or_a_customer() {
+    let (app, _gateway) = TestApp::shop(3, |c| c).await;
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let started = app
+        .start_checkout_as(json!({ "cartId": cart }), "adm-1", Caller::Admin)
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let zoe = Caller::Customer("zoe");
+    app.call(
+        "POST",
+        "/v1/customers/zoe/cart/items",
+        Some(unit("var-2", 1)),
+        zoe,
+    )
+    .await;
+    let started = app
+        .start_checkout_as(json!({ "customerId": "zoe" }), "adm-2", Caller::Admin)
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let session = started.body["sessionId"].as_str().unwrap();
+    let own = app
+        .call("GET", &format!("/v1/checkout/{session}"), None, zoe)
+        .await;
+    assert_eq!(own.status, 200, "the session is zoe's: {own:?}");
+    let stranger = app
+        .call(
+            "GET",
+            &format!("/v1/checkout/{session}"),
+            None,
+            Caller::Customer("yan"),
+        )
+        .await;
+    assert_eq!(stranger.status, 403);
     app.finish().await;
 }
 

@@ -204,19 +204,24 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
         Ok(())
     }
 
-    /// Loads every active bundle into the cache, calling `progress` with the count.
-    pub async fn warm(&self, mut progress: impl FnMut(u64)) -> Result<u64> {
+    /// Loads every active bundle into the cache, calling `progress` with the count of
+    /// bundles done. Returns the bundles cached and those skipped: an active bundle with no
+    /// sets is none a shopper can choose (its GET is 404), so nothing of it is cached.
+    pub async fn warm(&self, mut progress: impl FnMut(u64)) -> Result<(u64, Vec<BundleId>)> {
         let rows = self.sql.query(ACTIVE_BUNDLES, &[]).await?;
-        let mut warmed = 0;
+        let (mut warmed, mut skipped) = (0, Vec::new());
         for id in rows
             .iter()
             .filter_map(|r| BundleId::parse(r.first()?.as_text()?).ok())
         {
-            self.get(&id).await?;
-            warmed += 1;
-            progress(warmed);
+            match self.get(&id).await {
+                Ok(_) => warmed += 1,
+                Err(Error::NotFound { .. }) => skipped.push(id),
+                Err(other) => return Err(other),
+            }
+            progress(warmed + skipped.len() as u64);
         }
-        Ok(warmed)
+        Ok((warmed, skipped))
     }
 
     /// Reads the bundle from PostgreSQL and stores it, unless invalidated meanwhile.

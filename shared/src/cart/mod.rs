@@ -28,6 +28,7 @@ static MUTATE: Script = Script::new(lua!("cart.lua", "mutate.lua"));
 static MERGE_CLAIM: Script = Script::new(lua!("cart.lua", "merge_claim.lua"));
 static MERGE_APPLY: Script = Script::new(lua!("cart.lua", "merge_apply.lua"));
 static MERGE_FINISH: Script = Script::new(lua!("merge_finish.lua"));
+static MERGE_RELEASE: Script = Script::new(lua!("merge_release.lua"));
 static LINES: Script = Script::new(lua!("lines.lua"));
 
 /// How long the tombstone of a merged anonymous cart answers retries: one day.
@@ -534,22 +535,27 @@ impl<'a, R: Redis> Carts<'a, R> {
             args.push(RedisArg::Int(line.quantity.into()));
         }
         let applied = self.run(&MERGE_APPLY, &target, args).await?;
-        let view = match tag(&applied) {
-            "OK" => decode(&target, &applied)?,
-            "LOCKED" => return Err(cart_locked(&applied)),
-            "CURRENCY" => {
-                return Err(Error::Unprocessable {
-                    code: ErrorCode::CurrencyMismatch,
-                    message: format!(
-                        "the cart is in {}, the customer's cart in {}",
-                        claimed.currency,
-                        applied.get(1).and_then(RedisReply::as_text).unwrap_or("?")
-                    ),
-                    details: Value::Null,
-                });
-            }
+        let refused = match tag(&applied) {
+            "OK" => None,
+            "LOCKED" => Some(cart_locked(&applied)),
+            "CURRENCY" => Some(Error::Unprocessable {
+                code: ErrorCode::CurrencyMismatch,
+                message: format!(
+                    "the cart is in {}, the customer's cart in {}",
+                    claimed.currency,
+                    applied.get(1).and_then(RedisReply::as_text).unwrap_or("?")
+                ),
+                details: Value::Null,
+            }),
             _ => return Err(unexpected(&applied)),
         };
+        if let Some(refused) = refused {
+            // Nothing was added: the anonymous cart is unfrozen, not left claimed.
+            self.run(&MERGE_RELEASE, &anonymous, vec![customer.as_str().into()])
+                .await?;
+            return Err(refused);
+        }
+        let view = decode(&target, &applied)?;
         let finished = self
             .run(
                 &MERGE_FINISH,

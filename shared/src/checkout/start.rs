@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::session::{SessionView, cart_ref_text, parse_session};
 use super::{Checkouts, KEEP_MS, UNLOCK};
+use crate::bundle::Bundles;
 use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::{Quantity, SessionId, VariantId};
@@ -52,6 +53,27 @@ pub(crate) fn frozen_demand(metadata: &Value) -> Result<Vec<(VariantId, Quantity
                 .ok_or_else(|| Error::Internal(format!("malformed frozen demand: {d}")))
         })
         .collect()
+}
+
+/// A bundle line's refusal, naming the line of the cart it is about.
+fn in_line(error: Error, line: &CartLine) -> Error {
+    match error {
+        Error::Unprocessable {
+            code,
+            message,
+            mut details,
+        } => {
+            if let Some(details) = details.as_object_mut() {
+                details.insert("lineId".into(), json!(line.line_id.as_str()));
+            }
+            Error::Unprocessable {
+                code,
+                message: format!("cart line {}: {message}", line.line_id.as_str()),
+                details,
+            }
+        }
+        other => other,
+    }
 }
 
 impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
@@ -162,6 +184,16 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         customer_group: Option<String>,
     ) -> Result<SessionView> {
         let cart::CartView { currency, lines, .. } = cart::decode(cart, locked)?;
+        // A bundle line's choices were checked when it was added; the bundle may have
+        // changed since (sets, eligible variants): what is sold must fit it now.
+        for line in &lines {
+            if let LineItem::Bundle(bundle, choices) = &line.item {
+                Bundles::of(self.app)
+                    .check(bundle, choices)
+                    .await
+                    .map_err(|e| in_line(e, line))?;
+            }
+        }
         let priced = price_lines(self.app, &cart_quote_lines(&lines), currency, customer_group).await?;
         if priced.quote.total_minor < 1 {
             // A gateway takes no payment of nothing, so such a session could never end in an

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commerce_core::error::{Dependency, PortError};
-use commerce_core::ports::{CANNOT_SERVE_NOW, Redis, RedisArg, RedisReply};
+use commerce_core::ports::{Redis, RedisArg, RedisReply, cannot_serve_now};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -491,11 +491,13 @@ fn flatten(value: redis::Value, out: &mut Vec<RedisReply>) -> Result<(), PortErr
 }
 
 /// A redis-rs error as the [`Redis`] port states it: connection trouble and
-/// [`CANNOT_SERVE_NOW`] codes are `Unreachable`, any other server error keeps its code at
-/// the front of the text.
+/// errors that say the server [cannot serve now](cannot_serve_now) are `Unreachable`, any
+/// other server error keeps its code at the front of the text.
 fn port_error(e: redis::RedisError) -> PortError {
-    let cannot_serve_now = e.code().is_some_and(|code| CANNOT_SERVE_NOW.contains(&code));
-    if cannot_serve_now || is_outage(&e) {
+    let refused = e
+        .code()
+        .is_some_and(|code| cannot_serve_now(code, e.detail().unwrap_or_default()));
+    if refused || is_outage(&e) {
         PortError::unreachable(Dependency::Redis, e.to_string())
     } else {
         PortError::server(Dependency::Redis, format!("{} {e}", e.code().unwrap_or_default()))

@@ -95,6 +95,15 @@ pub const CANNOT_SERVE_NOW: [&str; 9] = [
     "WRONGPASS",
 ];
 
+/// Whether a Redis error reply (its code and message) means the server cannot serve this
+/// client now: one of [`CANNOT_SERVE_NOW`], or a refusal before the client authenticated,
+/// which Redis words as `ERR Protocol error: unauthenticated multibulk length` (or `bulk
+/// length`) instead of `NOAUTH` for a command of more than ten arguments.
+pub fn cannot_serve_now(code: &str, message: &str) -> bool {
+    CANNOT_SERVE_NOW.contains(&code)
+        || (code == "ERR" && message.starts_with("Protocol error: unauthenticated"))
+}
+
 /// Runs Redis commands. Every call is one round trip; compound operations are scripts.
 ///
 /// What every adapter guarantees, stated here once for both (the Spin host's behaviour
@@ -111,7 +120,7 @@ pub const CANNOT_SERVE_NOW: [&str; 9] = [
 ///   [`crate::script::is_missing_script`] reads before [`crate::script::Script::run`]
 ///   sends the script with `EVAL`;
 /// - **outages**: Redis unreachable, a broken connection, a call past its timeout, or a
-///   server that cannot serve now ([`CANNOT_SERVE_NOW`]) is [`Unreachable`](crate::error::Failure::Unreachable)
+///   server that cannot serve now ([`cannot_serve_now`]) is [`Unreachable`](crate::error::Failure::Unreachable)
 ///   (503), never a `Server` error (500);
 /// - the call happens when the returned future is polled, not when it is made.
 pub trait Redis {
@@ -256,4 +265,31 @@ pub struct OutboundResponse {
 pub trait Http {
     /// Sends one request and reads the whole answer.
     fn send(&self, request: OutboundRequest) -> impl Future<Output = Result<OutboundResponse, PortError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_refusing_the_client_cannot_serve_now() {
+        for (code, message) in [
+            ("NOAUTH", "Authentication required."),
+            ("LOADING", "Redis is loading the dataset in memory"),
+            ("ERR", "Protocol error: unauthenticated multibulk length"),
+            ("ERR", "Protocol error: unauthenticated bulk length"),
+        ] {
+            assert!(cannot_serve_now(code, message), "{code} {message}");
+        }
+        for (code, message) in [
+            ("ERR", "Error running script (call to f_1): boom"),
+            (
+                "WRONGTYPE",
+                "Operation against a key holding the wrong kind of value",
+            ),
+            ("ERR", "unknown command"),
+        ] {
+            assert!(!cannot_serve_now(code, message), "{code} {message}");
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The `Redis` port over Spin's outbound Redis, and how the host's error texts are read.
 
 use commerce_core::error::{Dependency, PortError};
-use commerce_core::ports::{CANNOT_SERVE_NOW, Redis, RedisArg, RedisReply};
+use commerce_core::ports::{Redis, RedisArg, RedisReply, cannot_serve_now};
 use spin_sdk::redis::{self, RedisParameter, RedisResult};
 
 use crate::Deadline;
@@ -9,8 +9,9 @@ use crate::connection::OnFirstUse;
 
 /// The [`Redis`] port over Spin's outbound Redis (`fermyon:spin/redis@2.0.0`), with the
 /// guarantees the port states: the host flattens replies itself; its renderings of
-/// server errors are read back to Redis's own form by [`server_error`]; an outage, or a
-/// code of [`CANNOT_SERVE_NOW`], is [`Failure::Unreachable`](commerce_core::error::Failure::Unreachable).
+/// server errors are read back to Redis's own form by [`server_error`]; an outage, or an
+/// error that says the server [cannot serve now](cannot_serve_now), is
+/// [`Failure::Unreachable`](commerce_core::error::Failure::Unreachable).
 ///
 /// The connection is opened on the first command and reused for the rest of the request;
 /// a failed open is retried by the next command.
@@ -82,7 +83,7 @@ fn redis_error(error: redis::Error) -> PortError {
         }
         redis::Error::TypeError => PortError::server(Dependency::Redis, "Redis reply of an unexpected type"),
         redis::Error::Other(text) => match server_error(&text) {
-            Some((code, message)) if CANNOT_SERVE_NOW.contains(&code) => {
+            Some((code, message)) if cannot_serve_now(code, message) => {
                 PortError::unreachable(Dependency::Redis, format!("{code} {message}"))
             }
             Some((code, message)) => PortError::server(Dependency::Redis, format!("{code} {message}")),

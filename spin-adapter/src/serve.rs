@@ -6,7 +6,8 @@ use commerce_core::app::App;
 use commerce_core::error::{Dependency, Error, ErrorCode};
 use commerce_core::http::{Request, Response};
 use commerce_core::metrics::Measured;
-use commerce_core::metrics::exchange::Exchange;
+use commerce_core::metrics::exchange::{Exchange, LogLevel};
+use commerce_core::ports::Config;
 use commerce_core::router::{self, Scope};
 use commerce_core::settings::Settings;
 use spin_sdk::http::{IncomingRequest, Response as SpinResponse};
@@ -20,16 +21,32 @@ use crate::{Deadline, SpinConfig, SpinHttp, SpinPg, SpinRedis};
 /// failed) with the DESIGN §5 error body; a body over
 /// `max_body_bytes` is a 413 (its rest read and dropped up to [`DRAIN_BYTES`]); otherwise the
 /// response is exactly what [`router::handle`] answers. The path handed to the router
-/// carries no query string (that is in `query`), header names are lower case, the method is upper case, and
-/// the body is the bytes the client sent (the webhook's signature covers them).
+/// carries no query string (that is in `query`), header names are lower case, the method is
+/// as the client sent it (method names are case-sensitive, RFC 9110 §9.1: `get` is no
+/// `GET`, as natively), and the body is the bytes the client sent (the webhook's signature
+/// covers them).
 pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
     let started = Instant::now();
-    // Liveness touches nothing, not even a variable (each costs the host a provider
-    // lookup): it answers even with a broken configuration.
+    let request_id = req
+        .headers()
+        .get(commerce_core::metrics::exchange::REQUEST_ID)
+        .first()
+        .and_then(|v| String::from_utf8(v.clone()).ok());
+    // Liveness touches no dependency and no setting but the log level, which it reads with
+    // a fallback: it answers, with its request id and log line, even with a broken
+    // configuration.
     if req.method() == spin_sdk::http::Method::Get
         && req.path_with_query().as_deref() == Some(commerce_core::ops::LIVENESS_PATH)
     {
-        return into_spin(commerce_core::ops::liveness());
+        let exchange =
+            Exchange::begin("GET", commerce_core::ops::LIVENESS_PATH, request_id.as_deref()).since(started);
+        let level = SpinConfig::new()
+            .get("log_level")
+            .and_then(|level| LogLevel::parse(&level))
+            .unwrap_or_default();
+        let mut response = commerce_core::ops::liveness();
+        exchange.end(&mut response, level);
+        return into_spin(response);
     }
     let config = SpinConfig::new();
     let settings = Settings::from_config(&config);
@@ -48,17 +65,7 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
     };
     let path_with_query = req.path_with_query().unwrap_or_default();
     let path = path_with_query.split('?').next().unwrap_or_default();
-    let request_id = req
-        .headers()
-        .get(commerce_core::metrics::exchange::REQUEST_ID)
-        .first()
-        .and_then(|v| String::from_utf8(v.clone()).ok());
-    let exchange = Exchange::begin(
-        &req.method().to_string().to_ascii_uppercase(),
-        path,
-        request_id.as_deref(),
-    )
-    .since(started);
+    let exchange = Exchange::begin(&req.method().to_string(), path, request_id.as_deref()).since(started);
     let log_level = settings.log_level;
     let body_timeout = Duration::from_millis(settings.http_body_timeout_ms);
     let request = match from_spin(req, settings.max_body_bytes, body_timeout) {
@@ -108,7 +115,7 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
 /// header value that is not UTF-8 is dropped (no route reads one, and a mangled
 /// `Authorization` must fail, not match).
 fn from_spin(req: IncomingRequest, limit: usize, body_timeout: Duration) -> Result<Request, Error> {
-    let method = req.method().to_string().to_ascii_uppercase();
+    let method = req.method().to_string();
     let path_with_query = req.path_with_query().unwrap_or_default();
     let (path, query) = match path_with_query.split_once('?') {
         Some((path, query)) => (path.to_owned(), query.to_owned()),

@@ -386,7 +386,50 @@ async fn routes_answer_at_their_edges_as_the_contract_says() {
     );
     assert_eq!(snapshot().await, before, "a refused checkout wrote to Redis");
 
-    for scheme in ["bearer", "BEARER"] {
+    // Method names are case-sensitive (RFC 9110 §9.1): `get` and `post` are no GET and POST,
+    // on either host, and a lower-case POST creates nothing.
+    for (method, path, allow) in [
+        ("get", "/v1/inventory/var-1", "GET"),
+        ("post", "/v1/carts", "POST"),
+    ] {
+        let before = app.redis_snapshot().await;
+        let reply = app
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", app.base),
+            )
+            .send()
+            .await
+            .unwrap();
+        let allowed = reply
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            (reply.status().as_u16(), allowed.as_deref()),
+            (405, Some(allow)),
+            "{method} {path}"
+        );
+        assert_eq!(
+            app.redis_snapshot().await,
+            before,
+            "{method} {path} wrote to Redis"
+        );
+    }
+
+    // Liveness carries its request id on both hosts, as every answer does.
+    let live = app
+        .http
+        .get(format!("{}/health/live", app.base))
+        .header("x-request-id", "probe-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.headers().get("x-request-id").unwrap(), "probe-1");
+
+    for scheme in ["bearer", "BEARER", "Bearer  "] {
         let token = format!("{scheme} {ADMIN_TOKEN}");
         let refunds = app
             .call_with("GET", "/v1/admin/refunds", None, &[("authorization", &token)])

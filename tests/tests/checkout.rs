@@ -633,6 +633,18 @@ async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
         97,
         "the cancelled session holds nothing"
     );
+
+    // A session already waiting for its payment takes a lost lock back when its payment
+    // intent is asked for again, until the holds' end.
+    let paying = app.paying_session(&[("var-1", 1)], "k-lost-lock-4").await;
+    let lock_key = app.cart_lock_key(&paying.cart);
+    let _: () = redis.del(&lock_key).await.unwrap();
+    let again = app.payment_intent(&paying.session, Caller::Anonymous).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    let lock: Option<String> = redis.get(&lock_key).await.unwrap();
+    assert_eq!(lock.as_deref(), Some(paying.session.as_str()));
+    let ttl: i64 = redis.pttl(&lock_key).await.unwrap();
+    assert!(ttl > 3_000_000, "until the holds' end, not a lock's ttl: {ttl}");
     app.finish().await;
 }
 

@@ -554,3 +554,54 @@ async fn a_retry_after_a_redis_pause_goes_through_as_soon_as_redis_is_back() {
     );
     app.finish().await;
 }
+
+/// A Redis that starts asking for a password (a rotated secret not yet deployed) cannot
+/// serve the app: every route answers 503, also for the long commands Redis refuses with
+/// `ERR Protocol error: unauthenticated multibulk length` rather than `NOAUTH`.
+#[tokio::test]
+async fn a_redis_that_refuses_the_app_is_a_503_on_every_route() {
+    let size = size();
+    let (redis, app, _gateway) = shop_on_own_redis(&size, Persistence::Nothing).await;
+    let mut admin = redis.connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("rotated")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut admin)
+        .await;
+    let many: Vec<String> = (1..=12).map(|i| format!("var-{i}")).collect();
+    let quote = json_lines(&many);
+    for _ in 0..3 {
+        for (path, body) in [
+            (
+                "/v1/inventory/availability",
+                serde_json::json!({ "variantIds": many }),
+            ),
+            ("/v1/pricing/quote", quote.clone()),
+        ] {
+            let reply = app.post(path, body).await;
+            assert_eq!(
+                (reply.status, reply.code()),
+                (503, "SERVICE_UNAVAILABLE"),
+                "{path}: {reply:?}"
+            );
+        }
+        assert_eq!(app.get("/v1/inventory/var-1").await.status, 503);
+    }
+    app.finish().await;
+}
+
+fn json_lines(variants: &[String]) -> serde_json::Value {
+    let lines: Vec<serde_json::Value> = variants
+        .iter()
+        .map(|v| serde_json::json!({ "variantId": v, "quantity": 1 }))
+        .collect();
+    serde_json::json!({ "lines": lines })
+}

@@ -143,6 +143,7 @@ async fn redis_error_replies_reach_the_app_as_redis_codes_and_outages_are_503() 
         "CLUSTERDOWN The cluster is down",
         "OOM command not allowed when used memory > 'maxmemory'.",
         "NOAUTH Authentication required.",
+        "ERR Protocol error: unauthenticated multibulk length",
         "ERR Error running script (call to f_abc): @user_script:1: boom",
         "WRONGTYPE Operation against a key holding the wrong kind of value",
         "NOSCRIPT No matching script. Please use EVAL.",
@@ -158,7 +159,7 @@ async fn redis_error_replies_reach_the_app_as_redis_codes_and_outages_are_503() 
         let ours = matches!(
             &reply[..reply.find(' ').unwrap()],
             "ERR" | "WRONGTYPE" | "NOSCRIPT"
-        );
+        ) && !reply.contains("unauthenticated");
         let expected = if ours {
             (*reply).to_owned()
         } else {

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::session::{cart_ref_text, wrong_state};
+use super::session::{Session, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
 use super::{Checkouts, UNLOCK, gateway, paid};
@@ -122,37 +122,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 },
             )
             .await?;
-            // The cart's lock for as long as the holds: extended, or taken back if it was
-            // lost (deleted, a partial Redis loss). A cart has one live checkout: if another
-            // session holds the lock now, this one is cancelled (its intent too).
-            let lock_key = self.carts().lock_key(&session.cart);
-            let locked = self
-                .run(
-                    &UNLOCK,
-                    &[&lock_key],
-                    vec![
-                        id.as_str().into(),
-                        RedisArg::Int(self.session_ttl_ms() + self.grace_ms()),
-                        "take".into(),
-                    ],
-                )
-                .await?;
-            if tag(&locked) != "OK" {
-                let other = locked
-                    .get(1)
-                    .and_then(RedisReply::as_text)
-                    .unwrap_or("")
-                    .to_owned();
-                let (_, cancelled) = self.transition(id, State::Cancelled, None, &[]).await?;
-                self.release(&cancelled, true).await?;
-                return Err(Error::Conflict {
-                    code: ErrorCode::CheckoutInProgress,
-                    message: format!(
-                        "the cart is being checked out by session {other}, so this session is cancelled"
-                    ),
-                    details: json!({ "sessionId": other }),
-                });
-            }
+            // The cart's lock for as long as the holds.
+            let until = RedisArg::Int(self.session_ttl_ms() + self.grace_ms());
+            self.keep_lock(&session, until, "take").await?;
             let (tag, moved) = self
                 .transition(
                     id,
@@ -165,6 +137,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 return Err(wrong_state(&moved, "take a payment"));
             }
             session = moved;
+        } else if session.state == State::PaymentPending {
+            // Asked again while waiting for the payment: the lock lasts until the holds' end.
+            let until = RedisArg::Int(session.deadline_ms + self.grace_ms());
+            self.keep_lock(&session, until, "take-at").await?;
         }
         Ok(PaymentView {
             amount: session.total.minor,
@@ -174,6 +150,39 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             payment_intent_id: intent_id,
             session_id: id.to_string(),
             state: session.state.name(),
+        })
+    }
+
+    /// Keeps the session's cart lock until `until` (a time to live, or with `take-at` an
+    /// instant): extended, or taken back if it was lost (deleted, a partial Redis loss). A
+    /// cart has one live checkout: if another session holds the lock now, this one is
+    /// cancelled (its holds freed, its intent cancelled) and the answer is 409 naming it.
+    async fn keep_lock(&self, session: &Session, until: RedisArg, mode: &str) -> Result<()> {
+        let id = &session.id;
+        let lock_key = self.carts().lock_key(&session.cart);
+        let locked = self
+            .run(
+                &UNLOCK,
+                &[&lock_key],
+                vec![id.as_str().into(), until, mode.into()],
+            )
+            .await?;
+        if tag(&locked) == "OK" {
+            return Ok(());
+        }
+        let other = locked
+            .get(1)
+            .and_then(RedisReply::as_text)
+            .unwrap_or("")
+            .to_owned();
+        let (_, cancelled) = self.transition(id, State::Cancelled, None, &[]).await?;
+        self.release(&cancelled, true).await?;
+        Err(Error::Conflict {
+            code: ErrorCode::CheckoutInProgress,
+            message: format!(
+                "the cart is being checked out by session {other}, so this session is cancelled"
+            ),
+            details: json!({ "sessionId": other }),
         })
     }
 

@@ -18,7 +18,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 const MAX_REQUEST_ID: usize = 128;
 
 /// How much the service logs (`log_level`): every level includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
     /// Nothing.
     Off,
@@ -27,6 +27,7 @@ pub enum LogLevel {
     /// …and warnings.
     Warn,
     /// …and one line per request (the default).
+    #[default]
     Info,
     /// …and details (nothing more than `Info` logs yet).
     Debug,

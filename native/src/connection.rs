@@ -40,8 +40,46 @@ impl Limits {
     }
 }
 
+/// Files the process keeps open besides its clients' connections: the PostgreSQL pool,
+/// Redis, the listener, the runtime's own, with room to spare.
+const OTHER_FILES: u64 = 256;
+
+/// Raises the process's soft limit of open files to its hard limit, so that the connection
+/// cap, not the file limit, is what refuses clients: past the file limit `accept` fails and
+/// new clients wait unanswered instead of getting the cap's 503. Says so when even the hard
+/// limit is below what `max_connections` needs.
+pub fn raise_open_file_limit(max_connections: usize) {
+    // SAFETY: getrlimit and setrlimit read and write only the struct they are given.
+    let limit = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit.rlim_cur
+    };
+    let needed = max_connections as u64 + OTHER_FILES;
+    if (limit as u64) < needed {
+        eprintln!(
+            "commerce: warning: max_connections is {max_connections} but this process may open only {limit} \
+             files: past about {} connections new clients wait instead of being refused; raise the \
+             limit (ulimit -n) or lower max_connections",
+            (limit as u64).saturating_sub(OTHER_FILES)
+        );
+    }
+}
+
 /// Accepts connections until the listener fails for good, serving each with `router`.
 pub async fn accept(listener: TcpListener, router: Router, limits: Limits) -> std::io::Result<()> {
+    raise_open_file_limit(limits.max_connections);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let stream = match listener.accept().await {
@@ -87,18 +125,50 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
-/// When a connection last moved a byte, and how many of its requests are being answered.
+/// When a connection last moved a byte, how many of its requests are being answered, and
+/// since when a request's head has been arriving.
 #[derive(Debug)]
 struct Activity {
     started: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// 1 + the ms (since `started`) of the first byte of a head not yet whole; 0: none.
+    head_since_ms: AtomicU64,
 }
 
 impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        self.last_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes came in: between requests they are the start of the next one's head.
+    fn read(&self) {
+        self.touch();
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_since_ms.compare_exchange(
+                0,
+                self.now_ms() + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A request's head is whole (hyper hands the request over): it is being answered.
+    fn answering(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the head now arriving has taken, if one is.
+    fn head_for(&self) -> Option<Duration> {
+        let since = self.head_since_ms.load(Ordering::Relaxed);
+        (since > 0 && self.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| Duration::from_millis(self.now_ms().saturating_sub(since - 1)))
     }
 
     fn idle_for(&self) -> Duration {
@@ -107,9 +177,12 @@ impl Activity {
     }
 }
 
-/// One connection: HTTP/1.1 with keep-alive, the header timeout enforced by hyper, and a
-/// watchdog that closes it once idle (no request being answered, no byte moved) for the
-/// idle timeout. Each request carries the socket's peer address (`ConnectInfo`), the
+/// One connection: HTTP/1.1 with keep-alive, and a watchdog that closes it once a
+/// request's head has been arriving for the header timeout (from its first byte), or once
+/// idle (no request being answered, no byte moved) for the idle timeout. The header timeout
+/// is ours, not hyper's `header_read_timeout`: hyper's also runs while a kept-alive
+/// connection waits for its next request, which would cut every idle connection at the
+/// header timeout instead of the idle one. Each request carries the socket's peer address (`ConnectInfo`), the
 /// client address the rate limits start from.
 async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
@@ -117,6 +190,7 @@ async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
         started: Instant::now(),
         last_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
+        head_since_ms: AtomicU64::new(0),
     });
     let io = TokioIo::new(Tracked {
         inner: stream,
@@ -126,7 +200,7 @@ async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let (router, activity) = (router.clone(), answering.clone());
         async move {
-            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            activity.answering();
             let mut req = req.map(axum::body::Body::new);
             if let Some(peer) = peer {
                 req.extensions_mut().insert(ConnectInfo(peer));
@@ -139,17 +213,17 @@ async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header)
         .keep_alive(true)
         .serve_connection(io, service);
     tokio::pin!(connection);
-    let tick = (limits.idle / 4).max(Duration::from_millis(25));
+    let tick = (limits.idle.min(limits.header) / 4).max(Duration::from_millis(25));
     loop {
         tokio::select! {
             _ = connection.as_mut() => return,
             _ = tokio::time::sleep(tick) => {
                 let idle = activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= limits.idle;
-                if idle {
+                let slow_head = activity.head_for().is_some_and(|took| took >= limits.header);
+                if idle || slow_head {
                     // Nothing is being answered: closing loses no response.
                     return;
                 }
@@ -173,7 +247,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read();
         }
         polled
     }

@@ -30,18 +30,29 @@ impl Http for NativeHttp {
         for (name, value) in request.headers {
             builder = builder.header(name, value);
         }
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| PortError::unreachable(Dependency::Gateway, e.to_string()))?;
+        let response = builder.send().await.map_err(outage)?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| PortError::unreachable(Dependency::Gateway, e.to_string()))?;
+        let body = response.bytes().await.map_err(outage)?;
         Ok(OutboundResponse {
             status,
             body: body.to_vec(),
         })
     }
+}
+
+/// A failed call, its causes spelled out: reqwest's own text says only "error sending
+/// request", while what went wrong (`operation timed out`, `Connection refused`) is in its
+/// sources, which is what an operator and the error kind of the metrics need.
+fn outage(e: reqwest::Error) -> PortError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if e.is_timeout() && !message.contains("timed out") {
+        message.push_str(" (timed out)");
+    }
+    PortError::unreachable(Dependency::Gateway, message)
 }

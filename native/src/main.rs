@@ -120,11 +120,11 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:3000/v1/checkout/payment-webhook")]
         webhook_url: String,
         /// The secret events are signed with (the app's COMMERCE_WEBHOOK_SECRET).
-        #[arg(long, env = "COMMERCE_WEBHOOK_SECRET")]
+        #[arg(long, env = "COMMERCE_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: String,
         /// The secret key callers must send as Bearer (the app's
         /// COMMERCE_PAYMENT_GATEWAY_KEY).
-        #[arg(long, env = "COMMERCE_PAYMENT_GATEWAY_KEY")]
+        #[arg(long, env = "COMMERCE_PAYMENT_GATEWAY_KEY", hide_env_values = true)]
         api_key: String,
     },
     /// Print a customer token (HS256 JWT signed with COMMERCE_JWT_SECRET), for trying the

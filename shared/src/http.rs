@@ -134,6 +134,10 @@ impl Response {
         if let Some(seconds) = error.retry_after() {
             response.headers.push(("retry-after".into(), seconds.to_string()));
         }
+        // Every credential the service takes is a bearer token (RFC 7235 §3.1, RFC 6750).
+        if response.status == 401 {
+            response.headers.push(("www-authenticate".into(), "Bearer".into()));
+        }
         response
     }
 

@@ -179,6 +179,15 @@ impl Settings {
                 Err(format!("{name} must be from 1 to {max}"))
             }
         };
+        // The same for a setting where 0 means "none" or "off".
+        let up_to = |name: &str, default: u64, max: u64| -> Result<u64, String> {
+            let value = number(name, default)?;
+            if value <= max {
+                Ok(value)
+            } else {
+                Err(format!("{name} must be from 0 to {max}"))
+            }
+        };
         let bounded = |name: &str, default: u32, max: u32| -> Result<u32, String> {
             within(name, default.into(), max.into()).map(|value| value as u32)
         };
@@ -235,13 +244,13 @@ impl Settings {
             webhook_secret: text("webhook_secret", ""),
             service_token: text("service_token", ""),
             hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
-            redis_wait_replicas: number("redis_wait_replicas", 0)?.min(16) as u32,
-            redis_wait_timeout_ms: number("redis_wait_timeout_ms", 500)?.clamp(1, 60_000),
-            jwt_leeway_seconds: number("jwt_leeway_seconds", 60)?.min(3600) as u32,
-            http_header_timeout_ms: number("http_header_timeout_ms", 10_000)?.clamp(100, 600_000),
-            http_body_timeout_ms: number("http_body_timeout_ms", 30_000)?.clamp(100, 600_000),
-            http_idle_timeout_ms: number("http_idle_timeout_ms", 60_000)?.clamp(100, 3_600_000),
-            max_connections: number("max_connections", 1024)?.clamp(1, 1_000_000) as usize,
+            redis_wait_replicas: up_to("redis_wait_replicas", 0, 16)? as u32,
+            redis_wait_timeout_ms: within("redis_wait_timeout_ms", 500, 60_000)?,
+            jwt_leeway_seconds: up_to("jwt_leeway_seconds", 60, 3600)? as u32,
+            http_header_timeout_ms: within("http_header_timeout_ms", 10_000, 600_000)?,
+            http_body_timeout_ms: within("http_body_timeout_ms", 30_000, 600_000)?,
+            http_idle_timeout_ms: within("http_idle_timeout_ms", 60_000, 3_600_000)?,
+            max_connections: within("max_connections", 1024, 1_000_000)? as usize,
             redis_url: text("redis_url", "redis://127.0.0.1:6379"),
             database_url: text("database_url", "postgres://postgres@127.0.0.1:5432/commerce"),
             redis_ca_file: text("redis_ca_file", ""),
@@ -257,11 +266,11 @@ impl Settings {
                 .ok_or("database_pool_size must be from 0 (automatic) to 1000")?,
             gateway_timeout_ms,
             // By default the sum of the three: a request waits on one dependency at a time.
-            request_timeout_ms: number(
+            request_timeout_ms: within(
                 "request_timeout_ms",
                 redis_timeout_ms + database_timeout_ms + gateway_timeout_ms,
-            )?
-            .clamp(100, 600_000),
+                1_800_000,
+            )?,
             max_body_bytes: within("max_body_bytes", Self::DEFAULT_MAX_BODY as u64, 64 << 20)? as usize,
             outbox_drain_interval_ms: number("outbox_drain_interval_ms", 5_000)?,
             outbox_retry_base_ms,
@@ -437,6 +446,16 @@ mod tests {
             ("max_body_bytes", "0"),
             ("payment_gateway_url", "notaurl"),
             ("payment_gateway_url", "ftp://gateway"),
+            ("http_header_timeout_ms", "0"),
+            ("http_header_timeout_ms", "9999999"),
+            ("http_body_timeout_ms", "0"),
+            ("http_idle_timeout_ms", "0"),
+            ("http_idle_timeout_ms", "3600001"),
+            ("max_connections", "0"),
+            ("request_timeout_ms", "0"),
+            ("redis_wait_timeout_ms", "0"),
+            ("redis_wait_replicas", "17"),
+            ("jwt_leeway_seconds", "3601"),
         ] {
             let refused = Settings::from_config(&Map(HashMap::from([(k, v)])));
             assert!(

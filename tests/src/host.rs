@@ -92,6 +92,14 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "the connection limits are commerce serve's own; on Spin the host accepts connections",
     ),
     (
+        "the_server_lifts_its_open_file_limit_to_the_hard_limit",
+        "the connection limits are commerce serve's own; on Spin the host accepts connections",
+    ),
+    (
+        "a_kept_alive_connection_lives_for_the_idle_timeout_not_the_header_timeout",
+        "the connection limits are commerce serve's own; on Spin the host accepts connections",
+    ),
+    (
         "commerce_serve_drains_the_outbox_on_its_own",
         "the periodic drain is a task of commerce serve; Spin has no background tasks (commerce drain runs from cron there)",
     ),

@@ -418,6 +418,16 @@ async fn routes_answer_at_their_edges_as_the_contract_says() {
         );
     }
 
+    // A 401 says which scheme would do (RFC 7235): every credential here is a bearer token.
+    let unauthorized = app
+        .http
+        .get(format!("{}/v1/admin/refunds", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    assert_eq!(unauthorized.headers().get("www-authenticate").unwrap(), "Bearer");
+
     // Liveness carries its request id on both hosts, as every answer does.
     let live = app
         .http

@@ -97,6 +97,100 @@ async fn slow_and_idle_clients_are_closed_in_time_and_others_are_served() {
     app.finish().await;
 }
 
+/// A kept-alive connection waiting for its next request is idle, not slow: it lives for
+/// the idle timeout even when the header timeout is shorter, which then counts only from
+/// the first byte of a head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_lives_for_the_idle_timeout_not_the_header_timeout() {
+    let app = TestApp::spawn_with(|c| {
+        c.set("http_header_timeout_ms", "400")
+            .set("http_idle_timeout_ms", "1500")
+    })
+    .await;
+    let mut kept = connect(&app).await;
+    kept.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Still open after twice the header timeout: a new request on it is answered.
+    kept.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A head that starts on it and stalls is cut at the header timeout.
+    kept.write_all(b"GET /health/live HTTP/1.1\r\nx-slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut kept, Duration::from_secs(3)).await;
+    assert!(closed, "a stalled head was not cut");
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    // And an idle one is closed at the idle timeout.
+    let mut idle = connect(&app).await;
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(4)).await;
+    assert!(closed);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    app.finish().await;
+}
+
+/// `commerce serve` lifts its soft limit of open files to the hard one, so the connection
+/// cap (1024 by default) is reached before the file limit (often 1024 too): past the file
+/// limit new clients would wait unanswered instead of getting the cap's 503.
+#[tokio::test]
+async fn the_server_lifts_its_open_file_limit_to_the_hard_limit() {
+    let app = TestApp::spawn().await;
+    // The server inherits this soft limit; the hard one stays.
+    let (soft, hard) = open_files(std::process::id());
+    // Low enough to be below the hard limit, high enough for the tests beside this one.
+    let lowered = (hard / 2).min(8192);
+    set_soft_open_files(lowered);
+    let serve = commerce_tests::faults::ServeProcess::start(&app, &[]).await;
+    set_soft_open_files(soft);
+    let (server_soft, server_hard) = open_files(serve.pid().expect("the server runs"));
+    assert_eq!((server_soft, server_hard), (hard, hard));
+    drop(serve);
+    app.finish().await;
+
+    fn open_files(pid: u32) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|f| {
+                if f == "unlimited" {
+                    Some(u64::MAX)
+                } else {
+                    f.parse().ok()
+                }
+            })
+            .collect();
+        (fields[0], fields[1])
+    }
+
+    fn set_soft_open_files(soft: u64) {
+        // SAFETY: getrlimit and setrlimit read and write only the struct they are given.
+        unsafe {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            limit.rlim_cur = soft;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_refused_cleanly_and_freed_slots_serve_again() {
     let app =

@@ -124,6 +124,17 @@ async fn anonymous_writes_beyond_the_burst_are_429_change_nothing_and_recover_af
     // Nothing was written: no cart, no idempotency record, not even the bucket moved.
     assert_eq!(app.redis_snapshot().await, before);
     assert_eq!(carts(&app).await, 3);
+    // Counted as what they are, 429 (an alert on them must fire), not as some 4xx.
+    if TestApp::host() == commerce_tests::host::Host::Native {
+        let mut text = String::new();
+        commerce_core::metrics::render(&mut text);
+        let refusals = text
+            .lines()
+            .find_map(|l| l.strip_prefix("commerce_requests_total{store=\"/v1/carts\",status=\"429\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(refusals >= 5, "{refusals} 429s counted");
+    }
 
     tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(100)).await;
     // The refused request's Idempotency-Key was never claimed: it now creates a cart.

@@ -202,6 +202,62 @@ async fn dependency_errors_are_counted_by_kind() {
     }
 }
 
+/// A payment gateway that hangs is a `timeout`, one that is down is `refused`, and a call
+/// the request's deadline cut off (the server stopped waiting) is a `timeout` too: an
+/// operator sees which dependency a 503 waited on.
+#[tokio::test]
+async fn gateway_failures_are_counted_as_refused_or_timeout() {
+    use commerce_core::Settings;
+    use commerce_core::ports::{Http, OutboundRequest};
+    use commerce_native::{EnvConfig, build_app};
+
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_at = hung.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let closed_at = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let config = EnvConfig::new()
+        .set("gateway_timeout_ms", "300")
+        .set("log_level", "off");
+    let app = build_app(Settings::from_config(&config).unwrap()).unwrap();
+    let to = |addr: std::net::SocketAddr| OutboundRequest {
+        method: "POST".into(),
+        url: format!("http://{addr}/v1/payment_intents"),
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    let count = |kind: &str| {
+        let mut text = String::new();
+        commerce_core::metrics::render(&mut text);
+        let series = format!("commerce_dependency_errors_total{{dependency=\"gateway\",kind=\"{kind}\"}}");
+        sample(&text, &series)
+    };
+    let (timeouts, refusals) = (count("timeout"), count("refused"));
+
+    let hung_call = app.http.send(to(hung_at)).await.unwrap_err();
+    assert!(hung_call.to_string().contains("timed out"), "{hung_call}");
+    let refused_call = app.http.send(to(closed_at)).await.unwrap_err();
+    assert!(
+        refused_call.to_string().to_lowercase().contains("refused"),
+        "{refused_call}"
+    );
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(50), app.http.send(to(hung_at))).await;
+    assert!(cut.is_err(), "the deadline cut the call off");
+
+    assert!(
+        count("timeout") >= timeouts + 2.0,
+        "a hung gateway and a call cut off"
+    );
+    assert!(count("refused") >= refusals + 1.0, "a gateway that is down");
+}
+
 #[tokio::test]
 async fn cache_hits_and_misses_are_counted() {
     let (app, _gateway) = TestApp::shop(20, |c| c).await;

@@ -30,14 +30,36 @@ async fn timed<T>(
     dependency: Dependency,
     call: impl Future<Output = Result<T, PortError>>,
 ) -> Result<T, PortError> {
-    let started = Instant::now();
+    let mut pending = Pending {
+        dependency,
+        started: Instant::now(),
+        done: false,
+    };
     let result = call.await;
+    pending.done = true;
     super::call(
         dependency,
-        started.elapsed(),
+        pending.started.elapsed(),
         result.as_ref().err().map(ErrorKind::of),
     );
     result
+}
+
+/// A call under way. Dropped before it finished, it was cut off by the request's deadline
+/// (the server stopped waiting for it): recorded then, as a timeout of its dependency, so a
+/// 503 at the deadline still shows which dependency it waited on.
+struct Pending {
+    dependency: Dependency,
+    started: Instant,
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            super::call(self.dependency, self.started.elapsed(), Some(ErrorKind::Timeout));
+        }
+    }
 }
 
 impl<R: Redis> Redis for Measured<R> {

@@ -105,8 +105,8 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// HTTP statuses counted one by one in `commerce_requests_total` (those the service
 /// answers); any other falls in its class's slot.
-const STATUSES: [u16; 17] = [
-    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 412, 413, 415, 422, 500, 502, 503,
+const STATUSES: [u16; 18] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 412, 413, 415, 422, 429, 500, 502, 503,
 ];
 
 /// The dependencies measured by [`Measured`].

@@ -151,6 +151,11 @@ impl ServeProcess {
         serve
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`: the server dies at once, whatever it was doing.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

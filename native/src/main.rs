@@ -247,6 +247,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             eprintln!("commerce: reconcile done, {} variants", report.variants);
         }
         Command::Backup { out } => {
+            // Where the file goes is checked before the namespace is read: written beside,
+            // then renamed, so a failed backup never leaves a half file under the name.
+            let partial = out.with_extension("partial");
+            std::fs::write(&partial, b"").with_context(|| format!("writing {}", partial.display()))?;
             let mut writer = backup::Writer::new();
             let mut progress = Progress::new("keys backed up", key_count(&app).await);
             let mut done = 0;
@@ -259,7 +263,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             .await?;
             progress.finish();
             let file = writer.finish();
-            std::fs::write(&out, &file).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(&partial, &file).with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::rename(&partial, &out).with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
                 "commerce: backed up {count} keys to {} ({} bytes)",
                 out.display(),
@@ -280,6 +285,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 std::time::Duration::from_millis(app.settings.redis_timeout_ms),
                 &app.settings.redis_ca_file,
             )?;
+            // The target must answer before the namespace is read.
+            target
+                .execute("PING", Vec::new())
+                .await
+                .map_err(|e| anyhow::anyhow!("{to_redis_url}: {e}"))?;
             let mut entries = Vec::new();
             let mut progress = Progress::new("keys read", key_count(&app).await);
             let count = backup::export(&app.redis, &app.keys, |entry| {

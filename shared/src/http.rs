@@ -136,7 +136,9 @@ impl Response {
         }
         // Every credential the service takes is a bearer token (RFC 7235 §3.1, RFC 6750).
         if response.status == 401 {
-            response.headers.push(("www-authenticate".into(), "Bearer".into()));
+            response
+                .headers
+                .push(("www-authenticate".into(), "Bearer".into()));
         }
         response
     }

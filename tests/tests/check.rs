@@ -168,3 +168,35 @@ async fn holds_left_by_a_completed_session_are_orphans_and_released() {
     assert_eq!(app.check_holds("var-1").await, (99, 0));
     app.finish().await;
 }
+
+/// A live paid session that Redis lost altogether (a restart without persistence, a
+/// flush) is drift until it is back: its lock and its holds are gone with it. The repair
+/// puts it back from PostgreSQL, as the first call that met it would.
+#[tokio::test]
+async fn a_paid_session_redis_lost_is_reported_and_put_back() {
+    let (app, _gateway) = TestApp::shop(1, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-lost").await;
+    app.flush_redis().await;
+
+    let drifted = check(&app).await;
+    assert_eq!(drifted.body["ok"], false, "{drifted:?}");
+    assert!(
+        kinds(&drifted.body).contains(&format!("paid-session-missing {}", paying.session)),
+        "{drifted:?}"
+    );
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    assert_eq!(repaired.status, 200, "{repaired:?}");
+    let mut redis = app.redis.clone();
+    let state: Option<String> = redis
+        .hget(app.session_key(&paying.session), "state")
+        .await
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("PAYMENT_PENDING"));
+    let lock: Option<String> = redis.get(app.cart_lock_key(&paying.cart)).await.unwrap();
+    assert_eq!(lock.as_deref(), Some(paying.session.as_str()));
+    assert_eq!(app.sellable("var-1").await, 98, "its holds count again");
+    assert_eq!(check(&app).await.body["ok"], true);
+    app.finish().await;
+}

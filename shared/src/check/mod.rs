@@ -9,7 +9,7 @@
 //! - each variant's reserved total against the sum of its holds, and nothing negative;
 //! - holds of checkout sessions that no longer exist or have ended (orphans);
 //! - live sessions without their cart lock or their holds, and live paid sessions that
-//!   PostgreSQL keeps whose holds Redis lacks;
+//!   PostgreSQL keeps whose holds Redis lacks, or that Redis lost altogether;
 //! - refunds and intent cancellations not yet accepted by the gateway, and their age.
 
 use std::collections::BTreeMap;
@@ -56,7 +56,7 @@ FROM payment_outbox WHERE state = 'pending'";
 pub struct Drift {
     /// What kind: `stock`, `max-per-order`, `unmirrored`, `reserved`, `negative`,
     /// `orphan-hold`, `session-lock`, `session-holds`, `paid-session-holds`,
-    /// `paid-session-ended`, `outbox`.
+    /// `paid-session-missing`, `paid-session-ended`, `outbox`.
     pub kind: &'static str,
     /// What it is about (a variant, a session, a holder).
     pub subject: String,
@@ -496,6 +496,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     /// have the session's hold too (else the units could be sold twice).
     async fn paid_sessions(&self, report: &mut CheckReport, now: i64) -> Result<()> {
         let rows = self.sql(LIVE_PAID, &[SqlValue::Int(now)]).await?;
+        let mut missing = std::collections::BTreeSet::new();
         for row in rows {
             let (Some(session), Some(variant), Some(quantity)) = (
                 row.first().and_then(SqlValue::as_text),
@@ -516,6 +517,24 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     vec![self.app.keys.checkout_session(&id).into(), "state".into()],
                 )
                 .await?;
+            if state.first().and_then(RedisReply::as_text).is_none() {
+                // Redis lost it (a restart without persistence, a flush): it comes back on
+                // first use, and its holds with its variants' stock; said once per session.
+                if missing.insert(id.clone()) {
+                    let mut repaired = String::new();
+                    if self.repair {
+                        crate::checkout::Checkouts::new(self.app).put_back(&id).await?;
+                        repaired = "put back from PostgreSQL".into();
+                    }
+                    report.drift.push(Drift {
+                        kind: "paid-session-missing",
+                        subject: session.to_owned(),
+                        detail: "a live paid session PostgreSQL keeps is not in Redis".into(),
+                        repaired,
+                    });
+                }
+                continue;
+            }
             if let Some(ended @ ("CANCELLED" | "EXPIRED" | "FAILED")) =
                 state.first().and_then(RedisReply::as_text)
             {

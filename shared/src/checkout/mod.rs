@@ -247,6 +247,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok((session, values))
     }
 
+    /// Puts a session Redis lost back from PostgreSQL's copy (as the first call that meets
+    /// it would, [`Self::restore`]): for `commerce check --repair`.
+    pub(crate) async fn put_back(&self, id: &SessionId) -> Result<()> {
+        self.load(id).await.map(drop)
+    }
+
     /// Puts back a session Redis does not have from PostgreSQL's copy of a paid session:
     /// in the state it ended in, ORDER_CREATED if its order is written (a webhook then
     /// finishes it), else PAYMENT_PENDING with its cart's lock; past its deadline it expires

@@ -175,8 +175,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .and_then(RedisReply::as_text)
             .unwrap_or("")
             .to_owned();
-        let (_, cancelled) = self.transition(id, State::Cancelled, None, &[]).await?;
-        self.release(&cancelled, true).await?;
+        // Only a session that did move to CANCELLED releases (one a webhook confirmed
+        // meanwhile keeps its holds for its order; one past its deadline expired in the move).
+        let (moved, cancelled) = self.transition(id, State::Cancelled, None, &[]).await?;
+        if matches!(moved.as_str(), "OK" | "SAME") {
+            self.release(&cancelled, true).await?;
+        }
         Err(Error::Conflict {
             code: ErrorCode::CheckoutInProgress,
             message: format!(

@@ -182,8 +182,8 @@ impl Activity {
 /// idle (no request being answered, no byte moved) for the idle timeout. The header timeout
 /// is ours, not hyper's `header_read_timeout`: hyper's also runs while a kept-alive
 /// connection waits for its next request, which would cut every idle connection at the
-/// header timeout instead of the idle one. Each request carries the socket's peer address (`ConnectInfo`), the
-/// client address the rate limits start from.
+/// header timeout instead of the idle one. Each request carries the socket's peer address
+/// (`ConnectInfo`), the client address the rate limits start from.
 async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
     let activity = Arc::new(Activity {

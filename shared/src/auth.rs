@@ -162,9 +162,7 @@ pub fn sign(claims: &serde_json::Value, secret: &str) -> String {
 /// Seconds since the epoch by the local clock (token lifetimes only; stock and checkout
 /// expiry use the Redis clock).
 pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::clock::wall_clock_ms() / 1000
 }
 
 #[cfg(test)]

@@ -1,5 +1,14 @@
-//! Timestamps as the API shows them. Every expiry is decided by the Redis server clock
-//! inside scripts (DESIGN §2); this module only formats the instants scripts return.
+//! Timestamps as the API shows them, and this process's wall clock. Every expiry is
+//! decided by the Redis server clock inside scripts (DESIGN §2); this module formats the
+//! instants scripts return, and reads the local clock only where no expiry hangs on it.
+
+/// This process's wall clock, epoch milliseconds: for log lines, tokens and telling Redis
+/// when a request stops waiting, never for an expiry (those are on the Redis clock).
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Formats epoch milliseconds as RFC 3339 UTC with milliseconds, e.g.
 /// `2026-11-27T15:04:05.123Z`.

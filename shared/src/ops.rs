@@ -28,13 +28,9 @@ const BOOKS: &str = "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM
 
 async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
     app.settings.authorize_metrics(req.header("authorization"))?;
-    // The probes run at once, and what follows asks only a dependency that answered its
-    // probe: a scrape with a dependency down or hung costs one timeout, not one per read.
-    let (redis, postgres) = futures_util::future::join(
-        probe(app.redis.execute("PING", Vec::new())),
-        probe(app.sql.query("SELECT 1::bigint", &[])),
-    )
-    .await;
+    // What follows asks only a dependency that answered its probe: a scrape with a
+    // dependency down or hung costs one timeout, not one per read.
+    let (redis, postgres) = probes(app).await;
     let (redis_up, postgres_up) = (redis["ok"] == true, postgres["ok"] == true);
     let mut out = String::new();
     out.push_str("# HELP commerce_dependency_up Whether the dependency answered the probe.\n");
@@ -55,24 +51,21 @@ async fn metrics<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
     if redis_up {
         out.push_str("# HELP commerce_ruleset_version The ruleset version quotes read now.\n");
         out.push_str("# TYPE commerce_ruleset_version gauge\n");
-    }
-    for kind in [RulesetKind::Pricing, RulesetKind::Discounts]
-        .into_iter()
-        .filter(|_| redis_up)
-    {
-        let reply = app
-            .redis
-            .execute("GET", vec![app.keys.ruleset_version(kind).into()])
-            .await;
-        let version = reply
-            .ok()
-            .and_then(|r| r.first().and_then(RedisReply::as_int))
-            .unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "commerce_ruleset_version{{kind=\"{}\"}} {version}",
-            kind.name()
-        );
+        for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+            let reply = app
+                .redis
+                .execute("GET", vec![app.keys.ruleset_version(kind).into()])
+                .await;
+            let version = reply
+                .ok()
+                .and_then(|r| r.first().and_then(RedisReply::as_int))
+                .unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "commerce_ruleset_version{{kind=\"{}\"}} {version}",
+                kind.name()
+            );
+        }
     }
     // Business counters from the record of truth, so every process and instance agrees.
     if postgres_up
@@ -165,12 +158,7 @@ pub fn liveness() -> Response {
 }
 
 async fn health<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
-    // At once: with both down or hung, the answer costs one timeout, not two.
-    let (redis, postgres) = futures_util::future::join(
-        probe(app.redis.execute("PING", Vec::new())),
-        probe(app.sql.query("SELECT 1::bigint", &[])),
-    )
-    .await;
+    let (redis, postgres) = probes(app).await;
     let ok = redis["ok"] == true && postgres["ok"] == true;
     Response::json(
         if ok { 200 } else { 503 },
@@ -180,6 +168,16 @@ async fn health<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
             "postgres": postgres,
         }),
     )
+}
+
+/// Redis's and PostgreSQL's probes, at once: with both down or hung, they cost one timeout,
+/// not two.
+async fn probes<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> (Value, Value) {
+    futures_util::future::join(
+        probe(app.redis.execute("PING", Vec::new())),
+        probe(app.sql.query("SELECT 1::bigint", &[])),
+    )
+    .await
 }
 
 async fn probe<T>(call: impl Future<Output = Result<T, PortError>>) -> Value {

@@ -63,12 +63,7 @@ impl Script {
     /// Sends the script with `keys` and `args` and waits for nothing
     /// ([`Redis::send_detached`]): as `EVAL`, so it runs whether or not the server knows it.
     pub fn send_detached<R: Redis>(&self, redis: &R, keys: &[&str], args: Vec<RedisArg>) {
-        let mut all = Vec::with_capacity(2 + keys.len() + args.len());
-        all.push(RedisArg::from(self.source()));
-        all.push(RedisArg::Int(keys.len() as i64));
-        all.extend(keys.iter().map(|k| RedisArg::from(*k)));
-        all.extend(args);
-        redis.send_detached("EVAL", all);
+        redis.send_detached("EVAL", call_args(self.source().into(), keys, &args));
     }
 
     /// Runs the script with `keys` and `args`: `EVALSHA`, then `EVAL` if the server does
@@ -79,14 +74,7 @@ impl Script {
         keys: &[&str],
         args: Vec<RedisArg>,
     ) -> Result<Vec<RedisReply>, PortError> {
-        let call = |head: RedisArg| {
-            let mut all = Vec::with_capacity(2 + keys.len() + args.len());
-            all.push(head);
-            all.push(RedisArg::Int(keys.len() as i64));
-            all.extend(keys.iter().map(|k| RedisArg::from(*k)));
-            all.extend(args.iter().cloned());
-            all
-        };
+        let call = |head: RedisArg| call_args(head, keys, &args);
         match redis.execute("EVALSHA", call(self.sha().into())).await {
             Err(e) if e.server_message().is_some_and(is_missing_script) => {
                 redis.execute("EVAL", call(self.source().into())).await
@@ -94,6 +82,17 @@ impl Script {
             other => other,
         }
     }
+}
+
+/// The arguments of `EVALSHA` or `EVAL`: `head` (the SHA or the source), the number of
+/// keys, the keys, then `args`.
+fn call_args(head: RedisArg, keys: &[&str], args: &[RedisArg]) -> Vec<RedisArg> {
+    let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(head);
+    all.push(RedisArg::Int(keys.len() as i64));
+    all.extend(keys.iter().map(|k| RedisArg::from(*k)));
+    all.extend(args.iter().cloned());
+    all
 }
 
 /// Whether a server error says that the server does not know the script (`EVALSHA` of an

@@ -179,13 +179,13 @@ impl Settings {
                 Err(format!("{name} must be from 1 to {max}"))
             }
         };
-        // The same for a setting where 0 means "none" or "off".
-        let up_to = |name: &str, default: u64, max: u64| -> Result<u64, String> {
-            let value = number(name, default)?;
-            if value <= max {
-                Ok(value)
+        // The same for a setting where 0 means something (`zero`: off, automatic, none).
+        let up_to = |name: &str, default: u32, max: u32, zero: &str| -> Result<u32, String> {
+            let value = number(name, default.into())?;
+            if value <= u64::from(max) {
+                Ok(value as u32)
             } else {
-                Err(format!("{name} must be from 0 to {max}"))
+                Err(format!("{name} must be from 0 ({zero}) to {max}"))
             }
         };
         let bounded = |name: &str, default: u32, max: u32| -> Result<u32, String> {
@@ -207,13 +207,6 @@ impl Settings {
         let log_level = text("log_level", "info");
         let log_level = LogLevel::parse(&log_level)
             .ok_or_else(|| format!("log_level must be off, error, warn, info or debug, got {log_level:?}"))?;
-        let per_minute = |name: &str, default: u32| -> Result<u32, String> {
-            let value = number(name, default.into())?;
-            u32::try_from(value)
-                .ok()
-                .filter(|v| *v <= 1_000_000)
-                .ok_or_else(|| format!("{name} must be from 0 (off) to 1000000"))
-        };
         let trusted_proxies = TrustedProxies::parse(&text("trusted_proxies", ""))
             .map_err(|e| format!("trusted_proxies: {e}"))?;
         let redis_timeout_ms = within("redis_timeout_ms", 2_000, 600_000)?;
@@ -229,10 +222,7 @@ impl Settings {
             jwt_secret: text("jwt_secret", ""),
             cart_ttl_seconds: bounded("cart_ttl_seconds", Self::DEFAULT_CART_TTL, 365 * 24 * 60 * 60)?,
             cart_max_lines: bounded("cart_max_lines", 100, 10_000)?,
-            ruleset_cache_entries: u32::try_from(number("ruleset_cache_entries", 200_000)?)
-                .ok()
-                .filter(|entries| *entries <= 10_000_000)
-                .ok_or("ruleset_cache_entries must be from 0 (off) to 10000000")?,
+            ruleset_cache_entries: up_to("ruleset_cache_entries", 200_000, 10_000_000, "off")?,
             cart_max_line_quantity: bounded("cart_max_line_quantity", 999, crate::ids::Quantity::MAX)?,
             default_currency,
             bundle_ttl_seconds: bounded("bundle_ttl_seconds", Self::DEFAULT_BUNDLE_TTL, 30 * 24 * 60 * 60)?,
@@ -244,9 +234,9 @@ impl Settings {
             webhook_secret: text("webhook_secret", ""),
             service_token: text("service_token", ""),
             hold_grace_seconds: bounded("hold_grace_seconds", 600, 24 * 60 * 60)?,
-            redis_wait_replicas: up_to("redis_wait_replicas", 0, 16)? as u32,
+            redis_wait_replicas: up_to("redis_wait_replicas", 0, 16, "none")?,
             redis_wait_timeout_ms: within("redis_wait_timeout_ms", 500, 60_000)?,
-            jwt_leeway_seconds: up_to("jwt_leeway_seconds", 60, 3600)? as u32,
+            jwt_leeway_seconds: up_to("jwt_leeway_seconds", 60, 3600, "none")?,
             http_header_timeout_ms: within("http_header_timeout_ms", 10_000, 600_000)?,
             http_body_timeout_ms: within("http_body_timeout_ms", 30_000, 600_000)?,
             http_idle_timeout_ms: within("http_idle_timeout_ms", 60_000, 3_600_000)?,
@@ -260,10 +250,7 @@ impl Settings {
             reservation_ttl_seconds,
             redis_timeout_ms,
             database_timeout_ms,
-            database_pool_size: u32::try_from(number("database_pool_size", 0)?)
-                .ok()
-                .filter(|size| *size <= 1_000)
-                .ok_or("database_pool_size must be from 0 (automatic) to 1000")?,
+            database_pool_size: up_to("database_pool_size", 0, 1_000, "automatic")?,
             gateway_timeout_ms,
             // By default the sum of the three: a request waits on one dependency at a time.
             request_timeout_ms: within(
@@ -277,9 +264,9 @@ impl Settings {
             outbox_retry_max_ms,
             metrics_token: text("metrics_token", ""),
             log_level,
-            rate_limit_anonymous_per_minute: per_minute("rate_limit_anonymous_per_minute", 120)?,
+            rate_limit_anonymous_per_minute: up_to("rate_limit_anonymous_per_minute", 120, 1_000_000, "off")?,
             rate_limit_anonymous_burst: bounded("rate_limit_anonymous_burst", 60, 1_000_000)?,
-            rate_limit_customer_per_minute: per_minute("rate_limit_customer_per_minute", 60)?,
+            rate_limit_customer_per_minute: up_to("rate_limit_customer_per_minute", 60, 1_000_000, "off")?,
             rate_limit_customer_burst: bounded("rate_limit_customer_burst", 30, 1_000_000)?,
             trusted_proxies,
         })

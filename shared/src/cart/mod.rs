@@ -269,26 +269,6 @@ impl<'a, R: Redis> Carts<'a, R> {
         }
     }
 
-    /// Gives the cart's checkout lock back to `session` until `until_ms` (epoch ms, Redis
-    /// clock), unless some session holds it: a session that lost its lock (a Redis loss)
-    /// takes it again. Whether it did.
-    pub(crate) async fn relock(&self, cart: &CartRef, session: &str, until_ms: i64) -> Result<bool> {
-        let reply = self
-            .redis
-            .execute(
-                "SET",
-                vec![
-                    self.lock_key(cart).into(),
-                    session.into(),
-                    "NX".into(),
-                    "PXAT".into(),
-                    RedisArg::Int(until_ms),
-                ],
-            )
-            .await?;
-        Ok(reply.first().and_then(RedisReply::as_text) == Some("OK"))
-    }
-
     fn ttl_ms(&self) -> i64 {
         i64::from(self.settings.cart_ttl_seconds) * 1000
     }

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::cart::Carts;
-use crate::checkout::paid;
+use crate::checkout::{Checkouts, paid};
 use crate::error::{Error, Result};
 use crate::ids::{Holder, Quantity, SessionId, VariantId};
 use crate::inventory::{Inventory, Level};
@@ -429,11 +429,17 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             return Ok(());
         };
         let grace = i64::from(self.app.settings.hold_grace_seconds) * 1000;
-        let carts = Carts::of(self.app);
-        let holder = self.redis("GET", vec![carts.lock_key(&cart).into()]).await?;
+        let holder = self
+            .redis("GET", vec![Carts::of(self.app).lock_key(&cart).into()])
+            .await?;
         if holder.first().and_then(RedisReply::as_text) != Some(id) {
             let mut repaired = String::new();
-            if self.repair && carts.relock(&cart, id, deadline + grace).await? {
+            if self.repair
+                && Checkouts::new(self.app)
+                    .take_lock(&cart, &session, deadline + grace)
+                    .await?
+                    .is_none()
+            {
                 repaired = "cart lock taken again for the session".into();
             }
             report.drift.push(Drift {
@@ -523,7 +529,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 if missing.insert(id.clone()) {
                     let mut repaired = String::new();
                     if self.repair {
-                        crate::checkout::Checkouts::new(self.app).put_back(&id).await?;
+                        Checkouts::new(self.app).put_back(&id).await?;
                         repaired = "put back from PostgreSQL".into();
                     }
                     report.drift.push(Drift {

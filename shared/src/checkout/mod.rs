@@ -51,7 +51,7 @@ use crate::inventory::Inventory;
 use crate::metrics::{self, Event};
 use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::script::{Script, lua};
+use crate::script::{Script, lua, tag};
 
 static UNLOCK: Script = Script::new(lua!("unlock.lua"));
 static GET: Script = Script::new(lua!("session.lua", "get.lua"));
@@ -146,10 +146,36 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .map_err(|_| Error::Internal(format!("checkout {session} has malformed metadata in PostgreSQL")))
     }
 
-    async fn unlock(&self, lock_key: &str, session: &SessionId) -> Result<()> {
-        self.run(&UNLOCK, &[lock_key], vec![session.as_str().into(), "".into()])
+    /// Releases a cart's lock if `session` holds it.
+    async fn unlock(&self, lock_key: &str, session: &str) -> Result<()> {
+        self.run(&UNLOCK, &[lock_key], vec![session.into(), "".into()])
             .await?;
         Ok(())
+    }
+
+    /// Keeps `cart`'s lock for `session` until `until_ms` (epoch ms, Redis clock): extended
+    /// if the session holds it, taken back if nobody does (a lock lost while the session
+    /// lives: deleted, a partial Redis loss), never taken from another session. `None`: the
+    /// session holds it now; else the session that does.
+    pub(crate) async fn take_lock(
+        &self,
+        cart: &CartRef,
+        session: &SessionId,
+        until_ms: i64,
+    ) -> Result<Option<String>> {
+        let lock_key = self.carts().lock_key(cart);
+        let args = vec![session.as_str().into(), RedisArg::Int(until_ms), "take".into()];
+        let reply = self.run(&UNLOCK, &[&lock_key], args).await?;
+        if tag(&reply) == "OK" {
+            return Ok(None);
+        }
+        Ok(Some(
+            reply
+                .get(1)
+                .and_then(RedisReply::as_text)
+                .unwrap_or("")
+                .to_owned(),
+        ))
     }
 
     /// Releases what a session that ended without an order still holds: its stock holds
@@ -180,7 +206,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         self.inventory()
             .release(&Holder::Checkout(session.id.clone()), &known)
             .await?;
-        self.unlock(&self.carts().lock_key(&session.cart), &session.id)
+        self.unlock(&self.carts().lock_key(&session.cart), session.id.as_str())
             .await
     }
 
@@ -300,8 +326,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // Still waiting for its payment: it takes its cart's lock back for as long as
             // the lock lasted (the holds' deadline), unless another session has the cart.
             (Some(session), "OK") if session.state == State::PaymentPending => {
-                self.carts()
-                    .relock(&session.cart, id.as_str(), kept.deadline_ms + self.grace_ms())
+                self.take_lock(&session.cart, id, kept.deadline_ms + self.grace_ms())
                     .await?;
             }
             _ => {}

@@ -8,14 +8,13 @@ use serde_json::{Value, json};
 use super::session::{Session, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, UNLOCK, gateway, paid};
+use super::{Checkouts, gateway, paid};
 use crate::cart::CartRef;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::money::Currency;
-use crate::script::tag;
 
 /// How long a payment intent is kept (seed `PAYMENT_INTENT`).
 const INTENT_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -123,8 +122,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             )
             .await?;
             // The cart's lock for as long as the holds.
-            let until = RedisArg::Int(self.session_ttl_ms() + self.grace_ms());
-            self.keep_lock(&session, until, "take").await?;
+            self.keep_lock(&session, deadline + self.grace_ms()).await?;
             let (tag, moved) = self
                 .transition(
                     id,
@@ -139,8 +137,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             session = moved;
         } else if session.state == State::PaymentPending {
             // Asked again while waiting for the payment: the lock lasts until the holds' end.
-            let until = RedisArg::Int(session.deadline_ms + self.grace_ms());
-            self.keep_lock(&session, until, "take-at").await?;
+            self.keep_lock(&session, session.deadline_ms + self.grace_ms())
+                .await?;
         }
         Ok(PaymentView {
             amount: session.total.minor,
@@ -153,28 +151,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         })
     }
 
-    /// Keeps the session's cart lock until `until` (a time to live, or with `take-at` an
-    /// instant): extended, or taken back if it was lost (deleted, a partial Redis loss). A
-    /// cart has one live checkout: if another session holds the lock now, this one is
-    /// cancelled (its holds freed, its intent cancelled) and the answer is 409 naming it.
-    async fn keep_lock(&self, session: &Session, until: RedisArg, mode: &str) -> Result<()> {
+    /// Keeps the session's cart lock until `until_ms` ([`Self::take_lock`]). A cart has
+    /// one live checkout: if another session holds the lock now, this one is cancelled (its
+    /// holds freed, its intent cancelled) and the answer is 409 naming it.
+    async fn keep_lock(&self, session: &Session, until_ms: i64) -> Result<()> {
         let id = &session.id;
-        let lock_key = self.carts().lock_key(&session.cart);
-        let locked = self
-            .run(
-                &UNLOCK,
-                &[&lock_key],
-                vec![id.as_str().into(), until, mode.into()],
-            )
-            .await?;
-        if tag(&locked) == "OK" {
+        let Some(other) = self.take_lock(&session.cart, id, until_ms).await? else {
             return Ok(());
-        }
-        let other = locked
-            .get(1)
-            .and_then(RedisReply::as_text)
-            .unwrap_or("")
-            .to_owned();
+        };
         // Only a session that did move to CANCELLED releases (one a webhook confirmed
         // meanwhile keeps its holds for its order; one past its deadline expired in the move).
         let (moved, cancelled) = self.transition(id, State::Cancelled, None, &[]).await?;

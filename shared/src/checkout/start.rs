@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::session::{SessionView, cart_ref_text, parse_session};
-use super::{Checkouts, KEEP_MS, UNLOCK};
+use super::{Checkouts, KEEP_MS};
 use crate::bundle::Bundles;
 use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
@@ -103,8 +103,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             let holder = locked.get(1).and_then(RedisReply::as_text).unwrap_or("");
             if tag(&locked) == "HELD" && !taken_over && self.lock_is_abandoned(&lock_key, holder).await? {
                 // Owner-checked: a holder that came back meanwhile keeps its lock.
-                self.run(&UNLOCK, &[&lock_key], vec![holder.into(), "".into()])
-                    .await?;
+                self.unlock(&lock_key, holder).await?;
                 taken_over = true;
                 continue;
             }
@@ -146,7 +145,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 // Refused (short stock, prices): nothing may stay held for this session. A
                 // dependency failure keeps the lock for the retry that resumes the session.
                 if error.status() < 500 {
-                    self.unlock(&lock_key, &session).await?;
+                    self.unlock(&lock_key, session.as_str()).await?;
                 }
                 Err(error)
             }

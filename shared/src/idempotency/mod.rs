@@ -88,7 +88,7 @@ where
     };
     // Past the Redis timeout this request no longer waits for the reply: a call that
     // reaches Redis later (it sat in a paused server) takes no lease.
-    let not_after_ms = wall_clock_ms() + app.settings.redis_timeout_ms as i64;
+    let not_after_ms = crate::clock::wall_clock_ms() + app.settings.redis_timeout_ms as i64;
     let begun = match begin(not_after_ms).await {
         // Our clock runs behind Redis's, or Redis was slow within its timeout: we are here
         // to take the lease, so ask again without the limit.
@@ -200,14 +200,6 @@ fn forget_later<R: Redis, S, H>(app: &App<R, S, H>, record: &str, attempt: &str)
         attempt.into(),
     ];
     FINISH.send_detached(&app.redis, &[record], args);
-}
-
-/// This process's wall clock, epoch milliseconds: only to tell Redis when this request
-/// stops waiting for a reply (every expiry is still decided on the Redis clock).
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn digest(bytes: &[u8]) -> String {

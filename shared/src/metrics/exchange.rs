@@ -123,11 +123,7 @@ impl Exchange {
                 Some(route) => (route.method, route.path),
                 None => (self.stray_method.as_deref().unwrap_or("OTHER"), "other"),
             };
-            let ts = crate::clock::rfc3339_millis(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
-            );
+            let ts = crate::clock::rfc3339_millis(crate::clock::wall_clock_ms());
             // Every field is a template, a number or a sane id: nothing to escape.
             let line = format!(
                 "{{\"ts\":\"{ts}\",\"level\":\"{}\",\"route\":\"{route}\",\"method\":\"{method}\",\"status\":{},\"durationMs\":{:.3},\"requestId\":\"{}\"}}\n",
@@ -149,11 +145,7 @@ pub fn log(level: LogLevel, line: LogLevel, message: &str) {
     if line > level || line == LogLevel::Off {
         return;
     }
-    let ts = crate::clock::rfc3339_millis(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-    );
+    let ts = crate::clock::rfc3339_millis(crate::clock::wall_clock_ms());
     let entry = serde_json::json!({ "ts": ts, "level": line.name(), "message": message });
     let _ = std::io::stderr()
         .lock()

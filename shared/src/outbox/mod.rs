@@ -43,15 +43,12 @@ fn lease_ms(gateway_timeout_ms: u64) -> i64 {
 /// cancellation at most; the bound only keeps a bug from looping.
 const MAX_PER_INTENT: usize = 4;
 
+/// A refund, unless the session's order was placed with this very payment (never both an
+/// order and a refund; the session's unique order is found by its index).
 const ENQUEUE_REFUND: &str = "\
 INSERT INTO payment_outbox (kind, payment_intent_id, checkout_session_id, amount_minor, currency, reason)
-VALUES ('refund', $2, $1, $3, $4, $5)
-ON CONFLICT (kind, payment_intent_id) DO NOTHING";
-
-const ENQUEUE_REFUND_UNLESS_ORDERED: &str = "\
-INSERT INTO payment_outbox (kind, payment_intent_id, checkout_session_id, amount_minor, currency, reason)
 SELECT 'refund', $2, $1, $3, $4, $5
-WHERE NOT EXISTS (SELECT 1 FROM orders WHERE payment_intent_id = $2)
+WHERE NOT EXISTS (SELECT 1 FROM orders WHERE checkout_session_id = $1 AND payment_intent_id = $2)
 ON CONFLICT (kind, payment_intent_id) DO NOTHING";
 
 const ENQUEUE_CANCEL: &str = "\
@@ -266,9 +263,10 @@ impl DrainReport {
 }
 
 /// Owes the payment of `intent` back: `amount` minor units of `currency`, for `session`,
-/// because of `reason`. Idempotent per intent: a second call for the same intent changes
-/// nothing (the first amount and reason stand); another intent of the same session is
-/// another refund. Nothing is sent here: call [`drain_intent`] after it.
+/// because of `reason`, unless the session's order was placed with that payment.
+/// Idempotent per intent: a second call for the same intent changes nothing (the first
+/// amount and reason stand); another intent of the same session is another refund.
+/// Nothing is sent here: call [`drain_intent`] after it.
 pub async fn enqueue_refund(
     sql: &impl Sql,
     session: &str,
@@ -294,7 +292,8 @@ pub async fn enqueue_refund(
 /// Owes the cancellation of `intent` (of `session`, because of `reason`) at the gateway,
 /// so that it can no longer be paid. Idempotent per intent. Nothing is sent here: call
 /// [`drain_intent`] after it. If the customer paid first, the gateway refuses and the row
-/// ends `refused`; that payment's webhook then finds the session over and refunds it.
+/// ends `refused`, and the drainer owes that payment back (its refund row, as its webhook
+/// would write).
 pub async fn enqueue_cancel(sql: &impl Sql, session: &str, intent: &str, reason: &str) -> Result<()> {
     let params = [
         SqlValue::Text(session.to_owned()),
@@ -463,20 +462,17 @@ async fn send_next<R, S: Sql, H: Http>(app: &App<R, S, H>, intent: Option<&str>)
 /// An intent is cancelled only for a session that ended without an order; the gateway says
 /// the customer paid it meanwhile, so that payment goes back (DESIGN §4, invariant 6),
 /// whether or not its webhook ever arrives: the refund row its webhook would write (keyed
-/// by intent), unless an order was placed with this payment after all.
+/// by intent).
 async fn owe_back(sql: &impl Sql, claimed: &Claimed, paid: &PaidInstead) -> Result<()> {
-    sql.execute(
-        ENQUEUE_REFUND_UNLESS_ORDERED,
-        &[
-            SqlValue::Text(claimed.session.clone()),
-            SqlValue::Text(claimed.intent.clone()),
-            SqlValue::Int(paid.amount_minor),
-            SqlValue::Text(paid.currency.clone()),
-            SqlValue::Text("the payment succeeded after its checkout had ended".into()),
-        ],
+    enqueue_refund(
+        sql,
+        &claimed.session,
+        &claimed.intent,
+        paid.amount_minor,
+        &paid.currency,
+        "the payment succeeded after its checkout had ended",
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 fn text_at(row: &SqlRow, i: usize) -> Option<String> {

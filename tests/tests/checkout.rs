@@ -570,9 +570,7 @@ async fn a_bundle_line_that_no_longer_fits_its_bundle_is_refused_at_checkout() {
     let cart_view = app.get(&format!("/v1/carts/{cart}")).await;
     assert_eq!(details["lineId"], cart_view.body["lines"][0]["lineId"]);
     assert_eq!(app.sellable("var-1").await, 100, "nothing held");
-    let mut redis = app.redis.clone();
-    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
-    assert_eq!(lock, None, "the cart is not left locked");
+    nothing_held(&app).await;
     app.finish().await;
 }
 
@@ -620,13 +618,11 @@ async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
         "{done}"
     );
 
-    let orders: i64 = app
-        .pg
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(orders, 2, "one order per cart");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM orders").await,
+        2,
+        "one order per cart"
+    );
     assert_eq!(app.pg_on_hand("var-2").await, 97);
     assert_eq!(
         app.sellable("var-2").await,
@@ -672,9 +668,7 @@ async fn a_cart_that_costs_nothing_is_refused_at_checkout_and_holds_nothing() {
     );
     assert_eq!(refused.body["error"]["details"]["total"], 0);
     assert_eq!(app.sellable("var-1").await, 100, "nothing held");
-    let mut redis = app.redis.clone();
-    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
-    assert_eq!(lock, None, "the cart is not left locked");
+    nothing_held(&app).await;
     app.finish().await;
 }
 

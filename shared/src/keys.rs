@@ -278,6 +278,13 @@ impl Keys {
         kind.suffixes().iter().map(|s| format!("{base}{s}")).collect()
     }
 
+    /// `discount:eligibility:{D}` (DESIGN §3): the variants a discount targets, as the
+    /// current discount version has them (written after each switch; quotes read the
+    /// version's own `:variants` index instead).
+    pub fn discount_eligibility(&self, discount: &str) -> String {
+        format!("{}discount:eligibility:{{{discount}}}", self.prefix)
+    }
+
     /// A SCAN pattern matching every variant's holds set in this namespace.
     pub fn all_holds_pattern(&self) -> String {
         format!("{}inventory:holds:{{*}}", self.prefix)

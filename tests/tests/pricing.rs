@@ -307,6 +307,76 @@ async fn a_publish_is_announced_on_its_channel() {
     app.finish().await;
 }
 
+/// The members of `discount:eligibility:{D}`, sorted.
+async fn eligible(app: &TestApp, discount: &str) -> Vec<String> {
+    let mut redis = app.redis.clone();
+    let mut members: Vec<String> = redis::AsyncCommands::smembers(
+        &mut redis,
+        app.key(&format!("discount:eligibility:{{{discount}}}")),
+    )
+    .await
+    .unwrap();
+    members.sort();
+    members
+}
+
+#[tokio::test]
+async fn each_discount_s_eligibility_set_follows_the_version_published() {
+    let app = priced_app().await;
+    assert_eq!(eligible(&app, "ten-off-var-1").await, ["var-1"]);
+    // An order discount targets no variant.
+    assert!(eligible(&app, "five-eur-over-50").await.is_empty());
+
+    app.pg
+        .batch_execute(
+            "INSERT INTO discounts (id, kind, basis_points, target) VALUES ('two-pct', 'percentage', 200, 'variants');
+             INSERT INTO discount_variants VALUES ('two-pct', 'var-2'), ('two-pct', 'var-3'), ('ten-off-var-1', 'var-4');",
+        )
+        .await
+        .unwrap();
+    // Written in PostgreSQL, not yet published: the sets are the served version's.
+    assert!(eligible(&app, "two-pct").await.is_empty());
+    publish(&app, "discounts").await;
+    assert_eq!(eligible(&app, "ten-off-var-1").await, ["var-1", "var-4"]);
+    assert_eq!(eligible(&app, "two-pct").await, ["var-2", "var-3"]);
+
+    app.pg
+        .batch_execute("UPDATE discounts SET active = false WHERE id = 'ten-off-var-1';")
+        .await
+        .unwrap();
+    publish(&app, "discounts").await;
+    assert!(eligible(&app, "ten-off-var-1").await.is_empty());
+    assert_eq!(eligible(&app, "two-pct").await, ["var-2", "var-3"]);
+    let reply = quote(&app, lines(&[("var-1", 1), ("var-2", 1)]), None).await;
+    assert_eq!(reply.body["lines"][0]["discounts"], json!([]), "{reply:?}");
+    assert_eq!(
+        reply.body["lines"][1]["discounts"][0]["discountId"], "two-pct",
+        "{reply:?}"
+    );
+
+    // The one id a discount may not take: its version's list of order discounts.
+    app.pg
+        .batch_execute(
+            "INSERT INTO discounts (id, kind, basis_points, target) VALUES ('_order', 'percentage', 100, 'order');",
+        )
+        .await
+        .unwrap();
+    let reply = app
+        .call("POST", "/v1/admin/discounts/publish", None, Caller::Admin)
+        .await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (422, "INVALID_RULESET"),
+        "{reply:?}"
+    );
+    assert_eq!(
+        reply.body["error"]["details"]["invalid"][0]["id"], "_order",
+        "{reply:?}"
+    );
+    assert_eq!(eligible(&app, "two-pct").await, ["var-2", "var-3"]);
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn bad_quotes_and_unauthorised_publishes_are_refused() {
     let app = priced_app().await;

@@ -17,7 +17,7 @@
 //! finds no current version in Redis although PostgreSQL says one was published
 //! republishes it, once, under a lock (DESIGN §4, invariant 8).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -36,6 +36,7 @@ use crate::script::{Script, lua, unexpected};
 static SWITCH: Script = Script::new(lua!("switch.lua"));
 static READ: Script = Script::new(lua!("read_parts.lua", "read.lua"));
 static READ_ONE: Script = Script::new(lua!("read_parts.lua", "read_one.lua"));
+static ELIGIBILITY: Script = Script::new(lua!("eligibility.lua"));
 
 /// A version under construction expires by itself if its publish dies before switching.
 const BUILD_TTL_MS: i64 = 60 * 60 * 1000;
@@ -66,6 +67,9 @@ const REPLACED_MARGIN_MS: i64 = 10 * 60 * 1000;
 /// 2 µs in the hashtable encoding. The field holds the hash in that encoding, as written
 /// and after a restart, a restore or a copy.
 const HASHTABLE_FIELD: &str = ":hashtable";
+/// The field of a discount version's definitions that lists the order discounts (which a
+/// discount's own id therefore may not be).
+const ORDER_FIELD: &str = "_order";
 const HASHTABLE_FIELD_BYTES: usize = 4096;
 
 // Every entry is one line of fields separated by `|` at fixed positions (an absent value
@@ -139,38 +143,52 @@ pub struct Versions {
     pub discounts: i64,
 }
 
-/// What a publish has copied so far: the entries written, and the rows it could not serve.
+/// What a publish has copied so far: the entries written, the rows it could not serve, and
+/// the variants each discount targets (`discount:eligibility:{D}`, written once switched).
 struct Copy {
     entries: u64,
     invalid: Vec<Value>,
+    eligible: BTreeMap<String, Vec<String>>,
 }
 
 /// Where a statement's rows come from, and whether an entry decodes as a quote reads it.
 struct Rows {
     table: &'static str,
     decodes: fn(&str, &str) -> bool,
+    /// Rows of a variant and the discounts targeting it, kept inverted in `Copy::eligible`.
+    eligibility: bool,
 }
 
 static PRICE_LIST_ROWS: Rows = Rows {
     table: "price_lists",
     decodes: |id, entry| price_list(id, entry).is_ok(),
+    eligibility: false,
 };
 static VARIANT_ROWS: Rows = Rows {
     table: "variants",
     decodes: |id, entry| variant_prices(id, entry).is_ok(),
+    eligibility: false,
 };
 static BUNDLE_ROWS: Rows = Rows {
     table: "bundles",
     decodes: |_, entry| bundle_pricing(entry).is_ok(),
+    eligibility: false,
 };
 static DISCOUNT_ROWS: Rows = Rows {
     table: "discounts",
-    decodes: |id, entry| discount(id, entry).is_ok(),
+    decodes: |id, entry| id != ORDER_FIELD && discount(id, entry).is_ok(),
+    eligibility: false,
 };
 /// Lists of discount ids: any list of ids reads.
 static TARGET_ROWS: Rows = Rows {
     table: "discount_targets",
     decodes: |_, _| true,
+    eligibility: false,
+};
+/// A variant's list of discount ids, which also make the discounts' eligibility sets.
+static VARIANT_TARGET_ROWS: Rows = Rows {
+    eligibility: true,
+    ..TARGET_ROWS
 };
 
 /// Rows at most that a refused publish names.
@@ -235,6 +253,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         let mut copy = Copy {
             entries: 0,
             invalid: Vec::new(),
+            eligible: BTreeMap::new(),
         };
         match kind {
             RulesetKind::Pricing => {
@@ -254,8 +273,9 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                     .and_then(|r| r.first()?.as_text())
                     .unwrap_or("")
                     .to_owned();
-                self.write(&keys[0], vec![("_order".to_owned(), order)]).await?;
-                self.copy_pages(DISCOUNTS_BY_VARIANT, &keys[1], &TARGET_ROWS, &mut copy)
+                self.write(&keys[0], vec![(ORDER_FIELD.to_owned(), order)])
+                    .await?;
+                self.copy_pages(DISCOUNTS_BY_VARIANT, &keys[1], &VARIANT_TARGET_ROWS, &mut copy)
                     .await?;
                 self.copy_pages(DISCOUNTS_BY_BUNDLE, &keys[2], &TARGET_ROWS, &mut copy)
                     .await?;
@@ -285,6 +305,10 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         } else {
             self.switch(kind, version, &keys, replaced_ms).await?
         };
+        if switched && kind == RulesetKind::Discounts {
+            self.write_eligibility(version, previous_version, &copy.eligible)
+                .await?;
+        }
         Ok(Publication {
             kind: kind.name(),
             version,
@@ -404,8 +428,60 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                 served
             });
             copy.entries += fields.len() as u64;
+            if rows_of.eligibility {
+                for (variant, discounts) in &fields {
+                    for discount in discounts.split('|') {
+                        copy.eligible
+                            .entry(discount.to_owned())
+                            .or_default()
+                            .push(variant.clone());
+                    }
+                }
+            }
             if !fields.is_empty() {
                 self.write(key, fields).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `discount:eligibility:{D}` (DESIGN §3), the variants each discount of the
+    /// version just switched to targets, each set replaced in one script, and deletes the
+    /// sets of discounts the replaced version had and this one targets no variant with.
+    /// They are a view for operators and other readers: a quote reads its own version's
+    /// `:variants` index, so it never sees a set of another version. A publish that a newer
+    /// one overtook meanwhile leaves the sets to it.
+    async fn write_eligibility(
+        &self,
+        version: i64,
+        previous: i64,
+        eligible: &BTreeMap<String, Vec<String>>,
+    ) -> Result<()> {
+        let current = self
+            .redis(
+                "GET",
+                vec![self.keys.ruleset_version(RulesetKind::Discounts).into()],
+            )
+            .await?;
+        if current.first().and_then(RedisReply::as_int) != Some(version) {
+            return Ok(());
+        }
+        for (discount, variants) in eligible {
+            let key = self.keys.discount_eligibility(discount);
+            let variants = variants.iter().map(|v| RedisArg::from(v.as_str())).collect();
+            ELIGIBILITY.run(self.redis, &[&key], variants).await?;
+        }
+        if previous > 0 {
+            let definitions = self
+                .keys
+                .ruleset_keys(RulesetKind::Discounts, previous)
+                .swap_remove(0);
+            let replaced = self.redis("HKEYS", vec![definitions.into()]).await?;
+            for id in replaced.iter().filter_map(RedisReply::as_text) {
+                if id != ORDER_FIELD && id != HASHTABLE_FIELD && !eligible.contains_key(id) {
+                    self.redis("DEL", vec![self.keys.discount_eligibility(id).into()])
+                        .await?;
+                }
             }
         }
         Ok(())

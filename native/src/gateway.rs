@@ -102,6 +102,8 @@ struct Ledger {
     refunds: Vec<Refund>,
     by_key: HashMap<String, Saved>,
     fail_next: Option<u16>,
+    /// How long the next `POST /v1/payment_intents` waits before it is handled.
+    delay_next: Option<Duration>,
     fail_refunds: Failures,
     fail_cancels: Failures,
     create_calls: usize,
@@ -339,6 +341,12 @@ impl Gateway {
     /// would), so nothing is saved for its idempotency key and a retry goes through.
     pub fn fail_next(&self, status: u16) {
         self.shared.ledger().fail_next = Some(status);
+    }
+
+    /// Makes the next `POST /v1/payment_intents` wait `delay` before it is handled, as a
+    /// slow gateway would, so a test can act on the session meanwhile.
+    pub fn delay_next(&self, delay: Duration) {
+        self.shared.ledger().delay_next = Some(delay);
     }
 
     /// Makes the next `n` calls of `POST /v1/refunds` answer `status` with a Stripe error
@@ -628,11 +636,14 @@ fn no_such_intent(id: &str, param: &str) -> Value {
 }
 
 async fn create_intent(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let failure = {
+    let (failure, delay) = {
         let mut ledger = shared.ledger();
         ledger.create_calls += 1;
-        ledger.fail_next.take()
+        (ledger.fail_next.take(), ledger.delay_next.take())
     };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(status) = failure {
         return programmed_failure(status);
     }

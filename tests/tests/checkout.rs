@@ -59,6 +59,7 @@ async fn a_purchase_goes_from_cart_to_one_order() {
         .cart_with_lines(&[unit("var-1", 2), unit("var-2", 1), bundle])
         .await;
 
+    let before = app.get(&format!("/v1/carts/{cart}")).await.body["version"].clone();
     let started = app.start_checkout(&cart, "k-1").await;
     assert_eq!(started.status, 201, "{started:?}");
     let session = started.body["sessionId"].as_str().unwrap().to_owned();
@@ -121,12 +122,32 @@ async fn a_purchase_goes_from_cart_to_one_order() {
     for v in ["var-1", "var-2", "var-5"] {
         assert_eq!(app.check_holds(v).await, (app.pg_on_hand(v).await, 0), "{v}");
     }
+    // The cart is emptied, not deleted: the shopper's cart id goes on, and its version moved
+    // on, so a change made against the version from before the order is refused.
+    let emptied = app.get(&format!("/v1/carts/{cart}")).await;
     assert_eq!(
-        app.get(&format!("/v1/carts/{cart}")).await.status,
-        404,
-        "the cart was not emptied"
+        (emptied.status, &emptied.body["lines"]),
+        (200, &json!([])),
+        "the cart was not emptied: {emptied:?}"
     );
+    assert_eq!(emptied.body["version"], before.as_i64().unwrap() + 1);
+    let stale = app
+        .call_with(
+            "POST",
+            &format!("/v1/carts/{cart}/items"),
+            Some(unit("var-3", 1)),
+            &[("if-match", &format!("\"{before}\""))],
+        )
+        .await;
+    assert_eq!(stale.status, 412, "{stale:?}");
     nothing_held(&app).await;
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), unit("var-3", 1))
+            .await
+            .status,
+        200,
+        "the emptied cart takes new lines"
+    );
     app.finish().await;
 }
 
@@ -641,6 +662,116 @@ async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
     assert_eq!(lock.as_deref(), Some(paying.session.as_str()));
     let ttl: i64 = redis.pttl(&lock_key).await.unwrap();
     assert!(ttl > 3_000_000, "until the holds' end, not a lock's ttl: {ttl}");
+    app.finish().await;
+}
+
+/// A cancel that lands while the payment intent is being created (a slow gateway) wins:
+/// the intent request, which then holds stock, PostgreSQL's copy and the lock again, gives
+/// them all back and cancels its intent; nothing brings the session back to be paid.
+#[tokio::test]
+async fn a_cancel_during_the_payment_intent_leaves_nothing_held_or_payable() {
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let cart = app.cart_with(&[("var-1", 2)]).await;
+    let session = app.checkout(&cart, "k-cancel-race").await;
+    gateway.delay_next(Duration::from_millis(800));
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.call(
+            "POST",
+            &format!("/v1/checkout/{session}/cancel"),
+            None,
+            Caller::Anonymous,
+        )
+        .await
+    };
+    let (refused, cancelled) = tokio::join!(app.payment_intent(&session, Caller::Anonymous), cancel);
+    assert_eq!(cancelled.body["state"], "CANCELLED", "{cancelled:?}");
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "CHECKOUT_STATE"),
+        "{refused:?}"
+    );
+
+    nothing_held(&app).await;
+    assert_eq!(app.sellable("var-1").await, 100);
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), unit("var-2", 1))
+            .await
+            .status,
+        200,
+        "the cart is unlocked"
+    );
+    let intent = gateway.intents()[0].id.clone();
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT count(*) FROM checkout_sessions WHERE id = '{session}' AND ended_state = 'CANCELLED'"
+            )
+        )
+        .await,
+        1,
+        "PostgreSQL's copy ended"
+    );
+    assert_eq!(
+        gateway.cancellations(),
+        [intent.clone()],
+        "the intent is cancelled"
+    );
+    // A Redis loss does not bring it back as payable.
+    let mut redis = app.redis.clone();
+    let id = commerce_core::ids::SessionId::parse(&session).unwrap();
+    for key in [
+        app.keys().checkout_session(&id),
+        app.keys().checkout_metadata(&id),
+        app.keys().payment_intent(&id),
+    ] {
+        let _: () = redis.del(key).await.unwrap();
+    }
+    let shown = app.get(&format!("/v1/checkout/{session}")).await;
+    assert_ne!(shown.body["state"], "PAYMENT_PENDING", "{shown:?}");
+    let again = app.payment_intent(&session, Caller::Anonymous).await;
+    assert!(matches!(again.status, 404 | 409), "{again:?}");
+    assert_eq!(gateway.intents().len(), 1, "no new intent");
+    app.finish().await;
+}
+
+/// A session's payment intent extends the holds its checkout took: it is not refused for
+/// stock that Redis counts twice for a moment (another order's stock from PostgreSQL
+/// before that order's own hold is committed), nor for a count lowered meanwhile.
+#[tokio::test]
+async fn extending_a_hold_is_not_taking_more() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    assert_eq!(app.set_on_hand("var-1", 3).await.status, 200);
+    let mut sessions = Vec::new();
+    for n in 0..3 {
+        let cart = app.cart_with(&[("var-1", 1)]).await;
+        sessions.push(app.checkout(&cart, &format!("k-extend-{n}")).await);
+    }
+    assert_eq!(app.sellable("var-1").await, 0);
+    // What the stock commit of a later order does when it reaches Redis before an earlier
+    // order's: the stock drops to what PostgreSQL left while that order's hold still counts.
+    let mut redis = app.redis.clone();
+    let _: () = redis.set(app.key("inventory:variant:{var-1}"), 1).await.unwrap();
+    let extended = app.payment_intent(&sessions[2], Caller::Anonymous).await;
+    assert_eq!(extended.status, 200, "{extended:?}");
+    assert_eq!(extended.body["state"], "PAYMENT_PENDING");
+    // Nobody else gets more than there is.
+    let more = app
+        .reserve(json!({"cartId": "someone-else", "items": [unit("var-1", 1)]}))
+        .await;
+    assert_eq!(
+        (more.status, more.code()),
+        (409, "INSUFFICIENT_INVENTORY"),
+        "{more:?}"
+    );
+    let (status, done) = app.pay(&gateway, &sessions[2], Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(app.pg_on_hand("var-1").await, 2);
     app.finish().await;
 }
 

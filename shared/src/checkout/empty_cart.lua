@@ -1,5 +1,7 @@
 -- After the order: empty the checked-out cart and release its lock, unless another
--- session holds the cart by now.
+-- session holds the cart by now. The cart stays, with no lines and its version moved on
+-- (a writer holding a version from before the order is refused); an empty cart, or one
+-- gone, is left as it is, so a replayed webhook changes nothing.
 --
 -- KEYS: cart, lock
 -- ARGV: session id
@@ -8,7 +10,20 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then
   return {'SKIPPED'}
 end
-redis.call('DEL', KEYS[1])
+local lines = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local kind = string.sub(field, 1, 2)
+  if kind == 'q:' or kind == 'd:' or kind == 'o:' then
+    lines[#lines + 1] = field
+  end
+end
+if #lines > 0 then
+  for i = 1, #lines, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(lines, i, math.min(i + 999, #lines)))
+  end
+  redis.call('HSET', KEYS[1], 'lines', 0)
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+end
 if holder then
   redis.call('DEL', KEYS[2])
 end

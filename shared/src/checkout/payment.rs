@@ -132,6 +132,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 )
                 .await?;
             if !matches!(tag.as_str(), "OK" | "SAME") && moved.state != State::PaymentPending {
+                if matches!(moved.state, State::Cancelled | State::Expired | State::Failed) {
+                    // Ended (a cancel, its deadline) while this request took the intent, the
+                    // holds, PostgreSQL's copy and the lock, after that ending released what
+                    // it found: the session keeps none of them, and its intent is cancelled.
+                    self.release(&moved, true).await?;
+                }
                 return Err(wrong_state(&moved, "take a payment"));
             }
             session = moved;

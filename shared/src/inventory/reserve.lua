@@ -14,10 +14,14 @@
 --
 -- The quantity SETS the holder's hold (a retry never adds). A variant is granted only if
 -- stock - live reserved + this holder's current hold >= quantity, and only if the quantity
--- is within the variant's per-order limit (max-per-order, loaded with the stock) or no more
--- than the holder already holds (extending a hold taken before the limit was lowered, as
--- a checkout's payment intent does, is not taking more); if any variant is over its limit
--- or falls short, nothing is written.
+-- is within the variant's per-order limit (max-per-order, loaded with the stock), unless
+-- it is no more than the holder already holds: extending a live hold, as a checkout's
+-- payment intent does, is not taking more. A stock lowered meanwhile does not take back
+-- what is held: neither a limit or count an admin lowered, nor the stock an order left
+-- in PostgreSQL, which Redis may have before the hold of another order already placed
+-- is committed (both count then, for a moment). PostgreSQL's order still refuses what
+-- on-hand cannot cover. If any variant is over its limit or falls short, nothing is
+-- written.
 --
 -- Replies (flat): {'OK', deadline_ms, previous quantity_1, previous deadline_1, ...} (what
 --                 the holder held before, 0 0 for nothing: a cluster caller puts it back
@@ -57,7 +61,7 @@ for i = 0, n - 1 do
       over[#over + 1] = limit
     end
     local sellable = stock - reserved + mine
-    if want > sellable then
+    if want > sellable and want > mine then
       short[#short + 1] = i
       short[#short + 1] = want
       short[#short + 1] = math.max(sellable, 0)

@@ -713,11 +713,7 @@ async fn a_cancel_during_the_payment_intent_leaves_nothing_held_or_payable() {
         1,
         "PostgreSQL's copy ended"
     );
-    assert_eq!(
-        gateway.cancellations(),
-        [intent.clone()],
-        "the intent is cancelled"
-    );
+    assert_eq!(gateway.cancellations(), [intent], "the intent is cancelled");
     // A Redis loss does not bring it back as payable.
     let mut redis = app.redis.clone();
     let id = commerce_core::ids::SessionId::parse(&session).unwrap();

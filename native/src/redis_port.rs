@@ -370,7 +370,7 @@ impl Redis for NativeRedis {
     }
 
     /// On a cluster, one `WAIT` per slot named, each on the master of that slot (over the
-    /// very connection the writes went through); elsewhere one `WAIT`.
+    /// very connection the writes went through), all at once; elsewhere one `WAIT`.
     async fn wait_replicas(&self, keys: &[&str], replicas: i64, timeout_ms: i64) -> Result<i64, PortError> {
         use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
         let mut wait = redis::cmd("WAIT");
@@ -383,14 +383,20 @@ impl Redis for NativeRedis {
             let mut slots: Vec<u16> = keys.iter().map(|k| slot_of(k)).collect();
             slots.sort_unstable();
             slots.dedup();
-            let mut connection = cluster.connection().await?;
-            let mut fewest = redis::Value::Int(replicas);
-            for slot in slots {
+            let connection = cluster.connection().await?;
+            // All at once, so a write that is short of replicas waits `timeout_ms` once,
+            // not once per slot.
+            let waits = slots.into_iter().map(|slot| {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
                     slot,
                     SlotAddr::Master,
                 )));
-                let acked = connection.route_command(wait.clone(), routing).await?;
+                let (mut connection, wait) = (connection.clone(), wait.clone());
+                async move { connection.route_command(wait, routing).await }
+            });
+            let mut fewest = redis::Value::Int(replicas);
+            for acked in futures_util::future::join_all(waits).await {
+                let acked = acked?;
                 if let (redis::Value::Int(a), redis::Value::Int(f)) = (&acked, &fewest)
                     && a < f
                 {

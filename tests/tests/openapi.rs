@@ -134,6 +134,43 @@ fn every_operation_documents_its_errors_and_every_reference_resolves() {
             }
         }
     }
+    // Every link names an operation, and only parameters that operation has (Schemathesis's
+    // stateful phase, `scripts/api-fuzz --full`, refuses to run otherwise).
+    let mut operations = std::collections::BTreeMap::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            let names: BTreeSet<String> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            operations.insert(op["operationId"].as_str().unwrap().to_owned(), names);
+        }
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for response in op["responses"].as_object().unwrap().values() {
+                for (name, link) in response["links"].as_object().into_iter().flatten() {
+                    let target = link["operationId"].as_str().unwrap();
+                    let known = operations
+                        .get(target)
+                        .unwrap_or_else(|| panic!("{method} {path}: link {name} to unknown {target}"));
+                    for parameter in link["parameters"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, _)| k)
+                    {
+                        assert!(
+                            known.contains(parameter),
+                            "{method} {path}: link {name} names `{parameter}`, which {target} does not take"
+                        );
+                    }
+                }
+            }
+        }
+    }
     let mut refs = Vec::new();
     collect_refs(&doc, &mut refs);
     for reference in refs {

@@ -82,6 +82,22 @@ async fn a_purchase_goes_from_cart_to_one_order() {
     );
     assert_eq!(intent.body["amount"], total);
     assert!(intent.body["clientSecret"].as_str().unwrap().contains("_secret_"));
+    // DESIGN §5: the checkout's shape, with the intent and its secret added.
+    let shown = app.get(&format!("/v1/checkout/{session}")).await;
+    for field in [
+        "sessionId",
+        "state",
+        "cartId",
+        "total",
+        "currency",
+        "expiresAt",
+        "history",
+        "paymentIntentId",
+    ] {
+        assert_eq!(intent.body[field], shown.body[field], "{field}: {intent:?}");
+    }
+    assert_eq!(intent.body["total"], total);
+    assert_eq!(intent.body["cartId"], cart.as_str());
     let again = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(again.body["paymentIntentId"], intent.body["paymentIntentId"]);
     assert_eq!(gateway.intents().len(), 1);

@@ -149,8 +149,9 @@ async fn an_expired_hold_stops_counting_without_a_sweeper() {
     app.finish().await;
 }
 
-/// A reservation with an `Idempotency-Key` is made once: the same key and body answer the
-/// first answer again (its deadline, not a later one), the same key with another body is a
+/// A reservation with an `Idempotency-Key` is made once: the same key and body (the same
+/// JSON, however spelled) answer the first answer again (its deadline, not a later one),
+/// the same key with another body is a
 /// 422 that changes nothing, and a request without a key is not affected.
 #[tokio::test]
 async fn a_reservation_with_an_idempotency_key_is_made_once() {
@@ -179,6 +180,20 @@ async fn a_reservation_with_an_idempotency_key_is_made_once() {
         (201, &first.body),
         "a retry was made again"
     );
+    // The same JSON, its keys in another order and spaced otherwise, is the same body.
+    let respelled = app
+        .http
+        .post(format!("{}/v1/inventory/reservations", app.base))
+        .header("authorization", &admin)
+        .header("idempotency-key", "hold-1")
+        .header("content-type", "application/json")
+        .body(r#"{ "items" : [ { "quantity" : 2, "variantId" : "var-1" } ], "cartId" : "k" }"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(respelled.status(), 201);
+    let respelled: Value = respelled.json().await.unwrap();
+    assert_eq!(respelled, first.body, "a respelled retry was made again");
 
     let other = send(reservation("k", &[("var-1", 7)]), "hold-1").await;
     assert_eq!(

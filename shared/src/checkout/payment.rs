@@ -5,40 +5,33 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::session::{Session, cart_ref_text, wrong_state};
+use super::session::{Session, SessionView, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
 use super::{Checkouts, gateway, paid};
 use crate::cart::CartRef;
-use crate::clock::rfc3339_millis;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-use crate::pricing::money::Currency;
 
 /// How long a payment intent is kept (seed `PAYMENT_INTENT`).
 const INTENT_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// The answer of `POST /v1/checkout/{session}/payment-intent`: what the storefront needs
-/// to confirm the payment. The fields are in the order of their names, as the answer has
-/// always listed them (so the amount is not one flattened [`Money`](crate::pricing::money::Money)).
+/// The answer of `POST /v1/checkout/{session}/payment-intent`: the session as `GET` shows
+/// it (DESIGN §5's checkout shape: `total`, `cartId` or `customerId`, `history`, …), with
+/// what the storefront needs to confirm the payment added: `paymentIntentId` (the
+/// session's, always set here), `clientSecret`, and `amount` (the frozen total again, in
+/// minor units, as the gateway's intent carries it).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentView {
-    /// The frozen total, minor units of `currency`.
-    pub amount: i64,
+    /// The session, its intent named.
+    #[serde(flatten)]
+    pub session: SessionView,
     /// The secret the browser confirms the payment with (the intent's `clientSecret`).
     pub client_secret: Value,
-    /// The currency of `amount`.
-    pub currency: Currency,
-    /// Until when payment may arrive (RFC 3339).
-    pub expires_at: String,
-    /// The gateway's id of the intent, `pi_…`.
-    pub payment_intent_id: String,
-    /// The session.
-    pub session_id: String,
-    /// Where the session is: PAYMENT_PENDING once the intent is taken.
-    pub state: &'static str,
+    /// The frozen total, minor units of `currency`.
+    pub amount: i64,
 }
 
 impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
@@ -146,14 +139,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             self.keep_lock(&session, session.deadline_ms + self.grace_ms())
                 .await?;
         }
+        let mut view = session.view(None);
+        view.payment_intent_id = Some(intent_id);
         Ok(PaymentView {
-            amount: session.total.minor,
+            session: view,
             client_secret: intent["clientSecret"].clone(),
-            currency: session.total.currency,
-            expires_at: rfc3339_millis(session.deadline_ms),
-            payment_intent_id: intent_id,
-            session_id: id.to_string(),
-            state: session.state.name(),
+            amount: session.total.minor,
         })
     }
 
@@ -192,34 +183,5 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .and_then(RedisReply::as_text)
             .and_then(|t| serde_json::from_str::<Value>(t).ok())
             .and_then(|v| v["id"].as_str().map(str::to_owned)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn the_payment_answer_reads_as_it_always_did_byte_for_byte() {
-        let view = PaymentView {
-            amount: 1999,
-            client_secret: json!("pi_1_secret"),
-            currency: Currency::parse("EUR").unwrap(),
-            expires_at: "2026-01-01T00:00:00.000Z".into(),
-            payment_intent_id: "pi_1".into(),
-            session_id: "cs_1".into(),
-            state: "PAYMENT_PENDING",
-        };
-        let before = json!({
-            "sessionId": "cs_1",
-            "state": "PAYMENT_PENDING",
-            "paymentIntentId": "pi_1",
-            "clientSecret": "pi_1_secret",
-            "amount": 1999,
-            "currency": "EUR",
-            "expiresAt": "2026-01-01T00:00:00.000Z",
-        });
-        assert_eq!(serde_json::to_string(&view).unwrap(), before.to_string());
     }
 }

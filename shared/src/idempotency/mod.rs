@@ -68,7 +68,16 @@ where
         app.keys.prefix(),
         digest(key.as_bytes())
     );
-    let fingerprint = digest(&[req.method.as_bytes(), b" ", req.path.as_bytes(), b"\n", &req.body].concat());
+    let fingerprint = digest(
+        &[
+            req.method.as_bytes(),
+            b" ",
+            req.path.as_bytes(),
+            b"\n",
+            &body_of(&req.body),
+        ]
+        .concat(),
+    );
     let attempt = random_hex_128()?;
     let keys = [record.as_str()];
     let begin = |not_after_ms: i64| {
@@ -200,6 +209,30 @@ fn forget_later<R: Redis, S, H>(app: &App<R, S, H>, record: &str, attempt: &str)
         attempt.into(),
     ];
     FINISH.send_detached(&app.redis, &[record], args);
+}
+
+/// What "the same body" means for a key: a JSON body as its value (written again with
+/// its object keys sorted and no spaces, so the same JSON in another order or spacing is
+/// the same request), any other body as its bytes.
+fn body_of(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => serde_json::to_vec(&sorted(value)).map_or(body.into(), Into::into),
+        Err(_) => body.into(),
+    }
+}
+
+/// `value` with every object's keys in order (whichever map serde_json was built with).
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
 }
 
 fn digest(bytes: &[u8]) -> String {

@@ -187,6 +187,20 @@ async fn a_session_redis_lost_can_be_read_cancelled_and_expired_before_any_webho
         (200, Some("ORDER_CREATED")),
         "{sold:?}"
     );
+    let order: String = app
+        .pg
+        .query_one(
+            "SELECT id FROM orders WHERE checkout_session_id = $1",
+            &[&ordered],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sold.body["orderId"],
+        order.as_str(),
+        "it names its order: {sold:?}"
+    );
     let refused = app
         .call(
             "POST",

@@ -288,10 +288,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let Some(kept) = paid::load(&self.app.sql, id.as_str()).await? else {
             return Ok(false);
         };
-        let state = match (&kept.ended_state, kept.ordered) {
+        let state = match (&kept.ended_state, &kept.order) {
             (Some(ended), _) => ended.as_str(),
-            (None, true) => State::OrderCreated.name(),
-            (None, false) => State::PaymentPending.name(),
+            (None, Some(_)) => State::OrderCreated.name(),
+            (None, None) => State::PaymentPending.name(),
         };
         let keys = [
             self.app.keys.checkout_session(id),
@@ -314,6 +314,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     kept.intent.as_str().into(),
                     state.into(),
                     before_payment(),
+                    kept.order.as_deref().unwrap_or("").into(),
                 ],
             )
             .await?;

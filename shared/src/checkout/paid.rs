@@ -36,7 +36,7 @@ UPDATE checkout_sessions SET ended_state = $2, ended_at = now() WHERE id = $1 AN
 const LOAD: &str = "\
 SELECT cart_ref, total_minor, currency, payment_intent_id, intent::text, deadline_ms, metadata::text,
        COALESCE(ended_state, ''),
-       EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = checkout_sessions.id)
+       COALESCE((SELECT o.id FROM orders o WHERE o.checkout_session_id = checkout_sessions.id), '')
 FROM checkout_sessions WHERE id = $1";
 
 /// What is kept of a paid session.
@@ -121,14 +121,14 @@ pub struct Kept {
     pub metadata: String,
     /// How it ended without an order, if it did.
     pub ended_state: Option<String>,
-    /// Whether its order is written (then it is over, whatever Redis remembers).
-    pub ordered: bool,
+    /// Its order, once written (then it is over, whatever Redis remembers).
+    pub order: Option<String>,
 }
 
 impl Kept {
     /// Whether the session may still take its payment and its holds still count.
     pub fn is_live(&self) -> bool {
-        self.ended_state.is_none() && !self.ordered
+        self.ended_state.is_none() && self.order.is_none()
     }
 }
 
@@ -147,6 +147,7 @@ pub async fn load(sql: &impl Sql, session: &str) -> Result<Option<Kept>> {
     };
     let int = |i: usize| row.get(i).and_then(SqlValue::as_int).ok_or_else(bad);
     let ended = text(7)?;
+    let order = text(8)?;
     Ok(Some(Kept {
         cart_ref: text(0)?,
         total: Money::new(int(1)?, Currency::parse(text(2)?.trim()).map_err(|_| bad())?),
@@ -155,6 +156,6 @@ pub async fn load(sql: &impl Sql, session: &str) -> Result<Option<Kept>> {
         deadline_ms: int(5)?,
         metadata: text(6)?,
         ended_state: (!ended.is_empty()).then_some(ended),
-        ordered: row.get(8).and_then(SqlValue::as_bool).ok_or_else(bad)?,
+        order: (!order.is_empty()).then_some(order),
     }))
 }

@@ -4,7 +4,7 @@
 -- KEYS: session, metadata, payment intent
 -- ARGV: session id, cart reference, deadline (epoch ms), how long the record outlives its
 --       deadline (ms), total, currency, metadata JSON, intent id, intent JSON, state,
---       the states before payment joined by ','
+--       the states before payment joined by ',', the order's id ('' when none)
 -- Replies: {'OK' | 'EXISTS' | 'EXPIRED_NOW', session fields…}
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return session_snapshot(KEYS[1], 'EXISTS')
@@ -15,6 +15,9 @@ local history = appended(nil, ARGV[10], now)
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'cart', ARGV[2], 'state', ARGV[10], 'version', 1,
   'deadline', deadline, 'total', ARGV[5], 'currency', ARGV[6], 'created', now,
   'history', history, 'intent', ARGV[8], 'restored', now)
+if ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[1], 'order', ARGV[12])
+end
 redis.call('SET', KEYS[2], ARGV[7])
 redis.call('SET', KEYS[3], ARGV[9])
 for _, key in ipairs(KEYS) do

@@ -217,7 +217,17 @@ async fn change<R: Redis, S: Sql, H: Http>(
             // 0 is allowed here: it removes the line.
             match quantity.as_i64() {
                 Some(0) => 0,
-                _ => Quantity::from_json(quantity)?.get(),
+                _ => Quantity::from_json(quantity)
+                    .map_err(|_| {
+                        Error::bad_request(
+                            ErrorCode::InvalidQuantity,
+                            format!(
+                                "quantity must be an integer from 0 (removes the line) to {}",
+                                Quantity::MAX
+                            ),
+                        )
+                    })?
+                    .get(),
             }
         }
         _ => return Err(Error::MethodNotAllowed(req.method.clone())),

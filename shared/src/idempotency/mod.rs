@@ -26,7 +26,7 @@ fn key_of(req: &Request) -> Result<Option<String>> {
     let Some(key) = req.header("idempotency-key") else {
         return Ok(None);
     };
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err(Error::bad_request(
             ErrorCode::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 printable ASCII characters",

@@ -35,7 +35,7 @@ pub struct NativeRedis {
 /// How the adapter reaches Redis.
 #[derive(Clone)]
 enum Link {
-    Standalone(ConnectionManager),
+    Standalone(Arc<StandaloneLink>),
     Cluster(Arc<ClusterLink>),
     Sentinel(Arc<SentinelLink>),
 }
@@ -62,7 +62,11 @@ impl NativeRedis {
                 } else {
                     redis::Client::open(url)?
                 };
-                Link::Standalone(manager(client, timeout)?)
+                Link::Standalone(Arc::new(StandaloneLink {
+                    manager: std::sync::RwLock::new((manager(client.clone(), timeout)?, 0)),
+                    client,
+                    timeout,
+                }))
             }
             Topology::Cluster { nodes } => {
                 let mut builder = ClusterClient::builder(nodes)
@@ -101,6 +105,35 @@ impl NativeRedis {
             }
         };
         Ok(Self { link, timeout })
+    }
+}
+
+/// One standalone server: a multiplexed, reconnecting connection, replaced by a fresh one
+/// when Redis refused to authenticate it (a password rotated, the user switched off for a
+/// moment, a restart without the user list). redis-rs's manager reconnects after an I/O
+/// error only, so it would answer that refusal for good, even once the password is good
+/// again; each call meanwhile is a 503.
+struct StandaloneLink {
+    client: redis::Client,
+    timeout: Duration,
+    /// The connection, and how many times it was replaced.
+    manager: std::sync::RwLock<(ConnectionManager, u64)>,
+}
+
+impl StandaloneLink {
+    async fn send(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        let (mut connection, generation) = self.manager.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let outcome = cmd.query_async(&mut connection).await;
+        if let Err(e) = &outcome
+            && e.kind() == redis::ErrorKind::AuthenticationFailed
+        {
+            let mut current = self.manager.write().unwrap_or_else(|e| e.into_inner());
+            // Once per refusal, however many calls met it.
+            if current.1 == generation {
+                *current = (manager(self.client.clone(), self.timeout)?, generation + 1);
+            }
+        }
+        outcome
     }
 }
 
@@ -445,17 +478,20 @@ fn slot_of(key: &str) -> u16 {
 impl NativeRedis {
     async fn send(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
         match &self.link {
-            Link::Standalone(connection) => cmd.query_async(&mut connection.clone()).await,
+            Link::Standalone(standalone) => standalone.send(cmd).await,
             Link::Cluster(cluster) => cmd.query_async(&mut cluster.connection().await?).await,
             Link::Sentinel(sentinel) => {
                 let asked_at = Instant::now();
                 let outcome = cmd.query_async(&mut sentinel.connection().await?).await;
                 if let Err(e) = &outcome
-                    && (is_outage(e) || e.code() == Some("READONLY"))
+                    && (is_outage(e)
+                        || e.code() == Some("READONLY")
+                        || e.kind() == redis::ErrorKind::AuthenticationFailed)
                 {
-                    // The master is gone or was demoted: the next call goes where the
-                    // sentinels say the master is now. This one still fails (503), since a
-                    // write may or may not have reached the old master.
+                    // The master is gone, was demoted or refused to authenticate us: the
+                    // next call connects afresh where the sentinels say the master is now.
+                    // This one still fails (503), since a write may or may not have
+                    // reached the old master.
                     let _ = sentinel.reask(Some(asked_at)).await;
                 }
                 outcome
@@ -496,13 +532,13 @@ fn flatten(value: redis::Value, out: &mut Vec<RedisReply>) -> Result<(), PortErr
     Ok(())
 }
 
-/// A redis-rs error as the [`Redis`] port states it: connection trouble and
-/// errors that say the server [cannot serve now](cannot_serve_now) are `Unreachable`, any
-/// other server error keeps its code at the front of the text.
+/// A redis-rs error as the [`Redis`] port states it: connection trouble, a refused
+/// authentication and errors that say the server [cannot serve now](cannot_serve_now) are
+/// `Unreachable`, any other server error keeps its code at the front of the text.
 fn port_error(e: redis::RedisError) -> PortError {
-    let refused = e
-        .code()
-        .is_some_and(|code| cannot_serve_now(code, e.detail().unwrap_or_default()));
+    let refused = e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.code()
+            .is_some_and(|code| cannot_serve_now(code, e.detail().unwrap_or_default()));
     if refused || is_outage(&e) {
         PortError::unreachable(Dependency::Redis, e.to_string())
     } else {

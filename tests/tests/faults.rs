@@ -598,6 +598,69 @@ async fn a_redis_that_refuses_the_app_is_a_503_on_every_route() {
     app.finish().await;
 }
 
+/// A password Redis refuses for a while (rotated, the user switched off, a restart without
+/// the user list) is a 503 on every call, and the app serves again as soon as Redis takes
+/// it, without a restart: a refused authentication is not kept as the connection's state.
+#[tokio::test]
+async fn a_refused_password_is_a_503_until_redis_takes_it_again() {
+    let size = size();
+    let redis = RedisProcess::start(Persistence::Nothing).await;
+    let mut admin = redis.connection().await;
+    let acl = |password: &str| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg("app")
+            .arg("on")
+            .arg("resetpass")
+            .arg(format!(">{password}"));
+        cmd.arg("~*").arg("&*").arg("+@all");
+        cmd
+    };
+    let _: () = acl("first").query_async(&mut admin).await.unwrap();
+    let (app, _gateway) = shop(
+        size.units,
+        Wiring {
+            redis_url: Some(redis.url().replacen("redis://", "redis://app:first@", 1)),
+            ..Wiring::default()
+        },
+    )
+    .await;
+    assert_eq!(app.get("/v1/inventory/var-1").await.status, 200);
+
+    let _: () = acl("rotated").query_async(&mut admin).await.unwrap();
+    let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("app")
+        .query_async(&mut admin)
+        .await;
+    for _ in 0..3 {
+        let reply = app.get("/v1/inventory/var-1").await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (503, "SERVICE_UNAVAILABLE"),
+            "{reply:?}"
+        );
+        let reply = app.post("/v1/carts", serde_json::json!({})).await;
+        assert_eq!(reply.status, 503, "{reply:?}");
+    }
+
+    let _: () = acl("first").query_async(&mut admin).await.unwrap();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app.get("/v1/inventory/var-1").await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "the app did not serve again once the password was taken"
+    );
+    app.finish().await;
+}
+
 fn json_lines(variants: &[String]) -> serde_json::Value {
     let lines: Vec<serde_json::Value> = variants
         .iter()

@@ -10,6 +10,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use commerce_core::http::{Request, Response};
 use commerce_core::metrics::Measured;
 use commerce_core::metrics::exchange::{self, Exchange, LogLevel, REQUEST_ID};
+use commerce_core::ports::Redis;
 use commerce_core::{App, Error, Scope, Settings, outbox};
 use tokio::net::TcpListener;
 
@@ -43,7 +44,8 @@ pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
 const DRAIN_BATCH: usize = 100;
 
 /// Serves `app` on `listener` until the process ends (or this future is dropped), and
-/// meanwhile drains the payment outbox every `outbox_drain_interval_ms` (unless 0).
+/// meanwhile drains the payment outbox every `outbox_drain_interval_ms` (unless 0) and
+/// keeps the Redis connection in use ([`ping_every`]).
 ///
 /// Hostile or broken clients cannot starve the others: at most `max_connections` are open
 /// at once (a new one beyond is answered 503 and closed); a client gets
@@ -53,6 +55,7 @@ const DRAIN_BATCH: usize = 100;
 pub async fn serve(listener: TcpListener, app: Arc<NativeApp>) -> std::io::Result<()> {
     let every = Duration::from_millis(app.settings.outbox_drain_interval_ms);
     let _drainer = (!every.is_zero()).then(|| AbortOnDrop(tokio::spawn(drain_every(app.clone(), every))));
+    let _pinger = AbortOnDrop(tokio::spawn(ping_every(app.clone(), PING_EVERY)));
     let limits = connection::Limits::of(&app.settings);
     let router = axum::Router::new().fallback(answer).with_state(app);
     connection::accept(listener, router, limits).await
@@ -64,6 +67,24 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// How often an idle server uses its Redis connection.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// A `PING` every `every`: the one multiplexed Redis connection is never idle, so a Redis
+/// that closes idle clients (its `timeout`) leaves it open, and a connection dropped
+/// meanwhile (a Redis restart, `CLIENT KILL`) is found broken and replaced by the ping
+/// rather than by the next request, which would answer 503 for it. Failures are the
+/// requests' to report.
+async fn ping_every(app: Arc<NativeApp>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // Past the metrics: a ping is no call of the app's.
+        let _ = app.redis.0.execute("PING", Vec::new()).await;
     }
 }
 

@@ -661,6 +661,41 @@ async fn a_refused_password_is_a_503_until_redis_takes_it_again() {
     app.finish().await;
 }
 
+/// A Redis that closes idle clients (its `timeout`), or drops the app's connection while
+/// the app is idle (`CLIENT KILL`, as a restart would), costs no request a 503: the
+/// connection is kept in use, and a dropped one is found and replaced before a request
+/// needs it.
+#[tokio::test]
+async fn a_connection_redis_drops_while_the_app_is_idle_costs_no_request() {
+    let size = size();
+    let (redis, app, _gateway) = shop_on_own_redis(&size, Persistence::Nothing).await;
+    let mut admin = redis.connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("timeout")
+        .arg(2)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(app.get("/v1/inventory/var-1").await.status, 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reply = app.get("/v1/inventory/var-1").await;
+    assert_eq!(reply.status, 200, "after the idle timeout: {reply:?}");
+
+    let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut admin)
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let reply = app.get("/v1/inventory/var-1").await;
+    assert_eq!(reply.status, 200, "after CLIENT KILL: {reply:?}");
+    app.finish().await;
+}
+
 fn json_lines(variants: &[String]) -> serde_json::Value {
     let lines: Vec<serde_json::Value> = variants
         .iter()

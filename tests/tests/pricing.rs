@@ -307,6 +307,38 @@ async fn a_publish_is_announced_on_its_channel() {
     app.finish().await;
 }
 
+/// A publish retried with its Idempotency-Key answers the version it built, and builds no
+/// other; without a key (or with another) each publish builds the next version.
+#[tokio::test]
+async fn a_publish_retried_with_its_idempotency_key_builds_one_version() {
+    let app = priced_app().await;
+    let send = |key: &'static str| {
+        let admin = format!("Bearer {ADMIN_TOKEN}");
+        let app = &app;
+        async move {
+            app.call_with(
+                "POST",
+                "/v1/admin/pricing/publish",
+                None,
+                &[("authorization", admin.as_str()), ("idempotency-key", key)],
+            )
+            .await
+        }
+    };
+    let first = send("publish-1").await;
+    assert_eq!(
+        (first.status, &first.body["version"]),
+        (200, &json!(2)),
+        "{first:?}"
+    );
+    let again = send("publish-1").await;
+    assert_eq!((again.status, &again.body), (200, &first.body), "{again:?}");
+    let other = send("publish-2").await;
+    assert_eq!(other.body["version"], 3, "{other:?}");
+    assert_eq!(publish(&app, "pricing").await.body["version"], 4);
+    app.finish().await;
+}
+
 /// The members of `discount:eligibility:{D}`, sorted.
 async fn eligible(app: &TestApp, discount: &str) -> Vec<String> {
     let mut redis = app.redis.clone();

@@ -22,6 +22,7 @@ use crate::bundle::Bundles;
 use crate::cart::{CartRef, LineItem, parse_line};
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, array_field, object, str_field};
+use crate::idempotency;
 use crate::ids::{CartId, CustomerId, Quantity};
 use crate::keys::RulesetKind;
 use crate::ports::{Http, Redis, Sql};
@@ -57,11 +58,17 @@ async fn publish<R: Redis, S: Sql, H: Http>(
     kind: RulesetKind,
 ) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
-    let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
-    let publication = rulesets
-        .publish(kind, app.settings.checkout_session_ttl_seconds)
-        .await?;
-    Ok(Response::json(200, &publication))
+    // A publish builds a version: a retry with its Idempotency-Key answers that version
+    // again instead of building another (DESIGN §4.5).
+    let scope = format!("publish-{}", kind.name());
+    idempotency::once(app, req, &scope, false, |_| async move {
+        let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
+        let publication = rulesets
+            .publish(kind, app.settings.checkout_session_ttl_seconds)
+            .await?;
+        Ok(Response::json(200, &publication))
+    })
+    .await
 }
 
 /// Who asks for a quote.

@@ -166,6 +166,7 @@ fn discounts() -> Vec<Discount> {
             } else {
                 DiscountKind::Percentage {
                     basis_points: 100 + (n as u32 % 15) * 50,
+                    currency: None,
                 }
             };
             let priority = (n % 10) as i32;

@@ -61,6 +61,8 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
     let cart = app.cart_with(&[("var-5", 1)]).await;
     let session = app.checkout(&cart, "k1").await;
     let _: () = redis.del(app.cart_lock_key(&cart)).await.unwrap();
+    // A discount version pointer lost alone.
+    let _: () = redis.del(app.key("discount-ruleset-version")).await.unwrap();
 
     let drifted = check(&app).await;
     assert_eq!(drifted.body["ok"], false);
@@ -69,6 +71,7 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
         vec![
             "orphan-hold checkout:cs_ghost".to_owned(),
             "reserved var-2".to_owned(),
+            "ruleset discount-ruleset-version".to_owned(),
             format!("session-lock {session}"),
             "stock var-1".to_owned(),
             "unmirrored var-3".to_owned(),
@@ -88,7 +91,7 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
         .await;
     assert_eq!(repaired.status, 200, "{repaired:?}");
     assert_eq!(repaired.body["ok"], true, "{repaired:?}");
-    assert_eq!(repaired.body["repaired"].as_array().unwrap().len(), 5);
+    assert_eq!(repaired.body["repaired"].as_array().unwrap().len(), 6);
     assert!(
         repaired.body["repaired"]
             .as_array()
@@ -105,6 +108,8 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
     assert_eq!(app.check_holds("var-5").await, (100, 1));
     let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
     assert_eq!(lock.as_deref(), Some(session.as_str()));
+    let pointer: Option<i64> = redis.get(app.key("discount-ruleset-version")).await.unwrap();
+    assert!(pointer.is_some_and(|v| v > 1), "republished: {pointer:?}");
     app.finish().await;
 }
 

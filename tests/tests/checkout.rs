@@ -133,6 +133,17 @@ async fn a_purchase_goes_from_cart_to_one_order() {
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
     assert_eq!(count(&app, "SELECT total_minor FROM orders").await, total);
     assert_eq!(count(&app, "SELECT count(*) FROM order_lines").await, 3);
+    // The order's sums, as the README states them.
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM orders o WHERE o.subtotal_minor - o.discount_total_minor = o.total_minor
+               AND o.subtotal_minor = (SELECT sum(line_total_minor) FROM order_lines l WHERE l.order_id = o.id)
+               AND o.discount_total_minor >= (SELECT sum(discount_minor) FROM order_lines l WHERE l.order_id = o.id)"
+        )
+        .await,
+        1
+    );
     assert_eq!(app.pg_on_hand("var-1").await, 97);
     assert_eq!(app.pg_on_hand("var-5").await, 99);
     for v in ["var-1", "var-2", "var-5"] {

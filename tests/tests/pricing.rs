@@ -4,6 +4,7 @@
 
 use commerce_core::keys::RulesetKind;
 use commerce_tests::{ADMIN_TOKEN, Caller, JWT_SECRET, Reply, TestApp, unit};
+use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 /// A catalog whose prices are easy to check: var-1 costs 10.00, var-2 20.00, … (EUR).
@@ -336,6 +337,63 @@ async fn a_publish_retried_with_its_idempotency_key_builds_one_version() {
     let other = send("publish-2").await;
     assert_eq!(other.body["version"], 3, "{other:?}");
     assert_eq!(publish(&app, "pricing").await.body["version"], 4);
+    app.finish().await;
+}
+
+/// A discount pointer or one hash of a version lost alone (deleted by hand, a partial
+/// restore) is republished from PostgreSQL by the next quote, never read as "no discounts"
+/// or "no price": what is charged stays what PostgreSQL says.
+#[tokio::test]
+async fn a_ruleset_key_lost_alone_is_republished_not_read_as_missing_entries() {
+    let app = priced_app().await;
+    let mut redis = app.redis.clone();
+    let discounted = |reply: &Reply| reply.body["lines"][0]["discounts"][0]["amount"].clone();
+    let before = quote(&app, lines(&[("var-1", 2)]), None).await;
+    assert_eq!(discounted(&before), 180, "{before:?}");
+
+    let _: () = redis.del(app.key("discount-ruleset-version")).await.unwrap();
+    let after = quote(&app, lines(&[("var-1", 2)]), None).await;
+    assert_eq!((after.status, discounted(&after)), (200, json!(180)), "{after:?}");
+    assert_eq!(after.body["versions"]["discounts"], 2, "republished: {after:?}");
+
+    for kind in [RulesetKind::Discounts, RulesetKind::Pricing] {
+        let version: i64 = redis.get(app.keys().ruleset_version(kind)).await.unwrap();
+        let by_field = app.keys().ruleset_keys(kind, version).swap_remove(1);
+        let _: () = redis.del(&by_field).await.unwrap();
+        let again = quote(&app, lines(&[("var-1", 2)]), None).await;
+        assert_eq!(again.status, 200, "{again:?}");
+        assert_eq!(again.body["lines"][0]["unitPrice"], 900, "{by_field}: {again:?}");
+        assert_eq!(discounted(&again), 180, "{by_field}: {again:?}");
+    }
+    app.finish().await;
+}
+
+/// A percentage discount given a currency is for carts in that currency only, as a fixed
+/// amount is; and a discount dated `infinity` / `-infinity` (PostgreSQL takes both) publishes
+/// as an open or a never-reached bound instead of failing the publish.
+#[tokio::test]
+async fn a_discount_s_currency_and_infinite_dates_are_honoured() {
+    let app = priced_app().await;
+    app.pg
+        .batch_execute(
+            "INSERT INTO discounts (id, kind, basis_points, currency, target, priority, starts_at, ends_at) VALUES
+                 ('usd-only', 'percentage', 5000, 'USD', 'variants', 50, NULL, NULL),
+                 ('eur-only', 'percentage', 1000, 'EUR', 'variants', 40, '-infinity', 'infinity'),
+                 ('never', 'percentage', 9000, NULL, 'variants', 60, 'infinity', NULL),
+                 ('over', 'percentage', 9000, NULL, 'variants', 70, NULL, '-infinity');
+             INSERT INTO discount_variants VALUES ('usd-only', 'var-2'), ('eur-only', 'var-2'),
+                 ('never', 'var-2'), ('over', 'var-2');",
+        )
+        .await
+        .unwrap();
+    publish(&app, "discounts").await;
+    let reply = quote(&app, lines(&[("var-2", 1)]), None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body["lines"][0]["discounts"],
+        json!([{"discountId": "eur-only", "amount": 200}]),
+        "{reply:?}"
+    );
     app.finish().await;
 }
 

@@ -25,6 +25,7 @@ use crate::ids::{Holder, Quantity, SessionId, VariantId};
 use crate::inventory::{Inventory, Level};
 use crate::keys::VariantKeys;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
+use crate::pricing::store::Rulesets;
 use crate::scan::Scan;
 use crate::script::{Script, lua, tag, unexpected};
 
@@ -56,7 +57,7 @@ FROM payment_outbox WHERE state = 'pending'";
 pub struct Drift {
     /// What kind: `stock`, `max-per-order`, `unmirrored`, `reserved`, `negative`,
     /// `orphan-hold`, `session-lock`, `session-holds`, `paid-session-holds`,
-    /// `paid-session-missing`, `paid-session-ended`, `outbox`.
+    /// `paid-session-missing`, `paid-session-ended`, `outbox`, `ruleset`.
     pub kind: &'static str,
     /// What it is about (a variant, a session, a holder).
     pub subject: String,
@@ -106,6 +107,7 @@ pub async fn run<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, repair: bool) ->
     checker.sessions(&mut report, now).await?;
     checker.paid_sessions(&mut report, now).await?;
     checker.outbox(&mut report).await?;
+    checker.rulesets(&mut report).await?;
     report.ok = report.drift.iter().all(|d| !d.repaired.is_empty());
     Ok(report)
 }
@@ -582,6 +584,31 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 subject: session.to_owned(),
                 detail: format!("paid session holds {quantity} of {variant} in PostgreSQL, not in Redis"),
                 repaired,
+            });
+        }
+        Ok(())
+    }
+
+    /// Ruleset versions PostgreSQL published that Redis does not serve (a pointer or a
+    /// version's hash lost); repaired by republishing them, as the next quote would.
+    async fn rulesets(&self, report: &mut CheckReport) -> Result<()> {
+        let rulesets = Rulesets::new(&self.app.redis, &self.app.sql, &self.app.keys);
+        let unserved = rulesets.unserved().await?;
+        if unserved.is_empty() {
+            return Ok(());
+        }
+        let repaired = if self.repair {
+            rulesets.republish().await?;
+            "republished from PostgreSQL".to_owned()
+        } else {
+            String::new()
+        };
+        for kind in unserved {
+            report.drift.push(Drift {
+                kind: "ruleset",
+                subject: format!("{}-ruleset-version", kind.name()),
+                detail: "published in PostgreSQL, not served by Redis (its pointer or a hash of its version is missing)".into(),
+                repaired: repaired.clone(),
             });
         }
         Ok(())

@@ -168,6 +168,9 @@ pub struct RulesetCache {
     /// a few hundred bytes. 0: nothing is kept.
     capacity: usize,
     newest: Mutex<Newest>,
+    /// Until when (epoch ms) PostgreSQL's word that no discount version was ever published
+    /// holds for this process (see `Rulesets::read`).
+    no_discounts_until_ms: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Debug, Default)]
@@ -195,7 +198,23 @@ impl RulesetCache {
         Self {
             capacity: capacity as usize,
             newest: Mutex::new(Newest::default()),
+            no_discounts_until_ms: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// Whether PostgreSQL said, less than a few seconds ago, that no discount version was
+    /// ever published.
+    pub(super) fn knows_no_discounts(&self, now_ms: i64) -> bool {
+        now_ms
+            < self
+                .no_discounts_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keeps PostgreSQL's word that no discount version was ever published until `until_ms`.
+    pub(super) fn no_discounts_until(&self, until_ms: i64) {
+        self.no_discounts_until_ms
+            .store(until_ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The engine's input for these variants and bundles from the held entries, and the

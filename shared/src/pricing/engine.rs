@@ -130,9 +130,13 @@ impl Discount {
 #[derive(Clone, Debug, PartialEq)]
 pub enum DiscountKind {
     /// A percentage of what is left of the line (or the order), rounded by [`percent_of`].
+    /// Given a currency, it is for carts in that currency only (skipped, not an error, in
+    /// others, as a fixed amount is): its order threshold is then in that currency too.
     Percentage {
         /// Basis points (10 000 = 100 %).
         basis_points: u32,
+        /// The only currency whose carts it applies to; `None`: any.
+        currency: Option<Currency>,
     },
     /// A fixed amount: per unit on a line, once on the order. Skipped (not an error) when
     /// its currency is not the cart's; a negative amount takes nothing.
@@ -998,7 +1002,11 @@ impl Left {
 /// always in `0..=left`.
 fn discount_amount(kind: &DiscountKind, left: i64, units: u32, cart: Currency) -> i64 {
     let wanted = match kind {
-        DiscountKind::Percentage { basis_points } => percent_of(left, *basis_points),
+        DiscountKind::Percentage {
+            basis_points,
+            currency,
+        } if currency.is_none_or(|c| c == cart) => percent_of(left, *basis_points),
+        DiscountKind::Percentage { .. } => 0,
         // Saturating: a product beyond `i64` is beyond `left` too, and clamps the same.
         DiscountKind::Fixed {
             amount_minor,

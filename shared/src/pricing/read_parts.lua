@@ -26,14 +26,15 @@ local function asked(at)
   return {unpack(ARGV, at + 1, at + n)}, {unpack(ARGV, at + 2 + n, at + 1 + n + m)}
 end
 
--- Whether a version's entries are there: its prices hash (pricing) and its definitions hash
--- (discounts, when `offers` names a version) always exist once published, since each
--- carries the `:hashtable` field.
+-- Whether a version's entries are there: every hash a quote reads by field (pricing: prices
+-- and bundles; discounts, when `offers` names a version: definitions, by variant and by
+-- bundle) exists once published, since each carries the `:hashtable` field. One lost
+-- alone would read as "no entry": no price, or no discount.
 local function served(prices, offers)
-  if prices and redis.call('EXISTS', prices[2]) == 0 then
+  if prices and redis.call('EXISTS', prices[2], prices[3]) ~= 2 then
     return false
   end
-  return not offers or redis.call('EXISTS', offers[1]) == 1
+  return not offers or redis.call('EXISTS', offers[1], offers[2], offers[3]) == 3
 end
 
 -- A pricing version's part: L, L × (list id, list), a price per variant, an entry per

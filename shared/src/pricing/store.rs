@@ -95,12 +95,17 @@ SELECT id, concat_ws('|', pricing_kind, COALESCE(fixed_price_minor::text, ''), C
 FROM bundles WHERE active AND id > $1 ORDER BY id LIMIT $2";
 
 /// `kind|basis points|amount|currency|target|threshold|priority|exclusive (1/0)|starts at|ends at`
-/// (instants in epoch milliseconds)
+/// (instants in epoch milliseconds; PostgreSQL's `-infinity` start and `infinity` end are no bound,
+/// an `infinity` start and a `-infinity` end the farthest instants: never starts, always ended)
 const DISCOUNTS: &str = "\
 SELECT id, concat_ws('|', kind, COALESCE(basis_points::text, ''), COALESCE(amount_minor::text, ''),
     COALESCE(currency, ''), target, threshold_minor, priority, CASE WHEN exclusive THEN 1 ELSE 0 END,
-    COALESCE((extract(epoch FROM starts_at) * 1000)::bigint::text, ''),
-    COALESCE((extract(epoch FROM ends_at) * 1000)::bigint::text, ''))
+    CASE WHEN starts_at IS NULL OR starts_at = '-infinity' THEN ''
+         WHEN starts_at = 'infinity' THEN '9223372036854775807'
+         ELSE (extract(epoch FROM starts_at) * 1000)::bigint::text END,
+    CASE WHEN ends_at IS NULL OR ends_at = 'infinity' THEN ''
+         WHEN ends_at = '-infinity' THEN '-9223372036854775808'
+         ELSE (extract(epoch FROM ends_at) * 1000)::bigint::text END)
 FROM discounts WHERE active AND id > $1 ORDER BY id LIMIT $2";
 
 /// Discount ids `a|b|…`, here and in the two statements below.
@@ -531,7 +536,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             args
         };
         let mut reply = self.read_reply(variants, bundles, args(&held)).await?;
-        if reply == UNPUBLISHED {
+        if reply == UNPUBLISHED || self.lost_discounts(cache, &reply).await? {
             self.republish().await?;
             held = None;
             reply = self.read_reply(variants, bundles, args(&held)).await?;
@@ -576,6 +581,30 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
 
 /// The read script's reply when no pricing version is current.
 const UNPUBLISHED: &str = "UNPUBLISHED";
+
+/// How long a process takes PostgreSQL's word that no discount version was ever published.
+const NO_DISCOUNTS_MS: i64 = 5_000;
+
+impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
+    /// Whether a read found no discount version current although PostgreSQL says one was
+    /// published: its pointer was lost alone (deleted by hand, a partial restore), and
+    /// quoting on would drop every discount. PostgreSQL is asked only when the pointer is
+    /// missing, and a "never published" is believed for a few seconds.
+    async fn lost_discounts(&self, cache: &RulesetCache, reply: &str) -> Result<bool> {
+        if reply.lines().nth(1) != Some("0") {
+            return Ok(false);
+        }
+        let now = crate::clock::wall_clock_ms();
+        if cache.knows_no_discounts(now) {
+            return Ok(false);
+        }
+        let published = self.published().await?.contains(&RulesetKind::Discounts);
+        if !published {
+            cache.no_discounts_until(now + NO_DISCOUNTS_MS);
+        }
+        Ok(published)
+    }
+}
 
 /// The one text a read script answers.
 fn reply_text(reply: Vec<RedisReply>) -> Result<String> {
@@ -651,16 +680,8 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
     /// Republishes, from PostgreSQL, every kind PostgreSQL says was published and Redis no
     /// longer serves (after a restart without persistence or a flush), under a lock so one
     /// request does it while the others answer 503 with Retry-After. Never published: 409.
-    async fn republish(&self) -> Result<()> {
-        let kinds = self.sql.query(PUBLISHED_KINDS, &[]).await?;
-        let kinds: Vec<RulesetKind> = [RulesetKind::Pricing, RulesetKind::Discounts]
-            .into_iter()
-            .filter(|k| {
-                kinds
-                    .iter()
-                    .any(|r| r.first().and_then(SqlValue::as_text) == Some(k.name()))
-            })
-            .collect();
+    pub(crate) async fn republish(&self) -> Result<()> {
+        let kinds = self.published().await?;
         if !kinds.contains(&RulesetKind::Pricing) {
             return Err(not_published());
         }
@@ -700,6 +721,31 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
 }
 
 impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
+    /// The kinds PostgreSQL says were published.
+    async fn published(&self) -> Result<Vec<RulesetKind>> {
+        let kinds = self.sql.query(PUBLISHED_KINDS, &[]).await?;
+        Ok([RulesetKind::Pricing, RulesetKind::Discounts]
+            .into_iter()
+            .filter(|k| {
+                kinds
+                    .iter()
+                    .any(|r| r.first().and_then(SqlValue::as_text) == Some(k.name()))
+            })
+            .collect())
+    }
+
+    /// The kinds PostgreSQL says were published and Redis does not serve (`commerce
+    /// check`: a quote would republish them).
+    pub(crate) async fn unserved(&self) -> Result<Vec<RulesetKind>> {
+        let mut unserved = Vec::new();
+        for kind in self.published().await? {
+            if !self.serves(kind).await? {
+                unserved.push(kind);
+            }
+        }
+        Ok(unserved)
+    }
+
     /// Whether Redis serves a version of `kind`: its pointer names a version whose entries
     /// are there (not one that another encoding published, or whose keys were lost).
     async fn serves(&self, kind: RulesetKind) -> Result<bool> {
@@ -709,14 +755,17 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
         let Some(version) = pointer.first().and_then(RedisReply::as_int) else {
             return Ok(false);
         };
-        // The hash that always exists once published (see `read_parts.lua`).
+        // The hashes that always exist once published, each holding the `:hashtable` field
+        // (see `read_parts.lua`): all but the price lists.
+        let keys = self.keys.ruleset_keys(kind, version);
         let marked = match kind {
-            RulesetKind::Pricing => 1,
-            RulesetKind::Discounts => 0,
+            RulesetKind::Pricing => &keys[1..],
+            RulesetKind::Discounts => &keys[..],
         };
-        let key = self.keys.ruleset_keys(kind, version).swap_remove(marked);
-        let exists = self.redis("EXISTS", vec![key.into()]).await?;
-        Ok(exists.first().and_then(RedisReply::as_int) == Some(1))
+        let exists = self
+            .redis("EXISTS", marked.iter().map(|k| k.as_str().into()).collect())
+            .await?;
+        Ok(exists.first().and_then(RedisReply::as_int) == Some(marked.len() as i64))
     }
 }
 
@@ -939,7 +988,13 @@ fn discount(id: &str, entry: &str) -> Result<Discount> {
     let (kind, basis_points, amount, amount_currency) =
         (d.text()?, d.optional_int()?, d.optional_int()?, d.optional()?);
     let kind = match (kind, basis_points, amount, amount_currency) {
-        ("percentage", Some(basis_points), _, _) => DiscountKind::Percentage { basis_points },
+        ("percentage", Some(basis_points), _, code) => DiscountKind::Percentage {
+            basis_points,
+            currency: code
+                .map(Currency::parse)
+                .transpose()
+                .map_err(|_| corrupt(entry))?,
+        },
         ("fixed", _, Some(amount_minor), Some(code)) => DiscountKind::Fixed {
             amount_minor,
             currency: Currency::parse(code).map_err(|_| corrupt(entry))?,

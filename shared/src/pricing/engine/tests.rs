@@ -77,7 +77,10 @@ fn ids(ids: &[&str]) -> BTreeSet<String> {
 fn percent(id: &str, basis_points: u32, target: DiscountTarget, priority: i32) -> Discount {
     Discount {
         id: id.into(),
-        kind: DiscountKind::Percentage { basis_points },
+        kind: DiscountKind::Percentage {
+            basis_points,
+            currency: None,
+        },
         target,
         priority,
         exclusive: false,
@@ -676,7 +679,10 @@ fn id_set(prefix: &'static str, count: usize) -> impl Strategy<Value = BTreeSet<
 
 fn discounts() -> impl Strategy<Value = Vec<Discount>> {
     let kind = prop_oneof![
-        (0..=12_000u32).prop_map(|basis_points| DiscountKind::Percentage { basis_points }),
+        (0..=12_000u32).prop_map(|basis_points| DiscountKind::Percentage {
+            basis_points,
+            currency: None,
+        }),
         (-100..5_000i64, currency()).prop_map(|(amount_minor, currency)| DiscountKind::Fixed {
             amount_minor,
             currency

@@ -689,6 +689,37 @@ async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
     assert_eq!(lock.as_deref(), Some(paying.session.as_str()));
     let ttl: i64 = redis.pttl(&lock_key).await.unwrap();
     assert!(ttl > 3_000_000, "until the holds' end, not a lock's ttl: {ttl}");
+
+    // A session already waiting for its payment whose lock was lost and taken by another
+    // checkout of the cart meanwhile: whichever is paid, the cart ends in one order, and
+    // the other payment is refunded.
+    let orders_before = count(&app, "SELECT count(*) FROM orders").await;
+    let first = app.paying_session(&[("var-2", 1)], "k-lost-lock-5").await;
+    let _: () = redis.del(app.cart_lock_key(&first.cart)).await.unwrap();
+    let second = app.checkout(&first.cart, "k-lost-lock-6").await;
+    let (status, refused) = app.intent_paid(&gateway, &first.intent).await;
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused["state"], "FAILED", "{refused}");
+    assert!(refused["refundRequired"].is_string(), "{refused}");
+    let (status, done) = app.pay(&gateway, &second, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM orders").await,
+        orders_before + 1
+    );
+    assert_eq!(
+        gateway
+            .refunds()
+            .iter()
+            .filter(|r| r.payment_intent == first.intent)
+            .count(),
+        1,
+        "the first payment is refunded"
+    );
     app.finish().await;
 }
 

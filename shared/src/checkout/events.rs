@@ -304,6 +304,18 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let order_id = format!("ord_{}", session.id.as_str().trim_start_matches("cs_"));
         let mut changes = None;
         if session.state == State::PaymentConfirmed {
+            // A cart has one live checkout: a session whose cart lock was lost (deleted, a
+            // Redis restored without it) and taken by another checkout of the cart since
+            // does not become a second order of it; its payment goes back.
+            let until = session.deadline_ms + self.grace_ms();
+            if let Some(other) = self.take_lock(&session.cart, &session.id, until).await? {
+                let (_, failed) = self.transition(&session.id, State::Failed, None, &[]).await?;
+                let reason = format!("another checkout of the cart ({other}) holds it");
+                let mut answer = self.refund(&failed, event, &reason).await?;
+                self.release(&failed, false).await?;
+                answer.state = Some(failed.state.name());
+                return Ok(answer);
+            }
             let metadata = match metadata {
                 Some(metadata) => metadata,
                 None => self.metadata(&session.id).await?,

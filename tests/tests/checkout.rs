@@ -175,6 +175,25 @@ async fn a_purchase_goes_from_cart_to_one_order() {
         200,
         "the emptied cart takes new lines"
     );
+    // The same event days later, when Redis no longer keeps the session (its record lives
+    // a day past its deadline; gateways redeliver for longer): answered with the order,
+    // and the cart filled again is left alone.
+    let id = commerce_core::ids::SessionId::parse(&session).unwrap();
+    let mut redis = app.redis.clone();
+    for key in [
+        app.keys().checkout_session(&id),
+        app.keys().checkout_metadata(&id),
+        app.keys().payment_intent(&id),
+    ] {
+        let _: () = redis.del(key).await.unwrap();
+    }
+    let paid = intent.body["paymentIntentId"].as_str().unwrap();
+    let (status, replayed) = app.intent_paid(&gateway, paid).await;
+    assert_eq!(status, 200, "{replayed}");
+    assert!(replayed["orderId"].is_string(), "{replayed}");
+    let kept = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(kept.body["lines"].as_array().unwrap().len(), 1, "{kept:?}");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
     app.finish().await;
 }
 

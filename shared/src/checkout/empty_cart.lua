@@ -1,14 +1,21 @@
 -- After the order: empty the checked-out cart and release its lock, unless another
 -- session holds the cart by now. The cart stays, with no lines and its version moved on
--- (a writer holding a version from before the order is refused); an empty cart, or one
--- gone, is left as it is, so a replayed webhook changes nothing.
+-- (a writer holding a version from before the order is refused). Only the cart the session
+-- checked out is emptied: one whose version moved on since (emptied already, filled
+-- again) is left as it is, so a replayed webhook changes nothing, however late.
 --
 -- KEYS: cart, lock
--- ARGV: session id
+-- ARGV: session id, the cart's version when the session locked it ('' when not known)
 -- Replies: {'OK'} | {'SKIPPED'}
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then
   return {'SKIPPED'}
+end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'version') ~= ARGV[2] then
+  if holder then
+    redis.call('DEL', KEYS[2])
+  end
+  return {'OK'}
 end
 local lines = {}
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
 
 use crate::outbox;
-use crate::ports::{Http, Redis, Sql};
+use crate::ports::{Http, Redis, RedisArg, Sql};
 use crate::script::{Script, lua};
 
 static EMPTY_CART: Script = Script::new(lua!("empty_cart.lua"));
@@ -297,7 +297,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     async fn place_order(
         &self,
         mut session: Session,
-        metadata: Option<Value>,
+        mut metadata: Option<Value>,
         intent: &str,
         event: &gateway::WebhookEvent,
     ) -> Result<EventOutcome> {
@@ -316,11 +316,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 answer.state = Some(failed.state.name());
                 return Ok(answer);
             }
-            let metadata = match metadata {
+            let metadata = match &metadata {
                 Some(metadata) => metadata,
-                None => self.metadata(&session.id).await?,
+                None => metadata.insert(self.metadata(&session.id).await?),
             };
-            let demand = frozen_demand(&metadata)?;
+            let demand = frozen_demand(metadata)?;
             let customer = match &session.cart {
                 CartRef::Customer(c) => Some(c.as_str()),
                 CartRef::Session(_) => None,
@@ -366,12 +366,20 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             self.inventory()
                 .commit(&Holder::Checkout(session.id.clone()), &changes)
                 .await?;
+            let metadata = match &metadata {
+                Some(metadata) => metadata,
+                None => metadata.insert(self.metadata(&session.id).await?),
+            };
+            // The cart as this session locked it (older sessions did not keep it: '').
+            let locked_version = metadata["cartVersion"]
+                .as_i64()
+                .map_or(RedisArg::from(""), RedisArg::Int);
             let carts = self.carts();
             let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
             self.run(
                 &EMPTY_CART,
                 &[&cart_key, &lock_key],
-                vec![session.id.as_str().into()],
+                vec![session.id.as_str().into(), locked_version],
             )
             .await?;
             session = self.transition(&session.id, State::Completed, None, &[]).await?.1;

@@ -182,7 +182,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         locked: &[RedisReply],
         customer_group: Option<String>,
     ) -> Result<SessionView> {
-        let cart::CartView { currency, lines, .. } = cart::decode(cart, locked)?;
+        let cart::CartView {
+            currency,
+            lines,
+            version: cart_version,
+            ..
+        } = cart::decode(cart, locked)?;
         // A bundle line's choices were checked when it was added; the bundle may have
         // changed since (sets, eligible variants): what is sold must fit it now.
         for line in &lines {
@@ -213,8 +218,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let definitions: BTreeMap<&str, &LineItem> =
             lines.iter().map(|l| (l.line_id.as_str(), &l.item)).collect();
         let quote = serde_json::to_value(&priced).map_err(|e| Error::Internal(e.to_string()))?;
+        // The cart's version as locked: the order empties the cart only while it is still
+        // this one (a replayed webhook, days later, leaves a cart filled again alone).
         let metadata = json!({
             "quote": quote,
+            "cartVersion": cart_version,
             "definitions": definitions,
             "demand": demand.iter().map(|(v, q)| json!([v.as_str(), q.get()])).collect::<Vec<_>>(),
         });

@@ -205,3 +205,52 @@ async fn a_paid_session_redis_lost_is_reported_and_put_back() {
     assert_eq!(check(&app).await.body["ok"], true);
     app.finish().await;
 }
+
+/// A hold whose deadline was lost (its entry in the holds set deleted) would never expire;
+/// the check reports the reserved total it keeps up, and the repair drops it.
+#[tokio::test]
+async fn a_hold_without_a_deadline_is_dropped_by_the_repair() {
+    let (app, _gateway) = TestApp::shop(1, |c| c).await;
+    let reserved = app
+        .reserve(serde_json::json!({"cartId": "ext-1", "items": [{"variantId": "var-1", "quantity": 5}]}))
+        .await;
+    assert_eq!(reserved.status, 201, "{reserved:?}");
+    let mut redis = app.redis.clone();
+    let _: () = redis.del(app.variant_keys("var-1").holds).await.unwrap();
+    assert_eq!(app.sellable("var-1").await, 95);
+
+    let drifted = check(&app).await;
+    assert_eq!(kinds(&drifted.body), ["reserved var-1"], "{drifted:?}");
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    assert_eq!(repaired.body["ok"], true, "{repaired:?}");
+    let said = repaired.body["repaired"][0]["repaired"].as_str().unwrap();
+    assert!(said.contains("without a deadline dropped"), "{said}");
+    assert_eq!(app.sellable("var-1").await, 100);
+    assert_eq!(check(&app).await.body["ok"], true);
+    app.finish().await;
+}
+
+/// A session cancelled after its holder index was lost still frees what it held: the
+/// variants it froze at its start name them.
+#[tokio::test]
+async fn a_cancel_frees_the_holds_even_without_the_holder_index() {
+    let (app, _gateway) = TestApp::shop(1, |c| c).await;
+    let cart = app.cart_with(&[("var-1", 3)]).await;
+    let session = app.checkout(&cart, "k-no-index").await;
+    let holder = Holder::Checkout(SessionId::parse(&session).unwrap());
+    let mut redis = app.redis.clone();
+    let _: () = redis.del(app.keys().holder_holds(&holder)).await.unwrap();
+    let cancelled = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/cancel"),
+            None,
+            Caller::Anonymous,
+        )
+        .await;
+    assert_eq!(cancelled.body["state"], "CANCELLED", "{cancelled:?}");
+    assert_eq!(app.sellable("var-1").await, 100);
+    app.finish().await;
+}

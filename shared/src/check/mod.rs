@@ -320,15 +320,21 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     .run(&self.app.redis, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
                     .await?;
                 if tag(&reply) == "OK" {
-                    fixed = reply.get(1).and_then(RedisReply::as_int);
+                    let int = |i: usize| reply.get(i).and_then(RedisReply::as_int);
+                    fixed = int(1).zip(int(2));
                     break;
                 }
             }
-            if let (Some(sum), Some(drift)) = (
+            if let (Some((sum, dropped)), Some(drift)) = (
                 fixed,
                 report.drift.iter_mut().rev().find(|d| d.kind == "reserved"),
             ) {
-                drift.repaired = format!("reserved total set to the holds' sum, {sum}");
+                drift.repaired = match dropped {
+                    0 => format!("reserved total set to the holds' sum, {sum}"),
+                    n => format!(
+                        "{n} hold(s) without a deadline dropped; reserved total set to the holds' sum, {sum}"
+                    ),
+                };
             }
         }
         Ok(())

@@ -189,19 +189,22 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             Some(intent) => Some(intent.clone()),
             None => self.stored_intent_id(&session.id).await?,
         };
-        if let Some(intent) = intent {
+        if let Some(intent) = &intent {
             paid::end(&self.app.sql, session.id.as_str(), session.state.name()).await?;
             if cancel_intent && self.paid.as_deref() != Some(intent.as_str()) {
                 let reason = format!("the checkout is {}", session.state);
-                outbox::enqueue_cancel(&self.app.sql, session.id.as_str(), &intent, &reason).await?;
-                self.send_now(&intent).await;
+                outbox::enqueue_cancel(&self.app.sql, session.id.as_str(), intent, &reason).await?;
+                self.send_now(intent).await;
             }
-            if session.intent.is_some() {
-                known = frozen_demand(&self.metadata(&session.id).await?)?
-                    .into_iter()
-                    .map(|(v, _)| v)
-                    .collect();
-            }
+        }
+        // The variants it froze, besides its holder index (which a partial loss may have
+        // taken): a paid session's from Redis or PostgreSQL, another's if they are there.
+        let metadata = match session.intent {
+            Some(_) => Some(self.metadata(&session.id).await?),
+            None => self.metadata(&session.id).await.ok(),
+        };
+        if let Some(metadata) = metadata {
+            known = frozen_demand(&metadata)?.into_iter().map(|(v, _)| v).collect();
         }
         self.inventory()
             .release(&Holder::Checkout(session.id.clone()), &known)

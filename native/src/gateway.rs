@@ -104,6 +104,8 @@ struct Ledger {
     fail_next: Option<u16>,
     /// How long the next `POST /v1/payment_intents` waits before it is handled.
     delay_next: Option<Duration>,
+    /// How long the next `POST /v1/payment_intents/{id}/cancel` waits before it is handled.
+    delay_next_cancel: Option<Duration>,
     fail_refunds: Failures,
     fail_cancels: Failures,
     create_calls: usize,
@@ -347,6 +349,11 @@ impl Gateway {
     /// slow gateway would, so a test can act on the session meanwhile.
     pub fn delay_next(&self, delay: Duration) {
         self.shared.ledger().delay_next = Some(delay);
+    }
+
+    /// The same as [`Gateway::delay_next`] for `POST /v1/payment_intents/{id}/cancel`.
+    pub fn delay_next_cancel(&self, delay: Duration) {
+        self.shared.ledger().delay_next_cancel = Some(delay);
     }
 
     /// Makes the next `n` calls of `POST /v1/refunds` answer `status` with a Stripe error
@@ -803,11 +810,14 @@ async fn cancel_intent(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let failure = {
+    let (failure, delay) = {
         let mut ledger = shared.ledger();
         ledger.cancel_calls += 1;
-        ledger.fail_cancels.take()
+        (ledger.fail_cancels.take(), ledger.delay_next_cancel.take())
     };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(status) = failure {
         return programmed_failure(status);
     }

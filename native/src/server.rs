@@ -122,19 +122,28 @@ async fn answer(State(app): State<Arc<NativeApp>>, req: axum::extract::Request) 
     let mut response = match read.await.unwrap_or(Err(Error::RequestTimeout)) {
         // Past its deadline the request stops where it is (every step is resumable, as
         // after a crash) and answers 503, so its idempotency lease never outlives it.
-        // Boxed: the router's future is many kilobytes, and every move of the futures
-        // that hold it inline (this one, axum's, hyper's) would copy all of it.
-        Ok(request) => tokio::time::timeout(
-            deadline,
-            Box::pin(commerce_core::router::dispatch(&app, request, Scope::All)),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Response::error(&Error::Unavailable {
-                dependency: "deadline",
-                message: format!("the request did not finish within {deadline:?}"),
-            })
-        }),
+        // Its own task: a client that goes away does not stop it half way (a cancel that
+        // moved its session and has yet to free the holds and the lock), only the
+        // deadline does. Boxed: the router's future is many kilobytes, and every move of
+        // the futures that hold it inline would copy all of it.
+        Ok(request) => {
+            let app = app.clone();
+            let run = tokio::spawn(async move {
+                tokio::time::timeout(
+                    deadline,
+                    Box::pin(commerce_core::router::dispatch(&app, request, Scope::All)),
+                )
+                .await
+            });
+            match run.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(_)) => Response::error(&Error::Unavailable {
+                    dependency: "deadline",
+                    message: format!("the request did not finish within {deadline:?}"),
+                }),
+                Err(panicked) => Response::error(&Error::Internal(format!("the request failed: {panicked}"))),
+            }
+        }
         Err(error) => Response::error(&error),
     };
     exchange.end(&mut response, app.settings.log_level);

@@ -809,6 +809,68 @@ async fn a_cancel_during_the_payment_intent_leaves_nothing_held_or_payable() {
     app.finish().await;
 }
 
+/// A second payment-intent call still at a slow gateway while the first one's payment
+/// completes the order holds nothing again and leaves the cart unlocked.
+#[tokio::test]
+async fn a_payment_intent_call_outrun_by_the_order_gives_back_what_it_took() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let cart = app.cart_with(&[("var-1", 2)]).await;
+    let session = app.checkout(&cart, "k-double-tap").await;
+    gateway.delay_next(Duration::from_millis(1500));
+    let slow = app.payment_intent(&session, Caller::Anonymous);
+    let first = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, done) = app.pay(&gateway, &session, Caller::Anonymous).await;
+        assert_eq!(
+            (status, done["state"].as_str()),
+            (200, Some("COMPLETED")),
+            "{done}"
+        );
+    };
+    let (late, ()) = tokio::join!(slow, first);
+    assert_eq!((late.status, late.code()), (409, "CHECKOUT_STATE"), "{late:?}");
+    nothing_held(&app).await;
+    assert_eq!(app.check_holds("var-1").await, (98, 0));
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), unit("var-1", 1))
+            .await
+            .status,
+        200,
+        "the cart is not locked"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+    app.finish().await;
+}
+
+/// A client that goes away while its cancel is still at the gateway does not stop the
+/// cancel half way: the session's holds and its cart's lock are freed all the same.
+#[tokio::test]
+async fn a_cancel_whose_client_goes_away_still_frees_everything() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-gone").await;
+    gateway.delay_next_cancel(Duration::from_millis(1200));
+    let gone = app
+        .http
+        .post(format!("{}/v1/checkout/{}/cancel", app.base, paying.session))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up: {gone:?}");
+    let mut freed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if app.sellable("var-1").await == 100 {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "the holds were never freed");
+    nothing_held(&app).await;
+    let shown = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(shown.body["state"], "CANCELLED", "{shown:?}");
+    app.finish().await;
+}
+
 /// A session's payment intent extends the holds its checkout took: it is not refused for
 /// stock that Redis counts twice for a moment (another order's stock from PostgreSQL
 /// before that order's own hold is committed), nor for a count lowered meanwhile.
@@ -845,6 +907,29 @@ async fn extending_a_hold_is_not_taking_more() {
         "{done}"
     );
     assert_eq!(app.pg_on_hand("var-1").await, 2);
+    app.finish().await;
+}
+
+/// A paid session whose frozen metadata Redis keeps damaged is ordered from PostgreSQL's
+/// copy: its payment still ends in exactly one order.
+#[tokio::test]
+async fn a_damaged_frozen_quote_in_redis_is_read_from_postgresql() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-damaged").await;
+    let id = commerce_core::ids::SessionId::parse(&paying.session).unwrap();
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .set(app.keys().checkout_metadata(&id), "{\"broken\":")
+        .await
+        .unwrap();
+    let (status, done) = app.intent_paid(&gateway, &paying.intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+    assert_eq!(app.pg_on_hand("var-1").await, 98);
     app.finish().await;
 }
 

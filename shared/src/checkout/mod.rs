@@ -133,15 +133,20 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// [`Self::metadata`] where the caller already read Redis's copy: `stored`, the text
-    /// Redis keeps, or `None` where it had none (then PostgreSQL's copy).
+    /// Redis keeps, or `None` where it had none (then PostgreSQL's copy, as for a copy
+    /// Redis keeps damaged: a paid session's payment still ends in its order or refund).
     async fn metadata_from(&self, session: &SessionId, stored: Option<&str>) -> Result<Value> {
-        if let Some(text) = stored {
-            return serde_json::from_str(text)
-                .map_err(|_| Error::Internal(format!("checkout {session} has malformed frozen metadata")));
+        if let Some(text) = stored
+            && let Ok(metadata) = serde_json::from_str(text)
+        {
+            return Ok(metadata);
         }
         let kept = paid::load(&self.app.sql, session.as_str())
             .await?
-            .ok_or_else(|| checkout_not_found(session))?;
+            .ok_or_else(|| match stored {
+                Some(_) => Error::Internal(format!("checkout {session} has malformed frozen metadata")),
+                None => checkout_not_found(session),
+            })?;
         serde_json::from_str(&kept.metadata)
             .map_err(|_| Error::Internal(format!("checkout {session} has malformed metadata in PostgreSQL")))
     }

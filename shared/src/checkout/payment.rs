@@ -11,7 +11,7 @@ use super::state::State;
 use super::{Checkouts, gateway, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::SessionId;
+use crate::ids::{Holder, SessionId};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 
 /// How long a payment intent is kept (seed `PAYMENT_INTENT`).
@@ -125,11 +125,27 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 )
                 .await?;
             if !matches!(tag.as_str(), "OK" | "SAME") && moved.state != State::PaymentPending {
-                if matches!(moved.state, State::Cancelled | State::Expired | State::Failed) {
+                match moved.state {
                     // Ended (a cancel, its deadline) while this request took the intent, the
                     // holds, PostgreSQL's copy and the lock, after that ending released what
                     // it found: the session keeps none of them, and its intent is cancelled.
-                    self.release(&moved, true).await?;
+                    State::Cancelled | State::Expired | State::Failed => {
+                        self.release(&moved, true).await?;
+                    }
+                    // Paid and ordered meanwhile (another payment-intent call of the session
+                    // won, and its payment came): the order's stock commit and cart step
+                    // may have run before this request held and locked again, so it gives
+                    // back what it took (a commit still to come finds nothing to drop).
+                    State::OrderCreated | State::Completed => {
+                        let holder = Holder::Checkout(id.clone());
+                        let variants: Vec<_> = demand.iter().map(|(v, _)| v.clone()).collect();
+                        self.inventory().release(&holder, &variants).await?;
+                        self.unlock(&self.carts().lock_key(&moved.cart), id.as_str())
+                            .await?;
+                    }
+                    // PAYMENT_CONFIRMED: its order's commit and cart step are still to come,
+                    // and clear both.
+                    _ => {}
                 }
                 return Err(wrong_state(&moved, "take a payment"));
             }

@@ -543,6 +543,17 @@ async fn an_invalidated_bundle_is_reloaded_from_postgres() {
     assert_eq!(warmed, 3);
     let skipped: Vec<&str> = skipped.iter().map(|b| b.as_str()).collect();
     assert_eq!(skipped, ["aaa-no-sets"]);
+    // Warming reloads from PostgreSQL: a change made there since is what is cached after.
+    app.pg
+        .batch_execute("UPDATE bundles SET name = 'Renamed' WHERE id = 'bundle-1'")
+        .await
+        .unwrap();
+    commerce_core::bundle::Bundles::new(&app.app.redis, &app.app.sql, &app.app.keys, 60)
+        .warm(|_| {})
+        .await
+        .unwrap();
+    let shown = app.get("/v1/bundles/bundle-1").await;
+    assert_eq!(shown.body["name"], "Renamed", "{shown:?}");
     app.finish().await;
 }
 

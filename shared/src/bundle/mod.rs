@@ -204,9 +204,11 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
         Ok(())
     }
 
-    /// Loads every active bundle into the cache, calling `progress` with the count of
-    /// bundles done. Returns the bundles cached and those skipped: an active bundle with no
-    /// sets is none a shopper can choose (its GET is 404), so nothing of it is cached.
+    /// Reloads every active bundle from PostgreSQL into the cache (what was cached of it is
+    /// dropped first, so a bundle changed in PostgreSQL, or partly lost from Redis, is
+    /// cached as it is now), calling `progress` with the count of bundles done. Returns
+    /// the bundles cached and those skipped: an active bundle with no sets is none a
+    /// shopper can choose (its GET is 404), so nothing of it is cached.
     pub async fn warm(&self, mut progress: impl FnMut(u64)) -> Result<(u64, Vec<BundleId>)> {
         let rows = self.sql.query(ACTIVE_BUNDLES, &[]).await?;
         let (mut warmed, mut skipped) = (0, Vec::new());
@@ -214,6 +216,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
             .iter()
             .filter_map(|r| BundleId::parse(r.first()?.as_text()?).ok())
         {
+            self.invalidate(&id).await?;
             match self.get(&id).await {
                 Ok(_) => warmed += 1,
                 Err(Error::NotFound { .. }) => skipped.push(id),

@@ -36,6 +36,20 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
     app.pg.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// What a Redis loss does to one session: its record, frozen metadata and stored intent
+/// are gone (PostgreSQL keeps a paid session's copy).
+async fn forget_session(app: &TestApp, session: &str) {
+    let id = commerce_core::ids::SessionId::parse(session).unwrap();
+    let mut redis = app.redis.clone();
+    for key in [
+        app.keys().checkout_session(&id),
+        app.keys().checkout_metadata(&id),
+        app.keys().payment_intent(&id),
+    ] {
+        let _: () = redis.del(key).await.unwrap();
+    }
+}
+
 /// No holds and no locks left anywhere in the namespace.
 async fn nothing_held(app: &TestApp) {
     let keys = app.redis_keys().await;
@@ -178,15 +192,7 @@ async fn a_purchase_goes_from_cart_to_one_order() {
     // The same event days later, when Redis no longer keeps the session (its record lives
     // a day past its deadline; gateways redeliver for longer): answered with the order,
     // and the cart filled again is left alone.
-    let id = commerce_core::ids::SessionId::parse(&session).unwrap();
-    let mut redis = app.redis.clone();
-    for key in [
-        app.keys().checkout_session(&id),
-        app.keys().checkout_metadata(&id),
-        app.keys().payment_intent(&id),
-    ] {
-        let _: () = redis.del(key).await.unwrap();
-    }
+    forget_session(&app, &session).await;
     let paid = intent.body["paymentIntentId"].as_str().unwrap();
     let (status, replayed) = app.intent_paid(&gateway, paid).await;
     assert_eq!(status, 200, "{replayed}");
@@ -792,15 +798,7 @@ async fn a_cancel_during_the_payment_intent_leaves_nothing_held_or_payable() {
     );
     assert_eq!(gateway.cancellations(), [intent], "the intent is cancelled");
     // A Redis loss does not bring it back as payable.
-    let mut redis = app.redis.clone();
-    let id = commerce_core::ids::SessionId::parse(&session).unwrap();
-    for key in [
-        app.keys().checkout_session(&id),
-        app.keys().checkout_metadata(&id),
-        app.keys().payment_intent(&id),
-    ] {
-        let _: () = redis.del(key).await.unwrap();
-    }
+    forget_session(&app, &session).await;
     let shown = app.get(&format!("/v1/checkout/{session}")).await;
     assert_ne!(shown.body["state"], "PAYMENT_PENDING", "{shown:?}");
     let again = app.payment_intent(&session, Caller::Anonymous).await;

@@ -49,6 +49,13 @@ impl NativeRedis {
         let certificates = || -> anyhow::Result<redis::TlsCertificates> {
             let root_cert =
                 std::fs::read(ca_file).map_err(|e| anyhow::anyhow!("redis_ca_file {ca_file}: {e}"))?;
+            // Refused at start rather than by every call's TLS handshake (each a 503).
+            if !root_cert
+                .windows(b"-----BEGIN CERTIFICATE-----".len())
+                .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+            {
+                anyhow::bail!("redis_ca_file {ca_file}: no PEM certificate in it");
+            }
             Ok(redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(root_cert),

@@ -99,6 +99,14 @@ async fn rediss_verifies_the_server_against_the_ca_file() {
     // TLS to a plain client is no Redis it can talk to either.
     let plain = url.replacen("rediss://", "redis://", 1);
     assert!(ping(&plain, "").await.is_err(), "{plain} answered without TLS");
+    // A CA file with no certificate in it is refused when the adapter is made, not by
+    // every call.
+    let empty = std::env::temp_dir().join(format!("no-ca-{}.pem", std::process::id()));
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let refused = NativeRedis::new(&url, TIMEOUT, empty.to_str().unwrap());
+    std::fs::remove_file(&empty).unwrap();
+    let refused = refused.err().expect("a CA file without a certificate was taken");
+    assert!(refused.to_string().contains("no PEM certificate"), "{refused}");
 }
 
 /// Whether this connection to PostgreSQL is encrypted, as the server sees it.

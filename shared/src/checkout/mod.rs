@@ -183,8 +183,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         ))
     }
 
-    /// Releases what a session that ended without an order still holds: its stock holds
-    /// and its cart's lock (owner-checked), and cancels its payment intent at the gateway
+    /// Releases what a session that ended without an order still holds (or what a late
+    /// request took again for one ordered meanwhile): its stock holds and its cart's lock
+    /// (owner-checked), and cancels its payment intent at the gateway
     /// (through the outbox) when `cancel_intent`, unless that intent is the one whose
     /// payment is being handled. A paid session is first marked ended in PostgreSQL, so no
     /// reload puts its holds back. Idempotent.

@@ -11,7 +11,7 @@ use super::state::State;
 use super::{Checkouts, gateway, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::{Holder, SessionId};
+use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 
 /// How long a payment intent is kept (seed `PAYMENT_INTENT`).
@@ -135,13 +135,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     // Paid and ordered meanwhile (another payment-intent call of the session
                     // won, and its payment came): the order's stock commit and cart step
                     // may have run before this request held and locked again, so it gives
-                    // back what it took (a commit still to come finds nothing to drop).
+                    // back the holds and the lock (a commit still to come finds nothing to
+                    // drop; PostgreSQL's copy ended with the order, the intent was paid).
                     State::OrderCreated | State::Completed => {
-                        let holder = Holder::Checkout(id.clone());
-                        let variants: Vec<_> = demand.iter().map(|(v, _)| v.clone()).collect();
-                        self.inventory().release(&holder, &variants).await?;
-                        self.unlock(&self.carts().lock_key(&moved.cart), id.as_str())
-                            .await?;
+                        self.release(&moved, false).await?;
                     }
                     // PAYMENT_CONFIRMED: its order's commit and cart step are still to come,
                     // and clear both.

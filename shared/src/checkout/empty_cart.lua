@@ -11,17 +11,13 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then
   return {'SKIPPED'}
 end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'version') ~= ARGV[2] then
-  if holder then
-    redis.call('DEL', KEYS[2])
-  end
-  return {'OK'}
-end
 local lines = {}
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local kind = string.sub(field, 1, 2)
-  if kind == 'q:' or kind == 'd:' or kind == 'o:' then
-    lines[#lines + 1] = field
+if ARGV[2] == '' or redis.call('HGET', KEYS[1], 'version') == ARGV[2] then
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local kind = string.sub(field, 1, 2)
+    if kind == 'q:' or kind == 'd:' or kind == 'o:' then
+      lines[#lines + 1] = field
+    end
   end
 end
 if #lines > 0 then

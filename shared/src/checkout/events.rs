@@ -297,11 +297,19 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     async fn place_order(
         &self,
         mut session: Session,
-        mut metadata: Option<Value>,
+        metadata: Option<Value>,
         intent: &str,
         event: &gateway::WebhookEvent,
     ) -> Result<EventOutcome> {
         let order_id = format!("ord_{}", session.id.as_str().trim_start_matches("cs_"));
+        // The frozen metadata, read once for the steps below (unless the caller had it).
+        let metadata = match metadata {
+            Some(metadata) => metadata,
+            None if matches!(session.state, State::PaymentConfirmed | State::OrderCreated) => {
+                self.metadata(&session.id).await?
+            }
+            None => Value::Null,
+        };
         let mut changes = None;
         if session.state == State::PaymentConfirmed {
             // A cart has one live checkout: a session whose cart lock was lost (deleted, a
@@ -316,11 +324,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 answer.state = Some(failed.state.name());
                 return Ok(answer);
             }
-            let metadata = match &metadata {
-                Some(metadata) => metadata,
-                None => metadata.insert(self.metadata(&session.id).await?),
-            };
-            let demand = frozen_demand(metadata)?;
+            let demand = frozen_demand(&metadata)?;
             let customer = match &session.cart {
                 CartRef::Customer(c) => Some(c.as_str()),
                 CartRef::Session(_) => None,
@@ -366,10 +370,6 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             self.inventory()
                 .commit(&Holder::Checkout(session.id.clone()), &changes)
                 .await?;
-            let metadata = match &metadata {
-                Some(metadata) => metadata,
-                None => metadata.insert(self.metadata(&session.id).await?),
-            };
             // The cart as this session locked it (older sessions did not keep it: '').
             let locked_version = metadata["cartVersion"]
                 .as_i64()

@@ -505,6 +505,12 @@ impl TestApp {
         .await
     }
 
+    /// `POST /v1/checkout/{session}/cancel` as `caller`.
+    pub async fn cancel(&self, session: &str, caller: Caller<'_>) -> Reply {
+        self.call("POST", &format!("/v1/checkout/{session}/cancel"), None, caller)
+            .await
+    }
+
     /// A new anonymous cart holding `units`, checked out with `key`, with its payment
     /// intent made (answered 200, `PAYMENT_PENDING`).
     pub async fn paying_session(&self, units: &[(&str, i64)], key: &str) -> Paying {

@@ -242,14 +242,7 @@ async fn a_cancel_frees_the_holds_even_without_the_holder_index() {
     let holder = Holder::Checkout(SessionId::parse(&session).unwrap());
     let mut redis = app.redis.clone();
     let _: () = redis.del(app.keys().holder_holds(&holder)).await.unwrap();
-    let cancelled = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/cancel"),
-            None,
-            Caller::Anonymous,
-        )
-        .await;
+    let cancelled = app.cancel(&session, Caller::Anonymous).await;
     assert_eq!(cancelled.body["state"], "CANCELLED", "{cancelled:?}");
     assert_eq!(app.sellable("var-1").await, 100);
     app.finish().await;

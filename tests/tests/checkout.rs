@@ -452,14 +452,7 @@ async fn cancelling_releases_holds_and_lock_and_a_late_payment_is_flagged_for_re
     let (cart, session, paid) = (&paying.cart, &paying.session, paying.intent.as_str());
     // The customer pays just as the session is cancelled; the webhook comes after.
     assert!(gateway.succeed(paid));
-    let cancelled = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/cancel"),
-            None,
-            Caller::Anonymous,
-        )
-        .await;
+    let cancelled = app.cancel(session, Caller::Anonymous).await;
     assert_eq!(
         (cancelled.status, cancelled.body["state"].as_str()),
         (200, Some("CANCELLED"))
@@ -483,14 +476,7 @@ async fn cancelling_releases_holds_and_lock_and_a_late_payment_is_flagged_for_re
     );
     let shown = app.get(&format!("/v1/checkout/{session}")).await;
     assert!(shown.body["refundRequired"].is_string());
-    let again = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/cancel"),
-            None,
-            Caller::Anonymous,
-        )
-        .await;
+    let again = app.cancel(session, Caller::Anonymous).await;
     assert_eq!(again.status, 200, "cancelling twice is harmless");
     app.finish().await;
 }
@@ -759,13 +745,7 @@ async fn a_cancel_during_the_payment_intent_leaves_nothing_held_or_payable() {
     gateway.delay_next(Duration::from_millis(800));
     let cancel = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        app.call(
-            "POST",
-            &format!("/v1/checkout/{session}/cancel"),
-            None,
-            Caller::Anonymous,
-        )
-        .await
+        app.cancel(&session, Caller::Anonymous).await
     };
     let (refused, cancelled) = tokio::join!(app.payment_intent(&session, Caller::Anonymous), cancel);
     assert_eq!(cancelled.body["state"], "CANCELLED", "{cancelled:?}");
@@ -1148,14 +1128,7 @@ async fn bad_input_and_wrong_states_are_refused_and_change_nothing() {
     // Wrong states after the order.
     let (status, _) = gateway.deliver(&app.base, &event).await;
     assert_eq!(status, 200);
-    let cancel = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/cancel"),
-            None,
-            Caller::Anonymous,
-        )
-        .await;
+    let cancel = app.cancel(&session, Caller::Anonymous).await;
     assert_eq!((cancel.status, cancel.code()), (409, "CHECKOUT_STATE"));
     let pay_again = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(pay_again.status, 409);

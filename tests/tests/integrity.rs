@@ -136,14 +136,7 @@ async fn a_session_redis_lost_can_be_read_cancelled_and_expired_before_any_webho
         Some(waiting.as_str()),
         "the lock came back with the session"
     );
-    let cancelled = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{waiting}/cancel"),
-            None,
-            commerce_tests::Caller::Anonymous,
-        )
-        .await;
+    let cancelled = app.cancel(&waiting, commerce_tests::Caller::Anonymous).await;
     assert_eq!(
         (cancelled.status, cancelled.body["state"].as_str()),
         (200, Some("CANCELLED")),
@@ -201,14 +194,7 @@ async fn a_session_redis_lost_can_be_read_cancelled_and_expired_before_any_webho
         order.as_str(),
         "it names its order: {sold:?}"
     );
-    let refused = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{ordered}/cancel"),
-            None,
-            commerce_tests::Caller::Anonymous,
-        )
-        .await;
+    let refused = app.cancel(&ordered, commerce_tests::Caller::Anonymous).await;
     assert_eq!(
         refused.status, 409,
         "an ordered session cannot be cancelled: {refused:?}"

@@ -425,14 +425,7 @@ async fn commerce_serve_drains_the_outbox_on_its_own() {
 async fn cancelling_a_session_cancels_its_payment_intent_at_the_gateway() {
     let (app, gateway) = shop(|c| c).await;
     let Paying { session, intent, .. } = app.paying_session(&[("var-1", 1)], "k-cancel").await;
-    let cancelled = app
-        .call(
-            "POST",
-            &format!("/v1/checkout/{session}/cancel"),
-            None,
-            Caller::Anonymous,
-        )
-        .await;
+    let cancelled = app.cancel(&session, Caller::Anonymous).await;
     assert_eq!(cancelled.status, 200, "{cancelled:?}");
     // Sent by the cancelling request itself, not by a later drain.
     assert_eq!(gateway.cancellations(), vec![intent.clone()]);

@@ -180,9 +180,9 @@ impl Activity {
 /// One connection: HTTP/1.1 with keep-alive, and a watchdog that closes it once a
 /// request's head has been arriving for the header timeout (from its first byte), or once
 /// idle (no request being answered, no byte moved) for the idle timeout. The header timeout
-/// is ours, not hyper's `header_read_timeout`: hyper's also runs while a kept-alive
-/// connection waits for its next request, which would cut every idle connection at the
-/// header timeout instead of the idle one. Each request carries the socket's peer address
+/// is ours, not hyper's `header_read_timeout` (turned off: hyper's also runs while a
+/// kept-alive connection waits for its next request, and is 30 s unless set, so it would
+/// cut every idle connection at 30 s or the header timeout instead of the idle one). Each request carries the socket's peer address
 /// (`ConnectInfo`), the client address the rate limits start from.
 async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
     let peer: Option<SocketAddr> = stream.peer_addr().ok();
@@ -213,6 +213,7 @@ async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .keep_alive(true)
         .serve_connection(io, service);
     tokio::pin!(connection);

@@ -500,6 +500,104 @@ async fn an_expired_session_is_expired_by_the_first_call_that_meets_it() {
     app.finish().await;
 }
 
+/// A session past its deadline that nobody has read is met by the next call on its cart
+/// (README "Expiry without a sweeper"): a new checkout of the cart, or a change to it,
+/// expires the session (its holds and lock freed, its intent cancelled) and goes on; it is
+/// neither refused because of the dead session nor holds the cart's units a second time.
+#[tokio::test]
+async fn the_next_call_on_a_cart_expires_its_session_past_the_deadline() {
+    let (app, gateway) = TestApp::shop(2, |c| {
+        c.set("checkout_lock_ttl_seconds", "1")
+            .set("checkout_session_ttl_seconds", "1")
+    })
+    .await;
+    let mut redis = app.redis.clone();
+    let past_the_deadline = || tokio::time::sleep(Duration::from_millis(1300));
+
+    // Without a payment intent: the cart's next checkout.
+    let cart = app.cart_with(&[("var-1", 5)]).await;
+    let first = app.checkout(&cart, "k-met-1").await;
+    past_the_deadline().await;
+    let second = app.checkout(&cart, "k-met-2").await;
+    let state: String = redis.hget(app.session_key(&first), "state").await.unwrap();
+    assert_eq!(state, "EXPIRED");
+    assert_eq!(
+        app.get("/v1/inventory/var-1").await.body["reserved"],
+        5,
+        "the cart's units are held once, by the new session"
+    );
+    assert_eq!(app.cancel(&second, Caller::Anonymous).await.status, 200);
+
+    // Waiting for its payment: the cart's next change.
+    let paying = app.paying_session(&[("var-2", 3)], "k-met-3").await;
+    past_the_deadline().await;
+    let added = app
+        .post(&format!("/v1/carts/{}/items", paying.cart), unit("var-1", 1))
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let state: String = redis
+        .hget(app.session_key(&paying.session), "state")
+        .await
+        .unwrap();
+    assert_eq!(state, "EXPIRED");
+    assert_eq!(app.sellable("var-2").await, 100);
+    // Its intent's cancellation is owed through the outbox: sent at once natively; on Spin
+    // the cart component cannot reach the gateway, and a drain sends it once it is due
+    // again (`outbox_retry_base_ms` after that first attempt).
+    let owed = count(
+        &app,
+        &format!(
+            "SELECT count(*) FROM payment_outbox WHERE kind = 'cancel_intent' AND payment_intent_id = '{}'",
+            paying.intent
+        ),
+    )
+    .await;
+    assert_eq!(owed, 1);
+    for _ in 0..10 {
+        if !gateway.cancellations().is_empty() {
+            break;
+        }
+        let drained = app.cli(&["drain"]);
+        assert!(drained.status.success(), "{drained:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(gateway.cancellations(), vec![paying.intent.clone()]);
+
+    // A customer's cart, waiting for its payment: the customer's next checkout.
+    let zoe = Caller::Customer("zoe");
+    let added = app
+        .call(
+            "POST",
+            "/v1/customers/zoe/cart/items",
+            Some(unit("var-2", 2)),
+            zoe,
+        )
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let started = app
+        .start_checkout_as(json!({ "customerId": "zoe" }), "k-met-4", zoe)
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let waiting = started.body["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.payment_intent(&waiting, zoe).await.status, 200);
+    past_the_deadline().await;
+    let again = app
+        .start_checkout_as(json!({ "customerId": "zoe" }), "k-met-5", zoe)
+        .await;
+    assert_eq!(again.status, 201, "{again:?}");
+    let state: String = redis.hget(app.session_key(&waiting), "state").await.unwrap();
+    assert_eq!(state, "EXPIRED");
+    assert_eq!(
+        app.get("/v1/inventory/var-2").await.body["reserved"],
+        2,
+        "held once, by the new session"
+    );
+    let last = again.body["sessionId"].as_str().unwrap();
+    assert_eq!(app.cancel(last, zoe).await.status, 200);
+    nothing_held(&app).await;
+    app.finish().await;
+}
+
 /// A payment that arrives after its session's deadline expires the session in the webhook
 /// and goes back as one refund: the intent it paid is not also "cancelled" at the gateway
 /// (Stripe refuses to cancel a succeeded intent, and the outbox would list that refusal).
@@ -1184,16 +1282,19 @@ async fn a_lock_left_by_a_session_that_is_gone_is_taken_over_once_no_request_can
     let (app, _gateway) = TestApp::shop(2, |c| {
         c.set("request_timeout_ms", "1000")
             .set("checkout_lock_ttl_seconds", "600")
+            .set("hold_grace_seconds", "60")
     })
     .await;
     let mut redis = app.redis.clone();
     let ghost = format!("cs_{}", "ab".repeat(16));
+    // A lock lasts as long as its session's holds: the lock's time to live and the grace.
+    let life_ms = 660_000;
     let lock_to = |cart: &str, age_ms: i64| {
         redis::cmd("SET")
             .arg(app.cart_lock_key(cart))
             .arg(&ghost)
             .arg("PX")
-            .arg(600_000 - age_ms)
+            .arg(life_ms - age_ms)
             .clone()
     };
 
@@ -1221,7 +1322,7 @@ async fn a_lock_left_by_a_session_that_is_gone_is_taken_over_once_no_request_can
     // A live session's lock, however old, stays its own.
     let _: () = redis::cmd("PEXPIRE")
         .arg(app.cart_lock_key(&old))
-        .arg(600_000 - 5_000)
+        .arg(life_ms - 5_000)
         .query_async(&mut redis)
         .await
         .unwrap();

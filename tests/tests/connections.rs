@@ -146,6 +146,31 @@ async fn a_kept_alive_connection_lives_for_the_idle_timeout_not_the_header_timeo
     app.finish().await;
 }
 
+/// No timeout of hyper's own cuts a connection short of the idle timeout: a kept-alive
+/// connection, and a new one that has sent nothing yet, both still take a request after 31
+/// s idle (hyper's header-read timeout, 30 s unless turned off, would have closed them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_connection_is_cut_at_thirty_seconds_when_the_idle_timeout_is_longer() {
+    let app = TestApp::spawn_with(|c| c.set("http_idle_timeout_ms", "40000")).await;
+    let request = b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut buf = [0u8; 2048];
+    let mut kept = connect(&app).await;
+    kept.write_all(request).await.unwrap();
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut fresh = connect(&app).await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    for (name, stream) in [("kept-alive", &mut kept), ("new", &mut fresh)] {
+        stream.write_all(request).await.unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "the {name} connection was closed"
+        );
+    }
+    app.finish().await;
+}
+
 /// `commerce serve` lifts its soft limit of open files to the hard one, so the connection
 /// cap (1024 by default) is reached before the file limit (often 1024 too): past the file
 /// limit new clients would wait unanswered instead of getting the cap's 503.

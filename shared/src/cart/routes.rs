@@ -14,6 +14,8 @@
 //! Changes accept `If-Match: <version>` (412 when the cart moved on) and answer with the
 //! whole cart and its version in `ETag`.
 
+use std::future::Future;
+
 use serde_json::Value;
 
 use super::{CartRef, CartView, Carts, Expected, LineItem, parse_line};
@@ -21,6 +23,7 @@ use crate::app::App;
 use crate::auth;
 use crate::bundle::Bundles;
 use crate::catalog::require_variants;
+use crate::checkout::Checkouts;
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, field, object, str_field};
 use crate::idempotency;
@@ -196,7 +199,8 @@ async fn add<R: Redis, S: Sql, H: Http>(
             }
             LineItem::Bundle(bundle, choices) => Bundles::of(app).check(bundle, choices).await?,
         }
-        let view = store(app).add(cart, &item, quantity, expected).await?;
+        let carts = store(app);
+        let view = past_ended_checkout(app, || carts.add(cart, &item, quantity, expected)).await?;
         Ok(reply(200, &view))
     })
     .await
@@ -233,7 +237,8 @@ async fn change<R: Redis, S: Sql, H: Http>(
         _ => return Err(Error::MethodNotAllowed(req.method.clone())),
     };
     let expected = expected(req)?;
-    let view = store(app).set_quantity(cart, &line, quantity, expected).await?;
+    let carts = store(app);
+    let view = past_ended_checkout(app, || carts.set_quantity(cart, &line, quantity, expected)).await?;
     Ok(reply(200, &view))
 }
 
@@ -244,5 +249,38 @@ async fn merge<R: Redis, S: Sql, H: Http>(
 ) -> Result<Response> {
     let body = req.json(app.settings.max_body_bytes)?;
     let from = CartId::parse(str_field(object(&body)?, "cartId")?)?;
-    Ok(reply(200, &store(app).merge(&from, customer).await?))
+    let carts = store(app);
+    let view = past_ended_checkout(app, || carts.merge(&from, customer)).await?;
+    Ok(reply(200, &view))
+}
+
+/// Runs a change of a cart; refused because a checkout session holds the cart (409
+/// `CART_LOCKED`) that is over (one past its deadline before payment expires now, as at
+/// any call that meets it, freeing its holds and the lock), the change runs once more.
+async fn past_ended_checkout<R: Redis, S: Sql, H: Http, F, Fut>(
+    app: &App<R, S, H>,
+    change: F,
+) -> Result<CartView>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<CartView>>,
+{
+    match change().await {
+        Err(Error::Conflict {
+            code: ErrorCode::CartLocked,
+            message,
+            details,
+        }) => {
+            let holder = details["sessionId"].as_str().unwrap_or("");
+            if Checkouts::new(app).free_lock_of_ended(holder).await? {
+                return change().await;
+            }
+            Err(Error::Conflict {
+                code: ErrorCode::CartLocked,
+                message,
+                details,
+            })
+        }
+        other => other,
+    }
 }

@@ -479,7 +479,14 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     ],
                 )
                 .await?;
-            if held.first().and_then(RedisReply::as_int) != Some(i64::from(quantity.get())) {
+            if held.first().and_then(RedisReply::as_int) == Some(i64::from(quantity.get())) {
+                continue;
+            }
+            // A variant whose stock Redis has not loaded yet has no holds either: its lazy
+            // load brings both back (as `paid_sessions` reads it), so nothing is missing.
+            let stock = self.app.keys.variant(variant).stock;
+            let loaded = self.redis("EXISTS", vec![stock.into()]).await?;
+            if loaded.first().and_then(RedisReply::as_int) == Some(1) {
                 missing.push((variant.clone(), *quantity));
             }
         }

@@ -311,6 +311,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             None => Value::Null,
         };
         let mut changes = None;
+        // Whether this call holds the cart's lock for the session (kept or taken back below)
+        // and has not yet let it go with the emptied cart.
+        let mut holds_lock = false;
         if session.state == State::PaymentConfirmed {
             // A cart has one live checkout: a session whose cart lock was lost (deleted, a
             // Redis restored without it) and taken by another checkout of the cart since
@@ -324,6 +327,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 answer.state = Some(failed.state.name());
                 return Ok(answer);
             }
+            holds_lock = true;
             let demand = frozen_demand(&metadata)?;
             let customer = match &session.cart {
                 CartRef::Customer(c) => Some(c.as_str()),
@@ -382,10 +386,17 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 vec![session.id.as_str().into(), locked_version],
             )
             .await?;
+            holds_lock = false;
             session = self.transition(&session.id, State::Completed, None, &[]).await?.1;
         }
         if session.state != State::Completed {
             return Err(wrong_state(&session, "place the order"));
+        }
+        if holds_lock {
+            // A delivery of the same payment finished the session (emptied the cart, let
+            // the lock go) while this one took the lock back: it goes again, owner-checked.
+            self.unlock(&self.carts().lock_key(&session.cart), session.id.as_str())
+                .await?;
         }
         // The session names its order (set with ORDER_CREATED); PostgreSQL is asked only for
         // a session that somehow lacks it.

@@ -88,6 +88,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         i64::from(self.app.settings.checkout_lock_ttl_seconds) * 1000
     }
 
+    /// How long a new session's cart lock lasts: as long as its holds (its deadline and the
+    /// grace period), so a call that meets the cart after the deadline meets the session
+    /// and expires it ([`Self::free_lock_of_ended`]), rather than a second checkout holding
+    /// the same units again while the first one's holds live on.
+    fn lock_life_ms(&self) -> i64 {
+        self.lock_ttl_ms() + self.grace_ms()
+    }
+
     fn session_ttl_ms(&self) -> i64 {
         i64::from(self.app.settings.checkout_session_ttl_seconds) * 1000
     }
@@ -181,6 +189,28 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 .unwrap_or("")
                 .to_owned(),
         ))
+    }
+
+    /// Releases the cart lock `holder` keeps if that session is over, as any call that
+    /// meets it finds it: one past its deadline before payment expires now (freeing its
+    /// holds and cancelling its intent, as a read would), one already ended gives back a
+    /// lock a crash may have left. `true`: the lock is free of it (owner-checked), so the
+    /// caller may try again. A live session, or one neither Redis nor PostgreSQL knows,
+    /// keeps it.
+    pub(crate) async fn free_lock_of_ended(&self, holder: &str) -> Result<bool> {
+        let Ok(id) = SessionId::parse(holder) else {
+            return Ok(false);
+        };
+        let session = match self.load(&id).await {
+            Ok(session) => session,
+            Err(Error::NotFound { .. }) => return Ok(false),
+            Err(other) => return Err(other),
+        };
+        if !session.state.is_terminal() {
+            return Ok(false);
+        }
+        self.unlock(&self.carts().lock_key(&session.cart), holder).await?;
+        Ok(true)
     }
 
     /// Releases what a session that ended without an order still holds (or what a late

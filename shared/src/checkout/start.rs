@@ -97,15 +97,23 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 .run(
                     &LOCK,
                     &[&cart_key, &lock_key],
-                    vec![session.as_str().into(), RedisArg::Int(self.lock_ttl_ms())],
+                    vec![session.as_str().into(), RedisArg::Int(self.lock_life_ms())],
                 )
                 .await?;
             let holder = locked.get(1).and_then(RedisReply::as_text).unwrap_or("");
-            if tag(&locked) == "HELD" && !taken_over && self.lock_is_abandoned(&lock_key, holder).await? {
-                // Owner-checked: a holder that came back meanwhile keeps its lock.
-                self.unlock(&lock_key, holder).await?;
-                taken_over = true;
-                continue;
+            if tag(&locked) == "HELD" && !taken_over {
+                // A holder past its deadline expires now and frees the cart; one that is
+                // gone for good gives it up (owner-checked: a holder that came back
+                // meanwhile keeps its lock). Either way the lock is tried once more.
+                if self.free_lock_of_ended(holder).await? {
+                    taken_over = true;
+                    continue;
+                }
+                if self.lock_is_abandoned(&lock_key, holder).await? {
+                    self.unlock(&lock_key, holder).await?;
+                    taken_over = true;
+                    continue;
+                }
             }
             break locked;
         };
@@ -163,7 +171,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         };
         let ttl = self.app.redis.execute("PTTL", vec![lock_key.into()]).await?;
         let left = ttl.first().and_then(RedisReply::as_int).unwrap_or(-2);
-        let age = self.lock_ttl_ms() - left;
+        let age = self.lock_life_ms() - left;
         let request_timeout = i64::try_from(self.app.settings.request_timeout_ms).unwrap_or(i64::MAX);
         if left < 0 || age <= request_timeout {
             return Ok(false);

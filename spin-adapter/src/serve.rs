@@ -11,6 +11,7 @@ use commerce_core::ports::Config;
 use commerce_core::router::{self, Scope};
 use commerce_core::settings::Settings;
 use spin_sdk::http::{IncomingRequest, Response as SpinResponse};
+use wasi::clocks::monotonic_clock;
 
 use crate::{Deadline, SpinConfig, SpinHttp, SpinPg, SpinRedis};
 
@@ -133,20 +134,23 @@ fn from_spin(req: IncomingRequest, limit: usize, body_timeout: Duration) -> Resu
             )
         })
         .collect();
+    // As u64: a length past 4 GiB is still a length on wasm32, whose usize is 32 bits.
     let declared = headers
         .iter()
         .find(|(name, _)| name == "content-length")
-        .and_then(|(_, value)| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        // Within reach, the body is read and dropped first: the host closes the
-        // connection after a 413, and closing a socket with unread bytes resets it,
-        // which can cut the 413 off before the client reads it (seen on the real host).
-        if declared.is_some_and(|length| length <= limit + DRAIN_BYTES) {
-            drain(req);
+        .and_then(|(_, value)| value.parse::<u64>().ok());
+    let deadline = deadline_after(body_timeout);
+    if declared.is_some_and(|length| length > limit as u64) {
+        // Within reach, the body is read and dropped first (until the body's deadline at
+        // the latest): the host closes the connection after a 413, and closing a socket
+        // with unread bytes resets it, which can cut the 413 off before the client reads
+        // it (seen on the real host).
+        if declared.is_some_and(|length| length <= (limit + DRAIN_BYTES) as u64) {
+            drain(req, deadline);
         }
         return Err(Error::PayloadTooLarge { limit });
     }
-    let body = read_body(req, limit, body_timeout)?;
+    let body = read_body(req, limit, deadline)?;
     let client_addr = client_addr(&headers);
     Ok(Request {
         method,
@@ -188,17 +192,20 @@ fn client_addr(headers: &[(String, String)]) -> Option<std::net::IpAddr> {
 /// connection reset instead.
 const DRAIN_BYTES: usize = 1024 * 1024;
 
+/// The monotonic clock's instant `timeout` from now.
+fn deadline_after(timeout: Duration) -> u64 {
+    monotonic_clock::now().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64)
+}
+
 /// Reads the request body, stopping one byte past `limit` (413, after reading and
-/// dropping at most [`DRAIN_BYTES`] more) or at `timeout` from now (408: a client that
-/// stops sending mid-body holds nothing for longer). The component has nothing else to do
+/// dropping at most [`DRAIN_BYTES`] more) or at `deadline` (408: a client that stops
+/// sending mid-body holds nothing for longer). The component has nothing else to do
 /// meanwhile, so it waits on the stream and a timer together.
-fn read_body(req: IncomingRequest, limit: usize, timeout: Duration) -> Result<Vec<u8>, Error> {
-    use wasi::clocks::monotonic_clock;
+fn read_body(req: IncomingRequest, limit: usize, deadline: u64) -> Result<Vec<u8>, Error> {
     use wasi::io::streams::StreamError;
     let unreadable =
         |what: &str| Error::bad_request(ErrorCode::MalformedBody, format!("the request body {what}"));
     let incoming = req.consume().map_err(|()| unreadable("was already consumed"))?;
-    let deadline = monotonic_clock::now().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
     let mut body = Vec::new();
     {
         let stream = incoming.stream().map_err(|()| unreadable("cannot be read"))?;
@@ -220,7 +227,7 @@ fn read_body(req: IncomingRequest, limit: usize, timeout: Duration) -> Result<Ve
                 Err(StreamError::LastOperationFailed(_)) => return Err(unreadable("broke off")),
             }
             if body.len() > limit {
-                skip(&stream, DRAIN_BYTES);
+                skip(&stream, DRAIN_BYTES, deadline);
                 return Err(Error::PayloadTooLarge { limit });
             }
         }
@@ -228,18 +235,29 @@ fn read_body(req: IncomingRequest, limit: usize, timeout: Duration) -> Result<Ve
     Ok(body)
 }
 
-/// Reads and drops a body that is refused anyway (see [`DRAIN_BYTES`]).
-fn drain(req: IncomingRequest) {
+/// Reads and drops a body that is refused anyway (see [`DRAIN_BYTES`]), until `deadline`
+/// at the latest.
+fn drain(req: IncomingRequest, deadline: u64) {
     let Ok(incoming) = req.consume() else { return };
     let Ok(stream) = incoming.stream() else { return };
-    skip(&stream, DRAIN_BYTES + 1);
+    skip(&stream, DRAIN_BYTES + 1, deadline);
 }
 
-/// Reads and drops up to `most` bytes of `stream`, stopping at its end or at an error.
-fn skip(stream: &wasi::io::streams::InputStream, most: usize) {
+/// Reads and drops up to `most` bytes of `stream`, stopping at its end, at an error, or at
+/// `deadline`: a client that stalls while its refused body is dropped holds the request
+/// no longer than a body read may last (`http_body_timeout_ms`), and is then answered.
+fn skip(stream: &wasi::io::streams::InputStream, most: usize, deadline: u64) {
+    let ready = stream.subscribe();
+    let timer = monotonic_clock::subscribe_instant(deadline);
     let mut left = most as u64;
     while left > 0 {
-        match stream.blocking_skip(left.min(64 * 1024)) {
+        match stream.skip(left.min(64 * 1024)) {
+            Ok(0) => {
+                if monotonic_clock::now() >= deadline {
+                    return;
+                }
+                wasi::io::poll::poll(&[&ready, &timer]);
+            }
             Ok(skipped) => left = left.saturating_sub(skipped),
             Err(_) => return,
         }

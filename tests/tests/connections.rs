@@ -334,5 +334,23 @@ async fn a_broken_body_is_a_400_and_a_stalled_one_a_408() {
         "answered before the body timeout: {:?}",
         sent.elapsed()
     );
+
+    // A body declared past the limit is a 413, even when its client stalls while the host
+    // drops what it sends, and whatever its length (past 4 GiB too).
+    for length in ["70000", "99999999999"] {
+        let mut over = connect(&app).await;
+        let head = format!(
+            "POST /v1/inventory/availability HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {length}\r\n\r\n{{\"variant"
+        );
+        over.write_all(head.as_bytes()).await.unwrap();
+        let sent = Instant::now();
+        let mut buf = [0u8; 4096];
+        let answer = match tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf)).await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            other => panic!("length {length}: no answer after {:?}: {other:?}", sent.elapsed()),
+        };
+        assert!(answer.starts_with("HTTP/1.1 413"), "length {length}: {answer}");
+    }
     app.finish().await;
 }

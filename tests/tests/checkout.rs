@@ -598,6 +598,27 @@ async fn the_next_call_on_a_cart_expires_its_session_past_the_deadline() {
     app.finish().await;
 }
 
+/// The stored payment intent lives as long as its session's record, however long the
+/// payment window (`checkout_session_ttl_seconds` goes up to 7 days): a session waiting
+/// for its payment never finds its intent forgotten.
+#[tokio::test]
+async fn the_stored_intent_lives_as_long_as_its_session() {
+    let (app, _gateway) = TestApp::shop(1, |c| c.set("checkout_session_ttl_seconds", "172800")).await;
+    let paying = app.paying_session(&[("var-1", 1)], "k-long").await;
+    let mut redis = app.redis.clone();
+    let session: i64 = redis.pttl(app.session_key(&paying.session)).await.unwrap();
+    let intent_key = app
+        .keys()
+        .payment_intent(&commerce_core::ids::SessionId::parse(&paying.session).unwrap());
+    let intent: i64 = redis.pttl(intent_key).await.unwrap();
+    assert!(session > 172_800_000, "{session}");
+    assert!(
+        intent >= session,
+        "the intent {intent} ms, its session {session} ms"
+    );
+    app.finish().await;
+}
+
 /// A payment that arrives after its session's deadline expires the session in the webhook
 /// and goes back as one refund: the intent it paid is not also "cancelled" at the gateway
 /// (Stripe refuses to cancel a succeeded intent, and the outbox would list that refusal).

@@ -8,14 +8,11 @@ use serde_json::{Value, json};
 use super::session::{Session, SessionView, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, gateway, paid};
+use super::{Checkouts, KEEP_MS, gateway, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
-
-/// How long a payment intent is kept (seed `PAYMENT_INTENT`).
-const INTENT_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// The answer of `POST /v1/checkout/{session}/payment-intent`: the session as `GET` shows
 /// it (DESIGN §5's checkout shape: `total`, `cartId` or `customerId`, `history`, …), with
@@ -77,7 +74,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                             intent.to_string().into(),
                             "NX".into(),
                             "PX".into(),
-                            RedisArg::Int(INTENT_TTL_MS),
+                            RedisArg::Int(self.intent_ttl_ms()),
                         ],
                     )
                     .await?;
@@ -159,6 +156,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             client_secret: intent["clientSecret"].clone(),
             amount: session.total.minor,
         })
+    }
+
+    /// How long the stored payment intent is kept: at least as long as the session's own
+    /// record (its payment window, the grace, then [`KEEP_MS`]), so a session never waits
+    /// for a payment whose intent Redis has forgotten, whatever `checkout_session_ttl_seconds`
+    /// (up to 7 days; the seed's `PAYMENT_INTENT` kept a day).
+    fn intent_ttl_ms(&self) -> i64 {
+        self.session_ttl_ms() + self.grace_ms() + KEEP_MS
     }
 
     /// Keeps the session's cart lock until `until_ms` ([`Self::take_lock`]). A cart has

@@ -26,6 +26,9 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Overdue checkout sessions `commerce sweep` ends per page.
+const OVERDUE_PAGE: i64 = 500;
+
 /// spin-commerce outside Spin. Settings come from `COMMERCE_*` environment variables
 /// (`COMMERCE_REDIS_URL`, `COMMERCE_DATABASE_URL`, `COMMERCE_ADMIN_TOKEN`, …); the flags
 /// below override them.
@@ -69,7 +72,9 @@ enum Command {
     Publish,
     /// Rebuild Redis stock from PostgreSQL.
     Reconcile,
-    /// Purge expired holds of every variant (those no request touches).
+    /// Purge expired holds of every variant (those no request touches), then end the
+    /// checkout sessions waiting for a payment past their deadline (their intents
+    /// cancelled; what `commerce serve` does periodically, for deployments without it).
     Sweep,
     /// Send the refunds and intent cancellations the payment outbox owes (one pass; what
     /// `commerce serve` does periodically, for deployments without it, such as Spin).
@@ -377,7 +382,20 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let mut progress = Progress::new("variants swept", None);
             let visited = inventory.sweep(|done| progress.set(done)).await?;
             progress.finish();
-            eprintln!("commerce: sweep done, {visited} variants visited");
+            // Then the sessions waiting for a payment past their deadline, page by page
+            // (a page ends each of its sessions or leaves it to the webhook under way).
+            let checkouts = commerce_core::checkout::Checkouts::new(&app);
+            let mut expired = 0;
+            for _ in 0..10_000 {
+                let ended = checkouts.expire_overdue(OVERDUE_PAGE).await?;
+                expired += ended;
+                if ended < OVERDUE_PAGE as u64 {
+                    break;
+                }
+            }
+            eprintln!(
+                "commerce: sweep done, {visited} variants visited, {expired} overdue checkout session(s) ended"
+            );
         }
     }
     Ok(())

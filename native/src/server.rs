@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::body::{Body, to_bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
+use commerce_core::checkout::Checkouts;
 use commerce_core::http::{Request, Response};
 use commerce_core::metrics::Measured;
 use commerce_core::metrics::exchange::{self, Exchange, LogLevel, REQUEST_ID};
@@ -88,15 +89,25 @@ async fn ping_every(app: Arc<NativeApp>, every: Duration) {
     }
 }
 
-/// Sends what the outbox owes, every `every`, logging each row taken up to stderr (a JSON
-/// line at info). A failed pass (PostgreSQL down) is logged at error and the next tick
-/// tries again.
+/// Every `every`: ends the sessions waiting for a payment that passed their deadline with
+/// no call meeting them (their intents cancelled: [`Checkouts::expire_overdue`]), then
+/// sends what the outbox owes, logging each row taken up to stderr (a JSON line at info).
+/// A failed pass (PostgreSQL down) is logged at error and the next tick tries again.
 async fn drain_every(app: Arc<NativeApp>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let level = app.settings.log_level;
+        match Checkouts::new(&app).expire_overdue(DRAIN_BATCH as i64).await {
+            Ok(0) => {}
+            Ok(ended) => exchange::log(
+                level,
+                LogLevel::Info,
+                &format!("checkout: {ended} overdue session(s) ended"),
+            ),
+            Err(error) => exchange::log(level, LogLevel::Error, &format!("overdue sessions: {error}")),
+        }
         match outbox::drain(&app, DRAIN_BATCH).await {
             Ok(report) => {
                 for attempt in &report.attempts {

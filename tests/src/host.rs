@@ -104,6 +104,10 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "the periodic drain is a task of commerce serve; Spin has no background tasks (commerce drain runs from cron there)",
     ),
     (
+        "commerce_serve_ends_overdue_sessions_on_its_own",
+        "the periodic pass is a task of commerce serve; Spin has no background tasks (commerce sweep runs from cron there)",
+    ),
+    (
         "payments_racing_their_deadline_under_redis_latency_never_outlive_their_holds",
         "a new Redis connection per request through a proxy adding 120 ms to every answer outlasts this scenario's 500 ms Redis timeout on Spin (every cart add is a 503); the deadline race is a property of the shared code, proven on the native host",
     ),

@@ -421,6 +421,90 @@ async fn commerce_serve_drains_the_outbox_on_its_own() {
     app.finish().await;
 }
 
+/// A session waiting for its payment that no call meets after its deadline (the shopper
+/// never came back) is ended all the same by `commerce sweep`, the cron of a deployment
+/// without `commerce serve`: EXPIRED, its holds and lock freed, PostgreSQL's copy ended,
+/// its intent cancelled at the gateway (so it can no longer be paid).
+#[tokio::test]
+async fn a_session_nobody_meets_after_its_deadline_is_ended_by_the_sweep() {
+    let (app, gateway) = shop(|c| c.set("checkout_session_ttl_seconds", "1")).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-abandoned").await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let swept = app.cli(&["sweep"]);
+    let said = String::from_utf8_lossy(&swept.stderr).into_owned();
+    assert!(swept.status.success(), "{said}");
+    assert!(said.contains("1 overdue checkout session(s) ended"), "{said}");
+    assert_abandoned_session_ended(&app, &gateway, &paying).await;
+    let again = app.cli(&["sweep"]);
+    let said = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(said.contains("0 overdue checkout session(s) ended"), "{said}");
+    assert_eq!(gateway.cancellations().len(), 1);
+    app.finish().await;
+}
+
+/// The same without any command: `commerce serve` ends overdue sessions with each periodic
+/// outbox pass.
+#[tokio::test]
+async fn commerce_serve_ends_overdue_sessions_on_its_own() {
+    let (app, gateway) = TestApp::shop(3, |c| {
+        c.set("outbox_drain_interval_ms", "100")
+            .set("checkout_session_ttl_seconds", "1")
+    })
+    .await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-abandoned").await;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut redis = app.redis.clone();
+    // Ended once its cart's lock, the last thing it gives back, is gone.
+    loop {
+        let lock: Option<String> = redis::AsyncCommands::get(&mut redis, app.cart_lock_key(&paying.cart))
+            .await
+            .unwrap();
+        if lock.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session was never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_abandoned_session_ended(&app, &gateway, &paying).await;
+    app.finish().await;
+}
+
+/// What ending an abandoned session leaves, read without meeting it through the API (a
+/// read would expire it itself).
+async fn assert_abandoned_session_ended(app: &TestApp, gateway: &FakeGateway, paying: &Paying) {
+    use redis::AsyncCommands;
+    let mut redis = app.redis.clone();
+    let state: String = redis
+        .hget(app.session_key(&paying.session), "state")
+        .await
+        .unwrap();
+    assert_eq!(state, "EXPIRED");
+    let held: Option<i64> = redis
+        .hget(
+            app.variant_keys("var-1").hold_qty,
+            app.session_holder(&paying.session),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, None, "its holds are freed");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&paying.cart)).await.unwrap();
+    assert_eq!(lock, None, "its cart is free");
+    let row = app
+        .pg
+        .query_one(
+            "SELECT ended_state FROM checkout_sessions WHERE id = $1 AND ended_at IS NOT NULL",
+            &[&paying.session],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("EXPIRED"));
+    assert_eq!(gateway.cancellations(), vec![paying.intent.clone()]);
+    assert!(
+        !gateway.succeed(&paying.intent),
+        "a cancelled intent cannot be paid"
+    );
+}
+
 #[tokio::test]
 async fn cancelling_a_session_cancels_its_payment_intent_at_the_gateway() {
     let (app, gateway) = shop(|c| c).await;

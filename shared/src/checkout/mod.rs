@@ -50,13 +50,20 @@ use crate::ids::{Holder, Quantity, SessionId, VariantId};
 use crate::inventory::Inventory;
 use crate::metrics::{self, Event};
 use crate::outbox;
-use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
+use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, tag};
 
 static UNLOCK: Script = Script::new(lua!("unlock.lua"));
 static GET: Script = Script::new(lua!("session.lua", "get.lua"));
 static TRANSITION: Script = Script::new(lua!("session.lua", "transition.lua"));
 static RESTORE: Script = Script::new(lua!("session.lua", "restore.lua"));
+
+/// PostgreSQL's live copies of sessions past their deadline (`$2`, epoch ms), the oldest
+/// first; `$1` bounds the holds' deadline so the partial index of live sessions serves it.
+const OVERDUE: &str = "\
+SELECT id FROM checkout_sessions
+WHERE ended_at IS NULL AND holds_deadline_ms < $1 AND deadline_ms < $2
+ORDER BY holds_deadline_ms LIMIT $3";
 
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
@@ -211,6 +218,53 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
         self.unlock(&self.carts().lock_key(&session.cart), holder).await?;
         Ok(true)
+    }
+
+    /// Ends the sessions waiting for a payment whose deadline passed with no call meeting
+    /// them (a shopper who never came back): each is met now, as a read of it would meet
+    /// it, so it expires, frees its holds and lock, and has its intent cancelled at the
+    /// gateway. Candidates are PostgreSQL's live copies (every session with a payment
+    /// intent has one) past their deadline by this process's clock; the expiry itself is
+    /// decided by the session script on the Redis clock, as always. One left ended in
+    /// Redis but live in PostgreSQL (a crash between the two) is ended there too. At most
+    /// `limit` sessions per call, the oldest deadlines first; returns how many it ended.
+    pub async fn expire_overdue(&self, limit: i64) -> Result<u64> {
+        let now = crate::clock::wall_clock_ms();
+        let rows = self
+            .app
+            .sql
+            .query(
+                OVERDUE,
+                &[
+                    SqlValue::Int(now.saturating_add(self.grace_ms())),
+                    SqlValue::Int(now),
+                    SqlValue::Int(limit),
+                ],
+            )
+            .await?;
+        let mut ended = 0;
+        for row in rows {
+            let Some(id) = row
+                .first()
+                .and_then(SqlValue::as_text)
+                .and_then(|id| SessionId::parse(id).ok())
+            else {
+                continue;
+            };
+            let session = match self.load(&id).await {
+                Ok(session) => session,
+                Err(Error::NotFound { .. }) => continue,
+                Err(other) => return Err(other),
+            };
+            // Releasing again is harmless (each step is idempotent) and ends PostgreSQL's
+            // copy of one that Redis had ended before. A failed session was paid: its
+            // payment goes back as a refund, and its intent is not also cancelled.
+            if matches!(session.state, State::Expired | State::Cancelled | State::Failed) {
+                self.release(&session, session.state != State::Failed).await?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     /// Releases what a session that ended without an order still holds (or what a late

@@ -384,3 +384,46 @@ async fn quotes_before_any_publish_are_refused_not_republished() {
     assert_eq!((reply.status, reply.code()), (409, "RULESET_NOT_PUBLISHED"));
     app.finish().await;
 }
+
+/// A reconcile that read a session as live in PostgreSQL, then wrote its holds into Redis
+/// after a cancel had ended the session and released them, gives them back: the session
+/// is read again in PostgreSQL after the load (it is marked ended there before its holds
+/// are released), so an ended session keeps nothing. Staged with a proxy that holds the
+/// reconcile's Redis traffic back while the cancel runs.
+#[tokio::test]
+async fn a_reconcile_overlapping_a_cancel_leaves_the_cancelled_session_nothing() {
+    let (app, _gateway) = TestApp::shop(1, |c| c).await;
+    let Paying { session, .. } = app.paying_session(&[("var-1", 3)], "k-overlap").await;
+    let proxy = commerce_tests::proxy::PausableProxy::start(&commerce_tests::host::host_port(
+        &app.app.settings.redis_url,
+    ))
+    .await;
+    proxy.pause();
+    let through_proxy = proxy.url_for(&app.app.settings.redis_url);
+    let mut reconcile = std::process::Command::new(commerce_tests::commerce_binary())
+        .arg("reconcile")
+        .envs(commerce_tests::faults::commerce_env(
+            &app.app.settings,
+            &[("redis_url", &through_proxy)],
+        ))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The reconcile reads PostgreSQL (the session live), then waits on Redis.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let cancelled = app.cancel(&session, commerce_tests::Caller::Anonymous).await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    proxy.resume();
+    let done = tokio::task::spawn_blocking(move || reconcile.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(done.success());
+    let mut redis = app.redis.clone();
+    let held: Option<i64> = redis
+        .hget(app.variant_keys("var-1").hold_qty, app.session_holder(&session))
+        .await
+        .unwrap();
+    assert_eq!(held, None, "the cancelled session holds nothing");
+    assert_eq!(app.sellable("var-1").await, 100);
+    app.finish().await;
+}

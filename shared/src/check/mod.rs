@@ -437,6 +437,8 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             return Ok(());
         };
         let grace = i64::from(self.app.settings.hold_grace_seconds) * 1000;
+        // Whether a repair below took something for the session (its lock, its holds).
+        let mut took = false;
         let holder = self
             .redis("GET", vec![Carts::of(self.app).lock_key(&cart).into()])
             .await?;
@@ -449,6 +451,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     .is_none()
             {
                 repaired = "cart lock taken again for the session".into();
+                took = true;
             }
             report.drift.push(Drift {
                 kind: "session-lock",
@@ -502,6 +505,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     .is_ok()
             {
                 repaired = "holds taken again".into();
+                took = true;
             }
             report.drift.push(Drift {
                 kind: "session-holds",
@@ -509,6 +513,13 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 detail: format!("live {state} session lacks its holds: {}", names.join(", ")),
                 repaired,
             });
+        }
+        // The session may have ended (cancelled, paid into an order) between the reads
+        // above and the repairs, its ending releasing what it held before the repair took
+        // it again: read once more, an ended session gives back what the repair took.
+        if took && Checkouts::new(self.app).free_lock_of_ended(id).await? {
+            let variants: Vec<VariantId> = demand.into_iter().map(|(v, _)| v).collect();
+            self.inventory().release(&holder, &variants).await?;
         }
         Ok(())
     }

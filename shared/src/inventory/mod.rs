@@ -71,6 +71,9 @@ ORDER BY p.id"
 /// The levels of the variants named (`$1`), for the lazy load.
 const LEVELS_OF: &str = levels_where!("v.id = ANY($1)");
 
+/// Which of the sessions `$1` PostgreSQL has ended (with or without an order).
+const ENDED_OF: &str = "SELECT id FROM checkout_sessions WHERE id = ANY($1) AND ended_at IS NOT NULL";
+
 /// One page of every variant's levels, for reconcile and the check (keyset pagination by
 /// id).
 const LEVELS_PAGE: &str = levels_where!("v.id > $1 ORDER BY v.id LIMIT $2");
@@ -786,20 +789,56 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// `force`: all, refusing stale ones), in one script (on a Redis Cluster, one per
     /// variant). Returns the variants refused as stale.
     async fn load_stock(&self, levels: &[Level], mode: &str) -> Result<Vec<VariantId>> {
-        if !self.redis.is_cluster() {
-            return self.load_batch(levels, mode).await;
-        }
-        let each = join_all(
-            levels
-                .iter()
-                .map(|l| self.load_batch(std::slice::from_ref(l), mode)),
-        )
-        .await;
-        let mut stale = Vec::new();
-        for refused in each {
-            stale.extend(refused?);
-        }
+        let stale = if self.redis.is_cluster() {
+            let each = join_all(
+                levels
+                    .iter()
+                    .map(|l| self.load_batch(std::slice::from_ref(l), mode)),
+            )
+            .await;
+            let mut stale = Vec::new();
+            for refused in each {
+                stale.extend(refused?);
+            }
+            stale
+        } else {
+            self.load_batch(levels, mode).await?
+        };
+        self.release_ended_holders(levels).await?;
         Ok(stale)
+    }
+
+    /// Gives back the holds a load wrote for sessions that ended while it ran: PostgreSQL
+    /// listed them live, then a cancel (an expiry, an order) ended them there and released
+    /// their holds in Redis before the load wrote those holds again. A session is marked
+    /// ended in PostgreSQL before its holds are released in Redis, so reading PostgreSQL
+    /// again after the load finds every such session. One query, and only when the load
+    /// carried session holds.
+    async fn release_ended_holders(&self, levels: &[Level]) -> Result<()> {
+        let mut sessions: std::collections::BTreeMap<&str, Vec<VariantId>> =
+            std::collections::BTreeMap::new();
+        for level in levels {
+            for (holder, _, _) in &level.holds {
+                if let Some(session) = holder.strip_prefix("checkout:") {
+                    sessions.entry(session).or_default().push(level.variant.clone());
+                }
+            }
+        }
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let ids = sessions.keys().map(|s| (*s).to_owned()).collect();
+        let rows = self.sql.query(ENDED_OF, &[SqlValue::TextArray(ids)]).await?;
+        for row in rows {
+            let Some(id) = row.first().and_then(SqlValue::as_text) else {
+                continue;
+            };
+            let (Some(variants), Ok(session)) = (sessions.get(id), crate::ids::SessionId::parse(id)) else {
+                continue;
+            };
+            self.release(&Holder::Checkout(session), variants).await?;
+        }
+        Ok(())
     }
 
     /// One run of `load_stock.lua`.

@@ -297,6 +297,54 @@ async fn merging_on_sign_in_adds_per_line_and_removes_the_anonymous_cart() {
     app.finish().await;
 }
 
+/// A merge whose request ended between its claim and the customer's cart (a 503, a
+/// crash) freezes the anonymous cart only for its lease, the longest a request may run:
+/// within it the cart answers as being merged; past it the cart is its visitor's again
+/// (changes, checkout, another customer's merge), not frozen for the cart's 30 days.
+#[tokio::test]
+async fn a_merge_cut_off_after_its_claim_frees_the_cart_after_its_lease() {
+    let app = TestApp::spawn_with(|c| c.set("request_timeout_ms", "1000")).await;
+    app.seed(4).await;
+    let cart = app.new_cart().await;
+    app.post(&format!("/v1/carts/{cart}/items"), unit("var-1", 1))
+        .await;
+    // What the claim leaves when nothing follows it (set as the claim script sets it).
+    let mut redis = app.redis.clone();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let cut_off = |until_ms: i64| {
+        redis::cmd("HSET")
+            .arg(app.cart_key(&cart))
+            .arg("merging")
+            .arg("walter")
+            .arg("merging_until")
+            .arg(until_ms)
+            .clone()
+    };
+    let _: () = cut_off(now_ms + 60_000).query_async(&mut redis).await.unwrap();
+    let frozen = app
+        .post(&format!("/v1/carts/{cart}/items"), unit("var-2", 1))
+        .await;
+    assert_eq!(
+        (frozen.status, frozen.code()),
+        (409, "CART_MERGED"),
+        "within the lease"
+    );
+
+    let _: () = cut_off(now_ms - 1).query_async(&mut redis).await.unwrap();
+    let added = app
+        .post(&format!("/v1/carts/{cart}/items"), unit("var-2", 1))
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let _: () = cut_off(now_ms - 1).query_async(&mut redis).await.unwrap();
+    let merged = merge(&app, "yara", &cart).await;
+    assert_eq!(merged.status, 200, "another customer's merge: {merged:?}");
+    assert_eq!(quantities(&merged.body), owned(&[("var-1", 1), ("var-2", 1)]));
+    app.finish().await;
+}
+
 /// A merge the customer's cart refuses (another currency, a checkout under way) adds
 /// nothing and leaves the anonymous cart the visitor's: not frozen as merged.
 #[tokio::test]

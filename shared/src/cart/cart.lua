@@ -22,6 +22,26 @@ local function cart_snapshot(key, status, dropped, pttl, capped)
   return out
 end
 
+-- Whether a merge freezes the cart: merged into a customer's, or claimed by a merge whose
+-- lease (`merging_until`, Redis clock: the claim's time plus the longest a request may
+-- run) has not run out. A claim past its lease belongs to a merge whose request ended
+-- between its steps (a 503, a crash): it is dropped here, and the cart is its visitor's
+-- again (a retry of that merge claims it anew; its customer's cart takes its lines once).
+local function merge_frozen(key, merging, merged)
+  if merged then
+    return true
+  end
+  if not merging then
+    return false
+  end
+  local until_ms = tonumber(redis.call('HGET', key, 'merging_until'))
+  if until_ms and until_ms <= now_ms() then
+    redis.call('HDEL', key, 'merging', 'merging_until')
+    return false
+  end
+  return true
+end
+
 local function create(key, currency, customer, ttl)
   redis.call('HSET', key, 'version', 0, 'currency', currency, 'created', now_ms(), 'lines', 0, 'seq', 0)
   if customer ~= '' then

@@ -2,7 +2,8 @@
 -- Once claimed it refuses changes, so every retry of the merge reads the same lines.
 --
 -- KEYS: anonymous cart, its checkout lock
--- ARGV: customer id
+-- ARGV: customer id, the claim's lease in ms (the longest a request may run: a claim
+--       older than that is no merge's any more, `merge_frozen`)
 -- Replies: cart_snapshot 'CLAIMED' | {'DONE'} (already merged into this customer)
 --        | {'NOT_FOUND'} | {'ELSEWHERE'} (claimed by or merged into another customer)
 local key, customer = KEYS[1], ARGV[1]
@@ -18,8 +19,8 @@ if holder then
   return {'LOCKED', holder}
 end
 local merging = redis.call('HGET', key, 'merging')
-if merging and merging ~= customer then
+if merging and merging ~= customer and merge_frozen(key, merging, nil) then
   return {'ELSEWHERE'}
 end
-redis.call('HSET', key, 'merging', customer)
+redis.call('HSET', key, 'merging', customer, 'merging_until', now_ms() + tonumber(ARGV[2]))
 return cart_snapshot(key, 'CLAIMED')

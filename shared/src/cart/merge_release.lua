@@ -6,6 +6,6 @@
 -- ARGV: customer id
 -- Reply: {'OK'}
 if redis.call('HGET', KEYS[1], 'merging') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'merging')
+  redis.call('HDEL', KEYS[1], 'merging', 'merging_until')
 end
 return {'OK'}

@@ -483,8 +483,13 @@ impl<'a, R: Redis> Carts<'a, R> {
     pub async fn merge(&self, from: &CartId, customer: &CustomerId) -> Result<CartView> {
         let anonymous = CartRef::Session(from.clone());
         let target = CartRef::Customer(customer.clone());
+        let lease = i64::try_from(self.settings.request_timeout_ms).unwrap_or(i64::MAX);
         let claim = self
-            .run(&MERGE_CLAIM, &anonymous, vec![customer.as_str().into()])
+            .run(
+                &MERGE_CLAIM,
+                &anonymous,
+                vec![customer.as_str().into(), RedisArg::Int(lease)],
+            )
             .await?;
         match tag(&claim) {
             "CLAIMED" => {}

@@ -17,7 +17,7 @@ local field = 'q:' .. line
 -- Everything the change decides on, in one read (every cart has a version, except the
 -- mark a merged cart leaves, which has only `merged`).
 local read = redis.call('HMGET', key, 'version', 'merging', 'merged', field, 'lines', 'seq')
-if read[2] or read[3] then
+if merge_frozen(key, read[2], read[3]) then
   return {'MERGED'}
 end
 if not read[1] then

@@ -12,7 +12,7 @@ end
 -- One read of what decides (every cart has a version, except the mark a merged cart
 -- leaves, which has only `merged`).
 local read = redis.call('HMGET', cart, 'version', 'merging', 'merged', 'lines')
-if read[2] or read[3] then
+if merge_frozen(cart, read[2], read[3]) then
   return {'MERGED'}
 end
 if not read[1] then

@@ -662,16 +662,46 @@ impl TestApp {
     }
 
     /// A snapshot of every Redis key and value of the namespace (for "nothing written").
+    /// A hash or a set is taken by its content, sorted: its `DUMP` follows the order of
+    /// its hash table, which a mere read can change (a read advances an incremental
+    /// rehash); any other type by its `DUMP`.
     pub async fn redis_snapshot(&self) -> Vec<(String, Vec<u8>)> {
         let mut redis = self.redis.clone();
         let mut out = Vec::new();
         for key in self.redis_keys().await {
-            let dump: Vec<u8> = redis::cmd("DUMP")
+            let kind: String = redis::cmd("TYPE")
                 .arg(&key)
                 .query_async(&mut redis)
                 .await
                 .unwrap();
-            out.push((key, dump));
+            let content = match kind.as_str() {
+                "hash" | "set" => {
+                    let command = if kind == "hash" { "HGETALL" } else { "SMEMBERS" };
+                    let items: Vec<Vec<u8>> = redis::cmd(command)
+                        .arg(&key)
+                        .query_async(&mut redis)
+                        .await
+                        .unwrap();
+                    let mut entries: Vec<Vec<u8>> = if kind == "hash" {
+                        items.chunks(2).map(|pair| pair.join(&b'\0')).collect()
+                    } else {
+                        items
+                    };
+                    entries.sort();
+                    let mut content = kind.into_bytes();
+                    for entry in entries {
+                        content.push(b'\n');
+                        content.extend(entry);
+                    }
+                    content
+                }
+                _ => redis::cmd("DUMP")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap(),
+            };
+            out.push((key, content));
         }
         out
     }

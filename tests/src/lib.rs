@@ -661,14 +661,34 @@ impl TestApp {
         self.redis.scan(&format!("{}:*", self.key_prefix)).await
     }
 
-    /// A snapshot of every Redis key and value of the namespace (for "nothing written").
-    /// A hash or a set is taken by its content, sorted: its `DUMP` follows the order of
-    /// its hash table, which a mere read can change (a read advances an incremental
-    /// rehash); any other type by its `DUMP`.
+    /// A snapshot of every Redis key and value of the namespace (for "nothing written"),
+    /// each value as its `DUMP` (what `commerce backup` saves).
     pub async fn redis_snapshot(&self) -> Vec<(String, Vec<u8>)> {
         let mut redis = self.redis.clone();
         let mut out = Vec::new();
         for key in self.redis_keys().await {
+            let dump: Vec<u8> = redis::cmd("DUMP")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            out.push((key, dump));
+        }
+        out
+    }
+
+    /// The keys of one store (`":cart:"`, `":inventory:"`, …) and their contents, for
+    /// "nothing written" where a refused request may still read the store: a hash or a set
+    /// is taken by its content, sorted, since its `DUMP` follows the order of its hash
+    /// table, which a mere read can change (a read advances an incremental rehash); any
+    /// other type by its `DUMP`.
+    pub async fn redis_snapshot_of(&self, store: &str) -> Vec<(String, Vec<u8>)> {
+        let mut redis = self.redis.clone();
+        let mut out = Vec::new();
+        for key in self.redis_keys().await {
+            if !key.contains(store) {
+                continue;
+            }
             let kind: String = redis::cmd("TYPE")
                 .arg(&key)
                 .query_async(&mut redis)
@@ -704,13 +724,6 @@ impl TestApp {
             out.push((key, content));
         }
         out
-    }
-
-    /// A snapshot of the keys of one store (`":cart:"`, `":inventory:"`, …) only.
-    pub async fn redis_snapshot_of(&self, store: &str) -> Vec<(String, Vec<u8>)> {
-        let mut all = self.redis_snapshot().await;
-        all.retain(|(k, _)| k.contains(store));
-        all
     }
 
     /// Deletes every Redis key of the namespace (a targeted FLUSHALL).

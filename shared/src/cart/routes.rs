@@ -23,7 +23,7 @@ use crate::app::App;
 use crate::auth;
 use crate::bundle::Bundles;
 use crate::catalog::require_variants;
-use crate::checkout::Checkouts;
+use crate::checkout::{Checkouts, LockHolder};
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, field, object, str_field};
 use crate::idempotency;
@@ -265,22 +265,17 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<CartView>>,
 {
-    match change().await {
-        Err(Error::Conflict {
-            code: ErrorCode::CartLocked,
-            message,
-            details,
-        }) => {
-            let holder = details["sessionId"].as_str().unwrap_or("");
-            if Checkouts::new(app).free_lock_of_ended(holder).await? {
-                return change().await;
-            }
-            Err(Error::Conflict {
-                code: ErrorCode::CartLocked,
-                message,
-                details,
-            })
+    let changed = change().await;
+    if let Err(Error::Conflict {
+        code: ErrorCode::CartLocked,
+        details,
+        ..
+    }) = &changed
+    {
+        let holder = details["sessionId"].as_str().unwrap_or("");
+        if Checkouts::new(app).meet_lock_holder(holder).await? == LockHolder::Ended {
+            return change().await;
         }
-        other => other,
     }
+    changed
 }

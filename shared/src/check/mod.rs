@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::cart::Carts;
-use crate::checkout::{Checkouts, paid};
+use crate::checkout::{Checkouts, LockHolder, paid};
 use crate::error::{Error, Result};
 use crate::ids::{Holder, Quantity, SessionId, VariantId};
 use crate::inventory::{Inventory, Level};
@@ -517,7 +517,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         // The session may have ended (cancelled, paid into an order) between the reads
         // above and the repairs, its ending releasing what it held before the repair took
         // it again: read once more, an ended session gives back what the repair took.
-        if took && Checkouts::new(self.app).free_lock_of_ended(id).await? {
+        if took && Checkouts::new(self.app).meet_lock_holder(id).await? == LockHolder::Ended {
             let variants: Vec<VariantId> = demand.into_iter().map(|(v, _)| v).collect();
             self.inventory().release(&holder, &variants).await?;
         }

@@ -68,6 +68,18 @@ ORDER BY holds_deadline_ms LIMIT $3";
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// What [`Checkouts::meet_lock_holder`] found of the session keeping a cart's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockHolder {
+    /// It is over, and its lock is released: the caller may try the cart again.
+    Ended,
+    /// It is live (or the lock does not name a session): it keeps the lock.
+    Live,
+    /// Neither Redis nor PostgreSQL knows it: a start that crashed before creating it, or
+    /// a Redis that lost it but kept the lock.
+    Unknown,
+}
+
 /// The checkout store over an app's ports.
 pub struct Checkouts<'a, R, S, H> {
     app: &'a App<R, S, H>,
@@ -97,7 +109,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// How long a new session's cart lock lasts: as long as its holds (its deadline and the
     /// grace period), so a call that meets the cart after the deadline meets the session
-    /// and expires it ([`Self::free_lock_of_ended`]), rather than a second checkout holding
+    /// and expires it ([`Self::meet_lock_holder`]), rather than a second checkout holding
     /// the same units again while the first one's holds live on.
     fn lock_life_ms(&self) -> i64 {
         self.lock_ttl_ms() + self.grace_ms()
@@ -198,26 +210,24 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         ))
     }
 
-    /// Releases the cart lock `holder` keeps if that session is over, as any call that
-    /// meets it finds it: one past its deadline before payment expires now (freeing its
-    /// holds and cancelling its intent, as a read would), one already ended gives back a
-    /// lock a crash may have left. `true`: the lock is free of it (owner-checked), so the
-    /// caller may try again. A live session, or one neither Redis nor PostgreSQL knows,
-    /// keeps it.
-    pub(crate) async fn free_lock_of_ended(&self, holder: &str) -> Result<bool> {
+    /// Meets the session `holder` that keeps a cart's lock, as any call that meets it
+    /// does: one past its deadline before payment expires now (freeing its holds and
+    /// cancelling its intent, as a read would), and one that is over (so, or already)
+    /// gives back its lock (owner-checked), which a crash may have left.
+    pub(crate) async fn meet_lock_holder(&self, holder: &str) -> Result<LockHolder> {
         let Ok(id) = SessionId::parse(holder) else {
-            return Ok(false);
+            return Ok(LockHolder::Live);
         };
         let session = match self.load(&id).await {
             Ok(session) => session,
-            Err(Error::NotFound { .. }) => return Ok(false),
+            Err(Error::NotFound { .. }) => return Ok(LockHolder::Unknown),
             Err(other) => return Err(other),
         };
         if !session.state.is_terminal() {
-            return Ok(false);
+            return Ok(LockHolder::Live);
         }
         self.unlock(&self.carts().lock_key(&session.cart), holder).await?;
-        Ok(true)
+        Ok(LockHolder::Ended)
     }
 
     /// Ends the sessions waiting for a payment whose deadline passed with no call meeting

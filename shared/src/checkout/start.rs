@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::session::{SessionView, cart_ref_text, parse_session};
-use super::{Checkouts, KEEP_MS};
+use super::{Checkouts, KEEP_MS, LockHolder};
 use crate::bundle::Bundles;
 use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
@@ -105,12 +105,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 // A holder past its deadline expires now and frees the cart; one that is
                 // gone for good gives it up (owner-checked: a holder that came back
                 // meanwhile keeps its lock). Either way the lock is tried once more.
-                if self.free_lock_of_ended(holder).await? {
-                    taken_over = true;
-                    continue;
-                }
-                if self.lock_is_abandoned(&lock_key, holder).await? {
-                    self.unlock(&lock_key, holder).await?;
+                let freed = match self.meet_lock_holder(holder).await? {
+                    LockHolder::Ended => true,
+                    LockHolder::Unknown if self.no_request_can_hold(&lock_key).await? => {
+                        self.unlock(&lock_key, holder).await?;
+                        true
+                    }
+                    _ => false,
+                };
+                if freed {
                     taken_over = true;
                     continue;
                 }
@@ -160,27 +163,16 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
     }
 
-    /// Whether a cart's lock names a session that is gone for good, so that the cart would
-    /// otherwise stay locked until the lock's time to live ends: neither Redis nor PostgreSQL
-    /// knows the session (a start that crashed before creating it, or a Redis that lost it
-    /// but kept the lock), and the lock is older than any request may run, so no start that
-    /// took it can still be creating it.
-    async fn lock_is_abandoned(&self, lock_key: &str, holder: &str) -> Result<bool> {
-        let Ok(holder) = SessionId::parse(holder) else {
-            return Ok(false);
-        };
+    /// Whether a cart's lock whose session neither Redis nor PostgreSQL knows is gone for
+    /// good, so that the cart would otherwise stay locked until the lock's time to live
+    /// ends: the lock is older than any request may run, so no start that took it can
+    /// still be creating its session.
+    async fn no_request_can_hold(&self, lock_key: &str) -> Result<bool> {
         let ttl = self.app.redis.execute("PTTL", vec![lock_key.into()]).await?;
         let left = ttl.first().and_then(RedisReply::as_int).unwrap_or(-2);
         let age = self.lock_life_ms() - left;
         let request_timeout = i64::try_from(self.app.settings.request_timeout_ms).unwrap_or(i64::MAX);
-        if left < 0 || age <= request_timeout {
-            return Ok(false);
-        }
-        match self.load(&holder).await {
-            Err(Error::NotFound { .. }) => Ok(true),
-            Ok(_) => Ok(false),
-            Err(other) => Err(other),
-        }
+        Ok(left >= 0 && age > request_timeout)
     }
 
     async fn freeze_and_hold(

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::catalog;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::{Holder, Quantity, VariantId};
+use crate::ids::{Holder, Quantity, SessionId, VariantId};
 use crate::keys::{Keys, VariantKeys};
 use crate::metrics::{self, Cache, Event};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
@@ -261,8 +261,8 @@ pub(crate) struct Level {
     pub(crate) version: i64,
     /// The per-order purchase limit; `None`: no limit.
     pub(crate) max_per_order: Option<i64>,
-    /// `(holder name, quantity, deadline ms)` of live paid checkout sessions.
-    holds: Vec<(String, i64, i64)>,
+    /// `(session, quantity, deadline ms)` of live paid checkout sessions.
+    holds: Vec<(SessionId, i64, i64)>,
 }
 
 /// What a reconcile did.
@@ -815,13 +815,14 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// again after the load finds every such session. One query, and only when the load
     /// carried session holds.
     async fn release_ended_holders(&self, levels: &[Level]) -> Result<()> {
-        let mut sessions: std::collections::BTreeMap<&str, Vec<VariantId>> =
+        let mut sessions: std::collections::BTreeMap<&str, (&SessionId, Vec<VariantId>)> =
             std::collections::BTreeMap::new();
         for level in levels {
-            for (holder, _, _) in &level.holds {
-                if let Some(session) = holder.strip_prefix("checkout:") {
-                    sessions.entry(session).or_default().push(level.variant.clone());
-                }
+            for (session, _, _) in &level.holds {
+                let (_, variants) = sessions
+                    .entry(session.as_str())
+                    .or_insert_with(|| (session, Vec::new()));
+                variants.push(level.variant.clone());
             }
         }
         if sessions.is_empty() {
@@ -830,13 +831,15 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         let ids = sessions.keys().map(|s| (*s).to_owned()).collect();
         let rows = self.sql.query(ENDED_OF, &[SqlValue::TextArray(ids)]).await?;
         for row in rows {
-            let Some(id) = row.first().and_then(SqlValue::as_text) else {
+            let Some((session, variants)) = row
+                .first()
+                .and_then(SqlValue::as_text)
+                .and_then(|id| sessions.get(id))
+            else {
                 continue;
             };
-            let (Some(variants), Ok(session)) = (sessions.get(id), crate::ids::SessionId::parse(id)) else {
-                continue;
-            };
-            self.release(&Holder::Checkout(session), variants).await?;
+            self.release(&Holder::Checkout((*session).clone()), variants)
+                .await?;
         }
         Ok(())
     }
@@ -851,8 +854,8 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             args.push(RedisArg::Int(level.version));
             args.push(RedisArg::Int(level.max_per_order.unwrap_or(0)));
             args.push(RedisArg::Int(level.holds.len() as i64));
-            for (holder, quantity, deadline) in &level.holds {
-                args.push(holder.as_str().into());
+            for (session, quantity, deadline) in &level.holds {
+                args.push(Holder::Checkout(session.clone()).to_string().into());
                 args.push(RedisArg::Int(*quantity));
                 args.push(RedisArg::Int(*deadline));
             }
@@ -891,8 +894,8 @@ fn parse_levels(rows: &[Vec<SqlValue>]) -> Result<Vec<Level>> {
             let holds = holds
                 .into_iter()
                 .map(|(session, quantity, deadline)| {
-                    let session = crate::ids::SessionId::parse(&session).map_err(|_| bad())?;
-                    Ok((Holder::Checkout(session).to_string(), quantity, deadline))
+                    let session = SessionId::parse(&session).map_err(|_| bad())?;
+                    Ok((session, quantity, deadline))
                 })
                 .collect::<Result<_>>()?;
             let max_per_order = match row.get(4) {

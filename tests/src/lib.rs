@@ -180,6 +180,11 @@ pub fn commerce_binary() -> std::path::PathBuf {
     binary
 }
 
+/// The `DUMP` of `key`.
+async fn dump(redis: &mut TestRedis, key: &str) -> Vec<u8> {
+    redis::cmd("DUMP").arg(key).query_async(redis).await.unwrap()
+}
+
 fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
 }
@@ -635,6 +640,15 @@ impl TestApp {
         self.keys().checkout_session(&session_id(session))
     }
 
+    /// The state Redis holds for the checkout session `session`, read without meeting it
+    /// (an API read would expire it if due); `None` if Redis has no such session.
+    pub async fn stored_state(&self, session: &str) -> Option<String> {
+        let mut redis = self.redis.clone();
+        redis::AsyncCommands::hget(&mut redis, self.session_key(session), "state")
+            .await
+            .unwrap()
+    }
+
     /// The key of the anonymous cart `cart` (a hash).
     pub fn cart_key(&self, cart: &str) -> String {
         self.keys().cart_session(&cart_id(cart))
@@ -667,11 +681,7 @@ impl TestApp {
         let mut redis = self.redis.clone();
         let mut out = Vec::new();
         for key in self.redis_keys().await {
-            let dump: Vec<u8> = redis::cmd("DUMP")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
+            let dump = dump(&mut redis, &key).await;
             out.push((key, dump));
         }
         out
@@ -715,11 +725,7 @@ impl TestApp {
                     }
                     content
                 }
-                _ => redis::cmd("DUMP")
-                    .arg(&key)
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap(),
+                _ => dump(&mut redis, &key).await,
             };
             out.push((key, content));
         }

@@ -197,12 +197,11 @@ async fn a_paid_session_redis_lost_is_reported_and_put_back() {
     // session's holds back with it, so they are not missing.
     assert_eq!(repaired.body["ok"], true, "{repaired:?}");
     assert_eq!(check(&app).await.body["ok"], true);
+    assert_eq!(
+        app.stored_state(&paying.session).await.as_deref(),
+        Some("PAYMENT_PENDING")
+    );
     let mut redis = app.redis.clone();
-    let state: Option<String> = redis
-        .hget(app.session_key(&paying.session), "state")
-        .await
-        .unwrap();
-    assert_eq!(state.as_deref(), Some("PAYMENT_PENDING"));
     let lock: Option<String> = redis.get(app.cart_lock_key(&paying.cart)).await.unwrap();
     assert_eq!(lock.as_deref(), Some(paying.session.as_str()));
     assert_eq!(app.sellable("var-1").await, 98, "its holds count again");

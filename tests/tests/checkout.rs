@@ -511,7 +511,6 @@ async fn the_next_call_on_a_cart_expires_its_session_past_the_deadline() {
             .set("checkout_session_ttl_seconds", "1")
     })
     .await;
-    let mut redis = app.redis.clone();
     let past_the_deadline = || tokio::time::sleep(Duration::from_millis(1300));
 
     // Without a payment intent: the cart's next checkout.
@@ -519,8 +518,7 @@ async fn the_next_call_on_a_cart_expires_its_session_past_the_deadline() {
     let first = app.checkout(&cart, "k-met-1").await;
     past_the_deadline().await;
     let second = app.checkout(&cart, "k-met-2").await;
-    let state: String = redis.hget(app.session_key(&first), "state").await.unwrap();
-    assert_eq!(state, "EXPIRED");
+    assert_eq!(app.stored_state(&first).await.as_deref(), Some("EXPIRED"));
     assert_eq!(
         app.get("/v1/inventory/var-1").await.body["reserved"],
         5,
@@ -535,11 +533,10 @@ async fn the_next_call_on_a_cart_expires_its_session_past_the_deadline() {
         .post(&format!("/v1/carts/{}/items", paying.cart), unit("var-1", 1))
         .await;
     assert_eq!(added.status, 200, "{added:?}");
-    let state: String = redis
-        .hget(app.session_key(&paying.session), "state")
-        .await
-        .unwrap();
-    assert_eq!(state, "EXPIRED");
+    assert_eq!(
+        app.stored_state(&paying.session).await.as_deref(),
+        Some("EXPIRED")
+    );
     assert_eq!(app.sellable("var-2").await, 100);
     // Its intent's cancellation is owed through the outbox: sent at once natively; on Spin
     // the cart component cannot reach the gateway, and a drain sends it once it is due
@@ -585,8 +582,7 @@ async fn the_next_call_on_a_cart_expires_its_session_past_the_deadline() {
         .start_checkout_as(json!({ "customerId": "zoe" }), "k-met-5", zoe)
         .await;
     assert_eq!(again.status, 201, "{again:?}");
-    let state: String = redis.hget(app.session_key(&waiting), "state").await.unwrap();
-    assert_eq!(state, "EXPIRED");
+    assert_eq!(app.stored_state(&waiting).await.as_deref(), Some("EXPIRED"));
     assert_eq!(
         app.get("/v1/inventory/var-2").await.body["reserved"],
         2,

@@ -474,11 +474,10 @@ async fn commerce_serve_ends_overdue_sessions_on_its_own() {
 async fn assert_abandoned_session_ended(app: &TestApp, gateway: &FakeGateway, paying: &Paying) {
     use redis::AsyncCommands;
     let mut redis = app.redis.clone();
-    let state: String = redis
-        .hget(app.session_key(&paying.session), "state")
-        .await
-        .unwrap();
-    assert_eq!(state, "EXPIRED");
+    assert_eq!(
+        app.stored_state(&paying.session).await.as_deref(),
+        Some("EXPIRED")
+    );
     let held: Option<i64> = redis
         .hget(
             app.variant_keys("var-1").hold_qty,

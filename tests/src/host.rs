@@ -92,6 +92,10 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "the connection limits are commerce serve's own; on Spin the host accepts connections",
     ),
     (
+        "no_connection_is_cut_at_thirty_seconds_when_the_idle_timeout_is_longer",
+        "http_idle_timeout_ms is commerce serve's own; on Spin the host keeps or closes idle connections (README, Running on Spin)",
+    ),
+    (
         "the_server_lifts_its_open_file_limit_to_the_hard_limit",
         "the connection limits are commerce serve's own; on Spin the host accepts connections",
     ),

@@ -9,10 +9,11 @@
 //! group: `spin up` runs the trigger as a child of its own) when the test's app is dropped.
 //! With warm Wasmtime caches (Spin's default), a `spin up` answers within about 0.2 s.
 
+use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use commerce_core::ports::Config;
@@ -247,7 +248,8 @@ impl SpinProcess {
         let log = dir.join(format!("{name}.log"));
         let started = Instant::now();
         for _ in 0..5 {
-            let listen = format!("127.0.0.1:{}", free_port());
+            let port = free_port();
+            let listen = format!("127.0.0.1:{port}");
             let out = std::fs::File::create(&log).expect("the spin log can be created");
             let mut command = Command::new("bash");
             for (key, _) in std::env::vars_os() {
@@ -289,7 +291,7 @@ impl SpinProcess {
                 log: log.clone(),
                 started_in: Duration::ZERO,
             };
-            if process.wait_until_serving(&listen).await {
+            if process.wait_until_serving(port).await {
                 process.started_in = started.elapsed();
                 return (process, format!("http://{listen}"));
             }
@@ -302,8 +304,8 @@ impl SpinProcess {
         panic!("spin up found no free port in 5 tries");
     }
 
-    /// Waits until it answers on `listen`; false if it ended first.
-    async fn wait_until_serving(&mut self, listen: &str) -> bool {
+    /// Waits until it answers on 127.0.0.1:`port`; false if it ended first.
+    async fn wait_until_serving(&mut self, port: u16) -> bool {
         let deadline = Instant::now() + Duration::from_secs(120);
         let client = reqwest::Client::new();
         while Instant::now() < deadline {
@@ -311,13 +313,15 @@ impl SpinProcess {
                 return false;
             }
             // Spin answers a path no component serves with 404 once every component is
-            // loaded and it listens.
+            // loaded and it listens. The listener must be this host's: a server that took
+            // the port first answers too, while this one is about to fail to bind.
             if client
-                .get(format!("http://{listen}/"))
+                .get(format!("http://127.0.0.1:{port}/"))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await
                 .is_ok()
+                && listens_on(port, &process_group(self.pid()))
             {
                 return true;
             }
@@ -344,12 +348,72 @@ impl Drop for SpinProcess {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, and that this process has not handed
+/// out before: two tests starting servers at once never pick the same one (a server killed
+/// and started again on its port keeps it). A listener bound to port 0 elsewhere, or another
+/// process, may still take it before the server binds: a server's start therefore checks
+/// that the listener answering is its own ([`listens_on`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port on 127.0.0.1")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port on 127.0.0.1");
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+    panic!("no port on 127.0.0.1 that this process has not handed out already")
+}
+
+/// Whether one of `pids` holds the socket listening on 127.0.0.1:`port` (read from
+/// `/proc`): a server that found its port taken must not take the answers of whoever took
+/// it for its own.
+pub fn listens_on(port: u16, pids: &[u32]) -> bool {
+    let Some(inode) = listening_inode(port) else {
+        return false;
+    };
+    let socket = format!("socket:[{inode}]");
+    pids.iter().any(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == socket.as_str()))
+    })
+}
+
+/// The inode of the socket listening on 127.0.0.1:`port` (or on every address), from
+/// `/proc/net/tcp`.
+fn listening_inode(port: u16) -> Option<String> {
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let wanted = [format!("0100007F:{port:04X}"), format!("00000000:{port:04X}")];
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+        (wanted.iter().any(|w| w == local) && *state == LISTEN).then(|| (*inode).to_owned())
+    })
+}
+
+/// The processes of process group `group`.
+pub fn process_group(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok())
+                    == Some(group)
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -370,6 +434,40 @@ mod tests {
                 dir.display()
             );
         }
+    }
+
+    #[test]
+    fn a_listener_is_known_by_the_process_that_holds_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = std::process::id();
+        assert!(listens_on(port, &[me]));
+        // Another process (which inherits no socket: Rust opens them close-on-exec) does
+        // not hold it, and a port nobody listens on is nobody's.
+        let mut other = Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(!listens_on(port, &[other.id()]));
+        let _ = other.kill();
+        let _ = other.wait();
+        drop(listener);
+        assert!(!listens_on(port, &[me]));
+        // `cargo test` runs this process in a group whose members /proc names.
+        let group = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let group: u32 = group
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(process_group(group).contains(&me));
+    }
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: BTreeSet<u16> = (0..200).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 200);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{free_port, scratch_dir, signal};
+use crate::host::listens_on;
 
 /// What a [`RedisProcess`] keeps across a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +142,8 @@ impl RedisProcess {
                     self.dir.join("redis.log").display()
                 );
             }
-            if self.answers().await {
+            // Its own answer, not that of a server that took the port first.
+            if self.answers().await && listens_on(self.port, &[self.pid()]) {
                 return;
             }
             assert!(

@@ -10,6 +10,7 @@ use commerce_core::Settings;
 
 use super::{free_port, scratch_dir};
 use crate::TestApp;
+use crate::host::listens_on;
 
 /// The `COMMERCE_*` environment that configures `commerce` like `settings` (the settings
 /// of a [`TestApp`]: its Redis, its PostgreSQL schema, its key prefix, secrets, gateway,
@@ -202,9 +203,11 @@ impl ServeProcess {
                     std::fs::read_to_string(self.log()).unwrap_or_default()
                 );
             }
+            // Its own listener, not one that took the port first.
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
+                && self.pid().is_some_and(|pid| listens_on(self.port, &[pid]))
             {
                 return;
             }

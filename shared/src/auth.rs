@@ -25,14 +25,41 @@ pub struct Customer {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    /// Extensions the issuer says must be understood (RFC 7515 §4.1.11): this server
+    /// understands none, so a token naming any is refused. Read as any JSON, so that a
+    /// `crit` of any form (even `null`) is seen.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+/// Whether a field is there, whatever its value.
+fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(field).map(|_| true)
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
     group: Option<String>,
-    exp: Option<i64>,
-    nbf: Option<i64>,
+    exp: Option<NumericDate>,
+    nbf: Option<NumericDate>,
+}
+
+/// A JWT time (RFC 7519 §2, NumericDate): seconds since the epoch, which may have a
+/// fraction. Held as the first whole second at or after it: with the clock read in whole
+/// seconds, "now ≥ 2000.5" and "now ≥ 2001" are the same test, and so are "now < 2000.5"
+/// and "now < 2001". Past the range of i64 it stays at the end of the range.
+#[derive(Clone, Copy)]
+struct NumericDate(i64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: serde::Deserializer<'de>>(value: D) -> Result<Self, D::Error> {
+        let number = serde_json::Number::deserialize(value)?;
+        // `as` saturates at the ends of i64 (JSON has no NaN or infinity).
+        Ok(Self(number.as_i64().unwrap_or_else(|| {
+            number.as_f64().map_or(i64::MAX, |seconds| seconds.ceil() as i64)
+        })))
+    }
 }
 
 /// A JWT part read as what it must be, a JSON object (RFC 7519 §7.2): serde would also
@@ -101,6 +128,11 @@ pub fn verify(authorization: Option<&str>, secret: &str, at: TokenTime) -> Resul
     if header.alg != "HS256" {
         return Err(unauthorized("only HS256 tokens are accepted"));
     }
+    if header.crit {
+        return Err(unauthorized(
+            "the token names critical extensions (crit), which this server does not understand",
+        ));
+    }
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| unauthorized("bad secret"))?;
     mac.update(&token.as_bytes()[..header_and_payload_len(token)]);
@@ -109,7 +141,7 @@ pub fn verify(authorization: Option<&str>, secret: &str, at: TokenTime) -> Resul
         .map_err(|_| unauthorized("the token signature is invalid"))?;
     let claims: Claims =
         json_object(&decode(payload)?).ok_or_else(|| unauthorized("the token claims are malformed"))?;
-    let Some(exp) = claims.exp else {
+    let Some(NumericDate(exp)) = claims.exp else {
         return Err(unauthorized("the token has no expiry (exp)"));
     };
     if at.now_s >= exp.saturating_add(at.leeway_s) {
@@ -117,7 +149,7 @@ pub fn verify(authorization: Option<&str>, secret: &str, at: TokenTime) -> Resul
     }
     if claims
         .nbf
-        .is_some_and(|nbf| at.now_s.saturating_add(at.leeway_s) < nbf)
+        .is_some_and(|NumericDate(nbf)| at.now_s.saturating_add(at.leeway_s) < nbf)
     {
         return Err(unauthorized("the token is not valid yet"));
     }
@@ -150,7 +182,12 @@ fn header_and_payload_len(token: &str) -> usize {
 
 /// Signs claims as an HS256 JWT (tests, demo tooling).
 pub fn sign(claims: &serde_json::Value, secret: &str) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    sign_with_header(&serde_json::json!({"alg": "HS256", "typ": "JWT"}), claims, secret)
+}
+
+/// Signs claims with HMAC-SHA256 under any header (tests of what the header may say).
+pub fn sign_with_header(header: &serde_json::Value, claims: &serde_json::Value, secret: &str) -> String {
+    let header = URL_SAFE_NO_PAD.encode(header.to_string());
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signing_input = format!("{header}.{payload}");
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
@@ -289,6 +326,54 @@ mod tests {
             verify(Some(&bearer(&late)), SECRET, at).unwrap_err().status(),
             401
         );
+    }
+
+    #[test]
+    fn times_may_have_a_fraction() {
+        let token = sign(&json!({"sub": "cust-1", "exp": 1000.5, "nbf": 900.25}), SECRET);
+        for now in [901, 1000] {
+            assert!(
+                verify(Some(&bearer(&token)), SECRET, TokenTime::exact(now)).is_ok(),
+                "{now}"
+            );
+        }
+        for now in [900, 1001] {
+            let refused = verify(Some(&bearer(&token)), SECRET, TokenTime::exact(now)).unwrap_err();
+            assert_eq!(refused.status(), 401, "{now}");
+        }
+        // Beyond i64 either way: never expires, never valid yet.
+        let endless = sign(&json!({"sub": "cust-1", "exp": 1e300}), SECRET);
+        assert!(verify(Some(&bearer(&endless)), SECRET, TokenTime::exact(1000)).is_ok());
+        let never = sign(&json!({"sub": "cust-1", "exp": 2000, "nbf": 1e300}), SECRET);
+        assert_eq!(
+            verify(Some(&bearer(&never)), SECRET, TokenTime::exact(1000))
+                .unwrap_err()
+                .status(),
+            401
+        );
+        // A time that is not a number is a malformed token.
+        let text = sign(&json!({"sub": "cust-1", "exp": "2000"}), SECRET);
+        assert_eq!(
+            verify(Some(&bearer(&text)), SECRET, TokenTime::exact(1000))
+                .unwrap_err()
+                .status(),
+            401
+        );
+    }
+
+    #[test]
+    fn a_token_naming_critical_extensions_is_refused() {
+        let claims = json!({"sub": "cust-1", "exp": 2000});
+        for header in [
+            json!({"alg": "HS256", "crit": ["exp"]}),
+            json!({"alg": "HS256", "crit": ["b64"], "b64": false}),
+            json!({"alg": "HS256", "crit": null}),
+            json!({"alg": "HS256", "crit": []}),
+        ] {
+            let token = sign_with_header(&header, &claims, SECRET);
+            let refused = verify(Some(&bearer(&token)), SECRET, TokenTime::exact(1000)).unwrap_err();
+            assert_eq!(refused.status(), 401, "{token}");
+        }
     }
 
     #[test]

@@ -39,7 +39,17 @@ pub async fn handle<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request,
 
 /// Answers one request without measuring or logging it: for a host that wraps the
 /// [`Exchange`] around more than the routing (the native server's deadline and body read).
-pub async fn dispatch<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: Request, scope: Scope) -> Response {
+///
+/// `HEAD` is answered as `GET` (RFC 9110 §9.3.2): the same status and headers, and the
+/// body, which both hosts (hyper) leave off the wire for a `HEAD`.
+pub async fn dispatch<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    mut req: Request,
+    scope: Scope,
+) -> Response {
+    if req.method == "HEAD" {
+        req.method = "GET".into();
+    }
     let path = req.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let in_scope = |s: Scope| scope == Scope::All || scope == s;

@@ -163,6 +163,9 @@ pub fn allowed_methods(path: &str) -> Vec<&'static str> {
         .filter(|(literals, _)| Some(*literals) == best)
         .map(|(_, method)| method)
         .collect();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
     methods.sort_unstable();
     methods.dedup();
     methods
@@ -265,10 +268,10 @@ mod tests {
     #[test]
     fn a_405_names_the_methods_of_the_most_specific_route() {
         assert_eq!(allowed_methods("/v1/inventory/availability"), ["POST"]);
-        assert_eq!(allowed_methods("/v1/inventory/var-1"), ["GET"]);
+        assert_eq!(allowed_methods("/v1/inventory/var-1"), ["GET", "HEAD"]);
         assert_eq!(allowed_methods("/v1/admin/inventory/reconcile"), ["POST"]);
         assert_eq!(allowed_methods("/v1/carts/c1/items/l1"), ["DELETE", "PATCH"]);
-        assert_eq!(allowed_methods("/health/"), ["GET"]);
+        assert_eq!(allowed_methods("/health/"), ["GET", "HEAD"]);
         assert!(allowed_methods("/nowhere").is_empty());
     }
 

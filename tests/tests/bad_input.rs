@@ -389,7 +389,7 @@ async fn routes_answer_at_their_edges_as_the_contract_says() {
     // Method names are case-sensitive (RFC 9110 §9.1): `get` and `post` are no GET and POST,
     // on either host, and a lower-case POST creates nothing.
     for (method, path, allow) in [
-        ("get", "/v1/inventory/var-1", "GET"),
+        ("get", "/v1/inventory/var-1", "GET, HEAD"),
         ("post", "/v1/carts", "POST"),
     ] {
         let before = app.redis_snapshot().await;
@@ -417,6 +417,68 @@ async fn routes_answer_at_their_edges_as_the_contract_says() {
             "{method} {path} wrote to Redis"
         );
     }
+
+    // HEAD is GET without the body (RFC 9110 §9.3.2): the same status and headers; a
+    // route without GET refuses it as any other method.
+    for path in ["/v1/inventory/var-1", "/health", "/v1/inventory/no-such-variant"] {
+        let get = app.http.get(format!("{}{path}", app.base)).send().await.unwrap();
+        let head = app.http.head(format!("{}{path}", app.base)).send().await.unwrap();
+        assert_eq!(head.status(), get.status(), "HEAD {path}");
+        for header in ["content-type", "content-length"] {
+            assert_eq!(
+                head.headers().get(header),
+                get.headers().get(header),
+                "HEAD {path}: {header}"
+            );
+        }
+        assert!(!get.bytes().await.unwrap().is_empty(), "GET {path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path} has a body");
+    }
+    // Nothing of the body goes on the wire: the next answer on the connection follows the
+    // head at once.
+    let mut wire = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut wire,
+        b"HEAD /health HTTP/1.1\r\nHost: t\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answers = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_string(&mut wire, &mut answers),
+    )
+    .await
+    .expect("both answers within 10 s")
+    .unwrap();
+    let (head, rest) = answers.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{answers}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200"),
+        "the HEAD answer had a body: {answers}"
+    );
+
+    let before = app.redis_snapshot().await;
+    let head = app
+        .http
+        .head(format!("{}/v1/carts", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            head.status().as_u16(),
+            head.headers().get("allow").map(|v| v.to_str().unwrap())
+        ),
+        (405, Some("POST"))
+    );
+    assert_eq!(
+        app.redis_snapshot().await,
+        before,
+        "HEAD /v1/carts wrote to Redis"
+    );
 
     // A 401 says which scheme would do (RFC 7235): every credential here is a bearer token.
     let unauthorized = app

@@ -193,10 +193,16 @@ async fn customer_carts_need_the_customers_own_token() {
     let path = "/v1/customers/alice/cart";
     let expired = commerce_core::auth::sign(&json!({"sub": "alice", "exp": 1}), commerce_tests::JWT_SECRET);
     let foreign = commerce_core::auth::sign(&json!({"sub": "alice"}), "not-our-secret");
+    let critical = commerce_core::auth::sign_with_header(
+        &json!({"alg": "HS256", "crit": ["exp"]}),
+        &json!({"sub": "alice", "exp": commerce_core::auth::now_s() + 3600}),
+        commerce_tests::JWT_SECRET,
+    );
     for (auth, status) in [
         (None, 401),
         (Some(format!("Bearer {expired}")), 401),
         (Some(format!("Bearer {foreign}")), 401),
+        (Some(format!("Bearer {critical}")), 401),
         (Some("Bearer garbage".to_owned()), 401),
         (Some(bearer("bob")), 403),
     ] {
@@ -215,6 +221,21 @@ async fn customer_carts_need_the_customers_own_token() {
             .all(|k| !k.contains("cart:customer")),
         "a refused call wrote"
     );
+
+    // A time with a fraction of a second is a time (RFC 7519 NumericDate).
+    let fractional = commerce_core::auth::sign(
+        &json!({"sub": "alice", "exp": commerce_core::auth::now_s() as f64 + 3600.5}),
+        commerce_tests::JWT_SECRET,
+    );
+    let read = app
+        .call_with(
+            "GET",
+            path,
+            None,
+            &[("authorization", &format!("Bearer {fractional}"))],
+        )
+        .await;
+    assert_eq!(read.status, 200, "{read:?}");
 
     let alice = bearer("alice");
     let auth = [("authorization", alice.as_str())];

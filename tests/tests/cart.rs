@@ -714,5 +714,11 @@ async fn a_merge_caps_quantities_and_drops_the_lines_beyond_the_line_limit() {
         json!([line_of("var-1")]),
         "{merged:?}"
     );
+    // A retry (its first answer lost) answers the same, and adds nothing.
+    let again = merge(&app, "dora", &cart).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    for field in ["lines", "droppedLineIds", "cappedLineIds", "version"] {
+        assert_eq!(again.body[field], merged.body[field], "{field}: {again:?}");
+    }
     app.finish().await;
 }

@@ -22,6 +22,22 @@ local function cart_snapshot(key, status, dropped, pttl, capped)
   return out
 end
 
+-- The lines a merge of anonymous cart `from` into this customer's cart dropped and capped,
+-- as its marker `m:<from>` keeps them (`dropped ids|capped ids`, comma-separated; an older
+-- marker, `1`, kept none), so that a retry answers what the merge answered.
+local function merge_outcome(key, from)
+  local kept = redis.call('HGET', key, 'm:' .. from) or ''
+  local dropped, capped = string.match(kept, '^([^|]*)|(.*)$')
+  local function ids(text)
+    local out = {}
+    for id in string.gmatch(text or '', '[^,]+') do
+      out[#out + 1] = id
+    end
+    return out
+  end
+  return ids(dropped), ids(capped)
+end
+
 -- Whether a merge freezes the cart: merged into a customer's, or claimed by a merge whose
 -- lease (`merging_until`, Redis clock: the claim's time plus the longest a request may
 -- run) has not run out. A claim past its lease belongs to a merge whose request ended

@@ -1,5 +1,6 @@
 -- Merge, step 2 of 3, on the customer's cart: add the claimed lines, once. The marker
--- `m:<anonymous cart>` is set in the same script, so a replayed or raced merge adds nothing.
+-- `m:<anonymous cart>` is set in the same script, so a replayed or raced merge adds nothing;
+-- it keeps the lines dropped and capped, which a replay answers again.
 --
 -- KEYS: customer's cart, its checkout lock
 -- ARGV: anonymous cart id, currency, ttl_ms, max lines, max quantity, customer id,
@@ -15,7 +16,8 @@ if redis.call('EXISTS', key) == 0 then
   create(key, currency, ARGV[6], ttl)
 end
 if redis.call('HEXISTS', key, 'm:' .. from) == 1 then
-  return cart_snapshot(key, 'OK')
+  local dropped, capped = merge_outcome(key, from)
+  return cart_snapshot(key, 'OK', dropped, nil, capped)
 end
 local holder = redis.call('GET', KEYS[2])
 if holder then
@@ -41,7 +43,7 @@ for i = 7, #ARGV, 3 do
     dropped[#dropped + 1] = line
   end
 end
-redis.call('HSET', key, 'm:' .. from, 1)
+redis.call('HSET', key, 'm:' .. from, table.concat(dropped, ',') .. '|' .. table.concat(capped, ','))
 redis.call('HINCRBY', key, 'version', 1)
 redis.call('PEXPIRE', key, ttl)
 return cart_snapshot(key, 'OK', dropped, nil, capped)

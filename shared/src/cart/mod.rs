@@ -295,7 +295,14 @@ impl<'a, R: Redis> Carts<'a, R> {
     /// Reads a cart, its lines decoded (what pricing and checkout read too). A customer
     /// without a cart has an empty one (version 0).
     pub async fn get(&self, cart: &CartRef) -> Result<CartView> {
-        let reply = self.run(&GET, cart, Vec::new()).await?;
+        self.read(cart, None).await
+    }
+
+    /// [`Self::get`]; with `merged_from`, an anonymous cart merged into this customer's
+    /// cart, the view also names the lines that merge dropped and capped.
+    async fn read(&self, cart: &CartRef, merged_from: Option<&CartId>) -> Result<CartView> {
+        let args = merged_from.map(|from| from.as_str().into()).into_iter().collect();
+        let reply = self.run(&GET, cart, args).await?;
         match (tag(&reply), cart) {
             ("OK", _) => decode(cart, &reply),
             ("NOT_FOUND", CartRef::Customer(customer)) => Ok(CartView {
@@ -494,7 +501,8 @@ impl<'a, R: Redis> Carts<'a, R> {
         match tag(&claim) {
             "CLAIMED" => {}
             "LOCKED" => return Err(cart_locked(&claim)),
-            "DONE" => return self.get(&target).await,
+            // A retry of a finished merge answers as the merge did.
+            "DONE" => return self.read(&target, Some(from)).await,
             "NOT_FOUND" => return Err(cart_not_found(from)),
             "ELSEWHERE" => {
                 return Err(Error::Conflict {

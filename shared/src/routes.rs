@@ -137,8 +137,9 @@ fn fit(pattern: &[&str], path: &str) -> Option<usize> {
 }
 
 /// The route that answers `method` on `path` (query excluded, a trailing `/` ignored as the
-/// router ignores it).
+/// router ignores it). A `HEAD` is answered by the `GET` route of its path.
 pub fn of(method: &str, path: &str) -> RouteId {
+    let method = if method == "HEAD" { "GET" } else { method };
     let path = path.trim_end_matches('/');
     patterns()
         .iter()
@@ -269,6 +270,11 @@ mod tests {
     fn a_405_names_the_methods_of_the_most_specific_route() {
         assert_eq!(allowed_methods("/v1/inventory/availability"), ["POST"]);
         assert_eq!(allowed_methods("/v1/inventory/var-1"), ["GET", "HEAD"]);
+        assert_eq!(
+            of("HEAD", "/v1/inventory/var-1"),
+            of("GET", "/v1/inventory/var-1")
+        );
+        assert_eq!(of("HEAD", "/v1/carts"), OTHER);
         assert_eq!(allowed_methods("/v1/admin/inventory/reconcile"), ["POST"]);
         assert_eq!(allowed_methods("/v1/carts/c1/items/l1"), ["DELETE", "PATCH"]);
         assert_eq!(allowed_methods("/health/"), ["GET", "HEAD"]);

@@ -405,15 +405,15 @@ pub fn process_group(group: u32) -> Vec<u32> {
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok())
-                    == Some(group)
-            })
-        })
+        .filter(|pid| group_of(*pid) == Some(group))
         .collect()
+}
+
+/// The process group of process `pid`, from `/proc/<pid>/stat` (`pid (comm) state ppid
+/// pgrp …`, where comm may hold spaces and parentheses).
+fn group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -451,16 +451,7 @@ mod tests {
         drop(listener);
         assert!(!listens_on(port, &[me]));
         // `cargo test` runs this process in a group whose members /proc names.
-        let group = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let group: u32 = group
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .nth(2)
-            .unwrap()
-            .parse()
-            .unwrap();
+        let group = group_of(me).unwrap();
         assert!(process_group(group).contains(&me));
     }
 

@@ -22,10 +22,16 @@ local function cart_snapshot(key, status, dropped, pttl, capped)
   return out
 end
 
--- The lines a merge of anonymous cart `from` into this customer's cart dropped and capped,
--- as its marker `m:<from>` keeps them (`dropped ids|capped ids`, comma-separated; an older
--- marker, `1`, kept none), so that a retry answers what the merge answered.
-local function merge_outcome(key, from)
+-- The marker `m:<from>` a merge of anonymous cart `from` leaves in the customer's cart:
+-- the lines it dropped and capped (`dropped ids|capped ids`, comma-separated), so that a
+-- retry answers what the merge answered.
+local function merge_marker(dropped, capped)
+  return table.concat(dropped, ',') .. '|' .. table.concat(capped, ',')
+end
+
+-- The customer's cart as the merge of `from` answered it: its snapshot with the lines that
+-- merge dropped and capped, read back from its marker (an older marker, `1`, kept none).
+local function merged_snapshot(key, from)
   local kept = redis.call('HGET', key, 'm:' .. from) or ''
   local dropped, capped = string.match(kept, '^([^|]*)|(.*)$')
   local function ids(text)
@@ -35,7 +41,7 @@ local function merge_outcome(key, from)
     end
     return out
   end
-  return ids(dropped), ids(capped)
+  return cart_snapshot(key, 'OK', ids(dropped), nil, ids(capped))
 end
 
 -- Whether a merge freezes the cart: merged into a customer's, or claimed by a merge whose

@@ -12,7 +12,6 @@ if merged then
   return {'MERGED', merged}
 end
 if ARGV[1] then
-  local dropped, capped = merge_outcome(KEYS[1], ARGV[1])
-  return cart_snapshot(KEYS[1], 'OK', dropped, nil, capped)
+  return merged_snapshot(KEYS[1], ARGV[1])
 end
 return cart_snapshot(KEYS[1], 'OK')

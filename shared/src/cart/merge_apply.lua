@@ -16,8 +16,7 @@ if redis.call('EXISTS', key) == 0 then
   create(key, currency, ARGV[6], ttl)
 end
 if redis.call('HEXISTS', key, 'm:' .. from) == 1 then
-  local dropped, capped = merge_outcome(key, from)
-  return cart_snapshot(key, 'OK', dropped, nil, capped)
+  return merged_snapshot(key, from)
 end
 local holder = redis.call('GET', KEYS[2])
 if holder then
@@ -43,7 +42,7 @@ for i = 7, #ARGV, 3 do
     dropped[#dropped + 1] = line
   end
 end
-redis.call('HSET', key, 'm:' .. from, table.concat(dropped, ',') .. '|' .. table.concat(capped, ','))
+redis.call('HSET', key, 'm:' .. from, merge_marker(dropped, capped))
 redis.call('HINCRBY', key, 'version', 1)
 redis.call('PEXPIRE', key, ttl)
 return cart_snapshot(key, 'OK', dropped, nil, capped)

@@ -17,6 +17,7 @@ use commerce_core::pricing::store::Rulesets;
 use commerce_core::{Settings, catalog, outbox};
 use commerce_native::gateway::Gateway;
 use commerce_native::progress::Progress;
+use commerce_native::redis_port::printable_url;
 use commerce_native::{EnvConfig, build_app, migrate, serve};
 use tokio::net::TcpListener;
 
@@ -294,7 +295,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             target
                 .execute("PING", Vec::new())
                 .await
-                .map_err(|e| anyhow::anyhow!("{to_redis_url}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{}: {e}", printable_url(&to_redis_url)))?;
             let mut entries = Vec::new();
             let mut progress = Progress::new("keys read", key_count(&app).await);
             let count = backup::export(&app.redis, &app.keys, |entry| {
@@ -305,7 +306,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             .await?;
             progress.finish();
             let copied = restore(&target, &app.keys, &entries).await?;
-            eprintln!("commerce: copied {copied} of {count} keys to {to_redis_url}");
+            let to = printable_url(&to_redis_url);
+            eprintln!("commerce: copied {copied} of {count} keys to {to}");
         }
         Command::Warm => {
             let bundles = Bundles::new(&app.redis, &app.sql, &app.keys, app.settings.bundle_ttl_seconds);

@@ -553,6 +553,18 @@ fn port_error(e: redis::RedisError) -> PortError {
     }
 }
 
+/// `url` as it may be printed: without the `user:password@` in front of its host(s).
+pub fn printable_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Whether the connection failed, as opposed to the server answering with an error.
 fn is_outage(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
@@ -560,7 +572,23 @@ fn is_outage(e: &redis::RedisError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Topology, slot_of};
+    use super::{Topology, printable_url, slot_of};
+
+    #[test]
+    fn a_printed_url_shows_no_credentials() {
+        for (url, printed) in [
+            (
+                "redis://default:s3cret@127.0.0.1:6390/1",
+                "redis://127.0.0.1:6390/1",
+            ),
+            ("rediss://app:p@ss@h:1", "rediss://h:1"),
+            ("redis+cluster://app:pw@h1:1,h2:2", "redis+cluster://h1:1,h2:2"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://h:1/0?note=a@b", "redis://h:1/0?note=a@b"),
+        ] {
+            assert_eq!(printable_url(url), printed, "{url}");
+        }
+    }
 
     #[test]
     fn slots_follow_hash_tags() {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::body::{Body, to_bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -30,13 +31,15 @@ pub fn build_app(settings: Settings) -> anyhow::Result<NativeApp> {
         &settings.redis_url,
         Duration::from_millis(settings.redis_timeout_ms),
         &settings.redis_ca_file,
-    )?;
+    )
+    .context("redis_url (COMMERCE_REDIS_URL)")?;
     let sql = NativePg::new(
         &settings.database_url,
         Duration::from_millis(settings.database_timeout_ms),
         settings.database_pool_size_for(std::thread::available_parallelism().map_or(1, |n| n.get())),
         &settings.database_ca_file,
-    )?;
+    )
+    .context("database_url (COMMERCE_DATABASE_URL)")?;
     let http = NativeHttp::new(Duration::from_millis(settings.gateway_timeout_ms))?;
     Ok(App::new(Measured(redis), Measured(sql), Measured(http), settings))
 }

@@ -42,7 +42,7 @@ ON CONFLICT (id) DO UPDATE SET product_id = EXCLUDED.product_id, sku = EXCLUDED.
 const SEED_LEVELS: &str = "\
 INSERT INTO inventory_levels (variant_id, on_hand)
 SELECT 'var-' || g, $3::bigint FROM generate_series($1::bigint, $2::bigint) g
-ON CONFLICT (variant_id) DO UPDATE SET on_hand = EXCLUDED.on_hand,
+ON CONFLICT (variant_id) DO UPDATE SET on_hand = EXCLUDED.on_hand, max_per_order = NULL,
     version = inventory_levels.version + 1, updated_at = now()";
 
 /// The demo bundles, written when the catalog has at least [`BUNDLE_MIN_VARIANTS`]:

@@ -213,9 +213,13 @@ impl Settings {
         let database_timeout_ms = within("database_timeout_ms", 5_000, 600_000)?;
         let gateway_timeout_ms = within("gateway_timeout_ms", 10_000, 600_000)?;
         let payment_gateway_url = text("payment_gateway_url", "https://api.stripe.com");
-        if !(payment_gateway_url.starts_with("https://") || payment_gateway_url.starts_with("http://")) {
+        let gateway_host = ["https://", "http://"]
+            .iter()
+            .find_map(|scheme| payment_gateway_url.strip_prefix(scheme))
+            .and_then(|rest| rest.split(['/', '?', '#']).next());
+        if gateway_host.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
             return Err(format!(
-                "payment_gateway_url must be an http:// or https:// URL, got {payment_gateway_url:?}"
+                "payment_gateway_url must be an http:// or https:// URL with a host, got {payment_gateway_url:?}"
             ));
         }
         Ok(Self {
@@ -433,6 +437,8 @@ mod tests {
             ("max_body_bytes", "0"),
             ("payment_gateway_url", "notaurl"),
             ("payment_gateway_url", "ftp://gateway"),
+            ("payment_gateway_url", "https://"),
+            ("payment_gateway_url", "http:///v1"),
             ("http_header_timeout_ms", "0"),
             ("http_header_timeout_ms", "9999999"),
             ("http_body_timeout_ms", "0"),

@@ -455,6 +455,16 @@ async fn max_per_order_is_enforced_on_reservations_and_a_refusal_holds_nothing()
     let stock_only = set_level(&app, "var-1", json!({"onHand": 60})).await;
     assert_eq!(stock_only.body["maxPerOrder"], 20, "{stock_only:?}");
     assert_eq!(pg_level(&app, "var-1").await.0, 60);
+
+    // Seeding again puts the demo catalog back as it was: 100 on hand and no limit.
+    app.seed(3).await;
+    let seeded = app.get("/v1/inventory/var-1").await;
+    assert_eq!(
+        (seeded.body["stock"].clone(), seeded.body["maxPerOrder"].clone()),
+        (json!(100), Value::Null),
+        "{seeded:?}"
+    );
+    assert_eq!(pg_level(&app, "var-1").await.2, None);
     app.finish().await;
 }
 

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions_end_with_their_order",
         include_str!("../../migrations/0008_sessions_end_with_their_order.sql"),
     ),
+    (
+        9,
+        "one_order_per_cart_checkout",
+        include_str!("../../migrations/0009_one_order_per_cart_checkout.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

@@ -846,6 +846,51 @@ async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
         1,
         "the first payment is refunded"
     );
+
+    // The same, the second checkout paid first: its order lets the lock go, so the first
+    // session's payment finds the lock free; PostgreSQL still refuses it a second order of
+    // the cart, and its payment is refunded.
+    let orders_before = count(&app, "SELECT count(*) FROM orders").await;
+    let first = app.paying_session(&[("var-2", 1)], "k-lost-lock-7").await;
+    let _: () = redis.del(app.cart_lock_key(&first.cart)).await.unwrap();
+    let second = app.checkout(&first.cart, "k-lost-lock-8").await;
+    let (status, done) = app.pay(&gateway, &second, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    let (status, refused) = app.intent_paid(&gateway, &first.intent).await;
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused["state"], "FAILED", "{refused}");
+    assert!(
+        refused["refundRequired"]
+            .as_str()
+            .is_some_and(|r| r.contains(second.as_str())),
+        "{refused}"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM orders").await,
+        orders_before + 1,
+        "one order for the cart"
+    );
+    assert_eq!(
+        gateway
+            .refunds()
+            .iter()
+            .filter(|r| r.payment_intent == first.intent)
+            .count(),
+        1,
+        "the first payment is refunded"
+    );
+    let on_hand = app.pg_on_hand("var-2").await;
+    assert_eq!(
+        app.sellable("var-2").await,
+        on_hand,
+        "the failed session holds nothing"
+    );
+    let lock: Option<String> = redis.get(app.cart_lock_key(&first.cart)).await.unwrap();
+    assert_eq!(lock, None, "the cart is free again");
     app.finish().await;
 }
 
@@ -932,6 +977,32 @@ async fn a_payment_intent_call_outrun_by_the_order_gives_back_what_it_took() {
         "the cart is not locked"
     );
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+
+    // The same, the shopper checking the cart out again before the slow call returns: the
+    // call meets the new session's lock, and still gives back what it took.
+    let session = app.checkout(&cart, "k-double-tap-2").await;
+    gateway.delay_next(Duration::from_millis(1500));
+    let slow = app.payment_intent(&session, Caller::Anonymous);
+    let again = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, done) = app.pay(&gateway, &session, Caller::Anonymous).await;
+        assert_eq!(done["state"], "COMPLETED", "{status} {done}");
+        let added = app
+            .post(&format!("/v1/carts/{cart}/items"), unit("var-1", 2))
+            .await;
+        assert_eq!(added.status, 200, "{added:?}");
+        app.checkout(&cart, "k-double-tap-3").await
+    };
+    let (late, next) = tokio::join!(slow, again);
+    assert_eq!((late.status, late.code()), (409, "CHECKOUT_STATE"), "{late:?}");
+    assert_eq!(late.body["error"]["details"]["state"], "COMPLETED", "{late:?}");
+    let done = app.get(&format!("/v1/checkout/{session}")).await;
+    assert_eq!(done.body["state"], "COMPLETED", "{done:?}");
+    assert_eq!(
+        app.check_holds("var-1").await,
+        (97, 2),
+        "only the new session ({next}) holds"
+    );
     app.finish().await;
 }
 

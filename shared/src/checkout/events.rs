@@ -291,8 +291,24 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(())
     }
 
+    /// Ends a paid session that cannot have its order FAILED: its payment goes back (the
+    /// refund through the outbox) and its holds are freed.
+    async fn fail_paid(
+        &self,
+        id: &SessionId,
+        event: &gateway::WebhookEvent,
+        reason: &str,
+    ) -> Result<EventOutcome> {
+        let (_, failed) = self.transition(id, State::Failed, None, &[]).await?;
+        let mut answer = self.refund(&failed, event, reason).await?;
+        self.release(&failed, false).await?;
+        answer.state = Some(failed.state.name());
+        Ok(answer)
+    }
+
     /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED; or, when on-hand
-    /// cannot cover the order, to FAILED with the payment refunded. `metadata`: the frozen
+    /// cannot cover the order or its cart is another checkout's (holds its lock, or was
+    /// ordered by it since), to FAILED with the payment refunded. `metadata`: the frozen
     /// metadata where the caller already read it (the hot path of `confirm`).
     async fn place_order(
         &self,
@@ -320,12 +336,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // does not become a second order of it; its payment goes back.
             let until = session.deadline_ms + self.grace_ms();
             if let Some(other) = self.take_lock(&session.cart, &session.id, until).await? {
-                let (_, failed) = self.transition(&session.id, State::Failed, None, &[]).await?;
                 let reason = format!("another checkout of the cart ({other}) holds it");
-                let mut answer = self.refund(&failed, event, &reason).await?;
-                self.release(&failed, false).await?;
-                answer.state = Some(failed.state.name());
-                return Ok(answer);
+                return self.fail_paid(&session.id, event, &reason).await;
             }
             holds_lock = true;
             let demand = frozen_demand(&metadata)?;
@@ -352,13 +364,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             match written {
                 order::Written::Placed(written) => changes = Some(written),
                 order::Written::Refused(shortages) => {
-                    let (_, failed) = self.transition(&session.id, State::Failed, None, &[]).await?;
                     let reason = "on-hand stock could not cover the order";
-                    let mut answer = self.refund(&failed, event, reason).await?;
-                    self.release(&failed, false).await?;
-                    answer.state = Some(failed.state.name());
+                    let mut answer = self.fail_paid(&session.id, event, reason).await?;
                     answer.shortages = Some(shortages);
                     return Ok(answer);
+                }
+                order::Written::CartOrdered(other) => {
+                    let reason = format!("another checkout of the cart ({other}) was ordered since");
+                    return self.fail_paid(&session.id, event, &reason).await;
                 }
             }
             session = self

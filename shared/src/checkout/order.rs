@@ -15,9 +15,13 @@ use crate::ports::{Sql, SqlValue};
 /// orders never deadlock) and re-read at their latest committed version, so the change is
 /// exact under concurrent orders; and the order is written only if on-hand covers every
 /// line: PostgreSQL refuses what it cannot cover, never clamps (DESIGN §4, invariant 1).
-/// The CHECK (on_hand >= 0) stands behind it. The paid session ends with its order
-/// (`ended_at`; `ended_state` stays NULL), so it leaves the live sessions whose holds a
-/// stock load puts back. No row: the order exists already, or was refused (see [`write`]).
+/// The CHECK (on_hand >= 0) stands behind it. One cart never ends in two orders: the
+/// order claims its cart's row in `cart_orders`, refused when another session's order of
+/// the cart was written since this session's payment intent was (a second checkout that a
+/// lost lock let start beside this one); the upsert serialises two orders of one cart. The
+/// paid session ends with its order (`ended_at`; `ended_state` stays NULL), so it leaves
+/// the live sessions whose holds a stock load puts back. No row: the order exists already,
+/// or was refused (see [`write`]).
 const WRITE_ORDER: &str = "\
 WITH demand AS (
     SELECT d.variant_id, d.quantity FROM jsonb_to_recordset($15::text::jsonb) AS d(variant_id text, quantity bigint)
@@ -28,12 +32,20 @@ WITH demand AS (
     FOR UPDATE OF i
 ), covered AS (
     SELECT (SELECT count(*) FROM prev WHERE prev.on_hand >= prev.quantity) = (SELECT count(*) FROM demand) AS ok
+), cart AS (
+    INSERT INTO cart_orders AS c (cart_ref, checkout_session_id, ordered_at)
+    SELECT $4, $2, now() FROM covered WHERE covered.ok
+    ON CONFLICT (cart_ref) DO UPDATE
+    SET checkout_session_id = EXCLUDED.checkout_session_id, ordered_at = EXCLUDED.ordered_at
+    WHERE c.checkout_session_id = EXCLUDED.checkout_session_id
+       OR c.ordered_at < COALESCE((SELECT created_at FROM checkout_sessions WHERE id = $2), 'infinity')
+    RETURNING 1
 ), ins AS (
     INSERT INTO orders (id, checkout_session_id, state_version, cart_ref, customer_id, currency,
                         subtotal_minor, discount_total_minor, total_minor, payment_intent_id,
                         pricing_version, discount_version, quote)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb
-    FROM covered WHERE covered.ok
+    FROM cart
     ON CONFLICT (checkout_session_id) DO NOTHING
     RETURNING id
 ), lines AS (
@@ -69,6 +81,13 @@ SELECT COALESCE(json_agg(json_build_object('variantId', d.variant_id, 'requested
 FROM jsonb_to_recordset($1::text::jsonb) AS d(variant_id text, quantity bigint)
 LEFT JOIN inventory_levels i ON i.variant_id = d.variant_id
 WHERE COALESCE(i.on_hand, 0) < d.quantity";
+
+/// The session whose order of the cart (`$1`) was written since the payment intent of
+/// session `$2` was: the order that refuses `$2`'s.
+const ORDERED_SINCE: &str = "\
+SELECT c.checkout_session_id FROM cart_orders c
+WHERE c.cart_ref = $1 AND c.checkout_session_id <> $2
+  AND c.ordered_at >= COALESCE((SELECT created_at FROM checkout_sessions WHERE id = $2), 'infinity')";
 
 /// Records an order PostgreSQL refused (once per session).
 const RECORD_REFUSAL: &str = "\
@@ -113,11 +132,15 @@ pub enum Written {
     Placed(Vec<StockChange>),
     /// On-hand could not cover it: no order, nothing taken; the shortages as JSON.
     Refused(Value),
+    /// Another checkout of the cart was ordered since this session's payment intent was
+    /// created (the session named): no order, nothing taken.
+    CartOrdered(String),
 }
 
 /// Writes the order, or finds the one already written for the session; returns its stock
 /// changes either way. An order that on-hand cannot cover is not written: it is recorded in
-/// `orders_refused` and answered [`Written::Refused`].
+/// `orders_refused` and answered [`Written::Refused`]; nor is one whose cart another
+/// session's order took since ([`Written::CartOrdered`]).
 pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     let q = order.quote;
     let int = |v: &Value, what: &str| {
@@ -186,6 +209,14 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     }
     if find(sql, order.session).await?.is_some() {
         return Ok(Written::Placed(changes_of(sql, order.session).await?));
+    }
+    let cart = [
+        SqlValue::Text(order.cart_ref.to_owned()),
+        SqlValue::Text(order.session.to_owned()),
+    ];
+    if let Some(other) = sql.query(ORDERED_SINCE, &cart).await?.first() {
+        let other = other.first().and_then(SqlValue::as_text).unwrap_or_default();
+        return Ok(Written::CartOrdered(other.to_owned()));
     }
     let shortages = sql.query(SHORTAGES, &[SqlValue::Text(demand)]).await?;
     let shortages = shortages

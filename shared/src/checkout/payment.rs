@@ -122,25 +122,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 )
                 .await?;
             if !matches!(tag.as_str(), "OK" | "SAME") && moved.state != State::PaymentPending {
-                match moved.state {
-                    // Ended (a cancel, its deadline) while this request took the intent, the
-                    // holds, PostgreSQL's copy and the lock, after that ending released what
-                    // it found: the session keeps none of them, and its intent is cancelled.
-                    State::Cancelled | State::Expired | State::Failed => {
-                        self.release(&moved, true).await?;
-                    }
-                    // Paid and ordered meanwhile (another payment-intent call of the session
-                    // won, and its payment came): the order's stock commit and cart step
-                    // may have run before this request held and locked again, so it gives
-                    // back the holds and the lock (a commit still to come finds nothing to
-                    // drop; PostgreSQL's copy ended with the order, the intent was paid).
-                    State::OrderCreated | State::Completed => {
-                        self.release(&moved, false).await?;
-                    }
-                    // PAYMENT_CONFIRMED: its order's commit and cart step are still to come,
-                    // and clear both.
-                    _ => {}
-                }
+                self.give_back(&moved).await?;
                 return Err(wrong_state(&moved, "take a payment"));
             }
             session = moved;
@@ -166,20 +148,40 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         self.session_ttl_ms() + self.grace_ms() + KEEP_MS
     }
 
+    /// Gives back what this call took (holds, lock) for a session that moved on while it
+    /// took them, after that move released what it found.
+    async fn give_back(&self, moved: &Session) -> Result<()> {
+        match moved.state {
+            // Ended (a cancel, its deadline): the session keeps none of them, and its intent
+            // is cancelled.
+            State::Cancelled | State::Expired | State::Failed => self.release(moved, true).await,
+            // Paid and ordered meanwhile (another payment-intent call of the session won, and
+            // its payment came): the order's stock commit and cart step may have run before
+            // this call held and locked again (a commit still to come finds nothing to drop;
+            // PostgreSQL's copy ended with the order, the intent was paid).
+            State::OrderCreated | State::Completed => self.release(moved, false).await,
+            // PAYMENT_CONFIRMED: its order's commit and cart step are still to come, and
+            // clear both.
+            _ => Ok(()),
+        }
+    }
+
     /// Keeps the session's cart lock until `until_ms` ([`Self::take_lock`]). A cart has
     /// one live checkout: if another session holds the lock now, this one is cancelled (its
-    /// holds freed, its intent cancelled) and the answer is 409 naming it.
+    /// holds freed, its intent cancelled) and the answer is 409 naming it; one that moved on
+    /// meanwhile (paid, ordered, ended) gives back what this call took and is answered as
+    /// it stands (409 `CHECKOUT_STATE`).
     async fn keep_lock(&self, session: &Session, until_ms: i64) -> Result<()> {
         let id = &session.id;
         let Some(other) = self.take_lock(&session.cart, id, until_ms).await? else {
             return Ok(());
         };
-        // Only a session that did move to CANCELLED releases (one a webhook confirmed
-        // meanwhile keeps its holds for its order; one past its deadline expired in the move).
-        let (moved, cancelled) = self.transition(id, State::Cancelled, None, &[]).await?;
-        if matches!(moved.as_str(), "OK" | "SAME") {
-            self.release(&cancelled, true).await?;
+        let (moved, current) = self.transition(id, State::Cancelled, None, &[]).await?;
+        if !matches!(moved.as_str(), "OK" | "SAME") {
+            self.give_back(&current).await?;
+            return Err(wrong_state(&current, "take a payment"));
         }
+        self.release(&current, true).await?;
         Err(Error::Conflict {
             code: ErrorCode::CheckoutInProgress,
             message: format!(

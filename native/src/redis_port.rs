@@ -15,6 +15,7 @@
 //! of `redis_ca_file`, or the system's roots when that is empty.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use commerce_core::error::{Dependency, PortError};
@@ -73,6 +74,8 @@ impl NativeRedis {
                     manager: std::sync::RwLock::new((manager(client.clone(), timeout)?, 0)),
                     client,
                     timeout,
+                    answered_ms: AtomicU64::new(0),
+                    started: Instant::now(),
                 }))
             }
             Topology::Cluster { nodes } => {
@@ -125,12 +128,43 @@ struct StandaloneLink {
     timeout: Duration,
     /// The connection, and how many times it was replaced.
     manager: std::sync::RwLock<(ConnectionManager, u64)>,
+    /// When the connection last answered (ms since `started`).
+    answered_ms: AtomicU64,
+    started: Instant,
 }
 
+/// How long the connection may have gone without an answer before a call first checks
+/// it with a `PING`. Redis may have dropped it meanwhile (`CLIENT KILL`, a restart, its
+/// `timeout`), and the Redis client learns that only from a call that fails on it, which
+/// would be a 503, and which could not be sent again (a write may have been applied): the
+/// `PING` finds it closed instead, the connection is replaced, and the call goes once on
+/// the new one. Under load the connection answers all the time, so no call checks.
+const IDLE_CHECK_AFTER: Duration = Duration::from_millis(5);
+
 impl StandaloneLink {
+    fn answered(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.answered_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let answered = Duration::from_millis(self.answered_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(answered)
+    }
+
     async fn send(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
         let (mut connection, generation) = self.manager.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if self.idle_for() >= IDLE_CHECK_AFTER {
+            // A dropped connection fails this PING, and the manager connects afresh; any
+            // other failure is met again by the call itself.
+            let _ = redis::cmd("PING")
+                .query_async::<redis::Value>(&mut connection)
+                .await;
+        }
         let outcome = cmd.query_async(&mut connection).await;
+        if outcome.is_ok() {
+            self.answered();
+        }
         if let Err(e) = &outcome
             && e.kind() == redis::ErrorKind::AuthenticationFailed
         {

@@ -682,17 +682,43 @@ async fn a_connection_redis_drops_while_the_app_is_idle_costs_no_request() {
     let reply = app.get("/v1/inventory/var-1").await;
     assert_eq!(reply.status, 200, "after the idle timeout: {reply:?}");
 
-    let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+    // A connection of its own: Redis's `timeout` closed the idle admin one.
+    let killed: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
         .arg("normal")
         .arg("SKIPME")
         .arg("yes")
-        .query_async(&mut admin)
-        .await;
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert!(killed > 0, "CLIENT KILL closed no connection");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let reply = app.get("/v1/inventory/var-1").await;
     assert_eq!(reply.status, 200, "after CLIENT KILL: {reply:?}");
+
+    // A request right after the drop, before any keep-alive PING has met it: the call
+    // finds the connection closed before it is sent, and goes on a new one.
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A connection of its own each time: Redis's `timeout` closes an idle one.
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap();
+        assert!(killed > 0, "round {round}: CLIENT KILL closed no connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reply = app.get("/v1/inventory/var-1").await;
+        assert_eq!(
+            reply.status, 200,
+            "round {round}, 20 ms after CLIENT KILL: {reply:?}"
+        );
+    }
     app.finish().await;
 }
 

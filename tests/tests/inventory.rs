@@ -93,6 +93,41 @@ async fn a_lost_reserved_total_is_rebuilt_from_the_holds_and_never_oversells() {
     app.finish().await;
 }
 
+/// Holds whose deadlines were lost (the holds set deleted or evicted, their quantities
+/// left) can never expire: the next operation on the variant, or a sweep, drops them as
+/// expired, without waiting for an operator's `check --repair`.
+#[tokio::test]
+async fn holds_that_lost_their_deadlines_stop_counting() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let mut redis = app.redis.clone();
+    for variant in ["var-1", "var-2"] {
+        let held = app
+            .reserve(reservation(&format!("undated-{variant}"), &[(variant, 5)]))
+            .await;
+        assert_eq!(held.status, 201, "{held:?}");
+        let _: () = redis::AsyncCommands::del(&mut redis, app.variant_keys(variant).holds)
+            .await
+            .unwrap();
+    }
+    let taken = app.reserve(reservation("after", &[("var-1", 100)])).await;
+    assert_eq!(taken.status, 201, "{taken:?}");
+    assert_eq!(app.check_holds("var-1").await, (100, 100));
+
+    assert_eq!(app.inventory().sweep(|_| {}).await.unwrap(), 2);
+    let keys = app.variant_keys("var-2");
+    let left: (bool, bool) = redis::pipe()
+        .exists(&keys.hold_qty)
+        .exists(&keys.reserved)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(left, (false, false), "the sweep dropped var-2's undated hold");
+    let view = app.get("/v1/inventory/var-2").await;
+    assert_eq!(view.body["sellable"], 100, "{view:?}");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_reservation_with_one_short_variant_changes_nothing() {
     let app = TestApp::spawn().await;

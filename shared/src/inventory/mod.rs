@@ -715,10 +715,10 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// Purges expired holds of every variant in the namespace (idle variants that no
     /// request touches). Returns the variants visited.
     pub async fn sweep(&self, mut progress: impl FnMut(u64)) -> Result<u64> {
-        let mut scan = Scan::new(self.redis, self.keys.all_holds_pattern(), 500);
+        let mut scan = Scan::new(self.redis, self.keys.all_hold_qty_pattern(), 500);
         let mut visited = 0;
         while let Some(found) = scan.next_page().await? {
-            for variant in found.iter().filter_map(|k| self.keys.variant_of_holds_key(k)) {
+            for variant in found.iter().filter_map(|k| self.keys.variant_of_hold_qty_key(k)) {
                 let k = self.keys.variant(&variant);
                 self.run_purged(&SWEEP, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
                     .await?;

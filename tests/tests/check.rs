@@ -243,6 +243,44 @@ async fn a_hold_without_a_deadline_is_dropped_by_the_repair() {
     app.finish().await;
 }
 
+/// An outside holder whose index of held variants was lost could not be released (its
+/// DELETE frees what the index names): the check reports it, the repair puts the variants
+/// back in the index, and the release then frees them.
+#[tokio::test]
+async fn a_lost_holder_index_is_reported_and_put_back() {
+    let (app, _gateway) = TestApp::shop(2, |c| c).await;
+    let reserved = app
+        .reserve(
+            serde_json::json!({"cartId": "ext-h1", "ttlSeconds": 900, "items": [
+            {"variantId": "var-1", "quantity": 4}, {"variantId": "var-2", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(reserved.status, 201, "{reserved:?}");
+    let holder = Holder::External(commerce_core::ids::ExternalHolderId::parse("ext-h1").unwrap());
+    let index = app.keys().holder_holds(&holder);
+    let mut redis = app.redis.clone();
+    let _: () = redis.del(&index).await.unwrap();
+
+    let drifted = check(&app).await;
+    assert_eq!(
+        kinds(&drifted.body),
+        ["holder-index external:ext-h1"],
+        "{drifted:?}"
+    );
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    assert_eq!(repaired.body["ok"], true, "{repaired:?}");
+    let ttl: i64 = redis.pttl(&index).await.unwrap();
+    assert!((800_000..=900_000).contains(&ttl), "as long as the holds: {ttl}");
+    let released = app
+        .call("DELETE", "/v1/inventory/reservations/ext-h1", None, Caller::Admin)
+        .await;
+    assert_eq!(released.body["released"], 5, "{released:?}");
+    assert_eq!(app.sellable("var-1").await, 100);
+    app.finish().await;
+}
+
 /// A session cancelled after its holder index was lost still frees what it held: the
 /// variants it froze at its start name them.
 #[tokio::test]

@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::cart::Carts;
 use crate::checkout::{Checkouts, LockHolder, paid};
 use crate::error::{Error, Result};
-use crate::ids::{Holder, Quantity, SessionId, VariantId};
+use crate::ids::{ExternalHolderId, Holder, Quantity, SessionId, VariantId};
 use crate::inventory::{Inventory, Level};
 use crate::keys::VariantKeys;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
@@ -56,7 +56,7 @@ FROM payment_outbox WHERE state = 'pending'";
 #[serde(rename_all = "camelCase")]
 pub struct Drift {
     /// What kind: `stock`, `max-per-order`, `unmirrored`, `reserved`, `negative`,
-    /// `orphan-hold`, `session-lock`, `session-holds`, `paid-session-holds`,
+    /// `orphan-hold`, `holder-index`, `session-lock`, `session-holds`, `paid-session-holds`,
     /// `paid-session-missing`, `paid-session-ended`, `outbox`, `ruleset`.
     pub kind: &'static str,
     /// What it is about (a variant, a session, a holder).
@@ -135,6 +135,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         let mut after = String::new();
         let mut now = 0;
         let mut checkout_holders: BTreeMap<SessionId, Vec<VariantId>> = BTreeMap::new();
+        let mut external_holders: BTreeMap<String, Vec<VariantId>> = BTreeMap::new();
         loop {
             let levels = self.inventory().levels_page(&after, PAGE_SIZE).await?;
             let Some(last) = levels.last() else { break };
@@ -151,6 +152,11 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                         .and_then(|s| SessionId::parse(s).ok())
                     {
                         checkout_holders.entry(id).or_default().push(variant.clone());
+                    } else if let Some(id) = holder.strip_prefix("external:") {
+                        external_holders
+                            .entry(id.to_owned())
+                            .or_default()
+                            .push(variant.clone());
                     }
                 }
             }
@@ -158,7 +164,64 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         for (session, variants) in checkout_holders {
             self.check_holder(report, &session, &variants).await?;
         }
+        for (id, variants) in external_holders {
+            if let Ok(id) = ExternalHolderId::parse(&id) {
+                self.check_index(report, &Holder::External(id), &variants).await?;
+            }
+        }
         Ok(now)
+    }
+
+    /// An outside holder's index (`inventory:holder:{H}`) must name every variant it
+    /// holds: its release (`DELETE /v1/inventory/reservations/{H}`) frees what the index
+    /// names, and a hold left out of it would stay until its deadline. The repair adds
+    /// what is missing, for as long as those holds last.
+    async fn check_index(&self, report: &mut CheckReport, holder: &Holder, held: &[VariantId]) -> Result<()> {
+        let index = self.app.keys.holder_holds(holder);
+        let members = self.redis("SMEMBERS", vec![index.as_str().into()]).await?;
+        let missing: Vec<&VariantId> = held
+            .iter()
+            .filter(|v| !members.iter().any(|m| m.as_text() == Some(v.as_str())))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut repaired = String::new();
+        if self.repair {
+            let mut until = 0;
+            for variant in &missing {
+                let holds = self.app.keys.variant(variant).holds;
+                let deadline = self
+                    .redis("ZSCORE", vec![holds.into(), holder.to_string().into()])
+                    .await?;
+                let deadline = deadline
+                    .first()
+                    .and_then(RedisReply::as_text)
+                    .and_then(|d| d.parse::<f64>().ok());
+                until = until.max(deadline.map_or(0, |d| d as i64));
+                self.redis("SADD", vec![index.as_str().into(), variant.as_str().into()])
+                    .await?;
+            }
+            // As long as its longest hold: set if it has no expiry, else only lengthened.
+            if until > 0 {
+                for only in ["NX", "GT"] {
+                    let args = vec![index.as_str().into(), RedisArg::Int(until), only.into()];
+                    self.redis("PEXPIREAT", args).await?;
+                }
+            }
+            repaired = "added to the holder's index".into();
+        }
+        let ids: Vec<&str> = missing.iter().map(|v| v.as_str()).collect();
+        report.drift.push(Drift {
+            kind: "holder-index",
+            subject: holder.to_string(),
+            detail: format!(
+                "holds on {} that the holder's index does not name (its release would leave them)",
+                ids.join(", ")
+            ),
+            repaired,
+        });
+        Ok(())
     }
 
     /// What Redis holds for these variants, and Redis's clock: one script, or on a Redis

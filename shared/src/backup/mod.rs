@@ -74,9 +74,9 @@ pub const STAGING_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// living [`STAGING_TTL_MS`]), so Redis checks each `DUMP` payload without touching a
 /// real key; if it refuses one, the staged keys are deleted and the error names the entry:
 /// Redis is as it was. Only when every entry is staged is each moved to its own name by
-/// one script call (atomic per key, `REPLACE`ing the key there). That last phase fails only
-/// if Redis does (unreachable, out of memory, a staged key expired); its error says which
-/// entry it stopped at, with those before it restored.
+/// one script call (atomic per key, `REPLACE`ing the key there; holds' deadlines first).
+/// That last phase fails only if Redis does (unreachable, out of memory, a staged key
+/// expired); its error says which entry it stopped at, and how many were restored.
 /// `progress` hears how many entries each phase has done.
 pub async fn restore(
     redis: &impl Redis,
@@ -142,22 +142,30 @@ pub async fn restore(
         progress(Phase::Staged, n as u64 + 1);
     }
 
-    for (n, (entry, staged)) in entries.iter().zip(&staging).enumerate() {
+    // Holds' deadlines (`inventory:holds:`) go before anything else: a variant whose hold
+    // quantities are in place without their deadlines has them dropped as expired by the
+    // next operation on it (`purge.lua`), so never, even for a moment, the other way round.
+    let holds = format!("{}inventory:holds:", keys.prefix());
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| !entries[i].key.starts_with(&holds));
+    for (n, &i) in order.iter().enumerate() {
+        let entry = &entries[i];
         let promoted = PROMOTE
             .run(
                 redis,
-                &[staged.as_str(), entry.key.as_str()],
+                &[staging[i].as_str(), entry.key.as_str()],
                 vec![RedisArg::Int(entry.ttl_ms)],
             )
             .await;
         if let Err(e) = promoted {
-            discard(redis, &staging[n..]).await;
+            let rest: Vec<String> = order[n..].iter().map(|&j| staging[j].clone()).collect();
+            discard(redis, &rest).await;
             return Err(Error::Unavailable {
                 dependency: "redis",
                 message: format!(
-                    "restore stopped at entry {} (key {:?}): {e}; the {n} entries before it were restored, \
+                    "restore stopped at entry {} (key {:?}): {e}; {n} entries were restored before it, \
                      the rest were not: restore the backup again",
-                    n + 1,
+                    i + 1,
                     entry.key
                 ),
             });

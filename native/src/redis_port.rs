@@ -141,6 +141,11 @@ struct StandaloneLink {
 /// the new one. Under load the connection answers all the time, so no call checks.
 const IDLE_CHECK_AFTER: Duration = Duration::from_millis(5);
 
+/// The longest the check waits for its `PING` (at most a tenth of the call's timeout): a
+/// dropped connection fails at once, so a `PING` not answered by then means a Redis that
+/// is merely slow, and the call goes without waiting longer, keeping its own time.
+const IDLE_CHECK_WAIT: Duration = Duration::from_millis(10);
+
 impl StandaloneLink {
     fn answered(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -157,12 +162,13 @@ impl StandaloneLink {
         if self.idle_for() >= IDLE_CHECK_AFTER {
             // A dropped connection fails this PING, and the manager connects afresh; any
             // other failure is met again by the call itself.
-            let _ = redis::cmd("PING")
-                .query_async::<redis::Value>(&mut connection)
-                .await;
+            let ping = redis::cmd("PING");
+            let wait = IDLE_CHECK_WAIT.min(self.timeout / 10);
+            let _ = tokio::time::timeout(wait, ping.query_async::<redis::Value>(&mut connection)).await;
         }
         let outcome = cmd.query_async(&mut connection).await;
-        if outcome.is_ok() {
+        // An error reply (NOSCRIPT, …) is an answer too.
+        if outcome.as_ref().is_ok() || outcome.as_ref().is_err_and(|e| !is_outage(e)) {
             self.answered();
         }
         if let Err(e) = &outcome

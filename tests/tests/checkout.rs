@@ -894,6 +894,143 @@ async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
     app.finish().await;
 }
 
+/// PostgreSQL counts a cart's orders and an order must be the next one its session saw at
+/// its payment intent: a second checkout (let in by a lost lock) whose intent is made while
+/// the first order is still being written (waiting for a stock row) is refused its order,
+/// however late the first commits.
+#[tokio::test]
+async fn an_order_written_while_a_second_checkout_of_the_cart_pays_leaves_it_no_order() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let mut redis = app.redis.clone();
+    let first = app.paying_session(&[("var-1", 1)], "k-slow-order-1").await;
+    // Another transaction holds var-1's stock row: the first order's statement waits for it.
+    let (blocker, connection) = tokio_postgres::connect(&app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    blocker
+        .batch_execute("BEGIN; SELECT on_hand FROM inventory_levels WHERE variant_id = 'var-1' FOR UPDATE")
+        .await
+        .unwrap();
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _: () = redis.del(app.cart_lock_key(&first.cart)).await.unwrap();
+        let second = app.checkout(&first.cart, "k-slow-order-2").await;
+        let intent = app.payment_intent(&second, Caller::Anonymous).await;
+        assert_eq!(intent.status, 200, "{intent:?}");
+        blocker.batch_execute("COMMIT").await.unwrap();
+        intent.body["paymentIntentId"].as_str().unwrap().to_owned()
+    };
+    let ((status, done), second_intent) = tokio::join!(app.intent_paid(&gateway, &first.intent), second);
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    let (status, refused) = app.intent_paid(&gateway, &second_intent).await;
+    assert_eq!(
+        (status, refused["state"].as_str()),
+        (200, Some("FAILED")),
+        "{refused}"
+    );
+    assert!(refused["refundRequired"].is_string(), "{refused}");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM orders").await,
+        1,
+        "one order for the cart"
+    );
+    assert_eq!(app.pg_on_hand("var-1").await, 99);
+    assert_eq!(
+        app.sellable("var-1").await,
+        99,
+        "the refused session holds nothing"
+    );
+    app.finish().await;
+}
+
+/// A session that lost its cart's lock before its payment intent, while a second checkout
+/// of the cart was made and ordered, cannot take the lock back for a cart that is no longer
+/// the one it froze: its payment intent is refused and it is cancelled.
+#[tokio::test]
+async fn a_session_whose_cart_was_ordered_meanwhile_takes_no_payment() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let mut redis = app.redis.clone();
+    let cart = app.cart_with(&[("var-1", 2)]).await;
+    let first = app.checkout(&cart, "k-moved-1").await;
+    let _: () = redis.del(app.cart_lock_key(&cart)).await.unwrap();
+    let second = app.checkout(&cart, "k-moved-2").await;
+    let (status, done) = app.pay(&gateway, &second, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+
+    let refused = app.payment_intent(&first, Caller::Anonymous).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "CHECKOUT_STATE"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/checkout/{first}")).await.body["state"],
+        "CANCELLED"
+    );
+    assert_eq!(app.sellable("var-1").await, 98, "the first session holds nothing");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(lock, None, "the cart is free");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+    app.finish().await;
+}
+
+/// A customer's cart lost with Redis and built again is another cart: a session paid for
+/// before the loss still becomes its order after the customer ordered the new cart.
+#[tokio::test]
+async fn a_customer_session_paid_before_a_redis_loss_is_ordered_after_the_new_cart_is() {
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let zoe = Caller::Customer("zoe");
+    let fill = |variant: &'static str| {
+        app.call(
+            "POST",
+            "/v1/customers/zoe/cart/items",
+            Some(unit(variant, 1)),
+            zoe,
+        )
+    };
+    assert_eq!(fill("var-1").await.status, 200);
+    let started = app
+        .start_checkout_as(json!({ "customerId": "zoe" }), "k-loss-1", zoe)
+        .await;
+    let before = started.body["sessionId"].as_str().unwrap().to_owned();
+    let intent = app.payment_intent(&before, zoe).await;
+    assert_eq!(intent.status, 200, "{intent:?}");
+    let before_intent = intent.body["paymentIntentId"].as_str().unwrap().to_owned();
+
+    app.flush_redis().await;
+    assert_eq!(fill("var-2").await.status, 200);
+    let started = app
+        .start_checkout_as(json!({ "customerId": "zoe" }), "k-loss-2", zoe)
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let after = started.body["sessionId"].as_str().unwrap().to_owned();
+    let (status, done) = app.pay(&gateway, &after, zoe).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+
+    let (status, done) = app.intent_paid(&gateway, &before_intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
+    assert!(gateway.refunds().is_empty(), "{:?}", gateway.refunds());
+    app.finish().await;
+}
+
 /// A cancel that lands while the payment intent is being created (a slow gateway) wins:
 /// the intent request, which then holds stock, PostgreSQL's copy and the lock again, gives
 /// them all back and cancels its intent; nothing brings the session back to be paid.

@@ -17,6 +17,7 @@ use commerce_tests::faults::{
     Books, BuyerPlan, Buyers, Gate, Persistence, Progress, Proxy, RedisProcess, ServeProcess, addr_of,
 };
 use commerce_tests::gateway::FakeGateway;
+use commerce_tests::host::Host;
 
 /// The variant on sale.
 const VARIANT: &str = "var-1";
@@ -692,7 +693,12 @@ async fn a_connection_redis_drops_while_the_app_is_idle_costs_no_request() {
         .query_async(&mut redis.connection().await)
         .await
         .unwrap();
-    assert!(killed > 0, "CLIENT KILL closed no connection");
+    // Natively the server keeps its connection; each request on Spin opens its own.
+    let keeps_a_connection = TestApp::host() == Host::Native;
+    assert!(
+        killed > 0 || !keeps_a_connection,
+        "CLIENT KILL closed no connection"
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let reply = app.get("/v1/inventory/var-1").await;
     assert_eq!(reply.status, 200, "after CLIENT KILL: {reply:?}");
@@ -711,7 +717,10 @@ async fn a_connection_redis_drops_while_the_app_is_idle_costs_no_request() {
             .query_async(&mut redis.connection().await)
             .await
             .unwrap();
-        assert!(killed > 0, "round {round}: CLIENT KILL closed no connection");
+        assert!(
+            killed > 0 || !keeps_a_connection,
+            "round {round}: CLIENT KILL closed no connection"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         let reply = app.get("/v1/inventory/var-1").await;
         assert_eq!(

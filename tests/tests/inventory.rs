@@ -94,10 +94,11 @@ async fn a_lost_reserved_total_is_rebuilt_from_the_holds_and_never_oversells() {
 }
 
 /// Holds whose deadlines were lost (the holds set deleted or evicted, their quantities
-/// left) can never expire: the next operation on the variant, or a sweep, drops them as
-/// expired, without waiting for an operator's `check --repair`.
+/// left) can never expire, and deadlines whose quantities were lost keep a reserved total
+/// nobody holds: the next operation on the variant, or a sweep, drops them as expired,
+/// without waiting for an operator's `check --repair`.
 #[tokio::test]
-async fn holds_that_lost_their_deadlines_stop_counting() {
+async fn holds_that_lost_their_deadlines_or_quantities_stop_counting() {
     let app = TestApp::spawn().await;
     app.seed(2).await;
     let mut redis = app.redis.clone();
@@ -125,6 +126,26 @@ async fn holds_that_lost_their_deadlines_stop_counting() {
     assert_eq!(left, (false, false), "the sweep dropped var-2's undated hold");
     let view = app.get("/v1/inventory/var-2").await;
     assert_eq!(view.body["sellable"], 100, "{view:?}");
+
+    let held = app.reserve(reservation("no-quantities", &[("var-2", 7)])).await;
+    assert_eq!(held.status, 201, "{held:?}");
+    let _: () = redis::AsyncCommands::del(&mut redis, app.variant_keys("var-2").hold_qty)
+        .await
+        .unwrap();
+    let view = app.get("/v1/inventory/var-2").await;
+    assert_eq!(
+        (view.body["reserved"].clone(), view.body["sellable"].clone()),
+        (json!(0), json!(100)),
+        "{view:?}"
+    );
+    let keys = app.variant_keys("var-2");
+    let left: (bool, bool) = redis::pipe()
+        .exists(&keys.holds)
+        .exists(&keys.reserved)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(left, (false, false), "the deadlines without quantities are gone");
     app.finish().await;
 }
 

@@ -4,6 +4,8 @@
 //! sorted sets, strings) round-trips exactly. After restoring an older backup, run
 //! `commerce reconcile`: PostgreSQL, not the backup, is the record of stock.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::error::{Error, ErrorCode, Failure, Result};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
@@ -74,7 +76,8 @@ pub const STAGING_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// living [`STAGING_TTL_MS`]), so Redis checks each `DUMP` payload without touching a
 /// real key; if it refuses one, the staged keys are deleted and the error names the entry:
 /// Redis is as it was. Only when every entry is staged is each moved to its own name by
-/// one script call (atomic per key, `REPLACE`ing the key there; holds' deadlines first).
+/// one script call (atomic per key, `REPLACE`ing the key there; a variant's holds with
+/// their quantities).
 /// That last phase fails only if Redis does (unreachable, out of memory, a staged key
 /// expired); its error says which entry it stopped at, and how many were restored.
 /// `progress` hears how many entries each phase has done.
@@ -142,37 +145,62 @@ pub async fn restore(
         progress(Phase::Staged, n as u64 + 1);
     }
 
-    // Holds' deadlines (`inventory:holds:`) go before anything else: a variant whose hold
-    // quantities are in place without their deadlines has them dropped as expired by the
-    // next operation on it (`purge.lua`), so never, even for a moment, the other way round.
-    let holds = format!("{}inventory:holds:", keys.prefix());
-    let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by_key(|&i| !entries[i].key.starts_with(&holds));
-    for (n, &i) in order.iter().enumerate() {
-        let entry = &entries[i];
-        let promoted = PROMOTE
-            .run(
-                redis,
-                &[staging[i].as_str(), entry.key.as_str()],
-                vec![RedisArg::Int(entry.ttl_ms)],
-            )
-            .await;
-        if let Err(e) = promoted {
-            let rest: Vec<String> = order[n..].iter().map(|&j| staging[j].clone()).collect();
-            discard(redis, &rest).await;
+    // A variant's holds and their quantities move in one call: a variant with one of
+    // them in place and not the other has its holds dropped as expired by the next
+    // operation on it (`purge.lua`).
+    let mut done = 0;
+    for group in promotion_groups(keys, entries) {
+        let mut names: Vec<&str> = Vec::with_capacity(2 * group.len());
+        let mut ttls = Vec::with_capacity(group.len());
+        for &i in &group {
+            names.extend([staging[i].as_str(), entries[i].key.as_str()]);
+            ttls.push(RedisArg::Int(entries[i].ttl_ms));
+        }
+        if let Err(e) = PROMOTE.run(redis, &names, ttls).await {
+            // Those promoted are no longer staged: deleting them again is nothing.
+            discard(redis, &staging).await;
             return Err(Error::Unavailable {
                 dependency: "redis",
                 message: format!(
-                    "restore stopped at entry {} (key {:?}): {e}; {n} entries were restored before it, \
+                    "restore stopped at entry {} (key {:?}): {e}; {done} entries were restored before it, \
                      the rest were not: restore the backup again",
-                    i + 1,
-                    entry.key
+                    group[0] + 1,
+                    entries[group[0]].key
                 ),
             });
         }
-        progress(Phase::Promoted, n as u64 + 1);
+        for _ in &group {
+            done += 1;
+            progress(Phase::Promoted, done);
+        }
     }
     Ok(entries.len() as u64)
+}
+
+/// The entries of a backup in the calls that promote them: each alone, but a variant's
+/// holds (`inventory:holds:{V}`) with their quantities (`inventory:hold-qty:{V}`, the same
+/// hash slot), in the backup's order.
+fn promotion_groups(keys: &Keys, entries: &[Entry]) -> Vec<Vec<usize>> {
+    let (holds, quantities) = (
+        format!("{}inventory:holds:", keys.prefix()),
+        format!("{}inventory:hold-qty:", keys.prefix()),
+    );
+    let variant_of = |entry: &Entry, kind: &str| entry.key.strip_prefix(kind).map(str::to_owned);
+    let quantities_of: HashMap<String, usize> = (0..entries.len())
+        .filter_map(|i| Some((variant_of(&entries[i], &quantities)?, i)))
+        .collect();
+    let with_holds: HashSet<String> = entries.iter().filter_map(|e| variant_of(e, &holds)).collect();
+    let mut groups = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        if variant_of(entry, &quantities).is_some_and(|v| with_holds.contains(&v)) {
+            continue; // moved with its holds
+        }
+        match variant_of(entry, &holds).and_then(|v| quantities_of.get(&v)) {
+            Some(&j) => groups.push(vec![i, j]),
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
 }
 
 /// The two phases of a [`restore`].
@@ -360,6 +388,27 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_variant_s_holds_are_promoted_with_their_quantities() {
+        let keys = Keys::new(&crate::keys::KeyPrefix::parse("p").unwrap());
+        let entry = |key: &str| Entry {
+            key: key.into(),
+            ttl_ms: 0,
+            dump: Vec::new(),
+        };
+        let entries = [
+            entry("p:inventory:hold-qty:{v1}"),
+            entry("p:inventory:variant:{v1}"),
+            entry("p:inventory:holds:{v1}"),
+            entry("p:inventory:holds:{v2}"),
+            entry("p:inventory:hold-qty:{v3}"),
+        ];
+        assert_eq!(
+            promotion_groups(&keys, &entries),
+            vec![vec![1], vec![2, 0], vec![3], vec![4]]
+        );
+    }
 
     fn entries() -> Vec<Entry> {
         vec![

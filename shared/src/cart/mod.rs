@@ -696,6 +696,18 @@ fn lines_of(fields: &HashMap<&str, &str>, reply: &[RedisReply]) -> Result<Vec<Ca
     Ok(lines.into_iter().map(|(_, line)| line).collect())
 }
 
+/// Which life of its key a cart snapshot is: when that cart was created (epoch ms, Redis
+/// clock; 0 for a cart without it). A customer's cart lost with Redis and built again
+/// under the same key is another one.
+pub(crate) fn generation(reply: &[RedisReply]) -> Result<i64> {
+    let parts = snapshot_parts(reply)?;
+    Ok(parts
+        .fields
+        .get("created")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
 /// The cart of a cart script's snapshot reply, its lines decoded.
 pub(crate) fn decode(cart: &CartRef, reply: &[RedisReply]) -> Result<CartView> {
     let Snapshot {

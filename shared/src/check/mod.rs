@@ -194,11 +194,15 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 let deadline = self
                     .redis("ZSCORE", vec![holds.into(), holder.to_string().into()])
                     .await?;
-                let deadline = deadline
+                // A hold gone since the page was read (released, expired) is not added.
+                let Some(deadline) = deadline
                     .first()
                     .and_then(RedisReply::as_text)
-                    .and_then(|d| d.parse::<f64>().ok());
-                until = until.max(deadline.map_or(0, |d| d as i64));
+                    .and_then(|d| d.parse::<f64>().ok())
+                else {
+                    continue;
+                };
+                until = until.max(deadline as i64);
                 self.redis("SADD", vec![index.as_str().into(), variant.as_str().into()])
                     .await?;
             }

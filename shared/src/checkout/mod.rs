@@ -68,6 +68,17 @@ ORDER BY holds_deadline_ms LIMIT $3";
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// What keeping a cart's lock for a session came to ([`Checkouts::take_lock_of`]).
+pub(crate) enum LockTaken {
+    /// The session holds it now.
+    Held,
+    /// Another session holds it (named).
+    ByOther(String),
+    /// The lock was free but the cart is no longer at the version the session locked (the
+    /// version it is at now).
+    CartMoved(String),
+}
+
 /// What [`Checkouts::meet_lock_holder`] found of the session keeping a cart's lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LockHolder {
@@ -195,19 +206,44 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         session: &SessionId,
         until_ms: i64,
     ) -> Result<Option<String>> {
-        let lock_key = self.carts().lock_key(cart);
-        let args = vec![session.as_str().into(), RedisArg::Int(until_ms), "take".into()];
-        let reply = self.run(&UNLOCK, &[&lock_key], args).await?;
-        if tag(&reply) == "OK" {
-            return Ok(None);
+        match self.take_lock_of(cart, session, until_ms, None).await? {
+            LockTaken::Held => Ok(None),
+            LockTaken::ByOther(other) => Ok(Some(other)),
+            LockTaken::CartMoved(_) => Err(Error::Internal("a cart moved with no version asked".into())),
         }
-        Ok(Some(
-            reply
-                .get(1)
-                .and_then(RedisReply::as_text)
-                .unwrap_or("")
-                .to_owned(),
-        ))
+    }
+
+    /// As [`Self::take_lock`]; with `locked_version` (the cart's version when the session
+    /// locked it), a lost lock is taken back only if the cart is still at that version: a
+    /// cart changed or ordered meanwhile (by a second checkout the lost lock let in) is no
+    /// longer the one the session froze.
+    pub(crate) async fn take_lock_of(
+        &self,
+        cart: &CartRef,
+        session: &SessionId,
+        until_ms: i64,
+        locked_version: Option<i64>,
+    ) -> Result<LockTaken> {
+        let carts = self.carts();
+        let (lock_key, cart_key) = (carts.lock_key(cart), carts.key(cart));
+        let mut args = vec![session.as_str().into(), RedisArg::Int(until_ms), "take".into()];
+        let reply = match locked_version {
+            Some(version) => {
+                args.push(RedisArg::Int(version));
+                self.run(&UNLOCK, &[&lock_key, &cart_key], args).await?
+            }
+            None => self.run(&UNLOCK, &[&lock_key], args).await?,
+        };
+        let value = reply
+            .get(1)
+            .and_then(RedisReply::as_text)
+            .unwrap_or("")
+            .to_owned();
+        Ok(match tag(&reply) {
+            "OK" => LockTaken::Held,
+            "MOVED" => LockTaken::CartMoved(value),
+            _ => LockTaken::ByOther(value),
+        })
     }
 
     /// Meets the session `holder` that keeps a cart's lock, as any call that meets it

@@ -16,12 +16,13 @@ use crate::ports::{Sql, SqlValue};
 /// exact under concurrent orders; and the order is written only if on-hand covers every
 /// line: PostgreSQL refuses what it cannot cover, never clamps (DESIGN §4, invariant 1).
 /// The CHECK (on_hand >= 0) stands behind it. One cart never ends in two orders: the
-/// order claims its cart's row in `cart_orders`, refused when another session's order of
-/// the cart was written since this session's payment intent was (a second checkout that a
-/// lost lock let start beside this one); the upsert serialises two orders of one cart. The
-/// paid session ends with its order (`ended_at`; `ended_state` stays NULL), so it leaves
-/// the live sessions whose holds a stock load puts back. No row: the order exists already,
-/// or was refused (see [`write`]).
+/// order counts itself in its cart's row of `cart_orders` only if the cart has had no
+/// other order since the session's payment intent (`cart_orders_seen`, a compare-and-set;
+/// a second checkout that a lost lock let start beside this one and was paid first is such
+/// an order); two orders of one cart at once are serialised on the row. The paid session
+/// ends with its order (`ended_at`; `ended_state` stays NULL), so it leaves the live
+/// sessions whose holds a stock load puts back. No row: the order exists already, or was
+/// refused (see [`write`]).
 const WRITE_ORDER: &str = "\
 WITH demand AS (
     SELECT d.variant_id, d.quantity FROM jsonb_to_recordset($15::text::jsonb) AS d(variant_id text, quantity bigint)
@@ -33,12 +34,13 @@ WITH demand AS (
 ), covered AS (
     SELECT (SELECT count(*) FROM prev WHERE prev.on_hand >= prev.quantity) = (SELECT count(*) FROM demand) AS ok
 ), cart AS (
-    INSERT INTO cart_orders AS c (cart_ref, checkout_session_id, ordered_at)
-    SELECT $4, $2, now() FROM covered WHERE covered.ok
-    ON CONFLICT (cart_ref) DO UPDATE
-    SET checkout_session_id = EXCLUDED.checkout_session_id, ordered_at = EXCLUDED.ordered_at
-    WHERE c.checkout_session_id = EXCLUDED.checkout_session_id
-       OR c.ordered_at < COALESCE((SELECT created_at FROM checkout_sessions WHERE id = $2), 'infinity')
+    INSERT INTO cart_orders AS c (cart_ref, cart_generation, orders, checkout_session_id)
+    SELECT $4, COALESCE(s.cart_generation, 0), COALESCE(s.cart_orders_seen, 0) + 1, $2
+    FROM covered LEFT JOIN checkout_sessions s ON s.id = $2
+    WHERE covered.ok
+    ON CONFLICT (cart_ref, cart_generation) DO UPDATE
+    SET orders = EXCLUDED.orders, checkout_session_id = EXCLUDED.checkout_session_id
+    WHERE c.checkout_session_id = EXCLUDED.checkout_session_id OR c.orders = EXCLUDED.orders - 1
     RETURNING 1
 ), ins AS (
     INSERT INTO orders (id, checkout_session_id, state_version, cart_ref, customer_id, currency,
@@ -82,12 +84,12 @@ FROM jsonb_to_recordset($1::text::jsonb) AS d(variant_id text, quantity bigint)
 LEFT JOIN inventory_levels i ON i.variant_id = d.variant_id
 WHERE COALESCE(i.on_hand, 0) < d.quantity";
 
-/// The session whose order of the cart (`$1`) was written since the payment intent of
-/// session `$2` was: the order that refuses `$2`'s.
+/// The session whose order of the cart was written since the payment intent of session
+/// `$1` was: the order that refuses `$1`'s.
 const ORDERED_SINCE: &str = "\
-SELECT c.checkout_session_id FROM cart_orders c
-WHERE c.cart_ref = $1 AND c.checkout_session_id <> $2
-  AND c.ordered_at >= COALESCE((SELECT created_at FROM checkout_sessions WHERE id = $2), 'infinity')";
+SELECT c.checkout_session_id FROM cart_orders c JOIN checkout_sessions s
+    ON c.cart_ref = s.cart_ref AND c.cart_generation = s.cart_generation
+WHERE s.id = $1 AND c.checkout_session_id <> $1 AND c.orders > s.cart_orders_seen";
 
 /// Records an order PostgreSQL refused (once per session).
 const RECORD_REFUSAL: &str = "\
@@ -210,11 +212,8 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     if find(sql, order.session).await?.is_some() {
         return Ok(Written::Placed(changes_of(sql, order.session).await?));
     }
-    let cart = [
-        SqlValue::Text(order.cart_ref.to_owned()),
-        SqlValue::Text(order.session.to_owned()),
-    ];
-    if let Some(other) = sql.query(ORDERED_SINCE, &cart).await?.first() {
+    let session = [SqlValue::Text(order.session.to_owned())];
+    if let Some(other) = sql.query(ORDERED_SINCE, &session).await?.first() {
         let other = other.first().and_then(SqlValue::as_text).unwrap_or_default();
         return Ok(Written::CartOrdered(other.to_owned()));
     }

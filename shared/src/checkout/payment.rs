@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::session::{Session, SessionView, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, KEEP_MS, gateway, paid};
+use super::{Checkouts, KEEP_MS, LockTaken, gateway, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
@@ -111,8 +111,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 },
             )
             .await?;
-            // The cart's lock for as long as the holds.
-            self.keep_lock(&session, deadline + self.grace_ms()).await?;
+            // The cart's lock for as long as the holds (taken back if lost, while the cart is
+            // still the one this session froze).
+            let locked_version = metadata["cartVersion"].as_i64();
+            self.keep_lock(&session, deadline + self.grace_ms(), locked_version)
+                .await?;
             let (tag, moved) = self
                 .transition(
                     id,
@@ -128,7 +131,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             session = moved;
         } else if session.state == State::PaymentPending {
             // Asked again while waiting for the payment: the lock lasts until the holds' end.
-            self.keep_lock(&session, session.deadline_ms + self.grace_ms())
+            self.keep_lock(&session, session.deadline_ms + self.grace_ms(), None)
                 .await?;
         }
         let mut view = session.view(None);
@@ -166,15 +169,34 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
     }
 
-    /// Keeps the session's cart lock until `until_ms` ([`Self::take_lock`]). A cart has
-    /// one live checkout: if another session holds the lock now, this one is cancelled (its
-    /// holds freed, its intent cancelled) and the answer is 409 naming it; one that moved on
-    /// meanwhile (paid, ordered, ended) gives back what this call took and is answered as
-    /// it stands (409 `CHECKOUT_STATE`).
-    async fn keep_lock(&self, session: &Session, until_ms: i64) -> Result<()> {
+    /// Keeps the session's cart lock until `until_ms` ([`Self::take_lock_of`]; with
+    /// `locked_version`, a lost lock is taken back only while the cart is as the session
+    /// locked it). A cart has one live checkout: if another session holds the lock now, this
+    /// one is cancelled (its holds freed, its intent cancelled) and the answer is 409 naming
+    /// it; so it is, 409 `CHECKOUT_STATE`, if the cart changed or was ordered meanwhile; one
+    /// that moved on meanwhile (paid, ordered, ended) gives back what this call took and is
+    /// answered as it stands (409 `CHECKOUT_STATE`).
+    async fn keep_lock(&self, session: &Session, until_ms: i64, locked_version: Option<i64>) -> Result<()> {
         let id = &session.id;
-        let Some(other) = self.take_lock(&session.cart, id, until_ms).await? else {
-            return Ok(());
+        let refusal = match self
+            .take_lock_of(&session.cart, id, until_ms, locked_version)
+            .await?
+        {
+            LockTaken::Held => return Ok(()),
+            LockTaken::ByOther(other) => Error::Conflict {
+                code: ErrorCode::CheckoutInProgress,
+                message: format!(
+                    "the cart is being checked out by session {other}, so this session is cancelled"
+                ),
+                details: json!({ "sessionId": other }),
+            },
+            LockTaken::CartMoved(version) => Error::Conflict {
+                code: ErrorCode::CheckoutState,
+                message: format!(
+                    "the cart changed since this checkout locked it (now at version {version}), so this session is cancelled"
+                ),
+                details: json!({ "sessionId": id.as_str(), "state": State::Cancelled.name() }),
+            },
         };
         let (moved, current) = self.transition(id, State::Cancelled, None, &[]).await?;
         if !matches!(moved.as_str(), "OK" | "SAME") {
@@ -182,13 +204,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             return Err(wrong_state(&current, "take a payment"));
         }
         self.release(&current, true).await?;
-        Err(Error::Conflict {
-            code: ErrorCode::CheckoutInProgress,
-            message: format!(
-                "the cart is being checked out by session {other}, so this session is cancelled"
-            ),
-            details: json!({ "sessionId": other }),
-        })
+        Err(refusal)
     }
 
     /// The id of the intent created for the session, if any.

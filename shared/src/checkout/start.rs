@@ -219,10 +219,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             lines.iter().map(|l| (l.line_id.as_str(), &l.item)).collect();
         let quote = serde_json::to_value(&priced).map_err(|e| Error::Internal(e.to_string()))?;
         // The cart's version as locked: the order empties the cart only while it is still
-        // this one (a replayed webhook, days later, leaves a cart filled again alone).
+        // this one (a replayed webhook, days later, leaves a cart filled again alone). Its
+        // generation: which life of the cart's key it is, whose orders PostgreSQL counts.
         let metadata = json!({
             "quote": quote,
             "cartVersion": cart_version,
+            "cartGeneration": cart::generation(locked)?,
             "definitions": definitions,
             "demand": demand.iter().map(|(v, q)| json!([v.as_str(), q.get()])).collect::<Vec<_>>(),
         });

@@ -1,14 +1,23 @@
 -- Release, keep or take back a cart's checkout lock, only for the session that holds it.
 --
--- KEYS: lock
+-- KEYS: lock, and optionally the cart (with ARGV[4])
 -- ARGV: session id; '' to release, or the instant (epoch ms, Redis clock) until which the
 --       lock is to last; and optionally 'take': keeping it also takes the lock when nobody
---       holds it (a lock lost while its session lives), never from another session
--- Replies: {'OK'} | {'NOT_HOLDER', the holder ('' for none)}
+--       holds it (a lock lost while its session lives), never from another session; and
+--       optionally the cart's version when the session locked it: a free lock is then taken
+--       only if the cart is still at it (a cart changed or ordered since is not the one the
+--       session froze)
+-- Replies: {'OK'} | {'NOT_HOLDER', the holder ('' for none)} | {'MOVED', the cart's version}
 local holder = redis.call('GET', KEYS[1])
 if holder ~= ARGV[1] then
   if holder or ARGV[2] == '' or ARGV[3] ~= 'take' then
     return {'NOT_HOLDER', holder or ''}
+  end
+  if KEYS[2] then
+    local version = redis.call('HGET', KEYS[2], 'version')
+    if version and version ~= ARGV[4] then
+      return {'MOVED', version}
+    end
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PXAT', tonumber(ARGV[2]))
   return {'OK'}

@@ -8,28 +8,22 @@
 local PURGE_BUDGET = 500
 local budget = PURGE_BUDGET
 
--- Drops the holds that lost their deadline: with the holds set gone (deleted, evicted)
--- while hold-qty stayed, nothing would ever expire what hold-qty still has, so it is
--- dropped as expired. One call when both keys or neither exist (every normal case).
-local function drop_undated(reserved, holds, hold_qty)
-  if redis.call('EXISTS', holds, hold_qty) ~= 1 or redis.call('EXISTS', holds) == 1 then
-    return
-  end
-  local freed = 0
-  for _, qty in ipairs(redis.call('HVALS', hold_qty)) do
-    freed = freed + (tonumber(qty) or 0)
-  end
-  redis.call('DEL', hold_qty)
-  if freed > 0 and redis.call('DECRBY', reserved, freed) <= 0 then
-    redis.call('DEL', reserved)
+-- A variant's holds are two keys written together: their deadlines (`holds`) and their
+-- quantities (`hold-qty`). One lost without the other (deleted, evicted) leaves holds that
+-- would never expire (quantities without deadlines) or a reserved total nobody holds
+-- (deadlines without quantities): either way those holds are dropped as expired, with
+-- the total. One call when both keys or neither exist (every normal case).
+local function drop_half_holds(reserved, holds, hold_qty)
+  if redis.call('EXISTS', holds, hold_qty) == 1 then
+    redis.call('DEL', holds, hold_qty, reserved)
   end
 end
 
 -- Drops the variant's holds whose deadline is at or before `now` (and those that lost
--- their deadline). Returns true when no expired hold is left, false when the budget ran
--- out first.
+-- their deadline or quantity). Returns true when no expired hold is left, false when the
+-- budget ran out first.
 local function purge(reserved, holds, hold_qty, now)
-  drop_undated(reserved, holds, hold_qty)
+  drop_half_holds(reserved, holds, hold_qty)
   while true do
     if budget <= 0 then
       return redis.call('ZCOUNT', holds, '-inf', now) == 0

@@ -1031,6 +1031,35 @@ async fn a_customer_session_paid_before_a_redis_loss_is_ordered_after_the_new_ca
     app.finish().await;
 }
 
+/// A LOCKED session whose frozen cart was lost (its metadata key, alone) can take no
+/// payment: its payment intent cancels it, freeing its stock and its cart, and asks the
+/// gateway for nothing.
+#[tokio::test]
+async fn a_session_that_lost_its_frozen_cart_is_cancelled_at_its_payment_intent() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let mut redis = app.redis.clone();
+    let cart = app.cart_with(&[("var-1", 2)]).await;
+    let session = app.checkout(&cart, "k-no-metadata-1").await;
+    let id = commerce_core::ids::SessionId::parse(&session).unwrap();
+    let _: () = redis.del(app.keys().checkout_metadata(&id)).await.unwrap();
+
+    let refused = app.payment_intent(&session, Caller::Anonymous).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "CHECKOUT_STATE"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/checkout/{session}")).await.body["state"],
+        "CANCELLED"
+    );
+    assert_eq!(app.sellable("var-1").await, 100);
+    assert!(gateway.intents().is_empty(), "no intent was asked for");
+    let again = app.checkout(&cart, "k-no-metadata-2").await;
+    assert_ne!(again, session, "the cart is checked out again");
+    app.finish().await;
+}
+
 /// A cancel that lands while the payment intent is being created (a slow gateway) wins:
 /// the intent request, which then holds stock, PostgreSQL's copy and the lock again, gives
 /// them all back and cancels its intent; nothing brings the session back to be paid.

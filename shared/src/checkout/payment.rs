@@ -50,6 +50,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             _ => return Err(wrong_state(&session, "take a payment")),
         }
         let frozen = stored.get(1).and_then(Option::as_deref);
+        // What a LOCKED session froze at its start, before any intent is asked for: a
+        // session that lost it (a partial Redis loss) can take no payment, and is cancelled
+        // so that its cart and stock are free for a new checkout.
+        let metadata = match session.state {
+            State::Locked => Some(self.frozen_or_cancel(&session, frozen).await?),
+            _ => None,
+        };
         let intent: Value = match stored.first().and_then(Option::as_deref) {
             Some(text) => {
                 serde_json::from_str(text).map_err(|_| Error::Internal("malformed stored intent".into()))?
@@ -87,7 +94,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // Hold stock and cart for the whole payment window: the holds first (their
             // deadline, less the grace, is the session's), then PostgreSQL's copy, then the
             // session, so at every moment the holds outlive the session.
-            let metadata = self.metadata_from(id, frozen).await?;
+            let metadata = match metadata {
+                Some(metadata) => metadata,
+                None => self.metadata_from(id, frozen).await?,
+            };
             let demand = frozen_demand(&metadata)?;
             let deadline = self.hold(id, &demand, self.session_ttl_ms()).await?;
             let cart_ref = cart_ref_text(&session.cart);
@@ -149,6 +159,27 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// (up to 7 days; the seed's `PAYMENT_INTENT` kept a day).
     fn intent_ttl_ms(&self) -> i64 {
         self.session_ttl_ms() + self.grace_ms() + KEEP_MS
+    }
+
+    /// The LOCKED session's frozen metadata; if it is lost (in neither Redis nor
+    /// PostgreSQL), the session is cancelled (what it holds freed) and the answer is 409
+    /// `CHECKOUT_STATE`: its buyer checks the cart out again.
+    async fn frozen_or_cancel(&self, session: &Session, frozen: Option<&str>) -> Result<Value> {
+        match self.metadata_from(&session.id, frozen).await {
+            Err(Error::NotFound { .. }) => {}
+            other => return other,
+        }
+        let (moved, current) = self.transition(&session.id, State::Cancelled, None, &[]).await?;
+        if !matches!(moved.as_str(), "OK" | "SAME") {
+            return Err(wrong_state(&current, "take a payment"));
+        }
+        self.release(&current, true).await?;
+        Err(Error::Conflict {
+            code: ErrorCode::CheckoutState,
+            message: "the checkout's frozen cart was lost, so it is cancelled: check the cart out again"
+                .into(),
+            details: json!({ "sessionId": session.id.as_str(), "state": State::Cancelled.name() }),
+        })
     }
 
     /// Gives back what this call took (holds, lock) for a session that moved on while it

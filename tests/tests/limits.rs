@@ -558,6 +558,18 @@ async fn max_per_order_survives_a_redis_flush_and_is_checked_and_reconciled() {
     );
     let check = app.call("GET", "/v1/admin/check", None, Caller::Admin).await;
     assert_eq!(check.body["ok"], true, "{check:?}");
+
+    // Lost alone again, nobody repairing: the next reservation loads it back first.
+    let _: () = redis.del(app.variant_keys("var-2").max_per_order).await.unwrap();
+    over_limit(
+        &reserve(&app, "h2", json!([{"variantId": "var-2", "quantity": 4}])).await,
+        "var-2",
+        4,
+        3,
+    );
+    let _: () = redis.del(app.variant_keys("var-2").max_per_order).await.unwrap();
+    assert_eq!(app.get("/v1/inventory/var-2").await.body["maxPerOrder"], 3);
+    assert_eq!(app.check_holds("var-2").await, (100, 0));
     app.finish().await;
 }
 

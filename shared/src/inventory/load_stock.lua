@@ -1,6 +1,6 @@
 -- Load stock: write PostgreSQL's on-hand and per-order limit into Redis, for variants
--- whose stock key is missing (mode 'fill', the lazy load) or for all (mode 'force',
--- reconcile), and put back
+-- whose stock key (or limit) is missing (mode 'fill', the lazy load) or for all (mode
+-- 'force', reconcile), and put back
 -- the holds of live paid checkout sessions that PostgreSQL keeps (DESIGN §4, invariant 8),
 -- so units a paying customer holds are not sold again after Redis lost them.
 --
@@ -28,10 +28,12 @@ for i = 0, #KEYS / 6 - 1 do
   local first_hold = a + 4
   a = first_hold + 3 * n
   local present = redis.call('EXISTS', stock) == 1
+  -- A limit lost alone (its hash without the version it mirrors) is loaded again too.
+  local limited = redis.call('HEXISTS', KEYS[6 + 6 * i], 'version') == 1
   local result = 0
   if not present then
     result = 1
-  elseif force then
+  elseif force or not limited then
     local applied = tonumber(redis.call('HGET', meta, 'max')) or 0
     result = (version >= applied) and 1 or -1
   end

@@ -48,12 +48,15 @@ for i = 0, n - 1 do
   local k = b + 5 * i
   local counts = redis.call('MGET', KEYS[k], KEYS[k + 1])
   local stock = tonumber(counts[1])
-  if not stock then
+  -- The limit's hash always has the version it mirrors: without it, the limit was lost
+  -- (not "none"), and the variant is loaded again like a lost stock.
+  local limits = redis.call('HMGET', KEYS[k + 4], 'limit', 'version')
+  if not stock or not limits[2] then
     missing[#missing + 1] = i
   else
     local reserved = reserved_total(KEYS[k + 1], KEYS[k + 3], counts[2])
     local mine = tonumber(redis.call('HGET', KEYS[k + 3], holder)) or 0
-    local limit = tonumber(redis.call('HGET', KEYS[k + 4], 'limit'))
+    local limit = tonumber(limits[1])
     local want = tonumber(ARGV[5 + 2 * i])
     if limit and want > limit and want > mine then
       over[#over + 1] = i

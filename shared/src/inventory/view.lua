@@ -15,12 +15,14 @@ for i = 0, n - 1 do
     return {'RETRY'}
   end
   local stock = redis.call('GET', KEYS[k])
-  if not stock then
+  -- A limit's hash without its version was lost: loaded again, like a lost stock.
+  local limits = redis.call('HMGET', KEYS[k + 4], 'limit', 'version')
+  if not stock or not limits[2] then
     missing[#missing + 1] = i
   end
   out[#out + 1] = tonumber(stock) or 0
   out[#out + 1] = reserved_total(KEYS[k + 1], KEYS[k + 3], redis.call('GET', KEYS[k + 1]))
-  out[#out + 1] = tonumber(redis.call('HGET', KEYS[k + 4], 'limit')) or 0
+  out[#out + 1] = tonumber(limits[1]) or 0
 end
 if #missing > 1 then
   return missing

@@ -285,17 +285,23 @@ impl Keys {
         format!("{}discount:eligibility:{{{discount}}}", self.prefix)
     }
 
+    /// A SCAN pattern matching every variant's holds set (deadlines) in this namespace.
+    pub fn all_holds_pattern(&self) -> String {
+        format!("{}inventory:holds:{{*}}", self.prefix)
+    }
+
     /// A SCAN pattern matching every variant's hold quantities (`hold-qty`) in this
-    /// namespace: the holds there are, whether or not their deadlines (`holds`) survived.
+    /// namespace.
     pub fn all_hold_qty_pattern(&self) -> String {
         format!("{}inventory:hold-qty:{{*}}", self.prefix)
     }
 
-    /// Reads the variant id back out of a `hold-qty` key found by SCAN.
-    pub fn variant_of_hold_qty_key(&self, key: &str) -> Option<VariantId> {
-        let id = key
-            .strip_prefix(&self.prefix)?
-            .strip_prefix("inventory:hold-qty:{")?
+    /// Reads the variant id back out of a `holds` or `hold-qty` key found by SCAN.
+    pub fn variant_of_holds_key(&self, key: &str) -> Option<VariantId> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        let id = rest
+            .strip_prefix("inventory:holds:{")
+            .or_else(|| rest.strip_prefix("inventory:hold-qty:{"))?
             .strip_suffix('}')?;
         VariantId::parse(id).ok()
     }
@@ -315,7 +321,8 @@ mod tests {
         for key in k.as_array() {
             assert!(key.ends_with("{var-9}"));
         }
-        assert_eq!(keys.variant_of_hold_qty_key(&k.hold_qty), Some(v));
+        assert_eq!(keys.variant_of_holds_key(&k.holds), Some(v.clone()));
+        assert_eq!(keys.variant_of_holds_key(&k.hold_qty), Some(v));
     }
 
     #[test]

@@ -894,10 +894,10 @@ async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
     app.finish().await;
 }
 
-/// PostgreSQL counts a cart's orders and an order must be the next one its session saw at
-/// its payment intent: a second checkout (let in by a lost lock) whose intent is made while
-/// the first order is still being written (waiting for a stock row) is refused its order,
-/// however late the first commits.
+/// PostgreSQL keeps the newest cart version ordered per cart: a second checkout (let in by
+/// a lost lock) that froze the cart while the first order was still being written (waiting
+/// for a stock row) froze the same version, and is refused its order, however late the
+/// first commits and whenever its payment intent is made.
 #[tokio::test]
 async fn an_order_written_while_a_second_checkout_of_the_cart_pays_leaves_it_no_order() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;
@@ -916,17 +916,19 @@ async fn an_order_written_while_a_second_checkout_of_the_cart_pays_leaves_it_no_
         tokio::time::sleep(Duration::from_millis(500)).await;
         let _: () = redis.del(app.cart_lock_key(&first.cart)).await.unwrap();
         let second = app.checkout(&first.cart, "k-slow-order-2").await;
-        let intent = app.payment_intent(&second, Caller::Anonymous).await;
-        assert_eq!(intent.status, 200, "{intent:?}");
         blocker.batch_execute("COMMIT").await.unwrap();
-        intent.body["paymentIntentId"].as_str().unwrap().to_owned()
+        second
     };
-    let ((status, done), second_intent) = tokio::join!(app.intent_paid(&gateway, &first.intent), second);
+    let ((status, done), second) = tokio::join!(app.intent_paid(&gateway, &first.intent), second);
     assert_eq!(
         (status, done["state"].as_str()),
         (200, Some("COMPLETED")),
         "{done}"
     );
+    // Its payment intent only now, after the first order is written.
+    let intent = app.payment_intent(&second, Caller::Anonymous).await;
+    assert_eq!(intent.status, 200, "{intent:?}");
+    let second_intent = intent.body["paymentIntentId"].as_str().unwrap().to_owned();
     let (status, refused) = app.intent_paid(&gateway, &second_intent).await;
     assert_eq!(
         (status, refused["state"].as_str()),
@@ -984,7 +986,8 @@ async fn a_session_whose_cart_was_ordered_meanwhile_takes_no_payment() {
 }
 
 /// A customer's cart lost with Redis and built again is another cart: a session paid for
-/// before the loss still becomes its order after the customer ordered the new cart.
+/// before the loss still becomes its order, whether the customer is checking the new cart
+/// out or has ordered it, and its order leaves the new cart alone.
 #[tokio::test]
 async fn a_customer_session_paid_before_a_redis_loss_is_ordered_after_the_new_cart_is() {
     let (app, gateway) = TestApp::shop(2, |c| c).await;
@@ -1027,6 +1030,40 @@ async fn a_customer_session_paid_before_a_redis_loss_is_ordered_after_the_new_ca
         "{done}"
     );
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
+
+    // Again, the new cart being checked out (locked) when the old payment arrives.
+    assert_eq!(fill("var-1").await.status, 200);
+    let started = app
+        .start_checkout_as(json!({ "customerId": "zoe" }), "k-loss-3", zoe)
+        .await;
+    let older = started.body["sessionId"].as_str().unwrap().to_owned();
+    let intent = app.payment_intent(&older, zoe).await;
+    let older_intent = intent.body["paymentIntentId"].as_str().unwrap().to_owned();
+    app.flush_redis().await;
+    assert_eq!(fill("var-2").await.status, 200);
+    let started = app
+        .start_checkout_as(json!({ "customerId": "zoe" }), "k-loss-4", zoe)
+        .await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let (status, done) = app.intent_paid(&gateway, &older_intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    let cart = app.call("GET", "/v1/customers/zoe/cart", None, zoe).await;
+    assert_eq!(
+        cart.body["lines"][0]["variantId"], "var-2",
+        "the new cart is left as it is: {cart:?}"
+    );
+    let newer = started.body["sessionId"].as_str().unwrap().to_owned();
+    let (status, done) = app.pay(&gateway, &newer, zoe).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 4);
     assert!(gateway.refunds().is_empty(), "{:?}", gateway.refunds());
     app.finish().await;
 }

@@ -132,12 +132,7 @@ async fn holds_that_lost_their_deadlines_or_quantities_stop_counting() {
     let _: () = redis::AsyncCommands::del(&mut redis, app.variant_keys("var-2").hold_qty)
         .await
         .unwrap();
-    let view = app.get("/v1/inventory/var-2").await;
-    assert_eq!(
-        (view.body["reserved"].clone(), view.body["sellable"].clone()),
-        (json!(0), json!(100)),
-        "{view:?}"
-    );
+    assert_eq!(app.inventory().sweep(|_| {}).await.unwrap(), 2, "var-1 (held) and var-2");
     let keys = app.variant_keys("var-2");
     let left: (bool, bool) = redis::pipe()
         .exists(&keys.holds)
@@ -145,7 +140,17 @@ async fn holds_that_lost_their_deadlines_or_quantities_stop_counting() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(left, (false, false), "the deadlines without quantities are gone");
+    assert_eq!(
+        left,
+        (false, false),
+        "the sweep dropped the deadlines without quantities"
+    );
+    let view = app.get("/v1/inventory/var-2").await;
+    assert_eq!(
+        (view.body["reserved"].clone(), view.body["sellable"].clone()),
+        (json!(0), json!(100)),
+        "{view:?}"
+    );
     app.finish().await;
 }
 

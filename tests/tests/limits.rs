@@ -570,6 +570,21 @@ async fn max_per_order_survives_a_redis_flush_and_is_checked_and_reconciled() {
     let _: () = redis.del(app.variant_keys("var-2").max_per_order).await.unwrap();
     assert_eq!(app.get("/v1/inventory/var-2").await.body["maxPerOrder"], 3);
     assert_eq!(app.check_holds("var-2").await, (100, 0));
+
+    // Even where Redis's stock is of a newer row version than PostgreSQL's (which a reload
+    // would refuse as stale), the limit comes back on its own and the stock stays.
+    let keys = app.variant_keys("var-2");
+    let _: () = redis
+        .hset_multiple(&keys.stock_version, &[("base", 99), ("max", 99)])
+        .await
+        .unwrap();
+    let _: () = redis.del(&keys.max_per_order).await.unwrap();
+    let view = app.get("/v1/inventory/var-2").await;
+    assert_eq!(
+        (view.status, view.body["maxPerOrder"].clone()),
+        (200, json!(3)),
+        "{view:?}"
+    );
     app.finish().await;
 }
 

@@ -5,14 +5,19 @@
 -- again) is left as it is, so a replayed webhook changes nothing, however late.
 --
 -- KEYS: cart, lock
--- ARGV: session id, the cart's version when the session locked it ('' when not known)
+-- ARGV: session id, the cart's version when the session locked it and its generation
+--       (`created`: which life of the key; each '' when not known). A cart built again
+--       under the key after a Redis loss is another cart, and is not emptied.
 -- Replies: {'OK'} | {'SKIPPED'}
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then
   return {'SKIPPED'}
 end
 local lines = {}
-if ARGV[2] == '' or redis.call('HGET', KEYS[1], 'version') == ARGV[2] then
+local read = redis.call('HMGET', KEYS[1], 'version', 'created')
+local same_version = ARGV[2] == '' or read[1] == ARGV[2]
+local same_life = (ARGV[3] or '') == '' or not read[2] or read[2] == ARGV[3]
+if same_version and same_life then
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
     local kind = string.sub(field, 1, 2)
     if kind == 'q:' or kind == 'd:' or kind == 'o:' then

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::session::{Session, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, gateway, order};
+use super::{Checkouts, LockTaken, gateway, order};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
@@ -326,6 +326,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
             None => Value::Null,
         };
+        // The cart as this session locked it: which life of its key (0: not kept by older
+        // sessions) and its version then (`None`: not kept).
+        let generation = metadata["cartGeneration"].as_i64().unwrap_or(0);
+        let locked_version = metadata["cartVersion"].as_i64();
         let mut changes = None;
         // Whether this call holds the cart's lock for the session (kept or taken back below)
         // and has not yet let it go with the emptied cart.
@@ -333,13 +337,21 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         if session.state == State::PaymentConfirmed {
             // A cart has one live checkout: a session whose cart lock was lost (deleted, a
             // Redis restored without it) and taken by another checkout of the cart since
-            // does not become a second order of it; its payment goes back.
+            // does not become a second order of it; its payment goes back. A cart built
+            // again under the same key after a Redis loss is another cart, whose lock is
+            // not this session's to take or to yield to.
             let until = session.deadline_ms + self.grace_ms();
-            if let Some(other) = self.take_lock(&session.cart, &session.id, until).await? {
-                let reason = format!("another checkout of the cart ({other}) holds it");
-                return self.fail_paid(&session.id, event, &reason).await;
+            match self
+                .take_lock_of(&session.cart, &session.id, until, None, Some(generation))
+                .await?
+            {
+                LockTaken::Held => holds_lock = true,
+                LockTaken::ByOther(other) => {
+                    let reason = format!("another checkout of the cart ({other}) holds it");
+                    return self.fail_paid(&session.id, event, &reason).await;
+                }
+                LockTaken::OtherCart | LockTaken::CartMoved(_) => {}
             }
-            holds_lock = true;
             let demand = frozen_demand(&metadata)?;
             let customer = match &session.cart {
                 CartRef::Customer(c) => Some(c.as_str()),
@@ -358,6 +370,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     definitions: &metadata["definitions"],
                     demand: &demand,
                     payment_intent: intent,
+                    cart_generation: generation,
+                    cart_version: locked_version,
                 },
             )
             .await?;
@@ -387,16 +401,19 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             self.inventory()
                 .commit(&Holder::Checkout(session.id.clone()), &changes)
                 .await?;
-            // The cart as this session locked it (older sessions did not keep it: '').
-            let locked_version = metadata["cartVersion"]
-                .as_i64()
-                .map_or(RedisArg::from(""), RedisArg::Int);
+            // Only the cart as this session locked it is emptied (older sessions did not
+            // keep its version or generation: '').
+            let known = |v: Option<i64>| v.map_or(RedisArg::from(""), RedisArg::Int);
             let carts = self.carts();
             let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
             self.run(
                 &EMPTY_CART,
                 &[&cart_key, &lock_key],
-                vec![session.id.as_str().into(), locked_version],
+                vec![
+                    session.id.as_str().into(),
+                    known(locked_version),
+                    known(metadata["cartGeneration"].as_i64()),
+                ],
             )
             .await?;
             holds_lock = false;

@@ -77,6 +77,9 @@ pub(crate) enum LockTaken {
     /// The lock was free but the cart is no longer at the version the session locked (the
     /// version it is at now).
     CartMoved(String),
+    /// The cart is another life of its key (built again after a Redis loss): its lock is
+    /// not the session's business.
+    OtherCart,
 }
 
 /// What [`Checkouts::meet_lock_holder`] found of the session keeping a cart's lock.
@@ -206,33 +209,35 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         session: &SessionId,
         until_ms: i64,
     ) -> Result<Option<String>> {
-        match self.take_lock_of(cart, session, until_ms, None).await? {
-            LockTaken::Held => Ok(None),
+        match self.take_lock_of(cart, session, until_ms, None, None).await? {
             LockTaken::ByOther(other) => Ok(Some(other)),
-            LockTaken::CartMoved(_) => Err(Error::Internal("a cart moved with no version asked".into())),
+            _ => Ok(None),
         }
     }
 
-    /// As [`Self::take_lock`]; with `locked_version` (the cart's version when the session
-    /// locked it), a lost lock is taken back only if the cart is still at that version: a
-    /// cart changed or ordered meanwhile (by a second checkout the lost lock let in) is no
-    /// longer the one the session froze.
+    /// As [`Self::take_lock`], against the cart as the session locked it: with
+    /// `locked_version`, a lost lock is taken back only if the cart is still at that
+    /// version (a cart changed or ordered meanwhile, by a second checkout the lost lock let
+    /// in, is no longer the one the session froze); with `generation`, a cart that is
+    /// another life of its key (built again after a Redis loss) is left alone, its lock
+    /// neither taken nor yielded to.
     pub(crate) async fn take_lock_of(
         &self,
         cart: &CartRef,
         session: &SessionId,
         until_ms: i64,
         locked_version: Option<i64>,
+        generation: Option<i64>,
     ) -> Result<LockTaken> {
         let carts = self.carts();
         let (lock_key, cart_key) = (carts.lock_key(cart), carts.key(cart));
         let mut args = vec![session.as_str().into(), RedisArg::Int(until_ms), "take".into()];
-        let reply = match locked_version {
-            Some(version) => {
-                args.push(RedisArg::Int(version));
-                self.run(&UNLOCK, &[&lock_key, &cart_key], args).await?
-            }
-            None => self.run(&UNLOCK, &[&lock_key], args).await?,
+        let reply = if locked_version.is_none() && generation.is_none() {
+            self.run(&UNLOCK, &[&lock_key], args).await?
+        } else {
+            let known = |v: Option<i64>| v.map_or(RedisArg::from(""), RedisArg::Int);
+            args.extend([known(locked_version), known(generation)]);
+            self.run(&UNLOCK, &[&lock_key, &cart_key], args).await?
         };
         let value = reply
             .get(1)
@@ -242,6 +247,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(match tag(&reply) {
             "OK" => LockTaken::Held,
             "MOVED" => LockTaken::CartMoved(value),
+            "OTHER_CART" => LockTaken::OtherCart,
             _ => LockTaken::ByOther(value),
         })
     }

@@ -16,13 +16,13 @@ use crate::ports::{Sql, SqlValue};
 /// exact under concurrent orders; and the order is written only if on-hand covers every
 /// line: PostgreSQL refuses what it cannot cover, never clamps (DESIGN §4, invariant 1).
 /// The CHECK (on_hand >= 0) stands behind it. One cart never ends in two orders: the
-/// order counts itself in its cart's row of `cart_orders` only if the cart has had no
-/// other order since the session's payment intent (`cart_orders_seen`, a compare-and-set;
-/// a second checkout that a lost lock let start beside this one and was paid first is such
-/// an order); two orders of one cart at once are serialised on the row. The paid session
-/// ends with its order (`ended_at`; `ended_state` stays NULL), so it leaves the live
-/// sessions whose holds a stock load puts back. No row: the order exists already, or was
-/// refused (see [`write`]).
+/// order claims its cart's row in `cart_orders` with the cart version its session froze,
+/// refused unless that version is newer than the last one ordered (a second checkout of
+/// the same cart, let in by a lost lock, froze the same one); two orders of one cart at
+/// once are serialised on the row. A session that froze no version (from before versions
+/// were kept) claims nothing. The paid session ends with its order (`ended_at`;
+/// `ended_state` stays NULL), so it leaves the live sessions whose holds a stock load puts
+/// back. No row: the order exists already, or was refused (see [`write`]).
 const WRITE_ORDER: &str = "\
 WITH demand AS (
     SELECT d.variant_id, d.quantity FROM jsonb_to_recordset($15::text::jsonb) AS d(variant_id text, quantity bigint)
@@ -34,20 +34,18 @@ WITH demand AS (
 ), covered AS (
     SELECT (SELECT count(*) FROM prev WHERE prev.on_hand >= prev.quantity) = (SELECT count(*) FROM demand) AS ok
 ), cart AS (
-    INSERT INTO cart_orders AS c (cart_ref, cart_generation, orders, checkout_session_id)
-    SELECT $4, COALESCE(s.cart_generation, 0), COALESCE(s.cart_orders_seen, 0) + 1, $2
-    FROM covered LEFT JOIN checkout_sessions s ON s.id = $2
-    WHERE covered.ok
+    INSERT INTO cart_orders AS c (cart_ref, cart_generation, cart_version, checkout_session_id)
+    SELECT $4, $16, $17, $2 FROM covered WHERE covered.ok AND $17::bigint IS NOT NULL
     ON CONFLICT (cart_ref, cart_generation) DO UPDATE
-    SET orders = EXCLUDED.orders, checkout_session_id = EXCLUDED.checkout_session_id
-    WHERE c.checkout_session_id = EXCLUDED.checkout_session_id OR c.orders = EXCLUDED.orders - 1
+    SET cart_version = EXCLUDED.cart_version, checkout_session_id = EXCLUDED.checkout_session_id
+    WHERE c.checkout_session_id = EXCLUDED.checkout_session_id OR c.cart_version < EXCLUDED.cart_version
     RETURNING 1
 ), ins AS (
     INSERT INTO orders (id, checkout_session_id, state_version, cart_ref, customer_id, currency,
                         subtotal_minor, discount_total_minor, total_minor, payment_intent_id,
                         pricing_version, discount_version, quote)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb
-    FROM cart
+    FROM covered WHERE covered.ok AND ($17::bigint IS NULL OR EXISTS (SELECT 1 FROM cart))
     ON CONFLICT (checkout_session_id) DO NOTHING
     RETURNING id
 ), lines AS (
@@ -84,12 +82,11 @@ FROM jsonb_to_recordset($1::text::jsonb) AS d(variant_id text, quantity bigint)
 LEFT JOIN inventory_levels i ON i.variant_id = d.variant_id
 WHERE COALESCE(i.on_hand, 0) < d.quantity";
 
-/// The session whose order of the cart was written since the payment intent of session
-/// `$1` was: the order that refuses `$1`'s.
+/// The session whose order of the cart (`$1`, generation `$2`) was of a version not older
+/// than `$4`, the one session `$3` froze: the order that refuses `$3`'s.
 const ORDERED_SINCE: &str = "\
-SELECT c.checkout_session_id FROM cart_orders c JOIN checkout_sessions s
-    ON c.cart_ref = s.cart_ref AND c.cart_generation = s.cart_generation
-WHERE s.id = $1 AND c.checkout_session_id <> $1 AND c.orders > s.cart_orders_seen";
+SELECT checkout_session_id FROM cart_orders
+WHERE cart_ref = $1 AND cart_generation = $2 AND checkout_session_id <> $3 AND cart_version >= $4";
 
 /// Records an order PostgreSQL refused (once per session).
 const RECORD_REFUSAL: &str = "\
@@ -125,6 +122,10 @@ pub struct NewOrder<'a> {
     pub demand: &'a [(VariantId, Quantity)],
     /// The confirmed payment intent.
     pub payment_intent: &'a str,
+    /// Which life of the cart's key the session checked out (its `created`; 0 if unknown).
+    pub cart_generation: i64,
+    /// The cart's version the session froze (`None` for a session from before it was).
+    pub cart_version: Option<i64>,
 }
 
 /// What writing an order came to.
@@ -134,8 +135,8 @@ pub enum Written {
     Placed(Vec<StockChange>),
     /// On-hand could not cover it: no order, nothing taken; the shortages as JSON.
     Refused(Value),
-    /// Another checkout of the cart was ordered since this session's payment intent was
-    /// created (the session named): no order, nothing taken.
+    /// Another checkout of the same cart (the same version or a newer one) was ordered
+    /// (the session named): no order, nothing taken.
     CartOrdered(String),
 }
 
@@ -197,6 +198,8 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         SqlValue::Text(q.to_string()),
         SqlValue::Text(Value::Array(lines).to_string()),
         SqlValue::Text(Value::Array(demand.clone()).to_string()),
+        SqlValue::Int(order.cart_generation),
+        order.cart_version.map_or(SqlValue::Null, SqlValue::Int),
     ];
     let demand = Value::Array(demand).to_string();
     let rows = match sql.query(WRITE_ORDER, &params).await {
@@ -212,8 +215,20 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     if find(sql, order.session).await?.is_some() {
         return Ok(Written::Placed(changes_of(sql, order.session).await?));
     }
-    let session = [SqlValue::Text(order.session.to_owned())];
-    if let Some(other) = sql.query(ORDERED_SINCE, &session).await?.first() {
+    if let Some(version) = order.cart_version
+        && let Some(other) = sql
+            .query(
+                ORDERED_SINCE,
+                &[
+                    SqlValue::Text(order.cart_ref.to_owned()),
+                    SqlValue::Int(order.cart_generation),
+                    SqlValue::Text(order.session.to_owned()),
+                    SqlValue::Int(version),
+                ],
+            )
+            .await?
+            .first()
+    {
         let other = other.first().and_then(SqlValue::as_text).unwrap_or_default();
         return Ok(Written::CartOrdered(other.to_owned()));
     }

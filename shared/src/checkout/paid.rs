@@ -12,16 +12,12 @@ use crate::ports::{Sql, SqlValue};
 use crate::pricing::money::{Currency, Money};
 
 /// Saves (or, for a retry, moves the deadlines of) a paid session and its held lines, in
-/// one statement, with the count of its cart's orders as it is now (`cart_orders`): its own
-/// order must be the next one (see `order::WRITE_ORDER`). An ended session is left as it is.
+/// one statement. An ended session is left as it is.
 const SAVE: &str = "\
 WITH s AS (
     INSERT INTO checkout_sessions (id, cart_ref, customer_id, total_minor, currency, payment_intent_id,
-                                   intent, deadline_ms, holds_deadline_ms, metadata, cart_generation,
-                                   cart_orders_seen)
-    SELECT $1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10::text::jsonb, g.generation,
-           COALESCE((SELECT orders FROM cart_orders WHERE cart_ref = $2 AND cart_generation = g.generation), 0)
-    FROM (SELECT COALESCE(($10::text::jsonb ->> 'cartGeneration')::bigint, 0) AS generation) g
+                                   intent, deadline_ms, holds_deadline_ms, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10::text::jsonb)
     ON CONFLICT (id) DO UPDATE
         SET deadline_ms = EXCLUDED.deadline_ms, holds_deadline_ms = EXCLUDED.holds_deadline_ms
         WHERE checkout_sessions.ended_at IS NULL

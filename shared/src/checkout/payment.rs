@@ -210,10 +210,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     async fn keep_lock(&self, session: &Session, until_ms: i64, locked_version: Option<i64>) -> Result<()> {
         let id = &session.id;
         let refusal = match self
-            .take_lock_of(&session.cart, id, until_ms, locked_version)
+            .take_lock_of(&session.cart, id, until_ms, locked_version, None)
             .await?
         {
-            LockTaken::Held => return Ok(()),
+            LockTaken::Held | LockTaken::OtherCart => return Ok(()),
             LockTaken::ByOther(other) => Error::Conflict {
                 code: ErrorCode::CheckoutInProgress,
                 message: format!(

@@ -1,19 +1,28 @@
 -- Release, keep or take back a cart's checkout lock, only for the session that holds it.
 --
--- KEYS: lock, and optionally the cart (with ARGV[4])
+-- KEYS: lock, and optionally the cart (with ARGV[4], ARGV[5])
 -- ARGV: session id; '' to release, or the instant (epoch ms, Redis clock) until which the
 --       lock is to last; and optionally 'take': keeping it also takes the lock when nobody
---       holds it (a lock lost while its session lives), never from another session; and
---       optionally the cart's version when the session locked it: a free lock is then taken
---       only if the cart is still at it (a cart changed or ordered since is not the one the
---       session froze)
+--       holds it (a lock lost while its session lives), never from another session; then
+--       optionally the cart's version when the session locked it ('' not to check): a free
+--       lock is taken only if the cart is still at it (a cart changed or ordered since is
+--       not the one the session froze); and the cart's generation (its `created`, '' not to
+--       check): a cart that is another life of its key (built again after a Redis loss) is
+--       not the session's, nor is its lock
 -- Replies: {'OK'} | {'NOT_HOLDER', the holder ('' for none)} | {'MOVED', the cart's version}
+--        | {'OTHER_CART'}
+if KEYS[2] and ARGV[3] == 'take' and (ARGV[5] or '') ~= '' then
+  local created = redis.call('HGET', KEYS[2], 'created')
+  if created and created ~= ARGV[5] then
+    return {'OTHER_CART'}
+  end
+end
 local holder = redis.call('GET', KEYS[1])
 if holder ~= ARGV[1] then
   if holder or ARGV[2] == '' or ARGV[3] ~= 'take' then
     return {'NOT_HOLDER', holder or ''}
   end
-  if KEYS[2] then
+  if KEYS[2] and (ARGV[4] or '') ~= '' then
     local version = redis.call('HGET', KEYS[2], 'version')
     if version and version ~= ARGV[4] then
       return {'MOVED', version}

@@ -28,14 +28,17 @@ for i = 0, #KEYS / 6 - 1 do
   local first_hold = a + 4
   a = first_hold + 3 * n
   local present = redis.call('EXISTS', stock) == 1
-  -- A limit lost alone (its hash without the version it mirrors) is loaded again too.
-  local limited = redis.call('HEXISTS', KEYS[6 + 6 * i], 'version') == 1
   local result = 0
   if not present then
     result = 1
-  elseif force or not limited then
+  elseif force then
     local applied = tonumber(redis.call('HGET', meta, 'max')) or 0
     result = (version >= applied) and 1 or -1
+  end
+  -- A limit lost alone (its hash without the version it mirrors) is put back on its own,
+  -- whatever the stock's version: the stock Redis has is left as it is.
+  if result ~= 1 and redis.call('HEXISTS', KEYS[6 + 6 * i], 'version') == 0 then
+    set_limit(KEYS[6 + 6 * i], limit, version)
   end
   if result == 1 then
     redis.call('SET', stock, on_hand)

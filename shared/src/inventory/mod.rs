@@ -713,20 +713,25 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     }
 
     /// Purges expired holds of every variant in the namespace (idle variants that no
-    /// request touches). Returns the variants visited.
+    /// request touches), found by either of their two keys (a variant may have lost one).
+    /// Returns the variants visited.
     pub async fn sweep(&self, mut progress: impl FnMut(u64)) -> Result<u64> {
-        let mut scan = Scan::new(self.redis, self.keys.all_hold_qty_pattern(), 500);
-        let mut visited = 0;
-        while let Some(found) = scan.next_page().await? {
-            for variant in found.iter().filter_map(|k| self.keys.variant_of_hold_qty_key(k)) {
-                let k = self.keys.variant(&variant);
-                self.run_purged(&SWEEP, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
-                    .await?;
-                visited += 1;
+        let mut seen = std::collections::HashSet::new();
+        for pattern in [self.keys.all_holds_pattern(), self.keys.all_hold_qty_pattern()] {
+            let mut scan = Scan::new(self.redis, pattern, 500);
+            while let Some(found) = scan.next_page().await? {
+                for variant in found.iter().filter_map(|k| self.keys.variant_of_holds_key(k)) {
+                    if !seen.insert(variant.clone()) {
+                        continue;
+                    }
+                    let k = self.keys.variant(&variant);
+                    self.run_purged(&SWEEP, &[&k.reserved, &k.holds, &k.hold_qty], Vec::new())
+                        .await?;
+                }
+                progress(seen.len() as u64);
             }
-            progress(visited);
         }
-        Ok(visited)
+        Ok(seen.len() as u64)
     }
 
     /// Runs a script until it is not out of purge budget.

@@ -132,7 +132,11 @@ async fn holds_that_lost_their_deadlines_or_quantities_stop_counting() {
     let _: () = redis::AsyncCommands::del(&mut redis, app.variant_keys("var-2").hold_qty)
         .await
         .unwrap();
-    assert_eq!(app.inventory().sweep(|_| {}).await.unwrap(), 2, "var-1 (held) and var-2");
+    assert_eq!(
+        app.inventory().sweep(|_| {}).await.unwrap(),
+        2,
+        "var-1 (held) and var-2"
+    );
     let keys = app.variant_keys("var-2");
     let left: (bool, bool) = redis::pipe()
         .exists(&keys.holds)

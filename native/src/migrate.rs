@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "one_order_per_cart_checkout",
         include_str!("../../migrations/0009_one_order_per_cart_checkout.sql"),
     ),
+    (
+        10,
+        "one_order_per_cart_content",
+        include_str!("../../migrations/0010_one_order_per_cart_content.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

@@ -947,6 +947,54 @@ async fn an_order_written_while_a_second_checkout_of_the_cart_pays_leaves_it_no_
         99,
         "the refused session holds nothing"
     );
+    // The first order emptied the cart, though the second session held its lock: the
+    // shopper's next checkout of it is a new cart, and is ordered.
+    let cart = app.get(&format!("/v1/carts/{}", first.cart)).await;
+    assert_eq!(cart.body["lines"], json!([]), "{cart:?}");
+    assert_eq!(
+        app.post(&format!("/v1/carts/{}/items", first.cart), unit("var-1", 1))
+            .await
+            .status,
+        200
+    );
+    let third = app.checkout(&first.cart, "k-slow-order-3").await;
+    let (status, done) = app.pay(&gateway, &third, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    app.finish().await;
+}
+
+/// The same cart version ordered again with other lines (a restored older backup rewinds a
+/// cart's version) is another cart: only the same frozen cart is refused.
+#[tokio::test]
+async fn a_cart_version_rewound_with_other_lines_is_ordered() {
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let mut redis = app.redis.clone();
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let first = app.checkout(&cart, "k-rewound-1").await;
+    let (status, done) = app.pay(&gateway, &first, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    // As a restore of a backup taken before the order would leave it: the version back.
+    let _: () = redis.hset(app.cart_key(&cart), "version", 0).await.unwrap();
+    let added = app
+        .post(&format!("/v1/carts/{cart}/items"), unit("var-2", 1))
+        .await;
+    assert_eq!(added.body["version"], 1, "{added:?}");
+    let second = app.checkout(&cart, "k-rewound-2").await;
+    let (status, done) = app.pay(&gateway, &second, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
     app.finish().await;
 }
 

@@ -1,18 +1,16 @@
--- After the order: empty the checked-out cart and release its lock, unless another
--- session holds the cart by now. The cart stays, with no lines and its version moved on
--- (a writer holding a version from before the order is refused). Only the cart the session
--- checked out is emptied: one whose version moved on since (emptied already, filled
--- again) is left as it is, so a replayed webhook changes nothing, however late.
+-- After the order: empty the checked-out cart and release its lock. Only the cart the
+-- session checked out is emptied: one whose version moved on since (emptied already, filled
+-- again) is left as it is, so a replayed webhook changes nothing, however late; and so is
+-- a cart built again under the key after a Redis loss (another `created`). The cart stays,
+-- with no lines and its version moved on (a writer holding a version from before the order
+-- is refused). A lock another session holds now (one a lost lock let in, which froze this
+-- same cart, and whose order will be refused) is left to it, the cart emptied all the same.
 --
 -- KEYS: cart, lock
 -- ARGV: session id, the cart's version when the session locked it and its generation
---       (`created`: which life of the key; each '' when not known). A cart built again
---       under the key after a Redis loss is another cart, and is not emptied.
--- Replies: {'OK'} | {'SKIPPED'}
+--       (`created`: which life of the key; each '' when not known)
+-- Replies: {'OK'}
 local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then
-  return {'SKIPPED'}
-end
 local lines = {}
 local read = redis.call('HMGET', KEYS[1], 'version', 'created')
 local same_version = ARGV[2] == '' or read[1] == ARGV[2]
@@ -32,7 +30,7 @@ if #lines > 0 then
   redis.call('HSET', KEYS[1], 'lines', 0)
   redis.call('HINCRBY', KEYS[1], 'version', 1)
 end
-if holder then
+if holder == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 return {'OK'}

@@ -326,9 +326,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
             None => Value::Null,
         };
-        // The cart as this session locked it: which life of its key (0: not kept by older
-        // sessions) and its version then (`None`: not kept).
-        let generation = metadata["cartGeneration"].as_i64().unwrap_or(0);
+        // The cart as this session locked it: which life of its key and its version then
+        // (`None`: not kept by sessions from before).
+        let generation = metadata["cartGeneration"].as_i64();
         let locked_version = metadata["cartVersion"].as_i64();
         let mut changes = None;
         // Whether this call holds the cart's lock for the session (kept or taken back below)
@@ -342,7 +342,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // not this session's to take or to yield to.
             let until = session.deadline_ms + self.grace_ms();
             match self
-                .take_lock_of(&session.cart, &session.id, until, None, Some(generation))
+                .take_lock_of(&session.cart, &session.id, until, None, generation)
                 .await?
             {
                 LockTaken::Held => holds_lock = true,
@@ -370,8 +370,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     definitions: &metadata["definitions"],
                     demand: &demand,
                     payment_intent: intent,
-                    cart_generation: generation,
-                    cart_version: locked_version,
+                    cart: generation.zip(locked_version),
                 },
             )
             .await?;
@@ -384,7 +383,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     return Ok(answer);
                 }
                 order::Written::CartOrdered(other) => {
-                    let reason = format!("another checkout of the cart ({other}) was ordered since");
+                    let reason = format!("the same cart was ordered by another checkout ({other})");
                     return self.fail_paid(&session.id, event, &reason).await;
                 }
             }
@@ -412,7 +411,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 vec![
                     session.id.as_str().into(),
                     known(locked_version),
-                    known(metadata["cartGeneration"].as_i64()),
+                    known(generation),
                 ],
             )
             .await?;

@@ -68,6 +68,12 @@ ORDER BY holds_deadline_ms LIMIT $3";
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// Which life of its cart's key a session froze (`cartGeneration` in its frozen metadata,
+/// as text; `None` for sessions from before it was kept, or text that is not JSON).
+pub(crate) fn frozen_generation(metadata: &str) -> Option<i64> {
+    serde_json::from_str::<Value>(metadata).ok()?["cartGeneration"].as_i64()
+}
+
 /// What keeping a cart's lock for a session came to ([`Checkouts::take_lock_of`]).
 pub(crate) enum LockTaken {
     /// The session holds it now.
@@ -471,8 +477,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
             // Still waiting for its payment: it takes its cart's lock back for as long as
             // the lock lasted (the holds' deadline), unless another session has the cart.
+            // A cart built again after the loss is another cart: its lock is left to it.
             (Some(session), "OK") if session.state == State::PaymentPending => {
-                self.take_lock(&session.cart, id, kept.deadline_ms + self.grace_ms())
+                let until = kept.deadline_ms + self.grace_ms();
+                let generation = frozen_generation(&kept.metadata);
+                self.take_lock_of(&session.cart, id, until, None, generation)
                     .await?;
             }
             _ => {}

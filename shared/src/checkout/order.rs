@@ -15,14 +15,13 @@ use crate::ports::{Sql, SqlValue};
 /// orders never deadlock) and re-read at their latest committed version, so the change is
 /// exact under concurrent orders; and the order is written only if on-hand covers every
 /// line: PostgreSQL refuses what it cannot cover, never clamps (DESIGN §4, invariant 1).
-/// The CHECK (on_hand >= 0) stands behind it. One cart never ends in two orders: the
-/// order claims its cart's row in `cart_orders` with the cart version its session froze,
-/// refused unless that version is newer than the last one ordered (a second checkout of
-/// the same cart, let in by a lost lock, froze the same one); two orders of one cart at
-/// once are serialised on the row. A session that froze no version (from before versions
-/// were kept) claims nothing. The paid session ends with its order (`ended_at`;
-/// `ended_state` stays NULL), so it leaves the live sessions whose holds a stock load puts
-/// back. No row: the order exists already, or was refused (see [`write`]).
+/// The CHECK (on_hand >= 0) stands behind it. One cart never ends in two orders: the order
+/// records the cart as its session froze it (life, version, units), and a unique index
+/// refuses the same frozen cart ordered twice (a second checkout of it, let in by a lost
+/// lock), whichever is paid first; two such orders at once are serialised on the index.
+/// The paid session ends with its order (`ended_at`; `ended_state` stays NULL), so it
+/// leaves the live sessions whose holds a stock load puts back. No row: the order exists
+/// already, or was refused (see [`write`]).
 const WRITE_ORDER: &str = "\
 WITH demand AS (
     SELECT d.variant_id, d.quantity FROM jsonb_to_recordset($15::text::jsonb) AS d(variant_id text, quantity bigint)
@@ -33,20 +32,14 @@ WITH demand AS (
     FOR UPDATE OF i
 ), covered AS (
     SELECT (SELECT count(*) FROM prev WHERE prev.on_hand >= prev.quantity) = (SELECT count(*) FROM demand) AS ok
-), cart AS (
-    INSERT INTO cart_orders AS c (cart_ref, cart_generation, cart_version, checkout_session_id)
-    SELECT $4, $16, $17, $2 FROM covered WHERE covered.ok AND $17::bigint IS NOT NULL
-    ON CONFLICT (cart_ref, cart_generation) DO UPDATE
-    SET cart_version = EXCLUDED.cart_version, checkout_session_id = EXCLUDED.checkout_session_id
-    WHERE c.checkout_session_id = EXCLUDED.checkout_session_id OR c.cart_version < EXCLUDED.cart_version
-    RETURNING 1
 ), ins AS (
     INSERT INTO orders (id, checkout_session_id, state_version, cart_ref, customer_id, currency,
                         subtotal_minor, discount_total_minor, total_minor, payment_intent_id,
-                        pricing_version, discount_version, quote)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb
-    FROM covered WHERE covered.ok AND ($17::bigint IS NULL OR EXISTS (SELECT 1 FROM cart))
-    ON CONFLICT (checkout_session_id) DO NOTHING
+                        pricing_version, discount_version, quote, cart_generation, cart_version,
+                        cart_demand)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb, $16, $17, $18
+    FROM covered WHERE covered.ok
+    ON CONFLICT DO NOTHING
     RETURNING id
 ), lines AS (
     INSERT INTO order_lines (order_id, line_id, variant_id, bundle_id, quantity, unit_price_minor,
@@ -82,11 +75,12 @@ FROM jsonb_to_recordset($1::text::jsonb) AS d(variant_id text, quantity bigint)
 LEFT JOIN inventory_levels i ON i.variant_id = d.variant_id
 WHERE COALESCE(i.on_hand, 0) < d.quantity";
 
-/// The session whose order of the cart (`$1`, generation `$2`) was of a version not older
-/// than `$4`, the one session `$3` froze: the order that refuses `$3`'s.
-const ORDERED_SINCE: &str = "\
-SELECT checkout_session_id FROM cart_orders
-WHERE cart_ref = $1 AND cart_generation = $2 AND checkout_session_id <> $3 AND cart_version >= $4";
+/// The session whose order is of the same frozen cart as session `$5`'s (cart `$1`, life
+/// `$2`, version `$3`, units `$4`): the order that refuses `$5`'s.
+const SAME_CART_ORDERED: &str = "\
+SELECT checkout_session_id FROM orders
+WHERE cart_ref = $1 AND cart_generation = $2 AND cart_version = $3 AND cart_demand = $4
+  AND checkout_session_id <> $5";
 
 /// Records an order PostgreSQL refused (once per session).
 const RECORD_REFUSAL: &str = "\
@@ -122,10 +116,9 @@ pub struct NewOrder<'a> {
     pub demand: &'a [(VariantId, Quantity)],
     /// The confirmed payment intent.
     pub payment_intent: &'a str,
-    /// Which life of the cart's key the session checked out (its `created`; 0 if unknown).
-    pub cart_generation: i64,
-    /// The cart's version the session froze (`None` for a session from before it was).
-    pub cart_version: Option<i64>,
+    /// The cart as the session froze it: which life of its key (its `created`) and its
+    /// version then (`None` for sessions from before they were kept: not compared).
+    pub cart: Option<(i64, i64)>,
 }
 
 /// What writing an order came to.
@@ -135,8 +128,8 @@ pub enum Written {
     Placed(Vec<StockChange>),
     /// On-hand could not cover it: no order, nothing taken; the shortages as JSON.
     Refused(Value),
-    /// Another checkout of the same cart (the same version or a newer one) was ordered
-    /// (the session named): no order, nothing taken.
+    /// Another checkout of the same frozen cart was ordered (the session named): no order,
+    /// nothing taken.
     CartOrdered(String),
 }
 
@@ -180,7 +173,7 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         .iter()
         .map(|(v, q)| json!({"variant_id": v.as_str(), "quantity": q.get()}))
         .collect();
-    let params = [
+    let mut params = vec![
         SqlValue::Text(order.id.to_owned()),
         SqlValue::Text(order.session.to_owned()),
         SqlValue::Int(order.state_version),
@@ -198,10 +191,18 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         SqlValue::Text(q.to_string()),
         SqlValue::Text(Value::Array(lines).to_string()),
         SqlValue::Text(Value::Array(demand.clone()).to_string()),
-        SqlValue::Int(order.cart_generation),
-        order.cart_version.map_or(SqlValue::Null, SqlValue::Int),
     ];
     let demand = Value::Array(demand).to_string();
+    let (generation, version, units) = match order.cart {
+        Some((generation, version)) => (
+            SqlValue::Int(generation),
+            SqlValue::Int(version),
+            SqlValue::Text(demand.clone()),
+        ),
+        None => (SqlValue::Null, SqlValue::Null, SqlValue::Null),
+    };
+    // The frozen cart the unique index compares ($16, $17, $18).
+    params.extend([generation.clone(), version.clone(), units.clone()]);
     let rows = match sql.query(WRITE_ORDER, &params).await {
         Ok(rows) => rows,
         // The CHECK behind the guard (23514): treated as the shortage it is.
@@ -215,15 +216,16 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     if find(sql, order.session).await?.is_some() {
         return Ok(Written::Placed(changes_of(sql, order.session).await?));
     }
-    if let Some(version) = order.cart_version
+    if order.cart.is_some()
         && let Some(other) = sql
             .query(
-                ORDERED_SINCE,
+                SAME_CART_ORDERED,
                 &[
                     SqlValue::Text(order.cart_ref.to_owned()),
-                    SqlValue::Int(order.cart_generation),
+                    generation,
+                    version,
+                    units,
                     SqlValue::Text(order.session.to_owned()),
-                    SqlValue::Int(version),
                 ],
             )
             .await?

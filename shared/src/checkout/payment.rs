@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::session::{Session, SessionView, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, KEEP_MS, LockTaken, gateway, paid};
+use super::{Checkouts, KEEP_MS, LockTaken, frozen_generation, gateway, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
@@ -123,8 +123,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .await?;
             // The cart's lock for as long as the holds (taken back if lost, while the cart is
             // still the one this session froze).
-            let locked_version = metadata["cartVersion"].as_i64();
-            self.keep_lock(&session, deadline + self.grace_ms(), locked_version)
+            let frozen_cart = (
+                metadata["cartVersion"].as_i64(),
+                metadata["cartGeneration"].as_i64(),
+            );
+            self.keep_lock(&session, deadline + self.grace_ms(), frozen_cart)
                 .await?;
             let (tag, moved) = self
                 .transition(
@@ -141,8 +144,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             session = moved;
         } else if session.state == State::PaymentPending {
             // Asked again while waiting for the payment: the lock lasts until the holds' end.
-            self.keep_lock(&session, session.deadline_ms + self.grace_ms(), None)
-                .await?;
+            let generation = frozen.and_then(frozen_generation);
+            self.keep_lock(
+                &session,
+                session.deadline_ms + self.grace_ms(),
+                (None, generation),
+            )
+            .await?;
         }
         let mut view = session.view(None);
         view.payment_intent_id = Some(intent_id);
@@ -200,17 +208,23 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
     }
 
-    /// Keeps the session's cart lock until `until_ms` ([`Self::take_lock_of`]; with
-    /// `locked_version`, a lost lock is taken back only while the cart is as the session
-    /// locked it). A cart has one live checkout: if another session holds the lock now, this
+    /// Keeps the session's cart lock until `until_ms` ([`Self::take_lock_of`]; with the
+    /// cart's version and generation as the session froze them, a lost lock is taken back
+    /// only while the cart is as the session locked it, and a cart built again after a
+    /// Redis loss is left alone). A cart has one live checkout: if another session holds the lock now, this
     /// one is cancelled (its holds freed, its intent cancelled) and the answer is 409 naming
     /// it; so it is, 409 `CHECKOUT_STATE`, if the cart changed or was ordered meanwhile; one
     /// that moved on meanwhile (paid, ordered, ended) gives back what this call took and is
     /// answered as it stands (409 `CHECKOUT_STATE`).
-    async fn keep_lock(&self, session: &Session, until_ms: i64, locked_version: Option<i64>) -> Result<()> {
+    async fn keep_lock(
+        &self,
+        session: &Session,
+        until_ms: i64,
+        (locked_version, generation): (Option<i64>, Option<i64>),
+    ) -> Result<()> {
         let id = &session.id;
         let refusal = match self
-            .take_lock_of(&session.cart, id, until_ms, locked_version, None)
+            .take_lock_of(&session.cart, id, until_ms, locked_version, generation)
             .await?
         {
             LockTaken::Held | LockTaken::OtherCart => return Ok(()),

@@ -9,13 +9,13 @@ use serde_json::Value;
 use super::session::{Session, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, LockTaken, gateway, order};
+use super::{Checkouts, LockTaken, gateway, or_empty, order};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
 
 use crate::outbox;
-use crate::ports::{Http, Redis, RedisArg, Sql};
+use crate::ports::{Http, Redis, Sql};
 use crate::script::{Script, lua};
 
 static EMPTY_CART: Script = Script::new(lua!("empty_cart.lua"));
@@ -307,8 +307,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED; or, when on-hand
-    /// cannot cover the order or its cart is another checkout's (holds its lock, or was
-    /// ordered by it since), to FAILED with the payment refunded. `metadata`: the frozen
+    /// cannot cover the order or its cart is another checkout's (that one holds its lock,
+    /// or the same frozen cart was ordered by it), to FAILED with the payment refunded. `metadata`: the frozen
     /// metadata where the caller already read it (the hot path of `confirm`).
     async fn place_order(
         &self,
@@ -402,7 +402,6 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 .await?;
             // Only the cart as this session locked it is emptied (older sessions did not
             // keep its version or generation: '').
-            let known = |v: Option<i64>| v.map_or(RedisArg::from(""), RedisArg::Int);
             let carts = self.carts();
             let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
             self.run(
@@ -410,8 +409,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 &[&cart_key, &lock_key],
                 vec![
                     session.id.as_str().into(),
-                    known(locked_version),
-                    known(generation),
+                    or_empty(locked_version),
+                    or_empty(generation),
                 ],
             )
             .await?;

@@ -74,6 +74,11 @@ pub(crate) fn frozen_generation(metadata: &str) -> Option<i64> {
     serde_json::from_str::<Value>(metadata).ok()?["cartGeneration"].as_i64()
 }
 
+/// A frozen number for a script that reads '' as "not kept" (sessions from before it was).
+pub(crate) fn or_empty(frozen: Option<i64>) -> RedisArg {
+    frozen.map_or(RedisArg::from(""), RedisArg::Int)
+}
+
 /// What keeping a cart's lock for a session came to ([`Checkouts::take_lock_of`]).
 pub(crate) enum LockTaken {
     /// The session holds it now.
@@ -241,8 +246,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let reply = if locked_version.is_none() && generation.is_none() {
             self.run(&UNLOCK, &[&lock_key], args).await?
         } else {
-            let known = |v: Option<i64>| v.map_or(RedisArg::from(""), RedisArg::Int);
-            args.extend([known(locked_version), known(generation)]);
+            args.extend([or_empty(locked_version), or_empty(generation)]);
             self.run(&UNLOCK, &[&lock_key, &cart_key], args).await?
         };
         let value = reply

@@ -135,8 +135,8 @@ pub enum Written {
 
 /// Writes the order, or finds the one already written for the session; returns its stock
 /// changes either way. An order that on-hand cannot cover is not written: it is recorded in
-/// `orders_refused` and answered [`Written::Refused`]; nor is one whose cart another
-/// session's order took since ([`Written::CartOrdered`]).
+/// `orders_refused` and answered [`Written::Refused`]; nor is one of a frozen cart another
+/// session's order was already made of ([`Written::CartOrdered`]).
 pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     let q = order.quote;
     let int = |v: &Value, what: &str| {

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "one_order_per_cart_content",
         include_str!("../../migrations/0010_one_order_per_cart_content.sql"),
     ),
+    (
+        11,
+        "frozen_cart_by_its_lines",
+        include_str!("../../migrations/0011_frozen_cart_by_its_lines.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

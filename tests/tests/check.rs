@@ -243,6 +243,61 @@ async fn a_hold_without_a_deadline_is_dropped_by_the_repair() {
     app.finish().await;
 }
 
+/// The other way round: a checkout's hold whose quantity was lost beside others' keeps
+/// its deadline. Its session's release drops it (it held nothing, so it was once left
+/// there, an orphan that `check --repair` "released 0" of until it expired), and so does
+/// the repair of one left by an ended session.
+#[tokio::test]
+async fn a_deadline_left_without_its_quantity_goes_with_its_session() {
+    let (app, _gateway) = TestApp::shop(1, |c| c).await;
+    let other = app
+        .reserve(serde_json::json!({"cartId": "ext-q1", "items": [{"variantId": "var-1", "quantity": 1}]}))
+        .await;
+    assert_eq!(other.status, 201, "{other:?}");
+    let mut redis = app.redis.clone();
+    let holds = app.variant_keys("var-1").holds;
+    let deadline_of = |holder: String| {
+        let (mut redis, holds) = (app.redis.clone(), holds.clone());
+        async move {
+            let at: Option<f64> = redis.zscore(holds, holder).await.unwrap();
+            at
+        }
+    };
+
+    // Cancelled: the release drops it.
+    let cart = app.cart_with(&[("var-1", 2)]).await;
+    let session = app.checkout(&cart, "k-deadline-only").await;
+    let holder = app.session_holder(&session);
+    let _: () = redis
+        .hdel(app.variant_keys("var-1").hold_qty, &holder)
+        .await
+        .unwrap();
+    assert_eq!(app.cancel(&session, Caller::Anonymous).await.status, 200);
+    assert_eq!(deadline_of(holder).await, None, "its deadline went with it");
+
+    // Left by a session that ended without its release (as a restored backup leaves one):
+    // reported, and the repair drops it.
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let session = app.checkout(&cart, "k-deadline-only-2").await;
+    let holder = app.session_holder(&session);
+    let at = deadline_of(holder.clone()).await.unwrap();
+    assert_eq!(app.cancel(&session, Caller::Anonymous).await.status, 200);
+    let _: () = redis.zadd(&holds, &holder, at).await.unwrap();
+    let drifted = check(&app).await;
+    assert!(
+        kinds(&drifted.body).contains(&format!("orphan-hold {holder}")),
+        "{drifted:?}"
+    );
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    assert_eq!(repaired.body["ok"], true, "{repaired:?}");
+    assert_eq!(deadline_of(holder).await, None, "the repair dropped it");
+    assert_eq!(app.sellable("var-1").await, 99, "the outside hold stays");
+    assert_eq!(check(&app).await.body["ok"], true);
+    app.finish().await;
+}
+
 /// An outside holder whose index of held variants was lost could not be released (its
 /// DELETE frees what the index names): the check reports it, the repair puts the variants
 /// back in the index, and the release then frees them.

@@ -998,6 +998,173 @@ async fn a_cart_version_rewound_with_other_lines_is_ordered() {
     app.finish().await;
 }
 
+/// An order records its frozen cart through a digest of its lines, so a cart as large as a
+/// cart may be, of variants whose ids are as long as ids may be, is ordered (the whole
+/// lines in the unique index once outgrew a b-tree entry: the payment taken, no order).
+#[tokio::test]
+async fn a_cart_of_many_variants_with_long_ids_is_ordered() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let ids: Vec<String> = (0..90).map(|i| format!("{i:02}-{}", "v".repeat(61))).collect();
+    for id in &ids {
+        app.pg
+            .execute(
+                "INSERT INTO variants (id, product_id, sku, name, base_price_minor, currency)
+                 SELECT $1, product_id, $1, name, base_price_minor, currency FROM variants
+                 WHERE id = 'var-1'",
+                &[id],
+            )
+            .await
+            .unwrap();
+        app.pg
+            .execute(
+                "INSERT INTO inventory_levels (variant_id, on_hand) VALUES ($1, 5)",
+                &[id],
+            )
+            .await
+            .unwrap();
+    }
+    app.inventory().reconcile(|_| {}).await.unwrap();
+    app.publish_rulesets().await;
+    let units: Vec<(&str, i64)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
+    let cart = app.cart_with(&units).await;
+    let session = app.checkout(&cart, "k-long-ids").await;
+    let (status, done) = app.pay(&gateway, &session, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM order_lines").await, 90);
+    assert_eq!(app.sellable(&ids[89]).await, 4);
+    app.finish().await;
+}
+
+/// A cart whose version a restored backup rewound is compared by its lines: under other
+/// lines (a bundle where loose lines of the same variants were ordered) it is another
+/// cart and is ordered; under the very lines ordered at that version it is that order's
+/// cart, refused and refunded once, and emptied as that order emptied it, so the next
+/// checkout of it is of a new cart.
+#[tokio::test]
+async fn a_rewound_cart_is_told_from_the_one_ordered_by_its_lines() {
+    let (app, gateway) = TestApp::shop(20, |c| c).await;
+    let mut redis = app.redis.clone();
+    let bundle =
+        json!({"bundleId": "bundle-3", "choices": {"first": ["var-1"], "second": ["var-5"]}, "quantity": 1});
+    let cart = app.cart_with_lines(&[unit("var-1", 1), unit("var-5", 1)]).await;
+    let loose = app.checkout(&cart, "k-lines-1").await;
+    let (_, done) = app.pay(&gateway, &loose, Caller::Anonymous).await;
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+    let rewind = |version: i64| {
+        let mut redis = redis.clone();
+        let key = app.cart_key(&cart);
+        async move {
+            // As a restore of a backup taken before the order would leave it.
+            let _: () = redis.hset(key, "version", version).await.unwrap();
+        }
+    };
+    let items = format!("/v1/carts/{cart}/items");
+    let add_bundle = || app.post(&items, bundle.clone());
+
+    // The same units per variant at the same version, in one bundle line: another cart.
+    rewind(1).await;
+    let added = add_bundle().await;
+    assert_eq!(added.body["version"], 2, "{added:?}");
+    let bundled = app.checkout(&cart, "k-lines-2").await;
+    let (_, done) = app.pay(&gateway, &bundled, Caller::Anonymous).await;
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+
+    // The very lines of that order at its version: its cart, refused, and emptied.
+    rewind(1).await;
+    assert_eq!(add_bundle().await.body["version"], 2);
+    let again = app.checkout(&cart, "k-lines-3").await;
+    let (_, done) = app.pay(&gateway, &again, Caller::Anonymous).await;
+    assert_eq!(done["state"], "FAILED", "{done}");
+    assert!(
+        done["refundRequired"]
+            .as_str()
+            .is_some_and(|r| r.contains(&bundled)),
+        "{done}"
+    );
+    let left = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(left.body["lines"], json!([]), "{left:?}");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(lock, None);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM payment_outbox WHERE kind = 'refund'").await,
+        1
+    );
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/items"), unit("var-1", 1))
+            .await
+            .status,
+        200
+    );
+    let next = app.checkout(&cart, "k-lines-4").await;
+    let (_, done) = app.pay(&gateway, &next, Caller::Anonymous).await;
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 3);
+    app.finish().await;
+}
+
+/// Redis restored from a copy taken before a payment: the session it remembers waiting
+/// for that payment was ordered since. When it meets its deadline it is finished as
+/// PostgreSQL's order says (COMPLETED, its order named, its cart emptied, its stock
+/// mirrored), not expired: its succeeded intent is neither cancelled nor refunded.
+#[tokio::test]
+async fn a_session_redis_remembers_from_before_its_order_is_finished_not_expired() {
+    let (app, gateway) = TestApp::shop(2, |c| {
+        c.set("checkout_lock_ttl_seconds", "2")
+            .set("checkout_session_ttl_seconds", "2")
+    })
+    .await;
+    let mut redis = app.redis.clone();
+    let cart = app.cart_with(&[("var-1", 3)]).await;
+    let session = app.checkout(&cart, "k-older").await;
+    let intent = app.payment_intent(&session, Caller::Anonymous).await;
+    assert_eq!(intent.status, 200, "{intent:?}");
+    let intent = intent.body["paymentIntentId"].as_str().unwrap().to_owned();
+    let before = app.redis_snapshot().await;
+    let (_, done) = app.intent_paid(&gateway, &intent).await;
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+    let order = done["orderId"].as_str().unwrap().to_owned();
+
+    app.flush_redis().await;
+    for (key, dump) in &before {
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(dump.as_slice())
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let stale = app.get(&format!("/v1/checkout/{session}")).await;
+    assert_eq!(stale.body["state"], "PAYMENT_PENDING", "{stale:?}");
+
+    let mut seen = stale;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = app.get(&format!("/v1/checkout/{session}")).await;
+        if seen.body["state"] != "PAYMENT_PENDING" {
+            break;
+        }
+    }
+    assert_eq!(seen.body["state"], "COMPLETED", "{seen:?}");
+    assert_eq!(seen.body["orderId"], order.as_str(), "{seen:?}");
+    let cart_now = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(cart_now.body["lines"], json!([]), "{cart_now:?}");
+    nothing_held(&app).await;
+    assert_eq!(app.sellable("var-1").await, 97);
+    assert_eq!(app.pg_on_hand("var-1").await, 97);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM payment_outbox").await,
+        0,
+        "nothing cancelled or refunded"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+    app.finish().await;
+}
+
 /// A session that lost its cart's lock before its payment intent, while a second checkout
 /// of the cart was made and ordered, cannot take the lock back for a cart that is no longer
 /// the one it froze: its payment intent is refused and it is cancelled.

@@ -13,6 +13,7 @@ use super::{Checkouts, LockTaken, gateway, or_empty, order};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
+use crate::inventory::StockChange;
 
 use crate::outbox;
 use crate::ports::{Http, Redis, Sql};
@@ -306,6 +307,51 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(answer)
     }
 
+    /// From ORDER_CREATED to COMPLETED: mirrors the order's stock changes into Redis
+    /// (`changes`, or PostgreSQL's record of them), empties the cart as the session froze it
+    /// (its `version` and `generation`) and lets its lock go. Returns the session after it.
+    pub(super) async fn finish_order(
+        &self,
+        session: &Session,
+        changes: Option<Vec<StockChange>>,
+        version: Option<i64>,
+        generation: Option<i64>,
+    ) -> Result<Session> {
+        let changes = match changes {
+            Some(c) => c,
+            None => order::changes_of(&self.app.sql, session.id.as_str()).await?,
+        };
+        self.inventory()
+            .commit(&Holder::Checkout(session.id.clone()), &changes)
+            .await?;
+        self.empty_cart(session, version, generation).await?;
+        Ok(self.transition(&session.id, State::Completed, None, &[]).await?.1)
+    }
+
+    /// Empties the session's cart of what it ordered and lets its lock go (`empty_cart.lua`):
+    /// only the cart as the session locked it (its `version` and `generation`; sessions from
+    /// before did not keep them: '').
+    async fn empty_cart(
+        &self,
+        session: &Session,
+        version: Option<i64>,
+        generation: Option<i64>,
+    ) -> Result<()> {
+        let carts = self.carts();
+        let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
+        self.run(
+            &EMPTY_CART,
+            &[&cart_key, &lock_key],
+            vec![
+                session.id.as_str().into(),
+                or_empty(version),
+                or_empty(generation),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED; or, when on-hand
     /// cannot cover the order or its cart is another checkout's (that one holds its lock,
     /// or the same frozen cart was ordered by it), to FAILED with the payment refunded. `metadata`: the frozen
@@ -383,6 +429,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     return Ok(answer);
                 }
                 order::Written::CartOrdered(other) => {
+                    // That order emptied the cart; a cart that is still as frozen (a backup
+                    // restored it) is emptied now, or every later checkout of it would be
+                    // paid and refunded in turn.
+                    self.empty_cart(&session, locked_version, generation).await?;
                     let reason = format!("the same cart was ordered by another checkout ({other})");
                     return self.fail_paid(&session.id, event, &reason).await;
                 }
@@ -393,29 +443,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 .1;
         }
         if session.state == State::OrderCreated {
-            let changes = match changes {
-                Some(c) => c,
-                None => order::changes_of(&self.app.sql, session.id.as_str()).await?,
-            };
-            self.inventory()
-                .commit(&Holder::Checkout(session.id.clone()), &changes)
+            session = self
+                .finish_order(&session, changes, locked_version, generation)
                 .await?;
-            // Only the cart as this session locked it is emptied (older sessions did not
-            // keep its version or generation: '').
-            let carts = self.carts();
-            let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
-            self.run(
-                &EMPTY_CART,
-                &[&cart_key, &lock_key],
-                vec![
-                    session.id.as_str().into(),
-                    or_empty(locked_version),
-                    or_empty(generation),
-                ],
-            )
-            .await?;
             holds_lock = false;
-            session = self.transition(&session.id, State::Completed, None, &[]).await?.1;
         }
         if session.state != State::Completed {
             return Err(wrong_state(&session, "place the order"));

@@ -422,10 +422,33 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
         };
         if tag == "EXPIRED_NOW" {
+            if let Some(finished) = self.finish_if_ordered(&session).await? {
+                return Ok((finished, values));
+            }
             ended(State::Expired);
             self.release(&session, true).await?;
         }
         Ok((session, values))
+    }
+
+    /// A session Redis remembers from before its order (Redis restored from a copy older
+    /// than PostgreSQL) that has just expired there: PostgreSQL's order of its payment
+    /// stands, so Redis's copy is replaced by PostgreSQL's ([`Self::restore`]), which
+    /// finishes it (its stock, its cart, COMPLETED); nothing is cancelled or refunded.
+    /// `None`: PostgreSQL has no order of the session's payment.
+    async fn finish_if_ordered(&self, session: &Session) -> Result<Option<Session>> {
+        let Some(intent) = &session.intent else {
+            return Ok(None);
+        };
+        match order::find(&self.app.sql, session.id.as_str()).await? {
+            Some((_, _, ordered_with)) if &ordered_with == intent => {}
+            _ => return Ok(None),
+        }
+        let key = self.app.keys.checkout_session(&session.id);
+        self.app.redis.execute("DEL", vec![key.as_str().into()]).await?;
+        self.restore(&session.id).await?;
+        let reply = self.run(&GET, &[&key], vec![before_payment()]).await?;
+        Ok(parse_session_with(&reply, 0)?.1)
     }
 
     /// Puts a session Redis lost back from PostgreSQL's copy (as the first call that meets
@@ -435,8 +458,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Puts back a session Redis does not have from PostgreSQL's copy of a paid session:
-    /// in the state it ended in, ORDER_CREATED if its order is written (a webhook then
-    /// finishes it), else PAYMENT_PENDING with its cart's lock; past its deadline it expires
+    /// in the state it ended in, ORDER_CREATED if its order is written (then finished at
+    /// once: COMPLETED), else PAYMENT_PENDING with its cart's lock; past its deadline it expires
     /// at once, releasing its holds and cancelling its intent. `false`: PostgreSQL keeps no
     /// such session.
     async fn restore(&self, id: &SessionId) -> Result<bool> {
@@ -487,6 +510,16 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 let generation = frozen_generation(&kept.metadata);
                 self.take_lock_of(&session.cart, id, until, None, generation)
                     .await?;
+            }
+            // Its order is written (its webhook may have been answered long ago): it is
+            // finished now, as the webhook would have.
+            (Some(session), "OK") if session.state == State::OrderCreated => {
+                let metadata: Value = serde_json::from_str(&kept.metadata).unwrap_or(Value::Null);
+                let (version, generation) = (
+                    metadata["cartVersion"].as_i64(),
+                    metadata["cartGeneration"].as_i64(),
+                );
+                self.finish_order(session, None, version, generation).await?;
             }
             _ => {}
         }

@@ -16,7 +16,7 @@ use crate::ports::{Sql, SqlValue};
 /// exact under concurrent orders; and the order is written only if on-hand covers every
 /// line: PostgreSQL refuses what it cannot cover, never clamps (DESIGN §4, invariant 1).
 /// The CHECK (on_hand >= 0) stands behind it. One cart never ends in two orders: the order
-/// records the cart as its session froze it (life, version, units), and a unique index
+/// records the cart as its session froze it (life, version, lines), and a unique index
 /// refuses the same frozen cart ordered twice (a second checkout of it, let in by a lost
 /// lock), whichever is paid first; two such orders at once are serialised on the index.
 /// The paid session ends with its order (`ended_at`; `ended_state` stays NULL), so it
@@ -36,8 +36,9 @@ WITH demand AS (
     INSERT INTO orders (id, checkout_session_id, state_version, cart_ref, customer_id, currency,
                         subtotal_minor, discount_total_minor, total_minor, payment_intent_id,
                         pricing_version, discount_version, quote, cart_generation, cart_version,
-                        cart_demand)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb, $16, $17, $18
+                        cart_lines)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb, $16, $17,
+           frozen_cart_lines($14::text::jsonb)
     FROM covered WHERE covered.ok
     ON CONFLICT DO NOTHING
     RETURNING id
@@ -76,11 +77,11 @@ LEFT JOIN inventory_levels i ON i.variant_id = d.variant_id
 WHERE COALESCE(i.on_hand, 0) < d.quantity";
 
 /// The session whose order is of the same frozen cart as session `$5`'s (cart `$1`, life
-/// `$2`, version `$3`, units `$4`): the order that refuses `$5`'s.
+/// `$2`, version `$3`, lines `$4`): the order that refuses `$5`'s.
 const SAME_CART_ORDERED: &str = "\
 SELECT checkout_session_id FROM orders
-WHERE cart_ref = $1 AND cart_generation = $2 AND cart_version = $3 AND cart_demand = $4
-  AND checkout_session_id <> $5";
+WHERE cart_ref = $1 AND cart_generation = $2 AND cart_version = $3
+  AND cart_lines = frozen_cart_lines($4::text::jsonb) AND checkout_session_id <> $5";
 
 /// Records an order PostgreSQL refused (once per session).
 const RECORD_REFUSAL: &str = "\
@@ -173,7 +174,15 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         .iter()
         .map(|(v, q)| json!({"variant_id": v.as_str(), "quantity": q.get()}))
         .collect();
-    let mut params = vec![
+    let demand = Value::Array(demand).to_string();
+    let lines = Value::Array(lines).to_string();
+    // The frozen cart the unique index compares: its life and version ($16, $17), and its
+    // lines ($14, through `frozen_cart_lines`).
+    let (generation, version) = match order.cart {
+        Some((generation, version)) => (SqlValue::Int(generation), SqlValue::Int(version)),
+        None => (SqlValue::Null, SqlValue::Null),
+    };
+    let params = vec![
         SqlValue::Text(order.id.to_owned()),
         SqlValue::Text(order.session.to_owned()),
         SqlValue::Int(order.state_version),
@@ -189,20 +198,11 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         SqlValue::Int(int(&q["versions"]["pricing"], "versions")?),
         SqlValue::Int(int(&q["versions"]["discounts"], "versions")?),
         SqlValue::Text(q.to_string()),
-        SqlValue::Text(Value::Array(lines).to_string()),
-        SqlValue::Text(Value::Array(demand.clone()).to_string()),
+        SqlValue::Text(lines.clone()),
+        SqlValue::Text(demand.clone()),
+        generation.clone(),
+        version.clone(),
     ];
-    let demand = Value::Array(demand).to_string();
-    let (generation, version, units) = match order.cart {
-        Some((generation, version)) => (
-            SqlValue::Int(generation),
-            SqlValue::Int(version),
-            SqlValue::Text(demand.clone()),
-        ),
-        None => (SqlValue::Null, SqlValue::Null, SqlValue::Null),
-    };
-    // The frozen cart the unique index compares ($16, $17, $18).
-    params.extend([generation.clone(), version.clone(), units.clone()]);
     let rows = match sql.query(WRITE_ORDER, &params).await {
         Ok(rows) => rows,
         // The CHECK behind the guard (23514): treated as the shortage it is.
@@ -224,7 +224,7 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
                     SqlValue::Text(order.cart_ref.to_owned()),
                     generation,
                     version,
-                    units,
+                    SqlValue::Text(lines),
                     SqlValue::Text(order.session.to_owned()),
                 ],
             )

@@ -67,9 +67,11 @@ end
 -- Removes one holder's hold on a variant and returns the quantity it held.
 local function drop_hold(reserved, holds, hold_qty, holder)
   local held = tonumber(redis.call('HGET', hold_qty, holder)) or 0
+  -- Its deadline goes in any case: one left without its quantity (an entry lost alone)
+  -- holds nothing and would otherwise stay until it expires.
+  redis.call('ZREM', holds, holder)
   if held > 0 then
     redis.call('HDEL', hold_qty, holder)
-    redis.call('ZREM', holds, holder)
     if redis.call('DECRBY', reserved, held) <= 0 then
       redis.call('DEL', reserved)
     end

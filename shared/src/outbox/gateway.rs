@@ -203,7 +203,7 @@ fn cancel_outcome(response: &OutboundResponse) -> Outcome {
                 (true, Some("succeeded")) => Outcome::Refused {
                     reason: format!(
                         "the payment succeeded before the intent could be cancelled; it is \
-                         refunded instead ({})",
+                         refunded instead, unless it was ordered ({})",
                         describe(response)
                     ),
                 },

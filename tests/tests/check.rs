@@ -3,7 +3,7 @@
 //! Redis and PostgreSQL, and through the CLI.
 
 use commerce_core::ids::{Holder, Quantity, SessionId, VariantId};
-use commerce_tests::{Caller, Reply, TestApp};
+use commerce_tests::{Caller, Reply, TestApp, unit};
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -240,6 +240,84 @@ async fn a_hold_without_a_deadline_is_dropped_by_the_repair() {
     assert!(said.contains("without a deadline dropped"), "{said}");
     assert_eq!(app.sellable("var-1").await, 97);
     assert_eq!(check(&app).await.body["ok"], true);
+    app.finish().await;
+}
+
+/// A live session whose lost lock the repair meets is met as its own payment intent
+/// would meet it: a cart changed since it froze it cancels it (holds freed, cart free for
+/// the shopper's next checkout), and a customer's cart built again after a Redis loss is
+/// another cart, whose lock is no drift of the old session's and is left alone.
+#[tokio::test]
+async fn the_repair_locks_a_cart_only_as_the_session_froze_it() {
+    let (app, _gateway) = TestApp::shop(3, |c| c).await;
+    let mut redis = app.redis.clone();
+
+    let changed = app.paying_session(&[("var-1", 1)], "k-relock-1").await;
+    let _: () = redis.del(app.cart_lock_key(&changed.cart)).await.unwrap();
+    let added = app
+        .post(&format!("/v1/carts/{}/items", changed.cart), unit("var-2", 1))
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let drifted = check(&app).await;
+    assert_eq!(
+        kinds(&drifted.body),
+        [format!("session-lock {}", changed.session)],
+        "{drifted:?}"
+    );
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    let said = repaired.body["repaired"][0]["repaired"].as_str().unwrap();
+    assert!(said.contains("session cancelled"), "{repaired:?}");
+    let gone = app.get(&format!("/v1/checkout/{}", changed.session)).await;
+    assert_eq!(gone.body["state"], "CANCELLED", "{gone:?}");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&changed.cart)).await.unwrap();
+    assert_eq!(lock, None, "the shopper's cart is free");
+    assert_eq!(app.sellable("var-1").await, 100);
+    assert_eq!(check(&app).await.body["ok"], true);
+
+    // A customer's session paid for before Redis lost everything, and the customer's new
+    // cart since.
+    let ann = Caller::Customer("ann");
+    let add = |variant: &'static str| {
+        app.call(
+            "POST",
+            "/v1/customers/ann/cart/items",
+            Some(unit(variant, 1)),
+            ann,
+        )
+    };
+    assert_eq!(add("var-3").await.status, 200);
+    let started = app
+        .start_checkout_as(serde_json::json!({ "customerId": "ann" }), "k-relock-2", ann)
+        .await;
+    let before = started.body["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.payment_intent(&before, ann).await.status, 200);
+    app.flush_redis().await;
+    assert_eq!(add("var-2").await.status, 200);
+    let met = app
+        .call("GET", &format!("/v1/checkout/{before}"), None, ann)
+        .await;
+    assert_eq!(met.body["state"], "PAYMENT_PENDING", "{met:?}");
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    assert_eq!(repaired.body["ok"], true, "{repaired:?}");
+    assert!(
+        repaired.body["repaired"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["subject"] != before.as_str()),
+        "{repaired:?}"
+    );
+    let lock: Option<String> = redis.get(app.key("checkout:lock:{ann}:customer")).await.unwrap();
+    assert_eq!(lock, None, "the new cart is not the old session's to lock");
+    assert_eq!(
+        add("var-1").await.status,
+        200,
+        "the customer's new cart takes lines"
+    );
     app.finish().await;
 }
 

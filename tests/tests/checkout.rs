@@ -815,6 +815,23 @@ async fn a_session_that_lost_its_cart_lock_takes_it_back_or_gives_way() {
     assert_eq!(lock.as_deref(), Some(paying.session.as_str()));
     let ttl: i64 = redis.pttl(&lock_key).await.unwrap();
     assert!(ttl > 3_000_000, "until the holds' end, not a lock's ttl: {ttl}");
+    // Not when the cart changed meanwhile: the session is cancelled there, and the cart
+    // stays free for the shopper's new basket.
+    let _: () = redis.del(&lock_key).await.unwrap();
+    let added = app
+        .post(&format!("/v1/carts/{}/items", paying.cart), unit("var-2", 1))
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let refused = app.payment_intent(&paying.session, Caller::Anonymous).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "CHECKOUT_STATE"),
+        "{refused:?}"
+    );
+    let gone = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(gone.body["state"], "CANCELLED", "{gone:?}");
+    let lock: Option<String> = redis.get(&lock_key).await.unwrap();
+    assert_eq!(lock, None, "the cart is free");
 
     // A session already waiting for its payment whose lock was lost and taken by another
     // checkout of the cart meanwhile: whichever is paid, the cart ends in one order, and

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::cart::Carts;
-use crate::checkout::{Checkouts, LockHolder, paid};
+use crate::checkout::{Checkouts, LockHolder, LockTaken, frozen_cart, paid};
 use crate::error::{Error, Result};
 use crate::ids::{ExternalHolderId, Holder, Quantity, SessionId, VariantId};
 use crate::inventory::{Inventory, Level};
@@ -506,35 +506,69 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         let grace = i64::from(self.app.settings.hold_grace_seconds) * 1000;
         // Whether a repair below took something for the session (its lock, its holds).
         let mut took = false;
-        let holder = self
-            .redis("GET", vec![Carts::of(self.app).lock_key(&cart).into()])
-            .await?;
-        if holder.first().and_then(RedisReply::as_text) != Some(id) {
-            let mut repaired = String::new();
-            if self.repair
-                && Checkouts::new(self.app)
-                    .take_lock(&cart, &session, deadline + grace)
-                    .await?
-                    .is_none()
-            {
-                repaired = "cart lock taken again for the session".into();
-                took = true;
-            }
-            report.drift.push(Drift {
-                kind: "session-lock",
-                subject: id.to_owned(),
-                detail: format!("live {state} session does not hold its cart's lock"),
-                repaired,
-            });
-        }
         let metadata = self
             .redis("GET", vec![self.app.keys.checkout_metadata(&session).into()])
             .await?;
-        let demand = metadata
+        let metadata = metadata
             .first()
             .and_then(RedisReply::as_text)
-            .and_then(|m| serde_json::from_str::<Value>(m).ok())
-            .map(|m| crate::checkout::frozen_demand(&m))
+            .and_then(|m| serde_json::from_str::<Value>(m).ok());
+        let carts = Carts::of(self.app);
+        let holder = self.redis("GET", vec![carts.lock_key(&cart).into()]).await?;
+        if holder.first().and_then(RedisReply::as_text) != Some(id) {
+            // The cart as the session froze it, and as it is now: a cart built again after
+            // a Redis loss (another `created`) is another cart, whose lock is none of this
+            // session's business (its payment still becomes its order): no drift.
+            let (version, generation) = metadata.as_ref().map_or((None, None), frozen_cart);
+            let now_cart = self
+                .redis(
+                    "HMGET",
+                    vec![carts.key(&cart).into(), "version".into(), "created".into()],
+                )
+                .await?;
+            let cart_is = |i: usize| now_cart.get(i).and_then(RedisReply::as_int);
+            let other_life = generation.is_some() && cart_is(1).is_some_and(|c| Some(c) != generation);
+            let moved = version.is_some() && cart_is(0).is_some_and(|v| Some(v) != version);
+            if !other_life {
+                let relocked = match self.repair {
+                    true => Some(
+                        Checkouts::new(self.app)
+                            .relock(&session, deadline + grace)
+                            .await?,
+                    ),
+                    false => None,
+                };
+                let cancelled = matches!(relocked, Some(LockTaken::CartMoved(_)));
+                let repaired = match relocked {
+                    Some(LockTaken::Held) => {
+                        took = true;
+                        "cart lock taken again for the session".into()
+                    }
+                    Some(LockTaken::CartMoved(now)) => {
+                        format!("session cancelled: its cart changed since it froze it (now version {now})")
+                    }
+                    _ => String::new(),
+                };
+                let detail = match moved {
+                    true => format!(
+                        "live {state} session does not hold its cart's lock, and its cart changed since it froze it"
+                    ),
+                    false => format!("live {state} session does not hold its cart's lock"),
+                };
+                report.drift.push(Drift {
+                    kind: "session-lock",
+                    subject: id.to_owned(),
+                    detail,
+                    repaired,
+                });
+                if cancelled {
+                    return Ok(());
+                }
+            }
+        }
+        let demand = metadata
+            .as_ref()
+            .map(crate::checkout::frozen_demand)
             .transpose()?
             .unwrap_or_default();
         let holder = Holder::Checkout(session.clone());

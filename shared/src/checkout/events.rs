@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::session::{Session, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, LockTaken, gateway, or_empty, order};
+use super::{Checkouts, LockTaken, frozen_cart, gateway, or_empty, order};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
@@ -374,8 +374,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         };
         // The cart as this session locked it: which life of its key and its version then
         // (`None`: not kept by sessions from before).
-        let generation = metadata["cartGeneration"].as_i64();
-        let locked_version = metadata["cartVersion"].as_i64();
+        let (locked_version, generation) = frozen_cart(&metadata);
         let mut changes = None;
         // Whether this call holds the cart's lock for the session (kept or taken back below)
         // and has not yet let it go with the emptied cart.

@@ -68,10 +68,19 @@ ORDER BY holds_deadline_ms LIMIT $3";
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// Which life of its cart's key a session froze (`cartGeneration` in its frozen metadata,
-/// as text; `None` for sessions from before it was kept, or text that is not JSON).
-pub(crate) fn frozen_generation(metadata: &str) -> Option<i64> {
-    serde_json::from_str::<Value>(metadata).ok()?["cartGeneration"].as_i64()
+/// The cart as a session froze it, from its frozen metadata: its version then and its
+/// generation (its `created`: which life of the cart's key); `None` where a session from
+/// before did not keep them.
+pub(crate) fn frozen_cart(metadata: &Value) -> (Option<i64>, Option<i64>) {
+    (
+        metadata["cartVersion"].as_i64(),
+        metadata["cartGeneration"].as_i64(),
+    )
+}
+
+/// [`frozen_cart`] of the metadata's text, as Redis or PostgreSQL keeps it.
+pub(crate) fn frozen_cart_of(metadata: &str) -> (Option<i64>, Option<i64>) {
+    serde_json::from_str::<Value>(metadata).map_or((None, None), |m| frozen_cart(&m))
 }
 
 /// A frozen number for a script that reads '' as "not kept" (sessions from before it was).
@@ -212,21 +221,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Keeps `cart`'s lock for `session` until `until_ms` (epoch ms, Redis clock): extended
     /// if the session holds it, taken back if nobody does (a lock lost while the session
-    /// lives: deleted, a partial Redis loss), never taken from another session. `None`: the
-    /// session holds it now; else the session that does.
-    pub(crate) async fn take_lock(
-        &self,
-        cart: &CartRef,
-        session: &SessionId,
-        until_ms: i64,
-    ) -> Result<Option<String>> {
-        match self.take_lock_of(cart, session, until_ms, None, None).await? {
-            LockTaken::ByOther(other) => Ok(Some(other)),
-            _ => Ok(None),
-        }
-    }
-
-    /// As [`Self::take_lock`], against the cart as the session locked it: with
+    /// lives: deleted, a partial Redis loss), never taken from another session. With
     /// `locked_version`, a lost lock is taken back only if the cart is still at that
     /// version (a cart changed or ordered meanwhile, by a second checkout the lost lock let
     /// in, is no longer the one the session froze); with `generation`, a cart that is
@@ -507,18 +502,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // A cart built again after the loss is another cart: its lock is left to it.
             (Some(session), "OK") if session.state == State::PaymentPending => {
                 let until = kept.deadline_ms + self.grace_ms();
-                let generation = frozen_generation(&kept.metadata);
-                self.take_lock_of(&session.cart, id, until, None, generation)
+                let (version, generation) = frozen_cart_of(&kept.metadata);
+                self.take_lock_of(&session.cart, id, until, version, generation)
                     .await?;
             }
             // Its order is written (its webhook may have been answered long ago): it is
             // finished now, as the webhook would have.
             (Some(session), "OK") if session.state == State::OrderCreated => {
-                let metadata: Value = serde_json::from_str(&kept.metadata).unwrap_or(Value::Null);
-                let (version, generation) = (
-                    metadata["cartVersion"].as_i64(),
-                    metadata["cartGeneration"].as_i64(),
-                );
+                let (version, generation) = frozen_cart_of(&kept.metadata);
                 self.finish_order(session, None, version, generation).await?;
             }
             _ => {}
@@ -594,6 +585,26 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         self.authorize(&session, authorization)?;
         let quote = self.metadata(id).await.ok().map(|m| m["quote"].clone());
         Ok(session.view(quote))
+    }
+
+    /// Meets a live session that lost its cart's lock as its own payment intent would
+    /// (`commerce check --repair`): the lock is taken back until `until_ms` while the cart
+    /// is as the session froze it; a cart changed or ordered since cancels the session (its
+    /// holds freed, its intent cancelled); a cart built again after a Redis loss is another
+    /// cart, whose lock is left alone; one another session holds stays its.
+    pub(crate) async fn relock(&self, id: &SessionId, until_ms: i64) -> Result<LockTaken> {
+        let session = self.load(id).await?;
+        let (version, generation) = frozen_cart(&self.metadata(id).await?);
+        let taken = self
+            .take_lock_of(&session.cart, id, until_ms, version, generation)
+            .await?;
+        if let LockTaken::CartMoved(_) = taken {
+            let (tag, current) = self.transition(id, State::Cancelled, None, &[]).await?;
+            if matches!(tag.as_str(), "OK" | "SAME") {
+                self.release(&current, true).await?;
+            }
+        }
+        Ok(taken)
     }
 
     /// Cancels a session before payment: holds and lock released, its intent (if any)

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::session::{Session, SessionView, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, KEEP_MS, LockTaken, frozen_generation, gateway, paid};
+use super::{Checkouts, KEEP_MS, LockTaken, frozen_cart, frozen_cart_of, gateway, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
@@ -123,11 +123,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .await?;
             // The cart's lock for as long as the holds (taken back if lost, while the cart is
             // still the one this session froze).
-            let frozen_cart = (
-                metadata["cartVersion"].as_i64(),
-                metadata["cartGeneration"].as_i64(),
-            );
-            self.keep_lock(&session, deadline + self.grace_ms(), frozen_cart)
+            self.keep_lock(&session, deadline + self.grace_ms(), frozen_cart(&metadata))
                 .await?;
             let (tag, moved) = self
                 .transition(
@@ -143,14 +139,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
             session = moved;
         } else if session.state == State::PaymentPending {
-            // Asked again while waiting for the payment: the lock lasts until the holds' end.
-            let generation = frozen.and_then(frozen_generation);
-            self.keep_lock(
-                &session,
-                session.deadline_ms + self.grace_ms(),
-                (None, generation),
-            )
-            .await?;
+            // Asked again while waiting for the payment: the lock lasts until the holds' end
+            // (taken back, if lost, only while the cart is as the session froze it).
+            let frozen = frozen.map_or((None, None), frozen_cart_of);
+            self.keep_lock(&session, session.deadline_ms + self.grace_ms(), frozen)
+                .await?;
         }
         let mut view = session.view(None);
         view.payment_intent_id = Some(intent_id);

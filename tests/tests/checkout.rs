@@ -1179,6 +1179,26 @@ async fn a_session_redis_remembers_from_before_its_order_is_finished_not_expired
         "nothing cancelled or refunded"
     );
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 1);
+
+    // Redis's AOF lost the last second after the webhook was answered: the session is
+    // left PAYMENT_CONFIRMED holding its cart's lock, and no webhook comes again. The
+    // first call that meets it finishes it (here the shopper's next change to the cart).
+    let cart = app.cart_with(&[("var-2", 1)]).await;
+    let session = app.checkout(&cart, "k-older-2").await;
+    let (_, done) = app.pay(&gateway, &session, Caller::Anonymous).await;
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+    let key = app.session_key(&session);
+    let _: () = redis.hset(&key, "state", "PAYMENT_CONFIRMED").await.unwrap();
+    let _: () = redis.set(app.cart_lock_key(&cart), &session).await.unwrap();
+    let added = app
+        .post(&format!("/v1/carts/{cart}/items"), unit("var-2", 1))
+        .await;
+    assert_eq!(added.status, 200, "the cart is the shopper's again: {added:?}");
+    let seen = app.get(&format!("/v1/checkout/{session}")).await;
+    assert_eq!(seen.body["state"], "COMPLETED", "{seen:?}");
+    assert!(seen.body["orderId"].is_string(), "{seen:?}");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
+    assert_eq!(count(&app, "SELECT count(*) FROM payment_outbox").await, 0);
     app.finish().await;
 }
 

@@ -416,34 +416,54 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 (tag, session.ok_or_else(|| checkout_not_found(id))?, values)
             }
         };
+        let unfinished = matches!(session.state, State::PaymentConfirmed | State::OrderCreated);
+        if (tag == "EXPIRED_NOW" || unfinished)
+            && let Some(finished) = self.finish_if_ordered(&session).await?
+        {
+            return Ok((finished, values));
+        }
         if tag == "EXPIRED_NOW" {
-            if let Some(finished) = self.finish_if_ordered(&session).await? {
-                return Ok((finished, values));
-            }
             ended(State::Expired);
             self.release(&session, true).await?;
         }
         Ok((session, values))
     }
 
-    /// A session Redis remembers from before its order (Redis restored from a copy older
-    /// than PostgreSQL) that has just expired there: PostgreSQL's order of its payment
-    /// stands, so Redis's copy is replaced by PostgreSQL's ([`Self::restore`]), which
-    /// finishes it (its stock, its cart, COMPLETED); nothing is cancelled or refunded.
-    /// `None`: PostgreSQL has no order of the session's payment.
+    /// A session Redis remembers from before its order was finished, whose order
+    /// PostgreSQL has (Redis restored from a copy older than PostgreSQL: a backup, or an
+    /// AOF that lost the last second after the webhook was answered) is finished as the
+    /// webhook would have finished it: its stock mirrored, its cart emptied, COMPLETED;
+    /// nothing is cancelled or refunded. One that has just expired in Redis is replaced by
+    /// PostgreSQL's copy ([`Self::restore`], which finishes it). `None`: PostgreSQL has no
+    /// order of the session's payment.
     async fn finish_if_ordered(&self, session: &Session) -> Result<Option<Session>> {
         let Some(intent) = &session.intent else {
             return Ok(None);
         };
-        match order::find(&self.app.sql, session.id.as_str()).await? {
-            Some((_, _, ordered_with)) if &ordered_with == intent => {}
+        let order = match order::find(&self.app.sql, session.id.as_str()).await? {
+            Some((order, _, ordered_with)) if &ordered_with == intent => order,
             _ => return Ok(None),
+        };
+        let id = &session.id;
+        if session.state == State::Expired {
+            let key = self.app.keys.checkout_session(id);
+            self.app.redis.execute("DEL", vec![key.as_str().into()]).await?;
+            self.restore(id).await?;
+            let reply = self.run(&GET, &[&key], vec![before_payment()]).await?;
+            return Ok(parse_session_with(&reply, 0)?.1);
         }
-        let key = self.app.keys.checkout_session(&session.id);
-        self.app.redis.execute("DEL", vec![key.as_str().into()]).await?;
-        self.restore(&session.id).await?;
-        let reply = self.run(&GET, &[&key], vec![before_payment()]).await?;
-        Ok(parse_session_with(&reply, 0)?.1)
+        let mut session = session.clone();
+        if session.state == State::PaymentConfirmed {
+            session = self
+                .transition(id, State::OrderCreated, None, &[("order", &order)])
+                .await?
+                .1;
+        }
+        if session.state == State::OrderCreated {
+            let (version, generation) = frozen_cart(&self.metadata(id).await?);
+            session = self.finish_order(&session, None, version, generation).await?;
+        }
+        Ok(Some(session))
     }
 
     /// Puts a session Redis lost back from PostgreSQL's copy (as the first call that meets

@@ -58,7 +58,7 @@ async fn nothing_held(app: &TestApp) {
         .filter(|k| {
             k.contains(":checkout:lock:")
                 || k.contains(":inventory:holds:")
-                || k.contains(":inventory:cart-holds:")
+                || k.contains(":inventory:holder:")
         })
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");

@@ -1,5 +1,6 @@
 //! Redis round trips per operation (DESIGN §7), counted at the port: the real native
-//! adapter wrapped in a counter, against real Redis and PostgreSQL.
+//! adapter wrapped in a counter, against real Redis and PostgreSQL (and the Redis Cluster
+//! of `scripts/services start --cluster`, where there is one).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -12,22 +13,49 @@ use commerce_core::pricing::money::Currency;
 use commerce_native::{NativeHttp, NativePg, NativeRedis};
 use commerce_tests::TestApp;
 
-/// The native Redis adapter, counting every call (one call is one round trip).
+/// The native Redis adapter, counting every call (one call is one round trip), and how
+/// many of them a caller waits for one after another: calls made at once (a batch of
+/// one-slot calls on a Redis Cluster) overlap, and cost the caller one round trip.
 struct Counting<'a> {
     inner: &'a NativeRedis,
     calls: AtomicUsize,
+    /// The longest chain of calls each made after the one before it had answered: every
+    /// call is one deeper than the deepest call answered when it starts.
+    answered_depth: AtomicUsize,
 }
 
 impl Redis for Counting<'_> {
     async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.execute(command, args).await
+        let depth = self.answered_depth.load(Ordering::SeqCst) + 1;
+        let reply = self.inner.execute(command, args).await;
+        self.answered_depth.fetch_max(depth, Ordering::SeqCst);
+        reply
+    }
+
+    fn is_cluster(&self) -> bool {
+        self.inner.is_cluster()
     }
 }
 
 impl Counting<'_> {
+    /// The calls since the last take.
     fn take(&self) -> usize {
-        self.calls.swap(0, Ordering::SeqCst)
+        self.take_sequential().0
+    }
+
+    /// The calls since the last take, and how many of them were one after another.
+    fn take_sequential(&self) -> (usize, usize) {
+        let sequential = self.answered_depth.swap(0, Ordering::SeqCst);
+        (self.calls.swap(0, Ordering::SeqCst), sequential)
+    }
+}
+
+fn counter(inner: &NativeRedis) -> Counting<'_> {
+    Counting {
+        inner,
+        calls: AtomicUsize::new(0),
+        answered_depth: AtomicUsize::new(0),
     }
 }
 
@@ -37,10 +65,7 @@ fn counting(
     settings: commerce_core::Settings,
 ) -> commerce_core::App<Counting<'_>, Measured<NativePg>, Measured<NativeHttp>> {
     commerce_core::App::new(
-        Counting {
-            inner: &app.app.redis,
-            calls: AtomicUsize::new(0),
-        },
+        counter(&app.app.redis),
         app.app.sql.clone(),
         app.app.http.clone(),
         settings,
@@ -51,10 +76,7 @@ fn counting(
 async fn availability_of_500_variants_and_a_reservation_are_one_round_trip_each() {
     let app = TestApp::spawn().await;
     app.seed(500).await;
-    let redis = Counting {
-        inner: &app.app.redis,
-        calls: AtomicUsize::new(0),
-    };
+    let redis = counter(&app.app.redis);
     let inventory = Inventory::new(&redis, &app.app.sql, &app.app.keys);
     let variants: Vec<VariantId> = (1..=500)
         .map(|i| VariantId::parse(&format!("var-{i}")).unwrap())
@@ -90,10 +112,7 @@ async fn adding_to_a_cart_is_one_round_trip_once_the_variant_is_known() {
 
     let app = TestApp::spawn().await;
     app.seed(2).await;
-    let redis = Counting {
-        inner: &app.app.redis,
-        calls: AtomicUsize::new(0),
-    };
+    let redis = counter(&app.app.redis);
     let carts = Carts::new(&redis, &app.app.keys, &app.app.settings);
     let cart = carts.create(Currency::parse("EUR").unwrap()).await.unwrap();
     let cart = CartRef::Session(CartId::parse(cart.cart_id.as_deref().unwrap()).unwrap());
@@ -173,6 +192,54 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_
         1,
         "once the entries are held: the cart with the current versions and the clock"
     );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_quoting_a_cart_is_two_round_trips_one_after_the_other() {
+    use commerce_core::cart::{CartRef, Carts, LineItem};
+    use commerce_core::keys::RulesetKind;
+    use commerce_core::pricing::quote::price_cart;
+    use commerce_core::pricing::store::Rulesets;
+
+    let Some(url) = commerce_tests::topology::cluster_url() else {
+        eprintln!("SKIPPED: no Redis Cluster (start one with scripts/services start --cluster)");
+        return;
+    };
+    let app = TestApp::spawn_with(|c| c.set("redis_url", &url)).await;
+    app.seed(40).await;
+    let rulesets = Rulesets::new(&app.app.redis, &app.app.sql, &app.app.keys);
+    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+        rulesets.publish(kind, 60).await.unwrap();
+    }
+    let carts = Carts::new(&app.app.redis, &app.app.keys, &app.app.settings);
+    let cart = carts.create(Currency::parse("EUR").unwrap()).await.unwrap();
+    let cart = CartRef::Session(CartId::parse(cart.cart_id.as_deref().unwrap()).unwrap());
+    for i in 1..=20 {
+        let item = LineItem::Variant(VariantId::parse(&format!("var-{i}")).unwrap());
+        carts
+            .add(&cart, &item, Quantity::new(i).unwrap(), None)
+            .await
+            .unwrap();
+    }
+
+    let counting = counting(&app, app.app.settings.clone());
+    assert!(counting.redis.is_cluster());
+    // EVALSHA of both scripts on the nodes they run on, as in steady state.
+    price_cart(&app.app, &cart, None).await.unwrap();
+    counting.redis.take();
+    for attempt in ["first", "second"] {
+        let priced = price_cart(&counting, &cart, None).await.unwrap();
+        assert_eq!(priced.quote.lines.len(), 20);
+        assert_eq!(priced.versions, rulesets.pointers().await.unwrap());
+        // The cart's lines and both version pointers (three slots) at once, then each
+        // version's entries (two slots) at once; no entries are held on a cluster.
+        assert_eq!(
+            counting.redis.take_sequential(),
+            (5, 2),
+            "{attempt} quote of a 20-line cart: (calls, round trips one after another)"
+        );
+    }
     app.finish().await;
 }
 

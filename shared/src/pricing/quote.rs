@@ -2,7 +2,9 @@
 //!
 //! A quote of a cart costs at most two Redis round trips whatever the catalog's size: one
 //! to read the cart, one script that reads the current versions and exactly the entries the
-//! lines need; natively one, once the entries are held (see [`price_cart`]). The rules
+//! lines need; natively one, once the entries are held (see [`price_cart`]). On a Redis
+//! Cluster, where the pointers to the current versions live in slots of their own, the
+//! cart and the pointers are read at once, then the entries: two as well. The rules
 //! themselves are the pure [`engine`](super::engine).
 
 use std::collections::BTreeSet;
@@ -36,10 +38,29 @@ pub async fn price_lines<R: Redis, S: Sql, H: Http>(
     currency: Currency,
     customer_group: Option<String>,
 ) -> Result<Priced> {
+    price(app, None, lines, currency, customer_group).await
+}
+
+/// [`price_lines`], from the versions `pointers` name when the caller has just read them
+/// ([`Rulesets::pointers`], on a Redis Cluster).
+async fn price<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    pointers: Option<Versions>,
+    lines: &[QuoteLine],
+    currency: Currency,
+    customer_group: Option<String>,
+) -> Result<Priced> {
     let (variants, bundles) = subjects(lines);
     let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
     let (input, versions) = rulesets
-        .read(&app.rulesets, &variants, &bundles, currency, customer_group)
+        .read(
+            &app.rulesets,
+            pointers,
+            &variants,
+            &bundles,
+            currency,
+            customer_group,
+        )
         .await?;
     let quote = engine::quote(&input, lines)?;
     Ok(Priced { quote, versions })
@@ -68,14 +89,24 @@ fn subjects(lines: &[QuoteLine]) -> (BTreeSet<String>, BTreeSet<String>) {
 /// Once the process holds ruleset entries ([`RulesetCache`](super::cache::RulesetCache)) and Redis is one server, the
 /// cart is read together with the current versions and the clock (`cart/lines.lua`), so a
 /// cart whose entries are held for those versions costs one round trip; otherwise, or when
-/// they are not held, the ruleset read follows as in [`price_lines`] (two).
+/// they are not held, the ruleset read follows as in [`price_lines`] (two). On a Redis
+/// Cluster the cart and the version pointers live in slots of their own and the process
+/// holds no entries: the cart and both pointers are read at once, then those versions'
+/// entries (two).
 pub async fn price_cart<R: Redis, S: Sql, H: Http>(
     app: &App<R, S, H>,
     cart: &CartRef,
     customer_group: Option<String>,
 ) -> Result<Priced> {
     let carts = Carts::of(app);
-    if app.rulesets.is_empty() || app.redis.is_cluster() {
+    if app.redis.is_cluster() {
+        let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
+        let (cart, pointers) = futures_util::future::join(carts.lines(cart), rulesets.pointers()).await;
+        let (currency, lines) = cart?;
+        let lines = cart_quote_lines(&lines);
+        return price(app, Some(pointers?), &lines, currency, customer_group).await;
+    }
+    if app.rulesets.is_empty() {
         let (currency, lines) = carts.lines(cart).await?;
         return price_lines(app, &cart_quote_lines(&lines), currency, customer_group).await;
     }

@@ -508,9 +508,16 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
     /// and bundles, as the engine's input (prices in `currency` for `customer_group`). The
     /// entries come from `cache` when it holds them for the current versions (the script
     /// then answers only the versions and the clock), and what is read is kept there.
+    ///
+    /// On a Redis Cluster, `pointers` are the versions [`Self::pointers`] has just read, if
+    /// the caller read them beside something else (a cart's quote: see
+    /// [`price_cart`](super::quote::price_cart)); only those versions' entries are then
+    /// read. On one server `pointers` is not used: the script reads the pointers in the
+    /// same atomic step as the entries.
     pub async fn read(
         &self,
         cache: &RulesetCache,
+        pointers: Option<Versions>,
         variants: &BTreeSet<String>,
         bundles: &BTreeSet<String>,
         currency: Currency,
@@ -535,11 +542,11 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
             args.extend(bundles.iter().map(|b| RedisArg::from(b.as_str())));
             args
         };
-        let mut reply = self.read_reply(variants, bundles, args(&held)).await?;
+        let mut reply = self.read_reply(variants, bundles, args(&held), pointers).await?;
         if reply == UNPUBLISHED || self.lost_discounts(cache, &reply).await? {
             self.republish().await?;
             held = None;
-            reply = self.read_reply(variants, bundles, args(&held)).await?;
+            reply = self.read_reply(variants, bundles, args(&held), None).await?;
         }
         if reply == UNPUBLISHED {
             return Err(not_published());
@@ -617,33 +624,46 @@ fn reply_text(reply: Vec<RedisReply>) -> Result<String> {
 }
 
 impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
-    /// The read script's reply (`read.lua`): one script on one server. On a Redis Cluster
-    /// two round trips: both version pointers at once, then each version's part at once
-    /// (`read_one.lua`), joined into the same lines.
-    async fn read_reply(
-        &self,
-        variants: &BTreeSet<String>,
-        bundles: &BTreeSet<String>,
-        args: Vec<RedisArg>,
-    ) -> Result<String> {
-        let pointers = [
-            self.keys.ruleset_version(RulesetKind::Pricing),
-            self.keys.ruleset_version(RulesetKind::Discounts),
-        ];
-        if !self.redis.is_cluster() {
-            let reply = READ.run(self.redis, &[&pointers[0], &pointers[1]], args).await?;
-            return reply_text(reply);
-        }
-        let version = |key: &str| {
-            let key = key.to_owned();
+    /// The versions both pointers name now (0: none), read at once, one `GET` each: on a
+    /// Redis Cluster they live in slots of their own, apart from the versions they name.
+    pub async fn pointers(&self) -> Result<Versions> {
+        let version = |kind: RulesetKind| {
+            let key = self.keys.ruleset_version(kind);
             async move {
                 let reply = self.redis("GET", vec![key.into()]).await?;
                 Ok::<i64, Error>(reply.first().and_then(RedisReply::as_int).unwrap_or(0))
             }
         };
         let (pricing, discounts) =
-            futures_util::future::join(version(&pointers[0]), version(&pointers[1])).await;
-        let (pricing, discounts) = (pricing?, discounts?);
+            futures_util::future::join(version(RulesetKind::Pricing), version(RulesetKind::Discounts)).await;
+        Ok(Versions {
+            pricing: pricing?,
+            discounts: discounts?,
+        })
+    }
+
+    /// The read script's reply (`read.lua`): one script on one server. On a Redis Cluster
+    /// both version pointers at once (unless the caller has read them: `pointers`), then
+    /// each version's part at once (`read_one.lua`), joined into the same lines.
+    async fn read_reply(
+        &self,
+        variants: &BTreeSet<String>,
+        bundles: &BTreeSet<String>,
+        args: Vec<RedisArg>,
+        pointers: Option<Versions>,
+    ) -> Result<String> {
+        if !self.redis.is_cluster() {
+            let keys = [
+                self.keys.ruleset_version(RulesetKind::Pricing),
+                self.keys.ruleset_version(RulesetKind::Discounts),
+            ];
+            let reply = READ.run(self.redis, &[&keys[0], &keys[1]], args).await?;
+            return reply_text(reply);
+        }
+        let Versions { pricing, discounts } = match pointers {
+            Some(read) => read,
+            None => self.pointers().await?,
+        };
         if pricing == 0 {
             return Ok(UNPUBLISHED.to_owned());
         }

@@ -1123,6 +1123,51 @@ async fn a_rewound_cart_is_told_from_the_one_ordered_by_its_lines() {
     app.finish().await;
 }
 
+/// A cart whose version number a rolled-back Redis gave again to other lines is another
+/// cart: a session that froze the version's earlier lines neither empties it when its
+/// order is refused as a duplicate nor locks it when it is put back from PostgreSQL.
+#[tokio::test]
+async fn a_version_number_given_again_to_other_lines_is_left_to_the_shopper() {
+    let (app, gateway) = TestApp::shop(3, |c| c).await;
+    let mut redis = app.redis.clone();
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let intent_of = |key: &'static str| {
+        let (app, cart) = (&app, cart.clone());
+        async move {
+            let session = app.checkout(&cart, key).await;
+            let intent = app.payment_intent(&session, Caller::Anonymous).await;
+            assert_eq!(intent.status, 200, "{intent:?}");
+            intent.body["paymentIntentId"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = intent_of("k-reused-1").await;
+    let _: () = redis.del(app.cart_lock_key(&cart)).await.unwrap();
+    let second = intent_of("k-reused-2").await;
+    let _: () = redis.del(app.cart_lock_key(&cart)).await.unwrap();
+    let (_, done) = app.intent_paid(&gateway, &first).await;
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+
+    // Rolled back to before its first line, the cart is filled again: version 1 anew.
+    let _: () = redis.hset(app.cart_key(&cart), "version", 0).await.unwrap();
+    let added = app
+        .post(&format!("/v1/carts/{cart}/items"), unit("var-2", 1))
+        .await;
+    assert_eq!(added.body["version"], 1, "{added:?}");
+
+    let (_, refused) = app.intent_paid(&gateway, &second).await;
+    assert_eq!(refused["state"], "FAILED", "{refused}");
+    let basket = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(basket.body["version"], 1, "{basket:?}");
+    assert_eq!(basket.body["lines"][0]["variantId"], "var-2", "{basket:?}");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(lock, None, "{basket:?}");
+    let next = app.checkout(&cart, "k-reused-3").await;
+    let (_, done) = app.pay(&gateway, &next, Caller::Anonymous).await;
+    assert_eq!(done["state"], "COMPLETED", "{done}");
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
+    app.finish().await;
+}
+
 /// Redis restored from a copy taken before a payment: the session it remembers waiting
 /// for that payment was ordered since. When it meets its deadline it is finished as
 /// PostgreSQL's order says (COMPLETED, its order named, its cart emptied, its stock
@@ -1199,6 +1244,27 @@ async fn a_session_redis_remembers_from_before_its_order_is_finished_not_expired
     assert!(seen.body["orderId"].is_string(), "{seen:?}");
     assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
     assert_eq!(count(&app, "SELECT count(*) FROM payment_outbox").await, 0);
+
+    // Remembered as still waiting for its payment, it cannot be cancelled (it was paid);
+    // remembered as expired (the call that expired it failed before it could finish it),
+    // the next call that meets it finishes it.
+    for (remembered, call) in [("PAYMENT_PENDING", "cancel"), ("EXPIRED", "read")] {
+        let _: () = redis.hset(&key, "state", remembered).await.unwrap();
+        if call == "cancel" {
+            let refused = app.cancel(&session, Caller::Anonymous).await;
+            assert_eq!(
+                (refused.status, refused.code()),
+                (409, "CHECKOUT_STATE"),
+                "{refused:?}"
+            );
+        }
+        let seen = app.get(&format!("/v1/checkout/{session}")).await;
+        assert_eq!(seen.body["state"], "COMPLETED", "{remembered}: {seen:?}");
+        assert!(seen.body["orderId"].is_string(), "{seen:?}");
+    }
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 2);
+    assert_eq!(count(&app, "SELECT count(*) FROM payment_outbox").await, 0);
+    nothing_held(&app).await;
     app.finish().await;
 }
 

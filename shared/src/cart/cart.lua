@@ -1,7 +1,7 @@
 -- Shared head of the cart scripts.
 --
--- A cart is one hash: `version`, `currency`, `created`, `lines` (count), `seq`, optional
--- `customer`, and per line `q:<line>` (quantity), `d:<line>` (definition JSON) and
+-- A cart is one hash: `version` (and `written`, when that version was written), `currency`,
+-- `created`, `lines` (count), `seq`, optional `customer`, and per line `q:<line>` (quantity), `d:<line>` (definition JSON) and
 -- `o:<line>` (position). `merging` / `merged` freeze an anonymous cart being merged into
 -- a customer's; `m:<cart>` marks, in a customer's cart, an anonymous cart merged into it.
 

@@ -44,5 +44,6 @@ for i = 7, #ARGV, 3 do
 end
 redis.call('HSET', key, 'm:' .. from, merge_marker(dropped, capped))
 redis.call('HINCRBY', key, 'version', 1)
+redis.call('HSET', key, 'written', now_written())
 redis.call('PEXPIRE', key, ttl)
 return cart_snapshot(key, 'OK', dropped, nil, capped)

@@ -698,14 +698,16 @@ fn lines_of(fields: &HashMap<&str, &str>, reply: &[RedisReply]) -> Result<Vec<Ca
 
 /// Which life of its key a cart snapshot is: when that cart was created (epoch ms, Redis
 /// clock; 0 for a cart without it). A customer's cart lost with Redis and built again
-/// under the same key is another one.
-pub(crate) fn generation(reply: &[RedisReply]) -> Result<i64> {
+/// under the same key is another one. And when its version was written (`written`; `None`
+/// for a cart from before it was noted).
+pub(crate) fn generation_and_written(reply: &[RedisReply]) -> Result<(i64, Option<String>)> {
     let parts = snapshot_parts(reply)?;
-    Ok(parts
+    let generation = parts
         .fields
         .get("created")
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0))
+        .unwrap_or(0);
+    Ok((generation, parts.fields.get("written").map(|w| (*w).to_owned())))
 }
 
 /// The cart of a cart script's snapshot reply, its lines decoded.

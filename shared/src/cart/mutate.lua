@@ -5,7 +5,7 @@
 --       expected version ('' = any), create if missing ('1' for customers' carts),
 --       currency for a new cart, customer id ('' = anonymous)
 --
--- Every change bumps `version` and slides the cart's time to live.
+-- Every change bumps `version` (noting when: `written`) and slides the cart's time to live.
 -- Replies: cart_snapshot 'OK' | {'NOT_FOUND'} | {'MERGED'} | {'VERSION', current}
 --        | {'LIMIT', 'lines'|'quantity', max} | {'NO_LINE'} | {'LOCKED', session}
 local key = KEYS[1]
@@ -41,7 +41,7 @@ end
 
 -- The change and the new version, written at once.
 local current, lines = tonumber(read[4]) or 0, tonumber(read[5]) or 0
-local write = {'version', tonumber(version) + 1}
+local write = {'version', tonumber(version) + 1, 'written', now_written()}
 if op == 'add' then
   local fields, refused = line_added(line, definition, qty, current, lines, tonumber(read[6]) or 0,
     max_lines, max_qty)

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::cart::Carts;
-use crate::checkout::{Checkouts, LockHolder, LockTaken, frozen_cart, paid};
+use crate::checkout::{Checkouts, FrozenCart, LockHolder, Relocked, paid};
 use crate::error::{Error, Result};
 use crate::ids::{ExternalHolderId, Holder, Quantity, SessionId, VariantId};
 use crate::inventory::{Inventory, Level};
@@ -519,16 +519,25 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             // The cart as the session froze it, and as it is now: a cart built again after
             // a Redis loss (another `created`) is another cart, whose lock is none of this
             // session's business (its payment still becomes its order): no drift.
-            let (version, generation) = metadata.as_ref().map_or((None, None), frozen_cart);
+            let frozen = metadata.as_ref().map(FrozenCart::of).unwrap_or_default();
             let now_cart = self
                 .redis(
                     "HMGET",
-                    vec![carts.key(&cart).into(), "version".into(), "created".into()],
+                    vec![
+                        carts.key(&cart).into(),
+                        "version".into(),
+                        "created".into(),
+                        "written".into(),
+                    ],
                 )
                 .await?;
             let cart_is = |i: usize| now_cart.get(i).and_then(RedisReply::as_int);
-            let other_life = generation.is_some() && cart_is(1).is_some_and(|c| Some(c) != generation);
-            let moved = version.is_some() && cart_is(0).is_some_and(|v| Some(v) != version);
+            let other_life =
+                frozen.generation.is_some() && cart_is(1).is_some_and(|c| Some(c) != frozen.generation);
+            let written = now_cart.get(2).and_then(RedisReply::as_text);
+            let moved = cart_is(0).is_some()
+                && (frozen.version.is_some() && cart_is(0) != frozen.version
+                    || frozen.written.is_some() && written != frozen.written.as_deref());
             if !other_life {
                 let relocked = match self.repair {
                     true => Some(
@@ -538,15 +547,20 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     ),
                     false => None,
                 };
-                let cancelled = matches!(relocked, Some(LockTaken::CartMoved(_)));
+                let ended = matches!(
+                    relocked,
+                    Some(Relocked::Cancelled(_) | Relocked::MovedOn(_) | Relocked::Ordered)
+                );
                 let repaired = match relocked {
-                    Some(LockTaken::Held) => {
+                    Some(Relocked::Taken) => {
                         took = true;
                         "cart lock taken again for the session".into()
                     }
-                    Some(LockTaken::CartMoved(now)) => {
+                    Some(Relocked::Cancelled(now)) => {
                         format!("session cancelled: its cart changed since it froze it (now version {now})")
                     }
+                    Some(Relocked::MovedOn(state)) => format!("none: the session is {state} now"),
+                    Some(Relocked::Ordered) => "session finished: PostgreSQL has its order".into(),
                     _ => String::new(),
                 };
                 let detail = match moved {
@@ -561,7 +575,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     detail,
                     repaired,
                 });
-                if cancelled {
+                if ended {
                     return Ok(());
                 }
             }

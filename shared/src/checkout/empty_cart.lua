@@ -7,13 +7,15 @@
 -- same cart, and whose order will be refused) is left to it, the cart emptied all the same.
 --
 -- KEYS: cart, lock
--- ARGV: session id, the cart's version when the session locked it and its generation
---       (`created`: which life of the key; each '' when not known)
+-- ARGV: session id, the cart's version when the session locked it, its generation
+--       (`created`: which life of the key) and when that version was written (`written`:
+--       a version number a rolled-back Redis gave again to other lines is another cart);
+--       each '' when not known
 -- Replies: {'OK'}
 local holder = redis.call('GET', KEYS[2])
 local lines = {}
-local read = redis.call('HMGET', KEYS[1], 'version', 'created')
-local same_version = ARGV[2] == '' or read[1] == ARGV[2]
+local read = redis.call('HMGET', KEYS[1], 'version', 'created', 'written')
+local same_version = (ARGV[2] == '' or read[1] == ARGV[2]) and ((ARGV[4] or '') == '' or read[3] == ARGV[4])
 local same_life = (ARGV[3] or '') == '' or not read[2] or read[2] == ARGV[3]
 if same_version and same_life then
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -27,7 +29,7 @@ if #lines > 0 then
   for i = 1, #lines, 1000 do
     redis.call('HDEL', KEYS[1], unpack(lines, i, math.min(i + 999, #lines)))
   end
-  redis.call('HSET', KEYS[1], 'lines', 0)
+  redis.call('HSET', KEYS[1], 'lines', 0, 'written', now_written())
   redis.call('HINCRBY', KEYS[1], 'version', 1)
 end
 if holder == ARGV[1] then

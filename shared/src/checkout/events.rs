@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::session::{Session, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, LockTaken, frozen_cart, gateway, or_empty, order};
+use super::{Checkouts, FrozenCart, LockTaken, gateway, order};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
@@ -314,8 +314,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         &self,
         session: &Session,
         changes: Option<Vec<StockChange>>,
-        version: Option<i64>,
-        generation: Option<i64>,
+        frozen: &FrozenCart,
     ) -> Result<Session> {
         let changes = match changes {
             Some(c) => c,
@@ -324,31 +323,19 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         self.inventory()
             .commit(&Holder::Checkout(session.id.clone()), &changes)
             .await?;
-        self.empty_cart(session, version, generation).await?;
+        self.empty_cart(session, frozen).await?;
         Ok(self.transition(&session.id, State::Completed, None, &[]).await?.1)
     }
 
     /// Empties the session's cart of what it ordered and lets its lock go (`empty_cart.lua`):
-    /// only the cart as the session locked it (its `version` and `generation`; sessions from
-    /// before did not keep them: '').
-    async fn empty_cart(
-        &self,
-        session: &Session,
-        version: Option<i64>,
-        generation: Option<i64>,
-    ) -> Result<()> {
+    /// only the cart as the session locked it (`frozen`: its version, generation and when
+    /// that version was written; what sessions from before did not keep is not compared).
+    async fn empty_cart(&self, session: &Session, frozen: &FrozenCart) -> Result<()> {
         let carts = self.carts();
         let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
-        self.run(
-            &EMPTY_CART,
-            &[&cart_key, &lock_key],
-            vec![
-                session.id.as_str().into(),
-                or_empty(version),
-                or_empty(generation),
-            ],
-        )
-        .await?;
+        let mut args = vec![session.id.as_str().into()];
+        args.extend(frozen.args());
+        self.run(&EMPTY_CART, &[&cart_key, &lock_key], args).await?;
         Ok(())
     }
 
@@ -374,7 +361,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         };
         // The cart as this session locked it: which life of its key and its version then
         // (`None`: not kept by sessions from before).
-        let (locked_version, generation) = frozen_cart(&metadata);
+        let frozen = FrozenCart::of(&metadata);
         let mut changes = None;
         // Whether this call holds the cart's lock for the session (kept or taken back below)
         // and has not yet let it go with the emptied cart.
@@ -387,7 +374,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // not this session's to take or to yield to.
             let until = session.deadline_ms + self.grace_ms();
             match self
-                .take_lock_of(&session.cart, &session.id, until, None, generation)
+                .take_lock_of(&session.cart, &session.id, until, &frozen.any_version())
                 .await?
             {
                 LockTaken::Held => holds_lock = true,
@@ -415,7 +402,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     definitions: &metadata["definitions"],
                     demand: &demand,
                     payment_intent: intent,
-                    cart: generation.zip(locked_version),
+                    cart: frozen.generation.zip(frozen.version),
                 },
             )
             .await?;
@@ -431,7 +418,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     // That order emptied the cart; a cart that is still as frozen (a backup
                     // restored it) is emptied now, or every later checkout of it would be
                     // paid and refunded in turn.
-                    self.empty_cart(&session, locked_version, generation).await?;
+                    self.empty_cart(&session, &frozen).await?;
                     let reason = format!("the same cart was ordered by another checkout ({other})");
                     return self.fail_paid(&session.id, event, &reason).await;
                 }
@@ -442,9 +429,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 .1;
         }
         if session.state == State::OrderCreated {
-            session = self
-                .finish_order(&session, changes, locked_version, generation)
-                .await?;
+            session = self.finish_order(&session, changes, &frozen).await?;
             holds_lock = false;
         }
         if session.state != State::Completed {

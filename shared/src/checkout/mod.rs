@@ -57,6 +57,7 @@ static UNLOCK: Script = Script::new(lua!("unlock.lua"));
 static GET: Script = Script::new(lua!("session.lua", "get.lua"));
 static TRANSITION: Script = Script::new(lua!("session.lua", "transition.lua"));
 static RESTORE: Script = Script::new(lua!("session.lua", "restore.lua"));
+static FORGET: Script = Script::new(lua!("forget.lua"));
 
 /// PostgreSQL's live copies of sessions past their deadline (`$2`, epoch ms), the oldest
 /// first; `$1` bounds the holds' deadline so the partial index of live sessions serves it.
@@ -68,19 +69,49 @@ ORDER BY holds_deadline_ms LIMIT $3";
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// The cart as a session froze it, from its frozen metadata: its version then and its
-/// generation (its `created`: which life of the cart's key); `None` where a session from
-/// before did not keep them.
-pub(crate) fn frozen_cart(metadata: &Value) -> (Option<i64>, Option<i64>) {
-    (
-        metadata["cartVersion"].as_i64(),
-        metadata["cartGeneration"].as_i64(),
-    )
+/// The cart as a session froze it (its frozen metadata): its version then, its generation
+/// (its `created`: which life of the cart's key) and when that version was written (its
+/// `written`: a version number a rolled-back Redis gave again to other lines is another
+/// cart). `None` where a session from before did not keep them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FrozenCart {
+    pub(crate) version: Option<i64>,
+    pub(crate) generation: Option<i64>,
+    pub(crate) written: Option<String>,
 }
 
-/// [`frozen_cart`] of the metadata's text, as Redis or PostgreSQL keeps it.
-pub(crate) fn frozen_cart_of(metadata: &str) -> (Option<i64>, Option<i64>) {
-    serde_json::from_str::<Value>(metadata).map_or((None, None), |m| frozen_cart(&m))
+impl FrozenCart {
+    /// From the frozen metadata.
+    pub(crate) fn of(metadata: &Value) -> Self {
+        Self {
+            version: metadata["cartVersion"].as_i64(),
+            generation: metadata["cartGeneration"].as_i64(),
+            written: metadata["cartWritten"].as_str().map(str::to_owned),
+        }
+    }
+
+    /// From the frozen metadata's text, as Redis or PostgreSQL keeps it.
+    pub(crate) fn of_text(metadata: &str) -> Self {
+        serde_json::from_str::<Value>(metadata).map_or_else(|_| Self::default(), |m| Self::of(&m))
+    }
+
+    /// The same life of the cart's key, at whatever version.
+    pub(crate) fn any_version(&self) -> Self {
+        Self {
+            generation: self.generation,
+            ..Self::default()
+        }
+    }
+
+    /// The script arguments of what was kept: version, generation, written ('' for each
+    /// not kept).
+    pub(crate) fn args(&self) -> [RedisArg; 3] {
+        [
+            or_empty(self.version),
+            or_empty(self.generation),
+            self.written.as_deref().unwrap_or("").into(),
+        ]
+    }
 }
 
 /// A frozen number for a script that reads '' as "not kept" (sessions from before it was).
@@ -100,6 +131,20 @@ pub(crate) enum LockTaken {
     /// The cart is another life of its key (built again after a Redis loss): its lock is
     /// not the session's business.
     OtherCart,
+}
+
+/// What [`Checkouts::relock`] did for a live session that lost its cart's lock.
+pub(crate) enum Relocked {
+    /// It holds the lock again.
+    Taken,
+    /// Its cart changed since it froze it (the version it is at now): it is cancelled.
+    Cancelled(String),
+    /// It moved on meanwhile (paid, ordered, ended: the state it is in now).
+    MovedOn(State),
+    /// PostgreSQL has its order: it is finished (COMPLETED).
+    Ordered,
+    /// The lock is another session's, or the cart another life of its key: left alone.
+    Left,
 }
 
 /// What [`Checkouts::meet_lock_holder`] found of the session keeping a cart's lock.
@@ -222,26 +267,26 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Keeps `cart`'s lock for `session` until `until_ms` (epoch ms, Redis clock): extended
     /// if the session holds it, taken back if nobody does (a lock lost while the session
     /// lives: deleted, a partial Redis loss), never taken from another session. With
-    /// `locked_version`, a lost lock is taken back only if the cart is still at that
-    /// version (a cart changed or ordered meanwhile, by a second checkout the lost lock let
-    /// in, is no longer the one the session froze); with `generation`, a cart that is
-    /// another life of its key (built again after a Redis loss) is left alone, its lock
-    /// neither taken nor yielded to.
+    /// the cart as `frozen`: with its version, a lost lock is taken back only if the cart
+    /// is still at that version, written when it was (a cart changed or ordered meanwhile,
+    /// by a second checkout the lost lock let in, or a version number a rolled-back Redis
+    /// gave again to other lines, is not the one the session froze); with its generation,
+    /// a cart that is another life of its key (built again after a Redis loss) is left
+    /// alone, its lock neither taken nor yielded to.
     pub(crate) async fn take_lock_of(
         &self,
         cart: &CartRef,
         session: &SessionId,
         until_ms: i64,
-        locked_version: Option<i64>,
-        generation: Option<i64>,
+        frozen: &FrozenCart,
     ) -> Result<LockTaken> {
         let carts = self.carts();
         let (lock_key, cart_key) = (carts.lock_key(cart), carts.key(cart));
         let mut args = vec![session.as_str().into(), RedisArg::Int(until_ms), "take".into()];
-        let reply = if locked_version.is_none() && generation.is_none() {
+        let reply = if *frozen == FrozenCart::default() {
             self.run(&UNLOCK, &[&lock_key], args).await?
         } else {
-            args.extend([or_empty(locked_version), or_empty(generation)]);
+            args.extend(frozen.args());
             self.run(&UNLOCK, &[&lock_key, &cart_key], args).await?
         };
         let value = reply
@@ -416,10 +461,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 (tag, session.ok_or_else(|| checkout_not_found(id))?, values)
             }
         };
-        let unfinished = matches!(session.state, State::PaymentConfirmed | State::OrderCreated);
-        if (tag == "EXPIRED_NOW" || unfinished)
-            && let Some(finished) = self.finish_if_ordered(&session).await?
-        {
+        // A state Redis may remember from before the session's order (Redis older than
+        // PostgreSQL): PostgreSQL's order decides. Sessions on their way (before payment,
+        // COMPLETED) are not asked about.
+        let unfinished = match session.state {
+            State::PaymentConfirmed | State::OrderCreated => true,
+            State::Expired | State::Cancelled => session.intent.is_some(),
+            _ => tag == "EXPIRED_NOW",
+        };
+        if unfinished && let Some(finished) = self.finish_if_ordered(&session).await? {
             return Ok((finished, values));
         }
         if tag == "EXPIRED_NOW" {
@@ -433,9 +483,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// PostgreSQL has (Redis restored from a copy older than PostgreSQL: a backup, or an
     /// AOF that lost the last second after the webhook was answered) is finished as the
     /// webhook would have finished it: its stock mirrored, its cart emptied, COMPLETED;
-    /// nothing is cancelled or refunded. One that has just expired in Redis is replaced by
-    /// PostgreSQL's copy ([`Self::restore`], which finishes it). `None`: PostgreSQL has no
-    /// order of the session's payment.
+    /// nothing is cancelled or refunded. One Redis has before its payment, or ended
+    /// (expired, cancelled), is replaced by PostgreSQL's copy ([`Self::restore`], which
+    /// finishes it). `None`: PostgreSQL has no order of the session's payment.
     async fn finish_if_ordered(&self, session: &Session) -> Result<Option<Session>> {
         let Some(intent) = &session.intent else {
             return Ok(None);
@@ -445,9 +495,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             _ => return Ok(None),
         };
         let id = &session.id;
-        if session.state == State::Expired {
+        if !matches!(
+            session.state,
+            State::PaymentConfirmed | State::OrderCreated | State::Completed
+        ) {
             let key = self.app.keys.checkout_session(id);
-            self.app.redis.execute("DEL", vec![key.as_str().into()]).await?;
+            self.run(&FORGET, &[&key], vec![session.state.name().into()])
+                .await?;
             self.restore(id).await?;
             let reply = self.run(&GET, &[&key], vec![before_payment()]).await?;
             return Ok(parse_session_with(&reply, 0)?.1);
@@ -460,8 +514,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 .1;
         }
         if session.state == State::OrderCreated {
-            let (version, generation) = frozen_cart(&self.metadata(id).await?);
-            session = self.finish_order(&session, None, version, generation).await?;
+            let frozen = FrozenCart::of(&self.metadata(id).await?);
+            session = self.finish_order(&session, None, &frozen).await?;
         }
         Ok(Some(session))
     }
@@ -522,15 +576,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // A cart built again after the loss is another cart: its lock is left to it.
             (Some(session), "OK") if session.state == State::PaymentPending => {
                 let until = kept.deadline_ms + self.grace_ms();
-                let (version, generation) = frozen_cart_of(&kept.metadata);
-                self.take_lock_of(&session.cart, id, until, version, generation)
-                    .await?;
+                let frozen = FrozenCart::of_text(&kept.metadata);
+                self.take_lock_of(&session.cart, id, until, &frozen).await?;
             }
             // Its order is written (its webhook may have been answered long ago): it is
             // finished now, as the webhook would have.
             (Some(session), "OK") if session.state == State::OrderCreated => {
-                let (version, generation) = frozen_cart_of(&kept.metadata);
-                self.finish_order(session, None, version, generation).await?;
+                let frozen = FrozenCart::of_text(&kept.metadata);
+                self.finish_order(session, None, &frozen).await?;
             }
             _ => {}
         }
@@ -612,19 +665,26 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// is as the session froze it; a cart changed or ordered since cancels the session (its
     /// holds freed, its intent cancelled); a cart built again after a Redis loss is another
     /// cart, whose lock is left alone; one another session holds stays its.
-    pub(crate) async fn relock(&self, id: &SessionId, until_ms: i64) -> Result<LockTaken> {
+    pub(crate) async fn relock(&self, id: &SessionId, until_ms: i64) -> Result<Relocked> {
         let session = self.load(id).await?;
-        let (version, generation) = frozen_cart(&self.metadata(id).await?);
-        let taken = self
-            .take_lock_of(&session.cart, id, until_ms, version, generation)
-            .await?;
-        if let LockTaken::CartMoved(_) = taken {
-            let (tag, current) = self.transition(id, State::Cancelled, None, &[]).await?;
-            if matches!(tag.as_str(), "OK" | "SAME") {
-                self.release(&current, true).await?;
-            }
+        if session.state == State::PaymentPending && self.finish_if_ordered(&session).await?.is_some() {
+            return Ok(Relocked::Ordered);
         }
-        Ok(taken)
+        let frozen = FrozenCart::of(&self.metadata(id).await?);
+        Ok(
+            match self.take_lock_of(&session.cart, id, until_ms, &frozen).await? {
+                LockTaken::Held => Relocked::Taken,
+                LockTaken::CartMoved(now) => {
+                    let (tag, current) = self.transition(id, State::Cancelled, None, &[]).await?;
+                    if !matches!(tag.as_str(), "OK" | "SAME") {
+                        return Ok(Relocked::MovedOn(current.state));
+                    }
+                    self.release(&current, true).await?;
+                    Relocked::Cancelled(now)
+                }
+                LockTaken::ByOther(_) | LockTaken::OtherCart => Relocked::Left,
+            },
+        )
     }
 
     /// Cancels a session before payment: holds and lock released, its intent (if any)
@@ -632,6 +692,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     pub async fn cancel(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
         let session = self.load(id).await?;
         self.authorize(&session, authorization)?;
+        // One Redis remembers waiting for a payment that PostgreSQL has ordered is paid.
+        if session.state == State::PaymentPending
+            && let Some(ordered) = self.finish_if_ordered(&session).await?
+        {
+            return Err(wrong_state(&ordered, "cancel"));
+        }
         let (tag, session) = self.transition(id, State::Cancelled, None, &[]).await?;
         match tag.as_str() {
             "OK" | "SAME" => {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::session::{Session, SessionView, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, KEEP_MS, LockTaken, frozen_cart, frozen_cart_of, gateway, paid};
+use super::{Checkouts, FrozenCart, KEEP_MS, LockTaken, gateway, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
@@ -123,7 +123,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .await?;
             // The cart's lock for as long as the holds (taken back if lost, while the cart is
             // still the one this session froze).
-            self.keep_lock(&session, deadline + self.grace_ms(), frozen_cart(&metadata))
+            self.keep_lock(&session, deadline + self.grace_ms(), &FrozenCart::of(&metadata))
                 .await?;
             let (tag, moved) = self
                 .transition(
@@ -141,8 +141,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         } else if session.state == State::PaymentPending {
             // Asked again while waiting for the payment: the lock lasts until the holds' end
             // (taken back, if lost, only while the cart is as the session froze it).
-            let frozen = frozen.map_or((None, None), frozen_cart_of);
-            self.keep_lock(&session, session.deadline_ms + self.grace_ms(), frozen)
+            let frozen = frozen.map(FrozenCart::of_text).unwrap_or_default();
+            self.keep_lock(&session, session.deadline_ms + self.grace_ms(), &frozen)
                 .await?;
         }
         let mut view = session.view(None);
@@ -202,24 +202,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Keeps the session's cart lock until `until_ms` ([`Self::take_lock_of`]; with the
-    /// cart's version and generation as the session froze them, a lost lock is taken back
-    /// only while the cart is as the session locked it, and a cart built again after a
-    /// Redis loss is left alone). A cart has one live checkout: if another session holds the lock now, this
+    /// cart as the session froze it, a lost lock is taken back only while the cart is as
+    /// the session locked it, and a cart built again after a Redis loss is left alone). A cart has one live checkout: if another session holds the lock now, this
     /// one is cancelled (its holds freed, its intent cancelled) and the answer is 409 naming
     /// it; so it is, 409 `CHECKOUT_STATE`, if the cart changed or was ordered meanwhile; one
     /// that moved on meanwhile (paid, ordered, ended) gives back what this call took and is
     /// answered as it stands (409 `CHECKOUT_STATE`).
-    async fn keep_lock(
-        &self,
-        session: &Session,
-        until_ms: i64,
-        (locked_version, generation): (Option<i64>, Option<i64>),
-    ) -> Result<()> {
+    async fn keep_lock(&self, session: &Session, until_ms: i64, frozen: &FrozenCart) -> Result<()> {
         let id = &session.id;
-        let refusal = match self
-            .take_lock_of(&session.cart, id, until_ms, locked_version, generation)
-            .await?
-        {
+        let refusal = match self.take_lock_of(&session.cart, id, until_ms, frozen).await? {
             LockTaken::Held | LockTaken::OtherCart => return Ok(()),
             LockTaken::ByOther(other) => Error::Conflict {
                 code: ErrorCode::CheckoutInProgress,

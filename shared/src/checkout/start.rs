@@ -218,13 +218,16 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let definitions: BTreeMap<&str, &LineItem> =
             lines.iter().map(|l| (l.line_id.as_str(), &l.item)).collect();
         let quote = serde_json::to_value(&priced).map_err(|e| Error::Internal(e.to_string()))?;
-        // The cart's version as locked: the order empties the cart only while it is still
-        // this one (a replayed webhook, days later, leaves a cart filled again alone). Its
-        // generation: which life of the cart's key it is, whose orders PostgreSQL counts.
+        // The cart's version as locked, and when it was written: the order empties the cart
+        // only while it is still this one (a replayed webhook, days later, leaves a cart
+        // filled again alone, as does one whose version number a rolled-back Redis gave
+        // again to other lines). Its generation: which life of the cart's key it is.
+        let (generation, written) = cart::generation_and_written(locked)?;
         let metadata = json!({
             "quote": quote,
             "cartVersion": cart_version,
-            "cartGeneration": cart::generation(locked)?,
+            "cartGeneration": generation,
+            "cartWritten": written,
             "definitions": definitions,
             "demand": demand.iter().map(|(v, q)| json!([v.as_str(), q.get()])).collect::<Vec<_>>(),
         });

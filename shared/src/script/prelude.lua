@@ -8,3 +8,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Now as the instant a cart's version was written (its `written` field): seconds and
+-- microseconds of the Redis clock, as text. A version number that a Redis rolled back
+-- (an older backup, an AOF's lost second) gives again to other lines is written at
+-- another instant: another cart.
+local function now_written()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+

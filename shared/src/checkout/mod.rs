@@ -469,8 +469,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             State::Expired | State::Cancelled => session.intent.is_some(),
             _ => tag == "EXPIRED_NOW",
         };
-        if unfinished && let Some(finished) = self.finish_if_ordered(&session).await? {
-            return Ok((finished, values));
+        if unfinished {
+            match self.finish_if_ordered(&session).await {
+                Ok(Some(finished)) => return Ok((finished, values)),
+                Ok(None) => {}
+                // PostgreSQL out of reach: a read shows what Redis has, as it did before it
+                // asked; the next call asks again. Expiring now needs PostgreSQL anyway.
+                Err(Error::Unavailable { .. }) if tag != "EXPIRED_NOW" => {}
+                Err(other) => return Err(other),
+            }
         }
         if tag == "EXPIRED_NOW" {
             ended(State::Expired);

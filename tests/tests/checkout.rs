@@ -1248,15 +1248,42 @@ async fn a_session_redis_remembers_from_before_its_order_is_finished_not_expired
     // Remembered as still waiting for its payment, it cannot be cancelled (it was paid);
     // remembered as expired (the call that expired it failed before it could finish it),
     // the next call that meets it finishes it.
-    for (remembered, call) in [("PAYMENT_PENDING", "cancel"), ("EXPIRED", "read")] {
+    // Nor can it take a payment, nor does a late failure event of its payment end it; and
+    // remembered failed, a read finishes it too.
+    let paid_with = app.get(&format!("/v1/checkout/{session}")).await.body["paymentIntentId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (remembered, call) in [
+        ("PAYMENT_PENDING", "cancel"),
+        ("PAYMENT_PENDING", "payment intent"),
+        ("PAYMENT_PENDING", "failure event"),
+        ("EXPIRED", "read"),
+        ("FAILED", "read"),
+    ] {
         let _: () = redis.hset(&key, "state", remembered).await.unwrap();
-        if call == "cancel" {
-            let refused = app.cancel(&session, Caller::Anonymous).await;
-            assert_eq!(
-                (refused.status, refused.code()),
-                (409, "CHECKOUT_STATE"),
-                "{refused:?}"
-            );
+        match call {
+            "cancel" | "payment intent" => {
+                let refused = match call {
+                    "cancel" => app.cancel(&session, Caller::Anonymous).await,
+                    _ => app.payment_intent(&session, Caller::Anonymous).await,
+                };
+                assert_eq!(
+                    (refused.status, refused.code()),
+                    (409, "CHECKOUT_STATE"),
+                    "{call}: {refused:?}"
+                );
+            }
+            "failure event" => {
+                let event = gateway.event("payment_intent.payment_failed", &paid_with);
+                let (status, answer) = gateway.deliver(&app.base, &event).await;
+                assert_eq!(
+                    (status, answer["state"].as_str()),
+                    (200, Some("COMPLETED")),
+                    "{answer}"
+                );
+            }
+            _ => {}
         }
         let seen = app.get(&format!("/v1/checkout/{session}")).await;
         assert_eq!(seen.body["state"], "COMPLETED", "{remembered}: {seen:?}");

@@ -117,9 +117,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         };
         // Once the payment is confirmed, a late failure event of the same intent (events
         // arrive out of order) changes nothing either.
-        if own != event.intent_id || !session.state.is_before_payment() {
+        // Nor does it to one PostgreSQL has ordered that Redis remembers still waiting (a
+        // Redis older than PostgreSQL): it is finished instead.
+        let ordered = match session.state {
+            State::PaymentPending => self.finish_if_ordered(&session).await?,
+            _ => None,
+        };
+        if own != event.intent_id || !session.state.is_before_payment() || ordered.is_some() {
             return Ok(EventOutcome {
-                state: Some(session.state.name()),
+                state: Some(ordered.as_ref().unwrap_or(&session).state.name()),
                 ignored: Some("the failure is not of this session's pending intent".into()),
                 ..EventOutcome::of(Some(id))
             });

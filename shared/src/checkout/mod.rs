@@ -466,7 +466,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         // COMPLETED) are not asked about.
         let unfinished = match session.state {
             State::PaymentConfirmed | State::OrderCreated => true,
-            State::Expired | State::Cancelled => session.intent.is_some(),
+            State::Expired | State::Cancelled | State::Failed => session.intent.is_some(),
             _ => tag == "EXPIRED_NOW",
         };
         if unfinished {

@@ -139,6 +139,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
             session = moved;
         } else if session.state == State::PaymentPending {
+            // One PostgreSQL has ordered that Redis remembers waiting (a Redis older than
+            // PostgreSQL) is finished, and takes no payment.
+            if let Some(ordered) = self.finish_if_ordered(&session).await? {
+                return Err(wrong_state(&ordered, "take a payment"));
+            }
             // Asked again while waiting for the payment: the lock lasts until the holds' end
             // (taken back, if lost, only while the cart is as the session froze it).
             let frozen = frozen.map(FrozenCart::of_text).unwrap_or_default();

@@ -123,9 +123,16 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             State::PaymentPending => self.finish_if_ordered(&session).await?,
             _ => None,
         };
-        if own != event.intent_id || !session.state.is_before_payment() || ordered.is_some() {
+        if let Some(ordered) = ordered {
             return Ok(EventOutcome {
-                state: Some(ordered.as_ref().unwrap_or(&session).state.name()),
+                state: Some(ordered.state.name()),
+                ignored: Some("the session's payment was ordered".into()),
+                ..EventOutcome::of(Some(id))
+            });
+        }
+        if own != event.intent_id || !session.state.is_before_payment() {
+            return Ok(EventOutcome {
+                state: Some(session.state.name()),
                 ignored: Some("the failure is not of this session's pending intent".into()),
                 ..EventOutcome::of(Some(id))
             });

@@ -140,9 +140,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             session = moved;
         } else if session.state == State::PaymentPending {
             // One PostgreSQL has ordered that Redis remembers waiting (a Redis older than
-            // PostgreSQL) is finished, and takes no payment.
-            if let Some(ordered) = self.finish_if_ordered(&session).await? {
-                return Err(wrong_state(&ordered, "take a payment"));
+            // PostgreSQL) is finished, and takes no payment. With PostgreSQL out of reach the
+            // call goes on as before it asked (it needs nothing else of PostgreSQL).
+            match self.finish_if_ordered(&session).await {
+                Ok(Some(ordered)) => return Err(wrong_state(&ordered, "take a payment")),
+                Ok(None) | Err(Error::Unavailable { .. }) => {}
+                Err(other) => return Err(other),
             }
             // Asked again while waiting for the payment: the lock lasts until the holds' end
             // (taken back, if lost, only while the cart is as the session froze it).

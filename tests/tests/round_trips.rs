@@ -150,14 +150,13 @@ async fn adding_to_a_cart_is_one_round_trip_once_the_variant_is_known() {
     app.finish().await;
 }
 
-#[tokio::test]
-async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_are_held() {
+/// The app's catalog of 40 variants with both rulesets published, and an anonymous cart of
+/// 20 lines (`var-1` to `var-20`, `i` units of `var-i`) to quote.
+async fn twenty_line_cart(app: &TestApp) -> commerce_core::cart::CartRef {
     use commerce_core::cart::{CartRef, Carts, LineItem};
     use commerce_core::keys::RulesetKind;
-    use commerce_core::pricing::quote::price_cart;
     use commerce_core::pricing::store::Rulesets;
 
-    let app = TestApp::spawn().await;
     app.seed(40).await;
     let rulesets = Rulesets::new(&app.app.redis, &app.app.sql, &app.app.keys);
     for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
@@ -173,6 +172,15 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_
             .await
             .unwrap();
     }
+    cart
+}
+
+#[tokio::test]
+async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_are_held() {
+    use commerce_core::pricing::quote::price_cart;
+
+    let app = TestApp::spawn().await;
+    let cart = twenty_line_cart(&app).await;
 
     let counting = counting(&app, app.app.settings.clone());
     // EVALSHA of both scripts, so that a script missing from the server's cache (another
@@ -197,8 +205,6 @@ async fn quoting_a_twenty_line_cart_is_two_round_trips_and_one_once_its_entries_
 
 #[tokio::test]
 async fn on_a_redis_cluster_quoting_a_cart_is_two_round_trips_one_after_the_other() {
-    use commerce_core::cart::{CartRef, Carts, LineItem};
-    use commerce_core::keys::RulesetKind;
     use commerce_core::pricing::quote::price_cart;
     use commerce_core::pricing::store::Rulesets;
 
@@ -207,21 +213,8 @@ async fn on_a_redis_cluster_quoting_a_cart_is_two_round_trips_one_after_the_othe
         return;
     };
     let app = TestApp::spawn_with(|c| c.set("redis_url", &url)).await;
-    app.seed(40).await;
+    let cart = twenty_line_cart(&app).await;
     let rulesets = Rulesets::new(&app.app.redis, &app.app.sql, &app.app.keys);
-    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
-        rulesets.publish(kind, 60).await.unwrap();
-    }
-    let carts = Carts::new(&app.app.redis, &app.app.keys, &app.app.settings);
-    let cart = carts.create(Currency::parse("EUR").unwrap()).await.unwrap();
-    let cart = CartRef::Session(CartId::parse(cart.cart_id.as_deref().unwrap()).unwrap());
-    for i in 1..=20 {
-        let item = LineItem::Variant(VariantId::parse(&format!("var-{i}")).unwrap());
-        carts
-            .add(&cart, &item, Quantity::new(i).unwrap(), None)
-            .await
-            .unwrap();
-    }
 
     let counting = counting(&app, app.app.settings.clone());
     assert!(counting.redis.is_cluster());

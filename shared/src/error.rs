@@ -214,7 +214,15 @@ pub enum Error {
     /// A bug or an impossible reply; logged, answered 500.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The service's own settings are wrong (a Spin component's variables): a 500 that
+    /// names the setting, since a deployer may have nothing but the answer to go by.
+    #[error("configuration: {0}")]
+    Configuration(String),
 }
+
+/// The message of every 500: its cause goes to the log line of its request.
+pub const INTERNAL_MESSAGE: &str =
+    "internal error: the server's log has its cause under this request's X-Request-Id";
 
 /// Results of the service.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -251,7 +259,7 @@ impl Error {
             Error::UnsupportedMediaType => 415,
             Error::Unprocessable { .. } => 422,
             Error::RateLimited { .. } => 429,
-            Error::Internal(_) => 500,
+            Error::Internal(_) | Error::Configuration(_) => 500,
             Error::Unavailable { .. } => 503,
         }
     }
@@ -278,7 +286,15 @@ impl Error {
             Error::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
             Error::Unavailable { .. } => ErrorCode::ServiceUnavailable,
-            Error::Internal(_) => ErrorCode::Internal,
+            Error::Internal(_) | Error::Configuration(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// What went wrong inside a 500, for the log only.
+    pub fn fault(&self) -> Option<&str> {
+        match self {
+            Error::Internal(cause) => Some(cause),
+            _ => None,
         }
     }
 
@@ -294,9 +310,15 @@ impl Error {
         }
     }
 
-    /// The JSON error body: `{"error":{"code","message","details"?}}`.
+    /// The JSON error body: `{"error":{"code","message","details"?}}`. A 500's message
+    /// says only that something went wrong: what went wrong (a dependency's own error
+    /// text, a reply we could not read) is for the log ([`Error::fault`]), not the caller.
     pub fn body(&self) -> Value {
-        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        let message = match self {
+            Error::Internal(_) => INTERNAL_MESSAGE.to_owned(),
+            _ => self.to_string(),
+        };
+        let mut error = json!({ "code": self.code(), "message": message });
         match self {
             Error::Conflict { details, .. } | Error::Unprocessable { details, .. } if !details.is_null() => {
                 error["details"] = details.clone();
@@ -450,6 +472,8 @@ mod tests {
         ] {
             let error = Error::from(PortError::server(dependency, "ERR x"));
             assert_eq!((error.status(), error.to_string().as_str()), (500, text));
+            assert_eq!(error.fault(), text.strip_prefix("internal error: "));
+            assert_eq!(error.body()["error"]["message"], INTERNAL_MESSAGE);
         }
         assert_eq!(PortError::server(Dependency::Redis, "ERR x").to_string(), "ERR x");
         assert_eq!(

@@ -108,6 +108,8 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// What went wrong inside a 500: written to the request's log line, never sent.
+    pub fault: Option<String>,
 }
 
 impl Response {
@@ -125,12 +127,14 @@ impl Response {
             status,
             headers: vec![("content-type".into(), content_type.into())],
             body,
+            fault: None,
         }
     }
 
     /// The error body of DESIGN §5 with its status.
     pub fn error(error: &Error) -> Self {
         let mut response = Self::json(error.status(), &error.body());
+        response.fault = error.fault().map(str::to_owned);
         if let Some(seconds) = error.retry_after() {
             response.headers.push(("retry-after".into(), seconds.to_string()));
         }

@@ -40,7 +40,7 @@ impl Config for SpinConfig {
                 message: format!("reading variable {name:?}: {message}"),
             },
             Err(variables::Error::InvalidName(message) | variables::Error::Other(message)) => {
-                Error::Internal(format!("reading variable {name:?}: {message}"))
+                Error::Configuration(format!("reading variable {name:?}: {message}"))
             }
         };
         self.failure.borrow_mut().get_or_insert(failure);

@@ -59,9 +59,7 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
     let settings = match settings {
         Ok(settings) => settings,
         Err(message) => {
-            return into_spin(Response::error(&Error::Internal(format!(
-                "configuration: {message}"
-            ))));
+            return into_spin(Response::error(&Error::Configuration(message)));
         }
     };
     let path_with_query = req.path_with_query().unwrap_or_default();

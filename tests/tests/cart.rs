@@ -666,6 +666,37 @@ async fn a_retried_add_with_an_idempotency_key_adds_once() {
 }
 
 #[tokio::test]
+async fn a_new_carts_idempotency_key_replays_it_only_to_the_client_that_sent_it() {
+    // Behind a trusted proxy, so that two clients can be told apart on 127.0.0.1.
+    let app = TestApp::spawn_with(|c| c.set("trusted_proxies", "127.0.0.1")).await;
+    let shop = &app;
+    let create = |client: &'static str| async move {
+        shop.call_with(
+            "POST",
+            "/v1/carts",
+            None,
+            &[("idempotency-key", "my-cart"), ("x-forwarded-for", client)],
+        )
+        .await
+    };
+    let first = create("198.51.100.1").await;
+    let again = create("198.51.100.1").await;
+    let stranger = create("203.0.113.9").await;
+    for reply in [&first, &again, &stranger] {
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    assert_eq!(
+        again.body["cartId"], first.body["cartId"],
+        "a retry gets its cart"
+    );
+    assert_ne!(
+        stranger.body["cartId"], first.body["cartId"],
+        "another client's same key was answered with the first client's cart"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn a_merge_caps_quantities_and_drops_the_lines_beyond_the_line_limit() {
     let app = TestApp::spawn_with(|c| c.set("cart_max_lines", "2").set("cart_max_line_quantity", "5")).await;
     app.seed(3).await;

@@ -398,6 +398,49 @@ async fn one_idempotency_key_makes_one_session() {
         other_key.body["error"]["details"]["sessionId"],
         replay.body["sessionId"]
     );
+
+    // A key is its cart's: another shopper who happens to send the same key checks out
+    // their own cart (neither 422 nor the first shopper's session), and so do two
+    // customers; the same key on two sessions' payment intents is each session's own.
+    let stranger = app.cart_with(&[("var-2", 1)]).await;
+    let theirs = app.start_checkout(&stranger, "same-key").await;
+    assert_eq!(theirs.status, 201, "{theirs:?}");
+    assert_ne!(theirs.body["sessionId"], replay.body["sessionId"]);
+    assert_eq!(theirs.body["cartId"], stranger.as_str());
+    for customer in ["yann", "zelda"] {
+        let caller = Caller::Customer(customer);
+        let path = format!("/v1/customers/{customer}/cart/items");
+        assert_eq!(
+            app.call("POST", &path, Some(unit("var-2", 1)), caller)
+                .await
+                .status,
+            200
+        );
+        let started = app
+            .start_checkout_as(json!({ "customerId": customer }), "shared-key", caller)
+            .await;
+        assert_eq!(
+            (started.status, started.body["customerId"].as_str()),
+            (201, Some(customer)),
+            "{started:?}"
+        );
+    }
+    for session in [&replay, &theirs] {
+        let session = session.body["sessionId"].as_str().unwrap();
+        let intent = app
+            .call_with(
+                "POST",
+                &format!("/v1/checkout/{session}/payment-intent"),
+                None,
+                &[("idempotency-key", "pay-once")],
+            )
+            .await;
+        assert_eq!(
+            (intent.status, intent.body["sessionId"].as_str()),
+            (200, Some(session)),
+            "{intent:?}"
+        );
+    }
     app.finish().await;
 }
 

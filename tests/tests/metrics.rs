@@ -473,6 +473,39 @@ async fn every_request_leaves_one_json_log_line() {
         (Some("other"), Some("GET"))
     );
     assert_eq!(line["status"], 404);
+
+    // A 500 tells the caller only that something went wrong and under which request id;
+    // what went wrong (here a cart hash whose currency was overwritten by hand) is in the
+    // log line of that request.
+    let cart = cart.json::<Value>().await.unwrap()["cartId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut redis = app.redis.clone();
+    let _: () = redis::AsyncCommands::hset(&mut redis, app.cart_key(&cart), "currency", "e")
+        .await
+        .unwrap();
+    let broken = app
+        .http
+        .get(format!("{}/v1/carts/{cart}", serve.base))
+        .header("x-request-id", "log-test-500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broken.status(), 500);
+    assert_eq!(broken.headers()["x-request-id"], "log-test-500");
+    let body: Value = broken.json().await.unwrap();
+    assert_eq!(
+        (body["error"]["code"].as_str(), body["error"]["message"].as_str()),
+        (Some("INTERNAL"), Some(commerce_core::error::INTERNAL_MESSAGE)),
+        "{body}"
+    );
+    let line = line_of("\"log-test-500\"");
+    assert_eq!(
+        (line["level"].as_str(), line["status"].as_u64()),
+        (Some("error"), Some(500))
+    );
+    assert_eq!(line["error"], "a cart without a valid currency", "{line}");
     drop(serve);
 
     // At `warn`, requests that succeed or fail on the client's side leave no line.

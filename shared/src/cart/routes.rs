@@ -30,6 +30,7 @@ use crate::idempotency;
 use crate::ids::{CartId, CustomerId, LineId, Quantity};
 use crate::ports::{Http, Redis, Sql};
 use crate::pricing::money::Currency;
+use crate::ratelimit;
 
 /// Routes the cart paths; `None` if the path is not the cart store's.
 pub async fn route<R: Redis, S: Sql, H: Http>(
@@ -52,7 +53,10 @@ async fn dispatch<R: Redis, S: Sql, H: Http>(
             "POST" => {
                 let currency = new_cart_currency(app, req)?;
                 let create = |_| async move { Ok(reply(201, &store(app).create(currency).await?)) };
-                idempotency::once(app, req, "carts", false, create).await?
+                // The answer is a new cart's id, its only capability: a key replays it to the
+                // client that sent it (by address), never to another that sends the same key.
+                let scope = format!("carts:{}", ratelimit::anonymous_client(&app.settings, req));
+                idempotency::once(app, req, &scope, false, create).await?
             }
             _ => return Err(not_allowed()),
         },

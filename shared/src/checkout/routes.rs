@@ -29,7 +29,13 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             // Only a request that passed validation claims its idempotency key (as Stripe
             // does), so a corrected retry with the same key is not answered with the 400.
             Ok((cart, group)) => {
-                idempotency::once(app, req, "checkout", true, |token| async move {
+                // A key is the cart's: another cart's checkout (another shopper's) with the
+                // same key is its own, neither refused nor answered with this one.
+                let scope = match &cart {
+                    CartRef::Session(id) => format!("checkout:{id}"),
+                    CartRef::Customer(id) => format!("checkout-customer:{id}"),
+                };
+                idempotency::once(app, req, &scope, true, |token| async move {
                     let view = Checkouts::new(app).start(&cart, &token, group).await?;
                     Ok(Response::json(201, &view))
                 })
@@ -43,7 +49,8 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         ["v1", "checkout", session] if req.method == "GET" => get(app, req, session).await,
         ["v1", "checkout", session, "payment-intent"] if post => match SessionId::parse(session) {
             Ok(id) => {
-                idempotency::once(app, req, "payment-intent", false, |_| async move {
+                let scope = format!("payment-intent:{id}");
+                idempotency::once(app, req, &scope, false, |_| async move {
                     let intent = Checkouts::new(app)
                         .payment_intent(&id, req.header("authorization"))
                         .await?;

@@ -134,6 +134,7 @@ where
                 status: status as u16,
                 headers,
                 body,
+                fault: None,
             });
         }
         Some("IN_FLIGHT") => {

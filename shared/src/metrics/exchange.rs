@@ -124,9 +124,14 @@ impl Exchange {
                 None => (self.stray_method.as_deref().unwrap_or("OTHER"), "other"),
             };
             let ts = crate::clock::rfc3339_millis(crate::clock::wall_clock_ms());
-            // Every field is a template, a number or a sane id: nothing to escape.
+            // Every field is a template, a number or a sane id: nothing to escape, but a
+            // 500's cause, which is quoted as JSON.
+            let fault = match &response.fault {
+                Some(cause) => format!(",\"error\":{}", serde_json::Value::from(cause.as_str())),
+                None => String::new(),
+            };
             let line = format!(
-                "{{\"ts\":\"{ts}\",\"level\":\"{}\",\"route\":\"{route}\",\"method\":\"{method}\",\"status\":{},\"durationMs\":{:.3},\"requestId\":\"{}\"}}\n",
+                "{{\"ts\":\"{ts}\",\"level\":\"{}\",\"route\":\"{route}\",\"method\":\"{method}\",\"status\":{},\"durationMs\":{:.3},\"requestId\":\"{}\"{fault}}}\n",
                 line_level.name(),
                 response.status,
                 elapsed.as_secs_f64() * 1000.0,

@@ -111,17 +111,23 @@ pub fn subject_of(settings: &Settings, req: &Request) -> Option<(Subject, Rate)>
     }
     let (subject, rate) = match auth::verify(authorization, &settings.jwt_secret, settings.token_time()) {
         Ok(customer) => (Subject::Customer(customer.id), settings.customer_rate()),
-        Err(_) => {
-            let forwarded = req
-                .headers
-                .iter()
-                .filter(|(name, _)| name == "x-forwarded-for")
-                .map(|(_, value)| value.as_str());
-            let address = client_address(req.client_addr, forwarded, &settings.trusted_proxies);
-            (Subject::client(address), settings.anonymous_rate())
-        }
+        Err(_) => (anonymous_client(settings, req), settings.anonymous_rate()),
     };
     (rate.per_minute > 0).then_some((subject, rate))
+}
+
+/// The anonymous client that sent `req`, by its address ([`client_address`]).
+pub fn anonymous_client(settings: &Settings, req: &Request) -> Subject {
+    let forwarded = req
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "x-forwarded-for")
+        .map(|(_, value)| value.as_str());
+    Subject::client(client_address(
+        req.client_addr,
+        forwarded,
+        &settings.trusted_proxies,
+    ))
 }
 
 /// Takes one request from `subject`'s bucket: `Ok` if allowed, else 429 with the wait.

@@ -118,14 +118,30 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
     let (app, _gateway) = TestApp::shop(2, |c| c).await;
     let mut redis = app.redis.clone();
     let _: () = redis.set(app.variant_keys("var-1").stock, 3).await.unwrap();
+    // Redis ahead of PostgreSQL's rows, as when PostgreSQL is restored from an older copy
+    // while Redis kept running: no later read of PostgreSQL will catch up with it.
+    let var2 = app.variant_keys("var-2");
+    let _: () = redis.set(&var2.stock, 60).await.unwrap();
+    let _: () = redis
+        .hset_multiple(&var2.stock_version, &[("max", 5), ("base", 5)])
+        .await
+        .unwrap();
     let drift = app.cli(&["check"]);
     assert_eq!(drift.status.code(), Some(1), "{drift:?}");
     let report: Value = serde_json::from_slice(&drift.stdout).unwrap();
-    assert_eq!(kinds(&report), vec!["stock var-1".to_owned()]);
+    assert_eq!(
+        kinds(&report),
+        vec!["stock var-1".to_owned(), "stock var-2".to_owned()]
+    );
     let repaired = app.cli(&["check", "--repair"]);
     assert_eq!(repaired.status.code(), Some(0), "{repaired:?}");
-    assert!(String::from_utf8_lossy(&repaired.stderr).contains("stock var-1"));
+    let told = String::from_utf8_lossy(&repaired.stderr);
+    assert!(
+        told.contains("stock var-1") && told.contains("stock var-2"),
+        "{told}"
+    );
     assert_eq!(app.cli(&["check"]).status.code(), Some(0));
+    assert_eq!(app.check_holds("var-2").await, (100, 0), "PostgreSQL's on-hand");
 
     // A check that cannot run says so with its own code, not drift's.
     let unreachable = std::process::Command::new(commerce_tests::commerce_binary())

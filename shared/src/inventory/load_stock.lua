@@ -1,22 +1,24 @@
 -- Load stock: write PostgreSQL's on-hand and per-order limit into Redis, for variants
 -- whose stock key (or limit) is missing (mode 'fill', the lazy load) or for all (mode
--- 'force', reconcile), and put back
+-- 'force', reconcile; 'rewind', a repair that found Redis ahead of PostgreSQL's rows),
+-- and put back
 -- the holds of live paid checkout sessions that PostgreSQL keeps (DESIGN §4, invariant 8),
 -- so units a paying customer holds are not sold again after Redis lost them.
 --
 -- KEYS[1 + 6(i-1)..]  per variant i: stock, stock-version, reserved, holds, hold-qty,
 --                     max-per-order
--- ARGV[1]             'fill' | 'force'
+-- ARGV[1]             'fill' | 'force' | 'rewind'
 -- then per variant i: on-hand, row version, limit (0: none), n, and n times (holder,
 --                     quantity, deadline ms)
 --
 -- The stock-version hash (see stock.lua) restarts at the row version the value was read
 -- at. A forced load older than a change already applied would undo it, so it is refused
--- (-1) and the caller reads PostgreSQL again. A hold is put back only where the holder
+-- (-1) and the caller reads PostgreSQL again; if PostgreSQL's row has not moved since,
+-- Redis's version is from a row PostgreSQL no longer has, and the caller rewinds. A hold is put back only where the holder
 -- has none on the variant and its deadline is still ahead on the Redis clock.
 --
 -- Reply: {'OK', r_1, ...} with r = 1 written, 0 kept (fill, key present), -1 stale
-local force = ARGV[1] == 'force'
+local force, rewind = ARGV[1] == 'force', ARGV[1] == 'rewind'
 local now = now_ms()
 local out = {'OK'}
 local a = 2
@@ -29,7 +31,7 @@ for i = 0, #KEYS / 6 - 1 do
   a = first_hold + 3 * n
   local present = redis.call('EXISTS', stock) == 1
   local result = 0
-  if not present then
+  if not present or rewind then
     result = 1
   elseif force then
     local applied = tonumber(redis.call('HGET', meta, 'max')) or 0

@@ -670,13 +670,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             let Some(last) = levels.last() else { break };
             after = last.variant.to_string();
             let read = levels.len() as u64;
-            for _ in 0..MAX_PURGE_ROUNDS {
-                let stale = self.load_stock(&levels, "force").await?;
-                if stale.is_empty() {
-                    break;
-                }
-                levels = self.read_levels(&stale).await?;
-            }
+            self.overwrite(std::mem::take(&mut levels)).await?;
             report.variants += read;
             progress(report.variants);
         }
@@ -699,17 +693,38 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// Rewrites these variants' Redis stock from PostgreSQL, with the holds of their live
     /// paid sessions (a repair). Exact under concurrent changes, as [`Self::reconcile`].
     pub async fn reload(&self, variants: &[VariantId]) -> Result<()> {
-        let mut levels = self.read_levels(variants).await?;
+        self.overwrite(self.read_levels(variants).await?).await
+    }
+
+    /// Writes these levels, read from PostgreSQL, over Redis's stock. A level older than a
+    /// change Redis already applied is refused and read again: a change ran meanwhile.
+    /// One whose row version has not moved since is not behind a change but ahead of
+    /// PostgreSQL's rows (PostgreSQL restored from an older copy while Redis kept the
+    /// newer): PostgreSQL, the record of truth, is written over it ('rewind').
+    async fn overwrite(&self, mut levels: Vec<Level>) -> Result<()> {
         for _ in 0..MAX_PURGE_ROUNDS {
             let stale = self.load_stock(&levels, "force").await?;
             if stale.is_empty() {
                 return Ok(());
             }
-            levels = self.read_levels(&stale).await?;
+            let (unmoved, moved): (Vec<Level>, Vec<Level>) =
+                self.read_levels(&stale).await?.into_iter().partition(|again| {
+                    levels
+                        .iter()
+                        .any(|before| before.variant == again.variant && before.version == again.version)
+                });
+            if !unmoved.is_empty() {
+                self.load_stock(&unmoved, "rewind").await?;
+            }
+            if moved.is_empty() {
+                return Ok(());
+            }
+            levels = moved;
         }
-        Err(Error::Internal(
-            "stock kept changing while it was reloaded".into(),
-        ))
+        Err(Error::Unavailable {
+            dependency: "postgres",
+            message: "stock kept changing while it was reloaded: try again".into(),
+        })
     }
 
     /// Purges expired holds of every variant in the namespace (idle variants that no

@@ -1457,8 +1457,8 @@ async fn a_customer_session_paid_before_a_redis_loss_is_ordered_after_the_new_ca
 }
 
 /// A LOCKED session whose frozen cart was lost (its metadata key, alone) can take no
-/// payment: its payment intent cancels it, freeing its stock and its cart, and asks the
-/// gateway for nothing.
+/// payment: whatever meets it (its payment intent, a new checkout of its cart, a read)
+/// cancels it, freeing its stock and its cart, and asks the gateway for nothing.
 #[tokio::test]
 async fn a_session_that_lost_its_frozen_cart_is_cancelled_at_its_payment_intent() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;
@@ -1482,6 +1482,32 @@ async fn a_session_that_lost_its_frozen_cart_is_cancelled_at_its_payment_intent(
     assert!(gateway.intents().is_empty(), "no intent was asked for");
     let again = app.checkout(&cart, "k-no-metadata-2").await;
     assert_ne!(again, session, "the cart is checked out again");
+
+    // Met by the buyer who starts again instead of paying: the new checkout ends it and
+    // takes the cart (it held the lock until its deadline, 409 naming it).
+    let again = commerce_core::ids::SessionId::parse(&again).unwrap();
+    let _: () = redis.del(app.keys().checkout_metadata(&again)).await.unwrap();
+    let third = app.start_checkout(&cart, "k-no-metadata-3").await;
+    assert_eq!(third.status, 201, "{third:?}");
+    assert_eq!(
+        app.stored_state(again.as_str()).await.as_deref(),
+        Some("CANCELLED")
+    );
+    assert_eq!(app.sellable("var-1").await, 98, "held once, by the third session");
+
+    // Met by a read: shown cancelled, its units and cart free.
+    let third = third.body["sessionId"].as_str().unwrap().to_owned();
+    let id = commerce_core::ids::SessionId::parse(&third).unwrap();
+    let _: () = redis.del(app.keys().checkout_metadata(&id)).await.unwrap();
+    let read = app.get(&format!("/v1/checkout/{third}")).await;
+    assert_eq!(
+        (read.status, read.body["state"].as_str()),
+        (200, Some("CANCELLED")),
+        "{read:?}"
+    );
+    assert_eq!(app.sellable("var-1").await, 100);
+    assert_eq!(app.start_checkout(&cart, "k-no-metadata-4").await.status, 201);
+    assert!(gateway.intents().is_empty(), "no intent was asked for");
     app.finish().await;
 }
 

@@ -188,6 +188,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         }
         let mut repaired = String::new();
         if self.repair {
+            let mut added = Vec::new();
             let mut until = 0;
             for variant in &missing {
                 let holds = self.app.keys.variant(variant).holds;
@@ -205,6 +206,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 until = until.max(deadline as i64);
                 self.redis("SADD", vec![index.as_str().into(), variant.as_str().into()])
                     .await?;
+                added.push(variant.as_str());
             }
             // As long as its longest hold: set if it has no expiry, else only lengthened.
             if until > 0 {
@@ -213,7 +215,16 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                     self.redis("PEXPIREAT", args).await?;
                 }
             }
-            repaired = "added to the holder's index".into();
+            repaired = if added.is_empty() {
+                "released meanwhile: nothing to add".into()
+            } else if added.len() == missing.len() {
+                "added to the holder's index".into()
+            } else {
+                format!(
+                    "added {} to the holder's index (the rest released meanwhile)",
+                    added.join(", ")
+                )
+            };
         }
         let ids: Vec<&str> = missing.iter().map(|v| v.as_str()).collect();
         report.drift.push(Drift {

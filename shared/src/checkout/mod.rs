@@ -315,11 +315,38 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             Err(Error::NotFound { .. }) => return Ok(LockHolder::Unknown),
             Err(other) => return Err(other),
         };
-        if !session.state.is_terminal() {
+        let ended = session.state.is_terminal()
+            || (session.state == State::Locked
+                && self.frozen_lost(&id).await?
+                && self.cancel_lost(&session).await?.state.is_terminal());
+        if !ended {
             return Ok(LockHolder::Live);
         }
         self.unlock(&self.carts().lock_key(&session.cart), holder).await?;
         Ok(LockHolder::Ended)
+    }
+
+    /// Whether the session's frozen cart is in neither Redis nor PostgreSQL (a partial
+    /// Redis loss of a session that has no payment intent yet). It is written with the
+    /// session, in one script, so a session without it is not one being created.
+    async fn frozen_lost(&self, id: &SessionId) -> Result<bool> {
+        match self.metadata(id).await {
+            Ok(_) => Ok(false),
+            Err(Error::NotFound { .. }) => Ok(true),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Cancels a LOCKED session whose frozen cart is lost ([`Self::frozen_lost`]): it can
+    /// take no payment, and would keep its units and its cart's lock until its deadline.
+    /// Its holds and lock are freed. Returns the session as it is now: cancelled, or what
+    /// it moved on to meanwhile.
+    async fn cancel_lost(&self, session: &Session) -> Result<Session> {
+        let (moved, current) = self.transition(&session.id, State::Cancelled, None, &[]).await?;
+        if matches!(moved.as_str(), "OK" | "SAME") {
+            self.release(&current, true).await?;
+        }
+        Ok(current)
     }
 
     /// Ends the sessions waiting for a payment whose deadline passed with no call meeting
@@ -661,9 +688,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// The session, with its frozen quote, for a caller the session answers.
     pub async fn get(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
-        let session = self.load(id).await?;
+        let mut session = self.load(id).await?;
         self.authorize(&session, authorization)?;
-        let quote = self.metadata(id).await.ok().map(|m| m["quote"].clone());
+        let metadata = self.metadata(id).await;
+        // One waiting for its payment intent that lost its frozen cart is ended when met,
+        // as its payment intent would end it.
+        if session.state == State::Locked && matches!(metadata, Err(Error::NotFound { .. })) {
+            session = self.cancel_lost(&session).await?;
+        }
+        let quote = metadata.ok().map(|m| m["quote"].clone());
         Ok(session.view(quote))
     }
 

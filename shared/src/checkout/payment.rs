@@ -178,11 +178,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             Err(Error::NotFound { .. }) => {}
             other => return other,
         }
-        let (moved, current) = self.transition(&session.id, State::Cancelled, None, &[]).await?;
-        if !matches!(moved.as_str(), "OK" | "SAME") {
+        let current = self.cancel_lost(session).await?;
+        if current.state != State::Cancelled {
             return Err(wrong_state(&current, "take a payment"));
         }
-        self.release(&current, true).await?;
         Err(Error::Conflict {
             code: ErrorCode::CheckoutState,
             message: "the checkout's frozen cart was lost, so it is cancelled: check the cart out again"

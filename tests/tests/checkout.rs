@@ -2039,3 +2039,27 @@ async fn a_lock_left_by_a_session_that_is_gone_is_taken_over_once_no_request_can
     );
     app.finish().await;
 }
+
+/// The order empties its cart, a change like any other: the cart's time to live slides
+/// (`cart_ttl_seconds`) as at every add, so an emptied cart is kept as long as a new one.
+#[tokio::test]
+async fn the_order_that_empties_a_cart_slides_its_time_to_live() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let mut redis = app.redis.clone();
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    // As if the cart was last changed long ago: a minute left.
+    let _: () = redis.pexpire(app.cart_key(&cart), 60_000).await.unwrap();
+    let session = app.checkout(&cart, "k-slide").await;
+    let (status, done) = app.pay(&gateway, &session, Caller::Anonymous).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    let emptied = app.get(&format!("/v1/carts/{cart}")).await;
+    assert_eq!(emptied.body["lines"], json!([]), "{emptied:?}");
+    let left: i64 = redis.pttl(app.cart_key(&cart)).await.unwrap();
+    let full = i64::from(app.app.settings.cart_ttl_seconds) * 1000;
+    assert!(left > full - 60_000, "{left} ms left of {full}");
+    app.finish().await;
+}

@@ -10,7 +10,8 @@
 -- ARGV: session id, the cart's version when the session locked it, its generation
 --       (`created`: which life of the key) and when that version was written (`written`:
 --       a version number a rolled-back Redis gave again to other lines is another cart);
---       each '' when not known
+--       each '' when not known; the cart's time to live, ms (emptying is a change: it
+--       slides, as every change of the cart does)
 -- Replies: {'OK'}
 local holder = redis.call('GET', KEYS[2])
 local lines = {}
@@ -31,6 +32,7 @@ if #lines > 0 then
   end
   redis.call('HSET', KEYS[1], 'lines', 0, 'written', now_written())
   redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
 if holder == ARGV[1] then
   redis.call('DEL', KEYS[2])

@@ -16,7 +16,7 @@ use crate::ids::{Holder, SessionId};
 use crate::inventory::StockChange;
 
 use crate::outbox;
-use crate::ports::{Http, Redis, Sql};
+use crate::ports::{Http, Redis, RedisArg, Sql};
 use crate::script::{Script, lua};
 
 static EMPTY_CART: Script = Script::new(lua!("empty_cart.lua"));
@@ -348,6 +348,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
         let mut args = vec![session.id.as_str().into()];
         args.extend(frozen.args());
+        args.push(RedisArg::Int(
+            i64::from(self.app.settings.cart_ttl_seconds) * 1000,
+        ));
         self.run(&EMPTY_CART, &[&cart_key, &lock_key], args).await?;
         Ok(())
     }

@@ -290,10 +290,10 @@ impl Error {
         }
     }
 
-    /// What went wrong inside a 500, for the log only.
+    /// What went wrong inside a 500, for the log.
     pub fn fault(&self) -> Option<&str> {
         match self {
-            Error::Internal(cause) => Some(cause),
+            Error::Internal(cause) | Error::Configuration(cause) => Some(cause),
             _ => None,
         }
     }

@@ -116,8 +116,18 @@ pub fn tag(reply: &[RedisReply]) -> &str {
 
 /// The error for a script reply of a shape its caller does not know: a bug or a foreign
 /// script under the same SHA, never the client's fault (500).
+/// Only the reply's tag and length are told: its values may be a session's or a cart's
+/// fields, ids (credentials) among them.
 pub fn unexpected(reply: &[RedisReply]) -> Error {
-    Error::Internal(format!("unexpected script reply: {reply:?}"))
+    let first = reply
+        .first()
+        .and_then(RedisReply::as_text)
+        .unwrap_or("(not text)");
+    let shown: String = first.chars().take(32).collect();
+    Error::Internal(format!(
+        "unexpected script reply: {} values, the first {shown:?}",
+        reply.len()
+    ))
 }
 
 #[cfg(test)]

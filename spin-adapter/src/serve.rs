@@ -49,22 +49,33 @@ pub async fn serve(req: IncomingRequest, scope: Scope) -> SpinResponse {
         exchange.end(&mut response, level);
         return into_spin(response);
     }
-    let config = SpinConfig::new();
-    let settings = Settings::from_config(&config);
-    // A provider failure may have turned a variable into a default: answer for that
-    // before a wrong default (another Redis, an empty admin token) is ever used.
-    if let Some(error) = config.take_failure() {
-        return into_spin(Response::error(&error));
-    }
-    let settings = match settings {
-        Ok(settings) => settings,
-        Err(message) => {
-            return into_spin(Response::error(&Error::Configuration(message)));
-        }
-    };
     let path_with_query = req.path_with_query().unwrap_or_default();
     let path = path_with_query.split('?').next().unwrap_or_default();
     let exchange = Exchange::begin(&req.method().to_string(), path, request_id.as_deref()).since(started);
+    let config = SpinConfig::new();
+    let settings = Settings::from_config(&config);
+    // A provider failure may have turned a variable into a default: answer for that
+    // before a wrong default (another Redis, an empty admin token) is ever used. Such an
+    // answer carries its request id and leaves its log line (at the default level: the
+    // configured one may be what is wrong) like any other.
+    let refused = match (config.take_failure(), settings) {
+        (Some(error), _) => error,
+        (None, Err(message)) => Error::Configuration(message),
+        (None, Ok(settings)) => return answer(req, scope, settings, exchange, started).await,
+    };
+    let mut response = Response::error(&refused);
+    exchange.end(&mut response, LogLevel::default());
+    into_spin(response)
+}
+
+/// Answers a request whose settings were read.
+async fn answer(
+    req: IncomingRequest,
+    scope: Scope,
+    settings: Settings,
+    exchange: Exchange,
+    started: Instant,
+) -> SpinResponse {
     let log_level = settings.log_level;
     let body_timeout = Duration::from_millis(settings.http_body_timeout_ms);
     let request = match from_spin(req, settings.max_body_bytes, body_timeout) {

@@ -693,6 +693,13 @@ async fn a_new_carts_idempotency_key_replays_it_only_to_the_client_that_sent_it(
         stranger.body["cartId"], first.body["cartId"],
         "another client's same key was answered with the first client's cart"
     );
+    // Two hosts of one IPv6 /64 share a rate limit, not a cart.
+    let (one, other) = (
+        create("2001:db8:1:2::aaaa").await,
+        create("2001:db8:1:2::bbbb").await,
+    );
+    assert_eq!((one.status, other.status), (201, 201));
+    assert_ne!(one.body["cartId"], other.body["cartId"]);
     app.finish().await;
 }
 

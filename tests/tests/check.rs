@@ -126,6 +126,11 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
         .hset_multiple(&var2.stock_version, &[("max", 5), ("base", 5)])
         .await
         .unwrap();
+    // Its per-order limit as a later change left it (PostgreSQL has none).
+    let _: () = redis
+        .hset_multiple(&var2.max_per_order, &[("version", 5), ("limit", 7)])
+        .await
+        .unwrap();
     let drift = app.cli(&["check"]);
     assert_eq!(drift.status.code(), Some(1), "{drift:?}");
     let report: Value = serde_json::from_slice(&drift.stdout).unwrap();
@@ -142,6 +147,12 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
     );
     assert_eq!(app.cli(&["check"]).status.code(), Some(0));
     assert_eq!(app.check_holds("var-2").await, (100, 0), "PostgreSQL's on-hand");
+    let shown = app.get("/v1/inventory/var-2").await;
+    assert_eq!(
+        shown.body["maxPerOrder"],
+        Value::Null,
+        "PostgreSQL's limit: {shown:?}"
+    );
 
     // A check that cannot run says so with its own code, not drift's.
     let unreachable = std::process::Command::new(commerce_tests::commerce_binary())

@@ -1506,7 +1506,19 @@ async fn a_session_that_lost_its_frozen_cart_is_cancelled_at_its_payment_intent(
         "{read:?}"
     );
     assert_eq!(app.sellable("var-1").await, 100);
-    assert_eq!(app.start_checkout(&cart, "k-no-metadata-4").await.status, 201);
+
+    // A frozen cart kept in a form that cannot be read is as lost.
+    let fourth = app.start_checkout(&cart, "k-no-metadata-4").await;
+    assert_eq!(fourth.status, 201, "{fourth:?}");
+    let fourth = fourth.body["sessionId"].as_str().unwrap().to_owned();
+    let id = commerce_core::ids::SessionId::parse(&fourth).unwrap();
+    let _: () = redis
+        .set(app.keys().checkout_metadata(&id), "not json")
+        .await
+        .unwrap();
+    let fifth = app.start_checkout(&cart, "k-no-metadata-5").await;
+    assert_eq!(fifth.status, 201, "{fifth:?}");
+    assert_eq!(app.stored_state(&fourth).await.as_deref(), Some("CANCELLED"));
     assert!(gateway.intents().is_empty(), "no intent was asked for");
     app.finish().await;
 }

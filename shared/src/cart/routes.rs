@@ -54,8 +54,12 @@ async fn dispatch<R: Redis, S: Sql, H: Http>(
                 let currency = new_cart_currency(app, req)?;
                 let create = |_| async move { Ok(reply(201, &store(app).create(currency).await?)) };
                 // The answer is a new cart's id, its only capability: a key replays it to the
-                // client that sent it (by address), never to another that sends the same key.
-                let scope = format!("carts:{}", ratelimit::anonymous_client(&app.settings, req));
+                // address that sent it (the whole address, an IPv6 one too), never to
+                // another address that sends the same key.
+                let scope = match ratelimit::address_of(&app.settings, req) {
+                    Some(address) => format!("carts:client:{address}"),
+                    None => "carts:client:unknown".to_owned(),
+                };
                 idempotency::once(app, req, &scope, false, create).await?
             }
             _ => return Err(not_allowed()),

@@ -114,6 +114,13 @@ impl FrozenCart {
     }
 }
 
+/// Whether a session's frozen metadata, as read, is lost to it: not there (`NotFound`) or
+/// not readable (`Internal`: malformed, or a reply Redis gave in its place). A dependency
+/// that could not be reached says nothing of it.
+fn unusable(metadata: &Result<Value>) -> bool {
+    matches!(metadata, Err(Error::NotFound { .. } | Error::Internal(_)))
+}
+
 /// A frozen number for a script that reads '' as "not kept" (sessions from before it was).
 pub(crate) fn or_empty(frozen: Option<i64>) -> RedisArg {
     frozen.map_or(RedisArg::from(""), RedisArg::Int)
@@ -326,14 +333,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(LockHolder::Ended)
     }
 
-    /// Whether the session's frozen cart is in neither Redis nor PostgreSQL (a partial
-    /// Redis loss of a session that has no payment intent yet). It is written with the
-    /// session, in one script, so a session without it is not one being created.
+    /// Whether the session's frozen cart is lost: in neither Redis nor PostgreSQL (a
+    /// partial Redis loss of a session that has no payment intent yet), or kept in a form
+    /// that cannot be read. It is written with the session, in one script, so a session
+    /// without it is not one being created.
     async fn frozen_lost(&self, id: &SessionId) -> Result<bool> {
         match self.metadata(id).await {
-            Ok(_) => Ok(false),
-            Err(Error::NotFound { .. }) => Ok(true),
-            Err(other) => Err(other),
+            Err(error @ Error::Unavailable { .. }) => Err(error),
+            metadata => Ok(unusable(&metadata)),
         }
     }
 
@@ -693,7 +700,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let metadata = self.metadata(id).await;
         // One waiting for its payment intent that lost its frozen cart is ended when met,
         // as its payment intent would end it.
-        if session.state == State::Locked && matches!(metadata, Err(Error::NotFound { .. })) {
+        if session.state == State::Locked && unusable(&metadata) {
             session = self.cancel_lost(&session).await?;
         }
         let quote = metadata.ok().map(|m| m["quote"].clone());

@@ -46,6 +46,10 @@ for i = 0, #KEYS / 6 - 1 do
     redis.call('SET', stock, on_hand)
     redis.call('DEL', meta)
     redis.call('HSET', meta, 'base', version, 'max', version)
+    -- Rewound, the limit's own version is as far ahead as the stock's was.
+    if rewind then
+      redis.call('DEL', KEYS[6 + 6 * i])
+    end
     set_limit(KEYS[6 + 6 * i], limit, version)
     purge(reserved, holds, hold_qty, now)
     reserved_total(reserved, hold_qty, redis.call('GET', reserved))

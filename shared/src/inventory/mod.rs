@@ -700,21 +700,29 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// change Redis already applied is refused and read again: a change ran meanwhile.
     /// One whose row version has not moved since is not behind a change but ahead of
     /// PostgreSQL's rows (PostgreSQL restored from an older copy while Redis kept the
-    /// newer): PostgreSQL, the record of truth, is written over it ('rewind').
+    /// newer): PostgreSQL, the record of truth, is written over it, limit included
+    /// ('rewind'). A change that committed meanwhile was refused by Redis, still ahead, so
+    /// the rewound rows are read once more, and any that moved is written again.
     async fn overwrite(&self, mut levels: Vec<Level>) -> Result<()> {
+        let unmoved_since = |read: &[Level], again: &Level| {
+            read.iter()
+                .any(|before| before.variant == again.variant && before.version == again.version)
+        };
         for _ in 0..MAX_PURGE_ROUNDS {
             let stale = self.load_stock(&levels, "force").await?;
             if stale.is_empty() {
                 return Ok(());
             }
-            let (unmoved, moved): (Vec<Level>, Vec<Level>) =
-                self.read_levels(&stale).await?.into_iter().partition(|again| {
-                    levels
-                        .iter()
-                        .any(|before| before.variant == again.variant && before.version == again.version)
-                });
+            let (unmoved, mut moved): (Vec<Level>, Vec<Level>) = self
+                .read_levels(&stale)
+                .await?
+                .into_iter()
+                .partition(|again| unmoved_since(&levels, again));
             if !unmoved.is_empty() {
                 self.load_stock(&unmoved, "rewind").await?;
+                let rewound: Vec<VariantId> = unmoved.iter().map(|l| l.variant.clone()).collect();
+                let again = self.read_levels(&rewound).await?;
+                moved.extend(again.into_iter().filter(|l| !unmoved_since(&unmoved, l)));
             }
             if moved.is_empty() {
                 return Ok(());

@@ -161,7 +161,8 @@ async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
     // Re-reserving sets a holder's quantities, so a plain retry is safe; a caller's
     // `Idempotency-Key` also replays the first answer (its deadline, not a later one) and
     // refuses the same key with another body (422), as on every creating POST.
-    idempotency::once(app, req, "reservations", false, |_| async move {
+    let scope = format!("reservations:{}", request.cart);
+    idempotency::once(app, req, &scope, false, |_| async move {
         let reservation = store(app)
             .reserve(
                 &Holder::External(request.cart.clone()),

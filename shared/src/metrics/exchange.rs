@@ -127,7 +127,7 @@ impl Exchange {
             // Every field is a template, a number or a sane id: nothing to escape, but a
             // 500's cause, which is quoted as JSON.
             let fault = match &response.fault {
-                Some(cause) => format!(",\"error\":{}", serde_json::Value::from(cause.as_str())),
+                Some(cause) => format!(",\"error\":{}", serde_json::Value::from(redacted(cause))),
                 None => String::new(),
             };
             let line = format!(
@@ -155,6 +155,32 @@ pub fn log(level: LogLevel, line: LogLevel, message: &str) {
     let _ = std::io::stderr()
         .lock()
         .write_all(format!("{entry}\n").as_bytes());
+}
+
+/// `text` with every run of 16 or more hex digits cut to its first 4 and `…`: cart and
+/// session ids (128 random bits in hex) are credentials, kept out of the log as paths are.
+fn redacted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 16 {
+            out.push_str(&run[..4]);
+            out.push('…');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 fn is_sane(id: &str) -> bool {
@@ -224,6 +250,16 @@ mod tests {
                 .headers
                 .contains(&(REQUEST_ID.to_owned(), "abc".to_owned()))
         );
+    }
+
+    #[test]
+    fn ids_are_cut_from_a_logged_cause() {
+        assert_eq!(
+            redacted("checkout cs_3ea76cf7aab95a217cc31aa2d326be63 has malformed frozen metadata"),
+            "checkout cs_3ea7… has malformed frozen metadata"
+        );
+        assert_eq!(redacted("cart 0123456789abcdef!"), "cart 0123…!");
+        assert_eq!(redacted("redis: ERR 42 deadbeef"), "redis: ERR 42 deadbeef");
     }
 
     #[test]

@@ -111,23 +111,23 @@ pub fn subject_of(settings: &Settings, req: &Request) -> Option<(Subject, Rate)>
     }
     let (subject, rate) = match auth::verify(authorization, &settings.jwt_secret, settings.token_time()) {
         Ok(customer) => (Subject::Customer(customer.id), settings.customer_rate()),
-        Err(_) => (anonymous_client(settings, req), settings.anonymous_rate()),
+        Err(_) => (
+            Subject::client(address_of(settings, req)),
+            settings.anonymous_rate(),
+        ),
     };
     (rate.per_minute > 0).then_some((subject, rate))
 }
 
-/// The anonymous client that sent `req`, by its address ([`client_address`]).
-pub fn anonymous_client(settings: &Settings, req: &Request) -> Subject {
+/// The address of the client that sent `req` ([`client_address`]), whole (an IPv6
+/// client's bucket is its /64: [`Subject::client`]).
+pub fn address_of(settings: &Settings, req: &Request) -> Option<IpAddr> {
     let forwarded = req
         .headers
         .iter()
         .filter(|(name, _)| name == "x-forwarded-for")
         .map(|(_, value)| value.as_str());
-    Subject::client(client_address(
-        req.client_addr,
-        forwarded,
-        &settings.trusted_proxies,
-    ))
+    client_address(req.client_addr, forwarded, &settings.trusted_proxies).map(|a| a.to_canonical())
 }
 
 /// Takes one request from `subject`'s bucket: `Ok` if allowed, else 429 with the wait.

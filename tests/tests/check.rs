@@ -115,7 +115,7 @@ async fn every_kind_of_drift_is_reported_and_repaired() {
 
 #[tokio::test]
 async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
-    let (app, _gateway) = TestApp::shop(2, |c| c).await;
+    let (app, _gateway) = TestApp::shop(3, |c| c).await;
     let mut redis = app.redis.clone();
     let _: () = redis.set(app.variant_keys("var-1").stock, 3).await.unwrap();
     // Redis ahead of PostgreSQL's rows, as when PostgreSQL is restored from an older copy
@@ -131,12 +131,25 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
         .hset_multiple(&var2.max_per_order, &[("version", 5), ("limit", 7)])
         .await
         .unwrap();
+    // A limit left ahead alone (its stock lost and loaded again since, at PostgreSQL's
+    // version).
+    let _: () = redis
+        .hset_multiple(
+            &app.variant_keys("var-3").max_per_order,
+            &[("version", 5), ("limit", 7)],
+        )
+        .await
+        .unwrap();
     let drift = app.cli(&["check"]);
     assert_eq!(drift.status.code(), Some(1), "{drift:?}");
     let report: Value = serde_json::from_slice(&drift.stdout).unwrap();
     assert_eq!(
         kinds(&report),
-        vec!["stock var-1".to_owned(), "stock var-2".to_owned()]
+        vec![
+            "max-per-order var-3".to_owned(),
+            "stock var-1".to_owned(),
+            "stock var-2".to_owned()
+        ]
     );
     let repaired = app.cli(&["check", "--repair"]);
     assert_eq!(repaired.status.code(), Some(0), "{repaired:?}");
@@ -147,12 +160,14 @@ async fn the_cli_exits_non_zero_on_drift_and_zero_after_repair() {
     );
     assert_eq!(app.cli(&["check"]).status.code(), Some(0));
     assert_eq!(app.check_holds("var-2").await, (100, 0), "PostgreSQL's on-hand");
-    let shown = app.get("/v1/inventory/var-2").await;
-    assert_eq!(
-        shown.body["maxPerOrder"],
-        Value::Null,
-        "PostgreSQL's limit: {shown:?}"
-    );
+    for variant in ["var-2", "var-3"] {
+        let shown = app.get(&format!("/v1/inventory/{variant}")).await;
+        assert_eq!(
+            shown.body["maxPerOrder"],
+            Value::Null,
+            "PostgreSQL's limit: {shown:?}"
+        );
+    }
 
     // A check that cannot run says so with its own code, not drift's.
     let unreachable = std::process::Command::new(commerce_tests::commerce_binary())

@@ -114,13 +114,6 @@ impl FrozenCart {
     }
 }
 
-/// Whether a session's frozen metadata, as read, is lost to it: not there (`NotFound`) or
-/// not readable (`Internal`: malformed, or a reply Redis gave in its place). A dependency
-/// that could not be reached says nothing of it.
-fn unusable(metadata: &Result<Value>) -> bool {
-    matches!(metadata, Err(Error::NotFound { .. } | Error::Internal(_)))
-}
-
 /// A frozen number for a script that reads '' as "not kept" (sessions from before it was).
 pub(crate) fn or_empty(frozen: Option<i64>) -> RedisArg {
     frozen.map_or(RedisArg::from(""), RedisArg::Int)
@@ -239,10 +232,29 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// them meanwhile (a flush between two calls of one request), from PostgreSQL's copy
     /// of a paid session. Neither: the session is gone (404).
     async fn metadata(&self, session: &SessionId) -> Result<Value> {
+        let stored = self.stored_metadata(session).await?;
+        self.metadata_from(session, stored.as_deref()).await
+    }
+
+    /// The text Redis keeps of a session's frozen metadata, if any.
+    async fn stored_metadata(&self, session: &SessionId) -> Result<Option<String>> {
         let key = self.app.keys.checkout_metadata(session);
         let reply = self.app.redis.execute("GET", vec![key.into()]).await?;
-        self.metadata_from(session, reply.first().and_then(RedisReply::as_text))
-            .await
+        Ok(reply.first().and_then(RedisReply::as_text).map(str::to_owned))
+    }
+
+    /// A session's frozen metadata where it can be had; `None` where it is lost to the
+    /// session: in neither Redis (`stored`, the text Redis keeps) nor PostgreSQL, or kept
+    /// in neither in a form that can be read. A dependency's failure (unreachable, or an
+    /// error it answered) is an error: it says nothing of the metadata.
+    async fn frozen_of(&self, session: &SessionId, stored: Option<&str>) -> Result<Option<Value>> {
+        if let Some(text) = stored
+            && let Ok(metadata) = serde_json::from_str(text)
+        {
+            return Ok(Some(metadata));
+        }
+        let kept = paid::load(&self.app.sql, session.as_str()).await?;
+        Ok(kept.and_then(|kept| serde_json::from_str(&kept.metadata).ok()))
     }
 
     /// [`Self::metadata`] where the caller already read Redis's copy: `stored`, the text
@@ -338,10 +350,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// that cannot be read. It is written with the session, in one script, so a session
     /// without it is not one being created.
     async fn frozen_lost(&self, id: &SessionId) -> Result<bool> {
-        match self.metadata(id).await {
-            Err(error @ Error::Unavailable { .. }) => Err(error),
-            metadata => Ok(unusable(&metadata)),
-        }
+        let stored = self.stored_metadata(id).await?;
+        Ok(self.frozen_of(id, stored.as_deref()).await?.is_none())
     }
 
     /// Cancels a LOCKED session whose frozen cart is lost ([`Self::frozen_lost`]): it can
@@ -697,13 +707,16 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     pub async fn get(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
         let mut session = self.load(id).await?;
         self.authorize(&session, authorization)?;
-        let metadata = self.metadata(id).await;
+        let frozen = match self.stored_metadata(id).await {
+            Ok(stored) => self.frozen_of(id, stored.as_deref()).await,
+            Err(error) => Err(error),
+        };
         // One waiting for its payment intent that lost its frozen cart is ended when met,
-        // as its payment intent would end it.
-        if session.state == State::Locked && unusable(&metadata) {
+        // as its payment intent would end it. A read that could not tell shows it as it is.
+        if session.state == State::Locked && matches!(frozen, Ok(None)) {
             session = self.cancel_lost(&session).await?;
         }
-        let quote = metadata.ok().map(|m| m["quote"].clone());
+        let quote = frozen.ok().flatten().map(|m| m["quote"].clone());
         Ok(session.view(quote))
     }
 

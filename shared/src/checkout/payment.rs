@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::session::{Session, SessionView, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, FrozenCart, KEEP_MS, LockTaken, gateway, paid, unusable};
+use super::{Checkouts, FrozenCart, KEEP_MS, LockTaken, gateway, paid};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
@@ -174,9 +174,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// PostgreSQL, or unreadable), the session is cancelled (what it holds freed) and the
     /// answer is 409 `CHECKOUT_STATE`: its buyer checks the cart out again.
     async fn frozen_or_cancel(&self, session: &Session, frozen: Option<&str>) -> Result<Value> {
-        let metadata = self.metadata_from(&session.id, frozen).await;
-        if !unusable(&metadata) {
-            return metadata;
+        if let Some(metadata) = self.frozen_of(&session.id, frozen).await? {
+            return Ok(metadata);
         }
         let current = self.cancel_lost(session).await?;
         if current.state != State::Cancelled {

@@ -31,11 +31,16 @@ for i = 0, #KEYS / 6 - 1 do
   a = first_hold + 3 * n
   local present = redis.call('EXISTS', stock) == 1
   local result = 0
-  if not present or rewind then
+  if rewind then
     result = 1
   elseif force then
-    local applied = tonumber(redis.call('HGET', meta, 'max')) or 0
-    result = (version >= applied) and 1 or -1
+    -- What Redis applied: the stock's version, and the limit's (a limit hash left ahead
+    -- of PostgreSQL's rows, its stock lost or not, is refused as well, then rewound).
+    local applied = present and (tonumber(redis.call('HGET', meta, 'max')) or 0) or 0
+    local limit_applied = tonumber(redis.call('HGET', KEYS[6 + 6 * i], 'version')) or 0
+    result = (version >= math.max(applied, limit_applied)) and 1 or -1
+  elseif not present then
+    result = 1
   end
   -- A limit lost alone (its hash without the version it mirrors) is put back on its own,
   -- whatever the stock's version: the stock Redis has is left as it is.

@@ -2095,3 +2095,57 @@ async fn the_order_that_empties_a_cart_slides_its_time_to_live() {
     assert!(left > full - 60_000, "{left} ms left of {full}");
     app.finish().await;
 }
+
+/// A kept payment-intent answer (a customer's intent, with its client secret) is replayed
+/// only to the caller it was given to: the same key without the customer's token is 401,
+/// with another customer's 403; and a stranger's refused call with a key the customer
+/// uses next is not kept to refuse the customer.
+#[tokio::test]
+async fn a_payment_intents_idempotency_key_replays_only_to_its_caller() {
+    let (app, _gateway) = TestApp::shop(1, |c| c).await;
+    let alice = Caller::Customer("alice");
+    let added = app
+        .call(
+            "POST",
+            "/v1/customers/alice/cart/items",
+            Some(unit("var-1", 1)),
+            alice,
+        )
+        .await;
+    assert_eq!(added.status, 200, "{added:?}");
+    let started = app
+        .start_checkout_as(json!({ "customerId": "alice" }), "k-own-1", alice)
+        .await;
+    let session = started.body["sessionId"].as_str().unwrap().to_owned();
+    let path = format!("/v1/checkout/{session}/payment-intent");
+    let with = |key: &'static str, caller: Option<String>| {
+        let (app, path) = (&app, path.clone());
+        async move {
+            let mut headers = vec![("idempotency-key", key.to_owned())];
+            if let Some(token) = caller {
+                headers.push(("authorization", format!("Bearer {token}")));
+            }
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            app.call_with("POST", &path, None, &headers).await
+        }
+    };
+    let token = |customer: &str| Some(commerce_tests::customer_token(customer));
+
+    // A stranger first, with the key alice is about to use: refused, and not kept.
+    assert_eq!(with("pi-1", None).await.status, 401);
+    let own = with("pi-1", token("alice")).await;
+    assert_eq!(own.status, 200, "{own:?}");
+    assert!(own.body["clientSecret"].is_string(), "{own:?}");
+    // Then the stranger and another customer again, with alice's key: no replay.
+    let nobody = with("pi-1", None).await;
+    assert_eq!(
+        (nobody.status, nobody.code()),
+        (401, "UNAUTHORIZED"),
+        "{nobody:?}"
+    );
+    let bob = with("pi-1", token("bob")).await;
+    assert_eq!((bob.status, bob.code()), (403, "FORBIDDEN"), "{bob:?}");
+    let again = with("pi-1", token("alice")).await;
+    assert_eq!(again.body, own.body, "alice's retry is answered as before");
+    app.finish().await;
+}

@@ -17,6 +17,24 @@ use crate::idempotency;
 use crate::ids::{CartId, CustomerId, SessionId};
 use crate::ports::{Http, Redis, Sql};
 
+/// Who calls, for an idempotency scope: `customer:<sub>` for a valid customer token,
+/// `trusted` for the admin or service token, `anonymous` without a token, `unverified`
+/// for any other (refused by whatever it asks, and such an answer is never kept).
+fn caller_of<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> String {
+    let authorization = req.header("authorization");
+    let settings = &app.settings;
+    if authorization.is_none() {
+        return "anonymous".into();
+    }
+    if settings.authorize_trusted(authorization).is_ok() {
+        return "trusted".into();
+    }
+    match auth::verify(authorization, &settings.jwt_secret, settings.token_time()) {
+        Ok(customer) => format!("customer:{}", customer.id),
+        Err(_) => "unverified".into(),
+    }
+}
+
 /// Routes the checkout paths; `None` if the path is not checkout's.
 pub async fn route<R: Redis, S: Sql, H: Http>(
     app: &App<R, S, H>,
@@ -49,7 +67,10 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         ["v1", "checkout", session] if req.method == "GET" => get(app, req, session).await,
         ["v1", "checkout", session, "payment-intent"] if post => match SessionId::parse(session) {
             Ok(id) => {
-                let scope = format!("payment-intent:{id}");
+                // The session authorizes its caller inside the handler: a kept answer (a
+                // customer's intent, its client secret) is replayed only to the caller it
+                // was given to.
+                let scope = format!("payment-intent:{id}:{}", caller_of(app, req));
                 idempotency::once(app, req, &scope, false, |_| async move {
                     let intent = Checkouts::new(app)
                         .payment_intent(&id, req.header("authorization"))

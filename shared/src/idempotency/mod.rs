@@ -157,7 +157,10 @@ where
         Ok(response) => response.clone(),
         Err(error) => Response::error(error),
     };
-    let keep = response.status < 500;
+    // A failure worth retrying (5xx) is not an answer to keep; nor is a refused credential
+    // (401, 403): it is the caller's, not the request's, and kept it would be replayed to
+    // the next caller of the key with the right one.
+    let keep = response.status < 500 && !matches!(response.status, 401 | 403);
     // Redis just failed to answer within its timeout: waiting for it to forget the attempt
     // would only double the wait for the 503. The forget is sent without waiting, to run
     // when Redis is back (natively; elsewhere the lease ends with the request's deadline).

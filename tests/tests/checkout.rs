@@ -2147,5 +2147,30 @@ async fn a_payment_intents_idempotency_key_replays_only_to_its_caller() {
     assert_eq!((bob.status, bob.code()), (403, "FORBIDDEN"), "{bob:?}");
     let again = with("pi-1", token("alice")).await;
     assert_eq!(again.body, own.body, "alice's retry is answered as before");
+
+    // The admin's kept answer is the admin's: the service token, which a session does not
+    // answer, gets no replay of it.
+    let admin = with("pi-2", Some(commerce_tests::ADMIN_TOKEN.to_owned())).await;
+    assert_eq!(admin.status, 200, "{admin:?}");
+    let service = Some(commerce_tests::SERVICE_TOKEN.to_owned());
+    assert_eq!(with("pi-2", service.clone()).await.status, 401);
+    // Nothing of a refused call stays under its key: the same caller's next call with the
+    // key and another body runs anew (401 again), not 422 for a reused key.
+    let service_header = format!("Bearer {}", commerce_tests::SERVICE_TOKEN);
+    for body in [json!({ "a": 1 }), json!({ "b": 2 })] {
+        let refused = app
+            .call_with(
+                "POST",
+                &path,
+                Some(body),
+                &[("idempotency-key", "pi-3"), ("authorization", &service_header)],
+            )
+            .await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (401, "UNAUTHORIZED"),
+            "{refused:?}"
+        );
+    }
     app.finish().await;
 }

@@ -18,16 +18,20 @@ use crate::ids::{CartId, CustomerId, SessionId};
 use crate::ports::{Http, Redis, Sql};
 
 /// Who calls, for an idempotency scope: `customer:<sub>` for a valid customer token,
-/// `trusted` for the admin or service token, `anonymous` without a token, `unverified`
-/// for any other (refused by whatever it asks, and such an answer is never kept).
+/// `admin` or `service` for those tokens (a session answers the admin's, not the
+/// service's), `anonymous` without a token, `unverified` for any other (refused by
+/// whatever it asks, and such an answer is never kept).
 fn caller_of<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> String {
     let authorization = req.header("authorization");
     let settings = &app.settings;
     if authorization.is_none() {
         return "anonymous".into();
     }
+    if settings.authorize_admin(authorization).is_ok() {
+        return "admin".into();
+    }
     if settings.authorize_trusted(authorization).is_ok() {
-        return "trusted".into();
+        return "service".into();
     }
     match auth::verify(authorization, &settings.jwt_secret, settings.token_time()) {
         Ok(customer) => format!("customer:{}", customer.id),

@@ -1,8 +1,10 @@
--- Finish an idempotent request: keep its answer for the retention time, or forget the
--- attempt (a failure worth retrying) so the next try starts over with the same token.
+-- Finish an idempotent request: keep its answer for the retention time, forget the
+-- attempt (a failure worth retrying) so the next try starts over with the same token, or
+-- drop the record (a refused credential: nothing was done, and the key is the next
+-- caller's, whatever its request).
 --
 -- KEYS: idempotency:{scope}:{key}
--- ARGV: token, 'keep' | 'forget', status, body, retention in ms, headers (one
+-- ARGV: token, 'keep' | 'forget' | 'drop', status, body, retention in ms, headers (one
 --       "name: value" a line), the attempt's id
 -- Keeping needs the record's token (the work it answers for); forgetting ends only the
 -- lease of this very attempt, so one sent late (after a Redis that timed out came back)
@@ -19,6 +21,10 @@ if ARGV[2] == 'keep' then
 end
 if held[2] ~= ARGV[7] or held[3] ~= 'pending' then
   return {'LOST'}
+end
+if ARGV[2] == 'drop' then
+  redis.call('DEL', KEYS[1])
+  return {'OK'}
 end
 redis.call('HSET', KEYS[1], 'lease', 0)
 return {'OK'}

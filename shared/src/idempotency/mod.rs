@@ -157,10 +157,15 @@ where
         Ok(response) => response.clone(),
         Err(error) => Response::error(error),
     };
-    // A failure worth retrying (5xx) is not an answer to keep; nor is a refused credential
-    // (401, 403): it is the caller's, not the request's, and kept it would be replayed to
-    // the next caller of the key with the right one.
-    let keep = response.status < 500 && !matches!(response.status, 401 | 403);
+    // A failure worth retrying (5xx) is not an answer to keep (its attempt is forgotten, its
+    // token kept for the retry); nor is a refused credential (401, 403): it is the
+    // caller's, not the request's, so nothing of it stays under the key, which the next
+    // caller uses as if new.
+    let finish = match response.status {
+        401 | 403 => "drop",
+        status if status >= 500 => "forget",
+        _ => "keep",
+    };
     // Redis just failed to answer within its timeout: waiting for it to forget the attempt
     // would only double the wait for the 503. The forget is sent without waiting, to run
     // when Redis is back (natively; elsewhere the lease ends with the request's deadline).
@@ -187,7 +192,7 @@ where
             &[&record],
             vec![
                 token.into(),
-                if keep { "keep" } else { "forget" }.into(),
+                finish.into(),
                 RedisArg::Int(response.status.into()),
                 body.into(),
                 RedisArg::Int(i64::from(app.settings.idempotency_ttl_seconds) * 1000),

@@ -269,7 +269,8 @@ impl<'a, R: Redis> Carts<'a, R> {
         }
     }
 
-    fn ttl_ms(&self) -> i64 {
+    /// The time to live every change of a cart slides it to (`cart_ttl_seconds`), ms.
+    pub(crate) fn ttl_ms(&self) -> i64 {
         i64::from(self.settings.cart_ttl_seconds) * 1000
     }
 

@@ -348,9 +348,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
         let mut args = vec![session.id.as_str().into()];
         args.extend(frozen.args());
-        args.push(RedisArg::Int(
-            i64::from(self.app.settings.cart_ttl_seconds) * 1000,
-        ));
+        args.push(RedisArg::Int(carts.ttl_ms()));
         self.run(&EMPTY_CART, &[&cart_key, &lock_key], args).await?;
         Ok(())
     }

@@ -350,8 +350,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// that cannot be read. It is written with the session, in one script, so a session
     /// without it is not one being created.
     async fn frozen_lost(&self, id: &SessionId) -> Result<bool> {
+        Ok(self.frozen(id).await?.is_none())
+    }
+
+    /// [`Self::frozen_of`] of what Redis keeps now.
+    async fn frozen(&self, id: &SessionId) -> Result<Option<Value>> {
         let stored = self.stored_metadata(id).await?;
-        Ok(self.frozen_of(id, stored.as_deref()).await?.is_none())
+        self.frozen_of(id, stored.as_deref()).await
     }
 
     /// Cancels a LOCKED session whose frozen cart is lost ([`Self::frozen_lost`]): it can
@@ -707,10 +712,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     pub async fn get(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
         let mut session = self.load(id).await?;
         self.authorize(&session, authorization)?;
-        let frozen = match self.stored_metadata(id).await {
-            Ok(stored) => self.frozen_of(id, stored.as_deref()).await,
-            Err(error) => Err(error),
-        };
+        let frozen = self.frozen(id).await;
         // One waiting for its payment intent that lost its frozen cart is ended when met,
         // as its payment intent would end it. A read that could not tell shows it as it is.
         if session.state == State::Locked && matches!(frozen, Ok(None)) {

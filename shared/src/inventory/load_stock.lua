@@ -14,8 +14,9 @@
 -- The stock-version hash (see stock.lua) restarts at the row version the value was read
 -- at. A forced load older than a change already applied would undo it, so it is refused
 -- (-1) and the caller reads PostgreSQL again; if PostgreSQL's row has not moved since,
--- Redis's version is from a row PostgreSQL no longer has, and the caller rewinds. A hold is put back only where the holder
--- has none on the variant and its deadline is still ahead on the Redis clock.
+-- Redis's version is from a row PostgreSQL no longer has, and the caller rewinds. A hold
+-- is put back only where the holder has none on the variant and its deadline is still
+-- ahead on the Redis clock.
 --
 -- Reply: {'OK', r_1, ...} with r = 1 written, 0 kept (fill, key present), -1 stale
 local force, rewind = ARGV[1] == 'force', ARGV[1] == 'rewind'

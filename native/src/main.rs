@@ -250,7 +250,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let mut progress = Progress::new("variants reconciled", variant_count(&app).await);
             let report = inventory.reconcile(|done| progress.set(done)).await?;
             progress.finish();
-            eprintln!("commerce: reconcile done, {} variants", report.variants);
+            eprintln!(
+                "commerce: reconcile done, {} variants, {} deleted from the catalog emptied",
+                report.variants, report.deleted
+            );
         }
         Command::Backup { out } => {
             // Where the file goes is checked before the namespace is read: written beside,
@@ -431,11 +434,7 @@ async fn restore(
 
 /// How many variants PostgreSQL has stock for (the size of a reconcile), if it says.
 async fn variant_count(app: &commerce_native::NativeApp) -> Option<u64> {
-    let rows = app
-        .sql
-        .query("SELECT count(*) FROM inventory_levels", &[])
-        .await
-        .ok()?;
+    let rows = app.sql.query("SELECT count(*) FROM variants", &[]).await.ok()?;
     u64::try_from(rows.first()?.first()?.as_int()?).ok()
 }
 

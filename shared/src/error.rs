@@ -412,6 +412,14 @@ impl PortError {
             Failure::Unreachable(_) => None,
         }
     }
+
+    /// Whether PostgreSQL refused the statement with this SQLSTATE (`23514`: a CHECK;
+    /// `23503`: a foreign key), in the native adapter's rendering (`23514 …`) or the Spin
+    /// host's (`… (SQLSTATE 23514)`).
+    pub fn is_sqlstate(&self, code: &str) -> bool {
+        self.server_message()
+            .is_some_and(|message| message.starts_with(code) || message.contains(&format!("SQLSTATE {code}")))
+    }
 }
 
 /// An unreachable dependency is a 503 naming it (retry later); an error it answered is a

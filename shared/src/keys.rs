@@ -296,12 +296,18 @@ impl Keys {
         format!("{}inventory:hold-qty:{{*}}", self.prefix)
     }
 
-    /// Reads the variant id back out of a `holds` or `hold-qty` key found by SCAN.
+    /// A SCAN pattern matching every variant's stock key in this namespace.
+    pub fn all_stock_pattern(&self) -> String {
+        format!("{}inventory:variant:{{*}}", self.prefix)
+    }
+
+    /// Reads the variant id back out of a `stock`, `holds` or `hold-qty` key found by SCAN.
     pub fn variant_of_holds_key(&self, key: &str) -> Option<VariantId> {
         let rest = key.strip_prefix(&self.prefix)?;
         let id = rest
             .strip_prefix("inventory:holds:{")
-            .or_else(|| rest.strip_prefix("inventory:hold-qty:{"))?
+            .or_else(|| rest.strip_prefix("inventory:hold-qty:{"))
+            .or_else(|| rest.strip_prefix("inventory:variant:{"))?
             .strip_suffix('}')?;
         VariantId::parse(id).ok()
     }
@@ -322,7 +328,8 @@ mod tests {
             assert!(key.ends_with("{var-9}"));
         }
         assert_eq!(keys.variant_of_holds_key(&k.holds), Some(v.clone()));
-        assert_eq!(keys.variant_of_holds_key(&k.hold_qty), Some(v));
+        assert_eq!(keys.variant_of_holds_key(&k.hold_qty), Some(v.clone()));
+        assert_eq!(keys.variant_of_holds_key(&k.stock), Some(v));
     }
 
     #[test]

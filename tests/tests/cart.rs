@@ -626,6 +626,61 @@ async fn an_invalidated_bundle_is_reloaded_from_postgres() {
     app.finish().await;
 }
 
+/// Lists longer than a Redis script can unpack at once (about 8000 values): a bundle set
+/// of 9000 eligible variants is cached whole, and a cart naming 9000 distinct variants is
+/// quoted and checked out.
+#[tokio::test]
+async fn lists_longer_than_a_script_unpacks_at_once_are_read_and_written_whole() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    app.pg
+        .batch_execute(
+            "INSERT INTO products (id, name) VALUES ('many', 'Many');
+             INSERT INTO variants (id, product_id, sku, name, base_price_minor, currency)
+                 SELECT 'm-' || i, 'many', 'M-' || i, 'm', 100, 'EUR' FROM generate_series(0, 8999) i;
+             INSERT INTO inventory_levels (variant_id, on_hand)
+                 SELECT 'm-' || i, 5 FROM generate_series(0, 8999) i;
+             INSERT INTO bundles (id, name, pricing_kind, percent_off_bp) VALUES ('wide', 'Wide', 'percent_off', 1000);
+             INSERT INTO bundle_sets (bundle_id, set_id, choose) VALUES ('wide', 'any', 100);
+             INSERT INTO bundle_set_variants SELECT 'wide', 'any', 'm-' || i FROM generate_series(0, 8999) i;",
+        )
+        .await
+        .unwrap();
+    app.publish_rulesets().await;
+    let shown = app.get("/v1/bundles/wide").await;
+    assert_eq!(shown.status, 200, "{:?}", shown.body["error"]);
+    let mut redis = app.redis.clone();
+    let eligible_key = app.key("bundle:{wide}:eligibility:any");
+    let eligible: i64 = redis::AsyncCommands::scard(&mut redis, &eligible_key)
+        .await
+        .unwrap();
+    let ttl: i64 = redis::AsyncCommands::pttl(&mut redis, &eligible_key)
+        .await
+        .unwrap();
+    assert_eq!(eligible, 9000);
+    assert!(ttl > 0, "{ttl}");
+
+    let cart = app.new_cart().await;
+    for line in 0..90 {
+        let choices: Vec<String> = (line * 100..line * 100 + 100).map(|i| format!("m-{i}")).collect();
+        let added = app
+            .post(
+                &format!("/v1/carts/{cart}/items"),
+                json!({"bundleId": "wide", "choices": {"any": choices}, "quantity": 1}),
+            )
+            .await;
+        assert_eq!(added.status, 200, "line {line}: {:?}", added.body["error"]);
+    }
+    let quoted = app.post("/v1/pricing/quote", json!({ "cartId": cart })).await;
+    assert_eq!(quoted.status, 200, "{:?}", quoted.body["error"]);
+    assert_eq!(quoted.body["total"], 810_000);
+    let started = app.start_checkout(&cart, "wide").await;
+    assert_eq!(started.status, 201, "{:?}", started.body["error"]);
+    assert_eq!(started.body["total"], 810_000);
+    assert_eq!(app.sellable("m-8999").await, 4);
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_retried_add_with_an_idempotency_key_adds_once() {
     let app = TestApp::spawn().await;

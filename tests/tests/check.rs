@@ -456,6 +456,88 @@ async fn a_lost_holder_index_is_reported_and_put_back() {
     app.finish().await;
 }
 
+/// A variant deleted from PostgreSQL whose stock Redis still keeps would still be sold:
+/// `check` reports it, and `--repair` and `reconcile` empty it.
+#[tokio::test]
+async fn stock_of_a_variant_deleted_from_the_catalog_is_drift_and_emptied() {
+    let (app, _gateway) = TestApp::shop(3, |c| c).await;
+    let stock_key = app.variant_keys("var-3").stock;
+    let mut redis = app.redis.clone();
+    let stock: i64 = redis.get(&stock_key).await.unwrap();
+    assert!(stock > 0);
+    app.pg
+        .batch_execute(
+            "DELETE FROM bundle_set_variants WHERE variant_id = 'var-3';
+             DELETE FROM price_list_entries WHERE variant_id = 'var-3';
+             DELETE FROM discount_variants WHERE variant_id = 'var-3';
+             DELETE FROM inventory_levels WHERE variant_id = 'var-3';
+             DELETE FROM variants WHERE id = 'var-3';",
+        )
+        .await
+        .unwrap();
+    let drifted = check(&app).await;
+    assert_eq!(kinds(&drifted.body), ["stock var-3"], "{drifted:?}");
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    assert_eq!(repaired.body["ok"], true, "{repaired:?}");
+    let stock: i64 = redis.get(&stock_key).await.unwrap();
+    assert_eq!(stock, 0);
+    let refused = app
+        .reserve(serde_json::json!({"cartId": "ext-gone", "items": [{"variantId": "var-3", "quantity": 1}]}))
+        .await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert!(kinds(&check(&app).await.body).is_empty());
+
+    let _: () = redis.set(&stock_key, 7).await.unwrap();
+    let reconciled = app
+        .call("POST", "/v1/admin/inventory/reconcile", None, Caller::Admin)
+        .await;
+    assert_eq!(
+        (
+            reconciled.body["variants"].clone(),
+            reconciled.body["deleted"].clone()
+        ),
+        (Value::from(2), Value::from(1)),
+        "{reconciled:?}"
+    );
+    let stock: i64 = redis.get(&stock_key).await.unwrap();
+    assert_eq!(stock, 0);
+    app.finish().await;
+}
+
+/// A variant with more live holds than a script can unpack at once (about 8000) is checked
+/// whole: its held total agrees, and a unit missing from it is drift.
+#[tokio::test]
+async fn a_variant_with_thousands_of_holds_is_checked_whole() {
+    let (app, _gateway) = TestApp::shop(1, |c| c).await;
+    assert_eq!(app.set_on_hand("var-1", 10_000).await.status, 200);
+    let keys = app.variant_keys("var-1");
+    let mut redis = app.redis.clone();
+    let (seconds, _): (i64, i64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let deadline = seconds * 1000 + 600_000;
+    let mut pipe = redis::pipe();
+    for i in 0..8500 {
+        let id = commerce_core::ids::ExternalHolderId::parse(&format!("many-{i}")).unwrap();
+        let holder = Holder::External(id);
+        let index = app.keys().holder_holds(&holder);
+        pipe.zadd(&keys.holds, holder.to_string(), deadline)
+            .hset(&keys.hold_qty, holder.to_string(), 1)
+            .sadd(&index, "var-1")
+            .pexpire(&index, 700_000);
+    }
+    pipe.incr(&keys.reserved, 8500);
+    let _: () = pipe.query_async(&mut redis).await.unwrap();
+    let checked = check(&app).await;
+    assert!(kinds(&checked.body).is_empty(), "{:?}", checked.body["drift"]);
+    assert_eq!(app.sellable("var-1").await, 1500);
+
+    let _: () = redis.incr(&keys.reserved, 1).await.unwrap();
+    let drifted = check(&app).await;
+    assert_eq!(kinds(&drifted.body), ["reserved var-1"], "{drifted:?}");
+    app.finish().await;
+}
+
 /// A session cancelled after its holder index was lost still frees what it held: the
 /// variants it froze at its start name them.
 #[tokio::test]

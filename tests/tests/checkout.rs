@@ -1456,6 +1456,74 @@ async fn a_customer_session_paid_before_a_redis_loss_is_ordered_after_the_new_ca
     app.finish().await;
 }
 
+/// A variant deleted from the catalog while a checkout holding it is LOCKED: its payment
+/// intent is refused with 422 `UNKNOWN_VARIANT` naming it (never a 500), and the session is
+/// cancelled: its stock and cart freed, the intent made for it cancelled at the gateway.
+#[tokio::test]
+async fn a_variant_deleted_under_a_locked_checkout_cancels_it_at_its_payment_intent() {
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let before = app.sellable("var-1").await;
+    let cart = app.cart_with(&[("var-1", 1), ("var-2", 2)]).await;
+    let session = app.checkout(&cart, "k-deleted").await;
+    assert_eq!(app.sellable("var-1").await, before - 1);
+    app.pg
+        .batch_execute(
+            "DELETE FROM bundle_set_variants WHERE variant_id = 'var-2';
+             DELETE FROM price_list_entries WHERE variant_id = 'var-2';
+             DELETE FROM discount_variants WHERE variant_id = 'var-2';
+             DELETE FROM inventory_levels WHERE variant_id = 'var-2';
+             DELETE FROM variants WHERE id = 'var-2';",
+        )
+        .await
+        .unwrap();
+    let refused = app.payment_intent(&session, Caller::Anonymous).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (422, "UNKNOWN_VARIANT"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.body["error"]["details"]["variantIds"], json!(["var-2"]));
+    assert_eq!(refused.body["error"]["details"]["state"], "CANCELLED");
+    let again = app.payment_intent(&session, Caller::Anonymous).await;
+    assert_eq!((again.status, again.code()), (409, "CHECKOUT_STATE"), "{again:?}");
+    let shown = app.get(&format!("/v1/checkout/{session}")).await;
+    assert_eq!(shown.body["state"], "CANCELLED", "{shown:?}");
+    assert_eq!(app.sellable("var-1").await, before, "its holds freed");
+    let mut redis = app.redis.clone();
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(lock, None, "its cart unlocked");
+    let intent = gateway.intents()[0].id.clone();
+    assert_eq!(gateway.cancellations(), [intent], "the intent is cancelled");
+    app.finish().await;
+}
+
+/// A checkout that fails on its own (here a bundle's cache damaged by hand: a reply the
+/// server cannot use, a 500) leaves its cart unlocked: only a dependency failure keeps the
+/// lock, for the retry that resumes the session.
+#[tokio::test]
+async fn a_checkout_that_fails_on_its_own_leaves_its_cart_unlocked() {
+    let (app, _gateway) = TestApp::shop(20, |c| c).await;
+    let cart = app
+        .cart_with_lines(&[json!({
+            "bundleId": "bundle-1",
+            "choices": {"tops": ["var-1", "var-2"], "caps": ["var-9"]},
+            "quantity": 1
+        })])
+        .await;
+    let mut redis = app.redis.clone();
+    let sets = app.key("bundle:{bundle-1}:sets");
+    let _: () = redis.del(&sets).await.unwrap();
+    let _: () = redis.set(&sets, "damaged").await.unwrap();
+    let failed = app.start_checkout(&cart, "k-own-failure").await;
+    assert_eq!(failed.status, 500, "{failed:?}");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(lock, None, "the cart is left unlocked");
+    let _: () = redis.del(&sets).await.unwrap();
+    let started = app.start_checkout(&cart, "k-own-failure").await;
+    assert_eq!(started.status, 201, "{started:?}");
+    app.finish().await;
+}
+
 /// A LOCKED session whose frozen cart was lost (its metadata key, alone) can take no
 /// payment: whatever meets it (its payment intent, a new checkout of its cart, a read)
 /// cancels it, freeing its stock and its cart, and asks the gateway for nothing.

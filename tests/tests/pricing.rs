@@ -583,6 +583,106 @@ async fn a_publish_of_rows_no_quote_could_read_is_refused_and_changes_nothing() 
     app.finish().await;
 }
 
+/// A bad row left in PostgreSQL when Redis loses what it served: a lost pointer is put
+/// back on the version served before (its entries still there), so one bad row never turns
+/// quotes into errors; only a loss of those entries too stops quotes, with a 503 that
+/// names no row and is not kept under a checkout's Idempotency-Key, so the same retry
+/// goes through once the row is mended.
+#[tokio::test]
+async fn a_bad_row_never_turns_quotes_into_errors_after_a_redis_loss() {
+    let app = priced_app().await;
+    app.pg
+        .batch_execute(
+            "INSERT INTO price_lists (id, currency, customer_group, parent_id, priority) VALUES
+                 ('huge', 'EUR', 'platinum', NULL, 2147483648);
+             UPDATE discounts SET priority = 3000000000 WHERE id = 'ten-off-var-1';",
+        )
+        .await
+        .unwrap();
+    // Each refused publish uses up a version number.
+    for kind in ["pricing", "discounts", "pricing", "discounts"] {
+        let reply = app
+            .call("POST", &format!("/v1/admin/{kind}/publish"), None, Caller::Admin)
+            .await;
+        assert_eq!(reply.code(), "INVALID_RULESET", "{reply:?}");
+    }
+    let mut redis = app.redis.clone();
+    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+        let _: () = redis.del(app.keys().ruleset_version(kind)).await.unwrap();
+    }
+    let served = quote(&app, lines(&[("var-1", 2)]), None).await;
+    assert_eq!(served.status, 200, "{served:?}");
+    assert_eq!(served.body["versions"], json!({"pricing": 1, "discounts": 1}));
+    assert_eq!(
+        served.body["lines"][0]["discounts"][0]["amount"], 180,
+        "{served:?}"
+    );
+    for kind in [RulesetKind::Pricing, RulesetKind::Discounts] {
+        let pointer: i64 = redis.get(app.keys().ruleset_version(kind)).await.unwrap();
+        assert_eq!(pointer, 1, "{kind:?}");
+    }
+
+    // The version's entries lost too: nothing PostgreSQL's rows can rebuild.
+    for key in app.keys().ruleset_keys(RulesetKind::Pricing, 1) {
+        let _: () = redis.del(key).await.unwrap();
+    }
+    let _: () = redis
+        .del(app.keys().ruleset_version(RulesetKind::Pricing))
+        .await
+        .unwrap();
+    let refused = app
+        .request("POST", "/v1/pricing/quote", Some(lines(&[("var-1", 2)])), &[])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"), "{refused:?}");
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("SERVICE_UNAVAILABLE") && !body.contains("huge"),
+        "{body}"
+    );
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let checkout = app.start_checkout(&cart, "after-a-loss").await;
+    assert_eq!(checkout.status, 503, "{checkout:?}");
+
+    app.pg
+        .batch_execute("DELETE FROM price_lists WHERE id = 'huge';")
+        .await
+        .unwrap();
+    let checkout = app.start_checkout(&cart, "after-a-loss").await;
+    assert_eq!(checkout.status, 201, "the same key, retried: {checkout:?}");
+    assert_eq!(checkout.body["total"], 810, "{checkout:?}");
+    let served = quote(&app, lines(&[("var-1", 2)]), None).await;
+    assert_eq!(served.status, 200, "{served:?}");
+    assert!(
+        served.body["versions"]["pricing"].as_i64().unwrap() > 3,
+        "{served:?}"
+    );
+    assert_eq!(served.body["versions"]["discounts"], 1, "{served:?}");
+    app.finish().await;
+}
+
+/// More order discounts than a Redis script can unpack at once (about 8000): every quote
+/// reads them all (an order discount may apply to any cart) and still answers.
+#[tokio::test]
+async fn thousands_of_order_discounts_are_read_whole() {
+    let app = priced_app().await;
+    app.pg
+        .batch_execute(
+            "INSERT INTO discounts (id, kind, basis_points, target, threshold_minor, priority)
+                 SELECT 'far-' || i, 'percentage', 100, 'order', 900000000000, 0
+                 FROM generate_series(1, 8500) i;",
+        )
+        .await
+        .unwrap();
+    publish(&app, "discounts").await;
+    let served = quote(&app, lines(&[("var-1", 2)]), None).await;
+    assert_eq!(served.status, 200, "{served:?}");
+    assert_eq!(served.body["total"], 1800 - 180, "{served:?}");
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_ruleset_left_in_an_older_encoding_is_republished_not_misread() {
     let app = priced_app().await;

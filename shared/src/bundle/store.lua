@@ -21,7 +21,7 @@ for k = 4, #KEYS do
   redis.call('HSET', KEYS[2], set, choose)
   redis.call('DEL', KEYS[k])
   if count > 0 then
-    redis.call('SADD', KEYS[k], unpack(ARGV, at + 3, at + 2 + count))
+    call_each('SADD', KEYS[k], ARGV, at + 3, at + 2 + count)
     redis.call('PEXPIRE', KEYS[k], ttl)
   end
   at = at + 3 + count

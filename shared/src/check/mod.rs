@@ -104,6 +104,7 @@ pub async fn run<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, repair: bool) ->
     let checker = Checker { app, repair };
     let mut report = CheckReport::default();
     let now = checker.variants(&mut report).await?;
+    checker.deleted_variants(&mut report).await?;
     checker.sessions(&mut report, now).await?;
     checker.paid_sessions(&mut report, now).await?;
     checker.outbox(&mut report).await?;
@@ -170,6 +171,33 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             }
         }
         Ok(now)
+    }
+
+    /// Stock Redis keeps for a variant the catalog no longer has (deleted from PostgreSQL)
+    /// would still be sold: drift, unless it is empty. The repair empties it.
+    async fn deleted_variants(&self, report: &mut CheckReport) -> Result<()> {
+        let inventory = self.inventory();
+        for variant in inventory.deleted_from_catalog().await? {
+            let stock = self
+                .redis("GET", vec![self.app.keys.variant(&variant).stock.into()])
+                .await?;
+            let stock = stock.first().and_then(RedisReply::as_int).unwrap_or(0);
+            if stock == 0 {
+                continue;
+            }
+            let mut repaired = String::new();
+            if self.repair {
+                inventory.empty_deleted(std::slice::from_ref(&variant)).await?;
+                repaired = "stock emptied".into();
+            }
+            report.drift.push(Drift {
+                kind: "stock",
+                subject: variant.to_string(),
+                detail: format!("Redis keeps {stock} on hand for a variant PostgreSQL no longer has"),
+                repaired,
+            });
+        }
+        Ok(())
     }
 
     /// An outside holder's index (`inventory:holder:{H}`) must name every variant it

@@ -20,11 +20,8 @@ for i = 0, #KEYS / 6 - 1 do
   for _, holder in ipairs(redis.call('ZRANGEBYSCORE', holds, '(' .. now, '+inf')) do
     live[#live + 1] = holder
   end
-  local quantities = {}
+  local quantities = call_each('HMGET', hold_qty, live)
   local sum = 0
-  if #live > 0 then
-    quantities = redis.call('HMGET', hold_qty, unpack(live))
-  end
   for j = 1, #live do
     sum = sum + (tonumber(quantities[j]) or 0)
   end

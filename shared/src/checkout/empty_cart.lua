@@ -27,9 +27,7 @@ if same_version and same_life then
   end
 end
 if #lines > 0 then
-  for i = 1, #lines, 1000 do
-    redis.call('HDEL', KEYS[1], unpack(lines, i, math.min(i + 999, #lines)))
-  end
+  call_each('HDEL', KEYS[1], lines)
   redis.call('HSET', KEYS[1], 'lines', 0, 'written', now_written())
   redis.call('HINCRBY', KEYS[1], 'version', 1)
   redis.call('PEXPIRE', KEYS[1], ARGV[5])

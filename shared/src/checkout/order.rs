@@ -212,7 +212,7 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     let rows = match sql.query(WRITE_ORDER, &params).await {
         Ok(rows) => rows,
         // The CHECK behind the guard (23514): treated as the shortage it is.
-        Err(e) if e.server_message().is_some_and(is_check_violation) => Vec::new(),
+        Err(e) if e.is_sqlstate(CHECK_VIOLATION) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     if !rows.is_empty() {
@@ -284,11 +284,8 @@ pub async fn find(sql: &impl Sql, session: &str) -> Result<Option<(String, i64, 
     }))
 }
 
-/// A CHECK constraint refused the statement (SQLSTATE 23514), in the native adapter's
-/// rendering (`23514 …`) or the Spin host's (`… (SQLSTATE 23514)`).
-fn is_check_violation(message: &str) -> bool {
-    message.starts_with("23514") || message.contains("SQLSTATE 23514")
-}
+/// The SQLSTATE of a CHECK constraint's refusal.
+const CHECK_VIOLATION: &str = "23514";
 
 fn parse_changes(rows: &[Vec<SqlValue>]) -> Result<Vec<StockChange>> {
     rows.iter()

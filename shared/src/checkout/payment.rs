@@ -105,7 +105,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 CartRef::Customer(c) => Some(c.as_str()),
                 CartRef::Session(_) => None,
             };
-            paid::save(
+            let saved = paid::save(
                 &self.app.sql,
                 &paid::PaidSession {
                     id: id.as_str(),
@@ -120,7 +120,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     demand: &demand,
                 },
             )
-            .await?;
+            .await;
+            if let Err(refused) = saved {
+                return Err(self.cancel_for_gone_variants(&session, refused).await?);
+            }
             // The cart's lock for as long as the holds (taken back if lost, while the cart is
             // still the one this session froze).
             self.keep_lock(&session, deadline + self.grace_ms(), &FrozenCart::of(&metadata))
@@ -186,6 +189,35 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             message: "the checkout's frozen cart was lost, so it is cancelled: check the cart out again"
                 .into(),
             details: json!({ "sessionId": session.id.as_str(), "state": State::Cancelled.name() }),
+        })
+    }
+
+    /// A LOCKED session that froze a variant the catalog has since deleted can never be
+    /// paid for (PostgreSQL keeps no line naming it): it is cancelled (holds and lock
+    /// freed, the intent just created cancelled at the gateway) and the answer is 422
+    /// `UNKNOWN_VARIANT` naming what is gone. Any other failure is answered as it is.
+    async fn cancel_for_gone_variants(&self, session: &Session, refused: Error) -> Result<Error> {
+        let Error::Unprocessable {
+            code: ErrorCode::UnknownVariant,
+            message,
+            details,
+        } = refused
+        else {
+            return Ok(refused);
+        };
+        let current = self.cancel_lost(session).await?;
+        if current.state != State::Cancelled {
+            return Ok(wrong_state(&current, "take a payment"));
+        }
+        let mut details = details;
+        details["sessionId"] = json!(session.id.as_str());
+        details["state"] = json!(State::Cancelled.name());
+        Ok(Error::Unprocessable {
+            code: ErrorCode::UnknownVariant,
+            message: format!(
+                "{message}: deleted from the catalog since the checkout began, so it is cancelled"
+            ),
+            details,
         })
     }
 

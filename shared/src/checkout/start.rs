@@ -153,9 +153,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         {
             Ok(view) => Ok(view),
             Err(error) => {
-                // Refused (short stock, prices): nothing may stay held for this session. A
-                // dependency failure keeps the lock for the retry that resumes the session.
-                if error.status() < 500 {
+                // Refused (short stock, prices), or failed on its own (a reply we cannot
+                // read): nothing may stay held for this session, nor the cart locked by it.
+                // A dependency failure keeps the lock for the retry that resumes the session.
+                if !matches!(error, Error::Unavailable { .. }) {
                     self.unlock(&lock_key, session.as_str()).await?;
                 }
                 Err(error)

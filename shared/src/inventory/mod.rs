@@ -10,6 +10,8 @@
 
 pub mod routes;
 
+use std::collections::BTreeSet;
+
 use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::json;
@@ -70,6 +72,9 @@ ORDER BY p.id"
 
 /// The levels of the variants named (`$1`), for the lazy load.
 const LEVELS_OF: &str = levels_where!("v.id = ANY($1)");
+
+/// Which of the variants `$1` the catalog has.
+const KNOWN_OF: &str = "SELECT id FROM variants WHERE id = ANY($1)";
 
 /// Which of the sessions `$1` PostgreSQL has ended (with or without an order).
 const ENDED_OF: &str = "SELECT id FROM checkout_sessions WHERE id = ANY($1) AND ended_at IS NOT NULL";
@@ -271,6 +276,21 @@ pub(crate) struct Level {
 pub struct ReconcileReport {
     /// Variants whose Redis stock was rewritten from PostgreSQL.
     pub variants: u64,
+    /// Variants Redis kept stock for that the catalog no longer has: emptied.
+    pub deleted: u64,
+}
+
+impl Level {
+    /// The level of a variant the catalog no longer has: nothing on hand, no limit.
+    fn deleted(variant: &VariantId) -> Self {
+        Self {
+            variant: variant.clone(),
+            on_hand: 0,
+            version: 0,
+            max_per_order: None,
+            holds: Vec::new(),
+        }
+    }
 }
 
 /// The inventory store over a Redis and a PostgreSQL port.
@@ -674,7 +694,56 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             report.variants += read;
             progress(report.variants);
         }
+        let deleted = self.deleted_from_catalog().await?;
+        self.empty_deleted(&deleted).await?;
+        report.deleted = deleted.len() as u64;
         Ok(report)
+    }
+
+    /// The variants whose stock Redis keeps that the catalog no longer has (deleted from
+    /// PostgreSQL since Redis loaded them), found by a walk over the stock keys, asking
+    /// PostgreSQL a page at a time. A walk can meet a key twice: each is named once.
+    pub(crate) async fn deleted_from_catalog(&self) -> Result<Vec<VariantId>> {
+        let mut deleted = BTreeSet::new();
+        let mut scan = Scan::new(self.redis, self.keys.all_stock_pattern(), 500);
+        while let Some(found) = scan.next_page().await? {
+            let ids: Vec<String> = found
+                .iter()
+                .filter_map(|k| self.keys.variant_of_holds_key(k))
+                .map(|v| v.to_string())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let rows = self
+                .sql
+                .query(KNOWN_OF, &[SqlValue::TextArray(ids.clone())])
+                .await?;
+            let known: BTreeSet<&str> = rows.iter().filter_map(|r| r.first()?.as_text()).collect();
+            deleted.extend(
+                ids.iter()
+                    .filter(|id| !known.contains(id.as_str()))
+                    .filter_map(|id| VariantId::parse(id).ok()),
+            );
+        }
+        Ok(deleted.into_iter().collect())
+    }
+
+    /// Empties the stock of variants the catalog no longer has: nothing on hand, whatever
+    /// version Redis applied ('rewind'), so nothing more of them is sold (holds already
+    /// taken stay until released). One created again meanwhile under the same id is
+    /// loaded from PostgreSQL after.
+    pub(crate) async fn empty_deleted(&self, deleted: &[VariantId]) -> Result<()> {
+        if deleted.is_empty() {
+            return Ok(());
+        }
+        let levels: Vec<Level> = deleted.iter().map(Level::deleted).collect();
+        self.load_stock(&levels, "rewind").await?;
+        let back = self.read_levels(deleted).await?;
+        if back.is_empty() {
+            return Ok(());
+        }
+        self.overwrite(back).await
     }
 
     /// One page of every variant's level, in id order after `after` (keyset pagination),

@@ -5,7 +5,5 @@
 -- ARGV     the variant ids (at least one)
 -- Reply: the number of variants
 redis.call('DEL', KEYS[1])
-for i = 1, #ARGV, 1000 do
-  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
-end
+call_each('SADD', KEYS[1], ARGV)
 return #ARGV

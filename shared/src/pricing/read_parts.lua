@@ -3,10 +3,7 @@
 -- appended to the reply's lines in the layout read.lua describes.
 
 local function hmget(key, fields)
-  if #fields == 0 then
-    return {}
-  end
-  return redis.call('HMGET', key, unpack(fields))
+  return call_each('HMGET', key, fields)
 end
 
 -- Appends `list`'s entries to `out`, an empty line where an entry is missing (a nil;
@@ -23,7 +20,14 @@ end
 local function asked(at)
   local n = tonumber(ARGV[at])
   local m = tonumber(ARGV[at + 1 + n])
-  return {unpack(ARGV, at + 1, at + n)}, {unpack(ARGV, at + 2 + n, at + 1 + n + m)}
+  local variants, bundles = {}, {}
+  for i = 1, n do
+    variants[i] = ARGV[at + i]
+  end
+  for i = 1, m do
+    bundles[i] = ARGV[at + 1 + n + i]
+  end
+  return variants, bundles
 end
 
 -- Whether a version's entries are there: every hash a quote reads by field (pricing: prices

@@ -54,6 +54,13 @@ RETURNING version";
 /// The kinds ever published.
 const PUBLISHED_KINDS: &str = "SELECT kind FROM ruleset_versions";
 
+/// The last version number handed out for a kind (`$1`).
+const HANDED_OUT: &str = "SELECT version FROM ruleset_versions WHERE kind = $1";
+
+/// How many of the newest version numbers a republish that PostgreSQL's rows refused
+/// looks through for the version Redis served before (each refused publish uses one up).
+const SEARCHED_VERSIONS: usize = 64;
+
 /// Rows per page when building, and fields per HSET.
 const PAGE: i64 = 1000;
 /// How much longer than a checkout session a replaced version stays readable.
@@ -731,8 +738,10 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
             }
             // Nothing was served, so no checkout can be reading a replaced version.
             if let Err(e) = self.publish(kind, 0).await {
-                outcome = Err(e);
-                break;
+                outcome = self.serve_last(kind, e).await;
+                if outcome.is_err() {
+                    break;
+                }
             }
         }
         self.redis("DEL", vec![lock.into()]).await?;
@@ -775,17 +784,86 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
         let Some(version) = pointer.first().and_then(RedisReply::as_int) else {
             return Ok(false);
         };
-        // The hashes that always exist once published, each holding the `:hashtable` field
-        // (see `read_parts.lua`): all but the price lists.
-        let keys = self.keys.ruleset_keys(kind, version);
-        let marked = match kind {
-            RulesetKind::Pricing => &keys[1..],
-            RulesetKind::Discounts => &keys[..],
-        };
+        self.whole(kind, version).await
+    }
+
+    /// Whether every hash of a version that always exists once published is there, each
+    /// holding the `:hashtable` field (see `read_parts.lua`): all but the price lists.
+    async fn whole(&self, kind: RulesetKind, version: i64) -> Result<bool> {
+        let marked = self.marked(kind, version);
         let exists = self
             .redis("EXISTS", marked.iter().map(|k| k.as_str().into()).collect())
             .await?;
         Ok(exists.first().and_then(RedisReply::as_int) == Some(marked.len() as i64))
+    }
+
+    /// The hashes of a version that always exist once it is published (one slot: they
+    /// share the version's hash tag).
+    fn marked(&self, kind: RulesetKind, version: i64) -> Vec<String> {
+        let mut keys = self.keys.ruleset_keys(kind, version);
+        if kind == RulesetKind::Pricing {
+            keys.remove(0);
+        }
+        keys
+    }
+
+    /// A republish that PostgreSQL's rows refused (one no quote can serve, written since
+    /// the last publish): the version Redis served before is served again if its entries
+    /// are all still there (only its pointer was lost), so one bad row never turns quotes
+    /// into errors. If they are gone too, the answer is a 503: the shop cannot quote until
+    /// an admin mends the rows, which the admin's own publish names (a shopper is not told
+    /// them, nor told with a 422 that their request was wrong).
+    async fn serve_last(&self, kind: RulesetKind, refused: Error) -> Result<()> {
+        if !matches!(
+            &refused,
+            Error::Unprocessable {
+                code: ErrorCode::InvalidRuleset,
+                ..
+            }
+        ) {
+            return Err(refused);
+        }
+        if let Some(version) = self.last_served(kind).await? {
+            let keys = self.keys.ruleset_keys(kind, version);
+            if self.redis.is_cluster() {
+                self.switch_per_slot(kind, version, &keys, REPLACED_MARGIN_MS)
+                    .await?;
+            } else {
+                self.switch(kind, version, &keys, REPLACED_MARGIN_MS).await?;
+            }
+            return Ok(());
+        }
+        Err(Error::Unavailable {
+            dependency: "rulesets",
+            message: format!(
+                "the {} ruleset Redis served was lost, and PostgreSQL now holds rows no quote \
+                 can serve: an admin's POST /v1/admin/{}/publish names them",
+                kind.name(),
+                kind.name()
+            ),
+        })
+    }
+
+    /// The newest version PostgreSQL handed out (of the last [`SEARCHED_VERSIONS`]) whose
+    /// entries Redis keeps whole and for good: the one it served last. A replaced version
+    /// has an expiry, and so has one still being built; a refused one was deleted.
+    async fn last_served(&self, kind: RulesetKind) -> Result<Option<i64>> {
+        let rows = self
+            .sql
+            .query(HANDED_OUT, &[SqlValue::Text(kind.name().to_owned())])
+            .await?;
+        let newest = rows.first().and_then(|r| r.first()?.as_int()).unwrap_or(0);
+        for version in (1..=newest).rev().take(SEARCHED_VERSIONS) {
+            if !self.whole(kind, version).await? {
+                continue;
+            }
+            let marked = self.marked(kind, version);
+            let ttl = self.redis("PTTL", vec![marked[0].as_str().into()]).await?;
+            if ttl.first().and_then(RedisReply::as_int) == Some(-1) {
+                return Ok(Some(version));
+            }
+        }
+        Ok(None)
     }
 }
 

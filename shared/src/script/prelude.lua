@@ -17,3 +17,21 @@ local function now_written()
   return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
 
+-- Runs `command key list[first..last]` (the whole list without bounds) a thousand values
+-- at a time, and returns the replies' elements joined, in order (HMGET's, say): Lua's
+-- unpack gives at most about 8000 values, and a cart, a bundle set or a variant's holds
+-- may name more.
+local function call_each(command, key, list, first, last)
+  first, last = first or 1, last or #list
+  local joined = {}
+  for i = first, last, 1000 do
+    local reply = redis.call(command, key, unpack(list, i, math.min(i + 999, last)))
+    if type(reply) == 'table' then
+      for j = 1, #reply do
+        joined[#joined + 1] = reply[j]
+      end
+    end
+  end
+  return joined
+end
+

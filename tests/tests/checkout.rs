@@ -1338,6 +1338,48 @@ async fn a_session_redis_remembers_from_before_its_order_is_finished_not_expired
     app.finish().await;
 }
 
+/// A failure event and the success event of the same intent arriving together (a card
+/// declined, then a good one, on one intent; events come in any order): the session ends
+/// in one order and no refund, and it went through PAYMENT_CONFIRMED; never FAILED with
+/// its order, nor ordered and refunded.
+#[tokio::test]
+async fn a_failure_event_racing_the_success_of_its_intent_never_fails_the_paid_session() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    for round in 0..12 {
+        let paying = app
+            .paying_session(&[("var-1", 1)], &format!("k-race-{round}"))
+            .await;
+        let failed = gateway.event("payment_intent.payment_failed", &paying.intent);
+        let succeeded = gateway.event("payment_intent.succeeded", &paying.intent);
+        let (_, (status, _)) = tokio::join!(
+            gateway.deliver(&app.base, &failed),
+            gateway.deliver(&app.base, &succeeded)
+        );
+        assert_eq!(status, 200, "round {round}");
+        let seen = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+        assert_eq!(seen.body["state"], "COMPLETED", "round {round}: {seen:?}");
+        let states: Vec<&str> = seen.body["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h["state"].as_str())
+            .collect();
+        assert!(states.contains(&"PAYMENT_CONFIRMED"), "round {round}: {states:?}");
+    }
+    assert_eq!(count(&app, "SELECT count(*) FROM orders").await, 12);
+    assert_eq!(count(&app, "SELECT count(*) FROM payment_outbox").await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM checkout_sessions WHERE ended_state IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    nothing_held(&app).await;
+    app.finish().await;
+}
+
 /// A session that lost its cart's lock before its payment intent, while a second checkout
 /// of the cart was made and ordered, cannot take the lock back for a cart that is no longer
 /// the one it froze: its payment intent is refused and it is cancelled.

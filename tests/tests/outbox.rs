@@ -442,6 +442,50 @@ async fn a_session_nobody_meets_after_its_deadline_is_ended_by_the_sweep() {
     app.finish().await;
 }
 
+/// A session whose payment was confirmed but whose order was never written (the webhook's
+/// request cut short right after its move to PAYMENT_CONFIRMED, as on a Spin host whose
+/// Redis answered late; no delivery of the event since) is not left paid with neither an
+/// order nor a refund: once past its deadline, the sweep places its order.
+#[tokio::test]
+async fn a_paid_session_whose_order_was_cut_short_is_ordered_by_the_sweep() {
+    use redis::AsyncCommands;
+    let (app, gateway) = shop(|c| c.set("checkout_session_ttl_seconds", "1")).await;
+    let on_hand = app.pg_on_hand("var-1").await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-cut-short").await;
+    assert!(gateway.succeed(&paying.intent));
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .hset(app.session_key(&paying.session), "state", "PAYMENT_CONFIRMED")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let swept = app.cli(&["sweep"]);
+    assert!(
+        swept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&swept.stderr)
+    );
+    assert_eq!(
+        app.stored_state(&paying.session).await.as_deref(),
+        Some("COMPLETED")
+    );
+    let orders = app
+        .pg
+        .query_one(
+            "SELECT count(*) FROM orders WHERE payment_intent_id = $1",
+            &[&paying.intent],
+        )
+        .await
+        .unwrap();
+    assert_eq!(orders.get::<_, i64>(0), 1);
+    assert_eq!(app.pg_on_hand("var-1").await, on_hand - 2);
+    assert!(gateway.refunds().is_empty(), "{:?}", gateway.refunds());
+    assert!(gateway.cancellations().is_empty());
+    let lock: Option<String> = redis.get(app.cart_lock_key(&paying.cart)).await.unwrap();
+    assert_eq!(lock, None, "its cart is free");
+    app.finish().await;
+}
+
 /// The same without any command: `commerce serve` ends overdue sessions with each periodic
 /// outbox pass.
 #[tokio::test]

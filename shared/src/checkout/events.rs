@@ -137,12 +137,19 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 ..EventOutcome::of(Some(id))
             });
         }
-        let (tag, session) = self.transition(id, State::Failed, None, &[]).await?;
+        // Only from the state read: the success event of the same intent may confirm the
+        // session meanwhile (events arrive out of order, and close together), and then its
+        // order decides, never this failure.
+        let read = session.state.name();
+        let (tag, session, _) = self
+            .transition_with(id, State::Failed, None, &[], &[("state", read)], &[])
+            .await?;
         if matches!(tag.as_str(), "OK" | "SAME") {
             self.release(&session, true).await?;
         }
         Ok(EventOutcome {
             state: Some(session.state.name()),
+            ignored: (tag == "GUARD").then(|| "the session's payment was confirmed meanwhile".into()),
             ..EventOutcome::of(Some(id))
         })
     }
@@ -357,6 +364,26 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// cannot cover the order or its cart is another checkout's (that one holds its lock,
     /// or the same frozen cart was ordered by it), to FAILED with the payment refunded. `metadata`: the frozen
     /// metadata where the caller already read it (the hot path of `confirm`).
+    /// Places the order of a session whose payment was confirmed but whose order was never
+    /// written (the webhook's request was cut short after its move to PAYMENT_CONFIRMED,
+    /// and no delivery of the event came since), as the next delivery of its event would:
+    /// ordered, or, if PostgreSQL's on-hand cannot cover it now, FAILED and refunded.
+    pub(super) async fn resume_confirmed(&self, session: Session) -> Result<()> {
+        let Some(intent) = session.intent.clone() else {
+            return Ok(());
+        };
+        let event = gateway::WebhookEvent {
+            id: format!("resumed:{}", session.id),
+            kind: gateway::EventKind::PaymentSucceeded,
+            intent_id: intent.clone(),
+            session_id: Some(session.id.to_string()),
+            amount: session.total.minor,
+            currency: session.total.currency.to_string(),
+        };
+        self.place_order(session, None, &intent, &event).await?;
+        Ok(())
+    }
+
     async fn place_order(
         &self,
         mut session: Session,

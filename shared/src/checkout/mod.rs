@@ -377,7 +377,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// gateway. Candidates are PostgreSQL's live copies (every session with a payment
     /// intent has one) past their deadline by this process's clock; the expiry itself is
     /// decided by the session script on the Redis clock, as always. One left ended in
-    /// Redis but live in PostgreSQL (a crash between the two) is ended there too. At most
+    /// Redis but live in PostgreSQL (a crash between the two) is ended there too, and one
+    /// whose payment was confirmed but whose order was never written is ordered. At most
     /// `limit` sessions per call, the oldest deadlines first; returns how many it ended.
     pub async fn expire_overdue(&self, limit: i64) -> Result<u64> {
         let now = crate::clock::wall_clock_ms();
@@ -412,6 +413,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // payment goes back as a refund, and its intent is not also cancelled.
             if matches!(session.state, State::Expired | State::Cancelled | State::Failed) {
                 self.release(&session, session.state != State::Failed).await?;
+                ended += 1;
+            } else if session.state == State::PaymentConfirmed {
+                // Paid, with no order (its webhook's request cut short after the move, and no
+                // delivery since): met now, as the next delivery would meet it, so it ends
+                // in its order or its refund, never in neither.
+                self.resume_confirmed(session).await?;
                 ended += 1;
             }
         }

@@ -251,6 +251,60 @@ async fn a_paid_session_redis_lost_is_reported_and_put_back() {
     app.finish().await;
 }
 
+/// A session Redis shows paid but not ordered although PostgreSQL wrote its order longer
+/// ago than a request may run (here Redis restored from a copy taken before the order, as
+/// a webhook cut short after the order's statement also leaves it) still holds the units
+/// its order took: `session-ordered` drift, which the repair finishes.
+#[tokio::test]
+async fn a_paid_session_left_unfinished_after_its_order_is_drift_and_finished() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-unfinished").await;
+    let before_order = app.redis_snapshot().await;
+    let (status, done) = app.intent_paid(&gateway, &paying.intent).await;
+    assert_eq!(
+        (status, done["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{done}"
+    );
+    let mut redis = app.redis.clone();
+    for (key, dump) in &before_order {
+        let _: () = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(dump.as_slice())
+            .arg("REPLACE")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let _: () = redis
+        .hset(app.session_key(&paying.session), "state", "PAYMENT_CONFIRMED")
+        .await
+        .unwrap();
+    let subject = format!("session-ordered {}", paying.session);
+    assert!(
+        !kinds(&check(&app).await.body).contains(&subject),
+        "an order just written may still be finishing"
+    );
+    app.pg
+        .batch_execute("UPDATE orders SET created_at = now() - interval '1 minute'")
+        .await
+        .unwrap();
+    let drifted = check(&app).await;
+    assert!(kinds(&drifted.body).contains(&subject), "{drifted:?}");
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    assert_eq!(repaired.body["ok"], true, "{repaired:?}");
+    assert_eq!(
+        app.stored_state(&paying.session).await.as_deref(),
+        Some("COMPLETED")
+    );
+    assert_eq!(app.sellable("var-1").await, 98, "the order's units counted once");
+    assert_eq!(check(&app).await.body["ok"], true);
+    app.finish().await;
+}
+
 /// A hold whose deadline was lost (its entry in the holds set deleted by hand, beside
 /// other holds' entries: a whole set lost is dropped by the next operation) would never
 /// expire; the check reports the reserved total it keeps up, and the repair drops it.

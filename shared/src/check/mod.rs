@@ -47,6 +47,10 @@ WHERE s.ended_at IS NULL AND s.holds_deadline_ms > $1
   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.checkout_session_id = s.id)";
 
 /// Refunds and cancellations the gateway has not accepted yet: how many, the oldest's age.
+/// How long ago (ms) PostgreSQL wrote the order of session `$1` (no row: none).
+const ORDER_AGE: &str = "\
+SELECT (extract(epoch FROM now() - created_at) * 1000)::bigint FROM orders WHERE checkout_session_id = $1";
+
 const OUTBOX_BACKLOG: &str = "\
 SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::bigint, 0)
 FROM payment_outbox WHERE state = 'pending'";
@@ -56,8 +60,9 @@ FROM payment_outbox WHERE state = 'pending'";
 #[serde(rename_all = "camelCase")]
 pub struct Drift {
     /// What kind: `stock`, `max-per-order`, `unmirrored`, `reserved`, `negative`,
-    /// `orphan-hold`, `holder-index`, `session-lock`, `session-holds`, `paid-session-holds`,
-    /// `paid-session-missing`, `paid-session-ended`, `outbox`, `ruleset`.
+    /// `orphan-hold`, `holder-index`, `session-lock`, `session-holds`, `session-ordered`,
+    /// `paid-session-holds`, `paid-session-missing`, `paid-session-ended`, `outbox`,
+    /// `ruleset`.
     pub kind: &'static str,
     /// What it is about (a variant, a session, a holder).
     pub subject: String,
@@ -171,6 +176,42 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
             }
         }
         Ok(now)
+    }
+
+    /// A paid session Redis shows between its payment and its order's end
+    /// (PAYMENT_CONFIRMED, ORDER_CREATED). While its webhook runs that is no drift; one
+    /// whose order PostgreSQL wrote longer ago than a request may run (the webhook's request
+    /// cut short after the order's statement) still holds the units its order took, so they
+    /// are counted twice until its holds end: drift, and the repair finishes it as a read
+    /// of it would (stock committed, cart emptied, lock released). One without an order is
+    /// the sweep's, once past its deadline.
+    async fn check_unfinished(&self, report: &mut CheckReport, id: &str, state: &str) -> Result<()> {
+        let Ok(session) = SessionId::parse(id) else {
+            return Ok(());
+        };
+        let rows = self.sql(ORDER_AGE, &[SqlValue::Text(id.to_owned())]).await?;
+        let Some(age_ms) = rows.first().and_then(|r| r.first()?.as_int()) else {
+            return Ok(());
+        };
+        let request_timeout = i64::try_from(self.app.settings.request_timeout_ms).unwrap_or(i64::MAX);
+        if age_ms <= request_timeout {
+            return Ok(());
+        }
+        let mut repaired = String::new();
+        if self.repair {
+            let state = Checkouts::new(self.app).meet(&session).await?;
+            repaired = format!("met as a read of it would: {state}");
+        }
+        report.drift.push(Drift {
+            kind: "session-ordered",
+            subject: id.to_owned(),
+            detail: format!(
+                "{state} in Redis, but its order was written in PostgreSQL {} s ago: its holds count the units the order took",
+                age_ms / 1000
+            ),
+            repaired,
+        });
+        Ok(())
     }
 
     /// Stock Redis keeps for a variant the catalog no longer has (deleted from PostgreSQL)
@@ -533,6 +574,9 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         ) else {
             return Ok(());
         };
+        if matches!(state, "PAYMENT_CONFIRMED" | "ORDER_CREATED") {
+            return self.check_unfinished(report, id, state).await;
+        }
         if !matches!(state, "LOCKED" | "PAYMENT_PENDING") || deadline <= now {
             return Ok(());
         }

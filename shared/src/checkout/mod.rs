@@ -715,6 +715,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok((tag, session, values))
     }
 
+    /// Meets a session as a read of it would (`commerce check --repair`): one Redis shows
+    /// before its order's end whose order PostgreSQL has is finished. Its state after.
+    pub(crate) async fn meet(&self, id: &SessionId) -> Result<State> {
+        Ok(self.load(id).await?.state)
+    }
+
     /// The session, with its frozen quote, for a caller the session answers.
     pub async fn get(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
         let mut session = self.load(id).await?;

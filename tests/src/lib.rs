@@ -582,6 +582,22 @@ impl TestApp {
         self.inventory().reconcile(|_| {}).await.unwrap();
     }
 
+    /// Deletes a variant from the catalog in PostgreSQL, with the rows that name it (bundle
+    /// sets, price list entries, discount targets, its level), as an admin may.
+    pub async fn delete_variant(&self, variant: &str) {
+        let mut statements = String::new();
+        for table in [
+            "bundle_set_variants",
+            "price_list_entries",
+            "discount_variants",
+            "inventory_levels",
+        ] {
+            statements.push_str(&format!("DELETE FROM {table} WHERE variant_id = '{variant}';"));
+        }
+        statements.push_str(&format!("DELETE FROM variants WHERE id = '{variant}';"));
+        self.pg.batch_execute(&statements).await.unwrap();
+    }
+
     /// Sets a variant's on-hand through the admin route.
     pub async fn set_on_hand(&self, variant: &str, on_hand: i64) -> Reply {
         self.call(

@@ -519,16 +519,7 @@ async fn stock_of_a_variant_deleted_from_the_catalog_is_drift_and_emptied() {
     let mut redis = app.redis.clone();
     let stock: i64 = redis.get(&stock_key).await.unwrap();
     assert!(stock > 0);
-    app.pg
-        .batch_execute(
-            "DELETE FROM bundle_set_variants WHERE variant_id = 'var-3';
-             DELETE FROM price_list_entries WHERE variant_id = 'var-3';
-             DELETE FROM discount_variants WHERE variant_id = 'var-3';
-             DELETE FROM inventory_levels WHERE variant_id = 'var-3';
-             DELETE FROM variants WHERE id = 'var-3';",
-        )
-        .await
-        .unwrap();
+    app.delete_variant("var-3").await;
     let drifted = check(&app).await;
     assert_eq!(kinds(&drifted.body), ["stock var-3"], "{drifted:?}");
     let repaired = app

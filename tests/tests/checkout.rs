@@ -1508,16 +1508,7 @@ async fn a_variant_deleted_under_a_locked_checkout_cancels_it_at_its_payment_int
     let cart = app.cart_with(&[("var-1", 1), ("var-2", 2)]).await;
     let session = app.checkout(&cart, "k-deleted").await;
     assert_eq!(app.sellable("var-1").await, before - 1);
-    app.pg
-        .batch_execute(
-            "DELETE FROM bundle_set_variants WHERE variant_id = 'var-2';
-             DELETE FROM price_list_entries WHERE variant_id = 'var-2';
-             DELETE FROM discount_variants WHERE variant_id = 'var-2';
-             DELETE FROM inventory_levels WHERE variant_id = 'var-2';
-             DELETE FROM variants WHERE id = 'var-2';",
-        )
-        .await
-        .unwrap();
+    app.delete_variant("var-2").await;
     let refused = app.payment_intent(&session, Caller::Anonymous).await;
     assert_eq!(
         (refused.status, refused.code()),

@@ -169,13 +169,16 @@ async fn every_command_of_the_scripts_is_granted_to_the_app_user() {
                 pending.push(path);
             } else if path.extension().is_some_and(|e| e == "lua") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                for call in text.split("redis.call(").skip(1) {
-                    let name: String = call
-                        .trim_start_matches(['\'', '"'])
-                        .chars()
-                        .take_while(char::is_ascii_alphabetic)
-                        .collect();
-                    commands.insert(name.to_ascii_uppercase());
+                // A command named where it is called, directly or through the prelude's
+                // `call_each` (whose own `redis.call(command, …)` names none).
+                for opening in ["redis.call(", "call_each("] {
+                    for call in text.split(opening).skip(1) {
+                        let Some(quoted) = call.strip_prefix(['\'', '"']) else {
+                            continue;
+                        };
+                        let name: String = quoted.chars().take_while(char::is_ascii_alphabetic).collect();
+                        commands.insert(name.to_ascii_uppercase());
+                    }
                 }
             }
         }

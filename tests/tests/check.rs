@@ -548,6 +548,10 @@ async fn stock_of_a_variant_deleted_from_the_catalog_is_drift_and_emptied() {
     );
     let stock: i64 = redis.get(&stock_key).await.unwrap();
     assert_eq!(stock, 0);
+    let again = app
+        .call("POST", "/v1/admin/inventory/reconcile", None, Caller::Admin)
+        .await;
+    assert_eq!(again.body["deleted"], 0, "already empty: {again:?}");
     app.finish().await;
 }
 

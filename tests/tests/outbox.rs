@@ -18,6 +18,16 @@ async fn shop(configure: impl FnOnce(EnvConfig) -> EnvConfig) -> (TestApp, FakeG
     TestApp::shop(3, |c| configure(c.set("outbox_drain_interval_ms", "0"))).await
 }
 
+/// Runs `commerce <command>` configured as the app, to completion, while this test's
+/// runtime goes on serving the in-process gateway it calls; what it said.
+async fn run(app: &TestApp, command: &str) -> String {
+    let (status, said) = commerce_tests::faults::run_commerce(app, &[], &[command], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(status.success(), "{said}");
+    said
+}
+
 /// An intent made at the gateway for `session` outside checkout (a second payment the
 /// customer started), paid.
 async fn paid_intent(app: &TestApp, gateway: &FakeGateway, session: &str, amount: i64) -> String {
@@ -430,13 +440,10 @@ async fn a_session_nobody_meets_after_its_deadline_is_ended_by_the_sweep() {
     let (app, gateway) = shop(|c| c.set("checkout_session_ttl_seconds", "1")).await;
     let paying = app.paying_session(&[("var-1", 2)], "k-abandoned").await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let swept = app.cli(&["sweep"]);
-    let said = String::from_utf8_lossy(&swept.stderr).into_owned();
-    assert!(swept.status.success(), "{said}");
+    let said = run(&app, "sweep").await;
     assert!(said.contains("1 overdue checkout session(s) ended"), "{said}");
     assert_abandoned_session_ended(&app, &gateway, &paying).await;
-    let again = app.cli(&["sweep"]);
-    let said = String::from_utf8_lossy(&again.stderr).into_owned();
+    let said = run(&app, "sweep").await;
     assert!(said.contains("0 overdue checkout session(s) ended"), "{said}");
     assert_eq!(gateway.cancellations().len(), 1);
     app.finish().await;
@@ -459,12 +466,7 @@ async fn a_paid_session_whose_order_was_cut_short_is_ordered_by_the_sweep() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let swept = app.cli(&["sweep"]);
-    assert!(
-        swept.status.success(),
-        "{}",
-        String::from_utf8_lossy(&swept.stderr)
-    );
+    run(&app, "sweep").await;
     assert_eq!(
         app.stored_state(&paying.session).await.as_deref(),
         Some("COMPLETED")
@@ -483,6 +485,79 @@ async fn a_paid_session_whose_order_was_cut_short_is_ordered_by_the_sweep() {
     assert!(gateway.cancellations().is_empty());
     let lock: Option<String> = redis.get(app.cart_lock_key(&paying.cart)).await.unwrap();
     assert_eq!(lock, None, "its cart is free");
+    app.finish().await;
+}
+
+/// The same once its holds have ended (its deadline, the grace and the longest a request
+/// may run all passed): its unit may have been held again since (here by another shopper),
+/// so its payment goes back instead of becoming an order over that hold.
+#[tokio::test]
+async fn a_paid_session_met_after_its_holds_ended_is_refunded_not_ordered() {
+    use redis::AsyncCommands;
+    let (app, gateway) = shop(|c| {
+        c.set("checkout_session_ttl_seconds", "1")
+            .set("hold_grace_seconds", "1")
+            .set("redis_timeout_ms", "1000")
+            .set("database_timeout_ms", "1000")
+            .set("gateway_timeout_ms", "1000")
+    })
+    .await;
+    assert_eq!(app.set_on_hand("var-1", 1).await.status, 200);
+    let first = app.paying_session(&[("var-1", 1)], "k-late-1").await;
+    assert!(gateway.succeed(&first.intent));
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .hset(app.session_key(&first.session), "state", "PAYMENT_CONFIRMED")
+        .await
+        .unwrap();
+    // Past its deadline (1 s), the grace (1 s) and the request timeout (3 s).
+    tokio::time::sleep(Duration::from_millis(5300)).await;
+    let second = app.paying_session(&[("var-1", 1)], "k-late-2").await;
+    run(&app, "sweep").await;
+    assert_eq!(app.stored_state(&first.session).await.as_deref(), Some("FAILED"));
+    let refunded: Vec<String> = gateway.refunds().into_iter().map(|r| r.payment_intent).collect();
+    assert_eq!(refunded, std::slice::from_ref(&first.intent));
+    assert_eq!(app.pg_on_hand("var-1").await, 1, "not ordered");
+    let held: Option<i64> = redis
+        .hget(
+            app.variant_keys("var-1").hold_qty,
+            app.session_holder(&second.session),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, Some(1), "the second shopper's hold stands");
+    app.finish().await;
+}
+
+/// A paid session left FAILED before its refund was written (its request cut short between
+/// the two) is not ended with neither an order nor a refund: the sweep cancels its intent,
+/// and the outbox, finding it paid, refunds it instead.
+#[tokio::test]
+async fn a_paid_session_failed_without_its_refund_is_refunded_by_the_sweep() {
+    use redis::AsyncCommands;
+    let (app, gateway) = shop(|c| c.set("checkout_session_ttl_seconds", "1")).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-failed-short").await;
+    assert!(gateway.succeed(&paying.intent));
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .hset(app.session_key(&paying.session), "state", "FAILED")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    run(&app, "sweep").await;
+    run(&app, "drain").await;
+    let refunded: Vec<(String, i64)> = gateway
+        .refunds()
+        .into_iter()
+        .map(|r| (r.payment_intent, r.amount))
+        .collect();
+    assert_eq!(refunded, [(paying.intent.clone(), paying.amount)]);
+    let orders = app
+        .pg
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap();
+    assert_eq!(orders.get::<_, i64>(0), 0);
     app.finish().await;
 }
 

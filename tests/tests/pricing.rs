@@ -645,6 +645,8 @@ async fn a_bad_row_never_turns_quotes_into_errors_after_a_redis_loss() {
     let cart = app.cart_with(&[("var-1", 1)]).await;
     let checkout = app.start_checkout(&cart, "after-a-loss").await;
     assert_eq!(checkout.status, 503, "{checkout:?}");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(lock, None, "nothing held, so the cart is left free");
 
     app.pg
         .batch_execute("DELETE FROM price_lists WHERE id = 'huge';")

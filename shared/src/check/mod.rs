@@ -227,8 +227,12 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 continue;
             }
             let mut repaired = String::new();
-            if self.repair {
-                inventory.empty_deleted(std::slice::from_ref(&variant)).await?;
+            if self.repair
+                && !inventory
+                    .empty_deleted(std::slice::from_ref(&variant))
+                    .await?
+                    .is_empty()
+            {
                 repaired = "stock emptied".into();
             }
             report.drift.push(Drift {

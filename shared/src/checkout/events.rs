@@ -149,7 +149,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
         Ok(EventOutcome {
             state: Some(session.state.name()),
-            ignored: (tag == "GUARD").then(|| "the session's payment was confirmed meanwhile".into()),
+            ignored: (tag == "GUARD").then(|| "the session moved on meanwhile".into()),
             ..EventOutcome::of(Some(id))
         })
     }
@@ -231,6 +231,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         if let Some(reason) = reason {
             return self.refund(&session, event, reason).await;
         }
+        let entered_confirmed = session.state == State::PaymentConfirmed;
         let mut session = session;
         if session.state == State::Locked {
             // The intent was created but the move to PAYMENT_PENDING was lost (a crash).
@@ -247,6 +248,32 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 return self.refund(&moved, event, "the checkout had ended").await;
             }
             session = moved;
+        }
+        if entered_confirmed {
+            return self.place_confirmed(session, event).await;
+        }
+        self.place_order(session, None, &event.intent_id, event).await
+    }
+
+    /// Places the order of a session met already PAYMENT_CONFIRMED (a later delivery of its
+    /// event, or the sweep meeting one whose webhook was cut short), unless its holds have
+    /// ended: past its deadline, the grace and the longest a request may run (so no
+    /// delivery that confirmed it in time can still be writing its order), their units may
+    /// have been held or sold again since, so its payment goes back instead of becoming an
+    /// order (README "One deadline"), unless PostgreSQL has its order already.
+    async fn place_confirmed(&self, session: Session, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
+        let request_ms = i64::try_from(self.app.settings.request_timeout_ms).unwrap_or(i64::MAX);
+        let holds_ended = session
+            .deadline_ms
+            .saturating_add(self.grace_ms())
+            .saturating_add(request_ms);
+        if self.redis_now_ms().await? > holds_ended {
+            let ordered = order::find(&self.app.sql, session.id.as_str()).await?;
+            if ordered.is_none_or(|(_, _, intent)| intent != event.intent_id) {
+                let reason =
+                    "its holds ended before its order was placed, so its units may have been sold again";
+                return self.fail_paid(&session.id, event, reason).await;
+            }
         }
         self.place_order(session, None, &event.intent_id, event).await
     }
@@ -364,10 +391,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// cannot cover the order or its cart is another checkout's (that one holds its lock,
     /// or the same frozen cart was ordered by it), to FAILED with the payment refunded. `metadata`: the frozen
     /// metadata where the caller already read it (the hot path of `confirm`).
-    /// Places the order of a session whose payment was confirmed but whose order was never
-    /// written (the webhook's request was cut short after its move to PAYMENT_CONFIRMED,
-    /// and no delivery of the event came since), as the next delivery of its event would:
-    /// ordered, or, if PostgreSQL's on-hand cannot cover it now, FAILED and refunded.
+    /// Meets a session whose payment was confirmed but whose order was never written (the
+    /// webhook's request was cut short after its move to PAYMENT_CONFIRMED, and no delivery
+    /// of the event came since) as the next delivery of its event would: ordered, or FAILED
+    /// and refunded if its holds have ended ([`Self::place_confirmed`]) or PostgreSQL's
+    /// on-hand cannot cover it now.
     pub(super) async fn resume_confirmed(&self, session: Session) -> Result<()> {
         let Some(intent) = session.intent.clone() else {
             return Ok(());
@@ -380,7 +408,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             amount: session.total.minor,
             currency: session.total.currency.to_string(),
         };
-        self.place_order(session, None, &intent, &event).await?;
+        self.place_confirmed(session, &event).await?;
         Ok(())
     }
 
@@ -391,7 +419,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         intent: &str,
         event: &gateway::WebhookEvent,
     ) -> Result<EventOutcome> {
-        let order_id = format!("ord_{}", session.id.as_str().trim_start_matches("cs_"));
+        let mut order_id = order::id_of(session.id.as_str());
         // The frozen metadata, read once for the steps below (unless the caller had it).
         let metadata = match metadata {
             Some(metadata) => metadata,
@@ -448,7 +476,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             )
             .await?;
             match written {
-                order::Written::Placed(written) => changes = Some(written),
+                order::Written::Placed(id, written) => {
+                    // Written by an earlier attempt: its id as PostgreSQL keeps it.
+                    order_id = id;
+                    changes = Some(written);
+                }
                 order::Written::Refused(shortages) => {
                     let reason = "on-hand stock could not cover the order";
                     let mut answer = self.fail_paid(&session.id, event, reason).await?;

@@ -66,6 +66,9 @@ SELECT id FROM checkout_sessions
 WHERE ended_at IS NULL AND holds_deadline_ms < $1 AND deadline_ms < $2
 ORDER BY holds_deadline_ms LIMIT $3";
 
+/// The refund the outbox owes for the payment intent `$1`, if any.
+const REFUND_OF: &str = "SELECT 1 FROM payment_outbox WHERE kind = 'refund' AND payment_intent_id = $1";
+
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -412,7 +415,12 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             // copy of one that Redis had ended before. A failed session was paid: its
             // payment goes back as a refund, and its intent is not also cancelled.
             if matches!(session.state, State::Expired | State::Cancelled | State::Failed) {
-                self.release(&session, session.state != State::Failed).await?;
+                // A failed session that owes no refund has its intent cancelled too: one
+                // paid whose refund was never written (its request cut short between the
+                // move to FAILED and the refund) is refunded instead by the outbox, which
+                // finds the intent paid (unless it was ordered).
+                let cancel = session.state != State::Failed || !self.refund_owed(&session).await?;
+                self.release(&session, cancel).await?;
                 ended += 1;
             } else if session.state == State::PaymentConfirmed {
                 // Paid, with no order (its webhook's request cut short after the move, and no
@@ -423,6 +431,29 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
         }
         Ok(ended)
+    }
+
+    /// Whether the outbox owes a refund of the session's payment.
+    async fn refund_owed(&self, session: &Session) -> Result<bool> {
+        let Some(intent) = &session.intent else {
+            return Ok(false);
+        };
+        let rows = self
+            .app
+            .sql
+            .query(REFUND_OF, &[SqlValue::Text(intent.clone())])
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Now on the Redis clock, the one clock of every deadline (epoch ms).
+    pub(super) async fn redis_now_ms(&self) -> Result<i64> {
+        let reply = self.app.redis.execute("TIME", Vec::new()).await?;
+        let part = |i: usize| reply.get(i).and_then(RedisReply::as_int);
+        match (part(0), part(1)) {
+            (Some(seconds), Some(micros)) => Ok(seconds * 1000 + micros / 1000),
+            _ => Err(crate::script::unexpected(&reply)),
+        }
     }
 
     /// Releases what a session that ended without an order still holds (or what a late

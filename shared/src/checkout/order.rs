@@ -131,8 +131,9 @@ pub struct NewOrder<'a> {
 /// What writing an order came to.
 #[derive(Debug)]
 pub enum Written {
-    /// The order stands (written now or by an earlier attempt), with its stock changes.
-    Placed(Vec<StockChange>),
+    /// The order stands (written now or by an earlier attempt): its id, and its stock
+    /// changes.
+    Placed(String, Vec<StockChange>),
     /// On-hand could not cover it: no order, nothing taken; the shortages as JSON.
     Refused(Value),
     /// Another checkout of the same frozen cart was ordered (the session named): no order,
@@ -217,10 +218,10 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
     };
     if !rows.is_empty() {
         metrics::event(Event::OrderPlaced);
-        return Ok(Written::Placed(parse_changes(&rows)?));
+        return Ok(Written::Placed(order.id.to_owned(), parse_changes(&rows)?));
     }
-    if find(sql, order.session).await?.is_some() {
-        return Ok(Written::Placed(changes_of(sql, order.session).await?));
+    if let Some((id, _, _)) = find(sql, order.session).await? {
+        return Ok(Written::Placed(id, changes_of(sql, order.session).await?));
     }
     if order.cart.is_some()
         && let Some(other) = sql
@@ -284,6 +285,17 @@ pub async fn find(sql: &impl Sql, session: &str) -> Result<Option<(String, i64, 
     }))
 }
 
+/// The id of the order of session `session`: `ord_` and 32 hex digits of a digest of the
+/// session id, the same at every attempt (one order per session, whatever is retried) and
+/// telling nothing of the session, whose id is an anonymous shopper's capability: an order
+/// id shown on a receipt gives no way back to the session, nor to its cart.
+pub fn id_of(session: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("order:{session}").as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("ord_{hex}")
+}
+
 /// The SQLSTATE of a CHECK constraint's refusal.
 const CHECK_VIOLATION: &str = "23514";
 
@@ -308,4 +320,19 @@ fn parse_changes(rows: &[Vec<SqlValue>]) -> Result<Vec<StockChange>> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_id_is_the_same_at_every_attempt_and_tells_nothing_of_its_session() {
+        let session = "cs_0c8d5a1e9b7f4c2d8e6a3b1f0d9c7e5a";
+        let id = id_of(session);
+        assert_eq!(id, id_of(session));
+        assert_ne!(id, id_of("cs_0c8d5a1e9b7f4c2d8e6a3b1f0d9c7e5b"));
+        assert!(id.starts_with("ord_") && id.len() == 36, "{id}");
+        assert!(!id.contains(session.trim_start_matches("cs_")), "{id}");
+    }
 }

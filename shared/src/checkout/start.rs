@@ -10,7 +10,7 @@ use super::{Checkouts, KEEP_MS, LockHolder};
 use crate::bundle::Bundles;
 use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::{Quantity, SessionId, VariantId};
+use crate::ids::{Holder, Quantity, SessionId, VariantId};
 use crate::inventory;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::quote::{cart_quote_lines, price_lines};
@@ -155,13 +155,24 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             Err(error) => {
                 // Refused (short stock, prices), or failed on its own (a reply we cannot
                 // read): nothing may stay held for this session, nor the cart locked by it.
-                // A dependency failure keeps the lock for the retry that resumes the session.
-                if !matches!(error, Error::Unavailable { .. }) {
+                // A dependency failure keeps the lock for the retry that resumes the session,
+                // once the session holds something to resume; before that (rulesets that
+                // cannot be rebuilt, say) the cart is left free.
+                let resumable = matches!(error, Error::Unavailable { .. })
+                    && self.holds_any(&session).await.unwrap_or(true);
+                if !resumable {
                     self.unlock(&lock_key, session.as_str()).await?;
                 }
                 Err(error)
             }
         }
+    }
+
+    /// Whether the session holds stock (its holder index is there).
+    async fn holds_any(&self, session: &SessionId) -> Result<bool> {
+        let index = self.app.keys.holder_holds(&Holder::Checkout(session.clone()));
+        let reply = self.app.redis.execute("EXISTS", vec![index.into()]).await?;
+        Ok(reply.first().and_then(RedisReply::as_int) == Some(1))
     }
 
     /// Whether a cart's lock whose session neither Redis nor PostgreSQL knows is gone for

@@ -276,7 +276,8 @@ pub(crate) struct Level {
 pub struct ReconcileReport {
     /// Variants whose Redis stock was rewritten from PostgreSQL.
     pub variants: u64,
-    /// Variants Redis kept stock for that the catalog no longer has: emptied.
+    /// Variants Redis kept stock for that the catalog no longer has: emptied (those already
+    /// empty are not counted).
     pub deleted: u64,
 }
 
@@ -695,8 +696,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             progress(report.variants);
         }
         let deleted = self.deleted_from_catalog().await?;
-        self.empty_deleted(&deleted).await?;
-        report.deleted = deleted.len() as u64;
+        report.deleted = self.empty_deleted(&deleted).await?.len() as u64;
         Ok(report)
     }
 
@@ -732,18 +732,29 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// Empties the stock of variants the catalog no longer has: nothing on hand, whatever
     /// version Redis applied ('rewind'), so nothing more of them is sold (holds already
     /// taken stay until released). One created again meanwhile under the same id is
-    /// loaded from PostgreSQL after.
-    pub(crate) async fn empty_deleted(&self, deleted: &[VariantId]) -> Result<()> {
-        if deleted.is_empty() {
-            return Ok(());
+    /// loaded from PostgreSQL after. Returns those it emptied (one already empty is left
+    /// as it is).
+    pub(crate) async fn empty_deleted(&self, deleted: &[VariantId]) -> Result<Vec<VariantId>> {
+        let mut stocked = Vec::new();
+        for variant in deleted {
+            let stock = self
+                .redis
+                .execute("GET", vec![self.keys.variant(variant).stock.into()])
+                .await?;
+            if stock.first().and_then(RedisReply::as_int) != Some(0) {
+                stocked.push(variant.clone());
+            }
         }
-        let levels: Vec<Level> = deleted.iter().map(Level::deleted).collect();
+        if stocked.is_empty() {
+            return Ok(stocked);
+        }
+        let levels: Vec<Level> = stocked.iter().map(Level::deleted).collect();
         self.load_stock(&levels, "rewind").await?;
-        let back = self.read_levels(deleted).await?;
-        if back.is_empty() {
-            return Ok(());
+        let back = self.read_levels(&stocked).await?;
+        if !back.is_empty() {
+            self.overwrite(back).await?;
         }
-        self.overwrite(back).await
+        Ok(stocked)
     }
 
     /// One page of every variant's level, in id order after `after` (keyset pagination),

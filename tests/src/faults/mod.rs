@@ -20,7 +20,7 @@ pub use books::Books;
 pub use buyers::{BuyerPlan, BuyerRecord, Buyers, Gate, Outcome, Progress, Run, Seen};
 pub use proxy::Proxy;
 pub use redis_server::{Persistence, RedisProcess};
-pub use serve::{ServeProcess, commerce_env};
+pub use serve::{ServeProcess, commerce_env, run_commerce};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

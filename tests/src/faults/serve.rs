@@ -40,6 +40,8 @@ pub fn commerce_env(settings: &Settings, extra: &[(&str, &str)]) -> Vec<(String,
             s.checkout_session_ttl_seconds.to_string(),
         ),
         ("idempotency_ttl_seconds", s.idempotency_ttl_seconds.to_string()),
+        ("hold_grace_seconds", s.hold_grace_seconds.to_string()),
+        ("request_timeout_ms", s.request_timeout_ms.to_string()),
         ("metrics_token", s.metrics_token.clone()),
         ("log_level", s.log_level.name().to_owned()),
         (

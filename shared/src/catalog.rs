@@ -207,6 +207,19 @@ const MAX_KNOWN: usize = 100_000;
 
 const EXISTING_VARIANTS: &str = "SELECT id FROM variants WHERE id = ANY($1)";
 
+/// Which of the ids `$1` the catalog does not have.
+const MISSING_VARIANTS: &str = "\
+SELECT u.id FROM unnest($1::text[]) AS u(id) WHERE NOT EXISTS (SELECT 1 FROM variants v WHERE v.id = u.id)";
+
+/// Which of `ids` the catalog does not have (deleted from PostgreSQL, or never there).
+pub(crate) async fn missing(sql: &impl Sql, ids: Vec<String>) -> Result<Vec<VariantId>> {
+    let rows = sql.query(MISSING_VARIANTS, &[SqlValue::TextArray(ids)]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| VariantId::parse(r.first()?.as_text()?).ok())
+        .collect())
+}
+
 /// The 422 for variants a request body names that the catalog does not have:
 /// `UNKNOWN_VARIANT`, naming them in `details.variantIds`.
 pub fn unknown_variants(ids: &[String]) -> Error {

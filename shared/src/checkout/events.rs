@@ -257,17 +257,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Places the order of a session met already PAYMENT_CONFIRMED (a later delivery of its
     /// event, or the sweep meeting one whose webhook was cut short), unless its holds have
-    /// ended: past its deadline, the grace and the longest a request may run (so no
-    /// delivery that confirmed it in time can still be writing its order), their units may
-    /// have been held or sold again since, so its payment goes back instead of becoming an
-    /// order (README "One deadline"), unless PostgreSQL has its order already.
+    /// ended (its deadline and the grace passed, on the Redis clock): their units may have
+    /// been held or sold again since, so its payment goes back instead of becoming an order
+    /// (README "One deadline"), unless PostgreSQL has its order already. A delivery still
+    /// writing its order meanwhile is no matter: PostgreSQL takes the order or the refund,
+    /// never both ([`Self::fail_paid`]).
     async fn place_confirmed(&self, session: Session, event: &gateway::WebhookEvent) -> Result<EventOutcome> {
-        let request_ms = i64::try_from(self.app.settings.request_timeout_ms).unwrap_or(i64::MAX);
-        let holds_ended = session
-            .deadline_ms
-            .saturating_add(self.grace_ms())
-            .saturating_add(request_ms);
-        if self.redis_now_ms().await? > holds_ended {
+        let holds_ended = session.deadline_ms.saturating_add(self.grace_ms());
+        if self.redis_now_ms().await? >= holds_ended {
             let ordered = order::find(&self.app.sql, session.id.as_str()).await?;
             if ordered.is_none_or(|(_, _, intent)| intent != event.intent_id) {
                 let reason =
@@ -340,13 +337,38 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Ends a paid session that cannot have its order FAILED: its payment goes back (the
-    /// refund through the outbox) and its holds are freed.
+    /// refund through the outbox) and its holds are freed. An order of the payment written
+    /// meanwhile (another delivery of it) stands instead.
     async fn fail_paid(
         &self,
         id: &SessionId,
         event: &gateway::WebhookEvent,
         reason: &str,
     ) -> Result<EventOutcome> {
+        // PostgreSQL decides between the order and the refund: the paid session's row is
+        // ended with the refund owed in one statement, after which no order of it can be
+        // written; an order written first has ended it, and stands.
+        let owed = outbox::fail_and_refund(
+            &self.app.sql,
+            id.as_str(),
+            &event.intent_id,
+            event.amount,
+            &event.currency,
+            reason,
+        )
+        .await?;
+        if !owed
+            && let Some((order_id, _, intent)) = order::find(&self.app.sql, id.as_str()).await?
+            && intent == event.intent_id
+        {
+            // Ordered meanwhile (another delivery of this payment): finished as a read would.
+            let session = self.load(id).await?;
+            return Ok(EventOutcome {
+                order_id: Some(Some(order_id)),
+                state: Some(session.state.name()),
+                ..EventOutcome::of(Some(id))
+            });
+        }
         let (_, failed) = self.transition(id, State::Failed, None, &[]).await?;
         let mut answer = self.refund(&failed, event, reason).await?;
         self.release(&failed, false).await?;

@@ -28,10 +28,6 @@ SELECT s.id, d.variant_id, d.quantity
 FROM s, jsonb_to_recordset($11::text::jsonb) AS d(variant_id text, quantity bigint)
 ON CONFLICT (session_id, variant_id) DO NOTHING";
 
-/// Which of the variants `$1` the catalog no longer has.
-const MISSING_VARIANTS: &str = "\
-SELECT u.id FROM unnest($1::text[]) AS u(id) WHERE NOT EXISTS (SELECT 1 FROM variants v WHERE v.id = u.id)";
-
 /// Marks a paid session ended without an order (its holds are no longer put back).
 const END: &str = "\
 UPDATE checkout_sessions SET ended_state = $2, ended_at = now() WHERE id = $1 AND ended_at IS NULL";
@@ -96,10 +92,10 @@ pub async fn save(sql: &impl Sql, session: &PaidSession<'_>) -> Result<()> {
         // it): the 422 naming what is gone, not a 500.
         Err(e) if e.is_sqlstate("23503") => {
             let ids: Vec<String> = session.demand.iter().map(|(v, _)| v.to_string()).collect();
-            let rows = sql.query(MISSING_VARIANTS, &[SqlValue::TextArray(ids)]).await?;
-            let missing: Vec<String> = rows
+            let missing: Vec<String> = crate::catalog::missing(sql, ids)
+                .await?
                 .iter()
-                .filter_map(|r| Some(r.first()?.as_text()?.to_owned()))
+                .map(ToString::to_string)
                 .collect();
             if missing.is_empty() {
                 return Err(e.into());

@@ -10,8 +10,6 @@
 
 pub mod routes;
 
-use std::collections::BTreeSet;
-
 use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::json;
@@ -72,9 +70,6 @@ ORDER BY p.id"
 
 /// The levels of the variants named (`$1`), for the lazy load.
 const LEVELS_OF: &str = levels_where!("v.id = ANY($1)");
-
-/// Which of the variants `$1` the catalog has.
-const KNOWN_OF: &str = "SELECT id FROM variants WHERE id = ANY($1)";
 
 /// Which of the sessions `$1` PostgreSQL has ended (with or without an order).
 const ENDED_OF: &str = "SELECT id FROM checkout_sessions WHERE id = ANY($1) AND ended_at IS NOT NULL";
@@ -704,7 +699,7 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
     /// PostgreSQL since Redis loaded them), found by a walk over the stock keys, asking
     /// PostgreSQL a page at a time. A walk can meet a key twice: each is named once.
     pub(crate) async fn deleted_from_catalog(&self) -> Result<Vec<VariantId>> {
-        let mut deleted = BTreeSet::new();
+        let mut deleted = Vec::new();
         let mut scan = Scan::new(self.redis, self.keys.all_stock_pattern(), 500);
         while let Some(found) = scan.next_page().await? {
             let ids: Vec<String> = found
@@ -712,21 +707,13 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
                 .filter_map(|k| self.keys.variant_of_holds_key(k))
                 .map(|v| v.to_string())
                 .collect();
-            if ids.is_empty() {
-                continue;
+            if !ids.is_empty() {
+                deleted.extend(catalog::missing(self.sql, ids).await?);
             }
-            let rows = self
-                .sql
-                .query(KNOWN_OF, &[SqlValue::TextArray(ids.clone())])
-                .await?;
-            let known: BTreeSet<&str> = rows.iter().filter_map(|r| r.first()?.as_text()).collect();
-            deleted.extend(
-                ids.iter()
-                    .filter(|id| !known.contains(id.as_str()))
-                    .filter_map(|id| VariantId::parse(id).ok()),
-            );
         }
-        Ok(deleted.into_iter().collect())
+        deleted.sort();
+        deleted.dedup();
+        Ok(deleted)
     }
 
     /// Empties the stock of variants the catalog no longer has: nothing on hand, whatever

@@ -51,6 +51,20 @@ SELECT 'refund', $2, $1, $3, $4, $5
 WHERE NOT EXISTS (SELECT 1 FROM orders WHERE checkout_session_id = $1 AND payment_intent_id = $2)
 ON CONFLICT (kind, payment_intent_id) DO NOTHING";
 
+/// Ends the paid session `$1` FAILED and owes the refund of its payment, in one statement,
+/// unless it has ended already: its order ends it too, in the order's own statement, and
+/// whichever takes the session's row first decides (the order's statement needs the row
+/// live, and is refused once it is not; this one rechecks the row after the order's).
+const FAIL_AND_REFUND: &str = "\
+WITH ended AS (
+    UPDATE checkout_sessions SET ended_state = 'FAILED', ended_at = now()
+    WHERE id = $1 AND ended_at IS NULL
+    RETURNING id
+)
+INSERT INTO payment_outbox (kind, payment_intent_id, checkout_session_id, amount_minor, currency, reason)
+SELECT 'refund', $2, $1, $3, $4, $5 FROM ended
+ON CONFLICT (kind, payment_intent_id) DO NOTHING";
+
 const ENQUEUE_CANCEL: &str = "\
 INSERT INTO payment_outbox (kind, payment_intent_id, checkout_session_id, reason)
 VALUES ('cancel_intent', $2, $1, $3)
@@ -287,6 +301,31 @@ pub async fn enqueue_refund(
         metrics::event(Event::RefundEnqueued);
     }
     Ok(())
+}
+
+/// Ends the live paid session `session` FAILED in PostgreSQL and owes the refund of its
+/// payment, atomically: `false` if the session had ended already (by its order, or before)
+/// or has no paid copy, and nothing was done.
+pub async fn fail_and_refund(
+    sql: &impl Sql,
+    session: &str,
+    intent: &str,
+    amount: i64,
+    currency: &str,
+    reason: &str,
+) -> Result<bool> {
+    let params = [
+        SqlValue::Text(session.to_owned()),
+        SqlValue::Text(intent.to_owned()),
+        SqlValue::Int(amount),
+        SqlValue::Text(currency.to_owned()),
+        SqlValue::Text(reason.to_owned()),
+    ];
+    let written = sql.execute(FAIL_AND_REFUND, &params).await?;
+    if written > 0 {
+        metrics::event(Event::RefundEnqueued);
+    }
+    Ok(written > 0)
 }
 
 /// Owes the cancellation of `intent` (of `session`, because of `reason`) at the gateway,

@@ -305,6 +305,38 @@ async fn a_paid_session_left_unfinished_after_its_order_is_drift_and_finished() 
     app.finish().await;
 }
 
+/// A session Redis shows confirmed that PostgreSQL ended FAILED with its refund owed (the
+/// request that refunded it stopped before it moved Redis) is `session-ended` drift; the
+/// repair, as a read would, moves it to FAILED and frees its holds.
+#[tokio::test]
+async fn a_confirmed_session_postgres_ended_failed_is_drift_and_failed() {
+    let (app, gateway) = TestApp::shop(1, |c| c).await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-ended-behind").await;
+    assert!(gateway.succeed(&paying.intent));
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .hset(app.session_key(&paying.session), "state", "PAYMENT_CONFIRMED")
+        .await
+        .unwrap();
+    app.pg
+        .execute(
+            "UPDATE checkout_sessions SET ended_state = 'FAILED', ended_at = now() WHERE id = $1",
+            &[&paying.session],
+        )
+        .await
+        .unwrap();
+    let subject = format!("session-ended {}", paying.session);
+    assert!(kinds(&check(&app).await.body).contains(&subject));
+    let repaired = app
+        .call("POST", "/v1/admin/check/repair", None, Caller::Admin)
+        .await;
+    assert_eq!(repaired.body["ok"], true, "{repaired:?}");
+    assert_eq!(app.stored_state(&paying.session).await.as_deref(), Some("FAILED"));
+    assert_eq!(app.sellable("var-1").await, 100, "its holds freed");
+    assert_eq!(check(&app).await.body["ok"], true);
+    app.finish().await;
+}
+
 /// A hold whose deadline was lost (its entry in the holds set deleted by hand, beside
 /// other holds' entries: a whole set lost is dropped by the next operation) would never
 /// expire; the check reports the reserved total it keeps up, and the repair drops it.

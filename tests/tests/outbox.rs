@@ -581,6 +581,46 @@ async fn an_order_and_a_refund_of_one_payment_deciding_at_once_end_in_one() {
     app.finish().await;
 }
 
+/// An order whose statement runs after its session's holds ended (here PostgreSQL's copy
+/// says they ended a second ago) is not written: the session ends FAILED and its payment is
+/// refunded, with its own reason, and no on-hand refusal is recorded.
+#[tokio::test]
+async fn an_order_written_after_its_holds_ended_is_refunded_not_recorded_as_short() {
+    let (app, gateway) = shop(|c| c).await;
+    let paying = app.paying_session(&[("var-1", 1)], "k-lapsed").await;
+    assert!(gateway.succeed(&paying.intent));
+    app.pg
+        .execute(
+            "UPDATE checkout_sessions
+             SET deadline_ms = (extract(epoch FROM now()) * 1000)::bigint - 1000,
+                 holds_deadline_ms = (extract(epoch FROM now()) * 1000)::bigint - 1000
+             WHERE id = $1",
+            &[&paying.session],
+        )
+        .await
+        .unwrap();
+    let (status, answer) = app.intent_paid(&gateway, &paying.intent).await;
+    assert_eq!(
+        (status, answer["state"].as_str()),
+        (200, Some("FAILED")),
+        "{answer}"
+    );
+    let reason = answer["refundRequired"].as_str().unwrap_or_default();
+    assert!(reason.contains("holds ended"), "{answer}");
+    for table in ["orders", "orders_refused"] {
+        let rows = app
+            .pg
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.get::<_, i64>(0), 0, "{table}");
+    }
+    run(&app, "drain").await;
+    let refunded: Vec<String> = gateway.refunds().into_iter().map(|r| r.payment_intent).collect();
+    assert_eq!(refunded, std::slice::from_ref(&paying.intent));
+    app.finish().await;
+}
+
 /// A paid session left FAILED before its refund was written (its request cut short between
 /// the two) is not ended with neither an order nor a refund: the sweep cancels its intent,
 /// and the outbox, finding it paid, refunds it instead.

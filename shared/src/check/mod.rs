@@ -61,8 +61,8 @@ FROM payment_outbox WHERE state = 'pending'";
 pub struct Drift {
     /// What kind: `stock`, `max-per-order`, `unmirrored`, `reserved`, `negative`,
     /// `orphan-hold`, `holder-index`, `session-lock`, `session-holds`, `session-ordered`,
-    /// `paid-session-holds`, `paid-session-missing`, `paid-session-ended`, `outbox`,
-    /// `ruleset`.
+    /// `session-ended`, `paid-session-holds`, `paid-session-missing`, `paid-session-ended`,
+    /// `outbox`, `ruleset`.
     pub kind: &'static str,
     /// What it is about (a variant, a session, a holder).
     pub subject: String,
@@ -191,7 +191,7 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
         };
         let rows = self.sql(ORDER_AGE, &[SqlValue::Text(id.to_owned())]).await?;
         let Some(age_ms) = rows.first().and_then(|r| r.first()?.as_int()) else {
-            return Ok(());
+            return self.check_refunded(report, &session, state).await;
         };
         let request_timeout = i64::try_from(self.app.settings.request_timeout_ms).unwrap_or(i64::MAX);
         if age_ms <= request_timeout {
@@ -209,6 +209,28 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
                 "{state} in Redis, but its order was written in PostgreSQL {} s ago: its holds count the units the order took",
                 age_ms / 1000
             ),
+            repaired,
+        });
+        Ok(())
+    }
+
+    /// A paid session Redis shows confirmed, without an order, that PostgreSQL ended FAILED
+    /// with its refund owed (the request that refunded it stopped before it moved Redis):
+    /// drift, and the repair moves it as a read of it would.
+    async fn check_refunded(&self, report: &mut CheckReport, session: &SessionId, state: &str) -> Result<()> {
+        let kept = paid::load(&self.app.sql, session.as_str()).await?;
+        if state != "PAYMENT_CONFIRMED" || kept.and_then(|k| k.ended_state).as_deref() != Some("FAILED") {
+            return Ok(());
+        }
+        let mut repaired = String::new();
+        if self.repair {
+            let state = Checkouts::new(self.app).meet(session).await?;
+            repaired = format!("met as a read of it would: {state}");
+        }
+        report.drift.push(Drift {
+            kind: "session-ended",
+            subject: session.to_string(),
+            detail: format!("{state} in Redis, but PostgreSQL ended it FAILED with its refund owed"),
             repaired,
         });
         Ok(())

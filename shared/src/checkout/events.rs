@@ -509,6 +509,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     answer.shortages = Some(shortages);
                     return Ok(answer);
                 }
+                order::Written::Lapsed => {
+                    let reason =
+                        "its holds ended before its order was written, so its units may have been sold again";
+                    return self.fail_paid(&session.id, event, reason).await;
+                }
                 order::Written::CartOrdered(other) => {
                     // That order emptied the cart; a cart that is still as frozen (a backup
                     // restored it) is emptied now, or every later checkout of it would be

@@ -433,6 +433,24 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(ended)
     }
 
+    /// A session Redis shows confirmed whose paid copy PostgreSQL ended FAILED, its refund
+    /// owed (the request that refunded it stopped before it moved Redis), is moved there
+    /// too, its holds and lock freed. `None`: PostgreSQL has not ended it so.
+    async fn fail_if_refunded(&self, session: &Session) -> Result<Option<Session>> {
+        let kept = paid::load(&self.app.sql, session.id.as_str()).await?;
+        if kept.and_then(|k| k.ended_state).as_deref() != Some(State::Failed.name()) {
+            return Ok(None);
+        }
+        let guard = [("state", State::PaymentConfirmed.name())];
+        let (tag, failed, _) = self
+            .transition_with(&session.id, State::Failed, None, &[], &guard, &[])
+            .await?;
+        if matches!(tag.as_str(), "OK" | "SAME") {
+            self.release(&failed, false).await?;
+        }
+        Ok(Some(failed))
+    }
+
     /// Whether the outbox owes a refund of the session's payment.
     async fn refund_owed(&self, session: &Session) -> Result<bool> {
         let Some(intent) = &session.intent else {
@@ -586,6 +604,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         };
         let order = match order::find(&self.app.sql, session.id.as_str()).await? {
             Some((order, _, ordered_with)) if &ordered_with == intent => order,
+            _ if session.state == State::PaymentConfirmed => return self.fail_if_refunded(session).await,
             _ => return Ok(None),
         };
         let id = &session.id;

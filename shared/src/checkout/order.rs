@@ -33,8 +33,13 @@ WITH demand AS (
 ), covered AS (
     SELECT (SELECT count(*) FROM prev WHERE prev.on_hand >= prev.quantity) = (SELECT count(*) FROM demand) AS ok
 ), live AS (
-    -- The paid session, still live: a refund owed for it ends it first (then no order).
-    SELECT cs.id FROM checkout_sessions cs WHERE cs.id = $2 AND cs.ended_at IS NULL FOR UPDATE
+    -- The paid session, still live and its holds still standing, read after its row lock
+    -- (a refund owed for it ends it first; then no order): an order is never written once
+    -- its units may have been held or sold again.
+    SELECT cs.id FROM checkout_sessions cs
+    WHERE cs.id = $2 AND cs.ended_at IS NULL
+      AND cs.holds_deadline_ms > (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+    FOR UPDATE
 ), frozen AS (
     -- frozen_cart_lines($14) of migration 0011, written out: a SQL function with a FROM is
     -- planned at every call: PostgreSQL's CPU per purchase was a quarter higher with it.
@@ -142,6 +147,9 @@ pub enum Written {
     /// Another checkout of the same frozen cart was ordered (the session named): no order,
     /// nothing taken.
     CartOrdered(String),
+    /// The paid session had ended (its refund owed) or its holds had, with on-hand enough:
+    /// no order, nothing taken, no refusal recorded.
+    Lapsed,
 }
 
 /// Writes the order, or finds the one already written for the session; returns its stock
@@ -250,6 +258,10 @@ pub async fn write(sql: &impl Sql, order: &NewOrder<'_>) -> Result<Written> {
         .and_then(|r| r.first()?.as_text())
         .unwrap_or("[]")
         .to_owned();
+    if shortages == "[]" {
+        // On-hand covers it: the session was not live (see `live` in `WRITE_ORDER`).
+        return Ok(Written::Lapsed);
+    }
     let recorded = sql
         .execute(
             RECORD_REFUSAL,

@@ -325,6 +325,14 @@ async fn a_confirmed_session_postgres_ended_failed_is_drift_and_failed() {
         )
         .await
         .unwrap();
+    app.pg
+        .execute(
+            "INSERT INTO payment_outbox (kind, payment_intent_id, checkout_session_id, amount_minor, currency, reason)
+             VALUES ('refund', $1, $2, $3, 'EUR', 'its holds ended')",
+            &[&paying.intent, &paying.session, &paying.amount],
+        )
+        .await
+        .unwrap();
     let subject = format!("session-ended {}", paying.session);
     assert!(kinds(&check(&app).await.body).contains(&subject));
     let repaired = app
@@ -333,6 +341,8 @@ async fn a_confirmed_session_postgres_ended_failed_is_drift_and_failed() {
     assert_eq!(repaired.body["ok"], true, "{repaired:?}");
     assert_eq!(app.stored_state(&paying.session).await.as_deref(), Some("FAILED"));
     assert_eq!(app.sellable("var-1").await, 100, "its holds freed");
+    let shown = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(shown.body["refundRequired"], "its holds ended", "{shown:?}");
     assert_eq!(check(&app).await.body["ok"], true);
     app.finish().await;
 }

@@ -67,7 +67,7 @@ WHERE ended_at IS NULL AND holds_deadline_ms < $1 AND deadline_ms < $2
 ORDER BY holds_deadline_ms LIMIT $3";
 
 /// The refund the outbox owes for the payment intent `$1`, if any.
-const REFUND_OF: &str = "SELECT 1 FROM payment_outbox WHERE kind = 'refund' AND payment_intent_id = $1";
+const REFUND_OF: &str = "SELECT reason FROM payment_outbox WHERE kind = 'refund' AND payment_intent_id = $1";
 
 /// How long a session record is kept after its deadline (to answer GETs and late webhooks).
 const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
@@ -448,7 +448,27 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         if matches!(tag.as_str(), "OK" | "SAME") {
             self.release(&failed, false).await?;
         }
-        Ok(Some(failed))
+        // The refund PostgreSQL owes, named on the session as its webhook would have.
+        let Some(intent) = &failed.intent else {
+            return Ok(Some(failed));
+        };
+        let owed = self
+            .app
+            .sql
+            .query(REFUND_OF, &[SqlValue::Text(intent.clone())])
+            .await?;
+        let Some(reason) = owed.first().and_then(|r| r.first()?.as_text()) else {
+            return Ok(Some(failed));
+        };
+        let key = self.app.keys.checkout_session(&failed.id);
+        let flagged = self
+            .run(
+                &events::FLAG_REFUND,
+                &[&key],
+                vec![intent.as_str().into(), reason.into()],
+            )
+            .await?;
+        Ok(parse_session_with(&flagged, 0)?.1.or(Some(failed)))
     }
 
     /// Whether the outbox owes a refund of the session's payment.

@@ -289,25 +289,15 @@ pub async fn enqueue_refund(
     currency: &str,
     reason: &str,
 ) -> Result<()> {
-    let params = [
-        SqlValue::Text(session.to_owned()),
-        SqlValue::Text(intent.to_owned()),
-        SqlValue::Int(amount),
-        SqlValue::Text(currency.to_owned()),
-        SqlValue::Text(reason.to_owned()),
-    ];
-    let written = sql.execute(ENQUEUE_REFUND, &params).await?;
-    if written > 0 {
-        metrics::event(Event::RefundEnqueued);
-    }
+    owe_refund(sql, ENQUEUE_REFUND, session, intent, amount, currency, reason).await?;
     Ok(())
 }
 
-/// Ends the live paid session `session` FAILED in PostgreSQL and owes the refund of its
-/// payment, atomically: `false` if the session had ended already (by its order, or before)
-/// or has no paid copy, and nothing was done.
-pub async fn fail_and_refund(
+/// Runs a statement that owes a refund (`$1` session, `$2` intent, `$3` amount, `$4`
+/// currency, `$5` reason), counting it; whether it wrote one.
+async fn owe_refund(
     sql: &impl Sql,
+    statement: &str,
     session: &str,
     intent: &str,
     amount: i64,
@@ -321,11 +311,25 @@ pub async fn fail_and_refund(
         SqlValue::Text(currency.to_owned()),
         SqlValue::Text(reason.to_owned()),
     ];
-    let written = sql.execute(FAIL_AND_REFUND, &params).await?;
+    let written = sql.execute(statement, &params).await?;
     if written > 0 {
         metrics::event(Event::RefundEnqueued);
     }
     Ok(written > 0)
+}
+
+/// Ends the live paid session `session` FAILED in PostgreSQL and owes the refund of its
+/// payment, atomically: `false` if the session had ended already (by its order, or before)
+/// or has no paid copy, and nothing was done.
+pub async fn fail_and_refund(
+    sql: &impl Sql,
+    session: &str,
+    intent: &str,
+    amount: i64,
+    currency: &str,
+    reason: &str,
+) -> Result<bool> {
+    owe_refund(sql, FAIL_AND_REFUND, session, intent, amount, currency, reason).await
 }
 
 /// Owes the cancellation of `intent` (of `session`, because of `reason`) at the gateway,

@@ -665,6 +665,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Writes `state` into the session's Redis record by hand, nothing else of the move done
+    /// (as a request cut short right after its compare-and-set leaves it).
+    pub async fn set_stored_state(&self, session: &str, state: &str) {
+        let mut redis = self.redis.clone();
+        let _: () = redis::AsyncCommands::hset(&mut redis, self.session_key(session), "state", state)
+            .await
+            .unwrap();
+    }
+
     /// The key of the anonymous cart `cart` (a hash).
     pub fn cart_key(&self, cart: &str) -> String {
         self.keys().cart_session(&cart_id(cart))

@@ -277,10 +277,7 @@ async fn a_paid_session_left_unfinished_after_its_order_is_drift_and_finished() 
             .await
             .unwrap();
     }
-    let _: () = redis
-        .hset(app.session_key(&paying.session), "state", "PAYMENT_CONFIRMED")
-        .await
-        .unwrap();
+    app.set_stored_state(&paying.session, "PAYMENT_CONFIRMED").await;
     let subject = format!("session-ordered {}", paying.session);
     assert!(
         !kinds(&check(&app).await.body).contains(&subject),
@@ -313,11 +310,7 @@ async fn a_confirmed_session_postgres_ended_failed_is_drift_and_failed() {
     let (app, gateway) = TestApp::shop(1, |c| c).await;
     let paying = app.paying_session(&[("var-1", 2)], "k-ended-behind").await;
     assert!(gateway.succeed(&paying.intent));
-    let mut redis = app.redis.clone();
-    let _: () = redis
-        .hset(app.session_key(&paying.session), "state", "PAYMENT_CONFIRMED")
-        .await
-        .unwrap();
+    app.set_stored_state(&paying.session, "PAYMENT_CONFIRMED").await;
     app.pg
         .execute(
             "UPDATE checkout_sessions SET ended_state = 'FAILED', ended_at = now() WHERE id = $1",

@@ -461,10 +461,7 @@ async fn a_paid_session_whose_order_was_cut_short_is_ordered_by_the_sweep() {
     let paying = app.paying_session(&[("var-1", 2)], "k-cut-short").await;
     assert!(gateway.succeed(&paying.intent));
     let mut redis = app.redis.clone();
-    let _: () = redis
-        .hset(app.session_key(&paying.session), "state", "PAYMENT_CONFIRMED")
-        .await
-        .unwrap();
+    app.set_stored_state(&paying.session, "PAYMENT_CONFIRMED").await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     run(&app, "sweep").await;
     assert_eq!(
@@ -503,10 +500,7 @@ async fn a_paid_session_met_after_its_holds_ended_is_refunded_not_ordered() {
     let first = app.paying_session(&[("var-1", 1)], "k-late-1").await;
     assert!(gateway.succeed(&first.intent));
     let mut redis = app.redis.clone();
-    let _: () = redis
-        .hset(app.session_key(&first.session), "state", "PAYMENT_CONFIRMED")
-        .await
-        .unwrap();
+    app.set_stored_state(&first.session, "PAYMENT_CONFIRMED").await;
     // Past its deadline (1 s) and the grace (1 s).
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let second = app.paying_session(&[("var-1", 1)], "k-late-2").await;
@@ -533,7 +527,6 @@ async fn a_paid_session_met_after_its_holds_ended_is_refunded_not_ordered() {
 /// refund.
 #[tokio::test]
 async fn an_order_and_a_refund_of_one_payment_deciding_at_once_end_in_one() {
-    use redis::AsyncCommands;
     let (app, gateway) = shop(|c| {
         c.set("checkout_session_ttl_seconds", "1")
             .set("hold_grace_seconds", "1")
@@ -541,11 +534,7 @@ async fn an_order_and_a_refund_of_one_payment_deciding_at_once_end_in_one() {
     .await;
     let paying = app.paying_session(&[("var-1", 1)], "k-one-of-two").await;
     assert!(gateway.succeed(&paying.intent));
-    let mut redis = app.redis.clone();
-    let _: () = redis
-        .hset(app.session_key(&paying.session), "state", "PAYMENT_CONFIRMED")
-        .await
-        .unwrap();
+    app.set_stored_state(&paying.session, "PAYMENT_CONFIRMED").await;
     let event = gateway.event("payment_intent.succeeded", &paying.intent);
     let locker = app.pg.batch_execute(
         "BEGIN; SELECT 1 FROM inventory_levels WHERE variant_id = 'var-1' FOR UPDATE;
@@ -626,15 +615,10 @@ async fn an_order_written_after_its_holds_ended_is_refunded_not_recorded_as_shor
 /// and the outbox, finding it paid, refunds it instead.
 #[tokio::test]
 async fn a_paid_session_failed_without_its_refund_is_refunded_by_the_sweep() {
-    use redis::AsyncCommands;
     let (app, gateway) = shop(|c| c.set("checkout_session_ttl_seconds", "1")).await;
     let paying = app.paying_session(&[("var-1", 2)], "k-failed-short").await;
     assert!(gateway.succeed(&paying.intent));
-    let mut redis = app.redis.clone();
-    let _: () = redis
-        .hset(app.session_key(&paying.session), "state", "FAILED")
-        .await
-        .unwrap();
+    app.set_stored_state(&paying.session, "FAILED").await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     run(&app, "sweep").await;
     run(&app, "drain").await;

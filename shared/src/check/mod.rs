@@ -240,21 +240,11 @@ impl<R: Redis, S: Sql, H: Http> Checker<'_, R, S, H> {
     /// would still be sold: drift, unless it is empty. The repair empties it.
     async fn deleted_variants(&self, report: &mut CheckReport) -> Result<()> {
         let inventory = self.inventory();
-        for variant in inventory.deleted_from_catalog().await? {
-            let stock = self
-                .redis("GET", vec![self.app.keys.variant(&variant).stock.into()])
-                .await?;
-            let stock = stock.first().and_then(RedisReply::as_int).unwrap_or(0);
-            if stock == 0 {
-                continue;
-            }
+        let deleted = inventory.deleted_from_catalog().await?;
+        for (variant, stock) in inventory.stocked(&deleted).await? {
             let mut repaired = String::new();
-            if self.repair
-                && !inventory
-                    .empty_deleted(std::slice::from_ref(&variant))
-                    .await?
-                    .is_empty()
-            {
+            if self.repair {
+                inventory.empty_deleted(std::slice::from_ref(&variant)).await?;
                 repaired = "stock emptied".into();
             }
             report.drift.push(Drift {

@@ -293,6 +293,17 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             });
         }
         self.send_refund(&session.id, event, reason).await?;
+        self.flag_refund(session, event, reason).await
+    }
+
+    /// Names on the session the refund owed for its payment (`refundRequired`), and answers
+    /// so.
+    async fn flag_refund(
+        &self,
+        session: &Session,
+        event: &gateway::WebhookEvent,
+        reason: &str,
+    ) -> Result<EventOutcome> {
         let key = self.app.keys.checkout_session(&session.id);
         self.run(
             &FLAG_REFUND,
@@ -370,9 +381,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             });
         }
         let (_, failed) = self.transition(id, State::Failed, None, &[]).await?;
-        let mut answer = self.refund(&failed, event, reason).await?;
+        // Not ordered (asked above, or PostgreSQL's row ended with the refund owed): owed
+        // now if it was not (a session without a paid copy, or ended before), then sent.
+        if owed {
+            self.send_now(&event.intent_id).await;
+        } else {
+            self.send_refund(id, event, reason).await?;
+        }
+        let answer = self.flag_refund(&failed, event, reason).await?;
         self.release(&failed, false).await?;
-        answer.state = Some(failed.state.name());
         Ok(answer)
     }
 

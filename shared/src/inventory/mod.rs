@@ -691,7 +691,15 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
             progress(report.variants);
         }
         let deleted = self.deleted_from_catalog().await?;
-        report.deleted = self.empty_deleted(&deleted).await?.len() as u64;
+        // Those already empty are left as they are, and not counted.
+        let stocked: Vec<VariantId> = self
+            .stocked(&deleted)
+            .await?
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
+        self.empty_deleted(&stocked).await?;
+        report.deleted = stocked.len() as u64;
         Ok(report)
     }
 
@@ -716,32 +724,37 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         Ok(deleted)
     }
 
-    /// Empties the stock of variants the catalog no longer has: nothing on hand, whatever
-    /// version Redis applied ('rewind'), so nothing more of them is sold (holds already
-    /// taken stay until released). One created again meanwhile under the same id is
-    /// loaded from PostgreSQL after. Returns those it emptied (one already empty is left
-    /// as it is).
-    pub(crate) async fn empty_deleted(&self, deleted: &[VariantId]) -> Result<Vec<VariantId>> {
+    /// Of these variants, those whose stock Redis keeps is not empty, with it.
+    pub(crate) async fn stocked(&self, variants: &[VariantId]) -> Result<Vec<(VariantId, i64)>> {
         let mut stocked = Vec::new();
-        for variant in deleted {
+        for variant in variants {
             let stock = self
                 .redis
                 .execute("GET", vec![self.keys.variant(variant).stock.into()])
                 .await?;
-            if stock.first().and_then(RedisReply::as_int) != Some(0) {
-                stocked.push(variant.clone());
+            let stock = stock.first().and_then(RedisReply::as_int).unwrap_or(0);
+            if stock != 0 {
+                stocked.push((variant.clone(), stock));
             }
         }
+        Ok(stocked)
+    }
+
+    /// Empties the stock of variants the catalog no longer has: nothing on hand, whatever
+    /// version Redis applied ('rewind'), so nothing more of them is sold (holds already
+    /// taken stay until released). One created again meanwhile under the same id is
+    /// loaded from PostgreSQL after.
+    pub(crate) async fn empty_deleted(&self, stocked: &[VariantId]) -> Result<()> {
         if stocked.is_empty() {
-            return Ok(stocked);
+            return Ok(());
         }
         let levels: Vec<Level> = stocked.iter().map(Level::deleted).collect();
         self.load_stock(&levels, "rewind").await?;
-        let back = self.read_levels(&stocked).await?;
+        let back = self.read_levels(stocked).await?;
         if !back.is_empty() {
             self.overwrite(back).await?;
         }
-        Ok(stocked)
+        Ok(())
     }
 
     /// One page of every variant's level, in id order after `after` (keyset pagination),

@@ -312,11 +312,7 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
                 .await?;
         }
         let replaced_ms = i64::from(replaced_ttl_seconds) * 1000 + REPLACED_MARGIN_MS;
-        let (switched, previous_version) = if self.redis.is_cluster() {
-            self.switch_per_slot(kind, version, &keys, replaced_ms).await?
-        } else {
-            self.switch(kind, version, &keys, replaced_ms).await?
-        };
+        let (switched, previous_version) = self.switch(kind, version, &keys, replaced_ms).await?;
         if switched && kind == RulesetKind::Discounts {
             self.write_eligibility(version, previous_version, &copy.eligible)
                 .await?;
@@ -332,7 +328,8 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
 
     /// Moves the version pointer to `version` (only forward), makes the new version's keys
     /// permanent and the replaced version's expire after `replaced_ms`, and announces it:
-    /// one script. Returns whether it switched, and the version before.
+    /// one script (on a Redis Cluster, [`Self::switch_per_slot`]). Returns whether it
+    /// switched, and the version before.
     async fn switch(
         &self,
         kind: RulesetKind,
@@ -340,6 +337,9 @@ impl<'a, R: Redis, S: Sql> Rulesets<'a, R, S> {
         keys: &[String],
         replaced_ms: i64,
     ) -> Result<(bool, i64)> {
+        if self.redis.is_cluster() {
+            return self.switch_per_slot(kind, version, keys, replaced_ms).await;
+        }
         let version_key = self.keys.ruleset_version(kind);
         let mut script_keys = vec![version_key.as_str()];
         script_keys.extend(keys.iter().map(String::as_str));
@@ -825,12 +825,7 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
         }
         if let Some(version) = self.last_served(kind).await? {
             let keys = self.keys.ruleset_keys(kind, version);
-            if self.redis.is_cluster() {
-                self.switch_per_slot(kind, version, &keys, REPLACED_MARGIN_MS)
-                    .await?;
-            } else {
-                self.switch(kind, version, &keys, REPLACED_MARGIN_MS).await?;
-            }
+            self.switch(kind, version, &keys, REPLACED_MARGIN_MS).await?;
             return Ok(());
         }
         Err(Error::Unavailable {

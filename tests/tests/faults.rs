@@ -386,6 +386,43 @@ async fn postgres_paused_during_webhooks_keeps_the_books_and_answers_503_in_time
     app.finish().await;
 }
 
+/// A delivery of a payment whose session Redis shows PAYMENT_CONFIRMED (an earlier delivery
+/// was cut short after its move), met while PostgreSQL is out of reach, answers 503 within
+/// one database timeout. It used to ask PostgreSQL for the order, let that read's timeout
+/// go (as a read of the session does), then time out again writing the order: 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_to_a_confirmed_session_answers_503_within_one_database_timeout() {
+    let database_url = std::env::var("COMMERCE_DATABASE_URL").expect("COMMERCE_DATABASE_URL (scripts/test)");
+    let postgres = Proxy::start(addr_of(&database_url)).await;
+    let (app, gateway) = shop(
+        5,
+        Wiring {
+            database_proxy: Some(&postgres),
+            ..Wiring::default()
+        },
+    )
+    .await;
+    let paying = app.paying_session(&[(VARIANT, 1)], "redelivered").await;
+    app.set_stored_state(&paying.session, "PAYMENT_CONFIRMED").await;
+    postgres.pause();
+    let started = std::time::Instant::now();
+    let (status, body) = app.intent_paid(&gateway, &paying.intent).await;
+    let took = started.elapsed();
+    postgres.resume();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        took <= DATABASE_TIMEOUT + MARGIN,
+        "the 503 took {took:?}, more than one database timeout ({DATABASE_TIMEOUT:?}) and the margin"
+    );
+    let (status, body) = app.intent_paid(&gateway, &paying.intent).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("COMPLETED")),
+        "{body}"
+    );
+    app.finish().await;
+}
+
 /// `commerce serve` dies (`kill -9`) at `moment` and is started again a second later.
 async fn the_app_killed(scenario: &str, moment: Moment) {
     let size = size();

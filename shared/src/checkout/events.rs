@@ -182,7 +182,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
         // Redis first: the session is usually there, and nothing else is asked before its
         // deadline is checked.
-        match self.load(id).await {
+        match self.load_to_write(id).await {
             Ok(session) => self.confirm_session(session, event).await,
             Err(Error::NotFound { .. }) => self.confirm_forgotten(id, event).await,
             Err(other) => Err(other),

@@ -122,6 +122,16 @@ pub(crate) fn or_empty(frozen: Option<i64>) -> RedisArg {
     frozen.map_or(RedisArg::from(""), RedisArg::Int)
 }
 
+/// What reading a session Redis shows paid does when PostgreSQL, asked whether its order
+/// was written, cannot be reached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unreachable {
+    /// A read shows what Redis has (the next call asks again).
+    ShowsRedis,
+    /// The read fails (503): its caller would need PostgreSQL next anyway.
+    Fails,
+}
+
 /// What keeping a cart's lock for a session came to ([`Checkouts::take_lock_of`]).
 pub(crate) enum LockTaken {
     /// The session holds it now.
@@ -564,9 +574,26 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         Ok(self.load_with(id, &[]).await?.0)
     }
 
+    /// [`Self::load`] for a caller that goes on to write the session's order or refund:
+    /// PostgreSQL out of reach fails it at once (503) rather than after a second timeout,
+    /// the one of the write it would go on to (a request answers within one timeout of the
+    /// dependency that failed).
+    async fn load_to_write(&self, id: &SessionId) -> Result<Session> {
+        Ok(self.read(id, &[], Unreachable::Fails).await?.0)
+    }
+
     /// [`Self::load`], reading in the same round trip the values of `extras`: keys that
     /// carry the session's hash tag (one slot in a Cluster).
     async fn load_with(&self, id: &SessionId, extras: &[&str]) -> Result<(Session, Vec<Option<String>>)> {
+        self.read(id, extras, Unreachable::ShowsRedis).await
+    }
+
+    async fn read(
+        &self,
+        id: &SessionId,
+        extras: &[&str],
+        unreachable: Unreachable,
+    ) -> Result<(Session, Vec<Option<String>>)> {
         let key = self.app.keys.checkout_session(id);
         let keys: Vec<&str> = std::iter::once(key.as_str())
             .chain(extras.iter().copied())
@@ -600,7 +627,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 Ok(None) => {}
                 // PostgreSQL out of reach: a read shows what Redis has, as it did before it
                 // asked; the next call asks again. Expiring now needs PostgreSQL anyway.
-                Err(Error::Unavailable { .. }) if tag != "EXPIRED_NOW" => {}
+                Err(Error::Unavailable { .. })
+                    if tag != "EXPIRED_NOW" && unreachable == Unreachable::ShowsRedis => {}
                 Err(other) => return Err(other),
             }
         }

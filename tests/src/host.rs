@@ -117,6 +117,10 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "a new Redis connection per request through a proxy adding 120 ms to every answer outlasts this scenario's 500 ms Redis timeout on Spin (every cart add is a 503); the deadline race is a property of the shared code, proven on the native host",
     ),
     (
+        "a_redelivery_to_a_confirmed_session_answers_503_within_one_database_timeout",
+        "counts PostgreSQL timeouts within one request; on Spin the host sets no per-call PostgreSQL timeout, so a paused PostgreSQL holds the request until it resumes (README \"Running on Spin\") and there is no timeout to count",
+    ),
+    (
         "metrics_are_prometheus_text",
         "counts requests per process; Spin keeps no state between requests (each one is a new instance)",
     ),

@@ -18,15 +18,16 @@ use crate::ports::{Redis, RedisArg, RedisReply};
 
 /// The parts of a script as [`Script::new`] takes them: the shared prelude
 /// (`script/prelude.lua`: `now_ms()`, the Redis clock), then the named files in order,
-/// each found beside the file that names it (`lua!("purge.lua", "reserve.lua")`).
+/// named from `src/` (`lua!("inventory/purge.lua", "inventory/reserve.lua")`).
 ///
 /// Every script of the stores is built this way, so a helper written in the prelude is
-/// written once, and the prelude is part of the text whose SHA-1 `EVALSHA` sends.
+/// written once, and the prelude is part of the text whose SHA-1 `EVALSHA` sends. The
+/// files are compiled in as `build.rs` copies them: their comment lines emptied.
 macro_rules! lua {
     ($($file:literal),+ $(,)?) => {
         &[
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/script/prelude.lua")),
-            $(include_str!($file)),+
+            include_str!(concat!(env!("OUT_DIR"), "/lua/script/prelude.lua")),
+            $(include_str!(concat!(env!("OUT_DIR"), "/lua/", $file))),+
         ]
     };
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorCode, Failure, Result};
 use crate::keys::Keys;
 use crate::ports::{Redis, RedisArg, RedisReply};
 use crate::scan::Scan;
-use crate::script::Script;
+use crate::script::{Script, lua};
 use sha2::{Digest, Sha256};
 
 /// One key as `DUMP` serialises it.
@@ -60,7 +60,7 @@ pub async fn export(
 }
 
 /// Moves a staged key to its own name (see `promote.lua`).
-static PROMOTE: Script = Script::new(&[include_str!("promote.lua")]);
+static PROMOTE: Script = Script::new(lua!("backup/promote.lua"));
 
 /// How long a staged key lives if the restore never gets to promote it (it crashed): a
 /// day, far more than staging any backup takes, after which Redis drops the leftovers.

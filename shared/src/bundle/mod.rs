@@ -17,10 +17,10 @@ use crate::metrics::{self, Cache};
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, tag, unexpected};
 
-static GET: Script = Script::new(lua!("get.lua"));
-static STORE: Script = Script::new(lua!("store.lua"));
-static CHECK: Script = Script::new(lua!("check.lua"));
-static INVALIDATE: Script = Script::new(lua!("invalidate.lua"));
+static GET: Script = Script::new(lua!("bundle/get.lua"));
+static STORE: Script = Script::new(lua!("bundle/store.lua"));
+static CHECK: Script = Script::new(lua!("bundle/check.lua"));
+static INVALIDATE: Script = Script::new(lua!("bundle/invalidate.lua"));
 
 /// One row per (set, eligible variant) of an active bundle.
 const BUNDLE_ROWS: &str = "\

@@ -22,14 +22,14 @@ use crate::pricing::money::Currency;
 use crate::script::{Script, lua, tag, unexpected};
 use crate::settings::Settings;
 
-static CREATE: Script = Script::new(lua!("cart.lua", "create.lua"));
-static GET: Script = Script::new(lua!("cart.lua", "get.lua"));
-static MUTATE: Script = Script::new(lua!("cart.lua", "mutate.lua"));
-static MERGE_CLAIM: Script = Script::new(lua!("cart.lua", "merge_claim.lua"));
-static MERGE_APPLY: Script = Script::new(lua!("cart.lua", "merge_apply.lua"));
-static MERGE_FINISH: Script = Script::new(lua!("merge_finish.lua"));
-static MERGE_RELEASE: Script = Script::new(lua!("merge_release.lua"));
-static LINES: Script = Script::new(lua!("lines.lua"));
+static CREATE: Script = Script::new(lua!("cart/cart.lua", "cart/create.lua"));
+static GET: Script = Script::new(lua!("cart/cart.lua", "cart/get.lua"));
+static MUTATE: Script = Script::new(lua!("cart/cart.lua", "cart/mutate.lua"));
+static MERGE_CLAIM: Script = Script::new(lua!("cart/cart.lua", "cart/merge_claim.lua"));
+static MERGE_APPLY: Script = Script::new(lua!("cart/cart.lua", "cart/merge_apply.lua"));
+static MERGE_FINISH: Script = Script::new(lua!("cart/merge_finish.lua"));
+static MERGE_RELEASE: Script = Script::new(lua!("cart/merge_release.lua"));
+static LINES: Script = Script::new(lua!("cart/lines.lua"));
 
 /// How long the tombstone of a merged anonymous cart answers retries: one day.
 const TOMBSTONE_TTL_MS: i64 = 24 * 60 * 60 * 1000;

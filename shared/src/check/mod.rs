@@ -29,8 +29,8 @@ use crate::pricing::store::Rulesets;
 use crate::scan::Scan;
 use crate::script::{Script, lua, tag, unexpected};
 
-static PAGE: Script = Script::new(lua!("page.lua"));
-static FIX_RESERVED: Script = Script::new(lua!("../inventory/purge.lua", "fix_reserved.lua"));
+static PAGE: Script = Script::new(lua!("check/page.lua"));
+static FIX_RESERVED: Script = Script::new(lua!("inventory/purge.lua", "check/fix_reserved.lua"));
 
 /// Variants per page.
 const PAGE_SIZE: i64 = 500;

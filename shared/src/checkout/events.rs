@@ -19,8 +19,8 @@ use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, Sql};
 use crate::script::{Script, lua};
 
-static EMPTY_CART: Script = Script::new(lua!("empty_cart.lua"));
-pub(super) static FLAG_REFUND: Script = Script::new(lua!("session.lua", "flag_refund.lua"));
+static EMPTY_CART: Script = Script::new(lua!("checkout/empty_cart.lua"));
+pub(super) static FLAG_REFUND: Script = Script::new(lua!("checkout/session.lua", "checkout/flag_refund.lua"));
 
 /// The answer to a verified gateway event: what became of it. The fields are in the order
 /// of their names, as the answer has always listed them.

@@ -53,11 +53,11 @@ use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, tag};
 
-static UNLOCK: Script = Script::new(lua!("unlock.lua"));
-static GET: Script = Script::new(lua!("session.lua", "get.lua"));
-static TRANSITION: Script = Script::new(lua!("session.lua", "transition.lua"));
-static RESTORE: Script = Script::new(lua!("session.lua", "restore.lua"));
-static FORGET: Script = Script::new(lua!("forget.lua"));
+static UNLOCK: Script = Script::new(lua!("checkout/unlock.lua"));
+static GET: Script = Script::new(lua!("checkout/session.lua", "checkout/get.lua"));
+static TRANSITION: Script = Script::new(lua!("checkout/session.lua", "checkout/transition.lua"));
+static RESTORE: Script = Script::new(lua!("checkout/session.lua", "checkout/restore.lua"));
+static FORGET: Script = Script::new(lua!("checkout/forget.lua"));
 
 /// PostgreSQL's live copies of sessions past their deadline (`$2`, epoch ms), the oldest
 /// first; `$1` bounds the holds' deadline so the partial index of live sessions serves it.

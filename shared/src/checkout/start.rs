@@ -16,8 +16,8 @@ use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::pricing::quote::{cart_quote_lines, price_lines};
 use crate::script::{Script, lua, tag, unexpected};
 
-static LOCK: Script = Script::new(lua!("../cart/cart.lua", "lock.lua"));
-static CREATE: Script = Script::new(lua!("session.lua", "create.lua"));
+static LOCK: Script = Script::new(lua!("cart/cart.lua", "checkout/lock.lua"));
+static CREATE: Script = Script::new(lua!("checkout/session.lua", "checkout/create.lua"));
 
 /// Units per variant that a cart's lines take from stock: direct lines and bundle parts
 /// summed per variant, so a variant wanted twice is checked against stock once, in full.

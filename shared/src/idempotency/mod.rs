@@ -18,8 +18,8 @@ use crate::ids::random_hex_128;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::script::{Script, lua, unexpected};
 
-static BEGIN: Script = Script::new(lua!("begin.lua"));
-static FINISH: Script = Script::new(lua!("finish.lua"));
+static BEGIN: Script = Script::new(lua!("idempotency/begin.lua"));
+static FINISH: Script = Script::new(lua!("idempotency/finish.lua"));
 
 /// The `Idempotency-Key` header: 1–255 printable ASCII characters.
 fn key_of(req: &Request) -> Result<Option<String>> {

@@ -23,15 +23,23 @@ use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::scan::Scan;
 use crate::script::{Script, lua, tag, unexpected};
 
-static RESERVE: Script = Script::new(lua!("purge.lua", "reserve.lua"));
-static RELEASE: Script = Script::new(lua!("purge.lua", "release.lua"));
-static VIEW: Script = Script::new(lua!("purge.lua", "view.lua"));
-static SWEEP: Script = Script::new(lua!("purge.lua", "sweep.lua"));
-static LOAD_STOCK: Script = Script::new(lua!("purge.lua", "stock.lua", "load_stock.lua"));
-static APPLY_STOCK: Script = Script::new(lua!("stock.lua", "apply_stock.lua"));
-static PUT_BACK: Script = Script::new(lua!("purge.lua", "put_back.lua"));
-static HOLD_INDEX: Script = Script::new(lua!("hold_index.lua"));
-static COMMIT: Script = Script::new(lua!("purge.lua", "stock.lua", "commit.lua"));
+static RESERVE: Script = Script::new(lua!("inventory/purge.lua", "inventory/reserve.lua"));
+static RELEASE: Script = Script::new(lua!("inventory/purge.lua", "inventory/release.lua"));
+static VIEW: Script = Script::new(lua!("inventory/purge.lua", "inventory/view.lua"));
+static SWEEP: Script = Script::new(lua!("inventory/purge.lua", "inventory/sweep.lua"));
+static LOAD_STOCK: Script = Script::new(lua!(
+    "inventory/purge.lua",
+    "inventory/stock.lua",
+    "inventory/load_stock.lua"
+));
+static APPLY_STOCK: Script = Script::new(lua!("inventory/stock.lua", "inventory/apply_stock.lua"));
+static PUT_BACK: Script = Script::new(lua!("inventory/purge.lua", "inventory/put_back.lua"));
+static HOLD_INDEX: Script = Script::new(lua!("inventory/hold_index.lua"));
+static COMMIT: Script = Script::new(lua!(
+    "inventory/purge.lua",
+    "inventory/stock.lua",
+    "inventory/commit.lua"
+));
 
 /// On-hand, version and existence of the variants `WHERE` picks (in id order), with the
 /// holds of each variant's live paid checkout sessions that PostgreSQL keeps (sessions with

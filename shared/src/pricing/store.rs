@@ -33,10 +33,10 @@ use crate::metrics::{self, Cache};
 use crate::ports::{Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, unexpected};
 
-static SWITCH: Script = Script::new(lua!("switch.lua"));
-static READ: Script = Script::new(lua!("read_parts.lua", "read.lua"));
-static READ_ONE: Script = Script::new(lua!("read_parts.lua", "read_one.lua"));
-static ELIGIBILITY: Script = Script::new(lua!("eligibility.lua"));
+static SWITCH: Script = Script::new(lua!("pricing/switch.lua"));
+static READ: Script = Script::new(lua!("pricing/read_parts.lua", "pricing/read.lua"));
+static READ_ONE: Script = Script::new(lua!("pricing/read_parts.lua", "pricing/read_one.lua"));
+static ELIGIBILITY: Script = Script::new(lua!("pricing/eligibility.lua"));
 
 /// A version under construction expires by itself if its publish dies before switching.
 const BUILD_TTL_MS: i64 = 60 * 60 * 1000;

@@ -34,7 +34,7 @@ use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
 use crate::script::{Script, lua, tag, unexpected};
 use crate::settings::Settings;
 
-static GCRA: Script = Script::new(lua!("gcra.lua"));
+static GCRA: Script = Script::new(lua!("ratelimit/gcra.lua"));
 
 /// A rate limit: `per_minute` requests on average, up to `burst` at once; off when
 /// `per_minute` is 0.

@@ -160,14 +160,19 @@ pub fn liveness() -> Response {
 async fn health<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>) -> Response {
     let (redis, postgres) = probes(app).await;
     let ok = redis["ok"] == true && postgres["ok"] == true;
-    Response::json(
+    let mut response = Response::json(
         if ok { 200 } else { 503 },
         &json!({
             "status": if ok { "ok" } else { "degraded" },
             "redis": redis,
             "postgres": postgres,
         }),
-    )
+    );
+    // A 503 says when to ask again, as every other 503 does.
+    if !ok {
+        response.headers.push(("retry-after".into(), "1".into()));
+    }
+    response
 }
 
 /// Redis's and PostgreSQL's probes, at once: with both down or hung, they cost one timeout,

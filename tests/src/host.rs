@@ -121,6 +121,22 @@ pub const NATIVE_ONLY: &[(&str, &str)] = &[
         "counts PostgreSQL timeouts within one request; on Spin the host sets no per-call PostgreSQL timeout, so a paused PostgreSQL holds the request until it resumes (README \"Running on Spin\") and there is no timeout to count",
     ),
     (
+        "a_second_cancel_while_postgres_is_paused_answers_503_within_one_database_timeout",
+        "pauses PostgreSQL and counts its timeouts within one request; on Spin the host sets no per-call PostgreSQL timeout, so the request waits until PostgreSQL resumes (README \"Running on Spin\"); the release a cut-short request left is met on Spin by checkout::a_session_ended_by_a_request_cut_short_before_its_release_is_released_by_the_next_read",
+    ),
+    (
+        "a_payment_intent_that_would_cancel_its_session_while_postgres_is_paused_cancels_nothing",
+        "pauses PostgreSQL and counts its timeouts within one request; on Spin the host sets no per-call PostgreSQL timeout, so the request waits until PostgreSQL resumes (README \"Running on Spin\"); the release a cut-short request left is met on Spin by checkout::a_session_ended_by_a_request_cut_short_before_its_release_is_released_by_the_next_read",
+    ),
+    (
+        "a_paid_session_without_its_frozen_cart_is_shown_within_one_database_timeout",
+        "pauses PostgreSQL and counts its timeouts within one request; on Spin the host sets no per-call PostgreSQL timeout, so the request waits until PostgreSQL resumes (README \"Running on Spin\"); the release a cut-short request left is met on Spin by checkout::a_session_ended_by_a_request_cut_short_before_its_release_is_released_by_the_next_read",
+    ),
+    (
+        "a_session_a_read_expired_without_its_release_is_released_by_the_next_read",
+        "pauses PostgreSQL and counts its timeouts within one request; on Spin the host sets no per-call PostgreSQL timeout, so the request waits until PostgreSQL resumes (README \"Running on Spin\"); the release a cut-short request left is met on Spin by checkout::a_session_ended_by_a_request_cut_short_before_its_release_is_released_by_the_next_read",
+    ),
+    (
         "metrics_are_prometheus_text",
         "counts requests per process; Spin keeps no state between requests (each one is a new instance)",
     ),

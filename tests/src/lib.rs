@@ -656,6 +656,11 @@ impl TestApp {
         self.keys().checkout_session(&session_id(session))
     }
 
+    /// The key of the checkout session `session`'s frozen cart (its metadata).
+    pub fn metadata_key(&self, session: &str) -> String {
+        self.keys().checkout_metadata(&session_id(session))
+    }
+
     /// The state Redis holds for the checkout session `session`, read without meeting it
     /// (an API read would expire it if due); `None` if Redis has no such session.
     pub async fn stored_state(&self, session: &str) -> Option<String> {

@@ -2293,3 +2293,49 @@ async fn a_payment_intents_idempotency_key_replays_only_to_its_caller() {
     }
     app.finish().await;
 }
+
+/// A session ended by a request cut short before it freed what the session held (the move
+/// landed, the release did not: a crash, a dependency gone mid-way) is marked `releasing`
+/// by the move itself; the next read that meets it frees its holds and lock and cancels
+/// its intent, and clears the mark. Here the move is written by hand, as such a request
+/// leaves it.
+#[tokio::test]
+async fn a_session_ended_by_a_request_cut_short_before_its_release_is_released_by_the_next_read() {
+    let (app, gateway) = TestApp::shop(2, |c| c).await;
+    let before = app.sellable("var-1").await;
+    let paying = app.paying_session(&[("var-1", 1)], "k-cut-short").await;
+    assert_eq!(app.sellable("var-1").await, before - 1);
+    let mut redis = app.redis.clone();
+    let key = app.session_key(&paying.session);
+    let _: () = redis
+        .hset_multiple(&key, &[("state", "CANCELLED"), ("releasing", "1")])
+        .await
+        .unwrap();
+    let shown = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(
+        (shown.status, shown.body["state"].as_str()),
+        (200, Some("CANCELLED")),
+        "{shown:?}"
+    );
+    assert_eq!(app.sellable("var-1").await, before, "its holds freed");
+    let lock: Option<String> = redis.get(app.cart_lock_key(&paying.cart)).await.unwrap();
+    assert_eq!(lock, None, "its cart unlocked");
+    assert_eq!(
+        gateway.cancellations(),
+        std::slice::from_ref(&paying.intent),
+        "its intent cancelled"
+    );
+    let mark: Option<String> = redis.hget(&key, "releasing").await.unwrap();
+    assert_eq!(mark, None, "the mark cleared once released");
+
+    // A cancel that ends a session leaves no mark behind.
+    let other = app.paying_session(&[("var-1", 1)], "k-cancelled").await;
+    let cancelled = app.cancel(&other.session, Caller::Anonymous).await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    let mark: Option<String> = redis
+        .hget(app.session_key(&other.session), "releasing")
+        .await
+        .unwrap();
+    assert_eq!(mark, None, "a release that ran to its end clears the mark");
+    app.finish().await;
+}

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use commerce_core::ports::Config;
 use commerce_native::EnvConfig;
-use commerce_tests::TestApp;
 use commerce_tests::faults::{
     Books, BuyerPlan, Buyers, Gate, Persistence, Progress, Proxy, RedisProcess, ServeProcess, addr_of,
 };
 use commerce_tests::gateway::FakeGateway;
 use commerce_tests::host::Host;
+use commerce_tests::{Caller, TestApp};
 
 /// The variant on sale.
 const VARIANT: &str = "var-1";
@@ -420,6 +420,157 @@ async fn a_redelivery_to_a_confirmed_session_answers_503_within_one_database_tim
         (200, Some("COMPLETED")),
         "{body}"
     );
+    app.finish().await;
+}
+
+/// A shop of 5 units behind a PostgreSQL proxy the test pauses, with a session paying for
+/// one of them.
+async fn paying_behind_a_proxy(key: &str) -> (Proxy, TestApp, Arc<FakeGateway>, commerce_tests::Paying) {
+    let database_url = std::env::var("COMMERCE_DATABASE_URL").expect("COMMERCE_DATABASE_URL (scripts/test)");
+    let postgres = Proxy::start(addr_of(&database_url)).await;
+    let (app, gateway) = shop(
+        5,
+        Wiring {
+            database_proxy: Some(&postgres),
+            ..Wiring::default()
+        },
+    )
+    .await;
+    let paying = app.paying_session(&[(VARIANT, 1)], key).await;
+    (postgres, app, gateway, paying)
+}
+
+/// `call` with PostgreSQL paused: its answer, which must come within one database timeout.
+async fn within_one_timeout<F: Future<Output = commerce_tests::Reply>>(
+    postgres: &Proxy,
+    call: F,
+) -> commerce_tests::Reply {
+    postgres.pause();
+    let started = std::time::Instant::now();
+    let reply = call.await;
+    let took = started.elapsed();
+    postgres.resume();
+    assert!(
+        took <= DATABASE_TIMEOUT + MARGIN,
+        "answered {} after {took:?}, more than one database timeout ({DATABASE_TIMEOUT:?}) and the margin: {reply:?}",
+        reply.status
+    );
+    reply
+}
+
+/// A cancel sent again (a double tap, a retry whose answer was lost) used to let the read's
+/// question to PostgreSQL time out, then wait again on the release's: 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cancel_while_postgres_is_paused_answers_503_within_one_database_timeout() {
+    let (postgres, app, _gateway, paying) = paying_behind_a_proxy("cancel-twice").await;
+    let first = app.cancel(&paying.session, Caller::Anonymous).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let again = within_one_timeout(&postgres, app.cancel(&paying.session, Caller::Anonymous)).await;
+    assert_eq!(again.status, 503, "{again:?}");
+    let again = app.cancel(&paying.session, Caller::Anonymous).await;
+    assert_eq!(
+        (again.status, again.body["state"].as_str()),
+        (200, Some("CANCELLED")),
+        "{again:?}"
+    );
+    app.finish().await;
+}
+
+/// A payment intent asked again after the cart's lock was lost and the cart changed would
+/// cancel its session. With PostgreSQL paused it used to wait two timeouts and leave the
+/// session CANCELLED with its holds kept and its intent open; now it answers 503 at once,
+/// cancels nothing, and the next call cancels it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_intent_that_would_cancel_its_session_while_postgres_is_paused_cancels_nothing() {
+    let (postgres, app, _gateway, paying) = paying_behind_a_proxy("lock-lost").await;
+    let mut redis = app.redis.clone();
+    let _: () = redis::AsyncCommands::del(&mut redis, app.cart_lock_key(&paying.cart))
+        .await
+        .unwrap();
+    let changed = app
+        .post(
+            &format!("/v1/carts/{}/items", paying.cart),
+            serde_json::json!({ "variantId": VARIANT, "quantity": 1 }),
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{changed:?}");
+    let reply = within_one_timeout(&postgres, app.payment_intent(&paying.session, Caller::Anonymous)).await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(
+        app.stored_state(&paying.session).await.as_deref(),
+        Some("PAYMENT_PENDING")
+    );
+    let reply = app.payment_intent(&paying.session, Caller::Anonymous).await;
+    assert_eq!(
+        (reply.status, reply.body["error"]["code"].as_str()),
+        (409, Some("CHECKOUT_STATE")),
+        "{reply:?}"
+    );
+    assert_eq!(
+        app.stored_state(&paying.session).await.as_deref(),
+        Some("CANCELLED")
+    );
+    assert_eq!(app.sellable(VARIANT).await, 5, "its hold is freed");
+    let cancels: i64 = app
+        .pg
+        .query_one(
+            "SELECT count(*) FROM payment_outbox WHERE kind = 'cancel_intent' AND payment_intent_id = $1",
+            &[&paying.intent],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cancels, 1, "the intent's cancel is owed");
+    app.finish().await;
+}
+
+/// A paid session whose frozen cart Redis lost is shown from Redis alone when PostgreSQL is
+/// out of reach: it used to ask PostgreSQL for its order, then for its frozen cart, each
+/// waiting a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_session_without_its_frozen_cart_is_shown_within_one_database_timeout() {
+    let (postgres, app, _gateway, paying) = paying_behind_a_proxy("frozen-lost").await;
+    app.set_stored_state(&paying.session, "PAYMENT_CONFIRMED").await;
+    let mut redis = app.redis.clone();
+    let _: () = redis::AsyncCommands::del(&mut redis, app.metadata_key(&paying.session))
+        .await
+        .unwrap();
+    let shown = within_one_timeout(&postgres, app.get(&format!("/v1/checkout/{}", paying.session))).await;
+    assert_eq!(
+        (shown.status, shown.body["state"].as_str()),
+        (200, Some("PAYMENT_CONFIRMED")),
+        "{shown:?}"
+    );
+    app.finish().await;
+}
+
+/// A read that expires an overdue session while PostgreSQL is paused answers 503 and frees
+/// nothing; the next read frees what it held (it used to wait for the sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_a_read_expired_without_its_release_is_released_by_the_next_read() {
+    let (postgres, app, _gateway, paying) = paying_behind_a_proxy("expired-cut").await;
+    assert_eq!(app.sellable(VARIANT).await, 4);
+    let mut redis = app.redis.clone();
+    let _: () = redis::AsyncCommands::hset(&mut redis, app.session_key(&paying.session), "deadline", 1000)
+        .await
+        .unwrap();
+    let read = within_one_timeout(&postgres, app.get(&format!("/v1/checkout/{}", paying.session))).await;
+    assert_eq!(read.status, 503, "{read:?}");
+    assert_eq!(
+        app.stored_state(&paying.session).await.as_deref(),
+        Some("EXPIRED")
+    );
+    let read = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(
+        (read.status, read.body["state"].as_str()),
+        (200, Some("EXPIRED")),
+        "{read:?}"
+    );
+    assert_eq!(app.sellable(VARIANT).await, 5, "its hold is freed");
+    let locked: bool = redis::AsyncCommands::exists(&mut redis, app.cart_lock_key(&paying.cart))
+        .await
+        .unwrap();
+    assert!(!locked, "its cart's lock is freed");
     app.finish().await;
 }
 

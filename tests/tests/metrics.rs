@@ -182,6 +182,15 @@ async fn dependency_errors_are_counted_by_kind() {
     let before = String::from_utf8(before.body).unwrap();
     let health = commerce_core::handle(&down, get("/health"), commerce_core::Scope::All).await;
     assert_eq!(health.status, 503);
+    // As every 503 does, it says when to ask again.
+    assert!(
+        health
+            .headers
+            .iter()
+            .any(|(name, value)| name == "retry-after" && value == "1"),
+        "{:?}",
+        health.headers
+    );
     let after = commerce_core::handle(&down, get("/metrics"), commerce_core::Scope::All).await;
     let after = String::from_utf8(after.body).unwrap();
     for dependency in ["redis", "postgres"] {

@@ -45,7 +45,7 @@ use self::state::State;
 use crate::app::App;
 use crate::auth;
 use crate::cart::{CartRef, Carts};
-use crate::error::{Error, Result};
+use crate::error::{Dependency, Error, Result};
 use crate::ids::{Holder, Quantity, SessionId, VariantId};
 use crate::inventory::Inventory;
 use crate::metrics::{self, Event};
@@ -130,6 +130,15 @@ enum Unreachable {
     ShowsRedis,
     /// The read fails (503): its caller would need PostgreSQL next anyway.
     Fails,
+}
+
+/// A session as [`Checkouts::read`] met it: with the values of the keys asked with it, and
+/// whether PostgreSQL was out of reach for a question the read asked of it (then the
+/// caller does not ask again: a request answers within one timeout).
+struct Met {
+    session: Session,
+    values: Vec<Option<String>>,
+    postgres_down: bool,
 }
 
 /// What keeping a cart's lock for a session came to ([`Checkouts::take_lock_of`]).
@@ -422,15 +431,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 Err(other) => return Err(other),
             };
             // Releasing again is harmless (each step is idempotent) and ends PostgreSQL's
-            // copy of one that Redis had ended before. A failed session was paid: its
-            // payment goes back as a refund, and its intent is not also cancelled.
+            // copy of one that Redis had ended before.
             if matches!(session.state, State::Expired | State::Cancelled | State::Failed) {
-                // A failed session that owes no refund has its intent cancelled too: one
-                // paid whose refund was never written (its request cut short between the
-                // move to FAILED and the refund) is refunded instead by the outbox, which
-                // finds the intent paid (unless it was ordered).
-                let cancel = session.state != State::Failed || !self.refund_owed(&session).await?;
-                self.release(&session, cancel).await?;
+                self.release_ended(&session).await?;
                 ended += 1;
             } else if session.state == State::PaymentConfirmed {
                 // Paid, with no order (its webhook's request cut short after the move, and no
@@ -537,7 +540,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .release(&Holder::Checkout(session.id.clone()), &known)
             .await?;
         self.unlock(&self.carts().lock_key(&session.cart), session.id.as_str())
-            .await
+            .await?;
+        if session.releasing {
+            let key = self.app.keys.checkout_session(&session.id);
+            self.app
+                .redis
+                .execute("HDEL", vec![key.into(), "releasing".into()])
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends what the outbox owes for `intent` now, from the request that created the need.
@@ -579,21 +590,17 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// the one of the write it would go on to (a request answers within one timeout of the
     /// dependency that failed).
     async fn load_to_write(&self, id: &SessionId) -> Result<Session> {
-        Ok(self.read(id, &[], Unreachable::Fails).await?.0)
+        Ok(self.read(id, &[], Unreachable::Fails).await?.session)
     }
 
     /// [`Self::load`], reading in the same round trip the values of `extras`: keys that
     /// carry the session's hash tag (one slot in a Cluster).
     async fn load_with(&self, id: &SessionId, extras: &[&str]) -> Result<(Session, Vec<Option<String>>)> {
-        self.read(id, extras, Unreachable::ShowsRedis).await
+        let met = self.read(id, extras, Unreachable::ShowsRedis).await?;
+        Ok((met.session, met.values))
     }
 
-    async fn read(
-        &self,
-        id: &SessionId,
-        extras: &[&str],
-        unreachable: Unreachable,
-    ) -> Result<(Session, Vec<Option<String>>)> {
+    async fn read(&self, id: &SessionId, extras: &[&str], unreachable: Unreachable) -> Result<Met> {
         let key = self.app.keys.checkout_session(id);
         let keys: Vec<&str> = std::iter::once(key.as_str())
             .chain(extras.iter().copied())
@@ -621,22 +628,61 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             State::Expired | State::Cancelled | State::Failed => session.intent.is_some(),
             _ => tag == "EXPIRED_NOW",
         };
+        let mut postgres_down = false;
         if unfinished {
             match self.finish_if_ordered(&session).await {
-                Ok(Some(finished)) => return Ok((finished, values)),
+                Ok(Some(finished)) => {
+                    return Ok(Met {
+                        session: finished,
+                        values,
+                        postgres_down,
+                    });
+                }
                 Ok(None) => {}
                 // PostgreSQL out of reach: a read shows what Redis has, as it did before it
                 // asked; the next call asks again. Expiring now needs PostgreSQL anyway.
                 Err(Error::Unavailable { .. })
-                    if tag != "EXPIRED_NOW" && unreachable == Unreachable::ShowsRedis => {}
+                    if tag != "EXPIRED_NOW" && unreachable == Unreachable::ShowsRedis =>
+                {
+                    postgres_down = true;
+                }
                 Err(other) => return Err(other),
             }
         }
         if tag == "EXPIRED_NOW" {
             ended(State::Expired);
             self.release(&session, true).await?;
+        } else if session.releasing
+            && matches!(session.state, State::Cancelled | State::Expired | State::Failed)
+            && !postgres_down
+        {
+            // Ended by a request cut short before it freed what the session held (or one
+            // still at it: each step is idempotent). With PostgreSQL out of reach, a read
+            // shows it as it is; the next call releases it.
+            match self.release_ended(&session).await {
+                Ok(()) => {}
+                Err(Error::Unavailable { .. }) if unreachable == Unreachable::ShowsRedis => {
+                    postgres_down = true;
+                }
+                Err(other) => return Err(other),
+            }
         }
-        Ok((session, values))
+        Ok(Met {
+            session,
+            values,
+            postgres_down,
+        })
+    }
+
+    /// Releases an ended session (again: each step is idempotent), as the sweep and a read
+    /// of one whose release was cut short do. A failed session was paid: its payment goes
+    /// back as a refund, and its intent is not also cancelled, unless it owes no refund
+    /// (one paid whose refund was never written, its request cut short between the move to
+    /// FAILED and the refund, is refunded by the outbox instead, which finds the intent
+    /// paid, unless it was ordered).
+    async fn release_ended(&self, session: &Session) -> Result<()> {
+        let cancel = session.state != State::Failed || !self.refund_owed(session).await?;
+        self.release(session, cancel).await
     }
 
     /// A session Redis remembers from before its order was finished, whose order
@@ -821,9 +867,23 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// The session, with its frozen quote, for a caller the session answers.
     pub async fn get(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
-        let mut session = self.load(id).await?;
+        let met = self.read(id, &[], Unreachable::ShowsRedis).await?;
+        let mut session = met.session;
         self.authorize(&session, authorization)?;
-        let frozen = self.frozen(id).await;
+        // PostgreSQL's copy of the frozen cart is not asked for when the read found
+        // PostgreSQL out of reach: the view goes without its quote rather than wait again.
+        let frozen = match met.postgres_down {
+            false => self.frozen(id).await,
+            true => self
+                .stored_metadata(id)
+                .await?
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .map(Some)
+                .ok_or_else(|| Error::Unavailable {
+                    dependency: Dependency::Postgres.name(),
+                    message: "the frozen cart is not in Redis, and PostgreSQL is out of reach".into(),
+                }),
+        };
         // One waiting for its payment intent that lost its frozen cart is ended when met,
         // as its payment intent would end it. A read that could not tell shows it as it is.
         if session.state == State::Locked && matches!(frozen, Ok(None)) {
@@ -863,7 +923,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// Cancels a session before payment: holds and lock released, its intent (if any)
     /// cancelled at the gateway. After payment, 409.
     pub async fn cancel(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
-        let session = self.load(id).await?;
+        // Strictly: a session with an intent is released through PostgreSQL, so one out of
+        // reach fails the cancel at once, not after a second timeout.
+        let session = self.load_to_write(id).await?;
         self.authorize(&session, authorization)?;
         // One Redis remembers waiting for a payment that PostgreSQL has ordered is paid.
         if session.state == State::PaymentPending

@@ -126,8 +126,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             }
             // The cart's lock for as long as the holds (taken back if lost, while the cart is
             // still the one this session froze).
-            self.keep_lock(&session, deadline + self.grace_ms(), &FrozenCart::of(&metadata))
-                .await?;
+            self.keep_lock(
+                &session,
+                deadline + self.grace_ms(),
+                &FrozenCart::of(&metadata),
+                None,
+            )
+            .await?;
             let (tag, moved) = self
                 .transition(
                     id,
@@ -144,17 +149,22 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         } else if session.state == State::PaymentPending {
             // One PostgreSQL has ordered that Redis remembers waiting (a Redis older than
             // PostgreSQL) is finished, and takes no payment. With PostgreSQL out of reach the
-            // call goes on as before it asked (it needs nothing else of PostgreSQL).
-            match self.finish_if_ordered(&session).await {
+            // call goes on as before it asked (it needs nothing else of PostgreSQL), unless
+            // it would cancel the session (below).
+            let postgres_down = match self.finish_if_ordered(&session).await {
                 Ok(Some(ordered)) => return Err(wrong_state(&ordered, "take a payment")),
-                Ok(None) | Err(Error::Unavailable { .. }) => {}
+                Ok(None) => None,
+                Err(down @ Error::Unavailable { .. }) => Some(down),
                 Err(other) => return Err(other),
-            }
+            };
             // Asked again while waiting for the payment: the lock lasts until the holds' end
-            // (taken back, if lost, only while the cart is as the session froze it).
+            // (taken back, if lost, only while the cart is as the session froze it). A lost
+            // lock that cancels the session needs PostgreSQL, which could not say either
+            // whether the session was ordered: then the answer is its 503, and the next
+            // call decides.
             let frozen = frozen.map(FrozenCart::of_text).unwrap_or_default();
-            self.keep_lock(&session, session.deadline_ms + self.grace_ms(), &frozen)
-                .await?;
+            let until = session.deadline_ms + self.grace_ms();
+            self.keep_lock(&session, until, &frozen, postgres_down).await?;
         }
         let mut view = session.view(None);
         view.payment_intent_id = Some(intent_id);
@@ -245,8 +255,17 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// one is cancelled (its holds freed, its intent cancelled) and the answer is 409 naming
     /// it; so it is, 409 `CHECKOUT_STATE`, if the cart changed or was ordered meanwhile; one
     /// that moved on meanwhile (paid, ordered, ended) gives back what this call took and is
-    /// answered as it stands (409 `CHECKOUT_STATE`).
-    async fn keep_lock(&self, session: &Session, until_ms: i64, frozen: &FrozenCart) -> Result<()> {
+    /// answered as it stands (409 `CHECKOUT_STATE`). `postgres_down`: the error of this
+    /// call's question to PostgreSQL, if it was out of reach; a cancel needs PostgreSQL (and
+    /// could not first ask whether the session was ordered), so that error is the answer
+    /// instead, and the next call decides.
+    async fn keep_lock(
+        &self,
+        session: &Session,
+        until_ms: i64,
+        frozen: &FrozenCart,
+        postgres_down: Option<Error>,
+    ) -> Result<()> {
         let id = &session.id;
         let refusal = match self.take_lock_of(&session.cart, id, until_ms, frozen).await? {
             LockTaken::Held | LockTaken::OtherCart => return Ok(()),
@@ -265,6 +284,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 details: json!({ "sessionId": id.as_str(), "state": State::Cancelled.name() }),
             },
         };
+        if let Some(down) = postgres_down {
+            return Err(down);
+        }
         let (moved, current) = self.transition(id, State::Cancelled, None, &[]).await?;
         if !matches!(moved.as_str(), "OK" | "SAME") {
             self.give_back(&current).await?;

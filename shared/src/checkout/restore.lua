@@ -18,6 +18,11 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'cart', ARGV[2], 'state', ARGV[10], '
 if ARGV[12] ~= '' then
   redis.call('HSET', KEYS[1], 'order', ARGV[12])
 end
+-- Ended in PostgreSQL, whose end is the first step of a release: what else Redis still
+-- holds of it (a partial loss) is freed by the read that put it back.
+if ARGV[10] == 'CANCELLED' or ARGV[10] == 'EXPIRED' or ARGV[10] == 'FAILED' then
+  redis.call('HSET', KEYS[1], 'releasing', '1')
+end
 redis.call('SET', KEYS[2], ARGV[7])
 redis.call('SET', KEYS[3], ARGV[9])
 for _, key in ipairs(KEYS) do

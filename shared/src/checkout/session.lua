@@ -35,10 +35,17 @@ local function appended(history, to, now)
 end
 
 -- Moves the session to `to`: state, history and version in one write, with `more`
--- (field, value, …) beside them. `read` holds its stored history and version.
+-- (field, value, …) beside them. `read` holds its stored history and version. A move
+-- that ends the session marks it `releasing` until its request has freed what it held
+-- (`Checkouts::release` clears it): one cut short before that is released by the next
+-- read that meets it.
 local function move(key, to, now, read, more)
   local fields = {'state', to, 'history', appended(read.history, to, now),
     'version', (tonumber(read.version) or 0) + 1}
+  if to == 'CANCELLED' or to == 'EXPIRED' or to == 'FAILED' then
+    fields[#fields + 1] = 'releasing'
+    fields[#fields + 1] = '1'
+  end
   for i = 1, #more do
     fields[#fields + 1] = more[i]
   end

@@ -62,6 +62,9 @@ pub(super) struct Session {
     pub(super) intent: Option<String>,
     pub(super) order: Option<String>,
     pub(super) refund: Option<String>,
+    /// Ended (CANCELLED, EXPIRED, FAILED) by a request that has not yet freed what it
+    /// held: cut short, if no request is still at it.
+    pub(super) releasing: bool,
 }
 
 impl Session {
@@ -168,6 +171,7 @@ pub(super) fn parse_session_with(
         intent: text("intent").map(str::to_owned),
         order: text("order").map(str::to_owned),
         refund: text("refund").map(str::to_owned),
+        releasing: text("releasing").is_some(),
     };
     Ok((tag, Some(session), extra))
 }

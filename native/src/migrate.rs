@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "frozen_cart_by_its_lines",
         include_str!("../../migrations/0011_frozen_cart_by_its_lines.sql"),
     ),
+    (
+        12,
+        "sessions_released",
+        include_str!("../../migrations/0012_sessions_released.sql"),
+    ),
 ];
 
 /// Applies the migrations not yet applied to the current schema; returns their names.

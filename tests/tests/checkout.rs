@@ -700,6 +700,14 @@ async fn a_payment_after_the_deadline_is_refunded_once_and_its_intent_not_cancel
     let (again, _) = app.intent_paid(&gateway, &paying.intent).await;
     assert_eq!(again, 200);
     assert_eq!(gateway.refunds().len(), 1, "a redelivery refunds nothing more");
+    // A read of it afterwards cancels nothing either.
+    let shown = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(shown.body["state"], "EXPIRED", "{shown:?}");
+    assert!(
+        gateway.cancellations().is_empty(),
+        "{:?}",
+        gateway.cancellations()
+    );
     app.finish().await;
 }
 

@@ -716,3 +716,53 @@ async fn cancelling_a_session_cancels_its_payment_intent_at_the_gateway() {
     );
     app.finish().await;
 }
+
+/// A cancel cut short after PostgreSQL's end of the session was written (a crash, a
+/// `kill -9`) left it CANCELLED with its holds, its cart's lock and its open intent, and
+/// the sweep passed it by: it met only sessions PostgreSQL showed live. Now the sweep
+/// finishes such a release once no request can still be running it, and records it done.
+#[tokio::test]
+async fn a_release_cut_short_after_postgres_ended_the_session_is_finished_by_the_sweep() {
+    let (app, gateway) = shop(|c| c).await;
+    let before = app.sellable("var-1").await;
+    let paying = app.paying_session(&[("var-1", 2)], "k-release-cut").await;
+    // What the cancel leaves when cut short right after its first PostgreSQL statement.
+    let mut redis = app.redis.clone();
+    let _: () = redis::AsyncCommands::hset_multiple(
+        &mut redis,
+        app.session_key(&paying.session),
+        &[("state", "CANCELLED"), ("releasing", "1")],
+    )
+    .await
+    .unwrap();
+    app.pg
+        .execute(
+            "UPDATE checkout_sessions SET ended_state = 'CANCELLED', ended_at = now() - interval '1 hour' WHERE id = $1",
+            &[&paying.session],
+        )
+        .await
+        .unwrap();
+    assert_eq!(app.sellable("var-1").await, before - 2);
+    run(&app, "sweep").await;
+    run(&app, "drain").await;
+    assert_eq!(app.sellable("var-1").await, before, "its holds freed");
+    let lock: Option<String> = redis::AsyncCommands::get(&mut redis, app.cart_lock_key(&paying.cart))
+        .await
+        .unwrap();
+    assert_eq!(lock, None, "its cart unlocked");
+    assert_eq!(
+        gateway.cancellations(),
+        std::slice::from_ref(&paying.intent),
+        "its intent cancelled"
+    );
+    let released = app
+        .pg
+        .query_one(
+            "SELECT released_at IS NOT NULL FROM checkout_sessions WHERE id = $1",
+            &[&paying.session],
+        )
+        .await
+        .unwrap();
+    assert!(released.get::<_, bool>(0), "recorded as released");
+    app.finish().await;
+}

@@ -66,6 +66,14 @@ SELECT id FROM checkout_sessions
 WHERE ended_at IS NULL AND holds_deadline_ms < $1 AND deadline_ms < $2
 ORDER BY holds_deadline_ms LIMIT $3";
 
+/// Paid sessions ended (CANCELLED, EXPIRED, FAILED) more than `$1` ms ago whose release
+/// never ran whole (its request cut short after the end was written), oldest first.
+const CUT_SHORT: &str = "\
+SELECT id FROM checkout_sessions
+WHERE released_at IS NULL AND ended_state IS NOT NULL
+  AND ended_at < now() - make_interval(secs => $1::bigint / 1000.0)
+ORDER BY ended_at LIMIT $2";
+
 /// The refund the outbox owes for the payment intent `$1`, if any.
 const REFUND_OF: &str = "SELECT reason FROM payment_outbox WHERE kind = 'refund' AND payment_intent_id = $1";
 
@@ -400,11 +408,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// intent has one) past their deadline by this process's clock; the expiry itself is
     /// decided by the session script on the Redis clock, as always. One left ended in
     /// Redis but live in PostgreSQL (a crash between the two) is ended there too, and one
-    /// whose payment was confirmed but whose order was never written is ordered. At most
-    /// `limit` sessions per call, the oldest deadlines first; returns how many it ended.
+    /// whose payment was confirmed but whose order was never written is ordered. So is one
+    /// PostgreSQL shows ended whose release never ran whole (its request cut short after
+    /// the end was written, longer ago than a request may run): its holds and lock are
+    /// freed and its intent cancelled. At most `limit` sessions of each kind per call, the
+    /// oldest first; returns how many it ended.
     pub async fn expire_overdue(&self, limit: i64) -> Result<u64> {
         let now = crate::clock::wall_clock_ms();
-        let rows = self
+        let mut rows = self
             .app
             .sql
             .query(
@@ -416,6 +427,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 ],
             )
             .await?;
+        let request_ms = i64::try_from(self.app.settings.request_timeout_ms).unwrap_or(i64::MAX);
+        rows.extend(
+            self.app
+                .sql
+                .query(CUT_SHORT, &[SqlValue::Int(request_ms), SqlValue::Int(limit)])
+                .await?,
+        );
         let mut ended = 0;
         for row in rows {
             let Some(id) = row
@@ -541,6 +559,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .await?;
         self.unlock(&self.carts().lock_key(&session.cart), session.id.as_str())
             .await?;
+        if intent.is_some() && session.state.is_terminal() && session.state != State::Completed {
+            paid::released(&self.app.sql, session.id.as_str()).await?;
+        }
         if session.releasing {
             let key = self.app.keys.checkout_session(&session.id);
             self.app
@@ -675,13 +696,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Releases an ended session (again: each step is idempotent), as the sweep and a read
-    /// of one whose release was cut short do. A failed session was paid: its payment goes
-    /// back as a refund, and its intent is not also cancelled, unless it owes no refund
-    /// (one paid whose refund was never written, its request cut short between the move to
-    /// FAILED and the refund, is refunded by the outbox instead, which finds the intent
-    /// paid, unless it was ordered).
+    /// of one whose release was cut short do. One whose payment is being refunded (named on
+    /// it, `refundRequired`: a payment that came after its end) has its intent paid, not to
+    /// be cancelled. A failed session was paid: its payment goes back as a refund, and its
+    /// intent is not also cancelled, unless it owes no refund (one paid whose refund was
+    /// never written, its request cut short between the move to FAILED and the refund, is
+    /// refunded by the outbox instead, which finds the intent paid, unless it was ordered).
     async fn release_ended(&self, session: &Session) -> Result<()> {
-        let cancel = session.state != State::Failed || !self.refund_owed(session).await?;
+        let cancel = session.refund.is_none()
+            && (session.state != State::Failed || !self.refund_owed(session).await?);
         self.release(session, cancel).await
     }
 

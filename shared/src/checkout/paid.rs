@@ -32,6 +32,10 @@ ON CONFLICT (session_id, variant_id) DO NOTHING";
 const END: &str = "\
 UPDATE checkout_sessions SET ended_state = $2, ended_at = now() WHERE id = $1 AND ended_at IS NULL";
 
+/// Its release ran whole (holds and lock freed, intent cancelled where it had to be).
+const RELEASED: &str = "\
+UPDATE checkout_sessions SET released_at = now() WHERE id = $1 AND ended_at IS NOT NULL AND released_at IS NULL";
+
 /// A paid session as kept.
 const LOAD: &str = "\
 SELECT cart_ref, total_minor, currency, payment_intent_id, intent::text, deadline_ms, metadata::text,
@@ -117,6 +121,14 @@ pub async fn end(sql: &impl Sql, session: &str, state: &str) -> Result<()> {
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// Records that the ended session `session`'s release ran whole: the sweep no longer
+/// meets it ([`crate::checkout`]'s `CUT_SHORT`).
+pub async fn released(sql: &impl Sql, session: &str) -> Result<()> {
+    sql.execute(RELEASED, &[SqlValue::Text(session.to_owned())])
+        .await?;
     Ok(())
 }
 

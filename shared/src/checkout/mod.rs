@@ -697,14 +697,13 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 
     /// Releases an ended session (again: each step is idempotent), as the sweep and a read
     /// of one whose release was cut short do. One whose payment is being refunded (named on
-    /// it, `refundRequired`: a payment that came after its end) has its intent paid, not to
-    /// be cancelled. A failed session was paid: its payment goes back as a refund, and its
-    /// intent is not also cancelled, unless it owes no refund (one paid whose refund was
-    /// never written, its request cut short between the move to FAILED and the refund, is
-    /// refunded by the outbox instead, which finds the intent paid, unless it was ordered).
+    /// it, `refundRequired`, or owed in the outbox: a payment that came after its end, or
+    /// a failed session's) has its intent paid, not to be cancelled. Any other has its
+    /// intent cancelled: one paid whose refund was never written (its request cut short
+    /// before the refund) is refunded by the outbox instead, which finds the intent paid
+    /// (unless it was ordered).
     async fn release_ended(&self, session: &Session) -> Result<()> {
-        let cancel = session.refund.is_none()
-            && (session.state != State::Failed || !self.refund_owed(session).await?);
+        let cancel = session.refund.is_none() && !self.refund_owed(session).await?;
         self.release(session, cancel).await
     }
 

@@ -6,8 +6,12 @@
 -- holds and its open intent until a read of it came.
 ALTER TABLE checkout_sessions ADD COLUMN released_at timestamptz;
 
--- Sessions ended before this column existed were released by the code of their time.
-UPDATE checkout_sessions SET released_at = ended_at WHERE ended_at IS NOT NULL;
+-- Sessions ended more than a day before this column existed are past their record's life
+-- in Redis and were released by the code of their time, or their holds have lapsed since.
+-- Those ended within the day are left to the sweep, which releases each once more (every
+-- step of a release is idempotent): one cut short among them is finished.
+UPDATE checkout_sessions SET released_at = ended_at
+WHERE ended_at IS NOT NULL AND ended_at < now() - interval '1 day';
 
 CREATE INDEX checkout_sessions_unreleased ON checkout_sessions (ended_at)
     WHERE released_at IS NULL AND ended_state IS NOT NULL;

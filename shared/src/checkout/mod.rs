@@ -696,14 +696,15 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// Releases an ended session (again: each step is idempotent), as the sweep and a read
-    /// of one whose release was cut short do. One whose payment is being refunded (named on
-    /// it, `refundRequired`, or owed in the outbox: a payment that came after its end, or
-    /// a failed session's) has its intent paid, not to be cancelled. Any other has its
-    /// intent cancelled: one paid whose refund was never written (its request cut short
-    /// before the refund) is refunded by the outbox instead, which finds the intent paid
-    /// (unless it was ordered).
+    /// of one whose release was cut short do. One whose intent's payment is owed back in
+    /// the outbox (a payment that came after its end, or a failed session's) has its intent
+    /// paid, not to be cancelled; `refundRequired` alone does not say so, since it may name
+    /// the refund of another intent's payment. Any other has its intent cancelled: one paid
+    /// whose refund was never written (its request cut short before the refund) is
+    /// refunded by the outbox instead, which finds the intent paid (unless it was ordered),
+    /// and the cancel is refused.
     async fn release_ended(&self, session: &Session) -> Result<()> {
-        let cancel = session.refund.is_none() && !self.refund_owed(session).await?;
+        let cancel = !self.refund_owed(session).await?;
         self.release(session, cancel).await
     }
 

@@ -450,7 +450,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             };
             // Releasing again is harmless (each step is idempotent) and ends PostgreSQL's
             // copy of one that Redis had ended before.
-            if matches!(session.state, State::Expired | State::Cancelled | State::Failed) {
+            if session.state.is_ended_without_order() {
                 self.release_ended(&session).await?;
                 ended += 1;
             } else if session.state == State::PaymentConfirmed {
@@ -559,7 +559,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .await?;
         self.unlock(&self.carts().lock_key(&session.cart), session.id.as_str())
             .await?;
-        if intent.is_some() && session.state.is_terminal() && session.state != State::Completed {
+        if intent.is_some() && session.state.is_ended_without_order() {
             paid::released(&self.app.sql, session.id.as_str()).await?;
         }
         if session.releasing {
@@ -673,10 +673,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         if tag == "EXPIRED_NOW" {
             ended(State::Expired);
             self.release(&session, true).await?;
-        } else if session.releasing
-            && matches!(session.state, State::Cancelled | State::Expired | State::Failed)
-            && !postgres_down
-        {
+        } else if session.releasing && session.state.is_ended_without_order() && !postgres_down {
             // Ended by a request cut short before it freed what the session held (or one
             // still at it: each step is idempotent). With PostgreSQL out of reach, a read
             // shows it as it is; the next call releases it.

@@ -20,7 +20,7 @@ if ARGV[12] ~= '' then
 end
 -- Ended in PostgreSQL, whose end is the first step of a release: what else Redis still
 -- holds of it (a partial loss) is freed by the read that put it back.
-if ARGV[10] == 'CANCELLED' or ARGV[10] == 'EXPIRED' or ARGV[10] == 'FAILED' then
+if ended_without_order(ARGV[10]) then
   redis.call('HSET', KEYS[1], 'releasing', '1')
 end
 redis.call('SET', KEYS[2], ARGV[7])

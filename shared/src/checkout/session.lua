@@ -34,6 +34,12 @@ local function appended(history, to, now)
   return string.sub(history, 1, -2) .. ',' .. entry .. ']'
 end
 
+-- Whether `state` ends a session without an order (`State::is_ended_without_order`):
+-- what it held is then released.
+local function ended_without_order(state)
+  return state == 'CANCELLED' or state == 'EXPIRED' or state == 'FAILED'
+end
+
 -- Moves the session to `to`: state, history and version in one write, with `more`
 -- (field, value, …) beside them. `read` holds its stored history and version. A move
 -- that ends the session marks it `releasing` until its request has freed what it held
@@ -42,7 +48,7 @@ end
 local function move(key, to, now, read, more)
   local fields = {'state', to, 'history', appended(read.history, to, now),
     'version', (tonumber(read.version) or 0) + 1}
-  if to == 'CANCELLED' or to == 'EXPIRED' or to == 'FAILED' then
+  if ended_without_order(to) then
     fields[#fields + 1] = 'releasing'
     fields[#fields + 1] = '1'
   end

@@ -70,6 +70,12 @@ impl State {
         )
     }
 
+    /// Ended without an order (CANCELLED, EXPIRED, FAILED): what such an end holds is
+    /// released (its holds and lock freed, its intent cancelled unless paid).
+    pub fn is_ended_without_order(self) -> bool {
+        matches!(self, State::Cancelled | State::Expired | State::Failed)
+    }
+
     /// Before the payment is confirmed, a session can still be cancelled, expire or fail;
     /// from confirmation on, money has moved and the order must be written.
     pub fn is_before_payment(self) -> bool {

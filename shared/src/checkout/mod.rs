@@ -559,16 +559,24 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             .await?;
         self.unlock(&self.carts().lock_key(&session.cart), session.id.as_str())
             .await?;
-        if intent.is_some() && session.state.is_ended_without_order() {
-            paid::released(&self.app.sql, session.id.as_str()).await?;
-        }
-        if session.releasing {
-            let key = self.app.keys.checkout_session(&session.id);
-            self.app
-                .redis
-                .execute("HDEL", vec![key.into(), "releasing".into()])
-                .await?;
-        }
+        // Done: recorded in PostgreSQL (for the sweep) and in Redis (for a read) at once.
+        let recorded = async {
+            if intent.is_some() && session.state.is_ended_without_order() {
+                paid::released(&self.app.sql, session.id.as_str()).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        let unmarked = async {
+            if session.releasing {
+                let key = self.app.keys.checkout_session(&session.id);
+                self.app
+                    .redis
+                    .execute("HDEL", vec![key.into(), "releasing".into()])
+                    .await?;
+            }
+            Ok::<(), Error>(())
+        };
+        futures_util::future::try_join(Box::pin(recorded), Box::pin(unmarked)).await?;
         Ok(())
     }
 

@@ -66,7 +66,80 @@ impl Request {
             return Err(Error::UnsupportedMediaType);
         }
         serde_json::from_slice(&self.body)
+            .map(|Unique(value)| value)
             .map_err(|e| Error::bad_request(ErrorCode::MalformedJson, format!("body is not valid JSON: {e}")))
+    }
+}
+
+/// A JSON value in which no object names a key twice. RFC 8259 leaves a repeated name's
+/// meaning to each reader (serde_json keeps the last, others the first), so a proxy in
+/// front could judge one request while this server acts on another: a body that repeats a
+/// name is refused as malformed.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(Unique(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Unique(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {key:?} appears twice"
+                )));
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -223,5 +296,36 @@ mod tests {
             with_query("a=%e9%").query_param("a").as_deref(),
             Some("\u{fffd}%")
         );
+    }
+
+    fn with_body(body: &str) -> Request {
+        Request {
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.as_bytes().to_vec(),
+            ..Request::default()
+        }
+    }
+
+    #[test]
+    fn a_body_is_read_as_serde_json_reads_it_unless_an_object_repeats_a_key() {
+        for body in [
+            r#"{"cartId":"c1","items":[{"variantId":"var-1","quantity":2}],"ttlSeconds":60}"#,
+            r#"[1,-2,3.5,1e300,18446744073709551615,true,null,"é\u0000",{},[]]"#,
+            r#"{"a":{"b":1},"c":{"b":2}}"#,
+        ] {
+            let expected: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(with_body(body).json(1 << 20).unwrap(), expected, "{body}");
+        }
+        for body in [
+            r#"{"cartId":"a","cartId":"b"}"#,
+            r#"{"items":[{"variantId":"var-1","variantId":"var-2"}]}"#,
+            r#"{"a":{"b":1,"c":2,"b":3}}"#,
+        ] {
+            let refused = with_body(body).json(1 << 20).unwrap_err();
+            assert!(
+                matches!(&refused, Error::BadRequest { code: ErrorCode::MalformedJson, message } if message.contains("appears twice")),
+                "{body}: {refused:?}"
+            );
+        }
     }
 }

@@ -289,19 +289,21 @@ impl Settings {
     }
 
     /// Checks the `Authorization: Bearer …` header of `GET /metrics` against
-    /// `metrics_token` in constant time; an empty token leaves `/metrics` open. Anything
-    /// else is 401.
+    /// `metrics_token` in constant time; an empty token leaves `/metrics` open. No token
+    /// is 401, another one 403, as on the admin routes.
     pub fn authorize_metrics(&self, authorization: Option<&str>) -> Result<(), Error> {
         if self.metrics_token.is_empty() {
             return Ok(());
         }
-        let presented = authorization.and_then(crate::auth::bearer).unwrap_or("");
+        let Some(presented) = authorization.and_then(crate::auth::bearer) else {
+            return Err(Error::Unauthorized(
+                "/metrics needs the metrics token (Bearer)".into(),
+            ));
+        };
         if constant_time_eq(presented, &self.metrics_token) {
             Ok(())
         } else {
-            Err(Error::Unauthorized(
-                "/metrics needs the metrics token (Bearer)".into(),
-            ))
+            Err(Error::Forbidden("the token does not grant /metrics".into()))
         }
     }
 

@@ -125,6 +125,16 @@ async fn bad_input_on_every_route_is_refused_and_writes_nothing() {
         for body in ["{", "not json", "[1,2", "{\"cartId\":}", "[]", "42", "{}"] {
             case(method, path.into(), Some(body.into()), "application/json", 400);
         }
+        // A name given twice: a proxy reading the first and this server the last would
+        // judge two different requests.
+        for body in [
+            r#"{"cartId":"c3","cartId":"c4","items":[{"variantId":"var-1","quantity":1}]}"#,
+            r#"{"cartId":"c3","items":[{"variantId":"var-1","quantity":1,"quantity":2}]}"#,
+            r#"{"variantIds":["var-1"],"variantIds":["var-2"]}"#,
+            r#"{"onHand":5,"onHand":6}"#,
+        ] {
+            case(method, path.into(), Some(body.into()), "application/json", 400);
+        }
         case(method, path.into(), Some("{}".into()), "text/plain", 415);
         case(method, path.into(), Some("{}".into()), "", 415);
         case(method, path.into(), Some(huge.clone()), "application/json", 413);

@@ -720,6 +720,55 @@ async fn a_retried_add_with_an_idempotency_key_adds_once() {
     app.finish().await;
 }
 
+/// An add refused for what it names (a variant the catalog does not have, bundle choices
+/// the bundle does not allow) changed nothing, like a malformed one: its key is not
+/// claimed, so the corrected add may use it, and a refusal that followed the state (a
+/// locked cart) is still answered again.
+#[tokio::test]
+async fn an_add_refused_for_what_it_names_leaves_its_key_to_the_corrected_add() {
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let cart = app.new_cart().await;
+    let items = format!("/v1/carts/{cart}/items");
+    let add = |body: Value, key: &'static str| {
+        let items = items.clone();
+        let app = &app;
+        async move {
+            app.call_with("POST", &items, Some(body), &[("idempotency-key", key)])
+                .await
+        }
+    };
+    let typo = add(unit("var-01", 1), "add-1").await;
+    assert_eq!((typo.status, typo.code()), (422, "UNKNOWN_VARIANT"), "{typo:?}");
+    let bad_choice = add(
+        json!({ "bundleId": "bundle-1", "choices": { "tops": ["var-1"] }, "quantity": 1 }),
+        "add-2",
+    )
+    .await;
+    assert_eq!(
+        (bad_choice.status, bad_choice.code()),
+        (422, "INVALID_BUNDLE_CHOICE"),
+        "{bad_choice:?}"
+    );
+    assert!(
+        !app.redis_keys().await.iter().any(|k| k.contains(":idempotency:")),
+        "a refused add claimed its key"
+    );
+    let corrected = add(unit("var-1", 1), "add-1").await;
+    assert_eq!(corrected.status, 200, "{corrected:?}");
+    assert_eq!(quantities(&corrected.body), owned(&[("var-1", 1)]));
+    let again = add(unit("var-1", 1), "add-1").await;
+    assert_eq!(
+        again.body, corrected.body,
+        "the corrected add is kept and replayed"
+    );
+    assert_eq!(
+        quantities(&app.get(&format!("/v1/carts/{cart}")).await.body),
+        owned(&[("var-1", 1)])
+    );
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn a_new_carts_idempotency_key_replays_it_only_to_the_client_that_sent_it() {
     // Behind a trusted proxy, so that two clients can be told apart on 127.0.0.1.

@@ -5,7 +5,8 @@
 //! `idempotency_ttl_seconds` (24 h).
 //!
 //! Callers validate a request before calling [`once`], so a malformed request never claims
-//! its key. A request that fails in a way worth retrying (5xx) is forgotten, and its retry receives
+//! its key; nor does one refused for what it names (an unknown variant, say), checked
+//! inside the handler: its record is dropped. A request that fails in a way worth retrying (5xx) is forgotten, and its retry receives
 //! the same resume token: the handler derives its ids from it, so work half done by the
 //! failed attempt (a lock taken, a session created) is continued, not repeated.
 
@@ -20,6 +21,26 @@ use crate::script::{Script, lua, unexpected};
 
 static BEGIN: Script = Script::new(lua!("idempotency/begin.lua"));
 static FINISH: Script = Script::new(lua!("idempotency/finish.lua"));
+
+/// Whether `error` refuses what the request itself names or asks (an unknown variant or
+/// bundle, choices the bundle does not allow, more than a rule lets one cart or order
+/// take) and so changed nothing, like a request that fails validation before it claims
+/// its key. A refusal that ended a session names it (`sessionId`: a payment intent whose
+/// frozen variant was deleted cancels its session) and is kept, as every other answer is.
+fn refuses_only_the_request(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Unprocessable {
+            code: ErrorCode::UnknownVariant
+                | ErrorCode::UnknownBundle
+                | ErrorCode::InvalidBundleChoice
+                | ErrorCode::MaxPerOrderExceeded
+                | ErrorCode::CartLimit,
+            details,
+            ..
+        } if details.get("sessionId").is_none()
+    )
+}
 
 /// The `Idempotency-Key` header: 1–255 printable ASCII characters.
 fn key_of(req: &Request) -> Result<Option<String>> {
@@ -160,10 +181,12 @@ where
     // A failure worth retrying (5xx) is not an answer to keep (its attempt is forgotten, its
     // token kept for the retry); nor is a refused credential (401, 403): it is the
     // caller's, not the request's, so nothing of it stays under the key, which the next
-    // caller uses as if new.
+    // caller uses as if new. Nor is a request refused for what it names or asks, which
+    // changed nothing, as a malformed one claims no key: its corrected retry may use it.
     let finish = match response.status {
         401 | 403 => "drop",
         status if status >= 500 => "forget",
+        _ if outcome.as_ref().is_err_and(refuses_only_the_request) => "drop",
         _ => "keep",
     };
     // Redis just failed to answer within its timeout: waiting for it to forget the attempt

@@ -405,6 +405,10 @@ impl SentinelLink {
 }
 
 impl Redis for NativeRedis {
+    async fn pause(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
     async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
         let mut cmd = redis::cmd(command);
         for arg in &args {

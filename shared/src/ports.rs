@@ -139,6 +139,12 @@ pub trait Redis {
         false
     }
 
+    /// Waits `ms` milliseconds before the request goes on, holding up no other request:
+    /// natively a timer of the server's runtime; on Spin, where each request has its
+    /// instance to itself, the instance sleeps. For a request that must let another one
+    /// finish first (a ruleset republish held under its lock), and asks Redis again after.
+    fn pause(&self, ms: u64) -> impl Future<Output = ()>;
+
     /// Sends one command whose answer nobody waits for: the clean-up of a call that timed
     /// out, which should reach Redis after that call whenever Redis comes back. The native
     /// adapter sends it from a task of its own over the same connection (one connection

@@ -152,6 +152,8 @@ mod tests {
                 _ => Ok(vec![RedisReply::Int(1)]),
             }
         }
+
+        async fn pause(&self, _: u64) {}
     }
 
     fn run_on(missing: &'static str) -> (Result<Vec<RedisReply>, PortError>, Vec<String>) {

@@ -64,6 +64,11 @@ impl Redis for SpinRedis {
     async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
         self.deadline.call(|| self.run(command, args))
     }
+
+    // The instance serves this request alone: sleeping it holds up nothing else.
+    async fn pause(&self, ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// Maps an outbound Redis error to the port's error.

@@ -371,6 +371,57 @@ async fn rulesets_lost_with_redis_are_republished_under_a_new_version() {
     app.finish().await;
 }
 
+/// Quotes and checkouts that meet the lost rulesets together are all served: one of them
+/// republishes under the lock, and the others wait for it (as a lazy stock load serves
+/// every caller) instead of answering 503 while nothing is down. The rulesets are
+/// republished once: one new version of each kind.
+#[tokio::test]
+async fn requests_meeting_lost_rulesets_together_all_wait_for_the_one_republish() {
+    let (app, _gateway) = TestApp::shop(3, |c| c).await;
+    let quote = || {
+        app.post(
+            "/v1/pricing/quote",
+            json!({ "lines": [{ "variantId": "var-1", "quantity": 1 }] }),
+        )
+    };
+    let before = quote().await;
+    assert_eq!(before.status, 200, "{before:?}");
+    let mut carts = Vec::new();
+    for _ in 0..4 {
+        carts.push(app.cart_with(&[("var-2", 1)]).await);
+    }
+
+    // Every ruleset key goes (pointers, versions, eligibility), as with a Redis that came
+    // back without them; carts and stock stay.
+    let mut redis = app.redis.clone();
+    for key in app.redis_keys().await {
+        if key.contains("ruleset") {
+            let _: () = redis.del(key).await.unwrap();
+        }
+    }
+    let quotes = futures_util::future::join_all((0..6).map(|_| quote()));
+    let starts = futures_util::future::join_all(carts.iter().map(|cart| app.start_checkout(cart, cart)));
+    let (quotes, starts) = futures_util::future::join(quotes, starts).await;
+    for reply in &quotes {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body["total"], before.body["total"]);
+        assert_eq!(
+            reply.body["versions"], quotes[0].body["versions"],
+            "more than one republish"
+        );
+    }
+    for reply in &starts {
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    let versions = |kind: &str| before.body["versions"][kind].as_i64().unwrap();
+    assert_eq!(
+        quotes[0].body["versions"],
+        json!({ "pricing": versions("pricing") + 1, "discounts": versions("discounts") + 1 }),
+        "republished once"
+    );
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn quotes_before_any_publish_are_refused_not_republished() {
     let app = TestApp::spawn().await;

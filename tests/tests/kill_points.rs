@@ -50,6 +50,10 @@ impl Redis for CrashAfter<NativeRedis> {
         let result = self.inner.execute(command, args).await;
         self.crashed(Dependency::Redis, result)
     }
+
+    async fn pause(&self, ms: u64) {
+        self.inner.pause(ms).await;
+    }
 }
 
 impl Sql for CrashAfter<NativePg> {

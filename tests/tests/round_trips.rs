@@ -36,6 +36,10 @@ impl Redis for Counting<'_> {
     fn is_cluster(&self) -> bool {
         self.inner.is_cluster()
     }
+
+    async fn pause(&self, ms: u64) {
+        self.inner.pause(ms).await;
+    }
 }
 
 impl Counting<'_> {

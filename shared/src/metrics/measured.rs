@@ -75,6 +75,10 @@ impl<R: Redis> Redis for Measured<R> {
         self.0.send_detached(command, args);
     }
 
+    async fn pause(&self, ms: u64) {
+        self.0.pause(ms).await;
+    }
+
     async fn wait_replicas(&self, keys: &[&str], replicas: i64, timeout_ms: i64) -> Result<i64, PortError> {
         timed(
             Dependency::Redis,

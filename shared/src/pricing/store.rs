@@ -42,6 +42,10 @@ static ELIGIBILITY: Script = Script::new(lua!("pricing/eligibility.lua"));
 const BUILD_TTL_MS: i64 = 60 * 60 * 1000;
 /// How long one republish after a loss may hold its lock.
 const REPUBLISH_LOCK_MS: i64 = 60 * 1000;
+/// How long a request that finds another one republishing waits for it to finish (then
+/// 503), asking Redis again every [`REPUBLISH_POLL_MS`].
+const REPUBLISH_WAIT_MS: u64 = 3000;
+const REPUBLISH_POLL_MS: u64 = 20;
 
 /// Hands out the next version number of a kind: one more than the last handed out, and
 /// never below `$2` (one above what Redis serves, for data published before the numbers
@@ -706,30 +710,29 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
 
     /// Republishes, from PostgreSQL, every kind PostgreSQL says was published and Redis no
     /// longer serves (after a restart without persistence or a flush), under a lock so one
-    /// request does it while the others answer 503 with Retry-After. Never published: 409.
+    /// request does it. The others wait for it, as a lazy stock load serves every caller,
+    /// and answer 503 with Retry-After only if it takes longer than [`REPUBLISH_WAIT_MS`].
+    /// Never published: 409.
     pub(crate) async fn republish(&self) -> Result<()> {
         let kinds = self.published().await?;
         if !kinds.contains(&RulesetKind::Pricing) {
             return Err(not_published());
         }
         let lock = self.keys.ruleset_republish_lock(RulesetKind::Pricing);
-        let taken = self
-            .redis(
-                "SET",
-                vec![
-                    lock.as_str().into(),
-                    "1".into(),
-                    "NX".into(),
-                    "PX".into(),
-                    RedisArg::Int(REPUBLISH_LOCK_MS),
-                ],
-            )
-            .await?;
-        if taken.first().and_then(RedisReply::as_text) != Some("OK") {
-            return Err(Error::Unavailable {
-                dependency: "rulesets",
-                message: "the rulesets are being republished after a Redis loss".into(),
-            });
+        let mut waited_ms = 0;
+        while !self.take_republish_lock(&lock).await? {
+            if waited_ms >= REPUBLISH_WAIT_MS {
+                return Err(Error::Unavailable {
+                    dependency: "rulesets",
+                    message: "the rulesets are being republished after a Redis loss".into(),
+                });
+            }
+            self.redis.pause(REPUBLISH_POLL_MS).await;
+            waited_ms += REPUBLISH_POLL_MS;
+            // Done by the holder: served. Failed: the lock is free, and taken next turn.
+            if self.serves_all(&kinds).await? {
+                return Ok(());
+            }
         }
         let mut outcome = Ok(());
         for kind in kinds {
@@ -750,6 +753,33 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
 }
 
 impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
+    /// Takes the lock of a republish after a loss; `false` if another request holds it.
+    async fn take_republish_lock(&self, lock: &str) -> Result<bool> {
+        let taken = self
+            .redis(
+                "SET",
+                vec![
+                    lock.into(),
+                    "1".into(),
+                    "NX".into(),
+                    "PX".into(),
+                    RedisArg::Int(REPUBLISH_LOCK_MS),
+                ],
+            )
+            .await?;
+        Ok(taken.first().and_then(RedisReply::as_text) == Some("OK"))
+    }
+
+    /// Whether Redis serves every one of `kinds`.
+    async fn serves_all(&self, kinds: &[RulesetKind]) -> Result<bool> {
+        for &kind in kinds {
+            if !self.serves(kind).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The kinds PostgreSQL says were published.
     async fn published(&self) -> Result<Vec<RulesetKind>> {
         let kinds = self.sql.query(PUBLISHED_KINDS, &[]).await?;

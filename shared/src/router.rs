@@ -50,12 +50,20 @@ pub async fn dispatch<R: Redis, S: Sql, H: Http>(
     if req.method == "HEAD" {
         req.method = "GET".into();
     }
+    if req.path.contains('%') {
+        req.path = decode_unreserved(&req.path);
+    }
     let path = req.path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let in_scope = |s: Scope| scope == Scope::All || scope == s;
 
     let mut answer = None;
     if let Err(refused) = ratelimit::guard(app, &req, &segments).await {
+        answer = Some(Err(refused));
+    }
+    if answer.is_none()
+        && let Err(refused) = one_of_each(&req)
+    {
         answer = Some(Err(refused));
     }
     if answer.is_none() && in_scope(Scope::Inventory) {
@@ -93,4 +101,59 @@ pub async fn dispatch<R: Redis, S: Sql, H: Http>(
             format!("no route for {} {}", req.method, req.path),
         )),
     }
+}
+
+/// A path with its percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded,
+/// which RFC 3986 §6.2.2.2 makes the same URI (`/v1/inventory/var%2D1` is
+/// `/v1/inventory/var-1`). Any other escape stays as it is, and so fails the id check.
+fn decode_unreserved(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let escaped = rest
+            .get(at + 1..at + 3)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match escaped {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[at + 3..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Refuses a request that gives a header meant once more than once: which one a proxy in
+/// front reads and which one this server reads could differ (two tokens, two keys).
+fn one_of_each(req: &Request) -> Result<(), Error> {
+    let twice = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .nth(1)
+            .is_some()
+    };
+    if twice("authorization") {
+        return Err(Error::Unauthorized("more than one Authorization header".into()));
+    }
+    if twice("idempotency-key") {
+        return Err(Error::bad_request(
+            ErrorCode::InvalidIdempotencyKey,
+            "more than one Idempotency-Key header",
+        ));
+    }
+    if twice("if-match") {
+        return Err(Error::bad_request(
+            ErrorCode::InvalidIfMatch,
+            "more than one If-Match header",
+        ));
+    }
+    Ok(())
 }

@@ -526,3 +526,75 @@ async fn routes_answer_at_their_edges_as_the_contract_says() {
     );
     app.finish().await;
 }
+
+/// A header meant once, given twice, is refused before anything is done: a proxy reading
+/// one and this server the other would judge two requests (two tokens, two keys). And a
+/// path's percent-encoded unreserved characters are the characters themselves (RFC 3986
+/// §6.2.2.2), while any other escape still fails the id check.
+#[tokio::test]
+async fn a_header_given_twice_is_refused_and_an_escaped_unreserved_character_is_itself() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    let redis_before = app.redis_snapshot().await;
+    let reserve = json!({"cartId": "twice", "items": [{"variantId": "var-1", "quantity": 1}]});
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    for (headers, status, code) in [
+        (
+            vec![
+                ("authorization", admin.as_str()),
+                ("authorization", "Bearer wrong"),
+            ],
+            401,
+            "UNAUTHORIZED",
+        ),
+        (
+            vec![
+                ("authorization", "Bearer wrong"),
+                ("authorization", admin.as_str()),
+            ],
+            401,
+            "UNAUTHORIZED",
+        ),
+        (
+            vec![
+                ("authorization", admin.as_str()),
+                ("idempotency-key", "k-1"),
+                ("idempotency-key", "k-2"),
+            ],
+            400,
+            "INVALID_IDEMPOTENCY_KEY",
+        ),
+    ] {
+        let reply = app
+            .call_with(
+                "POST",
+                "/v1/inventory/reservations",
+                Some(reserve.clone()),
+                &headers,
+            )
+            .await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (status, code),
+            "{headers:?}: {reply:?}"
+        );
+    }
+    assert_eq!(
+        app.redis_snapshot().await,
+        redis_before,
+        "a refused request wrote"
+    );
+
+    let escaped = app.get("/v1/inventory/var%2D1").await;
+    assert_eq!(escaped.status, 200, "{escaped:?}");
+    assert_eq!(escaped.body["variantId"], "var-1");
+    for path in [
+        "/v1/inventory/var%2F1",
+        "/v1/inventory/var%3A1",
+        "/v1/inventory/var%zz",
+        "/v1/inventory/var%",
+    ] {
+        assert_eq!(app.get(path).await.status, 400, "{path}");
+    }
+    app.finish().await;
+}

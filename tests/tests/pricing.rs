@@ -493,6 +493,21 @@ async fn bad_quotes_and_unauthorised_publishes_are_refused() {
         assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
         assert!(!reply.code().is_empty());
     }
+    // A currency that is not a string is named as it was sent, not as "".
+    let numeric = quote(
+        &app,
+        json!({"lines": [{"variantId": "var-1", "quantity": 1}], "currency": 5}),
+        None,
+    )
+    .await;
+    assert_eq!((numeric.status, numeric.code()), (400, "INVALID_CURRENCY"));
+    assert!(
+        numeric.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("not 5"),
+        "{numeric:?}"
+    );
     let before = app.redis_snapshot_of("ruleset").await;
     for auth in [None, Some("Bearer nope")] {
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();

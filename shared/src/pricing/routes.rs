@@ -140,7 +140,13 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
     } else {
         let currency = match body.get("currency") {
             None | Some(Value::Null) => app.settings.default_currency,
-            Some(c) => Currency::parse(c.as_str().unwrap_or_default())?,
+            Some(Value::String(c)) => Currency::parse(c)?,
+            Some(other) => {
+                return Err(Error::bad_request(
+                    ErrorCode::InvalidCurrency,
+                    format!("currency must be an ISO 4217 code in upper case, such as \"EUR\", not {other}"),
+                ));
+            }
         };
         // Lines of the same contents are one line, as in a cart (one line id): their
         // quantities add up, so the quote prices what a cart of them would, breaks included.

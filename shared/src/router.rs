@@ -157,3 +157,27 @@ fn one_of_each(req: &Request) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_unreserved_characters_are_decoded_and_nothing_else() {
+        for (path, decoded) in [
+            ("/v1/inventory/var%2D1", "/v1/inventory/var-1"),
+            ("/v1/inventory/var%2d1", "/v1/inventory/var-1"),
+            ("/v1/inventory/%76ar%5F1%7E%2E", "/v1/inventory/var_1~."),
+            // One pass: an escaped `%` stays escaped, so `%252D` is not `-`.
+            ("/v1/inventory/var%252D1", "/v1/inventory/var%252D1"),
+            // Reserved and other characters stay escaped (and fail the id check).
+            ("/a%2Fb%3Ac%7Bd%7De%2Af%20g", "/a%2Fb%3Ac%7Bd%7De%2Af%20g"),
+            ("/a%+Ab%+1", "/a%+Ab%+1"),
+            ("/a%zz%", "/a%zz%"),
+            ("/a%2", "/a%2"),
+            ("/caf%C3%A9%é1", "/caf%C3%A9%é1"),
+        ] {
+            assert_eq!(decode_unreserved(path), decoded, "{path}");
+        }
+    }
+}

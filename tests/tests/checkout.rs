@@ -2347,3 +2347,76 @@ async fn a_session_ended_by_a_request_cut_short_before_its_release_is_released_b
     assert_eq!(mark, None, "a release that ran to its end clears the mark");
     app.finish().await;
 }
+
+/// A checkout whose first attempt died with its session begun (the key's lease then ends)
+/// is continued by its retry under the same token. A retry refused for what the cart now
+/// names (the bundle changed meanwhile) keeps its answer under the key, although a first
+/// attempt refused so would leave the key unclaimed: the key's next use answers the same
+/// 422 again, and never starts a second session beside the first one.
+#[tokio::test]
+async fn a_resumed_checkout_refused_for_what_its_cart_names_keeps_its_answer() {
+    let (app, _gateway) = TestApp::shop(20, |c| c).await;
+    let cart = app
+        .cart_with_lines(&[json!({
+            "bundleId": "bundle-1",
+            "choices": { "tops": ["var-1", "var-2"], "caps": ["var-9"] },
+            "quantity": 1
+        })])
+        .await;
+    let first = app.start_checkout(&cart, "k-resumed").await;
+    assert_eq!(first.status, 201, "{first:?}");
+    // As the record is left by a first attempt that died once its session was begun: not
+    // answered, and its lease over.
+    let record = app
+        .redis_keys()
+        .await
+        .into_iter()
+        .find(|k| k.contains(":idempotency:checkout:"))
+        .expect("the key's record");
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .hset_multiple(
+            &record,
+            &[("state", "pending"), ("lease", "0"), ("attempt", "gone")],
+        )
+        .await
+        .unwrap();
+    app.pg
+        .batch_execute(
+            "DELETE FROM bundle_set_variants WHERE bundle_id = 'bundle-1' AND variant_id = 'var-1'",
+        )
+        .await
+        .unwrap();
+    let invalidated = app
+        .call(
+            "POST",
+            "/v1/admin/bundles/bundle-1/invalidate",
+            None,
+            Caller::Admin,
+        )
+        .await;
+    assert_eq!(invalidated.status, 200, "{invalidated:?}");
+
+    let resumed = app.start_checkout(&cart, "k-resumed").await;
+    assert_eq!(
+        (resumed.status, resumed.code()),
+        (422, "INVALID_BUNDLE_CHOICE"),
+        "{resumed:?}"
+    );
+    let state: Option<String> = redis.hget(&record, "state").await.unwrap();
+    assert_eq!(
+        state.as_deref(),
+        Some("done"),
+        "the resumed attempt's answer was not kept"
+    );
+    let again = app.start_checkout(&cart, "k-resumed").await;
+    assert_eq!(again.body, resumed.body, "{again:?}");
+    let sessions = app
+        .redis_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":checkout:session:"))
+        .count();
+    assert_eq!(sessions, 1, "a second session under one key");
+    app.finish().await;
+}

@@ -245,7 +245,7 @@ async fn starting_a_checkout_is_at_most_six_round_trips() {
     use commerce_core::cart::{CartRef, Carts, LineItem};
     use commerce_core::checkout::Checkouts;
     use commerce_core::http::Request;
-    use commerce_core::idempotency;
+    use commerce_core::idempotency::{self, Claim};
     use commerce_core::keys::RulesetKind;
     use commerce_core::pricing::store::Rulesets;
 
@@ -279,7 +279,7 @@ async fn starting_a_checkout_is_at_most_six_round_trips() {
         };
         counting.redis.take();
         let (app_ref, cart_ref) = (&counting, &cart);
-        let response = idempotency::once(&counting, &req, "checkout", true, |token| async move {
+        let response = idempotency::once(&counting, &req, "checkout", Claim::REQUIRED, |token| async move {
             let view = Checkouts::new(app_ref).start(cart_ref, &token, None).await?;
             Ok(commerce_core::http::Response::json(201, &view))
         })

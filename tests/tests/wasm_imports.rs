@@ -17,12 +17,12 @@ const COMPONENTS: [&str; 5] = ["inventory", "cart", "pricing", "checkout", "ops"
 const MAX_WASM_BYTES: usize = 2 * 1024 * 1024;
 
 /// Issue 11 asks that the components do not grow: each .wasm stays within this many bytes,
-/// 1.3% above the largest on 2026-12-02 (1382410 bytes: a JSON body's own visitor, which
-/// refuses a name given twice, the wait of a request for another's ruleset republish, and
-/// the refusal of a header given twice,
-/// took it past the 1380000 set on 2026-12-01, 0.8% above the 1368925 bytes reached once
-/// the Lua scripts' comment lines stayed out; 1420000 for the day before that, when they
-/// reached 1401120; 1380000 until then, 3% above 2026-11-30's 1337445). It is the one place the budget is written (`scripts/bench
+/// 1.2% above the largest on 2026-12-02 (1384106 bytes). A JSON body's own visitor (a
+/// name given twice is refused), a request waiting for another's ruleset republish, and
+/// the refusal of a header given twice took them past the 1380000 set on 2026-12-01, 0.8%
+/// above the 1368925 bytes reached once the Lua scripts' comment lines stayed out; 1420000
+/// for the day before that, when they reached 1401120; 1380000 until then, 3% above
+/// 2026-11-30's 1337445. It is the one place the budget is written (`scripts/bench
 /// --wasm` reads it from here). Raise it only on purpose, in the commit that needs it,
 /// and say there what grew and why (BENCHMARKS.md, "Wasm size and cold start", says how
 /// each growth was found).

@@ -26,7 +26,7 @@ use crate::catalog::require_variants;
 use crate::checkout::{Checkouts, LockHolder};
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, field, object, str_field};
-use crate::idempotency;
+use crate::idempotency::{self, Claim};
 use crate::ids::{CartId, CustomerId, LineId, Quantity};
 use crate::ports::{Http, Redis, Sql};
 use crate::pricing::money::Currency;
@@ -60,7 +60,7 @@ async fn dispatch<R: Redis, S: Sql, H: Http>(
                     Some(address) => format!("carts:client:{address}"),
                     None => "carts:client:unknown".to_owned(),
                 };
-                idempotency::once(app, req, &scope, false, create).await?
+                idempotency::once(app, req, &scope, Claim::OPTIONAL, create).await?
             }
             _ => return Err(not_allowed()),
         },
@@ -200,7 +200,7 @@ async fn add<R: Redis, S: Sql, H: Http>(
         CartRef::Session(id) => format!("cart-items:{id}"),
         CartRef::Customer(id) => format!("customer-items:{id}"),
     };
-    idempotency::once(app, req, &scope, false, |_| async move {
+    idempotency::once(app, req, &scope, Claim::OPTIONAL, |_| async move {
         match &item {
             LineItem::Variant(variant) => {
                 require_variants(&app.redis, &app.sql, &app.keys, std::slice::from_ref(variant)).await?;

@@ -13,7 +13,7 @@ use crate::auth;
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, object, str_field};
-use crate::idempotency;
+use crate::idempotency::{self, Claim};
 use crate::ids::{CartId, CustomerId, SessionId};
 use crate::ports::{Http, Redis, Sql};
 
@@ -57,7 +57,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
                     CartRef::Session(id) => format!("checkout:{id}"),
                     CartRef::Customer(id) => format!("checkout-customer:{id}"),
                 };
-                idempotency::once(app, req, &scope, true, |token| async move {
+                idempotency::once(app, req, &scope, Claim::REQUIRED, |token| async move {
                     let view = Checkouts::new(app).start(&cart, &token, group).await?;
                     Ok(Response::json(201, &view))
                 })
@@ -75,12 +75,18 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
                 // customer's intent, its client secret) is replayed only to the caller it
                 // was given to.
                 let scope = format!("payment-intent:{id}:{}", caller_of(app, req));
-                idempotency::once(app, req, &scope, false, |_| async move {
-                    let intent = Checkouts::new(app)
-                        .payment_intent(&id, req.header("authorization"))
-                        .await?;
-                    Ok(Response::json(200, &intent))
-                })
+                idempotency::once(
+                    app,
+                    req,
+                    &scope,
+                    Claim::OPTIONAL_KEEPING_EVERY_ANSWER,
+                    |_| async move {
+                        let intent = Checkouts::new(app)
+                            .payment_intent(&id, req.header("authorization"))
+                            .await?;
+                        Ok(Response::json(200, &intent))
+                    },
+                )
                 .await
             }
             Err(e) => Err(e),

@@ -5,8 +5,9 @@
 //! `idempotency_ttl_seconds` (24 h).
 //!
 //! Callers validate a request before calling [`once`], so a malformed request never claims
-//! its key; nor does one refused for what it names (an unknown variant, say), checked
-//! inside the handler: its record is dropped. A request that fails in a way worth retrying (5xx) is forgotten, and its retry receives
+//! its key; nor, where the route says so ([`Claim`]), does a new attempt refused inside
+//! the handler for what it names (an unknown variant, say): its record is dropped. A
+//! request that fails in a way worth retrying (5xx) is forgotten, and its retry receives
 //! the same resume token: the handler derives its ids from it, so work half done by the
 //! failed attempt (a lock taken, a session created) is continued, not repeated.
 
@@ -22,12 +23,41 @@ use crate::script::{Script, lua, unexpected};
 static BEGIN: Script = Script::new(lua!("idempotency/begin.lua"));
 static FINISH: Script = Script::new(lua!("idempotency/finish.lua"));
 
-/// Whether `error` refuses what the request itself names or asks (an unknown variant or
-/// bundle, choices the bundle does not allow, more than a rule lets one cart or order
-/// take) and so changed nothing, like a request that fails validation before it claims
-/// its key. A refusal that ended a session names it (`sessionId`: a payment intent whose
-/// frozen variant was deleted cancels its session) and is kept, as every other answer is.
-fn refuses_only_the_request(error: &Error) -> bool {
+/// What a route asks of its Idempotency-Key.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    /// Without a key the request is 400 (a checkout start).
+    required: bool,
+    /// Whether a new attempt refused for what the request names ([`refuses_what_it_names`])
+    /// leaves the key unclaimed: true where the handler changes nothing before it can meet
+    /// such a refusal.
+    refusals_unclaimed: bool,
+}
+
+impl Claim {
+    /// The key is optional; a refusal of what the request names leaves it unclaimed.
+    pub const OPTIONAL: Claim = Claim {
+        required: false,
+        refusals_unclaimed: true,
+    };
+    /// The key is required; a refusal of what the request names leaves it unclaimed.
+    pub const REQUIRED: Claim = Claim {
+        required: true,
+        refusals_unclaimed: true,
+    };
+    /// The key is optional and every answer is kept: the handler has acted (a payment
+    /// intent is created at the gateway) before it can meet such a refusal.
+    pub const OPTIONAL_KEEPING_EVERY_ANSWER: Claim = Claim {
+        required: false,
+        refusals_unclaimed: false,
+    };
+}
+
+/// Whether `error` refuses what the request names or asks (an unknown variant or bundle,
+/// choices the bundle does not allow, more than a rule lets one cart or order take): on a
+/// new attempt of a route whose handler changed nothing before it, like a request that
+/// fails validation before it claims its key.
+fn refuses_what_it_names(error: &Error) -> bool {
     matches!(
         error,
         Error::Unprocessable {
@@ -36,9 +66,8 @@ fn refuses_only_the_request(error: &Error) -> bool {
                 | ErrorCode::InvalidBundleChoice
                 | ErrorCode::MaxPerOrderExceeded
                 | ErrorCode::CartLimit,
-            details,
             ..
-        } if details.get("sessionId").is_none()
+        }
     )
 }
 
@@ -64,7 +93,7 @@ pub async fn once<R, S, H, F, Fut>(
     app: &App<R, S, H>,
     req: &Request,
     scope: &str,
-    required: bool,
+    claim: Claim,
     handler: F,
 ) -> Result<Response>
 where
@@ -75,7 +104,7 @@ where
     Fut: Future<Output = Result<Response>>,
 {
     let Some(key) = key_of(req)? else {
-        if required {
+        if claim.required {
             return Err(Error::bad_request(
                 ErrorCode::IdempotencyKeyRequired,
                 "this request needs an Idempotency-Key header",
@@ -181,12 +210,21 @@ where
     // A failure worth retrying (5xx) is not an answer to keep (its attempt is forgotten, its
     // token kept for the retry); nor is a refused credential (401, 403): it is the
     // caller's, not the request's, so nothing of it stays under the key, which the next
-    // caller uses as if new. Nor is a request refused for what it names or asks, which
-    // changed nothing, as a malformed one claims no key: its corrected retry may use it.
+    // caller uses as if new. Nor is a new attempt refused for what it names or asks, where
+    // the route changed nothing (`Claim`): as a malformed request claims no key, its
+    // corrected retry may use it. A retry that resumed work begun under the key (its
+    // token is an earlier attempt's: a session created, say) keeps the answer, so the key
+    // never starts that work a second time.
+    let new_attempt = token == attempt;
     let finish = match response.status {
         401 | 403 => "drop",
         status if status >= 500 => "forget",
-        _ if outcome.as_ref().is_err_and(refuses_only_the_request) => "drop",
+        _ if claim.refusals_unclaimed
+            && new_attempt
+            && outcome.as_ref().is_err_and(refuses_what_it_names) =>
+        {
+            "drop"
+        }
         _ => "keep",
     };
     // Redis just failed to answer within its timeout: waiting for it to forget the attempt

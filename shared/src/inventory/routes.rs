@@ -18,7 +18,7 @@ use crate::app::App;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, array_field, field, object, str_field};
-use crate::idempotency;
+use crate::idempotency::{self, Claim};
 use crate::ids::{ExternalHolderId, Holder, Quantity, VariantId};
 use crate::ports::{Http, Redis, Sql};
 use crate::settings::Settings;
@@ -162,7 +162,7 @@ async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
     // `Idempotency-Key` also replays the first answer (its deadline, not a later one) and
     // refuses the same key with another body (422), as on every creating POST.
     let scope = format!("reservations:{}", request.cart);
-    idempotency::once(app, req, &scope, false, |_| async move {
+    idempotency::once(app, req, &scope, Claim::OPTIONAL, |_| async move {
         let reservation = store(app)
             .reserve(
                 &Holder::External(request.cart.clone()),

@@ -22,7 +22,7 @@ use crate::bundle::Bundles;
 use crate::cart::{CartRef, LineItem, parse_line};
 use crate::error::{Error, ErrorCode, Result};
 use crate::http::{Request, Response, array_field, object, str_field};
-use crate::idempotency;
+use crate::idempotency::{self, Claim};
 use crate::ids::{CartId, CustomerId, Quantity};
 use crate::keys::RulesetKind;
 use crate::ports::{Http, Redis, Sql};
@@ -61,7 +61,7 @@ async fn publish<R: Redis, S: Sql, H: Http>(
     // A publish builds a version: a retry with its Idempotency-Key answers that version
     // again instead of building another (DESIGN §4.5).
     let scope = format!("publish-{}", kind.name());
-    idempotency::once(app, req, &scope, false, |_| async move {
+    idempotency::once(app, req, &scope, Claim::OPTIONAL, |_| async move {
         let rulesets = Rulesets::new(&app.redis, &app.sql, &app.keys);
         let publication = rulesets
             .publish(kind, app.settings.checkout_session_ttl_seconds)
@@ -142,9 +142,15 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
             None | Some(Value::Null) => app.settings.default_currency,
             Some(Value::String(c)) => Currency::parse(c)?,
             Some(other) => {
+                let kind = match other {
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    Value::Array(_) => "an array",
+                    _ => "an object",
+                };
                 return Err(Error::bad_request(
                     ErrorCode::InvalidCurrency,
-                    format!("currency must be an ISO 4217 code in upper case, such as \"EUR\", not {other}"),
+                    format!("currency must be an ISO 4217 code in upper case, such as \"EUR\", not {kind}"),
                 ));
             }
         };

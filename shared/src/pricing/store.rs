@@ -18,6 +18,7 @@
 //! republishes it, once, under a lock (DESIGN §4, invariant 8).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -44,8 +45,22 @@ const BUILD_TTL_MS: i64 = 60 * 60 * 1000;
 const REPUBLISH_LOCK_MS: i64 = 60 * 1000;
 /// How long a request that finds another one republishing waits for it to finish (then
 /// 503), asking Redis again every [`REPUBLISH_POLL_MS`].
-const REPUBLISH_WAIT_MS: u64 = 3000;
+const REPUBLISH_WAIT: Duration = Duration::from_secs(3);
 const REPUBLISH_POLL_MS: u64 = 20;
+/// What the lock holds for [`REPUBLISH_FAILED_MS`] after a republish failed, so that the
+/// requests waiting for it answer its 503 at once instead of each doing it again.
+const REPUBLISH_FAILED: &str = "failed";
+const REPUBLISH_FAILED_MS: i64 = 1000;
+
+/// What a request found at the republish lock.
+enum RepublishLock {
+    /// It is this request's now.
+    Taken,
+    /// Another request is republishing.
+    Held,
+    /// The last republish failed within [`REPUBLISH_FAILED_MS`].
+    Failed,
+}
 
 /// Hands out the next version number of a kind: one more than the last handed out, and
 /// never below `$2` (one above what Redis serves, for data published before the numbers
@@ -719,43 +734,69 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
             return Err(not_published());
         }
         let lock = self.keys.ruleset_republish_lock(RulesetKind::Pricing);
-        let mut waited_ms = 0;
-        while !self.take_republish_lock(&lock).await? {
-            if waited_ms >= REPUBLISH_WAIT_MS {
-                return Err(Error::Unavailable {
-                    dependency: "rulesets",
-                    message: "the rulesets are being republished after a Redis loss".into(),
-                });
+        let waiting_since = Instant::now();
+        loop {
+            match self.take_republish_lock(&lock).await? {
+                RepublishLock::Taken => break,
+                RepublishLock::Failed => {
+                    return Err(Error::Unavailable {
+                        dependency: "rulesets",
+                        message: "the republish after a Redis loss just failed".into(),
+                    });
+                }
+                RepublishLock::Held if waiting_since.elapsed() >= REPUBLISH_WAIT => {
+                    return Err(Error::Unavailable {
+                        dependency: "rulesets",
+                        message: "the rulesets are being republished after a Redis loss".into(),
+                    });
+                }
+                RepublishLock::Held => {}
             }
             self.redis.pause(REPUBLISH_POLL_MS).await;
-            waited_ms += REPUBLISH_POLL_MS;
-            // Done by the holder: served. Failed: the lock is free, and taken next turn.
+            // Done by the holder: served. Failed: marked so, and answered next turn.
             if self.serves_all(&kinds).await? {
                 return Ok(());
             }
         }
-        let mut outcome = Ok(());
+        let outcome = self.republish_unserved(kinds).await;
+        // Done: the waiters find the rulesets served. Failed: they answer its 503 at once
+        // for a second (its Retry-After), rather than each doing the work again.
+        let ended = match &outcome {
+            Ok(()) => self.redis("DEL", vec![lock.into()]).await,
+            Err(_) => {
+                let failed = vec![
+                    lock.into(),
+                    REPUBLISH_FAILED.into(),
+                    "PX".into(),
+                    RedisArg::Int(REPUBLISH_FAILED_MS),
+                ];
+                self.redis("SET", failed).await
+            }
+        };
+        ended?;
+        outcome
+    }
+
+    /// Publishes again each of `kinds` that Redis does not serve, under the republish lock.
+    async fn republish_unserved(&self, kinds: Vec<RulesetKind>) -> Result<()> {
         for kind in kinds {
             if self.serves(kind).await? {
                 continue;
             }
             // Nothing was served, so no checkout can be reading a replaced version.
             if let Err(e) = self.publish(kind, 0).await {
-                outcome = self.serve_last(kind, e).await;
-                if outcome.is_err() {
-                    break;
-                }
+                self.serve_last(kind, e).await?;
             }
         }
-        self.redis("DEL", vec![lock.into()]).await?;
-        outcome
+        Ok(())
     }
 }
 
 impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
-    /// Takes the lock of a republish after a loss; `false` if another request holds it.
-    async fn take_republish_lock(&self, lock: &str) -> Result<bool> {
-        let taken = self
+    /// Takes the lock of a republish after a loss, unless another request holds it or the
+    /// last one just failed (one `SET … NX GET`: the value it found).
+    async fn take_republish_lock(&self, lock: &str) -> Result<RepublishLock> {
+        let found = self
             .redis(
                 "SET",
                 vec![
@@ -764,10 +805,15 @@ impl<R: Redis, S: Sql> Rulesets<'_, R, S> {
                     "NX".into(),
                     "PX".into(),
                     RedisArg::Int(REPUBLISH_LOCK_MS),
+                    "GET".into(),
                 ],
             )
             .await?;
-        Ok(taken.first().and_then(RedisReply::as_text) == Some("OK"))
+        Ok(match found.first() {
+            None | Some(RedisReply::Nil) => RepublishLock::Taken,
+            Some(value) if value.as_text() == Some(REPUBLISH_FAILED) => RepublishLock::Failed,
+            Some(_) => RepublishLock::Held,
+        })
     }
 
     /// Whether Redis serves every one of `kinds`.

@@ -479,10 +479,16 @@ mod tests {
         assert_eq!(s.log_level, LogLevel::Info);
         assert!(s.authorize_metrics(None).is_ok());
         s.metrics_token = "m".into();
-        for header in [None, Some("Bearer x"), Some("m"), Some("Bearer m ")] {
+        // No bearer token is 401; another one (a trailing space included) 403.
+        for (header, status) in [
+            (None, 401),
+            (Some("m"), 401),
+            (Some("Bearer x"), 403),
+            (Some("Bearer m "), 403),
+        ] {
             assert_eq!(
                 s.authorize_metrics(header).unwrap_err().status(),
-                401,
+                status,
                 "{header:?}"
             );
         }

@@ -106,7 +106,7 @@ pub async fn dispatch<R: Redis, S: Sql, H: Http>(
 /// A path with its percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded,
 /// which RFC 3986 §6.2.2.2 makes the same URI (`/v1/inventory/var%2D1` is
 /// `/v1/inventory/var-1`). Any other escape stays as it is, and so fails the id check.
-fn decode_unreserved(path: &str) -> String {
+pub fn decode_unreserved(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut rest = path;
     while let Some(at) = rest.find('%') {

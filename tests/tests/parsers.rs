@@ -1,5 +1,6 @@
 //! Property tests of every parser that reads outside input (issue 12): webhook events and
-//! their `Stripe-Signature`, customer tokens, request bodies, backup files.
+//! their `Stripe-Signature`, customer tokens, request bodies (as JSON, and through each
+//! route), escaped paths, backup files.
 //!
 //! For each: arbitrary bytes, arbitrary JSON and valid input mutated one step never make
 //! it panic, and are either accepted or refused with a 4xx (the code the contract names);
@@ -17,7 +18,7 @@ use commerce_core::auth::{self, TokenTime};
 use commerce_core::backup::{self, Entry, MAGIC};
 use commerce_core::checkout::gateway::{EventKind, parse_event, sign, verify_signature};
 use commerce_core::http::Request;
-use commerce_core::router::{Scope, handle};
+use commerce_core::router::{Scope, decode_unreserved, handle};
 use commerce_tests::{ADMIN_TOKEN, JWT_SECRET, SERVICE_TOKEN, TestApp, WEBHOOK_SECRET, customer_token};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -521,6 +522,161 @@ fn any_bytes_as_a_backup_file_are_read_or_refused_with_a_400() {
             Err(refused) => {
                 prop_assert_eq!((refused.status(), refused.code()), (400, "INVALID_BACKUP"));
             }
+        }
+        Ok(())
+    });
+}
+
+// JSON bodies as read before any route (`Request::json`), and escaped paths.
+
+/// A JSON text written out by hand, so that an object may name a key twice, also through
+/// an escape (`"\u0061"` is `"a"`): the text, and whether some object in it repeats a name.
+fn json_text() -> impl Strategy<Value = (String, bool)> {
+    let leaf = any_json().prop_map(|v| (v.to_string(), false));
+    leaf.prop_recursive(3, 32, 4, |inner| {
+        let key = prop::sample::select(vec![
+            ("a", "a"),
+            ("\\u0061", "a"),
+            ("b", "b"),
+            ("quantity", "quantity"),
+        ]);
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|items| {
+                let repeats = items.iter().any(|(_, r)| *r);
+                let texts: Vec<&str> = items.iter().map(|(t, _)| t.as_str()).collect();
+                (format!("[{}]", texts.join(",")), repeats)
+            }),
+            prop::collection::vec((key, inner), 0..4).prop_map(|fields| {
+                let mut names = std::collections::HashSet::new();
+                let repeats = fields.iter().any(|(_, (_, r))| *r)
+                    | !fields.iter().all(|((_, name), _)| names.insert(*name));
+                let texts: Vec<String> = fields
+                    .iter()
+                    .map(|((raw, _), (text, _))| format!("\"{raw}\": {text}"))
+                    .collect();
+                (format!("{{{}}}", texts.join(", ")), repeats)
+            }),
+        ]
+    })
+}
+
+fn json_request(body: Vec<u8>, content_type: &str) -> Request {
+    Request {
+        method: "POST".into(),
+        path: "/v1/pricing/quote".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), content_type.into())],
+        body,
+        client_addr: None,
+    }
+}
+
+#[test]
+fn a_json_body_reads_as_serde_json_reads_it_unless_an_object_repeats_a_name() {
+    check("json body", 3000, json_text(), |(text, repeats)| {
+        match json_request(text.clone().into_bytes(), "application/json").json(1 << 20) {
+            Ok(value) => {
+                prop_assert!(!repeats, "accepted a repeated name: {}", text);
+                prop_assert_eq!(value, serde_json::from_str::<Value>(&text).expect("valid JSON"));
+            }
+            Err(refused) => {
+                prop_assert!(repeats, "refused {}: {}", text, refused.body());
+                prop_assert_eq!((refused.status(), refused.code()), (400, "MALFORMED_JSON"));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn any_body_is_read_or_refused_with_a_4xx_for_its_size_type_or_form() {
+    let body = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..200),
+        any_json().prop_map(|v| v.to_string().into_bytes()),
+        json_text().prop_map(|(t, _)| t.into_bytes()),
+    ];
+    let content_type = prop::sample::select(vec![
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        "text/plain",
+        "",
+    ]);
+    let strategy = (body, content_type, 0usize..300);
+    check("any body", 3000, strategy, |(body, content_type, limit)| {
+        let read = json_request(body.clone(), content_type).json(limit);
+        let expected = if body.len() > limit {
+            Some((413, "PAYLOAD_TOO_LARGE"))
+        } else if !content_type.to_ascii_lowercase().starts_with("application/json") {
+            Some((415, "UNSUPPORTED_MEDIA_TYPE"))
+        } else {
+            serde_json::from_slice::<Value>(&body)
+                .err()
+                .map(|_| (400, "MALFORMED_JSON"))
+        };
+        match (read, expected) {
+            (Ok(value), None) => {
+                prop_assert_eq!(value, serde_json::from_slice::<Value>(&body).expect("valid JSON"))
+            }
+            // A valid text may still repeat a name: the one refusal serde_json does not make.
+            (Err(refused), None) => {
+                prop_assert_eq!((refused.status(), refused.code()), (400, "MALFORMED_JSON"))
+            }
+            (Err(refused), Some(expected)) => prop_assert_eq!((refused.status(), refused.code()), expected),
+            (Ok(value), Some(expected)) => prop_assert!(false, "accepted {value} where {expected:?} was due"),
+        }
+        Ok(())
+    });
+}
+
+/// A path whose characters are each sent as they are or percent-escaped (upper- or
+/// lower-case hex): the text sent, and what it must read as, where only escapes of
+/// unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded. A bare `%` is always sent
+/// escaped, as a URI must.
+fn escaped_path() -> impl Strategy<Value = (String, String)> {
+    let character = prop_oneof![
+        prop::sample::select("AZaz09-._~/:?#[]@!$&'()*+,;= %{}\"\\".chars().collect::<Vec<_>>()),
+        any::<char>(),
+    ];
+    prop::collection::vec((character, 0..3u8), 0..24).prop_map(|chars| {
+        let (mut sent, mut read) = (String::new(), String::new());
+        for (c, how) in chars {
+            let unreserved = c.is_ascii_alphanumeric() || "-._~".contains(c);
+            let escape = match how {
+                _ if c == '%' => Some("%25".to_owned()),
+                1 if c.is_ascii() => Some(format!("%{:02X}", c as u8)),
+                2 if c.is_ascii() => Some(format!("%{:02x}", c as u8)),
+                _ => None,
+            };
+            match escape {
+                Some(escape) => {
+                    sent.push_str(&escape);
+                    if unreserved {
+                        read.push(c);
+                    } else {
+                        read.push_str(&escape);
+                    }
+                }
+                None => {
+                    sent.push(c);
+                    read.push(c);
+                }
+            }
+        }
+        (format!("/v1/{sent}"), format!("/v1/{read}"))
+    })
+}
+
+#[test]
+fn a_path_reads_with_its_unreserved_escapes_decoded_and_every_other_kept() {
+    check("escaped path", 5000, escaped_path(), |(sent, read)| {
+        prop_assert_eq!(decode_unreserved(&sent), read);
+        Ok(())
+    });
+    check("any path", 5000, "\\PC{0,40}|[%0-9a-fA-F/-]{0,40}", |path| {
+        let decoded = decode_unreserved(&path);
+        prop_assert!(decoded.len() <= path.len(), "{} grew to {}", path, decoded);
+        if !path.contains('%') {
+            prop_assert_eq!(decoded, path);
         }
         Ok(())
     });

@@ -2349,12 +2349,14 @@ async fn a_session_ended_by_a_request_cut_short_before_its_release_is_released_b
 }
 
 /// A checkout whose first attempt died with its session begun (the key's lease then ends)
-/// is continued by its retry under the same token. A retry refused for what the cart now
-/// names (the bundle changed meanwhile) keeps its answer under the key, although a first
-/// attempt refused so would leave the key unclaimed: the key's next use answers the same
-/// 422 again, and never starts a second session beside the first one.
+/// is continued by its retry under the same token. What the cart names changed meanwhile
+/// (a bundle no longer takes one of its choices, which a new attempt re-checks and is
+/// refused for): the retry answers the session the first attempt began, as that attempt would have, with
+/// the cart it froze, its holds and its lock of the cart standing (a refusal would free the
+/// cart under it and leave it LOCKED, holding its units until its deadline). The key keeps
+/// that answer, and never starts a second session beside the first one.
 #[tokio::test]
-async fn a_resumed_checkout_refused_for_what_its_cart_names_keeps_its_answer() {
+async fn a_resumed_checkout_answers_the_session_its_first_attempt_began() {
     let (app, _gateway) = TestApp::shop(20, |c| c).await;
     let cart = app
         .cart_with_lines(&[json!({
@@ -2398,11 +2400,28 @@ async fn a_resumed_checkout_refused_for_what_its_cart_names_keeps_its_answer() {
     assert_eq!(invalidated.status, 200, "{invalidated:?}");
 
     let resumed = app.start_checkout(&cart, "k-resumed").await;
+    assert_eq!(resumed.status, 201, "{resumed:?}");
+    let session = first.body["sessionId"].as_str().unwrap();
+    assert_eq!(resumed.body["sessionId"], session, "{resumed:?}");
+    assert_eq!(resumed.body["state"], "LOCKED", "{resumed:?}");
+    assert_eq!(resumed.body["total"], first.body["total"], "{resumed:?}");
     assert_eq!(
-        (resumed.status, resumed.code()),
-        (422, "INVALID_BUNDLE_CHOICE"),
-        "{resumed:?}"
+        resumed.body["quote"], first.body["quote"],
+        "the frozen quote stands"
     );
+    let lock: Option<String> = redis.get(app.cart_lock_key(&cart)).await.unwrap();
+    assert_eq!(
+        lock.as_deref(),
+        Some(session),
+        "the cart's lock was let go under its session"
+    );
+    let holds = app
+        .redis_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(":inventory:holder:") && k.contains(session))
+        .count();
+    assert_eq!(holds, 1, "the session's holds were let go");
     let state: Option<String> = redis.hget(&record, "state").await.unwrap();
     assert_eq!(
         state.as_deref(),

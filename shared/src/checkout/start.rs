@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::session::{SessionView, cart_ref_text, parse_session};
-use super::{Checkouts, KEEP_MS, LockHolder};
+use super::{Checkouts, KEEP_MS, LockHolder, State};
 use crate::bundle::Bundles;
 use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
@@ -153,6 +153,17 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         {
             Ok(view) => Ok(view),
             Err(error) => {
+                // A retry whose first attempt began the session and was cut short before
+                // it answered: that session stands, with the cart it froze, as CREATE
+                // answers a retry that gets that far. A refusal now (a bundle changed
+                // since, say) would free the cart under it and leave it LOCKED, holding
+                // its units until its deadline. Where that cannot be read, the refusal
+                // goes on as below.
+                if !matches!(error, Error::Unavailable { .. })
+                    && let Ok(Some(view)) = self.begun_earlier(&session).await
+                {
+                    return Ok(view);
+                }
                 // Refused (short stock, prices), or failed on its own (a reply we cannot
                 // read): nothing may stay held for this session, nor the cart locked by it.
                 // A dependency failure keeps the lock for the retry that resumes the session,
@@ -166,6 +177,32 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 Err(error)
             }
         }
+    }
+
+    /// The session a first attempt under the same token began, while it is still under
+    /// way; `None` when there is none (one Redis round trip), or it has ended. A LOCKED
+    /// one that lost its frozen cart is cancelled, as a read of it would.
+    async fn begun_earlier(&self, session: &SessionId) -> Result<Option<SessionView>> {
+        let key = self.app.keys.checkout_session(session);
+        let exists = self.app.redis.execute("EXISTS", vec![key.into()]).await?;
+        if exists.first().and_then(RedisReply::as_int) != Some(1) {
+            return Ok(None);
+        }
+        let current = match self.load(session).await {
+            Ok(current) => current,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(other) => return Err(other),
+        };
+        if current.state.is_terminal() {
+            return Ok(None);
+        }
+        let Some(frozen) = self.frozen(session).await? else {
+            if current.state == State::Locked {
+                self.cancel_lost(&current).await?;
+            }
+            return Ok(None);
+        };
+        Ok(Some(current.view(Some(frozen["quote"].clone()))))
     }
 
     /// Whether the session holds stock (its holder index is there).

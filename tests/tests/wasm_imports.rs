@@ -17,6 +17,9 @@ const COMPONENTS: [&str; 5] = ["inventory", "cart", "pricing", "checkout", "ops"
 const MAX_WASM_BYTES: usize = 2 * 1024 * 1024;
 
 /// Issue 11 asks that the components do not grow: each .wasm stays within this many bytes,
+/// 1.2% above the largest once `openapi.json` went in without its indentation (1348182
+/// bytes, 2026-12-02; the indented document had grown with the statuses every route can
+/// answer, to 1396679 bytes with a retry answering its begun session). Before that: 1400000,
 /// 1.2% above the largest on 2026-12-02 (1384106 bytes). A JSON body's own visitor (a
 /// name given twice is refused), a request waiting for another's ruleset republish, and
 /// the refusal of a header given twice took them past the 1380000 set on 2026-12-01, 0.8%
@@ -26,7 +29,7 @@ const MAX_WASM_BYTES: usize = 2 * 1024 * 1024;
 /// --wasm` reads it from here). Raise it only on purpose, in the commit that needs it,
 /// and say there what grew and why (BENCHMARKS.md, "Wasm size and cold start", says how
 /// each growth was found).
-const WASM_BUDGET_BYTES: usize = 1_400_000;
+const WASM_BUDGET_BYTES: usize = 1_365_000;
 
 /// The world of `wit/` that every component must target.
 const WORLD: &str = "component";

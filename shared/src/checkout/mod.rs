@@ -896,8 +896,14 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// The session, with its frozen quote, for a caller the session answers.
     pub async fn get(&self, id: &SessionId, authorization: Option<&str>) -> Result<SessionView> {
         let met = self.read(id, &[], Unreachable::ShowsRedis).await?;
+        self.authorize(&met.session, authorization)?;
+        self.shown(met).await
+    }
+
+    /// A session as read, with its frozen quote (none where it could not be had).
+    async fn shown(&self, met: Met) -> Result<SessionView> {
         let mut session = met.session;
-        self.authorize(&session, authorization)?;
+        let id = &session.id;
         // PostgreSQL's copy of the frozen cart is not asked for when the read found
         // PostgreSQL out of reach: the view goes without its quote rather than wait again.
         let frozen = match met.postgres_down {

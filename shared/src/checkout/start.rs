@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::session::{SessionView, cart_ref_text, parse_session};
-use super::{Checkouts, KEEP_MS, LockHolder, State};
+use super::{Checkouts, KEEP_MS, LockHolder, Unreachable};
 use crate::bundle::Bundles;
 use crate::cart::{self, CartLine, CartRef, LineItem};
 use crate::error::{Error, ErrorCode, Result};
@@ -180,35 +180,32 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     }
 
     /// The session a first attempt under the same token began, while it is still under
-    /// way; `None` when there is none (one Redis round trip), or it has ended. A LOCKED
-    /// one that lost its frozen cart is cancelled, as a read of it would.
+    /// way, as a read of it shows it; `None` when there is none (one Redis round trip), or
+    /// it has ended, or it lost its frozen cart (a LOCKED one is then cancelled).
     async fn begun_earlier(&self, session: &SessionId) -> Result<Option<SessionView>> {
-        let key = self.app.keys.checkout_session(session);
-        let exists = self.app.redis.execute("EXISTS", vec![key.into()]).await?;
-        if exists.first().and_then(RedisReply::as_int) != Some(1) {
+        if !self.exists(self.app.keys.checkout_session(session)).await? {
             return Ok(None);
         }
-        let current = match self.load(session).await {
-            Ok(current) => current,
+        let met = match self.read(session, &[], Unreachable::ShowsRedis).await {
+            Ok(met) => met,
             Err(Error::NotFound { .. }) => return Ok(None),
             Err(other) => return Err(other),
         };
-        if current.state.is_terminal() {
+        if met.session.state.is_terminal() {
             return Ok(None);
         }
-        let Some(frozen) = self.frozen(session).await? else {
-            if current.state == State::Locked {
-                self.cancel_lost(&current).await?;
-            }
-            return Ok(None);
-        };
-        Ok(Some(current.view(Some(frozen["quote"].clone()))))
+        let view = self.shown(met).await?;
+        Ok(view.quote.is_some().then_some(view))
     }
 
     /// Whether the session holds stock (its holder index is there).
     async fn holds_any(&self, session: &SessionId) -> Result<bool> {
-        let index = self.app.keys.holder_holds(&Holder::Checkout(session.clone()));
-        let reply = self.app.redis.execute("EXISTS", vec![index.into()]).await?;
+        self.exists(self.app.keys.holder_holds(&Holder::Checkout(session.clone())))
+            .await
+    }
+
+    async fn exists(&self, key: String) -> Result<bool> {
+        let reply = self.app.redis.execute("EXISTS", vec![key.into()]).await?;
         Ok(reply.first().and_then(RedisReply::as_int) == Some(1))
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use commerce_core::http::Response;
+use commerce_core::http::{MAX_HEADER_FIELDS, Response};
 use commerce_core::{Error, Settings};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -211,8 +211,13 @@ async fn serve_one(stream: TcpStream, router: Router, limits: Limits) {
             response
         }
     });
+    // hyper's own refusal of a head past its limits has an empty body: its limit on the
+    // fields is set past the router's (`Request::head_within_limits`), which answers the
+    // usual excess with the JSON error body; its buffer (about 400 KB) is past the
+    // router's byte limit already.
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        .max_headers(4 * MAX_HEADER_FIELDS)
         .header_read_timeout(None)
         .keep_alive(true)
         .serve_connection(io, service);

@@ -57,6 +57,8 @@ error_codes! {
     CurrencyMismatch = "CURRENCY_MISMATCH",
     /// Credentials that do not grant this (403).
     Forbidden = "FORBIDDEN",
+    /// More header fields, or more bytes of them, than a request may carry (431).
+    HeadersTooLarge = "HEADERS_TOO_LARGE",
     /// A request with this Idempotency-Key is still running (409).
     IdempotencyKeyInUse = "IDEMPOTENCY_KEY_IN_USE",
     /// The route needs an Idempotency-Key (400).
@@ -147,6 +149,8 @@ error_codes! {
     UnknownVariant = "UNKNOWN_VARIANT",
     /// The body is not `application/json` (415).
     UnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE",
+    /// A request target (path and query) longer than a request may carry (414).
+    UriTooLong = "URI_TOO_LONG",
     /// No such variant (404).
     VariantNotFound = "VARIANT_NOT_FOUND",
     /// `If-Match` named another version than the current one (412).
@@ -194,6 +198,12 @@ pub enum Error {
     /// The body is not JSON (415).
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    /// The path and query together are longer than the stated limit (414).
+    #[error("the request target (path and query) exceeds {limit} bytes")]
+    UriTooLong { limit: usize },
+    /// More header fields, or more bytes of them, than the limits allow (431).
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// Well-formed but breaks a business rule, e.g. an unknown variant (422).
     #[error("{message}")]
     Unprocessable {
@@ -256,9 +266,11 @@ impl Error {
             Error::RequestTimeout => 408,
             Error::PreconditionFailed(_) => 412,
             Error::PayloadTooLarge { .. } => 413,
+            Error::UriTooLong { .. } => 414,
             Error::UnsupportedMediaType => 415,
             Error::Unprocessable { .. } => 422,
             Error::RateLimited { .. } => 429,
+            Error::HeadersTooLarge(_) => 431,
             Error::Internal(_) | Error::Configuration(_) => 500,
             Error::Unavailable { .. } => 503,
         }
@@ -284,6 +296,8 @@ impl Error {
             Error::PreconditionFailed(_) => ErrorCode::VersionMismatch,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Error::UriTooLong { .. } => ErrorCode::UriTooLong,
+            Error::HeadersTooLarge(_) => ErrorCode::HeadersTooLarge,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
             Error::Unavailable { .. } => ErrorCode::ServiceUnavailable,
             Error::Internal(_) | Error::Configuration(_) => ErrorCode::Internal,

@@ -7,6 +7,17 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorCode};
 
+/// Most bytes of a request's target, its path and query together (RFC 9112 §3 asks a
+/// server to take at least 8000); past it a request is refused with 414 `URI_TOO_LONG`.
+pub const MAX_TARGET_BYTES: usize = 8192;
+
+/// Most header fields a request may carry; past it, 431 `HEADERS_TOO_LARGE`.
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// Most bytes a request's header fields may take, names and values (a JWT is well under
+/// 8 KiB); past it, 431 `HEADERS_TOO_LARGE`.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// An incoming request, body already read (up to the limit plus one byte, so that an
 /// oversized body is detectable without reading it all).
 #[derive(Debug, Clone, Default)]
@@ -35,6 +46,43 @@ impl Request {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Refuses a request whose head is larger than any route takes: a target past
+    /// [`MAX_TARGET_BYTES`] (414), more header fields than [`MAX_HEADER_FIELDS`] or more of
+    /// their bytes than [`MAX_HEADER_BYTES`] (431). The fields a Spin host adds of its own
+    /// (`spin-full-url`, `spin-client-addr`, …: their names start with `spin-`) are not the
+    /// client's and are not counted, so both hosts take the same requests.
+    pub fn head_within_limits(&self) -> Result<(), Error> {
+        let target = self.path.len()
+            + if self.query.is_empty() {
+                0
+            } else {
+                1 + self.query.len()
+            };
+        if target > MAX_TARGET_BYTES {
+            return Err(Error::UriTooLong {
+                limit: MAX_TARGET_BYTES,
+            });
+        }
+        let (fields, bytes) = self
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.starts_with("spin-"))
+            .fold((0, 0), |(fields, bytes), (name, value)| {
+                (fields + 1, bytes + name.len() + value.len())
+            });
+        if fields > MAX_HEADER_FIELDS {
+            return Err(Error::HeadersTooLarge(format!(
+                "{fields} header fields; a request may carry at most {MAX_HEADER_FIELDS}"
+            )));
+        }
+        if bytes > MAX_HEADER_BYTES {
+            return Err(Error::HeadersTooLarge(format!(
+                "{bytes} bytes of header fields; a request may carry at most {MAX_HEADER_BYTES}"
+            )));
+        }
+        Ok(())
     }
 
     /// The first value of a query parameter, percent-decoded (`+` is a space); `None` if
@@ -274,6 +322,48 @@ pub fn object(body: &Value) -> Result<&Value, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_past_its_limits_is_refused_with_414_or_431() {
+        let header = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        let at_most = Request {
+            path: format!("/{}", "p".repeat(4000)),
+            query: "q".repeat(MAX_TARGET_BYTES - 4002),
+            headers: (0..MAX_HEADER_FIELDS)
+                .map(|i| header(&format!("x-{i}"), "v"))
+                .collect(),
+            ..Request::default()
+        };
+        assert!(at_most.head_within_limits().is_ok());
+        let longer = Request {
+            query: format!("{}q", at_most.query),
+            ..at_most.clone()
+        };
+        let refused = longer.head_within_limits().unwrap_err();
+        assert_eq!((refused.status(), refused.code()), (414, "URI_TOO_LONG"));
+        let mut more = at_most.clone();
+        more.headers.push(header("x-last", "v"));
+        let refused = more.head_within_limits().unwrap_err();
+        assert_eq!((refused.status(), refused.code()), (431, "HEADERS_TOO_LARGE"));
+        // A Spin host's own fields are not the client's.
+        let mut hosted = at_most.clone();
+        hosted.headers.extend([
+            header("spin-full-url", "http://x/"),
+            header("spin-client-addr", "[::1]:1"),
+        ]);
+        assert!(hosted.head_within_limits().is_ok());
+        let big = Request {
+            headers: vec![header("authorization", &"t".repeat(MAX_HEADER_BYTES - 13))],
+            ..Request::default()
+        };
+        assert!(big.head_within_limits().is_ok());
+        let bigger = Request {
+            headers: vec![header("authorization", &"t".repeat(MAX_HEADER_BYTES - 12))],
+            ..Request::default()
+        };
+        let refused = bigger.head_within_limits().unwrap_err();
+        assert_eq!((refused.status(), refused.code()), (431, "HEADERS_TOO_LARGE"));
+    }
 
     fn with_query(query: &str) -> Request {
         Request {

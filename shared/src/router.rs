@@ -47,6 +47,9 @@ pub async fn dispatch<R: Redis, S: Sql, H: Http>(
     mut req: Request,
     scope: Scope,
 ) -> Response {
+    // Measured as sent, before any decoding; and before any work, a rate limit's
+    // included: a head no route takes costs nothing.
+    let too_large = req.head_within_limits().err();
     if req.method == "HEAD" {
         req.method = "GET".into();
     }
@@ -57,8 +60,10 @@ pub async fn dispatch<R: Redis, S: Sql, H: Http>(
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let in_scope = |s: Scope| scope == Scope::All || scope == s;
 
-    let mut answer = None;
-    if let Err(refused) = ratelimit::guard(app, &req, &segments).await {
+    let mut answer = too_large.map(Err);
+    if answer.is_none()
+        && let Err(refused) = ratelimit::guard(app, &req, &segments).await
+    {
         answer = Some(Err(refused));
     }
     if answer.is_none()

@@ -132,6 +132,14 @@ fn every_operation_documents_its_errors_and_every_reference_resolves() {
             if !["/health/live", "/openapi.json"].contains(&path.as_str()) {
                 assert!(responses.contains_key("503"), "{method} {path} documents no 503");
             }
+            // And every request may meet what is checked before or around any route: a
+            // header given twice, the body's size and time, the head's size, a fault.
+            for status in ["400", "401", "408", "413", "414", "431", "500"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path} documents no {status}"
+                );
+            }
         }
     }
     // Every link names an operation, and only parameters that operation has (Schemathesis's

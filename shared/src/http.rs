@@ -97,6 +97,16 @@ impl Request {
             .next()
     }
 
+    /// For a route that reads no body: none, or one that is JSON as any body must be
+    /// (413, 415, 400 as [`Self::json`] answers), whose content is not read. So a request
+    /// with a broken body is refused whatever its route, and changes nothing.
+    pub fn no_body(&self, max_body_bytes: usize) -> Result<(), Error> {
+        if self.body.is_empty() {
+            return Ok(());
+        }
+        self.json(max_body_bytes).map(drop)
+    }
+
     /// Parses the body as JSON, enforcing the body limit (413), the content type (415)
     /// and well-formedness (400).
     pub fn json(&self, max_body_bytes: usize) -> Result<Value, Error> {

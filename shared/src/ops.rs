@@ -136,6 +136,7 @@ async fn check<R: Redis, S: Sql, H: Http>(
     repair: bool,
 ) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
+    req.no_body(app.settings.max_body_bytes)?;
     let first = crate::check::run(app, repair).await?;
     if !repair {
         return Ok(Response::json(200, &first));

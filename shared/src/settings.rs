@@ -209,6 +209,12 @@ impl Settings {
             .ok_or_else(|| format!("log_level must be off, error, warn, info or debug, got {log_level:?}"))?;
         let trusted_proxies = TrustedProxies::parse(&text("trusted_proxies", ""))
             .map_err(|e| format!("trusted_proxies: {e}"))?;
+        let rate_limit_anonymous_per_minute =
+            up_to("rate_limit_anonymous_per_minute", 120, 1_000_000, "off")?;
+        let rate_limit_customer_per_minute = up_to("rate_limit_customer_per_minute", 60, 1_000_000, "off")?;
+        // A burst not set is half a minute's writes (60 of 120, 30 of 60): a limit set alone
+        // to 5 a minute lets 2 through at once, not a default burst meant for 120.
+        let half_a_minute = |per_minute: u32| (per_minute / 2).max(1);
         let redis_timeout_ms = within("redis_timeout_ms", 2_000, 600_000)?;
         let database_timeout_ms = within("database_timeout_ms", 5_000, 600_000)?;
         let gateway_timeout_ms = within("gateway_timeout_ms", 10_000, 600_000)?;
@@ -268,10 +274,18 @@ impl Settings {
             outbox_retry_max_ms,
             metrics_token: text("metrics_token", ""),
             log_level,
-            rate_limit_anonymous_per_minute: up_to("rate_limit_anonymous_per_minute", 120, 1_000_000, "off")?,
-            rate_limit_anonymous_burst: bounded("rate_limit_anonymous_burst", 60, 1_000_000)?,
-            rate_limit_customer_per_minute: up_to("rate_limit_customer_per_minute", 60, 1_000_000, "off")?,
-            rate_limit_customer_burst: bounded("rate_limit_customer_burst", 30, 1_000_000)?,
+            rate_limit_anonymous_per_minute,
+            rate_limit_anonymous_burst: bounded(
+                "rate_limit_anonymous_burst",
+                half_a_minute(rate_limit_anonymous_per_minute),
+                1_000_000,
+            )?,
+            rate_limit_customer_per_minute,
+            rate_limit_customer_burst: bounded(
+                "rate_limit_customer_burst",
+                half_a_minute(rate_limit_customer_per_minute),
+                1_000_000,
+            )?,
             trusted_proxies,
         })
     }
@@ -383,6 +397,23 @@ mod tests {
             (120, 60)
         );
         assert_eq!((s.customer_rate().per_minute, s.customer_rate().burst), (60, 30));
+        // A per-minute rate set alone brings its own burst, half a minute's; a burst set
+        // stands as set.
+        let alone = Settings::from_config(&Map(HashMap::from([
+            ("rate_limit_anonymous_per_minute", "5"),
+            ("rate_limit_customer_per_minute", "1"),
+        ])))
+        .unwrap();
+        assert_eq!(
+            (alone.anonymous_rate().burst, alone.customer_rate().burst),
+            (2, 1)
+        );
+        let both = Settings::from_config(&Map(HashMap::from([
+            ("rate_limit_anonymous_per_minute", "5"),
+            ("rate_limit_anonymous_burst", "50"),
+        ])))
+        .unwrap();
+        assert_eq!(both.anonymous_rate().burst, 50);
         assert_eq!(s.trusted_proxies, TrustedProxies::default());
         assert_eq!(
             (

@@ -667,3 +667,83 @@ async fn a_head_past_its_limits_is_refused_with_414_or_431_and_writes_nothing() 
     assert_eq!(app.pg_on_hand("var-1").await, pg_before);
     app.finish().await;
 }
+
+/// A route that reads no body takes none, or a JSON one it ignores; a broken body (not
+/// JSON, or another content type) is refused as on any route, before anything is done.
+#[tokio::test]
+async fn a_broken_body_on_a_route_that_reads_none_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    app.seed(2).await;
+    app.publish_rulesets().await;
+    let cart = app.cart_with(&[("var-1", 1)]).await;
+    let session = app.checkout(&cart, "no-body").await;
+    let line = app.get(&format!("/v1/carts/{cart}")).await.body["lines"][0]["lineId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let routes = [
+        ("POST", "/v1/admin/pricing/publish".to_owned()),
+        ("POST", "/v1/admin/discounts/publish".to_owned()),
+        ("POST", "/v1/admin/inventory/reconcile".to_owned()),
+        ("POST", "/v1/admin/check/repair".to_owned()),
+        ("POST", "/v1/admin/bundles/bundle-1/invalidate".to_owned()),
+        ("DELETE", "/v1/inventory/reservations/nobody".to_owned()),
+        ("DELETE", format!("/v1/carts/{cart}/items/{line}")),
+        ("POST", format!("/v1/checkout/{session}/payment-intent")),
+        ("POST", format!("/v1/checkout/{session}/cancel")),
+    ];
+    let redis_before = app.redis_snapshot().await;
+    let versions = "SELECT string_agg(kind || '=' || version, ',' ORDER BY kind) FROM ruleset_versions";
+    let versions_before: Option<String> = app.pg.query_one(versions, &[]).await.unwrap().get(0);
+    for (method, path) in &routes {
+        for (content_type, body, status, code) in [
+            ("application/json", "{broken", 400, "MALFORMED_JSON"),
+            ("application/json", r#"{"a":1,"a":2}"#, 400, "MALFORMED_JSON"),
+            ("text/plain", "hello", 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ] {
+            let reply = TestApp::reply(
+                app.request(
+                    method,
+                    path,
+                    None,
+                    &[("authorization", &admin), ("content-type", content_type)],
+                )
+                .body(body),
+            )
+            .await;
+            assert_eq!(
+                (reply.status, reply.code()),
+                (status, code),
+                "{method} {path} {body}: {reply:?}"
+            );
+        }
+    }
+    assert_eq!(
+        app.redis_snapshot().await,
+        redis_before,
+        "a refused request wrote"
+    );
+    let versions_after: Option<String> = app.pg.query_one(versions, &[]).await.unwrap().get(0);
+    assert_eq!(versions_after, versions_before);
+    // A JSON body, or none, is taken and not read.
+    let published = app
+        .call_with(
+            "POST",
+            "/v1/admin/pricing/publish",
+            Some(json!({})),
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(published.status, 200, "{published:?}");
+    let cancelled = app
+        .call(
+            "POST",
+            &format!("/v1/checkout/{session}/cancel"),
+            None,
+            Caller::Anonymous,
+        )
+        .await;
+    assert_eq!(cancelled.body["state"], "CANCELLED", "{cancelled:?}");
+    app.finish().await;
+}

@@ -399,11 +399,25 @@ async fn one_idempotency_key_makes_one_session() {
         replay.body["sessionId"]
     );
 
-    // A key is its cart's: another shopper who happens to send the same key checks out
-    // their own cart (neither 422 nor the first shopper's session), and so do two
-    // customers; the same key on two sessions' payment intents is each session's own.
+    // A key is its caller's: the same key with another cart is another body, 422, and
+    // starts nothing (DESIGN §4.5); a new key checks that cart out. Two customers' keys
+    // are each their own; the same key on two sessions' payment intents is each session's.
     let stranger = app.cart_with(&[("var-2", 1)]).await;
-    let theirs = app.start_checkout(&stranger, "same-key").await;
+    let reused = app.start_checkout(&stranger, "same-key").await;
+    assert_eq!(
+        (reused.status, reused.code()),
+        (422, "IDEMPOTENCY_KEY_REUSED"),
+        "{reused:?}"
+    );
+    assert_eq!(
+        app.redis_keys()
+            .await
+            .iter()
+            .filter(|k| k.contains(":checkout:session:"))
+            .count(),
+        1
+    );
+    let theirs = app.start_checkout(&stranger, "their-key").await;
     assert_eq!(theirs.status, 201, "{theirs:?}");
     assert_ne!(theirs.body["sessionId"], replay.body["sessionId"]);
     assert_eq!(theirs.body["cartId"], stranger.as_str());
@@ -425,6 +439,20 @@ async fn one_idempotency_key_makes_one_session() {
             "{started:?}"
         );
     }
+    // A customer's key names one request of theirs, whichever cart it checks out.
+    let anonymous_cart = app.cart_with(&[("var-2", 1)]).await;
+    let elsewhere = app
+        .start_checkout_as(
+            json!({ "cartId": anonymous_cart }),
+            "shared-key",
+            Caller::Customer("zelda"),
+        )
+        .await;
+    assert_eq!(
+        (elsewhere.status, elsewhere.code()),
+        (422, "IDEMPOTENCY_KEY_REUSED"),
+        "{elsewhere:?}"
+    );
     for session in [&replay, &theirs] {
         let session = session.body["sessionId"].as_str().unwrap();
         let intent = app
@@ -2127,6 +2155,19 @@ async fn a_payment_that_does_not_match_the_pending_session_is_refunded_and_confi
     for field in ["amount", "amount_received"] {
         event["data"]["object"][field] = json!(paying.amount - 1);
     }
+    // A negative amount, signed, is no payment the gateway could have sent: 400, no
+    // outbox row (it was a 500 from the outbox's CHECK), nothing moved.
+    let mut negative = event.clone();
+    for field in ["amount", "amount_received"] {
+        negative["data"]["object"][field] = json!(-5);
+    }
+    let (status, body) = gateway.deliver(&app.base, &negative.to_string()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("INVALID_EVENT")),
+        "{body}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM payment_outbox").await, 0);
     let (status, body) = gateway.deliver(&app.base, &event.to_string()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["refundRequired"].is_string(), "{body}");

@@ -216,7 +216,7 @@ async fn an_expired_hold_stops_counting_without_a_sweeper() {
 
 /// A reservation with an `Idempotency-Key` is made once: the same key and body (the same
 /// JSON, however spelled) answer the first answer again (its deadline, not a later one),
-/// the same key with another body is a
+/// the same key with another body (other items, another holder) is a
 /// 422 that changes nothing, and a request without a key is not affected.
 #[tokio::test]
 async fn a_reservation_with_an_idempotency_key_is_made_once() {
@@ -270,6 +270,18 @@ async fn a_reservation_with_an_idempotency_key_is_made_once() {
         app.check_holds("var-1").await,
         (100, 2),
         "the other body was applied"
+    );
+    // Another holder is another body too: the key is the caller's, not the holder's.
+    let other_holder = send(reservation("k2", &[("var-1", 2)]), "hold-1").await;
+    assert_eq!(
+        (other_holder.status, other_holder.code()),
+        (422, "IDEMPOTENCY_KEY_REUSED"),
+        "{other_holder:?}"
+    );
+    assert_eq!(
+        app.check_holds("var-1").await,
+        (100, 2),
+        "the other holder was held"
     );
 
     let unkeyed = app.reserve(reservation("k", &[("var-1", 3)])).await;

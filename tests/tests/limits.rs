@@ -107,6 +107,19 @@ async fn customer_cart(app: &TestApp, customer: &str) -> Value {
     reply.body
 }
 
+/// A per-minute rate set alone brings a burst of its own size, half a minute's writes,
+/// not the default burst of the default rate: 6 a minute lets 3 through at once.
+#[tokio::test]
+async fn a_rate_set_alone_allows_a_burst_of_half_a_minutes_writes() {
+    let app = TestApp::spawn_with(|c| c.set("rate_limit_anonymous_per_minute", "6")).await;
+    for _ in 0..3 {
+        assert_eq!(new_cart(&app, &[]).await.status(), 201);
+    }
+    refused(&new_cart(&app, &[]).await);
+    assert_eq!(carts(&app).await, 3);
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn anonymous_writes_beyond_the_burst_are_429_change_nothing_and_recover_after_retry_after() {
     // One every 5 s, 3 at once.

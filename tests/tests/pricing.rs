@@ -176,6 +176,23 @@ async fn a_cart_is_quoted_in_its_currency_and_mixing_currencies_is_refused() {
         "the fixed bundle price"
     );
     assert_eq!(reply.body["subtotal"], 5000 + 4999);
+    // Each line names what it prices, as the cart's line does.
+    for (line, field, id) in [(0, "variantId", "var-3"), (1, "bundleId", "bundle-1")] {
+        assert_eq!(reply.body["lines"][line][field], id, "{:?}", reply.body);
+    }
+    assert!(reply.body["lines"][0].get("bundleId").is_none());
+    assert!(reply.body["lines"][1].get("variantId").is_none());
+    // The cart's own currency may be named; another one with it is mixing two.
+    let named = quote(&app, json!({ "cartId": cart, "currency": "EUR" }), None).await;
+    assert_eq!(named.body, reply.body);
+    let other = quote(&app, json!({ "cartId": cart, "currency": "USD" }), None).await;
+    assert_eq!(
+        (other.status, other.code()),
+        (422, "CURRENCY_MISMATCH"),
+        "{other:?}"
+    );
+    let not_a_code = quote(&app, json!({ "cartId": cart, "currency": 978 }), None).await;
+    assert_eq!((not_a_code.status, not_a_code.code()), (400, "INVALID_CURRENCY"));
 
     let usd = app.post("/v1/carts", json!({"currency": "USD"})).await.body["cartId"]
         .as_str()

@@ -44,6 +44,7 @@ async fn invalidate<R: Redis, S: Sql, H: Http>(
     bundle: &str,
 ) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
+    req.no_body(app.settings.max_body_bytes)?;
     let bundle = BundleId::parse(bundle)?;
     Bundles::of(app).invalidate(&bundle).await?;
     Ok(Response::json(

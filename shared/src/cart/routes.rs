@@ -222,7 +222,10 @@ async fn change<R: Redis, S: Sql, H: Http>(
 ) -> Result<Response> {
     let line = LineId::parse(line)?;
     let quantity = match req.method.as_str() {
-        "DELETE" => 0,
+        "DELETE" => {
+            req.no_body(app.settings.max_body_bytes)?;
+            0
+        }
         "PATCH" => {
             let body = req.json(app.settings.max_body_bytes)?;
             let quantity = field(object(&body)?, "quantity")?;

@@ -51,12 +51,12 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             // Only a request that passed validation claims its idempotency key (as Stripe
             // does), so a corrected retry with the same key is not answered with the 400.
             Ok((cart, group)) => {
-                // A key is the cart's: another cart's checkout (another shopper's) with the
-                // same key is its own, neither refused nor answered with this one.
-                let scope = match &cart {
-                    CartRef::Session(id) => format!("checkout:{id}"),
-                    CartRef::Customer(id) => format!("checkout-customer:{id}"),
-                };
+                // A key is its caller's, as a Stripe key is its account's: the same key with
+                // another cart is another body (422), not another checkout. Anonymous
+                // callers cannot be told apart, so theirs share one scope (and a replay
+                // answers only whoever names the same cart, its capability); each
+                // customer's token, and the admin's, has its own.
+                let scope = format!("checkout:{}", caller_of(app, req));
                 idempotency::once(app, req, &scope, Claim::REQUIRED, |token| async move {
                     let view = Checkouts::new(app).start(&cart, &token, group).await?;
                     Ok(Response::json(201, &view))
@@ -69,7 +69,9 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         // The webhook's path is not a session's: any other method on it is a 405.
         ["v1", "checkout", "payment-webhook"] => Err(Error::MethodNotAllowed(req.method.clone())),
         ["v1", "checkout", session] if req.method == "GET" => get(app, req, session).await,
-        ["v1", "checkout", session, "payment-intent"] if post => match SessionId::parse(session) {
+        ["v1", "checkout", session, "payment-intent"] if post => match SessionId::parse(session)
+            .and_then(|id| req.no_body(app.settings.max_body_bytes).map(|()| id))
+        {
             Ok(id) => {
                 // The session authorizes its caller inside the handler: a kept answer (a
                 // customer's intent, its client secret) is replayed only to the caller it
@@ -91,7 +93,9 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             }
             Err(e) => Err(e),
         },
-        ["v1", "checkout", session, "cancel"] if post => match SessionId::parse(session) {
+        ["v1", "checkout", session, "cancel"] if post => match SessionId::parse(session)
+            .and_then(|id| req.no_body(app.settings.max_body_bytes).map(|()| id))
+        {
             Ok(id) => Checkouts::new(app)
                 .cancel(&id, req.header("authorization"))
                 .await

@@ -160,8 +160,15 @@ async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
     let request = parse_reservation(&body, &app.settings)?;
     // Re-reserving sets a holder's quantities, so a plain retry is safe; a caller's
     // `Idempotency-Key` also replays the first answer (its deadline, not a later one) and
-    // refuses the same key with another body (422), as on every creating POST.
-    let scope = format!("reservations:{}", request.cart);
+    // refuses the same key with another body (422), as on every creating POST. The key is
+    // its caller's (the admin's or the service's), whichever holder the body names: the
+    // same key for another holder is another body.
+    let caller = if app.settings.authorize_admin(req.header("authorization")).is_ok() {
+        "admin"
+    } else {
+        "service"
+    };
+    let scope = format!("reservations:{caller}");
     idempotency::once(app, req, &scope, Claim::OPTIONAL, |_| async move {
         let reservation = store(app)
             .reserve(
@@ -202,6 +209,7 @@ async fn release<R: Redis, S: Sql, H: Http>(
     cart: &str,
 ) -> Result<Response> {
     app.settings.authorize_trusted(req.header("authorization"))?;
+    req.no_body(app.settings.max_body_bytes)?;
     let cart = ExternalHolderId::parse(cart)?;
     let released = store(app).release(&Holder::External(cart.clone()), &[]).await?;
     Ok(Response::json(
@@ -255,6 +263,7 @@ fn parse_level_change(body: &Value) -> Result<LevelChange> {
 
 async fn reconcile<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
+    req.no_body(app.settings.max_body_bytes)?;
     let report = store(app).reconcile(|_| {}).await?;
     Ok(Response::json(200, &report))
 }

@@ -105,8 +105,8 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// HTTP statuses counted one by one in `commerce_requests_total` (those the service
 /// answers); any other falls in its class's slot.
-const STATUSES: [u16; 18] = [
-    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 412, 413, 415, 422, 429, 500, 502, 503,
+const STATUSES: [u16; 20] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 412, 413, 414, 415, 422, 429, 431, 500, 502, 503,
 ];
 
 /// The dependencies measured by [`Measured`].
@@ -438,6 +438,29 @@ mod tests {
         h.render(&mut bare, "y", "");
         assert!(bare.contains("y_bucket{le=\"+Inf\"} 3\n"), "{bare}");
         assert!(bare.contains("\ny_count 3\n"), "{bare}");
+    }
+
+    #[test]
+    fn every_status_an_error_answers_is_counted_as_itself() {
+        use crate::error::{Error, ErrorCode};
+        let errors = [
+            Error::bad_request(ErrorCode::MalformedJson, "x"),
+            Error::Unauthorized("x".into()),
+            Error::Forbidden("x".into()),
+            Error::MethodNotAllowed("x".into()),
+            Error::RequestTimeout,
+            Error::PayloadTooLarge { limit: 1 },
+            Error::UriTooLong { limit: 1 },
+            Error::UnsupportedMediaType,
+            Error::HeadersTooLarge("x".into()),
+            Error::Internal("x".into()),
+        ];
+        for error in errors {
+            assert!(STATUSES.contains(&error.status()), "{}", error.status());
+        }
+        for status in [404, 409, 412, 422, 429, 503] {
+            assert!(STATUSES.contains(&status), "{status}");
+        }
     }
 
     #[test]

@@ -257,6 +257,12 @@ pub struct Quote {
 pub struct QuotedLine {
     /// The cart line id it prices.
     pub line_id: String,
+    /// The variant it prices, for a line of one variant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant_id: Option<String>,
+    /// The bundle it prices, for a bundle line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_id: Option<String>,
     /// The price of one unit (one bundle), never negative.
     #[serde(rename = "unitPrice")]
     pub unit_minor: i64,
@@ -603,16 +609,16 @@ impl<'a> RulesetIndex<'a> {
         let mut subtotal = Money::zero(currency);
         for line in lines {
             let quantity = Quantity::new(i64::from(line.quantity()))?.get();
-            let (unit, targeted_by) = match line {
+            let (unit, targeted_by, subject) = match line {
                 QuoteLine::Variant { variant_id, .. } => {
                     let variant = self.variant(line, variant_id)?;
                     let unit = self.resolve_variant(context, walk, line, variant, quantity)?;
-                    (unit, self.by_variant.of(variant))
+                    (unit, self.by_variant.of(variant), (Some(variant_id), None))
                 }
                 QuoteLine::Bundle { bundle_id, parts, .. } => {
                     let bundle = self.bundle(line, bundle_id)?;
                     let unit = self.resolve_bundle(context, walk, line, bundle, parts, quantity)?;
-                    (unit, self.by_bundle.of(bundle))
+                    (unit, self.by_bundle.of(bundle), (None, Some(bundle_id)))
                 }
             };
             let line_total = Money::new(unit.unit_minor, currency).checked_mul(quantity)?;
@@ -620,6 +626,8 @@ impl<'a> RulesetIndex<'a> {
             targeted.push(targeted_by);
             priced.push(QuotedLine {
                 line_id: line.line_id().to_owned(),
+                variant_id: subject.0.cloned(),
+                bundle_id: subject.1.cloned(),
                 unit_minor: unit.unit_minor,
                 price_list_id: unit.list.map(|list| self.lists[list as usize].id.clone()),
                 quantity,

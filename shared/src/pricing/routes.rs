@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::money::Currency;
 use super::quote::{item_quote_line, price_cart, price_lines};
@@ -58,6 +58,7 @@ async fn publish<R: Redis, S: Sql, H: Http>(
     kind: RulesetKind,
 ) -> Result<Response> {
     app.settings.authorize_admin(req.header("authorization"))?;
+    req.no_body(app.settings.max_body_bytes)?;
     // A publish builds a version: a retry with its Idempotency-Key answers that version
     // again instead of building another (DESIGN §4.5).
     let scope = format!("publish-{}", kind.name());
@@ -121,6 +122,7 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
             "a quote names exactly one of cartId, customerId or lines",
         ));
     }
+    let named_currency = named_currency(body)?;
     let priced = if body.get("cartId").is_some() {
         let cart = CartId::parse(str_field(body, "cartId")?)?;
         price_cart(app, &CartRef::Session(cart), group).await?
@@ -138,22 +140,7 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
         }
         price_cart(app, &CartRef::Customer(customer), group).await?
     } else {
-        let currency = match body.get("currency") {
-            None | Some(Value::Null) => app.settings.default_currency,
-            Some(Value::String(c)) => Currency::parse(c)?,
-            Some(other) => {
-                let kind = match other {
-                    Value::Bool(_) => "a boolean",
-                    Value::Number(_) => "a number",
-                    Value::Array(_) => "an array",
-                    _ => "an object",
-                };
-                return Err(Error::bad_request(
-                    ErrorCode::InvalidCurrency,
-                    format!("currency must be an ISO 4217 code in upper case, such as \"EUR\", not {kind}"),
-                ));
-            }
-        };
+        let currency = named_currency.unwrap_or(app.settings.default_currency);
         // Lines of the same contents are one line, as in a cart (one line id): their
         // quantities add up, so the quote prices what a cart of them would, breaks included.
         let mut items: Vec<(LineItem, String, i64)> = Vec::new();
@@ -178,5 +165,34 @@ async fn quote<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> 
         }
         price_lines(app, &lines, currency, group).await?
     };
+    // A cart is priced in its own currency; naming another one with it is mixing two
+    // (issue 4: a 422), not a conversion.
+    if let Some(named) = named_currency.filter(|named| *named != priced.quote.currency) {
+        return Err(Error::Unprocessable {
+            code: ErrorCode::CurrencyMismatch,
+            message: format!("the cart is in {}, not {named}", priced.quote.currency),
+            details: json!({ "currencies": [priced.quote.currency, named] }),
+        });
+    }
     Ok(Response::json(200, &priced))
+}
+
+/// The quote's `currency`, if the body names one.
+fn named_currency(body: &Value) -> Result<Option<Currency>> {
+    match body.get("currency") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(c)) => Ok(Some(Currency::parse(c)?)),
+        Some(other) => {
+            let kind = match other {
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            };
+            Err(Error::bad_request(
+                ErrorCode::InvalidCurrency,
+                format!("currency must be an ISO 4217 code in upper case, such as \"EUR\", not {kind}"),
+            ))
+        }
+    }
 }

@@ -220,9 +220,14 @@ pub fn parse_event(payload: &[u8]) -> Result<WebhookEvent, Error> {
             raw.kind
         )));
     }
+    // Stripe's amounts are never negative; one that is was not sent by the gateway, and
+    // would otherwise reach the outbox's CHECK as a refund of less than nothing.
     let amount = object
         .amount
         .ok_or_else(|| invalid_event("the payment intent has no amount"))?;
+    if amount < 0 {
+        return Err(invalid_event("the payment intent's amount is negative"));
+    }
     let currency = currency
         .filter(|c| Currency::parse(c).is_ok())
         .ok_or_else(|| invalid_event("the payment intent has no valid currency"))?;
@@ -405,6 +410,8 @@ mod tests {
     fn malformed_events_are_refused() {
         let mut no_amount = intent_object();
         no_amount.as_object_mut().unwrap().remove("amount");
+        let mut negative_amount = intent_object();
+        negative_amount["amount"] = json!(-5);
         let mut bad_currency = intent_object();
         bad_currency["currency"] = json!("euro");
         let mut charge = intent_object();
@@ -417,6 +424,8 @@ mod tests {
             br#"{"id":"evt_1","type":"payment_intent.succeeded"}"#.to_vec(),
             br#"{"id":"evt_1","type":"payment_intent.succeeded","data":{"object":{}}}"#.to_vec(),
             event("payment_intent.succeeded", no_amount),
+            event("payment_intent.succeeded", negative_amount.clone()),
+            event("payment_intent.payment_failed", negative_amount),
             event("payment_intent.succeeded", bad_currency),
             event("payment_intent.payment_failed", charge),
             not_event.to_string().into_bytes(),

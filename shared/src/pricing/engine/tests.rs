@@ -580,9 +580,9 @@ fn quote_serializes_to_the_design_shape() {
         json!({
             "currency": "EUR",
             "lines": [
-                {"lineId": "l1", "unitPrice": 900, "priceListId": "retail", "quantity": 1,
-                 "lineTotal": 900, "discounts": []},
-                {"lineId": "l2", "unitPrice": 500, "priceListId": "base", "quantity": 2,
+                {"lineId": "l1", "variantId": "v1", "unitPrice": 900, "priceListId": "retail",
+                 "quantity": 1, "lineTotal": 900, "discounts": []},
+                {"lineId": "l2", "variantId": "v2", "unitPrice": 500, "priceListId": "base", "quantity": 2,
                  "lineTotal": 1000, "discounts": [{"discountId": "d1", "amount": 100}]},
             ],
             "orderDiscounts": [{"discountId": "d2", "amount": 50}],

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use commerce_core::ids::{BundleId, SetId};
 use commerce_tests::{ADMIN_TOKEN, Caller, Reply, TestApp, at_once, customer_token, unit};
 use serde_json::{Value, json};
 
@@ -412,6 +413,64 @@ async fn a_refused_merge_leaves_the_anonymous_cart_usable() {
     app.finish().await;
 }
 
+/// A merge is a change of the customer's cart: an `If-Match` naming another version of it
+/// is 412 and merges nothing (the anonymous cart stays its visitor's); the version it has
+/// (0 for a customer's cart never written) lets the merge through.
+#[tokio::test]
+async fn a_merge_with_a_stale_if_match_is_412_and_merges_nothing() {
+    let app = TestApp::spawn().await;
+    app.seed(4).await;
+    let token = bearer("nina");
+    let merge_expecting = |cart: String, version: i64| {
+        let token = token.clone();
+        let app = &app;
+        async move {
+            let if_match = format!("\"{version}\"");
+            app.call_with(
+                "POST",
+                "/v1/customers/nina/cart/merge",
+                Some(json!({ "cartId": cart })),
+                &[("authorization", token.as_str()), ("if-match", if_match.as_str())],
+            )
+            .await
+        }
+    };
+    let first = app.cart_with(&[("var-1", 1)]).await;
+    let stale = merge_expecting(first.clone(), 3).await;
+    assert_eq!(
+        (stale.status, stale.code()),
+        (412, "VERSION_MISMATCH"),
+        "{stale:?}"
+    );
+    let customer = app
+        .call_with(
+            "GET",
+            "/v1/customers/nina/cart",
+            None,
+            &[("authorization", token.as_str())],
+        )
+        .await;
+    assert_eq!(
+        (customer.body["version"].as_i64(), quantities(&customer.body)),
+        (Some(0), vec![])
+    );
+    let added = app
+        .post(&format!("/v1/carts/{first}/items"), unit("var-2", 1))
+        .await;
+    assert_eq!(added.status, 200, "the anonymous cart stays usable: {added:?}");
+    let merged = merge_expecting(first, 0).await;
+    assert_eq!(merged.status, 200, "{merged:?}");
+    assert_eq!(quantities(&merged.body), owned(&[("var-1", 1), ("var-2", 1)]));
+    let version = merged.body["version"].as_i64().unwrap();
+    let second = app.cart_with(&[("var-3", 1)]).await;
+    let behind = merge_expecting(second.clone(), 0).await;
+    assert_eq!(behind.status, 412, "{behind:?}");
+    let then = merge_expecting(second, version).await;
+    assert_eq!(then.status, 200, "{then:?}");
+    assert_eq!(then.body["version"].as_i64(), Some(version + 1));
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_merges_add_each_line_once() {
     let app = TestApp::spawn().await;
@@ -556,6 +615,60 @@ async fn bundle_lines_must_follow_the_bundles_sets() {
     assert_eq!(
         again.body["lines"][0]["choices"],
         json!({"caps": ["var-9"], "tops": ["var-1", "var-2"]})
+    );
+    app.finish().await;
+}
+
+/// A choice set's eligibility lost from Redis alone (evicted, or a partial loss) while
+/// the rest of the bundle stays cached is reloaded from PostgreSQL, not read as "nothing
+/// is eligible"; a set that has no eligible variant at all still refuses every choice.
+#[tokio::test]
+async fn a_bundle_set_lost_alone_is_reloaded_not_read_as_empty() {
+    let app = TestApp::spawn().await;
+    app.seed(20).await;
+    let cart = app.new_cart().await;
+    let items = format!("/v1/carts/{cart}/items");
+    let line = json!({"bundleId": "bundle-1", "choices": {"tops": ["var-1", "var-2"], "caps": ["var-9"]}, "quantity": 1});
+    assert_eq!(app.post(&items, line.clone()).await.status, 200);
+    let tops = app
+        .keys()
+        .bundle(&BundleId::parse("bundle-1").unwrap())
+        .eligibility(&SetId::parse("tops").unwrap());
+    let mut redis = app.redis.clone();
+    let dropped: i64 = redis::cmd("DEL")
+        .arg(&tops)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(dropped, 1);
+    let again = app.post(&items, line.clone()).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.body["lines"][0]["quantity"], 2);
+    let back: i64 = redis::cmd("SCARD")
+        .arg(&tops)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(back >= 2, "the set was not reloaded: {back}");
+    // A set PostgreSQL gives no variant: reloaded once, then the choice is refused.
+    app.pg
+        .batch_execute("DELETE FROM bundle_set_variants WHERE bundle_id = 'bundle-1' AND set_id = 'tops'")
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&tops)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let refused = app.post(&items, line).await;
+    assert_eq!(
+        (
+            refused.status,
+            refused.code(),
+            refused.body["error"]["details"]["setId"].as_str()
+        ),
+        (422, "INVALID_BUNDLE_CHOICE", Some("tops")),
+        "{refused:?}"
     );
     app.finish().await;
 }

@@ -9,6 +9,10 @@
 --        | {'INVALID', set id, reason, detail} with reason one of
 --          'missing' (set not chosen), 'unknown' (no such set), 'count' (detail: choose),
 --          'ineligible' (detail: the variant)
+--        | {'LOST', set id, 'ineligible', variant, generation}: the set's eligibility key
+--          is gone while the rest of the bundle is cached (Redis lost or evicted it), so a
+--          variant not found in it may be eligible: the caller reloads the bundle, and only
+--          a set still without its key after that (one with no eligible variant) refuses.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'MISSING', tonumber(redis.call('GET', KEYS[2])) or 0}
 end
@@ -26,6 +30,9 @@ for k = 3, #KEYS do
   end
   for i = at + 2, at + 1 + count do
     if redis.call('SISMEMBER', KEYS[k], ARGV[i]) == 0 then
+      if redis.call('EXISTS', KEYS[k]) == 0 then
+        return {'LOST', set, 'ineligible', ARGV[i], tonumber(redis.call('GET', KEYS[2])) or 0}
+      end
       return {'INVALID', set, 'ineligible', ARGV[i]}
     end
   end

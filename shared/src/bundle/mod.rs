@@ -153,13 +153,16 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
         for round in 0..3 {
             let reply = self.run(&CHECK, &all_keys, args.clone()).await?;
             if round == 0 {
-                metrics::cache(Cache::Bundle, tag(&reply) != "MISSING", 1);
+                metrics::cache(Cache::Bundle, !matches!(tag(&reply), "MISSING" | "LOST"), 1);
             }
+            // A set's eligibility lost alone is reloaded once with the rest of the bundle;
+            // still without it after that, the set has no eligible variant.
+            let lost = tag(&reply) == "LOST";
             match tag(&reply) {
                 "OK" => return Ok(()),
-                "MISSING" => {
+                "MISSING" | "LOST" if !lost || round == 0 => {
                     let generation = reply
-                        .get(1)
+                        .get(if lost { 4 } else { 1 })
                         .and_then(RedisReply::as_int)
                         .ok_or_else(|| unexpected(&reply))?;
                     self.load(bundle, &keys, generation).await.map_err(|e| match e {
@@ -171,7 +174,7 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
                         other => other,
                     })?;
                 }
-                "INVALID" => return Err(invalid_choice(&reply)),
+                "INVALID" | "LOST" => return Err(invalid_choice(&reply)),
                 _ => return Err(unexpected(&reply)),
             }
         }

@@ -4,23 +4,30 @@
 --
 -- KEYS: customer's cart, its checkout lock
 -- ARGV: anonymous cart id, currency, ttl_ms, max lines, max quantity, customer id,
+--       the version If-Match expects of the customer's cart ('' for any),
 --       then per line: line id, definition JSON, quantity
 --
 -- Lines are added up to the quantity limit (those cut short are named in the reply as
 -- capped); lines beyond the line limit are dropped and named in the reply.
 -- Replies: cart_snapshot 'OK' (with dropped and capped lines) | {'CURRENCY', customer
--- cart's currency} | {'LOCKED', session}
+-- cart's currency} | {'LOCKED', session} | {'VERSION', customer cart's version}
 local key, from, currency = KEYS[1], ARGV[1], ARGV[2]
 local ttl, max_lines, max_qty = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-if redis.call('EXISTS', key) == 0 then
-  create(key, currency, ARGV[6], ttl)
-end
+local expected = ARGV[7]
 if redis.call('HEXISTS', key, 'm:' .. from) == 1 then
   return merged_snapshot(key, from)
 end
 local holder = redis.call('GET', KEYS[2])
 if holder then
   return {'LOCKED', holder}
+end
+-- A customer's cart not yet written is at version 0, as its GET shows it.
+local version = redis.call('HGET', key, 'version') or '0'
+if expected ~= '' and version ~= expected then
+  return {'VERSION', tonumber(version)}
+end
+if redis.call('EXISTS', key) == 0 then
+  create(key, currency, ARGV[6], ttl)
 end
 local own = redis.call('HGET', key, 'currency')
 if own ~= currency then
@@ -30,7 +37,7 @@ if own ~= currency then
   redis.call('HSET', key, 'currency', currency)
 end
 local dropped, capped = {}, {}
-for i = 7, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local line, definition, qty = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local current = tonumber(redis.call('HGET', key, 'q:' .. line)) or 0
   local room = max_qty - current

@@ -488,7 +488,7 @@ impl<'a, R: Redis> Carts<'a, R> {
     /// on one cart (the two may live in different Cluster slots): claim (freeze and read),
     /// apply (once, by a marker in the customer's cart), finish (tombstone). Any retry or
     /// race resumes where it finds the carts, and never adds a line twice.
-    pub async fn merge(&self, from: &CartId, customer: &CustomerId) -> Result<CartView> {
+    pub async fn merge(&self, from: &CartId, customer: &CustomerId, expected: Expected) -> Result<CartView> {
         let anonymous = CartRef::Session(from.clone());
         let target = CartRef::Customer(customer.clone());
         let lease = i64::try_from(self.settings.request_timeout_ms).unwrap_or(i64::MAX);
@@ -522,6 +522,7 @@ impl<'a, R: Redis> Carts<'a, R> {
             RedisArg::Int(self.settings.cart_max_lines.into()),
             RedisArg::Int(self.settings.cart_max_line_quantity.into()),
             customer.as_str().into(),
+            expected.map(|v| v.to_string()).unwrap_or_default().into(),
         ];
         for line in decode_lines(&claim)? {
             args.push(line.line_id.as_str().into());
@@ -532,6 +533,10 @@ impl<'a, R: Redis> Carts<'a, R> {
         let refused = match tag(&applied) {
             "OK" => None,
             "LOCKED" => Some(cart_locked(&applied)),
+            "VERSION" => Some(Error::PreconditionFailed(format!(
+                "the customer's cart is at version {}, not the one in If-Match",
+                applied.get(1).and_then(RedisReply::as_int).unwrap_or(0)
+            ))),
             "CURRENCY" => Some(Error::Unprocessable {
                 code: ErrorCode::CurrencyMismatch,
                 message: format!(

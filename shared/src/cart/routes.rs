@@ -258,10 +258,11 @@ async fn merge<R: Redis, S: Sql, H: Http>(
     req: &Request,
     customer: &CustomerId,
 ) -> Result<Response> {
+    let expected = expected(req)?;
     let body = req.json(app.settings.max_body_bytes)?;
     let from = CartId::parse(str_field(object(&body)?, "cartId")?)?;
     let carts = store(app);
-    let view = past_ended_checkout(app, || carts.merge(&from, customer)).await?;
+    let view = past_ended_checkout(app, || carts.merge(&from, customer, expected)).await?;
     Ok(reply(200, &view))
 }
 

@@ -155,28 +155,28 @@ impl<'a, R: Redis, S: Sql> Bundles<'a, R, S> {
             if round == 0 {
                 metrics::cache(Cache::Bundle, !matches!(tag(&reply), "MISSING" | "LOST"), 1);
             }
-            // A set's eligibility lost alone is reloaded once with the rest of the bundle;
-            // still without it after that, the set has no eligible variant.
-            let lost = tag(&reply) == "LOST";
-            match tag(&reply) {
+            // Where the reply gives the generation to reload from.
+            let generation_at = match tag(&reply) {
                 "OK" => return Ok(()),
-                "MISSING" | "LOST" if !lost || round == 0 => {
-                    let generation = reply
-                        .get(if lost { 4 } else { 1 })
-                        .and_then(RedisReply::as_int)
-                        .ok_or_else(|| unexpected(&reply))?;
-                    self.load(bundle, &keys, generation).await.map_err(|e| match e {
-                        Error::NotFound { message, .. } => Error::Unprocessable {
-                            code: ErrorCode::UnknownBundle,
-                            message,
-                            details: json!({ "bundleId": bundle.as_str() }),
-                        },
-                        other => other,
-                    })?;
-                }
+                "MISSING" => 1,
+                // A set's eligibility lost alone is reloaded once with the rest of the
+                // bundle; still without it after that, the set has no eligible variant.
+                "LOST" if round == 0 => 4,
                 "INVALID" | "LOST" => return Err(invalid_choice(&reply)),
                 _ => return Err(unexpected(&reply)),
-            }
+            };
+            let generation = reply
+                .get(generation_at)
+                .and_then(RedisReply::as_int)
+                .ok_or_else(|| unexpected(&reply))?;
+            self.load(bundle, &keys, generation).await.map_err(|e| match e {
+                Error::NotFound { message, .. } => Error::Unprocessable {
+                    code: ErrorCode::UnknownBundle,
+                    message,
+                    details: json!({ "bundleId": bundle.as_str() }),
+                },
+                other => other,
+            })?;
         }
         Err(Error::Unavailable {
             dependency: "redis",

@@ -21,12 +21,12 @@ local holder = redis.call('GET', KEYS[2])
 if holder then
   return {'LOCKED', holder}
 end
--- A customer's cart not yet written is at version 0, as its GET shows it.
-local version = redis.call('HGET', key, 'version') or '0'
-if expected ~= '' and version ~= expected then
-  return {'VERSION', tonumber(version)}
+-- Every cart has a version; a customer's cart not yet written is at 0, as its GET shows it.
+local version = redis.call('HGET', key, 'version')
+if expected ~= '' and (version or '0') ~= expected then
+  return {'VERSION', tonumber(version or '0')}
 end
-if redis.call('EXISTS', key) == 0 then
+if not version then
   create(key, currency, ARGV[6], ttl)
 end
 local own = redis.call('HGET', key, 'currency')

@@ -17,28 +17,6 @@ use crate::idempotency::{self, Claim};
 use crate::ids::{CartId, CustomerId, SessionId};
 use crate::ports::{Http, Redis, Sql};
 
-/// Who calls, for an idempotency scope: `customer:<sub>` for a valid customer token,
-/// `admin` or `service` for those tokens (a session answers the admin's, not the
-/// service's), `anonymous` without a token, `unverified` for any other (refused by
-/// whatever it asks, and such an answer is never kept).
-fn caller_of<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> String {
-    let authorization = req.header("authorization");
-    let settings = &app.settings;
-    if authorization.is_none() {
-        return "anonymous".into();
-    }
-    if settings.authorize_admin(authorization).is_ok() {
-        return "admin".into();
-    }
-    if settings.authorize_trusted(authorization).is_ok() {
-        return "service".into();
-    }
-    match auth::verify(authorization, &settings.jwt_secret, settings.token_time()) {
-        Ok(customer) => format!("customer:{}", customer.id),
-        Err(_) => "unverified".into(),
-    }
-}
-
 /// Routes the checkout paths; `None` if the path is not checkout's.
 pub async fn route<R: Redis, S: Sql, H: Http>(
     app: &App<R, S, H>,
@@ -56,7 +34,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
                 // callers cannot be told apart, so theirs share one scope (and a replay
                 // answers only whoever names the same cart, its capability); each
                 // customer's token, and the admin's, has its own.
-                let scope = format!("checkout:{}", caller_of(app, req));
+                let scope = format!("checkout:{}", idempotency::caller(app, req));
                 idempotency::once(app, req, &scope, Claim::REQUIRED, |token| async move {
                     let view = Checkouts::new(app).start(&cart, &token, group).await?;
                     Ok(Response::json(201, &view))
@@ -69,14 +47,12 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         // The webhook's path is not a session's: any other method on it is a 405.
         ["v1", "checkout", "payment-webhook"] => Err(Error::MethodNotAllowed(req.method.clone())),
         ["v1", "checkout", session] if req.method == "GET" => get(app, req, session).await,
-        ["v1", "checkout", session, "payment-intent"] if post => match SessionId::parse(session)
-            .and_then(|id| req.no_body(app.settings.max_body_bytes).map(|()| id))
-        {
+        ["v1", "checkout", session, "payment-intent"] if post => match bodiless_session(app, req, session) {
             Ok(id) => {
                 // The session authorizes its caller inside the handler: a kept answer (a
                 // customer's intent, its client secret) is replayed only to the caller it
                 // was given to.
-                let scope = format!("payment-intent:{id}:{}", caller_of(app, req));
+                let scope = format!("payment-intent:{id}:{}", idempotency::caller(app, req));
                 idempotency::once(
                     app,
                     req,
@@ -93,9 +69,7 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
             }
             Err(e) => Err(e),
         },
-        ["v1", "checkout", session, "cancel"] if post => match SessionId::parse(session)
-            .and_then(|id| req.no_body(app.settings.max_body_bytes).map(|()| id))
-        {
+        ["v1", "checkout", session, "cancel"] if post => match bodiless_session(app, req, session) {
             Ok(id) => Checkouts::new(app)
                 .cancel(&id, req.header("authorization"))
                 .await
@@ -108,6 +82,18 @@ pub async fn route<R: Redis, S: Sql, H: Http>(
         _ => return None,
     };
     Some(result)
+}
+
+/// The session a POST that reads no body names (its payment intent, its cancel), once the
+/// request's body is none or JSON ([`Request::no_body`]).
+fn bodiless_session<R: Redis, S: Sql, H: Http>(
+    app: &App<R, S, H>,
+    req: &Request,
+    session: &str,
+) -> Result<SessionId> {
+    let id = SessionId::parse(session)?;
+    req.no_body(app.settings.max_body_bytes)?;
+    Ok(id)
 }
 
 /// The cart a checkout request names and the customer group its prices are for.

@@ -85,6 +85,28 @@ fn key_of(req: &Request) -> Result<Option<String>> {
     Ok(Some(key.to_owned()))
 }
 
+/// Who calls, for an idempotency scope: `customer:<sub>` for a valid customer token,
+/// `admin` or `service` for those tokens (a session answers the admin's, not the
+/// service's), `anonymous` without a token, `unverified` for any other (refused by
+/// whatever it asks, and such an answer is never kept).
+pub fn caller<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -> String {
+    let authorization = req.header("authorization");
+    let settings = &app.settings;
+    if authorization.is_none() {
+        return "anonymous".into();
+    }
+    if settings.authorize_admin(authorization).is_ok() {
+        return "admin".into();
+    }
+    if settings.authorize_trusted(authorization).is_ok() {
+        return "service".into();
+    }
+    match crate::auth::verify(authorization, &settings.jwt_secret, settings.token_time()) {
+        Ok(customer) => format!("customer:{}", customer.id),
+        Err(_) => "unverified".into(),
+    }
+}
+
 /// Runs `handler` once per idempotency key of `scope` (e.g. `checkout`), replaying the
 /// kept answer to retries. Without a key the handler runs as is, unless `required`, when
 /// it is a 400. The handler receives the resume token: a fresh random id for a new key,

@@ -163,12 +163,7 @@ async fn reserve<R: Redis, S: Sql, H: Http>(app: &App<R, S, H>, req: &Request) -
     // refuses the same key with another body (422), as on every creating POST. The key is
     // its caller's (the admin's or the service's), whichever holder the body names: the
     // same key for another holder is another body.
-    let caller = if app.settings.authorize_admin(req.header("authorization")).is_ok() {
-        "admin"
-    } else {
-        "service"
-    };
-    let scope = format!("reservations:{caller}");
+    let scope = format!("reservations:{}", idempotency::caller(app, req));
     idempotency::once(app, req, &scope, Claim::OPTIONAL, |_| async move {
         let reservation = store(app)
             .reserve(

@@ -552,6 +552,83 @@ async fn a_session_a_read_expired_without_its_release_is_released_by_the_next_re
     app.finish().await;
 }
 
+/// What PostgreSQL records of `session`'s end: its state, whether its release is recorded,
+/// and how many cancels of its intent the outbox owes.
+async fn ended(app: &TestApp, session: &str) -> (Option<String>, bool, i64) {
+    let row = app
+        .pg
+        .query_one(
+            "SELECT ended_state, released_at IS NOT NULL, \
+             (SELECT count(*) FROM payment_outbox WHERE kind = 'cancel_intent' AND checkout_session_id = $1) \
+             FROM checkout_sessions WHERE id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// A release cut short after PostgreSQL's part (the session's end recorded there, its
+/// intent's cancel owed in the outbox) says so in Redis, and the next read finishes it from
+/// the holds on without that part. A release that ran every statement again on each read
+/// could, under a slow PostgreSQL, outrun every request's deadline and never finish: in
+/// the deadline race above, a buyer's payment intent met its expired session's release
+/// and answered 503 for 18 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_cut_short_after_postgres_s_part_is_finished_by_the_next_read() {
+    let (app, gateway) = shop(
+        5,
+        Wiring {
+            extra: &[("request_timeout_ms", "1000")],
+            ..Wiring::default()
+        },
+    )
+    .await;
+    let paying = app.paying_session(&[(VARIANT, 1)], "cut-after-postgres").await;
+    assert_eq!(app.sellable(VARIANT).await, 4);
+    // The cancel's request ends while it sends the intent's cancel to the gateway.
+    gateway.delay_next_cancel(Duration::from_secs(3));
+    let cancel = app.cancel(&paying.session, Caller::Anonymous).await;
+    assert_eq!(cancel.status, 503, "{cancel:?}");
+    let mut redis = app.redis.clone();
+    let session_key = app.session_key(&paying.session);
+    let releasing: Option<String> = redis::AsyncCommands::hget(&mut redis, &session_key, "releasing")
+        .await
+        .unwrap();
+    assert_eq!(
+        releasing.as_deref(),
+        Some("postgres"),
+        "PostgreSQL's part is done"
+    );
+    assert_eq!(app.sellable(VARIANT).await, 4, "the hold is not freed yet");
+    assert_eq!(
+        ended(&app, &paying.session).await,
+        (Some("CANCELLED".into()), false, 1)
+    );
+
+    let read = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    assert_eq!(
+        (read.status, read.body["state"].as_str()),
+        (200, Some("CANCELLED")),
+        "{read:?}"
+    );
+    assert_eq!(app.sellable(VARIANT).await, 5, "its hold is freed");
+    let locked: bool = redis::AsyncCommands::exists(&mut redis, app.cart_lock_key(&paying.cart))
+        .await
+        .unwrap();
+    assert!(!locked, "its cart's lock is freed");
+    let releasing: Option<String> = redis::AsyncCommands::hget(&mut redis, &session_key, "releasing")
+        .await
+        .unwrap();
+    assert_eq!(releasing, None, "the release is finished");
+    assert_eq!(
+        ended(&app, &paying.session).await,
+        (Some("CANCELLED".into()), true, 1),
+        "recorded released in PostgreSQL, its intent's cancel owed once"
+    );
+    app.finish().await;
+}
+
 /// `commerce serve` dies (`kill -9`) at `moment` and is started again a second later.
 async fn the_app_killed(scenario: &str, moment: Moment) {
     let size = size();

@@ -58,6 +58,7 @@ static GET: Script = Script::new(lua!("checkout/session.lua", "checkout/get.lua"
 static TRANSITION: Script = Script::new(lua!("checkout/session.lua", "checkout/transition.lua"));
 static RESTORE: Script = Script::new(lua!("checkout/session.lua", "checkout/restore.lua"));
 static FORGET: Script = Script::new(lua!("checkout/forget.lua"));
+static RELEASED_IN_POSTGRES: Script = Script::new(lua!("checkout/released_in_postgres.lua"));
 
 /// PostgreSQL's live copies of sessions past their deadline (`$2`, epoch ms), the oldest
 /// first; `$1` bounds the holds' deadline so the partial index of live sessions serves it.
@@ -537,11 +538,21 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             Some(intent) => Some(intent.clone()),
             None => self.stored_intent_id(&session.id).await?,
         };
-        if let Some(intent) = &intent {
+        // PostgreSQL's part, unless an earlier release that was cut short did it: each
+        // statement is idempotent, but under a slow PostgreSQL a release that ran them all
+        // again every time could run past every request's deadline and never finish.
+        if let Some(intent) = intent.as_ref().filter(|_| !session.released_in_postgres) {
             paid::end(&self.app.sql, session.id.as_str(), session.state.name()).await?;
-            if cancel_intent && self.paid.as_deref() != Some(intent.as_str()) {
+            let cancel = cancel_intent && self.paid.as_deref() != Some(intent.as_str());
+            if cancel {
                 let reason = format!("the checkout is {}", session.state);
                 outbox::enqueue_cancel(&self.app.sql, session.id.as_str(), intent, &reason).await?;
+            }
+            if session.releasing {
+                let key = self.app.keys.checkout_session(&session.id);
+                self.run(&RELEASED_IN_POSTGRES, &[&key], Vec::new()).await?;
+            }
+            if cancel {
                 self.send_now(intent).await;
             }
         }
@@ -709,7 +720,8 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// refunded by the outbox instead, which finds the intent paid (unless it was ordered),
     /// and the cancel is refused.
     async fn release_ended(&self, session: &Session) -> Result<()> {
-        let cancel = !self.refund_owed(session).await?;
+        // Past PostgreSQL's part, what is owed for its intent was decided then.
+        let cancel = !session.released_in_postgres && !self.refund_owed(session).await?;
         self.release(session, cancel).await
     }
 

@@ -44,7 +44,8 @@ end
 -- (field, value, …) beside them. `read` holds its stored history and version. A move
 -- that ends the session marks it `releasing` until its request has freed what it held
 -- (`Checkouts::release` clears it): one cut short before that is released by the next
--- read that meets it.
+-- read that meets it, from the holds on once PostgreSQL's part is done (`releasing` is
+-- then 'postgres', by `released_in_postgres.lua`).
 local function move(key, to, now, read, more)
   local fields = {'state', to, 'history', appended(read.history, to, now),
     'version', (tonumber(read.version) or 0) + 1}

@@ -65,6 +65,9 @@ pub(super) struct Session {
     /// Ended (CANCELLED, EXPIRED, FAILED) by a request that has not yet freed what it
     /// held: cut short, if no request is still at it.
     pub(super) releasing: bool,
+    /// Releasing, and past PostgreSQL's part of it (`released_in_postgres.lua`): its end
+    /// is recorded there and what its intent is owed is in the outbox.
+    pub(super) released_in_postgres: bool,
 }
 
 impl Session {
@@ -172,6 +175,7 @@ pub(super) fn parse_session_with(
         order: text("order").map(str::to_owned),
         refund: text("refund").map(str::to_owned),
         releasing: text("releasing").is_some(),
+        released_in_postgres: text("releasing") == Some("postgres"),
     };
     Ok((tag, Some(session), extra))
 }

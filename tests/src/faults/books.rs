@@ -44,6 +44,33 @@ fn examples<T: std::fmt::Debug>(items: &[T]) -> String {
     }
 }
 
+/// What the first [`EXAMPLES`] buyers whose outcome `matches` saw, one line each: every
+/// answer as `step status code @ms+ms` (sent that long after the buyer's first request,
+/// answered that long after), so a violation says where the time went.
+fn timelines(run: &Run, matches: impl Fn(&Outcome) -> bool) -> String {
+    let lines: Vec<String> = run
+        .records
+        .iter()
+        .filter(|record| matches(&record.outcome))
+        .take(EXAMPLES)
+        .map(|record| {
+            let Some(first) = record.seen.first().map(|s| s.sent) else {
+                return format!("\n    buyer {}: sent nothing", record.buyer);
+            };
+            let seen: Vec<String> = record
+                .seen
+                .iter()
+                .map(|s| {
+                    let at = s.sent.duration_since(first).as_millis();
+                    format!("{} {} {} @{at}+{}", s.step, s.status, s.code, s.millis)
+                })
+                .collect();
+            format!("\n    buyer {}: {}", record.buyer, seen.join(", "))
+        })
+        .collect();
+    lines.concat()
+}
+
 fn short(body: &Value) -> String {
     let text = body.to_string();
     if text.len() > 600 {
@@ -407,7 +434,8 @@ impl<'a> Books<'a> {
         }
         if !gave_up.is_empty() {
             violations.push(format!(
-                "buyers still failed when their patience ran out (step, last status): {gave_up:?}"
+                "buyers still failed when their patience ran out (step, last status): {gave_up:?}{}",
+                timelines(run, |outcome| matches!(outcome, Outcome::GaveUp { .. }))
             ));
         }
     }

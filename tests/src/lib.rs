@@ -664,8 +664,14 @@ impl TestApp {
     /// The state Redis holds for the checkout session `session`, read without meeting it
     /// (an API read would expire it if due); `None` if Redis has no such session.
     pub async fn stored_state(&self, session: &str) -> Option<String> {
+        self.stored_field(session, "state").await
+    }
+
+    /// The field `field` of the checkout session `session`'s Redis record, read without
+    /// meeting the session; `None` if there is no such field.
+    pub async fn stored_field(&self, session: &str, field: &str) -> Option<String> {
         let mut redis = self.redis.clone();
-        redis::AsyncCommands::hget(&mut redis, self.session_key(session), "state")
+        redis::AsyncCommands::hget(&mut redis, self.session_key(session), field)
             .await
             .unwrap()
     }

@@ -538,18 +538,25 @@ async fn a_session_a_read_expired_without_its_release_is_released_by_the_next_re
         app.stored_state(&paying.session).await.as_deref(),
         Some("EXPIRED")
     );
+    read_releases(&app, &paying, "EXPIRED").await;
+    app.finish().await;
+}
+
+/// The next read of `paying`'s session answers it `state` and frees what it held: its
+/// hold (the shop's 5 units all sellable again) and its cart's lock.
+async fn read_releases(app: &TestApp, paying: &commerce_tests::Paying, state: &str) {
     let read = app.get(&format!("/v1/checkout/{}", paying.session)).await;
     assert_eq!(
         (read.status, read.body["state"].as_str()),
-        (200, Some("EXPIRED")),
+        (200, Some(state)),
         "{read:?}"
     );
     assert_eq!(app.sellable(VARIANT).await, 5, "its hold is freed");
+    let mut redis = app.redis.clone();
     let locked: bool = redis::AsyncCommands::exists(&mut redis, app.cart_lock_key(&paying.cart))
         .await
         .unwrap();
     assert!(!locked, "its cart's lock is freed");
-    app.finish().await;
 }
 
 /// What PostgreSQL records of `session`'s end: its state, whether its release is recorded,
@@ -590,13 +597,8 @@ async fn a_release_cut_short_after_postgres_s_part_is_finished_by_the_next_read(
     gateway.delay_next_cancel(Duration::from_secs(3));
     let cancel = app.cancel(&paying.session, Caller::Anonymous).await;
     assert_eq!(cancel.status, 503, "{cancel:?}");
-    let mut redis = app.redis.clone();
-    let session_key = app.session_key(&paying.session);
-    let releasing: Option<String> = redis::AsyncCommands::hget(&mut redis, &session_key, "releasing")
-        .await
-        .unwrap();
     assert_eq!(
-        releasing.as_deref(),
+        app.stored_field(&paying.session, "releasing").await.as_deref(),
         Some("postgres"),
         "PostgreSQL's part is done"
     );
@@ -606,21 +608,12 @@ async fn a_release_cut_short_after_postgres_s_part_is_finished_by_the_next_read(
         (Some("CANCELLED".into()), false, 1)
     );
 
-    let read = app.get(&format!("/v1/checkout/{}", paying.session)).await;
+    read_releases(&app, &paying, "CANCELLED").await;
     assert_eq!(
-        (read.status, read.body["state"].as_str()),
-        (200, Some("CANCELLED")),
-        "{read:?}"
+        app.stored_field(&paying.session, "releasing").await,
+        None,
+        "the release is finished"
     );
-    assert_eq!(app.sellable(VARIANT).await, 5, "its hold is freed");
-    let locked: bool = redis::AsyncCommands::exists(&mut redis, app.cart_lock_key(&paying.cart))
-        .await
-        .unwrap();
-    assert!(!locked, "its cart's lock is freed");
-    let releasing: Option<String> = redis::AsyncCommands::hget(&mut redis, &session_key, "releasing")
-        .await
-        .unwrap();
-    assert_eq!(releasing, None, "the release is finished");
     assert_eq!(
         ended(&app, &paying.session).await,
         (Some("CANCELLED".into()), true, 1),

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use commerce_tests::driver::own_cpu_seconds;
 use commerce_tests::gateway::FakeGateway;
 use serde_json::{Value, json};
 
@@ -254,19 +255,6 @@ async fn run(args: Args) -> Result<Value, String> {
         report["firstError"] = json!(error);
     }
     Ok(report)
-}
-
-/// User plus system CPU time this process (the buyers and the fake gateway) has used, so a
-/// bench can say what the driver took of the machine it shares with what it measures.
-fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given, zeroed here.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn main() -> ExitCode {

@@ -1,5 +1,6 @@
-//! What the load drivers of `src/bin/` (`checkout_load`, `rate_load`) share: how they start,
-//! report and fail, so `scripts/bench` reads every driver alike.
+//! What the load drivers of `src/bin/` (`checkout_load`, `rate_load`, `call_floor`) share:
+//! how they read their flags, start, report and fail, so `scripts/bench` reads every driver
+//! alike; and how a test runs one ([`report_of`]).
 
 use std::process::ExitCode;
 
@@ -53,4 +54,29 @@ pub fn own_cpu_seconds() -> f64 {
     };
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// The value `value` of flag `flag` as a positive integer, or the error that says so.
+pub fn count(flag: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{flag} takes a positive integer, not {value:?}"))
+}
+
+/// Runs the driver at `path` (a test's `env!("CARGO_BIN_EXE_…")`) with `args`, off the
+/// test's runtime: its exit status, its JSON report (Null if none) and its stderr.
+pub async fn report_of(path: &'static str, args: Vec<String>) -> (std::process::ExitStatus, Value, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(path)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{path} runs: {e}"))
+    })
+    .await
+    .expect("the driver's thread");
+    let report = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status, report, stderr)
 }

@@ -3,21 +3,13 @@
 //! it says it measures, and leaves no table behind.
 
 use commerce_tests::TestApp;
+use commerce_tests::driver::report_of;
 use serde_json::Value;
 
 /// Runs the driver with `args`; its exit code, its JSON report (Null if none) and stderr.
 async fn call_floor(args: Vec<String>) -> (Option<i32>, Value, String) {
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_call_floor"))
-            .args(args)
-            .output()
-            .expect("call_floor runs")
-    })
-    .await
-    .unwrap();
-    let report = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.code(), report, stderr)
+    let (status, report, stderr) = report_of(env!("CARGO_BIN_EXE_call_floor"), args).await;
+    (status.code(), report, stderr)
 }
 
 fn number(report: &Value, field: &str) -> f64 {

@@ -2,22 +2,14 @@
 //! (`src/bin/rate_load.rs`), run small against a test app: what it reports is what the
 //! app saw.
 
+use commerce_tests::driver::report_of;
 use commerce_tests::{ADMIN_TOKEN, TestApp};
 use serde_json::Value;
 
-/// Runs the driver; its exit status, its JSON report (Null if none) and its stderr.
+/// Runs the driver; whether it succeeded, its JSON report (Null if none) and its stderr.
 async fn rate_load(args: Vec<String>) -> (bool, Value, String) {
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_rate_load"))
-            .args(args)
-            .output()
-            .expect("rate_load runs")
-    })
-    .await
-    .unwrap();
-    let report = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.success(), report, stderr)
+    let (status, report, stderr) = report_of(env!("CARGO_BIN_EXE_rate_load"), args).await;
+    (status.success(), report, stderr)
 }
 
 fn args(app: &TestApp, rest: &[&str]) -> Vec<String> {

@@ -61,13 +61,7 @@ fn parse_args() -> Result<Args, String> {
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
         let value = raw.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = |value: &str| {
-            value
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{flag} takes a positive integer, not {value:?}"))
-        };
+        let number = |value: &str| commerce_tests::driver::count(&flag, value);
         match flag.as_str() {
             "--redis" => args.redis = value,
             "--database" => args.database = value,

@@ -67,13 +67,7 @@ fn parse_args() -> Result<Args, String> {
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
         let value = raw.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = |value: &str| {
-            value
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{flag} takes a positive integer, not {value:?}"))
-        };
+        let number = |value: &str| commerce_tests::driver::count(&flag, value);
         match flag.as_str() {
             "--app" => args.app = value.trim_end_matches('/').to_owned(),
             "--gateway-url-file" => args.gateway_url_file = value,

@@ -120,13 +120,7 @@ fn parse_args() -> Result<Args, String> {
             continue;
         }
         let value = raw.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let count = |value: &str| {
-            value
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{flag} takes a positive integer, not {value:?}"))
-        };
+        let count = |value: &str| commerce_tests::driver::count(&flag, value);
         let positive = |value: &str| {
             value
                 .parse::<f64>()

@@ -44,6 +44,27 @@ redis_cpu() {
     "$@" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "%.3f", s }'
 }
 
+# `command_calls NAME REDIS-CLI…`: how many times the Redis server that `REDIS-CLI…` reaches
+# has run command NAME so far, or every command but INFO itself with `all` (INFO
+# commandstats, which also counts each command a script runs, under its own name).
+command_calls() {
+    local name=$1
+    shift
+    "$@" info commandstats | tr -d '\r' | awk -F'[:=,]' -v want="cmdstat_$name" \
+        '$1 == want || (want == "cmdstat_all" && $1 ~ /^cmdstat_/ && $1 != "cmdstat_info") { n += $3 }
+         END { print n + 0 }'
+}
+
+# `script_calls REDIS-CLI…`: the script calls (EVALSHA and EVAL) that server has run so far.
+script_calls() {
+    echo $(($(command_calls evalsha "$@") + $(command_calls eval "$@")))
+}
+
+# `ticks PID`: the CPU ticks (user + system) process PID has used so far (0 once it is gone).
+ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 # `ratio A B`: A ÷ B to two decimals.
 ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'

@@ -2,6 +2,8 @@
 //! run for a second against the test services: it makes both kinds of call, measures what
 //! it says it measures, and leaves no table behind.
 
+use commerce_core::Settings;
+use commerce_native::EnvConfig;
 use commerce_tests::TestApp;
 use commerce_tests::driver::report_of;
 use serde_json::Value;
@@ -53,6 +55,17 @@ async fn the_floor_driver_times_both_kinds_of_call_and_drops_its_table() {
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(left, 0, "the driver's table is dropped");
+
+    // Without --pool, the pool is the server's own, sized by the same settings and cores (and
+    // more callers than connections, so that every one of them opens).
+    let settings = Settings::from_config(&EnvConfig::new()).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = settings.database_pool_size_for(cores);
+    let callers = (2 * pool).to_string();
+    let args = [&args[..6], &["--concurrency", &callers]].concat();
+    let (code, report, stderr) = call_floor(args.iter().map(|s| s.to_string()).collect()).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(number(&report, "pgBackends"), pool as f64, "{report}");
 
     let (code, report, stderr) = call_floor(vec!["--seconds".into(), "0".into()]).await;
     assert_eq!(code, Some(2), "{stderr}");

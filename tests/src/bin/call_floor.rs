@@ -8,15 +8,16 @@
 //!   this process's CPU per call, and Redis's (`INFO cpu`: a Redis that serves nothing
 //!   else meanwhile, as the bench's).
 //! - PostgreSQL: the same tasks each insert one row into a table of their own (one
-//!   statement, committed) through a pool of `--pool` connections, as the server's
-//!   `database_pool_size`. Reports the rows, this process's CPU per row, and the CPU of the
+//!   statement, committed) through a pool of `--pool` connections (by default the server's
+//!   own: `database_pool_size` of the environment's settings, or its rule for this
+//!   machine's cores). Reports the rows, this process's CPU per row, and the CPU of the
 //!   pool's backends per row (`/proc`, this machine's PostgreSQL).
 //!
 //! Prints one JSON line: `{"redisCalls":N,"redisClientUs":…,"redisServerUs":…,"pgRows":N,
 //! "pgBackends":N,"pgClientUs":…,"pgBackendUs":…}`.
 //!
 //! ```text
-//! call_floor --redis URL --database URL [--seconds 5] [--concurrency 64] [--pool 4]
+//! call_floor --redis URL --database URL [--seconds 5] [--concurrency 64] [--pool P]
 //! ```
 
 use std::process::ExitCode;
@@ -24,9 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use commerce_core::Settings;
 use commerce_core::ports::{Redis, RedisReply, Sql, SqlValue};
 use commerce_core::script::Script;
-use commerce_native::{NativePg, NativeRedis};
+use commerce_native::{EnvConfig, NativePg, NativeRedis};
 use commerce_tests::driver::own_cpu_seconds;
 use serde_json::json;
 
@@ -47,7 +49,8 @@ struct Args {
     database: String,
     seconds: u64,
     concurrency: usize,
-    pool: usize,
+    /// `None`: the server's own pool size.
+    pool: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,7 +59,7 @@ fn parse_args() -> Result<Args, String> {
         database: String::new(),
         seconds: 5,
         concurrency: 64,
-        pool: 4,
+        pool: None,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
@@ -67,7 +70,7 @@ fn parse_args() -> Result<Args, String> {
             "--database" => args.database = value,
             "--seconds" => args.seconds = number(&value)? as u64,
             "--concurrency" => args.concurrency = number(&value)?,
-            "--pool" => args.pool = number(&value)?,
+            "--pool" => args.pool = Some(number(&value)?),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -141,7 +144,12 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
 
     let separator = if args.database.contains('?') { '&' } else { '?' };
     let url = format!("{}{separator}application_name=call_floor", args.database);
-    let pg = Arc::new(NativePg::new(&url, timeout, args.pool, "").map_err(|e| e.to_string())?);
+    let pool = match args.pool {
+        Some(pool) => pool,
+        None => Settings::from_config(&EnvConfig::new())?
+            .database_pool_size_for(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    };
+    let pg = Arc::new(NativePg::new(&url, timeout, pool, "").map_err(|e| e.to_string())?);
     let sql = |statement: &str| {
         let pg = pg.clone();
         let statement = statement.to_owned();

@@ -13,7 +13,7 @@
 
 use std::sync::OnceLock;
 
-use crate::error::{Error, PortError};
+use crate::error::{Dependency, Error, PortError};
 use crate::ports::{Redis, RedisArg, RedisReply};
 
 /// The parts of a script as [`Script::new`] takes them: the shared prelude
@@ -75,13 +75,155 @@ impl Script {
         keys: &[&str],
         args: Vec<RedisArg>,
     ) -> Result<Vec<RedisReply>, PortError> {
-        let call = |head: RedisArg| call_args(head, keys, &args);
-        match redis.execute("EVALSHA", call(self.sha().into())).await {
-            Err(e) if e.server_message().is_some_and(is_missing_script) => {
-                redis.execute("EVAL", call(self.source().into())).await
-            }
-            other => other,
+        run_text(redis, self.sha(), self.source(), keys, args).await
+    }
+}
+
+/// `EVALSHA` of `sha`, then `EVAL` of `source` if the server does not know it yet.
+async fn run_text<R: Redis>(
+    redis: &R,
+    sha: &str,
+    source: &str,
+    keys: &[&str],
+    args: Vec<RedisArg>,
+) -> Result<Vec<RedisReply>, PortError> {
+    let call = |head: RedisArg| call_args(head, keys, &args);
+    match redis.execute("EVALSHA", call(sha.into())).await {
+        Err(e) if e.server_message().is_some_and(is_missing_script) => {
+            redis.execute("EVAL", call(source.into())).await
         }
+        other => other,
+    }
+}
+
+/// Scripts that follow one another run as one script on a single Redis server: one round
+/// trip where each would be its own, and nothing seen, or cut short, between them.
+///
+/// Each step is one of the stores' scripts, unchanged: its files (without the prelude,
+/// which the chain has once) become a Lua function of its own `KEYS` and `ARGV`, so the
+/// script reads exactly what it would alone. The steps run in order; after each, the
+/// chain goes on only if the step's reply's tag is one its [`Step`] names, and otherwise
+/// answers the replies so far: the caller then goes on from that reply as it would have
+/// after that one script. A chain is for a single server only: its steps' keys are in
+/// several slots, so on a Redis Cluster the caller runs the scripts one by one instead.
+///
+/// A script's error stops the chain where it is, with the steps before it done, as a
+/// failure between two calls would; a Lua error names the chain's line, not the file's.
+pub struct Chain {
+    steps: &'static [&'static Script],
+    source: OnceLock<String>,
+    sha: OnceLock<String>,
+}
+
+/// One step of a [`Chain`]: the script's keys and arguments, and the tags of its reply
+/// after which the chain goes on to the next step.
+pub struct Step<'a> {
+    pub keys: Vec<&'a str>,
+    pub args: Vec<RedisArg>,
+    pub goes_on: &'static [&'static str],
+}
+
+/// The chain's own Lua, after its steps' functions (`steps`): `ARGV` starts with each step's
+/// key count, argument count and the tags it goes on after (joined by ','); then come the
+/// steps' arguments, in order, as `KEYS` has their keys. The reply: for each step run, the
+/// length of its reply, then its values.
+const CHAIN_RUN: &str = "
+local at_key, at_arg, replies = 1, 3 * #steps + 1, {}
+for i, step in ipairs(steps) do
+  local keys, args = {}, {}
+  for j = 1, tonumber(ARGV[3 * i - 2]) do
+    keys[j] = KEYS[at_key]
+    at_key = at_key + 1
+  end
+  for j = 1, tonumber(ARGV[3 * i - 1]) do
+    args[j] = ARGV[at_arg]
+    at_arg = at_arg + 1
+  end
+  local reply = step(keys, args)
+  replies[#replies + 1] = #reply
+  for j = 1, #reply do
+    replies[#replies + 1] = reply[j]
+  end
+  if not string.find(',' .. ARGV[3 * i] .. ',', ',' .. tostring(reply[1]) .. ',', 1, true) then
+    break
+  end
+end
+return replies
+";
+
+impl Chain {
+    /// The chain of `steps`: scripts built by [`lua!`], so each starts with the prelude.
+    pub const fn new(steps: &'static [&'static Script]) -> Self {
+        Self {
+            steps,
+            source: OnceLock::new(),
+            sha: OnceLock::new(),
+        }
+    }
+
+    /// The chain's text: the prelude once, each step's files as a function, then the run.
+    pub fn source(&self) -> &str {
+        self.source.get_or_init(|| {
+            let mut text = self.steps[0].parts[0].to_owned();
+            for (i, step) in self.steps.iter().enumerate() {
+                text.push_str(&format!("\nlocal function step_{i}(KEYS, ARGV)\n"));
+                text.push_str(&step.parts[1..].concat());
+                text.push_str("\nend\n");
+            }
+            let names: Vec<String> = (0..self.steps.len()).map(|i| format!("step_{i}")).collect();
+            text.push_str(&format!("local steps = {{{}}}\n", names.join(", ")));
+            text.push_str(CHAIN_RUN);
+            text
+        })
+    }
+
+    /// The chain's SHA-1, as `SCRIPT LOAD` would answer it.
+    pub fn sha(&self) -> &str {
+        self.sha
+            .get_or_init(|| sha1_smol::Sha1::from(self.source()).digest().to_string())
+    }
+
+    /// Runs the steps (one per script of the chain, in its order) as one script, and
+    /// returns the reply of each step that ran: all of them, or those up to the first
+    /// whose tag its step does not go on after (never none: the first step always runs).
+    pub async fn run<R: Redis>(
+        &self,
+        redis: &R,
+        steps: Vec<Step<'_>>,
+    ) -> Result<Vec<Vec<RedisReply>>, PortError> {
+        debug_assert_eq!(steps.len(), self.steps.len(), "one step per script of the chain");
+        let mut keys = Vec::new();
+        let mut args = Vec::with_capacity(3 * steps.len());
+        for step in &steps {
+            args.push(RedisArg::Int(step.keys.len() as i64));
+            args.push(RedisArg::Int(step.args.len() as i64));
+            args.push(step.goes_on.join(",").into());
+        }
+        for step in steps {
+            keys.extend(step.keys);
+            args.extend(step.args);
+        }
+        let flat = run_text(redis, self.sha(), self.source(), &keys, args).await?;
+        let mut replies = Vec::new();
+        let mut rest = flat.as_slice();
+        while let Some((count, tail)) = rest.split_first() {
+            let count = count.as_int().and_then(|n| usize::try_from(n).ok());
+            let Some(reply) = count.and_then(|n| tail.get(..n)) else {
+                return Err(PortError::server(
+                    Dependency::Redis,
+                    "a chain of scripts answered a malformed reply",
+                ));
+            };
+            replies.push(reply.to_vec());
+            rest = &tail[reply.len()..];
+        }
+        if replies.is_empty() {
+            return Err(PortError::server(
+                Dependency::Redis,
+                "a chain of scripts answered no step",
+            ));
+        }
+        Ok(replies)
     }
 }
 

@@ -170,3 +170,75 @@ async fn a_crash_after_any_call_of_starting_a_checkout_is_resumed_by_its_retry()
     }
     app.finish().await;
 }
+
+/// A Redis port that loses `stock_key` (as an eviction or a partial flush would) right
+/// before the first script call whose keys name it among more than `more_than` keys.
+struct LosesStockBefore {
+    inner: NativeRedis,
+    stock_key: String,
+    more_than: i64,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl Redis for LosesStockBefore {
+    async fn execute(&self, command: &str, args: Vec<RedisArg>) -> Result<Vec<RedisReply>, PortError> {
+        let keys = match args.get(1) {
+            Some(RedisArg::Int(n)) => *n,
+            _ => 0,
+        };
+        let names = |arg: &RedisArg| matches!(arg, RedisArg::Bytes(b) if *b == self.stock_key.as_bytes());
+        if command == "EVALSHA"
+            && keys > self.more_than
+            && args.iter().any(names)
+            && !self.lost.swap(true, Ordering::SeqCst)
+        {
+            self.inner
+                .execute("DEL", vec![self.stock_key.as_str().into()])
+                .await?;
+        }
+        self.inner.execute(command, args).await
+    }
+
+    async fn pause(&self, ms: u64) {
+        self.inner.pause(ms).await;
+    }
+}
+
+#[tokio::test]
+async fn an_order_whose_stock_redis_lost_before_its_last_steps_is_finished_step_by_step() {
+    // On one Redis server an order's last steps (ORDER_CREATED, the stock committed, the
+    // cart emptied, COMPLETED) are one script; it stops where the commit finds the stock
+    // gone, and the steps one by one load it from PostgreSQL and finish the order.
+    let (app, gateway) = shop().await;
+    let paying = app.paying_session(&[("var-1", 1)], "stock-lost").await;
+    let event = parse_event(
+        gateway
+            .event("payment_intent.succeeded", &paying.intent)
+            .as_bytes(),
+    )
+    .unwrap();
+    let a = &app.app;
+    let variant = commerce_core::ids::VariantId::parse("var-1").unwrap();
+    let losing = App::new(
+        LosesStockBefore {
+            inner: a.redis.0.clone(),
+            stock_key: a.keys.variant(&variant).stock,
+            // The chain names 12 keys; no earlier call of the webhook names as many.
+            more_than: 8,
+            lost: std::sync::atomic::AtomicBool::new(false),
+        },
+        a.sql.clone(),
+        a.http.clone(),
+        a.settings.clone(),
+    );
+    let outcome = Checkouts::new(&losing).handle_event(&event).await.unwrap();
+    assert!(
+        losing.redis.lost.load(Ordering::SeqCst),
+        "the stock was lost before the chain"
+    );
+    assert_eq!(outcome.state, Some("COMPLETED"), "{outcome:?}");
+    let id = SessionId::parse(&paying.session).unwrap();
+    assert_eq!(Checkouts::new(a).get(&id, None).await.unwrap().state, "COMPLETED");
+    consistent(&app, 1).await;
+    app.finish().await;
+}

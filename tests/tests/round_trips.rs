@@ -360,7 +360,7 @@ async fn a_rate_limited_write_costs_one_round_trip_and_other_requests_none() {
 }
 
 #[tokio::test]
-async fn taking_the_payment_is_five_round_trips_and_its_webhook_six() {
+async fn taking_the_payment_is_four_round_trips_and_its_webhook_three() {
     use commerce_core::http::Request;
     use commerce_core::{Scope, handle};
 
@@ -403,11 +403,104 @@ async fn taking_the_payment_is_five_round_trips_and_its_webhook_six() {
         counted = (paying, counting.redis.take());
     }
     // Session with its stored intent and metadata, the new intent, the holds extended,
-    // the lock extended, PAYMENT_PENDING.
-    assert_eq!(counted.0, 5, "payment intent");
+    // then one script for the lock extended and PAYMENT_PENDING (two calls on a Redis
+    // Cluster).
+    assert_eq!(counted.0, 4, "payment intent");
     // PAYMENT_CONFIRMED (guarded by the intent, amount and currency) with its metadata,
-    // the cart's lock still the session's, ORDER_CREATED, the holds committed, the cart
-    // emptied, COMPLETED.
-    assert_eq!(counted.1, 6, "paid webhook");
+    // the cart's lock still the session's, then (the order written) one script for the
+    // rest: ORDER_CREATED, the holds committed, the cart emptied, COMPLETED (a chain of
+    // scripts on one server; on a Redis Cluster those are four calls).
+    assert_eq!(counted.1, 3, "paid webhook");
+    app.finish().await;
+}
+
+/// Three scripts for [`CHAIN`]: each says what it was given, and the first and last write.
+static SAYS_AND_WRITES: commerce_core::script::Script = commerce_core::script::Script::new(&[
+    "",
+    "redis.call('SET', KEYS[1], ARGV[1]) return {'OK', false, #KEYS, #ARGV, ARGV[1]}",
+]);
+static SAYS: commerce_core::script::Script =
+    commerce_core::script::Script::new(&["", "return {ARGV[1], #KEYS, #ARGV, KEYS[1]}"]);
+static WRITES: commerce_core::script::Script =
+    commerce_core::script::Script::new(&["", "redis.call('SET', KEYS[1], 'ran') return {'DONE'}"]);
+static CHAIN: commerce_core::script::Chain =
+    commerce_core::script::Chain::new(&[&SAYS_AND_WRITES, &SAYS, &WRITES]);
+
+#[tokio::test]
+async fn a_chain_of_scripts_is_one_round_trip_and_stops_after_a_step_off_its_path() {
+    use commerce_core::ids::SessionId;
+    use commerce_core::script::Step;
+
+    let app = TestApp::spawn().await;
+    let redis = counter(&app.app.redis.0);
+    let id = SessionId::parse("cs_0123456789abcdef0123456789abcdef").unwrap();
+    let keys = &app.app.keys;
+    let (first, second, third) = (
+        keys.checkout_session(&id),
+        keys.checkout_metadata(&id),
+        keys.payment_intent(&id),
+    );
+    let steps = |tag: &str| {
+        vec![
+            Step {
+                keys: vec![first.as_str()],
+                args: vec!["one".into()],
+                goes_on: &["OK"],
+            },
+            Step {
+                keys: vec![second.as_str()],
+                args: vec![tag.into(), RedisArg::Int(2)],
+                goes_on: &["GO", "ALSO"],
+            },
+            Step {
+                keys: vec![third.as_str()],
+                args: vec![],
+                goes_on: &[],
+            },
+        ]
+    };
+    let text = |v: &str| RedisReply::Bytes(v.as_bytes().to_vec());
+    let native = &app.app.redis.0;
+    let get = |key: &str| {
+        let key = key.to_owned();
+        async move {
+            let reply = native.execute("GET", vec![key.as_str().into()]).await.unwrap();
+            reply.first().and_then(RedisReply::as_text).map(str::to_owned)
+        }
+    };
+    // The first run loads the chain (EVALSHA, then EVAL); the next are one call each.
+    CHAIN.run(&redis, steps("GO")).await.unwrap();
+    redis.take();
+    native.execute("DEL", vec![third.as_str().into()]).await.unwrap();
+
+    let stopped = CHAIN.run(&redis, steps("STOP")).await.unwrap();
+    assert_eq!(redis.take(), 1, "a chain is one round trip");
+    // Each step reads only its own keys and arguments; Lua's false comes back as nil.
+    assert_eq!(
+        stopped,
+        [
+            vec![
+                text("OK"),
+                RedisReply::Nil,
+                RedisReply::Int(1),
+                RedisReply::Int(1),
+                text("one")
+            ],
+            vec![
+                text("STOP"),
+                RedisReply::Int(1),
+                RedisReply::Int(2),
+                text(&second)
+            ],
+        ]
+    );
+    assert_eq!(get(&first).await.as_deref(), Some("one"), "a step's writes stay");
+    assert_eq!(get(&third).await, None, "no step runs after one off the path");
+
+    let whole = CHAIN.run(&redis, steps("ALSO")).await.unwrap();
+    assert_eq!(redis.take(), 1);
+    assert_eq!(whole.len(), 3, "{whole:?}");
+    assert_eq!(whole[2], [text("DONE")]);
+    assert_eq!(get(&third).await.as_deref(), Some("ran"));
     app.finish().await;
 }

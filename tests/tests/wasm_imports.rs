@@ -17,6 +17,10 @@ const COMPONENTS: [&str; 5] = ["inventory", "cart", "pricing", "checkout", "ops"
 const MAX_WASM_BYTES: usize = 2 * 1024 * 1024;
 
 /// Issue 11 asks that the components do not grow: each .wasm stays within this many bytes,
+/// 1.2% above the largest once a purchase's Redis steps ran as chains of scripts (1369347
+/// bytes, 2026-12-03: 10.7 KB for the chain runner and its two uses, an order's last steps
+/// and a payment's lock with PAYMENT_PENDING, which take a purchase from 18 script calls
+/// to 14; on a Spin host each is a network round trip, DESIGN §2). Before that: 1365000,
 /// 1.2% above the largest once `openapi.json` went in without its indentation (1348182
 /// bytes, 2026-12-02; the indented document had grown with the statuses every route can
 /// answer, to 1396679 bytes with a retry answering its begun session). Before that: 1400000,
@@ -29,7 +33,7 @@ const MAX_WASM_BYTES: usize = 2 * 1024 * 1024;
 /// --wasm` reads it from here). Raise it only on purpose, in the commit that needs it,
 /// and say there what grew and why (BENCHMARKS.md, "Wasm size and cold start", says how
 /// each growth was found).
-const WASM_BUDGET_BYTES: usize = 1_365_000;
+const WASM_BUDGET_BYTES: usize = 1_386_000;
 
 /// The world of `wit/` that every component must target.
 const WORLD: &str = "component";

@@ -7,19 +7,23 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::session::{Session, cart_ref_text, wrong_state};
+use super::session::{checkout_not_found, parse_session_with};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, FrozenCart, LockTaken, gateway, order};
+use super::{Checkouts, FrozenCart, LockTaken, TRANSITION, ended, gateway, order, transition_args};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
-use crate::inventory::StockChange;
+use crate::inventory::{COMMIT, StockChange};
 
 use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, Sql};
-use crate::script::{Script, lua};
+use crate::script::{Chain, Script, Step, lua};
 
 static EMPTY_CART: Script = Script::new(lua!("checkout/empty_cart.lua"));
+/// An order's last steps in Redis, on a single server: ORDER_CREATED, its stock changes
+/// committed, its cart emptied (and the lock let go), COMPLETED ([`Checkouts::record_order`]).
+static ORDER_IN_REDIS: Chain = Chain::new(&[&TRANSITION, &COMMIT, &EMPTY_CART, &TRANSITION]);
 pub(super) static FLAG_REFUND: Script = Script::new(lua!("checkout/session.lua", "checkout/flag_refund.lua"));
 
 /// The answer to a verified gateway event: what became of it. The fields are in the order
@@ -417,13 +421,91 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
     /// only the cart as the session locked it (`frozen`: its version, generation and when
     /// that version was written; what sessions from before did not keep is not compared).
     async fn empty_cart(&self, session: &Session, frozen: &FrozenCart) -> Result<()> {
+        let (keys, args) = self.empty_cart_call(session, frozen);
+        self.run(&EMPTY_CART, &[&keys[0], &keys[1]], args).await?;
+        Ok(())
+    }
+
+    /// `empty_cart.lua`'s keys (the cart, its lock) and arguments.
+    fn empty_cart_call(&self, session: &Session, frozen: &FrozenCart) -> ([String; 2], Vec<RedisArg>) {
         let carts = self.carts();
-        let (cart_key, lock_key) = (carts.key(&session.cart), carts.lock_key(&session.cart));
         let mut args = vec![session.id.as_str().into()];
         args.extend(frozen.args());
         args.push(RedisArg::Int(carts.ttl_ms()));
-        self.run(&EMPTY_CART, &[&cart_key, &lock_key], args).await?;
-        Ok(())
+        ([carts.key(&session.cart), carts.lock_key(&session.cart)], args)
+    }
+
+    /// Moves the PAYMENT_CONFIRMED `session`, whose order PostgreSQL has written as
+    /// `order_id` with its stock `changes`, to ORDER_CREATED; on a single Redis server, in
+    /// the same script ([`ORDER_IN_REDIS`]), it also commits the changes, empties the cart as
+    /// `frozen` (letting the lock go) and moves the session to COMPLETED: one round trip
+    /// for what [`Self::finish_order`] does in three more. The chain stops at the first
+    /// step off that path (the session moved meanwhile, stock Redis lost), and the caller
+    /// goes on from the session as that step left it, as after the one script. Returns the
+    /// session after the last step that ran, and whether the chain emptied the cart.
+    async fn record_order(
+        &self,
+        session: &Session,
+        order_id: &str,
+        changes: Option<&[StockChange]>,
+        frozen: &FrozenCart,
+    ) -> Result<(Session, bool)> {
+        let created = [("order", order_id)];
+        let (id, redis) = (&session.id, &self.app.redis);
+        let Some(changes) = changes.filter(|_| !redis.is_cluster()) else {
+            let (_, moved) = self.transition(id, State::OrderCreated, None, &created).await?;
+            return Ok((moved, false));
+        };
+        let (key, metadata) = (
+            self.app.keys.checkout_session(id),
+            self.app.keys.checkout_metadata(id),
+        );
+        let holder = Holder::Checkout(id.clone());
+        let inventory = self.inventory();
+        let (commit_keys, commit_args) = inventory.commit_step(&holder, changes);
+        let (cart_keys, empty_args) = self.empty_cart_call(session, frozen);
+        let steps = vec![
+            Step {
+                keys: vec![&key, &metadata],
+                args: transition_args(State::OrderCreated, None, &created, &[]),
+                goes_on: &["OK"],
+            },
+            Step {
+                keys: commit_keys.iter().map(String::as_str).collect(),
+                args: commit_args,
+                goes_on: &["OK"],
+            },
+            Step {
+                keys: vec![&cart_keys[0], &cart_keys[1]],
+                args: empty_args,
+                goes_on: &["OK"],
+            },
+            Step {
+                keys: vec![&key, &metadata],
+                args: transition_args(State::Completed, None, &[], &[]),
+                goes_on: &[],
+            },
+        ];
+        let replies = ORDER_IN_REDIS.run(redis, steps).await?;
+        let moved_to = |reply: &[_]| -> Result<(String, Session)> {
+            let (tag, moved, _) = parse_session_with(reply, 0)?;
+            Ok((tag, moved.ok_or_else(|| checkout_not_found(id))?))
+        };
+        // Past its payment a session no longer expires (EXPIRED_NOW), so all that follows
+        // these moves is the count of a completed session.
+        let (_, created) = moved_to(&replies[0])?;
+        self.app.replicated(&[&key]).await?;
+        let committed = replies
+            .get(1)
+            .is_some_and(|reply| inventory.chain_committed(reply));
+        let Some(last) = replies.get(3).filter(|_| committed) else {
+            return Ok((created, false));
+        };
+        let (tag, completed) = moved_to(last)?;
+        if tag == "OK" {
+            ended(State::Completed);
+        }
+        Ok((completed, true))
     }
 
     /// From PAYMENT_CONFIRMED (or wherever a crash left it) to COMPLETED; or, when on-hand
@@ -540,10 +622,11 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                     return self.fail_paid(&session.id, event, &reason).await;
                 }
             }
-            session = self
-                .transition(&session.id, State::OrderCreated, None, &[("order", &order_id)])
-                .await?
-                .1;
+            let emptied;
+            (session, emptied) = self
+                .record_order(&session, &order_id, changes.as_deref(), &frozen)
+                .await?;
+            holds_lock &= !emptied;
         }
         if session.state == State::OrderCreated {
             session = self.finish_order(&session, changes, &frozen).await?;

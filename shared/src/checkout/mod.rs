@@ -53,9 +53,9 @@ use crate::outbox;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql, SqlValue};
 use crate::script::{Script, lua, tag};
 
-static UNLOCK: Script = Script::new(lua!("checkout/unlock.lua"));
+pub(crate) static UNLOCK: Script = Script::new(lua!("checkout/unlock.lua"));
 static GET: Script = Script::new(lua!("checkout/session.lua", "checkout/get.lua"));
-static TRANSITION: Script = Script::new(lua!("checkout/session.lua", "checkout/transition.lua"));
+pub(crate) static TRANSITION: Script = Script::new(lua!("checkout/session.lua", "checkout/transition.lua"));
 static RESTORE: Script = Script::new(lua!("checkout/session.lua", "checkout/restore.lua"));
 static FORGET: Script = Script::new(lua!("checkout/forget.lua"));
 static RELEASED_IN_POSTGRES: Script = Script::new(lua!("checkout/released_in_postgres.lua"));
@@ -330,26 +330,28 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         until_ms: i64,
         frozen: &FrozenCart,
     ) -> Result<LockTaken> {
+        let (keys, args) = self.take_lock_call(cart, session, until_ms, frozen);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        Ok(lock_taken(&self.run(&UNLOCK, &keys, args).await?))
+    }
+
+    /// `unlock.lua`'s keys and arguments for [`Self::take_lock_of`]: the lock, and the
+    /// cart where the session kept how it froze it.
+    fn take_lock_call(
+        &self,
+        cart: &CartRef,
+        session: &SessionId,
+        until_ms: i64,
+        frozen: &FrozenCart,
+    ) -> (Vec<String>, Vec<RedisArg>) {
         let carts = self.carts();
-        let (lock_key, cart_key) = (carts.lock_key(cart), carts.key(cart));
+        let mut keys = vec![carts.lock_key(cart)];
         let mut args = vec![session.as_str().into(), RedisArg::Int(until_ms), "take".into()];
-        let reply = if *frozen == FrozenCart::default() {
-            self.run(&UNLOCK, &[&lock_key], args).await?
-        } else {
+        if *frozen != FrozenCart::default() {
+            keys.push(carts.key(cart));
             args.extend(frozen.args());
-            self.run(&UNLOCK, &[&lock_key, &cart_key], args).await?
-        };
-        let value = reply
-            .get(1)
-            .and_then(RedisReply::as_text)
-            .unwrap_or("")
-            .to_owned();
-        Ok(match tag(&reply) {
-            "OK" => LockTaken::Held,
-            "MOVED" => LockTaken::CartMoved(value),
-            "OTHER_CART" => LockTaken::OtherCart,
-            _ => LockTaken::ByOther(value),
-        })
+        }
+        (keys, args)
     }
 
     /// Meets the session `holder` that keeps a cart's lock, as any call that meets it
@@ -869,18 +871,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             self.app.keys.checkout_session(id),
             self.app.keys.checkout_metadata(id),
         );
-        let mut args = vec![
-            to.name().into(),
-            state::joined(&State::sources(to)).into(),
-            deadline_ms.map(|t| t.to_string()).unwrap_or_default().into(),
-            RedisArg::Int(KEEP_MS),
-            before_payment(),
-            RedisArg::Int(guards.len() as i64),
-        ];
-        for (field, value) in guards.iter().chain(fields) {
-            args.push((*field).into());
-            args.push((*value).into());
-        }
+        let args = transition_args(to, deadline_ms, fields, guards);
         let keys: Vec<&str> = [key.as_str(), metadata.as_str()]
             .into_iter()
             .chain(extras.iter().copied())
@@ -889,14 +880,21 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let (tag, session, values) = parse_session_with(&reply, extras.len())?;
         let session = session.ok_or_else(|| checkout_not_found(id))?;
         self.app.replicated(&[&key]).await?;
+        self.moved(to, &tag, &session).await?;
+        Ok((tag, session, values))
+    }
+
+    /// What follows a move to `to` that answered `tag`, the session after it as `session`:
+    /// an end is counted, and a session that expired instead lets its holds and lock go.
+    async fn moved(&self, to: State, tag: &str, session: &Session) -> Result<()> {
         if tag == "OK" {
             ended(to);
         }
         if tag == "EXPIRED_NOW" {
             ended(State::Expired);
-            self.release(&session, true).await?;
+            self.release(session, true).await?;
         }
-        Ok((tag, session, values))
+        Ok(())
     }
 
     /// Meets a session as a read of it would (`commerce check --repair`): one Redis shows
@@ -994,6 +992,43 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
 /// `session.lua`): the state machine says which they are, not the scripts.
 fn before_payment() -> RedisArg {
     state::joined(&State::before_payment()).into()
+}
+
+/// What `unlock.lua` answered a session taking its cart's lock ([`Checkouts::take_lock_of`]).
+fn lock_taken(reply: &[RedisReply]) -> LockTaken {
+    let value = reply
+        .get(1)
+        .and_then(RedisReply::as_text)
+        .unwrap_or("")
+        .to_owned();
+    match tag(reply) {
+        "OK" => LockTaken::Held,
+        "MOVED" => LockTaken::CartMoved(value),
+        "OTHER_CART" => LockTaken::OtherCart,
+        _ => LockTaken::ByOther(value),
+    }
+}
+
+/// `transition.lua`'s arguments for a move to `to`: [`Checkouts::transition_with`]'s.
+fn transition_args(
+    to: State,
+    deadline_ms: Option<i64>,
+    fields: &[(&str, &str)],
+    guards: &[(&str, &str)],
+) -> Vec<RedisArg> {
+    let mut args = vec![
+        to.name().into(),
+        state::joined(&State::sources(to)).into(),
+        deadline_ms.map(|t| t.to_string()).unwrap_or_default().into(),
+        RedisArg::Int(KEEP_MS),
+        before_payment(),
+        RedisArg::Int(guards.len() as i64),
+    ];
+    for (field, value) in guards.iter().chain(fields) {
+        args.push((*field).into());
+        args.push((*value).into());
+    }
+    args
 }
 
 /// Counts a session that reached a final state (`commerce_checkouts_ended_total`); any

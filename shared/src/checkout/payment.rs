@@ -5,14 +5,23 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::session::{Session, SessionView, cart_ref_text, wrong_state};
+use super::session::{
+    Session, SessionView, cart_ref_text, checkout_not_found, parse_session_with, wrong_state,
+};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, FrozenCart, KEEP_MS, LockTaken, gateway, paid};
+use super::{
+    Checkouts, FrozenCart, KEEP_MS, LockTaken, TRANSITION, UNLOCK, gateway, lock_taken, paid, transition_args,
+};
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ids::SessionId;
 use crate::ports::{Http, Redis, RedisArg, RedisReply, Sql};
+use crate::script::{Chain, Step, unexpected};
+
+/// The cart's lock kept for the payment window, then PAYMENT_PENDING, on a single server
+/// ([`Checkouts::lock_and_wait`]).
+static LOCK_AND_WAIT: Chain = Chain::new(&[&UNLOCK, &TRANSITION]);
 
 /// The answer of `POST /v1/checkout/{session}/payment-intent`: the session as `GET` shows
 /// it (DESIGN §5's checkout shape: `total`, `cartId` or `customerId`, `history`, …), with
@@ -125,21 +134,10 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 return Err(self.cancel_for_gone_variants(&session, refused).await?);
             }
             // The cart's lock for as long as the holds (taken back if lost, while the cart is
-            // still the one this session froze).
-            self.keep_lock(
-                &session,
-                deadline + self.grace_ms(),
-                &FrozenCart::of(&metadata),
-                None,
-            )
-            .await?;
+            // still the one this session froze), then PAYMENT_PENDING.
+            let frozen = FrozenCart::of(&metadata);
             let (tag, moved) = self
-                .transition(
-                    id,
-                    State::PaymentPending,
-                    Some(deadline),
-                    &[("intent", &intent_id)],
-                )
+                .lock_and_wait(&session, deadline, &frozen, &intent_id)
                 .await?;
             if !matches!(tag.as_str(), "OK" | "SAME") && moved.state != State::PaymentPending {
                 self.give_back(&moved).await?;
@@ -266,8 +264,23 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         frozen: &FrozenCart,
         postgres_down: Option<Error>,
     ) -> Result<()> {
+        let taken = self
+            .take_lock_of(&session.cart, &session.id, until_ms, frozen)
+            .await?;
+        self.lock_kept(session, taken, postgres_down).await
+    }
+
+    /// [`Self::keep_lock`] once the lock answered `taken`: the session goes on with the
+    /// lock it holds (or with a cart that is another life of its key), and is cancelled
+    /// with the refusal as its answer otherwise.
+    async fn lock_kept(
+        &self,
+        session: &Session,
+        taken: LockTaken,
+        postgres_down: Option<Error>,
+    ) -> Result<()> {
         let id = &session.id;
-        let refusal = match self.take_lock_of(&session.cart, id, until_ms, frozen).await? {
+        let refusal = match taken {
             LockTaken::Held | LockTaken::OtherCart => return Ok(()),
             LockTaken::ByOther(other) => Error::Conflict {
                 code: ErrorCode::CheckoutInProgress,
@@ -294,6 +307,57 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         }
         self.release(&current, true).await?;
         Err(refusal)
+    }
+
+    /// [`Self::keep_lock`] until the holds' end (the session's `deadline` and the grace),
+    /// then the move to PAYMENT_PENDING with that deadline and the session's intent. On a
+    /// single Redis server both are one script ([`LOCK_AND_WAIT`]), which moves the session
+    /// only once the lock is its own (or the cart another life of its key); on a Redis
+    /// Cluster the lock and the session are in two slots, so two calls. Returns the move's
+    /// tag and the session after it.
+    async fn lock_and_wait(
+        &self,
+        session: &Session,
+        deadline: i64,
+        frozen: &FrozenCart,
+        intent_id: &str,
+    ) -> Result<(String, Session)> {
+        let (id, until, intent) = (&session.id, deadline + self.grace_ms(), [("intent", intent_id)]);
+        if self.app.redis.is_cluster() {
+            self.keep_lock(session, until, frozen, None).await?;
+            return self
+                .transition(id, State::PaymentPending, Some(deadline), &intent)
+                .await;
+        }
+        let (lock_keys, lock_args) = self.take_lock_call(&session.cart, id, until, frozen);
+        let (key, metadata) = (
+            self.app.keys.checkout_session(id),
+            self.app.keys.checkout_metadata(id),
+        );
+        let steps = vec![
+            Step {
+                keys: lock_keys.iter().map(String::as_str).collect(),
+                args: lock_args,
+                goes_on: &["OK", "OTHER_CART"],
+            },
+            Step {
+                keys: vec![&key, &metadata],
+                args: transition_args(State::PaymentPending, Some(deadline), &intent, &[]),
+                goes_on: &[],
+            },
+        ];
+        let replies = LOCK_AND_WAIT.run(&self.app.redis, steps).await?;
+        let Some(reply) = replies.get(1) else {
+            // The lock was refused (the chain goes on from the others): cancelled, and
+            // answered so.
+            self.lock_kept(session, lock_taken(&replies[0]), None).await?;
+            return Err(unexpected(&replies[0]));
+        };
+        let (tag, moved, _) = parse_session_with(reply, 0)?;
+        let moved = moved.ok_or_else(|| checkout_not_found(id))?;
+        self.app.replicated(&[&key]).await?;
+        self.moved(State::PaymentPending, &tag, &moved).await?;
+        Ok((tag, moved))
     }
 
     /// The id of the intent created for the session, if any.

@@ -35,7 +35,7 @@ static LOAD_STOCK: Script = Script::new(lua!(
 static APPLY_STOCK: Script = Script::new(lua!("inventory/stock.lua", "inventory/apply_stock.lua"));
 static PUT_BACK: Script = Script::new(lua!("inventory/purge.lua", "inventory/put_back.lua"));
 static HOLD_INDEX: Script = Script::new(lua!("inventory/hold_index.lua"));
-static COMMIT: Script = Script::new(lua!(
+pub(crate) static COMMIT: Script = Script::new(lua!(
     "inventory/purge.lua",
     "inventory/stock.lua",
     "inventory/commit.lua"
@@ -610,27 +610,55 @@ impl<'a, R: Redis, S: Sql> Inventory<'a, R, S> {
         index: Option<&str>,
         changes: &[StockChange],
     ) -> Result<()> {
-        let variant_keys: Vec<VariantKeys> = changes.iter().map(|c| self.keys.variant(&c.variant)).collect();
-        let mut keys: Vec<&str> = index.into_iter().collect();
-        for k in &variant_keys {
-            keys.extend([
-                k.stock.as_str(),
-                k.reserved.as_str(),
-                k.holds.as_str(),
-                k.hold_qty.as_str(),
-            ]);
-            keys.push(k.stock_version.as_str());
-        }
-        let mut args = vec![RedisArg::from(holder.to_string())];
-        for c in changes {
-            args.extend([RedisArg::Int(c.on_hand), RedisArg::Int(c.version)]);
-        }
+        let (keys, args) = self.commit_call(holder, index, changes);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let variants: Vec<VariantId> = changes.iter().map(|c| c.variant.clone()).collect();
         let reply = self.run_loaded(&COMMIT, &keys, args, &variants).await?;
         match reply.tag() {
             "OK" => Ok(()),
             _ => Err(unexpected(&reply.0)),
         }
+    }
+
+    /// `commit.lua`'s keys and arguments for `changes` (with the holder's index, or
+    /// without it on a cluster).
+    fn commit_call(
+        &self,
+        holder: &Holder,
+        index: Option<&str>,
+        changes: &[StockChange],
+    ) -> (Vec<String>, Vec<RedisArg>) {
+        let mut keys: Vec<String> = index.into_iter().map(str::to_owned).collect();
+        for c in changes {
+            let k = self.keys.variant(&c.variant);
+            keys.extend([k.stock, k.reserved, k.holds, k.hold_qty, k.stock_version]);
+        }
+        let mut args = vec![RedisArg::from(holder.to_string())];
+        for c in changes {
+            args.extend([RedisArg::Int(c.on_hand), RedisArg::Int(c.version)]);
+        }
+        (keys, args)
+    }
+
+    /// [`Self::commit`] on a single server as a step of a [`Chain`](crate::script::Chain):
+    /// `commit.lua`'s keys and arguments. The step goes on after `OK`; any other reply
+    /// (stock Redis lost) is for [`Self::commit`] to meet.
+    pub(crate) fn commit_step(
+        &self,
+        holder: &Holder,
+        changes: &[StockChange],
+    ) -> (Vec<String>, Vec<RedisArg>) {
+        self.commit_call(holder, Some(&self.keys.holder_holds(holder)), changes)
+    }
+
+    /// What [`Self::commit`] records of a commit a chain ran (`reply`, its step's reply):
+    /// the stock was in Redis. Whether it committed.
+    pub(crate) fn chain_committed(&self, reply: &[RedisReply]) -> bool {
+        let committed = tag(reply) == "OK";
+        if committed {
+            metrics::cache(Cache::Stock, true, 1);
+        }
+        committed
     }
 
     /// Sets a variant's on-hand stock and/or its per-order limit: PostgreSQL first, then

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use commerce_core::App;
 use commerce_core::cart::CartRef;
 use commerce_core::checkout::Checkouts;
-use commerce_core::checkout::gateway::parse_event;
+use commerce_core::checkout::gateway::{WebhookEvent, parse_event};
 use commerce_core::error::{Dependency, PortError};
 use commerce_core::ids::{CartId, SessionId};
 use commerce_core::ports::{Redis, RedisArg, RedisReply, Sql, SqlRow, SqlValue};
@@ -72,6 +72,14 @@ async fn shop() -> (TestApp, FakeGateway) {
     TestApp::shop(2, |c| c).await
 }
 
+/// A session paying for one unit of `var-1` (its idempotency key `key`), and the gateway's
+/// event that its payment succeeded.
+async fn paid(app: &TestApp, gateway: &FakeGateway, key: &str) -> (String, WebhookEvent) {
+    let paying = app.paying_session(&[("var-1", 1)], key).await;
+    let payload = gateway.event("payment_intent.succeeded", &paying.intent);
+    (paying.session, parse_event(payload.as_bytes()).unwrap())
+}
+
 /// Stock agrees in both stores and nothing is held or locked.
 async fn consistent(app: &TestApp, sold: i64) {
     assert_eq!(app.pg_on_hand("var-1").await, 100 - sold);
@@ -100,16 +108,7 @@ async fn a_crash_after_any_call_of_placing_the_order_still_ends_in_one_order() {
         .map(|n| ("redis", n))
         .chain((1..=3).map(|n| ("postgres", n)))
     {
-        let paying = app
-            .paying_session(&[("var-1", 1)], &format!("{store}-{at}"))
-            .await;
-        let session = paying.session;
-        let event = parse_event(
-            gateway
-                .event("payment_intent.succeeded", &paying.intent)
-                .as_bytes(),
-        )
-        .unwrap();
+        let (session, event) = paid(&app, &gateway, &format!("{store}-{at}")).await;
 
         let a = &app.app;
         let crashed = if store == "redis" {
@@ -210,13 +209,7 @@ async fn an_order_whose_stock_redis_lost_before_its_last_steps_is_finished_step_
     // cart emptied, COMPLETED) are one script; it stops where the commit finds the stock
     // gone, and the steps one by one load it from PostgreSQL and finish the order.
     let (app, gateway) = shop().await;
-    let paying = app.paying_session(&[("var-1", 1)], "stock-lost").await;
-    let event = parse_event(
-        gateway
-            .event("payment_intent.succeeded", &paying.intent)
-            .as_bytes(),
-    )
-    .unwrap();
+    let (session, event) = paid(&app, &gateway, "stock-lost").await;
     let a = &app.app;
     let variant = commerce_core::ids::VariantId::parse("var-1").unwrap();
     let losing = App::new(
@@ -237,7 +230,7 @@ async fn an_order_whose_stock_redis_lost_before_its_last_steps_is_finished_step_
         "the stock was lost before the chain"
     );
     assert_eq!(outcome.state, Some("COMPLETED"), "{outcome:?}");
-    let id = SessionId::parse(&paying.session).unwrap();
+    let id = SessionId::parse(&session).unwrap();
     assert_eq!(Checkouts::new(a).get(&id, None).await.unwrap().state, "COMPLETED");
     consistent(&app, 1).await;
     app.finish().await;

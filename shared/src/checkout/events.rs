@@ -7,10 +7,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::session::{Session, cart_ref_text, wrong_state};
-use super::session::{checkout_not_found, parse_session_with};
 use super::start::frozen_demand;
 use super::state::State;
-use super::{Checkouts, FrozenCart, LockTaken, TRANSITION, ended, gateway, order, transition_args};
+use super::{
+    Checkouts, FrozenCart, LockTaken, TRANSITION, ended, gateway, moved_session, order, transition_args,
+};
 use crate::cart::CartRef;
 use crate::error::{Error, Result};
 use crate::ids::{Holder, SessionId};
@@ -456,10 +457,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             let (_, moved) = self.transition(id, State::OrderCreated, None, &created).await?;
             return Ok((moved, false));
         };
-        let (key, metadata) = (
-            self.app.keys.checkout_session(id),
-            self.app.keys.checkout_metadata(id),
-        );
+        let [key, metadata] = self.move_keys(id);
         let holder = Holder::Checkout(id.clone());
         let inventory = self.inventory();
         let (commit_keys, commit_args) = inventory.commit_step(&holder, changes);
@@ -487,13 +485,9 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             },
         ];
         let replies = ORDER_IN_REDIS.run(redis, steps).await?;
-        let moved_to = |reply: &[_]| -> Result<(String, Session)> {
-            let (tag, moved, _) = parse_session_with(reply, 0)?;
-            Ok((tag, moved.ok_or_else(|| checkout_not_found(id))?))
-        };
         // Past its payment a session no longer expires (EXPIRED_NOW), so all that follows
         // these moves is the count of a completed session.
-        let (_, created) = moved_to(&replies[0])?;
+        let (_, created, _) = moved_session(&replies[0], 0, id)?;
         self.app.replicated(&[&key]).await?;
         let committed = replies
             .get(1)
@@ -501,7 +495,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         let Some(last) = replies.get(3).filter(|_| committed) else {
             return Ok((created, false));
         };
-        let (tag, completed) = moved_to(last)?;
+        let (tag, completed, _) = moved_session(last, 0, id)?;
         if tag == "OK" {
             ended(State::Completed);
         }

@@ -867,21 +867,26 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
         guards: &[(&str, &str)],
         extras: &[&str],
     ) -> Result<(String, Session, Vec<Option<String>>)> {
-        let (key, metadata) = (
-            self.app.keys.checkout_session(id),
-            self.app.keys.checkout_metadata(id),
-        );
+        let [key, metadata] = self.move_keys(id);
         let args = transition_args(to, deadline_ms, fields, guards);
         let keys: Vec<&str> = [key.as_str(), metadata.as_str()]
             .into_iter()
             .chain(extras.iter().copied())
             .collect();
         let reply = self.run(&TRANSITION, &keys, args).await?;
-        let (tag, session, values) = parse_session_with(&reply, extras.len())?;
-        let session = session.ok_or_else(|| checkout_not_found(id))?;
+        let (tag, session, values) = moved_session(&reply, extras.len(), id)?;
         self.app.replicated(&[&key]).await?;
         self.moved(to, &tag, &session).await?;
         Ok((tag, session, values))
+    }
+
+    /// The keys every move of the session runs on (`transition.lua`'s first two): its
+    /// record and its frozen metadata.
+    fn move_keys(&self, id: &SessionId) -> [String; 2] {
+        [
+            self.app.keys.checkout_session(id),
+            self.app.keys.checkout_metadata(id),
+        ]
     }
 
     /// What follows a move to `to` that answered `tag`, the session after it as `session`:
@@ -1007,6 +1012,17 @@ fn lock_taken(reply: &[RedisReply]) -> LockTaken {
         "OTHER_CART" => LockTaken::OtherCart,
         _ => LockTaken::ByOther(value),
     }
+}
+
+/// A move's reply (`transition.lua`): its tag, the session after it (gone: 404) and the
+/// values of its `extras` keys.
+fn moved_session(
+    reply: &[RedisReply],
+    extras: usize,
+    id: &SessionId,
+) -> Result<(String, Session, Vec<Option<String>>)> {
+    let (tag, session, values) = parse_session_with(reply, extras)?;
+    Ok((tag, session.ok_or_else(|| checkout_not_found(id))?, values))
 }
 
 /// `transition.lua`'s arguments for a move to `to`: [`Checkouts::transition_with`]'s.

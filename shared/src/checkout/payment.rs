@@ -5,13 +5,12 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::session::{
-    Session, SessionView, cart_ref_text, checkout_not_found, parse_session_with, wrong_state,
-};
+use super::session::{Session, SessionView, cart_ref_text, wrong_state};
 use super::start::frozen_demand;
 use super::state::State;
 use super::{
-    Checkouts, FrozenCart, KEEP_MS, LockTaken, TRANSITION, UNLOCK, gateway, lock_taken, paid, transition_args,
+    Checkouts, FrozenCart, KEEP_MS, LockTaken, TRANSITION, UNLOCK, gateway, lock_taken, moved_session, paid,
+    transition_args,
 };
 use crate::cart::CartRef;
 use crate::error::{Error, ErrorCode, Result};
@@ -330,10 +329,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
                 .await;
         }
         let (lock_keys, lock_args) = self.take_lock_call(&session.cart, id, until, frozen);
-        let (key, metadata) = (
-            self.app.keys.checkout_session(id),
-            self.app.keys.checkout_metadata(id),
-        );
+        let [key, metadata] = self.move_keys(id);
         let steps = vec![
             Step {
                 keys: lock_keys.iter().map(String::as_str).collect(),
@@ -353,8 +349,7 @@ impl<'a, R: Redis, S: Sql, H: Http> Checkouts<'a, R, S, H> {
             self.lock_kept(session, lock_taken(&replies[0]), None).await?;
             return Err(unexpected(&replies[0]));
         };
-        let (tag, moved, _) = parse_session_with(reply, 0)?;
-        let moved = moved.ok_or_else(|| checkout_not_found(id))?;
+        let (tag, moved, _) = moved_session(reply, 0, id)?;
         self.app.replicated(&[&key]).await?;
         self.moved(State::PaymentPending, &tag, &moved).await?;
         Ok((tag, moved))

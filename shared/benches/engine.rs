@@ -16,6 +16,11 @@ use commerce_core::pricing::engine::{
 use commerce_core::pricing::money::Currency;
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// The native server's allocator (native/src/main.rs): a quote allocates its lines, and what
+/// that costs is the allocator's the engine runs with there, not the C library's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Variants in the ruleset: the lines' and the bundles' parts, and more that no line names.
 const VARIANTS: usize = 60;
 /// Discounts in the ruleset.

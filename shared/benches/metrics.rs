@@ -14,6 +14,11 @@ use commerce_core::metrics::{self, Dependency};
 use commerce_core::routes;
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// The native server's allocator (native/src/main.rs): the bookkeeping allocates (a request
+/// id, a log line), and what that costs is the allocator's the server runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn measuring(c: &mut Criterion) {
     let mut group = c.benchmark_group("metrics");
     group.bench_function("route_of_reservation", |b| {

@@ -257,19 +257,26 @@ pub struct Quote {
 pub struct QuotedLine {
     /// The cart line id it prices.
     pub line_id: String,
-    /// The variant it prices, for a line of one variant.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub variant_id: Option<String>,
+    /// The variant it prices, for a line of one variant (shared with the index, as the
+    /// list's id below: naming them copies no text).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "optional_shared_str"
+    )]
+    pub variant_id: Option<Arc<str>>,
     /// The bundle it prices, for a bundle line.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bundle_id: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "optional_shared_str"
+    )]
+    pub bundle_id: Option<Arc<str>>,
     /// The price of one unit (one bundle), never negative.
     #[serde(rename = "unitPrice")]
     pub unit_minor: i64,
     /// The list the unit price came from; `None` for a base price or a bundle's own
     /// pricing, shown as [`BASE_PRICE_LIST_ID`].
     #[serde(serialize_with = "list_id_or_base")]
-    pub price_list_id: Option<String>,
+    pub price_list_id: Option<Arc<str>>,
     /// Units (bundles) on the line.
     pub quantity: u32,
     /// `unit_minor × quantity`, before discounts.
@@ -296,7 +303,14 @@ fn shared_str<S: Serializer>(id: &Arc<str>, serializer: S) -> Result<S::Ok, S::E
     serializer.serialize_str(id)
 }
 
-fn list_id_or_base<S: Serializer>(id: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+fn optional_shared_str<S: Serializer>(id: &Option<Arc<str>>, serializer: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => serializer.serialize_str(id),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn list_id_or_base<S: Serializer>(id: &Option<Arc<str>>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(id.as_deref().unwrap_or(BASE_PRICE_LIST_ID))
 }
 
@@ -371,6 +385,8 @@ const NOT_WALKED: u32 = u32::MAX;
 pub struct RulesetIndex<'a> {
     /// The price lists, in the input's order.
     lists: Vec<&'a PriceList>,
+    /// Their ids, in the same order, shared with the quotes that name them.
+    list_ids: Vec<Arc<str>>,
     /// Rule 1's walk for each customer group and currency that some list has.
     walks: Vec<Walk<'a>>,
     /// The position of each variant in `variants` and `by_variant`.
@@ -382,7 +398,7 @@ pub struct RulesetIndex<'a> {
     /// The position of each bundle in `bundles` and `by_bundle`.
     bundle_ix: IdMap<'a>,
     /// Each bundle's id and pricing.
-    bundles: Vec<(&'a str, &'a BundlePricing)>,
+    bundles: Vec<(Arc<str>, &'a BundlePricing)>,
     /// The discounts in the order rule 3 applies them: priority descending, ties by id.
     discounts: Vec<RankedDiscount<'a>>,
     /// The `Variants` discounts naming each variant (that the ruleset prices).
@@ -455,6 +471,8 @@ impl RankedDiscount<'_> {
 /// A variant's base price and its tiers.
 struct IndexedVariant<'a> {
     prices: &'a VariantPrices,
+    /// Its id, shared with the quotes that name it.
+    id: Arc<str>,
     /// Where the variant's tiers are in [`RulesetIndex::tiers`]: every tier of every list
     /// that prices it (several entries for one list merged), sorted by `min_quantity`
     /// ascending, then price descending, so that of two tiers of one list that apply to a
@@ -549,6 +567,7 @@ impl<'a> RulesetIndex<'a> {
             tiers[start..].sort_by_key(|tier| (tier.min_quantity, Reverse(tier.unit_minor)));
             variants.push(IndexedVariant {
                 prices,
+                id: prices.variant_id.as_str().into(),
                 tiers: start..tiers.len(),
             });
         }
@@ -573,6 +592,7 @@ impl<'a> RulesetIndex<'a> {
             })
             .collect();
         Ok(Self {
+            list_ids: lists.iter().map(|list| list.id.as_str().into()).collect(),
             lists,
             walks,
             by_variant: Targeted::new(variants.len(), &by_variant),
@@ -582,7 +602,7 @@ impl<'a> RulesetIndex<'a> {
             tiers,
             bundle_ix,
             bundles: (input.bundles.iter())
-                .map(|(id, pricing)| (id.as_str(), pricing))
+                .map(|(id, pricing)| (id.as_str().into(), pricing))
                 .collect(),
             discounts,
             on_order,
@@ -613,12 +633,17 @@ impl<'a> RulesetIndex<'a> {
                 QuoteLine::Variant { variant_id, .. } => {
                     let variant = self.variant(line, variant_id)?;
                     let unit = self.resolve_variant(context, walk, line, variant, quantity)?;
-                    (unit, self.by_variant.of(variant), (Some(variant_id), None))
+                    let id = &self.variants[variant as usize].id;
+                    (unit, self.by_variant.of(variant), (Some(id), None))
                 }
                 QuoteLine::Bundle { bundle_id, parts, .. } => {
                     let bundle = self.bundle(line, bundle_id)?;
                     let unit = self.resolve_bundle(context, walk, line, bundle, parts, quantity)?;
-                    (unit, self.by_bundle.of(bundle), (None, Some(bundle_id)))
+                    (
+                        unit,
+                        self.by_bundle.of(bundle),
+                        (None, Some(&self.bundles[bundle as usize].0)),
+                    )
                 }
             };
             let line_total = Money::new(unit.unit_minor, currency).checked_mul(quantity)?;
@@ -629,7 +654,7 @@ impl<'a> RulesetIndex<'a> {
                 variant_id: subject.0.cloned(),
                 bundle_id: subject.1.cloned(),
                 unit_minor: unit.unit_minor,
-                price_list_id: unit.list.map(|list| self.lists[list as usize].id.clone()),
+                price_list_id: unit.list.map(|list| Arc::clone(&self.list_ids[list as usize])),
                 quantity,
                 line_total_minor: line_total.minor,
                 // Room for every discount the line may take, so listing them does not
@@ -753,7 +778,7 @@ impl<'a> RulesetIndex<'a> {
         quantity: u32,
     ) -> Result<UnitPrice, Error> {
         let currency = context.currency;
-        let (bundle_id, pricing) = self.bundles[bundle as usize];
+        let (bundle_id, pricing) = (&*self.bundles[bundle as usize].0, self.bundles[bundle as usize].1);
         let unit_minor = match pricing {
             BundlePricing::Fixed {
                 unit_minor,

@@ -107,7 +107,7 @@ fn order_over(threshold_minor: i64) -> DiscountTarget {
 fn price_of(input: &PricingInput, variant_id: &str, quantity: u32) -> (i64, Option<String>) {
     let quote = quote(input, &[line("l1", variant_id, quantity)]).unwrap();
     let line = &quote.lines[0];
-    (line.unit_minor, line.price_list_id.clone())
+    (line.unit_minor, line.price_list_id.as_deref().map(str::to_owned))
 }
 
 fn discounts_of(line: &QuotedLine) -> Vec<(&str, i64)> {

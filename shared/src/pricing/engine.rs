@@ -259,16 +259,10 @@ pub struct QuotedLine {
     pub line_id: String,
     /// The variant it prices, for a line of one variant (shared with the index, as the
     /// list's id below: naming them copies no text).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "optional_shared_str"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variant_id: Option<Arc<str>>,
     /// The bundle it prices, for a bundle line.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "optional_shared_str"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle_id: Option<Arc<str>>,
     /// The price of one unit (one bundle), never negative.
     #[serde(rename = "unitPrice")]
@@ -292,22 +286,10 @@ pub struct QuotedLine {
 #[serde(rename_all = "camelCase")]
 pub struct AppliedDiscount {
     /// The discount (shared with the index that applied it, so listing it copies no text).
-    #[serde(serialize_with = "shared_str")]
     pub discount_id: Arc<str>,
     /// What it took, always `> 0`.
     #[serde(rename = "amount")]
     pub amount_minor: i64,
-}
-
-fn shared_str<S: Serializer>(id: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(id)
-}
-
-fn optional_shared_str<S: Serializer>(id: &Option<Arc<str>>, serializer: S) -> Result<S::Ok, S::Error> {
-    match id {
-        Some(id) => serializer.serialize_str(id),
-        None => serializer.serialize_none(),
-    }
 }
 
 fn list_id_or_base<S: Serializer>(id: &Option<Arc<str>>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -778,7 +760,7 @@ impl<'a> RulesetIndex<'a> {
         quantity: u32,
     ) -> Result<UnitPrice, Error> {
         let currency = context.currency;
-        let (bundle_id, pricing) = (&*self.bundles[bundle as usize].0, self.bundles[bundle as usize].1);
+        let (bundle_id, pricing) = &self.bundles[bundle as usize];
         let unit_minor = match pricing {
             BundlePricing::Fixed {
                 unit_minor,
